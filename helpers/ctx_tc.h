@@ -1,0 +1,68 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * ctx_tc.h - the TC (sk_buff) side of the hook abstraction (see ctx_xdp.h).
+ * TC ingress keeps the skb, so GSO super-packets and CHECKSUM_PARTIAL state
+ * survive the redirect: this is the hook for ports facing a local stack.
+ */
+#ifndef TNA_CTX_H
+#define TNA_CTX_H
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include "tna_abi.h"
+
+#define TNA_HOOK_NAME "tc"
+typedef struct __sk_buff tna_ctx_t;
+
+#define CTX_PASS TC_ACT_OK
+#define CTX_DROP TC_ACT_SHOT
+#define CTX_REDIRECT TC_ACT_REDIRECT
+
+static __always_inline void *ctx_data(tna_ctx_t *ctx) { return (void *)(long)ctx->data; }
+static __always_inline void *ctx_data_end(tna_ctx_t *ctx) { return (void *)(long)ctx->data_end; }
+static __always_inline __u32 ctx_len(tna_ctx_t *ctx) { return ctx->len; }
+
+/* Make the first len bytes linear so direct packet access can reach them. */
+static __always_inline void ctx_pull(tna_ctx_t *ctx, __u32 len)
+{
+	if (ctx_data(ctx) + len > ctx_data_end(ctx))
+		bpf_skb_pull_data(ctx, len < ctx->len ? len : ctx->len);
+}
+
+/* Payload bytes per segment of a GSO super-packet, 0 otherwise. */
+static __always_inline __u32 ctx_gso_size(tna_ctx_t *ctx)
+{
+	return ctx->gso_segs > 1 ? ctx->gso_size : 0;
+}
+
+static __always_inline int ctx_trim(tna_ctx_t *ctx, __u32 new_len)
+{
+	return bpf_skb_change_tail(ctx, new_len, 0);
+}
+
+/* Any Ethernet port the daemon listed in tna_egress; the skb then goes
+ * through the egress qdisc like a kernel-forwarded one. */
+static __always_inline int ctx_redirect_prepare(tna_ctx_t *ctx, __u32 ifindex)
+{
+	if (!bpf_map_lookup_elem(&tna_egress, &ifindex))
+		return -1;
+	bpf_redirect(ifindex, 0);
+	return 0;
+}
+
+/* A CHECKSUM_COMPLETE skb covers the IPv6 header: keep skb->csum true when
+ * the hop limit changes.  (Fails harmlessly for other ip_summed states.) */
+static __always_inline void ctx_csum_complete_diff(tna_ctx_t *ctx, __be32 from, __be32 to)
+{
+	bpf_csum_update(ctx, bpf_csum_diff(&from, sizeof(from), &to, sizeof(to), 0));
+}
+
+/* ip_forward() sets skb->priority from the TOS (net.ipv4.ip_forward_update_priority,
+ * default 1) so the egress qdisc picks the same band.  rt_tos2priority() maps
+ * IPTOS_LOWDELAY/THROUGHPUT (bits 4,3) to TC_PRIO_ 0/2/6/4: a nibble table. */
+static __always_inline void ctx_fwd_priority(tna_ctx_t *ctx, __u8 tos)
+{
+	ctx->priority = (0x4620 >> (((tos >> 3) & 3) * 4)) & 0xf;
+}
+
+#endif

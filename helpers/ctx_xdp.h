@@ -1,0 +1,54 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * ctx_xdp.h - the XDP side of the hook abstraction (see ctx_tc.h for TC).
+ * Modules are written once against these names; main.c.j2 includes exactly
+ * one of the two context headers.
+ */
+#ifndef TNA_CTX_H
+#define TNA_CTX_H
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "tna_abi.h"
+
+#define TNA_HOOK_NAME "xdp"
+typedef struct xdp_md tna_ctx_t;
+
+#define CTX_PASS XDP_PASS
+#define CTX_DROP XDP_DROP
+#define CTX_REDIRECT XDP_REDIRECT
+
+static __always_inline void *ctx_data(tna_ctx_t *ctx) { return (void *)(long)ctx->data; }
+static __always_inline void *ctx_data_end(tna_ctx_t *ctx) { return (void *)(long)ctx->data_end; }
+static __always_inline __u32 ctx_len(tna_ctx_t *ctx)
+{
+	__u32 len = ctx_data_end(ctx) - ctx_data(ctx);
+
+	/* opaque to clang: reassociating "x - (end - data)" gives the verifier
+	 * arithmetic on pkt_end, which it rejects */
+	asm volatile("" : "+r"(len));
+	return len;
+}
+
+/* Frames from a wire are linear in XDP: nothing to pull. */
+static __always_inline void ctx_pull(tna_ctx_t *ctx, __u32 len) { }
+
+/* XDP frames are never GSO super-packets. */
+static __always_inline __u32 ctx_gso_size(tna_ctx_t *ctx) { return 0; }
+
+static __always_inline int ctx_trim(tna_ctx_t *ctx, __u32 new_len)
+{
+	return bpf_xdp_adjust_tail(ctx, (int)new_len - (int)ctx_len(ctx));
+}
+
+/* Select the egress port.  Only ports in tna_devmap take XDP frames; for any
+ * other, the caller must leave the packet untouched and pass it. */
+static __always_inline int ctx_redirect_prepare(tna_ctx_t *ctx, __u32 ifindex)
+{
+	return bpf_redirect_map(&tna_devmap, ifindex, 0) == XDP_REDIRECT ? 0 : -1;
+}
+
+/* XDP carries no skb checksum or priority state. */
+static __always_inline void ctx_csum_complete_diff(tna_ctx_t *ctx, __be32 from, __be32 to) { }
+static __always_inline void ctx_fwd_priority(tna_ctx_t *ctx, __u8 tos) { }
+
+#endif

@@ -1,0 +1,137 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * tna_abi.h - the ONE contract between the datapath (C) and the daemon (Python).
+ *
+ * Used by both sides: every BPF program includes it, and tna/bpf/abi.py reads
+ * the reason enum from this file at import time and mirrors the structs with
+ * ctypes (tests/test_abi.py compiles this header and checks every size and
+ * offset).  Change a struct here and the test tells you what to update.
+ *
+ * Maps (declared below, BPF side only):
+ *   tna_state     ARRAY[1]           shared   lease + global pass switch (daemon writes)
+ *   tna_devmap    DEVMAP_HASH        shared   XDP egress ports known to take XDP frames
+ *   tna_egress    HASH ifindex       shared   egress ports the TC hook may redirect to
+ *   tna_stale     HASH tna_neigh_key shared   neighbours the kernel must re-validate
+ *   tna_stats     PERCPU_ARRAY       per program: packets/bytes per reason
+ *   .rodata.tna   tna_iface          per program: ingress interface constants
+ */
+#ifndef TNA_ABI_H
+#define TNA_ABI_H
+
+#include <linux/types.h>
+
+/* Verdict reasons.  0 is the fast path's success; every other value is why a
+ * packet went to the kernel (or was dropped).  Keep names stable: they are
+ * what `tna stats` prints.  Python parses this enum, so one entry a line. */
+enum tna_reason {
+	TNA_R_FORWARDED = 0,     /* fast path redirected the packet */
+	TNA_R_LEASE_EXPIRED,     /* daemon silent > 1 s: fail safe to the kernel */
+	TNA_R_DISABLED,          /* daemon switched the fast path off (e.g. netfilter rules) */
+	TNA_R_NOT_IP,            /* not IPv4/IPv6 (ARP, VLAN-tagged, LLDP, ...) */
+	TNA_R_OTHERHOST,         /* dst MAC is not this interface: kernel drops or floods */
+	TNA_R_IP_INVALID,        /* bad version/length/header checksum: kernel drops */
+	TNA_R_IP_OPTIONS,        /* IPv4 options or IPv6 extension headers */
+	TNA_R_FRAGMENT,          /* fragments: kernel forwards/refragments them */
+	TNA_R_TTL,               /* TTL/hop limit <= 1: kernel sends ICMP time exceeded */
+	TNA_R_MARTIAN,           /* multicast/loopback/link-local/unspecified addresses */
+	TNA_R_ICMP_SPECIAL,      /* ICMP errors (hashed by inner header), neighbour discovery */
+	TNA_R_CSUM_PARTIAL,      /* L4 checksum left to offload (XDP on veth): redirecting would corrupt it */
+	TNA_R_LOCAL,             /* for this box or a broadcast address */
+	TNA_R_BLACKHOLE,         /* blackhole route */
+	TNA_R_UNREACHABLE,       /* unreachable route: kernel sends ICMP */
+	TNA_R_PROHIBIT,          /* prohibit route: kernel sends ICMP */
+	TNA_R_NO_ROUTE,          /* fib lookup failed otherwise (no route, lwt, ...) */
+	TNA_R_FWD_DISABLED,      /* forwarding off for this interface/family */
+	TNA_R_FRAG_NEEDED,       /* larger than the egress MTU: kernel fragments or sends "too big" */
+	TNA_R_NO_NEIGH,          /* next hop not resolved: kernel resolves it */
+	TNA_R_NEIGH_STALE,       /* next hop STALE: kernel re-validates it, then fast path resumes */
+	TNA_R_SAME_IFACE,        /* egress == ingress: kernel also sends an ICMP redirect */
+	TNA_R_EGRESS_UNSUPPORTED,/* egress port not usable by this hook (not in devmap/egress map) */
+	TNA_R_GSO,               /* GSO packet whose segment size this module cannot check */
+	TNA_R_NO_MODULE,         /* no module took a decision */
+	TNA_R_MAX
+};
+
+/* Global switch + lease, the single entry of tna_state.  The daemon renews
+ * lease_deadline_ns (CLOCK_MONOTONIC) every ~200 ms; once it is in the past
+ * every module passes everything to the kernel. */
+struct tna_state {
+	__u64 lease_deadline_ns;
+	__u32 pass_reason;   /* 0: active; otherwise pass all with this reason */
+	__u32 stale_count;   /* entries in tna_stale; 0 lets the datapath skip the lookup */
+};
+
+/* Per-program counters, index = enum tna_reason. */
+struct tna_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* Per-program constants (.rodata, set before load; a change means reload,
+ * never recompile). */
+#define TNA_IF_CHECK_CSUM_PARTIAL (1U << 0) /* XDP on a veth: frames may carry CHECKSUM_PARTIAL */
+struct tna_iface_cfg {
+	__u32 ifindex;
+	__u8 mac[6];
+	__u16 flags;
+};
+
+/* Key of tna_stale: a next hop as bpf_fib_lookup reports it. */
+struct tna_neigh_key {
+	__u32 ifindex;
+	__u32 family;        /* AF_INET or AF_INET6 */
+	__u32 addr[4];       /* IPv4 in addr[0], network byte order */
+};
+
+/* Value of tna_egress. */
+struct tna_egress {
+	__u32 flags;         /* reserved, 0 */
+};
+
+#define TNA_DEVMAP_SIZE 1024
+#define TNA_EGRESS_SIZE 1024
+#define TNA_STALE_SIZE 4096
+
+#ifdef __BPF__
+#include <bpf/bpf_helpers.h>
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tna_state);
+} tna_state SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
+	__uint(max_entries, TNA_DEVMAP_SIZE);
+	__type(key, __u32);
+	__type(value, __u32);
+} tna_devmap SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TNA_EGRESS_SIZE);
+	__type(key, __u32);
+	__type(value, struct tna_egress);
+} tna_egress SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TNA_STALE_SIZE);
+	__type(key, struct tna_neigh_key);
+	__type(value, __u8);
+} tna_stale SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, TNA_R_MAX);
+	__type(key, __u32);
+	__type(value, struct tna_counter);
+} tna_stats SEC(".maps");
+
+/* Its own section, so the daemon finds the struct at offset 0 of the map. */
+const volatile struct tna_iface_cfg tna_iface SEC(".rodata.tna") = {};
+#endif /* __BPF__ */
+
+#endif /* TNA_ABI_H */

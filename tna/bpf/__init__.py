@@ -1,0 +1,1 @@
+"""libbpf binding and the ABI shared with the datapath."""

@@ -1,0 +1,61 @@
+"""Python side of helpers/tna_abi.h.
+
+The reason enum is read from the header itself, so the names `tna stats`
+prints can never drift from the C.  The structs are ctypes mirrors; the test
+tests/test_abi.py compiles the header and checks every size and offset.
+"""
+
+from __future__ import annotations
+
+import re
+from ctypes import Structure, c_uint8, c_uint16, c_uint32, c_uint64
+
+from tna import HELPERS_DIR
+
+ABI_HEADER = HELPERS_DIR / "tna_abi.h"
+
+
+def _parse_reasons() -> list[str]:
+    text = ABI_HEADER.read_text()
+    body = re.search(r"enum tna_reason \{(.*?)\};", text, re.S)
+    if body is None:
+        raise RuntimeError(f"{ABI_HEADER}: enum tna_reason not found")
+    names = re.findall(r"^\s*TNA_R_([A-Z0-9_]+)", body.group(1), re.M)
+    return [n for n in names if n != "MAX"]
+
+
+REASONS: list[str] = _parse_reasons()
+REASON = {name: i for i, name in enumerate(REASONS)}
+
+TNA_IF_CHECK_CSUM_PARTIAL = 1 << 0
+
+
+class TnaState(Structure):
+    _fields_ = [("lease_deadline_ns", c_uint64), ("pass_reason", c_uint32), ("stale_count", c_uint32)]
+
+
+class TnaCounter(Structure):
+    _fields_ = [("packets", c_uint64), ("bytes", c_uint64)]
+
+
+class TnaIfaceCfg(Structure):
+    _fields_ = [("ifindex", c_uint32), ("mac", c_uint8 * 6), ("flags", c_uint16)]
+
+
+class TnaNeighKey(Structure):
+    _fields_ = [("ifindex", c_uint32), ("family", c_uint32), ("addr", c_uint32 * 4)]
+
+
+class TnaEgress(Structure):
+    _fields_ = [("flags", c_uint32)]
+
+
+# Map names as declared in the header (what Program.find_map() looks for).
+MAP_STATE = "tna_state"
+MAP_DEVMAP = "tna_devmap"
+MAP_EGRESS = "tna_egress"
+MAP_STALE = "tna_stale"
+MAP_STATS = "tna_stats"
+SECTION_IFACE = ".rodata.tna"
+SHARED_MAPS = (MAP_STATE, MAP_DEVMAP, MAP_EGRESS, MAP_STALE)
+PROGRAM_NAME = "tna_main"

@@ -1,0 +1,539 @@
+"""A small, typed ctypes binding to the system libbpf.so.1 (libbpf >= 1.0).
+
+Only what TNA needs: objects, programs, maps, XDP and TC attachment,
+BPF_PROG_TEST_RUN and object ids.  libbpf does every bpf() syscall; failures
+become LibbpfError with the errno and, for loads, the verifier log that
+libbpf printed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import threading
+from collections.abc import Iterator
+from ctypes import (
+    CFUNCTYPE,
+    POINTER,
+    Structure,
+    byref,
+    c_char_p,
+    c_int,
+    c_size_t,
+    c_uint8,
+    c_uint32,
+    c_uint64,
+    c_void_p,
+    create_string_buffer,
+    sizeof,
+)
+
+XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+XDP_FLAGS_REPLACE = 1 << 4
+
+BPF_TC_INGRESS = 1 << 0
+BPF_TC_EGRESS = 1 << 1
+BPF_TC_F_REPLACE = 1 << 0
+
+BPF_ANY = 0
+BPF_NOEXIST = 1
+BPF_EXIST = 2
+
+BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
+
+
+class LibbpfError(OSError):
+    """A libbpf call failed; .errno is set, .log holds what libbpf printed."""
+
+    def __init__(self, err: int, what: str, log: str = "") -> None:
+        super().__init__(err, f"{what}: {os.strerror(err)}")
+        self.log = log
+
+
+class _XdpAttachOpts(Structure):
+    _fields_ = [("sz", c_size_t), ("old_prog_fd", c_int), ("_pad", c_int)]
+
+
+class _TcHook(Structure):
+    _fields_ = [
+        ("sz", c_size_t),
+        ("ifindex", c_int),
+        ("attach_point", c_int),
+        ("parent", c_uint32),
+        ("_pad", c_uint32),
+    ]
+
+
+class _TcOpts(Structure):
+    _fields_ = [
+        ("sz", c_size_t),
+        ("prog_fd", c_int),
+        ("flags", c_uint32),
+        ("prog_id", c_uint32),
+        ("handle", c_uint32),
+        ("priority", c_uint32),
+        ("_pad", c_uint32),
+    ]
+
+
+class _BatchOpts(Structure):
+    _fields_ = [("sz", c_size_t), ("elem_flags", c_uint64), ("flags", c_uint64)]
+
+
+class _TestRunOpts(Structure):
+    _fields_ = [
+        ("sz", c_size_t),
+        ("data_in", c_void_p),
+        ("data_out", c_void_p),
+        ("data_size_in", c_uint32),
+        ("data_size_out", c_uint32),
+        ("ctx_in", c_void_p),
+        ("ctx_out", c_void_p),
+        ("ctx_size_in", c_uint32),
+        ("ctx_size_out", c_uint32),
+        ("retval", c_uint32),
+        ("repeat", c_int),
+        ("duration", c_uint32),
+        ("flags", c_uint32),
+        ("cpu", c_uint32),
+        ("batch_size", c_uint32),
+    ]
+
+
+class XdpMd(Structure):
+    """struct xdp_md, the ctx_in of an XDP test run."""
+
+    _fields_ = [
+        ("data", c_uint32),
+        ("data_end", c_uint32),
+        ("data_meta", c_uint32),
+        ("ingress_ifindex", c_uint32),
+        ("rx_queue_index", c_uint32),
+        ("egress_ifindex", c_uint32),
+    ]
+
+
+class _ProgInfo(Structure):
+    """The head of struct bpf_prog_info (the kernel accepts a short info_len)."""
+
+    _fields_ = [
+        ("type", c_uint32),
+        ("id", c_uint32),
+        ("tag", c_uint8 * 8),
+        ("jited_prog_len", c_uint32),
+        ("xlated_prog_len", c_uint32),
+        ("jited_prog_insns", c_uint64),
+        ("xlated_prog_insns", c_uint64),
+        ("load_time", c_uint64),
+        ("created_by_uid", c_uint32),
+        ("nr_map_ids", c_uint32),
+        ("map_ids", c_uint64),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
+class _MapInfo(Structure):
+    """The head of struct bpf_map_info."""
+
+    _fields_ = [
+        ("type", c_uint32),
+        ("id", c_uint32),
+        ("key_size", c_uint32),
+        ("value_size", c_uint32),
+        ("max_entries", c_uint32),
+        ("map_flags", c_uint32),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
+_PRINT_FN = CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
+
+
+def _load() -> ctypes.CDLL:
+    path = ctypes.util.find_library("bpf") or "libbpf.so.1"
+    try:
+        lib = ctypes.CDLL(path, use_errno=True)
+    except OSError as e:
+        raise LibbpfError(errno.ENOENT, f"cannot load libbpf ({path}); install libbpf1") from e
+    sig = {
+        "bpf_object__open_file": (c_void_p, [c_char_p, c_void_p]),
+        "bpf_object__load": (c_int, [c_void_p]),
+        "bpf_object__close": (None, [c_void_p]),
+        "bpf_object__find_program_by_name": (c_void_p, [c_void_p, c_char_p]),
+        "bpf_object__find_map_by_name": (c_void_p, [c_void_p, c_char_p]),
+        "bpf_object__next_map": (c_void_p, [c_void_p, c_void_p]),
+        "bpf_program__fd": (c_int, [c_void_p]),
+        "bpf_map__fd": (c_int, [c_void_p]),
+        "bpf_map__name": (c_char_p, [c_void_p]),
+        "bpf_map__reuse_fd": (c_int, [c_void_p, c_int]),
+        "bpf_map__set_initial_value": (c_int, [c_void_p, c_void_p, c_size_t]),
+        "bpf_map_lookup_elem": (c_int, [c_int, c_void_p, c_void_p]),
+        "bpf_map_update_elem": (c_int, [c_int, c_void_p, c_void_p, c_uint64]),
+        "bpf_map_delete_elem": (c_int, [c_int, c_void_p]),
+        "bpf_map_get_next_key": (c_int, [c_int, c_void_p, c_void_p]),
+        "bpf_map_lookup_batch": (
+            c_int,
+            [c_int, c_void_p, c_void_p, c_void_p, c_void_p, POINTER(c_uint32), c_void_p],
+        ),
+        "bpf_map_update_batch": (c_int, [c_int, c_void_p, c_void_p, POINTER(c_uint32), c_void_p]),
+        "bpf_obj_pin": (c_int, [c_int, c_char_p]),
+        "bpf_obj_get": (c_int, [c_char_p]),
+        "bpf_xdp_attach": (c_int, [c_int, c_int, c_uint32, c_void_p]),
+        "bpf_xdp_detach": (c_int, [c_int, c_uint32, c_void_p]),
+        "bpf_xdp_query_id": (c_int, [c_int, c_int, POINTER(c_uint32)]),
+        "bpf_tc_hook_create": (c_int, [c_void_p]),
+        "bpf_tc_hook_destroy": (c_int, [c_void_p]),
+        "bpf_tc_attach": (c_int, [c_void_p, c_void_p]),
+        "bpf_tc_detach": (c_int, [c_void_p, c_void_p]),
+        "bpf_tc_query": (c_int, [c_void_p, c_void_p]),
+        "bpf_prog_test_run_opts": (c_int, [c_int, c_void_p]),
+        "bpf_prog_get_fd_by_id": (c_int, [c_uint32]),
+        "bpf_map_get_fd_by_id": (c_int, [c_uint32]),
+        "bpf_obj_get_info_by_fd": (c_int, [c_int, c_void_p, POINTER(c_uint32)]),
+        "libbpf_num_possible_cpus": (c_int, []),
+        "libbpf_set_print": (c_void_p, [_PRINT_FN]),
+    }
+    for name, (res, args) in sig.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = res, args
+    return lib
+
+
+_lib = _load()
+_libc = ctypes.CDLL(None)
+_libc.vsnprintf.argtypes = [c_char_p, c_size_t, c_char_p, c_void_p]
+
+# libbpf prints warnings and verifier logs through one global callback; we
+# collect them while a call that may fail runs, so the error can carry them.
+_log_lock = threading.Lock()
+_log_lines: list[str] = []
+
+
+@_PRINT_FN
+def _print_cb(level: int, fmt: bytes, args: int) -> int:
+    buf = create_string_buffer(4096)
+    _libc.vsnprintf(buf, sizeof(buf), fmt, args)
+    if level <= 1:  # LIBBPF_WARN, LIBBPF_INFO; drop DEBUG chatter
+        _log_lines.append(buf.value.decode(errors="replace"))
+    return 0
+
+
+_lib.libbpf_set_print(_print_cb)
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        raise LibbpfError(-ret, what)
+    return ret
+
+
+def _errno_ptr(ptr: int | None, what: str) -> int:
+    if not ptr:
+        raise LibbpfError(ctypes.get_errno() or errno.EINVAL, what, "".join(_log_lines))
+    return ptr
+
+
+def num_possible_cpus() -> int:
+    return _check(_lib.libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
+
+
+class Map:
+    """A map by fd, with fixed key/value sizes; keys and values are bytes."""
+
+    def __init__(self, fd: int, key_size: int, value_size: int, name: str = "",
+                 percpu: bool = False, owned: bool = False) -> None:
+        self.fd, self.key_size, self.name = fd, key_size, name
+        self.value_size = value_size
+        # a per-CPU map returns one value per possible CPU, each 8-byte aligned
+        self.ncpu = num_possible_cpus() if percpu else 1
+        self._slot = (value_size + 7) & ~7 if percpu else value_size
+        self._owned = owned
+
+    @classmethod
+    def from_id(cls, map_id: int) -> Map:
+        fd = _check(_lib.bpf_map_get_fd_by_id(map_id), f"map id {map_id}")
+        info = map_info(fd)
+        percpu = info.type in (5, 6, 10)  # PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH
+        return cls(fd, info.key_size, info.value_size, info.name.decode(), percpu, owned=True)
+
+    def close(self) -> None:
+        if self._owned and self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _vbuf(self) -> ctypes.Array:
+        return create_string_buffer(self._slot * self.ncpu)
+
+    def _split(self, raw: bytes) -> bytes | list[bytes]:
+        if self.ncpu == 1 and self._slot == self.value_size:
+            return raw
+        return [raw[i * self._slot:i * self._slot + self.value_size] for i in range(self.ncpu)]
+
+    def lookup(self, key: bytes) -> bytes | list[bytes] | None:
+        """The value, a list of per-CPU values for per-CPU maps, or None."""
+        v = self._vbuf()
+        if _lib.bpf_map_lookup_elem(self.fd, key, v) < 0:
+            err = ctypes.get_errno()
+            if err == errno.ENOENT:
+                return None
+            raise LibbpfError(err, f"lookup in map {self.name}")
+        return self._split(v.raw)
+
+    def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
+        if self.ncpu > 1 and len(value) == self.value_size:
+            value = value.ljust(self._slot, b"\0") * self.ncpu
+        _check(_lib.bpf_map_update_elem(self.fd, key, value, flags), f"update map {self.name}")
+
+    def delete(self, key: bytes) -> bool:
+        """Delete key; False if it was not there."""
+        if _lib.bpf_map_delete_elem(self.fd, key) < 0:
+            err = ctypes.get_errno()
+            if err == errno.ENOENT:
+                return False
+            raise LibbpfError(err, f"delete from map {self.name}")
+        return True
+
+    def keys(self) -> Iterator[bytes]:
+        cur, nxt = None, create_string_buffer(self.key_size)
+        while _lib.bpf_map_get_next_key(self.fd, cur, nxt) == 0:
+            cur = create_string_buffer(nxt.raw, self.key_size)
+            yield nxt.raw
+
+    def items(self) -> list[tuple[bytes, bytes | list[bytes]]]:
+        """All entries; one batch syscall where the map type supports it."""
+        n = 4096
+        keys, vals = create_string_buffer(self.key_size * n), create_string_buffer(self._slot * self.ncpu * n)
+        out_batch, count = create_string_buffer(max(self.key_size, 8)), c_uint32(n)
+        opts = _BatchOpts(sz=sizeof(_BatchOpts))
+        result: list[tuple[bytes, bytes | list[bytes]]] = []
+        in_batch = None
+        while True:
+            count.value = n
+            ret = _lib.bpf_map_lookup_batch(self.fd, in_batch, out_batch, keys, vals, byref(count), byref(opts))
+            err = ctypes.get_errno() if ret < 0 else 0
+            if ret < 0 and err not in (errno.ENOENT,):
+                if err in (errno.EINVAL, errno.ENOTSUPP, 524):  # no batch ops: walk the keys
+                    return [(k, v) for k in self.keys() if (v := self.lookup(k)) is not None]
+                raise LibbpfError(err, f"batch lookup in map {self.name}")
+            vs = self._slot * self.ncpu
+            for i in range(count.value):
+                k = keys.raw[i * self.key_size:(i + 1) * self.key_size]
+                result.append((k, self._split(vals.raw[i * vs:(i + 1) * vs])))
+            if ret < 0:  # ENOENT: that was the last batch
+                return result
+            in_batch = create_string_buffer(out_batch.raw, len(out_batch))
+
+    def pin(self, path: str) -> None:
+        _check(_lib.bpf_obj_pin(self.fd, path.encode()), f"pin {path}")
+
+
+class Program:
+    def __init__(self, fd: int, name: str, owned: bool = False) -> None:
+        self.fd, self.name, self._owned = fd, name, owned
+
+    @classmethod
+    def from_id(cls, prog_id: int) -> Program:
+        fd = _check(_lib.bpf_prog_get_fd_by_id(prog_id), f"program id {prog_id}")
+        return cls(fd, prog_info(fd).name.decode(), owned=True)
+
+    def close(self) -> None:
+        if self._owned and self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    @property
+    def id(self) -> int:
+        return prog_info(self.fd).id
+
+    def map_ids(self) -> list[int]:
+        n = prog_info(self.fd).nr_map_ids
+        ids = (c_uint32 * n)()
+        info = _ProgInfo(nr_map_ids=n, map_ids=ctypes.addressof(ids))
+        size = c_uint32(sizeof(info))
+        _check(_lib.bpf_obj_get_info_by_fd(self.fd, byref(info), byref(size)), "program info")
+        return list(ids[: info.nr_map_ids])
+
+    def find_map(self, name: str) -> Map:
+        """The map called name among those this program uses."""
+        for map_id in self.map_ids():
+            m = Map.from_id(map_id)
+            if m.name == name[:15]:
+                return m
+            m.close()
+        raise LibbpfError(errno.ENOENT, f"program {self.name} has no map {name}")
+
+    def test_run(self, data: bytes, repeat: int = 1, ctx: Structure | None = None,
+                 flags: int = 0, batch_size: int = 0, out_size: int = 0) -> tuple[int, bytes, int]:
+        """BPF_PROG_TEST_RUN: (return value, output packet, duration in ns)."""
+        out = create_string_buffer(out_size or len(data) + 256) if not flags & BPF_F_TEST_XDP_LIVE_FRAMES else None
+        opts = _TestRunOpts(
+            sz=sizeof(_TestRunOpts), data_in=ctypes.cast(data, c_void_p), data_size_in=len(data),
+            data_out=ctypes.cast(out, c_void_p) if out else None, data_size_out=len(out) if out else 0,
+            repeat=repeat, flags=flags, batch_size=batch_size,
+        )
+        if ctx is not None:
+            opts.ctx_in, opts.ctx_size_in = ctypes.addressof(ctx), sizeof(ctx)
+        _check(_lib.bpf_prog_test_run_opts(self.fd, byref(opts)), f"test run of {self.name}")
+        return opts.retval, out.raw[: opts.data_size_out] if out else b"", opts.duration
+
+    def pin(self, path: str) -> None:
+        _check(_lib.bpf_obj_pin(self.fd, path.encode()), f"pin {path}")
+
+
+def prog_info(fd: int) -> _ProgInfo:
+    info, size = _ProgInfo(), c_uint32(sizeof(_ProgInfo))
+    _check(_lib.bpf_obj_get_info_by_fd(fd, byref(info), byref(size)), "program info")
+    return info
+
+
+def map_info(fd: int) -> _MapInfo:
+    info, size = _MapInfo(), c_uint32(sizeof(_MapInfo))
+    _check(_lib.bpf_obj_get_info_by_fd(fd, byref(info), byref(size)), "map info")
+    return info
+
+
+def obj_get(path: str) -> int:
+    """fd of a pinned object."""
+    return _check(_lib.bpf_obj_get(path.encode()), f"open pinned {path}")
+
+
+class BpfObject:
+    """An ELF object: open, adjust (shared maps, .rodata), load, use, close.
+
+    The object owns its fds; programs that are attached stay in the kernel
+    after close() (the attachment holds them).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        with _log_lock:
+            _log_lines.clear()
+            self._obj = _errno_ptr(_lib.bpf_object__open_file(path.encode(), None), f"open {path}")
+        self.loaded = False
+
+    def __enter__(self) -> BpfObject:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._obj:
+            _lib.bpf_object__close(self._obj)
+            self._obj = None
+
+    def _map_ptr(self, name: str) -> int:
+        ptr = _lib.bpf_object__find_map_by_name(self._obj, name.encode())
+        if not ptr:
+            raise LibbpfError(errno.ENOENT, f"{self.path}: no map {name}")
+        return ptr
+
+    def map_names(self) -> list[str]:
+        names, ptr = [], _lib.bpf_object__next_map(self._obj, None)
+        while ptr:
+            names.append(_lib.bpf_map__name(ptr).decode())
+            ptr = _lib.bpf_object__next_map(self._obj, ptr)
+        return names
+
+    def reuse_map(self, name: str, fd: int) -> None:
+        """Before load: use an existing map (shared between programs) for name."""
+        _check(_lib.bpf_map__reuse_fd(self._map_ptr(name), fd), f"reuse map {name}")
+
+    def set_initial_value(self, name: str, data: bytes) -> None:
+        """Before load: the contents of a global data section (.rodata.*)."""
+        _check(_lib.bpf_map__set_initial_value(self._map_ptr(name), data, len(data)), f"set {name}")
+
+    def load(self) -> None:
+        with _log_lock:
+            _log_lines.clear()
+            ret = _lib.bpf_object__load(self._obj)
+            log = "".join(_log_lines)
+        if ret < 0:
+            raise LibbpfError(-ret, f"load {self.path} (verifier or kernel refused it)", log)
+        self.loaded = True
+
+    def program(self, name: str) -> Program:
+        ptr = _lib.bpf_object__find_program_by_name(self._obj, name.encode())
+        if not ptr:
+            raise LibbpfError(errno.ENOENT, f"{self.path}: no program {name}")
+        return Program(_check(_lib.bpf_program__fd(ptr), f"fd of {name}"), name)
+
+    def map(self, name: str) -> Map:
+        ptr = self._map_ptr(name)
+        fd = _check(_lib.bpf_map__fd(ptr), f"fd of map {name}")
+        info = map_info(fd)
+        return Map(fd, info.key_size, info.value_size, name, percpu=info.type in (5, 6, 10))
+
+
+# --- XDP -----------------------------------------------------------------
+
+def xdp_attach(ifindex: int, prog_fd: int, old_prog_fd: int = -1, mode: int = XDP_FLAGS_DRV_MODE) -> None:
+    """Attach in native mode.  With old_prog_fd the kernel swaps programs
+    atomically, and only if old_prog_fd is what is attached now."""
+    opts = _XdpAttachOpts(sz=sizeof(_XdpAttachOpts), old_prog_fd=old_prog_fd)
+    flags = mode | (XDP_FLAGS_REPLACE if old_prog_fd >= 0 else 0)
+    _check(_lib.bpf_xdp_attach(ifindex, prog_fd, flags, byref(opts)), f"attach XDP to ifindex {ifindex}")
+
+
+def xdp_detach(ifindex: int, mode: int = XDP_FLAGS_DRV_MODE) -> None:
+    _check(_lib.bpf_xdp_detach(ifindex, mode, None), f"detach XDP from ifindex {ifindex}")
+
+
+def xdp_query_id(ifindex: int, mode: int = XDP_FLAGS_DRV_MODE) -> int:
+    """Id of the XDP program attached in that mode, 0 if none."""
+    prog_id = c_uint32(0)
+    _check(_lib.bpf_xdp_query_id(ifindex, mode, byref(prog_id)), f"query XDP on ifindex {ifindex}")
+    return prog_id.value
+
+
+# --- TC (clsact) ---------------------------------------------------------
+
+def _tc_hook(ifindex: int, point: int) -> _TcHook:
+    return _TcHook(sz=sizeof(_TcHook), ifindex=ifindex, attach_point=point)
+
+
+def tc_hook_create(ifindex: int, point: int = BPF_TC_INGRESS) -> bool:
+    """Add the clsact qdisc; False if it already existed."""
+    ret = _lib.bpf_tc_hook_create(byref(_tc_hook(ifindex, point)))
+    if ret == -errno.EEXIST:
+        return False
+    _check(ret, f"create clsact on ifindex {ifindex}")
+    return True
+
+
+def tc_hook_destroy(ifindex: int) -> None:
+    """Remove the clsact qdisc and every filter on it."""
+    ret = _lib.bpf_tc_hook_destroy(byref(_tc_hook(ifindex, BPF_TC_INGRESS | BPF_TC_EGRESS)))
+    if ret not in (0, -errno.ENOENT, -errno.EINVAL):
+        _check(ret, f"destroy clsact on ifindex {ifindex}")
+
+
+def tc_attach(ifindex: int, prog_fd: int, handle: int, priority: int, replace: bool = False,
+              point: int = BPF_TC_INGRESS) -> int:
+    """Attach a direct-action filter; with replace the kernel swaps the
+    program of that handle/priority in place (no window without one)."""
+    opts = _TcOpts(sz=sizeof(_TcOpts), prog_fd=prog_fd, handle=handle, priority=priority,
+                   flags=BPF_TC_F_REPLACE if replace else 0)
+    _check(_lib.bpf_tc_attach(byref(_tc_hook(ifindex, point)), byref(opts)), f"attach TC to ifindex {ifindex}")
+    return opts.prog_id
+
+
+def tc_detach(ifindex: int, handle: int, priority: int, point: int = BPF_TC_INGRESS) -> None:
+    opts = _TcOpts(sz=sizeof(_TcOpts), handle=handle, priority=priority)
+    ret = _lib.bpf_tc_detach(byref(_tc_hook(ifindex, point)), byref(opts))
+    if ret != -errno.ENOENT:
+        _check(ret, f"detach TC from ifindex {ifindex}")
+
+
+def tc_query(ifindex: int, handle: int, priority: int, point: int = BPF_TC_INGRESS) -> int:
+    """Id of the program on that filter, 0 if there is none."""
+    opts = _TcOpts(sz=sizeof(_TcOpts), handle=handle, priority=priority)
+    ret = _lib.bpf_tc_query(byref(_tc_hook(ifindex, point)), byref(opts))
+    if ret in (-errno.ENOENT, -errno.EINVAL):
+        return 0
+    _check(ret, f"query TC on ifindex {ifindex}")
+    return opts.prog_id

@@ -1,0 +1,1 @@
+"""Model -> plan -> C -> object: the planner, the Jinja renderer and the clang cache."""

@@ -1,0 +1,82 @@
+"""clang -> BPF object, cached by a hash of everything that affects the bytes.
+
+The key covers the rendered source, every header in helpers/, the flags and
+the clang version, so an unchanged plan never recompiles and any change to a
+header does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from tna import HELPERS_DIR
+
+CLANG_FLAGS = ("-O2", "-g", "-target", "bpf", "-D__BPF__", "-Wall", "-Werror", "-mcpu=v3")
+
+
+class CompileError(RuntimeError):
+    """clang is missing or refused the generated C."""
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("TNA_CACHE_DIR", "/var/cache/tna"))
+
+
+def _include_flags() -> list[str]:
+    # <asm/types.h> lives in the multiarch include dir on Debian.
+    multiarch = f"/usr/include/{platform.machine()}-linux-gnu"
+    return [f"-I{HELPERS_DIR}", f"-I{multiarch}"]
+
+
+def _clang() -> str:
+    clang = shutil.which(os.environ.get("TNA_CLANG", "clang"))
+    if clang is None:
+        raise CompileError("clang not found: install it (apt-get install clang); traffic stays on the kernel path")
+    return clang
+
+
+def _clang_version(clang: str) -> str:
+    return subprocess.run([clang, "--version"], capture_output=True, text=True, check=True).stdout
+
+
+def cache_key(source: str, clang: str) -> str:
+    h = hashlib.sha256()
+    h.update(source.encode())
+    for header in sorted(HELPERS_DIR.glob("*.h")):
+        h.update(header.name.encode())
+        h.update(header.read_bytes())
+    h.update(" ".join(CLANG_FLAGS + tuple(_include_flags())).encode())
+    h.update(_clang_version(clang).encode())
+    return h.hexdigest()[:24]
+
+
+def compile_source(source: str, cache_dir: Path | None = None) -> Path:
+    """Path of the object for source; compiles only on a cache miss."""
+    clang = _clang()
+    cache_dir = cache_dir or default_cache_dir()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = cache_key(source, clang)
+    obj = cache_dir / f"{key}.o"
+    if obj.exists():
+        return obj
+    src = cache_dir / f"{key}.c"
+    src.write_text(source)
+    # write to a temp name and rename, so a crash never leaves a torn object
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".o.tmp")
+    os.close(fd)
+    try:
+        res = subprocess.run([clang, *CLANG_FLAGS, *_include_flags(), "-c", str(src), "-o", tmp],
+                             capture_output=True, text=True)
+        if res.returncode != 0:
+            raise CompileError(f"clang failed for {src}:\n{res.stderr.strip()}")
+        os.replace(tmp, obj)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return obj
