@@ -4,10 +4,8 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-# Templates and C headers live beside the package in the source tree and are
-# installed as package data (see pyproject.toml).
-_here = Path(__file__).resolve().parent
-_shipped = _here / "_data"
-DATA_DIR = _shipped if _shipped.is_dir() else _here.parent
-TEMPLATE_DIR = DATA_DIR / "fpm_templates"
-HELPERS_DIR = DATA_DIR / "helpers"
+# Templates and C headers sit beside the package in the source tree, which is
+# installed editable (pip install -e .): the daemon renders and compiles them.
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE_DIR = ROOT / "fpm_templates"
+HELPERS_DIR = ROOT / "helpers"

@@ -1,0 +1,174 @@
+"""The `tna` command.
+
+Examples:
+  ip netns exec R tna run                 # accelerate namespace R (hook per interface)
+  ip netns exec R tna run --hook xdp      # force XDP everywhere
+  ip netns exec R tna run --iface-hook eth1=tc
+  ip netns exec R tna status [--json]     # interfaces, hooks, programs, packets by reason
+  ip netns exec R tna stats [--json] [--watch 1]
+  ip netns exec R tna source r-h1         # the exact C running on r-h1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from tna.bpf import abi
+from tna.bpf import libbpf as bpf
+from tna.deploy.datapath import TC_HANDLE, TC_PRIORITY, read_stats
+from tna.runstate import AlreadyRunning, read_state
+
+
+def _running_state() -> dict[str, Any]:
+    state = read_state()
+    if state is None:
+        sys.exit("tna is not running in this network namespace (no state in /run/tna)")
+    try:
+        os.kill(state["pid"], 0)
+    except ProcessLookupError:
+        state["stale"] = True
+    return state
+
+
+def _attached_id(ifindex: int, hook: str) -> int:
+    try:
+        if hook == "xdp":
+            return bpf.xdp_query_id(ifindex)
+        return bpf.tc_query(ifindex, TC_HANDLE, TC_PRIORITY)
+    except OSError:
+        return 0
+
+
+def collect(state: dict[str, Any]) -> dict[str, Any]:
+    """state.json plus live counters, read through each interface's attached
+    program (maps are global; the program is what ties them to this lab)."""
+    out = dict(state)
+    for name, iface in state["ifaces"].items():
+        live = _attached_id(iface["ifindex"], iface["hook"])
+        iface["attached"] = live == iface["prog_id"]
+        iface["reasons"] = {}
+        if not iface["attached"]:
+            continue
+        prog = bpf.Program.from_id(live)
+        try:
+            stats = prog.find_map(abi.MAP_STATS)
+            iface["reasons"] = {r: {"packets": p, "bytes": b} for r, (p, b) in read_stats(stats).items()}
+            stats.close()
+        finally:
+            prog.close()
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tna.daemon import Daemon
+
+    overrides = {}
+    for item in args.iface_hook:
+        name, _, hook = item.partition("=")
+        if hook not in ("xdp", "tc"):
+            sys.exit(f"--iface-hook {item!r}: expected IFACE=xdp or IFACE=tc")
+        overrides[name] = hook
+    try:
+        Daemon(args.hook, overrides).run()
+    except AlreadyRunning as e:
+        sys.exit(f"tna: {e}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    st = collect(_running_state())
+    if args.json:
+        print(json.dumps(st, indent=1, sort_keys=True))
+        return 0
+    stale = " (daemon DEAD: programs are in fail-safe pass mode)" if st.get("stale") else ""
+    print(f"tna pid {st['pid']}, hook mode {st['mode']}{stale}")
+    fwd = st["forwarding"]
+    print(f"forwarding: ipv4 {'on' if fwd['ipv4'] else 'off'}, ipv6 {'on' if fwd['ipv6'] else 'off'}; "
+          f"{st['routes']} routes, {st['neighbours']} neighbours")
+    if st["disabled"]:
+        print(f"FAST PATH DISABLED: {st['disabled']}")
+    for name, i in sorted(st["ifaces"].items()):
+        flag = "" if i["attached"] else "  (NOT ATTACHED)"
+        print(f"  {name:<12} {i['hook']:<3} prog {i['prog_id']:<6} modules {','.join(i['modules'])}"
+              f"  xdp-egress {'yes' if i['xdp_egress'] else 'no'}{flag}")
+        print(f"  {'':<12} hook: {i['hook_why']}")
+        for reason, c in sorted(i["reasons"].items(), key=lambda kv: -kv[1]["packets"]):
+            print(f"  {'':<12}   {reason:<20} {c['packets']:>12} pkts {c['bytes']:>14} bytes")
+    for name, why in sorted(st["failed"].items()):
+        print(f"  {name:<12} FAILED, kernel path: {why.splitlines()[0]}")
+    for name, why in sorted(st["skipped"].items()):
+        print(f"  {name:<12} left alone: {why}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    while True:
+        st = collect(_running_state())
+        totals: dict[str, dict[str, int]] = {}
+        for i in st["ifaces"].values():
+            for reason, c in i["reasons"].items():
+                t = totals.setdefault(reason, {"packets": 0, "bytes": 0})
+                t["packets"] += c["packets"]
+                t["bytes"] += c["bytes"]
+        if args.json:
+            print(json.dumps({"total": totals, "ifaces": {n: i["reasons"] for n, i in st["ifaces"].items()}},
+                             sort_keys=True), flush=True)
+        else:
+            print(f"{'reason':<20} {'packets':>14} {'bytes':>16}")
+            for reason in abi.REASONS:
+                if reason in totals:
+                    print(f"{reason:<20} {totals[reason]['packets']:>14} {totals[reason]['bytes']:>16}")
+            print(flush=True)
+        if not args.watch:
+            return 0
+        time.sleep(args.watch)
+
+
+def cmd_source(args: argparse.Namespace) -> int:
+    st = _running_state()
+    iface = st["ifaces"].get(args.iface)
+    if iface is None:
+        sys.exit(f"tna: {args.iface} is not accelerated (see `tna status`)")
+    with open(iface["source"]) as f:
+        sys.stdout.write(f.read())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="tna", description="Transparent network acceleration.",
+                                 epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="run the daemon in this network namespace (foreground)")
+    run.add_argument("--hook", choices=("auto", "xdp", "tc"), default="auto",
+                     help="auto: XDP on wire-facing NICs, TC on veth/tap (default)")
+    run.add_argument("--iface-hook", action="append", default=[], metavar="IFACE=xdp|tc",
+                     help="per-interface hook override (repeatable)")
+    run.set_defaults(fn=cmd_run)
+    status = sub.add_parser("status", help="interfaces, hooks, programs and counters")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(fn=cmd_status)
+    stats = sub.add_parser("stats", help="packets and bytes by reason")
+    stats.add_argument("--json", action="store_true")
+    stats.add_argument("--watch", type=float, default=0, metavar="SECONDS", help="refresh every SECONDS")
+    stats.set_defaults(fn=cmd_stats)
+    source = sub.add_parser("source", help="print the C program running on IFACE")
+    source.add_argument("iface")
+    source.set_defaults(fn=cmd_source)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s tna %(levelname)s %(message)s")
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""`tna run`: the event loop wiring netlink -> model -> plan -> kernel.
+
+Threads: the main loop applies netlink events and reconciles; a lease thread
+renews the datapath's lease every 200 ms while the main loop shows signs of
+life.  If the process dies (kill -9, crash) the lease runs out within a
+second and every module passes all traffic to the kernel on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tna.bpf import abi
+from tna.bpf.libbpf import LibbpfError
+from tna.deploy.datapath import Datapath, ForeignProgram, attached_tna_prog
+from tna.model.config import Model
+from tna.netlink import netfilter
+from tna.netlink.watch import ResyncNeeded, Watcher, read_sysctls
+from tna.runstate import RunLock, write_state
+from tna.synth.compile import CompileError
+from tna.synth.planner import Plan, plan
+
+log = logging.getLogger("tna")
+
+LEASE_RENEW_S = 0.2
+POLL_S = 1.0          # sysctls, netfilter, veth peers: no events for these
+HEARTBEAT_MAX_S = 3.0  # main loop silent this long: stop renewing the lease
+
+
+class Daemon:
+    def __init__(self, mode: str = "auto", overrides: dict[str, str] | None = None,
+                 cache_dir: Path | None = None) -> None:
+        self.mode, self.overrides = mode, overrides or {}
+        self.dp = Datapath(cache_dir)
+        self.model = Model()
+        self.plan: Plan | None = None
+        self.failed: dict[int, str] = {}
+        self.disabled_why: str | None = None
+        self._stop = threading.Event()
+        self._heartbeat = time.monotonic()
+        self._netns_ids: dict[int, str] = {}
+
+    # --- lifecycle --------------------------------------------------------
+
+    def run(self) -> None:
+        lock = RunLock()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self._stop.set())
+        watcher = Watcher()
+        lease = threading.Thread(target=self._lease_loop, name="tna-lease", daemon=True)
+        try:
+            self._resync(watcher)
+            self._adopt_leftovers()
+            self.reconcile()
+            lease.start()
+            self._loop(watcher)
+        finally:
+            self._stop.set()
+            if lease.is_alive():
+                lease.join()
+            self.dp.remove_all()
+            watcher.close()
+            lock.release()
+            log.info("stopped; all interfaces are back on plain Linux")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self, watcher: Watcher) -> None:
+        next_poll = 0.0
+        while not self._stop.is_set():
+            changed = False
+            try:
+                for msg in watcher.events(timeout=0.1):
+                    changed |= self.model.apply(msg)
+            except ResyncNeeded as e:
+                log.warning("%s: resynchronising everything", e)
+                watcher.close()
+                watcher = Watcher()
+                self._resync(watcher)
+                changed = True
+            now = time.monotonic()
+            if now >= next_poll:
+                changed |= self._poll(watcher)
+                next_poll = now + POLL_S
+            if changed:
+                self.reconcile()
+            self._heartbeat = time.monotonic()
+
+    def _lease_loop(self) -> None:
+        while not self._stop.wait(LEASE_RENEW_S):
+            if time.monotonic() - self._heartbeat < HEARTBEAT_MAX_S:
+                self.dp.write_state()
+
+    # --- inputs -------------------------------------------------------------
+
+    def _resync(self, watcher: Watcher) -> None:
+        self.model = Model()
+        for msg in watcher.dump():
+            self.model.apply(msg)
+        self._poll(watcher)
+
+    def _poll(self, watcher: Watcher) -> bool:
+        changed = self.model.set_sysctls(read_sysctls())
+        why = netfilter.rules_present()
+        if why != self.disabled_why:
+            self.disabled_why = why
+            if why:
+                log.warning("fast path disabled, all traffic stays on the kernel path: %s", why)
+            else:
+                log.info("no netfilter rules: fast path enabled")
+            self.dp.pass_reason = abi.REASON["DISABLED"] if why else 0
+            self.dp.write_state()
+            changed = True
+        if self.mode != "tc" or self.overrides:  # only XDP egress cares about veth peers
+            for link in self.model.links.values():
+                if link.kind == "veth" and link.peer_netnsid is not None:
+                    if link.peer_netnsid not in self._netns_ids:
+                        self._netns_ids = watcher.named_netns_ids()
+                    has = watcher.peer_has_xdp(link, self._netns_ids)
+                    changed |= self.model.set_peer_xdp(link.index, bool(has))
+        return changed
+
+    def _adopt_leftovers(self) -> None:
+        """A dead daemon's programs stay attached (in fail-safe pass mode).
+        Interfaces we plan for get theirs replaced atomically in reconcile();
+        the others are detached here."""
+        p = plan(self.model, self.mode, self.overrides)
+        for link in self.model.links.values():
+            if link.index in p.ifaces:
+                continue
+            for hook in ("xdp", "tc"):
+                try:
+                    if attached_tna_prog(link.index, hook):
+                        log.info("%s: removing a %s program left by an earlier tna", link.name, hook)
+                        self.dp.remove(link.index)
+                except (ForeignProgram, OSError):
+                    pass
+
+    # --- output -------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        p = plan(self.model, self.mode, self.overrides)
+        for ifindex in set(self.dp.attached) - set(p.ifaces):
+            self._safely(ifindex, lambda i=ifindex: self.dp.remove(i))
+        self.failed = {i: why for i, why in self.failed.items() if i in p.ifaces}
+        for ifindex, ip in p.ifaces.items():
+            if self._safely(ifindex, lambda ip=ip: self.dp.apply(ip)):
+                self.failed.pop(ifindex, None)
+        self.dp.sync(p.xdp_egress, p.tc_egress, self.model.stale_neighbours())
+        self.plan = p
+        write_state(self.describe())
+
+    def _safely(self, ifindex: int, action: Any) -> bool:
+        """Run an attach/detach; on failure the interface ends on the kernel path."""
+        try:
+            action()
+            return True
+        except (CompileError, LibbpfError, ForeignProgram, OSError) as e:
+            name = self.model.links[ifindex].name if ifindex in self.model.links else str(ifindex)
+            msg = str(e)
+            if isinstance(e, LibbpfError) and e.log:
+                msg += "\n" + e.log.strip()[-2000:]
+            if self.failed.get(ifindex) != msg:
+                log.error("%s: %s; this interface's traffic stays on the kernel path", name, msg)
+            self.failed[ifindex] = msg
+            try:
+                self.dp.remove(ifindex)
+            except OSError:
+                pass
+            return False
+
+    def describe(self) -> dict[str, Any]:
+        p = self.plan
+        ifaces = {}
+        if p is not None:
+            for ifindex, att in self.dp.attached.items():
+                ip = att.plan
+                ifaces[ip.name] = {
+                    "ifindex": ifindex, "hook": ip.hook, "hook_why": ip.hook_why,
+                    "modules": list(ip.modules), "prog_id": att.prog_id, "source": str(att.source),
+                    "xdp_egress": ifindex in p.xdp_egress,
+                }
+        return {
+            "pid": os.getpid(),
+            "mode": self.mode,
+            "disabled": self.disabled_why,
+            "forwarding": {"ipv4": self.model.sysctls.ipv4_forward, "ipv6": self.model.sysctls.ipv6_forward},
+            "ifaces": ifaces,
+            "skipped": {s.name: s.why for s in (p.skipped.values() if p else [])},
+            "failed": {self.model.links[i].name if i in self.model.links else str(i): why
+                       for i, why in self.failed.items()},
+            "routes": len(self.model.routes),
+            "neighbours": len(self.model.neighs),
+        }

@@ -1,0 +1,1 @@
+"""Attach/replace/detach programs and synchronise maps from the model."""

@@ -1,0 +1,270 @@
+"""Put plans into the kernel: load, attach, atomically replace, detach, and
+keep the shared maps equal to what the model says (shadow + diff).
+
+One program instance per interface (its own counters and .rodata), built
+from the object for its plan's shape; the shared maps are created by the
+first load and reused by every later one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyroute2 import IPRoute
+
+from tna.bpf import abi
+from tna.bpf import libbpf as bpf
+from tna.model.config import Neigh
+from tna.synth.compile import compile_source
+from tna.synth.planner import IfacePlan
+from tna.synth.render import render
+
+log = logging.getLogger(__name__)
+
+# Our TC filter: one fixed handle/priority on clsact ingress, so a restarted
+# daemon finds (and replaces) what an earlier one attached.
+TC_HANDLE = 0x7A
+TC_PRIORITY = 0x7A
+TC_H_CLSACT_INGRESS = 0xFFFFFFF2
+TC_H_CLSACT_EGRESS = 0xFFFFFFF3
+
+LEASE_NS = 1_000_000_000
+
+
+class ForeignProgram(Exception):
+    """Someone else's XDP program or TC filter is there: leave the interface alone."""
+
+
+@dataclass
+class Attached:
+    plan: IfacePlan
+    obj: bpf.BpfObject
+    prog: bpf.Program
+    prog_id: int
+    source: Path
+
+    def stats(self) -> dict[str, tuple[int, int]]:
+        return read_stats(self.obj.map(abi.MAP_STATS))
+
+
+def read_stats(stats_map: bpf.Map) -> dict[str, tuple[int, int]]:
+    """reason -> (packets, bytes), summed over CPUs; zero reasons left out."""
+    out: dict[str, tuple[int, int]] = {}
+    for key, per_cpu in stats_map.items():
+        idx = int.from_bytes(key, "little")
+        counters = [abi.TnaCounter.from_buffer_copy(v) for v in per_cpu]
+        pkts, byts = sum(c.packets for c in counters), sum(c.bytes for c in counters)
+        if pkts and idx < len(abi.REASONS):
+            out[abi.REASONS[idx]] = (pkts, byts)
+    return out
+
+
+def iface_cfg(plan: IfacePlan) -> bytes:
+    cfg = abi.TnaIfaceCfg(ifindex=plan.ifindex, flags=plan.flags)
+    cfg.mac[:] = bytes.fromhex(plan.mac.replace(":", ""))
+    return bytes(cfg)
+
+
+def attached_tna_prog(ifindex: int, hook: str) -> int:
+    """Id of a TNA program attached at hook on ifindex, 0 if none; raises
+    ForeignProgram if another program holds the hook."""
+    if hook == "xdp":
+        prog_id = bpf.xdp_query_id(ifindex)
+    else:
+        prog_id = bpf.tc_query(ifindex, TC_HANDLE, TC_PRIORITY)
+    if prog_id == 0:
+        return 0
+    prog = bpf.Program.from_id(prog_id)
+    try:
+        if prog.name != abi.PROGRAM_NAME:
+            raise ForeignProgram(f"a foreign {hook} program ({prog.name}, id {prog_id}) is attached")
+    finally:
+        prog.close()
+    return prog_id
+
+
+class Datapath:
+    def __init__(self, cache_dir: Path | None = None) -> None:
+        self.cache_dir = cache_dir
+        self.shared: dict[str, bpf.Map] = {}
+        self.attached: dict[int, Attached] = {}
+        self._shadow: dict[str, dict[bytes, bytes]] = {}
+        self._state_lock = threading.Lock()
+        self.pass_reason = 0
+        self.stale_count = 0
+
+    # --- programs -----------------------------------------------------
+
+    def _load(self, plan: IfacePlan) -> tuple[bpf.BpfObject, bpf.Program, Path]:
+        source = render(plan.hook, plan.modules)
+        path = compile_source(source, self.cache_dir)
+        obj = bpf.BpfObject(str(path))
+        try:
+            obj.set_initial_value(abi.SECTION_IFACE, iface_cfg(plan))
+            for name, m in self.shared.items():
+                obj.reuse_map(name, m.fd)
+            obj.load()
+            if not self.shared:
+                self._adopt_shared(obj)
+            return obj, obj.program(abi.PROGRAM_NAME), path.with_suffix(".c")
+        except BaseException:
+            obj.close()
+            raise
+
+    def _adopt_shared(self, obj: bpf.BpfObject) -> None:
+        for name in abi.SHARED_MAPS:
+            m = obj.map(name)
+            self.shared[name] = bpf.Map(os.dup(m.fd), m.key_size, m.value_size, name, owned=True)
+        self.write_state()  # the lease must be valid before any program is attached
+
+    def apply(self, plan: IfacePlan) -> Attached:
+        """Attach plan's program to its interface, replacing atomically what
+        TNA had there (ours or a dead daemon's).  Unchanged plans are kept."""
+        cur = self.attached.get(plan.ifindex)
+        if cur is not None and cur.plan == plan:
+            return cur
+        obj, prog, source = self._load(plan)
+        try:
+            other = "tc" if plan.hook == "xdp" else "xdp"
+            old = attached_tna_prog(plan.ifindex, plan.hook)
+            attached_tna_prog(plan.ifindex, other)  # raises if foreign
+            if plan.hook == "xdp":
+                self._attach_xdp(plan.ifindex, prog, old)
+            else:
+                self._attach_tc(plan.ifindex, prog, old)
+            # the other hook may still hold our program from an earlier plan
+            self._detach_hook(plan.ifindex, other)
+        except BaseException:
+            obj.close()
+            raise
+        if cur is not None:
+            cur.obj.close()
+        att = Attached(plan, obj, prog, prog.id, source)
+        self.attached[plan.ifindex] = att
+        log.info("%s: %s program %d attached (%s)", plan.name, plan.hook, att.prog_id, ",".join(plan.modules))
+        return att
+
+    @staticmethod
+    def _attach_xdp(ifindex: int, prog: bpf.Program, old_id: int) -> None:
+        if not old_id:
+            bpf.xdp_attach(ifindex, prog.fd)
+            return
+        old = bpf.Program.from_id(old_id)
+        try:
+            bpf.xdp_attach(ifindex, prog.fd, old_prog_fd=old.fd)
+        finally:
+            old.close()
+
+    @staticmethod
+    def _attach_tc(ifindex: int, prog: bpf.Program, old_id: int) -> None:
+        bpf.tc_hook_create(ifindex)
+        foreign = [f for f in _tc_filters(ifindex, TC_H_CLSACT_INGRESS) if f != (TC_PRIORITY, TC_HANDLE)]
+        if foreign:
+            raise ForeignProgram(f"foreign TC ingress filters are attached (prio/handle {foreign})")
+        bpf.tc_attach(ifindex, prog.fd, TC_HANDLE, TC_PRIORITY, replace=bool(old_id))
+
+    def _detach_hook(self, ifindex: int, hook: str) -> None:
+        try:
+            if not attached_tna_prog(ifindex, hook):
+                return
+        except ForeignProgram:
+            return
+        if hook == "xdp":
+            bpf.xdp_detach(ifindex)
+        else:
+            bpf.tc_detach(ifindex, TC_HANDLE, TC_PRIORITY)
+            if not _tc_filters(ifindex, TC_H_CLSACT_INGRESS) and not _tc_filters(ifindex, TC_H_CLSACT_EGRESS):
+                bpf.tc_hook_destroy(ifindex)
+
+    def remove(self, ifindex: int) -> None:
+        """Detach TNA from ifindex (both hooks), whoever attached it."""
+        att = self.attached.pop(ifindex, None)
+        for hook in ("xdp", "tc"):
+            try:
+                self._detach_hook(ifindex, hook)
+            except OSError as e:
+                if e.errno not in (errno.ENODEV, errno.EINVAL):
+                    raise
+        if att is not None:
+            att.obj.close()
+            log.info("%s: detached", att.plan.name)
+
+    def remove_all(self) -> None:
+        for ifindex in list(self.attached):
+            try:
+                self.remove(ifindex)
+            except OSError as e:
+                log.error("detach from ifindex %d failed: %s", ifindex, e)
+        for m in self.shared.values():
+            m.close()
+        self.shared.clear()
+        self._shadow.clear()
+
+    # --- shared maps ----------------------------------------------------
+
+    def write_state(self, lease_ns: int = LEASE_NS) -> None:
+        """Renew the lease (and publish the global switch)."""
+        m = self.shared.get(abi.MAP_STATE)
+        if m is None:
+            return
+        with self._state_lock:
+            st = abi.TnaState(lease_deadline_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC) + lease_ns,
+                              pass_reason=self.pass_reason, stale_count=self.stale_count)
+            m.update((0).to_bytes(4, "little"), bytes(st))
+
+    def sync(self, xdp_egress: frozenset[int], tc_egress: frozenset[int], stale: set[Neigh]) -> None:
+        if not self.shared:
+            return
+        u32 = ctypes.c_uint32
+        self._sync(abi.MAP_DEVMAP, {bytes(u32(i)): bytes(u32(i)) for i in xdp_egress})
+        self._sync(abi.MAP_EGRESS, {bytes(u32(i)): bytes(abi.TnaEgress()) for i in tc_egress})
+        keys = {_neigh_key(n) for n in stale}
+        self._sync(abi.MAP_STALE, {k: b"\x01" for k in keys})
+        if len(keys) != self.stale_count:
+            self.stale_count = len(keys)
+            self.write_state()
+
+    def _sync(self, name: str, desired: dict[bytes, bytes]) -> None:
+        """Write only the difference between what we wrote last and desired."""
+        m, shadow = self.shared[name], self._shadow.setdefault(name, {})
+        for key in shadow.keys() - desired.keys():
+            m.delete(key)
+            del shadow[key]
+        for key, value in desired.items():
+            if shadow.get(key) != value:
+                try:
+                    m.update(key, value)
+                except OSError as e:  # e.g. a device that vanished meanwhile
+                    log.warning("map %s: cannot add entry: %s", name, e)
+                    continue
+                shadow[key] = value
+
+
+def _neigh_key(n: Neigh) -> bytes:
+    key = abi.TnaNeighKey(ifindex=n.index, family=n.family)
+    packed = socket.inet_pton(n.family, n.dst)  # AF_INET/AF_INET6 match socket's
+    ctypes.memmove(key.addr, packed, len(packed))
+    return bytes(key)
+
+
+def _tc_filters(ifindex: int, parent: int) -> list[tuple[int, int]]:
+    """(priority, handle) of the classifier filters on a clsact hook."""
+    with IPRoute() as ipr:
+        try:
+            msgs = ipr.get_filters(index=ifindex, parent=parent)
+        except Exception:
+            return []
+    out = []
+    for m in msgs:
+        if m.get("TCA_KIND") is None or not m["handle"]:
+            continue  # the per-priority chain headers carry no handle
+        out.append((m["info"] >> 16, m["handle"]))
+    return out

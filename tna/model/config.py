@@ -1,0 +1,231 @@
+"""The kernel's configuration as TNA sees it: pure data, no I/O.
+
+Netlink messages (pyroute2 nlmsg objects, live or decoded from a recording)
+go in through Model.apply(); dataclasses come out.  Everything the planner
+and the map synchroniser decide is a function of this model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+AF_INET = 2
+AF_INET6 = 10
+
+IFF_UP = 0x1
+IFF_LOOPBACK = 0x8
+IFF_NOARP = 0x80
+ARPHRD_ETHER = 1
+
+RTM_NEWLINK, RTM_DELLINK = 16, 17
+RTM_NEWADDR, RTM_DELADDR = 20, 21
+RTM_NEWROUTE, RTM_DELROUTE = 24, 25
+RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
+
+NUD_INCOMPLETE, NUD_REACHABLE, NUD_STALE, NUD_DELAY = 0x01, 0x02, 0x04, 0x08
+NUD_PROBE, NUD_FAILED, NUD_NOARP, NUD_PERMANENT = 0x10, 0x20, 0x40, 0x80
+
+
+class NlMsg(Protocol):
+    """What we use of a pyroute2 message."""
+
+    def get(self, key: str, default: Any = None) -> Any: ...
+    def __getitem__(self, key: str) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Link:
+    index: int
+    name: str
+    kind: str | None          # IFLA_INFO_KIND; None for a physical NIC
+    mac: str | None
+    mtu: int
+    flags: int
+    arptype: int
+    master: int | None = None
+    peer_index: int | None = None    # veth: IFLA_LINK
+    peer_netnsid: int | None = None  # veth: IFLA_LINK_NETNSID (None: same namespace)
+    xdp_prog_id: int = 0
+    qdisc: str | None = None         # root qdisc kind (IFLA_QDISC)
+
+    @property
+    def up(self) -> bool:
+        return bool(self.flags & IFF_UP)
+
+    @property
+    def loopback(self) -> bool:
+        return bool(self.flags & IFF_LOOPBACK)
+
+    @property
+    def ethernet(self) -> bool:
+        return self.arptype == ARPHRD_ETHER and not self.flags & IFF_NOARP and self.mac is not None
+
+
+@dataclass(frozen=True)
+class Addr:
+    index: int
+    family: int
+    address: str
+    prefixlen: int
+
+
+@dataclass(frozen=True)
+class Route:
+    family: int
+    table: int
+    dst: str
+    dst_len: int
+    type: int
+    oif: int | None
+    gateway: str | None
+    multipath: int = 0  # number of next hops when > 1
+
+
+@dataclass(frozen=True)
+class Neigh:
+    index: int
+    family: int
+    dst: str
+    lladdr: str | None
+    state: int
+
+
+@dataclass(frozen=True)
+class Sysctls:
+    ipv4_forward: bool = False
+    ipv6_forward: bool = False
+
+    @property
+    def forwarding(self) -> bool:
+        return self.ipv4_forward or self.ipv6_forward
+
+
+@dataclass
+class Model:
+    links: dict[int, Link] = field(default_factory=dict)
+    addrs: set[Addr] = field(default_factory=set)
+    routes: set[Route] = field(default_factory=set)
+    neighs: dict[tuple[int, int, str], Neigh] = field(default_factory=dict)
+    sysctls: Sysctls = field(default_factory=Sysctls)
+    # Peers of veths that live in another namespace: does it run XDP?
+    # Filled by the watcher (it needs I/O); the planner only reads it.
+    peer_xdp: dict[int, bool] = field(default_factory=dict)
+
+    def apply(self, msg: NlMsg) -> bool:
+        """Apply one netlink message; True if the model changed."""
+        kind = msg["header"]["type"]
+        if kind in (RTM_NEWLINK, RTM_DELLINK):
+            return self._apply_link(msg, kind == RTM_NEWLINK)
+        if kind in (RTM_NEWADDR, RTM_DELADDR):
+            return _apply_set(self.addrs, addr_from_msg(msg), kind == RTM_NEWADDR)
+        if kind in (RTM_NEWROUTE, RTM_DELROUTE):
+            route = route_from_msg(msg)
+            return route is not None and _apply_set(self.routes, route, kind == RTM_NEWROUTE)
+        if kind in (RTM_NEWNEIGH, RTM_DELNEIGH):
+            return self._apply_neigh(msg, kind == RTM_NEWNEIGH)
+        return False
+
+    def _apply_link(self, msg: NlMsg, new: bool) -> bool:
+        link = link_from_msg(msg)
+        old = self.links.get(link.index)
+        if not new:
+            if old is None:
+                return False
+            del self.links[link.index]
+            self.addrs = {a for a in self.addrs if a.index != link.index}
+            self.neighs = {k: n for k, n in self.neighs.items() if n.index != link.index}
+            self.peer_xdp.pop(link.index, None)
+            return True
+        if old is not None and link.qdisc is None:
+            link = replace(link, qdisc=old.qdisc)  # not every RTM_NEWLINK carries it
+        self.links[link.index] = link
+        return old != link
+
+    def _apply_neigh(self, msg: NlMsg, new: bool) -> bool:
+        neigh = neigh_from_msg(msg)
+        if neigh is None:
+            return False
+        key = (neigh.index, neigh.family, neigh.dst)
+        if new and neigh.state not in (NUD_FAILED,):
+            changed = self.neighs.get(key) != neigh
+            self.neighs[key] = neigh
+            return changed
+        return self.neighs.pop(key, None) is not None
+
+    def set_sysctls(self, sysctls: Sysctls) -> bool:
+        changed = sysctls != self.sysctls
+        self.sysctls = sysctls
+        return changed
+
+    def set_peer_xdp(self, index: int, has_xdp: bool) -> bool:
+        changed = self.peer_xdp.get(index) != has_xdp
+        self.peer_xdp[index] = has_xdp
+        return changed
+
+    def stale_neighbours(self) -> set[Neigh]:
+        """Neighbours the kernel would re-validate on their next use."""
+        return {n for n in self.neighs.values() if n.state == NUD_STALE}
+
+
+def _apply_set(items: set, item: object, add: bool) -> bool:
+    if add:
+        if item in items:
+            return False
+        items.add(item)
+        return True
+    if item not in items:
+        return False
+    items.discard(item)
+    return True
+
+
+def _linkinfo_kind(msg: NlMsg) -> str | None:
+    info = msg.get("IFLA_LINKINFO")
+    return info.get("IFLA_INFO_KIND") if info is not None else None
+
+
+def link_from_msg(msg: NlMsg) -> Link:
+    xdp = msg.get("IFLA_XDP")
+    prog_id = (xdp.get("IFLA_XDP_PROG_ID") or 0) if xdp is not None else 0
+    kind = _linkinfo_kind(msg)
+    return Link(
+        index=msg["index"],
+        name=msg.get("IFLA_IFNAME") or f"if{msg['index']}",
+        kind=kind,
+        mac=msg.get("IFLA_ADDRESS"),
+        mtu=msg.get("IFLA_MTU") or 0,
+        flags=msg["flags"],
+        arptype=msg["ifi_type"],
+        master=msg.get("IFLA_MASTER") or None,
+        peer_index=msg.get("IFLA_LINK") if kind == "veth" else None,
+        peer_netnsid=msg.get("IFLA_LINK_NETNSID"),
+        xdp_prog_id=prog_id,
+        qdisc=msg.get("IFLA_QDISC"),
+    )
+
+
+def addr_from_msg(msg: NlMsg) -> Addr:
+    return Addr(msg["index"], msg["family"], msg.get("IFA_ADDRESS") or "", msg["prefixlen"])
+
+
+def route_from_msg(msg: NlMsg) -> Route | None:
+    if msg["family"] not in (AF_INET, AF_INET6):
+        return None
+    mp = msg.get("RTA_MULTIPATH") or []
+    return Route(
+        family=msg["family"],
+        table=msg.get("RTA_TABLE") or msg["table"],
+        dst=msg.get("RTA_DST") or ("0.0.0.0" if msg["family"] == AF_INET else "::"),
+        dst_len=msg["dst_len"],
+        type=msg["type"],
+        oif=msg.get("RTA_OIF"),
+        gateway=msg.get("RTA_GATEWAY"),
+        multipath=len(mp),
+    )
+
+
+def neigh_from_msg(msg: NlMsg) -> Neigh | None:
+    if msg["family"] not in (AF_INET, AF_INET6):
+        return None  # AF_BRIDGE FDB entries belong to the bridge issue
+    return Neigh(msg["ifindex"], msg["family"], msg.get("NDA_DST") or "", msg.get("NDA_LLADDR"), msg["state"])

@@ -1,0 +1,1 @@
+"""Netlink sockets (pyroute2), resync, and the few /proc reads the model needs."""

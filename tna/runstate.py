@@ -1,0 +1,68 @@
+"""Where a namespace's daemon keeps its lock and published state.
+
+/run is shared by every `ip netns exec` (only /sys is remounted), so state
+is keyed by the network namespace's inode; bpffs is not shared that way,
+which is why `tna status` finds maps through the attached programs instead
+of pins.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+RUN_ROOT = Path(os.environ.get("TNA_RUN_DIR", "/run/tna"))
+
+
+def netns_id() -> str:
+    return str(os.stat("/proc/self/ns/net").st_ino)
+
+
+def run_dir() -> Path:
+    return RUN_ROOT / netns_id()
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+class RunLock:
+    """flock on run_dir()/lock: held while a daemon runs, released by the
+    kernel if it dies, so a crashed daemon never blocks its successor."""
+
+    def __init__(self) -> None:
+        self.dir = run_dir()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(self._fd, 32, 0).decode().strip() or "?"
+            os.close(self._fd)
+            raise AlreadyRunning(f"another `tna run` (pid {pid}) is active in this network namespace") from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, str(os.getpid()).encode(), 0)
+
+    def release(self, remove_dir: bool = True) -> None:
+        if remove_dir:
+            for f in self.dir.iterdir():
+                f.unlink(missing_ok=True)
+            self.dir.rmdir()
+        os.close(self._fd)
+
+
+def write_state(state: dict[str, Any]) -> None:
+    path = run_dir() / "state.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def read_state() -> dict[str, Any] | None:
+    try:
+        return json.loads((run_dir() / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
