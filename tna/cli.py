@@ -49,7 +49,7 @@ def collect(state: dict[str, Any]) -> dict[str, Any]:
     """state.json plus live counters, read through each interface's attached
     program (maps are global; the program is what ties them to this lab)."""
     out = dict(state)
-    for name, iface in state["ifaces"].items():
+    for iface in state["ifaces"].values():
         live = _attached_id(iface["ifindex"], iface["hook"])
         iface["attached"] = live == iface["prog_id"]
         iface["reasons"] = {}
