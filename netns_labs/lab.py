@@ -7,15 +7,21 @@ ranges only: 192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from pyroute2 import IPRoute, netns
+
+_REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,8 @@ class Host:
 
 class Lab:
     """A set of namespaces, veth pairs, addresses and routes."""
+
+    repo = _REPO  # cwd for `python -m netns_labs...`/`tna` run inside the lab
 
     def __init__(self) -> None:
         self.tag = f"tna{os.getpid() % 100000}{secrets.token_hex(2)}"
@@ -239,3 +247,89 @@ def wait_for(pred, timeout: float = 5.0, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return bool(pred())
+
+
+def py(module: str, *args: str) -> list[str]:
+    """`python -m module args` with this interpreter (run it with Lab.run/popen)."""
+    return [sys.executable, "-m", module, *args]
+
+
+def tcp_transfer(lab: Lab, src: str, dst: str, dst_ip: str, nbytes: int, port: int = 5201) -> tuple[str, str]:
+    """Send nbytes over TCP from namespace src to dst_ip in namespace dst;
+    (sha256 sent, sha256 received).  Raises if either side fails."""
+    server = lab.popen(dst, py("netns_labs.xfer", "tcp-server", str(port)),
+                       stdout=subprocess.PIPE, text=True, cwd=_REPO)
+    assert server.stdout is not None
+    assert server.stdout.readline().strip() == "ready"
+    client = lab.run(src, py("netns_labs.xfer", "tcp-client", dst_ip, str(port), str(nbytes)),
+                     cwd=_REPO, timeout=120)
+    got = server.stdout.readline().split()
+    server.wait(timeout=10)
+    sent = client.stdout.split()
+    assert int(sent[0]) == nbytes and int(got[0]) == nbytes, (sent, got)
+    return sent[1], got[1]
+
+
+def udp_echo(lab: Lab, src: str, dst: str, dst_ip: str, count: int, port: int = 5202) -> int:
+    """Datagrams echoed back intact out of count."""
+    server = lab.popen(dst, py("netns_labs.xfer", "udp-echo", str(port)),
+                       stdout=subprocess.PIPE, text=True, cwd=_REPO)
+    assert server.stdout is not None
+    assert server.stdout.readline().strip() == "ready"
+    out = lab.run(src, py("netns_labs.xfer", "udp-client", dst_ip, str(port), str(count)),
+                  cwd=_REPO, timeout=120)
+    os.killpg(server.pid, signal.SIGKILL)
+    server.wait()
+    return int(out.stdout.split()[0])
+
+
+def ping(lab: Lab, ns: str, dst: str, count: int = 3, *opts: str) -> subprocess.CompletedProcess:
+    return lab.run(ns, ["ping", "-c", str(count), "-i", "0.05", "-W", "1", *opts, dst], check=False, timeout=30)
+
+
+class Tna:
+    """A `tna run` in a lab namespace, and its status/stats as JSON."""
+
+    def __init__(self, lab: Lab, ns: str, *args: str) -> None:
+        self.lab, self.ns = lab, ns
+        self.log = tempfile.NamedTemporaryFile(prefix="tna-", suffix=".log", delete=False)  # noqa: SIM115
+        self.proc = lab.popen(ns, py("tna", "run", *args),
+                              stdout=self.log, stderr=subprocess.STDOUT, cwd=_REPO)
+
+    def wait_attached(self, names: Sequence[str], timeout: float = 30) -> dict:
+        def ready() -> bool:
+            st = self.status()
+            return st is not None and all(n in st["ifaces"] and st["ifaces"][n]["attached"] for n in names)
+        if not wait_for(ready, timeout, 0.2):
+            raise RuntimeError(f"tna did not attach {names}:\n{self.output()}")
+        return self.status()  # type: ignore[return-value]
+
+    def output(self) -> str:
+        with open(self.log.name) as f:
+            return f.read()
+
+    def close(self) -> str:
+        """Remove the log; returns what the daemon printed."""
+        out = self.output()
+        os.unlink(self.log.name)
+        return out
+
+    def status(self) -> dict | None:
+        res = self.lab.run(self.ns, py("tna", "status", "--json"), check=False, cwd=_REPO)
+        return json.loads(res.stdout) if res.returncode == 0 else None
+
+    def counters(self) -> dict[str, int]:
+        """Packets by reason, summed over interfaces."""
+        st = self.status() or {"ifaces": {}}
+        out: dict[str, int] = {}
+        for iface in st["ifaces"].values():
+            for reason, c in iface.get("reasons", {}).items():
+                out[reason] = out.get(reason, 0) + c["packets"]
+        return out
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if sig == signal.SIGKILL:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the daemon and `ip netns exec` alike
+        else:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=30)

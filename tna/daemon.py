@@ -102,7 +102,7 @@ class Daemon:
 
     def _resync(self, watcher: Watcher) -> None:
         self.model = Model()
-        for msg in watcher.dump():
+        for msg in watcher.snapshot():
             self.model.apply(msg)
         self._poll(watcher)
 

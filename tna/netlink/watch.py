@@ -8,10 +8,10 @@ interrupted dump the caller drops the model and resyncs from a new dump.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import select
+import queue
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,49 +40,94 @@ class ResyncNeeded(Exception):
     """Events were lost: rebuild the model from a fresh dump."""
 
 
+_DUMP_DONE = object()
+
+
 class Watcher:
+    """One reader thread owns the subscribed socket: bind, dump, then block
+    in get() for events, putting everything into one queue in order.  (The
+    socket's fd cannot be select()ed: pyroute2 buffers datagrams itself.)
+    Queries (peers, qdisc refreshes) use a second socket in the caller's
+    thread."""
+
     def __init__(self) -> None:
-        self.ipr = IPRoute()
-        self.ipr.bind(groups=GROUPS)
+        self._q: queue.Queue = queue.Queue()
+        self._closed = threading.Event()
+        self.query = IPRoute()
+        self._thread = threading.Thread(target=self._read, name="tna-netlink", daemon=True)
+        self._thread.start()
 
     def close(self) -> None:
-        self.ipr.close()
+        self._closed.set()
+        self.query.close()
+        # the reader thread may sit in get(); it is a daemon thread and its
+        # socket dies with the process or is dropped on the next resync
 
-    def fileno(self) -> int:
-        return self.ipr.fileno()
+    def _read(self) -> None:
+        try:
+            ipr = IPRoute()
+            ipr.bind(groups=GROUPS)
+            for msg in self._dump(ipr):
+                self._q.put(msg)
+            self._q.put(_DUMP_DONE)
+            while not self._closed.is_set():
+                for msg in ipr.get():
+                    self._q.put(msg)
+        except Exception as e:  # overrun (ENOBUFS), dump trouble, socket gone
+            if not self._closed.is_set():
+                self._q.put(ResyncNeeded(f"netlink reader stopped: {e!r}"))
 
-    def dump(self) -> list[NlMsg]:
+    @staticmethod
+    def _dump(ipr: IPRoute) -> list[NlMsg]:
         """Everything the model needs, in dependency order (links first)."""
         for _ in range(5):
             try:
-                msgs: list[NlMsg] = list(self.ipr.get_links())
+                msgs: list[NlMsg] = list(ipr.get_links())
                 for family in (AF_INET, AF_INET6):
-                    msgs += self.ipr.get_addr(family=family)
-                    msgs += self.ipr.get_routes(family=family)
-                    msgs += self.ipr.get_neighbours(family=family)
+                    msgs += ipr.get_addr(family=family)
+                    msgs += ipr.get_routes(family=family)
+                    msgs += ipr.get_neighbours(family=family)
                 return msgs
             except NetlinkDumpInterrupted:
                 log.info("netlink dump interrupted by a change; dumping again")
         raise ResyncNeeded("netlink dumps keep being interrupted")
 
+    def snapshot(self, timeout: float = 30) -> list[NlMsg]:
+        """The initial dump (call once, before events())."""
+        msgs = []
+        while True:
+            item = self._q.get(timeout=timeout)
+            if item is _DUMP_DONE:
+                return msgs
+            if isinstance(item, ResyncNeeded):
+                raise item
+            msgs.append(item)
+
     def events(self, timeout: float) -> Iterator[NlMsg]:
-        """Messages that arrive within timeout (all that are queued, then stop)."""
-        wait = timeout
-        while select.select([self.ipr], [], [], wait)[0]:
-            wait = 0
+        """Messages that arrive within timeout: all queued, then stop."""
+        try:
+            item = self._q.get(timeout=timeout)
+        except queue.Empty:
+            return
+        while True:
+            if isinstance(item, ResyncNeeded):
+                raise item
+            yield from self._expand(item)
             try:
-                batch = self.ipr.get()
-            except OSError as e:
-                if e.errno == errno.ENOBUFS:
-                    raise ResyncNeeded("netlink socket overrun (ENOBUFS)") from e
-                raise
-            for msg in batch:
-                if msg["header"]["type"] in (RTM_NEWQDISC, RTM_DELQDISC):
-                    # qdisc events do not carry the link; re-read it so the
-                    # model's root qdisc stays true
-                    yield from self.ipr.get_links(msg["index"])
-                elif msg.get("header", {}).get("error") is None:
-                    yield msg
+                item = self._q.get_nowait()
+            except queue.Empty:
+                return
+
+    def _expand(self, msg: NlMsg) -> Iterator[NlMsg]:
+        if msg["header"]["type"] in (RTM_NEWQDISC, RTM_DELQDISC):
+            # qdisc events do not carry the link; re-read it so the model's
+            # root qdisc stays true
+            try:
+                yield from self.query.get_links(msg["index"])
+            except Exception:  # the link went away meanwhile; its DELLINK follows
+                return
+        elif msg.get("header", {}).get("error") is None:
+            yield msg
 
     def peer_has_xdp(self, link: Link, netns_by_id: dict[int, str]) -> bool | None:
         """Does the other end of a veth in another namespace run XDP?
@@ -110,7 +155,7 @@ class Watcher:
             except OSError:
                 continue
             try:
-                info = self.ipr.get_netnsid(fd=fd)
+                info = self.query.get_netnsid(fd=fd)
                 nsid = info.get("nsid") if isinstance(info, dict) else None
                 if nsid is not None and nsid >= 0 and nsid != 0xFFFFFFFF:
                     out[nsid] = entry.name

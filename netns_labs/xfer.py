@@ -1,0 +1,103 @@
+"""Real-stack traffic for the labs: a TCP transfer with a SHA-256 of the
+bytes on both sides, and a UDP echo.  Run inside a namespace:
+
+  python -m netns_labs.xfer tcp-server PORT           # prints "<bytes> <sha256>" per connection
+  python -m netns_labs.xfer tcp-client ADDR PORT NBYTES   # prints "<bytes> <sha256>" sent
+  python -m netns_labs.xfer udp-echo PORT
+  python -m netns_labs.xfer udp-client ADDR PORT COUNT    # prints "<echoed> <count>"
+Every socket has a timeout, so nothing here can hang a test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import sys
+
+CHUNK = 1 << 16
+
+
+def _family(addr: str) -> int:
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def tcp_server(port: int, connections: int = 1) -> None:
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as srv:
+        srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("::", port))
+        srv.listen()
+        srv.settimeout(60)
+        print("ready", flush=True)
+        for _ in range(connections):
+            conn, _ = srv.accept()
+            conn.settimeout(60)
+            h, n = hashlib.sha256(), 0
+            with conn:
+                while data := conn.recv(CHUNK):
+                    h.update(data)
+                    n += len(data)
+                conn.sendall(h.hexdigest().encode())
+            print(n, h.hexdigest(), flush=True)
+
+
+def tcp_client(addr: str, port: int, nbytes: int) -> None:
+    h, sent = hashlib.sha256(), 0
+    with socket.create_connection((addr, port), timeout=60) as s:
+        while sent < nbytes:
+            data = os.urandom(min(CHUNK, nbytes - sent))
+            s.sendall(data)
+            h.update(data)
+            sent += len(data)
+        s.shutdown(socket.SHUT_WR)
+        peer = s.recv(64).decode()
+    print(sent, h.hexdigest(), peer, flush=True)
+
+
+def udp_echo(port: int) -> None:
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.bind(("::", port))
+        s.settimeout(30)
+        print("ready", flush=True)
+        try:
+            while True:
+                data, peer = s.recvfrom(CHUNK)
+                s.sendto(data, peer)
+        except TimeoutError:
+            pass
+
+
+def udp_client(addr: str, port: int, count: int) -> None:
+    ok = 0
+    with socket.socket(_family(addr), socket.SOCK_DGRAM) as s:
+        s.settimeout(1)
+        s.connect((addr, port))
+        for i in range(count):
+            payload = i.to_bytes(4, "big") + os.urandom(60 + i % 900)
+            s.send(payload)
+            try:
+                if s.recv(CHUNK) == payload:
+                    ok += 1
+            except TimeoutError:
+                pass
+    print(ok, count, flush=True)
+
+
+def main(argv: list[str]) -> None:
+    cmd, args = argv[0], argv[1:]
+    if cmd == "tcp-server":
+        tcp_server(int(args[0]), int(args[1]) if len(args) > 1 else 1)
+    elif cmd == "tcp-client":
+        tcp_client(args[0], int(args[1]), int(args[2]))
+    elif cmd == "udp-echo":
+        udp_echo(int(args[0]))
+    elif cmd == "udp-client":
+        udp_client(args[0], int(args[1]), int(args[2]))
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,66 @@
+"""Shared fixtures.  Tests marked `root` build network namespaces and load
+BPF; CI runs as root, elsewhere they are skipped with that reason."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from netns_labs.lab import Lab, RouterLab, Tna, py
+
+HOOKS = ("auto", "xdp")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="needs root: network namespaces and BPF")
+    for item in items:
+        if "root" in item.keywords:
+            item.add_marker(skip)
+
+
+def host_xdp(lab: Lab, ns: str, dev: str, prog: str = "pass") -> None:
+    """Give a host's veth an XDP program so redirected frames are delivered
+    to it, as a NIC would; its stack sees the same packets."""
+    lab.run(ns, py("netns_labs.progs", "attach", dev, prog), cwd=Lab.repo)
+
+
+@pytest.fixture
+def router_lab() -> Iterator[RouterLab]:
+    with RouterLab() as lab:
+        yield lab
+
+
+@pytest.fixture(params=HOOKS)
+def hook(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def accelerated(router_lab: RouterLab, hook: str) -> Iterator[tuple[RouterLab, Tna]]:
+    """The router lab with `tna run --hook HOOK` on r, attached to both ports."""
+    if hook == "xdp":
+        host_xdp(router_lab, router_lab.h1.ns, router_lab.h1.dev)
+        host_xdp(router_lab, router_lab.h2.ns, router_lab.h2.dev)
+    tna = Tna(router_lab, router_lab.r, "--hook", hook)
+    try:
+        tna.wait_attached(["r-h1", "r-h2"])
+        if hook == "xdp":  # the hosts' XDP makes both ports valid XDP egress
+            assert _wait_xdp_egress(tna), tna.output()
+        yield router_lab, tna
+    finally:
+        rc = tna.stop()
+        out = tna.close()
+    assert rc == 0, out
+
+
+def _wait_xdp_egress(tna: Tna) -> bool:
+    from netns_labs.lab import wait_for
+
+    def ok() -> bool:
+        st = tna.status()
+        return st is not None and all(i["xdp_egress"] for i in st["ifaces"].values())
+    return wait_for(ok, 10, 0.2)

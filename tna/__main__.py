@@ -1,0 +1,5 @@
+import sys
+
+from tna.cli import main
+
+sys.exit(main())
