@@ -22,6 +22,9 @@ static __always_inline void *ctx_data(tna_ctx_t *ctx) { return (void *)(long)ctx
 static __always_inline void *ctx_data_end(tna_ctx_t *ctx) { return (void *)(long)ctx->data_end; }
 static __always_inline __u32 ctx_len(tna_ctx_t *ctx) { return ctx->len; }
 
+/* A zero skb->hash means the kernel would dissect the packet itself. */
+static __always_inline int ctx_may_carry_hash(tna_ctx_t *ctx) { return ctx->hash != 0; }
+
 /* Make the first len bytes linear so direct packet access can reach them. */
 static __always_inline void ctx_pull(tna_ctx_t *ctx, __u32 len)
 {

@@ -47,6 +47,10 @@ static __always_inline int ctx_redirect_prepare(tna_ctx_t *ctx, __u32 ifindex)
 	return bpf_redirect_map(&tna_devmap, ifindex, 0) == XDP_REDIRECT ? 0 : -1;
 }
 
+/* Whether the kernel could see an L4 hash on this packet (driver RSS, or the
+ * skb behind a veth frame): XDP cannot tell, so assume it could. */
+static __always_inline int ctx_may_carry_hash(tna_ctx_t *ctx) { return 1; }
+
 /* XDP carries no skb checksum or priority state. */
 static __always_inline void ctx_csum_complete_diff(tna_ctx_t *ctx, __be32 from, __be32 to) { }
 static __always_inline void ctx_fwd_priority(tna_ctx_t *ctx, __u8 tos) { }

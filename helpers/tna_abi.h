@@ -11,7 +11,8 @@
  *   tna_state     ARRAY[1]           shared   lease + global pass switch (daemon writes)
  *   tna_devmap    DEVMAP_HASH        shared   XDP egress ports known to take XDP frames
  *   tna_egress    HASH ifindex       shared   egress ports the TC hook may redirect to
- *   tna_stale     HASH tna_neigh_key shared   neighbours the kernel must re-validate
+ *   tna_stale     HASH tna_neigh_key shared   STALE neighbours: the next packet goes to the
+ *                                            kernel, which deletes the entry (datapath writes)
  *   tna_stats     PERCPU_ARRAY       per program: packets/bytes per reason
  *   .rodata.tna   tna_iface          per program: ingress interface constants
  */
@@ -48,6 +49,7 @@ enum tna_reason {
 	TNA_R_SAME_IFACE,        /* egress == ingress: kernel also sends an ICMP redirect */
 	TNA_R_EGRESS_UNSUPPORTED,/* egress port not usable by this hook (not in devmap/egress map) */
 	TNA_R_GSO,               /* GSO packet whose segment size this module cannot check */
+	TNA_R_MULTIPATH_HASH,    /* L4 multipath hashing may use the skb's own hash: kernel picks the path */
 	TNA_R_NO_MODULE,         /* no module took a decision */
 	TNA_R_MAX
 };
@@ -58,8 +60,17 @@ enum tna_reason {
 struct tna_state {
 	__u64 lease_deadline_ns;
 	__u32 pass_reason;   /* 0: active; otherwise pass all with this reason */
-	__u32 stale_count;   /* entries in tna_stale; 0 lets the datapath skip the lookup */
+	__u32 stale_count;   /* entries the daemon put in tna_stale (an upper bound once the
+	                        datapath deletes some); 0 skips the lookup */
+	__u32 mp_guard;      /* TNA_MP_GUARD_*: family hashes multipath by L4 (policy != 0)
+	                        and has multipath routes */
+	__u32 _pad;
 };
+/* With fib_multipath_hash_policy != 0 the kernel reuses a packet's existing
+ * L4 hash (socket txhash, NIC RSS) to pick the next hop; bpf_fib_lookup()
+ * cannot, so such packets must go to the kernel. */
+#define TNA_MP_GUARD_V4 (1U << 0)
+#define TNA_MP_GUARD_V6 (1U << 1)
 
 /* Per-program counters, index = enum tna_reason. */
 struct tna_counter {

@@ -5,6 +5,7 @@ bytes on both sides, and a UDP echo.  Run inside a namespace:
   python -m netns_labs.xfer tcp-client ADDR PORT NBYTES   # prints "<bytes> <sha256>" sent
   python -m netns_labs.xfer udp-echo PORT
   python -m netns_labs.xfer udp-client ADDR PORT COUNT    # prints "<echoed> <count>"
+  python -m netns_labs.xfer udp-send ADDR PORT SPORT COUNT  # one flow, fire and forget
 Every socket has a timeout, so nothing here can hang a test.
 """
 
@@ -85,6 +86,13 @@ def udp_client(addr: str, port: int, count: int) -> None:
     print(ok, count, flush=True)
 
 
+def udp_send(addr: str, port: int, sport: int, count: int) -> None:
+    with socket.socket(_family(addr), socket.SOCK_DGRAM) as s:
+        s.bind(("::" if ":" in addr else "0.0.0.0", sport))
+        for i in range(count):
+            s.sendto(i.to_bytes(4, "big"), (addr, port))
+
+
 def main(argv: list[str]) -> None:
     cmd, args = argv[0], argv[1:]
     if cmd == "tcp-server":
@@ -95,6 +103,8 @@ def main(argv: list[str]) -> None:
         udp_echo(int(args[0]))
     elif cmd == "udp-client":
         udp_client(args[0], int(args[1]), int(args[2]))
+    elif cmd == "udp-send":
+        udp_send(args[0], int(args[1]), int(args[2]), int(args[3]))
     else:
         sys.exit(__doc__)
 

@@ -115,8 +115,6 @@ class Daemon:
                 log.warning("fast path disabled, all traffic stays on the kernel path: %s", why)
             else:
                 log.info("no netfilter rules: fast path enabled")
-            self.dp.pass_reason = abi.REASON["DISABLED"] if why else 0
-            self.dp.write_state()
             changed = True
         if self.mode != "tc" or self.overrides:  # only XDP egress cares about veth peers
             for link in self.model.links.values():
@@ -146,6 +144,7 @@ class Daemon:
     # --- output -------------------------------------------------------------
 
     def reconcile(self) -> None:
+        self.dp.set_guards(abi.REASON["DISABLED"] if self.disabled_why else 0, self.model.multipath_guard())
         p = plan(self.model, self.mode, self.overrides)
         for ifindex in set(self.dp.attached) - set(p.ifaces):
             self._safely(ifindex, lambda i=ifindex: self.dp.remove(i))

@@ -28,10 +28,13 @@ REASONS: list[str] = _parse_reasons()
 REASON = {name: i for i, name in enumerate(REASONS)}
 
 TNA_IF_CHECK_CSUM_PARTIAL = 1 << 0
+TNA_MP_GUARD_V4 = 1 << 0
+TNA_MP_GUARD_V6 = 1 << 1
 
 
 class TnaState(Structure):
-    _fields_ = [("lease_deadline_ns", c_uint64), ("pass_reason", c_uint32), ("stale_count", c_uint32)]
+    _fields_ = [("lease_deadline_ns", c_uint64), ("pass_reason", c_uint32), ("stale_count", c_uint32),
+                ("mp_guard", c_uint32), ("_pad", c_uint32)]
 
 
 class TnaCounter(Structure):

@@ -100,6 +100,7 @@ class Datapath:
         self._state_lock = threading.Lock()
         self.pass_reason = 0
         self.stale_count = 0
+        self.mp_guard = 0
 
     # --- programs -----------------------------------------------------
 
@@ -217,8 +218,15 @@ class Datapath:
             return
         with self._state_lock:
             st = abi.TnaState(lease_deadline_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC) + lease_ns,
-                              pass_reason=self.pass_reason, stale_count=self.stale_count)
+                              pass_reason=self.pass_reason, stale_count=self.stale_count,
+                              mp_guard=self.mp_guard)
             m.update((0).to_bytes(4, "little"), bytes(st))
+
+    def set_guards(self, pass_reason: int, mp_guard: int) -> None:
+        """Global switches; published before any program of a new plan runs."""
+        if (pass_reason, mp_guard) != (self.pass_reason, self.mp_guard):
+            self.pass_reason, self.mp_guard = pass_reason, mp_guard
+            self.write_state()
 
     def sync(self, xdp_egress: frozenset[int], tc_egress: frozenset[int], stale: set[Neigh]) -> None:
         if not self.shared:
@@ -227,6 +235,9 @@ class Datapath:
         self._sync(abi.MAP_DEVMAP, {bytes(u32(i)): bytes(u32(i)) for i in xdp_egress})
         self._sync(abi.MAP_EGRESS, {bytes(u32(i)): bytes(abi.TnaEgress()) for i in tc_egress})
         keys = {_neigh_key(n) for n in stale}
+        # the datapath deletes an entry once it has handed a packet for it to
+        # the kernel; our shadow then over-states the map, which only costs a
+        # redundant delete when the neighbour leaves STALE
         self._sync(abi.MAP_STALE, {k: b"\x01" for k in keys})
         if len(keys) != self.stale_count:
             self.stale_count = len(keys)

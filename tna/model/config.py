@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from tna.bpf.abi import TNA_MP_GUARD_V4, TNA_MP_GUARD_V6
+
 AF_INET = 2
 AF_INET6 = 10
 
@@ -95,6 +97,8 @@ class Neigh:
 class Sysctls:
     ipv4_forward: bool = False
     ipv6_forward: bool = False
+    ipv4_mp_hash_policy: int = 0  # net.ipv4.fib_multipath_hash_policy
+    ipv6_mp_hash_policy: int = 0  # net.ipv6.fib_multipath_hash_policy
 
     @property
     def forwarding(self) -> bool:
@@ -162,6 +166,16 @@ class Model:
         changed = self.peer_xdp.get(index) != has_xdp
         self.peer_xdp[index] = has_xdp
         return changed
+
+    def multipath_guard(self) -> int:
+        """TNA_MP_GUARD_* bits: families whose multipath choice may depend on
+        a hash the packet already carries (L4 policy + multipath routes)."""
+        guard = 0
+        for family, policy, bit in ((AF_INET, self.sysctls.ipv4_mp_hash_policy, TNA_MP_GUARD_V4),
+                                    (AF_INET6, self.sysctls.ipv6_mp_hash_policy, TNA_MP_GUARD_V6)):
+            if policy != 0 and any(r.family == family and r.multipath > 1 for r in self.routes):
+                guard |= bit
+        return guard
 
     def stale_neighbours(self) -> set[Neigh]:
         """Neighbours the kernel would re-validate on their next use."""

@@ -166,16 +166,18 @@ class Watcher:
         return out
 
 
-def _read_flag(path: str) -> bool:
+def _read_int(path: str) -> int:
     try:
-        return Path(path).read_text().strip() not in ("", "0")
-    except OSError:
-        return False
+        return int(Path(path).read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
 
 
 def read_sysctls() -> Sysctls:
     """Forwarding switches of the namespace this process is in (/proc/sys/net is per netns)."""
     return Sysctls(
-        ipv4_forward=_read_flag("/proc/sys/net/ipv4/ip_forward"),
-        ipv6_forward=_read_flag("/proc/sys/net/ipv6/conf/all/forwarding"),
+        ipv4_forward=_read_int("/proc/sys/net/ipv4/ip_forward") != 0,
+        ipv6_forward=_read_int("/proc/sys/net/ipv6/conf/all/forwarding") != 0,
+        ipv4_mp_hash_policy=_read_int("/proc/sys/net/ipv4/fib_multipath_hash_policy"),
+        ipv6_mp_hash_policy=_read_int("/proc/sys/net/ipv6/fib_multipath_hash_policy"),
     )

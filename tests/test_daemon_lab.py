@@ -1,0 +1,163 @@
+"""The daemon's life cycle and its guards, on real traffic in a netns lab."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from netns_labs.lab import Lab, RouterLab, Tna, ping, py, wait_for
+from tests.conftest import host_xdp
+
+pytestmark = pytest.mark.root
+
+
+def _netns_inode(lab: Lab, ns: str) -> str:
+    return lab.run(ns, ["stat", "-L", "-c", "%i", "/proc/self/ns/net"]).stdout.strip()
+
+
+def _leftovers(lab: RouterLab) -> str:
+    """Anything of TNA still in the router namespace."""
+    links = lab.run(lab.r, ["ip", "-d", "link", "show"]).stdout
+    qdiscs = lab.run(lab.r, ["tc", "qdisc", "show"]).stdout
+    out = []
+    if " xdp" in links or "prog/xdp" in links:
+        out.append(links)
+    if "clsact" in qdiscs:
+        out.append(qdiscs)
+    if lab.run(lab.r, ["test", "-e", f"/run/tna/{_netns_inode(lab, lab.r)}"], check=False).returncode == 0:
+        out.append("/run/tna state left")
+    return "\n".join(out)
+
+
+def test_stop_leaves_plain_linux(accelerated):
+    lab, tna = accelerated
+    assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3).stdout
+    assert tna.stop() == 0
+    assert _leftovers(lab) == ""
+    assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3).stdout
+    assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip6, 3).stdout
+
+
+def test_kill9_fails_safe_then_restart_takes_over(router_lab):
+    lab = router_lab
+    tna = Tna(lab, lab.r)
+    first = tna.wait_attached(["r-h1", "r-h2"])
+    assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3).stdout
+    tna.stop(signal.SIGKILL)
+    tna.close()
+    # programs stay attached, but pass everything once the lease runs out
+    time.sleep(1.2)
+    before = tna.counters()
+    assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 10).stdout
+    after = tna.counters()
+    assert after.get("LEASE_EXPIRED", 0) - before.get("LEASE_EXPIRED", 0) >= 20
+    assert after.get("FORWARDED", 0) == before.get("FORWARDED", 0)
+    # the routing change made behind the dead daemon's back is honoured
+    lab.run(lab.r, ["ip", "route", "replace", "blackhole", "198.51.100.0/25"])
+    assert " 100% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 2).stdout
+    lab.run(lab.r, ["ip", "route", "del", "blackhole", "198.51.100.0/25"])
+
+    second = Tna(lab, lab.r)
+    try:
+        st = second.wait_attached(["r-h1", "r-h2"])
+        assert st["ifaces"]["r-h1"]["prog_id"] != first["ifaces"]["r-h1"]["prog_id"]
+        assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 10).stdout
+        assert second.counters().get("FORWARDED", 0) >= 20
+    finally:
+        assert second.stop() == 0, second.close()
+    second.close()
+    assert _leftovers(lab) == ""
+
+
+def test_second_instance_refused(accelerated):
+    lab, _tna = accelerated
+    res = lab.run(lab.r, py("tna", "run"), check=False, cwd=Lab.repo, timeout=30)
+    assert res.returncode != 0
+    assert "another `tna run`" in res.stderr
+
+
+def test_unresolved_neighbour_resolved_by_kernel_then_fast_path():
+    with RouterLab(permanent_neighbours=False) as lab:
+        tna = Tna(lab, lab.r)
+        try:
+            tna.wait_attached(["r-h1", "r-h2"])
+            assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 10).stdout
+            c = tna.counters()
+            assert c.get("NO_NEIGH", 0) >= 1
+            assert c.get("FORWARDED", 0) >= 15
+        finally:
+            assert tna.stop() == 0
+            tna.close()
+
+
+def test_stale_neighbour_is_revalidated_by_kernel():
+    with RouterLab(permanent_neighbours=False) as lab:
+        tna = Tna(lab, lab.r)
+        try:
+            tna.wait_attached(["r-h1", "r-h2"])
+            assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3).stdout
+            lab.run(lab.r, ["ip", "neigh", "change", lab.h2.ip4, "dev", "r-h2", "nud", "stale"])
+            assert wait_for(lambda: (tna.status() or {}).get("neighbours", 0) > 0, 5)
+            time.sleep(0.5)  # let the daemon mirror the STALE state
+            before = tna.counters()
+            assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 10).stdout
+            after = tna.counters()
+            # the first packet after STALE goes to the kernel (which moves the
+            # entry to DELAY and probes it); the rest take the fast path again
+            assert after.get("NEIGH_STALE", 0) - before.get("NEIGH_STALE", 0) >= 1
+            assert after.get("FORWARDED", 0) - before.get("FORWARDED", 0) >= 15
+        finally:
+            assert tna.stop() == 0
+            tna.close()
+
+
+def test_netfilter_rules_keep_traffic_on_kernel_path(accelerated):
+    lab, tna = accelerated
+    lab.run(lab.r, ["nft", "add", "table", "inet", "guard"])
+    assert wait_for(lambda: tna.status()["disabled"], 5, 0.2)
+    before = tna.counters()
+    assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 5).stdout
+    after = tna.counters()
+    assert after.get("DISABLED", 0) - before.get("DISABLED", 0) >= 10
+    assert after.get("FORWARDED", 0) == before.get("FORWARDED", 0)
+    lab.run(lab.r, ["nft", "delete", "table", "inet", "guard"])
+    assert wait_for(lambda: not tna.status()["disabled"], 5, 0.2)
+    assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 5).stdout
+    assert tna.counters().get("FORWARDED", 0) - after.get("FORWARDED", 0) >= 10
+
+
+def test_missing_clang_leaves_traffic_on_kernel_path(router_lab, tmp_path):
+    lab = router_lab
+    tna = Tna(lab, lab.r, env_extra={"TNA_CLANG": "clang-that-does-not-exist",
+                                     "TNA_CACHE_DIR": str(tmp_path)})
+    try:
+        assert wait_for(lambda: len((tna.status() or {}).get("failed", {})) == 2, 15, 0.2), tna.output()
+        st = tna.status()
+        assert "clang not found" in st["failed"]["r-h1"]
+        assert st["ifaces"] == {}
+        assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3).stdout
+        assert "traffic stays on the kernel path" in tna.output()
+    finally:
+        assert tna.stop() == 0
+        tna.close()
+    assert _leftovers(lab) == ""
+
+
+def test_foreign_xdp_program_is_left_alone(router_lab):
+    lab = router_lab
+    host_xdp(lab, lab.r, "r-h1")  # someone else's program on the router
+    for dev in (lab.h1.dev, lab.h2.dev):
+        host_xdp(lab, lab.h1.ns if dev == lab.h1.dev else lab.h2.ns, dev)
+    tna = Tna(lab, lab.r, "--hook", "xdp")
+    try:
+        tna.wait_attached(["r-h2"])
+        st = tna.status()
+        assert "foreign" in st["failed"]["r-h1"]
+        assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3).stdout
+    finally:
+        assert tna.stop() == 0
+        tna.close()
+    links = lab.run(lab.r, ["ip", "-d", "link", "show", "r-h1"]).stdout
+    assert "prog/xdp" in links  # still theirs, untouched
