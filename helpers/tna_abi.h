@@ -37,13 +37,14 @@ enum tna_reason {
 	TNA_R_MARTIAN,           /* multicast/loopback/link-local/unspecified addresses */
 	TNA_R_ICMP_SPECIAL,      /* ICMP errors (hashed by inner header), neighbour discovery */
 	TNA_R_CSUM_PARTIAL,      /* L4 checksum left to offload (XDP on veth): redirecting would corrupt it */
-	TNA_R_LOCAL,             /* for this box or a broadcast address */
+	TNA_R_NOT_FWDED,         /* for this box, a broadcast address, or no route: kernel delivers/replies */
 	TNA_R_BLACKHOLE,         /* blackhole route */
 	TNA_R_UNREACHABLE,       /* unreachable route: kernel sends ICMP */
 	TNA_R_PROHIBIT,          /* prohibit route: kernel sends ICMP */
-	TNA_R_NO_ROUTE,          /* fib lookup failed otherwise (no route, lwt, ...) */
+	TNA_R_NO_ROUTE,          /* fib lookup failed otherwise (lwt encapsulation, ...) */
 	TNA_R_FWD_DISABLED,      /* forwarding off for this interface/family */
 	TNA_R_FRAG_NEEDED,       /* larger than the egress MTU: kernel fragments or sends "too big" */
+	TNA_R_ROUTE_MTU,         /* larger than some route's own MTU: the kernel checks it */
 	TNA_R_NO_NEIGH,          /* next hop not resolved: kernel resolves it */
 	TNA_R_NEIGH_STALE,       /* next hop STALE: kernel re-validates it, then fast path resumes */
 	TNA_R_SAME_IFACE,        /* egress == ingress: kernel also sends an ICMP redirect */
@@ -64,6 +65,8 @@ struct tna_state {
 	                        datapath deletes some); 0 skips the lookup */
 	__u32 mp_guard;      /* TNA_MP_GUARD_*: family hashes multipath by L4 (policy != 0)
 	                        and has multipath routes */
+	__u32 route_mtu4;    /* smallest `mtu` metric on any IPv4/IPv6 route, 0 if none: */
+	__u32 route_mtu6;    /* forwarding honours it, bpf_fib_lookup() only when locked */
 	__u32 _pad;
 };
 /* With fib_multipath_hash_policy != 0 the kernel reuses a packet's existing

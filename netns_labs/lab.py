@@ -7,6 +7,7 @@ ranges only: 192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import secrets
@@ -15,7 +16,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,6 +239,26 @@ class EcmpLab(Lab):
                     self.neigh(self.r, dev, ip.split("/")[0], mac)
         self.neigh(self.r, "r-h1", "192.0.2.2", self.mac(h1, "h1-r"))
         self.neigh(self.r, "r-h1", "2001:db8:1::2", self.mac(h1, "h1-r"))
+
+
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@contextmanager
+def in_netns(ns: str) -> Iterator[None]:
+    """Run this thread inside namespace ns for a while (BPF test runs and
+    map writes resolve ifindexes in the caller's namespace)."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        if _libc.setns(target, _CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {ns}")
+        yield
+    finally:
+        _libc.setns(home, _CLONE_NEWNET)
+        os.close(target)
+        os.close(home)
 
 
 def wait_for(pred, timeout: float = 5.0, interval: float = 0.05) -> bool:

@@ -128,3 +128,19 @@ def test_forwarding_switched_off_and_on(accelerated):
     lab.sysctl(lab.r, "net.ipv6.conf.all.forwarding", 1)
     tna.wait_attached(["r-h1", "r-h2"])
     assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3).stdout
+
+
+@pytest.mark.parametrize(("family", "dst", "via", "expect"), [
+    ("ip4", "203.0.113.5", "198.51.100.2", "Frag needed and DF set (mtu = 1400)"),
+    ("ip6", "2001:db8:3::5", "2001:db8:2::2", "Packet too big: mtu=1400"),
+])
+def test_route_mtu_is_honoured(accelerated, family, dst, via, expect):
+    """An (unlocked) route MTU: forwarding honours it, bpf_fib_lookup() would not."""
+    lab, tna = accelerated
+    lab.addr(lab.h2.ns, "lo", dst + ("/32" if family == "ip4" else "/128"))
+    prefix = "203.0.113.0/24" if family == "ip4" else "2001:db8:3::/64"
+    lab.run(lab.r, ["ip", "route", "add", prefix, "via", via, "mtu", "1400"])
+    assert wait_for(lambda: " 0% packet loss" in ping(lab, lab.h1.ns, dst, 1).stdout, 5)
+    res = ping(lab, lab.h1.ns, dst, 2, "-M", "do", "-s", "1450")
+    assert expect in res.stdout, res.stdout
+    assert tna.counters().get("ROUTE_MTU", 0) >= 1

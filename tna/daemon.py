@@ -19,7 +19,7 @@ from typing import Any
 from tna.bpf import abi
 from tna.bpf.libbpf import LibbpfError
 from tna.deploy.datapath import Datapath, ForeignProgram, attached_tna_prog
-from tna.model.config import Model
+from tna.model.config import AF_INET, AF_INET6, Model
 from tna.netlink import netfilter
 from tna.netlink.watch import ResyncNeeded, Watcher, read_sysctls
 from tna.runstate import RunLock, write_state
@@ -144,7 +144,9 @@ class Daemon:
     # --- output -------------------------------------------------------------
 
     def reconcile(self) -> None:
-        self.dp.set_guards(abi.REASON["DISABLED"] if self.disabled_why else 0, self.model.multipath_guard())
+        m = self.model
+        self.dp.set_guards(abi.REASON["DISABLED"] if self.disabled_why else 0, m.multipath_guard(),
+                           (m.route_mtu(AF_INET), m.route_mtu(AF_INET6)))
         p = plan(self.model, self.mode, self.overrides)
         for ifindex in set(self.dp.attached) - set(p.ifaces):
             self._safely(ifindex, lambda i=ifindex: self.dp.remove(i))

@@ -34,7 +34,7 @@ TNA_MP_GUARD_V6 = 1 << 1
 
 class TnaState(Structure):
     _fields_ = [("lease_deadline_ns", c_uint64), ("pass_reason", c_uint32), ("stale_count", c_uint32),
-                ("mp_guard", c_uint32), ("_pad", c_uint32)]
+                ("mp_guard", c_uint32), ("route_mtu4", c_uint32), ("route_mtu6", c_uint32), ("_pad", c_uint32)]
 
 
 class TnaCounter(Structure):

@@ -117,6 +117,22 @@ class XdpMd(Structure):
     ]
 
 
+class SkBuff(Structure):
+    """struct __sk_buff, the ctx_in of a TC test run (only some fields may be set)."""
+
+    _fields_ = [
+        ("len", c_uint32), ("pkt_type", c_uint32), ("mark", c_uint32), ("queue_mapping", c_uint32),
+        ("protocol", c_uint32), ("vlan_present", c_uint32), ("vlan_tci", c_uint32), ("vlan_proto", c_uint32),
+        ("priority", c_uint32), ("ingress_ifindex", c_uint32), ("ifindex", c_uint32), ("tc_index", c_uint32),
+        ("cb", c_uint32 * 5), ("hash", c_uint32), ("tc_classid", c_uint32), ("data", c_uint32),
+        ("data_end", c_uint32), ("napi_id", c_uint32), ("family", c_uint32), ("remote_ip4", c_uint32),
+        ("local_ip4", c_uint32), ("remote_ip6", c_uint32 * 4), ("local_ip6", c_uint32 * 4),
+        ("remote_port", c_uint32), ("local_port", c_uint32), ("data_meta", c_uint32), ("flow_keys", c_uint64),
+        ("tstamp", c_uint64), ("wire_len", c_uint32), ("gso_segs", c_uint32), ("sk", c_uint64),
+        ("gso_size", c_uint32), ("tstamp_type", c_uint8), ("_pad", c_uint8 * 3), ("hwtstamp", c_uint64),
+    ]
+
+
 class _ProgInfo(Structure):
     """The head of struct bpf_prog_info (the kernel accepts a short info_len)."""
 

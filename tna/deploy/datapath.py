@@ -101,6 +101,7 @@ class Datapath:
         self.pass_reason = 0
         self.stale_count = 0
         self.mp_guard = 0
+        self.route_mtu = (0, 0)  # IPv4, IPv6
 
     # --- programs -----------------------------------------------------
 
@@ -219,13 +220,14 @@ class Datapath:
         with self._state_lock:
             st = abi.TnaState(lease_deadline_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC) + lease_ns,
                               pass_reason=self.pass_reason, stale_count=self.stale_count,
-                              mp_guard=self.mp_guard)
+                              mp_guard=self.mp_guard, route_mtu4=self.route_mtu[0], route_mtu6=self.route_mtu[1])
             m.update((0).to_bytes(4, "little"), bytes(st))
 
-    def set_guards(self, pass_reason: int, mp_guard: int) -> None:
+    def set_guards(self, pass_reason: int, mp_guard: int, route_mtu: tuple[int, int]) -> None:
         """Global switches; published before any program of a new plan runs."""
-        if (pass_reason, mp_guard) != (self.pass_reason, self.mp_guard):
-            self.pass_reason, self.mp_guard = pass_reason, mp_guard
+        new = (pass_reason, mp_guard, route_mtu)
+        if new != (self.pass_reason, self.mp_guard, self.route_mtu):
+            self.pass_reason, self.mp_guard, self.route_mtu = new
             self.write_state()
 
     def sync(self, xdp_egress: frozenset[int], tc_egress: frozenset[int], stale: set[Neigh]) -> None:

@@ -82,6 +82,7 @@ class Route:
     oif: int | None
     gateway: str | None
     multipath: int = 0  # number of next hops when > 1
+    mtu: int = 0        # the route's own MTU metric (RTAX_MTU), 0 if none
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,10 @@ class Model:
                 guard |= bit
         return guard
 
+    def route_mtu(self, family: int) -> int:
+        """Smallest route MTU metric in family, 0 if no route sets one."""
+        return min((r.mtu for r in self.routes if r.family == family and r.mtu), default=0)
+
     def stale_neighbours(self) -> set[Neigh]:
         """Neighbours the kernel would re-validate on their next use."""
         return {n for n in self.neighs.values() if n.state == NUD_STALE}
@@ -236,6 +241,7 @@ def route_from_msg(msg: NlMsg) -> Route | None:
         oif=msg.get("RTA_OIF"),
         gateway=msg.get("RTA_GATEWAY"),
         multipath=len(mp),
+        mtu=(metrics.get("RTAX_MTU") or 0) if (metrics := msg.get("RTA_METRICS")) is not None else 0,
     )
 
 
