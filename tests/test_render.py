@@ -1,0 +1,58 @@
+"""Template rendering and the compile cache (clang, no root)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jinja2
+import pytest
+
+from tna.synth import compile as tna_compile
+from tna.synth.render import _env, render
+
+
+@pytest.mark.parametrize("hook", ["xdp", "tc"])
+def test_renders_one_program_per_hook(hook: str) -> None:
+    src = render(hook, ("router",))
+    assert f'#include "ctx_{hook}.h"' in src
+    assert f'SEC("{hook}")' in src
+    assert "v = tna_router(&pkt);" in src
+    assert "SPDX-License-Identifier" in src.splitlines()[0]
+
+
+def test_no_module_renders_a_pass_only_program() -> None:
+    src = render("xdp", ())
+    assert "tna_router" not in src and "TNA_R_NO_MODULE" in src
+
+
+def test_unknown_inputs_are_refused() -> None:
+    with pytest.raises(ValueError):
+        render("sched", ("router",))
+    with pytest.raises(ValueError):
+        render("xdp", ("firewall9",))
+    with pytest.raises(jinja2.UndefinedError):  # StrictUndefined: a missing variable is an error
+        _env.get_template("main.c.j2").render(hook="xdp")
+
+
+def test_compile_cache_hits_and_keys(tmp_path: Path) -> None:
+    src = render("tc", ("router",))
+    first = tna_compile.compile_source(src, tmp_path)
+    mtime = first.stat().st_mtime_ns
+    assert tna_compile.compile_source(src, tmp_path) == first
+    assert first.stat().st_mtime_ns == mtime  # not rebuilt
+    other = tna_compile.compile_source(src + "\n/* changed */\n", tmp_path)
+    assert other != first
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_missing_clang_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TNA_CLANG", "no-such-clang")
+    with pytest.raises(tna_compile.CompileError, match=r"clang not found.*kernel path"):
+        tna_compile.compile_source(render("xdp", ("router",)), tmp_path)
+
+
+def test_clang_error_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(tna_compile.CompileError, match="clang failed"):
+        tna_compile.compile_source(render("xdp", ("router",)) + "\n#error broken\n", tmp_path)
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".o")]
