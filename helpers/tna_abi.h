@@ -8,7 +8,7 @@
  * offset).  Change a struct here and the test tells you what to update.
  *
  * Maps (declared below, BPF side only):
- *   tna_state     ARRAY[1]           shared   lease + global pass switch (daemon writes)
+ *   tna_state     ARRAY[1]           shared   lease deadline + config (written by tna_renew only)
  *   tna_devmap    DEVMAP_HASH        shared   XDP egress ports known to take XDP frames
  *   tna_egress    HASH ifindex       shared   egress ports the TC hook may redirect to
  *   tna_stale     HASH tna_neigh_key shared   STALE neighbours: the next packet goes to the
@@ -55,11 +55,11 @@ enum tna_reason {
 	TNA_R_MAX
 };
 
-/* Global switch + lease, the single entry of tna_state.  The daemon renews
- * lease_deadline_ns (CLOCK_MONOTONIC) every ~200 ms; once it is in the past
- * every module passes everything to the kernel. */
-struct tna_state {
-	__u64 lease_deadline_ns;
+/* What the daemon publishes: the input of the tna_renew program, which it
+ * runs (BPF_PROG_TEST_RUN) every ~200 ms; tna_renew copies it into tna_state
+ * and moves the lease deadline.  Only tna_renew writes tna_state. */
+struct tna_config {
+	__u64 lease_jiffies; /* the lease runs out this long after the last renewal */
 	__u32 pass_reason;   /* 0: active; otherwise pass all with this reason */
 	__u32 stale_count;   /* entries the daemon put in tna_stale (an upper bound once the
 	                        datapath deletes some); 0 skips the lookup */
@@ -68,6 +68,17 @@ struct tna_state {
 	__u32 route_mtu4;    /* smallest `mtu` metric on any IPv4/IPv6 route, 0 if none: */
 	__u32 route_mtu6;    /* forwarding honours it, bpf_fib_lookup() only when locked */
 	__u32 _pad;
+};
+
+/* The single entry of tna_state.  If the daemon dies (kill -9, crash) no
+ * renewal comes, jiffies pass the deadline and every module hands all
+ * traffic to the kernel.  (jiffies, not a BPF timer: the kernel cancels a
+ * map's timers when its last user reference - the dead daemon's - goes;
+ * bpf_jiffies64() is inlined to one load on 64-bit JITs.) */
+struct tna_state {
+	__u64 deadline;      /* jiffies */
+	__u64 renewed_at;    /* jiffies at the last renewal: lets the daemon learn HZ */
+	struct tna_config cfg;
 };
 /* With fib_multipath_hash_policy != 0 the kernel reuses a packet's existing
  * L4 hash (socket txhash, NIC RSS) to pick the next hop; bpf_fib_lookup()

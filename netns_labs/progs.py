@@ -1,7 +1,9 @@
-"""Load the lab's helper XDP programs onto host interfaces.
+"""Load the lab's helper XDP programs (run inside the namespace of DEV).
 
-  python -m netns_labs.progs attach DEV pass|sink   # run inside the host's namespace
+  python -m netns_labs.progs attach DEV pass|sink   # on a host's veth
   python -m netns_labs.progs count DEV              # frames the sink on DEV counted
+  python -m netns_labs.progs reference DEV EGRESS...  # the reference forwarder on a router port
+  python -m netns_labs.progs generate DEV FRAMEHEX COUNT  # live frames out of DEV; prints ns taken
   python -m netns_labs.progs detach DEV
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import sys
+import time
 from pathlib import Path
 
 from tna.bpf import libbpf as bpf
@@ -29,6 +32,33 @@ def attach(dev: str, prog: str) -> int:
         p = obj.program(f"lab_{prog}")
         bpf.xdp_attach(ifindex, p.fd)
         return p.id
+
+
+def reference(dev: str, egress: list[str]) -> int:
+    with bpf.BpfObject(str(build("ref_router"))) as obj:
+        obj.load()
+        ports = obj.map("ref_ports")
+        for name in egress:
+            i = socket.if_nametoindex(name).to_bytes(4, "little")
+            ports.update(i, i)
+        p = obj.program("ref_router")
+        bpf.xdp_attach(socket.if_nametoindex(dev), p.fd)
+        return p.id
+
+
+def generate(dev: str, frame: bytes, count: int) -> int:
+    """Push count copies of frame out of dev with BPF_PROG_TEST_RUN live
+    frames; returns the nanoseconds the kernel took (frames are forwarded
+    by the peer's stack in softirq on this CPU inside that time)."""
+    cfg = bytes(frame).ljust(128, b"\0")
+    with bpf.BpfObject(str(build("lab_progs"))) as obj:
+        obj.set_initial_value(".rodata.gen", len(frame).to_bytes(4, "little") + cfg)
+        obj.load()
+        p = obj.program("lab_gen")
+        ctx = bpf.XdpMd(data_end=len(frame), ingress_ifindex=socket.if_nametoindex(dev))
+        t0 = time.perf_counter_ns()
+        p.test_run(frame, repeat=count, ctx=ctx, flags=bpf.BPF_F_TEST_XDP_LIVE_FRAMES, batch_size=64)
+        return time.perf_counter_ns() - t0
 
 
 def detach(dev: str) -> None:
@@ -54,6 +84,10 @@ def main(argv: list[str]) -> None:
         detach(argv[1])
     elif argv[:1] == ["count"]:
         print(count(argv[1]))
+    elif argv[:1] == ["reference"]:
+        print(reference(argv[1], argv[2:]))
+    elif argv[:1] == ["generate"]:
+        print(generate(argv[1], bytes.fromhex(argv[2]), int(argv[3])))
     else:
         sys.exit(__doc__)
 

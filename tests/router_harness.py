@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import ctypes
 import socket
-import time
 
 from netns_labs.lab import RouterLab, in_netns
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
-from tna.deploy.datapath import iface_cfg, read_stats
+from tna.deploy.datapath import iface_cfg, jiffies_hz, read_stats, renew
 from tna.synth.compile import compile_source
 from tna.synth.planner import IfacePlan
 from tna.synth.render import render
@@ -49,6 +48,7 @@ class RouterHarness:
             u32 = ctypes.c_uint32
             self.obj.map(abi.MAP_DEVMAP).update(bytes(u32(self.egress)), bytes(u32(self.egress)))
             self.obj.map(abi.MAP_EGRESS).update(bytes(u32(self.egress)), bytes(abi.TnaEgress()))
+        self.hz = jiffies_hz(self.obj.program(abi.RENEW_PROGRAM), self.obj.map(abi.MAP_STATE))
         self.set_state()
 
     def close(self) -> None:
@@ -56,11 +56,10 @@ class RouterHarness:
 
     def set_state(self, lease_s: float = 3600, pass_reason: int = 0, mp_guard: int = 0, stale: int = 0,
                   route_mtu: tuple[int, int] = (1400, 1400)) -> None:
-        """The daemon's view (its defaults match EXTRA_ROUTES)."""
-        st = abi.TnaState(lease_deadline_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC) + int(lease_s * 1e9),
-                          pass_reason=pass_reason, mp_guard=mp_guard, stale_count=stale,
-                          route_mtu4=route_mtu[0], route_mtu6=route_mtu[1])
-        self.obj.map(abi.MAP_STATE).update(b"\0\0\0\0", bytes(st))
+        """What the daemon would publish (the route MTUs match EXTRA_ROUTES)."""
+        renew(self.obj.program(abi.RENEW_PROGRAM), abi.TnaConfig(
+            lease_jiffies=int(lease_s * self.hz), pass_reason=pass_reason, mp_guard=mp_guard, stale_count=stale,
+            route_mtu4=route_mtu[0], route_mtu6=route_mtu[1]))
 
     def mark_stale(self, ip: str) -> bytes:
         family = socket.AF_INET6 if ":" in ip else socket.AF_INET

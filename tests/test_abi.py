@@ -14,8 +14,8 @@ from tna import HELPERS_DIR
 from tna.bpf import abi
 
 STRUCTS = {
-    "tna_state": abi.TnaState, "tna_counter": abi.TnaCounter, "tna_iface_cfg": abi.TnaIfaceCfg,
-    "tna_neigh_key": abi.TnaNeighKey, "tna_egress": abi.TnaEgress,
+    "tna_state": abi.TnaState, "tna_config": abi.TnaConfig, "tna_counter": abi.TnaCounter,
+    "tna_iface_cfg": abi.TnaIfaceCfg, "tna_neigh_key": abi.TnaNeighKey, "tna_egress": abi.TnaEgress,
 }
 
 

@@ -3,6 +3,7 @@ frame, expected verdict, reason and output bytes."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -174,7 +175,9 @@ def test_ethernet_padding_is_trimmed(harness: RouterHarness) -> None:
 def test_lease_expired_and_disabled_pass_everything(harness: RouterHarness) -> None:
     frame = bytes(V4(harness.lab) / UDP() / Raw(b"x"))
     try:
-        harness.set_state(lease_s=-1)
+        harness.set_state(lease_s=0.05)
+        assert harness.run(frame)[1] == "FORWARDED"
+        time.sleep(0.2)  # no renewal: the lease timer fires
         assert harness.run(frame) == ("PASS", "LEASE_EXPIRED", frame)
         harness.set_state(pass_reason=abi.REASON["DISABLED"])
         assert harness.run(frame) == ("PASS", "DISABLED", frame)

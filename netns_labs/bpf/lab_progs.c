@@ -29,9 +29,12 @@ struct {
 	__type(value, __u64);
 } sink_count SEC(".maps");
 
-/* the generator's frame; set before load */
-const volatile __u8 gen_frame[GEN_MAX] = {};
-const volatile __u32 gen_len = 0;
+/* the generator's frame; set before load (own section: found at offset 0) */
+struct gen_cfg {
+	__u32 len;
+	__u8 frame[GEN_MAX];
+};
+const volatile struct gen_cfg gen SEC(".rodata.gen") = {};
 
 SEC("xdp")
 int lab_pass(struct xdp_md *ctx)
@@ -75,11 +78,11 @@ int lab_gen(struct xdp_md *ctx)
 {
 	__u8 *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
 
-	if (data + GEN_MAX > end)
-		return XDP_DROP;
-#pragma unroll
-	for (int i = 0; i < GEN_MAX; i++)
-		data[i] = gen_frame[i];
+	for (int i = 0; i < GEN_MAX; i++) {
+		if (i >= gen.len || data + i + 1 > end)
+			break;
+		data[i] = gen.frame[i];
+	}
 	return XDP_TX;
 }
 

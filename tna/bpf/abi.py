@@ -32,9 +32,13 @@ TNA_MP_GUARD_V4 = 1 << 0
 TNA_MP_GUARD_V6 = 1 << 1
 
 
-class TnaState(Structure):
-    _fields_ = [("lease_deadline_ns", c_uint64), ("pass_reason", c_uint32), ("stale_count", c_uint32),
+class TnaConfig(Structure):
+    _fields_ = [("lease_jiffies", c_uint64), ("pass_reason", c_uint32), ("stale_count", c_uint32),
                 ("mp_guard", c_uint32), ("route_mtu4", c_uint32), ("route_mtu6", c_uint32), ("_pad", c_uint32)]
+
+
+class TnaState(Structure):
+    _fields_ = [("deadline", c_uint64), ("renewed_at", c_uint64), ("cfg", TnaConfig)]
 
 
 class TnaCounter(Structure):
@@ -62,3 +66,4 @@ MAP_STATS = "tna_stats"
 SECTION_IFACE = ".rodata.tna"
 SHARED_MAPS = (MAP_STATE, MAP_DEVMAP, MAP_EGRESS, MAP_STALE)
 PROGRAM_NAME = "tna_main"
+RENEW_PROGRAM = "tna_renew"

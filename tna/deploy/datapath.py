@@ -67,6 +67,29 @@ def read_stats(stats_map: bpf.Map) -> dict[str, tuple[int, int]]:
     return out
 
 
+def renew(prog: bpf.Program, cfg: abi.TnaConfig) -> None:
+    """Run tna_renew with cfg as its input frame."""
+    ret, _, _ = prog.test_run(bytes(cfg).ljust(64, b"\0"))  # XDP test runs want >= 14 bytes
+    if ret != 2:  # XDP_PASS
+        raise OSError(f"tna_renew returned {ret}")
+
+
+def jiffies_hz(prog: bpf.Program, state: bpf.Map) -> int:
+    """The kernel's HZ (jiffies per second), measured: BPF sees jiffies,
+    user space does not.  Rounded to the nearest configurable value."""
+    def now() -> int:
+        renew(prog, abi.TnaConfig(lease_jiffies=0, pass_reason=abi.REASON["DISABLED"]))
+        raw = state.lookup(b"\0\0\0\0")
+        assert isinstance(raw, bytes)
+        return abi.TnaState.from_buffer_copy(raw).renewed_at
+
+    t0, j0 = time.monotonic(), now()
+    time.sleep(0.1)
+    t1, j1 = time.monotonic(), now()
+    measured = (j1 - j0) / (t1 - t0)
+    return min((100, 250, 300, 1000), key=lambda hz: abs(hz - measured))
+
+
 def iface_cfg(plan: IfacePlan) -> bytes:
     cfg = abi.TnaIfaceCfg(ifindex=plan.ifindex, flags=plan.flags)
     cfg.mac[:] = bytes.fromhex(plan.mac.replace(":", ""))
@@ -95,13 +118,11 @@ class Datapath:
     def __init__(self, cache_dir: Path | None = None) -> None:
         self.cache_dir = cache_dir
         self.shared: dict[str, bpf.Map] = {}
+        self.renew_prog: bpf.Program | None = None
         self.attached: dict[int, Attached] = {}
         self._shadow: dict[str, dict[bytes, bytes]] = {}
         self._state_lock = threading.Lock()
-        self.pass_reason = 0
-        self.stale_count = 0
-        self.mp_guard = 0
-        self.route_mtu = (0, 0)  # IPv4, IPv6
+        self.cfg = abi.TnaConfig()
 
     # --- programs -----------------------------------------------------
 
@@ -125,7 +146,12 @@ class Datapath:
         for name in abi.SHARED_MAPS:
             m = obj.map(name)
             self.shared[name] = bpf.Map(os.dup(m.fd), m.key_size, m.value_size, name, owned=True)
-        self.write_state()  # the lease must be valid before any program is attached
+        prog = obj.program(abi.RENEW_PROGRAM)
+        self.renew_prog = bpf.Program(os.dup(prog.fd), prog.name, owned=True)
+        # no program is attached yet, so calibrating (which briefly publishes
+        # DISABLED) is invisible; then the lease must be valid before any is
+        self.cfg.lease_jiffies = jiffies_hz(self.renew_prog, self.shared[abi.MAP_STATE]) * LEASE_NS // 10**9
+        self.write_state()
 
     def apply(self, plan: IfacePlan) -> Attached:
         """Attach plan's program to its interface, replacing atomically what
@@ -209,25 +235,25 @@ class Datapath:
             m.close()
         self.shared.clear()
         self._shadow.clear()
+        if self.renew_prog is not None:
+            self.renew_prog.close()
+            self.renew_prog = None
 
     # --- shared maps ----------------------------------------------------
 
-    def write_state(self, lease_ns: int = LEASE_NS) -> None:
-        """Renew the lease (and publish the global switch)."""
-        m = self.shared.get(abi.MAP_STATE)
-        if m is None:
-            return
+    def write_state(self) -> None:
+        """Publish the config and renew the lease (through tna_renew, the only
+        writer of tna_state)."""
         with self._state_lock:
-            st = abi.TnaState(lease_deadline_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC) + lease_ns,
-                              pass_reason=self.pass_reason, stale_count=self.stale_count,
-                              mp_guard=self.mp_guard, route_mtu4=self.route_mtu[0], route_mtu6=self.route_mtu[1])
-            m.update((0).to_bytes(4, "little"), bytes(st))
+            if self.renew_prog is not None:
+                renew(self.renew_prog, self.cfg)
 
     def set_guards(self, pass_reason: int, mp_guard: int, route_mtu: tuple[int, int]) -> None:
         """Global switches; published before any program of a new plan runs."""
-        new = (pass_reason, mp_guard, route_mtu)
-        if new != (self.pass_reason, self.mp_guard, self.route_mtu):
-            self.pass_reason, self.mp_guard, self.route_mtu = new
+        c = self.cfg
+        new = (pass_reason, mp_guard, *route_mtu)
+        if new != (c.pass_reason, c.mp_guard, c.route_mtu4, c.route_mtu6):
+            c.pass_reason, c.mp_guard, c.route_mtu4, c.route_mtu6 = new
             self.write_state()
 
     def sync(self, xdp_egress: frozenset[int], tc_egress: frozenset[int], stale: set[Neigh]) -> None:
@@ -241,8 +267,8 @@ class Datapath:
         # the kernel; our shadow then over-states the map, which only costs a
         # redundant delete when the neighbour leaves STALE
         self._sync(abi.MAP_STALE, {k: b"\x01" for k in keys})
-        if len(keys) != self.stale_count:
-            self.stale_count = len(keys)
+        if len(keys) != self.cfg.stale_count:
+            self.cfg.stale_count = len(keys)
             self.write_state()
 
     def _sync(self, name: str, desired: dict[bytes, bytes]) -> None:
