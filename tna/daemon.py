@@ -116,7 +116,9 @@ class Daemon:
             else:
                 log.info("no netfilter rules: fast path enabled")
             changed = True
-        if self.mode != "tc" or self.overrides:  # only XDP egress cares about veth peers
+        # only an XDP redirect cares whether a veth's peer runs XDP; asking
+        # costs a socket in the peer's namespace, so do it only when needed
+        if self.plan is not None and any(ip.hook == "xdp" for ip in self.plan.ifaces.values()):
             for link in self.model.links.values():
                 if link.kind == "veth" and link.peer_netnsid is not None:
                     if link.peer_netnsid not in self._netns_ids:
