@@ -231,7 +231,7 @@ _log_lines: list[str] = []
 
 @_PRINT_FN
 def _print_cb(level: int, fmt: bytes, args: int) -> int:
-    buf = create_string_buffer(4096)
+    buf = create_string_buffer(1 << 20)  # a verifier log arrives in one message
     _libc.vsnprintf(buf, sizeof(buf), fmt, args)
     if level <= 1:  # LIBBPF_WARN, LIBBPF_INFO; drop DEBUG chatter
         _log_lines.append(buf.value.decode(errors="replace"))
@@ -415,6 +415,11 @@ def map_info(fd: int) -> _MapInfo:
 def obj_get(path: str) -> int:
     """fd of a pinned object."""
     return _check(_lib.bpf_obj_get(path.encode()), f"open pinned {path}")
+
+
+def unpin(path: str) -> None:
+    """Remove a pin (the object lives on while anything else holds it)."""
+    os.unlink(path)
 
 
 class BpfObject:
