@@ -35,6 +35,8 @@ enum tna_reason {
 	TNA_R_FRAGMENT,          /* fragments: kernel forwards/refragments them */
 	TNA_R_TTL,               /* TTL/hop limit <= 1: kernel sends ICMP time exceeded */
 	TNA_R_MARTIAN,           /* multicast/loopback/link-local/unspecified addresses */
+	TNA_R_LOCAL_SOURCE,      /* IPv4 source is this box's own address: kernel drops it */
+	TNA_R_RP_FILTER,         /* rp_filter: the reverse path does not (provably) check out */
 	TNA_R_ICMP_SPECIAL,      /* ICMP errors (hashed by inner header), neighbour discovery */
 	TNA_R_CSUM_PARTIAL,      /* L4 checksum left to offload (XDP on veth): redirecting would corrupt it */
 	TNA_R_NOT_FWDED,         /* for this box, a broadcast address, or no route: kernel delivers/replies */
@@ -55,6 +57,8 @@ enum tna_reason {
 	TNA_R_MAX
 };
 
+#define TNA_LOCAL4_MAX 32
+
 /* What the daemon publishes: the input of the tna_renew program, which it
  * runs (BPF_PROG_TEST_RUN) every ~200 ms; tna_renew copies it into tna_state
  * and moves the lease deadline.  Only tna_renew writes tna_state. */
@@ -67,7 +71,9 @@ struct tna_config {
 	                        and has multipath routes */
 	__u32 route_mtu4;    /* smallest `mtu` metric on any IPv4/IPv6 route, 0 if none: */
 	__u32 route_mtu6;    /* forwarding honours it, bpf_fib_lookup() only when locked */
-	__u32 _pad;
+	__u32 local4_count;  /* > TNA_LOCAL4_MAX: too many to list, IPv4 goes to the kernel */
+	__be32 local4[TNA_LOCAL4_MAX]; /* this namespace's IPv4 addresses (127/8 aside): a packet
+	                        from one of them is a martian source to the kernel */
 };
 
 /* The single entry of tna_state.  If the daemon dies (kill -9, crash) no
@@ -95,6 +101,8 @@ struct tna_counter {
 /* Per-program constants (.rodata, set before load; a change means reload,
  * never recompile). */
 #define TNA_IF_CHECK_CSUM_PARTIAL (1U << 0) /* XDP on a veth: frames may carry CHECKSUM_PARTIAL */
+#define TNA_IF_RP_STRICT (1U << 1) /* rp_filter 1 (or 2 without an IPv4 address): source via this port */
+#define TNA_IF_RP_LOOSE (1U << 2)  /* rp_filter 2: a unicast route back to the source */
 struct tna_iface_cfg {
 	__u32 ifindex;
 	__u8 mac[6];

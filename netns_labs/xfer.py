@@ -6,6 +6,7 @@ bytes on both sides, and a UDP echo.  Run inside a namespace:
   python -m netns_labs.xfer udp-echo PORT
   python -m netns_labs.xfer udp-client ADDR PORT COUNT    # prints "<echoed> <count>"
   python -m netns_labs.xfer udp-send ADDR PORT SPORT COUNT  # one flow, fire and forget
+  python -m netns_labs.xfer raw-send IFACE FRAMEHEX COUNT     # exact frames (e.g. spoofed)
 Every socket has a timeout, so nothing here can hang a test.
 """
 
@@ -93,6 +94,13 @@ def udp_send(addr: str, port: int, sport: int, count: int) -> None:
             s.sendto(i.to_bytes(4, "big"), (addr, port))
 
 
+def raw_send(iface: str, frame: bytes, count: int) -> None:
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+        s.bind((iface, 0))
+        for _ in range(count):
+            s.send(frame)
+
+
 def main(argv: list[str]) -> None:
     cmd, args = argv[0], argv[1:]
     if cmd == "tcp-server":
@@ -103,6 +111,8 @@ def main(argv: list[str]) -> None:
         udp_echo(int(args[0]))
     elif cmd == "udp-client":
         udp_client(args[0], int(args[1]), int(args[2]))
+    elif cmd == "raw-send":
+        raw_send(args[0], bytes.fromhex(args[1]), int(args[2]))
     elif cmd == "udp-send":
         udp_send(args[0], int(args[1]), int(args[2]), int(args[3]))
     else:

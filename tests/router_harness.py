@@ -34,6 +34,9 @@ EXTRA_ROUTES = [
 ]
 
 
+LOCAL4 = ("192.0.2.1", "198.51.100.1")  # r's own IPv4 addresses
+
+
 class RouterHarness:
     def __init__(self, lab: RouterLab, hook: str, flags: int = 0) -> None:
         self.lab, self.hook = lab, hook
@@ -55,11 +58,14 @@ class RouterHarness:
         self.obj.close()
 
     def set_state(self, lease_s: float = 3600, pass_reason: int = 0, mp_guard: int = 0, stale: int = 0,
-                  route_mtu: tuple[int, int] = (1400, 1400)) -> None:
-        """What the daemon would publish (the route MTUs match EXTRA_ROUTES)."""
-        renew(self.obj.program(abi.RENEW_PROGRAM), abi.TnaConfig(
-            lease_jiffies=int(lease_s * self.hz), pass_reason=pass_reason, mp_guard=mp_guard, stale_count=stale,
-            route_mtu4=route_mtu[0], route_mtu6=route_mtu[1]))
+                  route_mtu: tuple[int, int] = (1400, 1400), local4: tuple[str, ...] = LOCAL4) -> None:
+        """What the daemon would publish (route MTUs and addresses match the lab)."""
+        cfg = abi.TnaConfig(lease_jiffies=int(lease_s * self.hz), pass_reason=pass_reason, mp_guard=mp_guard,
+                            stale_count=stale, route_mtu4=route_mtu[0], route_mtu6=route_mtu[1],
+                            local4_count=len(local4))
+        for i, addr in enumerate(local4[:abi.LOCAL4_MAX]):
+            cfg.local4[i] = int.from_bytes(socket.inet_aton(addr), "little")
+        renew(self.obj.program(abi.RENEW_PROGRAM), cfg)
 
     def mark_stale(self, ip: str) -> bytes:
         family = socket.AF_INET6 if ":" in ip else socket.AF_INET

@@ -31,6 +31,7 @@ def test_layouts_and_reasons_match_the_header(tmp_path: Path) -> None:
     for i, name in enumerate(abi.REASONS):
         lines.append(f'printf("reason {name} %d {i}\\n", (int)TNA_R_{name});')
     lines.append(f'printf("reason MAX %d {len(abi.REASONS)}\\n", (int)TNA_R_MAX);')
+    lines.append(f'printf("reason LOCAL4_MAX %d {abi.LOCAL4_MAX}\\n", TNA_LOCAL4_MAX);')
     lines += ["return 0;", "}"]
     src = tmp_path / "abi.c"
     src.write_text("\n".join(lines))

@@ -7,9 +7,11 @@ be delivered (as on a NIC).  Counters prove which path packets took.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from netns_labs.lab import ping, tcp_transfer, udp_echo, wait_for
+from netns_labs.lab import ping, py, tcp_transfer, udp_echo, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -144,3 +146,32 @@ def test_route_mtu_is_honoured(accelerated, family, dst, via, expect):
     res = ping(lab, lab.h1.ns, dst, 2, "-M", "do", "-s", "1450")
     assert expect in res.stdout, res.stdout
     assert tna.counters().get("ROUTE_MTU", 0) >= 1
+
+
+def _h2_rx(lab) -> int:
+    return lab.ipr(lab.h2.ns).get_links(lab.ifindex(lab.h2.ns, lab.h2.dev))[0].get("IFLA_STATS64")["rx_packets"]
+
+
+def _spoof(lab, src: str, count: int = 20) -> None:
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    frame = bytes(Ether(src=lab.h1.mac, dst=lab.r_h1_mac) / IP(src=src, dst=lab.h2.ip4) / UDP(dport=9999))
+    lab.run(lab.h1.ns, py("netns_labs.xfer", "raw-send", lab.h1.dev, frame.hex(), str(count)), cwd=lab.repo)
+
+
+@pytest.mark.parametrize(("mode", "src", "reason"), [
+    (0, "198.51.100.1", "LOCAL_SOURCE"),   # the router's own address: a martian source, always
+    (1, "198.51.100.77", "RP_FILTER"),     # strict: its route back is not via r-h1
+    (2, "203.0.113.7", "RP_FILTER"),       # loose: no route back at all
+])
+def test_spoofed_sources_are_dropped_like_linux(accelerated, mode, src, reason):
+    lab, tna = accelerated
+    lab.sysctl(lab.r, "net.ipv4.conf.all.rp_filter", mode)
+    time.sleep(2)  # the daemon polls sysctls every second and reloads the ports
+    rx = _h2_rx(lab)
+    _spoof(lab, src)
+    assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 5).stdout
+    assert _h2_rx(lab) - rx <= 10 + 2, "spoofed packets reached h2"  # 5 pings (+ neighbour noise)
+    assert tna.counters().get(reason, 0) >= 20
+    assert tna.counters().get("FORWARDED", 0) >= 10

@@ -127,6 +127,7 @@ CASES = [
          / Raw(b"x" * 1400), "ROUTE_MTU"),
     Case("too-big6", lambda lab: eth(lab) / IPv6(src=lab.h1.ip6, dst="2001:db8:3::1") / UDP() / Raw(b"x" * 1400),
          "ROUTE_MTU"),
+    Case("own-source", lambda lab: eth(lab) / IP(src="198.51.100.1", dst=lab.h2.ip4) / UDP(), "LOCAL_SOURCE"),
     Case("same-interface", lambda lab: eth(lab) / IP(src="192.0.2.3", dst=lab.h1.ip4) / UDP(), "SAME_IFACE"),
 ]
 
@@ -224,6 +225,32 @@ def test_checksum_partial_frames_go_to_the_kernel(lab: RouterLab, hook: str) -> 
                 partial = Ether(full)
                 partial[l4.__class__].chksum = pseudo_fold(partial)
                 assert h.run(bytes(partial)) == ("PASS", "CSUM_PARTIAL", bytes(partial))
+    finally:
+        h.close()
+
+
+def test_too_many_local_addresses_to_list(harness: RouterHarness) -> None:
+    frame = bytes(V4(harness.lab) / UDP() / Raw(b"x"))
+    try:
+        harness.set_state(local4=tuple(f"203.0.113.{i}" for i in range(1, 40)))
+        assert harness.run(frame)[1] == "LOCAL_SOURCE"  # cannot check them all: the kernel does
+    finally:
+        harness.set_state()
+
+
+@pytest.mark.parametrize(("flags", "src", "reason"), [
+    (abi.TNA_IF_RP_STRICT, "192.0.2.50", "FORWARDED"),        # back via r-h1, the ingress
+    (abi.TNA_IF_RP_STRICT, "198.51.100.50", "RP_FILTER"),     # back via r-h2: spoofed for strict
+    (abi.TNA_IF_RP_STRICT, "203.0.113.200", "RP_FILTER"),     # no route back
+    (abi.TNA_IF_RP_LOOSE, "198.51.100.50", "FORWARDED"),      # loose: any unicast route back
+    (abi.TNA_IF_RP_LOOSE, "203.0.113.200", "RP_FILTER"),
+    (abi.TNA_IF_RP_LOOSE, "203.0.113.1", "RP_FILTER"),        # the way back is a blackhole
+])
+def test_rp_filter(lab: RouterLab, flags: int, src: str, reason: str) -> None:
+    h = RouterHarness(lab, "xdp", flags=flags)
+    try:
+        frame = bytes(eth(lab) / IP(src=src, dst=lab.h2.ip4) / UDP() / Raw(b"x"))
+        assert h.run(frame)[1] == reason
     finally:
         h.close()
 

@@ -32,7 +32,7 @@ DST4 = {
     "203.0.113.1": "BLACKHOLE", "203.0.113.65": "UNREACHABLE", "203.0.113.129": "PROHIBIT",
     "203.0.113.200": "NOT_FWDED", "198.51.100.77": "NO_NEIGH", "192.0.2.2": "SAME_IFACE", "224.0.0.5": "MARTIAN",
 }
-SRC4 = ["192.0.2.2", "192.0.2.50", "203.0.113.9", "127.0.0.1", "0.0.0.0"]
+SRC4 = ["192.0.2.2", "192.0.2.50", "203.0.113.9", "127.0.0.1", "0.0.0.0", "198.51.100.1"]
 DST6 = {
     "2001:db8:2::2": "FORWARDED", "2001:db8:2::1": "NOT_FWDED", "2001:db8:b1::1": "BLACKHOLE",
     "2001:db8:b2::1": "UNREACHABLE", "2001:db8:b3::1": "PROHIBIT", "2001:db8:99::1": "NOT_FWDED",
@@ -89,6 +89,8 @@ def packets4(draw: st.DrawFn, lab: RouterLab) -> tuple[bytes, str]:
         reason = "FRAGMENT"
     elif src in ("127.0.0.1", "0.0.0.0") or DST4[dst] == "MARTIAN":
         reason = "MARTIAN"
+    elif src == "198.51.100.1":  # the router's own address
+        reason = "LOCAL_SOURCE"
     elif ttl <= 1:
         reason = "TTL"
     elif proto == "icmp" and icmp_type in (3, 4, 5, 11, 12):

@@ -21,7 +21,7 @@ from tna.bpf.libbpf import LibbpfError
 from tna.deploy.datapath import Datapath, ForeignProgram, attached_tna_prog
 from tna.model.config import AF_INET, AF_INET6, Model
 from tna.netlink import netfilter
-from tna.netlink.watch import ResyncNeeded, Watcher, read_sysctls
+from tna.netlink.watch import ResyncNeeded, Watcher, read_rp_filter, read_sysctls
 from tna.runstate import RunLock, write_state
 from tna.synth.compile import CompileError
 from tna.synth.planner import Plan, plan
@@ -108,6 +108,8 @@ class Daemon:
 
     def _poll(self, watcher: Watcher) -> bool:
         changed = self.model.set_sysctls(read_sysctls())
+        for index, mode in read_rp_filter({i: link.name for i, link in self.model.links.items()}).items():
+            changed |= self.model.set_rp_filter(index, mode)
         why = netfilter.rules_present()
         if why != self.disabled_why:
             self.disabled_why = why
@@ -148,7 +150,7 @@ class Daemon:
     def reconcile(self) -> None:
         m = self.model
         self.dp.set_guards(abi.REASON["DISABLED"] if self.disabled_why else 0, m.multipath_guard(),
-                           (m.route_mtu(AF_INET), m.route_mtu(AF_INET6)))
+                           (m.route_mtu(AF_INET), m.route_mtu(AF_INET6)), m.local_ipv4())
         p = plan(self.model, self.mode, self.overrides)
         for ifindex in set(self.dp.attached) - set(p.ifaces):
             self._safely(ifindex, lambda i=ifindex: self.dp.remove(i))

@@ -28,13 +28,17 @@ REASONS: list[str] = _parse_reasons()
 REASON = {name: i for i, name in enumerate(REASONS)}
 
 TNA_IF_CHECK_CSUM_PARTIAL = 1 << 0
+TNA_IF_RP_STRICT = 1 << 1
+TNA_IF_RP_LOOSE = 1 << 2
+LOCAL4_MAX = 32
 TNA_MP_GUARD_V4 = 1 << 0
 TNA_MP_GUARD_V6 = 1 << 1
 
 
 class TnaConfig(Structure):
     _fields_ = [("lease_jiffies", c_uint64), ("pass_reason", c_uint32), ("stale_count", c_uint32),
-                ("mp_guard", c_uint32), ("route_mtu4", c_uint32), ("route_mtu6", c_uint32), ("_pad", c_uint32)]
+                ("mp_guard", c_uint32), ("route_mtu4", c_uint32), ("route_mtu6", c_uint32),
+                ("local4_count", c_uint32), ("local4", c_uint32 * LOCAL4_MAX)]
 
 
 class TnaState(Structure):

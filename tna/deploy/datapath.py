@@ -248,12 +248,15 @@ class Datapath:
             if self.renew_prog is not None:
                 renew(self.renew_prog, self.cfg)
 
-    def set_guards(self, pass_reason: int, mp_guard: int, route_mtu: tuple[int, int]) -> None:
+    def set_guards(self, pass_reason: int, mp_guard: int, route_mtu: tuple[int, int], local4: list[str]) -> None:
         """Global switches; published before any program of a new plan runs."""
         c = self.cfg
-        new = (pass_reason, mp_guard, *route_mtu)
-        if new != (c.pass_reason, c.mp_guard, c.route_mtu4, c.route_mtu6):
-            c.pass_reason, c.mp_guard, c.route_mtu4, c.route_mtu6 = new
+        before = bytes(c)
+        c.pass_reason, c.mp_guard, (c.route_mtu4, c.route_mtu6) = pass_reason, mp_guard, route_mtu
+        c.local4_count = len(local4)
+        packed = b"".join(socket.inet_aton(a) for a in local4[:abi.LOCAL4_MAX])
+        ctypes.memmove(c.local4, packed.ljust(4 * abi.LOCAL4_MAX, b"\0"), 4 * abi.LOCAL4_MAX)
+        if bytes(c) != before:
             self.write_state()
 
     def sync(self, xdp_egress: frozenset[int], tc_egress: frozenset[int], stale: set[Neigh]) -> None:

@@ -116,6 +116,8 @@ class Model:
     # Peers of veths that live in another namespace: does it run XDP?
     # Filled by the watcher (it needs I/O); the planner only reads it.
     peer_xdp: dict[int, bool] = field(default_factory=dict)
+    # Effective IPv4 rp_filter per ifindex: max(conf.all, conf.<dev>) (/proc/sys).
+    rp_filter: dict[int, int] = field(default_factory=dict)
 
     def apply(self, msg: NlMsg) -> bool:
         """Apply one netlink message; True if the model changed."""
@@ -141,6 +143,7 @@ class Model:
             self.addrs = {a for a in self.addrs if a.index != link.index}
             self.neighs = {k: n for k, n in self.neighs.items() if n.index != link.index}
             self.peer_xdp.pop(link.index, None)
+            self.rp_filter.pop(link.index, None)
             return True
         if old is not None and link.qdisc is None:
             link = replace(link, qdisc=old.qdisc)  # not every RTM_NEWLINK carries it
@@ -162,6 +165,19 @@ class Model:
         changed = sysctls != self.sysctls
         self.sysctls = sysctls
         return changed
+
+    def set_rp_filter(self, index: int, mode: int) -> bool:
+        changed = self.rp_filter.get(index, 0) != mode
+        self.rp_filter[index] = mode
+        return changed
+
+    def has_ipv4(self, index: int) -> bool:
+        return any(a.index == index and a.family == AF_INET for a in self.addrs)
+
+    def local_ipv4(self) -> list[str]:
+        """This namespace's IPv4 addresses but loopback ones (127/8 sources
+        are martians anyway)."""
+        return sorted({a.address for a in self.addrs if a.family == AF_INET and not a.address.startswith("127.")})
 
     def set_peer_xdp(self, index: int, has_xdp: bool) -> bool:
         changed = self.peer_xdp.get(index) != has_xdp

@@ -173,6 +173,12 @@ def _read_int(path: str) -> int:
         return 0
 
 
+def read_rp_filter(names: dict[int, str]) -> dict[int, int]:
+    """Effective IPv4 rp_filter per ifindex: the kernel uses max(all, dev)."""
+    base = _read_int("/proc/sys/net/ipv4/conf/all/rp_filter")
+    return {i: max(base, _read_int(f"/proc/sys/net/ipv4/conf/{name}/rp_filter")) for i, name in names.items()}
+
+
 def read_sysctls() -> Sysctls:
     """Forwarding switches of the namespace this process is in (/proc/sys/net is per netns)."""
     return Sysctls(

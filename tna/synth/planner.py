@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tna.bpf.abi import TNA_IF_CHECK_CSUM_PARTIAL
+from tna.bpf.abi import TNA_IF_CHECK_CSUM_PARTIAL, TNA_IF_RP_LOOSE, TNA_IF_RP_STRICT
 from tna.model.config import Link, Model
 
 HOOK_MODES = ("auto", "xdp", "tc")
@@ -105,6 +105,18 @@ def tc_egress_ok(link: Link) -> bool:
     return link.up and link.ethernet and link.master is None and link.kind in TC_EGRESS_KINDS
 
 
+def rp_filter_flags(model: Model, index: int) -> int:
+    """fib_validate_source(): strict (1) needs the route back via this port;
+    loose (2) any unicast route back, except that a port without an IPv4
+    address falls through to the strict outcome."""
+    mode = model.rp_filter.get(index, 0)
+    if mode == 1 or (mode == 2 and not model.has_ipv4(index)):
+        return TNA_IF_RP_STRICT
+    if mode == 2:
+        return TNA_IF_RP_LOOSE
+    return 0
+
+
 def plan(model: Model, mode: str = "auto", overrides: dict[str, str] | None = None) -> Plan:
     if mode not in HOOK_MODES:
         raise ValueError(f"hook mode must be one of {HOOK_MODES}")
@@ -118,6 +130,7 @@ def plan(model: Model, mode: str = "auto", overrides: dict[str, str] | None = No
             continue
         hook, hook_why = choose_hook(link, mode, overrides)
         flags = TNA_IF_CHECK_CSUM_PARTIAL if hook == "xdp" and link.kind in LOCAL_STACK_KINDS else 0
+        flags |= rp_filter_flags(model, link.index)
         assert link.mac is not None  # link.ethernet checked it
         ifaces[link.index] = IfacePlan(link.index, link.name, hook, hook_why, ("router",), link.mac, flags)
     return Plan(
