@@ -45,6 +45,7 @@ class Daemon:
         self._stop = threading.Event()
         self._heartbeat = time.monotonic()
         self._netns_ids: dict[int, str] = {}
+        self._watcher: Watcher | None = None
 
     # --- lifecycle --------------------------------------------------------
 
@@ -52,42 +53,41 @@ class Daemon:
         lock = RunLock()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self._stop.set())
-        watcher = Watcher()
         lease = threading.Thread(target=self._lease_loop, name="tna-lease", daemon=True)
         try:
-            self._resync(watcher)
+            self._resync()
             self._adopt_leftovers()
             self.reconcile()
             lease.start()
-            self._loop(watcher)
+            self._loop()
         finally:
             self._stop.set()
             if lease.is_alive():
                 lease.join()
             self.dp.remove_all()
-            watcher.close()
+            if self._watcher is not None:
+                self._watcher.close()
             lock.release()
             log.info("stopped; all interfaces are back on plain Linux")
 
     def stop(self) -> None:
         self._stop.set()
 
-    def _loop(self, watcher: Watcher) -> None:
+    def _loop(self) -> None:
         next_poll = 0.0
         while not self._stop.is_set():
             changed = False
+            assert self._watcher is not None
             try:
-                for msg in watcher.events(timeout=0.1):
+                for msg in self._watcher.events(timeout=0.1):
                     changed |= self.model.apply(msg)
             except ResyncNeeded as e:
                 log.warning("%s: resynchronising everything", e)
-                watcher.close()
-                watcher = Watcher()
-                self._resync(watcher)
+                self._resync()
                 changed = True
             now = time.monotonic()
             if now >= next_poll:
-                changed |= self._poll(watcher)
+                changed |= self._poll()
                 next_poll = now + POLL_S
             if changed:
                 self.reconcile()
@@ -100,13 +100,32 @@ class Daemon:
 
     # --- inputs -------------------------------------------------------------
 
-    def _resync(self, watcher: Watcher) -> None:
-        self.model = Model()
-        for msg in watcher.snapshot():
-            self.model.apply(msg)
-        self._poll(watcher)
+    def _resync(self) -> None:
+        """A new socket and a model rebuilt from a full dump.  Retried while
+        events keep overrunning it; meanwhile the main loop shows no life, so
+        the lease lapses and all traffic takes the kernel path."""
+        delay = 0.1
+        while True:
+            if self._watcher is not None:
+                self._watcher.close()
+            self._watcher = Watcher()
+            try:
+                model = Model()
+                for msg in self._watcher.snapshot():
+                    model.apply(msg)
+                self.model = model
+                self._poll()
+                return
+            except ResyncNeeded as e:
+                if self._stop.is_set():
+                    raise
+                log.warning("resync failed (%s); retrying in %.1f s", e, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
-    def _poll(self, watcher: Watcher) -> bool:
+    def _poll(self) -> bool:
+        watcher = self._watcher
+        assert watcher is not None
         changed = self.model.set_sysctls(read_sysctls())
         for index, mode in read_rp_filter({i: link.name for i, link in self.model.links.items()}).items():
             changed |= self.model.set_rp_filter(index, mode)

@@ -53,6 +53,7 @@ class Watcher:
     def __init__(self) -> None:
         self._q: queue.Queue = queue.Queue()
         self._closed = threading.Event()
+        self._ipr: IPRoute | None = None
         self.query = IPRoute()
         self._thread = threading.Thread(target=self._read, name="tna-netlink", daemon=True)
         self._thread.start()
@@ -60,12 +61,16 @@ class Watcher:
     def close(self) -> None:
         self._closed.set()
         self.query.close()
-        # the reader thread may sit in get(); it is a daemon thread and its
-        # socket dies with the process or is dropped on the next resync
+        ipr = self._ipr
+        if ipr is not None:
+            try:  # wakes the reader out of get(); it then ends quietly
+                ipr.close()
+            except Exception as e:  # already broken: nothing left to release
+                log.debug("closing the netlink reader socket: %r", e)
 
     def _read(self) -> None:
         try:
-            ipr = IPRoute()
+            ipr = self._ipr = IPRoute()
             ipr.bind(groups=GROUPS)
             for msg in self._dump(ipr):
                 self._q.put(msg)
