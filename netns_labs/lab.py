@@ -321,7 +321,9 @@ class Tna:
     def wait_attached(self, names: Sequence[str], timeout: float = 30) -> dict:
         def ready() -> bool:
             st = self.status()
-            return st is not None and all(n in st["ifaces"] and st["ifaces"][n]["attached"] for n in names)
+            # a dead daemon's state.json lingers until the new one writes its own
+            return (st is not None and st["pid"] == self.proc.pid
+                    and all(n in st["ifaces"] and st["ifaces"][n]["attached"] for n in names))
         if not wait_for(ready, timeout, 0.2):
             raise RuntimeError(f"tna did not attach {names}:\n{self.output()}")
         return self.status()  # type: ignore[return-value]

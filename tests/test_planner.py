@@ -25,14 +25,10 @@ def models(draw: st.DrawFn) -> Model:
             mac=draw(st.sampled_from([None, f"02:00:00:00:00:{index:02x}"])),
             mtu=1500, flags=flags, arptype=draw(st.sampled_from([ARPHRD_ETHER, ARPHRD_ETHER, 772, 65534])),
             master=draw(st.sampled_from([None, None, None, 1])),
-            peer_index=draw(st.integers(1, n)) if kind == "veth" else None,
-            peer_netnsid=draw(st.sampled_from([None, 0])) if kind == "veth" else None,
             xdp_prog_id=draw(st.sampled_from([0, 0, 77])), qdisc=draw(st.sampled_from(QDISCS)),
         )
     m = Model(links=links, sysctls=Sysctls(draw(st.booleans()), draw(st.booleans())))
-    for link in links.values():
-        if link.kind == "veth" and link.peer_netnsid is not None:
-            m.set_peer_xdp(link.index, draw(st.booleans()))
+    m.set_xdp_xmit({i: draw(st.booleans()) for i in links})
     return m
 
 
@@ -56,11 +52,7 @@ def test_plan_invariants(m: Model, mode: str) -> None:
     for ifindex in p.xdp_egress:
         link = m.links[ifindex]
         assert link.up and link.ethernet and link.master is None and link.qdisc in UNSHAPED_QDISCS
-        assert link.kind in (None, "veth")
-        if link.kind == "veth":  # a veth delivers XDP frames only if its peer runs XDP
-            peer_xdp = (m.links[link.peer_index].xdp_prog_id != 0 if link.peer_netnsid is None
-                        else m.peer_xdp[ifindex])
-            assert peer_xdp
+        assert m.xdp_xmit[ifindex]  # the kernel says it takes XDP frames now
     for ifindex in p.tc_egress:
         link = m.links[ifindex]
         assert link.up and link.ethernet and link.master is None

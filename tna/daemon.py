@@ -20,7 +20,7 @@ from tna.bpf import abi
 from tna.bpf.libbpf import LibbpfError
 from tna.deploy.datapath import Datapath, ForeignProgram, attached_tna_prog
 from tna.model.config import AF_INET, AF_INET6, Model
-from tna.netlink import netfilter
+from tna.netlink import netdev, netfilter
 from tna.netlink.watch import ResyncNeeded, Watcher, read_rp_filter, read_sysctls
 from tna.runstate import RunLock, write_state
 from tna.synth.compile import CompileError
@@ -44,7 +44,6 @@ class Daemon:
         self.disabled_why: str | None = None
         self._stop = threading.Event()
         self._heartbeat = time.monotonic()
-        self._netns_ids: dict[int, str] = {}
         self._watcher: Watcher | None = None
 
     # --- lifecycle --------------------------------------------------------
@@ -124,8 +123,6 @@ class Daemon:
                 delay = min(delay * 2, 2.0)
 
     def _poll(self) -> bool:
-        watcher = self._watcher
-        assert watcher is not None
         changed = self.model.set_sysctls(read_sysctls())
         for index, mode in read_rp_filter({i: link.name for i, link in self.model.links.items()}).items():
             changed |= self.model.set_rp_filter(index, mode)
@@ -137,15 +134,9 @@ class Daemon:
             else:
                 log.info("no netfilter rules: fast path enabled")
             changed = True
-        # only an XDP redirect cares whether a veth's peer runs XDP; asking
-        # costs a socket in the peer's namespace, so do it only when needed
+        # only an XDP redirect cares which devices take XDP frames
         if self.plan is not None and any(ip.hook == "xdp" for ip in self.plan.ifaces.values()):
-            for link in self.model.links.values():
-                if link.kind == "veth" and link.peer_netnsid is not None:
-                    if link.peer_netnsid not in self._netns_ids:
-                        self._netns_ids = watcher.named_netns_ids()
-                    has = watcher.peer_has_xdp(link, self._netns_ids)
-                    changed |= self.model.set_peer_xdp(link.index, bool(has))
+            changed |= self.model.set_xdp_xmit(netdev.xdp_xmit_capable())
         return changed
 
     def _adopt_leftovers(self) -> None:

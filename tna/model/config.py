@@ -46,8 +46,6 @@ class Link:
     flags: int
     arptype: int
     master: int | None = None
-    peer_index: int | None = None    # veth: IFLA_LINK
-    peer_netnsid: int | None = None  # veth: IFLA_LINK_NETNSID (None: same namespace)
     xdp_prog_id: int = 0
     qdisc: str | None = None         # root qdisc kind (IFLA_QDISC)
 
@@ -113,9 +111,9 @@ class Model:
     routes: set[Route] = field(default_factory=set)
     neighs: dict[tuple[int, int, str], Neigh] = field(default_factory=dict)
     sysctls: Sysctls = field(default_factory=Sysctls)
-    # Peers of veths that live in another namespace: does it run XDP?
-    # Filled by the watcher (it needs I/O); the planner only reads it.
-    peer_xdp: dict[int, bool] = field(default_factory=dict)
+    # Does the device accept XDP-redirected frames now (netdev xdp-features
+    # NDO_XMIT)?  Read by the watcher (I/O); the planner only uses it.
+    xdp_xmit: dict[int, bool] = field(default_factory=dict)
     # Effective IPv4 rp_filter per ifindex: max(conf.all, conf.<dev>) (/proc/sys).
     rp_filter: dict[int, int] = field(default_factory=dict)
 
@@ -142,7 +140,7 @@ class Model:
             del self.links[link.index]
             self.addrs = {a for a in self.addrs if a.index != link.index}
             self.neighs = {k: n for k, n in self.neighs.items() if n.index != link.index}
-            self.peer_xdp.pop(link.index, None)
+            self.xdp_xmit.pop(link.index, None)
             self.rp_filter.pop(link.index, None)
             return True
         if old is not None and link.qdisc is None:
@@ -179,9 +177,9 @@ class Model:
         are martians anyway)."""
         return sorted({a.address for a in self.addrs if a.family == AF_INET and not a.address.startswith("127.")})
 
-    def set_peer_xdp(self, index: int, has_xdp: bool) -> bool:
-        changed = self.peer_xdp.get(index) != has_xdp
-        self.peer_xdp[index] = has_xdp
+    def set_xdp_xmit(self, capable: dict[int, bool]) -> bool:
+        changed = capable != self.xdp_xmit
+        self.xdp_xmit = dict(capable)
         return changed
 
     def multipath_guard(self) -> int:
@@ -233,8 +231,6 @@ def link_from_msg(msg: NlMsg) -> Link:
         flags=msg["flags"],
         arptype=msg["ifi_type"],
         master=msg.get("IFLA_MASTER") or None,
-        peer_index=msg.get("IFLA_LINK") if kind == "veth" else None,
-        peer_netnsid=msg.get("IFLA_LINK_NETNSID"),
         xdp_prog_id=prog_id,
         qdisc=msg.get("IFLA_QDISC"),
     )

@@ -9,7 +9,6 @@ interrupted dump the caller drops the model and resyncs from a new dump.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from pyroute2.netlink.rtnl import (
     RTMGRP_TC,
 )
 
-from tna.model.config import AF_INET, AF_INET6, Link, NlMsg, Sysctls
+from tna.model.config import AF_INET, AF_INET6, NlMsg, Sysctls
 
 log = logging.getLogger(__name__)
 
@@ -133,42 +132,6 @@ class Watcher:
                 return
         elif msg.get("header", {}).get("error") is None:
             yield msg
-
-    def peer_has_xdp(self, link: Link, netns_by_id: dict[int, str]) -> bool | None:
-        """Does the other end of a veth in another namespace run XDP?
-        None when its namespace is not a named one we can open."""
-        name = netns_by_id.get(link.peer_netnsid) if link.peer_netnsid is not None else None
-        if name is None or link.peer_index is None:
-            return None
-        with IPRoute(netns=name) as peer_ns:
-            try:
-                peer = peer_ns.get_links(link.peer_index)[0]
-            except Exception:  # peer gone or namespace vanished: not usable
-                return None
-            xdp = peer.get("IFLA_XDP")
-            return bool(xdp is not None and xdp.get("IFLA_XDP_PROG_ID"))
-
-    def named_netns_ids(self) -> dict[int, str]:
-        """nsid (as this namespace numbers them) -> name, for /run/netns/*."""
-        out: dict[int, str] = {}
-        run = Path("/run/netns")
-        if not run.is_dir():
-            return out
-        for entry in run.iterdir():
-            try:
-                fd = os.open(entry, os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                info = self.query.get_netnsid(fd=fd)
-                nsid = info.get("nsid") if isinstance(info, dict) else None
-                if nsid is not None and nsid >= 0 and nsid != 0xFFFFFFFF:
-                    out[nsid] = entry.name
-            except Exception:
-                pass
-            finally:
-                os.close(fd)
-        return out
 
 
 def _read_int(path: str) -> int:

@@ -86,19 +86,11 @@ def choose_hook(link: Link, mode: str, overrides: dict[str, str]) -> tuple[str, 
 
 
 def xdp_egress_ok(link: Link, model: Model) -> bool:
-    """Can an XDP_REDIRECT into this device deliver, unshaped?"""
-    if not link.up or not link.ethernet or link.master is not None or link.qdisc not in UNSHAPED_QDISCS:
-        return False
-    if link.kind is None:
-        return True
-    if link.kind == "veth":
-        # a veth delivers redirected frames only if its peer runs XDP (or GRO):
-        # otherwise they vanish without a trace
-        if link.peer_netnsid is None:
-            peer = model.links.get(link.peer_index or 0)
-            return peer is not None and peer.xdp_prog_id != 0
-        return model.peer_xdp.get(link.index, False)
-    return False
+    """Can an XDP_REDIRECT into this device deliver, unshaped?  The kernel
+    says whether it transmits XDP frames now (a veth only while its peer runs
+    XDP or GRO: otherwise they would vanish without a trace)."""
+    return (link.up and link.ethernet and link.master is None and link.qdisc in UNSHAPED_QDISCS
+            and model.xdp_xmit.get(link.index, False))
 
 
 def tc_egress_ok(link: Link) -> bool:
