@@ -276,13 +276,19 @@ def py(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
+def _server(lab: Lab, ns: str, *args: str) -> subprocess.Popen:
+    """An xfer server in ns, returned once it listens."""
+    server = lab.popen(ns, py("netns_labs.xfer", *args), stdout=subprocess.PIPE, text=True, cwd=_REPO)
+    assert server.stdout is not None
+    assert server.stdout.readline().strip() == "ready"
+    return server
+
+
 def tcp_transfer(lab: Lab, src: str, dst: str, dst_ip: str, nbytes: int, port: int = 5201) -> tuple[str, str]:
     """Send nbytes over TCP from namespace src to dst_ip in namespace dst;
     (sha256 sent, sha256 received).  Raises if either side fails."""
-    server = lab.popen(dst, py("netns_labs.xfer", "tcp-server", str(port)),
-                       stdout=subprocess.PIPE, text=True, cwd=_REPO)
+    server = _server(lab, dst, "tcp-server", str(port))
     assert server.stdout is not None
-    assert server.stdout.readline().strip() == "ready"
     client = lab.run(src, py("netns_labs.xfer", "tcp-client", dst_ip, str(port), str(nbytes)),
                      cwd=_REPO, timeout=120)
     got = server.stdout.readline().split()
@@ -294,10 +300,7 @@ def tcp_transfer(lab: Lab, src: str, dst: str, dst_ip: str, nbytes: int, port: i
 
 def udp_echo(lab: Lab, src: str, dst: str, dst_ip: str, count: int, port: int = 5202) -> int:
     """Datagrams echoed back intact out of count."""
-    server = lab.popen(dst, py("netns_labs.xfer", "udp-echo", str(port)),
-                       stdout=subprocess.PIPE, text=True, cwd=_REPO)
-    assert server.stdout is not None
-    assert server.stdout.readline().strip() == "ready"
+    server = _server(lab, dst, "udp-echo", str(port))
     out = lab.run(src, py("netns_labs.xfer", "udp-client", dst_ip, str(port), str(count)),
                   cwd=_REPO, timeout=120)
     os.killpg(server.pid, signal.SIGKILL)

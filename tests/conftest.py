@@ -64,3 +64,24 @@ def _wait_xdp_egress(tna: Tna) -> bool:
         st = tna.status()
         return st is not None and all(i["xdp_egress"] for i in st["ifaces"].values())
     return wait_for(ok, 10, 0.2)
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[RouterLab]:
+    """The router lab plus routes of every kind, for BPF_PROG_RUN tests."""
+    from tests.router_harness import EXTRA_ROUTES
+
+    with RouterLab() as lab:
+        for cmd in EXTRA_ROUTES:
+            lab.run(lab.r, cmd)
+        yield lab
+
+
+@pytest.fixture(scope="module", params=["xdp", "tc"])
+def harness(request: pytest.FixtureRequest, lab: RouterLab) -> Iterator:
+    """The router module for ingress r-h1, under BPF_PROG_RUN, per hook."""
+    from tests.router_harness import RouterHarness
+
+    h = RouterHarness(lab, request.param)
+    yield h
+    h.close()

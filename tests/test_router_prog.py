@@ -4,7 +4,7 @@ frame, expected verdict, reason and output bytes."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -21,27 +21,12 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
 from netns_labs.lab import RouterLab, in_netns
-from tests.router_harness import EXTRA_ROUTES, RouterHarness, pseudo_fold
+from tests.router_harness import RouterHarness, pseudo_fold
 from tna.bpf import abi
 
 pytestmark = pytest.mark.root
 
 H1_MAC = "02:00:00:00:01:01"  # senders' MACs do not matter to a router
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[RouterLab]:
-    with RouterLab() as lab:
-        for cmd in EXTRA_ROUTES:
-            lab.run(lab.r, cmd)
-        yield lab
-
-
-@pytest.fixture(scope="module", params=["xdp", "tc"])
-def harness(request: pytest.FixtureRequest, lab: RouterLab) -> Iterator[RouterHarness]:
-    h = RouterHarness(lab, request.param)
-    yield h
-    h.close()
 
 
 def eth(lab: RouterLab, dst: str | None = None) -> Ether:

@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,7 +19,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from netns_labs.lab import RouterLab
-from tests.router_harness import EXTRA_ROUTES, RouterHarness
+from tests.router_harness import RouterHarness
 from tests.test_router_prog import forwarded
 
 pytestmark = pytest.mark.root
@@ -39,21 +37,6 @@ DST6 = {
     "2001:db8:2::77": "NO_NEIGH", "2001:db8:1::2": "SAME_IFACE", "ff0e::1": "MARTIAN", "fe80::5": "MARTIAN",
 }
 SRC6 = ["2001:db8:1::2", "2001:db8:1::50", "::1", "fe80::1"]
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[RouterLab]:
-    with RouterLab() as lab:
-        for cmd in EXTRA_ROUTES:
-            lab.run(lab.r, cmd)
-        yield lab
-
-
-@pytest.fixture(scope="module", params=["xdp", "tc"])
-def harness(request: pytest.FixtureRequest, lab: RouterLab) -> Iterator[RouterHarness]:
-    h = RouterHarness(lab, request.param)
-    yield h
-    h.close()
 
 
 @st.composite
