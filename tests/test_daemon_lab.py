@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -174,4 +175,40 @@ def test_netlink_overrun_resyncs_from_a_full_dump(accelerated, tmp_path):
     assert "resynchronising everything" in tna.output()
     before = tna.counters().get("FORWARDED", 0)
     assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 5).stdout
-    assert tna.counters().get("FORWARDED", 0) - before >= 10
+    # the address change makes the kernel re-resolve r-h1's neighbour once
+    assert tna.counters().get("FORWARDED", 0) - before >= 8
+
+
+def test_per_interface_override_status_and_source(router_lab):
+    lab = router_lab
+    host_xdp(lab, lab.h1.ns, lab.h1.dev)
+    tna = Tna(lab, lab.r, "--iface-hook", "r-h2=xdp")
+    try:
+        st = tna.wait_attached(["r-h1", "r-h2"])
+        assert (st["ifaces"]["r-h1"]["hook"], st["ifaces"]["r-h2"]["hook"]) == ("tc", "xdp")
+        assert st["ifaces"]["r-h2"]["hook_why"] == "per-interface override"
+        assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 5).stdout
+        text = lab.run(lab.r, py("tna", "status"), cwd=Lab.repo).stdout
+        assert "r-h2         xdp" in text and "FORWARDED" in text and "lo           left alone: loopback" in text
+        source = lab.run(lab.r, py("tna", "source", "r-h2"), cwd=Lab.repo).stdout
+        assert 'SEC("xdp")' in source and "tna_router(&pkt)" in source
+        stats = json.loads(lab.run(lab.r, py("tna", "stats", "--json"), cwd=Lab.repo).stdout)
+        assert stats["total"]["FORWARDED"]["packets"] >= 5
+    finally:
+        assert tna.stop() == 0
+        tna.close()
+
+
+def test_mac_change_reloads_without_recompiling(accelerated):
+    lab, tna = accelerated
+    old = tna.status()["ifaces"]["r-h1"]
+    new_mac = "02:00:00:00:00:42"
+    lab.run(lab.r, ["ip", "link", "set", "r-h1", "address", new_mac])
+    lab.neigh(lab.h1.ns, lab.h1.dev, "192.0.2.1", new_mac)
+    assert wait_for(lambda: tna.status()["ifaces"]["r-h1"]["prog_id"] != old["prog_id"], 10, 0.2)
+    now = tna.status()["ifaces"]["r-h1"]
+    assert now["source"] == old["source"]  # same object: a reload, not a recompile
+    before = tna.counters().get("FORWARDED", 0)
+    assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 5).stdout
+    # the address change makes the kernel re-resolve r-h1's neighbour once
+    assert tna.counters().get("FORWARDED", 0) - before >= 8
