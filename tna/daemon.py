@@ -29,7 +29,7 @@ from tna.synth.planner import Plan, plan
 log = logging.getLogger("tna")
 
 LEASE_RENEW_S = 0.2
-POLL_S = 1.0          # sysctls, netfilter, veth peers: no events for these
+POLL_S = 1.0          # sysctls, netfilter, xdp-features: no events we can use for these
 HEARTBEAT_MAX_S = 3.0  # main loop silent this long: stop renewing the lease
 
 
