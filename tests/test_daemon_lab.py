@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 
 import pytest
@@ -212,3 +213,29 @@ def test_mac_change_reloads_without_recompiling(accelerated):
     assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 5).stdout
     # the address change makes the kernel re-resolve r-h1's neighbour once
     assert tna.counters().get("FORWARDED", 0) - before >= 8
+
+
+def test_xdp_egress_follows_the_peer_at_once(router_lab):
+    """Under --hook xdp, r-h2 may carry redirected frames only while h2's
+    veth runs XDP.  The kernel announces the change (netdev xdp-features);
+    a ping running across both changes loses nothing."""
+    lab = router_lab
+    host_xdp(lab, lab.h1.ns, lab.h1.dev)
+    tna = Tna(lab, lab.r, "--hook", "xdp")
+    try:
+        tna.wait_attached(["r-h1", "r-h2"])
+        assert not tna.status()["ifaces"]["r-h2"]["xdp_egress"]
+        pinger = lab.popen(lab.h1.ns, ["ping", "-c", "300", "-i", "0.01", "-W", "1", lab.h2.ip4],
+                           stdout=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        host_xdp(lab, lab.h2.ns, lab.h2.dev)
+        assert wait_for(lambda: tna.status()["ifaces"]["r-h2"]["xdp_egress"], 2, 0.05)
+        time.sleep(0.5)
+        lab.run(lab.h2.ns, py("netns_labs.progs", "detach", lab.h2.dev), cwd=Lab.repo)
+        out, _ = pinger.communicate(timeout=30)
+        assert " 0% packet loss" in out, out
+        reasons = tna.status()["ifaces"]["r-h1"]["reasons"]
+        assert reasons["FORWARDED"]["packets"] > 10 and reasons["EGRESS_UNSUPPORTED"]["packets"] > 10
+    finally:
+        assert tna.stop() == 0
+        tna.close()

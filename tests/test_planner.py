@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tna.bpf.abi import TNA_IF_CHECK_CSUM_PARTIAL
-from tna.model.config import ARPHRD_ETHER, IFF_LOOPBACK, IFF_UP, Link, Model, Sysctls
+from tna.model.config import ARPHRD_ETHER, IFF_LOOPBACK, IFF_UP, Link, Model, Sysctls, XdpXmit
 from tna.synth.planner import INGRESS_KINDS, LOCAL_STACK_KINDS, UNSHAPED_QDISCS, plan
 
 KINDS = [None, "veth", "tun", "bridge", "vlan", "bond", "vxlan"]
@@ -28,7 +28,8 @@ def models(draw: st.DrawFn) -> Model:
             xdp_prog_id=draw(st.sampled_from([0, 0, 77])), qdisc=draw(st.sampled_from(QDISCS)),
         )
     m = Model(links=links, sysctls=Sysctls(draw(st.booleans()), draw(st.booleans())))
-    m.set_xdp_xmit({i: draw(st.booleans()) for i in links})
+    for i in links:
+        m.apply(XdpXmit(i, draw(st.booleans())))
     return m
 
 

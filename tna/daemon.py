@@ -20,7 +20,7 @@ from tna.bpf import abi
 from tna.bpf.libbpf import LibbpfError
 from tna.deploy.datapath import Datapath, ForeignProgram, attached_tna_prog
 from tna.model.config import AF_INET, AF_INET6, Model
-from tna.netlink import netdev, netfilter
+from tna.netlink import netfilter
 from tna.netlink.watch import ResyncNeeded, Watcher, read_rp_filter, read_sysctls
 from tna.runstate import RunLock, write_state
 from tna.synth.compile import CompileError
@@ -29,7 +29,7 @@ from tna.synth.planner import Plan, plan
 log = logging.getLogger("tna")
 
 LEASE_RENEW_S = 0.2
-POLL_S = 1.0          # sysctls, netfilter, xdp-features: no events we can use for these
+POLL_S = 1.0          # sysctls and netfilter: no events we can use for these
 HEARTBEAT_MAX_S = 3.0  # main loop silent this long: stop renewing the lease
 
 
@@ -134,9 +134,6 @@ class Daemon:
             else:
                 log.info("no netfilter rules: fast path enabled")
             changed = True
-        # only an XDP redirect cares which devices take XDP frames
-        if self.plan is not None and any(ip.hook == "xdp" for ip in self.plan.ifaces.values()):
-            changed |= self.model.set_xdp_xmit(netdev.xdp_xmit_capable())
         return changed
 
     def _adopt_leftovers(self) -> None:

@@ -93,6 +93,15 @@ class Neigh:
 
 
 @dataclass(frozen=True)
+class XdpXmit:
+    """Whether a device accepts XDP-redirected frames now (netdev
+    xdp-features NDO_XMIT): a dump entry or a change notification."""
+
+    ifindex: int
+    capable: bool
+
+
+@dataclass(frozen=True)
 class Sysctls:
     ipv4_forward: bool = False
     ipv6_forward: bool = False
@@ -112,13 +121,17 @@ class Model:
     neighs: dict[tuple[int, int, str], Neigh] = field(default_factory=dict)
     sysctls: Sysctls = field(default_factory=Sysctls)
     # Does the device accept XDP-redirected frames now (netdev xdp-features
-    # NDO_XMIT)?  Read by the watcher (I/O); the planner only uses it.
+    # NDO_XMIT)?  From XdpXmit events; the planner only reads it.
     xdp_xmit: dict[int, bool] = field(default_factory=dict)
     # Effective IPv4 rp_filter per ifindex: max(conf.all, conf.<dev>) (/proc/sys).
     rp_filter: dict[int, int] = field(default_factory=dict)
 
-    def apply(self, msg: NlMsg) -> bool:
+    def apply(self, msg: NlMsg | XdpXmit) -> bool:
         """Apply one netlink message; True if the model changed."""
+        if isinstance(msg, XdpXmit):
+            changed = self.xdp_xmit.get(msg.ifindex) != msg.capable
+            self.xdp_xmit[msg.ifindex] = msg.capable
+            return changed
         kind = msg["header"]["type"]
         if kind in (RTM_NEWLINK, RTM_DELLINK):
             return self._apply_link(msg, kind == RTM_NEWLINK)
@@ -176,11 +189,6 @@ class Model:
         """This namespace's IPv4 addresses but loopback ones (127/8 sources
         are martians anyway)."""
         return sorted({a.address for a in self.addrs if a.family == AF_INET and not a.address.startswith("127.")})
-
-    def set_xdp_xmit(self, capable: dict[int, bool]) -> bool:
-        changed = capable != self.xdp_xmit
-        self.xdp_xmit = dict(capable)
-        return changed
 
     def multipath_guard(self) -> int:
         """TNA_MP_GUARD_* bits: families whose multipath choice may depend on

@@ -1,4 +1,4 @@
-"""Watch links, addresses, routes and neighbours; feed the model.
+"""Watch links, addresses, routes, neighbours and xdp-features; feed the model.
 
 Bind first, then dump into the same socket, so no event between the dump
 and the subscription is lost; the dump's messages and later events come
@@ -26,7 +26,8 @@ from pyroute2.netlink.rtnl import (
     RTMGRP_TC,
 )
 
-from tna.model.config import AF_INET, AF_INET6, NlMsg, Sysctls
+from tna.model.config import AF_INET, AF_INET6, NlMsg, Sysctls, XdpXmit
+from tna.netlink.netdev import XdpFeatureEvents, xdp_xmit_capable
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,11 @@ class Watcher:
         self._closed = threading.Event()
         self._ipr: IPRoute | None = None
         self.query = IPRoute()
+        # subscribe before dumping, like the rtnetlink socket
+        self._xdp = XdpFeatureEvents()
         self._thread = threading.Thread(target=self._read, name="tna-netlink", daemon=True)
         self._thread.start()
+        threading.Thread(target=self._read_xdp, name="tna-netdev", daemon=True).start()
 
     def close(self) -> None:
         self._closed.set()
@@ -81,6 +85,17 @@ class Watcher:
             if not self._closed.is_set():
                 self._q.put(ResyncNeeded(f"netlink reader stopped: {e!r}"))
 
+    def _read_xdp(self) -> None:
+        try:
+            while not self._closed.is_set():
+                for event in self._xdp.read(timeout=0.2):
+                    self._q.put(event)
+        except Exception as e:
+            if not self._closed.is_set():
+                self._q.put(ResyncNeeded(f"netdev reader stopped: {e!r}"))
+        finally:
+            self._xdp.close()
+
     @staticmethod
     def _dump(ipr: IPRoute) -> list[NlMsg]:
         """Everything the model needs, in dependency order (links first)."""
@@ -96,9 +111,9 @@ class Watcher:
                 log.info("netlink dump interrupted by a change; dumping again")
         raise ResyncNeeded("netlink dumps keep being interrupted")
 
-    def snapshot(self, timeout: float = 30) -> list[NlMsg]:
+    def snapshot(self, timeout: float = 30) -> list[NlMsg | XdpXmit]:
         """The initial dump (call once, before events())."""
-        msgs = []
+        msgs: list[NlMsg | XdpXmit] = [XdpXmit(i, c) for i, c in xdp_xmit_capable().items()]
         while True:
             item = self._q.get(timeout=timeout)
             if item is _DUMP_DONE:
@@ -107,7 +122,7 @@ class Watcher:
                 raise item
             msgs.append(item)
 
-    def events(self, timeout: float) -> Iterator[NlMsg]:
+    def events(self, timeout: float) -> Iterator[NlMsg | XdpXmit]:
         """Messages that arrive within timeout: all queued, then stop."""
         try:
             item = self._q.get(timeout=timeout)
@@ -122,8 +137,10 @@ class Watcher:
             except queue.Empty:
                 return
 
-    def _expand(self, msg: NlMsg) -> Iterator[NlMsg]:
-        if msg["header"]["type"] in (RTM_NEWQDISC, RTM_DELQDISC):
+    def _expand(self, msg: NlMsg | XdpXmit) -> Iterator[NlMsg | XdpXmit]:
+        if isinstance(msg, XdpXmit):
+            yield msg
+        elif msg["header"]["type"] in (RTM_NEWQDISC, RTM_DELQDISC):
             # qdisc events do not carry the link; re-read it so the model's
             # root qdisc stays true
             try:
