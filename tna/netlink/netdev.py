@@ -55,8 +55,7 @@ def xdp_xmit_capable() -> dict[int, bool]:
     """ifindex -> accepts redirected XDP frames, for this namespace."""
     try:
         sock = _socket()
-    except Exception as e:  # no netdev family: no device is a known XDP egress
-        log.warning("netdev xdp-features unavailable (%r): XDP will not redirect", e)
+    except Exception:  # no netdev family (the watcher says so): no known XDP egress
         return {}
     try:
         req = netdev_msg()

@@ -55,11 +55,16 @@ class Watcher:
         self._closed = threading.Event()
         self._ipr: IPRoute | None = None
         self.query = IPRoute()
-        # subscribe before dumping, like the rtnetlink socket
-        self._xdp = XdpFeatureEvents()
         self._thread = threading.Thread(target=self._read, name="tna-netlink", daemon=True)
         self._thread.start()
-        threading.Thread(target=self._read_xdp, name="tna-netdev", daemon=True).start()
+        # subscribe before dumping, like the rtnetlink socket
+        try:
+            self._xdp: XdpFeatureEvents | None = XdpFeatureEvents()
+        except Exception as e:  # kernel < 6.3: no netdev family, so no XDP egress at all
+            log.warning("netdev xdp-features unavailable (%r): XDP will not redirect", e)
+            self._xdp = None
+        else:
+            threading.Thread(target=self._read_xdp, name="tna-netdev", daemon=True).start()
 
     def close(self) -> None:
         self._closed.set()
@@ -86,6 +91,7 @@ class Watcher:
                 self._q.put(ResyncNeeded(f"netlink reader stopped: {e!r}"))
 
     def _read_xdp(self) -> None:
+        assert self._xdp is not None
         try:
             while not self._closed.is_set():
                 for event in self._xdp.read(timeout=0.2):
