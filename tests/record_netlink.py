@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 
 from netns_labs.lab import RouterLab, in_netns
+from tna.model.config import XdpXmit
 from tna.netlink.watch import Watcher
 
 
@@ -24,7 +25,8 @@ def main() -> None:
             watcher = Watcher()
         print("# dump")
         for msg in watcher.snapshot():
-            print(raw(msg).hex())
+            if not isinstance(msg, XdpXmit):  # from generic netlink, not recorded
+                print(raw(msg).hex())
         steps = [
             ("add veth r-h3, up, address", [
                 ["ip", "link", "add", "r-h3", "type", "veth", "peer", "name", "r-h3p"],
@@ -42,7 +44,8 @@ def main() -> None:
                 lab.run(lab.r, cmd)
             print(f"# {name}")
             for msg in watcher.events(timeout=1.0):
-                print(raw(msg).hex())
+                if not isinstance(msg, XdpXmit):
+                    print(raw(msg).hex())
         watcher.close()
 
 
