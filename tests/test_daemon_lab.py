@@ -49,8 +49,8 @@ def test_kill9_fails_safe_then_restart_takes_over(router_lab):
     assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3).stdout
     tna.stop(signal.SIGKILL)
     tna.close()
-    # programs stay attached, but pass everything once the lease runs out
-    time.sleep(1.2)
+    # programs stay attached, but pass everything once the 1 s lease runs out
+    time.sleep(1.5)
     before = tna.counters()
     assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 10).stdout
     after = tna.counters()
