@@ -37,7 +37,7 @@ def _include_flags() -> list[str]:
 def _clang() -> str:
     clang = shutil.which(os.environ.get("TNA_CLANG", "clang"))
     if clang is None:
-        raise CompileError("clang not found: install it (apt-get install clang); traffic stays on the kernel path")
+        raise CompileError("clang not found: install it (apt-get install clang)")
     return clang
 
 
