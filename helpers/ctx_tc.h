@@ -11,7 +11,7 @@
 #include <bpf/bpf_helpers.h>
 #include "tna_abi.h"
 
-#define TNA_HOOK_NAME "tc"
+#define TNA_SEC "tc"
 typedef struct __sk_buff tna_ctx_t;
 
 #define CTX_PASS TC_ACT_OK
@@ -37,6 +37,8 @@ static __always_inline __u32 ctx_gso_size(tna_ctx_t *ctx)
 {
 	return ctx->gso_segs > 1 ? ctx->gso_size : 0;
 }
+
+static __always_inline __u32 ctx_frame_len(tna_ctx_t *ctx) { return ctx->len; }
 
 static __always_inline int ctx_trim(tna_ctx_t *ctx, __u32 new_len)
 {

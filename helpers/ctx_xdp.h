@@ -10,7 +10,9 @@
 #include <bpf/bpf_helpers.h>
 #include "tna_abi.h"
 
-#define TNA_HOOK_NAME "xdp"
+/* Loaded as multi-buffer aware (BPF_F_XDP_HAS_FRAGS): otherwise attaching
+ * caps the MTU an admin may set (on the port or, for a veth, its peer). */
+#define TNA_SEC "xdp.frags"
 typedef struct xdp_md tna_ctx_t;
 
 #define CTX_PASS XDP_PASS
@@ -34,6 +36,9 @@ static __always_inline void ctx_pull(tna_ctx_t *ctx, __u32 len) { }
 
 /* XDP frames are never GSO super-packets. */
 static __always_inline __u32 ctx_gso_size(tna_ctx_t *ctx) { return 0; }
+
+/* The whole frame, fragments included (only called off the fast path). */
+static __always_inline __u32 ctx_frame_len(tna_ctx_t *ctx) { return bpf_xdp_get_buff_len(ctx); }
 
 static __always_inline int ctx_trim(tna_ctx_t *ctx, __u32 new_len)
 {

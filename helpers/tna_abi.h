@@ -52,6 +52,7 @@ enum tna_reason {
 	TNA_R_SAME_IFACE,        /* egress == ingress: kernel also sends an ICMP redirect */
 	TNA_R_EGRESS_UNSUPPORTED,/* egress port not usable by this hook (not in devmap/egress map) */
 	TNA_R_GSO,               /* GSO packet whose segment size this module cannot check */
+	TNA_R_MULTI_BUFFER,      /* XDP frame spread over several buffers (jumbo): kernel path */
 	TNA_R_MULTIPATH_HASH,    /* L4 multipath hashing may use the skb's own hash: kernel picks the path */
 	TNA_R_NO_MODULE,         /* no module took a decision */
 	TNA_R_MAX

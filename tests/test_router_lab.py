@@ -175,3 +175,14 @@ def test_spoofed_sources_are_dropped_like_linux(accelerated, mode, src, reason):
     assert _h2_rx(lab) - rx <= 10 + 2, "spoofed packets reached h2"  # 5 pings (+ neighbour noise)
     assert tna.counters().get(reason, 0) >= 20
     assert tna.counters().get("FORWARDED", 0) >= 10
+
+
+def test_jumbo_mtu_still_settable_and_forwarded(accelerated):
+    """Attaching TNA must not stop an admin from raising MTUs (a non-frags XDP
+    program caps them, on a veth even for its peer); jumbo frames that arrive
+    in several XDP buffers go to the kernel."""
+    lab, tna = accelerated
+    for ns, dev in ((lab.h1.ns, lab.h1.dev), (lab.r, "r-h1"), (lab.r, "r-h2"), (lab.h2.ns, lab.h2.dev)):
+        lab.run(ns, ["ip", "link", "set", dev, "mtu", "9000"])
+    assert wait_for(lambda: " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3, "-s", "8000").stdout, 5)
+    assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip6, 3, "-s", "8000").stdout

@@ -36,13 +36,14 @@ struct gen_cfg {
 };
 const volatile struct gen_cfg gen SEC(".rodata.gen") = {};
 
-SEC("xdp")
+/* xdp.frags: multi-buffer aware, so attaching does not cap the MTU */
+SEC("xdp.frags")
 int lab_pass(struct xdp_md *ctx)
 {
 	return XDP_PASS;
 }
 
-SEC("xdp")
+SEC("xdp.frags")
 int lab_sink(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
