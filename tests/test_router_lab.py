@@ -186,3 +186,5 @@ def test_jumbo_mtu_still_settable_and_forwarded(accelerated):
         lab.run(ns, ["ip", "link", "set", dev, "mtu", "9000"])
     assert wait_for(lambda: " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3, "-s", "8000").stdout, 5)
     assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip6, 3, "-s", "8000").stdout
+    assert all(i["attached"] for i in tna.status()["ifaces"].values())
+    assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3).stdout
