@@ -192,7 +192,7 @@ def test_per_interface_override_status_and_source(router_lab):
         text = lab.run(lab.r, py("tna", "status"), cwd=Lab.repo).stdout
         assert "r-h2         xdp" in text and "FORWARDED" in text and "lo           left alone: loopback" in text
         source = lab.run(lab.r, py("tna", "source", "r-h2"), cwd=Lab.repo).stdout
-        assert 'SEC("xdp")' in source and "tna_router(&pkt)" in source
+        assert '#include "ctx_xdp.h"' in source and "tna_router(&pkt)" in source
         stats = json.loads(lab.run(lab.r, py("tna", "stats", "--json"), cwd=Lab.repo).stdout)
         assert stats["total"]["FORWARDED"]["packets"] >= 5
     finally:
