@@ -5,6 +5,7 @@
   python -m netns_labs.progs reference DEV EGRESS...  # the reference forwarder on a router port
   python -m netns_labs.progs generate DEV FRAMEHEX COUNT  # live frames out of DEV; prints ns taken
   python -m netns_labs.progs detach DEV
+  python -m netns_labs.progs egress-drop DEV | egress-clear DEV   # a tc egress filter dropping all
 """
 
 from __future__ import annotations
@@ -61,6 +62,18 @@ def generate(dev: str, frame: bytes, count: int) -> int:
         return time.perf_counter_ns() - t0
 
 
+def egress_drop(dev: str) -> None:
+    ifindex = socket.if_nametoindex(dev)
+    with bpf.BpfObject(str(build("lab_progs"))) as obj:
+        obj.load()
+        bpf.tc_hook_create(ifindex, bpf.BPF_TC_EGRESS)
+        bpf.tc_attach(ifindex, obj.program("lab_tc_drop").fd, 1, 1, point=bpf.BPF_TC_EGRESS)
+
+
+def egress_clear(dev: str) -> None:
+    bpf.tc_detach(socket.if_nametoindex(dev), 1, 1, point=bpf.BPF_TC_EGRESS)
+
+
 def detach(dev: str) -> None:
     bpf.xdp_detach(socket.if_nametoindex(dev))
 
@@ -84,6 +97,10 @@ def main(argv: list[str]) -> None:
         detach(argv[1])
     elif argv[:1] == ["count"]:
         print(count(argv[1]))
+    elif argv[:1] == ["egress-drop"]:
+        egress_drop(argv[1])
+    elif argv[:1] == ["egress-clear"]:
+        egress_clear(argv[1])
     elif argv[:1] == ["reference"]:
         print(reference(argv[1], argv[2:]))
     elif argv[:1] == ["generate"]:

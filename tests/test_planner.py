@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tna.bpf.abi import TNA_IF_CHECK_CSUM_PARTIAL
-from tna.model.config import ARPHRD_ETHER, IFF_LOOPBACK, IFF_UP, Link, Model, Sysctls, XdpXmit
+from tna.model.config import ARPHRD_ETHER, IFF_LOOPBACK, IFF_UP, EgressFilters, Link, Model, Sysctls, XdpXmit
 from tna.synth.planner import INGRESS_KINDS, LOCAL_STACK_KINDS, UNSHAPED_QDISCS, plan
 
 KINDS = [None, "veth", "tun", "bridge", "vlan", "bond", "vxlan"]
@@ -30,6 +30,7 @@ def models(draw: st.DrawFn) -> Model:
     m = Model(links=links, sysctls=Sysctls(draw(st.booleans()), draw(st.booleans())))
     for i in links:
         m.apply(XdpXmit(i, draw(st.booleans())))
+        m.apply(EgressFilters(i, draw(st.integers(0, 4)) == 0))
     return m
 
 
@@ -54,6 +55,7 @@ def test_plan_invariants(m: Model, mode: str) -> None:
         link = m.links[ifindex]
         assert link.up and link.ethernet and link.master is None and link.qdisc in UNSHAPED_QDISCS
         assert m.xdp_xmit[ifindex]  # the kernel says it takes XDP frames now
+        assert ifindex not in m.egress_filters  # a redirect would bypass them
     for ifindex in p.tc_egress:
         link = m.links[ifindex]
         assert link.up and link.ethernet and link.master is None

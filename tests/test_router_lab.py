@@ -188,3 +188,16 @@ def test_jumbo_mtu_still_settable_and_forwarded(accelerated):
     assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip6, 3, "-s", "8000").stdout
     assert all(i["attached"] for i in tna.status()["ifaces"].values())
     assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3).stdout
+
+
+def test_tc_egress_policy_is_never_bypassed(accelerated):
+    """An admin's tc egress filter on r-h2 (here: drop everything) applies to
+    kernel-forwarded packets; an XDP redirect would skip it, so r-h2 stops
+    being an XDP egress while it is there.  (TC redirects pass through it.)"""
+    lab, tna = accelerated
+    assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3).stdout
+    lab.run(lab.r, py("netns_labs.progs", "egress-drop", "r-h2"), cwd=lab.repo)
+    assert wait_for(lambda: not tna.status()["ifaces"]["r-h2"]["xdp_egress"], 5, 0.1)
+    assert " 100% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 5).stdout
+    lab.run(lab.r, py("netns_labs.progs", "egress-clear", "r-h2"), cwd=lab.repo)
+    assert wait_for(lambda: " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3).stdout, 5)

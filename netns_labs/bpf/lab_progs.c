@@ -6,6 +6,8 @@
  *             (like a NIC would) without changing what its stack sees.
  *   lab_sink  count UDP frames to SINK_PORT in sink_count, drop them; all
  *             else passes.  The benchmark's receiver.
+ *   lab_tc_drop  a tc filter that drops everything (an admin's egress policy
+ *             in the tests: XDP redirects must not bypass it).
  *   lab_gen   the live-frames generator: restore the frame template (the
  *             device under test rewrites frames in place and pages are
  *             recycled), then XDP_TX it out of the generator's veth.
@@ -72,6 +74,12 @@ int lab_sink(struct xdp_md *ctx)
 	if (c)
 		(*c)++;
 	return XDP_DROP;
+}
+
+SEC("tc")
+int lab_tc_drop(struct __sk_buff *skb)
+{
+	return 2; /* TC_ACT_SHOT */
 }
 
 SEC("xdp")

@@ -23,6 +23,7 @@ from pyroute2 import IPRoute
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
 from tna.model.config import Neigh
+from tna.netlink.watch import TC_H_CLSACT_EGRESS, TC_H_CLSACT_INGRESS, tc_filters
 from tna.synth.compile import compile_source
 from tna.synth.planner import IfacePlan
 from tna.synth.render import render
@@ -33,8 +34,6 @@ log = logging.getLogger(__name__)
 # daemon finds (and replaces) what an earlier one attached.
 TC_HANDLE = 0x7A
 TC_PRIORITY = 0x7A
-TC_H_CLSACT_INGRESS = 0xFFFFFFF2
-TC_H_CLSACT_EGRESS = 0xFFFFFFF3
 
 LEASE_NS = 1_000_000_000
 
@@ -298,15 +297,5 @@ def _neigh_key(n: Neigh) -> bytes:
 
 
 def _tc_filters(ifindex: int, parent: int) -> list[tuple[int, int]]:
-    """(priority, handle) of the classifier filters on a clsact hook."""
     with IPRoute() as ipr:
-        try:
-            msgs = ipr.get_filters(index=ifindex, parent=parent)
-        except Exception:
-            return []
-    out = []
-    for m in msgs:
-        if m.get("TCA_KIND") is None or not m["handle"]:
-            continue  # the per-priority chain headers carry no handle
-        out.append((m["info"] >> 16, m["handle"]))
-    return out
+        return tc_filters(ipr, ifindex, parent)

@@ -102,6 +102,15 @@ class XdpXmit:
 
 
 @dataclass(frozen=True)
+class EgressFilters:
+    """Whether a device has tc filters on its clsact egress hook, which an
+    XDP redirect would bypass."""
+
+    ifindex: int
+    present: bool
+
+
+@dataclass(frozen=True)
 class Sysctls:
     ipv4_forward: bool = False
     ipv6_forward: bool = False
@@ -123,15 +132,20 @@ class Model:
     # Does the device accept XDP-redirected frames now (netdev xdp-features
     # NDO_XMIT)?  From XdpXmit events; the planner only reads it.
     xdp_xmit: dict[int, bool] = field(default_factory=dict)
+    # Devices with clsact egress filters (EgressFilters events).
+    egress_filters: set[int] = field(default_factory=set)
     # Effective IPv4 rp_filter per ifindex: max(conf.all, conf.<dev>) (/proc/sys).
     rp_filter: dict[int, int] = field(default_factory=dict)
 
-    def apply(self, msg: NlMsg | XdpXmit) -> bool:
-        """Apply one netlink message; True if the model changed."""
+    def apply(self, msg: NlMsg | XdpXmit | EgressFilters) -> bool:
+        """Apply one netlink message (or a fact the watcher derived from
+        netlink); True if the model changed."""
         if isinstance(msg, XdpXmit):
             changed = self.xdp_xmit.get(msg.ifindex) != msg.capable
             self.xdp_xmit[msg.ifindex] = msg.capable
             return changed
+        if isinstance(msg, EgressFilters):
+            return _apply_set(self.egress_filters, msg.ifindex, msg.present)
         kind = msg["header"]["type"]
         if kind in (RTM_NEWLINK, RTM_DELLINK):
             return self._apply_link(msg, kind == RTM_NEWLINK)
@@ -154,6 +168,7 @@ class Model:
             self.addrs = {a for a in self.addrs if a.index != link.index}
             self.neighs = {k: n for k, n in self.neighs.items() if n.index != link.index}
             self.xdp_xmit.pop(link.index, None)
+            self.egress_filters.discard(link.index)
             self.rp_filter.pop(link.index, None)
             return True
         if old is not None and link.qdisc is None:

@@ -26,7 +26,7 @@ from pyroute2.netlink.rtnl import (
     RTMGRP_TC,
 )
 
-from tna.model.config import AF_INET, AF_INET6, NlMsg, Sysctls, XdpXmit
+from tna.model.config import AF_INET, AF_INET6, EgressFilters, NlMsg, Sysctls, XdpXmit
 from tna.netlink.netdev import XdpFeatureEvents, xdp_xmit_capable
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,19 @@ log = logging.getLogger(__name__)
 GROUPS = (RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
           | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_TC)
 RTM_NEWQDISC, RTM_DELQDISC = 36, 37
+RTM_NEWTFILTER, RTM_DELTFILTER = 44, 45
+TC_H_CLSACT_INGRESS = 0xFFFFFFF2
+TC_H_CLSACT_EGRESS = 0xFFFFFFF3
+
+
+def tc_filters(ipr: IPRoute, ifindex: int, parent: int) -> list[tuple[int, int]]:
+    """(priority, handle) of the classifier filters on a clsact hook."""
+    try:
+        msgs = ipr.get_filters(index=ifindex, parent=parent)
+    except Exception:  # no clsact qdisc, or the device is gone
+        return []
+    # the per-priority chain headers carry no handle
+    return [(m["info"] >> 16, m["handle"]) for m in msgs if m.get("TCA_KIND") is not None and m["handle"]]
 
 
 class ResyncNeeded(Exception):
@@ -103,11 +116,14 @@ class Watcher:
             self._xdp.close()
 
     @staticmethod
-    def _dump(ipr: IPRoute) -> list[NlMsg]:
+    def _dump(ipr: IPRoute) -> list[NlMsg | EgressFilters]:
         """Everything the model needs, in dependency order (links first)."""
         for _ in range(5):
             try:
-                msgs: list[NlMsg] = list(ipr.get_links())
+                links = list(ipr.get_links())
+                msgs: list[NlMsg | EgressFilters] = list(links)
+                msgs += [EgressFilters(m["index"], bool(tc_filters(ipr, m["index"], TC_H_CLSACT_EGRESS)))
+                         for m in links]
                 for family in (AF_INET, AF_INET6):
                     msgs += ipr.get_addr(family=family)
                     msgs += ipr.get_routes(family=family)
@@ -117,9 +133,9 @@ class Watcher:
                 log.info("netlink dump interrupted by a change; dumping again")
         raise ResyncNeeded("netlink dumps keep being interrupted")
 
-    def snapshot(self, timeout: float = 30) -> list[NlMsg | XdpXmit]:
+    def snapshot(self, timeout: float = 30) -> list[NlMsg | XdpXmit | EgressFilters]:
         """The initial dump (call once, before events())."""
-        msgs: list[NlMsg | XdpXmit] = [XdpXmit(i, c) for i, c in xdp_xmit_capable().items()]
+        msgs: list[NlMsg | XdpXmit | EgressFilters] = [XdpXmit(i, c) for i, c in xdp_xmit_capable().items()]
         while True:
             item = self._q.get(timeout=timeout)
             if item is _DUMP_DONE:
@@ -128,7 +144,7 @@ class Watcher:
                 raise item
             msgs.append(item)
 
-    def events(self, timeout: float) -> Iterator[NlMsg | XdpXmit]:
+    def events(self, timeout: float) -> Iterator[NlMsg | XdpXmit | EgressFilters]:
         """Messages that arrive within timeout: all queued, then stop."""
         try:
             item = self._q.get(timeout=timeout)
@@ -143,16 +159,17 @@ class Watcher:
             except queue.Empty:
                 return
 
-    def _expand(self, msg: NlMsg | XdpXmit) -> Iterator[NlMsg | XdpXmit]:
+    def _expand(self, msg: NlMsg | XdpXmit) -> Iterator[NlMsg | XdpXmit | EgressFilters]:
         if isinstance(msg, XdpXmit):
             yield msg
-        elif msg["header"]["type"] in (RTM_NEWQDISC, RTM_DELQDISC):
-            # qdisc events do not carry the link; re-read it so the model's
-            # root qdisc stays true
+        elif msg["header"]["type"] in (RTM_NEWQDISC, RTM_DELQDISC, RTM_NEWTFILTER, RTM_DELTFILTER):
+            # tc events do not say what the device ends up with: re-read its
+            # root qdisc (in the link) and whether clsact egress has filters
             try:
                 yield from self.query.get_links(msg["index"])
             except Exception:  # the link went away meanwhile; its DELLINK follows
                 return
+            yield EgressFilters(msg["index"], bool(tc_filters(self.query, msg["index"], TC_H_CLSACT_EGRESS)))
         elif msg.get("header", {}).get("error") is None:
             yield msg
 

@@ -86,11 +86,12 @@ def choose_hook(link: Link, mode: str, overrides: dict[str, str]) -> tuple[str, 
 
 
 def xdp_egress_ok(link: Link, model: Model) -> bool:
-    """Can an XDP_REDIRECT into this device deliver, unshaped?  The kernel
-    says whether it transmits XDP frames now (a veth only while its peer runs
-    XDP or GRO: otherwise they would vanish without a trace)."""
+    """Can an XDP_REDIRECT into this device deliver, exactly as the kernel
+    would send?  It bypasses the qdisc and tc egress, so neither may do
+    anything; and the kernel must say it transmits XDP frames now (a veth
+    only while its peer runs XDP or GRO: otherwise they would vanish)."""
     return (link.up and link.ethernet and link.master is None and link.qdisc in UNSHAPED_QDISCS
-            and model.xdp_xmit.get(link.index, False))
+            and link.index not in model.egress_filters and model.xdp_xmit.get(link.index, False))
 
 
 def tc_egress_ok(link: Link) -> bool:
