@@ -5,7 +5,8 @@
   python -m netns_labs.progs reference DEV EGRESS...  # the reference forwarder on a router port
   python -m netns_labs.progs generate DEV FRAMEHEX COUNT  # live frames out of DEV; prints ns taken
   python -m netns_labs.progs detach DEV
-  python -m netns_labs.progs egress-drop DEV | egress-clear DEV   # a tc egress filter dropping all
+  python -m netns_labs.progs tc-drop DEV ingress|egress PRIO   # an admin's tc filter dropping all
+  python -m netns_labs.progs tc-clear DEV ingress|egress PRIO
 """
 
 from __future__ import annotations
@@ -62,16 +63,19 @@ def generate(dev: str, frame: bytes, count: int) -> int:
         return time.perf_counter_ns() - t0
 
 
-def egress_drop(dev: str) -> None:
+TC_POINTS = {"ingress": bpf.BPF_TC_INGRESS, "egress": bpf.BPF_TC_EGRESS}
+
+
+def tc_drop(dev: str, point: str, prio: int) -> None:
     ifindex = socket.if_nametoindex(dev)
     with bpf.BpfObject(str(build("lab_progs"))) as obj:
         obj.load()
-        bpf.tc_hook_create(ifindex, bpf.BPF_TC_EGRESS)
-        bpf.tc_attach(ifindex, obj.program("lab_tc_drop").fd, 1, 1, point=bpf.BPF_TC_EGRESS)
+        bpf.tc_hook_create(ifindex, TC_POINTS[point])
+        bpf.tc_attach(ifindex, obj.program("lab_tc_drop").fd, 1, prio, point=TC_POINTS[point])
 
 
-def egress_clear(dev: str) -> None:
-    bpf.tc_detach(socket.if_nametoindex(dev), 1, 1, point=bpf.BPF_TC_EGRESS)
+def tc_clear(dev: str, point: str, prio: int) -> None:
+    bpf.tc_detach(socket.if_nametoindex(dev), 1, prio, point=TC_POINTS[point])
 
 
 def detach(dev: str) -> None:
@@ -97,10 +101,10 @@ def main(argv: list[str]) -> None:
         detach(argv[1])
     elif argv[:1] == ["count"]:
         print(count(argv[1]))
-    elif argv[:1] == ["egress-drop"]:
-        egress_drop(argv[1])
-    elif argv[:1] == ["egress-clear"]:
-        egress_clear(argv[1])
+    elif argv[:1] == ["tc-drop"]:
+        tc_drop(argv[1], argv[2], int(argv[3]))
+    elif argv[:1] == ["tc-clear"]:
+        tc_clear(argv[1], argv[2], int(argv[3]))
     elif argv[:1] == ["reference"]:
         print(reference(argv[1], argv[2:]))
     elif argv[:1] == ["generate"]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 from netns_labs.lab import RouterLab, in_netns
-from tna.model.config import EgressFilters, XdpXmit
+from tna.model.config import TcFilters, XdpXmit
 from tna.netlink.watch import Watcher
 
 
@@ -25,7 +25,7 @@ def main() -> None:
             watcher = Watcher()
         print("# dump")
         for msg in watcher.snapshot():
-            if not isinstance(msg, (XdpXmit, EgressFilters)):  # derived facts, not messages
+            if not isinstance(msg, (XdpXmit, TcFilters)):  # derived facts, not messages
                 print(raw(msg).hex())
         steps = [
             ("add veth r-h3, up, address", [
@@ -44,7 +44,7 @@ def main() -> None:
                 lab.run(lab.r, cmd)
             print(f"# {name}")
             for msg in watcher.events(timeout=1.0):
-                if not isinstance(msg, (XdpXmit, EgressFilters)):
+                if not isinstance(msg, (XdpXmit, TcFilters)):
                     print(raw(msg).hex())
         watcher.close()
 

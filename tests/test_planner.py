@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tna.bpf.abi import TNA_IF_CHECK_CSUM_PARTIAL
-from tna.model.config import ARPHRD_ETHER, IFF_LOOPBACK, IFF_UP, EgressFilters, Link, Model, Sysctls, XdpXmit
+from tna.model.config import ARPHRD_ETHER, IFF_LOOPBACK, IFF_UP, Link, Model, Sysctls, TcFilters, XdpXmit
 from tna.synth.planner import INGRESS_KINDS, LOCAL_STACK_KINDS, UNSHAPED_QDISCS, plan
 
 KINDS = [None, "veth", "tun", "bridge", "vlan", "bond", "vxlan"]
@@ -30,7 +30,7 @@ def models(draw: st.DrawFn) -> Model:
     m = Model(links=links, sysctls=Sysctls(draw(st.booleans()), draw(st.booleans())))
     for i in links:
         m.apply(XdpXmit(i, draw(st.booleans())))
-        m.apply(EgressFilters(i, draw(st.integers(0, 4)) == 0))
+        m.apply(TcFilters(i, draw(st.integers(0, 4)) == 0, draw(st.integers(0, 4)) == 0))
     return m
 
 
@@ -43,7 +43,7 @@ def test_plan_invariants(m: Model, mode: str) -> None:
         link = m.links[ifindex]
         assert m.sysctls.forwarding
         assert link.up and link.ethernet and not link.loopback and link.master is None
-        assert link.kind in INGRESS_KINDS
+        assert link.kind in INGRESS_KINDS and ifindex not in m.ingress_filters
         assert ip.modules == ("router",)
         if mode == "auto":
             assert ip.hook == ("tc" if link.kind in LOCAL_STACK_KINDS else "xdp")

@@ -196,8 +196,22 @@ def test_tc_egress_policy_is_never_bypassed(accelerated):
     being an XDP egress while it is there.  (TC redirects pass through it.)"""
     lab, tna = accelerated
     assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3).stdout
-    lab.run(lab.r, py("netns_labs.progs", "egress-drop", "r-h2"), cwd=lab.repo)
+    lab.run(lab.r, py("netns_labs.progs", "tc-drop", "r-h2", "egress", "1"), cwd=lab.repo)
     assert wait_for(lambda: not tna.status()["ifaces"]["r-h2"]["xdp_egress"], 5, 0.1)
     assert " 100% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 5).stdout
-    lab.run(lab.r, py("netns_labs.progs", "egress-clear", "r-h2"), cwd=lab.repo)
+    lab.run(lab.r, py("netns_labs.progs", "tc-clear", "r-h2", "egress", "1"), cwd=lab.repo)
+    assert wait_for(lambda: " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3).stdout, 5)
+
+
+def test_tc_ingress_policy_is_never_bypassed(accelerated):
+    """An admin's tc ingress filter on r-h1 placed after TNA's (here: drop
+    everything) must see every packet, as without TNA: TNA leaves r-h1."""
+    lab, tna = accelerated
+    assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3).stdout
+    lab.run(lab.r, py("netns_labs.progs", "tc-drop", "r-h1", "ingress", "500"), cwd=lab.repo)
+    assert wait_for(lambda: "r-h1" in tna.status()["skipped"], 5, 0.1)
+    assert "tc ingress filters" in tna.status()["skipped"]["r-h1"]
+    assert " 100% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3).stdout
+    lab.run(lab.r, py("netns_labs.progs", "tc-clear", "r-h1", "ingress", "500"), cwd=lab.repo)
+    tna.wait_attached(["r-h1", "r-h2"])
     assert wait_for(lambda: " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3).stdout, 5)

@@ -21,7 +21,8 @@ from typing import Any
 
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
-from tna.deploy.datapath import TC_HANDLE, TC_PRIORITY, read_stats
+from tna.deploy.datapath import read_stats
+from tna.netlink.watch import TC_HANDLE, TC_PRIORITY
 from tna.runstate import AlreadyRunning, read_state
 
 

@@ -23,17 +23,13 @@ from pyroute2 import IPRoute
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
 from tna.model.config import Neigh
-from tna.netlink.watch import TC_H_CLSACT_EGRESS, TC_H_CLSACT_INGRESS, tc_filters
+from tna.netlink.watch import TC_H_CLSACT_EGRESS, TC_H_CLSACT_INGRESS, TC_HANDLE, TC_PRIORITY, tc_filters
 from tna.synth.compile import compile_source
 from tna.synth.planner import IfacePlan
 from tna.synth.render import render
 
 log = logging.getLogger(__name__)
 
-# Our TC filter: one fixed handle/priority on clsact ingress, so a restarted
-# daemon finds (and replaces) what an earlier one attached.
-TC_HANDLE = 0x7A
-TC_PRIORITY = 0x7A
 
 LEASE_NS = 1_000_000_000
 

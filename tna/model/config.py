@@ -102,12 +102,13 @@ class XdpXmit:
 
 
 @dataclass(frozen=True)
-class EgressFilters:
-    """Whether a device has tc filters on its clsact egress hook, which an
-    XDP redirect would bypass."""
+class TcFilters:
+    """tc filters on a device's clsact hooks that are not TNA's: on egress an
+    XDP redirect would bypass them, on ingress TNA's redirect would."""
 
     ifindex: int
-    present: bool
+    egress: bool
+    ingress: bool
 
 
 @dataclass(frozen=True)
@@ -132,20 +133,22 @@ class Model:
     # Does the device accept XDP-redirected frames now (netdev xdp-features
     # NDO_XMIT)?  From XdpXmit events; the planner only reads it.
     xdp_xmit: dict[int, bool] = field(default_factory=dict)
-    # Devices with clsact egress filters (EgressFilters events).
+    # Devices with others' clsact egress / ingress filters (TcFilters facts).
     egress_filters: set[int] = field(default_factory=set)
+    ingress_filters: set[int] = field(default_factory=set)
     # Effective IPv4 rp_filter per ifindex: max(conf.all, conf.<dev>) (/proc/sys).
     rp_filter: dict[int, int] = field(default_factory=dict)
 
-    def apply(self, msg: NlMsg | XdpXmit | EgressFilters) -> bool:
+    def apply(self, msg: NlMsg | XdpXmit | TcFilters) -> bool:
         """Apply one netlink message (or a fact the watcher derived from
         netlink); True if the model changed."""
         if isinstance(msg, XdpXmit):
             changed = self.xdp_xmit.get(msg.ifindex) != msg.capable
             self.xdp_xmit[msg.ifindex] = msg.capable
             return changed
-        if isinstance(msg, EgressFilters):
-            return _apply_set(self.egress_filters, msg.ifindex, msg.present)
+        if isinstance(msg, TcFilters):
+            changed = _apply_set(self.egress_filters, msg.ifindex, msg.egress)
+            return _apply_set(self.ingress_filters, msg.ifindex, msg.ingress) or changed
         kind = msg["header"]["type"]
         if kind in (RTM_NEWLINK, RTM_DELLINK):
             return self._apply_link(msg, kind == RTM_NEWLINK)
@@ -169,6 +172,7 @@ class Model:
             self.neighs = {k: n for k, n in self.neighs.items() if n.index != link.index}
             self.xdp_xmit.pop(link.index, None)
             self.egress_filters.discard(link.index)
+            self.ingress_filters.discard(link.index)
             self.rp_filter.pop(link.index, None)
             return True
         if old is not None and link.qdisc is None:

@@ -26,7 +26,7 @@ from pyroute2.netlink.rtnl import (
     RTMGRP_TC,
 )
 
-from tna.model.config import AF_INET, AF_INET6, EgressFilters, NlMsg, Sysctls, XdpXmit
+from tna.model.config import AF_INET, AF_INET6, NlMsg, Sysctls, TcFilters, XdpXmit
 from tna.netlink.netdev import XdpFeatureEvents, xdp_xmit_capable
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,10 @@ RTM_NEWQDISC, RTM_DELQDISC = 36, 37
 RTM_NEWTFILTER, RTM_DELTFILTER = 44, 45
 TC_H_CLSACT_INGRESS = 0xFFFFFFF2
 TC_H_CLSACT_EGRESS = 0xFFFFFFF3
+# TNA's own TC filter: one fixed priority/handle on clsact ingress, so a
+# restarted daemon finds (and replaces) what an earlier one attached.
+TC_PRIORITY = 0x7A
+TC_HANDLE = 0x7A
 
 
 def tc_filters(ipr: IPRoute, ifindex: int, parent: int) -> list[tuple[int, int]]:
@@ -47,6 +51,11 @@ def tc_filters(ipr: IPRoute, ifindex: int, parent: int) -> list[tuple[int, int]]
         return []
     # the per-priority chain headers carry no handle
     return [(m["info"] >> 16, m["handle"]) for m in msgs if m.get("TCA_KIND") is not None and m["handle"]]
+
+
+def tc_facts(ipr: IPRoute, ifindex: int) -> TcFilters:
+    ingress = [f for f in tc_filters(ipr, ifindex, TC_H_CLSACT_INGRESS) if f != (TC_PRIORITY, TC_HANDLE)]
+    return TcFilters(ifindex, bool(tc_filters(ipr, ifindex, TC_H_CLSACT_EGRESS)), bool(ingress))
 
 
 class ResyncNeeded(Exception):
@@ -116,14 +125,13 @@ class Watcher:
             self._xdp.close()
 
     @staticmethod
-    def _dump(ipr: IPRoute) -> list[NlMsg | EgressFilters]:
+    def _dump(ipr: IPRoute) -> list[NlMsg | TcFilters]:
         """Everything the model needs, in dependency order (links first)."""
         for _ in range(5):
             try:
                 links = list(ipr.get_links())
-                msgs: list[NlMsg | EgressFilters] = list(links)
-                msgs += [EgressFilters(m["index"], bool(tc_filters(ipr, m["index"], TC_H_CLSACT_EGRESS)))
-                         for m in links]
+                msgs: list[NlMsg | TcFilters] = list(links)
+                msgs += [tc_facts(ipr, m["index"]) for m in links]
                 for family in (AF_INET, AF_INET6):
                     msgs += ipr.get_addr(family=family)
                     msgs += ipr.get_routes(family=family)
@@ -133,9 +141,9 @@ class Watcher:
                 log.info("netlink dump interrupted by a change; dumping again")
         raise ResyncNeeded("netlink dumps keep being interrupted")
 
-    def snapshot(self, timeout: float = 30) -> list[NlMsg | XdpXmit | EgressFilters]:
+    def snapshot(self, timeout: float = 30) -> list[NlMsg | XdpXmit | TcFilters]:
         """The initial dump (call once, before events())."""
-        msgs: list[NlMsg | XdpXmit | EgressFilters] = [XdpXmit(i, c) for i, c in xdp_xmit_capable().items()]
+        msgs: list[NlMsg | XdpXmit | TcFilters] = [XdpXmit(i, c) for i, c in xdp_xmit_capable().items()]
         while True:
             item = self._q.get(timeout=timeout)
             if item is _DUMP_DONE:
@@ -144,7 +152,7 @@ class Watcher:
                 raise item
             msgs.append(item)
 
-    def events(self, timeout: float) -> Iterator[NlMsg | XdpXmit | EgressFilters]:
+    def events(self, timeout: float) -> Iterator[NlMsg | XdpXmit | TcFilters]:
         """Messages that arrive within timeout: all queued, then stop."""
         try:
             item = self._q.get(timeout=timeout)
@@ -159,17 +167,17 @@ class Watcher:
             except queue.Empty:
                 return
 
-    def _expand(self, msg: NlMsg | XdpXmit) -> Iterator[NlMsg | XdpXmit | EgressFilters]:
+    def _expand(self, msg: NlMsg | XdpXmit) -> Iterator[NlMsg | XdpXmit | TcFilters]:
         if isinstance(msg, XdpXmit):
             yield msg
         elif msg["header"]["type"] in (RTM_NEWQDISC, RTM_DELQDISC, RTM_NEWTFILTER, RTM_DELTFILTER):
             # tc events do not say what the device ends up with: re-read its
-            # root qdisc (in the link) and whether clsact egress has filters
+            # root qdisc (in the link) and whose clsact filters it has
             try:
                 yield from self.query.get_links(msg["index"])
             except Exception:  # the link went away meanwhile; its DELLINK follows
                 return
-            yield EgressFilters(msg["index"], bool(tc_filters(self.query, msg["index"], TC_H_CLSACT_EGRESS)))
+            yield tc_facts(self.query, msg["index"])
         elif msg.get("header", {}).get("error") is None:
             yield msg
 

@@ -69,6 +69,8 @@ def _skip_reason(link: Link, model: Model) -> str | None:
         return f"enslaved to {master.name if master else link.master} (not accelerated yet)"
     if link.kind not in INGRESS_KINDS:
         return f"device kind {link.kind!r} is not supported"
+    if link.index in model.ingress_filters:
+        return "others' tc ingress filters are attached (they must see every packet)"
     if not model.sysctls.forwarding:
         return "forwarding is disabled (net.ipv4.ip_forward, net.ipv6.conf.all.forwarding)"
     return None
