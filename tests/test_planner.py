@@ -25,7 +25,7 @@ def models(draw: st.DrawFn) -> Model:
             mac=draw(st.sampled_from([None, f"02:00:00:00:00:{index:02x}"])),
             mtu=1500, flags=flags, arptype=draw(st.sampled_from([ARPHRD_ETHER, ARPHRD_ETHER, 772, 65534])),
             master=draw(st.sampled_from([None, None, None, 1])),
-            xdp_prog_id=draw(st.sampled_from([0, 0, 77])), qdisc=draw(st.sampled_from(QDISCS)),
+            qdisc=draw(st.sampled_from(QDISCS)),
         )
     m = Model(links=links, sysctls=Sysctls(draw(st.booleans()), draw(st.booleans())))
     for i in links:

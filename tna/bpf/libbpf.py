@@ -181,10 +181,8 @@ def _load() -> ctypes.CDLL:
         "bpf_object__close": (None, [c_void_p]),
         "bpf_object__find_program_by_name": (c_void_p, [c_void_p, c_char_p]),
         "bpf_object__find_map_by_name": (c_void_p, [c_void_p, c_char_p]),
-        "bpf_object__next_map": (c_void_p, [c_void_p, c_void_p]),
         "bpf_program__fd": (c_int, [c_void_p]),
         "bpf_map__fd": (c_int, [c_void_p]),
-        "bpf_map__name": (c_char_p, [c_void_p]),
         "bpf_map__reuse_fd": (c_int, [c_void_p, c_int]),
         "bpf_map__set_initial_value": (c_int, [c_void_p, c_void_p, c_size_t]),
         "bpf_map_lookup_elem": (c_int, [c_int, c_void_p, c_void_p]),
@@ -452,13 +450,6 @@ class BpfObject:
         if not ptr:
             raise LibbpfError(errno.ENOENT, f"{self.path}: no map {name}")
         return ptr
-
-    def map_names(self) -> list[str]:
-        names, ptr = [], _lib.bpf_object__next_map(self._obj, None)
-        while ptr:
-            names.append(_lib.bpf_map__name(ptr).decode())
-            ptr = _lib.bpf_object__next_map(self._obj, ptr)
-        return names
 
     def reuse_map(self, name: str, fd: int) -> None:
         """Before load: use an existing map (shared between programs) for name."""

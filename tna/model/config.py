@@ -46,7 +46,6 @@ class Link:
     flags: int
     arptype: int
     master: int | None = None
-    xdp_prog_id: int = 0
     qdisc: str | None = None         # root qdisc kind (IFLA_QDISC)
 
     @property
@@ -246,8 +245,6 @@ def _linkinfo_kind(msg: NlMsg) -> str | None:
 
 
 def link_from_msg(msg: NlMsg) -> Link:
-    xdp = msg.get("IFLA_XDP")
-    prog_id = (xdp.get("IFLA_XDP_PROG_ID") or 0) if xdp is not None else 0
     kind = _linkinfo_kind(msg)
     return Link(
         index=msg["index"],
@@ -258,7 +255,6 @@ def link_from_msg(msg: NlMsg) -> Link:
         flags=msg["flags"],
         arptype=msg["ifi_type"],
         master=msg.get("IFLA_MASTER") or None,
-        xdp_prog_id=prog_id,
         qdisc=msg.get("IFLA_QDISC"),
     )
 
