@@ -69,7 +69,8 @@ class Watcher:
     """One reader thread owns the subscribed socket: bind, dump, then block
     in get() for events, putting everything into one queue in order.  (The
     socket's fd cannot be select()ed: pyroute2 buffers datagrams itself.)
-    Queries (peers, qdisc refreshes) use a second socket in the caller's
+    A second thread follows xdp-features (generic netlink) into the same
+    queue; re-queries after tc events use a third socket in the caller's
     thread."""
 
     def __init__(self) -> None:
