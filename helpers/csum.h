@@ -8,8 +8,11 @@
 #ifndef TNA_CSUM_H
 #define TNA_CSUM_H
 #include <linux/types.h>
+#include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
 #include <bpf/bpf_endian.h>
 
 static __always_inline __u16 csum_fold32(__u32 sum)
@@ -65,6 +68,23 @@ static __always_inline __u16 pseudo_csum_v6(const struct ipv6hdr *ip6h, __u8 pro
 	for (int i = 0; i < 8; i++)
 		sum += s[i] + d[i];
 	return csum_fold32(sum);
+}
+
+/* A TCP/UDP checksum left to offload holds the folded pseudo-header sum; a
+ * redirected XDP frame loses the skb state that says so and would arrive
+ * corrupt, so callers hand such frames to the kernel (which still has the
+ * skb).  A header out of bounds also counts as "cannot tell". */
+static __always_inline int l4_csum_partial(void *l4, void *end, __u8 proto, __u16 pseudo)
+{
+	if (proto == IPPROTO_TCP) {
+		struct tcphdr *th = l4;
+		return (void *)(th + 1) > end || th->check == pseudo;
+	}
+	if (proto == IPPROTO_UDP) {
+		struct udphdr *uh = l4;
+		return (void *)(uh + 1) > end || uh->check == pseudo;
+	}
+	return 0;
 }
 
 #endif

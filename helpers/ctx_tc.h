@@ -22,6 +22,11 @@ static __always_inline void *ctx_data(tna_ctx_t *ctx) { return (void *)(long)ctx
 static __always_inline void *ctx_data_end(tna_ctx_t *ctx) { return (void *)(long)ctx->data_end; }
 static __always_inline __u32 ctx_len(tna_ctx_t *ctx) { return ctx->len; }
 
+/* A VLAN tag taken out of the frame into the skb (vlan_tci); a redirect
+ * keeps it, as the bridge does. */
+#define CTX_REDIRECT_KEEPS_OOB_VLAN 1
+static __always_inline int ctx_oob_vlan(tna_ctx_t *ctx) { return ctx->vlan_present; }
+
 /* A zero skb->hash means the kernel would dissect the packet itself. */
 static __always_inline int ctx_may_carry_hash(tna_ctx_t *ctx) { return ctx->hash != 0; }
 

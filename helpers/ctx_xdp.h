@@ -56,6 +56,26 @@ static __always_inline int ctx_redirect_prepare(tna_ctx_t *ctx, __u32 ifindex)
  * skb behind a veth frame): XDP cannot tell, so assume it could. */
 static __always_inline int ctx_may_carry_hash(tna_ctx_t *ctx) { return 1; }
 
+/* A VLAN tag the driver (or a veth peer's stack) holds outside the frame
+ * bytes: an XDP redirect would drop it, so frames with one go to the
+ * kernel.  Only a device-bound program can ask; a driver without the hint
+ * cannot say, and then every frame counts as tagged.  Test runs load the
+ * program unbound (BPF_PROG_RUN refuses bound ones): no tag there. */
+#define CTX_REDIRECT_KEEPS_OOB_VLAN 0
+#if TNA_DEV_BOUND
+extern int bpf_xdp_metadata_rx_vlan_tag(const struct xdp_md *ctx, __be16 *vlan_proto,
+					__u16 *vlan_tci) __ksym;
+static __always_inline int ctx_oob_vlan(tna_ctx_t *ctx)
+{
+	__be16 proto;
+	__u16 tci;
+
+	return bpf_xdp_metadata_rx_vlan_tag(ctx, &proto, &tci) != -61 /* -ENODATA */;
+}
+#else
+static __always_inline int ctx_oob_vlan(tna_ctx_t *ctx) { return 0; }
+#endif
+
 /* XDP carries no skb checksum or priority state. */
 static __always_inline void ctx_csum_complete_diff(tna_ctx_t *ctx, __be32 from, __be32 to) { }
 static __always_inline void ctx_fwd_priority(tna_ctx_t *ctx, __u8 tos) { }

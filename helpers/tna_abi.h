@@ -13,6 +13,10 @@
  *   tna_egress    HASH ifindex       shared   egress ports the TC hook may redirect to
  *   tna_stale     HASH tna_neigh_key shared   STALE neighbours: the next packet goes to the
  *                                            kernel, which deletes the entry (datapath writes)
+ *   tna_ports     HASH ifindex       shared   accelerated bridge ports: bridge, state, policy
+ *   tna_fdb       HASH tna_fdb_key   shared   bridge FDBs mirrored from netlink (datapath
+ *                                            writes only `refreshed`)
+ *   tna_l3br      HASH ifindex       shared   bridges with an L3 side: their address + flags
  *   tna_stats     PERCPU_ARRAY       per program: packets/bytes per reason
  *   .rodata.tna   tna_iface          per program: ingress interface constants
  */
@@ -55,6 +59,20 @@ enum tna_reason {
 	TNA_R_MULTI_BUFFER,      /* XDP frame spread over several buffers (jumbo): kernel path */
 	TNA_R_MULTIPATH_HASH,    /* L4 multipath hashing may use the skb's own hash: kernel picks the path */
 	TNA_R_NO_MODULE,         /* no module took a decision */
+	TNA_R_VLAN,              /* VLAN tag this module leaves to the kernel (or held out of band by XDP) */
+	TNA_R_ARP,               /* ARP on a bridge: proxy ARP, suppression, arptables are the kernel's */
+	TNA_R_BR_PORT_UNKNOWN,   /* bridge port not (yet) in tna_ports: unsupported bridge or a race */
+	TNA_R_BR_LINK_LOCAL,     /* 01:80:c2:00:00:0X (STP BPDU, LLDP, pause): bridge consumes or forwards */
+	TNA_R_BR_MULTICAST,      /* broadcast/multicast destination: the kernel floods or snoops */
+	TNA_R_BR_LEARN,          /* source MAC not in the FDB on this port (new, moved, local): kernel learns */
+	TNA_R_BR_REFRESH,        /* this source MAC's refresh is due: the kernel renews its FDB entry */
+	TNA_R_BR_UNKNOWN_DST,    /* destination MAC not in the FDB: the kernel floods */
+	TNA_R_BR_LOCAL,          /* to the bridge itself and no routing here: the kernel delivers it */
+	TNA_R_BR_PORT_STATE,     /* ingress or egress port not forwarding (STP, down): kernel decides */
+	TNA_R_BR_PORT_POLICY,    /* locked/MAB ingress, isolated pair, neighbour suppression */
+	TNA_R_BR_SAME_PORT,      /* destination behind the ingress port: kernel drops or hairpins */
+	TNA_R_BR_MTU,            /* frame too long for the egress port: the kernel drops it */
+	TNA_R_BR_NETFILTER,      /* br_netfilter would send this frame through iptables (VLAN/PPPoE) */
 	TNA_R_MAX
 };
 
@@ -104,6 +122,8 @@ struct tna_counter {
 #define TNA_IF_CHECK_CSUM_PARTIAL (1U << 0) /* XDP on a veth: frames may carry CHECKSUM_PARTIAL */
 #define TNA_IF_RP_STRICT (1U << 1) /* rp_filter 1 (or 2 without an IPv4 address): source via this port */
 #define TNA_IF_RP_LOOSE (1U << 2)  /* rp_filter 2: a unicast route back to the source */
+#define TNA_IF_L2_EGRESS (1U << 3) /* tna_l3br: a routed packet may leave through this bridge's
+                                      FDB (no qdisc or tc egress filter on the bridge device) */
 struct tna_iface_cfg {
 	__u32 ifindex;
 	__u8 mac[6];
@@ -122,9 +142,46 @@ struct tna_egress {
 	__u32 flags;         /* reserved, 0 */
 };
 
+/* Bridge port (value of tna_ports, key: the port's ifindex). */
+#define TNA_PORT_FORWARDING (1U << 0) /* STP state forwarding, port and bridge up */
+#define TNA_PORT_ISOLATED   (1U << 1) /* isolated: never to another isolated port */
+#define TNA_PORT_HAIRPIN    (1U << 2) /* may send back out of the ingress port */
+#define TNA_PORT_LOCKED     (1U << 3) /* locked or MAB: the kernel authorises sources */
+#define TNA_PORT_NEIGH_SUPPRESS (1U << 4) /* ARP/ND may be answered by the bridge */
+#define TNA_PORT_NF_IP4     (1U << 5) /* br_netfilter: IPv4 through iptables (validated) */
+#define TNA_PORT_NF_IP6     (1U << 6) /* br_netfilter: IPv6 through ip6tables (validated) */
+#define TNA_PORT_NF_VLAN    (1U << 7) /* br_netfilter also takes VLAN-tagged IP (filter-vlan-tagged) */
+#define TNA_PORT_NF_PPPOE   (1U << 8) /* ... and PPPoE-tagged IP (filter-pppoe-tagged) */
+#define TNA_PORT_ROUTER     (1U << 9) /* the bridge routes: frames to its MAC go to the router */
+struct tna_port {
+	__u32 bridge;        /* the bridge's ifindex */
+	__u32 flags;         /* TNA_PORT_* */
+	__u32 mtu;           /* the bridge forwards frames up to mtu + 18 bytes (is_skb_forwardable) */
+	__u32 refresh_jiffies; /* hand a source MAC's frame to the kernel this often, so its
+	                        FDB entry never ages out under a fast-pathed flow */
+};
+
+/* The FDB of every accelerated bridge (key: bridge, VLAN (0: not VLAN-aware), MAC). */
+struct tna_fdb_key {
+	__u32 bridge;
+	__u16 vid;
+	__u8 mac[6];
+};
+#define TNA_FDB_LOCAL   (1U << 0) /* the bridge's own address: delivered up, never forwarded */
+#define TNA_FDB_DYNAMIC (1U << 1) /* learned: ages unless traffic through the kernel renews it */
+struct tna_fdb {
+	__u32 port;          /* egress port ifindex */
+	__u32 flags;         /* TNA_FDB_* */
+	__u64 refreshed;     /* jiffies when a frame from this MAC last went to the kernel
+	                        (written by the datapath; the daemon writes 0) */
+};
+
 #define TNA_DEVMAP_SIZE 1024
 #define TNA_EGRESS_SIZE 1024
 #define TNA_STALE_SIZE 4096
+#define TNA_PORTS_SIZE 1024
+#define TNA_FDB_SIZE 65536
+#define TNA_L3BR_SIZE 256
 
 #ifdef __BPF__
 #include <bpf/bpf_helpers.h>
@@ -156,6 +213,27 @@ struct {
 	__type(key, struct tna_neigh_key);
 	__type(value, __u8);
 } tna_stale SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TNA_PORTS_SIZE);
+	__type(key, __u32);
+	__type(value, struct tna_port);
+} tna_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TNA_FDB_SIZE);
+	__type(key, struct tna_fdb_key);
+	__type(value, struct tna_fdb);
+} tna_fdb SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TNA_L3BR_SIZE);
+	__type(key, __u32);
+	__type(value, struct tna_iface_cfg);
+} tna_l3br SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -241,6 +241,75 @@ class EcmpLab(Lab):
         self.neigh(self.r, "r-h1", "2001:db8:1::2", self.mac(h1, "h1-r"))
 
 
+class BridgeLab(Lab):
+    """Three hosts on bridge br0 in namespace b; with routed=True the bridge
+    also routes (to a plain uplink and to a second bridge).
+
+        h1 [h1-b] 192.0.2.11  2001:db8:1::11 --[b-h1]\
+        h2 [h2-b] 192.0.2.12  2001:db8:1::12 --[b-h2]-- br0 (192.0.2.1, 2001:db8:1::1 if routed)
+        h3 [h3-b] 192.0.2.13  2001:db8:1::13 --[b-h3]/
+      routed:
+        h4 [h4-b] 198.51.100.2 2001:db8:2::2 -- [b-h4] 198.51.100.1 2001:db8:2::1
+        h5 [h5-b] 203.0.113.2  2001:db8:3::2 -- [b-h5] in br1 (203.0.113.1, 2001:db8:3::1)
+    """
+
+    def __init__(self, routed: bool = False, ageing_s: float = 300) -> None:
+        super().__init__()
+        try:
+            self._build(routed, ageing_s)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, routed: bool, ageing_s: float) -> None:
+        self.b = self.add_ns("b")
+        self.bridge("br0", ageing_s)
+        self.hosts = [self.host(i, "br0", f"192.0.2.{10 + i}/24", f"2001:db8:1::{10 + i}/64") for i in (1, 2, 3)]
+        self.h1, self.h2, self.h3 = self.hosts
+        if not routed:
+            return
+        self.sysctl(self.b, "net.ipv4.ip_forward", 1)
+        self.sysctl(self.b, "net.ipv6.conf.all.forwarding", 1)
+        self.addr(self.b, "br0", "192.0.2.1/24")
+        self.addr(self.b, "br0", "2001:db8:1::1/64")
+        self.h4 = self.host(4, None, "198.51.100.2/24", "2001:db8:2::2/64")
+        self.addr(self.b, "b-h4", "198.51.100.1/24")
+        self.addr(self.b, "b-h4", "2001:db8:2::1/64")
+        self.bridge("br1", ageing_s)
+        self.h5 = self.host(5, "br1", "203.0.113.2/24", "2001:db8:3::2/64")
+        self.addr(self.b, "br1", "203.0.113.1/24")
+        self.addr(self.b, "br1", "2001:db8:3::1/64")
+        for h, gw4, gw6 in ((self.h1, "192.0.2.1", "2001:db8:1::1"), (self.h2, "192.0.2.1", "2001:db8:1::1"),
+                            (self.h3, "192.0.2.1", "2001:db8:1::1"), (self.h4, "198.51.100.1", "2001:db8:2::1"),
+                            (self.h5, "203.0.113.1", "2001:db8:3::1")):
+            self.route(h.ns, "default", via=gw4)
+            self.route(h.ns, "default", via=gw6)
+
+    def bridge(self, name: str, ageing_s: float) -> None:
+        self.run(self.b, ["ip", "link", "add", name, "type", "bridge", "ageing_time", str(int(ageing_s * 100))])
+        self.run(self.b, ["ip", "link", "set", name, "up"])
+
+    def host(self, i: int, bridge: str | None, cidr4: str, cidr6: str) -> Host:
+        """Host h<i> on port b-h<i> (of bridge, or a plain routed port)."""
+        ns, dev, port = self.add_ns(f"h{i}"), f"h{i}-b", f"b-h{i}"
+        self.veth(ns, dev, self.b, port)
+        if bridge is not None:
+            self.run(self.b, ["ip", "link", "set", port, "master", bridge])
+        self.addr(ns, dev, cidr4)
+        self.addr(ns, dev, cidr6)
+        return Host(ns, dev, cidr4.split("/")[0], cidr6.split("/")[0], self.mac(ns, dev))
+
+    def fdb(self) -> dict[str, str]:
+        """The kernel's FDB on the bridges: MAC -> port, learned or static entries only."""
+        out = self.run(self.b, ["bridge", "fdb", "show"]).stdout
+        entries = {}
+        for line in out.splitlines():
+            f = line.split()
+            if "master" in f and "permanent" not in f:
+                entries[f[0]] = f[2]
+        return entries
+
+
 _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 

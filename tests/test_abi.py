@@ -16,6 +16,7 @@ from tna.bpf import abi
 STRUCTS = {
     "tna_state": abi.TnaState, "tna_config": abi.TnaConfig, "tna_counter": abi.TnaCounter,
     "tna_iface_cfg": abi.TnaIfaceCfg, "tna_neigh_key": abi.TnaNeighKey, "tna_egress": abi.TnaEgress,
+    "tna_port": abi.TnaPort, "tna_fdb_key": abi.TnaFdbKey, "tna_fdb": abi.TnaFdb,
 }
 
 
@@ -31,6 +32,11 @@ def test_layouts_and_reasons_match_the_header(tmp_path: Path) -> None:
     for i, name in enumerate(abi.REASONS):
         lines.append(f'printf("reason {name} %d {i}\\n", (int)TNA_R_{name});')
     lines.append(f'printf("reason MAX %d {len(abi.REASONS)}\\n", (int)TNA_R_MAX);')
+    for name, bit in abi.PORT_FLAGS.items():
+        lines.append(f'printf("reason PORT_{name} %d {bit}\\n", (int)TNA_PORT_{name});')
+    lines.append(f'printf("reason FDB_LOCAL %d {abi.FDB_LOCAL}\\n", (int)TNA_FDB_LOCAL);')
+    lines.append(f'printf("reason FDB_DYNAMIC %d {abi.FDB_DYNAMIC}\\n", (int)TNA_FDB_DYNAMIC);')
+    lines.append(f'printf("reason IF_L2_EGRESS %d {abi.TNA_IF_L2_EGRESS}\\n", (int)TNA_IF_L2_EGRESS);')
     lines.append(f'printf("reason LOCAL4_MAX %d {abi.LOCAL4_MAX}\\n", TNA_LOCAL4_MAX);')
     lines += ["return 0;", "}"]
     src = tmp_path / "abi.c"

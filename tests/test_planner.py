@@ -5,9 +5,21 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tna.bpf.abi import TNA_IF_CHECK_CSUM_PARTIAL
-from tna.model.config import ARPHRD_ETHER, IFF_LOOPBACK, IFF_UP, Link, Model, Sysctls, TcFilters, XdpXmit
-from tna.synth.planner import INGRESS_KINDS, LOCAL_STACK_KINDS, UNSHAPED_QDISCS, plan
+from tna.bpf.abi import PORT_FLAGS, TNA_IF_CHECK_CSUM_PARTIAL
+from tna.model.config import (
+    ARPHRD_ETHER,
+    IFF_LOOPBACK,
+    IFF_UP,
+    Addr,
+    Bridge,
+    Link,
+    Model,
+    Port,
+    Sysctls,
+    TcFilters,
+    XdpXmit,
+)
+from tna.synth.planner import IFF_LOWER_UP, INGRESS_KINDS, LOCAL_STACK_KINDS, UNSHAPED_QDISCS, plan
 
 KINDS = [None, "veth", "tun", "bridge", "vlan", "bond", "vxlan"]
 QDISCS = ["noqueue", "mq", "pfifo_fast", "fq_codel", "htb", "tbf", None]
@@ -19,15 +31,22 @@ def models(draw: st.DrawFn) -> Model:
     links = {}
     for index in range(1, n + 1):
         kind = draw(st.sampled_from(KINDS))
-        flags = (IFF_UP if draw(st.booleans()) else 0) | (IFF_LOOPBACK if index == 1 and draw(st.booleans()) else 0)
+        flags = (IFF_UP | IFF_LOWER_UP if draw(st.booleans()) else 0)
+        flags |= IFF_LOOPBACK if index == 1 and draw(st.booleans()) else 0
+        master = draw(st.sampled_from([None, None, None, 1, 2]))
         links[index] = Link(
             index=index, name=f"if{index}", kind=kind,
             mac=draw(st.sampled_from([None, f"02:00:00:00:00:{index:02x}"])),
             mtu=1500, flags=flags, arptype=draw(st.sampled_from([ARPHRD_ETHER, ARPHRD_ETHER, 772, 65534])),
-            master=draw(st.sampled_from([None, None, None, 1])),
+            master=master,
             qdisc=draw(st.sampled_from(QDISCS)),
+            bridge=Bridge(vlan_filtering=draw(st.booleans())) if kind == "bridge" else None,
+            port=Port(state=draw(st.integers(0, 4))) if master is not None and draw(st.integers(0, 5)) else None,
         )
     m = Model(links=links, sysctls=Sysctls(draw(st.booleans()), draw(st.booleans())))
+    for i in links:
+        if draw(st.integers(0, 2)) == 0:
+            m.addrs.add(Addr(i, 2, f"192.0.2.{i}", 24))
     for i in links:
         m.apply(XdpXmit(i, draw(st.booleans())))
         m.apply(TcFilters(i, draw(st.integers(0, 4)) == 0, draw(st.integers(0, 4)) == 0))
@@ -39,12 +58,22 @@ def test_plan_invariants(m: Model, mode: str) -> None:
     p = plan(m, mode)
     assert set(p.ifaces) | set(p.skipped) == set(m.links)
     assert not set(p.ifaces) & set(p.skipped)
+    assert set(p.ports) == {i for i in p.ifaces if m.links[i].master is not None}
     for ifindex, ip in p.ifaces.items():
         link = m.links[ifindex]
-        assert m.sysctls.forwarding
-        assert link.up and link.ethernet and not link.loopback and link.master is None
+        assert link.up and link.ethernet and not link.loopback
         assert link.kind in INGRESS_KINDS and ifindex not in m.ingress_filters
-        assert ip.modules == ("router",)
+        if link.master is None:
+            assert m.sysctls.forwarding
+            assert ip.modules in (("router",), ("fdb", "router"))
+        else:
+            bridge = m.links[link.master]
+            assert bridge.bridge is not None and not bridge.bridge.vlan_filtering and link.port is not None
+            routed = bridge.index in p.l3_bridges
+            assert ip.modules[:2] == ("fdb", "bridge") and ("router" in ip.modules) == routed
+            assert routed == (bridge.up and m.sysctls.forwarding and m.has_ipv4(bridge.index))
+            forwarding = bool(p.ports[ifindex].flags & PORT_FLAGS["FORWARDING"])
+            assert forwarding == (link.port.state == 3 and bridge.up)
         if mode == "auto":
             assert ip.hook == ("tc" if link.kind in LOCAL_STACK_KINDS else "xdp")
         else:
@@ -53,12 +82,12 @@ def test_plan_invariants(m: Model, mode: str) -> None:
         assert bool(ip.flags & TNA_IF_CHECK_CSUM_PARTIAL) == (ip.hook == "xdp" and link.kind in LOCAL_STACK_KINDS)
     for ifindex in p.xdp_egress:
         link = m.links[ifindex]
-        assert link.up and link.ethernet and link.master is None and link.qdisc in UNSHAPED_QDISCS
+        assert link.up and link.ethernet and link.qdisc in UNSHAPED_QDISCS
         assert m.xdp_xmit[ifindex]  # the kernel says it takes XDP frames now
         assert ifindex not in m.egress_filters  # a redirect would bypass them
     for ifindex in p.tc_egress:
         link = m.links[ifindex]
-        assert link.up and link.ethernet and link.master is None
+        assert link.up and link.ethernet
 
 
 @given(models())

@@ -24,13 +24,14 @@ from tna.netlink import netfilter
 from tna.netlink.watch import ResyncNeeded, Watcher, read_rp_filter, read_sysctls
 from tna.runstate import RunLock, write_state
 from tna.synth.compile import CompileError
-from tna.synth.planner import Plan, plan
+from tna.synth.planner import Plan, bridge_skip_reason, plan
 
 log = logging.getLogger("tna")
 
 LEASE_RENEW_S = 0.2
 POLL_S = 1.0          # sysctls and netfilter: no events we can use for these
 HEARTBEAT_MAX_S = 3.0  # main loop silent this long: stop renewing the lease
+STP_STATES = {0: "disabled", 1: "listening", 2: "learning", 3: "forwarding", 4: "blocking"}
 
 
 class Daemon:
@@ -166,6 +167,7 @@ class Daemon:
             if self._safely(ifindex, lambda ip=ip: self.dp.apply(ip)):
                 self.failed.pop(ifindex, None)
         self.dp.sync(p.xdp_egress, p.tc_egress, self.model.stale_neighbours())
+        self.dp.sync_bridges(p.ports, p.l3_bridges, [e for e in m.fdb.values() if e.bridge in p.bridges])
         self.plan = p
         write_state(self.describe())
 
@@ -188,6 +190,25 @@ class Daemon:
                 pass
             return False
 
+    def _describe_bridges(self) -> dict[str, Any]:
+        m, p = self.model, self.plan
+        out = {}
+        for br in m.links.values():
+            if br.bridge is None:
+                continue
+            ports = {link.name: {"state": STP_STATES.get(link.port.state, str(link.port.state)),
+                                 "accelerated": p is not None and link.index in p.ports}
+                     for link in m.links.values() if link.master == br.index and link.port is not None}
+            out[br.name] = {
+                "accelerated": p is not None and br.index in p.bridges,
+                "why_not": bridge_skip_reason(br),
+                "routed": p is not None and br.index in p.l3_bridges,
+                "fdb": sum(1 for e in m.fdb.values() if e.bridge == br.index),
+                "ageing_s": br.bridge.ageing_cs / 100,
+                "ports": ports,
+            }
+        return out
+
     def describe(self) -> dict[str, Any]:
         p = self.plan
         ifaces = {}
@@ -201,6 +222,7 @@ class Daemon:
                 }
         return {
             "pid": os.getpid(),
+            "bridges": self._describe_bridges(),
             "mode": self.mode,
             "disabled": self.disabled_why,
             "forwarding": {"ipv4": self.model.sysctls.ipv4_forward, "ipv6": self.model.sysctls.ipv6_forward},

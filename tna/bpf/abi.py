@@ -30,6 +30,7 @@ REASON = {name: i for i, name in enumerate(REASONS)}
 TNA_IF_CHECK_CSUM_PARTIAL = 1 << 0
 TNA_IF_RP_STRICT = 1 << 1
 TNA_IF_RP_LOOSE = 1 << 2
+TNA_IF_L2_EGRESS = 1 << 3
 LOCAL4_MAX = 32
 TNA_MP_GUARD_V4 = 1 << 0
 TNA_MP_GUARD_V6 = 1 << 1
@@ -61,13 +62,35 @@ class TnaEgress(Structure):
     _fields_ = [("flags", c_uint32)]
 
 
+PORT_FLAGS = {name: 1 << i for i, name in enumerate((
+    "FORWARDING", "ISOLATED", "HAIRPIN", "LOCKED", "NEIGH_SUPPRESS", "NF_IP4", "NF_IP6", "NF_VLAN",
+    "NF_PPPOE", "ROUTER"))}
+FDB_LOCAL = 1 << 0
+FDB_DYNAMIC = 1 << 1
+
+
+class TnaPort(Structure):
+    _fields_ = [("bridge", c_uint32), ("flags", c_uint32), ("mtu", c_uint32), ("refresh_jiffies", c_uint32)]
+
+
+class TnaFdbKey(Structure):
+    _fields_ = [("bridge", c_uint32), ("vid", c_uint16), ("mac", c_uint8 * 6)]
+
+
+class TnaFdb(Structure):
+    _fields_ = [("port", c_uint32), ("flags", c_uint32), ("refreshed", c_uint64)]
+
+
 # Map names as declared in the header (what Program.find_map() looks for).
 MAP_STATE = "tna_state"
 MAP_DEVMAP = "tna_devmap"
 MAP_EGRESS = "tna_egress"
 MAP_STALE = "tna_stale"
 MAP_STATS = "tna_stats"
+MAP_PORTS = "tna_ports"
+MAP_FDB = "tna_fdb"
+MAP_L3BR = "tna_l3br"
 SECTION_IFACE = ".rodata.tna"
-SHARED_MAPS = (MAP_STATE, MAP_DEVMAP, MAP_EGRESS, MAP_STALE)
+SHARED_MAPS = (MAP_STATE, MAP_DEVMAP, MAP_EGRESS, MAP_STALE, MAP_PORTS, MAP_FDB, MAP_L3BR)
 PROGRAM_NAME = "tna_main"
 RENEW_PROGRAM = "tna_renew"

@@ -166,6 +166,8 @@ class _MapInfo(Structure):
     ]
 
 
+BPF_F_XDP_DEV_BOUND_ONLY = 1 << 6
+
 _PRINT_FN = CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
 
 
@@ -182,6 +184,9 @@ def _load() -> ctypes.CDLL:
         "bpf_object__find_program_by_name": (c_void_p, [c_void_p, c_char_p]),
         "bpf_object__find_map_by_name": (c_void_p, [c_void_p, c_char_p]),
         "bpf_program__fd": (c_int, [c_void_p]),
+        "bpf_program__set_ifindex": (None, [c_void_p, c_uint32]),
+        "bpf_program__flags": (c_uint32, [c_void_p]),
+        "bpf_program__set_flags": (c_int, [c_void_p, c_uint32]),
         "bpf_map__fd": (c_int, [c_void_p]),
         "bpf_map__reuse_fd": (c_int, [c_void_p, c_int]),
         "bpf_map__set_initial_value": (c_int, [c_void_p, c_void_p, c_size_t]),
@@ -454,6 +459,17 @@ class BpfObject:
     def reuse_map(self, name: str, fd: int) -> None:
         """Before load: use an existing map (shared between programs) for name."""
         _check(_lib.bpf_map__reuse_fd(self._map_ptr(name), fd), f"reuse map {name}")
+
+    def bind_to_device(self, prog: str, ifindex: int) -> None:
+        """Before load: make an XDP program device-bound, so it may call the
+        driver's metadata kfuncs; it can then attach only to that device
+        (and BPF_PROG_TEST_RUN refuses it)."""
+        ptr = _lib.bpf_object__find_program_by_name(self._obj, prog.encode())
+        if not ptr:
+            raise LibbpfError(errno.ENOENT, f"{self.path}: no program {prog}")
+        _lib.bpf_program__set_ifindex(ptr, ifindex)
+        flags = _lib.bpf_program__flags(ptr) | BPF_F_XDP_DEV_BOUND_ONLY
+        _check(_lib.bpf_program__set_flags(ptr, flags), f"bind {prog} to ifindex {ifindex}")
 
     def set_initial_value(self, name: str, data: bytes) -> None:
         """Before load: the contents of a global data section (.rodata.*)."""

@@ -22,10 +22,10 @@ from pyroute2 import IPRoute
 
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
-from tna.model.config import Neigh
+from tna.model.config import USER_HZ, FdbEntry, Neigh
 from tna.netlink.watch import TC_H_CLSACT_EGRESS, TC_H_CLSACT_INGRESS, TC_HANDLE, TC_PRIORITY, tc_filters
 from tna.synth.compile import compile_source
-from tna.synth.planner import IfacePlan
+from tna.synth.planner import IfacePlan, L3Bridge, PortPlan
 from tna.synth.render import render
 
 log = logging.getLogger(__name__)
@@ -85,9 +85,9 @@ def jiffies_hz(prog: bpf.Program, state: bpf.Map) -> int:
     return min((100, 250, 300, 1000), key=lambda hz: abs(hz - measured))
 
 
-def iface_cfg(plan: IfacePlan) -> bytes:
-    cfg = abi.TnaIfaceCfg(ifindex=plan.ifindex, flags=plan.flags)
-    cfg.mac[:] = bytes.fromhex(plan.mac.replace(":", ""))
+def iface_cfg(ifindex: int, mac: str, flags: int) -> bytes:
+    cfg = abi.TnaIfaceCfg(ifindex=ifindex, flags=flags)
+    cfg.mac[:] = bytes.fromhex(mac.replace(":", ""))
     return bytes(cfg)
 
 
@@ -118,15 +118,18 @@ class Datapath:
         self._shadow: dict[str, dict[bytes, bytes]] = {}
         self._state_lock = threading.Lock()
         self.cfg = abi.TnaConfig()
+        self.hz = 0  # the kernel's jiffies per second, measured at the first load
 
     # --- programs -----------------------------------------------------
 
     def _load(self, plan: IfacePlan) -> tuple[bpf.BpfObject, bpf.Program, Path]:
-        source = render(plan.hook, plan.modules)
+        source = render(plan.hook, plan.modules, dev_bound=plan.hook == "xdp")
         path = compile_source(source, self.cache_dir)
         obj = bpf.BpfObject(str(path))
         try:
-            obj.set_initial_value(abi.SECTION_IFACE, iface_cfg(plan))
+            if plan.hook == "xdp":
+                obj.bind_to_device(abi.PROGRAM_NAME, plan.ifindex)
+            obj.set_initial_value(abi.SECTION_IFACE, iface_cfg(plan.ifindex, plan.mac, plan.flags))
             for name, m in self.shared.items():
                 obj.reuse_map(name, m.fd)
             obj.load()
@@ -145,7 +148,8 @@ class Datapath:
         self.renew_prog = bpf.Program(os.dup(prog.fd), prog.name, owned=True)
         # no program is attached yet, so calibrating (which briefly publishes
         # DISABLED) is invisible; then the lease must be valid before any is
-        self.cfg.lease_jiffies = jiffies_hz(self.renew_prog, self.shared[abi.MAP_STATE]) * LEASE_NS // 10**9
+        self.hz = jiffies_hz(self.renew_prog, self.shared[abi.MAP_STATE])
+        self.cfg.lease_jiffies = self.hz * LEASE_NS // 10**9
         self.write_state()
 
     def apply(self, plan: IfacePlan) -> Attached:
@@ -260,6 +264,25 @@ class Datapath:
         u32 = ctypes.c_uint32
         self._sync(abi.MAP_DEVMAP, {bytes(u32(i)): bytes(u32(i)) for i in xdp_egress})
         self._sync(abi.MAP_EGRESS, {bytes(u32(i)): bytes(abi.TnaEgress()) for i in tc_egress})
+        self._sync_stale(stale)
+
+    def sync_bridges(self, ports: dict[int, PortPlan], l3: dict[int, L3Bridge], fdb: list[FdbEntry]) -> None:
+        """Ports first: a port's entry goes before FDB entries point to it."""
+        if not self.shared:
+            return
+        u32 = ctypes.c_uint32
+        self._sync(abi.MAP_PORTS, {bytes(u32(i)): self._port_value(p) for i, p in ports.items()})
+        self._sync(abi.MAP_L3BR, {bytes(u32(i)): iface_cfg(b.ifindex, b.mac, b.flags) for i, b in l3.items()})
+        self._sync(abi.MAP_FDB, dict(_fdb_item(e) for e in fdb))
+
+    def _port_value(self, p: PortPlan) -> bytes:
+        # a learned FDB entry lives ageing_time past the last frame the
+        # kernel saw from it: renew it 16 times per period (ageing 0, i.e.
+        # entries never kept, gives 0: every frame goes to the kernel)
+        refresh = p.ageing_cs * self.hz // USER_HZ // 16
+        return bytes(abi.TnaPort(bridge=p.bridge, flags=p.flags, mtu=p.mtu, refresh_jiffies=refresh))
+
+    def _sync_stale(self, stale: set[Neigh]) -> None:
         keys = {_neigh_key(n) for n in stale}
         # the datapath deletes an entry once it has handed a packet for it to
         # the kernel; our shadow then over-states the map, which only costs a
@@ -283,6 +306,13 @@ class Datapath:
                     log.warning("map %s: cannot add entry: %s", name, e)
                     continue
                 shadow[key] = value
+
+
+def _fdb_item(e: FdbEntry) -> tuple[bytes, bytes]:
+    key = abi.TnaFdbKey(bridge=e.bridge, vid=e.vid)
+    key.mac[:] = bytes.fromhex(e.mac.replace(":", ""))
+    flags = (abi.FDB_LOCAL if e.local else 0) | (abi.FDB_DYNAMIC if e.dynamic else 0)
+    return bytes(key), bytes(abi.TnaFdb(port=e.port, flags=flags))
 
 
 def _neigh_key(n: Neigh) -> bytes:

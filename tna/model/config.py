@@ -14,6 +14,7 @@ from tna.bpf.abi import TNA_MP_GUARD_V4, TNA_MP_GUARD_V6
 
 AF_INET = 2
 AF_INET6 = 10
+AF_BRIDGE = 7
 
 IFF_UP = 0x1
 IFF_LOOPBACK = 0x8
@@ -27,6 +28,10 @@ RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
 
 NUD_INCOMPLETE, NUD_REACHABLE, NUD_STALE, NUD_DELAY = 0x01, 0x02, 0x04, 0x08
 NUD_PROBE, NUD_FAILED, NUD_NOARP, NUD_PERMANENT = 0x10, 0x20, 0x40, 0x80
+NTF_EXT_LEARNED = 0x10
+NTF_EXT_LOCKED = 0x1   # NDA_FLAGS_EXT: an entry a locked port holds back (MAB)
+BR_STATE_FORWARDING = 3
+USER_HZ = 100          # bridge times (ageing_time) are in clock_t
 
 
 class NlMsg(Protocol):
@@ -34,6 +39,41 @@ class NlMsg(Protocol):
 
     def get(self, key: str, default: Any = None) -> Any: ...
     def __getitem__(self, key: str) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Bridge:
+    """A bridge device's own settings (IFLA_INFO_DATA)."""
+
+    vlan_filtering: bool = False
+    ageing_cs: int = 30000          # ageing_time in centiseconds (clock_t)
+    nf_call_iptables: bool = False  # per-bridge br_netfilter switches (ORed with the sysctls)
+    nf_call_ip6tables: bool = False
+
+
+@dataclass(frozen=True)
+class Port:
+    """A bridge port's state and policy (IFLA_BRPORT_*)."""
+
+    state: int = BR_STATE_FORWARDING
+    learning: bool = True
+    hairpin: bool = False
+    isolated: bool = False
+    locked: bool = False
+    mab: bool = False
+    neigh_suppress: bool = False
+
+
+@dataclass(frozen=True)
+class FdbEntry:
+    """One bridge FDB entry: (bridge, vid, mac) -> port."""
+
+    bridge: int
+    vid: int
+    mac: str
+    port: int
+    local: bool      # the bridge's own address (permanent, or on the bridge device)
+    dynamic: bool    # learned: ages out unless frames through the kernel renew it
 
 
 @dataclass(frozen=True)
@@ -47,6 +87,8 @@ class Link:
     arptype: int
     master: int | None = None
     qdisc: str | None = None         # root qdisc kind (IFLA_QDISC)
+    bridge: Bridge | None = None     # kind == "bridge"
+    port: Port | None = None         # enslaved to a bridge
 
     @property
     def up(self) -> bool:
@@ -116,6 +158,11 @@ class Sysctls:
     ipv6_forward: bool = False
     ipv4_mp_hash_policy: int = 0  # net.ipv4.fib_multipath_hash_policy
     ipv6_mp_hash_policy: int = 0  # net.ipv6.fib_multipath_hash_policy
+    # br_netfilter (net.bridge.*): bridged IP goes through iptables hooks
+    br_nf_iptables: bool = False
+    br_nf_ip6tables: bool = False
+    br_nf_vlan: bool = False      # bridge-nf-filter-vlan-tagged
+    br_nf_pppoe: bool = False     # bridge-nf-filter-pppoe-tagged
 
     @property
     def forwarding(self) -> bool:
@@ -128,6 +175,7 @@ class Model:
     addrs: set[Addr] = field(default_factory=set)
     routes: set[Route] = field(default_factory=set)
     neighs: dict[tuple[int, int, str], Neigh] = field(default_factory=dict)
+    fdb: dict[tuple[int, int, str], FdbEntry] = field(default_factory=dict)
     sysctls: Sysctls = field(default_factory=Sysctls)
     # Does the device accept XDP-redirected frames now (netdev xdp-features
     # NDO_XMIT)?  From XdpXmit events; the planner only reads it.
@@ -150,6 +198,8 @@ class Model:
             return _apply_set(self.ingress_filters, msg.ifindex, msg.ingress) or changed
         kind = msg["header"]["type"]
         if kind in (RTM_NEWLINK, RTM_DELLINK):
+            if msg["family"] == AF_BRIDGE:  # a port's bridge view, not the device
+                return self._apply_port(msg, kind == RTM_NEWLINK)
             return self._apply_link(msg, kind == RTM_NEWLINK)
         if kind in (RTM_NEWADDR, RTM_DELADDR):
             return _apply_set(self.addrs, addr_from_msg(msg), kind == RTM_NEWADDR)
@@ -157,6 +207,8 @@ class Model:
             route = route_from_msg(msg)
             return route is not None and _apply_set(self.routes, route, kind == RTM_NEWROUTE)
         if kind in (RTM_NEWNEIGH, RTM_DELNEIGH):
+            if msg["family"] == AF_BRIDGE:
+                return self._apply_fdb(msg, kind == RTM_NEWNEIGH)
             return self._apply_neigh(msg, kind == RTM_NEWNEIGH)
         return False
 
@@ -169,6 +221,7 @@ class Model:
             del self.links[link.index]
             self.addrs = {a for a in self.addrs if a.index != link.index}
             self.neighs = {k: n for k, n in self.neighs.items() if n.index != link.index}
+            self.fdb = {k: e for k, e in self.fdb.items() if link.index not in (e.port, e.bridge)}
             self.xdp_xmit.pop(link.index, None)
             self.egress_filters.discard(link.index)
             self.ingress_filters.discard(link.index)
@@ -176,8 +229,37 @@ class Model:
             return True
         if old is not None and link.qdisc is None:
             link = replace(link, qdisc=old.qdisc)  # not every RTM_NEWLINK carries it
+        if link.master is None:
+            link = replace(link, port=None)
+        elif link.port is None and old is not None and old.master == link.master:
+            link = replace(link, port=old.port)
         self.links[link.index] = link
         return old != link
+
+    def _apply_port(self, msg: NlMsg, new: bool) -> bool:
+        """AF_BRIDGE link messages: the only notification of an STP state
+        or port flag change; RTM_DELLINK means "no longer a port"."""
+        old = self.links.get(msg["index"])
+        if old is None:
+            return False
+        info = msg.get("IFLA_PROTINFO")
+        port = port_from_attrs(info) if new and info is not None else None
+        if new and port is None:
+            return False
+        link = replace(old, port=port)
+        self.links[old.index] = link
+        return link != old
+
+    def _apply_fdb(self, msg: NlMsg, new: bool) -> bool:
+        entry = fdb_from_msg(msg, self.links)
+        if entry is None:
+            return False
+        key = (entry.bridge, entry.vid, entry.mac)
+        if new:
+            changed = self.fdb.get(key) != entry
+            self.fdb[key] = entry
+            return changed
+        return self.fdb.pop(key, None) is not None
 
     def _apply_neigh(self, msg: NlMsg, new: bool) -> bool:
         neigh = neigh_from_msg(msg)
@@ -239,13 +321,40 @@ def _apply_set(items: set, item: object, add: bool) -> bool:
     return True
 
 
-def _linkinfo_kind(msg: NlMsg) -> str | None:
-    info = msg.get("IFLA_LINKINFO")
-    return info.get("IFLA_INFO_KIND") if info is not None else None
+def port_from_attrs(a: NlMsg) -> Port:
+    """IFLA_BRPORT_* from IFLA_INFO_SLAVE_DATA or (AF_BRIDGE) IFLA_PROTINFO."""
+    def flag(name: str, default: bool = False) -> bool:
+        v = a.get(name)
+        return default if v is None else bool(v)
+
+    state = a.get("IFLA_BRPORT_STATE")
+    return Port(
+        state=BR_STATE_FORWARDING if state is None else state,
+        learning=flag("IFLA_BRPORT_LEARNING", True),
+        hairpin=flag("IFLA_BRPORT_MODE"),
+        isolated=flag("IFLA_BRPORT_ISOLATED"),
+        locked=flag("IFLA_BRPORT_LOCKED"),
+        mab=flag("IFLA_BRPORT_MAB"),
+        neigh_suppress=flag("IFLA_BRPORT_NEIGH_SUPPRESS") or flag("IFLA_BRPORT_NEIGH_VLAN_SUPPRESS"),
+    )
+
+
+def bridge_from_attrs(d: NlMsg) -> Bridge:
+    ageing = d.get("IFLA_BR_AGEING_TIME")
+    return Bridge(
+        vlan_filtering=bool(d.get("IFLA_BR_VLAN_FILTERING")),
+        ageing_cs=30000 if ageing is None else ageing,
+        nf_call_iptables=bool(d.get("IFLA_BR_NF_CALL_IPTABLES")),
+        nf_call_ip6tables=bool(d.get("IFLA_BR_NF_CALL_IP6TABLES")),
+    )
 
 
 def link_from_msg(msg: NlMsg) -> Link:
-    kind = _linkinfo_kind(msg)
+    info = msg.get("IFLA_LINKINFO")
+    kind = info.get("IFLA_INFO_KIND") if info is not None else None
+    data = info.get("IFLA_INFO_DATA") if info is not None else None
+    slave = info.get("IFLA_INFO_SLAVE_DATA") if info is not None else None
+    is_port = info is not None and info.get("IFLA_INFO_SLAVE_KIND") == "bridge" and slave is not None
     return Link(
         index=msg["index"],
         name=msg.get("IFLA_IFNAME") or f"if{msg['index']}",
@@ -256,6 +365,8 @@ def link_from_msg(msg: NlMsg) -> Link:
         arptype=msg["ifi_type"],
         master=msg.get("IFLA_MASTER") or None,
         qdisc=msg.get("IFLA_QDISC"),
+        bridge=bridge_from_attrs(data) if kind == "bridge" and data is not None else None,
+        port=port_from_attrs(slave) if is_port else None,
     )
 
 
@@ -280,7 +391,22 @@ def route_from_msg(msg: NlMsg) -> Route | None:
     )
 
 
+def fdb_from_msg(msg: NlMsg, links: dict[int, Link]) -> FdbEntry | None:
+    """An entry of a bridge's FDB; None for a device's own address lists
+    ("self" entries), which the bridge does not forward by."""
+    port, mac = msg["ifindex"], msg.get("NDA_LLADDR")
+    bridge = msg.get("NDA_MASTER")
+    if bridge is None and port in links and links[port].kind == "bridge":
+        bridge = port  # `bridge fdb add ... dev br0 self`: the bridge's own address
+    if bridge is None or mac is None or (msg.get("NDA_FLAGS_EXT") or 0) & NTF_EXT_LOCKED:
+        return None
+    state = msg["state"]
+    local = bool(state & NUD_PERMANENT) or port == bridge
+    dynamic = not local and not state & NUD_NOARP and not msg["flags"] & NTF_EXT_LEARNED
+    return FdbEntry(bridge, msg.get("NDA_VLAN") or 0, mac.lower(), port, local, dynamic)
+
+
 def neigh_from_msg(msg: NlMsg) -> Neigh | None:
     if msg["family"] not in (AF_INET, AF_INET6):
-        return None  # AF_BRIDGE FDB entries belong to the bridge issue
+        return None
     return Neigh(msg["ifindex"], msg["family"], msg.get("NDA_DST") or "", msg.get("NDA_LLADDR"), msg["state"])

@@ -1,4 +1,5 @@
-"""Watch links, addresses, routes, neighbours and xdp-features; feed the model.
+"""Watch links, addresses, routes, neighbours, bridge FDBs and xdp-features;
+feed the model.
 
 Bind first, then dump into the same socket, so no event between the dump
 and the subscription is lost; the dump's messages and later events come
@@ -26,7 +27,7 @@ from pyroute2.netlink.rtnl import (
     RTMGRP_TC,
 )
 
-from tna.model.config import AF_INET, AF_INET6, NlMsg, Sysctls, TcFilters, XdpXmit
+from tna.model.config import AF_BRIDGE, AF_INET, AF_INET6, NlMsg, Sysctls, TcFilters, XdpXmit
 from tna.netlink.netdev import XdpFeatureEvents, xdp_xmit_capable
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,7 @@ class Watcher:
                     msgs += ipr.get_addr(family=family)
                     msgs += ipr.get_routes(family=family)
                     msgs += ipr.get_neighbours(family=family)
+                msgs += ipr.get_neighbours(family=AF_BRIDGE)  # bridge FDBs
                 return msgs
             except NetlinkDumpInterrupted:
                 log.info("netlink dump interrupted by a change; dumping again")
@@ -203,4 +205,8 @@ def read_sysctls() -> Sysctls:
         ipv6_forward=_read_int("/proc/sys/net/ipv6/conf/all/forwarding") != 0,
         ipv4_mp_hash_policy=_read_int("/proc/sys/net/ipv4/fib_multipath_hash_policy"),
         ipv6_mp_hash_policy=_read_int("/proc/sys/net/ipv6/fib_multipath_hash_policy"),
+        br_nf_iptables=_read_int("/proc/sys/net/bridge/bridge-nf-call-iptables") != 0,
+        br_nf_ip6tables=_read_int("/proc/sys/net/bridge/bridge-nf-call-ip6tables") != 0,
+        br_nf_vlan=_read_int("/proc/sys/net/bridge/bridge-nf-filter-vlan-tagged") != 0,
+        br_nf_pppoe=_read_int("/proc/sys/net/bridge/bridge-nf-filter-pppoe-tagged") != 0,
     )

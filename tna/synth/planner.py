@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tna.bpf.abi import TNA_IF_CHECK_CSUM_PARTIAL, TNA_IF_RP_LOOSE, TNA_IF_RP_STRICT
-from tna.model.config import Link, Model
+from tna.bpf.abi import PORT_FLAGS, TNA_IF_CHECK_CSUM_PARTIAL, TNA_IF_L2_EGRESS, TNA_IF_RP_LOOSE, TNA_IF_RP_STRICT
+from tna.model.config import BR_STATE_FORWARDING, Link, Model
+
+IFF_LOWER_UP = 0x10000
 
 HOOK_MODES = ("auto", "xdp", "tc")
 
@@ -43,6 +45,25 @@ class IfacePlan:
 
 
 @dataclass(frozen=True)
+class PortPlan:
+    """A tna_ports entry: an accelerated bridge port."""
+
+    bridge: int
+    flags: int
+    mtu: int
+    ageing_cs: int
+
+
+@dataclass(frozen=True)
+class L3Bridge:
+    """A tna_l3br entry: a bridge with an L3 side (router ingress/egress)."""
+
+    ifindex: int
+    mac: str
+    flags: int
+
+
+@dataclass(frozen=True)
 class Skipped:
     ifindex: int
     name: str
@@ -55,6 +76,22 @@ class Plan:
     skipped: dict[int, Skipped]
     xdp_egress: frozenset[int]   # -> tna_devmap
     tc_egress: frozenset[int]    # -> tna_egress
+    ports: dict[int, PortPlan]   # -> tna_ports
+    l3_bridges: dict[int, L3Bridge]  # -> tna_l3br
+    bridges: frozenset[int]      # bridges whose FDB goes to tna_fdb
+
+
+def bridge_skip_reason(bridge: Link | None) -> str | None:
+    """Why a bridge's ports are not accelerated, None if they are."""
+    if bridge is None or bridge.bridge is None:
+        return "enslaved to a device that is not a bridge (not supported)"
+    if not bridge.ethernet:
+        return f"bridge {bridge.name} has no Ethernet address"
+    if bridge.bridge.vlan_filtering:
+        # not modelled: the lab kernel lacks CONFIG_BRIDGE_VLAN_FILTERING, so
+        # it could not be tested; the kernel path is exact
+        return f"bridge {bridge.name} filters VLANs (vlan_filtering 1 is not accelerated)"
+    return None
 
 
 def _skip_reason(link: Link, model: Model) -> str | None:
@@ -64,14 +101,19 @@ def _skip_reason(link: Link, model: Model) -> str | None:
         return "not an Ethernet device"
     if not link.up:
         return "down"
-    if link.master is not None:
-        master = model.links.get(link.master)
-        return f"enslaved to {master.name if master else link.master} (not accelerated yet)"
+    if link.kind == "bridge":
+        return "a bridge device: its ports carry the fast path"
     if link.kind not in INGRESS_KINDS:
         return f"device kind {link.kind!r} is not supported"
+    if link.master is not None:
+        why = bridge_skip_reason(model.links.get(link.master))
+        if why is None and link.port is None:
+            why = "bridge port state unknown"
+        if why is not None:
+            return why
     if link.index in model.ingress_filters:
         return "others' tc ingress filters are attached (they must see every packet)"
-    if not model.sysctls.forwarding:
+    if link.master is None and not model.sysctls.forwarding:
         return "forwarding is disabled (net.ipv4.ip_forward, net.ipv6.conf.all.forwarding)"
     return None
 
@@ -92,12 +134,46 @@ def xdp_egress_ok(link: Link, model: Model) -> bool:
     would send?  It bypasses the qdisc and tc egress, so neither may do
     anything; and the kernel must say it transmits XDP frames now (a veth
     only while its peer runs XDP or GRO: otherwise they would vanish)."""
-    return (link.up and link.ethernet and link.master is None and link.qdisc in UNSHAPED_QDISCS
+    return (link.up and link.ethernet and link.qdisc in UNSHAPED_QDISCS
             and link.index not in model.egress_filters and model.xdp_xmit.get(link.index, False))
 
 
 def tc_egress_ok(link: Link) -> bool:
-    return link.up and link.ethernet and link.master is None and link.kind in TC_EGRESS_KINDS
+    return link.up and link.ethernet and link.kind in TC_EGRESS_KINDS
+
+
+def routes_through(link: Link, model: Model) -> bool:
+    """Does this interface have an L3 side the router serves?"""
+    return link.up and model.sysctls.forwarding and any(a.index == link.index for a in model.addrs)
+
+
+def port_plan(link: Link, bridge: Link, model: Model) -> PortPlan:
+    """The bridge's view of a port, as tna_ports flags."""
+    assert link.port is not None and bridge.bridge is not None
+    p, br, sc = link.port, bridge.bridge, model.sysctls
+    bits = {
+        "FORWARDING": p.state == BR_STATE_FORWARDING and link.up and bool(link.flags & IFF_LOWER_UP)
+        and bridge.up,
+        "ISOLATED": p.isolated, "HAIRPIN": p.hairpin, "LOCKED": p.locked or p.mab,
+        "NEIGH_SUPPRESS": p.neigh_suppress,
+        "NF_IP4": sc.br_nf_iptables or br.nf_call_iptables,
+        "NF_IP6": sc.br_nf_ip6tables or br.nf_call_ip6tables,
+        "NF_VLAN": sc.br_nf_vlan, "NF_PPPOE": sc.br_nf_pppoe,
+        "ROUTER": routes_through(bridge, model),
+    }
+    flags = sum(PORT_FLAGS[name] for name, on in bits.items() if on)
+    return PortPlan(bridge.index, flags, link.mtu, br.ageing_cs)
+
+
+def l3_bridge(bridge: Link, model: Model) -> L3Bridge:
+    """A routed bridge: its address for the router and whether a routed
+    packet may leave through its FDB (the bridge device's own qdisc and tc
+    egress filters would be bypassed otherwise)."""
+    assert bridge.mac is not None
+    flags = rp_filter_flags(model, bridge.index)
+    if bridge.qdisc in UNSHAPED_QDISCS and bridge.index not in model.egress_filters:
+        flags |= TNA_IF_L2_EGRESS
+    return L3Bridge(bridge.index, bridge.mac, flags)
 
 
 def rp_filter_flags(model: Model, index: int) -> int:
@@ -118,6 +194,12 @@ def plan(model: Model, mode: str = "auto", overrides: dict[str, str] | None = No
     overrides = overrides or {}
     ifaces: dict[int, IfacePlan] = {}
     skipped: dict[int, Skipped] = {}
+    ports: dict[int, PortPlan] = {}
+    bridges = {i: link for i, link in model.links.items()
+               if link.bridge is not None and bridge_skip_reason(link) is None}
+    l3 = {i: l3_bridge(br, model) for i, br in bridges.items() if routes_through(br, model)}
+    # the router resolves a route into a bridge through its FDB
+    router_modules = ("fdb", "router") if any(b.flags & TNA_IF_L2_EGRESS for b in l3.values()) else ("router",)
     for link in model.links.values():
         why = _skip_reason(link, model)
         if why is not None:
@@ -125,12 +207,22 @@ def plan(model: Model, mode: str = "auto", overrides: dict[str, str] | None = No
             continue
         hook, hook_why = choose_hook(link, mode, overrides)
         flags = TNA_IF_CHECK_CSUM_PARTIAL if hook == "xdp" and link.kind in LOCAL_STACK_KINDS else 0
-        flags |= rp_filter_flags(model, link.index)
+        if link.master is not None:
+            bridge = bridges[link.master]
+            ports[link.index] = port_plan(link, bridge, model)
+            modules = ("fdb", "bridge") + (router_modules if bridge.index in l3 else ())
+        else:
+            flags |= rp_filter_flags(model, link.index)
+            modules = router_modules
         assert link.mac is not None  # link.ethernet checked it
-        ifaces[link.index] = IfacePlan(link.index, link.name, hook, hook_why, ("router",), link.mac, flags)
+        modules = tuple(dict.fromkeys(modules))
+        ifaces[link.index] = IfacePlan(link.index, link.name, hook, hook_why, modules, link.mac, flags)
     return Plan(
         ifaces=ifaces,
         skipped=skipped,
         xdp_egress=frozenset(i for i, link in model.links.items() if xdp_egress_ok(link, model)),
         tc_egress=frozenset(i for i, link in model.links.items() if tc_egress_ok(link)),
+        ports=ports,
+        l3_bridges=l3,
+        bridges=frozenset(bridges),
     )

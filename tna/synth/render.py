@@ -7,7 +7,10 @@ import jinja2
 from tna import TEMPLATE_DIR
 
 HOOKS = ("xdp", "tc")
-MODULES = ("router",)  # in chain order; the planner picks a subset
+# In include order; the planner picks a subset.  "fdb" is a library the
+# others call (a bridge's forwarding decision), the rest form the chain.
+MODULES = ("fdb", "bridge", "router")
+CHAIN = ("bridge", "router")
 
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
@@ -18,12 +21,19 @@ _env = jinja2.Environment(
 )
 
 
-def render(hook: str, modules: tuple[str, ...]) -> str:
-    """The C source of the program for this hook and module chain."""
+def render(hook: str, modules: tuple[str, ...], dev_bound: bool = False) -> str:
+    """The C source of the program for this hook and module chain.
+    dev_bound: an XDP program bound to its device (may ask the driver for
+    out-of-band VLAN tags; BPF_PROG_RUN refuses such programs)."""
     if hook not in HOOKS:
         raise ValueError(f"unknown hook {hook!r}")
     unknown = [m for m in modules if m not in MODULES]
     if unknown:
         raise ValueError(f"unknown modules {unknown}")
     ordered = tuple(m for m in MODULES if m in modules)
-    return _env.get_template("main.c.j2").render(hook=hook, modules=ordered)
+    if dev_bound and hook != "xdp":
+        raise ValueError("only XDP programs are bound to a device")
+    if "bridge" in ordered and "fdb" not in ordered:
+        raise ValueError("the bridge module needs the fdb module")
+    return _env.get_template("main.c.j2").render(
+        hook=hook, modules=ordered, chain=[m for m in ordered if m in CHAIN], dev_bound=dev_bound)
