@@ -115,7 +115,6 @@ def program_cost(lab: RouterLab, frame: bytes) -> dict[str, float]:
     from netns_labs.progs import build
     from tna.deploy.datapath import iface_cfg, renew
     from tna.synth.compile import compile_source
-    from tna.synth.planner import IfacePlan
     from tna.synth.render import render
 
     out = {}
@@ -124,8 +123,7 @@ def program_cost(lab: RouterLab, frame: bytes) -> dict[str, float]:
     ctx = bpf.XdpMd(data_end=len(frame), ingress_ifindex=ifindex)
     with in_netns(lab.r):
         with bpf.BpfObject(str(compile_source(render("xdp", ("router",))))) as obj:
-            obj.set_initial_value(abi.SECTION_IFACE, iface_cfg(
-                IfacePlan(ifindex, "r-h1", "xdp", "", ("router",), lab.r_h1_mac, 0)))
+            obj.set_initial_value(abi.SECTION_IFACE, iface_cfg(ifindex, lab.r_h1_mac, 0))
             obj.load()
             obj.map(abi.MAP_DEVMAP).update(egress, egress)
             renew(obj.program(abi.RENEW_PROGRAM), abi.TnaConfig(lease_jiffies=1 << 40))

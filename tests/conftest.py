@@ -69,7 +69,7 @@ def _wait_xdp_egress(tna: Tna) -> bool:
 @pytest.fixture(scope="module")
 def lab() -> Iterator[RouterLab]:
     """The router lab plus routes of every kind, for BPF_PROG_RUN tests."""
-    from tests.router_harness import EXTRA_ROUTES
+    from tests.harness import EXTRA_ROUTES
 
     with RouterLab() as lab:
         for cmd in EXTRA_ROUTES:
@@ -80,7 +80,7 @@ def lab() -> Iterator[RouterLab]:
 @pytest.fixture(scope="module", params=["xdp", "tc"])
 def harness(request: pytest.FixtureRequest, lab: RouterLab) -> Iterator:
     """The router module for ingress r-h1, under BPF_PROG_RUN, per hook."""
-    from tests.router_harness import RouterHarness
+    from tests.harness import RouterHarness
 
     h = RouterHarness(lab, request.param)
     yield h

@@ -1,7 +1,8 @@
-"""Record the rtnetlink messages a router namespace produces, for the
-model's unit tests (tests/data/router_lab.nl).  Run as root:
+"""Record the rtnetlink messages a lab namespace produces, for the model's
+unit tests (tests/data/<lab>_lab.nl).  Run as root:
 
-  python -m tests.record_netlink > tests/data/router_lab.nl
+  python -m tests.record_netlink router > tests/data/router_lab.nl
+  python -m tests.record_netlink bridge > tests/data/bridge_lab.nl
 
 Format: '# <step>' lines, then one hex-encoded message per line.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from netns_labs.lab import RouterLab, in_netns
+from netns_labs.lab import BridgeLab, Lab, RouterLab, in_netns
 from tna.model.config import TcFilters, XdpXmit
 from tna.netlink.watch import Watcher
 
@@ -19,29 +20,48 @@ def raw(msg) -> bytes:
     return bytes(msg.data[msg.offset:msg.offset + msg["header"]["length"]])
 
 
-def main() -> None:
-    with RouterLab() as lab:
-        with in_netns(lab.r):  # the watcher's threads and sockets live in r
+ROUTER_STEPS = [
+    ("add veth r-h3, up, address", [
+        ["ip", "link", "add", "r-h3", "type", "veth", "peer", "name", "r-h3p"],
+        ["ip", "link", "set", "r-h3", "up"], ["ip", "addr", "add", "203.0.113.1/24", "dev", "r-h3"]]),
+    ("multipath route with an mtu", [
+        ["ip", "route", "add", "203.0.113.128/25", "mtu", "1400", "nexthop", "via", "198.51.100.2",
+         "nexthop", "via", "192.0.2.2"]]),
+    ("neighbour goes stale", [["ip", "neigh", "add", "198.51.100.9", "lladdr", "02:00:00:00:00:09",
+                               "dev", "r-h2", "nud", "stale"]]),
+    ("r-h2 down", [["ip", "link", "set", "r-h2", "down"]]),
+    ("delete r-h3", [["ip", "link", "del", "r-h3"]]),
+]
+
+BRIDGE_STEPS = [
+    ("static fdb entry", [["bridge", "fdb", "add", "02:00:00:00:00:aa", "dev", "b-h1", "master", "static"]]),
+    ("b-h2 learning", [["bridge", "link", "set", "dev", "b-h2", "state", "2"]]),
+    ("b-h3 isolated", [["ip", "link", "set", "b-h3", "type", "bridge_slave", "isolated", "on"]]),
+    ("fdb del", [["bridge", "fdb", "del", "02:00:00:00:00:aa", "dev", "b-h1", "master"]]),
+    ("b-h3 leaves", [["ip", "link", "set", "b-h3", "nomaster"]]),
+    ("ageing 10 s", [["ip", "link", "set", "br0", "type", "bridge", "ageing_time", "1000"]]),
+]
+
+
+def main(argv: list[str]) -> None:
+    which = argv[0] if argv else "router"
+    lab: Lab
+    if which == "bridge":
+        lab, steps = BridgeLab(), BRIDGE_STEPS
+        ns = lab.b
+    else:
+        lab, steps = RouterLab(), ROUTER_STEPS
+        ns = lab.r
+    with lab:
+        with in_netns(ns):  # the watcher's threads and sockets live in the lab
             watcher = Watcher()
         print("# dump")
         for msg in watcher.snapshot():
             if not isinstance(msg, (XdpXmit, TcFilters)):  # derived facts, not messages
                 print(raw(msg).hex())
-        steps = [
-            ("add veth r-h3, up, address", [
-                ["ip", "link", "add", "r-h3", "type", "veth", "peer", "name", "r-h3p"],
-                ["ip", "link", "set", "r-h3", "up"], ["ip", "addr", "add", "203.0.113.1/24", "dev", "r-h3"]]),
-            ("multipath route with an mtu", [
-                ["ip", "route", "add", "203.0.113.128/25", "mtu", "1400", "nexthop", "via", "198.51.100.2",
-                 "nexthop", "via", "192.0.2.2"]]),
-            ("neighbour goes stale", [["ip", "neigh", "add", "198.51.100.9", "lladdr", "02:00:00:00:00:09",
-                                       "dev", "r-h2", "nud", "stale"]]),
-            ("r-h2 down", [["ip", "link", "set", "r-h2", "down"]]),
-            ("delete r-h3", [["ip", "link", "del", "r-h3"]]),
-        ]
         for name, cmds in steps:
             for cmd in cmds:
-                lab.run(lab.r, cmd)
+                lab.run(ns, cmd)
             print(f"# {name}")
             for msg in watcher.events(timeout=1.0):
                 if not isinstance(msg, (XdpXmit, TcFilters)):
@@ -50,4 +70,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -5,22 +5,23 @@ tests/record_netlink.py: a dump, then a few changes made with `ip`."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
-from tna.bpf.abi import TNA_MP_GUARD_V4
+from tna.bpf.abi import PORT_FLAGS, TNA_MP_GUARD_V4
 from tna.model.config import AF_INET, AF_INET6, Model, Sysctls
 from tna.synth.planner import plan
 
-RECORDING = Path(__file__).parent / "data" / "router_lab.nl"
+DATA = Path(__file__).parent / "data"
 FORWARDING = Sysctls(ipv4_forward=True, ipv6_forward=True)
 
 
-def _steps() -> dict[str, list]:
+def _steps(lab: str) -> dict[str, list]:
     marshal, steps, current = MarshalRtnl(), {}, None
-    for line in RECORDING.read_text().splitlines():
+    for line in (DATA / f"{lab}_lab.nl").read_text().splitlines():
         if line.startswith("# "):
             current = steps.setdefault(line[2:], [])
         elif line.strip():
@@ -28,12 +29,13 @@ def _steps() -> dict[str, list]:
     return steps
 
 
-STEPS = _steps()
+STEPS = _steps("router")
+BRIDGE_STEPS = _steps("bridge")
 
 
-def model_after(last_step: str) -> Model:
+def model_after(last_step: str, steps: dict[str, list] = STEPS) -> Model:
     m = Model(sysctls=FORWARDING)
-    for step, msgs in STEPS.items():
+    for step, msgs in steps.items():
         for msg in msgs:
             m.apply(msg)
         if step == last_step:
@@ -104,3 +106,73 @@ def test_forwarding_off_plans_nothing() -> None:
     p = plan(m)
     assert p.ifaces == {}
     assert all("forwarding is disabled" in s.why for s in p.skipped.values() if s.name != "lo")
+
+
+# --- the bridge lab (tests/data/bridge_lab.nl) -------------------------------
+
+def bridge_after(step: str) -> tuple[Model, dict[str, int]]:
+    m = model_after(step, BRIDGE_STEPS)
+    return m, {link.name: i for i, link in m.links.items()}
+
+
+def test_dump_builds_the_bridge_ports_and_fdb() -> None:
+    m, idx = bridge_after("dump")
+    br = m.links[idx["br0"]]
+    assert br.bridge is not None and not br.bridge.vlan_filtering and br.bridge.ageing_cs == 30000
+    for port in ("b-h1", "b-h2", "b-h3"):
+        link = m.links[idx[port]]
+        assert link.master == br.index and link.port is not None and link.port.state == 3
+        # each port's own MAC is a local (permanent) entry of the bridge
+        assert m.fdb[(br.index, 0, link.mac)].local
+    # the bridge's own address, and no device "self" entries (33:33:..., 01:00:5e:...)
+    assert m.fdb[(br.index, 0, br.mac)].local
+    assert not any(int(mac[:2], 16) & 1 for _, _, mac in m.fdb)
+    p = plan(m)
+    assert {m.links[i].name for i in p.ports} == {"b-h1", "b-h2", "b-h3"}
+    # with forwarding on, frames to the bridge's MAC are routed
+    assert all(ip.modules == ("fdb", "bridge", "router") for ip in p.ifaces.values())
+    assert set(p.l3_bridges) == {br.index}
+    m.set_sysctls(Sysctls())
+    assert all(ip.modules == ("fdb", "bridge") for ip in plan(m).ifaces.values())
+    assert "its ports carry the fast path" in p.skipped[br.index].why
+
+
+def test_static_entry_then_deleted() -> None:
+    m, idx = bridge_after("static fdb entry")
+    e = m.fdb[(idx["br0"], 0, "02:00:00:00:00:aa")]
+    assert e.port == idx["b-h1"] and not e.local and not e.dynamic
+    m, _ = bridge_after("fdb del")
+    assert (idx["br0"], 0, "02:00:00:00:00:aa") not in m.fdb
+
+
+def test_stp_state_and_port_flags_arrive_as_af_bridge_messages() -> None:
+    m, idx = bridge_after("b-h2 learning")
+    assert m.links[idx["b-h2"]].port.state == 2
+    p = plan(m)
+    assert not p.ports[idx["b-h2"]].flags & PORT_FLAGS["FORWARDING"]
+    assert p.ports[idx["b-h1"]].flags & PORT_FLAGS["FORWARDING"]
+    m, _ = bridge_after("b-h3 isolated")
+    assert plan(m).ports[idx["b-h3"]].flags & PORT_FLAGS["ISOLATED"]
+
+
+def test_a_port_leaving_keeps_its_link_and_drops_its_entries() -> None:
+    m, idx = bridge_after("b-h3 leaves")
+    link = m.links[idx["b-h3"]]  # AF_BRIDGE RTM_DELLINK: no longer a port, still a device
+    assert link.master is None and link.port is None
+    assert not any(e.port == link.index for e in m.fdb.values())
+    assert idx["b-h3"] not in plan(m).ports
+
+
+def test_ageing_time_change() -> None:
+    m, idx = bridge_after("ageing 10 s")
+    assert m.links[idx["br0"]].bridge.ageing_cs == 1000
+    assert plan(m).ports[idx["b-h1"]].ageing_cs == 1000
+
+
+def test_vlan_filtering_bridge_stays_on_the_kernel_path() -> None:
+    m, idx = bridge_after("dump")
+    br = m.links[idx["br0"]]
+    m.links[br.index] = replace(br, bridge=replace(br.bridge, vlan_filtering=True))
+    p = plan(m)
+    assert p.ports == {} and p.bridges == frozenset()
+    assert "filters VLANs" in p.skipped[idx["b-h1"]].why

@@ -21,7 +21,7 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
 from netns_labs.lab import RouterLab, in_netns
-from tests.router_harness import RouterHarness, pseudo_fold
+from tests.harness import RouterHarness, pseudo_fold
 from tna.bpf import abi
 
 pytestmark = pytest.mark.root

@@ -19,7 +19,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from netns_labs.lab import RouterLab
-from tests.router_harness import RouterHarness
+from tests.harness import RouterHarness
 from tests.test_router_prog import forwarded
 
 pytestmark = pytest.mark.root

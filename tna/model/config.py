@@ -251,7 +251,7 @@ class Model:
         return link != old
 
     def _apply_fdb(self, msg: NlMsg, new: bool) -> bool:
-        entry = fdb_from_msg(msg, self.links)
+        entry = fdb_from_msg(msg)
         if entry is None:
             return False
         key = (entry.bridge, entry.vid, entry.mac)
@@ -391,13 +391,11 @@ def route_from_msg(msg: NlMsg) -> Route | None:
     )
 
 
-def fdb_from_msg(msg: NlMsg, links: dict[int, Link]) -> FdbEntry | None:
-    """An entry of a bridge's FDB; None for a device's own address lists
-    ("self" entries), which the bridge does not forward by."""
-    port, mac = msg["ifindex"], msg.get("NDA_LLADDR")
-    bridge = msg.get("NDA_MASTER")
-    if bridge is None and port in links and links[port].kind == "bridge":
-        bridge = port  # `bridge fdb add ... dev br0 self`: the bridge's own address
+def fdb_from_msg(msg: NlMsg) -> FdbEntry | None:
+    """An entry of a bridge's FDB (the bridge reports its own with NDA_MASTER);
+    None for a device's unicast/multicast address lists ("self" entries),
+    which nothing forwards by."""
+    port, mac, bridge = msg["ifindex"], msg.get("NDA_LLADDR"), msg.get("NDA_MASTER")
     if bridge is None or mac is None or (msg.get("NDA_FLAGS_EXT") or 0) & NTF_EXT_LOCKED:
         return None
     state = msg["state"]

@@ -143,8 +143,9 @@ def tc_egress_ok(link: Link) -> bool:
 
 
 def routes_through(link: Link, model: Model) -> bool:
-    """Does this interface have an L3 side the router serves?"""
-    return link.up and model.sysctls.forwarding and any(a.index == link.index for a in model.addrs)
+    """Does the router serve this interface?  Forwarding needs no address on
+    the ingress side (an IPv6 link-local next hop, or none at all)."""
+    return link.up and model.sysctls.forwarding
 
 
 def port_plan(link: Link, bridge: Link, model: Model) -> PortPlan:

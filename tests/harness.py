@@ -1,0 +1,178 @@
+"""TNA programs loaded for one ingress interface of a lab and run with
+BPF_PROG_RUN: frame in -> (verdict, reason, frame out).  The kernel's real
+FIB and neighbour table of the lab answer bpf_fib_lookup(); the harness
+writes the maps the daemon would.
+
+  RouterHarness  the router module on r-h1 of a RouterLab
+  BridgeHarness  the bridge (+fdb, router) modules on b-h1 of a routed BridgeLab
+"""
+
+from __future__ import annotations
+
+import ctypes
+import socket
+
+from netns_labs.lab import BridgeLab, Lab, RouterLab, in_netns
+from tna.bpf import abi
+from tna.bpf import libbpf as bpf
+from tna.deploy.datapath import iface_cfg, jiffies_hz, read_stats, renew
+from tna.synth.compile import compile_source
+from tna.synth.render import render
+
+VERDICTS = {
+    "xdp": {0: "ABORTED", 1: "DROP", 2: "PASS", 3: "TX", 4: "REDIRECT"},
+    "tc": {0: "PASS", 2: "DROP", 7: "REDIRECT"},
+}
+
+# Extra state on r for the table: routes of every kind, an MTU-limited route,
+# a next hop without a neighbour entry.
+EXTRA_ROUTES = [
+    ["ip", "route", "add", "blackhole", "203.0.113.0/26"],
+    ["ip", "route", "add", "unreachable", "203.0.113.64/26"],
+    ["ip", "route", "add", "prohibit", "203.0.113.128/26"],
+    ["ip", "route", "add", "198.51.100.128/25", "dev", "r-h2", "mtu", "lock", "1400"],
+    ["ip", "-6", "route", "add", "blackhole", "2001:db8:b1::/48"],
+    ["ip", "-6", "route", "add", "unreachable", "2001:db8:b2::/48"],
+    ["ip", "-6", "route", "add", "prohibit", "2001:db8:b3::/48"],
+    ["ip", "-6", "route", "add", "2001:db8:3::/64", "via", "2001:db8:2::2", "mtu", "1400"],
+]
+
+
+LOCAL4 = ("192.0.2.1", "198.51.100.1")  # r's own IPv4 addresses
+
+
+class ProgHarness:
+    """One program instance (its own maps) for ingress dev in namespace ns."""
+
+    def __init__(self, lab: Lab, ns: str, dev: str, hook: str, modules: tuple[str, ...], mac: str,
+                 flags: int, egress: list[int], local4: tuple[str, ...]) -> None:
+        self.lab, self.ns, self.hook, self.local4 = lab, ns, hook, local4
+        self.ifindex = lab.ifindex(ns, dev)
+        self.obj = bpf.BpfObject(str(compile_source(render(hook, modules))))
+        self.obj.set_initial_value(abi.SECTION_IFACE, iface_cfg(self.ifindex, mac, flags))
+        with in_netns(ns):
+            self.obj.load()
+            self.prog = self.obj.program(abi.PROGRAM_NAME)
+            u32 = ctypes.c_uint32
+            for i in egress:
+                self.obj.map(abi.MAP_DEVMAP).update(bytes(u32(i)), bytes(u32(i)))
+                self.obj.map(abi.MAP_EGRESS).update(bytes(u32(i)), bytes(abi.TnaEgress()))
+        self.hz = jiffies_hz(self.obj.program(abi.RENEW_PROGRAM), self.obj.map(abi.MAP_STATE))
+        self.set_state()
+
+    def close(self) -> None:
+        self.obj.close()
+
+    def set_state(self, lease_s: float = 3600, pass_reason: int = 0, mp_guard: int = 0, stale: int = 0,
+                  route_mtu: tuple[int, int] = (1400, 1400), local4: tuple[str, ...] | None = None) -> None:
+        """What the daemon would publish (route MTUs and addresses match the lab)."""
+        local4 = self.local4 if local4 is None else local4
+        cfg = abi.TnaConfig(lease_jiffies=int(lease_s * self.hz), pass_reason=pass_reason, mp_guard=mp_guard,
+                            stale_count=stale, route_mtu4=route_mtu[0], route_mtu6=route_mtu[1],
+                            local4_count=len(local4))
+        for i, addr in enumerate(local4[:abi.LOCAL4_MAX]):
+            cfg.local4[i] = int.from_bytes(socket.inet_aton(addr), "little")
+        renew(self.obj.program(abi.RENEW_PROGRAM), cfg)
+
+    def run(self, frame: bytes) -> tuple[str, str, bytes]:
+        stats = self.obj.map(abi.MAP_STATS)
+        before = read_stats(stats)
+        if self.hook == "xdp":
+            # the kernel wants data_end == the frame length when a ctx is given
+            ctx: ctypes.Structure = bpf.XdpMd(data_end=len(frame), ingress_ifindex=self.ifindex)
+        else:
+            ctx = bpf.SkBuff(ifindex=self.ifindex)
+        with in_netns(self.ns):
+            ret, out, _ = self.prog.test_run(frame, ctx=ctx)
+        after = read_stats(stats)
+        moved = [r for r in after if after[r][0] != before.get(r, (0, 0))[0]]
+        assert len(moved) == 1, (before, after)
+        return VERDICTS[self.hook][ret], moved[0], out
+
+
+class RouterHarness(ProgHarness):
+    def __init__(self, lab: RouterLab, hook: str, flags: int = 0) -> None:
+        self.egress = lab.ifindex(lab.r, "r-h2")
+        super().__init__(lab, lab.r, "r-h1", hook, ("router",), lab.r_h1_mac, flags, [self.egress], LOCAL4)
+
+    def mark_stale(self, ip: str) -> bytes:
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        key = abi.TnaNeighKey(ifindex=self.egress, family=family)
+        packed = socket.inet_pton(family, ip)
+        ctypes.memmove(key.addr, packed, len(packed))
+        self.obj.map(abi.MAP_STALE).update(bytes(key), b"\x01")
+        self.set_state(stale=1)
+        return bytes(key)
+
+    def stale_entries(self) -> int:
+        return len(list(self.obj.map(abi.MAP_STALE).keys()))
+
+
+class BridgeHarness(ProgHarness):
+    """Ingress b-h1 of a routed BridgeLab; ports, FDB and L3 bridges are
+    written by the test through port()/fdb()/l3()."""
+
+    def __init__(self, lab: BridgeLab, hook: str, flags: int = 0) -> None:
+        self.blab = lab
+        self.idx = {d: lab.ifindex(lab.b, d) for d in ("br0", "br1", "b-h1", "b-h2", "b-h3", "b-h4", "b-h5")}
+        egress = [self.idx[d] for d in ("b-h1", "b-h2", "b-h3", "b-h4", "b-h5")]
+        super().__init__(lab, lab.b, "b-h1", hook, ("fdb", "bridge", "router"), lab.mac(lab.b, "b-h1"),
+                         flags, egress, ("192.0.2.1", "198.51.100.1", "203.0.113.1"))
+
+    def port(self, dev: str, flags: int | None = None, bridge: str = "br0", mtu: int = 1500,
+             refresh_jiffies: int = 1 << 30) -> None:
+        """A tna_ports entry (flags default: forwarding)."""
+        flags = abi.PORT_FLAGS["FORWARDING"] if flags is None else flags
+        value = abi.TnaPort(bridge=self.idx[bridge], flags=flags, mtu=mtu, refresh_jiffies=refresh_jiffies)
+        self.obj.map(abi.MAP_PORTS).update(bytes(ctypes.c_uint32(self.idx[dev])), bytes(value))
+
+    def fdb_key(self, mac: str, bridge: str = "br0") -> bytes:
+        key = abi.TnaFdbKey(bridge=self.idx[bridge])
+        key.mac[:] = bytes.fromhex(mac.replace(":", ""))
+        return bytes(key)
+
+    def fdb(self, mac: str, dev: str, bridge: str = "br0", flags: int = 0, refreshed: int = 0) -> None:
+        value = abi.TnaFdb(port=self.idx[dev], flags=flags, refreshed=refreshed)
+        self.obj.map(abi.MAP_FDB).update(self.fdb_key(mac, bridge), bytes(value))
+
+    def fdb_entry(self, mac: str, bridge: str = "br0") -> abi.TnaFdb | None:
+        raw = self.obj.map(abi.MAP_FDB).lookup(self.fdb_key(mac, bridge))
+        return None if raw is None else abi.TnaFdb.from_buffer_copy(raw)
+
+    def unfdb(self, mac: str, bridge: str = "br0") -> None:
+        self.obj.map(abi.MAP_FDB).delete(self.fdb_key(mac, bridge))
+
+    def l3(self, bridge: str, flags: int = abi.TNA_IF_L2_EGRESS) -> None:
+        i = self.idx[bridge]
+        value = iface_cfg(i, self.blab.mac(self.blab.b, bridge), flags)
+        self.obj.map(abi.MAP_L3BR).update(bytes(ctypes.c_uint32(i)), value)
+
+    def now(self) -> int:
+        """jiffies, as the datapath reads them (renewed_at of a fresh renewal)."""
+        self.set_state()
+        raw = self.obj.map(abi.MAP_STATE).lookup(b"\0\0\0\0")
+        assert isinstance(raw, bytes)
+        return abi.TnaState.from_buffer_copy(raw).renewed_at
+
+
+def pseudo_fold(pkt) -> int:
+    """The folded, non-inverted pseudo-header sum a stack leaves in the
+    TCP/UDP checksum field under CHECKSUM_PARTIAL (what a NIC completes)."""
+    from scapy.layers.inet import IP
+    from scapy.layers.inet6 import IPv6
+
+    if IP in pkt:
+        ip = pkt[IP]
+        l4len = ip.len - ip.ihl * 4
+        words = [socket.inet_aton(ip.src), socket.inet_aton(ip.dst)]
+        proto = ip.proto
+    else:
+        ip = pkt[IPv6]
+        l4len = ip.plen
+        words = [socket.inet_pton(socket.AF_INET6, ip.src), socket.inet_pton(socket.AF_INET6, ip.dst)]
+        proto = ip.nh
+    data = b"".join(words) + proto.to_bytes(2, "big") + l4len.to_bytes(2, "big")
+    s = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
