@@ -414,11 +414,13 @@ class Tna:
         res = self.lab.run(self.ns, py("tna", "status", "--json"), check=False, cwd=_REPO)
         return json.loads(res.stdout) if res.returncode == 0 else None
 
-    def counters(self) -> dict[str, int]:
-        """Packets by reason, summed over interfaces."""
+    def counters(self, *names: str) -> dict[str, int]:
+        """Packets by reason, summed over interfaces (or just those named)."""
         st = self.status() or {"ifaces": {}}
         out: dict[str, int] = {}
-        for iface in st["ifaces"].values():
+        for name, iface in st["ifaces"].items():
+            if names and name not in names:
+                continue
             for reason, c in iface.get("reasons", {}).items():
                 out[reason] = out.get(reason, 0) + c["packets"]
         return out

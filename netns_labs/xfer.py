@@ -7,6 +7,7 @@ bytes on both sides, and a UDP echo.  Run inside a namespace:
   python -m netns_labs.xfer udp-client ADDR PORT COUNT    # prints "<echoed> <count>"
   python -m netns_labs.xfer udp-send ADDR PORT SPORT COUNT  # one flow, fire and forget
   python -m netns_labs.xfer raw-send IFACE FRAMEHEX COUNT     # exact frames (e.g. spoofed)
+  python -m netns_labs.xfer raw-capture IFACE MARKHEX COUNT   # received frames holding MARK, as hex
 Every socket has a timeout, so nothing here can hang a test.
 """
 
@@ -101,6 +102,37 @@ def raw_send(iface: str, frame: bytes, count: int) -> None:
             s.send(frame)
 
 
+SOL_PACKET, PACKET_AUXDATA, TP_STATUS_VLAN_VALID, TP_STATUS_VLAN_TPID_VALID = 263, 8, 0x10, 0x40
+PACKET_OUTGOING = 4
+
+
+def raw_capture(iface: str, mark: bytes, count: int, timeout: float = 10) -> None:
+    """Print incoming frames that contain mark, as the wire had them: a VLAN
+    tag the stack took into metadata is put back (as tcpdump does)."""
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3)) as s:  # ETH_P_ALL
+        s.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+        s.bind((iface, 0))
+        s.settimeout(timeout)
+        print("ready", flush=True)
+        seen = 0
+        try:
+            while seen < count:
+                data, anc, _, addr = s.recvmsg(CHUNK, socket.CMSG_SPACE(20))
+                if addr[2] == PACKET_OUTGOING or mark not in data:
+                    continue
+                for level, kind, aux in anc:
+                    if level == SOL_PACKET and kind == PACKET_AUXDATA:
+                        status = int.from_bytes(aux[0:4], "little")
+                        tci, tpid = int.from_bytes(aux[16:18], "little"), int.from_bytes(aux[18:20], "little")
+                        if status & TP_STATUS_VLAN_VALID:
+                            tpid = tpid if status & TP_STATUS_VLAN_TPID_VALID else 0x8100
+                            data = data[:12] + tpid.to_bytes(2, "big") + tci.to_bytes(2, "big") + data[12:]
+                print(data.hex(), flush=True)
+                seen += 1
+        except TimeoutError:
+            pass
+
+
 def main(argv: list[str]) -> None:
     cmd, args = argv[0], argv[1:]
     if cmd == "tcp-server":
@@ -113,6 +145,8 @@ def main(argv: list[str]) -> None:
         udp_client(args[0], int(args[1]), int(args[2]))
     elif cmd == "raw-send":
         raw_send(args[0], bytes.fromhex(args[1]), int(args[2]))
+    elif cmd == "raw-capture":
+        raw_capture(args[0], bytes.fromhex(args[1]), int(args[2]))
     elif cmd == "udp-send":
         udp_send(args[0], int(args[1]), int(args[2]), int(args[3]))
     else:

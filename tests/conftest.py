@@ -4,11 +4,12 @@ BPF; CI runs as root, elsewhere they are skipped with that reason."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import pytest
 
-from netns_labs.lab import Lab, RouterLab, Tna, py
+from netns_labs.lab import Host, Lab, RouterLab, Tna, py, wait_for
 
 HOOKS = ("auto", "xdp")
 
@@ -39,31 +40,34 @@ def hook(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-@pytest.fixture
-def accelerated(router_lab: RouterLab, hook: str) -> Iterator[tuple[RouterLab, Tna]]:
-    """The router lab with `tna run --hook HOOK` on r, attached to both ports."""
+@contextmanager
+def tna_running(lab: Lab, ns: str, hook: str, ifaces: Sequence[str], hosts: Sequence[Host]) -> Iterator[Tna]:
+    """`tna run --hook HOOK` in ns, attached to ifaces; under XDP the hosts'
+    veths get an XDP program so redirected frames reach them (as on a NIC)
+    and every accelerated interface must become valid XDP egress."""
     if hook == "xdp":
-        host_xdp(router_lab, router_lab.h1.ns, router_lab.h1.dev)
-        host_xdp(router_lab, router_lab.h2.ns, router_lab.h2.dev)
-    tna = Tna(router_lab, router_lab.r, "--hook", hook)
+        for h in hosts:
+            host_xdp(lab, h.ns, h.dev)
+    tna = Tna(lab, ns, "--hook", hook)
     try:
-        tna.wait_attached(["r-h1", "r-h2"])
-        if hook == "xdp":  # the hosts' XDP makes both ports valid XDP egress
-            assert _wait_xdp_egress(tna), tna.output()
-        yield router_lab, tna
+        tna.wait_attached(ifaces)
+        if hook == "xdp":
+            def ok() -> bool:
+                st = tna.status()
+                return st is not None and all(i["xdp_egress"] for i in st["ifaces"].values())
+            assert wait_for(ok, 10, 0.2), tna.output()
+        yield tna
     finally:
         rc = tna.stop()
         out = tna.close()
     assert rc == 0, out
 
 
-def _wait_xdp_egress(tna: Tna) -> bool:
-    from netns_labs.lab import wait_for
-
-    def ok() -> bool:
-        st = tna.status()
-        return st is not None and all(i["xdp_egress"] for i in st["ifaces"].values())
-    return wait_for(ok, 10, 0.2)
+@pytest.fixture
+def accelerated(router_lab: RouterLab, hook: str) -> Iterator[tuple[RouterLab, Tna]]:
+    """The router lab with `tna run --hook HOOK` on r, attached to both ports."""
+    with tna_running(router_lab, router_lab.r, hook, ["r-h1", "r-h2"], [router_lab.h1, router_lab.h2]) as tna:
+        yield router_lab, tna
 
 
 @pytest.fixture(scope="module")
