@@ -2,17 +2,24 @@
 
   python -m netns_labs.bench [--count 2000000] [--rounds 3] [--tcp-runs 5]
 
-1. 64-byte IPv4 frames through the router lab, delivered packets per second
-   for: plain Linux, `tna run --hook xdp`, and a minimal hand-written XDP
-   forwarder (netns_labs/bpf/ref_router.c).  Frames come from a live-frames
-   generator (BPF_PROG_TEST_RUN + BPF_F_TEST_XDP_LIVE_FRAMES) on h1's veth,
-   as from a wire, pinned to one CPU; an XDP sink on h2's veth counts them.
-   Variants alternate round by round in the same lab; medians are reported,
-   and delivered must equal sent.
-2. The cost of the program alone (BPF_PROG_TEST_RUN, no traffic): ns per
-   packet for the TNA program and the reference on the same frame.
+1. 64-byte IPv4 frames through three labs - routing (RouterLab), bridging
+   (BridgeLab) and bridge + routing (a bridge port to a routed uplink) -
+   delivered packets per second for: plain Linux, `tna run --hook xdp`, and
+   a minimal hand-written XDP reference (netns_labs/bpf/ref_router.c, or
+   ref_bridge.c over an FDB map).  Frames come from a live-frames generator
+   (BPF_PROG_TEST_RUN + BPF_F_TEST_XDP_LIVE_FRAMES) on the sender's veth, as
+   from a wire, pinned to one CPU; an XDP sink on the receiver's veth counts
+   them.  Variants alternate round by round in the same lab; medians are
+   reported, and delivered must equal sent.
+2. The cost of the router program alone (BPF_PROG_TEST_RUN, no traffic): ns
+   per packet for the TNA program and the reference on the same frame.
 3. TCP bulk transfer (iperf3) between two real stacks with default offloads,
-   plain Linux vs `tna run` (auto: TC on the veths), alternating runs.
+   through the router and through the bridge: plain Linux vs `tna run`
+   (auto: TC on the veths), alternating runs.
+
+The bridge labs run with bridge-nf-call-iptables/ip6tables 0, as on a
+distribution kernel where br_netfilter is not loaded (this kernel builds it
+in, which makes it default to 1 and Linux slower).
 """
 
 from __future__ import annotations
@@ -23,26 +30,69 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from netns_labs.lab import Lab, RouterLab, Tna, in_netns, py, wait_for
+from netns_labs.lab import BridgeLab, Host, Lab, RouterLab, Tna, in_netns, ping, py, wait_for
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
 
 GEN_CPU = "1"
+SCENARIOS = ("routing", "bridging", "bridge+routing")
 
 
-def frame64(lab: RouterLab) -> bytes:
+def frame64(src_mac: str, dst_mac: str, src: Host, dst: Host) -> bytes:
     """A 60-byte frame (64 on the wire with the FCS): UDP to the sink's port."""
-    pkt = Ether(src=lab.h1.mac, dst=lab.r_h1_mac) / IP(src=lab.h1.ip4, dst=lab.h2.ip4, ttl=64) \
+    pkt = Ether(src=src_mac, dst=dst_mac) / IP(src=src.ip4, dst=dst.ip4, ttl=64) \
         / UDP(sport=4321, dport=9) / Raw(b"\0" * 18)
     frame = bytes(pkt)
     assert len(frame) == 60
     return frame
+
+
+@dataclass
+class Scenario:
+    """A box under test in a lab: frames enter at ingress, leave at egress."""
+
+    name: str
+    lab: Lab
+    ns: str
+    ingress: str
+    egress: str
+    src: Host
+    dst: Host
+    frame: bytes
+    tna_ifaces: list[str]
+    reference: list[str]  # netns_labs.progs arguments attaching the reference to ingress
+
+
+@contextmanager
+def scenario(name: str) -> Iterator[Scenario]:
+    if name == "routing":
+        with RouterLab() as r:
+            yield Scenario(name, r, r.r, "r-h1", "r-h2", r.h1, r.h2, frame64(r.h1.mac, r.r_h1_mac, r.h1, r.h2),
+                           ["r-h1", "r-h2"], ["reference", "r-h1", "r-h2"])
+        return
+    with BridgeLab(routed=name == "bridge+routing") as b:
+        for key in ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables"):
+            b.sysctl(b.b, f"net.bridge.{key}", 0)
+        ports = ["b-h1", "b-h2", "b-h3"]
+        if name == "bridging":
+            ping(b, b.h1.ns, b.h2.ip4, 1)  # the bridge learns both hosts
+            ref = ["reference-bridge", "b-h1", f"{b.h1.mac}=b-h1", f"{b.h2.mac}=b-h2"]
+            yield Scenario(name, b, b.b, "b-h1", "b-h2", b.h1, b.h2, frame64(b.h1.mac, b.h2.mac, b.h1, b.h2),
+                           ports, ref)
+        else:
+            b.neigh(b.b, "b-h4", b.h4.ip4, b.h4.mac)
+            ping(b, b.h1.ns, b.h4.ip4, 1)
+            frame = frame64(b.h1.mac, b.mac(b.b, "br0"), b.h1, b.h4)
+            yield Scenario(name, b, b.b, "b-h1", "b-h4", b.h1, b.h4, frame, [*ports, "b-h4", "b-h5"],
+                           ["reference", "b-h1", "b-h4"])
 
 
 def progs(lab: Lab, ns: str, *args: str, cpu: str | None = None) -> str:
@@ -57,17 +107,19 @@ class Variant:
         self.name, self.up, self.down = name, up, down
 
 
-def variants(lab: RouterLab) -> list[Variant]:
+def variants(sc: Scenario) -> list[Variant]:
+    lab = sc.lab
+
     def linux_up() -> None:
         # a veth only accepts the generator's frames if it runs XDP (or GRO):
         # the Linux row gets an XDP_PASS program; the kernel does the rest
-        progs(lab, lab.r, "attach", "r-h1", "pass")
+        progs(lab, sc.ns, "attach", sc.ingress, "pass")
 
     def tna_up() -> Tna:
-        tna = Tna(lab, lab.r, "--hook", "xdp")
-        tna.wait_attached(["r-h1", "r-h2"])
-        if not wait_for(lambda: tna.status()["ifaces"]["r-h2"]["xdp_egress"], 10, 0.2):
-            raise RuntimeError("r-h2 never became an XDP egress")
+        tna = Tna(lab, sc.ns, "--hook", "xdp")
+        tna.wait_attached(sc.tna_ifaces)
+        if not wait_for(lambda: tna.status()["ifaces"][sc.egress]["xdp_egress"], 10, 0.2):
+            raise RuntimeError(f"{sc.egress} never became an XDP egress")
         return tna
 
     def tna_down(tna: object) -> None:
@@ -76,22 +128,23 @@ def variants(lab: RouterLab) -> list[Variant]:
         tna.close()
 
     def detach(_: object) -> None:
-        progs(lab, lab.r, "detach", "r-h1")
+        progs(lab, sc.ns, "detach", sc.ingress)
 
     return [
         Variant("linux", linux_up, detach),
         Variant("tna --hook xdp", tna_up, tna_down),
-        Variant("reference", lambda: progs(lab, lab.r, "reference", "r-h1", "r-h2"), detach),
+        Variant("reference", lambda: progs(lab, sc.ns, *sc.reference), detach),
     ]
 
 
-def measure_pps(lab: RouterLab, frame: bytes, count: int) -> tuple[float, int]:
+def measure_pps(sc: Scenario, count: int) -> tuple[float, int]:
     """(delivered Mpps, delivered) for count frames."""
-    before = int(progs(lab, lab.h2.ns, "count", lab.h2.dev))
-    ns = int(progs(lab, lab.h1.ns, "generate", lab.h1.dev, frame.hex(), str(count), cpu=GEN_CPU))
+    lab, dst = sc.lab, sc.dst
+    before = int(progs(lab, dst.ns, "count", dst.dev))
+    ns = int(progs(lab, sc.src.ns, "generate", sc.src.dev, sc.frame.hex(), str(count), cpu=GEN_CPU))
     last = -1
     while True:  # anything still in flight lands within a few ms
-        now = int(progs(lab, lab.h2.ns, "count", lab.h2.dev)) - before
+        now = int(progs(lab, dst.ns, "count", dst.dev)) - before
         if now == last:
             break
         last = now
@@ -135,56 +188,54 @@ def program_cost(lab: RouterLab, frame: bytes) -> dict[str, float]:
     return out
 
 
-def iperf(lab: RouterLab, seconds: int) -> float:
-    """Gbit/s received by h2 from h1 over TCP."""
-    server = lab.popen(lab.h2.ns, ["iperf3", "-s", "-1", "-B", lab.h2.ip4], stdout=subprocess.DEVNULL)
-    wait_for(lambda: lab.run(lab.h2.ns, ["ss", "-ltn", "sport = :5201"]).stdout.count("LISTEN") > 0, 5)
-    out = lab.run(lab.h1.ns, ["iperf3", "-c", lab.h2.ip4, "-t", str(seconds), "-J"], timeout=seconds + 30).stdout
+def iperf(lab: Lab, src: Host, dst: Host, seconds: int) -> float:
+    server = lab.popen(dst.ns, ["iperf3", "-s", "-1", "-B", dst.ip4], stdout=subprocess.DEVNULL)
+    wait_for(lambda: lab.run(dst.ns, ["ss", "-ltn", "sport = :5201"]).stdout.count("LISTEN") > 0, 5)
+    out = lab.run(src.ns, ["iperf3", "-c", dst.ip4, "-t", str(seconds), "-J"], timeout=seconds + 30).stdout
     server.wait(timeout=10)
     return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
 
 
-def bench_pps(count: int, rounds: int) -> list[dict]:
+def bench_pps(name: str, count: int, rounds: int) -> list[dict]:
     rows: dict[str, list[float]] = {}
-    with RouterLab() as lab:
-        progs(lab, lab.h2.ns, "attach", lab.h2.dev, "sink")
-        frame = frame64(lab)
+    with scenario(name) as sc:
+        progs(sc.lab, sc.dst.ns, "attach", sc.dst.dev, "sink")
         for _ in range(rounds):
-            for v in variants(lab):
+            for v in variants(sc):
                 handle = v.up()
                 try:
-                    measure_pps(lab, frame, 100_000)  # warm up caches and the page pool
-                    mpps, delivered = measure_pps(lab, frame, count)
+                    measure_pps(sc, 100_000)  # warm up caches and the page pool
+                    mpps, delivered = measure_pps(sc, count)
                 finally:
                     v.down(handle)
                 if delivered != count:
-                    raise SystemExit(f"{v.name}: delivered {delivered} of {count} frames")
+                    raise SystemExit(f"{name}, {v.name}: delivered {delivered} of {count} frames")
                 rows.setdefault(v.name, []).append(mpps)
-        cost = program_cost(lab, frame)
+        cost = program_cost(sc.lab, sc.frame) if isinstance(sc.lab, RouterLab) else {}
     linux, ref = statistics.median(rows["linux"]), statistics.median(rows["reference"])
     table = []
-    for name, runs in rows.items():
+    for variant, runs in rows.items():
         med = statistics.median(runs)
-        table.append({"variant": name, "mpps": med, "runs": runs, "vs_linux": med / linux, "vs_reference": med / ref,
-                      "prog_ns": cost.get(name)})
+        table.append({"variant": variant, "mpps": med, "runs": runs, "vs_linux": med / linux,
+                      "vs_reference": med / ref, "prog_ns": cost.get(variant)})
     return table
 
 
-def bench_tcp(runs: int, seconds: int) -> dict:
+def bench_tcp(name: str, runs: int, seconds: int) -> dict:
     linux, tna_runs = [], []
-    with RouterLab() as lab:
+    with scenario(name) as sc:
         for _ in range(runs):
-            linux.append(iperf(lab, seconds))
-            tna = Tna(lab, lab.r)
+            linux.append(iperf(sc.lab, sc.src, sc.dst, seconds))
+            tna = Tna(sc.lab, sc.ns)
             try:
-                tna.wait_attached(["r-h1", "r-h2"])
-                tna_runs.append(iperf(lab, seconds))
+                tna.wait_attached(sc.tna_ifaces)
+                tna_runs.append(iperf(sc.lab, sc.src, sc.dst, seconds))
                 fast = tna.counters().get("FORWARDED", 0)
             finally:
                 tna.stop()
                 tna.close()
             if fast == 0:
-                raise SystemExit("tna did not forward the TCP transfer")
+                raise SystemExit(f"{name}: tna did not forward the TCP transfer")
     return {"linux": linux, "tna": tna_runs,
             "ratio": statistics.median(tna_runs) / statistics.median(linux)}
 
@@ -195,23 +246,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tcp-runs", type=int, default=5)
     ap.add_argument("--tcp-seconds", type=int, default=4)
+    ap.add_argument("--scenario", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
     args = ap.parse_args(argv)
 
-    table = bench_pps(args.count, args.rounds)
-    print(f"\n64-byte IPv4 frames, router lab, one CPU, median of {args.rounds} alternating rounds "
-          f"of {args.count} frames (delivered == sent in every run)")
-    print(f"{'variant':<16} {'Mpps':>7} {'x Linux':>8} {'x reference':>12} {'program ns/pkt':>15}")
-    for row in table:
-        cost = f"{row['prog_ns']:.1f}" if row["prog_ns"] is not None else "-"
-        print(f"{row['variant']:<16} {row['mpps']:>7.2f} {row['vs_linux']:>8.2f} {row['vs_reference']:>12.2f} "
-              f"{cost:>15}")
-    if args.tcp_runs:
-        tcp = bench_tcp(args.tcp_runs, args.tcp_seconds)
-        print(f"\nTCP bulk h1 -> h2 (iperf3, {args.tcp_seconds} s, default offloads), {args.tcp_runs} alternating runs")
-        for name in ("linux", "tna"):
-            runs = tcp[name]
-            print(f"{name:<5} Gbit/s: {' '.join(f'{x:.2f}' for x in runs)}  median {statistics.median(runs):.2f}")
-        print(f"tna / linux (medians): {tcp['ratio']:.2f}")
+    for name in args.scenario:
+        table = bench_pps(name, args.count, args.rounds)
+        print(f"\n{name}: 64-byte IPv4 frames, one CPU, median of {args.rounds} alternating rounds "
+              f"of {args.count} frames (delivered == sent in every run)")
+        print(f"{'variant':<16} {'Mpps':>7} {'x Linux':>8} {'x reference':>12} {'program ns/pkt':>15}")
+        for row in table:
+            cost = f"{row['prog_ns']:.1f}" if row["prog_ns"] is not None else "-"
+            print(f"{row['variant']:<16} {row['mpps']:>7.2f} {row['vs_linux']:>8.2f} {row['vs_reference']:>12.2f} "
+                  f"{cost:>15}", flush=True)
+    for name in ("routing", "bridging") if args.tcp_runs else ():
+        tcp = bench_tcp(name, args.tcp_runs, args.tcp_seconds)
+        print(f"\n{name}: TCP bulk (iperf3, {args.tcp_seconds} s, default offloads), "
+              f"{args.tcp_runs} alternating runs")
+        for variant in ("linux", "tna"):
+            runs = tcp[variant]
+            print(f"{variant:<5} Gbit/s: {' '.join(f'{x:.2f}' for x in runs)}  median {statistics.median(runs):.2f}")
+        print(f"tna / linux (medians): {tcp['ratio']:.2f}", flush=True)
     return 0
 
 

@@ -3,6 +3,7 @@
   python -m netns_labs.progs attach DEV pass|sink   # on a host's veth
   python -m netns_labs.progs count DEV              # frames the sink on DEV counted
   python -m netns_labs.progs reference DEV EGRESS...  # the reference forwarder on a router port
+  python -m netns_labs.progs reference-bridge DEV MAC=PORT...  # the reference FDB-map bridge on a port
   python -m netns_labs.progs generate DEV FRAMEHEX COUNT  # live frames out of DEV; prints ns taken
   python -m netns_labs.progs detach DEV
   python -m netns_labs.progs tc-drop DEV ingress|egress PRIO   # an admin's tc filter dropping all
@@ -44,6 +45,21 @@ def reference(dev: str, egress: list[str]) -> int:
             i = socket.if_nametoindex(name).to_bytes(4, "little")
             ports.update(i, i)
         p = obj.program("ref_router")
+        bpf.xdp_attach(socket.if_nametoindex(dev), p.fd)
+        return p.id
+
+
+def reference_bridge(dev: str, fdb: list[str]) -> int:
+    """fdb: MAC=PORT items; every PORT is also a redirect target."""
+    with bpf.BpfObject(str(build("ref_bridge"))) as obj:
+        obj.load()
+        fdb_map, ports = obj.map("ref_fdb"), obj.map("ref_ports")
+        for item in fdb:
+            mac, port = item.split("=")
+            i = socket.if_nametoindex(port).to_bytes(4, "little")
+            fdb_map.update(bytes.fromhex(mac.replace(":", "")).ljust(8, b"\0"), i)
+            ports.update(i, i)
+        p = obj.program("ref_bridge")
         bpf.xdp_attach(socket.if_nametoindex(dev), p.fd)
         return p.id
 
@@ -107,6 +123,8 @@ def main(argv: list[str]) -> None:
         tc_clear(argv[1], argv[2], int(argv[3]))
     elif argv[:1] == ["reference"]:
         print(reference(argv[1], argv[2:]))
+    elif argv[:1] == ["reference-bridge"]:
+        print(reference_bridge(argv[1], argv[2:]))
     elif argv[:1] == ["generate"]:
         print(generate(argv[1], bytes.fromhex(argv[2]), int(argv[3])))
     else:

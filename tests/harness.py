@@ -45,11 +45,11 @@ class ProgHarness:
     """One program instance (its own maps) for ingress dev in namespace ns."""
 
     def __init__(self, lab: Lab, ns: str, dev: str, hook: str, modules: tuple[str, ...], mac: str,
-                 flags: int, egress: list[int], local4: tuple[str, ...]) -> None:
+                 flags: int, egress: list[int], local4: tuple[str, ...], port_slot: int = 0) -> None:
         self.lab, self.ns, self.hook, self.local4 = lab, ns, hook, local4
         self.ifindex = lab.ifindex(ns, dev)
         self.obj = bpf.BpfObject(str(compile_source(render(hook, modules))))
-        self.obj.set_initial_value(abi.SECTION_IFACE, iface_cfg(self.ifindex, mac, flags))
+        self.obj.set_initial_value(abi.SECTION_IFACE, iface_cfg(self.ifindex, mac, flags, port_slot))
         with in_netns(ns):
             self.obj.load()
             self.prog = self.obj.program(abi.PROGRAM_NAME)
@@ -117,14 +117,23 @@ class BridgeHarness(ProgHarness):
         self.idx = {d: lab.ifindex(lab.b, d) for d in ("br0", "br1", "b-h1", "b-h2", "b-h3", "b-h4", "b-h5")}
         egress = [self.idx[d] for d in ("b-h1", "b-h2", "b-h3", "b-h4", "b-h5")]
         super().__init__(lab, lab.b, "b-h1", hook, ("fdb", "bridge", "router"), lab.mac(lab.b, "b-h1"),
-                         flags, egress, ("192.0.2.1", "198.51.100.1", "203.0.113.1"))
+                         flags, egress, ("192.0.2.1", "198.51.100.1", "203.0.113.1"), self.slot("b-h1"))
+
+    @staticmethod
+    def slot(dev: str) -> int:
+        """Fixed tna_ports slots: b-hN at N."""
+        return int(dev[3:]) if dev.startswith("b-h") else 0
 
     def port(self, dev: str, flags: int | None = None, bridge: str = "br0", mtu: int = 1500,
              refresh_jiffies: int = 1 << 30) -> None:
         """A tna_ports entry (flags default: forwarding)."""
         flags = abi.PORT_FLAGS["FORWARDING"] if flags is None else flags
-        value = abi.TnaPort(bridge=self.idx[bridge], flags=flags, mtu=mtu, refresh_jiffies=refresh_jiffies)
-        self.obj.map(abi.MAP_PORTS).update(bytes(ctypes.c_uint32(self.idx[dev])), bytes(value))
+        value = abi.TnaPort(ifindex=self.idx[dev], bridge=self.idx[bridge], flags=flags, mtu=mtu,
+                            refresh_jiffies=refresh_jiffies)
+        self.obj.map(abi.MAP_PORTS).update(bytes(ctypes.c_uint32(self.slot(dev))), bytes(value))
+
+    def unport(self, dev: str) -> None:
+        self.obj.map(abi.MAP_PORTS).update(bytes(ctypes.c_uint32(self.slot(dev))), bytes(abi.TnaPort()))
 
     def fdb_key(self, mac: str, bridge: str = "br0") -> bytes:
         key = abi.TnaFdbKey(bridge=self.idx[bridge])
@@ -132,7 +141,7 @@ class BridgeHarness(ProgHarness):
         return bytes(key)
 
     def fdb(self, mac: str, dev: str, bridge: str = "br0", flags: int = 0, refreshed: int = 0) -> None:
-        value = abi.TnaFdb(port=self.idx[dev], flags=flags, refreshed=refreshed)
+        value = abi.TnaFdb(port=self.idx[dev], port_slot=self.slot(dev), flags=flags, refreshed=refreshed)
         self.obj.map(abi.MAP_FDB).update(self.fdb_key(mac, bridge), bytes(value))
 
     def fdb_entry(self, mac: str, bridge: str = "br0") -> abi.TnaFdb | None:

@@ -195,6 +195,8 @@ def test_stp_blocking_port_forwards_nothing(hook):
         hosts = [*lab.hosts, Host(h7, "h7a", "", "", ""), Host(h7, "h7b", "", "", "")]
         with tna_running(lab, lab.b, hook, [*PORTS, "b-h7a", "b-h7b"], hosts) as tna:
             assert tna.status()["bridges"]["br0"]["ports"][blocking]["state"] == "blocking"
+            text = lab.run(lab.b, py("tna", "status"), cwd=lab.repo).stdout
+            assert "bridge br0: accelerated" in text and f"port {blocking:<12} blocking" in text, text
             res = ping(lab, lab.h1.ns, "192.0.2.17", 20)
             assert " 0% packet loss" in res.stdout and "DUP" not in res.stdout, res.stdout
             on_blocking = tna.counters(blocking)

@@ -175,10 +175,16 @@ def test_learned_source_is_handed_to_the_kernel_once_per_interval(br: BridgeHarn
     assert br.run(frame)[:2] == ("REDIRECT", "FORWARDED")
 
 
-def test_missing_port_entry(br: BridgeHarness, blab: BridgeLab) -> None:
-    br.obj.map(abi.MAP_PORTS).delete(br.idx["b-h2"].to_bytes(4, "little"))
+def test_missing_or_reassigned_port_entry(br: BridgeHarness, blab: BridgeLab) -> None:
+    br.unport("b-h2")
     assert br.run(bytes(v4(blab)))[:2] == ("PASS", "BR_PORT_UNKNOWN")
-    br.obj.map(abi.MAP_PORTS).delete(br.idx["b-h1"].to_bytes(4, "little"))
+    br.port("b-h2")
+    assert br.run(bytes(v4(blab)))[:2] == ("REDIRECT", "FORWARDED")
+    # the FDB entry still names b-h2's slot, which now holds another port
+    br.obj.map(abi.MAP_PORTS).update(br.slot("b-h2").to_bytes(4, "little"),
+                                     bytes(abi.TnaPort(ifindex=br.idx["b-h3"], bridge=br.idx["br0"], flags=FWD)))
+    assert br.run(bytes(v4(blab)))[:2] == ("PASS", "BR_PORT_UNKNOWN")
+    br.unport("b-h1")
     assert br.run(bytes(v4(blab)))[:2] == ("PASS", "BR_PORT_UNKNOWN")
 
 

@@ -94,6 +94,12 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"{st['routes']} routes, {st['neighbours']} neighbours")
     if st["disabled"]:
         print(f"FAST PATH DISABLED: {st['disabled']}")
+    for name, b in sorted(st.get("bridges", {}).items()):
+        what = "accelerated" if b["accelerated"] else f"kernel path: {b['why_not']}"
+        routed = ", routes" if b["routed"] else ""
+        print(f"bridge {name}: {what}{routed}; FDB {b['fdb']} entries, ageing {b['ageing_s']:g} s")
+        for port, p in sorted(b["ports"].items()):
+            print(f"  port {port:<12} {p['state']:<10} {'tna attached' if p['accelerated'] else 'kernel only'}")
     for name, i in sorted(st["ifaces"].items()):
         flag = "" if i["attached"] else "  (NOT ATTACHED)"
         print(f"  {name:<12} {i['hook']:<3} prog {i['prog_id']:<6} modules {','.join(i['modules'])}"

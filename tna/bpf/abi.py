@@ -51,7 +51,8 @@ class TnaCounter(Structure):
 
 
 class TnaIfaceCfg(Structure):
-    _fields_ = [("ifindex", c_uint32), ("mac", c_uint8 * 6), ("flags", c_uint16)]
+    _fields_ = [("ifindex", c_uint32), ("mac", c_uint8 * 6), ("flags", c_uint16), ("port_slot", c_uint16),
+                ("pad", c_uint16)]
 
 
 class TnaNeighKey(Structure):
@@ -65,12 +66,14 @@ class TnaEgress(Structure):
 PORT_FLAGS = {name: 1 << i for i, name in enumerate((
     "FORWARDING", "ISOLATED", "HAIRPIN", "LOCKED", "NEIGH_SUPPRESS", "NF_IP4", "NF_IP6", "NF_VLAN",
     "NF_PPPOE", "ROUTER"))}
+PORTS_SIZE = 1024
 FDB_LOCAL = 1 << 0
 FDB_DYNAMIC = 1 << 1
 
 
 class TnaPort(Structure):
-    _fields_ = [("bridge", c_uint32), ("flags", c_uint32), ("mtu", c_uint32), ("refresh_jiffies", c_uint32)]
+    _fields_ = [("ifindex", c_uint32), ("bridge", c_uint32), ("flags", c_uint32), ("mtu", c_uint32),
+                ("refresh_jiffies", c_uint32)]
 
 
 class TnaFdbKey(Structure):
@@ -78,7 +81,7 @@ class TnaFdbKey(Structure):
 
 
 class TnaFdb(Structure):
-    _fields_ = [("port", c_uint32), ("flags", c_uint32), ("refreshed", c_uint64)]
+    _fields_ = [("port", c_uint32), ("port_slot", c_uint16), ("flags", c_uint16), ("refreshed", c_uint64)]
 
 
 # Map names as declared in the header (what Program.find_map() looks for).

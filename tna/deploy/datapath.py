@@ -85,8 +85,8 @@ def jiffies_hz(prog: bpf.Program, state: bpf.Map) -> int:
     return min((100, 250, 300, 1000), key=lambda hz: abs(hz - measured))
 
 
-def iface_cfg(ifindex: int, mac: str, flags: int) -> bytes:
-    cfg = abi.TnaIfaceCfg(ifindex=ifindex, flags=flags)
+def iface_cfg(ifindex: int, mac: str, flags: int, port_slot: int = 0) -> bytes:
+    cfg = abi.TnaIfaceCfg(ifindex=ifindex, flags=flags, port_slot=port_slot)
     cfg.mac[:] = bytes.fromhex(mac.replace(":", ""))
     return bytes(cfg)
 
@@ -119,6 +119,7 @@ class Datapath:
         self._state_lock = threading.Lock()
         self.cfg = abi.TnaConfig()
         self.hz = 0  # the kernel's jiffies per second, measured at the first load
+        self.slots: dict[int, int] = {}  # bridge port ifindex -> its index in tna_ports
 
     # --- programs -----------------------------------------------------
 
@@ -129,7 +130,8 @@ class Datapath:
         try:
             if plan.hook == "xdp":
                 obj.bind_to_device(abi.PROGRAM_NAME, plan.ifindex)
-            obj.set_initial_value(abi.SECTION_IFACE, iface_cfg(plan.ifindex, plan.mac, plan.flags))
+            slot = self.port_slot(plan.ifindex) if "bridge" in plan.modules else 0
+            obj.set_initial_value(abi.SECTION_IFACE, iface_cfg(plan.ifindex, plan.mac, plan.flags, slot))
             for name, m in self.shared.items():
                 obj.reuse_map(name, m.fd)
             obj.load()
@@ -234,6 +236,7 @@ class Datapath:
             m.close()
         self.shared.clear()
         self._shadow.clear()
+        self.slots.clear()
         if self.renew_prog is not None:
             self.renew_prog.close()
             self.renew_prog = None
@@ -266,21 +269,44 @@ class Datapath:
         self._sync(abi.MAP_EGRESS, {bytes(u32(i)): bytes(abi.TnaEgress()) for i in tc_egress})
         self._sync_stale(stale)
 
+    def port_slot(self, ifindex: int) -> int:
+        """A port's stable index in tna_ports (allocated on first use)."""
+        if ifindex not in self.slots:
+            used = set(self.slots.values())
+            free = next((i for i in range(1, abi.PORTS_SIZE) if i not in used), None)
+            if free is None:
+                raise OSError(errno.ENOSPC, f"more than {abi.PORTS_SIZE - 1} bridge ports")
+            self.slots[ifindex] = free
+        return self.slots[ifindex]
+
     def sync_bridges(self, ports: dict[int, PortPlan], l3: dict[int, L3Bridge], fdb: list[FdbEntry]) -> None:
-        """Ports first: a port's entry goes before FDB entries point to it."""
+        """Ports first: a port's entry goes before FDB entries point to it.
+        Called after apply(), which gave every attached port its slot."""
         if not self.shared:
             return
         u32 = ctypes.c_uint32
-        self._sync(abi.MAP_PORTS, {bytes(u32(i)): self._port_value(p) for i, p in ports.items()})
+        # a slot stays with its port while a bridge program of ours uses it
+        in_use = set(ports) | {i for i, a in self.attached.items() if "bridge" in a.plan.modules}
+        for ifindex in set(self.slots) - in_use:
+            del self.slots[ifindex]
+        self._sync(abi.MAP_PORTS, {bytes(u32(self.slots[i])): self._port_value(i, p)
+                                   for i, p in ports.items() if i in self.slots}, array=True)
         self._sync(abi.MAP_L3BR, {bytes(u32(i)): iface_cfg(b.ifindex, b.mac, b.flags) for i, b in l3.items()})
-        self._sync(abi.MAP_FDB, dict(_fdb_item(e) for e in fdb))
+        self._sync(abi.MAP_FDB, dict(self._fdb_item(e) for e in fdb))
 
-    def _port_value(self, p: PortPlan) -> bytes:
+    def _port_value(self, ifindex: int, p: PortPlan) -> bytes:
         # a learned FDB entry lives ageing_time past the last frame the
         # kernel saw from it: renew it 16 times per period (ageing 0, i.e.
         # entries never kept, gives 0: every frame goes to the kernel)
         refresh = p.ageing_cs * self.hz // USER_HZ // 16
-        return bytes(abi.TnaPort(bridge=p.bridge, flags=p.flags, mtu=p.mtu, refresh_jiffies=refresh))
+        return bytes(abi.TnaPort(ifindex=ifindex, bridge=p.bridge, flags=p.flags, mtu=p.mtu,
+                                 refresh_jiffies=refresh))
+
+    def _fdb_item(self, e: FdbEntry) -> tuple[bytes, bytes]:
+        key = abi.TnaFdbKey(bridge=e.bridge, vid=e.vid)
+        key.mac[:] = bytes.fromhex(e.mac.replace(":", ""))
+        flags = (abi.FDB_LOCAL if e.local else 0) | (abi.FDB_DYNAMIC if e.dynamic else 0)
+        return bytes(key), bytes(abi.TnaFdb(port=e.port, port_slot=self.slots.get(e.port, 0), flags=flags))
 
     def _sync_stale(self, stale: set[Neigh]) -> None:
         keys = {_neigh_key(n) for n in stale}
@@ -292,11 +318,15 @@ class Datapath:
             self.cfg.stale_count = len(keys)
             self.write_state()
 
-    def _sync(self, name: str, desired: dict[bytes, bytes]) -> None:
-        """Write only the difference between what we wrote last and desired."""
+    def _sync(self, name: str, desired: dict[bytes, bytes], array: bool = False) -> None:
+        """Write only the difference between what we wrote last and desired
+        (an array's entries cannot be deleted: they are zeroed)."""
         m, shadow = self.shared[name], self._shadow.setdefault(name, {})
         for key in shadow.keys() - desired.keys():
-            m.delete(key)
+            if array:
+                m.update(key, bytes(m.value_size))
+            else:
+                m.delete(key)
             del shadow[key]
         for key, value in desired.items():
             if shadow.get(key) != value:
@@ -306,13 +336,6 @@ class Datapath:
                     log.warning("map %s: cannot add entry: %s", name, e)
                     continue
                 shadow[key] = value
-
-
-def _fdb_item(e: FdbEntry) -> tuple[bytes, bytes]:
-    key = abi.TnaFdbKey(bridge=e.bridge, vid=e.vid)
-    key.mac[:] = bytes.fromhex(e.mac.replace(":", ""))
-    flags = (abi.FDB_LOCAL if e.local else 0) | (abi.FDB_DYNAMIC if e.dynamic else 0)
-    return bytes(key), bytes(abi.TnaFdb(port=e.port, flags=flags))
 
 
 def _neigh_key(n: Neigh) -> bytes:
