@@ -12,6 +12,12 @@
 #include <linux/if_ether.h>
 #include <bpf/bpf_endian.h>
 
+/* Two MAC addresses are equal (memcmp is not inlined). */
+static __always_inline int mac_equal(const __u8 *a, const __u8 *b)
+{
+	return *(const __u32 *)a == *(const __u32 *)b && *(const __u16 *)(a + 4) == *(const __u16 *)(b + 4);
+}
+
 /* Protocols whose first four bytes are source and destination port, as the
  * flow dissector reads them for multipath hashing. */
 static __always_inline int proto_has_ports(__u8 proto)

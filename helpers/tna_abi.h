@@ -156,14 +156,16 @@ struct tna_egress {
 #define TNA_PORT_NF_IP6     (1U << 6) /* br_netfilter: IPv6 through ip6tables (validated) */
 #define TNA_PORT_NF_VLAN    (1U << 7) /* br_netfilter also takes VLAN-tagged IP (filter-vlan-tagged) */
 #define TNA_PORT_NF_PPPOE   (1U << 8) /* ... and PPPoE-tagged IP (filter-pppoe-tagged) */
-#define TNA_PORT_ROUTER     (1U << 9) /* the bridge routes: frames to its MAC go to the router */
+#define TNA_PORT_ROUTER     (1U << 9) /* the bridge routes: frames to br.mac go to the router */
 struct tna_port {
 	__u32 ifindex;       /* the port this slot holds now (0: free) */
-	__u32 bridge;        /* the bridge's ifindex */
 	__u32 flags;         /* TNA_PORT_* */
 	__u32 mtu;           /* the bridge forwards frames up to mtu + 18 bytes (is_skb_forwardable) */
 	__u32 refresh_jiffies; /* hand a source MAC's frame to the kernel this often, so its
 	                        FDB entry never ages out under a fast-pathed flow */
+	struct tna_iface_cfg br; /* the bridge: ifindex (the FDB's key), and with ROUTER its
+	                        MAC (a local FDB entry) and L3 flags, so a routed frame
+	                        costs no lookup of its own */
 };
 
 /* The FDB of every accelerated bridge (key: bridge, VLAN (0: not VLAN-aware), MAC). */

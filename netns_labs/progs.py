@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import sys
 import time
@@ -24,8 +25,11 @@ HERE = Path(__file__).resolve().parent / "bpf"
 
 
 def build(name: str) -> Path:
-    """Object file for netns_labs/bpf/<name>.c (same clang cache as tna)."""
-    return compile_source((HERE / f"{name}.c").read_text())
+    """Object file for netns_labs/bpf/<name>.c (same clang cache as tna).
+    Local headers are inlined, so the cache key covers them too."""
+    source = re.sub(r'^#include "([\w.]+)"$', lambda m: (HERE / m.group(1)).read_text(),
+                    (HERE / f"{name}.c").read_text(), flags=re.M)
+    return compile_source(source)
 
 
 def attach(dev: str, prog: str) -> int:

@@ -128,8 +128,8 @@ class BridgeHarness(ProgHarness):
              refresh_jiffies: int = 1 << 30) -> None:
         """A tna_ports entry (flags default: forwarding)."""
         flags = abi.PORT_FLAGS["FORWARDING"] if flags is None else flags
-        value = abi.TnaPort(ifindex=self.idx[dev], bridge=self.idx[bridge], flags=flags, mtu=mtu,
-                            refresh_jiffies=refresh_jiffies)
+        br = abi.TnaIfaceCfg.from_buffer_copy(iface_cfg(self.idx[bridge], self.blab.mac(self.blab.b, bridge), 0))
+        value = abi.TnaPort(ifindex=self.idx[dev], flags=flags, mtu=mtu, refresh_jiffies=refresh_jiffies, br=br)
         self.obj.map(abi.MAP_PORTS).update(bytes(ctypes.c_uint32(self.slot(dev))), bytes(value))
 
     def unport(self, dev: str) -> None:

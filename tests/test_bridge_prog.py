@@ -182,7 +182,7 @@ def test_missing_or_reassigned_port_entry(br: BridgeHarness, blab: BridgeLab) ->
     assert br.run(bytes(v4(blab)))[:2] == ("REDIRECT", "FORWARDED")
     # the FDB entry still names b-h2's slot, which now holds another port
     br.obj.map(abi.MAP_PORTS).update(br.slot("b-h2").to_bytes(4, "little"),
-                                     bytes(abi.TnaPort(ifindex=br.idx["b-h3"], bridge=br.idx["br0"], flags=FWD)))
+                                     bytes(abi.TnaPort(ifindex=br.idx["b-h3"], flags=FWD)))
     assert br.run(bytes(v4(blab)))[:2] == ("PASS", "BR_PORT_UNKNOWN")
     br.unport("b-h1")
     assert br.run(bytes(v4(blab)))[:2] == ("PASS", "BR_PORT_UNKNOWN")

@@ -132,6 +132,12 @@ def test_dump_builds_the_bridge_ports_and_fdb() -> None:
     # with forwarding on, frames to the bridge's MAC are routed
     assert all(ip.modules == ("fdb", "bridge", "router") for ip in p.ifaces.values())
     assert set(p.l3_bridges) == {br.index}
+    assert all(pp.flags & PORT_FLAGS["ROUTER"] and pp.bridge_mac == br.mac for pp in p.ports.values())
+    # ... as long as the bridge's address is a local FDB entry
+    entry = m.fdb[(br.index, 0, br.mac)]
+    m.fdb[(br.index, 0, br.mac)] = replace(entry, local=False, port=idx["b-h2"])
+    assert not any(pp.flags & PORT_FLAGS["ROUTER"] for pp in plan(m).ports.values())
+    m.fdb[(br.index, 0, br.mac)] = entry
     m.set_sysctls(Sysctls())
     assert all(ip.modules == ("fdb", "bridge") for ip in plan(m).ifaces.values())
     assert "its ports carry the fast path" in p.skipped[br.index].why

@@ -9,6 +9,7 @@
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <bpf/bpf_helpers.h>
+#include "ref_ports.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -16,13 +17,6 @@ struct {
 	__type(key, __u64);   /* MAC in the low 6 bytes */
 	__type(value, __u32); /* port ifindex */
 } ref_fdb SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
-	__uint(max_entries, 64);
-	__type(key, __u32);
-	__type(value, __u32);
-} ref_ports SEC(".maps");
 
 static __always_inline __u64 mac_key(const __u8 *m)
 {

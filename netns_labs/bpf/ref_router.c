@@ -9,16 +9,10 @@
 #include <linux/if_ether.h>
 #include <linux/ip.h>
 #include <bpf/bpf_helpers.h>
+#include "ref_ports.h"
 #include <bpf/bpf_endian.h>
 
 #define AF_INET 2
-
-struct {
-	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
-	__uint(max_entries, 64);
-	__type(key, __u32);
-	__type(value, __u32);
-} ref_ports SEC(".maps");
 
 SEC("xdp")
 int ref_router(struct xdp_md *ctx)

@@ -72,8 +72,8 @@ FDB_DYNAMIC = 1 << 1
 
 
 class TnaPort(Structure):
-    _fields_ = [("ifindex", c_uint32), ("bridge", c_uint32), ("flags", c_uint32), ("mtu", c_uint32),
-                ("refresh_jiffies", c_uint32)]
+    _fields_ = [("ifindex", c_uint32), ("flags", c_uint32), ("mtu", c_uint32), ("refresh_jiffies", c_uint32),
+                ("br", TnaIfaceCfg)]
 
 
 class TnaFdbKey(Structure):

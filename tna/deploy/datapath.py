@@ -299,8 +299,8 @@ class Datapath:
         # kernel saw from it: renew it 16 times per period (ageing 0, i.e.
         # entries never kept, gives 0: every frame goes to the kernel)
         refresh = p.ageing_cs * self.hz // USER_HZ // 16
-        return bytes(abi.TnaPort(ifindex=ifindex, bridge=p.bridge, flags=p.flags, mtu=p.mtu,
-                                 refresh_jiffies=refresh))
+        br = abi.TnaIfaceCfg.from_buffer_copy(iface_cfg(p.bridge, p.bridge_mac, p.l3_flags))
+        return bytes(abi.TnaPort(ifindex=ifindex, flags=p.flags, mtu=p.mtu, refresh_jiffies=refresh, br=br))
 
     def _fdb_item(self, e: FdbEntry) -> tuple[bytes, bytes]:
         key = abi.TnaFdbKey(bridge=e.bridge, vid=e.vid)

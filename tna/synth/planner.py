@@ -52,6 +52,8 @@ class PortPlan:
     flags: int
     mtu: int
     ageing_cs: int
+    bridge_mac: str
+    l3_flags: int   # the bridge's rp_filter flags, for frames the router takes
 
 
 @dataclass(frozen=True)
@@ -160,10 +162,14 @@ def port_plan(link: Link, bridge: Link, model: Model) -> PortPlan:
         "NF_IP4": sc.br_nf_iptables or br.nf_call_iptables,
         "NF_IP6": sc.br_nf_ip6tables or br.nf_call_ip6tables,
         "NF_VLAN": sc.br_nf_vlan, "NF_PPPOE": sc.br_nf_pppoe,
-        "ROUTER": routes_through(bridge, model),
+        # frames to the bridge's address are the router's while that address
+        # is a local FDB entry (an admin could point it at a port)
+        "ROUTER": routes_through(bridge, model) and bridge.mac is not None
+        and getattr(model.fdb.get((bridge.index, 0, bridge.mac)), "local", False),
     }
     flags = sum(PORT_FLAGS[name] for name, on in bits.items() if on)
-    return PortPlan(bridge.index, flags, link.mtu, br.ageing_cs)
+    assert bridge.mac is not None  # bridge_skip_reason() checked it
+    return PortPlan(bridge.index, flags, link.mtu, br.ageing_cs, bridge.mac, rp_filter_flags(model, bridge.index))
 
 
 def l3_bridge(bridge: Link, model: Model) -> L3Bridge:
