@@ -245,9 +245,9 @@ class BridgeLab(Lab):
     """Three hosts on bridge br0 in namespace b; with routed=True the bridge
     also routes (to a plain uplink and to a second bridge).
 
-        h1 [h1-b] 192.0.2.11  2001:db8:1::11 --[b-h1]\
-        h2 [h2-b] 192.0.2.12  2001:db8:1::12 --[b-h2]-- br0 (192.0.2.1, 2001:db8:1::1 if routed)
-        h3 [h3-b] 192.0.2.13  2001:db8:1::13 --[b-h3]/
+        h1 [h1-b] 192.0.2.11  2001:db8:1::11 -- [b-h1] -+
+        h2 [h2-b] 192.0.2.12  2001:db8:1::12 -- [b-h2] -+- br0 (192.0.2.1, 2001:db8:1::1 if routed)
+        h3 [h3-b] 192.0.2.13  2001:db8:1::13 -- [b-h3] -+
       routed:
         h4 [h4-b] 198.51.100.2 2001:db8:2::2 -- [b-h4] 198.51.100.1 2001:db8:2::1
         h5 [h5-b] 203.0.113.2  2001:db8:3::2 -- [b-h5] in br1 (203.0.113.1, 2001:db8:3::1)

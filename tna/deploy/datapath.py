@@ -295,10 +295,11 @@ class Datapath:
         self._sync(abi.MAP_FDB, dict(self._fdb_item(e) for e in fdb))
 
     def _port_value(self, ifindex: int, p: PortPlan) -> bytes:
-        # a learned FDB entry lives ageing_time past the last frame the
-        # kernel saw from it: renew it 16 times per period (ageing 0, i.e.
-        # entries never kept, gives 0: every frame goes to the kernel)
-        refresh = p.ageing_cs * self.hz // USER_HZ // 16
+        # a learned FDB entry lives ageing_time (forward_delay during an STP
+        # topology change) past the last frame the kernel saw from it: renew
+        # it 16 times per period (ageing 0, i.e. entries never kept, gives 0:
+        # every frame goes to the kernel)
+        refresh = p.hold_cs * self.hz // USER_HZ // 16
         br = abi.TnaIfaceCfg.from_buffer_copy(iface_cfg(p.bridge, p.bridge_mac, p.l3_flags))
         return bytes(abi.TnaPort(ifindex=ifindex, flags=p.flags, mtu=p.mtu, refresh_jiffies=refresh, br=br))
 
@@ -322,6 +323,7 @@ class Datapath:
         """Write only the difference between what we wrote last and desired
         (an array's entries cannot be deleted: they are zeroed)."""
         m, shadow = self.shared[name], self._shadow.setdefault(name, {})
+        failed: list[OSError] = []
         for key in shadow.keys() - desired.keys():
             if array:
                 m.update(key, bytes(m.value_size))
@@ -332,10 +334,15 @@ class Datapath:
             if shadow.get(key) != value:
                 try:
                     m.update(key, value)
-                except OSError as e:  # e.g. a device that vanished meanwhile
-                    log.warning("map %s: cannot add entry: %s", name, e)
+                except OSError as e:  # a device that vanished meanwhile, a full map
+                    failed.append(e)
                     continue
                 shadow[key] = value
+        if failed:
+            # those entries' packets take the kernel path (a missing port or
+            # FDB entry is a pass), so one line per sync is enough
+            log.warning("map %s: %d entries not written (%s); their traffic stays on the kernel path",
+                        name, len(failed), failed[0])
 
 
 def _neigh_key(n: Neigh) -> bytes:

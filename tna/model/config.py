@@ -47,8 +47,17 @@ class Bridge:
 
     vlan_filtering: bool = False
     ageing_cs: int = 30000          # ageing_time in centiseconds (clock_t)
+    stp: bool = False               # STP on: a topology change shortens ageing to forward_delay
+    forward_delay_cs: int = 1500
     nf_call_iptables: bool = False  # per-bridge br_netfilter switches (ORed with the sysctls)
     nf_call_ip6tables: bool = False
+
+
+    @property
+    def hold_cs(self) -> int:
+        """The shortest time a learned entry may live: with STP, a topology
+        change ages entries after forward_delay (no netlink event says when)."""
+        return min(self.ageing_cs, self.forward_delay_cs) if self.stp else self.ageing_cs
 
 
 @dataclass(frozen=True)
@@ -344,6 +353,8 @@ def bridge_from_attrs(d: NlMsg) -> Bridge:
     return Bridge(
         vlan_filtering=bool(d.get("IFLA_BR_VLAN_FILTERING")),
         ageing_cs=30000 if ageing is None else ageing,
+        stp=bool(d.get("IFLA_BR_STP_STATE")),
+        forward_delay_cs=d.get("IFLA_BR_FORWARD_DELAY") or 1500,
         nf_call_iptables=bool(d.get("IFLA_BR_NF_CALL_IPTABLES")),
         nf_call_ip6tables=bool(d.get("IFLA_BR_NF_CALL_IP6TABLES")),
     )

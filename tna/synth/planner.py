@@ -51,7 +51,7 @@ class PortPlan:
     bridge: int
     flags: int
     mtu: int
-    ageing_cs: int
+    hold_cs: int    # a learned FDB entry may age out this long after the kernel saw its MAC
     bridge_mac: str
     l3_flags: int   # the bridge's rp_filter flags, for frames the router takes
 
@@ -169,7 +169,7 @@ def port_plan(link: Link, bridge: Link, model: Model) -> PortPlan:
     }
     flags = sum(PORT_FLAGS[name] for name, on in bits.items() if on)
     assert bridge.mac is not None  # bridge_skip_reason() checked it
-    return PortPlan(bridge.index, flags, link.mtu, br.ageing_cs, bridge.mac, rp_filter_flags(model, bridge.index))
+    return PortPlan(bridge.index, flags, link.mtu, br.hold_cs, bridge.mac, rp_filter_flags(model, bridge.index))
 
 
 def l3_bridge(bridge: Link, model: Model) -> L3Bridge:
