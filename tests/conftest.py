@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from netns_labs.lab import Host, Lab, RouterLab, Tna, py, wait_for
+from netns_labs.lab import BridgeLab, Host, Lab, RouterLab, Tna, py, wait_for
 
 HOOKS = ("auto", "xdp")
 
@@ -87,5 +87,25 @@ def harness(request: pytest.FixtureRequest, lab: RouterLab) -> Iterator:
     from tests.harness import RouterHarness
 
     h = RouterHarness(lab, request.param)
+    yield h
+    h.close()
+
+
+@pytest.fixture(scope="module")
+def blab() -> Iterator[BridgeLab]:
+    """The routed bridge lab, for BPF_PROG_RUN tests of the bridge module."""
+    with BridgeLab(routed=True) as lab:
+        # resolved next hops, so the router's FIB lookups succeed
+        lab.neigh(lab.b, "b-h4", lab.h4.ip4, lab.h4.mac)
+        lab.neigh(lab.b, "br1", lab.h5.ip4, lab.h5.mac)
+        yield lab
+
+
+@pytest.fixture(scope="module", params=["xdp", "tc"])
+def bh(request: pytest.FixtureRequest, blab: BridgeLab) -> Iterator:
+    """The fdb, bridge and router modules for ingress b-h1, under BPF_PROG_RUN, per hook."""
+    from tests.harness import BridgeHarness
+
+    h = BridgeHarness(blab, request.param)
     yield h
     h.close()

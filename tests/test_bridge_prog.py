@@ -5,7 +5,7 @@ daemon would; bpf_fib_lookup() answers from the lab's real kernel."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -25,22 +25,6 @@ FWD, ISO, LOCKED = abi.PORT_FLAGS["FORWARDING"], abi.PORT_FLAGS["ISOLATED"], abi
 ROUTER, NF4, NF6 = abi.PORT_FLAGS["ROUTER"], abi.PORT_FLAGS["NF_IP4"], abi.PORT_FLAGS["NF_IP6"]
 NFVLAN, NFPPPOE = abi.PORT_FLAGS["NF_VLAN"], abi.PORT_FLAGS["NF_PPPOE"]
 OTHER = "02:00:00:00:0f:0f"  # a MAC the FDB does not have
-
-
-@pytest.fixture(scope="module")
-def blab() -> Iterator[BridgeLab]:
-    with BridgeLab(routed=True) as lab:
-        # resolved next hops, so the router's FIB lookups succeed
-        lab.neigh(lab.b, "b-h4", lab.h4.ip4, lab.h4.mac)
-        lab.neigh(lab.b, "br1", lab.h5.ip4, lab.h5.mac)
-        yield lab
-
-
-@pytest.fixture(scope="module", params=["xdp", "tc"])
-def bh(request: pytest.FixtureRequest, blab: BridgeLab) -> Iterator[BridgeHarness]:
-    h = BridgeHarness(blab, request.param)
-    yield h
-    h.close()
 
 
 @pytest.fixture
