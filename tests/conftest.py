@@ -81,14 +81,18 @@ def lab() -> Iterator[RouterLab]:
         yield lab
 
 
+def _harness(kind: str, lab: Lab, hook: str) -> Iterator:
+    from tests import harness
+
+    h = getattr(harness, kind)(lab, hook)
+    yield h
+    h.close()
+
+
 @pytest.fixture(scope="module", params=["xdp", "tc"])
 def harness(request: pytest.FixtureRequest, lab: RouterLab) -> Iterator:
     """The router module for ingress r-h1, under BPF_PROG_RUN, per hook."""
-    from tests.harness import RouterHarness
-
-    h = RouterHarness(lab, request.param)
-    yield h
-    h.close()
+    yield from _harness("RouterHarness", lab, request.param)
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +108,4 @@ def blab() -> Iterator[BridgeLab]:
 @pytest.fixture(scope="module", params=["xdp", "tc"])
 def bh(request: pytest.FixtureRequest, blab: BridgeLab) -> Iterator:
     """The fdb, bridge and router modules for ingress b-h1, under BPF_PROG_RUN, per hook."""
-    from tests.harness import BridgeHarness
-
-    h = BridgeHarness(blab, request.param)
-    yield h
-    h.close()
+    yield from _harness("BridgeHarness", blab, request.param)

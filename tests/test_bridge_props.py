@@ -57,7 +57,7 @@ def expected(in_flags: int, out_flags: int, src: str, dst: str, kind: str, l2len
     return "FORWARDED"
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_bridge_matches_reference_model(bh: BridgeHarness, blab: BridgeLab, data: st.DataObject) -> None:
     lab = blab
