@@ -206,10 +206,11 @@ def bench_pps(name: str, count: int, rounds: int) -> list[dict]:
                 try:
                     measure_pps(sc, 100_000)  # warm up caches and the page pool
                     mpps, delivered = measure_pps(sc, count)
+                    why = f"; tna counters {handle.counters()}" if isinstance(handle, Tna) else ""
                 finally:
                     v.down(handle)
                 if delivered != count:
-                    raise SystemExit(f"{name}, {v.name}: delivered {delivered} of {count} frames")
+                    raise SystemExit(f"{name}, {v.name}: delivered {delivered} of {count} frames{why}")
                 rows.setdefault(v.name, []).append(mpps)
         cost = program_cost(sc.lab, sc.frame) if isinstance(sc.lab, RouterLab) else {}
     linux, ref = statistics.median(rows["linux"]), statistics.median(rows["reference"])
