@@ -1,0 +1,251 @@
+"""iptables-save / ip6tables-save output -> rule sets: pure data, no I/O.
+
+The canonical text both back ends print (iptables-nft and iptables-legacy)
+is the input: `*table`, `:CHAIN POLICY [pkts:bytes]`, `[pkts:bytes] -A CHAIN
+...` (with -c) or `-A CHAIN ...`, `COMMIT`.  Each rule becomes a `Rule`:
+the matches TNA can express as typed fields, everything else recorded by
+name in `unsupported` (the rule then keeps the traffic it could match on
+the kernel path).  Tokenising follows the quoting iptables-save writes
+(double quotes, backslash escapes), so a comment can hold any text.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shlex
+from dataclasses import dataclass, field
+
+BUILTIN_CHAINS = {
+    "filter": ("INPUT", "FORWARD", "OUTPUT"),
+    "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+    "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
+    "raw": ("PREROUTING", "OUTPUT"),
+    "security": ("INPUT", "FORWARD", "OUTPUT"),
+}
+PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "ipv6-icmp": 58, "icmpv6": 58, "sctp": 132, "udplite": 136,
+             "gre": 47, "esp": 50, "ah": 51, "all": 0}
+TCP_FLAGS = {"FIN": 0x01, "SYN": 0x02, "RST": 0x04, "PSH": 0x08, "ACK": 0x10, "URG": 0x20,
+             "ECE": 0x40, "CWR": 0x80, "ALL": 0xFF, "NONE": 0}
+VERDICTS = ("ACCEPT", "DROP", "RETURN")
+CT_STATES = {"INVALID", "NEW", "ESTABLISHED", "RELATED", "UNTRACKED", "SNAT", "DNAT"}
+# options of the built-in matches, and which take an argument
+_BUILTIN = {"-s": "src", "--source": "src", "-d": "dst", "--destination": "dst",
+            "-i": "iif", "--in-interface": "iif", "-o": "oif", "--out-interface": "oif",
+            "-p": "proto", "--protocol": "proto"}
+
+
+class ParseError(ValueError):
+    """Text that is not iptables-save output."""
+
+
+@dataclass(frozen=True)
+class Neg:
+    """A match value and whether it was negated with `!`."""
+
+    value: object
+    neg: bool = False
+
+
+@dataclass(frozen=True)
+class Rule:
+    chain: str
+    index: int                      # 1-based position in its chain (iptables -L --line-numbers)
+    text: str                       # the rule as iptables-save printed it (without counters)
+    target: str                     # ACCEPT, DROP, RETURN, a user chain, or another target
+    target_args: tuple[str, ...] = ()
+    goto: bool = False              # -g: jump without return
+    src: Neg | None = None          # ip_network
+    dst: Neg | None = None
+    iif: Neg | None = None          # interface name, "+" suffix: prefix wildcard
+    oif: Neg | None = None
+    proto: Neg | None = None        # protocol number (0: all)
+    sport: Neg | None = None        # tuple of (lo, hi) port ranges
+    dport: Neg | None = None
+    ports: Neg | None = None        # multiport --ports: source or destination
+    tcp_flags: Neg | None = None    # (mask, compare)
+    icmp_type: Neg | None = None    # (type, code or None)
+    fragment: Neg | None = None     # -f: True
+    ctstate: Neg | None = None      # frozenset of CT_STATES
+    comment: str | None = None
+    unsupported: tuple[str, ...] = ()  # matches, options or the target TNA cannot express
+    counters: tuple[int, int] = (0, 0)
+
+    @property
+    def expressible(self) -> bool:
+        """TNA can decide this rule's traffic (else: the kernel must)."""
+        return not self.unsupported
+
+    @property
+    def jump(self) -> bool:
+        return self.target not in VERDICTS
+
+
+@dataclass
+class Chain:
+    name: str
+    policy: str | None              # None for a user-defined chain
+    counters: tuple[int, int] = (0, 0)
+    rules: list[Rule] = field(default_factory=list)
+
+
+@dataclass
+class Table:
+    name: str
+    chains: dict[str, Chain] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        """No rule and every policy ACCEPT: the table changes nothing."""
+        return all(not c.rules and c.policy in (None, "ACCEPT") for c in self.chains.values())
+
+
+def parse_save(text: str) -> dict[str, Table]:
+    """Tables of one family from iptables-save (or ip6tables-save) output."""
+    tables: dict[str, Table] = {}
+    table: Table | None = None
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            if line.startswith("*"):
+                table = tables.setdefault(line[1:], Table(line[1:]))
+            elif line == "COMMIT":
+                table = None
+            elif table is None:
+                raise ParseError("outside a table")
+            elif line.startswith(":"):
+                name, policy, counts = ([*line[1:].split(), "", ""])[:3]
+                table.chains[name] = Chain(name, None if policy == "-" else policy, _counters(counts))
+            else:
+                counters = (0, 0)
+                if line.startswith("["):
+                    counts, _, line = line.partition(" ")
+                    counters = _counters(counts)
+                rule = parse_rule(line, table, counters)
+                table.chains[rule.chain].rules.append(rule)
+        except (ParseError, ValueError, KeyError, IndexError) as e:
+            raise ParseError(f"line {lineno}: {raw!r}: {e}") from e
+    return tables
+
+
+def _counters(text: str) -> tuple[int, int]:
+    if not text.startswith("["):
+        return (0, 0)
+    pkts, _, byts = text.strip("[]").partition(":")
+    return int(pkts), int(byts)
+
+
+def _ports(text: str) -> tuple[tuple[int, int], ...]:
+    out = []
+    for part in text.split(","):
+        lo, _, hi = part.partition(":")
+        out.append((int(lo or 0), int(hi or 65535) if _ else int(lo)))
+    return tuple(out)
+
+
+def _tcp_flags(mask: str, comp: str) -> tuple[int, int]:
+    def bits(names: str) -> int:
+        return sum(TCP_FLAGS[n] for n in names.split(",")) & 0xFF
+    return bits(mask), bits(comp)
+
+
+def _icmp_type(text: str) -> tuple[int, int | None]:
+    t, _, code = text.partition("/")
+    return int(t), (int(code) if code else None)
+
+
+def parse_rule(line: str, table: Table, counters: tuple[int, int] = (0, 0)) -> Rule:
+    """One `-A CHAIN ...` line of iptables-save output."""
+    tokens = shlex.split(line)
+    if len(tokens) < 2 or tokens[0] != "-A":
+        raise ParseError("expected -A CHAIN")
+    chain = tokens[1]
+    if chain not in table.chains:
+        raise ParseError(f"unknown chain {chain}")
+    f: dict[str, object] = {}
+    unsupported: list[str] = []
+    target, target_args, goto = "", (), False
+    module: str | None = None
+    i, neg = 2, False
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok == "!":
+            neg, i = True, i + 1
+            continue
+        if tok in ("-j", "--jump", "-g", "--goto"):
+            target, target_args, goto = tokens[i + 1], tuple(tokens[i + 2:]), tok in ("-g", "--goto")
+            break
+        if tok in ("-m", "--match"):
+            module, i = tokens[i + 1], i + 2
+            if module not in ("tcp", "udp", "icmp", "icmp6", "multiport", "conntrack", "state", "comment"):
+                unsupported.append(f"-m {module}")
+            continue
+        key, step = _option(tokens[i:], module, f, unsupported)
+        if key is not None:
+            f[key] = Neg(f[key], neg)
+        i, neg = i + step, False
+    if not target:
+        target = "RETURN"
+        unsupported.append("no target (a counting rule)")
+    elif target not in VERDICTS and target not in table.chains:
+        unsupported.append(f"-j {target}")  # LOG, REJECT, NFQUEUE, MARK, NAT targets, ...
+    if goto:
+        unsupported.append("-g (goto)")
+    index = len(table.chains[chain].rules) + 1
+    return Rule(chain=chain, index=index, text=line, target=target, target_args=target_args, goto=goto,
+                unsupported=tuple(unsupported), counters=counters, **f)  # type: ignore[arg-type]
+
+
+def _option(tokens: list[str], module: str | None, f: dict[str, object],
+            unsupported: list[str]) -> tuple[str | None, int]:
+    """Store the value of the option at tokens[0] in f; (field name or None,
+    tokens used)."""
+    tok, arg = tokens[0], tokens[1] if len(tokens) > 1 else ""
+    if tok in _BUILTIN:
+        key = _BUILTIN[tok]
+        if key in ("src", "dst"):
+            f[key] = ipaddress.ip_network(arg, strict=False)
+        elif key == "proto":
+            f[key] = PROTOCOLS[arg] if arg in PROTOCOLS else int(arg)
+        else:
+            f[key] = arg
+        return key, 2
+    if tok in ("-f", "--fragment"):
+        f["fragment"] = True
+        return "fragment", 1
+    if module in ("tcp", "udp") and tok in ("--sport", "--source-port", "--dport", "--destination-port"):
+        key = "sport" if tok in ("--sport", "--source-port") else "dport"
+        f[key] = _ports(arg)
+        return key, 2
+    if module == "tcp" and tok == "--tcp-flags":
+        f["tcp_flags"] = _tcp_flags(arg, tokens[2])
+        return "tcp_flags", 3
+    if module == "tcp" and tok == "--syn":
+        f["tcp_flags"] = (0x17, 0x02)  # SYN,RST,ACK,FIN SYN
+        return "tcp_flags", 1
+    if module == "multiport" and tok in ("--sports", "--source-ports", "--dports", "--destination-ports",
+                                         "--ports"):
+        key = {"--sports": "sport", "--source-ports": "sport", "--dports": "dport",
+               "--destination-ports": "dport", "--ports": "ports"}[tok]
+        f[key] = _ports(arg)
+        return key, 2
+    if (module == "icmp" and tok == "--icmp-type") or (module == "icmp6" and tok == "--icmpv6-type"):
+        f["icmp_type"] = _icmp_type(arg)
+        return "icmp_type", 2
+    if (module == "conntrack" and tok == "--ctstate") or (module == "state" and tok == "--state"):
+        states = frozenset(arg.split(","))
+        if not states <= CT_STATES:
+            raise ParseError(f"unknown conntrack state in {arg}")
+        f["ctstate"] = states
+        return "ctstate", 2
+    if module == "comment" and tok == "--comment":
+        f["comment"] = arg
+        return None, 2
+    # an option TNA does not model (of any module): record it and skip its
+    # arguments, up to the next option
+    unsupported.append(f"{module or ''} {tok}".strip())
+    step = 1
+    while step < len(tokens) and not tokens[step].startswith("-") and tokens[step] != "!":
+        step += 1
+    return None, step
