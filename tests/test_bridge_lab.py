@@ -202,7 +202,11 @@ def test_stp_blocking_port_forwards_nothing(hook):
             on_blocking = tna.counters(blocking)
             assert on_blocking.get("FORWARDED", 0) == 0
             assert on_blocking.get("BR_PORT_STATE", 0) >= 20  # every reply's flooded copy
-            assert tna.counters("b-h1").get("FORWARDED", 0) >= 15
+            # h1's requests: bridged, except one per refresh interval, which
+            # with STP is forward_delay / 16 (2 s here: STP may shorten ageing)
+            on_h1 = tna.counters("b-h1")
+            assert on_h1.get("FORWARDED", 0) + on_h1.get("BR_REFRESH", 0) >= 20
+            assert on_h1.get("FORWARDED", 0) >= 10
 
 
 def test_fdb_entries_stay_alive_under_a_fast_path_flow(hook):
