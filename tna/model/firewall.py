@@ -1,0 +1,122 @@
+"""What a filter chain decides for a packet: the reference semantics of
+iptables evaluation (pure, no I/O).
+
+This is the specification the firewall module's generated code must match
+(tests compare the two), and it defines "could this rule touch the packet":
+a rule TNA cannot express decides nothing itself, it sends every packet it
+could match to the kernel.
+
+  evaluate(table, "FORWARD", pkt) -> ACCEPT | DROP | KERNEL
+
+Chains are walked as the kernel walks them (ipt_do_table()): rules in
+order, a jump pushes the position, RETURN or the end of a user chain pops
+it, the end of a built-in chain applies its policy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from tna.model.iptables import Neg, Rule, Table
+
+ACCEPT, DROP, KERNEL = "ACCEPT", "DROP", "KERNEL"
+_CONTINUE = "CONTINUE"
+PORT_PROTOS = {6, 17, 132, 136}  # tcp, udp, sctp, udplite: ports at the start of L4
+
+
+@dataclass(frozen=True)
+class Packet:
+    """What filter rules can look at (a packet the fast path could handle:
+    not a fragment, headers complete)."""
+
+    src: ipaddress.IPv4Address | ipaddress.IPv6Address
+    dst: ipaddress.IPv4Address | ipaddress.IPv6Address
+    iif: str
+    oif: str | None            # None on INPUT
+    proto: int
+    sport: int | None = None
+    dport: int | None = None
+    tcp_flags: int | None = None
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+    ctstate: str | None = None  # NEW, ESTABLISHED, RELATED, INVALID, UNTRACKED
+
+
+def iface_matches(pattern: str, name: str | None) -> bool:
+    """iptables interface match: exact, or a prefix with a trailing '+'."""
+    if name is None:
+        return False
+    if pattern.endswith("+"):
+        return name.startswith(pattern[:-1])
+    return name == pattern
+
+
+def _ports_match(ranges: object, port: int | None) -> bool:
+    assert isinstance(ranges, tuple)
+    return port is not None and any(lo <= port <= hi for lo, hi in ranges)
+
+
+def _one(m: Neg | None, test: bool) -> bool:
+    return True if m is None else test != m.neg
+
+
+def rule_matches(rule: Rule, pkt: Packet) -> bool:
+    """Whether the rule's expressible matches hold for pkt (the caller deals
+    with what is not expressible)."""
+    def tcp_flags() -> bool:
+        assert rule.tcp_flags is not None
+        mask, comp = rule.tcp_flags.value  # type: ignore[misc]
+        return pkt.tcp_flags is not None and pkt.tcp_flags & mask == comp
+
+    def icmp() -> bool:
+        assert rule.icmp_type is not None
+        t, code = rule.icmp_type.value  # type: ignore[misc]
+        return pkt.icmp_type == t and (code is None or pkt.icmp_code == code)
+
+    ports_ok = pkt.proto in PORT_PROTOS
+    return (
+        _one(rule.src, rule.src is not None and pkt.src in rule.src.value)  # type: ignore[operator]
+        and _one(rule.dst, rule.dst is not None and pkt.dst in rule.dst.value)  # type: ignore[operator]
+        and _one(rule.iif, rule.iif is not None and iface_matches(str(rule.iif.value), pkt.iif))
+        and _one(rule.oif, rule.oif is not None and iface_matches(str(rule.oif.value), pkt.oif))
+        and _one(rule.proto, rule.proto is not None and rule.proto.value in (0, pkt.proto))
+        and _one(rule.sport, rule.sport is not None and ports_ok and _ports_match(rule.sport.value, pkt.sport))
+        and _one(rule.dport, rule.dport is not None and ports_ok and _ports_match(rule.dport.value, pkt.dport))
+        and _one(rule.ports, rule.ports is not None and ports_ok
+                 and (_ports_match(rule.ports.value, pkt.sport) or _ports_match(rule.ports.value, pkt.dport)))
+        and _one(rule.tcp_flags, rule.tcp_flags is not None and pkt.proto == 6 and tcp_flags())
+        and _one(rule.icmp_type, rule.icmp_type is not None and pkt.proto in (1, 58) and icmp())
+        and _one(rule.fragment, False)  # packets TNA handles are never fragments
+        and _one(rule.ctstate, rule.ctstate is not None and pkt.ctstate in rule.ctstate.value)  # type: ignore[operator]
+    )
+
+
+def evaluate(table: Table, chain: str, pkt: Packet) -> str:
+    """ACCEPT or DROP as the kernel would decide, or KERNEL when a rule TNA
+    cannot express could be reached and could match."""
+    verdict = _walk(table, chain, pkt, depth=0)
+    if verdict == _CONTINUE:
+        policy = table.chains[chain].policy
+        return policy if policy in (ACCEPT, DROP) else KERNEL
+    return verdict
+
+
+def _walk(table: Table, chain: str, pkt: Packet, depth: int) -> str:
+    if depth > 32:  # the kernel refuses loops; deeper than this is not ours
+        return KERNEL
+    for rule in table.chains[chain].rules:
+        if not rule_matches(rule, pkt):
+            continue
+        if not rule.expressible:
+            # its own matches hold (or are all it has that TNA knows): what it
+            # adds (another match, LOG, REJECT, ...) is the kernel's to judge
+            return KERNEL
+        if rule.target in (ACCEPT, DROP):
+            return rule.target
+        if rule.target == "RETURN":
+            return _CONTINUE
+        verdict = _walk(table, rule.target, pkt, depth + 1)
+        if verdict != _CONTINUE:
+            return verdict
+    return _CONTINUE
