@@ -27,6 +27,7 @@ PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "ipv6-icmp": 58, "icmpv6": 58, "sct
 TCP_FLAGS = {"FIN": 0x01, "SYN": 0x02, "RST": 0x04, "PSH": 0x08, "ACK": 0x10, "URG": 0x20,
              "ECE": 0x40, "CWR": 0x80, "ALL": 0xFF, "NONE": 0}
 VERDICTS = ("ACCEPT", "DROP", "RETURN")
+_IMPLICIT = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp6"}
 CT_STATES = {"INVALID", "NEW", "ESTABLISHED", "RELATED", "UNTRACKED", "SNAT", "DNAT"}
 # options of the built-in matches, and which take an argument
 _BUILTIN = {"-s": "src", "--source": "src", "-d": "dst", "--destination": "dst",
@@ -182,6 +183,12 @@ def parse_rule(line: str, table: Table, counters: tuple[int, int] = (0, 0)) -> R
                 unsupported.append(f"-m {module}")
             continue
         key, step = _option(tokens[i:], module, f, unsupported)
+        proto = f.get("proto")
+        implied = _IMPLICIT.get(proto.value) if isinstance(proto, Neg) and not proto.neg else None  # type: ignore[arg-type]
+        if key is None and step and unsupported and unsupported[-1].endswith(tok) and implied not in (None, module):
+            # `-p udp ... --dport N`: iptables loads the protocol's match implicitly
+            unsupported.pop()
+            key, step = _option(tokens[i:], implied, f, unsupported)
         if key is not None:
             f[key] = Neg(f[key], neg)
         i, neg = i + step, False
