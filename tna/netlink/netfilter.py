@@ -1,39 +1,99 @@
-"""Is any netfilter rule set loaded in this namespace?
+"""The namespace's netfilter rule sets, read in their canonical form.
 
-Until the firewall module exists, a fast path would skip those rules, so any
-table at all keeps all traffic on the kernel path (the daemon sets the
-datapath's DISABLED switch).  Polled: x_tables and nftables both report
-through cheap reads.
+iptables rules come from `iptables-save -c` / `ip6tables-save -c` of the
+back end that holds them (iptables-nft: nftables tables ip/ip6 filter, nat,
+...; iptables-legacy: x_tables, listed in /proc/net/ip{,6}_tables_names).
+Everything else nftables holds - a native table, a base chain in the inet,
+bridge, arp or netdev family, a table iptables-nft cannot decode - is
+"foreign": TNA does not model it.  Polled (cheap reads; the nftables
+generation tells whether anything changed).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
 
-LEGACY_TABLES = {
-    "iptables-legacy": Path("/proc/net/ip_tables_names"),
-    "ip6tables-legacy": Path("/proc/net/ip6_tables_names"),
-}
+from tna.model.iptables import BUILTIN_CHAINS, ParseError, Table, parse_save
+
+LEGACY_NAMES = {4: Path("/proc/net/ip_tables_names"), 6: Path("/proc/net/ip6_tables_names")}
+SAVE = {(4, "legacy"): "iptables-legacy-save", (6, "legacy"): "ip6tables-legacy-save",
+        (4, "nft"): "iptables-nft-save", (6, "nft"): "ip6tables-nft-save"}
+NFT_FAMILY = {"ip": 4, "ip6": 6}
+
+
+@dataclass
+class Rulesets:
+    """iptables tables per IP version, and what TNA cannot model."""
+
+    tables: dict[int, dict[str, Table]] = field(default_factory=lambda: {4: {}, 6: {}})
+    foreign: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.foreign and all(t.empty for v in self.tables.values() for t in v.values())
+
+
+def _run(cmd: list[str]) -> str:
+    exe = shutil.which(cmd[0])
+    if exe is None:
+        raise FileNotFoundError(f"{cmd[0]} is not installed")
+    res = subprocess.run([exe, *cmd[1:]], capture_output=True, text=True, timeout=10)
+    if res.returncode != 0:
+        raise OSError(f"{' '.join(cmd)} failed: {res.stderr.strip()}")
+    return res.stdout
+
+
+def _save(version: int, backend: str, out: Rulesets) -> None:
+    text = _run([SAVE[version, backend], "-c"])
+    if "incompatible" in text:  # "# Table `filter' is incompatible, use 'nft' tool."
+        out.foreign.append(f"an IPv{version} table iptables-{backend} cannot decode")
+    try:
+        out.tables[version].update(parse_save(text))
+    except ParseError as e:
+        out.foreign.append(f"iptables-{backend}-save output TNA cannot parse ({e})")
+
+
+def read_rulesets() -> Rulesets:
+    """Every rule set of this namespace (raises OSError/FileNotFoundError
+    when a tool is missing or fails: the caller keeps the fast path off)."""
+    out = Rulesets()
+    for version, names in LEGACY_NAMES.items():
+        try:
+            legacy = names.read_text().split()
+        except OSError:
+            legacy = []
+        if legacy:
+            _save(version, "legacy", out)
+    ruleset = json.loads(_run(["nft", "-j", "list", "ruleset"]))["nftables"]
+    iptables_tables: set[int] = set()
+    for item in ruleset:
+        chain = item.get("chain")
+        if chain is None or "hook" not in chain:
+            continue  # tables, sets and regular chains touch no traffic by themselves
+        version = NFT_FAMILY.get(chain["family"])
+        if version is not None and chain["table"] in BUILTIN_CHAINS:
+            iptables_tables.add(version)
+        else:
+            out.foreign.append(f"nftables chain {chain['family']} {chain['table']} {chain['name']} "
+                               f"(hook {chain['hook']})")
+    for version in sorted(iptables_tables):
+        _save(version, "nft", out)
+    return out
 
 
 def rules_present() -> str | None:
     """Why the fast path must stay off, or None when no rule set exists."""
-    for tool, path in LEGACY_TABLES.items():
-        try:
-            names = path.read_text().split()
-        except OSError:
-            names = []
-        if names:
-            return f"{tool} tables loaded ({', '.join(names)})"
-    nft = shutil.which("nft")
-    if nft is None:
-        return "nft is not installed, so nftables rules cannot be ruled out"
-    res = subprocess.run([nft, "list", "tables"], capture_output=True, text=True, timeout=5)
-    if res.returncode != 0:
-        return f"nft list tables failed: {res.stderr.strip()}"
-    tables = [line.split(None, 1)[1] for line in res.stdout.splitlines() if line.startswith("table ")]
+    try:
+        rs = read_rulesets()
+    except (OSError, FileNotFoundError, ValueError, subprocess.TimeoutExpired) as e:
+        return f"netfilter rule sets cannot be read ({e}), so they cannot be ruled out"
+    if rs.foreign:
+        return "; ".join(rs.foreign)
+    tables = [f"IPv{v} {name}" for v, ts in rs.tables.items() for name, t in ts.items() if not t.empty]
     if tables:
-        return f"nftables tables present ({', '.join(tables)})"
+        return f"iptables rules present ({', '.join(tables)})"
     return None
