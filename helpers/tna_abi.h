@@ -17,6 +17,8 @@
  *   tna_fdb       HASH tna_fdb_key   shared   bridge FDBs mirrored from netlink (datapath
  *                                            writes only `refreshed`)
  *   tna_l3br      HASH ifindex       shared   bridges with an L3 side: their address + flags
+ *   tna_fw_ifaces HASH ifindex       shared   bit k: the interface matches FORWARD rules'
+ *                                            interface pattern k (-i/-o, '+' wildcards)
  *   tna_stats     PERCPU_ARRAY       per program: packets/bytes per reason
  *   .rodata.tna   tna_iface          per program: ingress interface constants
  */
@@ -72,7 +74,10 @@ enum tna_reason {
 	TNA_R_BR_PORT_POLICY,    /* locked/MAB ingress, isolated pair, neighbour suppression */
 	TNA_R_BR_SAME_PORT,      /* destination behind the ingress port: kernel drops or hairpins */
 	TNA_R_BR_MTU,            /* frame too long for the egress port: the kernel drops it */
-	TNA_R_BR_NETFILTER,      /* br_netfilter would send this frame through iptables (VLAN/PPPoE) */
+	TNA_R_BR_NETFILTER,      /* br_netfilter would send this frame through iptables (VLAN/PPPoE,
+	                            or IP while FORWARD rules exist) */
+	TNA_R_FW_DROP,           /* an iptables FORWARD rule or policy drops it: dropped here too */
+	TNA_R_FW_KERNEL,         /* a FORWARD rule TNA cannot express could match: the kernel decides */
 	TNA_R_MAX
 };
 
@@ -93,7 +98,11 @@ struct tna_config {
 	__u32 local4_count;  /* > TNA_LOCAL4_MAX: too many to list, IPv4 goes to the kernel */
 	__be32 local4[TNA_LOCAL4_MAX]; /* this namespace's IPv4 addresses (127/8 aside): a packet
 	                        from one of them is a martian source to the kernel */
+	__u32 fw_families;   /* TNA_FW_V4/V6: iptables FORWARD rules filter this family */
+	__u32 pad;
 };
+#define TNA_FW_V4 (1U << 0)
+#define TNA_FW_V6 (1U << 1)
 
 /* The single entry of tna_state.  If the daemon dies (kill -9, crash) no
  * renewal comes, jiffies pass the deadline and every module hands all
@@ -190,6 +199,7 @@ struct tna_fdb {
 #define TNA_PORTS_SIZE 1024
 #define TNA_FDB_SIZE 65536
 #define TNA_L3BR_SIZE 256
+#define TNA_FW_IFACES_SIZE 4096
 
 #ifdef __BPF__
 #include <bpf/bpf_helpers.h>
@@ -242,6 +252,13 @@ struct {
 	__type(key, __u32);
 	__type(value, struct tna_iface_cfg);
 } tna_l3br SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TNA_FW_IFACES_SIZE);
+	__type(key, __u32);
+	__type(value, __u64);
+} tna_fw_ifaces SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -1,7 +1,12 @@
-"""The reference semantics (tna/model/firewall.py) against the kernel itself:
-a rule set in the router lab's r, probes of every kind sent from h1 as raw
-frames, and what reaches h2 compared with what evaluate() says.  This pins
-down the specification the firewall module will be tested against."""
+"""The FORWARD chain on real traffic.  A rule set in the router lab's r,
+probes of every kind sent from h1 as raw frames, and what reaches h2:
+
+- Linux alone against the reference semantics (tna/model/firewall.py):
+  pins down the specification;
+- `tna run` (both hooks) with the stateless part of the same rule set
+  compiled into the fast path: the same packets arrive, the drops happen in
+  the fast path, and a rule TNA cannot express keeps its traffic on the
+  kernel path."""
 
 from __future__ import annotations
 
@@ -10,8 +15,9 @@ from ipaddress import ip_address
 
 import pytest
 
-from netns_labs.lab import RouterLab, py
-from tna.model.firewall import ACCEPT, DROP, Packet, evaluate
+from netns_labs.lab import RouterLab, py, wait_for
+from tests.conftest import tna_running
+from tna.model.firewall import ACCEPT, DROP, KERNEL, Packet, evaluate
 from tna.model.iptables import parse_save
 
 pytestmark = pytest.mark.root
@@ -48,10 +54,10 @@ def probes() -> list[Packet]:
                   dst: str = dst, **kw: object) -> Packet:
                 return Packet(ip_address(src), ip_address(dst), "r-h1", "r-h2", proto, sport, dport,
                               ctstate="NEW", **kw)  # type: ignore[arg-type]
-            for dport in (22, 80, 8050, 9000, 443):
+            for dport in (22, 80, 7999, 8000, 8100, 8101, 9000, 443):
                 out += [p(6, 40000, dport, tcp_flags=SYN), p(6, 40000, dport, tcp_flags=ACK)]
-            for sport, dport in ((53, 2000), (53, 80), (1000, 5005), (5005, 1000), (1000, 7777),
-                                 (1000, 7500), (1000, 2000), (1000, 6000)):
+            for sport, dport in ((53, 1024), (53, 1023), (53, 65535), (1000, 5000), (1000, 5010), (5011, 1000),
+                                 (1000, 7777), (1000, 7000), (1000, 7999), (1000, 8000), (1000, 6000)):
                 out.append(p(17, sport, dport))
             out += [p(1, icmp_type=8, icmp_code=0), p(1, icmp_type=13, icmp_code=0)]
     return out
@@ -69,23 +75,55 @@ def frame(lab: RouterLab, pkt: Packet, n: int) -> bytes:
     return bytes(Ether(src=lab.h1.mac, dst=lab.r_h1_mac) / ip / l4 / Raw(MARK + b"%04d" % n))
 
 
-def test_reference_semantics_match_the_kernel(router_lab: RouterLab) -> None:
-    lab = router_lab
-    lab.neigh(lab.r, "r-h2", "198.51.100.7", lab.h2.mac)  # the second destination lives on h2 too
-    lab.run(lab.h2.ns, ["ip", "addr", "add", "198.51.100.7/32", "dev", lab.h2.dev])
-    lab.run(lab.r, ["iptables-restore"], input=RULES)
-    table = parse_save(RULES)["filter"]
-    pkts = probes()
-    expect = {n: evaluate(table, "FORWARD", p) for n, p in enumerate(pkts)}
-    assert set(expect.values()) == {ACCEPT, DROP}  # every probe is decidable: no KERNEL here
-
+def send_probes(lab: RouterLab, pkts: list[Packet]) -> set[int]:
+    """Indexes of the probes that reached h2."""
     cap = lab.popen(lab.h2.ns, py("netns_labs.xfer", "raw-capture", lab.h2.dev, MARK.hex(), str(len(pkts)), "3"),
                     stdout=subprocess.PIPE, text=True, cwd=lab.repo)
     assert cap.stdout is not None and cap.stdout.readline().strip() == "ready"
     frames = ",".join(frame(lab, p, n).hex() for n, p in enumerate(pkts))
     lab.run(lab.h1.ns, py("netns_labs.xfer", "raw-send", lab.h1.dev, frames, "1"), cwd=lab.repo)
     out, _ = cap.communicate(timeout=30)
-    arrived = {int(bytes.fromhex(h).split(MARK)[1][:4]) for h in out.split()}
-    got = {n: ACCEPT if n in arrived else DROP for n in expect}
-    wrong = {n: (pkts[n], expect[n]) for n in expect if got[n] != expect[n]}
+    return {int(bytes.fromhex(h).split(MARK)[1][:4]) for h in out.split()}
+
+
+def setup(lab: RouterLab, rules: str) -> None:
+    lab.neigh(lab.r, "r-h2", "198.51.100.7", lab.h2.mac)  # the second destination lives on h2 too
+    lab.run(lab.h2.ns, ["ip", "addr", "add", "198.51.100.7/32", "dev", lab.h2.dev])
+    lab.run(lab.r, ["iptables-restore"], input=rules)
+
+
+def test_reference_semantics_match_the_kernel(router_lab: RouterLab) -> None:
+    lab = router_lab
+    setup(lab, RULES)
+    table = parse_save(RULES)["filter"]
+    pkts = probes()
+    expect = {n: evaluate(table, "FORWARD", p) for n, p in enumerate(pkts)}
+    assert set(expect.values()) == {ACCEPT, DROP}  # every probe is decidable: no KERNEL here
+    arrived = send_probes(lab, pkts)
+    wrong = {n: (pkts[n], expect[n]) for n in expect if (n in arrived) != (expect[n] == ACCEPT)}
     assert not wrong, wrong
+
+
+# the stateless part, plus a LOG rule that only TCP SYNs to port 443 reach
+STATELESS = RULES.replace("-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n", "").replace(
+    "-A FORWARD -j blk\n", "-A FORWARD -j blk\n-A FORWARD -p tcp -m tcp --dport 443 --tcp-flags SYN SYN -j LOG\n")
+
+
+def test_fast_path_filters_like_the_kernel(router_lab: RouterLab, hook: str) -> None:
+    lab = router_lab
+    setup(lab, STATELESS)
+    table = parse_save(STATELESS)["filter"]
+    pkts = probes()
+    expect = {n: evaluate(table, "FORWARD", p) for n, p in enumerate(pkts)}
+    assert set(expect.values()) == {ACCEPT, DROP, KERNEL}
+    linux = send_probes(lab, pkts)
+    with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
+        assert wait_for(lambda: "firewall" in tna.status()["ifaces"]["r-h1"]["modules"], 5, 0.2), tna.output()
+        before = tna.counters("r-h1")
+        fast = send_probes(lab, pkts)
+        after = tna.counters("r-h1")
+    assert fast == linux
+    moved = {r: after.get(r, 0) - before.get(r, 0) for r in ("FORWARDED", "FW_DROP", "FW_KERNEL")}
+    assert moved == {"FORWARDED": sum(v == ACCEPT for v in expect.values()),
+                     "FW_DROP": sum(v == DROP for v in expect.values()),
+                     "FW_KERNEL": sum(v == KERNEL for v in expect.values())}, moved

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from tna.bpf import abi
 from tna.bpf.libbpf import LibbpfError
 from tna.deploy.datapath import Datapath, ForeignProgram, attached_tna_prog
 from tna.model.config import AF_INET, AF_INET6, Model
+from tna.model.firewall import Firewall, firewall_plan
 from tna.netlink import netfilter
 from tna.netlink.watch import ResyncNeeded, Watcher, read_rp_filter, read_sysctls
 from tna.runstate import RunLock, write_state
@@ -127,15 +129,28 @@ class Daemon:
         changed = self.model.set_sysctls(read_sysctls())
         for index, mode in read_rp_filter({i: link.name for i, link in self.model.links.items()}).items():
             changed |= self.model.set_rp_filter(index, mode)
-        why = netfilter.rules_present()
+        fw, why = self._firewall()
+        changed |= self.model.set_firewall(fw)
         if why != self.disabled_why:
             self.disabled_why = why
             if why:
                 log.warning("fast path disabled, all traffic stays on the kernel path: %s", why)
             else:
-                log.info("no netfilter rules: fast path enabled")
+                log.info("netfilter: %s; fast path enabled",
+                         "FORWARD rules compiled into the fast path" if fw else "no rules")
             changed = True
         return changed
+
+    @staticmethod
+    def _firewall() -> tuple[Firewall | None, str | None]:
+        """The FORWARD chains to compile in, or why nothing may be accelerated."""
+        try:
+            rs = netfilter.read_rulesets()
+        except (OSError, ValueError, subprocess.TimeoutExpired) as e:
+            return None, f"netfilter rule sets cannot be read ({e}), so they cannot be ruled out"
+        if rs.foreign:
+            return None, "; ".join(rs.foreign)
+        return firewall_plan(rs.tables)
 
     def _adopt_leftovers(self) -> None:
         """A dead daemon's programs stay attached (in fail-safe pass mode).
@@ -157,8 +172,10 @@ class Daemon:
 
     def reconcile(self) -> None:
         m = self.model
+        fw = m.firewall
+        families = (abi.TNA_FW_V4 if fw and fw.v4 else 0) | (abi.TNA_FW_V6 if fw and fw.v6 else 0)
         self.dp.set_guards(abi.REASON["DISABLED"] if self.disabled_why else 0, m.multipath_guard(),
-                           (m.route_mtu(AF_INET), m.route_mtu(AF_INET6)), m.local_ipv4())
+                           (m.route_mtu(AF_INET), m.route_mtu(AF_INET6)), m.local_ipv4(), families)
         p = plan(self.model, self.mode, self.overrides)
         for ifindex in set(self.dp.attached) - set(p.ifaces):
             self._safely(ifindex, lambda i=ifindex: self.dp.remove(i))
@@ -168,6 +185,7 @@ class Daemon:
                 self.failed.pop(ifindex, None)
         self.dp.sync(p.xdp_egress, p.tc_egress, self.model.stale_neighbours())
         self.dp.sync_bridges(p.ports, p.l3_bridges, [e for e in m.fdb.values() if e.bridge in p.bridges])
+        self.dp.sync_firewall(fw.iface_masks({i: link.name for i, link in m.links.items()}) if fw else {})
         self.plan = p
         write_state(self.describe())
 

@@ -34,12 +34,15 @@ TNA_IF_L2_EGRESS = 1 << 3
 LOCAL4_MAX = 32
 TNA_MP_GUARD_V4 = 1 << 0
 TNA_MP_GUARD_V6 = 1 << 1
+TNA_FW_V4 = 1 << 0
+TNA_FW_V6 = 1 << 1
 
 
 class TnaConfig(Structure):
     _fields_ = [("lease_jiffies", c_uint64), ("pass_reason", c_uint32), ("stale_count", c_uint32),
                 ("mp_guard", c_uint32), ("route_mtu4", c_uint32), ("route_mtu6", c_uint32),
-                ("local4_count", c_uint32), ("local4", c_uint32 * LOCAL4_MAX)]
+                ("local4_count", c_uint32), ("local4", c_uint32 * LOCAL4_MAX), ("fw_families", c_uint32),
+                ("pad", c_uint32)]
 
 
 class TnaState(Structure):
@@ -93,7 +96,8 @@ MAP_STATS = "tna_stats"
 MAP_PORTS = "tna_ports"
 MAP_FDB = "tna_fdb"
 MAP_L3BR = "tna_l3br"
+MAP_FW_IFACES = "tna_fw_ifaces"
 SECTION_IFACE = ".rodata.tna"
-SHARED_MAPS = (MAP_STATE, MAP_DEVMAP, MAP_EGRESS, MAP_STALE, MAP_PORTS, MAP_FDB, MAP_L3BR)
+SHARED_MAPS = (MAP_STATE, MAP_DEVMAP, MAP_EGRESS, MAP_STALE, MAP_PORTS, MAP_FDB, MAP_L3BR, MAP_FW_IFACES)
 PROGRAM_NAME = "tna_main"
 RENEW_PROGRAM = "tna_renew"

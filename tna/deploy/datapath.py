@@ -124,7 +124,7 @@ class Datapath:
     # --- programs -----------------------------------------------------
 
     def _load(self, plan: IfacePlan) -> tuple[bpf.BpfObject, bpf.Program, Path]:
-        source = render(plan.hook, plan.modules, dev_bound=plan.hook == "xdp")
+        source = render(plan.hook, plan.modules, dev_bound=plan.hook == "xdp", firewall=plan.firewall)
         path = compile_source(source, self.cache_dir)
         obj = bpf.BpfObject(str(path))
         try:
@@ -250,11 +250,13 @@ class Datapath:
             if self.renew_prog is not None:
                 renew(self.renew_prog, self.cfg)
 
-    def set_guards(self, pass_reason: int, mp_guard: int, route_mtu: tuple[int, int], local4: list[str]) -> None:
+    def set_guards(self, pass_reason: int, mp_guard: int, route_mtu: tuple[int, int], local4: list[str],
+                   fw_families: int = 0) -> None:
         """Global switches; published before any program of a new plan runs."""
         c = self.cfg
         before = bytes(c)
         c.pass_reason, c.mp_guard, (c.route_mtu4, c.route_mtu6) = pass_reason, mp_guard, route_mtu
+        c.fw_families = fw_families
         c.local4_count = len(local4)
         packed = b"".join(socket.inet_aton(a) for a in local4[:abi.LOCAL4_MAX])
         ctypes.memmove(c.local4, packed.ljust(4 * abi.LOCAL4_MAX, b"\0"), 4 * abi.LOCAL4_MAX)
@@ -268,6 +270,12 @@ class Datapath:
         self._sync(abi.MAP_DEVMAP, {bytes(u32(i)): bytes(u32(i)) for i in xdp_egress})
         self._sync(abi.MAP_EGRESS, {bytes(u32(i)): bytes(abi.TnaEgress()) for i in tc_egress})
         self._sync_stale(stale)
+
+    def sync_firewall(self, masks: dict[int, int]) -> None:
+        """Which FORWARD-rule interface patterns each interface matches."""
+        if self.shared:
+            u32, u64 = ctypes.c_uint32, ctypes.c_uint64
+            self._sync(abi.MAP_FW_IFACES, {bytes(u32(i)): bytes(u64(m)) for i, m in masks.items() if m})
 
     def port_slot(self, ifindex: int) -> int:
         """A port's stable index in tna_ports (allocated on first use)."""

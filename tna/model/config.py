@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from tna.bpf.abi import TNA_MP_GUARD_V4, TNA_MP_GUARD_V6
+from tna.model.firewall import Firewall
 
 AF_INET = 2
 AF_INET6 = 10
@@ -194,6 +195,8 @@ class Model:
     ingress_filters: set[int] = field(default_factory=set)
     # Effective IPv4 rp_filter per ifindex: max(conf.all, conf.<dev>) (/proc/sys).
     rp_filter: dict[int, int] = field(default_factory=dict)
+    # The FORWARD chains the fast path evaluates (None: no filtering rules).
+    firewall: Firewall | None = None
 
     def apply(self, msg: NlMsg | XdpXmit | TcFilters) -> bool:
         """Apply one netlink message (or a fact the watcher derived from
@@ -284,6 +287,11 @@ class Model:
     def set_sysctls(self, sysctls: Sysctls) -> bool:
         changed = sysctls != self.sysctls
         self.sysctls = sysctls
+        return changed
+
+    def set_firewall(self, fw: Firewall | None) -> bool:
+        changed = fw != self.firewall
+        self.firewall = fw
         return changed
 
     def set_rp_filter(self, index: int, mode: int) -> bool:

@@ -120,3 +120,79 @@ def _walk(table: Table, chain: str, pkt: Packet, depth: int) -> str:
         if verdict != _CONTINUE:
             return verdict
     return _CONTINUE
+
+
+# --- what the fast path may take over ----------------------------------------
+
+@dataclass(frozen=True)
+class FwChain:
+    name: str
+    policy: str | None          # ACCEPT/DROP for FORWARD, None for a user chain
+    rules: tuple[Rule, ...]
+
+
+@dataclass(frozen=True)
+class Firewall:
+    """The FORWARD chains the fast path evaluates, per IP version (callee
+    first, FORWARD last; None: no filtering for that version), and the
+    interface patterns they use (bit k of an interface's mask: pattern k)."""
+
+    v4: tuple[FwChain, ...] | None
+    v6: tuple[FwChain, ...] | None
+    ifaces: tuple[str, ...]
+
+    def iface_masks(self, names: dict[int, str]) -> dict[int, int]:
+        """ifindex -> the patterns its name matches, as bits."""
+        return {i: sum(1 << k for k, pattern in enumerate(self.ifaces) if iface_matches(pattern, name))
+                for i, name in names.items()}
+
+
+_CONNTRACK = ("-m conntrack", "-m state", "-j CT", "-j NOTRACK", "-j CONNMARK", "-m connmark", "-m connlimit")
+
+
+def _uses_conntrack(rule: Rule) -> bool:
+    return rule.ctstate is not None or any(u.startswith(_CONNTRACK) for u in rule.unsupported)
+
+
+def _closure(table: Table, start: str) -> tuple[FwChain, ...]:
+    """Chains reachable from start, each after every chain it jumps to."""
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in order:
+            return
+        for rule in table.chains[name].rules:
+            if rule.jump and rule.expressible:
+                visit(rule.target)
+        order.append(name)
+    visit(start)
+    return tuple(FwChain(n, table.chains[n].policy, tuple(table.chains[n].rules)) for n in order)
+
+
+def firewall_plan(tables: dict[int, dict[str, Table]]) -> tuple[Firewall | None, str | None]:
+    """(what the fast path evaluates, None) or (None, why all traffic must
+    stay on the kernel path)."""
+    chains: dict[int, tuple[FwChain, ...] | None] = {}
+    for version, ts in tables.items():
+        for name, table in ts.items():
+            if name != "filter" and not table.empty:
+                return None, f"the IPv{version} {name} table has rules (not modelled)"
+            for chain in table.chains.values():
+                for rule in chain.rules:
+                    if _uses_conntrack(rule):
+                        return None, (f"connection tracking is in use (IPv{version} {chain.name} rule "
+                                      f"{rule.index}): stateful rules are not accelerated yet")
+        f = ts.get("filter")
+        fwd = f.chains.get("FORWARD") if f is not None else None
+        if fwd is None or (not fwd.rules and fwd.policy == ACCEPT):
+            chains[version] = None
+        else:
+            assert f is not None
+            chains[version] = _closure(f, "FORWARD")
+    patterns = sorted({str(m.value) for cs in chains.values() if cs for c in cs for r in c.rules
+                       for m in (r.iif, r.oif) if m is not None})
+    if len(patterns) > 64:
+        return None, f"{len(patterns)} interface patterns in FORWARD rules (at most 64 are modelled)"
+    if chains.get(4) is None and chains.get(6) is None:
+        return None, None
+    return Firewall(chains.get(4), chains.get(6), tuple(patterns)), None

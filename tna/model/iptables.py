@@ -69,7 +69,7 @@ class Rule:
     ctstate: Neg | None = None      # frozenset of CT_STATES
     comment: str | None = None
     unsupported: tuple[str, ...] = ()  # matches, options or the target TNA cannot express
-    counters: tuple[int, int] = (0, 0)
+    counters: tuple[int, int] = field(default=(0, 0), compare=False)  # not part of what the rule does
 
     @property
     def expressible(self) -> bool:
@@ -85,7 +85,7 @@ class Rule:
 class Chain:
     name: str
     policy: str | None              # None for a user-defined chain
-    counters: tuple[int, int] = (0, 0)
+    counters: tuple[int, int] = field(default=(0, 0), compare=False)
     rules: list[Rule] = field(default_factory=list)
 
 

@@ -83,17 +83,3 @@ def read_rulesets() -> Rulesets:
     for version in sorted(iptables_tables):
         _save(version, "nft", out)
     return out
-
-
-def rules_present() -> str | None:
-    """Why the fast path must stay off, or None when no rule set exists."""
-    try:
-        rs = read_rulesets()
-    except (OSError, FileNotFoundError, ValueError, subprocess.TimeoutExpired) as e:
-        return f"netfilter rule sets cannot be read ({e}), so they cannot be ruled out"
-    if rs.foreign:
-        return "; ".join(rs.foreign)
-    tables = [f"IPv{v} {name}" for v, ts in rs.tables.items() for name, t in ts.items() if not t.empty]
-    if tables:
-        return f"iptables rules present ({', '.join(tables)})"
-    return None

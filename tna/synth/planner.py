@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from tna.bpf.abi import PORT_FLAGS, TNA_IF_CHECK_CSUM_PARTIAL, TNA_IF_L2_EGRESS, TNA_IF_RP_LOOSE, TNA_IF_RP_STRICT
 from tna.model.config import BR_STATE_FORWARDING, Link, Model
+from tna.model.firewall import Firewall
 
 IFF_LOWER_UP = 0x10000
 
@@ -38,6 +39,7 @@ class IfacePlan:
     modules: tuple[str, ...]
     mac: str
     flags: int
+    firewall: Firewall | None = None  # compiled into the program with the firewall module
 
     @property
     def shape(self) -> tuple[str, tuple[str, ...]]:
@@ -207,6 +209,8 @@ def plan(model: Model, mode: str = "auto", overrides: dict[str, str] | None = No
     l3 = {i: l3_bridge(br, model) for i, br in bridges.items() if routes_through(br, model)}
     # the router resolves a route into a bridge through its FDB
     router_modules = ("fdb", "router") if any(b.flags & TNA_IF_L2_EGRESS for b in l3.values()) else ("router",)
+    if model.firewall is not None:
+        router_modules = ("firewall", *router_modules)
     for link in model.links.values():
         why = _skip_reason(link, model)
         if why is not None:
@@ -223,7 +227,8 @@ def plan(model: Model, mode: str = "auto", overrides: dict[str, str] | None = No
             modules = router_modules
         assert link.mac is not None  # link.ethernet checked it
         modules = tuple(dict.fromkeys(modules))
-        ifaces[link.index] = IfacePlan(link.index, link.name, hook, hook_why, modules, link.mac, flags)
+        ifaces[link.index] = IfacePlan(link.index, link.name, hook, hook_why, modules, link.mac, flags,
+                                       model.firewall if "firewall" in modules else None)
     return Plan(
         ifaces=ifaces,
         skipped=skipped,

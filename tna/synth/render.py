@@ -5,11 +5,14 @@ from __future__ import annotations
 import jinja2
 
 from tna import TEMPLATE_DIR
+from tna.model.firewall import Firewall
+from tna.synth.fwgen import render_data
 
 HOOKS = ("xdp", "tc")
-# In include order; the planner picks a subset.  "fdb" is a library the
-# others call (a bridge's forwarding decision), the rest form the chain.
-MODULES = ("fdb", "bridge", "router")
+# In include order; the planner picks a subset.  "fdb" (a bridge's
+# forwarding decision) and "firewall" (the FORWARD chain, called by the
+# router) are libraries; the rest form the chain.
+MODULES = ("fdb", "bridge", "firewall", "router")
 CHAIN = ("bridge", "router")
 
 _env = jinja2.Environment(
@@ -21,7 +24,7 @@ _env = jinja2.Environment(
 )
 
 
-def render(hook: str, modules: tuple[str, ...], dev_bound: bool = False) -> str:
+def render(hook: str, modules: tuple[str, ...], dev_bound: bool = False, firewall: Firewall | None = None) -> str:
     """The C source of the program for this hook and module chain.
     dev_bound: an XDP program bound to its device (may ask the driver for
     out-of-band VLAN tags; BPF_PROG_RUN refuses such programs)."""
@@ -35,5 +38,8 @@ def render(hook: str, modules: tuple[str, ...], dev_bound: bool = False) -> str:
         raise ValueError("only XDP programs are bound to a device")
     if "bridge" in ordered and "fdb" not in ordered:
         raise ValueError("the bridge module needs the fdb module")
+    if ("firewall" in ordered) != (firewall is not None):
+        raise ValueError("the firewall module and a firewall go together")
     return _env.get_template("main.c.j2").render(
-        hook=hook, modules=ordered, chain=[m for m in ordered if m in CHAIN], dev_bound=dev_bound)
+        hook=hook, modules=ordered, chain=[m for m in ordered if m in CHAIN], dev_bound=dev_bound,
+        fw=render_data(firewall))

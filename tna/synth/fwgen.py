@@ -1,0 +1,106 @@
+"""FORWARD chains -> C: one function per chain, one `if` per rule.
+
+Rule matches become C conditions over `struct fw_pkt` (firewall.c.j2);
+addresses are compared in network byte order as the packet holds them, so
+constants are emitted as the u32 a little-endian load of those bytes gives.
+A rule TNA cannot express keeps its expressible matches and sends what they
+match to the kernel; the rest of its matches are the kernel's to judge.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from tna.model.firewall import Firewall, FwChain
+from tna.model.iptables import Neg, Rule
+
+
+def _words(packed: bytes) -> list[int]:
+    return [int.from_bytes(packed[i:i + 4], "little") for i in range(0, len(packed), 4)]
+
+
+def _net(field: str, m: Neg) -> str:
+    net = m.value
+    assert isinstance(net, (ipaddress.IPv4Network, ipaddress.IPv6Network))
+    terms = [f"(f->{field}[{i}] & 0x{mw:08x}U) == 0x{nw:08x}U"
+             for i, (nw, mw) in enumerate(zip(_words(net.network_address.packed), _words(net.netmask.packed),
+                                              strict=True)) if mw]
+    return " && ".join(terms) or "1"
+
+
+def _ranges(field: str, ranges: Any) -> str:
+    return " || ".join(f"f->{field} == {lo}" if lo == hi else f"(f->{field} >= {lo} && f->{field} <= {hi})"
+                       for lo, hi in ranges)
+
+
+def _condition(rule: Rule, ifaces: tuple[str, ...]) -> str:
+    terms = []
+
+    def add(m: Neg | None, expr: str) -> None:
+        if m is not None:
+            terms.append(f"!({expr})" if m.neg else f"({expr})")
+
+    add(rule.src, _net("saddr", rule.src) if rule.src else "")
+    add(rule.dst, _net("daddr", rule.dst) if rule.dst else "")
+    if rule.iif is not None:
+        add(rule.iif, f"(f->in_mask >> {ifaces.index(str(rule.iif.value))}) & 1")
+    if rule.oif is not None:
+        add(rule.oif, f"(f->out_mask >> {ifaces.index(str(rule.oif.value))}) & 1")
+    if rule.proto is not None:
+        add(rule.proto, "1" if rule.proto.value == 0 else f"f->proto == {rule.proto.value}")
+    if rule.sport is not None:
+        add(rule.sport, f"f->has_ports && ({_ranges('sport', rule.sport.value)})")
+    if rule.dport is not None:
+        add(rule.dport, f"f->has_ports && ({_ranges('dport', rule.dport.value)})")
+    if rule.ports is not None:
+        add(rule.ports, f"f->has_ports && ({_ranges('sport', rule.ports.value)} || "
+                        f"{_ranges('dport', rule.ports.value)})")
+    if rule.tcp_flags is not None:
+        mask, comp = rule.tcp_flags.value  # type: ignore[misc]
+        add(rule.tcp_flags, f"f->proto == 6 && (f->tcp_flags & 0x{mask:02x}) == 0x{comp:02x}")
+    if rule.icmp_type is not None:
+        t, code = rule.icmp_type.value  # type: ignore[misc]
+        add(rule.icmp_type, f"f->has_icmp && f->icmp_type == {t}" + (f" && f->icmp_code == {code}" if code is not None
+                                                                       else ""))
+    if rule.fragment is not None:
+        add(rule.fragment, "0")  # the fast path never sees fragments
+    return " && ".join(terms) or "1"
+
+
+def _action(rule: Rule, prefix: str, index: dict[str, int]) -> str:
+    if not rule.expressible:
+        return "return FW_KERNEL;"
+    if rule.target == "ACCEPT":
+        return "return FW_ACCEPT;"
+    if rule.target == "DROP":
+        return "return FW_DROP;"
+    if rule.target == "RETURN":
+        return "return FW_CONT;"
+    return f"{{ int r = {prefix}_{index[rule.target]}(f); if (r != FW_CONT) return r; }}"
+
+
+def _comment(text: str) -> str:
+    return text.replace("*/", "* /")
+
+
+def _chains(chains: tuple[FwChain, ...] | None, prefix: str, ifaces: tuple[str, ...]) -> list[dict[str, Any]]:
+    if not chains:
+        return []
+    index = {c.name: i for i, c in enumerate(chains)}
+    out = []
+    for c in chains:
+        end = {"ACCEPT": "FW_ACCEPT", "DROP": "FW_DROP"}.get(c.policy or "", "FW_CONT")
+        rules = [{"text": _comment(r.text), "cond": _condition(r, ifaces), "action": _action(r, prefix, index)}
+                 for r in c.rules]
+        out.append({"fn": f"{prefix}_{index[c.name]}", "name": _comment(c.name), "rules": rules, "end": end})
+    return out
+
+
+def render_data(fw: Firewall | None) -> dict[str, Any] | None:
+    """What firewall.c.j2 needs: per family, the chains to emit in order
+    (the last is FORWARD)."""
+    if fw is None:
+        return None
+    return {"v4": _chains(fw.v4, "fw4", fw.ifaces), "v6": _chains(fw.v6, "fw6", fw.ifaces),
+            "uses_ifaces": bool(fw.ifaces)}
