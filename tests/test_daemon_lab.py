@@ -118,9 +118,10 @@ def test_stale_neighbour_is_revalidated_by_kernel():
 def test_netfilter_rules_keep_traffic_on_kernel_path(accelerated):
     lab, tna = accelerated
     lab.run(lab.r, ["nft", "add", "table", "inet", "guard"])  # no chain: touches no packet
-    lab.run(lab.r, ["iptables", "-A", "FORWARD", "-j", "ACCEPT"])
-    assert wait_for(lambda: "IPv4 filter" in (tna.status()["disabled"] or ""), 5, 0.2)
-    lab.run(lab.r, ["iptables", "-D", "FORWARD", "-j", "ACCEPT"])  # an empty table, ACCEPT policies
+    stateful = ["FORWARD", "-m", "conntrack", "--ctstate", "ESTABLISHED", "-j", "ACCEPT"]
+    lab.run(lab.r, ["iptables", "-A", *stateful])
+    assert wait_for(lambda: "connection tracking" in (tna.status()["disabled"] or ""), 5, 0.2)
+    lab.run(lab.r, ["iptables", "-D", *stateful])  # an empty table, ACCEPT policies
     assert wait_for(lambda: not tna.status()["disabled"], 5, 0.2)
     lab.run(lab.r, ["nft", "add", "chain", "inet", "guard", "fw", "{ type filter hook forward priority 0; }"])
     assert wait_for(lambda: "inet guard fw" in (tna.status()["disabled"] or ""), 5, 0.2)
