@@ -11,7 +11,10 @@ probes of every kind sent from h1 as raw frames, and what reaches h2:
 from __future__ import annotations
 
 import subprocess
+import time
+from datetime import datetime
 from ipaddress import ip_address
+from pathlib import Path
 
 import pytest
 
@@ -75,15 +78,26 @@ def frame(lab: RouterLab, pkt: Packet, n: int) -> bytes:
     return bytes(Ether(src=lab.h1.mac, dst=lab.r_h1_mac) / ip / l4 / Raw(MARK + b"%04d" % n))
 
 
-def send_probes(lab: RouterLab, pkts: list[Packet]) -> set[int]:
-    """Indexes of the probes that reached h2."""
-    cap = lab.popen(lab.h2.ns, py("netns_labs.xfer", "raw-capture", lab.h2.dev, MARK.hex(), str(len(pkts)), "3"),
+def send_probes(lab: RouterLab, pkts: list[Packet], wait: float = 3) -> set[int]:
+    """Indexes of the probes that reached h2 (waiting up to wait seconds)."""
+    cap = lab.popen(lab.h2.ns, py("netns_labs.xfer", "raw-capture", lab.h2.dev, MARK.hex(), str(len(pkts)),
+                                  str(wait)),
                     stdout=subprocess.PIPE, text=True, cwd=lab.repo)
     assert cap.stdout is not None and cap.stdout.readline().strip() == "ready"
     frames = ",".join(frame(lab, p, n).hex() for n, p in enumerate(pkts))
     lab.run(lab.h1.ns, py("netns_labs.xfer", "raw-send", lab.h1.dev, frames, "1"), cwd=lab.repo)
     out, _ = cap.communicate(timeout=30)
     return {int(bytes.fromhex(h).split(MARK)[1][:4]) for h in out.split()}
+
+
+def attached_after(log: str, iface: str, t0: float) -> float:
+    """When the daemon logged the first attach to iface after t0."""
+    for line in log.splitlines():
+        if f" {iface}: " in line and "program" in line and "attached" in line:
+            when = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            if when >= t0:
+                return when
+    raise AssertionError(f"no attach to {iface} after {t0}:\n{log}")
 
 
 def setup(lab: RouterLab, rules: str) -> None:
@@ -127,3 +141,29 @@ def test_fast_path_filters_like_the_kernel(router_lab: RouterLab, hook: str) -> 
     assert moved == {"FORWARDED": sum(v == ACCEPT for v in expect.values()),
                      "FW_DROP": sum(v == DROP for v in expect.values()),
                      "FW_KERNEL": sum(v == KERNEL for v in expect.values())}, moved
+
+
+def test_rule_changes_take_effect_at_once(router_lab: RouterLab, hook: str) -> None:
+    """A DROP rule added while traffic is fast-pathed: the next packet is
+    dropped (the commit event makes everything pass to the kernel until the
+    new rules are compiled in), and within a second the fast path itself
+    carries the rule."""
+    lab = router_lab
+    setup(lab, STATELESS)
+    pkts = [Packet(ip_address("192.0.2.2"), ip_address("198.51.100.2"), "r-h1", "r-h2", 17, 1000, 2000 + i)
+            for i in range(4)]
+    with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
+        assert wait_for(lambda: "firewall" in tna.status()["ifaces"]["r-h1"]["modules"], 5, 0.2)
+        assert send_probes(lab, pkts) == {0, 1, 2, 3}  # the last-resort rule accepts them
+        reaction = []
+        for i, p in enumerate(pkts):
+            t0 = time.time()
+            lab.run(lab.r, ["iptables", "-I", "FORWARD", "-p", "udp", "--dport", str(p.dport), "-j", "DROP"])
+            assert send_probes(lab, pkts, 1) == set(range(i + 1, len(pkts)))
+            source = Path(tna.status()["ifaces"]["r-h1"]["source"])
+            assert f"--dport {p.dport} -j DROP" in source.read_text()
+            reaction.append(attached_after(tna.output(), "r-h1", t0) - t0)
+        assert max(reaction) < 1.0, reaction
+        before = tna.counters("r-h1")
+        assert send_probes(lab, pkts, 1) == set()
+        assert tna.counters("r-h1").get("FW_DROP", 0) - before.get("FW_DROP", 0) == len(pkts)

@@ -23,6 +23,7 @@ from tna.deploy.datapath import Datapath, ForeignProgram, attached_tna_prog
 from tna.model.config import AF_INET, AF_INET6, Model
 from tna.model.firewall import Firewall, firewall_plan
 from tna.netlink import netfilter
+from tna.netlink.netfilter import NetfilterChanged
 from tna.netlink.watch import ResyncNeeded, Watcher, read_rp_filter, read_sysctls
 from tna.runstate import RunLock, write_state
 from tna.synth.compile import CompileError
@@ -78,17 +79,23 @@ class Daemon:
     def _loop(self) -> None:
         next_poll = 0.0
         while not self._stop.is_set():
-            changed = False
+            changed = nft_commit = False
             assert self._watcher is not None
             try:
                 for msg in self._watcher.events(timeout=0.1):
-                    changed |= self.model.apply(msg)
+                    if isinstance(msg, NetfilterChanged):
+                        # the programs may carry the old rules: kernel path
+                        # until the new ones are read and compiled in
+                        self.dp.hold(abi.REASON["FW_CHANGED"])
+                        nft_commit = changed = True
+                    else:
+                        changed |= self.model.apply(msg)
             except ResyncNeeded as e:
                 log.warning("%s: resynchronising everything", e)
                 self._resync()
                 changed = True
             now = time.monotonic()
-            if now >= next_poll:
+            if now >= next_poll or nft_commit:
                 changed |= self._poll()
                 next_poll = now + POLL_S
             if changed:
@@ -174,9 +181,14 @@ class Daemon:
         m = self.model
         fw = m.firewall
         families = (abi.TNA_FW_V4 if fw and fw.v4 else 0) | (abi.TNA_FW_V6 if fw and fw.v6 else 0)
-        self.dp.set_guards(abi.REASON["DISABLED"] if self.disabled_why else 0, m.multipath_guard(),
-                           (m.route_mtu(AF_INET), m.route_mtu(AF_INET6)), m.local_ipv4(), families)
         p = plan(self.model, self.mode, self.overrides)
+        # programs that filter by other rules than the new ones must not
+        # decide anything while they are replaced
+        if families != self.dp.cfg.fw_families or any(
+                i in p.ifaces and a.plan.firewall != p.ifaces[i].firewall for i, a in self.dp.attached.items()):
+            self.dp.hold(abi.REASON["FW_CHANGED"])
+        else:
+            self._publish_guards(families)
         for ifindex in set(self.dp.attached) - set(p.ifaces):
             self._safely(ifindex, lambda i=ifindex: self.dp.remove(i))
         self.failed = {i: why for i, why in self.failed.items() if i in p.ifaces}
@@ -184,10 +196,16 @@ class Daemon:
             if self._safely(ifindex, lambda ip=ip: self.dp.apply(ip)):
                 self.failed.pop(ifindex, None)
         self.dp.sync(p.xdp_egress, p.tc_egress, self.model.stale_neighbours())
+        self._publish_guards(families)
         self.dp.sync_bridges(p.ports, p.l3_bridges, [e for e in m.fdb.values() if e.bridge in p.bridges])
         self.dp.sync_firewall(fw.iface_masks({i: link.name for i, link in m.links.items()}) if fw else {})
         self.plan = p
         write_state(self.describe())
+
+    def _publish_guards(self, fw_families: int) -> None:
+        m = self.model
+        self.dp.set_guards(abi.REASON["DISABLED"] if self.disabled_why else 0, m.multipath_guard(),
+                           (m.route_mtu(AF_INET), m.route_mtu(AF_INET6)), m.local_ipv4(), fw_families)
 
     def _safely(self, ifindex: int, action: Any) -> bool:
         """Run an attach/detach; on failure the interface ends on the kernel path."""

@@ -250,6 +250,12 @@ class Datapath:
             if self.renew_prog is not None:
                 renew(self.renew_prog, self.cfg)
 
+    def hold(self, reason: int) -> None:
+        """Send everything to the kernel now (the next set_guards() ends it)."""
+        if self.cfg.pass_reason != reason:
+            self.cfg.pass_reason = reason
+            self.write_state()
+
     def set_guards(self, pass_reason: int, mp_guard: int, route_mtu: tuple[int, int], local4: list[str],
                    fw_families: int = 0) -> None:
         """Global switches; published before any program of a new plan runs."""

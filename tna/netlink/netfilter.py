@@ -5,17 +5,22 @@ back end that holds them (iptables-nft: nftables tables ip/ip6 filter, nat,
 ...; iptables-legacy: x_tables, listed in /proc/net/ip{,6}_tables_names).
 Everything else nftables holds - a native table, a base chain in the inet,
 bridge, arp or netdev family, a table iptables-nft cannot decode - is
-"foreign": TNA does not model it.  Polled (cheap reads; the nftables
-generation tells whether anything changed).
+"foreign": TNA does not model it.  Read again on every nftables commit
+(NftEvents: iptables-nft's rules included) and polled for iptables-legacy,
+which announces nothing.
 """
 
 from __future__ import annotations
 
 import json
+import select
 import shutil
+import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pyroute2.netlink.nlsocket import NetlinkSocket
 
 from tna.model.iptables import BUILTIN_CHAINS, ParseError, Table, parse_save
 
@@ -23,6 +28,36 @@ LEGACY_NAMES = {4: Path("/proc/net/ip_tables_names"), 6: Path("/proc/net/ip6_tab
 SAVE = {(4, "legacy"): "iptables-legacy-save", (6, "legacy"): "ip6tables-legacy-save",
         (4, "nft"): "iptables-nft-save", (6, "nft"): "ip6tables-nft-save"}
 NFT_FAMILY = {"ip": 4, "ip6": 6}
+NETLINK_NETFILTER, NFNLGRP_NFTABLES = 12, 7
+
+
+@dataclass(frozen=True)
+class NetfilterChanged:
+    """An nftables commit happened in this namespace (the rule sets must be
+    read again; what changed is not decoded)."""
+
+
+class NftEvents:
+    """Subscription to nftables commits (NFNLGRP_NFTABLES), read with select()
+    like the netdev family's (this pyroute2 never hands them to get())."""
+
+    def __init__(self) -> None:
+        self._sock = NetlinkSocket(family=NETLINK_NETFILTER)
+        self._sock.bind(groups=1 << (NFNLGRP_NFTABLES - 1))
+        self._raw = socket.socket(fileno=self._sock.fileno())
+
+    def close(self) -> None:
+        self._raw.detach()  # the fd belongs to the pyroute2 socket
+        self._sock.close()
+
+    def read(self, timeout: float) -> bool:
+        """Whether commits arrived within timeout (all pending ones are
+        consumed); OSError(ENOBUFS) on overrun."""
+        seen = False
+        while select.select([self._raw], [], [], 0 if seen else timeout)[0]:
+            self._raw.recv(1 << 16)
+            seen = True
+        return seen
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""Watch links, addresses, routes, neighbours, bridge FDBs and xdp-features;
-feed the model.
+"""Watch links, addresses, routes, neighbours, bridge FDBs, xdp-features and
+nftables commits; feed the model.
 
 Bind first, then dump into the same socket, so no event between the dump
 and the subscription is lost; the dump's messages and later events come
@@ -29,6 +29,7 @@ from pyroute2.netlink.rtnl import (
 
 from tna.model.config import AF_BRIDGE, AF_INET, AF_INET6, NlMsg, Sysctls, TcFilters, XdpXmit
 from tna.netlink.netdev import XdpFeatureEvents, xdp_xmit_capable
+from tna.netlink.netfilter import NetfilterChanged, NftEvents
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,9 @@ def tc_filters(ipr: IPRoute, ifindex: int, parent: int) -> list[tuple[int, int]]
 def tc_facts(ipr: IPRoute, ifindex: int) -> TcFilters:
     ingress = [f for f in tc_filters(ipr, ifindex, TC_H_CLSACT_INGRESS) if f != (TC_PRIORITY, TC_HANDLE)]
     return TcFilters(ifindex, bool(tc_filters(ipr, ifindex, TC_H_CLSACT_EGRESS)), bool(ingress))
+
+
+Fact = NlMsg | XdpXmit | TcFilters | NetfilterChanged
 
 
 class ResyncNeeded(Exception):
@@ -89,6 +93,8 @@ class Watcher:
             self._xdp = None
         else:
             threading.Thread(target=self._read_xdp, name="tna-netdev", daemon=True).start()
+        self._nft = NftEvents()
+        threading.Thread(target=self._read_nft, name="tna-nftables", daemon=True).start()
 
     def close(self) -> None:
         self._closed.set()
@@ -126,6 +132,18 @@ class Watcher:
         finally:
             self._xdp.close()
 
+    def _read_nft(self) -> None:
+        try:
+            while not self._closed.is_set():
+                if self._nft.read(timeout=0.2):
+                    self._q.put(NetfilterChanged())
+        except Exception as e:  # an overrun loses nothing: the rule sets are read whole
+            if not self._closed.is_set():
+                self._q.put(NetfilterChanged())
+                self._q.put(ResyncNeeded(f"nftables reader stopped: {e!r}"))
+        finally:
+            self._nft.close()
+
     @staticmethod
     def _dump(ipr: IPRoute) -> list[NlMsg | TcFilters]:
         """Everything the model needs, in dependency order (links first)."""
@@ -155,7 +173,7 @@ class Watcher:
                 raise item
             msgs.append(item)
 
-    def events(self, timeout: float) -> Iterator[NlMsg | XdpXmit | TcFilters]:
+    def events(self, timeout: float) -> Iterator[Fact]:
         """Messages that arrive within timeout: all queued, then stop."""
         try:
             item = self._q.get(timeout=timeout)
@@ -170,8 +188,8 @@ class Watcher:
             except queue.Empty:
                 return
 
-    def _expand(self, msg: NlMsg | XdpXmit) -> Iterator[NlMsg | XdpXmit | TcFilters]:
-        if isinstance(msg, XdpXmit):
+    def _expand(self, msg: NlMsg | XdpXmit | NetfilterChanged) -> Iterator[Fact]:
+        if isinstance(msg, (XdpXmit, NetfilterChanged)):
             yield msg
         elif msg["header"]["type"] in (RTM_NEWQDISC, RTM_DELQDISC, RTM_NEWTFILTER, RTM_DELTFILTER):
             # tc events do not say what the device ends up with: re-read its
