@@ -20,6 +20,8 @@
  *   tna_fw_ifaces HASH ifindex       shared   bit k: the interface matches FORWARD rules'
  *                                            interface pattern k (-i/-o, '+' wildcards)
  *   tna_stats     PERCPU_ARRAY       per program: packets/bytes per reason
+ *   tna_fw_rules  PERCPU_ARRAY       per program: packets/bytes per compiled FORWARD rule
+ *                                            (ids in the order tna/synth/fwgen.py numbers them)
  *   .rodata.tna   tna_iface          per program: ingress interface constants
  */
 #ifndef TNA_ABI_H
@@ -201,6 +203,7 @@ struct tna_fdb {
 #define TNA_FDB_SIZE 65536
 #define TNA_L3BR_SIZE 256
 #define TNA_FW_IFACES_SIZE 4096
+#define TNA_FW_RULES_MAX 16384
 
 #ifdef __BPF__
 #include <bpf/bpf_helpers.h>
@@ -267,6 +270,13 @@ struct {
 	__type(key, __u32);
 	__type(value, struct tna_counter);
 } tna_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, TNA_FW_RULES_MAX);
+	__type(key, __u32);
+	__type(value, struct tna_counter);
+} tna_fw_rules SEC(".maps");
 
 /* Its own section, so the daemon finds the struct at offset 0 of the map. */
 const volatile struct tna_iface_cfg tna_iface SEC(".rodata.tna") = {};

@@ -39,6 +39,7 @@ def test_layouts_and_reasons_match_the_header(tmp_path: Path) -> None:
     lines.append(f'printf("reason IF_L2_EGRESS %d {abi.TNA_IF_L2_EGRESS}\\n", (int)TNA_IF_L2_EGRESS);')
     lines.append(f'printf("reason FW_V4 %d {abi.TNA_FW_V4}\\n", (int)TNA_FW_V4);')
     lines.append(f'printf("reason FW_V6 %d {abi.TNA_FW_V6}\\n", (int)TNA_FW_V6);')
+    lines.append(f'printf("reason FW_RULES_MAX %d {abi.FW_RULES_MAX}\\n", TNA_FW_RULES_MAX);')
     lines.append(f'printf("reason PORTS_SIZE %d {abi.PORTS_SIZE}\\n", TNA_PORTS_SIZE);')
     lines.append(f'printf("reason LOCAL4_MAX %d {abi.LOCAL4_MAX}\\n", TNA_LOCAL4_MAX);')
     lines += ["return 0;", "}"]

@@ -6,6 +6,7 @@ Examples:
   ip netns exec R tna run --iface-hook eth1=tc
   ip netns exec R tna status [--json]     # interfaces, hooks, programs, packets by reason
   ip netns exec R tna stats [--json] [--watch 1]
+  ip netns exec R tna stats --rules [--json]   # per iptables FORWARD rule: kernel + fast path
   ip netns exec R tna source r-h1         # the exact C running on r-h1
 """
 
@@ -21,7 +22,7 @@ from typing import Any
 
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
-from tna.deploy.datapath import read_stats
+from tna.deploy.datapath import read_counters, read_stats
 from tna.netlink.watch import TC_HANDLE, TC_PRIORITY
 from tna.runstate import AlreadyRunning, read_state
 
@@ -114,7 +115,60 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def fast_path_rule_counters(state: dict[str, Any]) -> dict[int, tuple[int, int]]:
+    """Counter id -> (packets, bytes) the fast path applied, over every
+    interface's program (each has its own tna_fw_rules)."""
+    total: dict[int, tuple[int, int]] = {}
+    for iface in state["ifaces"].values():
+        live = _attached_id(iface["ifindex"], iface["hook"])
+        if live != iface["prog_id"] or "firewall" not in iface["modules"]:
+            continue
+        prog = bpf.Program.from_id(live)
+        try:
+            m = prog.find_map(abi.MAP_FW_RULES)
+            for rid, (p, b) in read_counters(m).items():
+                tp, tb = total.get(rid, (0, 0))
+                total[rid] = (tp + p, tb + b)
+            m.close()
+        finally:
+            prog.close()
+    return total
+
+
+def cmd_rules(state: dict[str, Any], as_json: bool) -> None:
+    """Each compiled FORWARD rule: the kernel's counters (iptables-save -c)
+    and the fast path's, so the sum is what the rule really matched."""
+    from tna.netlink.netfilter import read_rulesets
+
+    tables = read_rulesets().tables
+    fast = fast_path_rule_counters(state)
+    rows = []
+    for ref in state.get("firewall_rules", []):
+        filt = tables[ref["family"]].get("filter")
+        chain = filt.chains.get(ref["chain"]) if filt is not None else None
+        kernel = (0, 0)
+        if chain is not None:
+            if ref["index"] == 0:
+                kernel = chain.counters
+            elif ref["index"] <= len(chain.rules):
+                kernel = chain.rules[ref["index"] - 1].counters
+        fp = fast.get(ref["id"], (0, 0))
+        rows.append({**ref, "kernel": {"packets": kernel[0], "bytes": kernel[1]},
+                     "fast_path": {"packets": fp[0], "bytes": fp[1]}})
+    if as_json:
+        print(json.dumps(rows, sort_keys=True))
+        return
+    print(f"{'':<4} {'chain':<12} {'#':>3} {'kernel pkts':>12} {'fast pkts':>12} {'total bytes':>14}  rule")
+    for r in rows:
+        total_bytes = r["kernel"]["bytes"] + r["fast_path"]["bytes"]
+        print(f"IPv{r['family']} {r['chain']:<12} {r['index'] or '-':>3} {r['kernel']['packets']:>12} "
+              f"{r['fast_path']['packets']:>12} {total_bytes:>14}  {r['text']}")
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
+    if args.rules:
+        cmd_rules(_running_state(), args.json)
+        return 0
     while True:
         st = collect(_running_state())
         totals: dict[str, dict[str, int]] = {}
@@ -164,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     stats = sub.add_parser("stats", help="packets and bytes by reason")
     stats.add_argument("--json", action="store_true")
     stats.add_argument("--watch", type=float, default=0, metavar="SECONDS", help="refresh every SECONDS")
+    stats.add_argument("--rules", action="store_true",
+                       help="per FORWARD rule: the kernel's counters and the fast path's")
     stats.set_defaults(fn=cmd_stats)
     source = sub.add_parser("source", help="print the C program running on IFACE")
     source.add_argument("iface")

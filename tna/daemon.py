@@ -14,6 +14,7 @@ import signal
 import subprocess
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from tna.netlink.netfilter import NetfilterChanged
 from tna.netlink.watch import ResyncNeeded, Watcher, read_rp_filter, read_sysctls
 from tna.runstate import RunLock, write_state
 from tna.synth.compile import CompileError
+from tna.synth.fwgen import rule_refs
 from tna.synth.planner import Plan, bridge_skip_reason, plan
 
 log = logging.getLogger("tna")
@@ -267,5 +269,6 @@ class Daemon:
             "failed": {self.model.links[i].name if i in self.model.links else str(i): why
                        for i, why in self.failed.items()},
             "routes": len(self.model.routes),
+            "firewall_rules": [asdict(r) for r in rule_refs(self.model.firewall)],
             "neighbours": len(self.model.neighs),
         }

@@ -190,6 +190,7 @@ def _load() -> ctypes.CDLL:
         "bpf_map__fd": (c_int, [c_void_p]),
         "bpf_map__reuse_fd": (c_int, [c_void_p, c_int]),
         "bpf_map__set_initial_value": (c_int, [c_void_p, c_void_p, c_size_t]),
+        "bpf_map__set_max_entries": (c_int, [c_void_p, c_uint32]),
         "bpf_map_lookup_elem": (c_int, [c_int, c_void_p, c_void_p]),
         "bpf_map_update_elem": (c_int, [c_int, c_void_p, c_void_p, c_uint64]),
         "bpf_map_delete_elem": (c_int, [c_int, c_void_p]),
@@ -470,6 +471,10 @@ class BpfObject:
         _lib.bpf_program__set_ifindex(ptr, ifindex)
         flags = _lib.bpf_program__flags(ptr) | BPF_F_XDP_DEV_BOUND_ONLY
         _check(_lib.bpf_program__set_flags(ptr, flags), f"bind {prog} to ifindex {ifindex}")
+
+    def set_max_entries(self, name: str, n: int) -> None:
+        """Before load: the size of a map (e.g. one counter per compiled rule)."""
+        _check(_lib.bpf_map__set_max_entries(self._map_ptr(name), n), f"size map {name}")
 
     def set_initial_value(self, name: str, data: bytes) -> None:
         """Before load: the contents of a global data section (.rodata.*)."""

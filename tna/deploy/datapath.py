@@ -25,6 +25,7 @@ from tna.bpf import libbpf as bpf
 from tna.model.config import USER_HZ, FdbEntry, Neigh
 from tna.netlink.watch import TC_H_CLSACT_EGRESS, TC_H_CLSACT_INGRESS, TC_HANDLE, TC_PRIORITY, tc_filters
 from tna.synth.compile import compile_source
+from tna.synth.fwgen import rule_refs
 from tna.synth.planner import IfacePlan, L3Bridge, PortPlan
 from tna.synth.render import render
 
@@ -50,16 +51,21 @@ class Attached:
         return read_stats(self.obj.map(abi.MAP_STATS))
 
 
-def read_stats(stats_map: bpf.Map) -> dict[str, tuple[int, int]]:
-    """reason -> (packets, bytes), summed over CPUs; zero reasons left out."""
-    out: dict[str, tuple[int, int]] = {}
-    for key, per_cpu in stats_map.items():
-        idx = int.from_bytes(key, "little")
+def read_counters(counter_map: bpf.Map) -> dict[int, tuple[int, int]]:
+    """index -> (packets, bytes) of a per-CPU tna_counter array, summed over
+    CPUs; zero entries left out."""
+    out: dict[int, tuple[int, int]] = {}
+    for key, per_cpu in counter_map.items():
         counters = [abi.TnaCounter.from_buffer_copy(v) for v in per_cpu]
         pkts, byts = sum(c.packets for c in counters), sum(c.bytes for c in counters)
-        if pkts and idx < len(abi.REASONS):
-            out[abi.REASONS[idx]] = (pkts, byts)
+        if pkts:
+            out[int.from_bytes(key, "little")] = (pkts, byts)
     return out
+
+
+def read_stats(stats_map: bpf.Map) -> dict[str, tuple[int, int]]:
+    """reason -> (packets, bytes), summed over CPUs; zero reasons left out."""
+    return {abi.REASONS[i]: c for i, c in read_counters(stats_map).items() if i < len(abi.REASONS)}
 
 
 def renew(prog: bpf.Program, cfg: abi.TnaConfig) -> None:
@@ -132,6 +138,8 @@ class Datapath:
                 obj.bind_to_device(abi.PROGRAM_NAME, plan.ifindex)
             slot = self.port_slot(plan.ifindex) if "bridge" in plan.modules else 0
             obj.set_initial_value(abi.SECTION_IFACE, iface_cfg(plan.ifindex, plan.mac, plan.flags, slot))
+            # one counter per compiled FORWARD rule (per program: its own)
+            obj.set_max_entries(abi.MAP_FW_RULES, max(1, len(rule_refs(plan.firewall))))
             for name, m in self.shared.items():
                 obj.reuse_map(name, m.fd)
             obj.load()

@@ -92,17 +92,21 @@ def rule_matches(rule: Rule, pkt: Packet) -> bool:
     )
 
 
-def evaluate(table: Table, chain: str, pkt: Packet) -> str:
+def evaluate(table: Table, chain: str, pkt: Packet, trace: list[tuple[str, int]] | None = None) -> str:
     """ACCEPT or DROP as the kernel would decide, or KERNEL when a rule TNA
-    cannot express could be reached and could match."""
-    verdict = _walk(table, chain, pkt, depth=0)
+    cannot express could be reached and could match.  trace collects the
+    (chain, rule index) of every rule applied, index 0 for a policy: what
+    iptables' counters count."""
+    trace = [] if trace is None else trace
+    verdict = _walk(table, chain, pkt, 0, trace)
     if verdict == _CONTINUE:
         policy = table.chains[chain].policy
+        trace.append((chain, 0))
         return policy if policy in (ACCEPT, DROP) else KERNEL
     return verdict
 
 
-def _walk(table: Table, chain: str, pkt: Packet, depth: int) -> str:
+def _walk(table: Table, chain: str, pkt: Packet, depth: int, trace: list[tuple[str, int]]) -> str:
     if depth > 32:  # the kernel refuses loops; deeper than this is not ours
         return KERNEL
     for rule in table.chains[chain].rules:
@@ -112,11 +116,12 @@ def _walk(table: Table, chain: str, pkt: Packet, depth: int) -> str:
             # its own matches hold (or are all it has that TNA knows): what it
             # adds (another match, LOG, REJECT, ...) is the kernel's to judge
             return KERNEL
+        trace.append((chain, rule.index))
         if rule.target in (ACCEPT, DROP):
             return rule.target
         if rule.target == "RETURN":
             return _CONTINUE
-        verdict = _walk(table, rule.target, pkt, depth + 1)
+        verdict = _walk(table, rule.target, pkt, depth + 1, trace)
         if verdict != _CONTINUE:
             return verdict
     return _CONTINUE

@@ -10,8 +10,10 @@ match to the kernel; the rest of its matches are the kernel's to judge.
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 from typing import Any
 
+from tna.bpf.abi import FW_RULES_MAX
 from tna.model.firewall import Firewall, FwChain
 from tna.model.iptables import Neg, Rule
 
@@ -68,31 +70,66 @@ def _condition(rule: Rule, ifaces: tuple[str, ...]) -> str:
     return " && ".join(terms) or "1"
 
 
-def _action(rule: Rule, prefix: str, index: dict[str, int]) -> str:
+def _action(rule: Rule, prefix: str, index: dict[str, int], rid: int) -> str:
+    """What a matching rule does.  The rules applied are recorded and counted
+    only if the fast path decides the packet: one that ends with the kernel
+    is counted there, whole."""
     if not rule.expressible:
         return "return FW_KERNEL;"
+    count = f"fw_step(f, {rid});"
     if rule.target == "ACCEPT":
-        return "return FW_ACCEPT;"
+        return f"{{ {count} return FW_ACCEPT; }}"
     if rule.target == "DROP":
-        return "return FW_DROP;"
+        return f"{{ {count} return FW_DROP; }}"
     if rule.target == "RETURN":
-        return "return FW_CONT;"
-    return f"{{ int r = {prefix}_{index[rule.target]}(f); if (r != FW_CONT) return r; }}"
+        return f"{{ {count} return FW_CONT; }}"
+    return f"{{ {count} int r = {prefix}_{index[rule.target]}(f); if (r != FW_CONT) return r; }}"
+
+
+@dataclass(frozen=True)
+class RuleRef:
+    """What counter id `id` of tna_fw_rules counts (index 0: the policy)."""
+
+    id: int
+    family: int
+    chain: str
+    index: int
+    text: str
+
+
+def rule_refs(fw: Firewall | None) -> list[RuleRef]:
+    """Counter ids in the order the generated code uses them."""
+    refs: list[RuleRef] = []
+    if fw is None:
+        return refs
+    for family, chains in ((4, fw.v4), (6, fw.v6)):
+        for c in chains or ():
+            refs += [RuleRef(len(refs) + k, family, c.name, r.index, r.text) for k, r in enumerate(c.rules)]
+            if c.policy is not None:
+                refs.append(RuleRef(len(refs), family, c.name, 0, f"policy {c.policy}"))
+    if len(refs) > FW_RULES_MAX:
+        raise ValueError(f"{len(refs)} FORWARD rules: at most {FW_RULES_MAX} are counted")
+    return refs
 
 
 def _comment(text: str) -> str:
     return text.replace("*/", "* /")
 
 
-def _chains(chains: tuple[FwChain, ...] | None, prefix: str, ifaces: tuple[str, ...]) -> list[dict[str, Any]]:
+def _chains(chains: tuple[FwChain, ...] | None, family: int, ifaces: tuple[str, ...],
+            ids: dict[tuple[int, str, int], int]) -> list[dict[str, Any]]:
     if not chains:
         return []
+    prefix = f"fw{family}"
     index = {c.name: i for i, c in enumerate(chains)}
     out = []
     for c in chains:
-        end = {"ACCEPT": "FW_ACCEPT", "DROP": "FW_DROP"}.get(c.policy or "", "FW_CONT")
-        rules = [{"text": _comment(r.text), "cond": _condition(r, ifaces), "action": _action(r, prefix, index)}
-                 for r in c.rules]
+        end = "return FW_CONT;"
+        if c.policy is not None:
+            verdict = "FW_ACCEPT" if c.policy == "ACCEPT" else "FW_DROP"
+            end = f"{{ fw_step(f, {ids[family, c.name, 0]}); return {verdict}; }}"
+        rules = [{"text": _comment(r.text), "cond": _condition(r, ifaces),
+                  "action": _action(r, prefix, index, ids[family, c.name, r.index])} for r in c.rules]
         out.append({"fn": f"{prefix}_{index[c.name]}", "name": _comment(c.name), "rules": rules, "end": end})
     return out
 
@@ -102,5 +139,6 @@ def render_data(fw: Firewall | None) -> dict[str, Any] | None:
     (the last is FORWARD)."""
     if fw is None:
         return None
-    return {"v4": _chains(fw.v4, "fw4", fw.ifaces), "v6": _chains(fw.v6, "fw6", fw.ifaces),
+    ids = {(r.family, r.chain, r.index): r.id for r in rule_refs(fw)}
+    return {"v4": _chains(fw.v4, 4, fw.ifaces, ids), "v6": _chains(fw.v6, 6, fw.ifaces, ids),
             "uses_ifaces": bool(fw.ifaces)}
