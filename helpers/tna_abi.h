@@ -81,6 +81,7 @@ enum tna_reason {
 	TNA_R_FW_DROP,           /* an iptables FORWARD rule or policy drops it: dropped here too */
 	TNA_R_FW_KERNEL,         /* a FORWARD rule TNA cannot express could match: the kernel decides */
 	TNA_R_FW_CHANGED,        /* the rule set changed: all to the kernel until it is compiled in */
+	TNA_R_FW_INPUT_DROP,     /* an INPUT rule or policy drops this packet to the box: early drop */
 	TNA_R_MAX
 };
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from netns_labs.lab import RouterLab, py, wait_for
+from netns_labs.lab import RouterLab, py, tcp_transfer, wait_for
 from tests.conftest import tna_running
 from tna.model.firewall import ACCEPT, DROP, KERNEL, Packet, evaluate
 from tna.model.iptables import parse_save
@@ -193,3 +193,24 @@ def test_rule_changes_take_effect_at_once(router_lab: RouterLab, hook: str) -> N
         before = tna.counters("r-h1")
         assert send_probes(lab, pkts, 1) == set()
         assert tna.counters("r-h1").get("FW_DROP", 0) - before.get("FW_DROP", 0) == len(pkts)
+
+
+def test_early_drop_of_a_flood_the_input_chain_blocks(router_lab: RouterLab, hook: str) -> None:
+    """`iptables -A INPUT -p udp --dport 9999 -j DROP`: a UDP flood to the
+    box is dropped at the hook (counted per rule), while a TCP service on
+    the box stays reachable through the kernel."""
+    lab = router_lab
+    lab.run(lab.r, ["iptables", "-A", "INPUT", "-p", "udp", "--dport", "9999", "-j", "DROP"])
+    with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
+        assert wait_for(lambda: "firewall" in tna.status()["ifaces"]["r-h1"]["modules"], 5, 0.2), tna.output()
+        before = tna.counters("r-h1")
+        flood = lab.popen(lab.h1.ns, py("netns_labs.xfer", "udp-send", "192.0.2.1", "9999", "4321", "20000"),
+                          cwd=lab.repo)
+        sent, received = tcp_transfer(lab, lab.h1.ns, lab.r, "192.0.2.1", 4 << 20)
+        assert sent == received
+        assert flood.wait(timeout=60) == 0
+        after = tna.counters("r-h1")
+        rules = json.loads(lab.run(lab.r, py("tna", "stats", "--rules", "--json"), cwd=lab.repo).stdout)
+    assert after.get("FW_INPUT_DROP", 0) - before.get("FW_INPUT_DROP", 0) == 20000
+    drop = next(r for r in rules if r["chain"] == "INPUT" and r["index"] == 1)
+    assert drop["fast_path"]["packets"] == 20000 and drop["kernel"]["packets"] == 0

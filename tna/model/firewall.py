@@ -145,6 +145,7 @@ class Firewall:
     v4: tuple[FwChain, ...] | None
     v6: tuple[FwChain, ...] | None
     ifaces: tuple[str, ...]
+    in4: tuple[FwChain, ...] | None = None  # IPv4 INPUT: drops applied early, at the hook
 
     def iface_masks(self, names: dict[int, str]) -> dict[int, int]:
         """ifindex -> the patterns its name matches, as bits."""
@@ -178,6 +179,7 @@ def firewall_plan(tables: dict[int, dict[str, Table]]) -> tuple[Firewall | None,
     """(what the fast path evaluates, None) or (None, why all traffic must
     stay on the kernel path)."""
     chains: dict[int, tuple[FwChain, ...] | None] = {}
+    in4: tuple[FwChain, ...] | None = None
     for version, ts in tables.items():
         for name, table in ts.items():
             if name != "filter" and not table.empty:
@@ -188,16 +190,23 @@ def firewall_plan(tables: dict[int, dict[str, Table]]) -> tuple[Firewall | None,
                         return None, (f"connection tracking is in use (IPv{version} {chain.name} rule "
                                       f"{rule.index}): stateful rules are not accelerated yet")
         f = ts.get("filter")
-        fwd = f.chains.get("FORWARD") if f is not None else None
-        if fwd is None or (not fwd.rules and fwd.policy == ACCEPT):
-            chains[version] = None
-        else:
-            assert f is not None
-            chains[version] = _closure(f, "FORWARD")
-    patterns = sorted({str(m.value) for cs in chains.values() if cs for c in cs for r in c.rules
+        chains[version] = _filtering(f, "FORWARD")
+        if version == 4:
+            in4 = _filtering(f, "INPUT")
+    used = [cs for cs in (chains.get(4), chains.get(6), in4) if cs]
+    patterns = sorted({str(m.value) for cs in used for c in cs for r in c.rules
                        for m in (r.iif, r.oif) if m is not None})
     if len(patterns) > 64:
-        return None, f"{len(patterns)} interface patterns in FORWARD rules (at most 64 are modelled)"
-    if chains.get(4) is None and chains.get(6) is None:
+        return None, f"{len(patterns)} interface patterns in filter rules (at most 64 are modelled)"
+    if not used:
         return None, None
-    return Firewall(chains.get(4), chains.get(6), tuple(patterns)), None
+    return Firewall(chains.get(4), chains.get(6), tuple(patterns), in4), None
+
+
+def _filtering(table: Table | None, chain: str) -> tuple[FwChain, ...] | None:
+    """The chains to evaluate from a built-in chain, None if it accepts all."""
+    base = table.chains.get(chain) if table is not None else None
+    if base is None or (not base.rules and base.policy == ACCEPT):
+        return None
+    assert table is not None
+    return _closure(table, chain)

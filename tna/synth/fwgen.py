@@ -102,8 +102,12 @@ def rule_refs(fw: Firewall | None) -> list[RuleRef]:
     refs: list[RuleRef] = []
     if fw is None:
         return refs
-    for family, chains in ((4, fw.v4), (6, fw.v6)):
+    seen: set[tuple[int, str]] = set()  # a user chain both INPUT and FORWARD use has one counter per rule
+    for family, chains in ((4, fw.v4), (6, fw.v6), (4, fw.in4)):
         for c in chains or ():
+            if (family, c.name) in seen:
+                continue
+            seen.add((family, c.name))
             refs += [RuleRef(len(refs) + k, family, c.name, r.index, r.text) for k, r in enumerate(c.rules)]
             if c.policy is not None:
                 refs.append(RuleRef(len(refs), family, c.name, 0, f"policy {c.policy}"))
@@ -117,10 +121,9 @@ def _comment(text: str) -> str:
 
 
 def _chains(chains: tuple[FwChain, ...] | None, family: int, ifaces: tuple[str, ...],
-            ids: dict[tuple[int, str, int], int]) -> list[dict[str, Any]]:
+            ids: dict[tuple[int, str, int], int], prefix: str) -> list[dict[str, Any]]:
     if not chains:
         return []
-    prefix = f"fw{family}"
     index = {c.name: i for i, c in enumerate(chains)}
     out = []
     for c in chains:
@@ -140,5 +143,5 @@ def render_data(fw: Firewall | None) -> dict[str, Any] | None:
     if fw is None:
         return None
     ids = {(r.family, r.chain, r.index): r.id for r in rule_refs(fw)}
-    return {"v4": _chains(fw.v4, 4, fw.ifaces, ids), "v6": _chains(fw.v6, 6, fw.ifaces, ids),
-            "uses_ifaces": bool(fw.ifaces)}
+    return {"v4": _chains(fw.v4, 4, fw.ifaces, ids, "fw4"), "v6": _chains(fw.v6, 6, fw.ifaces, ids, "fw6"),
+            "in4": _chains(fw.in4, 4, fw.ifaces, ids, "in4"), "uses_ifaces": bool(fw.ifaces)}
