@@ -34,7 +34,7 @@ from tna.synth.planner import Plan, bridge_skip_reason, plan
 log = logging.getLogger("tna")
 
 LEASE_RENEW_S = 0.2
-POLL_S = 1.0          # sysctls and netfilter: no events we can use for these
+POLL_S = 1.0          # sysctls and iptables-legacy announce nothing: polled
 HEARTBEAT_MAX_S = 3.0  # main loop silent this long: stop renewing the lease
 STP_STATES = {0: "disabled", 1: "listening", 2: "learning", 3: "forwarding", 4: "blocking"}
 
