@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tna.model.firewall import ACCEPT, DROP, KERNEL, Packet, evaluate, iface_matches
+from tna.model.firewall import ACCEPT, DROP, KERNEL, MAX_COMPILED_RULES, Packet, evaluate, firewall_plan, iface_matches
 from tna.model.iptables import parse_save
 
 DATA = Path(__file__).parent / "data"
@@ -76,3 +76,18 @@ def test_ipv6_rules_and_policy() -> None:
     assert evaluate(t, "FORWARD", pkt(**p6, proto=6, dport=443, tcp_flags=0x02)) == DROP   # --syn
     assert evaluate(t, "FORWARD", pkt(**p6, proto=6, dport=443, tcp_flags=0x10)) == ACCEPT  # policy
     assert evaluate(t, "FORWARD", pkt(**p6, proto=6, dport=22, tcp_flags=0x10)) == DROP    # ! --dport 443
+
+
+def test_plans_what_it_may_take_over() -> None:
+    head = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+    assert firewall_plan({4: parse_save(head + "COMMIT\n"), 6: {}}) == (None, None)  # nothing to do
+    fw, why = firewall_plan({4: parse_save(head + "-A FORWARD -p udp -j DROP\nCOMMIT\n"), 6: {}})
+    assert why is None and fw is not None and fw.v4 is not None and fw.v6 is None and fw.in4 is None
+    _, why = firewall_plan({4: parse_save(head + "-A INPUT -m state --state NEW -j ACCEPT\nCOMMIT\n"), 6: {}})
+    assert why is not None and "connection tracking" in why
+    nat = "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -j MASQUERADE\nCOMMIT\n"
+    _, why = firewall_plan({4: parse_save(nat), 6: {}})
+    assert why is not None and "nat table" in why
+    many = "".join(f"-A FORWARD -p udp --dport {1000 + i} -j DROP\n" for i in range(MAX_COMPILED_RULES + 1))
+    _, why = firewall_plan({4: parse_save(head + many + "COMMIT\n"), 6: {}})
+    assert why is not None and "not compiled in yet" in why
