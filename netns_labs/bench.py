@@ -2,8 +2,10 @@
 
   python -m netns_labs.bench [--count 2000000] [--rounds 3] [--tcp-runs 5]
 
-1. 64-byte IPv4 frames through three labs - routing (RouterLab), bridging
-   (BridgeLab) and bridge + routing (a bridge port to a routed uplink) -
+1. 64-byte IPv4 frames through five labs - routing (RouterLab), bridging
+   (BridgeLab), bridge + routing (a bridge port to a routed uplink), and
+   routing with 10 / 100 stateless iptables FORWARD rules the flow walks
+   through before the policy accepts it -
    delivered packets per second for: plain Linux, `tna run --hook xdp`, and
    a minimal hand-written XDP reference (netns_labs/bpf/ref_router.c, or
    ref_bridge.c over an FDB map).  Frames come from a live-frames generator
@@ -43,7 +45,7 @@ from tna.bpf import abi
 from tna.bpf import libbpf as bpf
 
 GEN_CPU = "1"
-SCENARIOS = ("routing", "bridging", "bridge+routing")
+SCENARIOS = ("routing", "bridging", "bridge+routing", "routing+fw10", "routing+fw100")
 
 
 def frame64(src_mac: str, dst_mac: str, src: Host, dst: Host) -> bytes:
@@ -71,10 +73,20 @@ class Scenario:
     reference: list[str]  # netns_labs.progs arguments attaching the reference to ingress
 
 
+def forward_rules(n: int) -> str:
+    """n stateless FORWARD rules the benchmark flow walks through without a
+    match (each blocks another source and port), then the policy accepts."""
+    rules = "".join(f"-A FORWARD -s 203.0.113.{i % 250}/32 -p udp -m udp --dport {1000 + i} -j DROP\n"
+                    for i in range(n))
+    return f"*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n{rules}COMMIT\n"
+
+
 @contextmanager
 def scenario(name: str) -> Iterator[Scenario]:
-    if name == "routing":
+    if name.startswith("routing"):
         with RouterLab() as r:
+            if name.startswith("routing+fw"):
+                r.run(r.r, ["iptables-restore"], input=forward_rules(int(name[len("routing+fw"):])))
             yield Scenario(name, r, r.r, "r-h1", "r-h2", r.h1, r.h2, frame64(r.h1.mac, r.r_h1_mac, r.h1, r.h2),
                            ["r-h1", "r-h2"], ["reference", "r-h1", "r-h2"])
         return
@@ -118,6 +130,9 @@ def variants(sc: Scenario) -> list[Variant]:
     def tna_up() -> Tna:
         tna = Tna(lab, sc.ns, "--hook", "xdp")
         tna.wait_attached(sc.tna_ifaces)
+        if "+fw" in sc.name and not wait_for(
+                lambda: "firewall" in tna.status()["ifaces"][sc.ingress]["modules"], 30, 0.2):
+            raise RuntimeError("the FORWARD rules were not compiled in")
         if not wait_for(lambda: tna.status()["ifaces"][sc.egress]["xdp_egress"], 10, 0.2):
             raise RuntimeError(f"{sc.egress} never became an XDP egress")
         return tna
@@ -212,7 +227,7 @@ def bench_pps(name: str, count: int, rounds: int) -> list[dict]:
                 if delivered != count:
                     raise SystemExit(f"{name}, {v.name}: delivered {delivered} of {count} frames{why}")
                 rows.setdefault(v.name, []).append(mpps)
-        cost = program_cost(sc.lab, sc.frame) if isinstance(sc.lab, RouterLab) else {}
+        cost = program_cost(sc.lab, sc.frame) if name == "routing" and isinstance(sc.lab, RouterLab) else {}
     linux, ref = statistics.median(rows["linux"]), statistics.median(rows["reference"])
     table = []
     for variant, runs in rows.items():
