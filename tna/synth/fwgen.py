@@ -67,6 +67,8 @@ def _condition(rule: Rule, ifaces: tuple[str, ...]) -> str:
                                                                        else ""))
     if rule.fragment is not None:
         add(rule.fragment, "0")  # the fast path never sees fragments
+    if len(terms) == 1 and terms[0].startswith("("):
+        return terms[0][1:-1]  # `if ((a == b))` is an error under -Wall -Werror
     return " && ".join(terms) or "1"
 
 
