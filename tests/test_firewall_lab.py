@@ -211,6 +211,8 @@ def test_early_drop_of_a_flood_the_input_chain_blocks(router_lab: RouterLab, hoo
         assert flood.wait(timeout=60) == 0
         after = tna.counters("r-h1")
         rules = json.loads(lab.run(lab.r, py("tna", "stats", "--rules", "--json"), cwd=lab.repo).stdout)
+        text = lab.run(lab.r, py("tna", "status"), cwd=lab.repo).stdout
+    assert "iptables compiled into the fast path: INPUT v4 1 rules" in text, text
     assert after.get("FW_INPUT_DROP", 0) - before.get("FW_INPUT_DROP", 0) == 20000
     drop = next(r for r in rules if r["chain"] == "INPUT" and r["index"] == 1)
     assert drop["fast_path"]["packets"] == 20000 and drop["kernel"]["packets"] == 0

@@ -95,6 +95,9 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"{st['routes']} routes, {st['neighbours']} neighbours")
     if st["disabled"]:
         print(f"FAST PATH DISABLED: {st['disabled']}")
+    if st.get("firewall"):
+        chains = ", ".join(f"{name} {n} rules" for name, n in st["firewall"].items())
+        print(f"iptables compiled into the fast path: {chains} (tna stats --rules)")
     for name, b in sorted(st.get("bridges", {}).items()):
         what = "accelerated" if b["accelerated"] else f"kernel path: {b['why_not']}"
         routed = ", routes" if b["routed"] else ""

@@ -247,6 +247,14 @@ class Daemon:
             }
         return out
 
+    def _describe_firewall(self) -> dict[str, int] | None:
+        """Rules compiled into the fast path per chain family, None if none."""
+        fw = self.model.firewall
+        if fw is None:
+            return None
+        return {name: sum(len(c.rules) for c in chains) for name, chains in
+                (("FORWARD v4", fw.v4), ("FORWARD v6", fw.v6), ("INPUT v4", fw.in4)) if chains}
+
     def describe(self) -> dict[str, Any]:
         p = self.plan
         ifaces = {}
@@ -270,5 +278,6 @@ class Daemon:
                        for i, why in self.failed.items()},
             "routes": len(self.model.routes),
             "firewall_rules": [asdict(r) for r in rule_refs(self.model.firewall)],
+            "firewall": self._describe_firewall(),
             "neighbours": len(self.model.neighs),
         }
