@@ -216,3 +216,24 @@ def test_early_drop_of_a_flood_the_input_chain_blocks(router_lab: RouterLab, hoo
     assert after.get("FW_INPUT_DROP", 0) - before.get("FW_INPUT_DROP", 0) == 20000
     drop = next(r for r in rules if r["chain"] == "INPUT" and r["index"] == 1)
     assert drop["fast_path"]["packets"] == 20000 and drop["kernel"]["packets"] == 0
+
+
+def test_truncated_l4_header_is_left_to_the_kernel(router_lab: RouterLab, hook: str) -> None:
+    """A UDP header cut short by the IP length (the rest is Ethernet
+    padding): iptables drops it when a udp match is reached ("hotdrop");
+    the fast path must not read ports out of the padding."""
+    from scapy.layers.inet import IP
+    from scapy.layers.l2 import Ether
+    from scapy.packet import Raw
+
+    lab = router_lab
+    setup(lab, STATELESS)
+    ip = IP(src=lab.h1.ip4, dst=lab.h2.ip4, proto=17, len=24) / Raw(b"\x03\xe8\x07\xd0")  # ports only
+    frame = (bytes(Ether(src=lab.h1.mac, dst=lab.r_h1_mac) / ip) + b"\x00\x08\x00\x00" + MARK).ljust(60, b"\0")
+    with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
+        assert wait_for(lambda: "firewall" in tna.status()["ifaces"]["r-h1"]["modules"], 5, 0.2)
+        before = tna.counters("r-h1")
+        lab.run(lab.h1.ns, py("netns_labs.xfer", "raw-send", lab.h1.dev, frame.hex(), "3"), cwd=lab.repo)
+        after = tna.counters("r-h1")
+    assert after.get("FW_KERNEL", 0) - before.get("FW_KERNEL", 0) == 3
+    assert after.get("FORWARDED", 0) == before.get("FORWARDED", 0)

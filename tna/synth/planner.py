@@ -175,14 +175,12 @@ def port_plan(link: Link, bridge: Link, model: Model) -> PortPlan:
 
 
 def l3_bridge(bridge: Link, model: Model) -> L3Bridge:
-    """A routed bridge: its address for the router and whether a routed
-    packet may leave through its FDB (the bridge device's own qdisc and tc
-    egress filters would be bypassed otherwise)."""
+    """A routed bridge, as a route's egress: may a routed packet leave
+    through its FDB (the bridge device's own qdisc and tc egress filters
+    would be bypassed otherwise)?"""
     assert bridge.mac is not None
-    flags = rp_filter_flags(model, bridge.index)
-    if bridge.qdisc in UNSHAPED_QDISCS and bridge.index not in model.egress_filters:
-        flags |= TNA_IF_L2_EGRESS
-    return L3Bridge(bridge.index, bridge.mac, flags)
+    ok = bridge.qdisc in UNSHAPED_QDISCS and bridge.index not in model.egress_filters
+    return L3Bridge(bridge.index, bridge.mac, TNA_IF_L2_EGRESS if ok else 0)
 
 
 def rp_filter_flags(model: Model, index: int) -> int:
