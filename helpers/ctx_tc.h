@@ -9,6 +9,7 @@
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
 #include "tna_abi.h"
 
 #define TNA_SEC "tc"
@@ -58,6 +59,31 @@ static __always_inline int ctx_redirect_prepare(tna_ctx_t *ctx, __u32 ifindex)
 		return -1;
 	bpf_redirect(ifindex, 0);
 	return 0;
+}
+
+/* Conntrack, as seen from TC (conntrack.h has the types). */
+struct nf_conn;
+struct bpf_ct_opts;
+extern struct nf_conn *bpf_skb_ct_lookup(struct __sk_buff *ctx, struct bpf_sock_tuple *tuple, __u32 tuple__sz,
+					 struct bpf_ct_opts *opts, __u32 opts__sz) __ksym;
+#define ctx_ct_lookup bpf_skb_ct_lookup
+
+/* The kernel's skb, for the checksum state below (CO-RE: offsets from the
+ * running kernel's BTF). */
+struct sk_buff {
+	__u8 ip_summed:2;
+	__u8 csum_valid:1;
+} __attribute__((preserve_access_index));
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+
+/* skb_csum_unnecessary(): the kernel's checksum checks (nf_checksum()) skip
+ * an skb whose L4 checksum a driver verified, or a stack will fill in. */
+static __always_inline int ctx_l4_csum_verified(tna_ctx_t *ctx)
+{
+	struct sk_buff *skb = bpf_cast_to_kern_ctx(ctx);
+	__u8 summed = BPF_CORE_READ_BITFIELD(skb, ip_summed);
+
+	return summed == 1 /* UNNECESSARY */ || summed == 3 /* PARTIAL */ || BPF_CORE_READ_BITFIELD(skb, csum_valid);
 }
 
 /* A CHECKSUM_COMPLETE skb covers the IPv6 header: keep skb->csum true when

@@ -76,6 +76,17 @@ static __always_inline int ctx_oob_vlan(tna_ctx_t *ctx)
 static __always_inline int ctx_oob_vlan(tna_ctx_t *ctx) { return 0; }
 #endif
 
+/* Conntrack, as seen from XDP (conntrack.h has the types). */
+struct nf_conn;
+struct bpf_ct_opts;
+extern struct nf_conn *bpf_xdp_ct_lookup(struct xdp_md *ctx, struct bpf_sock_tuple *tuple, __u32 tuple__sz,
+					 struct bpf_ct_opts *opts, __u32 opts__sz) __ksym;
+#define ctx_ct_lookup bpf_xdp_ct_lookup
+
+/* Whether the kernel already holds the L4 checksum for verified (skb state):
+ * an XDP frame has no such state, the caller verifies it. */
+static __always_inline int ctx_l4_csum_verified(tna_ctx_t *ctx) { return 0; }
+
 /* XDP carries no skb checksum or priority state. */
 static __always_inline void ctx_csum_complete_diff(tna_ctx_t *ctx, __be32 from, __be32 to) { }
 static __always_inline void ctx_fwd_priority(tna_ctx_t *ctx, __u8 tos) { }

@@ -20,6 +20,13 @@ static __always_inline int mac_equal(const __u8 *a, const __u8 *b)
 
 /* Protocols whose first four bytes are source and destination port, as the
  * flow dissector reads them for multipath hashing. */
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+
 static __always_inline int proto_has_ports(__u8 proto)
 {
 	return proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_UDPLITE ||

@@ -19,6 +19,8 @@
  *   tna_l3br      HASH ifindex       shared   bridges with an L3 side: their address + flags
  *   tna_fw_ifaces HASH ifindex       shared   bit k: the interface matches FORWARD rules'
  *                                            interface pattern k (-i/-o, '+' wildcards)
+ *   tna_ct_sync   LRU_HASH tna_ct_key shared  established TCP connections the datapath asks
+ *                                            the daemon to free from window tracking
  *   tna_stats     PERCPU_ARRAY       per program: packets/bytes per reason
  *   tna_fw_rules  PERCPU_ARRAY       per program: packets/bytes per compiled FORWARD rule
  *                                            (ids in the order tna/synth/fwgen.py numbers them)
@@ -82,6 +84,13 @@ enum tna_reason {
 	TNA_R_FW_KERNEL,         /* a FORWARD rule TNA cannot express could match: the kernel decides */
 	TNA_R_FW_CHANGED,        /* the rule set changed: all to the kernel until it is compiled in */
 	TNA_R_FW_INPUT_DROP,     /* an INPUT rule or policy drops this packet to the box: early drop */
+	TNA_R_CT_NEW,            /* conntrack has no entry and the rules accept: the kernel creates it */
+	TNA_R_CT_STATE,          /* conntrack entry in a state the fast path does not keep (handshake,
+	                            closing, SYN/FIN/RST, unreplied or unassured, NAT, helper, related) */
+	TNA_R_CT_SYNC,           /* established TCP entry not yet freed from window tracking (the
+	                            daemon marks it, like a flowtable offload): the kernel meanwhile */
+	TNA_R_CT_PROTO,          /* conntrack tracks this family and the protocol is not TCP/UDP */
+	TNA_R_CT_CSUM,           /* conntrack would verify an L4 checksum the fast path cannot */
 	TNA_R_MAX
 };
 
@@ -102,9 +111,15 @@ struct tna_config {
 	__u32 local4_count;  /* > TNA_LOCAL4_MAX: too many to list, IPv4 goes to the kernel */
 	__be32 local4[TNA_LOCAL4_MAX]; /* this namespace's IPv4 addresses (127/8 aside): a packet
 	                        from one of them is a martian source to the kernel */
-	__u32 fw_families;   /* TNA_FW_V4/V6: iptables FORWARD rules filter this family */
-	__u32 pad;
+	__u32 fw_families;   /* TNA_FW_V4/V6: iptables FORWARD rules filter this family, or
+	                        conntrack tracks it (bridged IP then goes to the kernel) */
+	__u32 ct_flags;      /* TNA_CT_*: the namespace's conntrack sysctls */
+	__u32 ct_timeout_tcp; /* ms: nf_conntrack_tcp_timeout_established */
+	__u32 ct_timeout_udp; /* ms: nf_conntrack_udp_timeout_stream */
 };
+#define TNA_CT_CSUM (1U << 0) /* nf_conntrack_checksum: bad L4 checksums are INVALID */
+#define TNA_CT_ACCT (1U << 1) /* nf_conntrack_acct: per-connection counters (kernel path only) */
+#define TNA_CT_TCP_LOOSE (1U << 2) /* nf_conntrack_tcp_loose: a plain ACK may start a connection */
 #define TNA_FW_V4 (1U << 0)
 #define TNA_FW_V6 (1U << 1)
 
@@ -197,6 +212,17 @@ struct tna_fdb {
 	                        (written by the datapath; the daemon writes 0) */
 };
 
+/* A connection as a packet of it shows it (either direction). */
+struct tna_ct_key {
+	__u32 saddr[4];      /* network order; IPv4 in [0] */
+	__u32 daddr[4];
+	__be16 sport;
+	__be16 dport;
+	__u8 family;         /* AF_INET or AF_INET6 */
+	__u8 proto;
+	__u16 pad;
+};
+
 #define TNA_DEVMAP_SIZE 1024
 #define TNA_EGRESS_SIZE 1024
 #define TNA_STALE_SIZE 4096
@@ -205,6 +231,7 @@ struct tna_fdb {
 #define TNA_L3BR_SIZE 256
 #define TNA_FW_IFACES_SIZE 4096
 #define TNA_FW_RULES_MAX 16384
+#define TNA_CT_SYNC_SIZE 4096
 
 #ifdef __BPF__
 #include <bpf/bpf_helpers.h>
@@ -264,6 +291,13 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } tna_fw_ifaces SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, TNA_CT_SYNC_SIZE);
+	__type(key, struct tna_ct_key);
+	__type(value, __u8);
+} tna_ct_sync SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -3,6 +3,7 @@ bytes on both sides, and a UDP echo.  Run inside a namespace:
 
   python -m netns_labs.xfer tcp-server PORT           # prints "<bytes> <sha256>" per connection
   python -m netns_labs.xfer tcp-client ADDR PORT NBYTES   # prints "<bytes> <sha256>" sent
+  python -m netns_labs.xfer tcp-phases ADDR PORT ACTIVE_S QUIET_S ACTIVE_S ...  # paced: 64 KiB per 10 ms
   python -m netns_labs.xfer udp-echo PORT
   python -m netns_labs.xfer udp-client ADDR PORT COUNT    # prints "<echoed> <count>"
   python -m netns_labs.xfer udp-send ADDR PORT SPORT COUNT  # one flow, fire and forget
@@ -17,6 +18,7 @@ import hashlib
 import os
 import socket
 import sys
+import time
 
 CHUNK = 1 << 16
 
@@ -53,6 +55,25 @@ def tcp_client(addr: str, port: int, nbytes: int) -> None:
             s.sendall(data)
             h.update(data)
             sent += len(data)
+        s.shutdown(socket.SHUT_WR)
+        peer = s.recv(64).decode()
+    print(sent, h.hexdigest(), peer, flush=True)
+
+
+def tcp_phases(addr: str, port: int, phases: list[float]) -> None:
+    """One connection that alternates sending (64 KiB every 10 ms) and
+    silence, phase by phase, starting with sending; prints like tcp-client."""
+    h, sent = hashlib.sha256(), 0
+    with socket.create_connection((addr, port), timeout=60) as s:
+        for k, seconds in enumerate(phases):
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                if k % 2 == 0:
+                    data = os.urandom(CHUNK)
+                    s.sendall(data)
+                    h.update(data)
+                    sent += len(data)
+                time.sleep(0.01)
         s.shutdown(socket.SHUT_WR)
         peer = s.recv(64).decode()
     print(sent, h.hexdigest(), peer, flush=True)
@@ -140,6 +161,8 @@ def main(argv: list[str]) -> None:
         tcp_server(int(args[0]), int(args[1]) if len(args) > 1 else 1)
     elif cmd == "tcp-client":
         tcp_client(args[0], int(args[1]), int(args[2]))
+    elif cmd == "tcp-phases":
+        tcp_phases(args[0], int(args[1]), [float(a) for a in args[2:]])
     elif cmd == "udp-echo":
         udp_echo(int(args[0]))
     elif cmd == "udp-client":

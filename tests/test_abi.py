@@ -17,6 +17,7 @@ STRUCTS = {
     "tna_state": abi.TnaState, "tna_config": abi.TnaConfig, "tna_counter": abi.TnaCounter,
     "tna_iface_cfg": abi.TnaIfaceCfg, "tna_neigh_key": abi.TnaNeighKey, "tna_egress": abi.TnaEgress,
     "tna_port": abi.TnaPort, "tna_fdb_key": abi.TnaFdbKey, "tna_fdb": abi.TnaFdb,
+    "tna_ct_key": abi.TnaCtKey,
 }
 
 

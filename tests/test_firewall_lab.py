@@ -82,12 +82,18 @@ def frame(lab: RouterLab, pkt: Packet, n: int) -> bytes:
 
 def send_probes(lab: RouterLab, pkts: list[Packet], wait: float = 3) -> set[int]:
     """Indexes of the probes that reached h2 (waiting up to wait seconds)."""
-    cap = lab.popen(lab.h2.ns, py("netns_labs.xfer", "raw-capture", lab.h2.dev, MARK.hex(), str(len(pkts)),
+    return send_frames(lab, [frame(lab, p, n) for n, p in enumerate(pkts)], wait)
+
+
+def send_frames(lab: RouterLab, frames: list[bytes], wait: float = 3) -> set[int]:
+    """Indexes of the frames (each holding MARK and its index, as frame()
+    makes them) that reached h2, sent from h1 once each."""
+    cap = lab.popen(lab.h2.ns, py("netns_labs.xfer", "raw-capture", lab.h2.dev, MARK.hex(), str(len(frames)),
                                   str(wait)),
                     stdout=subprocess.PIPE, text=True, cwd=lab.repo)
     assert cap.stdout is not None and cap.stdout.readline().strip() == "ready"
-    frames = ",".join(frame(lab, p, n).hex() for n, p in enumerate(pkts))
-    lab.run(lab.h1.ns, py("netns_labs.xfer", "raw-send", lab.h1.dev, frames, "1"), cwd=lab.repo)
+    lab.run(lab.h1.ns, py("netns_labs.xfer", "raw-send", lab.h1.dev, ",".join(f.hex() for f in frames), "1"),
+            cwd=lab.repo)
     out, _ = cap.communicate(timeout=30)
     return {int(bytes.fromhex(h).split(MARK)[1][:4]) for h in out.split()}
 

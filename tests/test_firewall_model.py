@@ -78,13 +78,37 @@ def test_ipv6_rules_and_policy() -> None:
     assert evaluate(t, "FORWARD", pkt(**p6, proto=6, dport=22, tcp_flags=0x10)) == DROP    # ! --dport 443
 
 
+def test_state_matches_act_only_where_every_possible_state_agrees() -> None:
+    t = parse_save("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                   "-A FORWARD -m conntrack --ctstate INVALID -j DROP\n"
+                   "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"
+                   "-A FORWARD -p udp -m udp --dport 53 -m state ! --state INVALID -j ACCEPT\n"
+                   "-A FORWARD -p udp -m udp --dport 54 -j DROP\nCOMMIT\n")["filter"]
+    p = dict(src=ip_address("192.0.2.2"), dst=ip_address("198.51.100.2"), iif="a", oif="b", proto=17, sport=1)
+    unknown = frozenset({"NEW", "INVALID"})  # no entry, checksum out of reach
+    assert evaluate(t, "FORWARD", Packet(**p, dport=53, ctstate="ESTABLISHED")) == ACCEPT
+    assert evaluate(t, "FORWARD", Packet(**p, dport=53, ctstate="INVALID")) == DROP
+    assert evaluate(t, "FORWARD", Packet(**p, dport=53, ctstate="NEW")) == ACCEPT
+    assert evaluate(t, "FORWARD", Packet(**p, dport=54, ctstate=unknown)) == KERNEL  # rule 1: INVALID only
+    trace: list[tuple[str, int]] = []
+    assert evaluate(t, "FORWARD", Packet(**p, dport=54, ctstate="NEW"), trace) == DROP
+    assert trace == [("FORWARD", 4)]
+    assert evaluate(t, "FORWARD", Packet(**p, dport=99, ctstate="NEW")) == DROP  # policy
+
+
 def test_plans_what_it_may_take_over() -> None:
     head = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
     assert firewall_plan({4: parse_save(head + "COMMIT\n"), 6: {}}) == (None, None)  # nothing to do
     fw, why = firewall_plan({4: parse_save(head + "-A FORWARD -p udp -j DROP\nCOMMIT\n"), 6: {}})
     assert why is None and fw is not None and fw.v4 is not None and fw.v6 is None and fw.in4 is None
-    _, why = firewall_plan({4: parse_save(head + "-A INPUT -m state --state NEW -j ACCEPT\nCOMMIT\n"), 6: {}})
-    assert why is not None and "connection tracking" in why
+    # a rule that uses conntrack makes the kernel track its family, nothing else
+    fw, why = firewall_plan({4: parse_save(head + "-A INPUT -m state --state NEW -j ACCEPT\nCOMMIT\n"), 6: {}})
+    assert why is None and fw is not None and fw.ct4 and not fw.ct6 and fw.v4 is None and fw.in4 is not None
+    fw, _ = firewall_plan({4: {}, 6: parse_save(head + "-A INPUT -m conntrack --ctstatus ASSURED\nCOMMIT\n")})
+    assert fw is not None and fw.ct6 and not fw.ct4
+    empty_nat = "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n"
+    fw, why = firewall_plan({4: parse_save(empty_nat), 6: {}})  # NAT needs conntrack, rules or not
+    assert why is None and fw is not None and fw.ct4 and fw.v4 is None
     nat = "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -j MASQUERADE\nCOMMIT\n"
     _, why = firewall_plan({4: parse_save(nat), 6: {}})
     assert why is not None and "nat table" in why

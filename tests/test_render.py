@@ -66,12 +66,14 @@ def test_every_kind_of_match_compiles(tmp_path: Path) -> None:
 
     matches = ["-p icmp", "-s 192.0.2.0/24", "-d 198.51.100.7", "-i eth+", "-o eth0", "-p tcp -m tcp --dport 80",
                "-p udp -m udp --sport 1:1023", "-p tcp -m multiport --ports 22,80", "-p tcp -m tcp --syn",
-               "-p icmp -m icmp --icmp-type 3/1", "-f", "-m comment --comment x", "-p udp -m string --string y"]
+               "-p icmp -m icmp --icmp-type 3/1", "-f", "-m comment --comment x", "-p udp -m string --string y",
+               "-m conntrack --ctstate INVALID", "-m state ! --state NEW,ESTABLISHED",
+               "-p tcp -m conntrack --ctstate NEW -m string --string z"]
     rules4 = "".join(f"-A {c} {m} -j DROP\n-A {c} ! {m} -j RETURN\n" if not m.startswith(("-p", "-m"))
                      else f"-A {c} {m} -j DROP\n" for c in ("FORWARD", "INPUT") for m in matches)
     rules6 = "-A FORWARD -p ipv6-icmp -m icmp6 --icmpv6-type 128 -j ACCEPT\n-A FORWARD -s 2001:db8::/32 -j DROP\n"
     head = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n"
     fw, why = firewall_plan({4: parse_save(head + rules4 + "COMMIT\n"), 6: parse_save(head + rules6 + "COMMIT\n")})
-    assert why is None and fw is not None
+    assert why is None and fw is not None and fw.ct4 and not fw.ct6
     for hook in ("xdp", "tc"):
         tna_compile.compile_source(render(hook, ("firewall", "router"), firewall=fw), tmp_path)

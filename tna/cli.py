@@ -96,8 +96,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     if st["disabled"]:
         print(f"FAST PATH DISABLED: {st['disabled']}")
     if st.get("firewall"):
-        chains = ", ".join(f"{name} {n} rules" for name, n in st["firewall"].items())
+        fw = st["firewall"]
+        chains = ", ".join(f"{name} {n} rules" for name, n in fw["chains"].items()) or "no chains"
         print(f"iptables compiled into the fast path: {chains} (tna stats --rules)")
+        if fw["conntrack"]:
+            print(f"conntrack tracks {' and '.join(fw['conntrack'])}: established connections are fast-pathed "
+                  "(window-liberal, as a flowtable offload), everything else goes to the kernel (CT_* reasons)")
     for name, b in sorted(st.get("bridges", {}).items()):
         what = "accelerated" if b["accelerated"] else f"kernel path: {b['why_not']}"
         routed = ", routes" if b["routed"] else ""

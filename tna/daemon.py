@@ -2,12 +2,14 @@
 
 Threads: the main loop applies netlink events and reconciles; a lease thread
 renews the datapath's lease every 200 ms while the main loop shows signs of
-life.  If the process dies (kill -9, crash) the lease runs out within a
+life; a conntrack thread marks the TCP connections the datapath asks for
+window-liberal (tna/netlink/conntrack.py).  If the process dies (kill -9, crash) the lease runs out within a
 second and every module passes all traffic to the kernel on its own.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -24,6 +26,7 @@ from tna.deploy.datapath import Datapath, ForeignProgram, attached_tna_prog
 from tna.model.config import AF_INET, AF_INET6, Model
 from tna.model.firewall import Firewall, firewall_plan
 from tna.netlink import netfilter
+from tna.netlink.conntrack import Liberal
 from tna.netlink.netfilter import NetfilterChanged
 from tna.netlink.watch import ResyncNeeded, Watcher, read_rp_filter, read_sysctls
 from tna.runstate import RunLock, write_state
@@ -35,6 +38,8 @@ log = logging.getLogger("tna")
 
 LEASE_RENEW_S = 0.2
 POLL_S = 1.0          # sysctls and iptables-legacy announce nothing: polled
+CT_SYNC_S = 0.01      # the datapath's requests to free connections from window tracking
+CT_SYNC_BATCH = 512
 HEARTBEAT_MAX_S = 3.0  # main loop silent this long: stop renewing the lease
 STP_STATES = {0: "disabled", 1: "listening", 2: "learning", 3: "forwarding", 4: "blocking"}
 
@@ -59,16 +64,19 @@ class Daemon:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self._stop.set())
         lease = threading.Thread(target=self._lease_loop, name="tna-lease", daemon=True)
+        ctsync = threading.Thread(target=self._ct_sync_loop, name="tna-ctsync", daemon=True)
         try:
             self._resync()
             self._adopt_leftovers()
             self.reconcile()
             lease.start()
+            ctsync.start()
             self._loop()
         finally:
             self._stop.set()
-            if lease.is_alive():
-                lease.join()
+            for t in (lease, ctsync):
+                if t.is_alive():
+                    t.join()
             self.dp.remove_all()
             if self._watcher is not None:
                 self._watcher.close()
@@ -108,6 +116,23 @@ class Daemon:
         while not self._stop.wait(LEASE_RENEW_S):
             if time.monotonic() - self._heartbeat < HEARTBEAT_MAX_S:
                 self.dp.write_state()
+
+    def _ct_sync_loop(self) -> None:
+        """Connections the datapath waits to carry (TNA_R_CT_SYNC): marked
+        within ~10 ms of their first established packet."""
+        liberal = Liberal()
+        try:
+            while not self._stop.wait(CT_SYNC_S):
+                m = self.dp.shared.get(abi.MAP_CT_SYNC)
+                if m is None:
+                    continue
+                keys = list(itertools.islice(m.keys(), CT_SYNC_BATCH))
+                if keys:
+                    liberal.mark(abi.TnaCtKey.from_buffer_copy(k) for k in keys)
+                    for k in keys:
+                        m.delete(k)
+        finally:
+            liberal.close()
 
     # --- inputs -------------------------------------------------------------
 
@@ -182,7 +207,9 @@ class Daemon:
     def reconcile(self) -> None:
         m = self.model
         fw = m.firewall
-        families = (abi.TNA_FW_V4 if fw and fw.v4 else 0) | (abi.TNA_FW_V6 if fw and fw.v6 else 0)
+        # bridged IP of a filtered or tracked family goes to the kernel
+        families = ((abi.TNA_FW_V4 if fw and (fw.v4 or fw.ct4) else 0)
+                    | (abi.TNA_FW_V6 if fw and (fw.v6 or fw.ct6) else 0))
         p = plan(self.model, self.mode, self.overrides)
         # programs that filter by other rules than the new ones must not
         # decide anything while they are replaced
@@ -207,7 +234,8 @@ class Daemon:
     def _publish_guards(self, fw_families: int) -> None:
         m = self.model
         self.dp.set_guards(abi.REASON["DISABLED"] if self.disabled_why else 0, m.multipath_guard(),
-                           (m.route_mtu(AF_INET), m.route_mtu(AF_INET6)), m.local_ipv4(), fw_families)
+                           (m.route_mtu(AF_INET), m.route_mtu(AF_INET6)), m.local_ipv4(), fw_families,
+                           m.ct_config())
 
     def _safely(self, ifindex: int, action: Any) -> bool:
         """Run an attach/detach; on failure the interface ends on the kernel path."""
@@ -247,13 +275,15 @@ class Daemon:
             }
         return out
 
-    def _describe_firewall(self) -> dict[str, int] | None:
-        """Rules compiled into the fast path per chain family, None if none."""
+    def _describe_firewall(self) -> dict[str, Any] | None:
+        """Rules compiled into the fast path per chain family, and the
+        families conntrack tracks; None if no filtering."""
         fw = self.model.firewall
         if fw is None:
             return None
-        return {name: sum(len(c.rules) for c in chains) for name, chains in
-                (("FORWARD v4", fw.v4), ("FORWARD v6", fw.v6), ("INPUT v4", fw.in4)) if chains}
+        return {"chains": {name: sum(len(c.rules) for c in chains) for name, chains in
+                           (("FORWARD v4", fw.v4), ("FORWARD v6", fw.v6), ("INPUT v4", fw.in4)) if chains},
+                "conntrack": [f for f, on in (("ipv4", fw.ct4), ("ipv6", fw.ct6)) if on]}
 
     def describe(self) -> dict[str, Any]:
         p = self.plan

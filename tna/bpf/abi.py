@@ -36,13 +36,16 @@ TNA_MP_GUARD_V4 = 1 << 0
 TNA_MP_GUARD_V6 = 1 << 1
 TNA_FW_V4 = 1 << 0
 TNA_FW_V6 = 1 << 1
+TNA_CT_CSUM = 1 << 0
+TNA_CT_ACCT = 1 << 1
+TNA_CT_TCP_LOOSE = 1 << 2
 
 
 class TnaConfig(Structure):
     _fields_ = [("lease_jiffies", c_uint64), ("pass_reason", c_uint32), ("stale_count", c_uint32),
                 ("mp_guard", c_uint32), ("route_mtu4", c_uint32), ("route_mtu6", c_uint32),
                 ("local4_count", c_uint32), ("local4", c_uint32 * LOCAL4_MAX), ("fw_families", c_uint32),
-                ("pad", c_uint32)]
+                ("ct_flags", c_uint32), ("ct_timeout_tcp", c_uint32), ("ct_timeout_udp", c_uint32)]
 
 
 class TnaState(Structure):
@@ -79,6 +82,11 @@ class TnaPort(Structure):
                 ("br", TnaIfaceCfg)]
 
 
+class TnaCtKey(Structure):
+    _fields_ = [("saddr", c_uint32 * 4), ("daddr", c_uint32 * 4), ("sport", c_uint16), ("dport", c_uint16),
+                ("family", c_uint8), ("proto", c_uint8), ("pad", c_uint16)]
+
+
 class TnaFdbKey(Structure):
     _fields_ = [("bridge", c_uint32), ("vid", c_uint16), ("mac", c_uint8 * 6)]
 
@@ -99,7 +107,8 @@ MAP_PORTS = "tna_ports"
 MAP_FDB = "tna_fdb"
 MAP_L3BR = "tna_l3br"
 MAP_FW_IFACES = "tna_fw_ifaces"
+MAP_CT_SYNC = "tna_ct_sync"
 SECTION_IFACE = ".rodata.tna"
-SHARED_MAPS = (MAP_STATE, MAP_DEVMAP, MAP_EGRESS, MAP_STALE, MAP_PORTS, MAP_FDB, MAP_L3BR, MAP_FW_IFACES)
+SHARED_MAPS = (MAP_STATE, MAP_DEVMAP, MAP_EGRESS, MAP_STALE, MAP_PORTS, MAP_FDB, MAP_L3BR, MAP_FW_IFACES, MAP_CT_SYNC)
 PROGRAM_NAME = "tna_main"
 RENEW_PROGRAM = "tna_renew"

@@ -265,12 +265,14 @@ class Datapath:
             self.write_state()
 
     def set_guards(self, pass_reason: int, mp_guard: int, route_mtu: tuple[int, int], local4: list[str],
-                   fw_families: int = 0) -> None:
-        """Global switches; published before any program of a new plan runs."""
+                   fw_families: int = 0, ct: tuple[int, int, int] = (0, 0, 0)) -> None:
+        """Global switches; published before any program of a new plan runs.
+        ct: (ct_flags, ct_timeout_tcp, ct_timeout_udp), Model.ct_config()."""
         c = self.cfg
         before = bytes(c)
         c.pass_reason, c.mp_guard, (c.route_mtu4, c.route_mtu6) = pass_reason, mp_guard, route_mtu
         c.fw_families = fw_families
+        c.ct_flags, c.ct_timeout_tcp, c.ct_timeout_udp = ct
         c.local4_count = len(local4)
         packed = b"".join(socket.inet_aton(a) for a in local4[:abi.LOCAL4_MAX])
         ctypes.memmove(c.local4, packed.ljust(4 * abi.LOCAL4_MAX, b"\0"), 4 * abi.LOCAL4_MAX)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from tna.bpf.abi import TNA_MP_GUARD_V4, TNA_MP_GUARD_V6
+from tna.bpf.abi import TNA_CT_ACCT, TNA_CT_CSUM, TNA_CT_TCP_LOOSE, TNA_MP_GUARD_V4, TNA_MP_GUARD_V6
 from tna.model.firewall import Firewall
 
 AF_INET = 2
@@ -173,6 +173,12 @@ class Sysctls:
     br_nf_ip6tables: bool = False
     br_nf_vlan: bool = False      # bridge-nf-filter-vlan-tagged
     br_nf_pppoe: bool = False     # bridge-nf-filter-pppoe-tagged
+    # conntrack (net.netfilter.*), what the fast path repeats for a tracked family
+    ct_checksum: bool = True      # nf_conntrack_checksum: bad L4 checksums are INVALID
+    ct_acct: bool = False         # nf_conntrack_acct: per-connection packet counters
+    ct_tcp_loose: bool = True     # nf_conntrack_tcp_loose: pick up established flows
+    ct_timeout_tcp: int = 432000  # s, nf_conntrack_tcp_timeout_established
+    ct_timeout_udp: int = 120     # s, nf_conntrack_udp_timeout_stream
 
     @property
     def forwarding(self) -> bool:
@@ -283,6 +289,14 @@ class Model:
             self.neighs[key] = neigh
             return changed
         return self.neighs.pop(key, None) is not None
+
+    def ct_config(self) -> tuple[int, int, int]:
+        """tna_config's (ct_flags, ct_timeout_tcp, ct_timeout_udp): the
+        conntrack behaviour the fast path repeats (timeouts in ms)."""
+        sc = self.sysctls
+        flags = ((TNA_CT_CSUM if sc.ct_checksum else 0) | (TNA_CT_ACCT if sc.ct_acct else 0)
+                 | (TNA_CT_TCP_LOOSE if sc.ct_tcp_loose else 0))
+        return flags, min(sc.ct_timeout_tcp * 1000, 0xFFFFFFFF), min(sc.ct_timeout_udp * 1000, 0xFFFFFFFF)
 
     def set_sysctls(self, sysctls: Sysctls) -> bool:
         changed = sysctls != self.sysctls

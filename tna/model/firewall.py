@@ -40,7 +40,10 @@ class Packet:
     tcp_flags: int | None = None
     icmp_type: int | None = None
     icmp_code: int | None = None
-    ctstate: str | None = None  # NEW, ESTABLISHED, RELATED, INVALID, UNTRACKED
+    # conntrack's state for the packet (NEW, ESTABLISHED, RELATED, INVALID,
+    # UNTRACKED), or the states it could be when the fast path cannot know
+    # which (no entry: NEW or INVALID)
+    ctstate: str | frozenset[str] | None = None
 
 
 def iface_matches(pattern: str, name: str | None) -> bool:
@@ -61,9 +64,23 @@ def _one(m: Neg | None, test: bool) -> bool:
     return True if m is None else test != m.neg
 
 
-def rule_matches(rule: Rule, pkt: Packet) -> bool:
+def _ctstate(rule: Rule, pkt: Packet, could: bool) -> bool:
+    """A state match over the states the packet could have: it holds for all
+    of them, or (could) for at least one."""
+    assert rule.ctstate is not None
+    if pkt.ctstate is None:
+        return False
+    states = frozenset({pkt.ctstate}) if isinstance(pkt.ctstate, str) else pkt.ctstate
+    wanted = rule.ctstate.value
+    assert isinstance(wanted, frozenset)
+    holds = (lambda s: (s in wanted) != rule.ctstate.neg)  # noqa: E731
+    return any(map(holds, states)) if could else all(map(holds, states))
+
+
+def rule_matches(rule: Rule, pkt: Packet, could: bool = False) -> bool:
     """Whether the rule's expressible matches hold for pkt (the caller deals
-    with what is not expressible)."""
+    with what is not expressible); could: whether they may hold, for a
+    packet whose conntrack state is one of several."""
     def tcp_flags() -> bool:
         assert rule.tcp_flags is not None
         mask, comp = rule.tcp_flags.value  # type: ignore[misc]
@@ -88,7 +105,7 @@ def rule_matches(rule: Rule, pkt: Packet) -> bool:
         and _one(rule.tcp_flags, rule.tcp_flags is not None and pkt.proto == 6 and tcp_flags())
         and _one(rule.icmp_type, rule.icmp_type is not None and pkt.proto in (1, 58) and icmp())
         and _one(rule.fragment, False)  # packets TNA handles are never fragments
-        and _one(rule.ctstate, rule.ctstate is not None and pkt.ctstate in rule.ctstate.value)  # type: ignore[operator]
+        and (rule.ctstate is None or _ctstate(rule, pkt, could))
     )
 
 
@@ -110,11 +127,12 @@ def _walk(table: Table, chain: str, pkt: Packet, depth: int, trace: list[tuple[s
     if depth > 32:  # the kernel refuses loops; deeper than this is not ours
         return KERNEL
     for rule in table.chains[chain].rules:
-        if not rule_matches(rule, pkt):
+        if not rule_matches(rule, pkt, could=True):
             continue
-        if not rule.expressible:
+        if not rule.expressible or not rule_matches(rule, pkt):
             # its own matches hold (or are all it has that TNA knows): what it
-            # adds (another match, LOG, REJECT, ...) is the kernel's to judge
+            # adds (another match, LOG, REJECT, ...) is the kernel's to judge;
+            # so is a state match that holds for only some possible states
             return KERNEL
         trace.append((chain, rule.index))
         if rule.target in (ACCEPT, DROP):
@@ -146,6 +164,8 @@ class Firewall:
     v6: tuple[FwChain, ...] | None
     ifaces: tuple[str, ...]
     in4: tuple[FwChain, ...] | None = None  # IPv4 INPUT: drops applied early, at the hook
+    ct4: bool = False           # conntrack tracks IPv4 (a rule uses it): only its
+    ct6: bool = False           # established connections are fast-pathed
 
     def iface_masks(self, names: dict[int, str]) -> dict[int, int]:
         """ifindex -> the patterns its name matches, as bits."""
@@ -154,11 +174,15 @@ class Firewall:
 
 
 MAX_COMPILED_RULES = 256
-_CONNTRACK = ("-m conntrack", "-m state", "-j CT", "-j NOTRACK", "-j CONNMARK", "-m connmark", "-m connlimit")
+_CONNTRACK = {"conntrack", "state", "CT", "NOTRACK", "CONNMARK", "connmark", "connlimit", "helper"}
 
 
 def _uses_conntrack(rule: Rule) -> bool:
-    return rule.ctstate is not None or any(u.startswith(_CONNTRACK) for u in rule.unsupported)
+    """The rule makes the kernel track its family (xt_conntrack and friends
+    register conntrack's hooks in the namespace)."""
+    # unsupported entries read "-m NAME", "-j NAME" or "NAME --option"
+    return rule.ctstate is not None or any(u.removeprefix("-m ").removeprefix("-j ").split(" ")[0] in _CONNTRACK
+                                           for u in rule.unsupported)
 
 
 def _closure(table: Table, start: str) -> tuple[FwChain, ...]:
@@ -181,15 +205,14 @@ def firewall_plan(tables: dict[int, dict[str, Table]]) -> tuple[Firewall | None,
     stay on the kernel path)."""
     chains: dict[int, tuple[FwChain, ...] | None] = {}
     in4: tuple[FwChain, ...] | None = None
+    tracked: set[int] = set()
     for version, ts in tables.items():
         for name, table in ts.items():
             if name != "filter" and not table.empty:
                 return None, f"the IPv{version} {name} table has rules (not modelled)"
-            for chain in table.chains.values():
-                for rule in chain.rules:
-                    if _uses_conntrack(rule):
-                        return None, (f"connection tracking is in use (IPv{version} {chain.name} rule "
-                                      f"{rule.index}): stateful rules are not accelerated yet")
+            # a nat table needs conntrack, even without rules
+            if name == "nat" or any(_uses_conntrack(r) for c in table.chains.values() for r in c.rules):
+                tracked.add(version)
         f = ts.get("filter")
         chains[version] = _filtering(f, "FORWARD")
         if version == 4:
@@ -199,14 +222,14 @@ def firewall_plan(tables: dict[int, dict[str, Table]]) -> tuple[Firewall | None,
                        for m in (r.iif, r.oif) if m is not None})
     if len(patterns) > 64:
         return None, f"{len(patterns)} interface patterns in filter rules (at most 64 are modelled)"
-    if not used:
+    if not used and not tracked:
         return None, None
     rules = sum(len(c.rules) for cs in used for c in cs)
     if rules > MAX_COMPILED_RULES:
         # one `if` per rule: clang takes ~0.5 s for 100 rules but a minute
         # for 1,000; larger rule sets wait for table-driven classification
         return None, f"{rules} filter rules: more than {MAX_COMPILED_RULES} are not compiled in yet"
-    return Firewall(chains.get(4), chains.get(6), tuple(patterns), in4), None
+    return Firewall(chains.get(4), chains.get(6), tuple(patterns), in4, 4 in tracked, 6 in tracked), None
 
 
 def _filtering(table: Table | None, chain: str) -> tuple[FwChain, ...] | None:

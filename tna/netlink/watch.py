@@ -203,11 +203,11 @@ class Watcher:
             yield msg
 
 
-def _read_int(path: str) -> int:
+def _read_int(path: str, default: int = 0) -> int:
     try:
         return int(Path(path).read_text().strip() or 0)
     except (OSError, ValueError):
-        return 0
+        return default
 
 
 def read_rp_filter(names: dict[int, str]) -> dict[int, int]:
@@ -227,4 +227,12 @@ def read_sysctls() -> Sysctls:
         br_nf_ip6tables=_read_int("/proc/sys/net/bridge/bridge-nf-call-ip6tables") != 0,
         br_nf_vlan=_read_int("/proc/sys/net/bridge/bridge-nf-filter-vlan-tagged") != 0,
         br_nf_pppoe=_read_int("/proc/sys/net/bridge/bridge-nf-filter-pppoe-tagged") != 0,
+        ct_checksum=_read_int(f"{_NF}/nf_conntrack_checksum", 1) != 0,
+        ct_acct=_read_int(f"{_NF}/nf_conntrack_acct") != 0,
+        ct_tcp_loose=_read_int(f"{_NF}/nf_conntrack_tcp_loose", 1) != 0,
+        ct_timeout_tcp=_read_int(f"{_NF}/nf_conntrack_tcp_timeout_established", 432000),
+        ct_timeout_udp=_read_int(f"{_NF}/nf_conntrack_udp_timeout_stream", 120),
     )
+
+
+_NF = "/proc/sys/net/netfilter"

@@ -36,7 +36,25 @@ def _ranges(field: str, ranges: Any) -> str:
                        for lo, hi in ranges)
 
 
-def _condition(rule: Rule, ifaces: tuple[str, ...]) -> str:
+CT_BITS = {"NEW": 1 << 0, "ESTABLISHED": 1 << 1, "RELATED": 1 << 2, "INVALID": 1 << 3,
+           "UNTRACKED": 1 << 4}  # FW_CT_* of conntrack.c.j2
+
+
+def _ct_terms(m: Neg) -> tuple[str, str]:
+    """A state match over f->ct, the states the packet could have: (holds
+    for all of them, holds for some)."""
+    states = m.value
+    assert isinstance(states, frozenset)
+    mask = sum(CT_BITS[s] for s in states)
+    inside, outside = f"(f->ct & 0x{mask:02x})", f"(f->ct & ~0x{mask:02x})"
+    if m.neg:
+        inside, outside = outside, inside
+    return f"!{outside}", inside
+
+
+def _condition(rule: Rule, ifaces: tuple[str, ...], could: bool = False) -> str:
+    """C for the rule's expressible matches; could: a state match need only
+    hold for some of the packet's possible states."""
     terms = []
 
     def add(m: Neg | None, expr: str) -> None:
@@ -67,9 +85,21 @@ def _condition(rule: Rule, ifaces: tuple[str, ...]) -> str:
                                                                        else ""))
     if rule.fragment is not None:
         add(rule.fragment, "0")  # the fast path never sees fragments
+    if rule.ctstate is not None:
+        terms.append(_ct_terms(rule.ctstate)[1 if could else 0])
     if len(terms) == 1 and terms[0].startswith("("):
         return terms[0][1:-1]  # `if ((a == b))` is an error under -Wall -Werror
     return " && ".join(terms) or "1"
+
+
+def _maybe(rule: Rule, ifaces: tuple[str, ...]) -> str | None:
+    """When an expressible rule's state match holds for some but not all of
+    the packet's possible states (its other matches holding): the kernel,
+    which knows the state, decides."""
+    if rule.ctstate is None or not rule.expressible:
+        return None
+    some_not = _ct_terms(Neg(rule.ctstate.value, not rule.ctstate.neg))[1]
+    return f"({_condition(rule, ifaces, could=True)}) && {some_not}"
 
 
 def _action(rule: Rule, prefix: str, index: dict[str, int], rid: int) -> str:
@@ -133,8 +163,9 @@ def _chains(chains: tuple[FwChain, ...] | None, family: int, ifaces: tuple[str, 
         if c.policy is not None:
             verdict = "FW_ACCEPT" if c.policy == "ACCEPT" else "FW_DROP"
             end = f"{{ fw_step(f, {ids[family, c.name, 0]}); return {verdict}; }}"
-        rules = [{"text": _comment(r.text), "cond": _condition(r, ifaces),
-                  "action": _action(r, prefix, index, ids[family, c.name, r.index])} for r in c.rules]
+        rules = [{"text": _comment(r.text), "cond": _condition(r, ifaces, could=not r.expressible),
+                  "maybe": _maybe(r, ifaces), "action": _action(r, prefix, index, ids[family, c.name, r.index])}
+                 for r in c.rules]
         out.append({"fn": f"{prefix}_{index[c.name]}", "name": _comment(c.name), "rules": rules, "end": end})
     return out
 
@@ -146,4 +177,5 @@ def render_data(fw: Firewall | None) -> dict[str, Any] | None:
         return None
     ids = {(r.family, r.chain, r.index): r.id for r in rule_refs(fw)}
     return {"v4": _chains(fw.v4, 4, fw.ifaces, ids, "fw4"), "v6": _chains(fw.v6, 6, fw.ifaces, ids, "fw6"),
-            "in4": _chains(fw.in4, 4, fw.ifaces, ids, "in4"), "uses_ifaces": bool(fw.ifaces)}
+            "in4": _chains(fw.in4, 4, fw.ifaces, ids, "in4"), "uses_ifaces": bool(fw.ifaces),
+            "ct4": fw.ct4, "ct6": fw.ct6}

@@ -1,0 +1,222 @@
+"""Stateful rule sets on real traffic: the router lab's r runs a firewall
+that uses connection tracking, and every kind of traffic must end exactly as
+it does with Linux alone, with the established part of the allowed flows
+carried by the fast path, and conntrack's own state kept true (no INVALID
+verdict on a long transfer's close, no entry expiring under a live flow).
+
+Under XDP the hosts send with checksums complete (`ethtool -K ... tx off`):
+a veth facing a local stack hands XDP frames whose checksum is left to
+offload, which the router leaves to the kernel (CSUM_PARTIAL) - on a NIC
+that does not happen, and in production such veths get the TC hook."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+
+import pytest
+
+from netns_labs.lab import RouterLab, _server, ping, py, tcp_transfer, udp_echo
+from tests.conftest import tna_running
+from tests.test_firewall_lab import MARK, send_frames
+
+pytestmark = pytest.mark.root
+
+# A stateful router: invalid out, replies in, a blocklist, services from h1's
+# side only (a user chain with RETURN), a LOG rule TNA cannot express.
+STATEFUL = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+:svc - [0:0]
+-A FORWARD -m conntrack --ctstate INVALID -j DROP
+-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A FORWARD -s {block} -j DROP
+-A FORWARD -i r-h1 -o r-h2 -j svc
+-A svc -p udp -m udp --dport 5205 -j LOG --log-prefix "tna-test "
+-A svc -p tcp -m tcp --dport 5201 -j ACCEPT
+-A svc -p udp -m udp --dport 5202:5210 -j ACCEPT
+-A svc -p {icmp} -j ACCEPT
+-A svc -j RETURN
+COMMIT
+"""
+RULES4 = STATEFUL.format(block="203.0.113.0/24", icmp="icmp -m icmp --icmp-type 8")
+RULES6 = STATEFUL.format(block="2001:db8:ff::/48", icmp="ipv6-icmp -m icmp6 --icmpv6-type 128")
+MB = 1_000_000
+
+
+def setup(lab: RouterLab, hook: str) -> None:
+    lab.run(lab.r, ["iptables-restore"], input=RULES4)
+    lab.run(lab.r, ["ip6tables-restore"], input=RULES6)
+    if hook == "xdp":
+        for h in (lab.h1, lab.h2):
+            lab.run(h.ns, ["ethtool", "-K", h.dev, "tx", "off"])
+
+
+def connects(lab: RouterLab, ns: str, addr: str, port: int) -> bool:
+    """Whether a TCP connection opens within a second."""
+    code = f"import socket; socket.create_connection(({addr!r}, {port}), timeout=1)"
+    return lab.run(ns, ["python3", "-c", code], check=False).returncode == 0
+
+
+def exercise(lab: RouterLab) -> dict[str, object]:
+    """Allowed and denied traffic of every kind, and how each ended."""
+    h1, h2 = lab.h1, lab.h2
+    out: dict[str, object] = {}
+    for v, addr in (("4", h2.ip4), ("6", h2.ip6)):
+        sent, got = tcp_transfer(lab, h1.ns, h2.ns, addr, 100 * MB)
+        out[f"tcp{v}"] = sent == got
+        out[f"udp{v}"] = udp_echo(lab, h1.ns, h2.ns, addr, 50)
+        out[f"udp{v} LOG rule"] = udp_echo(lab, h1.ns, h2.ns, addr, 20, port=5205)
+        out[f"ping{v}"] = ping(lab, h1.ns, addr).returncode == 0
+        server = _server(lab, h2.ns, "tcp-server", "5300")  # listening, but not allowed
+        out[f"tcp{v} denied"] = connects(lab, h1.ns, addr, 5300)
+        server.kill()
+        server.wait()
+        out[f"ping{v} from h2 denied"] = ping(lab, h2.ns, h1.ip4 if v == "4" else h1.ip6, 2).returncode == 0
+    return out
+
+
+EXPECTED = {f"{k}{v}{s}": want for v in ("4", "6") for k, s, want in (
+    ("tcp", "", True), ("udp", "", 50), ("udp", " LOG rule", 20), ("ping", "", True),
+    ("tcp", " denied", False), ("ping", " from h2 denied", False))}
+
+
+def test_stateful_router_ends_every_flow_as_linux_does(router_lab: RouterLab, hook: str) -> None:
+    lab = router_lab
+    setup(lab, hook)
+    linux = exercise(lab)
+    assert linux == EXPECTED
+    with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
+        st = tna.status()
+        assert st is not None and not st["disabled"] and st["firewall"]["conntrack"] == ["ipv4", "ipv6"]
+        assert exercise(lab) == linux
+        c = tna.counters()
+    # after each handshake the transfers ran on the fast path: the kernel saw
+    # the handshakes, the closes and the few packets until the daemon freed
+    # the connections from window tracking
+    kernel_tcp = c.get("CT_SYNC", 0) + c.get("CT_STATE", 0) + c.get("CT_NEW", 0)
+    assert c.get("FORWARDED", 0) > 10 * kernel_tcp, c
+    assert c.get("CT_SYNC", 0) > 0, c
+    # the LOG rule sees the first datagram of each flow (then the entry
+    # exists and RELATED,ESTABLISHED accepts the rest): those go to the kernel
+    assert c.get("FW_KERNEL", 0) >= 2, c
+    assert c.get("CT_PROTO", 0) > 0, c      # ICMP: conntrack keeps it, the kfuncs look up TCP/UDP only
+    assert c.get("FW_DROP", 0) > 0, c       # SYNs to the closed service, dropped by the policy
+
+
+def test_long_transfer_closes_cleanly_past_an_invalid_drop_rule(router_lab: RouterLab, hook: str) -> None:
+    """The kernel never sees the fast-pathed middle of the transfer; its
+    window tracking must not judge the FIN after it INVALID (dropped)."""
+    lab = router_lab
+    setup(lab, hook)
+
+    def transfer() -> tuple[bool, str, int]:
+        sent, got = tcp_transfer(lab, lab.h1.ns, lab.h2.ns, lab.h2.ip4, 300 * MB)
+        entries = lab.run(lab.r, ["conntrack", "-L", "-p", "tcp", "--dport", "5201"]).stdout
+        invalid = lab.run(lab.r, ["iptables", "-L", "FORWARD", "-v", "-x", "-n"]).stdout.splitlines()[2].split()[0]
+        lab.run(lab.r, ["conntrack", "-F"])
+        return sent == got, entries, int(invalid)
+
+    linux_ok, linux_ct, linux_invalid = transfer()
+    assert linux_ok and "TIME_WAIT" in linux_ct
+    lab.run(lab.r, ["iptables", "-Z"])
+    with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
+        ok, ct, invalid = transfer()
+        c = tna.counters()
+    assert ok and invalid == linux_invalid
+    assert "TIME_WAIT" in ct, ct  # the FIN exchange went through conntrack: a clean close
+    assert c.get("FORWARDED", 0) > 20 * (c.get("CT_SYNC", 0) + c.get("CT_STATE", 0)), c
+
+
+def test_conntrack_entry_lives_through_a_quiet_then_active_flow(router_lab: RouterLab, hook: str) -> None:
+    """With a 5 s established timeout, a flow that sends 6 s, pauses 3 s and
+    sends 6 s again: conntrack -L shows its entry all along, with the
+    timeout the kernel's own refresh would give (the fast path refreshes it)."""
+    lab = router_lab
+    setup(lab, hook)
+    lab.sysctl(lab.r, "net.netfilter.nf_conntrack_tcp_timeout_established", 5)
+    with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
+        time.sleep(1.2)  # the daemon polls sysctls every second
+        server = _server(lab, lab.h2.ns, "tcp-server", "5201")
+        client = lab.popen(lab.h1.ns, py("netns_labs.xfer", "tcp-phases", lab.h2.ip4, "5201", "6", "3", "6"),
+                           stdout=subprocess.PIPE, text=True, cwd=lab.repo)
+        timeouts: list[int | None] = []
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(0.5):
+                out = lab.run(lab.r, ["conntrack", "-L", "-p", "tcp", "--dport", "5201"], check=False).stdout
+                fields = [line.split() for line in out.splitlines() if "ESTABLISHED" in line]
+                timeouts.append(int(fields[0][2]) if fields else None)
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            sent, _ = client.communicate(timeout=60)
+        finally:
+            stop.set()
+            sampler.join()
+        got = server.stdout.readline() if server.stdout else ""
+        server.wait(timeout=10)
+        c = tna.counters()
+    assert sent.split()[:2] == got.split()[:2], (sent, got)
+    assert len(timeouts) >= 24 and None not in timeouts[:-2], timeouts  # alive until the close
+    # while the flow sends, the entry keeps (almost) its full timeout; the
+    # quiet phase lets it run down, as in Linux, but not out
+    assert max(timeouts[2:10]) >= 4 and max(timeouts[-8:-2]) >= 4, timeouts
+    assert c.get("FORWARDED", 0) > 100, c
+
+
+# What conntrack makes of packets of no connection: NEW ones pass, INVALID
+# ones are dropped - by the fast path too, which must tell them apart.
+NEW_OR_INVALID = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A FORWARD -m conntrack --ctstate INVALID -j DROP
+-A FORWARD -m conntrack --ctstate NEW -j ACCEPT
+COMMIT
+"""
+
+
+def first_packets(lab: RouterLab) -> list[bytes]:
+    """First packets of would-be connections (one source port each), v4 and
+    v6: every TCP flag combination conntrack tells apart, bad checksums,
+    bad UDP lengths, UDP without a checksum."""
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+    from scapy.packet import Raw
+
+    out: list[bytes] = []
+    for ip in (IP(src=lab.h1.ip4, dst=lab.h2.ip4), IPv6(src=lab.h1.ip6, dst=lab.h2.ip6)):
+        l4s = [TCP(flags=f) for f in ("S", "SA", "A", "PA", "AU", "FA", "F", "R", "RA", "SF", "", "SAE", "AC")]
+        l4s += [TCP(flags="S", chksum=0x1234), TCP(flags="A", chksum=0x1234), TCP(flags="A", dataofs=15),
+                UDP(), UDP(chksum=0x1234), UDP(chksum=0), UDP(len=200), UDP(len=7)]
+        for l4 in l4s:
+            n = len(out)
+            l4.sport, l4.dport = 20000 + n, 5201
+            out.append(bytes(Ether(src=lab.h1.mac, dst=lab.r_h1_mac) / ip / l4 / Raw(MARK + b"%04d" % n)))
+    return out
+
+
+def test_new_and_invalid_first_packets_are_told_apart_as_conntrack_does(router_lab: RouterLab,
+                                                                        hook: str) -> None:
+    lab = router_lab
+    lab.run(lab.r, ["iptables-restore"], input=NEW_OR_INVALID)
+    lab.run(lab.r, ["ip6tables-restore"], input=NEW_OR_INVALID)
+    lab.run(lab.h2.ns, ["iptables", "-P", "OUTPUT", "DROP"])  # no replies: only the probes
+    lab.run(lab.h2.ns, ["ip6tables", "-P", "OUTPUT", "DROP"])
+    frames = first_packets(lab)
+    linux = send_frames(lab, frames)
+    assert 0 < len(linux) < len(frames)
+    lab.run(lab.r, ["conntrack", "-F"])
+    with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
+        fast = send_frames(lab, frames)
+        c = tna.counters("r-h1")
+    assert fast == linux
+    # each INVALID one was dropped by the fast path, each NEW one went on to
+    # the kernel to be confirmed
+    assert c.get("FW_DROP", 0) == len(frames) - len(linux), c
+    assert c.get("CT_NEW", 0) == len(linux), c
