@@ -7,9 +7,23 @@ from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tna.model.firewall import ACCEPT, DROP, KERNEL, MAX_COMPILED_RULES, Packet, evaluate, firewall_plan, iface_matches
+from tna.model.firewall import (
+    ACCEPT,
+    DROP,
+    KERNEL,
+    MAX_COMPILED_RULES,
+    Packet,
+    RuleSet,
+    evaluate,
+    firewall_plan,
+    iface_matches,
+    segments,
+)
 from tna.model.iptables import parse_save
+from tna.synth.fwgen import set_entries
 
 DATA = Path(__file__).parent / "data"
 
@@ -112,6 +126,73 @@ def test_plans_what_it_may_take_over() -> None:
     nat = "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -j MASQUERADE\nCOMMIT\n"
     _, why = firewall_plan({4: parse_save(nat), 6: {}})
     assert why is not None and "nat table" in why
-    many = "".join(f"-A FORWARD -p udp --dport {1000 + i} -j DROP\n" for i in range(MAX_COMPILED_RULES + 1))
-    _, why = firewall_plan({4: parse_save(head + many + "COMMIT\n"), 6: {}})
-    assert why is not None and "not compiled in yet" in why
+    # thousands of same-shaped rules are one set; rules that cannot share a
+    # lookup (alternating targets) are code, and code has a limit
+    many = "".join(f"-A FORWARD -p udp --dport {1000 + i} -j DROP\n" for i in range(10 * MAX_COMPILED_RULES))
+    fw, why = firewall_plan({4: parse_save(head + many + "COMMIT\n"), 6: {}})
+    assert why is None and fw is not None
+    mixed = "".join(f"-A FORWARD -p udp --dport {1000 + i} -j {('DROP', 'ACCEPT')[i % 2]}\n"
+                    for i in range(MAX_COMPILED_RULES + 1))
+    _, why = firewall_plan({4: parse_save(head + mixed + "COMMIT\n"), 6: {}})
+    assert why is not None and f"at most {MAX_COMPILED_RULES}" in why
+
+
+# --- sets of rules decided by one lookup (RuleSet, fwgen.set_entries) --------
+
+def _lpm(entries: dict[bytes, bytes], data: bytes) -> int | None:
+    """A longest-prefix-match lookup, as the kernel's LPM trie does it."""
+    best: tuple[int, int] | None = None
+    n = int.from_bytes(data, "big")
+    width = len(data) * 8
+    for key, value in entries.items():
+        bits = int.from_bytes(key[:4], "little")
+        prefix = int.from_bytes(key[4:4 + len(data)], "big")
+        mask = ((1 << bits) - 1) << (width - bits) if bits else 0
+        if n & mask == prefix and (best is None or bits > best[0]):
+            best = (bits, int.from_bytes(value, "little"))
+    return None if best is None else best[1]
+
+
+_NETS = ["192.0.2.0/24", "192.0.2.0/25", "192.0.2.64/26", "192.0.2.96/27", "192.0.2.100/32", "192.0.2.7/32",
+         "198.51.100.0/24", "198.51.100.2/32"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(rules=st.lists(st.tuples(st.sampled_from(_NETS), st.sampled_from(["tcp", "udp"]),
+                                st.lists(st.integers(20, 25), min_size=1, max_size=3)), min_size=4, max_size=24),
+       pkts=st.lists(st.tuples(st.sampled_from(["192.0.2.1", "192.0.2.7", "192.0.2.70", "192.0.2.100",
+                                                "192.0.2.97", "198.51.100.2", "203.0.113.1"]),
+                               st.sampled_from([6, 17]), st.integers(19, 26)), min_size=1, max_size=20))
+def test_a_set_lookup_finds_the_first_rule_that_matches(rules: list[tuple[str, str, list[int]]],
+                                                        pkts: list[tuple[str, int, int]]) -> None:
+    """For same-shaped rules, one LPM lookup in fwgen's entries gives the
+    rule the kernel's walk stops at (what its counters count)."""
+    text = "".join(f"-A FORWARD -s {net} -p {p} -m multiport --dports {','.join(map(str, ports))} -j DROP\n"
+                   for net, p, ports in rules)
+    table = parse_save(f"*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n{text}COMMIT\n")
+    chain = table["filter"].chains["FORWARD"]
+    (rs,) = segments(tuple(chain.rules))
+    assert isinstance(rs, RuleSet) and rs.fields == ("proto", "dport", "src") and rs.lpm == "src"
+    entries = set_entries(rs, 4, {r.index: r.index for r in rs.rules})
+    for src, proto, dport in pkts:
+        trace: list[tuple[str, int]] = []
+        pkt = Packet(ip_address(src), ip_address("198.51.100.9"), "a", "b", proto, 1000, dport)
+        verdict = evaluate(table["filter"], "FORWARD", pkt, trace)
+        data = bytes([proto]) + dport.to_bytes(2, "big") + ip_address(src).packed
+        assert _lpm(entries, data) == (trace[0][1] if verdict == DROP else None)
+
+
+def test_rules_group_into_sets_only_where_order_needs_no_code() -> None:
+    def shape(text: str) -> list[str]:
+        t = parse_save(f"*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n{text}COMMIT\n")
+        return [f"set{len(s.rules)}" if isinstance(s, RuleSet) else "rule"
+                for s in segments(tuple(t["filter"].chains["FORWARD"].rules))]
+    drops = "".join(f"-A FORWARD -s 192.0.2.{i}/32 -j DROP\n" for i in range(6))
+    assert shape(drops) == ["set6"]
+    assert shape(drops[:3 * 34]) == ["rule"] * 3  # shorter than SET_MIN: code is cheaper
+    assert shape(drops + "-A FORWARD -s 192.0.2.9/32 -j ACCEPT\n" + drops) == ["set6", "rule", "set6"]
+    assert shape(drops.replace("-s 192.0.2.3/32", "! -s 192.0.2.3/32")) == ["rule"] * 6  # a negation splits
+    # two prefix fields cannot share one key: the run breaks where both appear
+    both = "".join(f"-A FORWARD -s 192.0.2.{i}/32 -d 198.51.100.0/{24 + i} -j DROP\n" for i in range(5))
+    assert shape(both + "-A FORWARD -s 192.0.2.0/24 -d 198.51.100.0/24 -j DROP\n") == ["set5", "rule"]
+    assert shape("".join(f"-A FORWARD -p tcp -m tcp --dport 1:{i + 100} -j DROP\n" for i in range(5))) == ["rule"] * 5

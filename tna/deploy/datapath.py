@@ -25,7 +25,7 @@ from tna.bpf import libbpf as bpf
 from tna.model.config import USER_HZ, FdbEntry, Neigh
 from tna.netlink.watch import TC_H_CLSACT_EGRESS, TC_H_CLSACT_INGRESS, TC_HANDLE, TC_PRIORITY, tc_filters
 from tna.synth.compile import compile_source
-from tna.synth.fwgen import rule_refs
+from tna.synth.fwgen import all_set_entries, rule_refs
 from tna.synth.planner import IfacePlan, L3Bridge, PortPlan
 from tna.synth.render import render
 
@@ -91,6 +91,18 @@ def jiffies_hz(prog: bpf.Program, state: bpf.Map) -> int:
     return min((100, 250, 300, 1000), key=lambda hz: abs(hz - measured))
 
 
+def load_with_sets(obj: bpf.BpfObject, sets: dict[str, dict[bytes, bytes]]) -> None:
+    """Load obj with its rule-set maps sized for, and filled with, sets
+    (fwgen.all_set_entries()): before anything can attach the program."""
+    for name, entries in sets.items():
+        obj.set_max_entries(name, max(1, len(entries)))
+    obj.load()
+    for name, entries in sets.items():
+        m = obj.map(name)
+        for key, value in entries.items():
+            m.update(key, value)
+
+
 def iface_cfg(ifindex: int, mac: str, flags: int, port_slot: int = 0) -> bytes:
     cfg = abi.TnaIfaceCfg(ifindex=ifindex, flags=flags, port_slot=port_slot)
     cfg.mac[:] = bytes.fromhex(mac.replace(":", ""))
@@ -140,9 +152,10 @@ class Datapath:
             obj.set_initial_value(abi.SECTION_IFACE, iface_cfg(plan.ifindex, plan.mac, plan.flags, slot))
             # one counter per compiled FORWARD rule (per program: its own)
             obj.set_max_entries(abi.MAP_FW_RULES, max(1, len(rule_refs(plan.firewall))))
+            sets = all_set_entries(plan.firewall)
             for name, m in self.shared.items():
                 obj.reuse_map(name, m.fd)
-            obj.load()
+            load_with_sets(obj, sets)
             if not self.shared:
                 self._adopt_shared(obj)
             return obj, obj.program(abi.PROGRAM_NAME), path.with_suffix(".c")

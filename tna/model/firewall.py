@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from tna.bpf.abi import FW_RULES_MAX
 from tna.model.iptables import Neg, Rule, Table
 
 ACCEPT, DROP, KERNEL = "ACCEPT", "DROP", "KERNEL"
@@ -173,7 +174,91 @@ class Firewall:
                 for i, name in names.items()}
 
 
-MAX_COMPILED_RULES = 256
+MAX_COMPILED_RULES = 256  # rules compiled as code (a set of rules counts as one)
+SET_MIN = 4               # shorter runs of set-able rules stay code: cheaper than a lookup
+SET_PORTS_MAX = 16        # port values one rule may add to a set (multiport lists, small ranges)
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """Consecutive rules of one chain that one lookup can decide: each
+    matches exact values of the same fields (protocol, source port,
+    destination port, one address) and a prefix of at most one address,
+    none negated, and all share one terminal target (ACCEPT, DROP, RETURN).
+    The first that matches is the longest-prefix entry's smallest rule
+    index among the entries covering it, so order needs no code.
+
+    fields: of ("proto", "sport", "dport", "src", "dst"), in key order: exact
+    fields first, the one that may be a prefix (lpm) last."""
+
+    target: str
+    fields: tuple[str, ...]
+    lpm: str | None
+    rules: tuple[Rule, ...]
+
+
+def _set_shape(rule: Rule) -> tuple[str, tuple[str, ...]] | None:
+    """(target, fields) if the rule can be part of a RuleSet."""
+    if not rule.expressible or rule.goto or rule.target not in (ACCEPT, DROP, "RETURN"):
+        return None
+    if any(getattr(rule, f) is not None for f in ("iif", "oif", "ports", "tcp_flags", "icmp_type", "fragment",
+                                                   "ctstate")):
+        return None
+    fields = tuple(f for f in ("proto", "sport", "dport", "src", "dst") if getattr(rule, f) is not None)
+    if any(getattr(rule, f).neg for f in fields):
+        return None
+    if rule.proto is not None and rule.proto.value == 0:
+        return None
+    for f in ("sport", "dport"):
+        m = getattr(rule, f)
+        if m is not None and sum(hi - lo + 1 for lo, hi in m.value) > SET_PORTS_MAX:
+            return None
+    return rule.target, fields
+
+
+def _partial(rule: Rule, field: str) -> bool:
+    m = getattr(rule, field)
+    return m is not None and m.value.prefixlen < m.value.max_prefixlen
+
+
+def segments(rules: tuple[Rule, ...]) -> list[Rule | RuleSet]:
+    """A chain's rules as code (Rule) and lookups (RuleSet, at least SET_MIN
+    rules), in order."""
+    out: list[Rule | RuleSet] = []
+    run: list[Rule] = []
+    partial = {"src": False, "dst": False}  # some rule of the run has a shorter prefix there
+
+    def flush() -> None:
+        if len(run) >= SET_MIN:
+            target, fields = _set_shape(run[0])  # type: ignore[misc]
+            lpm = next((f for f in ("src", "dst") if partial[f]), None)
+            if lpm is None and fields and fields[-1] in ("src", "dst"):
+                lpm = fields[-1]
+            order = tuple(f for f in fields if f != lpm) + ((lpm,) if lpm else ())
+            out.append(RuleSet(target, order, lpm, tuple(run)))
+        else:
+            out.extend(run)
+        run.clear()
+        partial.update(src=False, dst=False)
+
+    for rule in rules:
+        shape = _set_shape(rule)
+        src, dst = partial["src"] or _partial(rule, "src"), partial["dst"] or _partial(rule, "dst")
+        if not (shape is not None and run and shape == _set_shape(run[0]) and not (src and dst)):
+            flush()
+            src, dst = _partial(rule, "src"), _partial(rule, "dst")
+        if shape is None:
+            out.append(rule)
+        else:
+            run.append(rule)
+            partial.update(src=src, dst=dst)
+    flush()
+    return out
+
+
+def code_size(chains: tuple[FwChain, ...]) -> int:
+    """Rules compiled as code: what compile time grows with."""
+    return sum(len(segments(c.rules)) for c in chains)
 _CONNTRACK = {"conntrack", "state", "CT", "NOTRACK", "CONNMARK", "connmark", "connlimit", "helper"}
 
 
@@ -224,11 +309,15 @@ def firewall_plan(tables: dict[int, dict[str, Table]]) -> tuple[Firewall | None,
         return None, f"{len(patterns)} interface patterns in filter rules (at most 64 are modelled)"
     if not used and not tracked:
         return None, None
-    rules = sum(len(c.rules) for cs in used for c in cs)
-    if rules > MAX_COMPILED_RULES:
+    counted = sum(len(c.rules) + 1 for cs in used for c in cs)
+    if counted > FW_RULES_MAX:
+        return None, f"{counted} filter rules: the fast path counts at most {FW_RULES_MAX}"
+    size = sum(code_size(cs) for cs in used)
+    if size > MAX_COMPILED_RULES:
         # one `if` per rule: clang takes ~0.5 s for 100 rules but a minute
-        # for 1,000; larger rule sets wait for table-driven classification
-        return None, f"{rules} filter rules: more than {MAX_COMPILED_RULES} are not compiled in yet"
+        # for 1,000; sets of same-shaped rules are one lookup each
+        return None, (f"{size} filter rules (or sets of rules) would be compiled as code: at most "
+                      f"{MAX_COMPILED_RULES} are")
     return Firewall(chains.get(4), chains.get(6), tuple(patterns), in4, 4 in tracked, 6 in tracked), None
 
 

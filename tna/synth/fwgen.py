@@ -1,10 +1,16 @@
-"""FORWARD chains -> C: one function per chain, one `if` per rule.
+"""FORWARD/INPUT chains -> C: one function per chain, one `if` per rule,
+one map lookup per set of same-shaped rules.
 
 Rule matches become C conditions over `struct fw_pkt` (firewall.c.j2);
 addresses are compared in network byte order as the packet holds them, so
 constants are emitted as the u32 a little-endian load of those bytes gives.
 A rule TNA cannot express keeps its expressible matches and sends what they
 match to the kernel; the rest of its matches are the kernel's to judge.
+
+A RuleSet (tna/model/firewall.py) becomes an LPM trie per program: the code
+knows only the set's shape (which fields, in which order), its rules are the
+map's entries (set_entries()), so a set of 10,000 rules costs one lookup and
+no compile time.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tna.bpf.abi import FW_RULES_MAX
-from tna.model.firewall import Firewall, FwChain
+from tna.model.firewall import Firewall, FwChain, RuleSet, segments
 from tna.model.iptables import Neg, Rule
 
 
@@ -148,14 +154,91 @@ def rule_refs(fw: Firewall | None) -> list[RuleRef]:
     return refs
 
 
+FIELD_BYTES = {"proto": 1, "sport": 2, "dport": 2}
+
+
+def _field_size(field: str, family: int) -> int:
+    return FIELD_BYTES.get(field, 4 if family == 4 else 16)
+
+
+def _set_data(rs: RuleSet, family: int, name: str) -> dict[str, Any]:
+    """What firewall.c.j2 needs to look a packet up in one set's map."""
+    fill, off = [], 0
+    for field in rs.fields:
+        size = _field_size(field, family)
+        if field == "proto":
+            fill.append(f"k.data[{off}] = f->proto;")
+        elif field in ("sport", "dport"):
+            fill.append(f"{{ __be16 p = bpf_htons(f->{field}); __builtin_memcpy(&k.data[{off}], &p, 2); }}")
+        else:
+            fill.append(f"__builtin_memcpy(&k.data[{off}], f->{'saddr' if field == 'src' else 'daddr'}, {size});")
+        off += size
+    verdict = {"ACCEPT": "FW_ACCEPT", "DROP": "FW_DROP", "RETURN": "FW_CONT"}[rs.target]
+    return {"set": name, "size": off, "bits": off * 8, "fill": fill,
+            "guard": "f->has_ports" if {"sport", "dport"} & set(rs.fields) else "1",
+            "verdict": verdict, "text": _comment(f"a set of rules: {', '.join(rs.fields)} -> {rs.target}")}
+
+
+def _values(rule: Rule, field: str, family: int) -> list[tuple[bytes, int]]:
+    """A rule's (bytes, prefix bits) for one key field."""
+    m = getattr(rule, field)
+    if field == "proto":
+        return [(bytes([m.value]), 8)]
+    if field in ("sport", "dport"):
+        return [(p.to_bytes(2, "big"), 16) for lo, hi in m.value for p in range(lo, hi + 1)]
+    net = m.value
+    return [(net.network_address.packed, net.prefixlen)]
+
+
+def set_entries(rs: RuleSet, family: int, ids: dict[int, int]) -> dict[bytes, bytes]:
+    """The LPM entries of a set: key (prefixlen, data) -> counter id of the
+    first rule matching whatever matches that entry.  ids: rule index ->
+    counter id.  A longest-prefix hit must still count the first rule, so
+    each entry holds the smallest id among the entries covering it."""
+    size = sum(_field_size(f, family) for f in rs.fields)
+    pad = (-(4 + size)) % 4  # the C key struct is padded to 4 bytes
+    best: dict[tuple[bytes, int], int] = {}  # (data, bits) -> id
+    for rule in rs.rules:
+        combos = [(b"", 0)]
+        for field in rs.fields:
+            combos = [(d + v, n + bits) for d, n in combos for v, bits in _values(rule, field, family)]
+        for data, bits in combos:
+            key = (_masked(data, bits), bits)
+            best[key] = min(best.get(key, ids[rule.index]), ids[rule.index])
+    out = {}
+    lengths = sorted({bits for _, bits in best})
+    for (data, bits), rid in best.items():
+        for shorter in lengths:  # entries covering this one: same data up to a shorter length
+            if shorter < bits:
+                cover = best.get((_masked(data, shorter), shorter))
+                if cover is not None:
+                    rid = min(rid, cover)
+        out[bits.to_bytes(4, "little") + data + bytes(pad)] = rid.to_bytes(4, "little")
+    return out
+
+
+def _masked(data: bytes, bits: int) -> bytes:
+    """data with every bit past the first `bits` cleared."""
+    n = int.from_bytes(data, "big") if data else 0
+    total = len(data) * 8
+    mask = ((1 << bits) - 1) << (total - bits) if bits else 0
+    return (n & mask).to_bytes(len(data), "big")
+
+
 def _comment(text: str) -> str:
     return text.replace("*/", "* /")
+
+
+def set_name(prefix: str, k: int) -> str:
+    """The map of a chain family's k-th set (BPF map names: 15 characters)."""
+    return f"{prefix}_set{k}"
 
 
 def _chains(chains: tuple[FwChain, ...] | None, family: int, ifaces: tuple[str, ...],
             ids: dict[tuple[int, str, int], int], prefix: str) -> list[dict[str, Any]]:
     if not chains:
         return []
+    sets = 0
     index = {c.name: i for i, c in enumerate(chains)}
     out = []
     for c in chains:
@@ -163,9 +246,16 @@ def _chains(chains: tuple[FwChain, ...] | None, family: int, ifaces: tuple[str, 
         if c.policy is not None:
             verdict = "FW_ACCEPT" if c.policy == "ACCEPT" else "FW_DROP"
             end = f"{{ fw_step(f, {ids[family, c.name, 0]}); return {verdict}; }}"
-        rules = [{"text": _comment(r.text), "cond": _condition(r, ifaces, could=not r.expressible),
-                  "maybe": _maybe(r, ifaces), "action": _action(r, prefix, index, ids[family, c.name, r.index])}
-                 for r in c.rules]
+        rules = []
+        for seg in segments(c.rules):
+            if isinstance(seg, RuleSet):
+                rules.append(_set_data(seg, family, set_name(prefix, sets)))
+                sets += 1
+                continue
+            r = seg
+            rules.append({"set": None, "text": _comment(r.text), "cond": _condition(r, ifaces, could=not r.expressible),
+                          "maybe": _maybe(r, ifaces),
+                          "action": _action(r, prefix, index, ids[family, c.name, r.index])})
         out.append({"fn": f"{prefix}_{index[c.name]}", "name": _comment(c.name), "rules": rules, "end": end})
     return out
 
@@ -179,3 +269,21 @@ def render_data(fw: Firewall | None) -> dict[str, Any] | None:
     return {"v4": _chains(fw.v4, 4, fw.ifaces, ids, "fw4"), "v6": _chains(fw.v6, 6, fw.ifaces, ids, "fw6"),
             "in4": _chains(fw.in4, 4, fw.ifaces, ids, "in4"), "uses_ifaces": bool(fw.ifaces),
             "ct4": fw.ct4, "ct6": fw.ct6}
+
+
+def all_set_entries(fw: Firewall | None) -> dict[str, dict[bytes, bytes]]:
+    """Every set map of a program for fw, by name, with its entries (the
+    daemon sizes the maps and fills them before the program is attached)."""
+    if fw is None:
+        return {}
+    ids = {(r.family, r.chain, r.index): r.id for r in rule_refs(fw)}
+    out: dict[str, dict[bytes, bytes]] = {}
+    for chains, family, prefix in ((fw.v4, 4, "fw4"), (fw.v6, 6, "fw6"), (fw.in4, 4, "in4")):
+        k = 0
+        for c in chains or ():
+            for seg in segments(c.rules):
+                if isinstance(seg, RuleSet):
+                    by_index = {r.index: ids[family, c.name, r.index] for r in seg.rules}
+                    out[set_name(prefix, k)] = set_entries(seg, family, by_index)
+                    k += 1
+    return out
