@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from netns_labs.lab import RouterLab, _server, ping, py, tcp_transfer, udp_echo
+from netns_labs.lab import RouterLab, _server, ping, py, tcp_transfer, udp_echo, wait_for
 from tests.conftest import tna_running
 from tests.test_firewall_lab import MARK, send_frames
 
@@ -114,10 +114,14 @@ def test_long_transfer_closes_cleanly_past_an_invalid_drop_rule(router_lab: Rout
 
     def transfer() -> tuple[bool, str, int]:
         sent, got = tcp_transfer(lab, lab.h1.ns, lab.h2.ns, lab.h2.ip4, 300 * MB)
-        entries = lab.run(lab.r, ["conntrack", "-L", "-p", "tcp", "--dport", "5201"]).stdout
+
+        def entries() -> str:
+            return lab.run(lab.r, ["conntrack", "-L", "-p", "tcp", "--dport", "5201"]).stdout
+        wait_for(lambda: "TIME_WAIT" in entries(), 3, 0.1)  # the last ACK may still be on its way
         invalid = lab.run(lab.r, ["iptables", "-L", "FORWARD", "-v", "-x", "-n"]).stdout.splitlines()[2].split()[0]
+        closed = entries()
         lab.run(lab.r, ["conntrack", "-F"])
-        return sent == got, entries, int(invalid)
+        return sent == got, closed, int(invalid)
 
     linux_ok, linux_ct, linux_invalid = transfer()
     assert linux_ok and "TIME_WAIT" in linux_ct

@@ -9,6 +9,7 @@ second and every module passes all traffic to the kernel on its own.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -16,7 +17,6 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,12 @@ HEARTBEAT_MAX_S = 3.0  # main loop silent this long: stop renewing the lease
 STP_STATES = {0: "disabled", 1: "listening", 2: "learning", 3: "forwarding", 4: "blocking"}
 
 
+@functools.lru_cache(maxsize=2)
+def _rules_json(fw: Firewall | None) -> list[dict[str, Any]]:
+    """The compiled rules for state.json (`tna stats --rules`), once per rule set."""
+    return [dict(vars(r)) for r in rule_refs(fw)]  # asdict() is 10x slower
+
+
 class Daemon:
     def __init__(self, mode: str = "auto", overrides: dict[str, str] | None = None,
                  cache_dir: Path | None = None) -> None:
@@ -55,6 +61,12 @@ class Daemon:
         self.disabled_why: str | None = None
         self._stop = threading.Event()
         self._heartbeat = time.monotonic()
+        # nftables commits seen (counted by the reader thread), and how many
+        # had been seen when the rule sets compiled in were read: while they
+        # differ, the datapath holds (FW_CHANGED)
+        self._commits = 0
+        self._rules_gen = 0
+        self._guard_lock = threading.Lock()  # a hold and the guards' publication never interleave
         self._watcher: Watcher | None = None
 
     # --- lifecycle --------------------------------------------------------
@@ -93,10 +105,7 @@ class Daemon:
             assert self._watcher is not None
             try:
                 for msg in self._watcher.events(timeout=0.1):
-                    if isinstance(msg, NetfilterChanged):
-                        # the programs may carry the old rules: kernel path
-                        # until the new ones are read and compiled in
-                        self.dp.hold(abi.REASON["FW_CHANGED"])
+                    if isinstance(msg, NetfilterChanged):  # held already (_nft_commit)
                         nft_commit = changed = True
                     else:
                         changed |= self.model.apply(msg)
@@ -111,6 +120,14 @@ class Daemon:
             if changed:
                 self.reconcile()
             self._heartbeat = time.monotonic()
+
+    def _nft_commit(self) -> None:
+        """In the nftables reader thread, at once: the programs may carry the
+        old rules, so everything takes the kernel path until the new ones are
+        read and compiled in - even if the main loop is busy compiling."""
+        with self._guard_lock:
+            self._commits += 1
+            self.dp.hold(abi.REASON["FW_CHANGED"])
 
     def _lease_loop(self) -> None:
         while not self._stop.wait(LEASE_RENEW_S):
@@ -144,7 +161,7 @@ class Daemon:
         while True:
             if self._watcher is not None:
                 self._watcher.close()
-            self._watcher = Watcher()
+            self._watcher = Watcher(on_nft_commit=self._nft_commit)
             try:
                 model = Model()
                 for msg in self._watcher.snapshot():
@@ -163,6 +180,7 @@ class Daemon:
         changed = self.model.set_sysctls(read_sysctls())
         for index, mode in read_rp_filter({i: link.name for i, link in self.model.links.items()}).items():
             changed |= self.model.set_rp_filter(index, mode)
+        self._rules_gen = self._commits  # before reading: a later commit holds again
         fw, why = self._firewall()
         changed |= self.model.set_firewall(fw)
         if why != self.disabled_why:
@@ -233,9 +251,12 @@ class Daemon:
 
     def _publish_guards(self, fw_families: int) -> None:
         m = self.model
-        self.dp.set_guards(abi.REASON["DISABLED"] if self.disabled_why else 0, m.multipath_guard(),
-                           (m.route_mtu(AF_INET), m.route_mtu(AF_INET6)), m.local_ipv4(), fw_families,
-                           m.ct_config())
+        with self._guard_lock:
+            reason = (abi.REASON["DISABLED"] if self.disabled_why
+                      else abi.REASON["FW_CHANGED"] if self._commits != self._rules_gen else 0)
+            self.dp.set_guards(reason, m.multipath_guard(),
+                               (m.route_mtu(AF_INET), m.route_mtu(AF_INET6)), m.local_ipv4(), fw_families,
+                               m.ct_config())
 
     def _safely(self, ifindex: int, action: Any) -> bool:
         """Run an attach/detach; on failure the interface ends on the kernel path."""
@@ -307,7 +328,7 @@ class Daemon:
             "failed": {self.model.links[i].name if i in self.model.links else str(i): why
                        for i, why in self.failed.items()},
             "routes": len(self.model.routes),
-            "firewall_rules": [asdict(r) for r in rule_refs(self.model.firewall)],
+            "firewall_rules": _rules_json(self.model.firewall),
             "firewall": self._describe_firewall(),
             "neighbours": len(self.model.neighs),
         }

@@ -57,7 +57,8 @@ class RunLock:
 def write_state(state: dict[str, Any]) -> None:
     path = run_dir() / "state.json"
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+    # compact: json's C encoder only runs without indent (10,000 rules: ~10x)
+    tmp.write_text(json.dumps(state, sort_keys=True))
     tmp.replace(path)
 
 

@@ -23,6 +23,7 @@ from pyroute2 import IPRoute
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
 from tna.model.config import USER_HZ, FdbEntry, Neigh
+from tna.model.firewall import Firewall
 from tna.netlink.watch import TC_H_CLSACT_EGRESS, TC_H_CLSACT_INGRESS, TC_HANDLE, TC_PRIORITY, tc_filters
 from tna.synth.compile import compile_source
 from tna.synth.fwgen import all_set_entries, rule_refs
@@ -91,16 +92,27 @@ def jiffies_hz(prog: bpf.Program, state: bpf.Map) -> int:
     return min((100, 250, 300, 1000), key=lambda hz: abs(hz - measured))
 
 
-def load_with_sets(obj: bpf.BpfObject, sets: dict[str, dict[bytes, bytes]]) -> None:
+def load_with_sets(obj: bpf.BpfObject, sets: dict[str, dict[bytes, bytes]],
+                   reuse: dict[str, bpf.Map] | None = None) -> dict[str, bpf.Map]:
     """Load obj with its rule-set maps sized for, and filled with, sets
-    (fwgen.all_set_entries()): before anything can attach the program."""
+    (fwgen.all_set_entries()), before anything can attach the program; or
+    with reuse, maps another program already holds the same sets in.
+    Returns the set maps (descriptors of their own)."""
+    if reuse is not None:
+        for name, m in reuse.items():
+            obj.reuse_map(name, m.fd)
+        obj.load()
+        return reuse
     for name, entries in sets.items():
         obj.set_max_entries(name, max(1, len(entries)))
     obj.load()
+    maps = {}
     for name, entries in sets.items():
         m = obj.map(name)
         for key, value in entries.items():
             m.update(key, value)
+        maps[name] = bpf.Map(os.dup(m.fd), m.key_size, m.value_size, name, owned=True)
+    return maps
 
 
 def iface_cfg(ifindex: int, mac: str, flags: int, port_slot: int = 0) -> bytes:
@@ -138,6 +150,9 @@ class Datapath:
         self.cfg = abi.TnaConfig()
         self.hz = 0  # the kernel's jiffies per second, measured at the first load
         self.slots: dict[int, int] = {}  # bridge port ifindex -> its index in tna_ports
+        # the rule-set maps of the newest rule set, which every program
+        # compiled for it shares (filling 10,000 entries once, not per port)
+        self._sets: tuple[Firewall, dict[str, bpf.Map]] | None = None
 
     # --- programs -----------------------------------------------------
 
@@ -152,16 +167,27 @@ class Datapath:
             obj.set_initial_value(abi.SECTION_IFACE, iface_cfg(plan.ifindex, plan.mac, plan.flags, slot))
             # one counter per compiled FORWARD rule (per program: its own)
             obj.set_max_entries(abi.MAP_FW_RULES, max(1, len(rule_refs(plan.firewall))))
-            sets = all_set_entries(plan.firewall)
             for name, m in self.shared.items():
                 obj.reuse_map(name, m.fd)
-            load_with_sets(obj, sets)
+            fw = plan.firewall
+            same = self._sets[1] if self._sets is not None and self._sets[0] == fw else None
+            maps = load_with_sets(obj, all_set_entries(fw), same)
+            if same is None and fw is not None:
+                self._drop_sets()
+                self._sets = (fw, maps)
             if not self.shared:
                 self._adopt_shared(obj)
             return obj, obj.program(abi.PROGRAM_NAME), path.with_suffix(".c")
         except BaseException:
             obj.close()
             raise
+
+    def _drop_sets(self) -> None:
+        """Our handles on an older rule set's maps (programs keep theirs)."""
+        if self._sets is not None:
+            for m in self._sets[1].values():
+                m.close()
+            self._sets = None
 
     def _adopt_shared(self, obj: bpf.BpfObject) -> None:
         for name in abi.SHARED_MAPS:
@@ -256,6 +282,7 @@ class Datapath:
         for m in self.shared.values():
             m.close()
         self.shared.clear()
+        self._drop_sets()
         self._shadow.clear()
         self.slots.clear()
         if self.renew_prog is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from functools import cached_property
 
 from tna.bpf.abi import FW_RULES_MAX
 from tna.model.iptables import Neg, Rule, Table
@@ -154,8 +155,13 @@ class FwChain:
     policy: str | None          # ACCEPT/DROP for FORWARD, None for a user chain
     rules: tuple[Rule, ...]
 
+    @cached_property
+    def parts(self) -> list[Rule | RuleSet]:
+        """The rules as code and sets (segments()), worked out once."""
+        return segments(self.rules)
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, eq=False)
 class Firewall:
     """The FORWARD chains the fast path evaluates, per IP version (callee
     first, FORWARD last; None: no filtering for that version), and the
@@ -167,6 +173,20 @@ class Firewall:
     in4: tuple[FwChain, ...] | None = None  # IPv4 INPUT: drops applied early, at the hook
     ct4: bool = False           # conntrack tracks IPv4 (a rule uses it): only its
     ct6: bool = False           # established connections are fast-pathed
+
+    # Compared often (model, plans, attached programs) and 10,000 rules deep:
+    # by the text of each rule, which says all a rule does.
+    @cached_property
+    def _identity(self) -> tuple:
+        chains = tuple(tuple((c.name, c.policy, tuple(r.text for r in c.rules)) for c in cs) if cs else None
+                       for cs in (self.v4, self.v6, self.in4))
+        return chains, self.ifaces, self.ct4, self.ct6
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Firewall) and self._identity == other._identity
+
+    def __hash__(self) -> int:
+        return hash(self._identity)
 
     def iface_masks(self, names: dict[int, str]) -> dict[int, int]:
         """ifindex -> the patterns its name matches, as bits."""
@@ -241,12 +261,14 @@ def segments(rules: tuple[Rule, ...]) -> list[Rule | RuleSet]:
         run.clear()
         partial.update(src=False, dst=False)
 
+    run_shape = None
     for rule in rules:
         shape = _set_shape(rule)
         src, dst = partial["src"] or _partial(rule, "src"), partial["dst"] or _partial(rule, "dst")
-        if not (shape is not None and run and shape == _set_shape(run[0]) and not (src and dst)):
+        if not (shape is not None and run and shape == run_shape and not (src and dst)):
             flush()
             src, dst = _partial(rule, "src"), _partial(rule, "dst")
+            run_shape = shape
         if shape is None:
             out.append(rule)
         else:
@@ -258,7 +280,7 @@ def segments(rules: tuple[Rule, ...]) -> list[Rule | RuleSet]:
 
 def code_size(chains: tuple[FwChain, ...]) -> int:
     """Rules compiled as code: what compile time grows with."""
-    return sum(len(segments(c.rules)) for c in chains)
+    return sum(len(c.parts) for c in chains)
 _CONNTRACK = {"conntrack", "state", "CT", "NOTRACK", "CONNMARK", "connmark", "connlimit", "helper"}
 
 

@@ -103,7 +103,9 @@ def read_rulesets() -> Rulesets:
             legacy = []
         if legacy:
             _save(version, "legacy", out)
-    ruleset = json.loads(_run(["nft", "-j", "list", "ruleset"]))["nftables"]
+    # base chains are what touches traffic (listing every rule would cost
+    # ~0.3 s with 10,000 iptables-nft rules)
+    ruleset = json.loads(_run(["nft", "-j", "list", "chains"]))["nftables"]
     iptables_tables: set[int] = set()
     for item in ruleset:
         chain = item.get("chain")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pyroute2 import IPRoute
@@ -78,7 +78,11 @@ class Watcher:
     queue; re-queries after tc events use a third socket in the caller's
     thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_nft_commit: Callable[[], None] | None = None) -> None:
+        """on_nft_commit: called in the nftables reader thread at each commit,
+        before the event is queued (the daemon holds the datapath at once,
+        even while its main loop is busy)."""
+        self._on_nft_commit = on_nft_commit
         self._q: queue.Queue = queue.Queue()
         self._closed = threading.Event()
         self._ipr: IPRoute | None = None
@@ -133,13 +137,17 @@ class Watcher:
             self._xdp.close()
 
     def _read_nft(self) -> None:
+        def changed() -> None:
+            if self._on_nft_commit is not None:
+                self._on_nft_commit()
+            self._q.put(NetfilterChanged())
         try:
             while not self._closed.is_set():
                 if self._nft.read(timeout=0.2):
-                    self._q.put(NetfilterChanged())
+                    changed()
         except Exception as e:  # an overrun loses nothing: the rule sets are read whole
             if not self._closed.is_set():
-                self._q.put(NetfilterChanged())
+                changed()
                 self._q.put(ResyncNeeded(f"nftables reader stopped: {e!r}"))
         finally:
             self._nft.close()

@@ -7,6 +7,7 @@ header does.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -42,6 +43,12 @@ def _clang() -> str:
 
 
 def _clang_version(clang: str) -> str:
+    return _version(clang, os.stat(clang).st_mtime_ns)
+
+
+@functools.cache
+def _version(clang: str, mtime_ns: int) -> str:
+    """Asked once per binary (a program load should not wait for a fork)."""
     return subprocess.run([clang, "--version"], capture_output=True, text=True, check=True).stdout
 
 

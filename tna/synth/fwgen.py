@@ -15,12 +15,13 @@ no compile time.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
 from tna.bpf.abi import FW_RULES_MAX
-from tna.model.firewall import Firewall, FwChain, RuleSet, segments
+from tna.model.firewall import Firewall, FwChain, RuleSet
 from tna.model.iptables import Neg, Rule
 
 
@@ -135,8 +136,10 @@ class RuleRef:
     text: str
 
 
+@functools.lru_cache(maxsize=4)
 def rule_refs(fw: Firewall | None) -> list[RuleRef]:
-    """Counter ids in the order the generated code uses them."""
+    """Counter ids in the order the generated code uses them (cached: asked
+    per program, per status write, per stats read; do not modify)."""
     refs: list[RuleRef] = []
     if fw is None:
         return refs
@@ -247,7 +250,7 @@ def _chains(chains: tuple[FwChain, ...] | None, family: int, ifaces: tuple[str, 
             verdict = "FW_ACCEPT" if c.policy == "ACCEPT" else "FW_DROP"
             end = f"{{ fw_step(f, {ids[family, c.name, 0]}); return {verdict}; }}"
         rules = []
-        for seg in segments(c.rules):
+        for seg in c.parts:
             if isinstance(seg, RuleSet):
                 rules.append(_set_data(seg, family, set_name(prefix, sets)))
                 sets += 1
@@ -271,6 +274,7 @@ def render_data(fw: Firewall | None) -> dict[str, Any] | None:
             "ct4": fw.ct4, "ct6": fw.ct6}
 
 
+@functools.lru_cache(maxsize=4)
 def all_set_entries(fw: Firewall | None) -> dict[str, dict[bytes, bytes]]:
     """Every set map of a program for fw, by name, with its entries (the
     daemon sizes the maps and fills them before the program is attached)."""
@@ -281,7 +285,7 @@ def all_set_entries(fw: Firewall | None) -> dict[str, dict[bytes, bytes]]:
     for chains, family, prefix in ((fw.v4, 4, "fw4"), (fw.v6, 6, "fw6"), (fw.in4, 4, "in4")):
         k = 0
         for c in chains or ():
-            for seg in segments(c.rules):
+            for seg in c.parts:
                 if isinstance(seg, RuleSet):
                     by_index = {r.index: ids[family, c.name, r.index] for r in seg.rules}
                     out[set_name(prefix, k)] = set_entries(seg, family, by_index)
