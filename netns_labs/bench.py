@@ -19,6 +19,9 @@
 3. TCP bulk transfer (iperf3) between two real stacks with default offloads,
    through the router and through the bridge: plain Linux vs `tna run`
    (auto: TC on the veths), alternating runs.
+4. Early drop: the goodput of a TCP service on the box while a UDP flood
+   its INPUT chain blocks arrives at a fixed rate, everything on one CPU:
+   Linux without the flood, Linux and `tna` with it.
 
 The bridge labs run with bridge-nf-call-iptables/ip6tables 0, as on a
 distribution kernel where br_netfilter is not loaded (this kernel builds it
@@ -222,10 +225,11 @@ def program_cost(lab: RouterLab, frame: bytes) -> dict[str, float]:
     return out
 
 
-def iperf(lab: Lab, src: Host, dst: Host, seconds: int) -> float:
-    server = lab.popen(dst.ns, ["iperf3", "-s", "-1", "-B", dst.ip4], stdout=subprocess.DEVNULL)
+def iperf(lab: Lab, src: Host, dst: Host, seconds: int, cpu: str | None = None) -> float:
+    pin = ["taskset", "-c", cpu] if cpu is not None else []
+    server = lab.popen(dst.ns, [*pin, "iperf3", "-s", "-1", "-B", dst.ip4], stdout=subprocess.DEVNULL)
     wait_for(lambda: lab.run(dst.ns, ["ss", "-ltn", "sport = :5201"]).stdout.count("LISTEN") > 0, 5)
-    out = lab.run(src.ns, ["iperf3", "-c", dst.ip4, "-t", str(seconds), "-J"], timeout=seconds + 30).stdout
+    out = lab.run(src.ns, [*pin, "iperf3", "-c", dst.ip4, "-t", str(seconds), "-J"], timeout=seconds + 30).stdout
     server.wait(timeout=10)
     return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
 
@@ -283,6 +287,48 @@ def bench_tcp(name: str, runs: int, seconds: int) -> dict:
             "ratio": statistics.median(tna_runs) / statistics.median(linux)}
 
 
+def bench_flood(runs: int, seconds: int, pps: int) -> dict[str, list[float]]:
+    """Goodput of a TCP service on the box (iperf3, h2 -> r) while a UDP
+    flood that `iptables -A INPUT -p udp --dport 9999 -j DROP` blocks hits
+    it from h1 at pps.  Generator, box and iperf3 share one CPU, as a
+    one-core box shares it between a flood and its service: what the
+    flood's drops cost is what the service loses."""
+    out: dict[str, list[float]] = {"linux, no flood": [], "linux, flood": [], "tna, flood": []}
+    with RouterLab() as r:
+        r.run(r.r, ["iptables", "-A", "INPUT", "-p", "udp", "--dport", "9999", "-j", "DROP"])
+        box = Host(r.r, "r-h2", "198.51.100.1", "2001:db8:2::1", r.r_h2_mac)
+        frame = bytes(Ether(src=r.h1.mac, dst=r.r_h1_mac) / IP(src=r.h1.ip4, dst="192.0.2.1", ttl=64)
+                      / UDP(sport=FRAME_SPORT, dport=9999) / Raw(b"\0" * 18))
+
+        def flooded() -> float:
+            gen = r.popen(r.h1.ns, ["taskset", "-c", GEN_CPU,
+                                    *py("netns_labs.progs", "flood", r.h1.dev, frame.hex(), str(pps),
+                                        str(seconds + 1.5))], cwd=r.repo, stdout=subprocess.DEVNULL)
+            try:
+                time.sleep(0.5)
+                return iperf(r, r.h2, box, seconds, GEN_CPU)
+            finally:
+                gen.wait(timeout=60)
+
+        for _ in range(runs):
+            progs(r, r.r, "attach", "r-h1", "pass")  # the generator needs XDP on the receiving veth
+            out["linux, no flood"].append(iperf(r, r.h2, box, seconds, GEN_CPU))
+            out["linux, flood"].append(flooded())
+            progs(r, r.r, "detach", "r-h1")
+            tna = Tna(r, r.r, "--iface-hook", "r-h1=xdp")  # auto (TC) for r-h2, which faces h2's stack
+            try:
+                tna.wait_attached(["r-h1", "r-h2"])
+                if not wait_for(lambda t=tna: "firewall" in t.status()["ifaces"]["r-h1"]["modules"], 30, 0.2):
+                    raise SystemExit("the INPUT rule was not compiled in")
+                out["tna, flood"].append(flooded())
+                if tna.counters("r-h1").get("FW_INPUT_DROP", 0) < pps * seconds // 2:
+                    raise SystemExit(f"the flood was not dropped early: {tna.counters('r-h1')}")
+            finally:
+                tna.stop()
+                tna.close()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=2_000_000, help="frames per measurement")
@@ -290,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tcp-runs", type=int, default=5)
     ap.add_argument("--tcp-seconds", type=int, default=4)
     ap.add_argument("--scenario", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
+    ap.add_argument("--flood-runs", type=int, default=3)
+    ap.add_argument("--flood-pps", type=int, default=500_000)
     args = ap.parse_args(argv)
 
     for name in args.scenario:
@@ -309,6 +357,14 @@ def main(argv: list[str] | None = None) -> int:
             runs = tcp[variant]
             print(f"{variant:<5} Gbit/s: {' '.join(f'{x:.2f}' for x in runs)}  median {statistics.median(runs):.2f}")
         print(f"tna / linux (medians): {tcp['ratio']:.2f}", flush=True)
+    if args.flood_runs:
+        flood = bench_flood(args.flood_runs, args.tcp_seconds, args.flood_pps)
+        print(f"\nTCP service on the box under a {args.flood_pps} pps UDP flood its INPUT chain drops "
+              f"(iperf3 {args.tcp_seconds} s, one CPU for flood, box and service), {args.flood_runs} runs")
+        for variant, runs in flood.items():
+            print(f"{variant:<16} Gbit/s: {' '.join(f'{x:.2f}' for x in runs)}  median {statistics.median(runs):.2f}")
+        print(f"tna / linux under the flood (medians): "
+              f"{statistics.median(flood['tna, flood']) / statistics.median(flood['linux, flood']):.2f}", flush=True)
     return 0
 
 

@@ -5,6 +5,7 @@
   python -m netns_labs.progs reference DEV EGRESS...  # the reference forwarder on a router port
   python -m netns_labs.progs reference-bridge DEV MAC=PORT...  # the reference FDB-map bridge on a port
   python -m netns_labs.progs generate DEV FRAMEHEX COUNT  # live frames out of DEV; prints ns taken
+  python -m netns_labs.progs flood DEV FRAMEHEX PPS SECONDS  # the same, paced; prints frames sent
   python -m netns_labs.progs detach DEV
   python -m netns_labs.progs tc-drop DEV ingress|egress PRIO   # an admin's tc filter dropping all
   python -m netns_labs.progs tc-clear DEV ingress|egress PRIO
@@ -16,6 +17,8 @@ import re
 import socket
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tna.bpf import libbpf as bpf
@@ -68,19 +71,44 @@ def reference_bridge(dev: str, fdb: list[str]) -> int:
         return p.id
 
 
-def generate(dev: str, frame: bytes, count: int) -> int:
-    """Push count copies of frame out of dev with BPF_PROG_TEST_RUN live
-    frames; returns the nanoseconds the kernel took (frames are forwarded
-    by the peer's stack in softirq on this CPU inside that time)."""
+@contextmanager
+def _generator(dev: str, frame: bytes) -> Iterator[Callable[[int], object]]:
+    """A function sending n copies of frame out of dev (BPF_PROG_TEST_RUN
+    live frames: the peer's stack handles them in softirq on this CPU)."""
     cfg = bytes(frame).ljust(128, b"\0")
     with bpf.BpfObject(str(build("lab_progs"))) as obj:
         obj.set_initial_value(".rodata.gen", len(frame).to_bytes(4, "little") + cfg)
         obj.load()
         p = obj.program("lab_gen")
         ctx = bpf.XdpMd(data_end=len(frame), ingress_ifindex=socket.if_nametoindex(dev))
+        yield lambda n: p.test_run(frame, repeat=n, ctx=ctx, flags=bpf.BPF_F_TEST_XDP_LIVE_FRAMES, batch_size=64)
+
+
+def generate(dev: str, frame: bytes, count: int) -> int:
+    """Push count copies of frame out of dev as fast as they go; returns the
+    nanoseconds the kernel took."""
+    with _generator(dev, frame) as send:
         t0 = time.perf_counter_ns()
-        p.test_run(frame, repeat=count, ctx=ctx, flags=bpf.BPF_F_TEST_XDP_LIVE_FRAMES, batch_size=64)
+        send(count)
         return time.perf_counter_ns() - t0
+
+
+def flood(dev: str, frame: bytes, pps: int, seconds: float) -> int:
+    """Send frame out of dev at pps for seconds (1 ms ticks; a tick the CPU
+    could not keep sends late, not twice); returns frames sent."""
+    sent, tick = 0, 1e-3
+    per_tick = max(1, int(pps * tick))
+    with _generator(dev, frame) as send:
+        start = time.monotonic()
+        k = 0
+        while (now := time.monotonic()) < start + seconds:
+            if now >= start + k * tick:
+                send(per_tick)
+                sent += per_tick
+                k = max(k + 1, int((now - start) / tick))
+            else:
+                time.sleep(start + k * tick - now)
+    return sent
 
 
 TC_POINTS = {"ingress": bpf.BPF_TC_INGRESS, "egress": bpf.BPF_TC_EGRESS}
@@ -131,6 +159,8 @@ def main(argv: list[str]) -> None:
         print(reference_bridge(argv[1], argv[2:]))
     elif argv[:1] == ["generate"]:
         print(generate(argv[1], bytes.fromhex(argv[2]), int(argv[3])))
+    elif argv[:1] == ["flood"]:
+        print(flood(argv[1], bytes.fromhex(argv[2]), int(argv[3]), float(argv[4])))
     else:
         sys.exit(__doc__)
 
