@@ -2,8 +2,9 @@
 /*
  * csum.h - Internet checksum arithmetic for the datapath.
  * All sums work on 16-bit words as they sit in memory (network order), so
- * no byte swapping is needed; tests/test_csum_props.py checks every helper
- * against a full recomputation.
+ * no byte swapping is needed.  tests/test_router_props.py checks the TTL
+ * update against a full recomputation; the lab tests check the rest on
+ * real stacks' packets.
  */
 #ifndef TNA_CSUM_H
 #define TNA_CSUM_H
