@@ -95,6 +95,7 @@ enum tna_reason {
 };
 
 #define TNA_LOCAL4_MAX 32
+#define TNA_LOCAL6_MAX 16
 
 /* What the daemon publishes: the input of the tna_renew program, which it
  * runs (BPF_PROG_TEST_RUN) every ~200 ms; tna_renew copies it into tna_state
@@ -116,6 +117,9 @@ struct tna_config {
 	__u32 ct_flags;      /* TNA_CT_*: the namespace's conntrack sysctls */
 	__u32 ct_timeout_tcp; /* ms: nf_conntrack_tcp_timeout_established */
 	__u32 ct_timeout_udp; /* ms: nf_conntrack_udp_timeout_stream */
+	__u32 local6_count;  /* > TNA_LOCAL6_MAX: too many to list (no IPv6 early drop) */
+	__u32 pad;
+	__be32 local6[TNA_LOCAL6_MAX][4]; /* this namespace's global IPv6 addresses */
 };
 #define TNA_CT_CSUM (1U << 0) /* nf_conntrack_checksum: bad L4 checksums are INVALID */
 #define TNA_CT_ACCT (1U << 1) /* nf_conntrack_acct: per-connection counters (kernel path only) */

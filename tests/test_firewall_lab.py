@@ -243,26 +243,28 @@ def test_rule_changes_take_effect_at_once(router_lab: RouterLab, hook: str, extr
         assert tna.counters("r-h1").get("FW_DROP", 0) - before.get("FW_DROP", 0) == len(pkts)
 
 
-def test_early_drop_of_a_flood_the_input_chain_blocks(router_lab: RouterLab, hook: str) -> None:
-    """`iptables -A INPUT -p udp --dport 9999 -j DROP`: a UDP flood to the
-    box is dropped at the hook (counted per rule), while a TCP service on
-    the box stays reachable through the kernel."""
+@pytest.mark.parametrize("family", [4, 6])
+def test_early_drop_of_a_flood_the_input_chain_blocks(router_lab: RouterLab, hook: str, family: int) -> None:
+    """`iptables -A INPUT -p udp --dport 9999 -j DROP` (ip6tables too): a UDP
+    flood to the box is dropped at the hook (counted per rule), while a TCP
+    service on the box stays reachable through the kernel."""
     lab = router_lab
-    lab.run(lab.r, ["iptables", "-A", "INPUT", "-p", "udp", "--dport", "9999", "-j", "DROP"])
+    tool, box = ("iptables", "192.0.2.1") if family == 4 else ("ip6tables", "2001:db8:1::1")
+    lab.run(lab.r, [tool, "-A", "INPUT", "-p", "udp", "--dport", "9999", "-j", "DROP"])
     with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
         assert wait_for(lambda: "firewall" in tna.status()["ifaces"]["r-h1"]["modules"], 5, 0.2), tna.output()
         before = tna.counters("r-h1")
-        flood = lab.popen(lab.h1.ns, py("netns_labs.xfer", "udp-send", "192.0.2.1", "9999", "4321", "20000"),
+        flood = lab.popen(lab.h1.ns, py("netns_labs.xfer", "udp-send", box, "9999", "4321", "20000"),
                           cwd=lab.repo)
-        sent, received = tcp_transfer(lab, lab.h1.ns, lab.r, "192.0.2.1", 4 << 20)
+        sent, received = tcp_transfer(lab, lab.h1.ns, lab.r, box, 4 << 20)
         assert sent == received
         assert flood.wait(timeout=60) == 0
         after = tna.counters("r-h1")
         rules = json.loads(lab.run(lab.r, py("tna", "stats", "--rules", "--json"), cwd=lab.repo).stdout)
         text = lab.run(lab.r, py("tna", "status"), cwd=lab.repo).stdout
-    assert "iptables compiled into the fast path: INPUT v4 1 rules" in text, text
+    assert f"iptables compiled into the fast path: INPUT v{family} 1 rules" in text, text
     assert after.get("FW_INPUT_DROP", 0) - before.get("FW_INPUT_DROP", 0) == 20000
-    drop = next(r for r in rules if r["chain"] == "INPUT" and r["index"] == 1)
+    drop = next(r for r in rules if r["chain"] == "INPUT" and r["index"] == 1 and r["family"] == family)
     assert drop["fast_path"]["packets"] == 20000 and drop["kernel"]["packets"] == 0
 
 

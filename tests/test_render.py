@@ -71,9 +71,11 @@ def test_every_kind_of_match_compiles(tmp_path: Path) -> None:
                "-p tcp -m conntrack --ctstate NEW -m string --string z"]
     rules4 = "".join(f"-A {c} {m} -j DROP\n-A {c} ! {m} -j RETURN\n" if not m.startswith(("-p", "-m"))
                      else f"-A {c} {m} -j DROP\n" for c in ("FORWARD", "INPUT") for m in matches)
-    rules6 = "-A FORWARD -p ipv6-icmp -m icmp6 --icmpv6-type 128 -j ACCEPT\n-A FORWARD -s 2001:db8::/32 -j DROP\n"
+    rules6 = ("-A FORWARD -p ipv6-icmp -m icmp6 --icmpv6-type 128 -j ACCEPT\n-A FORWARD -s 2001:db8::/32 -j DROP\n"
+              "-A INPUT -m conntrack --ctstate INVALID -j DROP\n-A INPUT -p udp -m udp --dport 9999 -j DROP\n"
+              + "".join(f"-A INPUT -s 2001:db8:{i}::/48 -j DROP\n" for i in range(5)))
     head = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n"
     fw, why = firewall_plan({4: parse_save(head + rules4 + "COMMIT\n"), 6: parse_save(head + rules6 + "COMMIT\n")})
-    assert why is None and fw is not None and fw.ct4 and not fw.ct6
+    assert why is None and fw is not None and fw.ct4 and fw.ct6 and fw.in6 is not None
     for hook in ("xdp", "tc"):
         tna_compile.compile_source(render(hook, ("firewall", "router"), firewall=fw), tmp_path)

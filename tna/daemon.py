@@ -255,8 +255,8 @@ class Daemon:
             reason = (abi.REASON["DISABLED"] if self.disabled_why
                       else abi.REASON["FW_CHANGED"] if self._commits != self._rules_gen else 0)
             self.dp.set_guards(reason, m.multipath_guard(),
-                               (m.route_mtu(AF_INET), m.route_mtu(AF_INET6)), m.local_ipv4(), fw_families,
-                               m.ct_config())
+                               (m.route_mtu(AF_INET), m.route_mtu(AF_INET6)), (m.local_ipv4(), m.local_ipv6()),
+                               fw_families, m.ct_config())
 
     def _safely(self, ifindex: int, action: Any) -> bool:
         """Run an attach/detach; on failure the interface ends on the kernel path."""
@@ -303,7 +303,8 @@ class Daemon:
         if fw is None:
             return None
         return {"chains": {name: sum(len(c.rules) for c in chains) for name, chains in
-                           (("FORWARD v4", fw.v4), ("FORWARD v6", fw.v6), ("INPUT v4", fw.in4)) if chains},
+                           (("FORWARD v4", fw.v4), ("FORWARD v6", fw.v6), ("INPUT v4", fw.in4),
+                            ("INPUT v6", fw.in6)) if chains},
                 "conntrack": [f for f, on in (("ipv4", fw.ct4), ("ipv6", fw.ct6)) if on]}
 
     def describe(self) -> dict[str, Any]:

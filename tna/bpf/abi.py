@@ -32,6 +32,7 @@ TNA_IF_RP_STRICT = 1 << 1
 TNA_IF_RP_LOOSE = 1 << 2
 TNA_IF_L2_EGRESS = 1 << 3
 LOCAL4_MAX = 32
+LOCAL6_MAX = 16
 TNA_MP_GUARD_V4 = 1 << 0
 TNA_MP_GUARD_V6 = 1 << 1
 TNA_FW_V4 = 1 << 0
@@ -45,7 +46,8 @@ class TnaConfig(Structure):
     _fields_ = [("lease_jiffies", c_uint64), ("pass_reason", c_uint32), ("stale_count", c_uint32),
                 ("mp_guard", c_uint32), ("route_mtu4", c_uint32), ("route_mtu6", c_uint32),
                 ("local4_count", c_uint32), ("local4", c_uint32 * LOCAL4_MAX), ("fw_families", c_uint32),
-                ("ct_flags", c_uint32), ("ct_timeout_tcp", c_uint32), ("ct_timeout_udp", c_uint32)]
+                ("ct_flags", c_uint32), ("ct_timeout_tcp", c_uint32), ("ct_timeout_udp", c_uint32),
+                ("local6_count", c_uint32), ("pad", c_uint32), ("local6", c_uint32 * 4 * LOCAL6_MAX)]
 
 
 class TnaState(Structure):

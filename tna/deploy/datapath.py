@@ -304,10 +304,13 @@ class Datapath:
             self.cfg.pass_reason = reason
             self.write_state()
 
-    def set_guards(self, pass_reason: int, mp_guard: int, route_mtu: tuple[int, int], local4: list[str],
-                   fw_families: int = 0, ct: tuple[int, int, int] = (0, 0, 0)) -> None:
+    def set_guards(self, pass_reason: int, mp_guard: int, route_mtu: tuple[int, int],
+                   local: tuple[list[str], list[str]], fw_families: int = 0,
+                   ct: tuple[int, int, int] = (0, 0, 0)) -> None:
         """Global switches; published before any program of a new plan runs.
-        ct: (ct_flags, ct_timeout_tcp, ct_timeout_udp), Model.ct_config()."""
+        local: the box's IPv4 and IPv6 addresses; ct: (ct_flags,
+        ct_timeout_tcp, ct_timeout_udp), Model.ct_config()."""
+        local4, local6 = local
         c = self.cfg
         before = bytes(c)
         c.pass_reason, c.mp_guard, (c.route_mtu4, c.route_mtu6) = pass_reason, mp_guard, route_mtu
@@ -316,6 +319,9 @@ class Datapath:
         c.local4_count = len(local4)
         packed = b"".join(socket.inet_aton(a) for a in local4[:abi.LOCAL4_MAX])
         ctypes.memmove(c.local4, packed.ljust(4 * abi.LOCAL4_MAX, b"\0"), 4 * abi.LOCAL4_MAX)
+        c.local6_count = len(local6)
+        packed = b"".join(socket.inet_pton(socket.AF_INET6, a) for a in local6[:abi.LOCAL6_MAX])
+        ctypes.memmove(c.local6, packed.ljust(16 * abi.LOCAL6_MAX, b"\0"), 16 * abi.LOCAL6_MAX)
         if bytes(c) != before:
             self.write_state()
 

@@ -321,6 +321,12 @@ class Model:
         are martians anyway)."""
         return sorted({a.address for a in self.addrs if a.family == AF_INET and not a.address.startswith("127.")})
 
+    def local_ipv6(self) -> list[str]:
+        """This namespace's global IPv6 addresses (what early drop compares a
+        destination with; loopback and link-local never reach it)."""
+        return sorted({a.address for a in self.addrs if a.family == AF_INET6 and a.address != "::1"
+                       and not a.address.lower().startswith("fe80")})
+
     def multipath_guard(self) -> int:
         """TNA_MP_GUARD_* bits: families whose multipath choice may depend on
         a hash the packet already carries (L4 policy + multipath routes)."""

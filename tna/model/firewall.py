@@ -163,14 +163,16 @@ class FwChain:
 
 @dataclass(frozen=True, eq=False)
 class Firewall:
-    """The FORWARD chains the fast path evaluates, per IP version (callee
-    first, FORWARD last; None: no filtering for that version), and the
-    interface patterns they use (bit k of an interface's mask: pattern k)."""
+    """The FORWARD and INPUT chains the fast path evaluates, per IP version
+    (callee first, the built-in chain last; None: no filtering for that
+    version), and the interface patterns they use (bit k of an interface's
+    mask: pattern k)."""
 
     v4: tuple[FwChain, ...] | None
     v6: tuple[FwChain, ...] | None
     ifaces: tuple[str, ...]
-    in4: tuple[FwChain, ...] | None = None  # IPv4 INPUT: drops applied early, at the hook
+    in4: tuple[FwChain, ...] | None = None  # INPUT per IP version: drops applied early, at the hook
+    in6: tuple[FwChain, ...] | None = None
     ct4: bool = False           # conntrack tracks IPv4 (a rule uses it): only its
     ct6: bool = False           # established connections are fast-pathed
 
@@ -179,7 +181,7 @@ class Firewall:
     @cached_property
     def _identity(self) -> tuple:
         chains = tuple(tuple((c.name, c.policy, tuple(r.text for r in c.rules)) for c in cs) if cs else None
-                       for cs in (self.v4, self.v6, self.in4))
+                       for cs in (self.v4, self.v6, self.in4, self.in6))
         return chains, self.ifaces, self.ct4, self.ct6
 
     def __eq__(self, other: object) -> bool:
@@ -311,7 +313,7 @@ def firewall_plan(tables: dict[int, dict[str, Table]]) -> tuple[Firewall | None,
     """(what the fast path evaluates, None) or (None, why all traffic must
     stay on the kernel path)."""
     chains: dict[int, tuple[FwChain, ...] | None] = {}
-    in4: tuple[FwChain, ...] | None = None
+    inputs: dict[int, tuple[FwChain, ...] | None] = {}
     tracked: set[int] = set()
     for version, ts in tables.items():
         for name, table in ts.items():
@@ -322,9 +324,8 @@ def firewall_plan(tables: dict[int, dict[str, Table]]) -> tuple[Firewall | None,
                 tracked.add(version)
         f = ts.get("filter")
         chains[version] = _filtering(f, "FORWARD")
-        if version == 4:
-            in4 = _filtering(f, "INPUT")
-    used = [cs for cs in (chains.get(4), chains.get(6), in4) if cs]
+        inputs[version] = _filtering(f, "INPUT")
+    used = [cs for cs in (chains.get(4), chains.get(6), inputs.get(4), inputs.get(6)) if cs]
     patterns = sorted({str(m.value) for cs in used for c in cs for r in c.rules
                        for m in (r.iif, r.oif) if m is not None})
     if len(patterns) > 64:
@@ -340,7 +341,8 @@ def firewall_plan(tables: dict[int, dict[str, Table]]) -> tuple[Firewall | None,
         # for 1,000; sets of same-shaped rules are one lookup each
         return None, (f"{size} filter rules (or sets of rules) would be compiled as code: at most "
                       f"{MAX_COMPILED_RULES} are")
-    return Firewall(chains.get(4), chains.get(6), tuple(patterns), in4, 4 in tracked, 6 in tracked), None
+    return Firewall(chains.get(4), chains.get(6), tuple(patterns), inputs.get(4), inputs.get(6),
+                    4 in tracked, 6 in tracked), None
 
 
 def _filtering(table: Table | None, chain: str) -> tuple[FwChain, ...] | None:

@@ -144,7 +144,7 @@ def rule_refs(fw: Firewall | None) -> list[RuleRef]:
     if fw is None:
         return refs
     seen: set[tuple[int, str]] = set()  # a user chain both INPUT and FORWARD use has one counter per rule
-    for family, chains in ((4, fw.v4), (6, fw.v6), (4, fw.in4)):
+    for family, chains in ((4, fw.v4), (6, fw.v6), (4, fw.in4), (6, fw.in6)):
         for c in chains or ():
             if (family, c.name) in seen:
                 continue
@@ -270,7 +270,8 @@ def render_data(fw: Firewall | None) -> dict[str, Any] | None:
         return None
     ids = {(r.family, r.chain, r.index): r.id for r in rule_refs(fw)}
     return {"v4": _chains(fw.v4, 4, fw.ifaces, ids, "fw4"), "v6": _chains(fw.v6, 6, fw.ifaces, ids, "fw6"),
-            "in4": _chains(fw.in4, 4, fw.ifaces, ids, "in4"), "uses_ifaces": bool(fw.ifaces),
+            "in4": _chains(fw.in4, 4, fw.ifaces, ids, "in4"), "in6": _chains(fw.in6, 6, fw.ifaces, ids, "in6"),
+            "uses_ifaces": bool(fw.ifaces),
             "ct4": fw.ct4, "ct6": fw.ct6}
 
 
@@ -282,7 +283,7 @@ def all_set_entries(fw: Firewall | None) -> dict[str, dict[bytes, bytes]]:
         return {}
     ids = {(r.family, r.chain, r.index): r.id for r in rule_refs(fw)}
     out: dict[str, dict[bytes, bytes]] = {}
-    for chains, family, prefix in ((fw.v4, 4, "fw4"), (fw.v6, 6, "fw6"), (fw.in4, 4, "in4")):
+    for chains, family, prefix in ((fw.v4, 4, "fw4"), (fw.v6, 6, "fw6"), (fw.in4, 4, "in4"), (fw.in6, 6, "in6")):
         k = 0
         for c in chains or ():
             for seg in c.parts:
