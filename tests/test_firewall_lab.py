@@ -35,6 +35,7 @@ RULES = """*filter
 :blk - [0:0]
 -A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
 -A FORWARD -s 192.0.2.0/25 ! -d 198.51.100.7/32 -i r-h+ -p tcp -m multiport --dports 22,80,8000:8100 -j ACCEPT
+-A FORWARD -p udp -m udp --dport 6000 -j RETURN
 -A FORWARD -j blk
 -A FORWARD -p udp -m udp --sport 53 --dport 1024:65535 -j ACCEPT
 -A FORWARD -p tcp -m tcp --tcp-flags SYN,RST SYN -j DROP

@@ -109,10 +109,15 @@ def _maybe(rule: Rule, ifaces: tuple[str, ...]) -> str | None:
     return f"({_condition(rule, ifaces, could=True)}) && {some_not}"
 
 
-def _action(rule: Rule, prefix: str, index: dict[str, int], rid: int) -> str:
-    """What a matching rule does.  The rules applied are recorded and counted
-    only if the fast path decides the packet: one that ends with the kernel
-    is counted there, whole."""
+# RETURN ends a user chain (the caller goes on) but a built-in chain by its
+# policy, which the kernel then counts too: the chain's code jumps to it.
+RETURN_USER, RETURN_BUILTIN = "return FW_CONT;", "goto policy;"
+
+
+def _action(rule: Rule, prefix: str, index: dict[str, int], rid: int, ret: str) -> str:
+    """What a matching rule does (ret: what RETURN does in its chain).  The
+    rules applied are recorded and counted only if the fast path decides the
+    packet: one that ends with the kernel is counted there, whole."""
     if not rule.expressible:
         return "return FW_KERNEL;"
     count = f"fw_step(f, {rid});"
@@ -121,7 +126,7 @@ def _action(rule: Rule, prefix: str, index: dict[str, int], rid: int) -> str:
     if rule.target == "DROP":
         return f"{{ {count} return FW_DROP; }}"
     if rule.target == "RETURN":
-        return f"{{ {count} return FW_CONT; }}"
+        return f"{{ {count} {ret} }}"
     return f"{{ {count} int r = {prefix}_{index[rule.target]}(f); if (r != FW_CONT) return r; }}"
 
 
@@ -164,7 +169,7 @@ def _field_size(field: str, family: int) -> int:
     return FIELD_BYTES.get(field, 4 if family == 4 else 16)
 
 
-def _set_data(rs: RuleSet, family: int, name: str) -> dict[str, Any]:
+def _set_data(rs: RuleSet, family: int, name: str, ret: str) -> dict[str, Any]:
     """What firewall.c.j2 needs to look a packet up in one set's map."""
     fill, off = [], 0
     for field in rs.fields:
@@ -176,10 +181,10 @@ def _set_data(rs: RuleSet, family: int, name: str) -> dict[str, Any]:
         else:
             fill.append(f"__builtin_memcpy(&k.data[{off}], f->{'saddr' if field == 'src' else 'daddr'}, {size});")
         off += size
-    verdict = {"ACCEPT": "FW_ACCEPT", "DROP": "FW_DROP", "RETURN": "FW_CONT"}[rs.target]
+    exit_ = {"ACCEPT": "return FW_ACCEPT;", "DROP": "return FW_DROP;", "RETURN": ret}[rs.target]
     return {"set": name, "size": off, "bits": off * 8, "fill": fill,
             "guard": "f->has_ports" if {"sport", "dport"} & set(rs.fields) else "1",
-            "verdict": verdict, "text": _comment(f"a set of rules: {', '.join(rs.fields)} -> {rs.target}")}
+            "exit": exit_, "text": _comment(f"a set of rules: {', '.join(rs.fields)} -> {rs.target}")}
 
 
 def _values(rule: Rule, field: str, family: int) -> list[tuple[bytes, int]]:
@@ -245,20 +250,22 @@ def _chains(chains: tuple[FwChain, ...] | None, family: int, ifaces: tuple[str, 
     index = {c.name: i for i, c in enumerate(chains)}
     out = []
     for c in chains:
-        end = "return FW_CONT;"
+        end, ret = "return FW_CONT;", RETURN_USER
         if c.policy is not None:
             verdict = "FW_ACCEPT" if c.policy == "ACCEPT" else "FW_DROP"
-            end = f"{{ fw_step(f, {ids[family, c.name, 0]}); return {verdict}; }}"
+            end, ret = f"{{ fw_step(f, {ids[family, c.name, 0]}); return {verdict}; }}", RETURN_BUILTIN
         rules = []
         for seg in c.parts:
             if isinstance(seg, RuleSet):
-                rules.append(_set_data(seg, family, set_name(prefix, sets)))
+                rules.append(_set_data(seg, family, set_name(prefix, sets), ret))
                 sets += 1
                 continue
             r = seg
             rules.append({"set": None, "text": _comment(r.text), "cond": _condition(r, ifaces, could=not r.expressible),
                           "maybe": _maybe(r, ifaces),
-                          "action": _action(r, prefix, index, ids[family, c.name, r.index])})
+                          "action": _action(r, prefix, index, ids[family, c.name, r.index], ret)})
+        if ret == RETURN_BUILTIN and any(ret in (r.get("action") or r.get("exit", "")) for r in rules):
+            end = f"policy:\n\t{end}"
         out.append({"fn": f"{prefix}_{index[c.name]}", "name": _comment(c.name), "rules": rules, "end": end})
     return out
 
