@@ -14,7 +14,6 @@ from tna.model.firewall import (
     ACCEPT,
     DROP,
     KERNEL,
-    MAX_COMPILED_RULES,
     Packet,
     RuleSet,
     evaluate,
@@ -23,7 +22,7 @@ from tna.model.firewall import (
     segments,
 )
 from tna.model.iptables import parse_save
-from tna.synth.fwgen import set_entries
+from tna.synth.fwgen import MAX_COMPILED_RULES, set_entries, unfit
 
 DATA = Path(__file__).parent / "data"
 
@@ -130,10 +129,12 @@ def test_plans_what_it_may_take_over() -> None:
     # lookup (alternating targets) are code, and code has a limit
     many = "".join(f"-A FORWARD -p udp --dport {1000 + i} -j DROP\n" for i in range(10 * MAX_COMPILED_RULES))
     fw, why = firewall_plan({4: parse_save(head + many + "COMMIT\n"), 6: {}})
-    assert why is None and fw is not None
+    assert why is None and fw is not None and unfit(fw) is None
     mixed = "".join(f"-A FORWARD -p udp --dport {1000 + i} -j {('DROP', 'ACCEPT')[i % 2]}\n"
                     for i in range(MAX_COMPILED_RULES + 1))
-    _, why = firewall_plan({4: parse_save(head + mixed + "COMMIT\n"), 6: {}})
+    fw, why = firewall_plan({4: parse_save(head + mixed + "COMMIT\n"), 6: {}})
+    assert why is None and fw is not None
+    why = unfit(fw)
     assert why is not None and f"at most {MAX_COMPILED_RULES}" in why
 
 

@@ -22,16 +22,17 @@ from typing import Any
 
 from tna.bpf import abi
 from tna.bpf.libbpf import LibbpfError
-from tna.deploy.datapath import Datapath, ForeignProgram, attached_tna_prog
+from tna.deploy.datapath import Datapath, ForeignProgram, attached_tna_prog, family_bits
 from tna.model.config import AF_INET, AF_INET6, Model
 from tna.model.firewall import Firewall, firewall_plan
 from tna.netlink import netfilter
 from tna.netlink.conntrack import Liberal
+from tna.netlink.decode import decoded
 from tna.netlink.netfilter import NetfilterChanged
 from tna.netlink.watch import ResyncNeeded, Watcher, read_rp_filter, read_sysctls
 from tna.runstate import RunLock, write_state
 from tna.synth.compile import CompileError
-from tna.synth.fwgen import rule_refs
+from tna.synth.fwgen import rule_refs, unfit
 from tna.synth.planner import Plan, bridge_skip_reason, plan
 
 log = logging.getLogger("tna")
@@ -108,7 +109,7 @@ class Daemon:
                     if isinstance(msg, NetfilterChanged):  # held already (_nft_commit)
                         nft_commit = changed = True
                     else:
-                        changed |= self.model.apply(msg)
+                        changed |= self._apply(msg)
             except ResyncNeeded as e:
                 log.warning("%s: resynchronising everything", e)
                 self._resync()
@@ -120,6 +121,12 @@ class Daemon:
             if changed:
                 self.reconcile()
             self._heartbeat = time.monotonic()
+
+    def _apply(self, msg: Any) -> bool:
+        changed = False
+        for fact in decoded(msg):
+            changed |= self.model.apply(fact)
+        return changed
 
     def _nft_commit(self) -> None:
         """In the nftables reader thread, at once: the programs may carry the
@@ -165,7 +172,8 @@ class Daemon:
             try:
                 model = Model()
                 for msg in self._watcher.snapshot():
-                    model.apply(msg)
+                    for fact in decoded(msg):
+                        model.apply(fact)
                 self.model = model
                 self._poll()
                 return
@@ -202,7 +210,10 @@ class Daemon:
             return None, f"netfilter rule sets cannot be read ({e}), so they cannot be ruled out"
         if rs.foreign:
             return None, "; ".join(rs.foreign)
-        return firewall_plan(rs.tables)
+        fw, why = firewall_plan(rs.tables)
+        if fw is not None and (why := unfit(fw)):
+            return None, why
+        return fw, why
 
     def _adopt_leftovers(self) -> None:
         """A dead daemon's programs stay attached (in fail-safe pass mode).
@@ -226,12 +237,12 @@ class Daemon:
         m = self.model
         fw = m.firewall
         # bridged IP of a filtered or tracked family goes to the kernel
-        families = ((abi.TNA_FW_V4 if fw and (fw.v4 or fw.ct4) else 0)
-                    | (abi.TNA_FW_V6 if fw and (fw.v6 or fw.ct6) else 0))
+        families = frozenset(f for f, on in ((AF_INET, fw and (fw.v4 or fw.ct4)),
+                                             (AF_INET6, fw and (fw.v6 or fw.ct6))) if on)
         p = plan(self.model, self.mode, self.overrides)
         # programs that filter by other rules than the new ones must not
         # decide anything while they are replaced
-        if families != self.dp.cfg.fw_families or any(
+        if family_bits(families, abi.TNA_FW_V4, abi.TNA_FW_V6) != self.dp.cfg.fw_families or any(
                 i in p.ifaces and a.plan.firewall != p.ifaces[i].firewall for i, a in self.dp.attached.items()):
             self.dp.hold(abi.REASON["FW_CHANGED"])
         else:
@@ -249,14 +260,14 @@ class Daemon:
         self.plan = p
         write_state(self.describe())
 
-    def _publish_guards(self, fw_families: int) -> None:
+    def _publish_guards(self, fw_families: frozenset[int]) -> None:
         m = self.model
         with self._guard_lock:
             reason = (abi.REASON["DISABLED"] if self.disabled_why
                       else abi.REASON["FW_CHANGED"] if self._commits != self._rules_gen else 0)
-            self.dp.set_guards(reason, m.multipath_guard(),
+            self.dp.set_guards(reason, m.multipath_guarded(),
                                (m.route_mtu(AF_INET), m.route_mtu(AF_INET6)), (m.local_ipv4(), m.local_ipv6()),
-                               fw_families, m.ct_config())
+                               fw_families, m.sysctls)
 
     def _safely(self, ifindex: int, action: Any) -> bool:
         """Run an attach/detach; on failure the interface ends on the kernel path."""

@@ -22,7 +22,7 @@ from pyroute2 import IPRoute
 
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
-from tna.model.config import USER_HZ, FdbEntry, Neigh
+from tna.model.config import AF_INET, AF_INET6, USER_HZ, FdbEntry, Neigh, Sysctls
 from tna.model.firewall import Firewall
 from tna.netlink.watch import TC_H_CLSACT_EGRESS, TC_H_CLSACT_INGRESS, TC_HANDLE, TC_PRIORITY, tc_filters
 from tna.synth.compile import compile_source
@@ -304,18 +304,20 @@ class Datapath:
             self.cfg.pass_reason = reason
             self.write_state()
 
-    def set_guards(self, pass_reason: int, mp_guard: int, route_mtu: tuple[int, int],
-                   local: tuple[list[str], list[str]], fw_families: int = 0,
-                   ct: tuple[int, int, int] = (0, 0, 0)) -> None:
+    def set_guards(self, pass_reason: int, mp_guarded: frozenset[int], route_mtu: tuple[int, int],
+                   local: tuple[list[str], list[str]], fw_families: frozenset[int] = frozenset(),
+                   sysctls: Sysctls | None = None) -> None:
         """Global switches; published before any program of a new plan runs.
-        local: the box's IPv4 and IPv6 addresses; ct: (ct_flags,
-        ct_timeout_tcp, ct_timeout_udp), Model.ct_config()."""
+        mp_guarded: Model.multipath_guarded(); local: the box's IPv4 and IPv6
+        addresses; fw_families: families whose bridged IP goes to the kernel;
+        sysctls: the conntrack behaviour the fast path repeats."""
         local4, local6 = local
         c = self.cfg
         before = bytes(c)
-        c.pass_reason, c.mp_guard, (c.route_mtu4, c.route_mtu6) = pass_reason, mp_guard, route_mtu
-        c.fw_families = fw_families
-        c.ct_flags, c.ct_timeout_tcp, c.ct_timeout_udp = ct
+        c.pass_reason, c.mp_guard, (c.route_mtu4, c.route_mtu6) = pass_reason, family_bits(
+            mp_guarded, abi.TNA_MP_GUARD_V4, abi.TNA_MP_GUARD_V6), route_mtu
+        c.fw_families = family_bits(fw_families, abi.TNA_FW_V4, abi.TNA_FW_V6)
+        c.ct_flags, c.ct_timeout_tcp, c.ct_timeout_udp = ct_config(sysctls) if sysctls else (0, 0, 0)
         c.local4_count = len(local4)
         packed = b"".join(socket.inet_aton(a) for a in local4[:abi.LOCAL4_MAX])
         ctypes.memmove(c.local4, packed.ljust(4 * abi.LOCAL4_MAX, b"\0"), 4 * abi.LOCAL4_MAX)
@@ -413,6 +415,18 @@ class Datapath:
             # FDB entry is a pass), so one line per sync is enough
             log.warning("map %s: %d entries not written (%s); their traffic stays on the kernel path",
                         name, len(failed), failed[0])
+
+
+def family_bits(families: frozenset[int], v4: int, v6: int) -> int:
+    return (v4 if AF_INET in families else 0) | (v6 if AF_INET6 in families else 0)
+
+
+def ct_config(sc: Sysctls) -> tuple[int, int, int]:
+    """tna_config's (ct_flags, ct_timeout_tcp, ct_timeout_udp): the
+    conntrack behaviour the fast path repeats (timeouts in ms)."""
+    flags = ((abi.TNA_CT_CSUM if sc.ct_checksum else 0) | (abi.TNA_CT_ACCT if sc.ct_acct else 0)
+             | (abi.TNA_CT_TCP_LOOSE if sc.ct_tcp_loose else 0))
+    return flags, min(sc.ct_timeout_tcp * 1000, 0xFFFFFFFF), min(sc.ct_timeout_udp * 1000, 0xFFFFFFFF)
 
 
 def _neigh_key(n: Neigh) -> bytes:

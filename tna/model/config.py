@@ -1,16 +1,15 @@
 """The kernel's configuration as TNA sees it: pure data, no I/O.
 
-Netlink messages (pyroute2 nlmsg objects, live or decoded from a recording)
-go in through Model.apply(); dataclasses come out.  Everything the planner
-and the map synchroniser decide is a function of this model.
+Facts (decoded from netlink by tna/netlink/decode.py, live or from a
+recording) go in through Model.apply(); dataclasses come out.  Everything
+the planner and the map synchroniser decide is a function of this model.
+The model knows no netlink and no datapath encoding.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
 
-from tna.bpf.abi import TNA_CT_ACCT, TNA_CT_CSUM, TNA_CT_TCP_LOOSE, TNA_MP_GUARD_V4, TNA_MP_GUARD_V6
 from tna.model.firewall import Firewall
 
 AF_INET = 2
@@ -22,24 +21,9 @@ IFF_LOOPBACK = 0x8
 IFF_NOARP = 0x80
 ARPHRD_ETHER = 1
 
-RTM_NEWLINK, RTM_DELLINK = 16, 17
-RTM_NEWADDR, RTM_DELADDR = 20, 21
-RTM_NEWROUTE, RTM_DELROUTE = 24, 25
-RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
-
-NUD_INCOMPLETE, NUD_REACHABLE, NUD_STALE, NUD_DELAY = 0x01, 0x02, 0x04, 0x08
-NUD_PROBE, NUD_FAILED, NUD_NOARP, NUD_PERMANENT = 0x10, 0x20, 0x40, 0x80
-NTF_EXT_LEARNED = 0x10
-NTF_EXT_LOCKED = 0x1   # NDA_FLAGS_EXT: an entry a locked port holds back (MAB)
+NUD_STALE, NUD_FAILED = 0x04, 0x20
 BR_STATE_FORWARDING = 3
 USER_HZ = 100          # bridge times (ageing_time) are in clock_t
-
-
-class NlMsg(Protocol):
-    """What we use of a pyroute2 message."""
-
-    def get(self, key: str, default: Any = None) -> Any: ...
-    def __getitem__(self, key: str) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -185,6 +169,25 @@ class Sysctls:
         return self.ipv4_forward or self.ipv6_forward
 
 
+@dataclass(frozen=True)
+class PortView:
+    """A port's bridge view (AF_BRIDGE link message); port None: the device
+    is no longer a bridge port (it still exists)."""
+
+    index: int
+    port: Port | None
+
+
+@dataclass(frozen=True)
+class Removed:
+    """The kernel removed fact."""
+
+    fact: Link | Addr | Route | Neigh | FdbEntry
+
+
+Fact = Link | PortView | Addr | Route | Neigh | FdbEntry | XdpXmit | TcFilters | Removed
+
+
 @dataclass
 class Model:
     links: dict[int, Link] = field(default_factory=dict)
@@ -204,36 +207,32 @@ class Model:
     # The FORWARD chains the fast path evaluates (None: no filtering rules).
     firewall: Firewall | None = None
 
-    def apply(self, msg: NlMsg | XdpXmit | TcFilters) -> bool:
-        """Apply one netlink message (or a fact the watcher derived from
-        netlink); True if the model changed."""
-        if isinstance(msg, XdpXmit):
-            changed = self.xdp_xmit.get(msg.ifindex) != msg.capable
-            self.xdp_xmit[msg.ifindex] = msg.capable
+    def apply(self, fact: Fact) -> bool:
+        """Apply one fact the kernel stated; True if the model changed."""
+        if isinstance(fact, XdpXmit):
+            changed = self.xdp_xmit.get(fact.ifindex) != fact.capable
+            self.xdp_xmit[fact.ifindex] = fact.capable
             return changed
-        if isinstance(msg, TcFilters):
-            changed = _apply_set(self.egress_filters, msg.ifindex, msg.egress)
-            return _apply_set(self.ingress_filters, msg.ifindex, msg.ingress) or changed
-        kind = msg["header"]["type"]
-        if kind in (RTM_NEWLINK, RTM_DELLINK):
-            if msg["family"] == AF_BRIDGE:  # a port's bridge view, not the device
-                return self._apply_port(msg, kind == RTM_NEWLINK)
-            return self._apply_link(msg, kind == RTM_NEWLINK)
-        if kind in (RTM_NEWADDR, RTM_DELADDR):
-            return _apply_set(self.addrs, addr_from_msg(msg), kind == RTM_NEWADDR)
-        if kind in (RTM_NEWROUTE, RTM_DELROUTE):
-            route = route_from_msg(msg)
-            return route is not None and _apply_set(self.routes, route, kind == RTM_NEWROUTE)
-        if kind in (RTM_NEWNEIGH, RTM_DELNEIGH):
-            if msg["family"] == AF_BRIDGE:
-                return self._apply_fdb(msg, kind == RTM_NEWNEIGH)
-            return self._apply_neigh(msg, kind == RTM_NEWNEIGH)
-        return False
+        if isinstance(fact, TcFilters):
+            changed = _apply_set(self.egress_filters, fact.ifindex, fact.egress)
+            return _apply_set(self.ingress_filters, fact.ifindex, fact.ingress) or changed
+        if isinstance(fact, PortView):
+            return self._apply_port(fact)
+        present = not isinstance(fact, Removed)
+        item = fact.fact if isinstance(fact, Removed) else fact
+        if isinstance(item, Link):
+            return self._apply_link(item, present)
+        if isinstance(item, Addr):
+            return _apply_set(self.addrs, item, present)
+        if isinstance(item, Route):
+            return _apply_set(self.routes, item, present)
+        if isinstance(item, FdbEntry):
+            return self._apply_fdb(item, present)
+        return self._apply_neigh(item, present)
 
-    def _apply_link(self, msg: NlMsg, new: bool) -> bool:
-        link = link_from_msg(msg)
+    def _apply_link(self, link: Link, present: bool) -> bool:
         old = self.links.get(link.index)
-        if not new:
+        if not present:
             if old is None:
                 return False
             del self.links[link.index]
@@ -254,49 +253,29 @@ class Model:
         self.links[link.index] = link
         return old != link
 
-    def _apply_port(self, msg: NlMsg, new: bool) -> bool:
-        """AF_BRIDGE link messages: the only notification of an STP state
-        or port flag change; RTM_DELLINK means "no longer a port"."""
-        old = self.links.get(msg["index"])
+    def _apply_port(self, view: PortView) -> bool:
+        old = self.links.get(view.index)
         if old is None:
             return False
-        info = msg.get("IFLA_PROTINFO")
-        port = port_from_attrs(info) if new and info is not None else None
-        if new and port is None:
-            return False
-        link = replace(old, port=port)
+        link = replace(old, port=view.port)
         self.links[old.index] = link
         return link != old
 
-    def _apply_fdb(self, msg: NlMsg, new: bool) -> bool:
-        entry = fdb_from_msg(msg)
-        if entry is None:
-            return False
+    def _apply_fdb(self, entry: FdbEntry, present: bool) -> bool:
         key = (entry.bridge, entry.vid, entry.mac)
-        if new:
+        if present:
             changed = self.fdb.get(key) != entry
             self.fdb[key] = entry
             return changed
         return self.fdb.pop(key, None) is not None
 
-    def _apply_neigh(self, msg: NlMsg, new: bool) -> bool:
-        neigh = neigh_from_msg(msg)
-        if neigh is None:
-            return False
+    def _apply_neigh(self, neigh: Neigh, present: bool) -> bool:
         key = (neigh.index, neigh.family, neigh.dst)
-        if new and neigh.state not in (NUD_FAILED,):
+        if present and neigh.state != NUD_FAILED:  # a failed neighbour is none
             changed = self.neighs.get(key) != neigh
             self.neighs[key] = neigh
             return changed
         return self.neighs.pop(key, None) is not None
-
-    def ct_config(self) -> tuple[int, int, int]:
-        """tna_config's (ct_flags, ct_timeout_tcp, ct_timeout_udp): the
-        conntrack behaviour the fast path repeats (timeouts in ms)."""
-        sc = self.sysctls
-        flags = ((TNA_CT_CSUM if sc.ct_checksum else 0) | (TNA_CT_ACCT if sc.ct_acct else 0)
-                 | (TNA_CT_TCP_LOOSE if sc.ct_tcp_loose else 0))
-        return flags, min(sc.ct_timeout_tcp * 1000, 0xFFFFFFFF), min(sc.ct_timeout_udp * 1000, 0xFFFFFFFF)
 
     def set_sysctls(self, sysctls: Sysctls) -> bool:
         changed = sysctls != self.sysctls
@@ -327,15 +306,12 @@ class Model:
         return sorted({a.address for a in self.addrs if a.family == AF_INET6 and a.address != "::1"
                        and not a.address.lower().startswith("fe80")})
 
-    def multipath_guard(self) -> int:
-        """TNA_MP_GUARD_* bits: families whose multipath choice may depend on
-        a hash the packet already carries (L4 policy + multipath routes)."""
-        guard = 0
-        for family, policy, bit in ((AF_INET, self.sysctls.ipv4_mp_hash_policy, TNA_MP_GUARD_V4),
-                                    (AF_INET6, self.sysctls.ipv6_mp_hash_policy, TNA_MP_GUARD_V6)):
-            if policy != 0 and any(r.family == family and r.multipath > 1 for r in self.routes):
-                guard |= bit
-        return guard
+    def multipath_guarded(self) -> frozenset[int]:
+        """Families whose multipath choice may depend on a hash the packet
+        already carries (a policy other than L3 + multipath routes)."""
+        return frozenset(family for family, policy in ((AF_INET, self.sysctls.ipv4_mp_hash_policy),
+                                                       (AF_INET6, self.sysctls.ipv6_mp_hash_policy))
+                         if policy != 0 and any(r.family == family and r.multipath > 1 for r in self.routes))
 
     def route_mtu(self, family: int) -> int:
         """Smallest route MTU metric in family, 0 if no route sets one."""
@@ -356,94 +332,3 @@ def _apply_set(items: set, item: object, add: bool) -> bool:
         return False
     items.discard(item)
     return True
-
-
-def port_from_attrs(a: NlMsg) -> Port:
-    """IFLA_BRPORT_* from IFLA_INFO_SLAVE_DATA or (AF_BRIDGE) IFLA_PROTINFO."""
-    def flag(name: str, default: bool = False) -> bool:
-        v = a.get(name)
-        return default if v is None else bool(v)
-
-    state = a.get("IFLA_BRPORT_STATE")
-    return Port(
-        state=BR_STATE_FORWARDING if state is None else state,
-        learning=flag("IFLA_BRPORT_LEARNING", True),
-        hairpin=flag("IFLA_BRPORT_MODE"),
-        isolated=flag("IFLA_BRPORT_ISOLATED"),
-        locked=flag("IFLA_BRPORT_LOCKED"),
-        mab=flag("IFLA_BRPORT_MAB"),
-        neigh_suppress=flag("IFLA_BRPORT_NEIGH_SUPPRESS") or flag("IFLA_BRPORT_NEIGH_VLAN_SUPPRESS"),
-    )
-
-
-def bridge_from_attrs(d: NlMsg) -> Bridge:
-    ageing = d.get("IFLA_BR_AGEING_TIME")
-    return Bridge(
-        vlan_filtering=bool(d.get("IFLA_BR_VLAN_FILTERING")),
-        ageing_cs=30000 if ageing is None else ageing,
-        stp=bool(d.get("IFLA_BR_STP_STATE")),
-        forward_delay_cs=d.get("IFLA_BR_FORWARD_DELAY") or 1500,
-        nf_call_iptables=bool(d.get("IFLA_BR_NF_CALL_IPTABLES")),
-        nf_call_ip6tables=bool(d.get("IFLA_BR_NF_CALL_IP6TABLES")),
-    )
-
-
-def link_from_msg(msg: NlMsg) -> Link:
-    info = msg.get("IFLA_LINKINFO")
-    kind = info.get("IFLA_INFO_KIND") if info is not None else None
-    data = info.get("IFLA_INFO_DATA") if info is not None else None
-    slave = info.get("IFLA_INFO_SLAVE_DATA") if info is not None else None
-    is_port = info is not None and info.get("IFLA_INFO_SLAVE_KIND") == "bridge" and slave is not None
-    return Link(
-        index=msg["index"],
-        name=msg.get("IFLA_IFNAME") or f"if{msg['index']}",
-        kind=kind,
-        mac=msg.get("IFLA_ADDRESS"),
-        mtu=msg.get("IFLA_MTU") or 0,
-        flags=msg["flags"],
-        arptype=msg["ifi_type"],
-        master=msg.get("IFLA_MASTER") or None,
-        qdisc=msg.get("IFLA_QDISC"),
-        bridge=bridge_from_attrs(data) if kind == "bridge" and data is not None else None,
-        port=port_from_attrs(slave) if is_port else None,
-    )
-
-
-def addr_from_msg(msg: NlMsg) -> Addr:
-    return Addr(msg["index"], msg["family"], msg.get("IFA_ADDRESS") or "", msg["prefixlen"])
-
-
-def route_from_msg(msg: NlMsg) -> Route | None:
-    if msg["family"] not in (AF_INET, AF_INET6):
-        return None
-    mp = msg.get("RTA_MULTIPATH") or []
-    return Route(
-        family=msg["family"],
-        table=msg.get("RTA_TABLE") or msg["table"],
-        dst=msg.get("RTA_DST") or ("0.0.0.0" if msg["family"] == AF_INET else "::"),
-        dst_len=msg["dst_len"],
-        type=msg["type"],
-        oif=msg.get("RTA_OIF"),
-        gateway=msg.get("RTA_GATEWAY"),
-        multipath=len(mp),
-        mtu=(metrics.get("RTAX_MTU") or 0) if (metrics := msg.get("RTA_METRICS")) is not None else 0,
-    )
-
-
-def fdb_from_msg(msg: NlMsg) -> FdbEntry | None:
-    """An entry of a bridge's FDB (the bridge reports its own with NDA_MASTER);
-    None for a device's unicast/multicast address lists ("self" entries),
-    which nothing forwards by."""
-    port, mac, bridge = msg["ifindex"], msg.get("NDA_LLADDR"), msg.get("NDA_MASTER")
-    if bridge is None or mac is None or (msg.get("NDA_FLAGS_EXT") or 0) & NTF_EXT_LOCKED:
-        return None
-    state = msg["state"]
-    local = bool(state & NUD_PERMANENT) or port == bridge
-    dynamic = not local and not state & NUD_NOARP and not msg["flags"] & NTF_EXT_LEARNED
-    return FdbEntry(bridge, msg.get("NDA_VLAN") or 0, mac.lower(), port, local, dynamic)
-
-
-def neigh_from_msg(msg: NlMsg) -> Neigh | None:
-    if msg["family"] not in (AF_INET, AF_INET6):
-        return None
-    return Neigh(msg["ifindex"], msg["family"], msg.get("NDA_DST") or "", msg.get("NDA_LLADDR"), msg["state"])

@@ -19,7 +19,6 @@ import ipaddress
 from dataclasses import dataclass
 from functools import cached_property
 
-from tna.bpf.abi import FW_RULES_MAX
 from tna.model.iptables import Neg, Rule, Table
 
 ACCEPT, DROP, KERNEL = "ACCEPT", "DROP", "KERNEL"
@@ -196,7 +195,6 @@ class Firewall:
                 for i, name in names.items()}
 
 
-MAX_COMPILED_RULES = 256  # rules compiled as code (a set of rules counts as one)
 SET_MIN = 4               # shorter runs of set-able rules stay code: cheaper than a lookup
 SET_PORTS_MAX = 16        # port values one rule may add to a set (multiport lists, small ranges)
 
@@ -328,19 +326,8 @@ def firewall_plan(tables: dict[int, dict[str, Table]]) -> tuple[Firewall | None,
     used = [cs for cs in (chains.get(4), chains.get(6), inputs.get(4), inputs.get(6)) if cs]
     patterns = sorted({str(m.value) for cs in used for c in cs for r in c.rules
                        for m in (r.iif, r.oif) if m is not None})
-    if len(patterns) > 64:
-        return None, f"{len(patterns)} interface patterns in filter rules (at most 64 are modelled)"
     if not used and not tracked:
         return None, None
-    counted = sum(len(c.rules) + 1 for cs in used for c in cs)
-    if counted > FW_RULES_MAX:
-        return None, f"{counted} filter rules: the fast path counts at most {FW_RULES_MAX}"
-    size = sum(code_size(cs) for cs in used)
-    if size > MAX_COMPILED_RULES:
-        # one `if` per rule: clang takes ~0.5 s for 100 rules but a minute
-        # for 1,000; sets of same-shaped rules are one lookup each
-        return None, (f"{size} filter rules (or sets of rules) would be compiled as code: at most "
-                      f"{MAX_COMPILED_RULES} are")
     return Firewall(chains.get(4), chains.get(6), tuple(patterns), inputs.get(4), inputs.get(6),
                     4 in tracked, 6 in tracked), None
 

@@ -27,7 +27,8 @@ from pyroute2.netlink.rtnl import (
     RTMGRP_TC,
 )
 
-from tna.model.config import AF_BRIDGE, AF_INET, AF_INET6, NlMsg, Sysctls, TcFilters, XdpXmit
+from tna.model.config import AF_BRIDGE, AF_INET, AF_INET6, Sysctls, TcFilters, XdpXmit
+from tna.netlink.decode import NlMsg
 from tna.netlink.netdev import XdpFeatureEvents, xdp_xmit_capable
 from tna.netlink.netfilter import NetfilterChanged, NftEvents
 

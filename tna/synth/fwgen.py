@@ -21,8 +21,28 @@ from dataclasses import dataclass
 from typing import Any
 
 from tna.bpf.abi import FW_RULES_MAX
-from tna.model.firewall import Firewall, FwChain, RuleSet
+from tna.model.firewall import Firewall, FwChain, RuleSet, code_size
 from tna.model.iptables import Neg, Rule
+
+MAX_COMPILED_RULES = 256  # rules compiled as code (a set of rules counts as one)
+IFACE_PATTERNS_MAX = 64   # tna_fw_ifaces holds a u64 of pattern bits per interface
+
+
+def unfit(fw: Firewall) -> str | None:
+    """Why fw cannot be compiled into the fast path, None if it can."""
+    if len(fw.ifaces) > IFACE_PATTERNS_MAX:
+        return f"{len(fw.ifaces)} interface patterns in filter rules (at most {IFACE_PATTERNS_MAX} are modelled)"
+    used = [cs for cs in (fw.v4, fw.v6, fw.in4, fw.in6) if cs]
+    counted = sum(len(c.rules) + 1 for cs in used for c in cs)
+    if counted > FW_RULES_MAX:
+        return f"{counted} filter rules: the fast path counts at most {FW_RULES_MAX}"
+    size = sum(code_size(cs) for cs in used)
+    if size > MAX_COMPILED_RULES:
+        # one `if` per rule: clang takes ~0.5 s for 100 rules but a minute
+        # for 1,000; sets of same-shaped rules are one lookup each
+        return (f"{size} filter rules (or sets of rules) would be compiled as code: at most "
+                f"{MAX_COMPILED_RULES} are")
+    return None
 
 
 def _words(packed: bytes) -> list[int]:

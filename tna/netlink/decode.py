@@ -1,0 +1,179 @@
+"""rtnetlink messages -> model facts.
+
+The model (tna/model/config.py) knows nothing of netlink: the daemon and the
+tests turn every message (live from the watcher, or decoded from a
+recording) into facts here and hand those to Model.apply().
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from tna.model.config import (
+    AF_BRIDGE,
+    AF_INET,
+    AF_INET6,
+    BR_STATE_FORWARDING,
+    Addr,
+    Bridge,
+    Fact,
+    FdbEntry,
+    Link,
+    Neigh,
+    Port,
+    PortView,
+    Removed,
+    Route,
+    TcFilters,
+    XdpXmit,
+)
+
+RTM_NEWLINK, RTM_DELLINK = 16, 17
+RTM_NEWADDR, RTM_DELADDR = 20, 21
+RTM_NEWROUTE, RTM_DELROUTE = 24, 25
+RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
+
+NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
+NTF_EXT_LEARNED = 0x10
+NTF_EXT_LOCKED = 0x1   # NDA_FLAGS_EXT: an entry a locked port holds back (MAB)
+
+
+class NlMsg(Protocol):
+    """What we use of a pyroute2 message."""
+
+    def get(self, key: str, default: Any = None) -> Any: ...
+    def __getitem__(self, key: str) -> Any: ...
+
+
+def decoded(item: NlMsg | XdpXmit | TcFilters) -> Iterator[Fact]:
+    """What the watcher queues (messages, and facts it derived itself) as facts."""
+    if isinstance(item, (XdpXmit, TcFilters)):
+        yield item
+    else:
+        yield from facts(item)
+
+
+def facts(msg: NlMsg) -> Iterator[Fact]:
+    """The facts one rtnetlink message states (none for what the model
+    does not follow)."""
+    kind = msg["header"]["type"]
+    if kind in (RTM_NEWLINK, RTM_DELLINK):
+        if msg["family"] == AF_BRIDGE:  # a port's bridge view, not the device
+            yield from _port_view(msg, kind == RTM_NEWLINK)
+        else:
+            yield _stated(link_from_msg(msg), kind == RTM_NEWLINK)
+    elif kind in (RTM_NEWADDR, RTM_DELADDR):
+        yield _stated(addr_from_msg(msg), kind == RTM_NEWADDR)
+    elif kind in (RTM_NEWROUTE, RTM_DELROUTE):
+        if (route := route_from_msg(msg)) is not None:
+            yield _stated(route, kind == RTM_NEWROUTE)
+    elif kind in (RTM_NEWNEIGH, RTM_DELNEIGH):
+        new = kind == RTM_NEWNEIGH
+        entry = fdb_from_msg(msg) if msg["family"] == AF_BRIDGE else neigh_from_msg(msg)
+        if entry is not None:
+            yield _stated(entry, new)
+
+
+def _stated(fact: Link | Addr | Route | Neigh | FdbEntry, present: bool) -> Fact:
+    return fact if present else Removed(fact)
+
+
+def _port_view(msg: NlMsg, new: bool) -> Iterator[PortView]:
+    """AF_BRIDGE link messages: the only notification of an STP state or
+    port flag change; RTM_DELLINK means "no longer a port"."""
+    if not new:
+        yield PortView(msg["index"], None)
+    elif (info := msg.get("IFLA_PROTINFO")) is not None:
+        yield PortView(msg["index"], port_from_attrs(info))
+
+
+def port_from_attrs(a: NlMsg) -> Port:
+    """IFLA_BRPORT_* from IFLA_INFO_SLAVE_DATA or (AF_BRIDGE) IFLA_PROTINFO."""
+    def flag(name: str, default: bool = False) -> bool:
+        v = a.get(name)
+        return default if v is None else bool(v)
+
+    state = a.get("IFLA_BRPORT_STATE")
+    return Port(
+        state=BR_STATE_FORWARDING if state is None else state,
+        learning=flag("IFLA_BRPORT_LEARNING", True),
+        hairpin=flag("IFLA_BRPORT_MODE"),
+        isolated=flag("IFLA_BRPORT_ISOLATED"),
+        locked=flag("IFLA_BRPORT_LOCKED"),
+        mab=flag("IFLA_BRPORT_MAB"),
+        neigh_suppress=flag("IFLA_BRPORT_NEIGH_SUPPRESS") or flag("IFLA_BRPORT_NEIGH_VLAN_SUPPRESS"),
+    )
+
+
+def bridge_from_attrs(d: NlMsg) -> Bridge:
+    ageing = d.get("IFLA_BR_AGEING_TIME")
+    return Bridge(
+        vlan_filtering=bool(d.get("IFLA_BR_VLAN_FILTERING")),
+        ageing_cs=30000 if ageing is None else ageing,
+        stp=bool(d.get("IFLA_BR_STP_STATE")),
+        forward_delay_cs=d.get("IFLA_BR_FORWARD_DELAY") or 1500,
+        nf_call_iptables=bool(d.get("IFLA_BR_NF_CALL_IPTABLES")),
+        nf_call_ip6tables=bool(d.get("IFLA_BR_NF_CALL_IP6TABLES")),
+    )
+
+
+def link_from_msg(msg: NlMsg) -> Link:
+    info = msg.get("IFLA_LINKINFO")
+    kind = info.get("IFLA_INFO_KIND") if info is not None else None
+    data = info.get("IFLA_INFO_DATA") if info is not None else None
+    slave = info.get("IFLA_INFO_SLAVE_DATA") if info is not None else None
+    is_port = info is not None and info.get("IFLA_INFO_SLAVE_KIND") == "bridge" and slave is not None
+    return Link(
+        index=msg["index"],
+        name=msg.get("IFLA_IFNAME") or f"if{msg['index']}",
+        kind=kind,
+        mac=msg.get("IFLA_ADDRESS"),
+        mtu=msg.get("IFLA_MTU") or 0,
+        flags=msg["flags"],
+        arptype=msg["ifi_type"],
+        master=msg.get("IFLA_MASTER") or None,
+        qdisc=msg.get("IFLA_QDISC"),
+        bridge=bridge_from_attrs(data) if kind == "bridge" and data is not None else None,
+        port=port_from_attrs(slave) if is_port else None,
+    )
+
+
+def addr_from_msg(msg: NlMsg) -> Addr:
+    return Addr(msg["index"], msg["family"], msg.get("IFA_ADDRESS") or "", msg["prefixlen"])
+
+
+def route_from_msg(msg: NlMsg) -> Route | None:
+    if msg["family"] not in (AF_INET, AF_INET6):
+        return None
+    mp = msg.get("RTA_MULTIPATH") or []
+    return Route(
+        family=msg["family"],
+        table=msg.get("RTA_TABLE") or msg["table"],
+        dst=msg.get("RTA_DST") or ("0.0.0.0" if msg["family"] == AF_INET else "::"),
+        dst_len=msg["dst_len"],
+        type=msg["type"],
+        oif=msg.get("RTA_OIF"),
+        gateway=msg.get("RTA_GATEWAY"),
+        multipath=len(mp),
+        mtu=(metrics.get("RTAX_MTU") or 0) if (metrics := msg.get("RTA_METRICS")) is not None else 0,
+    )
+
+
+def fdb_from_msg(msg: NlMsg) -> FdbEntry | None:
+    """An entry of a bridge's FDB (the bridge reports its own with NDA_MASTER);
+    None for a device's unicast/multicast address lists ("self" entries),
+    which nothing forwards by."""
+    port, mac, bridge = msg["ifindex"], msg.get("NDA_LLADDR"), msg.get("NDA_MASTER")
+    if bridge is None or mac is None or (msg.get("NDA_FLAGS_EXT") or 0) & NTF_EXT_LOCKED:
+        return None
+    state = msg["state"]
+    local = bool(state & NUD_PERMANENT) or port == bridge
+    dynamic = not local and not state & NUD_NOARP and not msg["flags"] & NTF_EXT_LEARNED
+    return FdbEntry(bridge, msg.get("NDA_VLAN") or 0, mac.lower(), port, local, dynamic)
+
+
+def neigh_from_msg(msg: NlMsg) -> Neigh | None:
+    if msg["family"] not in (AF_INET, AF_INET6):
+        return None
+    return Neigh(msg["ifindex"], msg["family"], msg.get("NDA_DST") or "", msg.get("NDA_LLADDR"), msg["state"])
