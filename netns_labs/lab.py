@@ -384,10 +384,12 @@ def ping(lab: Lab, ns: str, dst: str, count: int = 3, *opts: str) -> subprocess.
 class Tna:
     """A `tna run` in a lab namespace, and its status/stats as JSON."""
 
-    def __init__(self, lab: Lab, ns: str, *args: str, env_extra: dict[str, str] | None = None) -> None:
+    def __init__(self, lab: Lab, ns: str, *args: str, env_extra: dict[str, str] | None = None,
+                 module: str = "tna") -> None:
+        """module: what runs `run ARGS` (a test's instrumented daemon)."""
         self.lab, self.ns = lab, ns
         self.log = tempfile.NamedTemporaryFile(prefix="tna-", suffix=".log", delete=False)
-        self.proc = lab.popen(ns, py("tna", "run", *args), stdout=self.log, stderr=subprocess.STDOUT,
+        self.proc = lab.popen(ns, py(module, "run", *args), stdout=self.log, stderr=subprocess.STDOUT,
                               cwd=_REPO, env={**os.environ, **(env_extra or {})})
 
     def wait_attached(self, names: Sequence[str], timeout: float = 30) -> dict:

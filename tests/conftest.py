@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
@@ -41,14 +42,16 @@ def hook(request: pytest.FixtureRequest) -> str:
 
 
 @contextmanager
-def tna_running(lab: Lab, ns: str, hook: str, ifaces: Sequence[str], hosts: Sequence[Host]) -> Iterator[Tna]:
+def tna_running(lab: Lab, ns: str, hook: str, ifaces: Sequence[str], hosts: Sequence[Host],
+                **tna_kw: Any) -> Iterator[Tna]:
     """`tna run --hook HOOK` in ns, attached to ifaces; under XDP the hosts'
     veths get an XDP program so redirected frames reach them (as on a NIC)
-    and every accelerated interface must become valid XDP egress."""
+    and every accelerated interface must become valid XDP egress.  tna_kw:
+    Tna's env_extra and module."""
     if hook == "xdp":
         for h in hosts:
             host_xdp(lab, h.ns, h.dev)
-    tna = Tna(lab, ns, "--hook", hook)
+    tna = Tna(lab, ns, "--hook", hook, **tna_kw)
     try:
         tna.wait_attached(ifaces)
         if hook == "xdp":

@@ -1,0 +1,64 @@
+"""No program decides with maps that do not match the rules it was built
+for: a reconcile holds the fast path (FW_CHANGED) from before it attaches
+programs for new rules until every map - tna_fw_ifaces last - is written.
+
+The window between an attach and the tna_fw_ifaces write lasts a few map
+updates; tests/tna_paused.py holds it open, deterministically, and real
+traffic is sent through it."""
+
+from __future__ import annotations
+
+from ipaddress import ip_address
+from pathlib import Path
+
+import pytest
+
+from netns_labs.lab import RouterLab, wait_for
+from tests.conftest import tna_running
+from tests.test_firewall_lab import send_probes, setup
+from tna.model.firewall import Packet
+
+pytestmark = pytest.mark.root
+
+# one interface pattern, r-h2 (bit 0); traffic from h1 is accepted
+RULES = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A FORWARD -i r-h2 -j DROP
+COMMIT
+"""
+
+
+def test_new_interface_pattern_is_never_judged_with_stale_masks(router_lab: RouterLab, hook: str,
+                                                                  tmp_path: Path) -> None:
+    """`-I FORWARD -i r-h1 -j DROP` adds a pattern that sorts first: r-h1
+    becomes bit 0 and r-h2 bit 1.  A program built for the new rules that
+    ran with the old masks (r-h2 = bit 0, r-h1 = none) would forward what
+    Linux now drops."""
+    lab = router_lab
+    setup(lab, RULES)
+    pkts = [Packet(ip_address(lab.h1.ip4), ip_address(lab.h2.ip4), "r-h1", "r-h2", 17, 1000, 2000 + i)
+            for i in range(4)]
+    with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2], module="tests.tna_paused",
+                     env_extra={"TNA_PAUSE_DIR": str(tmp_path)}) as tna:
+        assert wait_for(lambda: "firewall" in tna.status()["ifaces"]["r-h1"]["modules"], 10, 0.2), tna.output()
+        before = tna.counters("r-h1")
+        assert send_probes(lab, pkts, 1) == {0, 1, 2, 3}
+        assert tna.counters("r-h1").get("FORWARDED", 0) - before.get("FORWARDED", 0) == len(pkts)
+        (tmp_path / "arm").touch()
+        lab.run(lab.r, ["iptables", "-I", "FORWARD", "-i", "r-h1", "-j", "DROP"])
+        assert wait_for((tmp_path / "paused").exists, 30, 0.05), tna.output()
+        # the new program is attached, tna_fw_ifaces still holds the old masks
+        before = tna.counters("r-h1")
+        in_window = send_probes(lab, pkts, 1)
+        during = tna.counters("r-h1")
+        (tmp_path / "resume").touch()
+        assert in_window == set(), (in_window, tna.output())
+        assert during.get("FORWARDED", 0) == before.get("FORWARDED", 0)
+        assert during.get("FW_CHANGED", 0) - before.get("FW_CHANGED", 0) == len(pkts)
+        # once the masks are written the fast path drops them itself
+        assert wait_for(lambda: not (tmp_path / "resume").exists(), 30, 0.05)
+        before = tna.counters("r-h1")
+        assert wait_for(lambda: send_probes(lab, pkts[:1], 1) == set()
+                        and tna.counters("r-h1").get("FW_DROP", 0) > before.get("FW_DROP", 0), 10, 0.2)
