@@ -234,19 +234,26 @@ class Daemon:
     # --- output -------------------------------------------------------------
 
     def reconcile(self) -> None:
+        """Make the kernel match the plan.  A program must never decide with
+        maps that do not match the rules it was built for, so when the rules,
+        the interface masks or the filtered families change: hold (FW_CHANGED)
+        -> attach -> every map -> release, the release last."""
         m = self.model
         fw = m.firewall
         # bridged IP of a filtered or tracked family goes to the kernel
         families = frozenset(f for f, on in ((AF_INET, fw and (fw.v4 or fw.ct4)),
                                              (AF_INET6, fw and (fw.v6 or fw.ct6))) if on)
+        # patterns are sorted: a new pattern or interface shifts the bits
+        masks = {i: b for i, b in fw.iface_masks({i: link.name for i, link in m.links.items()}).items()
+                 if b} if fw else {}
         p = plan(self.model, self.mode, self.overrides)
-        # programs that filter by other rules than the new ones must not
-        # decide anything while they are replaced
-        if family_bits(families, abi.TNA_FW_V4, abi.TNA_FW_V6) != self.dp.cfg.fw_families or any(
-                i in p.ifaces and a.plan.firewall != p.ifaces[i].firewall for i, a in self.dp.attached.items()):
+        if (family_bits(families, abi.TNA_FW_V4, abi.TNA_FW_V6) != self.dp.cfg.fw_families
+                or masks != self.dp.fw_masks()
+                or any(i in p.ifaces and a.plan.firewall != p.ifaces[i].firewall
+                       for i, a in self.dp.attached.items())):
             self.dp.hold(abi.REASON["FW_CHANGED"])
         else:
-            self._publish_guards(families)
+            self._publish_guards(families)  # what new programs read, before they run
         for ifindex in set(self.dp.attached) - set(p.ifaces):
             self._safely(ifindex, lambda i=ifindex: self.dp.remove(i))
         self.failed = {i: why for i, why in self.failed.items() if i in p.ifaces}
@@ -254,9 +261,9 @@ class Daemon:
             if self._safely(ifindex, lambda ip=ip: self.dp.apply(ip)):
                 self.failed.pop(ifindex, None)
         self.dp.sync(p.xdp_egress, p.tc_egress, self.model.stale_neighbours())
-        self._publish_guards(families)
         self.dp.sync_bridges(p.ports, p.l3_bridges, [e for e in m.fdb.values() if e.bridge in p.bridges])
-        self.dp.sync_firewall(fw.iface_masks({i: link.name for i, link in m.links.items()}) if fw else {})
+        self.dp.sync_firewall(masks)
+        self._publish_guards(families)  # ends a hold: every map now matches every program
         self.plan = p
         write_state(self.describe())
 

@@ -336,10 +336,16 @@ class Datapath:
         self._sync_stale(stale)
 
     def sync_firewall(self, masks: dict[int, int]) -> None:
-        """Which FORWARD-rule interface patterns each interface matches."""
+        """Which filter-rule interface patterns (FORWARD and INPUT) each
+        interface matches."""
         if self.shared:
             u32, u64 = ctypes.c_uint32, ctypes.c_uint64
             self._sync(abi.MAP_FW_IFACES, {bytes(u32(i)): bytes(u64(m)) for i, m in masks.items() if m})
+
+    def fw_masks(self) -> dict[int, int]:
+        """What tna_fw_ifaces holds: ifindex -> pattern bits (none zero)."""
+        return {int.from_bytes(k, "little"): int.from_bytes(v, "little")
+                for k, v in self._shadow.get(abi.MAP_FW_IFACES, {}).items()}
 
     def port_slot(self, ifindex: int) -> int:
         """A port's stable index in tna_ports (allocated on first use)."""

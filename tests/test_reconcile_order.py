@@ -1,0 +1,141 @@
+"""The order of a reconcile, pinned without root: a recording fake
+datapath stands in for the kernel.  Whenever the rules, the interface
+masks or the filtered families change: hold -> attach -> every map ->
+release, so no program ever decides with maps that do not match the rules
+it was built for."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from tna import daemon as daemon_mod
+from tna.bpf import abi
+from tna.model.config import ARPHRD_ETHER, IFF_UP, Link, Model, Sysctls
+from tna.model.firewall import firewall_plan
+from tna.model.iptables import parse_save
+from tna.synth.planner import IfacePlan
+
+HELD = abi.REASON["FW_CHANGED"]
+MAP_SYNCS = ("sync", "sync_bridges", "sync_firewall")
+
+
+class RecordingDatapath:
+    """What Daemon.reconcile() asks of a Datapath, recorded in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.attached: dict[int, SimpleNamespace] = {}
+        self.cfg = abi.TnaConfig()
+        self.masks: dict[int, int] = {}
+
+    def hold(self, reason: int) -> None:
+        self.calls.append(("hold", reason))
+
+    def set_guards(self, pass_reason: int, mp_guarded: Any, route_mtu: Any, local: Any,
+                   fw_families: frozenset[int] = frozenset(), sysctls: Any = None) -> None:
+        self.cfg.fw_families = daemon_mod.family_bits(fw_families, abi.TNA_FW_V4, abi.TNA_FW_V6)
+        self.calls.append(("release" if pass_reason == 0 else "guards", pass_reason))
+
+    def fw_masks(self) -> dict[int, int]:
+        return self.masks
+
+    def apply(self, plan: IfacePlan) -> None:
+        cur = self.attached.get(plan.ifindex)
+        if cur is None or cur.plan != plan:
+            self.attached[plan.ifindex] = SimpleNamespace(plan=plan, prog_id=plan.ifindex, source="x.c")
+            self.calls.append(("attach", plan.name))
+
+    def remove(self, ifindex: int) -> None:
+        self.attached.pop(ifindex, None)
+        self.calls.append(("remove", ifindex))
+
+    def sync(self, *_: Any) -> None:
+        self.calls.append(("sync", None))
+
+    def sync_bridges(self, *_: Any) -> None:
+        self.calls.append(("sync_bridges", None))
+
+    def sync_firewall(self, masks: dict[int, int]) -> None:
+        self.masks = dict(masks)
+        self.calls.append(("sync_firewall", dict(masks)))
+
+
+def rules(*lines: str) -> str:
+    return "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n" + "".join(
+        f"{line}\n" for line in lines) + "COMMIT\n"
+
+
+def link(index: int, name: str) -> Link:
+    return Link(index, name, "veth", f"02:00:00:00:00:{index:02x}", 1500, IFF_UP, ARPHRD_ETHER, qdisc="noqueue")
+
+
+@pytest.fixture
+def daemon(monkeypatch: pytest.MonkeyPatch) -> daemon_mod.Daemon:
+    monkeypatch.setattr(daemon_mod, "write_state", lambda state: None)
+    d = daemon_mod.Daemon("tc")
+    d.dp = RecordingDatapath()  # type: ignore[assignment]
+    d.model = Model(links={2: link(2, "r-h1"), 3: link(3, "r-h2")}, sysctls=Sysctls(True, True))
+    return d
+
+
+def set_rules(d: daemon_mod.Daemon, *lines: str) -> None:
+    fw, why = firewall_plan({4: parse_save(rules(*lines))})
+    assert why is None
+    d.model.set_firewall(fw)
+
+
+def reconcile(d: daemon_mod.Daemon) -> list[tuple[str, Any]]:
+    dp = d.dp
+    assert isinstance(dp, RecordingDatapath)
+    dp.calls.clear()
+    d.reconcile()
+    return dp.calls
+
+
+def assert_held_throughout(calls: list[tuple[str, Any]]) -> None:
+    """Hold first, release last, and nothing between lets programs decide."""
+    assert calls[0] == ("hold", HELD), calls
+    assert calls[-1] == ("release", 0), calls
+    assert ("release", 0) not in calls[:-1], calls
+    ops = [c[0] for c in calls[1:-1]]
+    assert set(MAP_SYNCS) <= set(ops), calls
+    # every attach comes before the maps are written for the new rules
+    if "attach" in ops:
+        assert max(i for i, o in enumerate(ops) if o == "attach") < min(ops.index(s) for s in MAP_SYNCS), calls
+
+
+def test_first_rules_are_held_until_their_masks_are_written(daemon: daemon_mod.Daemon) -> None:
+    set_rules(daemon, "-A FORWARD -i r-h2 -j DROP")
+    calls = reconcile(daemon)
+    assert_held_throughout(calls)
+    assert ("attach", "r-h1") in calls and ("sync_firewall", {3: 1}) in calls
+
+
+def test_a_new_pattern_shifting_the_bits_is_held(daemon: daemon_mod.Daemon) -> None:
+    set_rules(daemon, "-A FORWARD -i r-h2 -j DROP")
+    reconcile(daemon)
+    set_rules(daemon, "-A FORWARD -i r-h1 -j DROP", "-A FORWARD -i r-h2 -j DROP")
+    calls = reconcile(daemon)
+    assert_held_throughout(calls)
+    assert ("sync_firewall", {2: 1, 3: 2}) in calls
+
+
+def test_an_interface_that_appears_matching_a_pattern_is_held(daemon: daemon_mod.Daemon) -> None:
+    set_rules(daemon, "-A FORWARD -o r-h+ -j DROP")
+    reconcile(daemon)
+    daemon.model.links[4] = link(4, "r-h3")  # egress to it is allowed only once its mask is there
+    calls = reconcile(daemon)
+    assert_held_throughout(calls)
+    assert ("attach", "r-h3") in calls and ("sync_firewall", {2: 1, 3: 1, 4: 1}) in calls
+
+
+def test_an_unchanged_rule_set_is_not_held(daemon: daemon_mod.Daemon) -> None:
+    set_rules(daemon, "-A FORWARD -i r-h2 -j DROP")
+    reconcile(daemon)
+    daemon.model.links[4] = link(4, "eth9")  # matches no pattern: mask 0 either way
+    calls = reconcile(daemon)
+    assert ("hold", HELD) not in calls
+    assert calls[0] == ("release", 0) and calls[-1] == ("release", 0), calls
