@@ -19,7 +19,7 @@ static __always_inline int tna_lease_ok(const struct tna_state *st)
 }
 
 SEC("xdp")
-int tna_renew(struct xdp_md *ctx)
+int TNA_RENEW_PROGRAM(struct xdp_md *ctx)
 {
 	struct tna_config *cfg = (void *)(long)ctx->data;
 	__u32 zero = 0;

@@ -3,9 +3,11 @@
  * tna_abi.h - the ONE contract between the datapath (C) and the daemon (Python).
  *
  * Used by both sides: every BPF program includes it, and tna/bpf/abi.py reads
- * the reason enum from this file at import time and mirrors the structs with
- * ctypes (tests/test_abi.py compiles this header and checks every size and
- * offset).  Change a struct here and the test tells you what to update.
+ * the reason enum, every #define and the map names from this file at import
+ * time and mirrors the structs with ctypes (tests/test_abi.py compiles this
+ * header and checks every value, size and offset).  Change a struct here and
+ * the test tells you what to update.  abi.py parses one #define a line, of
+ * an integer, (1U << n), a string or a name.
  *
  * Maps (declared below, BPF side only):
  *   tna_state     ARRAY[1]           shared   lease deadline + config (written by tna_renew only)
@@ -17,12 +19,12 @@
  *   tna_fdb       HASH tna_fdb_key   shared   bridge FDBs mirrored from netlink (datapath
  *                                            writes only `refreshed`)
  *   tna_l3br      HASH ifindex       shared   bridges with an L3 side: their address + flags
- *   tna_fw_ifaces HASH ifindex       shared   bit k: the interface matches FORWARD rules'
+ *   tna_fw_ifaces HASH ifindex       shared   bit k: the interface matches filter rules'
  *                                            interface pattern k (-i/-o, '+' wildcards)
  *   tna_ct_sync   LRU_HASH tna_ct_key shared  established TCP connections the datapath asks
  *                                            the daemon to free from window tracking
  *   tna_stats     PERCPU_ARRAY       per program: packets/bytes per reason
- *   tna_fw_rules  PERCPU_ARRAY       per program: packets/bytes per compiled FORWARD rule
+ *   tna_fw_rules  PERCPU_ARRAY       per program: packets/bytes per counted FORWARD/INPUT rule
  *                                            (ids in the order tna/synth/fwgen.py numbers them)
  *   .rodata.tna   tna_iface          per program: ingress interface constants
  */
@@ -93,6 +95,15 @@ enum tna_reason {
 	TNA_R_CT_CSUM,           /* conntrack would verify an L4 checksum the fast path cannot */
 	TNA_R_MAX
 };
+
+/* Names the daemon looks programs and sections up by. */
+#define TNA_PROGRAM tna_main          /* every module chain's entry (XDP or TC) */
+#define TNA_RENEW_PROGRAM tna_renew   /* the lease's writer (lease.h) */
+#define TNA_SECTION_IFACE ".rodata.tna"
+/* TNA's own TC filter: one fixed priority/handle on clsact ingress, so a
+ * restarted daemon finds (and replaces) what an earlier one attached. */
+#define TNA_TC_PRIORITY 0x7A
+#define TNA_TC_HANDLE 0x7A
 
 #define TNA_LOCAL4_MAX 32
 #define TNA_LOCAL6_MAX 16
@@ -237,6 +248,14 @@ struct tna_ct_key {
 #define TNA_FW_RULES_MAX 16384
 #define TNA_CT_SYNC_SIZE 4096
 
+/* The conntrack states a packet could have (the firewall's fw_pkt.ct, which
+ * conntrack.c.j2 fills and fwgen's --ctstate conditions test). */
+#define FW_CT_NEW (1U << 0)
+#define FW_CT_ESTABLISHED (1U << 1)
+#define FW_CT_RELATED (1U << 2)
+#define FW_CT_INVALID (1U << 3)
+#define FW_CT_UNTRACKED (1U << 4)
+
 #ifdef __BPF__
 #include <bpf/bpf_helpers.h>
 
@@ -318,7 +337,7 @@ struct {
 } tna_fw_rules SEC(".maps");
 
 /* Its own section, so the daemon finds the struct at offset 0 of the map. */
-const volatile struct tna_iface_cfg tna_iface SEC(".rodata.tna") = {};
+const volatile struct tna_iface_cfg tna_iface SEC(TNA_SECTION_IFACE) = {};
 #endif /* __BPF__ */
 
 #endif /* TNA_ABI_H */

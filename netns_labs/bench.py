@@ -204,7 +204,8 @@ def _median_run_ns(prog: bpf.Program, frame: bytes, ctx: bpf.XdpMd, runs: int = 
 def program_cost(lab: RouterLab, frame: bytes) -> dict[str, float]:
     """ns per packet of the programs alone (BPF_PROG_TEST_RUN, no traffic)."""
     from netns_labs.progs import build
-    from tna.deploy.datapath import iface_cfg, renew
+    from tna.deploy.datapath import iface_cfg
+    from tna.deploy.lease import renew
     from tna.synth.compile import compile_source
     from tna.synth.render import render
 

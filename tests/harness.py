@@ -15,7 +15,9 @@ import socket
 from netns_labs.lab import BridgeLab, Lab, RouterLab, in_netns
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
-from tna.deploy.datapath import iface_cfg, jiffies_hz, read_stats, renew
+from tna.deploy.counters import read_stats
+from tna.deploy.datapath import iface_cfg
+from tna.deploy.lease import jiffies_hz, renew
 from tna.synth.compile import compile_source
 from tna.synth.render import render
 

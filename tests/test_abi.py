@@ -1,5 +1,6 @@
-"""The Python mirrors of helpers/tna_abi.h match the C layout (compiled
-with the host compiler) and the reason names match the enum values."""
+"""The Python side of helpers/tna_abi.h matches the C: struct layouts
+(compiled with the host compiler), the reason enum, every #define abi.py
+reads, and the map, program and section names a real program has."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from tna import HELPERS_DIR
 from tna.bpf import abi
+from tna.bpf import libbpf as bpf
 
 STRUCTS = {
     "tna_state": abi.TnaState, "tna_config": abi.TnaConfig, "tna_counter": abi.TnaCounter,
@@ -21,11 +23,20 @@ STRUCTS = {
 }
 
 
-def test_layouts_and_reasons_match_the_header(tmp_path: Path) -> None:
+def _host_program(tmp_path: Path, body: list[str]) -> str:
     cc = shutil.which("cc") or shutil.which("clang")
     if cc is None:
         pytest.skip("no C compiler")
-    lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "tna_abi.h"', "int main(void) {"]
+    src = tmp_path / "abi.c"
+    src.write_text("\n".join(['#include <stdio.h>', '#include <stddef.h>', '#include "tna_abi.h"',
+                              "#define STR_(x) #x", "#define STR(x) STR_(x)", "int main(void) {", *body,
+                              "return 0;", "}"]))
+    subprocess.run([cc, f"-I{HELPERS_DIR}", str(src), "-o", str(tmp_path / "abi")], check=True)
+    return subprocess.run([str(tmp_path / "abi")], capture_output=True, text=True, check=True).stdout
+
+
+def test_layouts_and_reasons_match_the_header(tmp_path: Path) -> None:
+    lines = []
     for cname, py in STRUCTS.items():
         lines.append(f'printf("{cname} size %zu\\n", sizeof(struct {cname}));')
         for field, *_ in py._fields_:
@@ -33,22 +44,7 @@ def test_layouts_and_reasons_match_the_header(tmp_path: Path) -> None:
     for i, name in enumerate(abi.REASONS):
         lines.append(f'printf("reason {name} %d {i}\\n", (int)TNA_R_{name});')
     lines.append(f'printf("reason MAX %d {len(abi.REASONS)}\\n", (int)TNA_R_MAX);')
-    for name, bit in abi.PORT_FLAGS.items():
-        lines.append(f'printf("reason PORT_{name} %d {bit}\\n", (int)TNA_PORT_{name});')
-    lines.append(f'printf("reason FDB_LOCAL %d {abi.FDB_LOCAL}\\n", (int)TNA_FDB_LOCAL);')
-    lines.append(f'printf("reason FDB_DYNAMIC %d {abi.FDB_DYNAMIC}\\n", (int)TNA_FDB_DYNAMIC);')
-    lines.append(f'printf("reason IF_L2_EGRESS %d {abi.TNA_IF_L2_EGRESS}\\n", (int)TNA_IF_L2_EGRESS);')
-    lines.append(f'printf("reason FW_V4 %d {abi.TNA_FW_V4}\\n", (int)TNA_FW_V4);')
-    lines.append(f'printf("reason FW_V6 %d {abi.TNA_FW_V6}\\n", (int)TNA_FW_V6);')
-    lines.append(f'printf("reason FW_RULES_MAX %d {abi.FW_RULES_MAX}\\n", TNA_FW_RULES_MAX);')
-    lines.append(f'printf("reason PORTS_SIZE %d {abi.PORTS_SIZE}\\n", TNA_PORTS_SIZE);')
-    lines.append(f'printf("reason LOCAL4_MAX %d {abi.LOCAL4_MAX}\\n", TNA_LOCAL4_MAX);')
-    lines += ["return 0;", "}"]
-    src = tmp_path / "abi.c"
-    src.write_text("\n".join(lines))
-    subprocess.run([cc, f"-I{HELPERS_DIR}", str(src), "-o", str(tmp_path / "abi")], check=True)
-    out = subprocess.run([str(tmp_path / "abi")], capture_output=True, text=True, check=True).stdout
-    for line in out.splitlines():
+    for line in _host_program(tmp_path, lines).splitlines():
         what, *vals = line.split()
         if what == "reason":
             assert vals[1] == vals[2], f"TNA_R_{vals[0]} is {vals[1]} in C, {vals[2]} in Python"
@@ -57,3 +53,49 @@ def test_layouts_and_reasons_match_the_header(tmp_path: Path) -> None:
         else:
             cname, field = what.split(".")
             assert getattr(STRUCTS[cname], field).offset == int(vals[0]), what
+
+
+def test_every_define_is_what_c_sees(tmp_path: Path) -> None:
+    """abi.py's reading of each #define against the preprocessor's (a
+    string's or a name's text through STR())."""
+    lines = [f'printf("{name} %llu\\n", (unsigned long long)({name}));' if isinstance(value, int)
+             else f'printf("{name} %s\\n", STR({name}));' for name, value in abi.DEFINES.items()]
+    seen = dict(line.split(" ", 1) for line in _host_program(tmp_path, lines).splitlines())
+    assert seen == {name: str(value) if isinstance(value, int) else f'"{value}"' if value.startswith(".")
+                    else value for name, value in abi.DEFINES.items()}
+
+
+def test_python_constants_come_from_the_header() -> None:
+    """The constants the daemon uses are the header's (not copies)."""
+    d = abi.DEFINES
+    for name in ("TNA_IF_CHECK_CSUM_PARTIAL", "TNA_IF_RP_STRICT", "TNA_IF_RP_LOOSE", "TNA_IF_L2_EGRESS",
+                 "TNA_MP_GUARD_V4", "TNA_MP_GUARD_V6", "TNA_FW_V4", "TNA_FW_V6", "TNA_CT_CSUM", "TNA_CT_ACCT",
+                 "TNA_CT_TCP_LOOSE", "TNA_TC_PRIORITY", "TNA_TC_HANDLE"):
+        assert getattr(abi, name) == d[name], name
+    assert (abi.LOCAL4_MAX, abi.LOCAL6_MAX) == (d["TNA_LOCAL4_MAX"], d["TNA_LOCAL6_MAX"])
+    assert (abi.PORTS_SIZE, abi.FW_RULES_MAX) == (d["TNA_PORTS_SIZE"], d["TNA_FW_RULES_MAX"])
+    assert (abi.FDB_LOCAL, abi.FDB_DYNAMIC) == (d["TNA_FDB_LOCAL"], d["TNA_FDB_DYNAMIC"])
+    assert abi.PORT_FLAGS == {k[len("TNA_PORT_"):]: v for k, v in d.items()
+                              if k.startswith("TNA_PORT_") and k != "TNA_PORTS_SIZE"}
+    assert abi.FW_CT == {k[len("FW_CT_"):]: v for k, v in d.items() if k.startswith("FW_CT_")}
+    assert (abi.PROGRAM_NAME, abi.RENEW_PROGRAM, abi.SECTION_IFACE) == (
+        d["TNA_PROGRAM"], d["TNA_RENEW_PROGRAM"], d["TNA_SECTION_IFACE"])
+
+
+@pytest.mark.root
+def test_a_built_program_has_the_names_python_looks_up(tmp_path: Path) -> None:
+    """Every map abi.py names, both programs and the .rodata section, in a
+    real object, loaded."""
+    from tna.synth.compile import compile_source
+    from tna.synth.render import render
+
+    path = compile_source(render("tc", ("fdb", "bridge", "router")), tmp_path)
+    maps = [v for k, v in vars(abi).items() if k.startswith("MAP_") and k != "MAP_NAMES"]
+    assert set(maps) == set(abi.MAP_NAMES) and set(abi.SHARED_MAPS) < set(maps)
+    with bpf.BpfObject(str(path)) as obj:
+        obj.set_initial_value(abi.SECTION_IFACE, bytes(abi.TnaIfaceCfg()))
+        obj.load()
+        for name in abi.MAP_NAMES:
+            assert obj.map(name).name == name
+        for prog in (abi.PROGRAM_NAME, abi.RENEW_PROGRAM):
+            assert obj.program(prog).name == prog

@@ -113,15 +113,15 @@ def test_plans_what_it_may_take_over() -> None:
     head = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
     assert firewall_plan({4: parse_save(head + "COMMIT\n"), 6: {}}) == (None, None)  # nothing to do
     fw, why = firewall_plan({4: parse_save(head + "-A FORWARD -p udp -j DROP\nCOMMIT\n"), 6: {}})
-    assert why is None and fw is not None and fw.v4 is not None and fw.v6 is None and fw.in4 is None
+    assert why is None and fw is not None and fw.fwd4 is not None and fw.fwd6 is None and fw.in4 is None
     # a rule that uses conntrack makes the kernel track its family, nothing else
     fw, why = firewall_plan({4: parse_save(head + "-A INPUT -m state --state NEW -j ACCEPT\nCOMMIT\n"), 6: {}})
-    assert why is None and fw is not None and fw.ct4 and not fw.ct6 and fw.v4 is None and fw.in4 is not None
+    assert why is None and fw is not None and fw.ct4 and not fw.ct6 and fw.fwd4 is None and fw.in4 is not None
     fw, _ = firewall_plan({4: {}, 6: parse_save(head + "-A INPUT -m conntrack --ctstatus ASSURED\nCOMMIT\n")})
     assert fw is not None and fw.ct6 and not fw.ct4
     empty_nat = "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n"
     fw, why = firewall_plan({4: parse_save(empty_nat), 6: {}})  # NAT needs conntrack, rules or not
-    assert why is None and fw is not None and fw.ct4 and fw.v4 is None
+    assert why is None and fw is not None and fw.ct4 and fw.fwd4 is None
     nat = "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -j MASQUERADE\nCOMMIT\n"
     _, why = firewall_plan({4: parse_save(nat), 6: {}})
     assert why is not None and "nat table" in why

@@ -13,6 +13,7 @@ import pytest
 
 from tna import daemon as daemon_mod
 from tna.bpf import abi
+from tna.deploy.lease import family_bits
 from tna.model.config import ARPHRD_ETHER, IFF_UP, Link, Model, Sysctls
 from tna.model.firewall import firewall_plan
 from tna.model.iptables import parse_save
@@ -22,31 +23,38 @@ HELD = abi.REASON["FW_CHANGED"]
 MAP_SYNCS = ("sync", "sync_bridges", "sync_firewall")
 
 
-class RecordingDatapath:
-    """What Daemon.reconcile() asks of a Datapath, recorded in order."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, Any]] = []
-        self.attached: dict[int, SimpleNamespace] = {}
-        self.cfg = abi.TnaConfig()
-        self.masks: dict[int, int] = {}
+class RecordingLease:
+    def __init__(self, calls: list[tuple[str, Any]]) -> None:
+        self.calls, self.cfg = calls, abi.TnaConfig()
 
     def hold(self, reason: int) -> None:
         self.calls.append(("hold", reason))
 
     def set_guards(self, pass_reason: int, mp_guarded: Any, route_mtu: Any, local: Any,
                    fw_families: frozenset[int] = frozenset(), sysctls: Any = None) -> None:
-        self.cfg.fw_families = daemon_mod.family_bits(fw_families, abi.TNA_FW_V4, abi.TNA_FW_V6)
+        self.cfg.fw_families = family_bits(fw_families, abi.TNA_FW_V4, abi.TNA_FW_V6)
         self.calls.append(("release" if pass_reason == 0 else "guards", pass_reason))
+
+
+class RecordingDatapath:
+    """What Daemon.reconcile() asks of a Datapath, recorded in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.lease = RecordingLease(self.calls)
+        self.attached: dict[int, SimpleNamespace] = {}
+        self.masks: dict[int, int] = {}
 
     def fw_masks(self) -> dict[int, int]:
         return self.masks
 
-    def apply(self, plan: IfacePlan) -> None:
+    def is_current(self, plan: IfacePlan) -> bool:
         cur = self.attached.get(plan.ifindex)
-        if cur is None or cur.plan != plan:
-            self.attached[plan.ifindex] = SimpleNamespace(plan=plan, prog_id=plan.ifindex, source="x.c")
-            self.calls.append(("attach", plan.name))
+        return cur is not None and cur.plan == plan
+
+    def attach(self, plan: IfacePlan, art: Any) -> None:
+        self.attached[plan.ifindex] = SimpleNamespace(plan=plan, prog_id=plan.ifindex, source=art)
+        self.calls.append(("attach", plan.name))
 
     def remove(self, ifindex: int) -> None:
         self.attached.pop(ifindex, None)
@@ -74,7 +82,8 @@ def link(index: int, name: str) -> Link:
 
 @pytest.fixture
 def daemon(monkeypatch: pytest.MonkeyPatch) -> daemon_mod.Daemon:
-    monkeypatch.setattr(daemon_mod, "write_state", lambda state: None)
+    monkeypatch.setattr(daemon_mod, "publish_status", lambda state: None)
+    monkeypatch.setattr(daemon_mod, "build", lambda plan, cache_dir: f"{plan.name}.c")  # no clang
     d = daemon_mod.Daemon("tc")
     d.dp = RecordingDatapath()  # type: ignore[assignment]
     d.model = Model(links={2: link(2, "r-h1"), 3: link(3, "r-h2")}, sysctls=Sysctls(True, True))

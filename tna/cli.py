@@ -6,7 +6,7 @@ Examples:
   ip netns exec R tna run --iface-hook eth1=tc
   ip netns exec R tna status [--json]     # interfaces, hooks, programs, packets by reason
   ip netns exec R tna stats [--json] [--watch 1]
-  ip netns exec R tna stats --rules [--json]   # per iptables FORWARD rule: kernel + fast path
+  ip netns exec R tna stats --rules [--json]   # per FORWARD/INPUT rule: kernel + fast path
   ip netns exec R tna source r-h1         # the exact C running on r-h1
 """
 
@@ -22,8 +22,7 @@ from typing import Any
 
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
-from tna.deploy.datapath import read_counters, read_stats
-from tna.netlink.watch import TC_HANDLE, TC_PRIORITY
+from tna.deploy.counters import read_counters, read_stats
 from tna.runstate import AlreadyRunning, read_state
 
 
@@ -42,7 +41,7 @@ def _attached_id(ifindex: int, hook: str) -> int:
     try:
         if hook == "xdp":
             return bpf.xdp_query_id(ifindex)
-        return bpf.tc_query(ifindex, TC_HANDLE, TC_PRIORITY)
+        return bpf.tc_query(ifindex, abi.TNA_TC_HANDLE, abi.TNA_TC_PRIORITY)
     except OSError:
         return 0
 
@@ -143,7 +142,7 @@ def fast_path_rule_counters(state: dict[str, Any]) -> dict[int, tuple[int, int]]
 
 
 def cmd_rules(state: dict[str, Any], as_json: bool) -> None:
-    """Each compiled FORWARD rule: the kernel's counters (iptables-save -c)
+    """Each counted FORWARD and INPUT rule (and policy): the kernel's counters (iptables-save -c)
     and the fast path's, so the sum is what the rule really matched."""
     from tna.netlink.netfilter import read_rulesets
 
@@ -226,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     stats.add_argument("--json", action="store_true")
     stats.add_argument("--watch", type=float, default=0, metavar="SECONDS", help="refresh every SECONDS")
     stats.add_argument("--rules", action="store_true",
-                       help="per FORWARD rule: the kernel's counters and the fast path's")
+                       help="per FORWARD and INPUT rule: the kernel's counters and the fast path's")
     stats.set_defaults(fn=cmd_stats)
     source = sub.add_parser("source", help="print the C program running on IFACE")
     source.add_argument("iface")

@@ -9,7 +9,6 @@ second and every module passes all traffic to the kernel on its own.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import os
@@ -22,7 +21,8 @@ from typing import Any
 
 from tna.bpf import abi
 from tna.bpf.libbpf import LibbpfError
-from tna.deploy.datapath import Datapath, ForeignProgram, attached_tna_prog, family_bits
+from tna.deploy.datapath import Datapath, ForeignProgram, attached_tna_prog
+from tna.deploy.lease import family_bits
 from tna.model.config import AF_INET, AF_INET6, Model
 from tna.model.firewall import Firewall, firewall_plan
 from tna.netlink import netfilter
@@ -30,10 +30,12 @@ from tna.netlink.conntrack import Liberal
 from tna.netlink.decode import decoded
 from tna.netlink.netfilter import NetfilterChanged
 from tna.netlink.watch import ResyncNeeded, Watcher, read_rp_filter, read_sysctls
-from tna.runstate import RunLock, write_state
+from tna.runstate import RunLock, publish_status
+from tna.status import describe
+from tna.synth.build import build
 from tna.synth.compile import CompileError
-from tna.synth.fwgen import rule_refs, unfit
-from tna.synth.planner import Plan, bridge_skip_reason, plan
+from tna.synth.fwgen import unfit
+from tna.synth.planner import IfacePlan, Plan, plan
 
 log = logging.getLogger("tna")
 
@@ -42,20 +44,13 @@ POLL_S = 1.0          # sysctls and iptables-legacy announce nothing: polled
 CT_SYNC_S = 0.01      # the datapath's requests to free connections from window tracking
 CT_SYNC_BATCH = 512
 HEARTBEAT_MAX_S = 3.0  # main loop silent this long: stop renewing the lease
-STP_STATES = {0: "disabled", 1: "listening", 2: "learning", 3: "forwarding", 4: "blocking"}
-
-
-@functools.lru_cache(maxsize=2)
-def _rules_json(fw: Firewall | None) -> list[dict[str, Any]]:
-    """The compiled rules for state.json (`tna stats --rules`), once per rule set."""
-    return [dict(vars(r)) for r in rule_refs(fw)]  # asdict() is 10x slower
 
 
 class Daemon:
     def __init__(self, mode: str = "auto", overrides: dict[str, str] | None = None,
                  cache_dir: Path | None = None) -> None:
-        self.mode, self.overrides = mode, overrides or {}
-        self.dp = Datapath(cache_dir)
+        self.mode, self.overrides, self.cache_dir = mode, overrides or {}, cache_dir
+        self.dp = Datapath()
         self.model = Model()
         self.plan: Plan | None = None
         self.failed: dict[int, str] = {}
@@ -134,12 +129,12 @@ class Daemon:
         read and compiled in - even if the main loop is busy compiling."""
         with self._guard_lock:
             self._commits += 1
-            self.dp.hold(abi.REASON["FW_CHANGED"])
+            self.dp.lease.hold(abi.REASON["FW_CHANGED"])
 
     def _lease_loop(self) -> None:
         while not self._stop.wait(LEASE_RENEW_S):
             if time.monotonic() - self._heartbeat < HEARTBEAT_MAX_S:
-                self.dp.write_state()
+                self.dp.lease.renew()
 
     def _ct_sync_loop(self) -> None:
         """Connections the datapath waits to carry (TNA_R_CT_SYNC): marked
@@ -197,13 +192,14 @@ class Daemon:
                 log.warning("fast path disabled, all traffic stays on the kernel path: %s", why)
             else:
                 log.info("netfilter: %s; fast path enabled",
-                         "FORWARD rules compiled into the fast path" if fw else "no rules")
+                         "filter rules compiled into the fast path" if fw else "no rules")
             changed = True
         return changed
 
     @staticmethod
     def _firewall() -> tuple[Firewall | None, str | None]:
-        """The FORWARD chains to compile in, or why nothing may be accelerated."""
+        """The FORWARD and INPUT chains to compile in, or why nothing may be
+        accelerated."""
         try:
             rs = netfilter.read_rulesets()
         except (OSError, ValueError, subprocess.TimeoutExpired) as e:
@@ -241,40 +237,45 @@ class Daemon:
         m = self.model
         fw = m.firewall
         # bridged IP of a filtered or tracked family goes to the kernel
-        families = frozenset(f for f, on in ((AF_INET, fw and (fw.v4 or fw.ct4)),
-                                             (AF_INET6, fw and (fw.v6 or fw.ct6))) if on)
+        families = frozenset(f for f, on in ((AF_INET, fw and (fw.fwd4 or fw.ct4)),
+                                             (AF_INET6, fw and (fw.fwd6 or fw.ct6))) if on)
         # patterns are sorted: a new pattern or interface shifts the bits
         masks = {i: b for i, b in fw.iface_masks({i: link.name for i, link in m.links.items()}).items()
                  if b} if fw else {}
         p = plan(self.model, self.mode, self.overrides)
-        if (family_bits(families, abi.TNA_FW_V4, abi.TNA_FW_V6) != self.dp.cfg.fw_families
+        if (family_bits(families, abi.TNA_FW_V4, abi.TNA_FW_V6) != self.dp.lease.cfg.fw_families
                 or masks != self.dp.fw_masks()
                 or any(i in p.ifaces and a.plan.firewall != p.ifaces[i].firewall
                        for i, a in self.dp.attached.items())):
-            self.dp.hold(abi.REASON["FW_CHANGED"])
+            self.dp.lease.hold(abi.REASON["FW_CHANGED"])
         else:
             self._publish_guards(families)  # what new programs read, before they run
         for ifindex in set(self.dp.attached) - set(p.ifaces):
             self._safely(ifindex, lambda i=ifindex: self.dp.remove(i))
         self.failed = {i: why for i, why in self.failed.items() if i in p.ifaces}
         for ifindex, ip in p.ifaces.items():
-            if self._safely(ifindex, lambda ip=ip: self.dp.apply(ip)):
+            if self._safely(ifindex, lambda ip=ip: self._deploy(ip)):
                 self.failed.pop(ifindex, None)
         self.dp.sync(p.xdp_egress, p.tc_egress, self.model.stale_neighbours())
         self.dp.sync_bridges(p.ports, p.l3_bridges, [e for e in m.fdb.values() if e.bridge in p.bridges])
         self.dp.sync_firewall(masks)
         self._publish_guards(families)  # ends a hold: every map now matches every program
         self.plan = p
-        write_state(self.describe())
+        publish_status(describe(m, p, self.dp.attached, pid=os.getpid(), mode=self.mode,
+                                disabled=self.disabled_why, failed=self.failed))
+
+    def _deploy(self, ip: IfacePlan) -> None:
+        """Build and attach ip's program; an unchanged plan keeps its own."""
+        if not self.dp.is_current(ip):
+            self.dp.attach(ip, build(ip, self.cache_dir))
 
     def _publish_guards(self, fw_families: frozenset[int]) -> None:
         m = self.model
         with self._guard_lock:
             reason = (abi.REASON["DISABLED"] if self.disabled_why
                       else abi.REASON["FW_CHANGED"] if self._commits != self._rules_gen else 0)
-            self.dp.set_guards(reason, m.multipath_guarded(),
-                               (m.route_mtu(AF_INET), m.route_mtu(AF_INET6)), (m.local_ipv4(), m.local_ipv6()),
-                               fw_families, m.sysctls)
+            self.dp.lease.set_guards(reason, m.multipath_guarded(), (m.route_mtu(AF_INET), m.route_mtu(AF_INET6)),
+                                     (m.local_ipv4(), m.local_ipv6()), fw_families, m.sysctls)
 
     def _safely(self, ifindex: int, action: Any) -> bool:
         """Run an attach/detach; on failure the interface ends on the kernel path."""
@@ -294,60 +295,3 @@ class Daemon:
             except OSError:
                 pass
             return False
-
-    def _describe_bridges(self) -> dict[str, Any]:
-        m, p = self.model, self.plan
-        out = {}
-        for br in m.links.values():
-            if br.bridge is None:
-                continue
-            ports = {link.name: {"state": STP_STATES.get(link.port.state, str(link.port.state)),
-                                 "accelerated": p is not None and link.index in p.ports}
-                     for link in m.links.values() if link.master == br.index and link.port is not None}
-            out[br.name] = {
-                "accelerated": p is not None and br.index in p.bridges,
-                "why_not": bridge_skip_reason(br),
-                "routed": p is not None and br.index in p.l3_bridges,
-                "fdb": sum(1 for e in m.fdb.values() if e.bridge == br.index),
-                "ageing_s": br.bridge.ageing_cs / 100,
-                "ports": ports,
-            }
-        return out
-
-    def _describe_firewall(self) -> dict[str, Any] | None:
-        """Rules compiled into the fast path per chain family, and the
-        families conntrack tracks; None if no filtering."""
-        fw = self.model.firewall
-        if fw is None:
-            return None
-        return {"chains": {name: sum(len(c.rules) for c in chains) for name, chains in
-                           (("FORWARD v4", fw.v4), ("FORWARD v6", fw.v6), ("INPUT v4", fw.in4),
-                            ("INPUT v6", fw.in6)) if chains},
-                "conntrack": [f for f, on in (("ipv4", fw.ct4), ("ipv6", fw.ct6)) if on]}
-
-    def describe(self) -> dict[str, Any]:
-        p = self.plan
-        ifaces = {}
-        if p is not None:
-            for ifindex, att in self.dp.attached.items():
-                ip = att.plan
-                ifaces[ip.name] = {
-                    "ifindex": ifindex, "hook": ip.hook, "hook_why": ip.hook_why,
-                    "modules": list(ip.modules), "prog_id": att.prog_id, "source": str(att.source),
-                    "xdp_egress": ifindex in p.xdp_egress,
-                }
-        return {
-            "pid": os.getpid(),
-            "bridges": self._describe_bridges(),
-            "mode": self.mode,
-            "disabled": self.disabled_why,
-            "forwarding": {"ipv4": self.model.sysctls.ipv4_forward, "ipv6": self.model.sysctls.ipv6_forward},
-            "ifaces": ifaces,
-            "skipped": {s.name: s.why for s in (p.skipped.values() if p else [])},
-            "failed": {self.model.links[i].name if i in self.model.links else str(i): why
-                       for i, why in self.failed.items()},
-            "routes": len(self.model.routes),
-            "firewall_rules": _rules_json(self.model.firewall),
-            "firewall": self._describe_firewall(),
-            "neighbours": len(self.model.neighs),
-        }

@@ -54,7 +54,8 @@ class RunLock:
         os.close(self._fd)
 
 
-def write_state(state: dict[str, Any]) -> None:
+def publish_status(state: dict[str, Any]) -> None:
+    """Write state.json (what `tna status` reads), atomically."""
     path = run_dir() / "state.json"
     tmp = path.with_suffix(".tmp")
     # compact: json's C encoder only runs without indent (10,000 rules: ~10x)

@@ -1,8 +1,10 @@
 """Python side of helpers/tna_abi.h.
 
-The reason enum is read from the header itself, so the names `tna stats`
-prints can never drift from the C.  The structs are ctypes mirrors; the test
-tests/test_abi.py compiles the header and checks every size and offset.
+The reason enum, every #define (flags, sizes, limits, program and section
+names, the TC filter's priority/handle) and the map names are read from the
+header itself, so nothing shared can drift from the C.  The structs are
+ctypes mirrors; tests/test_abi.py compiles the header and checks every
+value, size and offset.
 """
 
 from __future__ import annotations
@@ -27,19 +29,64 @@ def _parse_reasons() -> list[str]:
 REASONS: list[str] = _parse_reasons()
 REASON = {name: i for i, name in enumerate(REASONS)}
 
-TNA_IF_CHECK_CSUM_PARTIAL = 1 << 0
-TNA_IF_RP_STRICT = 1 << 1
-TNA_IF_RP_LOOSE = 1 << 2
-TNA_IF_L2_EGRESS = 1 << 3
-LOCAL4_MAX = 32
-LOCAL6_MAX = 16
-TNA_MP_GUARD_V4 = 1 << 0
-TNA_MP_GUARD_V6 = 1 << 1
-TNA_FW_V4 = 1 << 0
-TNA_FW_V6 = 1 << 1
-TNA_CT_CSUM = 1 << 0
-TNA_CT_ACCT = 1 << 1
-TNA_CT_TCP_LOOSE = 1 << 2
+
+def _parse_defines() -> dict[str, int | str]:
+    """Every `#define NAME VALUE` of the header: integers, (1U << n), "strings"
+    and names (a C identifier, kept as its text)."""
+    out: dict[str, int | str] = {}
+    for name, value in re.findall(r"^#define ([A-Z][A-Z0-9_]*)[ \t]+(.+?)\s*(?:/\*.*)?$",
+                                  ABI_HEADER.read_text(), re.M):
+        if m := re.fullmatch(r"\(1U << (\d+)\)", value):
+            out[name] = 1 << int(m.group(1))
+        elif re.fullmatch(r"0x[0-9A-Fa-f]+|\d+", value):
+            out[name] = int(value, 0)
+        elif m := re.fullmatch(r'"([^"]*)"|([a-z_][a-z0-9_]*)', value):
+            out[name] = m.group(1) if m.group(1) is not None else m.group(2)
+        else:
+            raise RuntimeError(f"{ABI_HEADER}: #define {name} {value}: not a value abi.py reads")
+    return out
+
+
+DEFINES = _parse_defines()
+MAP_NAMES: tuple[str, ...] = tuple(re.findall(r'^\} (\w+) SEC\("\.maps"\);', ABI_HEADER.read_text(), re.M))
+
+
+def _int(name: str) -> int:
+    value = DEFINES[name]
+    assert isinstance(value, int), name
+    return value
+
+
+def _str(name: str) -> str:
+    value = DEFINES[name]
+    assert isinstance(value, str), name
+    return value
+
+
+def _map(name: str) -> str:
+    if name not in MAP_NAMES:
+        raise RuntimeError(f"{ABI_HEADER}: no map {name}")
+    return name
+
+
+TNA_IF_CHECK_CSUM_PARTIAL = _int("TNA_IF_CHECK_CSUM_PARTIAL")
+TNA_IF_RP_STRICT = _int("TNA_IF_RP_STRICT")
+TNA_IF_RP_LOOSE = _int("TNA_IF_RP_LOOSE")
+TNA_IF_L2_EGRESS = _int("TNA_IF_L2_EGRESS")
+LOCAL4_MAX = _int("TNA_LOCAL4_MAX")
+LOCAL6_MAX = _int("TNA_LOCAL6_MAX")
+TNA_MP_GUARD_V4 = _int("TNA_MP_GUARD_V4")
+TNA_MP_GUARD_V6 = _int("TNA_MP_GUARD_V6")
+TNA_FW_V4 = _int("TNA_FW_V4")
+TNA_FW_V6 = _int("TNA_FW_V6")
+TNA_CT_CSUM = _int("TNA_CT_CSUM")
+TNA_CT_ACCT = _int("TNA_CT_ACCT")
+TNA_CT_TCP_LOOSE = _int("TNA_CT_TCP_LOOSE")
+TNA_TC_PRIORITY = _int("TNA_TC_PRIORITY")
+TNA_TC_HANDLE = _int("TNA_TC_HANDLE")
+TC_FILTER = (TNA_TC_PRIORITY, TNA_TC_HANDLE)  # (priority, handle), as tc_filters() lists filters
+# conntrack states a packet could have (the firewall's fw_pkt.ct)
+FW_CT = {state: _int(f"FW_CT_{state}") for state in ("NEW", "ESTABLISHED", "RELATED", "INVALID", "UNTRACKED")}
 
 
 class TnaConfig(Structure):
@@ -71,12 +118,12 @@ class TnaEgress(Structure):
     _fields_ = [("flags", c_uint32)]
 
 
-PORT_FLAGS = {name: 1 << i for i, name in enumerate((
+PORT_FLAGS = {name: _int(f"TNA_PORT_{name}") for name in (
     "FORWARDING", "ISOLATED", "HAIRPIN", "LOCKED", "NEIGH_SUPPRESS", "NF_IP4", "NF_IP6", "NF_VLAN",
-    "NF_PPPOE", "ROUTER"))}
-PORTS_SIZE = 1024
-FDB_LOCAL = 1 << 0
-FDB_DYNAMIC = 1 << 1
+    "NF_PPPOE", "ROUTER")}
+PORTS_SIZE = _int("TNA_PORTS_SIZE")
+FDB_LOCAL = _int("TNA_FDB_LOCAL")
+FDB_DYNAMIC = _int("TNA_FDB_DYNAMIC")
 
 
 class TnaPort(Structure):
@@ -98,19 +145,20 @@ class TnaFdb(Structure):
 
 
 # Map names as declared in the header (what Program.find_map() looks for).
-MAP_STATE = "tna_state"
-MAP_DEVMAP = "tna_devmap"
-MAP_EGRESS = "tna_egress"
-MAP_STALE = "tna_stale"
-MAP_STATS = "tna_stats"
-MAP_FW_RULES = "tna_fw_rules"
-FW_RULES_MAX = 16384
-MAP_PORTS = "tna_ports"
-MAP_FDB = "tna_fdb"
-MAP_L3BR = "tna_l3br"
-MAP_FW_IFACES = "tna_fw_ifaces"
-MAP_CT_SYNC = "tna_ct_sync"
-SECTION_IFACE = ".rodata.tna"
-SHARED_MAPS = (MAP_STATE, MAP_DEVMAP, MAP_EGRESS, MAP_STALE, MAP_PORTS, MAP_FDB, MAP_L3BR, MAP_FW_IFACES, MAP_CT_SYNC)
-PROGRAM_NAME = "tna_main"
-RENEW_PROGRAM = "tna_renew"
+MAP_STATE = _map("tna_state")
+MAP_DEVMAP = _map("tna_devmap")
+MAP_EGRESS = _map("tna_egress")
+MAP_STALE = _map("tna_stale")
+MAP_STATS = _map("tna_stats")
+MAP_FW_RULES = _map("tna_fw_rules")
+FW_RULES_MAX = _int("TNA_FW_RULES_MAX")
+MAP_PORTS = _map("tna_ports")
+MAP_FDB = _map("tna_fdb")
+MAP_L3BR = _map("tna_l3br")
+MAP_FW_IFACES = _map("tna_fw_ifaces")
+MAP_CT_SYNC = _map("tna_ct_sync")
+SECTION_IFACE = _str("TNA_SECTION_IFACE")
+# every map but the per-program counters: created by the first load, reused by every later one
+SHARED_MAPS = tuple(m for m in MAP_NAMES if m not in (MAP_STATS, MAP_FW_RULES))
+PROGRAM_NAME = _str("TNA_PROGRAM")
+RENEW_PROGRAM = _str("TNA_RENEW_PROGRAM")

@@ -13,27 +13,24 @@ import errno
 import logging
 import os
 import socket
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pyroute2 import IPRoute
 
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
-from tna.model.config import AF_INET, AF_INET6, USER_HZ, FdbEntry, Neigh, Sysctls
+from tna.deploy.lease import Lease
+from tna.model.config import USER_HZ, FdbEntry, Neigh
 from tna.model.firewall import Firewall
-from tna.netlink.watch import TC_H_CLSACT_EGRESS, TC_H_CLSACT_INGRESS, TC_HANDLE, TC_PRIORITY, tc_filters
-from tna.synth.compile import compile_source
-from tna.synth.fwgen import all_set_entries, rule_refs
+from tna.netlink.watch import TC_H_CLSACT_EGRESS, TC_H_CLSACT_INGRESS, tc_filters
 from tna.synth.planner import IfacePlan, L3Bridge, PortPlan
-from tna.synth.render import render
+
+if TYPE_CHECKING:  # what synthesis hands over; deploy runs none of its code
+    from tna.synth.build import Artifact
 
 log = logging.getLogger(__name__)
-
-
-LEASE_NS = 1_000_000_000
 
 
 class ForeignProgram(Exception):
@@ -48,54 +45,11 @@ class Attached:
     prog_id: int
     source: Path
 
-    def stats(self) -> dict[str, tuple[int, int]]:
-        return read_stats(self.obj.map(abi.MAP_STATS))
-
-
-def read_counters(counter_map: bpf.Map) -> dict[int, tuple[int, int]]:
-    """index -> (packets, bytes) of a per-CPU tna_counter array, summed over
-    CPUs; zero entries left out."""
-    out: dict[int, tuple[int, int]] = {}
-    for key, per_cpu in counter_map.items():
-        counters = [abi.TnaCounter.from_buffer_copy(v) for v in per_cpu]
-        pkts, byts = sum(c.packets for c in counters), sum(c.bytes for c in counters)
-        if pkts:
-            out[int.from_bytes(key, "little")] = (pkts, byts)
-    return out
-
-
-def read_stats(stats_map: bpf.Map) -> dict[str, tuple[int, int]]:
-    """reason -> (packets, bytes), summed over CPUs; zero reasons left out."""
-    return {abi.REASONS[i]: c for i, c in read_counters(stats_map).items() if i < len(abi.REASONS)}
-
-
-def renew(prog: bpf.Program, cfg: abi.TnaConfig) -> None:
-    """Run tna_renew with cfg as its input frame."""
-    ret, _, _ = prog.test_run(bytes(cfg).ljust(64, b"\0"))  # XDP test runs want >= 14 bytes
-    if ret != 2:  # XDP_PASS
-        raise OSError(f"tna_renew returned {ret}")
-
-
-def jiffies_hz(prog: bpf.Program, state: bpf.Map) -> int:
-    """The kernel's HZ (jiffies per second), measured: BPF sees jiffies,
-    user space does not.  Rounded to the nearest configurable value."""
-    def now() -> int:
-        renew(prog, abi.TnaConfig(lease_jiffies=0, pass_reason=abi.REASON["DISABLED"]))
-        raw = state.lookup(b"\0\0\0\0")
-        assert isinstance(raw, bytes)
-        return abi.TnaState.from_buffer_copy(raw).renewed_at
-
-    t0, j0 = time.monotonic(), now()
-    time.sleep(0.1)
-    t1, j1 = time.monotonic(), now()
-    measured = (j1 - j0) / (t1 - t0)
-    return min((100, 250, 300, 1000), key=lambda hz: abs(hz - measured))
-
 
 def load_with_sets(obj: bpf.BpfObject, sets: dict[str, dict[bytes, bytes]],
                    reuse: dict[str, bpf.Map] | None = None) -> dict[str, bpf.Map]:
     """Load obj with its rule-set maps sized for, and filled with, sets
-    (fwgen.all_set_entries()), before anything can attach the program; or
+    (Artifact.sets), before anything can attach the program; or
     with reuse, maps another program already holds the same sets in.
     Returns the set maps (descriptors of their own)."""
     if reuse is not None:
@@ -127,7 +81,7 @@ def attached_tna_prog(ifindex: int, hook: str) -> int:
     if hook == "xdp":
         prog_id = bpf.xdp_query_id(ifindex)
     else:
-        prog_id = bpf.tc_query(ifindex, TC_HANDLE, TC_PRIORITY)
+        prog_id = bpf.tc_query(ifindex, abi.TNA_TC_HANDLE, abi.TNA_TC_PRIORITY)
     if prog_id == 0:
         return 0
     prog = bpf.Program.from_id(prog_id)
@@ -140,15 +94,11 @@ def attached_tna_prog(ifindex: int, hook: str) -> int:
 
 
 class Datapath:
-    def __init__(self, cache_dir: Path | None = None) -> None:
-        self.cache_dir = cache_dir
+    def __init__(self) -> None:
         self.shared: dict[str, bpf.Map] = {}
-        self.renew_prog: bpf.Program | None = None
+        self.lease = Lease()  # started by the first load, which creates tna_state
         self.attached: dict[int, Attached] = {}
         self._shadow: dict[str, dict[bytes, bytes]] = {}
-        self._state_lock = threading.Lock()
-        self.cfg = abi.TnaConfig()
-        self.hz = 0  # the kernel's jiffies per second, measured at the first load
         self.slots: dict[int, int] = {}  # bridge port ifindex -> its index in tna_ports
         # the rule-set maps of the newest rule set, which every program
         # compiled for it shares (filling 10,000 entries once, not per port)
@@ -156,28 +106,26 @@ class Datapath:
 
     # --- programs -----------------------------------------------------
 
-    def _load(self, plan: IfacePlan) -> tuple[bpf.BpfObject, bpf.Program, Path]:
-        source = render(plan.hook, plan.modules, dev_bound=plan.hook == "xdp", firewall=plan.firewall)
-        path = compile_source(source, self.cache_dir)
-        obj = bpf.BpfObject(str(path))
+    def _load(self, plan: IfacePlan, art: Artifact) -> tuple[bpf.BpfObject, bpf.Program]:
+        obj = bpf.BpfObject(str(art.obj))
         try:
             if plan.hook == "xdp":
                 obj.bind_to_device(abi.PROGRAM_NAME, plan.ifindex)
             slot = self.port_slot(plan.ifindex) if "bridge" in plan.modules else 0
             obj.set_initial_value(abi.SECTION_IFACE, iface_cfg(plan.ifindex, plan.mac, plan.flags, slot))
-            # one counter per compiled FORWARD rule (per program: its own)
-            obj.set_max_entries(abi.MAP_FW_RULES, max(1, len(rule_refs(plan.firewall))))
+            # one counter per counted filter rule (per program: its own)
+            obj.set_max_entries(abi.MAP_FW_RULES, art.rule_counters)
             for name, m in self.shared.items():
                 obj.reuse_map(name, m.fd)
-            fw = plan.firewall
+            fw = art.firewall
             same = self._sets[1] if self._sets is not None and self._sets[0] == fw else None
-            maps = load_with_sets(obj, all_set_entries(fw), same)
+            maps = load_with_sets(obj, art.sets, same)
             if same is None and fw is not None:
                 self._drop_sets()
                 self._sets = (fw, maps)
             if not self.shared:
                 self._adopt_shared(obj)
-            return obj, obj.program(abi.PROGRAM_NAME), path.with_suffix(".c")
+            return obj, obj.program(abi.PROGRAM_NAME)
         except BaseException:
             obj.close()
             raise
@@ -194,20 +142,19 @@ class Datapath:
             m = obj.map(name)
             self.shared[name] = bpf.Map(os.dup(m.fd), m.key_size, m.value_size, name, owned=True)
         prog = obj.program(abi.RENEW_PROGRAM)
-        self.renew_prog = bpf.Program(os.dup(prog.fd), prog.name, owned=True)
-        # no program is attached yet, so calibrating (which briefly publishes
-        # DISABLED) is invisible; then the lease must be valid before any is
-        self.hz = jiffies_hz(self.renew_prog, self.shared[abi.MAP_STATE])
-        self.cfg.lease_jiffies = self.hz * LEASE_NS // 10**9
-        self.write_state()
+        # no program is attached yet
+        self.lease.start(bpf.Program(os.dup(prog.fd), prog.name, owned=True), self.shared[abi.MAP_STATE])
 
-    def apply(self, plan: IfacePlan) -> Attached:
-        """Attach plan's program to its interface, replacing atomically what
-        TNA had there (ours or a dead daemon's).  Unchanged plans are kept."""
+    def is_current(self, plan: IfacePlan) -> bool:
+        """plan's program is what runs on its interface (nothing to build)."""
         cur = self.attached.get(plan.ifindex)
-        if cur is not None and cur.plan == plan:
-            return cur
-        obj, prog, source = self._load(plan)
+        return cur is not None and cur.plan == plan
+
+    def attach(self, plan: IfacePlan, art: Artifact) -> Attached:
+        """Load art and attach it to plan's interface, replacing atomically
+        what TNA had there (ours or a dead daemon's)."""
+        cur = self.attached.get(plan.ifindex)
+        obj, prog = self._load(plan, art)
         try:
             other = "tc" if plan.hook == "xdp" else "xdp"
             old = attached_tna_prog(plan.ifindex, plan.hook)
@@ -223,7 +170,7 @@ class Datapath:
             raise
         if cur is not None:
             cur.obj.close()
-        att = Attached(plan, obj, prog, prog.id, source)
+        att = Attached(plan, obj, prog, prog.id, art.source)
         self.attached[plan.ifindex] = att
         log.info("%s: %s program %d attached (%s)", plan.name, plan.hook, att.prog_id, ",".join(plan.modules))
         return att
@@ -242,10 +189,10 @@ class Datapath:
     @staticmethod
     def _attach_tc(ifindex: int, prog: bpf.Program, old_id: int) -> None:
         bpf.tc_hook_create(ifindex)
-        foreign = [f for f in _tc_filters(ifindex, TC_H_CLSACT_INGRESS) if f != (TC_PRIORITY, TC_HANDLE)]
+        foreign = [f for f in _tc_filters(ifindex, TC_H_CLSACT_INGRESS) if f != abi.TC_FILTER]
         if foreign:
             raise ForeignProgram(f"foreign TC ingress filters are attached (prio/handle {foreign})")
-        bpf.tc_attach(ifindex, prog.fd, TC_HANDLE, TC_PRIORITY, replace=bool(old_id))
+        bpf.tc_attach(ifindex, prog.fd, abi.TNA_TC_HANDLE, abi.TNA_TC_PRIORITY, replace=bool(old_id))
 
     def _detach_hook(self, ifindex: int, hook: str) -> None:
         try:
@@ -256,7 +203,7 @@ class Datapath:
         if hook == "xdp":
             bpf.xdp_detach(ifindex)
         else:
-            bpf.tc_detach(ifindex, TC_HANDLE, TC_PRIORITY)
+            bpf.tc_detach(ifindex, abi.TNA_TC_HANDLE, abi.TNA_TC_PRIORITY)
             if not _tc_filters(ifindex, TC_H_CLSACT_INGRESS) and not _tc_filters(ifindex, TC_H_CLSACT_EGRESS):
                 bpf.tc_hook_destroy(ifindex)
 
@@ -285,47 +232,9 @@ class Datapath:
         self._drop_sets()
         self._shadow.clear()
         self.slots.clear()
-        if self.renew_prog is not None:
-            self.renew_prog.close()
-            self.renew_prog = None
+        self.lease.close()
 
     # --- shared maps ----------------------------------------------------
-
-    def write_state(self) -> None:
-        """Publish the config and renew the lease (through tna_renew, the only
-        writer of tna_state)."""
-        with self._state_lock:
-            if self.renew_prog is not None:
-                renew(self.renew_prog, self.cfg)
-
-    def hold(self, reason: int) -> None:
-        """Send everything to the kernel now (the next set_guards() ends it)."""
-        if self.cfg.pass_reason != reason:
-            self.cfg.pass_reason = reason
-            self.write_state()
-
-    def set_guards(self, pass_reason: int, mp_guarded: frozenset[int], route_mtu: tuple[int, int],
-                   local: tuple[list[str], list[str]], fw_families: frozenset[int] = frozenset(),
-                   sysctls: Sysctls | None = None) -> None:
-        """Global switches; published before any program of a new plan runs.
-        mp_guarded: Model.multipath_guarded(); local: the box's IPv4 and IPv6
-        addresses; fw_families: families whose bridged IP goes to the kernel;
-        sysctls: the conntrack behaviour the fast path repeats."""
-        local4, local6 = local
-        c = self.cfg
-        before = bytes(c)
-        c.pass_reason, c.mp_guard, (c.route_mtu4, c.route_mtu6) = pass_reason, family_bits(
-            mp_guarded, abi.TNA_MP_GUARD_V4, abi.TNA_MP_GUARD_V6), route_mtu
-        c.fw_families = family_bits(fw_families, abi.TNA_FW_V4, abi.TNA_FW_V6)
-        c.ct_flags, c.ct_timeout_tcp, c.ct_timeout_udp = ct_config(sysctls) if sysctls else (0, 0, 0)
-        c.local4_count = len(local4)
-        packed = b"".join(socket.inet_aton(a) for a in local4[:abi.LOCAL4_MAX])
-        ctypes.memmove(c.local4, packed.ljust(4 * abi.LOCAL4_MAX, b"\0"), 4 * abi.LOCAL4_MAX)
-        c.local6_count = len(local6)
-        packed = b"".join(socket.inet_pton(socket.AF_INET6, a) for a in local6[:abi.LOCAL6_MAX])
-        ctypes.memmove(c.local6, packed.ljust(16 * abi.LOCAL6_MAX, b"\0"), 16 * abi.LOCAL6_MAX)
-        if bytes(c) != before:
-            self.write_state()
 
     def sync(self, xdp_egress: frozenset[int], tc_egress: frozenset[int], stale: set[Neigh]) -> None:
         if not self.shared:
@@ -377,7 +286,7 @@ class Datapath:
         # topology change) past the last frame the kernel saw from it: renew
         # it 16 times per period (ageing 0, i.e. entries never kept, gives 0:
         # every frame goes to the kernel)
-        refresh = p.hold_cs * self.hz // USER_HZ // 16
+        refresh = p.hold_cs * self.lease.hz // USER_HZ // 16
         br = abi.TnaIfaceCfg.from_buffer_copy(iface_cfg(p.bridge, p.bridge_mac, p.l3_flags))
         return bytes(abi.TnaPort(ifindex=ifindex, flags=p.flags, mtu=p.mtu, refresh_jiffies=refresh, br=br))
 
@@ -393,9 +302,7 @@ class Datapath:
         # the kernel; our shadow then over-states the map, which only costs a
         # redundant delete when the neighbour leaves STALE
         self._sync(abi.MAP_STALE, {k: b"\x01" for k in keys})
-        if len(keys) != self.cfg.stale_count:
-            self.cfg.stale_count = len(keys)
-            self.write_state()
+        self.lease.set_stale_count(len(keys))
 
     def _sync(self, name: str, desired: dict[bytes, bytes], array: bool = False) -> None:
         """Write only the difference between what we wrote last and desired
@@ -421,18 +328,6 @@ class Datapath:
             # FDB entry is a pass), so one line per sync is enough
             log.warning("map %s: %d entries not written (%s); their traffic stays on the kernel path",
                         name, len(failed), failed[0])
-
-
-def family_bits(families: frozenset[int], v4: int, v6: int) -> int:
-    return (v4 if AF_INET in families else 0) | (v6 if AF_INET6 in families else 0)
-
-
-def ct_config(sc: Sysctls) -> tuple[int, int, int]:
-    """tna_config's (ct_flags, ct_timeout_tcp, ct_timeout_udp): the
-    conntrack behaviour the fast path repeats (timeouts in ms)."""
-    flags = ((abi.TNA_CT_CSUM if sc.ct_checksum else 0) | (abi.TNA_CT_ACCT if sc.ct_acct else 0)
-             | (abi.TNA_CT_TCP_LOOSE if sc.ct_tcp_loose else 0))
-    return flags, min(sc.ct_timeout_tcp * 1000, 0xFFFFFFFF), min(sc.ct_timeout_udp * 1000, 0xFFFFFFFF)
 
 
 def _neigh_key(n: Neigh) -> bytes:

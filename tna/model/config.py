@@ -204,7 +204,7 @@ class Model:
     ingress_filters: set[int] = field(default_factory=set)
     # Effective IPv4 rp_filter per ifindex: max(conf.all, conf.<dev>) (/proc/sys).
     rp_filter: dict[int, int] = field(default_factory=dict)
-    # The FORWARD chains the fast path evaluates (None: no filtering rules).
+    # The FORWARD and INPUT chains the fast path evaluates (None: no filtering rules).
     firewall: Firewall | None = None
 
     def apply(self, fact: Fact) -> bool:

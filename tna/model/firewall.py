@@ -167,9 +167,9 @@ class Firewall:
     version), and the interface patterns they use (bit k of an interface's
     mask: pattern k)."""
 
-    v4: tuple[FwChain, ...] | None
-    v6: tuple[FwChain, ...] | None
-    ifaces: tuple[str, ...]
+    fwd4: tuple[FwChain, ...] | None  # FORWARD per IP version
+    fwd6: tuple[FwChain, ...] | None
+    ifaces: tuple[str, ...]  # patterns of the FORWARD and INPUT rules, sorted
     in4: tuple[FwChain, ...] | None = None  # INPUT per IP version: drops applied early, at the hook
     in6: tuple[FwChain, ...] | None = None
     ct4: bool = False           # conntrack tracks IPv4 (a rule uses it): only its
@@ -180,7 +180,7 @@ class Firewall:
     @cached_property
     def _identity(self) -> tuple:
         chains = tuple(tuple((c.name, c.policy, tuple(r.text for r in c.rules)) for c in cs) if cs else None
-                       for cs in (self.v4, self.v6, self.in4, self.in6))
+                       for cs in (self.fwd4, self.fwd6, self.in4, self.in6))
         return chains, self.ifaces, self.ct4, self.ct6
 
     def __eq__(self, other: object) -> bool:

@@ -27,6 +27,7 @@ from pyroute2.netlink.rtnl import (
     RTMGRP_TC,
 )
 
+from tna.bpf import abi
 from tna.model.config import AF_BRIDGE, AF_INET, AF_INET6, Sysctls, TcFilters, XdpXmit
 from tna.netlink.decode import NlMsg
 from tna.netlink.netdev import XdpFeatureEvents, xdp_xmit_capable
@@ -40,10 +41,6 @@ RTM_NEWQDISC, RTM_DELQDISC = 36, 37
 RTM_NEWTFILTER, RTM_DELTFILTER = 44, 45
 TC_H_CLSACT_INGRESS = 0xFFFFFFF2
 TC_H_CLSACT_EGRESS = 0xFFFFFFF3
-# TNA's own TC filter: one fixed priority/handle on clsact ingress, so a
-# restarted daemon finds (and replaces) what an earlier one attached.
-TC_PRIORITY = 0x7A
-TC_HANDLE = 0x7A
 
 
 def tc_filters(ipr: IPRoute, ifindex: int, parent: int) -> list[tuple[int, int]]:
@@ -57,7 +54,7 @@ def tc_filters(ipr: IPRoute, ifindex: int, parent: int) -> list[tuple[int, int]]
 
 
 def tc_facts(ipr: IPRoute, ifindex: int) -> TcFilters:
-    ingress = [f for f in tc_filters(ipr, ifindex, TC_H_CLSACT_INGRESS) if f != (TC_PRIORITY, TC_HANDLE)]
+    ingress = [f for f in tc_filters(ipr, ifindex, TC_H_CLSACT_INGRESS) if f != abi.TC_FILTER]
     return TcFilters(ifindex, bool(tc_filters(ipr, ifindex, TC_H_CLSACT_EGRESS)), bool(ingress))
 
 

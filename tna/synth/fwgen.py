@@ -20,7 +20,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from tna.bpf.abi import FW_RULES_MAX
+from tna.bpf.abi import FW_CT, FW_RULES_MAX
 from tna.model.firewall import Firewall, FwChain, RuleSet, code_size
 from tna.model.iptables import Neg, Rule
 
@@ -32,7 +32,7 @@ def unfit(fw: Firewall) -> str | None:
     """Why fw cannot be compiled into the fast path, None if it can."""
     if len(fw.ifaces) > IFACE_PATTERNS_MAX:
         return f"{len(fw.ifaces)} interface patterns in filter rules (at most {IFACE_PATTERNS_MAX} are modelled)"
-    used = [cs for cs in (fw.v4, fw.v6, fw.in4, fw.in6) if cs]
+    used = [cs for cs in (fw.fwd4, fw.fwd6, fw.in4, fw.in6) if cs]
     counted = sum(len(c.rules) + 1 for cs in used for c in cs)
     if counted > FW_RULES_MAX:
         return f"{counted} filter rules: the fast path counts at most {FW_RULES_MAX}"
@@ -63,16 +63,12 @@ def _ranges(field: str, ranges: Any) -> str:
                        for lo, hi in ranges)
 
 
-CT_BITS = {"NEW": 1 << 0, "ESTABLISHED": 1 << 1, "RELATED": 1 << 2, "INVALID": 1 << 3,
-           "UNTRACKED": 1 << 4}  # FW_CT_* of conntrack.c.j2
-
-
 def _ct_terms(m: Neg) -> tuple[str, str]:
     """A state match over f->ct, the states the packet could have: (holds
     for all of them, holds for some)."""
     states = m.value
     assert isinstance(states, frozenset)
-    mask = sum(CT_BITS[s] for s in states)
+    mask = sum(FW_CT[s] for s in states)
     inside, outside = f"(f->ct & 0x{mask:02x})", f"(f->ct & ~0x{mask:02x})"
     if m.neg:
         inside, outside = outside, inside
@@ -169,7 +165,7 @@ def rule_refs(fw: Firewall | None) -> list[RuleRef]:
     if fw is None:
         return refs
     seen: set[tuple[int, str]] = set()  # a user chain both INPUT and FORWARD use has one counter per rule
-    for family, chains in ((4, fw.v4), (6, fw.v6), (4, fw.in4), (6, fw.in6)):
+    for family, chains in ((4, fw.fwd4), (6, fw.fwd6), (4, fw.in4), (6, fw.in6)):
         for c in chains or ():
             if (family, c.name) in seen:
                 continue
@@ -178,7 +174,7 @@ def rule_refs(fw: Firewall | None) -> list[RuleRef]:
             if c.policy is not None:
                 refs.append(RuleRef(len(refs), family, c.name, 0, f"policy {c.policy}"))
     if len(refs) > FW_RULES_MAX:
-        raise ValueError(f"{len(refs)} FORWARD rules: at most {FW_RULES_MAX} are counted")
+        raise ValueError(f"{len(refs)} filter rules: at most {FW_RULES_MAX} are counted")
     return refs
 
 
@@ -296,7 +292,7 @@ def render_data(fw: Firewall | None) -> dict[str, Any] | None:
     if fw is None:
         return None
     ids = {(r.family, r.chain, r.index): r.id for r in rule_refs(fw)}
-    return {"v4": _chains(fw.v4, 4, fw.ifaces, ids, "fw4"), "v6": _chains(fw.v6, 6, fw.ifaces, ids, "fw6"),
+    return {"v4": _chains(fw.fwd4, 4, fw.ifaces, ids, "fw4"), "v6": _chains(fw.fwd6, 6, fw.ifaces, ids, "fw6"),
             "in4": _chains(fw.in4, 4, fw.ifaces, ids, "in4"), "in6": _chains(fw.in6, 6, fw.ifaces, ids, "in6"),
             "uses_ifaces": bool(fw.ifaces),
             "ct4": fw.ct4, "ct6": fw.ct6}
@@ -310,7 +306,7 @@ def all_set_entries(fw: Firewall | None) -> dict[str, dict[bytes, bytes]]:
         return {}
     ids = {(r.family, r.chain, r.index): r.id for r in rule_refs(fw)}
     out: dict[str, dict[bytes, bytes]] = {}
-    for chains, family, prefix in ((fw.v4, 4, "fw4"), (fw.v6, 6, "fw6"), (fw.in4, 4, "in4"), (fw.in6, 6, "in6")):
+    for chains, family, prefix in ((fw.fwd4, 4, "fw4"), (fw.fwd6, 6, "fw6"), (fw.in4, 4, "in4"), (fw.in6, 6, "in6")):
         k = 0
         for c in chains or ():
             for seg in c.parts:

@@ -1,0 +1,57 @@
+"""The status description (state.json, `tna status`): a pure function of
+the model, the plan and what is attached (no root)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from tna.model.config import ARPHRD_ETHER, IFF_UP, Bridge, FdbEntry, Link, Model, Port, Sysctls
+from tna.model.firewall import firewall_plan
+from tna.model.iptables import parse_save
+from tna.status import describe
+from tna.synth.planner import IFF_LOWER_UP, plan
+
+UP = IFF_UP | IFF_LOWER_UP
+
+
+def veth(index: int, name: str, **kw: object) -> Link:
+    return Link(index, name, "veth", f"02:00:00:00:00:{index:02x}", 1500, UP, ARPHRD_ETHER, qdisc="noqueue",
+                **kw)  # type: ignore[arg-type]
+
+
+def test_describe_reports_model_plan_and_programs() -> None:
+    m = Model(links={
+        1: Link(1, "lo", None, "00:00:00:00:00:00", 65536, UP | 0x8, 772),
+        2: veth(2, "r-h1"), 3: veth(3, "r-h2"),
+        4: Link(4, "br0", "bridge", "02:00:00:00:00:04", 1500, UP, ARPHRD_ETHER, qdisc="noqueue",
+                bridge=Bridge(ageing_cs=1500)),
+        5: veth(5, "p1", master=4, port=Port()),
+    }, sysctls=Sysctls(True, False))
+    m.apply(FdbEntry(4, 5, 0, "02:00:00:00:00:99", False, True))
+    rules = ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+             "-A FORWARD -i r-h1 -j ACCEPT\n-A INPUT -p udp --dport 9 -j DROP\nCOMMIT\n")
+    fw, _ = firewall_plan({4: parse_save(rules)})
+    m.set_firewall(fw)
+    p = plan(m, "tc")
+    attached = {i: SimpleNamespace(plan=ip, prog_id=100 + i, source=f"/c/{i}.c") for i, ip in p.ifaces.items()
+                if ip.name != "r-h2"}
+    st = describe(m, p, attached, pid=42, mode="tc", disabled=None, failed={3: "clang failed"})
+    assert st["pid"] == 42 and st["mode"] == "tc" and st["disabled"] is None
+    assert st["forwarding"] == {"ipv4": True, "ipv6": False}
+    assert st["ifaces"]["r-h1"] == {"ifindex": 2, "hook": "tc", "hook_why": p.ifaces[2].hook_why,
+                                    "modules": list(p.ifaces[2].modules), "prog_id": 102, "source": "/c/2.c",
+                                    "xdp_egress": False}
+    assert "r-h2" not in st["ifaces"] and st["failed"] == {"r-h2": "clang failed"}
+    assert st["skipped"]["lo"]
+    assert st["bridges"]["br0"] == {"accelerated": True, "why_not": None, "routed": True, "fdb": 1,
+                                    "ageing_s": 15.0, "ports": {"p1": {"state": "forwarding",
+                                                                       "accelerated": True}}}
+    assert st["firewall"] == {"chains": {"FORWARD v4": 1, "INPUT v4": 1}, "conntrack": []}
+    assert [(r["chain"], r["index"]) for r in st["firewall_rules"]] == [
+        ("FORWARD", 1), ("FORWARD", 0), ("INPUT", 1), ("INPUT", 0)]
+
+
+def test_no_plan_yet_describes_no_interfaces() -> None:
+    st = describe(Model(), None, {}, pid=1, mode="auto", disabled="netfilter unreadable", failed={})
+    assert st["ifaces"] == {} and st["skipped"] == {} and st["firewall"] is None and st["firewall_rules"] == []
+    assert st["disabled"] == "netfilter unreadable"

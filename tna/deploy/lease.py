@@ -1,0 +1,127 @@
+"""tna_state: the lease and the global guards every program reads.
+
+The daemon publishes a tna_config by running tna_renew on it (BPF test
+run), the only writer of tna_state; each run also moves the lease deadline.
+A hold (pass_reason != 0) sends every packet to the kernel with that reason
+until the next set_guards() ends it.  Each publication replaces the whole
+config under one lock, so the lease thread never renews a half-written one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from tna.bpf import abi
+from tna.bpf import libbpf as bpf
+from tna.model.config import AF_INET, AF_INET6, Sysctls
+
+LEASE_NS = 1_000_000_000
+
+
+def renew(prog: bpf.Program, cfg: abi.TnaConfig) -> None:
+    """Run tna_renew with cfg as its input frame."""
+    ret, _, _ = prog.test_run(bytes(cfg).ljust(64, b"\0"))  # XDP test runs want >= 14 bytes
+    if ret != 2:  # XDP_PASS
+        raise OSError(f"tna_renew returned {ret}")
+
+
+def jiffies_hz(prog: bpf.Program, state: bpf.Map) -> int:
+    """The kernel's HZ (jiffies per second), measured: BPF sees jiffies,
+    user space does not.  Rounded to the nearest configurable value."""
+    def now() -> int:
+        renew(prog, abi.TnaConfig(lease_jiffies=0, pass_reason=abi.REASON["DISABLED"]))
+        raw = state.lookup(b"\0\0\0\0")
+        assert isinstance(raw, bytes)
+        return abi.TnaState.from_buffer_copy(raw).renewed_at
+
+    t0, j0 = time.monotonic(), now()
+    time.sleep(0.1)
+    t1, j1 = time.monotonic(), now()
+    measured = (j1 - j0) / (t1 - t0)
+    return min((100, 250, 300, 1000), key=lambda hz: abs(hz - measured))
+
+
+def family_bits(families: frozenset[int], v4: int, v6: int) -> int:
+    return (v4 if AF_INET in families else 0) | (v6 if AF_INET6 in families else 0)
+
+
+def ct_config(sc: Sysctls) -> tuple[int, int, int]:
+    """tna_config's (ct_flags, ct_timeout_tcp, ct_timeout_udp): the
+    conntrack behaviour the fast path repeats (timeouts in ms)."""
+    flags = ((abi.TNA_CT_CSUM if sc.ct_checksum else 0) | (abi.TNA_CT_ACCT if sc.ct_acct else 0)
+             | (abi.TNA_CT_TCP_LOOSE if sc.ct_tcp_loose else 0))
+    return flags, min(sc.ct_timeout_tcp * 1000, 0xFFFFFFFF), min(sc.ct_timeout_udp * 1000, 0xFFFFFFFF)
+
+
+class Lease:
+    def __init__(self) -> None:
+        self.cfg = abi.TnaConfig()
+        self.hz = 0  # the kernel's jiffies per second, measured by start()
+        self._prog: bpf.Program | None = None
+        self._lock = threading.Lock()
+
+    def start(self, renew_prog: bpf.Program, state: bpf.Map) -> None:
+        """Take tna_renew (a handle of our own) and publish the first lease.
+        Call before any program is attached: calibrating briefly publishes
+        DISABLED, and the lease must be valid before any program runs."""
+        self._prog = renew_prog
+        self.hz = jiffies_hz(renew_prog, state)
+        self.cfg.lease_jiffies = self.hz * LEASE_NS // 10**9
+        self.renew()
+
+    def renew(self) -> None:
+        """Publish the config again: the lease runs another lease_jiffies."""
+        with self._lock:
+            if self._prog is not None:
+                renew(self._prog, self.cfg)
+
+    def _update(self, edit: Callable[[abi.TnaConfig], None]) -> None:
+        """Publish a copy of the config as edit() leaves it, if it changed
+        (copy, edit and publication under the lock: a hold from another
+        thread is never lost)."""
+        with self._lock:
+            c = abi.TnaConfig.from_buffer_copy(bytes(self.cfg))
+            edit(c)
+            if bytes(c) == bytes(self.cfg):
+                return
+            self.cfg = c
+            if self._prog is not None:
+                renew(self._prog, c)
+
+    def hold(self, reason: int) -> None:
+        """Send everything to the kernel now (the next set_guards() ends it)."""
+        self._update(lambda c: setattr(c, "pass_reason", reason))
+
+    def set_stale_count(self, n: int) -> None:
+        self._update(lambda c: setattr(c, "stale_count", n))
+
+    def set_guards(self, pass_reason: int, mp_guarded: frozenset[int], route_mtu: tuple[int, int],
+                   local: tuple[list[str], list[str]], fw_families: frozenset[int] = frozenset(),
+                   sysctls: Sysctls | None = None) -> None:
+        """Global switches; pass_reason 0 ends a hold.  mp_guarded:
+        Model.multipath_guarded(); local: the box's IPv4 and IPv6 addresses;
+        fw_families: families whose bridged IP goes to the kernel; sysctls:
+        the conntrack behaviour the fast path repeats."""
+        local4, local6 = local
+        packed4 = b"".join(socket.inet_aton(a) for a in local4[:abi.LOCAL4_MAX])
+        packed6 = b"".join(socket.inet_pton(socket.AF_INET6, a) for a in local6[:abi.LOCAL6_MAX])
+
+        def edit(c: abi.TnaConfig) -> None:
+            c.pass_reason, c.route_mtu4, c.route_mtu6 = pass_reason, *route_mtu
+            c.mp_guard = family_bits(mp_guarded, abi.TNA_MP_GUARD_V4, abi.TNA_MP_GUARD_V6)
+            c.fw_families = family_bits(fw_families, abi.TNA_FW_V4, abi.TNA_FW_V6)
+            c.ct_flags, c.ct_timeout_tcp, c.ct_timeout_udp = ct_config(sysctls) if sysctls else (0, 0, 0)
+            c.local4_count, c.local6_count = len(local4), len(local6)
+            ctypes.memmove(c.local4, packed4.ljust(4 * abi.LOCAL4_MAX, b"\0"), 4 * abi.LOCAL4_MAX)
+            ctypes.memmove(c.local6, packed6.ljust(16 * abi.LOCAL6_MAX, b"\0"), 16 * abi.LOCAL6_MAX)
+        self._update(edit)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._prog is not None:
+                self._prog.close()
+                self._prog = None

@@ -1,0 +1,86 @@
+"""What `tna status` shows, as the daemon publishes it (state.json): a pure
+function of the model, the plan and what is attached."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from tna.model.config import Model
+from tna.model.firewall import Firewall
+from tna.synth.fwgen import rule_refs
+from tna.synth.planner import IfacePlan, Plan, bridge_skip_reason
+
+STP_STATES = {0: "disabled", 1: "listening", 2: "learning", 3: "forwarding", 4: "blocking"}
+
+
+class Running(Protocol):
+    """An attached program (deploy's Attached)."""
+
+    plan: IfacePlan
+    prog_id: int
+    source: Any
+
+
+@functools.lru_cache(maxsize=2)
+def _rules_json(fw: Firewall | None) -> list[dict[str, Any]]:
+    """The counted rules for `tna stats --rules`, once per rule set."""
+    return [dict(vars(r)) for r in rule_refs(fw)]  # asdict() is 10x slower
+
+
+def _bridges(m: Model, p: Plan | None) -> dict[str, Any]:
+    out = {}
+    for br in m.links.values():
+        if br.bridge is None:
+            continue
+        ports = {link.name: {"state": STP_STATES.get(link.port.state, str(link.port.state)),
+                             "accelerated": p is not None and link.index in p.ports}
+                 for link in m.links.values() if link.master == br.index and link.port is not None}
+        out[br.name] = {
+            "accelerated": p is not None and br.index in p.bridges,
+            "why_not": bridge_skip_reason(br),
+            "routed": p is not None and br.index in p.l3_bridges,
+            "fdb": sum(1 for e in m.fdb.values() if e.bridge == br.index),
+            "ageing_s": br.bridge.ageing_cs / 100,
+            "ports": ports,
+        }
+    return out
+
+
+def _firewall(fw: Firewall | None) -> dict[str, Any] | None:
+    """Rules compiled into the fast path per chain family, and the
+    families conntrack tracks; None if no filtering."""
+    if fw is None:
+        return None
+    return {"chains": {name: sum(len(c.rules) for c in chains) for name, chains in
+                       (("FORWARD v4", fw.fwd4), ("FORWARD v6", fw.fwd6), ("INPUT v4", fw.in4),
+                        ("INPUT v6", fw.in6)) if chains},
+            "conntrack": [f for f, on in (("ipv4", fw.ct4), ("ipv6", fw.ct6)) if on]}
+
+
+def describe(m: Model, p: Plan | None, attached: Mapping[int, Running], *, pid: int, mode: str,
+             disabled: str | None, failed: Mapping[int, str]) -> dict[str, Any]:
+    ifaces = {}
+    if p is not None:
+        for ifindex, att in attached.items():
+            ip = att.plan
+            ifaces[ip.name] = {
+                "ifindex": ifindex, "hook": ip.hook, "hook_why": ip.hook_why,
+                "modules": list(ip.modules), "prog_id": att.prog_id, "source": str(att.source),
+                "xdp_egress": ifindex in p.xdp_egress,
+            }
+    return {
+        "pid": pid,
+        "bridges": _bridges(m, p),
+        "mode": mode,
+        "disabled": disabled,
+        "forwarding": {"ipv4": m.sysctls.ipv4_forward, "ipv6": m.sysctls.ipv6_forward},
+        "ifaces": ifaces,
+        "skipped": {s.name: s.why for s in (p.skipped.values() if p else [])},
+        "failed": {m.links[i].name if i in m.links else str(i): why for i, why in failed.items()},
+        "routes": len(m.routes),
+        "firewall_rules": _rules_json(m.firewall),
+        "firewall": _firewall(m.firewall),
+        "neighbours": len(m.neighs),
+    }

@@ -1,0 +1,32 @@
+"""Synthesis' product for one interface plan: a compiled program and what
+its rule-set maps must hold before it may run.  Deploy loads it (and
+nothing of the renderer, the compiler or the rule-set code)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tna.model.firewall import Firewall
+from tna.synth.compile import compile_source
+from tna.synth.fwgen import all_set_entries, rule_refs
+from tna.synth.planner import IfacePlan
+from tna.synth.render import render
+
+
+@dataclass(frozen=True, eq=False)
+class Artifact:
+    obj: Path            # the BPF object (cached by source hash)
+    source: Path         # the C it was compiled from (`tna source`)
+    rule_counters: int   # entries of tna_fw_rules: one per counted filter rule and policy
+    # the rule set the programs share set maps for, and those maps' entries
+    # by map name (filled before the program can be attached)
+    firewall: Firewall | None
+    sets: dict[str, dict[bytes, bytes]]
+
+
+def build(plan: IfacePlan, cache_dir: Path | None = None) -> Artifact:
+    source = render(plan.hook, plan.modules, dev_bound=plan.hook == "xdp", firewall=plan.firewall)
+    path = compile_source(source, cache_dir)
+    return Artifact(path, path.with_suffix(".c"), max(1, len(rule_refs(plan.firewall))), plan.firewall,
+                    all_set_entries(plan.firewall))
