@@ -68,13 +68,23 @@ extern struct nf_conn *bpf_skb_ct_lookup(struct __sk_buff *ctx, struct bpf_sock_
 					 struct bpf_ct_opts *opts, __u32 opts__sz) __ksym;
 #define ctx_ct_lookup bpf_skb_ct_lookup
 
-/* The kernel's skb, for the checksum state below (CO-RE: offsets from the
- * running kernel's BTF). */
+/* The kernel's skb, for the checksum state below and the ingress device
+ * (CO-RE: offsets from the running kernel's BTF). */
+struct net_device;
 struct sk_buff {
+	struct net_device *dev;
 	__u8 ip_summed:2;
 	__u8 csum_valid:1;
 } __attribute__((preserve_access_index));
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+
+/* The ingress device: the router reads its namespace's FIB flags. */
+static __always_inline struct net_device *ctx_dev(tna_ctx_t *ctx)
+{
+	struct sk_buff *skb = bpf_cast_to_kern_ctx(ctx);
+
+	return skb->dev;
+}
 
 /* skb_csum_unnecessary(): the kernel's checksum checks (nf_checksum()) skip
  * an skb whose L4 checksum a driver verified, or a stack will fill in. */

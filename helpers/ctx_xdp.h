@@ -8,6 +8,7 @@
 #define TNA_CTX_H
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
 #include "tna_abi.h"
 
 /* Loaded as multi-buffer aware (BPF_F_XDP_HAS_FRAGS): otherwise attaching
@@ -82,6 +83,24 @@ struct bpf_ct_opts;
 extern struct nf_conn *bpf_xdp_ct_lookup(struct xdp_md *ctx, struct bpf_sock_tuple *tuple, __u32 tuple__sz,
 					 struct bpf_ct_opts *opts, __u32 opts__sz) __ksym;
 #define ctx_ct_lookup bpf_xdp_ct_lookup
+
+/* The ingress device, in the kernel's own structs (CO-RE: offsets from the
+ * running kernel's BTF); the router reads its namespace's FIB flags. */
+struct net_device;
+struct xdp_rxq_info {
+	struct net_device *dev;
+} __attribute__((preserve_access_index));
+struct xdp_buff {
+	struct xdp_rxq_info *rxq;
+} __attribute__((preserve_access_index));
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+
+static __always_inline struct net_device *ctx_dev(tna_ctx_t *ctx)
+{
+	struct xdp_buff *xdp = bpf_cast_to_kern_ctx(ctx);
+
+	return xdp->rxq->dev;
+}
 
 /* Whether the kernel already holds the L4 checksum for verified (skb state):
  * an XDP frame has no such state, the caller verifies it. */

@@ -2,11 +2,13 @@
 
   python -m netns_labs.bench [--count 2000000] [--rounds 3] [--tcp-runs 5]
 
-1. 64-byte IPv4 frames through seven labs - routing (RouterLab), bridging
-   (BridgeLab), bridge + routing (a bridge port to a routed uplink), and
-   routing behind a stateful FORWARD chain of 10 / 100 / 1,000 / 10,000
-   rules: INVALID dropped, then a blocklist the flow walks through, then
-   RELATED,ESTABLISHED accepted (the flow is an ASSURED conntrack entry) -
+1. 64-byte IPv4 frames through eight labs - routing (RouterLab), routing
+   with an ip rule (the kernel, and TNA, then check every source with a
+   reverse route lookup), bridging (BridgeLab), bridge + routing (a bridge
+   port to a routed uplink), and routing behind a stateful FORWARD chain of
+   10 / 100 / 1,000 / 10,000 rules: INVALID dropped, then a blocklist the
+   flow walks through, then RELATED,ESTABLISHED accepted (the flow is an
+   ASSURED conntrack entry) -
    delivered packets per second for: plain Linux, `tna run --hook xdp`, and
    a minimal hand-written XDP reference (netns_labs/bpf/ref_router.c, or
    ref_bridge.c over an FDB map).  Frames come from a live-frames generator
@@ -50,8 +52,8 @@ from tna.bpf import libbpf as bpf
 
 GEN_CPU = "1"
 LOSS_RETRIES = 3
-SCENARIOS = ("routing", "bridging", "bridge+routing", "routing+ct10", "routing+ct100", "routing+ct1000",
-             "routing+ct10000")
+SCENARIOS = ("routing", "routing+rule", "bridging", "bridge+routing", "routing+ct10", "routing+ct100",
+             "routing+ct1000", "routing+ct10000")
 FRAME_SPORT, FRAME_DPORT = 4321, 9
 
 
@@ -107,6 +109,8 @@ def assure(r: RouterLab) -> None:
 def scenario(name: str) -> Iterator[Scenario]:
     if name.startswith("routing"):
         with RouterLab() as r:
+            if name == "routing+rule":  # any ip rule: the kernel checks every source in full
+                r.run(r.r, ["ip", "rule", "add", "from", "203.0.113.0/24", "lookup", "100", "pref", "100"])
             if name.startswith("routing+ct"):
                 r.run(r.r, ["iptables-restore"], input=forward_rules(int(name[len("routing+ct"):])))
                 assure(r)
@@ -267,7 +271,8 @@ def bench_pps(name: str, frames: int, rounds: int) -> list[dict]:
                 if delivered != count:
                     raise SystemExit(f"{name}, {v.name}: frames lost in {LOSS_RETRIES} attempts")
                 rows.setdefault(v.name, []).append(mpps)
-        cost = program_cost(sc.lab, sc.frame) if name == "routing" and isinstance(sc.lab, RouterLab) else {}
+        cost = program_cost(sc.lab, sc.frame) if name in ("routing", "routing+rule") and isinstance(sc.lab, RouterLab) \
+            else {}
     linux, ref = statistics.median(rows["linux"]), statistics.median(rows["reference"])
     table = []
     for variant, runs in rows.items():

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from netns_labs.lab import ping, py, tcp_transfer, udp_echo, wait_for
+from tests.conftest import tna_running
 
 pytestmark = pytest.mark.root
 
@@ -175,6 +176,49 @@ def test_spoofed_sources_are_dropped_like_linux(accelerated, mode, src, reason):
     assert _h2_rx(lab) - rx <= 10 + 2, "spoofed packets reached h2"  # 5 pings (+ neighbour noise)
     assert tna.counters().get(reason, 0) >= 20
     assert tna.counters().get("FORWARDED", 0) >= 10
+
+
+# fib_validate_source() checks sources in full (a reverse route lookup) even
+# with rp_filter 0 once the namespace has had any ip rule (added, or deleted:
+# the flag never clears) or a local route added from user space: Linux then
+# drops a source whose way back is a local or broadcast route.
+RULE = ["ip", "rule", "add", "from", "203.0.113.0/24", "lookup", "100", "pref", "100"]
+FULL_CHECK = {  # trigger: (commands before tna starts, commands once it runs)
+    "rule": ([], [RULE]),
+    "rule-deleted-before-start": ([RULE, ["ip", "rule", "del", "pref", "100"]], []),
+    "local-route": ([], [["ip", "route", "add", "local", "203.0.113.240/28", "dev", "lo"]]),
+}
+
+
+@pytest.mark.parametrize("trigger", FULL_CHECK)
+def test_full_source_check_like_linux(router_lab, hook, trigger):
+    lab = router_lab
+    before, after = FULL_CHECK[trigger]
+    for cmd in before:
+        lab.run(lab.r, cmd)
+    with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
+        for cmd in after:
+            lab.run(lab.r, cmd)
+        linux_forwards = {
+            "192.0.2.255": False,                          # r-h1's subnet broadcast
+            "203.0.113.241": trigger != "local-route",     # inside the local route
+            "203.0.113.7": True,                           # no route back: fine with rp_filter 0
+        }
+        reached, decided = {}, {}
+        for src, forwards in linux_forwards.items():
+            passed, rx = tna.counters().get("SOURCE_CHECK", 0), _h2_rx(lab)
+            _spoof(lab, src)
+            assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 2).stdout
+            if forwards:
+                wait_for(lambda rx=rx: _h2_rx(lab) - rx >= 20 + 2)
+            reached[src] = _h2_rx(lab) - rx - 2 > 10  # 20 sent, minus the pings (+ neighbour noise)
+            decided[src] = tna.counters().get("SOURCE_CHECK", 0) - passed >= 20
+        assert reached == linux_forwards
+        assert all(decided.values()), decided  # the kernel decided each of them
+        # ordinary sources stay on the fast path, checked by the reverse lookup
+        forwarded = tna.counters().get("FORWARDED", 0)
+        assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 20).stdout
+        assert tna.counters().get("FORWARDED", 0) - forwarded >= 40
 
 
 def test_jumbo_mtu_still_settable_and_forwarded(accelerated):
