@@ -9,11 +9,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from tna.bpf.abi import PORT_FLAGS
 from tna.model.config import AF_INET, AF_INET6, Model, Sysctls
 from tna.netlink.decode import facts
+from tna.netlink.nexthop import Marshal
 from tna.synth.planner import plan
 
 DATA = Path(__file__).parent / "data"
@@ -22,7 +22,7 @@ FORWARDING = Sysctls(ipv4_forward=True, ipv6_forward=True)
 
 def _steps(lab: str) -> dict[str, list]:
     """Recorded steps, each as the facts its messages state."""
-    marshal, steps, current = MarshalRtnl(), {}, None
+    marshal, steps, current = Marshal(), {}, None
     for line in (DATA / f"{lab}_lab.nl").read_text().splitlines():
         if line.startswith("# "):
             current = steps.setdefault(line[2:], [])
@@ -188,3 +188,31 @@ def test_vlan_filtering_bridge_stays_on_the_kernel_path() -> None:
     p = plan(m)
     assert p.ports == {} and p.bridges == frozenset()
     assert "filters VLANs" in p.skipped[idx["b-h1"]].why
+
+
+# --- nexthop objects, compat mode 0 (tests/data/nexthop_lab.nl) --------------
+
+NEXTHOP_STEPS = _steps("nexthop")
+
+
+@pytest.mark.parametrize(("step", "guarded"), [
+    ("dump", set()),                                             # a group of one: one path
+    ("IPv6 route by a resilient group of two", {AF_INET6}),
+    ("group 10 gets a second member", {AF_INET, AF_INET6}),      # no route message says so
+    ("nexthop 2 deleted", {AF_INET6}),                           # group 10 is back to one
+    ("group 60 deleted", set()),                                 # its route went with it, unannounced
+])
+def test_routes_by_nexthop_object_with_compat_mode_0(step: str, guarded: set[int]) -> None:
+    m = model_after(step, NEXTHOP_STEPS)
+    for policy, expect in ((0, set()), (1, guarded)):
+        m.set_sysctls(Sysctls(True, True, ipv4_mp_hash_policy=policy, ipv6_mp_hash_policy=policy))
+        assert m.multipath_guarded() == expect
+    by_nhid = {r.nhid: r.dst for r in m.routes if r.nhid}
+    assert by_nhid == ({10: "203.0.113.0"} if step in ("dump", "group 60 deleted")
+                       else {10: "203.0.113.0", 60: "2001:db8:f::"})
+
+
+def test_nexthop_dump_replayed_changes_nothing() -> None:
+    m = model_after("dump", NEXTHOP_STEPS)
+    assert set(m.nexthops) == {1, 2, 10} and m.nexthops[10].group == (1,)
+    assert not any(m.apply(fact) for fact in NEXTHOP_STEPS["dump"])

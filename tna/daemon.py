@@ -340,6 +340,10 @@ class Daemon:
             "failed": {self.model.links[i].name if i in self.model.links else str(i): why
                        for i, why in self.failed.items()},
             "routes": len(self.model.routes),
+            "nexthops": len(self.model.nexthops),
+            # families whose multipath packets carrying a hash go to the kernel
+            "multipath_guarded": [n for f, n in ((AF_INET, "ipv4"), (AF_INET6, "ipv6"))
+                                  if f in self.model.multipath_guarded()],
             "firewall_rules": _rules_json(self.model.firewall),
             "firewall": self._describe_firewall(),
             "neighbours": len(self.model.neighs),
