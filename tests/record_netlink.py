@@ -4,6 +4,7 @@ unit tests (tests/data/<lab>_lab.nl).  Run as root:
   python -m tests.record_netlink router > tests/data/router_lab.nl
   python -m tests.record_netlink bridge > tests/data/bridge_lab.nl
   python -m tests.record_netlink nexthop > tests/data/nexthop_lab.nl
+  python -m tests.record_netlink nexthop_compat > tests/data/nexthop_compat_lab.nl
 
 Format: '# <step>' lines, then one hex-encoded message per line.
 """
@@ -34,9 +35,11 @@ ROUTER_STEPS = [
     ("delete r-h3", [["ip", "link", "del", "r-h3"]]),
 ]
 
-# On the router lab with net.ipv4.nexthop_compat_mode=0: route messages name
-# their nexthop object only by id, and a group's changes reach no route message.
-# The setup is in the dump: a route by a group of one.
+# On the router lab with net.ipv4.nexthop_compat_mode=0 (nexthop_compat: 1).
+# With 0, route messages name their nexthop object only by id, and a group's
+# changes reach no route message; with 1 they also copy its next hops, and
+# route messages follow a group's replacement.  The setup is in the dump: a
+# route by a group of one.
 NEXTHOP_SETUP = [
     ["ip", "nexthop", "add", "id", "1", "via", "192.0.2.2", "dev", "r-h1"],
     ["ip", "nexthop", "add", "id", "2", "via", "198.51.100.2", "dev", "r-h2"],
@@ -71,10 +74,10 @@ def main(argv: list[str]) -> None:
         lab, steps = BridgeLab(), BRIDGE_STEPS
         ns = lab.b
     else:
-        lab, steps = RouterLab(), NEXTHOP_STEPS if which == "nexthop" else ROUTER_STEPS
+        lab, steps = RouterLab(), NEXTHOP_STEPS if which.startswith("nexthop") else ROUTER_STEPS
         ns = lab.r
-        if which == "nexthop":
-            lab.sysctl(ns, "net.ipv4.nexthop_compat_mode", 0)
+        if which.startswith("nexthop"):
+            lab.sysctl(ns, "net.ipv4.nexthop_compat_mode", int(which == "nexthop_compat"))
             for cmd in NEXTHOP_SETUP:
                 lab.run(ns, cmd)
     with lab:

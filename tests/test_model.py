@@ -190,11 +190,13 @@ def test_vlan_filtering_bridge_stays_on_the_kernel_path() -> None:
     assert "filters VLANs" in p.skipped[idx["b-h1"]].why
 
 
-# --- nexthop objects, compat mode 0 (tests/data/nexthop_lab.nl) --------------
+# --- nexthop objects (tests/data/nexthop_lab.nl: nexthop_compat_mode 0, -------
+# --- nexthop_compat_lab.nl: 1); the model must not depend on the mode ---------
 
-NEXTHOP_STEPS = _steps("nexthop")
+NEXTHOP_STEPS = {mode: _steps(f"nexthop{suffix}") for mode, suffix in ((0, ""), (1, "_compat"))}
 
 
+@pytest.mark.parametrize("compat", [0, 1])
 @pytest.mark.parametrize(("step", "guarded"), [
     ("dump", set()),                                             # a group of one: one path
     ("IPv6 route by a resilient group of two", {AF_INET6}),
@@ -202,8 +204,8 @@ NEXTHOP_STEPS = _steps("nexthop")
     ("nexthop 2 deleted", {AF_INET6}),                           # group 10 is back to one
     ("group 60 deleted", set()),                                 # its route went with it, unannounced
 ])
-def test_routes_by_nexthop_object_with_compat_mode_0(step: str, guarded: set[int]) -> None:
-    m = model_after(step, NEXTHOP_STEPS)
+def test_routes_by_nexthop_object(compat: int, step: str, guarded: set[int]) -> None:
+    m = model_after(step, NEXTHOP_STEPS[compat])
     for policy, expect in ((0, set()), (1, guarded)):
         m.set_sysctls(Sysctls(True, True, ipv4_mp_hash_policy=policy, ipv6_mp_hash_policy=policy))
         assert m.multipath_guarded() == expect
@@ -212,7 +214,17 @@ def test_routes_by_nexthop_object_with_compat_mode_0(step: str, guarded: set[int
                        else {10: "203.0.113.0", 60: "2001:db8:f::"})
 
 
-def test_nexthop_dump_replayed_changes_nothing() -> None:
-    m = model_after("dump", NEXTHOP_STEPS)
+@pytest.mark.parametrize("compat", [0, 1])
+def test_nexthop_dump_replayed_changes_nothing(compat: int) -> None:
+    steps = NEXTHOP_STEPS[compat]
+    m = model_after("dump", steps)
     assert set(m.nexthops) == {1, 2, 10} and m.nexthops[10].group == (1,)
-    assert not any(m.apply(fact) for fact in NEXTHOP_STEPS["dump"])
+    assert not any(m.apply(fact) for fact in steps["dump"])
+
+
+def test_a_route_is_the_same_fact_whatever_the_compat_mode() -> None:
+    """Mode 1 copies the group's next hops into route messages (and re-sends
+    them when the group is replaced): the route stays one fact."""
+    models = [model_after("group 10 gets a second member", NEXTHOP_STEPS[c]) for c in (0, 1)]
+    by_nhid = [{r for r in m.routes if r.nhid} for m in models]
+    assert by_nhid[0] == by_nhid[1] and len(by_nhid[0]) == 2
