@@ -4,6 +4,7 @@ bytes on both sides, and a UDP echo.  Run inside a namespace:
   python -m netns_labs.xfer tcp-server PORT           # prints "<bytes> <sha256>" per connection
   python -m netns_labs.xfer tcp-client ADDR PORT NBYTES   # prints "<bytes> <sha256>" sent
   python -m netns_labs.xfer tcp-phases ADDR PORT ACTIVE_S QUIET_S ACTIVE_S ...  # paced: 64 KiB per 10 ms
+  python -m netns_labs.xfer tcp-hold ADDR PORT N SEGMENTS  # N connections; stdin "i": SEGMENTS on the i-th
   python -m netns_labs.xfer udp-echo PORT
   python -m netns_labs.xfer udp-client ADDR PORT COUNT    # prints "<echoed> <count>"
   python -m netns_labs.xfer udp-send ADDR PORT SPORT COUNT  # one flow, fire and forget
@@ -14,9 +15,11 @@ Every socket has a timeout, so nothing here can hang a test.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import socket
+import struct
 import sys
 import time
 
@@ -77,6 +80,34 @@ def tcp_phases(addr: str, port: int, phases: list[float]) -> None:
         s.shutdown(socket.SHUT_WR)
         peer = s.recv(64).decode()
     print(sent, h.hexdigest(), peer, flush=True)
+
+
+def tcp_hold(addr: str, port: int, connections: int, segments: int) -> None:
+    """Open connections and keep them (each socket keeps its own tx hash, which
+    the kernel's multipath choice may use); for each stdin line "i", send
+    SEGMENTS small segments on the i-th, each acknowledged before the next
+    (so none are merged), then print "sent i".  Stdin closed: all end."""
+    socks = [socket.create_connection((addr, port), timeout=30) for _ in range(connections)]
+    for s in socks:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        i = int(line)
+        for _ in range(segments):
+            socks[i].sendall(b"x" * 100)
+            end = time.monotonic() + 10
+            while _unacked(socks[i]):
+                if time.monotonic() > end:
+                    raise TimeoutError(f"connection {i}: segment not acknowledged")
+                time.sleep(0.001)
+        print("sent", i, flush=True)
+    for s in socks:
+        s.close()
+
+
+def _unacked(s: socket.socket) -> int:
+    """Bytes sent but not yet acknowledged (SIOCOUTQ)."""
+    return struct.unpack("i", fcntl.ioctl(s.fileno(), 0x5411, b"\0" * 4))[0]
 
 
 def udp_echo(port: int) -> None:
@@ -163,6 +194,8 @@ def main(argv: list[str]) -> None:
         tcp_client(args[0], int(args[1]), int(args[2]))
     elif cmd == "tcp-phases":
         tcp_phases(args[0], int(args[1]), [float(a) for a in args[2:]])
+    elif cmd == "tcp-hold":
+        tcp_hold(args[0], int(args[1]), int(args[2]), int(args[3]))
     elif cmd == "udp-echo":
         udp_echo(int(args[0]))
     elif cmd == "udp-client":

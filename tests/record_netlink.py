@@ -3,6 +3,8 @@ unit tests (tests/data/<lab>_lab.nl).  Run as root:
 
   python -m tests.record_netlink router > tests/data/router_lab.nl
   python -m tests.record_netlink bridge > tests/data/bridge_lab.nl
+  python -m tests.record_netlink nexthop > tests/data/nexthop_lab.nl
+  python -m tests.record_netlink nexthop_compat > tests/data/nexthop_compat_lab.nl
 
 Format: '# <step>' lines, then one hex-encoded message per line.
 """
@@ -33,6 +35,28 @@ ROUTER_STEPS = [
     ("delete r-h3", [["ip", "link", "del", "r-h3"]]),
 ]
 
+# On the router lab with net.ipv4.nexthop_compat_mode=0 (nexthop_compat: 1).
+# With 0, route messages name their nexthop object only by id, and a group's
+# changes reach no route message; with 1 they also copy its next hops, and
+# route messages follow a group's replacement.  The setup is in the dump: a
+# route by a group of one.
+NEXTHOP_SETUP = [
+    ["ip", "nexthop", "add", "id", "1", "via", "192.0.2.2", "dev", "r-h1"],
+    ["ip", "nexthop", "add", "id", "2", "via", "198.51.100.2", "dev", "r-h2"],
+    ["ip", "nexthop", "add", "id", "10", "group", "1"],
+    ["ip", "route", "add", "203.0.113.0/24", "nhid", "10"],
+]
+NEXTHOP_STEPS = [
+    ("IPv6 route by a resilient group of two", [
+        ["ip", "nexthop", "add", "id", "6", "via", "2001:db8:1::2", "dev", "r-h1"],
+        ["ip", "nexthop", "add", "id", "7", "via", "2001:db8:2::2", "dev", "r-h2"],
+        ["ip", "nexthop", "add", "id", "60", "group", "6/7", "type", "resilient", "buckets", "8"],
+        ["ip", "-6", "route", "add", "2001:db8:f::/64", "nhid", "60"]]),
+    ("group 10 gets a second member", [["ip", "nexthop", "replace", "id", "10", "group", "1/2"]]),
+    ("nexthop 2 deleted", [["ip", "nexthop", "del", "id", "2"]]),
+    ("group 60 deleted", [["ip", "nexthop", "del", "id", "60"]]),
+]
+
 BRIDGE_STEPS = [
     ("static fdb entry", [["bridge", "fdb", "add", "02:00:00:00:00:aa", "dev", "b-h1", "master", "static"]]),
     ("b-h2 learning", [["bridge", "link", "set", "dev", "b-h2", "state", "2"]]),
@@ -50,8 +74,12 @@ def main(argv: list[str]) -> None:
         lab, steps = BridgeLab(), BRIDGE_STEPS
         ns = lab.b
     else:
-        lab, steps = RouterLab(), ROUTER_STEPS
+        lab, steps = RouterLab(), NEXTHOP_STEPS if which.startswith("nexthop") else ROUTER_STEPS
         ns = lab.r
+        if which.startswith("nexthop"):
+            lab.sysctl(ns, "net.ipv4.nexthop_compat_mode", int(which == "nexthop_compat"))
+            for cmd in NEXTHOP_SETUP:
+                lab.run(ns, cmd)
     with lab:
         with in_netns(ns):  # the watcher's threads and sockets live in the lab
             watcher = Watcher()

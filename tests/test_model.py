@@ -9,11 +9,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from tna.bpf.abi import PORT_FLAGS
 from tna.model.config import AF_INET, AF_INET6, Model, Sysctls
 from tna.netlink.decode import facts
+from tna.netlink.nexthop import Marshal
 from tna.synth.planner import plan
 
 DATA = Path(__file__).parent / "data"
@@ -22,7 +22,7 @@ FORWARDING = Sysctls(ipv4_forward=True, ipv6_forward=True)
 
 def _steps(lab: str) -> dict[str, list]:
     """Recorded steps, each as the facts its messages state."""
-    marshal, steps, current = MarshalRtnl(), {}, None
+    marshal, steps, current = Marshal(), {}, None
     for line in (DATA / f"{lab}_lab.nl").read_text().splitlines():
         if line.startswith("# "):
             current = steps.setdefault(line[2:], [])
@@ -188,3 +188,43 @@ def test_vlan_filtering_bridge_stays_on_the_kernel_path() -> None:
     p = plan(m)
     assert p.ports == {} and p.bridges == frozenset()
     assert "filters VLANs" in p.skipped[idx["b-h1"]].why
+
+
+# --- nexthop objects (tests/data/nexthop_lab.nl: nexthop_compat_mode 0, -------
+# --- nexthop_compat_lab.nl: 1); the model must not depend on the mode ---------
+
+NEXTHOP_STEPS = {mode: _steps(f"nexthop{suffix}") for mode, suffix in ((0, ""), (1, "_compat"))}
+
+
+@pytest.mark.parametrize("compat", [0, 1])
+@pytest.mark.parametrize(("step", "guarded"), [
+    ("dump", set()),                                             # a group of one: one path
+    ("IPv6 route by a resilient group of two", {AF_INET6}),
+    ("group 10 gets a second member", {AF_INET, AF_INET6}),      # no route message says so
+    ("nexthop 2 deleted", {AF_INET6}),                           # group 10 is back to one
+    ("group 60 deleted", set()),                                 # its route went with it, unannounced
+])
+def test_routes_by_nexthop_object(compat: int, step: str, guarded: set[int]) -> None:
+    m = model_after(step, NEXTHOP_STEPS[compat])
+    for policy, expect in ((0, set()), (1, guarded)):
+        m.set_sysctls(Sysctls(True, True, ipv4_mp_hash_policy=policy, ipv6_mp_hash_policy=policy))
+        assert m.multipath_guarded() == expect
+    by_nhid = {r.nhid: r.dst for r in m.routes if r.nhid}
+    assert by_nhid == ({10: "203.0.113.0"} if step in ("dump", "group 60 deleted")
+                       else {10: "203.0.113.0", 60: "2001:db8:f::"})
+
+
+@pytest.mark.parametrize("compat", [0, 1])
+def test_nexthop_dump_replayed_changes_nothing(compat: int) -> None:
+    steps = NEXTHOP_STEPS[compat]
+    m = model_after("dump", steps)
+    assert set(m.nexthops) == {1, 2, 10} and m.nexthops[10].group == (1,)
+    assert not any(m.apply(fact) for fact in steps["dump"])
+
+
+def test_a_route_is_the_same_fact_whatever_the_compat_mode() -> None:
+    """Mode 1 copies the group's next hops into route messages (and re-sends
+    them when the group is replaced): the route stays one fact."""
+    models = [model_after("group 10 gets a second member", NEXTHOP_STEPS[c]) for c in (0, 1)]
+    by_nhid = [{r for r in m.routes if r.nhid} for m in models]
+    assert by_nhid[0] == by_nhid[1] and len(by_nhid[0]) == 2

@@ -7,7 +7,7 @@ import functools
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from tna.model.config import Model
+from tna.model.config import AF_INET, AF_INET6, Model
 from tna.model.firewall import Firewall
 from tna.synth.fwgen import rule_refs
 from tna.synth.planner import IfacePlan, Plan, bridge_skip_reason
@@ -80,6 +80,9 @@ def describe(m: Model, p: Plan | None, attached: Mapping[int, Running], *, pid: 
         "skipped": {s.name: s.why for s in (p.skipped.values() if p else [])},
         "failed": {m.links[i].name if i in m.links else str(i): why for i, why in failed.items()},
         "routes": len(m.routes),
+        "nexthops": len(m.nexthops),
+        # families whose multipath packets carrying a hash go to the kernel
+        "multipath_guarded": [n for f, n in ((AF_INET, "ipv4"), (AF_INET6, "ipv6")) if f in m.multipath_guarded()],
         "firewall_rules": _rules_json(m.firewall),
         "firewall": _firewall(m.firewall),
         "neighbours": len(m.neighs),

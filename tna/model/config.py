@@ -114,8 +114,18 @@ class Route:
     type: int
     oif: int | None
     gateway: str | None
-    multipath: int = 0  # number of next hops when > 1
+    multipath: int = 0  # number of next hops when > 1 (RTA_MULTIPATH)
     mtu: int = 0        # the route's own MTU metric (RTAX_MTU), 0 if none
+    nhid: int = 0       # the nexthop object it uses (RTA_NH_ID), 0 if none
+
+
+@dataclass(frozen=True)
+class Nexthop:
+    """A nexthop object (RTM_NEWNEXTHOP): a single next hop, or a group of
+    them (hash-threshold or resilient) that routes name by id."""
+
+    id: int
+    group: tuple[int, ...] = ()  # the members' ids; () for a single next hop
 
 
 @dataclass(frozen=True)
@@ -182,10 +192,10 @@ class PortView:
 class Removed:
     """The kernel removed fact."""
 
-    fact: Link | Addr | Route | Neigh | FdbEntry
+    fact: Link | Addr | Route | Neigh | FdbEntry | Nexthop
 
 
-Fact = Link | PortView | Addr | Route | Neigh | FdbEntry | XdpXmit | TcFilters | Removed
+Fact = Link | PortView | Addr | Route | Neigh | FdbEntry | Nexthop | XdpXmit | TcFilters | Removed
 
 
 @dataclass
@@ -193,6 +203,7 @@ class Model:
     links: dict[int, Link] = field(default_factory=dict)
     addrs: set[Addr] = field(default_factory=set)
     routes: set[Route] = field(default_factory=set)
+    nexthops: dict[int, Nexthop] = field(default_factory=dict)
     neighs: dict[tuple[int, int, str], Neigh] = field(default_factory=dict)
     fdb: dict[tuple[int, int, str], FdbEntry] = field(default_factory=dict)
     sysctls: Sysctls = field(default_factory=Sysctls)
@@ -226,6 +237,8 @@ class Model:
             return _apply_set(self.addrs, item, present)
         if isinstance(item, Route):
             return _apply_set(self.routes, item, present)
+        if isinstance(item, Nexthop):
+            return self._apply_nexthop(item, present)
         if isinstance(item, FdbEntry):
             return self._apply_fdb(item, present)
         return self._apply_neigh(item, present)
@@ -260,6 +273,19 @@ class Model:
         link = replace(old, port=view.port)
         self.links[old.index] = link
         return link != old
+
+    def _apply_nexthop(self, nh: Nexthop, present: bool) -> bool:
+        if present:
+            changed = self.nexthops.get(nh.id) != nh
+            self.nexthops[nh.id] = nh
+            return changed
+        # The kernel deletes the routes using a deleted nexthop without a
+        # word (IPv4 always, IPv6 with nexthop_compat_mode=0); it announces
+        # the groups that lose it as members, or that it leaves empty.
+        routes = {r for r in self.routes if r.nhid != nh.id}
+        changed = routes != self.routes
+        self.routes = routes
+        return self.nexthops.pop(nh.id, None) is not None or changed
 
     def _apply_fdb(self, entry: FdbEntry, present: bool) -> bool:
         key = (entry.bridge, entry.vid, entry.mac)
@@ -306,12 +332,22 @@ class Model:
         return sorted({a.address for a in self.addrs if a.family == AF_INET6 and a.address != "::1"
                        and not a.address.lower().startswith("fe80")})
 
+    def multipath(self, route: Route) -> bool:
+        """Whether the kernel chooses among several next hops for route.  A
+        route by nexthop object has the object's: its messages copy them
+        (RTA_MULTIPATH) only with nexthop_compat_mode=1 and are not re-sent
+        when the group changes.  An object not (yet) known counts as a group."""
+        if route.nhid:
+            nh = self.nexthops.get(route.nhid)
+            return nh is None or len(nh.group) > 1
+        return route.multipath > 1
+
     def multipath_guarded(self) -> frozenset[int]:
         """Families whose multipath choice may depend on a hash the packet
         already carries (a policy other than L3 + multipath routes)."""
         return frozenset(family for family, policy in ((AF_INET, self.sysctls.ipv4_mp_hash_policy),
                                                        (AF_INET6, self.sysctls.ipv6_mp_hash_policy))
-                         if policy != 0 and any(r.family == family and r.multipath > 1 for r in self.routes))
+                         if policy != 0 and any(r.family == family and self.multipath(r) for r in self.routes))
 
     def route_mtu(self, family: int) -> int:
         """Smallest route MTU metric in family, 0 if no route sets one."""

@@ -21,6 +21,7 @@ from tna.model.config import (
     FdbEntry,
     Link,
     Neigh,
+    Nexthop,
     Port,
     PortView,
     Removed,
@@ -33,6 +34,7 @@ RTM_NEWLINK, RTM_DELLINK = 16, 17
 RTM_NEWADDR, RTM_DELADDR = 20, 21
 RTM_NEWROUTE, RTM_DELROUTE = 24, 25
 RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
+RTM_NEWNEXTHOP, RTM_DELNEXTHOP = 104, 105
 
 NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
 NTF_EXT_LEARNED = 0x10
@@ -73,9 +75,11 @@ def facts(msg: NlMsg) -> Iterator[Fact]:
         entry = fdb_from_msg(msg) if msg["family"] == AF_BRIDGE else neigh_from_msg(msg)
         if entry is not None:
             yield _stated(entry, new)
+    elif kind in (RTM_NEWNEXTHOP, RTM_DELNEXTHOP):
+        yield _stated(nexthop_from_msg(msg), kind == RTM_NEWNEXTHOP)
 
 
-def _stated(fact: Link | Addr | Route | Neigh | FdbEntry, present: bool) -> Fact:
+def _stated(fact: Link | Addr | Route | Neigh | FdbEntry | Nexthop, present: bool) -> Fact:
     return fact if present else Removed(fact)
 
 
@@ -146,18 +150,28 @@ def addr_from_msg(msg: NlMsg) -> Addr:
 def route_from_msg(msg: NlMsg) -> Route | None:
     if msg["family"] not in (AF_INET, AF_INET6):
         return None
-    mp = msg.get("RTA_MULTIPATH") or []
+    # A route by nexthop object: its next hops are the object's.  With
+    # nexthop_compat_mode=1 the message also carries a copy of them, which a
+    # change to the object makes stale; leave it out so the route stays one
+    # fact whatever the mode.
+    nhid = msg.get("RTA_NH_ID") or 0
     return Route(
         family=msg["family"],
         table=msg.get("RTA_TABLE") or msg["table"],
         dst=msg.get("RTA_DST") or ("0.0.0.0" if msg["family"] == AF_INET else "::"),
         dst_len=msg["dst_len"],
         type=msg["type"],
-        oif=msg.get("RTA_OIF"),
-        gateway=msg.get("RTA_GATEWAY"),
-        multipath=len(mp),
+        oif=None if nhid else msg.get("RTA_OIF"),
+        gateway=None if nhid else msg.get("RTA_GATEWAY"),
+        multipath=0 if nhid else len(msg.get("RTA_MULTIPATH") or []),
         mtu=(metrics.get("RTAX_MTU") or 0) if (metrics := msg.get("RTA_METRICS")) is not None else 0,
+        nhid=nhid,
     )
+
+
+def nexthop_from_msg(msg: NlMsg) -> Nexthop:
+    """NHA_GROUP as u32 words (tna/netlink/nexthop.py): id, weight, id, weight..."""
+    return Nexthop(msg.get("NHA_ID") or 0, tuple((msg.get("NHA_GROUP") or ())[0::2]))
 
 
 def fdb_from_msg(msg: NlMsg) -> FdbEntry | None:

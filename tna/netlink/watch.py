@@ -1,4 +1,4 @@
-"""Watch links, addresses, routes, neighbours, bridge FDBs, xdp-features and
+"""Watch links, addresses, nexthop objects, routes, neighbours, bridge FDBs, xdp-features and
 nftables commits; feed the model.
 
 Bind first, then dump into the same socket, so no event between the dump
@@ -32,11 +32,12 @@ from tna.model.config import AF_BRIDGE, AF_INET, AF_INET6, Sysctls, TcFilters, X
 from tna.netlink.decode import NlMsg
 from tna.netlink.netdev import XdpFeatureEvents, xdp_xmit_capable
 from tna.netlink.netfilter import NetfilterChanged, NftEvents
+from tna.netlink.nexthop import RTMGRP_NEXTHOP, follow_nexthops, get_nexthops
 
 log = logging.getLogger(__name__)
 
 GROUPS = (RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
-          | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_TC)
+          | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_NEXTHOP | RTMGRP_TC)
 RTM_NEWQDISC, RTM_DELQDISC = 36, 37
 RTM_NEWTFILTER, RTM_DELTFILTER = 44, 45
 TC_H_CLSACT_INGRESS = 0xFFFFFFF2
@@ -111,6 +112,7 @@ class Watcher:
     def _read(self) -> None:
         try:
             ipr = self._ipr = IPRoute()
+            follow_nexthops(ipr)
             ipr.bind(groups=GROUPS)
             for msg in self._dump(ipr):
                 self._q.put(msg)
@@ -158,6 +160,7 @@ class Watcher:
                 links = list(ipr.get_links())
                 msgs: list[NlMsg | TcFilters] = list(links)
                 msgs += [tc_facts(ipr, m["index"]) for m in links]
+                msgs += get_nexthops(ipr)  # before the routes that use them
                 for family in (AF_INET, AF_INET6):
                     msgs += ipr.get_addr(family=family)
                     msgs += ipr.get_routes(family=family)
