@@ -39,7 +39,7 @@ class route_msg(rtmsg_base, nlmsg):
 
 
 class nh_msg(nlmsg):
-    """struct nhmsg and the NHA_* attributes we read (include/uapi/linux/nexthop.h).
+    """struct nhmsg and the NHA_* attributes up to NHA_FDB (include/uapi/linux/nexthop.h).
     NHA_GROUP is an array of struct nexthop_grp {u32 id; u8 weight, weight_high;
     u16 resvd}: as u32 words, the member ids are the even ones."""
 
