@@ -68,10 +68,12 @@ class Lease:
         """Take tna_renew (a handle of our own) and publish the first lease.
         Call before any program is attached: calibrating briefly publishes
         DISABLED, and the lease must be valid before any program runs."""
-        self._prog = renew_prog
         self.hz = jiffies_hz(renew_prog, state)
-        self.cfg.lease_jiffies = self.hz * LEASE_NS // 10**9
-        self.renew()
+        with self._lock:
+            self._prog = renew_prog
+            self.cfg = abi.TnaConfig.from_buffer_copy(bytes(self.cfg))
+            self.cfg.lease_jiffies = self.hz * LEASE_NS // 10**9
+            renew(renew_prog, self.cfg)
 
     def renew(self) -> None:
         """Publish the config again: the lease runs another lease_jiffies."""

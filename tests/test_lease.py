@@ -1,0 +1,76 @@
+"""tna_state publication (tna/deploy/lease.py) with a fake tna_renew that
+records each config it is run with (no root)."""
+
+from __future__ import annotations
+
+import threading
+
+from tna.bpf import abi
+from tna.deploy.lease import Lease
+from tna.model.config import AF_INET, Sysctls
+
+HELD = abi.REASON["FW_CHANGED"]
+
+
+class FakeRenew:
+    def __init__(self) -> None:
+        self.published: list[abi.TnaConfig] = []
+
+    def test_run(self, data: bytes) -> tuple[int, bytes, int]:
+        self.published.append(abi.TnaConfig.from_buffer_copy(data[:len(bytes(abi.TnaConfig()))]))
+        return 2, data, 0  # XDP_PASS
+
+
+def started() -> tuple[Lease, FakeRenew]:
+    lease, prog = Lease(), FakeRenew()
+    lease._prog = prog  # type: ignore[assignment]  # start() would also calibrate HZ on a real map
+    return lease, prog
+
+
+def test_hold_lasts_until_guards_release_it() -> None:
+    lease, prog = started()
+    lease.hold(HELD)
+    lease.set_stale_count(3)
+    assert [c.pass_reason for c in prog.published] == [HELD, HELD]
+    assert prog.published[-1].stale_count == 3
+    lease.set_guards(0, frozenset({AF_INET}), (1400, 0), (["192.0.2.1"], ["2001:db8::1"]),
+                     frozenset({AF_INET}), Sysctls())
+    last = prog.published[-1]
+    assert last.pass_reason == 0 and last.stale_count == 3
+    assert (last.mp_guard, last.fw_families, last.route_mtu4) == (abi.TNA_MP_GUARD_V4, abi.TNA_FW_V4, 1400)
+    assert (last.local4_count, last.local4[0], last.local6_count) == (1, 0x010200C0, 1)
+    assert last.ct_timeout_udp == 120_000 and last.ct_flags == abi.TNA_CT_CSUM | abi.TNA_CT_TCP_LOOSE
+
+
+def test_an_unchanged_config_is_not_republished_but_renew_always_is() -> None:
+    lease, prog = started()
+    lease.hold(HELD)
+    lease.hold(HELD)
+    assert len(prog.published) == 1
+    lease.renew()
+    assert len(prog.published) == 2 and prog.published[-1].pass_reason == HELD
+
+
+def test_a_hold_from_another_thread_is_never_lost() -> None:
+    """Edits from two threads (the nftables reader's hold, the main loop's
+    stale count) each see the other's: the last config keeps the hold."""
+    lease, prog = started()
+    stop = threading.Event()
+
+    def counts() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            lease.set_stale_count(n)
+
+    t = threading.Thread(target=counts)
+    t.start()
+    try:
+        for _ in range(200):
+            lease.hold(HELD)
+            lease.hold(0)
+        lease.hold(HELD)
+    finally:
+        stop.set()
+        t.join()
+    assert lease.cfg.pass_reason == HELD and prog.published[-1].pass_reason == HELD
