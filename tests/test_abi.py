@@ -38,6 +38,8 @@ def test_layouts_and_reasons_match_the_header(tmp_path: Path) -> None:
     lines.append(f'printf("reason FDB_LOCAL %d {abi.FDB_LOCAL}\\n", (int)TNA_FDB_LOCAL);')
     lines.append(f'printf("reason FDB_DYNAMIC %d {abi.FDB_DYNAMIC}\\n", (int)TNA_FDB_DYNAMIC);')
     lines.append(f'printf("reason IF_L2_EGRESS %d {abi.TNA_IF_L2_EGRESS}\\n", (int)TNA_IF_L2_EGRESS);')
+    for name in ("GUARD_V4", "GUARD_V6", "INNER_V4", "INNER_V6", "ALL_V4", "ALL_V6", "ICMP6_LABEL"):
+        lines.append(f'printf("reason MP_{name} %d {getattr(abi, "TNA_MP_" + name)}\\n", (int)TNA_MP_{name});')
     lines.append(f'printf("reason FW_V4 %d {abi.TNA_FW_V4}\\n", (int)TNA_FW_V4);')
     lines.append(f'printf("reason FW_V6 %d {abi.TNA_FW_V6}\\n", (int)TNA_FW_V6);')
     lines.append(f'printf("reason FW_RULES_MAX %d {abi.FW_RULES_MAX}\\n", TNA_FW_RULES_MAX);')

@@ -125,6 +125,7 @@ def _probes(lab: EcmpLab) -> list[tuple[str, bytes]]:
         "4in6": lambda i: IPv6(nh=4, **v6) / in4(i),
         "frag6": lambda i: IPv6(**v6) / IPv6ExtHdrFragment(m=1) / UDP(sport=40000 + i, dport=9),
         "label6": lambda i: IPv6(fl=0x1111 * (i + 1), **v6) / UDP(sport=7, dport=9),
+        "label-icmp6": lambda i: IPv6(fl=0x1111 * (i + 1), **v6) / ICMPv6EchoRequest(id=1),
         "dst6": lambda i: IPv6(src="2001:db8:1::2", dst=f"2001:db8:f::{1 + i:x}") / UDP(sport=7, dport=9),
     }
     out = []
@@ -157,24 +158,29 @@ def _probe_paths(lab: EcmpLab, frames: list[bytes]) -> dict[int, str]:
 # probes exercise what that policy hashes (so a path taken from the wrong
 # fields shows).  Policy 3 is run with every field of fib_multipath_hash_fields.
 SPREAD = {
-    0: {"dst4", "dst6", "label6"},
+    0: {"dst4", "dst6", "label6", "label-icmp6"},
     1: {"udp4", "tcp4", "sctp4", "esp4", "ah4", "udp6", "tcp6", "sctp6", "esp6"},
-    2: {"gre4", "ipip4", "6in4", "gre6", "ip6ip6", "4in6", "label6", "dst4", "dst6"},
+    2: {"gre4", "ipip4", "6in4", "gre6", "ip6ip6", "4in6", "label6", "label-icmp6", "dst4", "dst6"},
     3: {"udp4", "esp4", "ipip4", "6in4", "udp6", "esp6", "ip6ip6", "4in6", "label6"},
 }
 
 
 @pytest.mark.parametrize("hook", ["auto", "xdp"])
-@pytest.mark.parametrize("policy", [0, 1, 2, 3])
-def test_every_probe_leaves_by_the_kernels_next_hop(hook, policy):
+@pytest.mark.parametrize(("policy", "rules"), [(0, False), (0, True), (1, False), (2, False), (3, False)])
+def test_every_probe_leaves_by_the_kernels_next_hop(hook, policy, rules):
     """Crafted probes of every protocol class (TCP, UDP, SCTP, ESP, AH, ICMP,
     GRE, IPIP, IPv6-in-IPv4/IPv6, IPv4-in-IPv6, fragments, flow labels, L3
     only) under each hash policy: with tna each leaves by the next hop Linux
-    alone chose, whether the fast path carries it or passes it."""
+    alone chose, whether the fast path carries it or passes it.  `rules`: a
+    fib rule on the protocol, which makes the kernel dissect packets before
+    the lookup and hash ICMPv6 from that."""
     with EcmpLab() as lab:
         for family in ("ipv4", "ipv6"):
             lab.sysctl(lab.r, f"net.{family}.fib_multipath_hash_policy", policy)
             lab.sysctl(lab.r, f"net.{family}.fib_multipath_hash_fields", "0x0fff")
+        if rules:
+            for fam in ("-4", "-6"):
+                lab.run(lab.r, ["ip", fam, "rule", "add", "ipproto", "tcp", "lookup", "main", "pref", "100"])
         if hook == "xdp":
             for ns, dev in ((lab.h1, "h1-r"), (lab.h2, "h2-a"), (lab.h2, "h2-b")):
                 host_xdp(lab, ns, dev)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
-from tna.bpf.abi import PORT_FLAGS, TNA_MP_GUARD_V4
+from tna.bpf import abi
+from tna.bpf.abi import PORT_FLAGS
 from tna.model.config import AF_INET, AF_INET6, Model, Sysctls
 from tna.synth.planner import plan
 
@@ -75,7 +76,8 @@ def test_new_interface_is_planned_once_up() -> None:
     assert {s.name: s.why for s in p.skipped.values()}["r-h3p"] == "down"
 
 
-@pytest.mark.parametrize(("policy", "guard"), [(0, 0), (1, TNA_MP_GUARD_V4)])
+@pytest.mark.parametrize(("policy", "guard"), [(0, 0), (1, abi.TNA_MP_GUARD_V4), (2, abi.TNA_MP_INNER_V4),
+                                               (3, abi.TNA_MP_ALL_V4)])
 def test_multipath_route_with_mtu(policy: int, guard: int) -> None:
     m = model_after("multipath route with an mtu")
     m.set_sysctls(Sysctls(True, True, ipv4_mp_hash_policy=policy, ipv6_mp_hash_policy=policy))

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from tna.bpf.abi import TNA_CT_ACCT, TNA_CT_CSUM, TNA_CT_TCP_LOOSE, TNA_MP_GUARD_V4, TNA_MP_GUARD_V6
+from tna.bpf import abi
+from tna.bpf.abi import TNA_CT_ACCT, TNA_CT_CSUM, TNA_CT_TCP_LOOSE
 from tna.model.firewall import Firewall
 
 AF_INET = 2
@@ -328,13 +329,14 @@ class Model:
                        and not a.address.lower().startswith("fe80")})
 
     def multipath_guard(self) -> int:
-        """TNA_MP_GUARD_* bits: families whose multipath choice may depend on
-        a hash the packet already carries (L4 policy + multipath routes)."""
+        """TNA_MP_* bits: for each family with multipath routes, the packets
+        whose hash under its fib_multipath_hash_policy bpf_fib_lookup()
+        cannot reproduce (see tna_abi.h)."""
         guard = 0
-        for family, policy, bit in ((AF_INET, self.sysctls.ipv4_mp_hash_policy, TNA_MP_GUARD_V4),
-                                    (AF_INET6, self.sysctls.ipv6_mp_hash_policy, TNA_MP_GUARD_V6)):
-            if policy != 0 and any(r.family == family and r.multipath > 1 for r in self.routes):
-                guard |= bit
+        for family, policy in ((AF_INET, self.sysctls.ipv4_mp_hash_policy),
+                               (AF_INET6, self.sysctls.ipv6_mp_hash_policy)):
+            if any(r.family == family and r.multipath > 1 for r in self.routes):
+                guard |= _MP_BITS[family].get(policy, 0)
         return guard
 
     def route_mtu(self, family: int) -> int:
@@ -344,6 +346,13 @@ class Model:
     def stale_neighbours(self) -> set[Neigh]:
         """Neighbours the kernel would re-validate on their next use."""
         return {n for n in self.neighs.values() if n.state == NUD_STALE}
+
+
+# fib_multipath_hash_policy -> TNA_MP_* bits, per family (v4 policy 0 is exact)
+_MP_BITS = {
+    AF_INET: {1: abi.TNA_MP_GUARD_V4, 2: abi.TNA_MP_INNER_V4, 3: abi.TNA_MP_ALL_V4},
+    AF_INET6: {0: abi.TNA_MP_ICMP6_LABEL, 1: abi.TNA_MP_GUARD_V6, 2: abi.TNA_MP_INNER_V6, 3: abi.TNA_MP_ALL_V6},
+}
 
 
 def _apply_set(items: set, item: object, add: bool) -> bool:
