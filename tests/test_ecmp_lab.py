@@ -6,6 +6,9 @@ is computed exactly by bpf_fib_lookup(), so those flows are fast-pathed.
 Under policy 1 the kernel reuses a hash the packet already carries (socket
 txhash, NIC RSS) when it has one; such packets go to the kernel
 (MULTIPATH_HASH), the rest are hashed on the L4 ports the fast path fills in.
+Crafted probes cover the other protocols and policies 2 and 3, where what
+bpf_fib_lookup() cannot be given (inner headers, ...) goes to the kernel
+(MULTIPATH_POLICY).
 """
 
 from __future__ import annotations
@@ -137,7 +140,7 @@ def _probes(lab: EcmpLab) -> list[tuple[str, bytes]]:
 
 def _probe_paths(lab: EcmpLab, frames: list[bytes]) -> dict[int, str]:
     """Probe index -> the h2 device it arrived on; each must arrive once."""
-    caps = {dev: lab.popen(lab.h2, py("netns_labs.xfer", "raw-capture", dev, PROBE.hex(), str(len(frames)), "3"),
+    caps = {dev: lab.popen(lab.h2, py("netns_labs.xfer", "raw-capture", dev, PROBE.hex(), str(len(frames)), "6"),
                            stdout=subprocess.PIPE, text=True, cwd=lab.repo) for dev in ("h2-a", "h2-b")}
     for cap in caps.values():
         assert cap.stdout is not None and cap.stdout.readline().strip() == "ready"
