@@ -33,6 +33,23 @@ static __always_inline int proto_has_ports(__u8 proto)
 	       proto == IPPROTO_SCTP || proto == IPPROTO_DCCP;
 }
 
+/* Where the flow dissector reads the four bytes it hashes as ports
+ * (proto_ports_offset()): the ports, or ESP's or AH's SPI; -1: none. */
+static __always_inline int proto_ports_off(__u8 proto)
+{
+	if (proto_has_ports(proto) || proto == IPPROTO_ESP)
+		return 0;
+	return proto == IPPROTO_AH ? 4 : -1;
+}
+
+/* Encapsulations the flow dissector walks into unless told to stop there
+ * (FLOW_DISSECTOR_F_STOP_AT_ENCAP): hash policy 2 hashes their inner header. */
+static __always_inline int proto_is_tunnel(__u8 proto)
+{
+	return proto == IPPROTO_IPIP || proto == IPPROTO_IPV6 || proto == IPPROTO_GRE ||
+	       proto == IPPROTO_MPLS;
+}
+
 /* Sources and destinations the IPv4 input path never forwards. */
 static __always_inline int ipv4_martian(__be32 saddr, __be32 daddr)
 {

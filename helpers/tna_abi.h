@@ -68,6 +68,8 @@ enum tna_reason {
 	TNA_R_GSO,               /* GSO packet whose segment size this module cannot check */
 	TNA_R_MULTI_BUFFER,      /* XDP frame spread over several buffers (jumbo): kernel path */
 	TNA_R_MULTIPATH_HASH,    /* L4 multipath hashing may use the skb's own hash: kernel picks the path */
+	TNA_R_MULTIPATH_POLICY,  /* the hash policy takes what bpf_fib_lookup() cannot be given (a
+	                            tunnel's inner header, a dissected flow label, policy 3) */
 	TNA_R_NO_MODULE,         /* no module took a decision */
 	TNA_R_VLAN,              /* VLAN tag this module leaves to the kernel (or held out of band by XDP) */
 	TNA_R_ARP,               /* ARP on a bridge: proxy ARP, suppression, arptables are the kernel's */
@@ -118,8 +120,8 @@ struct tna_config {
 	__u32 pass_reason;   /* 0: active; otherwise pass all with this reason */
 	__u32 stale_count;   /* entries the daemon put in tna_stale (an upper bound once the
 	                        datapath deletes some); 0 skips the lookup */
-	__u32 mp_guard;      /* TNA_MP_GUARD_*: family hashes multipath by L4 (policy != 0)
-	                        and has multipath routes */
+	__u32 mp_guard;      /* TNA_MP_*: multipath hashes bpf_fib_lookup() cannot reproduce,
+	                        per family with multipath routes (by its hash policy) */
 	__u32 route_mtu4;    /* smallest `mtu` metric on any IPv4/IPv6 route, 0 if none: */
 	__u32 route_mtu6;    /* forwarding honours it, bpf_fib_lookup() only when locked */
 	__u32 local4_count;  /* > TNA_LOCAL4_MAX: too many to list, IPv4 goes to the kernel */
@@ -150,11 +152,29 @@ struct tna_state {
 	__u64 renewed_at;    /* jiffies at the last renewal: lets the daemon learn HZ */
 	struct tna_config cfg;
 };
-/* With fib_multipath_hash_policy != 0 the kernel reuses a packet's existing
- * L4 hash (socket txhash, NIC RSS) to pick the next hop; bpf_fib_lookup()
- * cannot, so such packets must go to the kernel. */
+/* Multipath hashes bpf_fib_lookup() cannot reproduce: it hashes a flowi of
+ * outer addresses, protocol, ports (or ESP/AH SPI: the router fills them as
+ * the flow dissector reads them) and IPv6 flow label, the kernel the skb.
+ * Set per family that has multipath routes, by fib_multipath_hash_policy:
+ *   GUARD  1: the kernel reuses a packet's L4 hash (socket txhash, NIC RSS):
+ *          a packet that may carry one goes to it (MULTIPATH_HASH).
+ *   INNER  2: the dissector hashes IPIP/IPv6/GRE/MPLS by the inner header,
+ *          and IPv6's flow label in host order (bpf_fib_lookup(): as sent):
+ *          tunnels and flow-labelled IPv6 go to it (MULTIPATH_POLICY).
+ *   ALL    3: the skb hash mixes an inner-header hash (0 without one) into
+ *          the outer one, the flowi hash does not: all go to it.
+ *   ICMP6_LABEL  IPv6, 0: with fib rules on ports or protocol the kernel
+ *          hashes ICMPv6 from that early dissection (label in host order):
+ *          flow-labelled ICMPv6 goes to it. */
 #define TNA_MP_GUARD_V4 (1U << 0)
 #define TNA_MP_GUARD_V6 (1U << 1)
+#define TNA_MP_INNER_V4 (1U << 2)
+#define TNA_MP_INNER_V6 (1U << 3)
+#define TNA_MP_ALL_V4 (1U << 4)
+#define TNA_MP_ALL_V6 (1U << 5)
+#define TNA_MP_ICMP6_LABEL (1U << 6)
+#define TNA_MP_V4 (TNA_MP_GUARD_V4 | TNA_MP_INNER_V4 | TNA_MP_ALL_V4)
+#define TNA_MP_V6 (TNA_MP_GUARD_V6 | TNA_MP_INNER_V6 | TNA_MP_ALL_V6)
 
 /* Per-program counters, index = enum tna_reason. */
 struct tna_counter {

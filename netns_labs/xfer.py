@@ -8,7 +8,7 @@ bytes on both sides, and a UDP echo.  Run inside a namespace:
   python -m netns_labs.xfer udp-echo PORT
   python -m netns_labs.xfer udp-client ADDR PORT COUNT    # prints "<echoed> <count>"
   python -m netns_labs.xfer udp-send ADDR PORT SPORT COUNT  # one flow, fire and forget
-  python -m netns_labs.xfer raw-send IFACE FRAMEHEX[,FRAMEHEX...] COUNT  # exact frames (e.g. spoofed)
+  python -m netns_labs.xfer raw-send IFACE FRAMEHEX[,FRAMEHEX...] COUNT [GAP_S]  # exact frames (e.g. spoofed)
   python -m netns_labs.xfer raw-capture IFACE MARKHEX COUNT [SECONDS]  # received frames holding MARK, hex
 Every socket has a timeout, so nothing here can hang a test.
 """
@@ -147,12 +147,15 @@ def udp_send(addr: str, port: int, sport: int, count: int) -> None:
             s.sendto(i.to_bytes(4, "big"), (addr, port))
 
 
-def raw_send(iface: str, frames: list[bytes], count: int) -> None:
+def raw_send(iface: str, frames: list[bytes], count: int, gap: float = 0) -> None:
+    """gap: seconds between frames, so a long burst cannot overrun a veth's
+    XDP ring (which drops what does not fit)."""
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
         s.bind((iface, 0))
         for _ in range(count):
             for frame in frames:
                 s.send(frame)
+                time.sleep(gap)
 
 
 SOL_PACKET, PACKET_AUXDATA, TP_STATUS_VLAN_VALID, TP_STATUS_VLAN_TPID_VALID = 263, 8, 0x10, 0x40
@@ -201,7 +204,8 @@ def main(argv: list[str]) -> None:
     elif cmd == "udp-client":
         udp_client(args[0], int(args[1]), int(args[2]))
     elif cmd == "raw-send":
-        raw_send(args[0], [bytes.fromhex(f) for f in args[1].split(",")], int(args[2]))
+        raw_send(args[0], [bytes.fromhex(f) for f in args[1].split(",")], int(args[2]),
+                 float(args[3]) if len(args) > 3 else 0)
     elif cmd == "raw-capture":
         raw_capture(args[0], bytes.fromhex(args[1]), int(args[2]), float(args[3]) if len(args) > 3 else 10)
     elif cmd == "udp-send":

@@ -6,6 +6,9 @@ is computed exactly by bpf_fib_lookup(), so those flows are fast-pathed.
 Under policy 1 the kernel reuses a hash the packet already carries (socket
 txhash, NIC RSS) when it has one; such packets go to the kernel
 (MULTIPATH_HASH), the rest are hashed on the L4 ports the fast path fills in.
+Crafted probes cover the other protocols and policies 2 and 3, where what
+bpf_fib_lookup() cannot be given (inner headers, ...) goes to the kernel
+(MULTIPATH_POLICY).
 """
 
 from __future__ import annotations
@@ -145,9 +148,9 @@ def test_tcp_connections_by_nexthop_group_keep_the_kernels_path(hook):
         tna = Tna(lab, lab.r, "--hook", hook)
         try:
             st = tna.wait_attached(["r-h1", "r-a", "r-b"])
-            assert st["multipath_guarded"] == ["ipv4"]
+            assert st["multipath"] == {"ipv4": 1}
             lab.run(lab.r, ["ip", "nexthop", "replace", "id", "60", "group", "6/7"])
-            assert wait_for(lambda: (tna.status() or {}).get("multipath_guarded") == ["ipv4", "ipv6"], 30)
+            assert wait_for(lambda: (tna.status() or {}).get("multipath") == {"ipv4": 1, "ipv6": 1}, 30)
             before = tna.counters()
             assert held.paths() == linux
             after = tna.counters()
@@ -155,3 +158,135 @@ def test_tcp_connections_by_nexthop_group_keep_the_kernels_path(hook):
         finally:
             assert tna.stop() == 0
             tna.close()
+PROBE = b"TNA-ECMP-PROBE"
+N = 16  # variants per class: the one field that class varies
+
+
+def _probes(lab: EcmpLab) -> list[tuple[str, bytes]]:
+    """(class, frame) from h1 to r: per class, N frames that differ only in
+    the field the kernel may hash for that class (ports, SPI, inner header,
+    flow label, destination), each with its index after PROBE."""
+    from scapy.layers.inet import ICMP, IP, TCP, UDP
+    from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment
+    from scapy.layers.l2 import GRE, Ether
+    from scapy.layers.sctp import SCTP
+    from scapy.packet import Packet, Raw
+
+    eth = Ether(src=lab.mac(lab.h1, "h1-r"), dst=lab.mac(lab.r, "r-h1"))
+    v4 = {"src": "192.0.2.2", "dst": EcmpLab.DST4}
+    v6 = {"src": "2001:db8:1::2", "dst": EcmpLab.DST6}
+
+    def spi(i: int) -> bytes:
+        return (0x1000 + 0x01010101 * i).to_bytes(4, "big")
+
+    def ah(i: int) -> bytes:  # next header UDP, length 4 (12-byte ICV), SPI, sequence, ICV
+        return bytes([17, 4, 0, 0]) + spi(i) + (1).to_bytes(4, "big") + bytes(12)
+
+    def in4(i: int) -> Packet:
+        return IP(src=f"192.0.2.{10 + i}", dst=f"203.0.113.{100 + i}") / UDP(sport=7, dport=9)
+
+    def in6(i: int) -> Packet:
+        return IPv6(src=f"2001:db8:1::{10 + i:x}", dst=f"2001:db8:f::{100 + i:x}") / UDP(sport=7, dport=9)
+
+    classes = {
+        "udp4": lambda i: IP(**v4) / UDP(sport=40000 + i, dport=9),
+        "tcp4": lambda i: IP(**v4) / TCP(sport=40000 + i, dport=80, flags="A"),
+        "sctp4": lambda i: IP(**v4) / SCTP(sport=40000 + i, dport=80),
+        "esp4": lambda i: IP(proto=50, **v4) / Raw(spi(i) + (1).to_bytes(4, "big")),
+        "ah4": lambda i: IP(proto=51, **v4) / Raw(ah(i)) / UDP(sport=7, dport=9),
+        "icmp4": lambda i: IP(**v4) / ICMP(id=i + 1),
+        "gre4": lambda i: IP(**v4) / GRE(proto=0x0800) / in4(i),
+        "ipip4": lambda i: IP(proto=4, **v4) / in4(i),
+        "6in4": lambda i: IP(proto=41, **v4) / in6(i),
+        "frag4": lambda i: IP(flags="MF", **v4) / UDP(sport=40000 + i, dport=9),
+        "dst4": lambda i: IP(src="192.0.2.2", dst=f"203.0.113.{1 + i}") / UDP(sport=7, dport=9),
+        "udp6": lambda i: IPv6(**v6) / UDP(sport=40000 + i, dport=9),
+        "tcp6": lambda i: IPv6(**v6) / TCP(sport=40000 + i, dport=80, flags="A"),
+        "sctp6": lambda i: IPv6(**v6) / SCTP(sport=40000 + i, dport=80),
+        "esp6": lambda i: IPv6(nh=50, **v6) / Raw(spi(i) + (1).to_bytes(4, "big")),
+        "ah6": lambda i: IPv6(nh=51, **v6) / Raw(ah(i)) / UDP(sport=7, dport=9),
+        "icmp6": lambda i: IPv6(**v6) / ICMPv6EchoRequest(id=i + 1),
+        "gre6": lambda i: IPv6(**v6) / GRE(proto=0x86DD) / in6(i),
+        "ip6ip6": lambda i: IPv6(nh=41, **v6) / in6(i),
+        "4in6": lambda i: IPv6(nh=4, **v6) / in4(i),
+        "frag6": lambda i: IPv6(**v6) / IPv6ExtHdrFragment(m=1) / UDP(sport=40000 + i, dport=9),
+        "label6": lambda i: IPv6(fl=0x1111 * (i + 1), **v6) / UDP(sport=7, dport=9),
+        "label-icmp6": lambda i: IPv6(fl=0x1111 * (i + 1), **v6) / ICMPv6EchoRequest(id=1),
+        "dst6": lambda i: IPv6(src="2001:db8:1::2", dst=f"2001:db8:f::{1 + i:x}") / UDP(sport=7, dport=9),
+    }
+    out = []
+    for name, make in classes.items():
+        for i in range(N):
+            out.append((name, bytes(eth / make(i) / Raw(PROBE + len(out).to_bytes(2, "big")))))
+    return out
+
+
+def _probe_paths(lab: EcmpLab, frames: list[bytes]) -> dict[int, str]:
+    """Probe index -> the h2 device it arrived on; each must arrive once."""
+    caps = {dev: lab.popen(lab.h2, py("netns_labs.xfer", "raw-capture", dev, PROBE.hex(), str(len(frames)), "6"),
+                           stdout=subprocess.PIPE, text=True, cwd=lab.repo) for dev in ("h2-a", "h2-b")}
+    for cap in caps.values():
+        assert cap.stdout is not None and cap.stdout.readline().strip() == "ready"
+    lab.run(lab.h1, py("netns_labs.xfer", "raw-send", "h1-r", ",".join(f.hex() for f in frames), "1", "0.001"),
+            cwd=lab.repo)
+    got: dict[int, str] = {}
+    for dev, cap in caps.items():
+        out, _ = cap.communicate(timeout=60)
+        for line in out.split():
+            at = line.index(PROBE.hex()) + len(PROBE.hex())
+            idx = int(line[at:at + 4], 16)
+            assert idx not in got, (idx, dev, got.get(idx))
+            got[idx] = dev
+    return got
+
+
+# Classes the kernel spreads over both next hops under each policy: the
+# probes exercise what that policy hashes (so a path taken from the wrong
+# fields shows).  Policy 3 is run with every field of fib_multipath_hash_fields.
+SPREAD = {
+    0: {"dst4", "dst6", "label6", "label-icmp6"},
+    1: {"udp4", "tcp4", "sctp4", "esp4", "ah4", "udp6", "tcp6", "sctp6", "esp6"},
+    2: {"gre4", "ipip4", "6in4", "gre6", "ip6ip6", "4in6", "label6", "label-icmp6", "dst4", "dst6"},
+    3: {"udp4", "esp4", "ipip4", "6in4", "udp6", "esp6", "ip6ip6", "4in6", "label6"},
+}
+
+
+@pytest.mark.parametrize("hook", ["auto", "xdp"])
+@pytest.mark.parametrize(("policy", "rules"), [(0, False), (0, True), (1, False), (2, False), (3, False)])
+def test_every_probe_leaves_by_the_kernels_next_hop(hook, policy, rules):
+    """Crafted probes of every protocol class (TCP, UDP, SCTP, ESP, AH, ICMP,
+    GRE, IPIP, IPv6-in-IPv4/IPv6, IPv4-in-IPv6, fragments, flow labels, L3
+    only) under each hash policy: with tna each leaves by the next hop Linux
+    alone chose, whether the fast path carries it or passes it.  `rules`: a
+    fib rule on the protocol, which makes the kernel dissect packets before
+    the lookup and hash ICMPv6 from that."""
+    with EcmpLab() as lab:
+        for family in ("ipv4", "ipv6"):
+            lab.sysctl(lab.r, f"net.{family}.fib_multipath_hash_policy", policy)
+            lab.sysctl(lab.r, f"net.{family}.fib_multipath_hash_fields", "0x0fff")
+        if rules:
+            for fam in ("-4", "-6"):
+                lab.run(lab.r, ["ip", fam, "rule", "add", "ipproto", "tcp", "lookup", "main", "pref", "100"])
+        if hook == "xdp":
+            for ns, dev in ((lab.h1, "h1-r"), (lab.h2, "h2-a"), (lab.h2, "h2-b")):
+                host_xdp(lab, ns, dev)
+        probes = _probes(lab)
+        frames = [f for _, f in probes]
+        linux = _probe_paths(lab, frames)
+        assert len(linux) == len(frames)
+        for name in SPREAD[policy]:
+            assert {linux[i] for i, (c, _) in enumerate(probes) if c == name} == {"h2-a", "h2-b"}, name
+        tna = Tna(lab, lab.r, "--hook", hook)
+        try:
+            tna.wait_attached(["r-h1", "r-a", "r-b"])
+            before = tna.counters("r-h1")
+            fast = _probe_paths(lab, frames)
+            after = tna.counters("r-h1")
+        finally:
+            assert tna.stop() == 0
+            tna.close()
+        lost = sorted({probes[i][0] for i in linux if i not in fast})
+        wrong = sorted({probes[i][0] for i in linux if fast.get(i, linux[i]) != linux[i]})
+        assert not wrong and not lost, f"{wrong} left by another next hop, {lost} lost ({after})"
+        if policy in (0, 2) or (policy == 1 and hook == "auto"):
+            assert after.get("FORWARDED", 0) - before.get("FORWARDED", 0) >= N  # not all passed

@@ -77,13 +77,13 @@ def test_new_interface_is_planned_once_up() -> None:
     assert {s.name: s.why for s in p.skipped.values()}["r-h3p"] == "down"
 
 
-@pytest.mark.parametrize(("policy", "guard"), [(0, set()), (1, {AF_INET})])
-def test_multipath_route_with_mtu(policy: int, guard: int) -> None:
+@pytest.mark.parametrize("policy", [0, 1, 2, 3])
+def test_multipath_route_with_mtu(policy: int) -> None:
     m = model_after("multipath route with an mtu")
     m.set_sysctls(Sysctls(True, True, ipv4_mp_hash_policy=policy, ipv6_mp_hash_policy=policy))
     assert m.route_mtu(AF_INET) == 1400
     assert m.route_mtu(AF_INET6) == 0
-    assert m.multipath_guarded() == guard
+    assert m.multipath_policies() == {AF_INET: policy}
 
 
 def test_stale_neighbour_is_tracked_and_dropped_with_its_link() -> None:
@@ -206,9 +206,8 @@ NEXTHOP_STEPS = {mode: _steps(f"nexthop{suffix}") for mode, suffix in ((0, ""), 
 ])
 def test_routes_by_nexthop_object(compat: int, step: str, guarded: set[int]) -> None:
     m = model_after(step, NEXTHOP_STEPS[compat])
-    for policy, expect in ((0, set()), (1, guarded)):
-        m.set_sysctls(Sysctls(True, True, ipv4_mp_hash_policy=policy, ipv6_mp_hash_policy=policy))
-        assert m.multipath_guarded() == expect
+    m.set_sysctls(Sysctls(True, True, ipv4_mp_hash_policy=1, ipv6_mp_hash_policy=1))
+    assert m.multipath_policies() == dict.fromkeys(guarded, 1)
     by_nhid = {r.nhid: r.dst for r in m.routes if r.nhid}
     assert by_nhid == ({10: "203.0.113.0"} if step in ("dump", "group 60 deleted")
                        else {10: "203.0.113.0", 60: "2001:db8:f::"})

@@ -197,6 +197,38 @@ def test_multipath_guard(harness: RouterHarness) -> None:
         harness.set_state()
 
 
+MP_FRAMES = {
+    "udp4": lambda lab: V4(lab) / UDP() / Raw(b"x"),
+    "ipip4": lambda lab: V4(lab, proto=4) / IP(src="192.0.2.9", dst="203.0.113.9") / UDP() / Raw(b"x"),
+    "gre4": lambda lab: V4(lab, proto=47) / Raw(b"\0" * 24),
+    "udp6": lambda lab: V6(lab) / UDP() / Raw(b"x"),
+    "label6": lambda lab: V6(lab, fl=1) / UDP() / Raw(b"x"),
+    "ip6ip6": lambda lab: V6(lab, nh=41) / IPv6(src="2001:db8:1::9", dst="2001:db8:f::9") / UDP() / Raw(b"x"),
+    "icmp6-label": lambda lab: V6(lab, fl=1) / ICMPv6EchoRequest(),
+    "icmp6": lambda lab: V6(lab) / ICMPv6EchoRequest(),
+}
+
+
+@pytest.mark.parametrize(("bits", "passed"), [
+    (abi.TNA_MP_INNER_V4, {"ipip4", "gre4"}),
+    (abi.TNA_MP_INNER_V6, {"label6", "ip6ip6", "icmp6-label"}),
+    (abi.TNA_MP_ALL_V4, {"udp4", "ipip4", "gre4"}),
+    (abi.TNA_MP_ALL_V6, set(MP_FRAMES) - {"udp4", "ipip4", "gre4"}),
+    (abi.TNA_MP_ICMP6_LABEL, {"icmp6-label"}),
+])
+def test_multipath_policy_passes(harness: RouterHarness, bits: int, passed: set[str]) -> None:
+    """What hash policies 2 and 3 (and IPv6 policy 0's ICMPv6 under fib rules)
+    would hash differently from bpf_fib_lookup() goes to the kernel; the rest
+    is forwarded."""
+    try:
+        harness.set_state(mp_guard=bits)
+        got = {name for name, make in MP_FRAMES.items() if harness.run(bytes(make(harness.lab)))[1] != "FORWARDED"}
+        assert got == passed
+        assert {harness.run(bytes(MP_FRAMES[n](harness.lab)))[1] for n in passed} <= {"MULTIPATH_POLICY"}
+    finally:
+        harness.set_state()
+
+
 @pytest.mark.parametrize("hook", ["xdp", "tc"])
 def test_checksum_partial_frames_go_to_the_kernel(lab: RouterLab, hook: str) -> None:
     """With the veth-under-XDP flag, a TCP/UDP checksum holding only the

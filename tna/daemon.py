@@ -274,7 +274,7 @@ class Daemon:
         with self._guard_lock:
             reason = (abi.REASON["DISABLED"] if self.disabled_why
                       else abi.REASON["FW_CHANGED"] if self._commits != self._rules_gen else 0)
-            self.dp.lease.set_guards(reason, m.multipath_guarded(), (m.route_mtu(AF_INET), m.route_mtu(AF_INET6)),
+            self.dp.lease.set_guards(reason, m.multipath_policies(), (m.route_mtu(AF_INET), m.route_mtu(AF_INET6)),
                                      (m.local_ipv4(), m.local_ipv6()), fw_families, m.sysctls)
 
     def _safely(self, ifindex: int, action: Any) -> bool:

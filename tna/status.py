@@ -81,8 +81,10 @@ def describe(m: Model, p: Plan | None, attached: Mapping[int, Running], *, pid: 
         "failed": {m.links[i].name if i in m.links else str(i): why for i, why in failed.items()},
         "routes": len(m.routes),
         "nexthops": len(m.nexthops),
-        # families whose multipath packets carrying a hash go to the kernel
-        "multipath_guarded": [n for f, n in ((AF_INET, "ipv4"), (AF_INET6, "ipv6")) if f in m.multipath_guarded()],
+        # the hash policy of each family with multipath routes (docs/datapath.md
+        # says which packets go to the kernel under which policy)
+        "multipath": {n: policy for f, n in ((AF_INET, "ipv4"), (AF_INET6, "ipv6"))
+                      if (policy := m.multipath_policies().get(f)) is not None},
         "firewall_rules": _rules_json(m.firewall),
         "firewall": _firewall(m.firewall),
         "neighbours": len(m.neighs),

@@ -31,8 +31,8 @@ REASON = {name: i for i, name in enumerate(REASONS)}
 
 
 def _parse_defines() -> dict[str, int | str]:
-    """Every `#define NAME VALUE` of the header: integers, (1U << n), "strings"
-    and names (a C identifier, kept as its text)."""
+    """Every `#define NAME VALUE` of the header: integers, (1U << n), an OR of
+    earlier defines, "strings" and names (a C identifier, kept as its text)."""
     out: dict[str, int | str] = {}
     for name, value in re.findall(r"^#define ([A-Z][A-Z0-9_]*)[ \t]+(.+?)\s*(?:/\*.*)?$",
                                   ABI_HEADER.read_text(), re.M):
@@ -40,6 +40,13 @@ def _parse_defines() -> dict[str, int | str]:
             out[name] = 1 << int(m.group(1))
         elif re.fullmatch(r"0x[0-9A-Fa-f]+|\d+", value):
             out[name] = int(value, 0)
+        elif m := re.fullmatch(r"\(([A-Z][A-Z0-9_]*(?: \| [A-Z][A-Z0-9_]*)+)\)", value):
+            bits = 0
+            for term in m.group(1).split(" | "):
+                if not isinstance(bit := out.get(term), int):
+                    raise RuntimeError(f"{ABI_HEADER}: #define {name} {value}: {term} is no earlier integer")
+                bits |= bit
+            out[name] = bits
         elif m := re.fullmatch(r'"([^"]*)"|([a-z_][a-z0-9_]*)', value):
             out[name] = m.group(1) if m.group(1) is not None else m.group(2)
         else:
@@ -77,6 +84,11 @@ LOCAL4_MAX = _int("TNA_LOCAL4_MAX")
 LOCAL6_MAX = _int("TNA_LOCAL6_MAX")
 TNA_MP_GUARD_V4 = _int("TNA_MP_GUARD_V4")
 TNA_MP_GUARD_V6 = _int("TNA_MP_GUARD_V6")
+TNA_MP_INNER_V4 = _int("TNA_MP_INNER_V4")
+TNA_MP_INNER_V6 = _int("TNA_MP_INNER_V6")
+TNA_MP_ALL_V4 = _int("TNA_MP_ALL_V4")
+TNA_MP_ALL_V6 = _int("TNA_MP_ALL_V6")
+TNA_MP_ICMP6_LABEL = _int("TNA_MP_ICMP6_LABEL")
 TNA_FW_V4 = _int("TNA_FW_V4")
 TNA_FW_V6 = _int("TNA_FW_V6")
 TNA_CT_CSUM = _int("TNA_CT_CSUM")

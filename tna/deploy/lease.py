@@ -49,6 +49,22 @@ def family_bits(families: frozenset[int], v4: int, v6: int) -> int:
     return (v4 if AF_INET in families else 0) | (v6 if AF_INET6 in families else 0)
 
 
+# fib_multipath_hash_policy -> the TNA_MP_* bits of the packets whose hash
+# bpf_fib_lookup() cannot reproduce under it (tna_abi.h); IPv4's policy 0 is exact
+_MP_BITS = {
+    AF_INET: {1: abi.TNA_MP_GUARD_V4, 2: abi.TNA_MP_INNER_V4, 3: abi.TNA_MP_ALL_V4},
+    AF_INET6: {0: abi.TNA_MP_ICMP6_LABEL, 1: abi.TNA_MP_GUARD_V6, 2: abi.TNA_MP_INNER_V6, 3: abi.TNA_MP_ALL_V6},
+}
+
+
+def mp_guard_bits(policies: dict[int, int]) -> int:
+    """tna_config.mp_guard for Model.multipath_policies()."""
+    bits = 0
+    for family, policy in policies.items():
+        bits |= _MP_BITS[family].get(policy, 0)
+    return bits
+
+
 def ct_config(sc: Sysctls) -> tuple[int, int, int]:
     """tna_config's (ct_flags, ct_timeout_tcp, ct_timeout_udp): the
     conntrack behaviour the fast path repeats (timeouts in ms)."""
@@ -101,11 +117,11 @@ class Lease:
     def set_stale_count(self, n: int) -> None:
         self._update(lambda c: setattr(c, "stale_count", n))
 
-    def set_guards(self, pass_reason: int, mp_guarded: frozenset[int], route_mtu: tuple[int, int],
+    def set_guards(self, pass_reason: int, mp_policies: dict[int, int], route_mtu: tuple[int, int],
                    local: tuple[list[str], list[str]], fw_families: frozenset[int] = frozenset(),
                    sysctls: Sysctls | None = None) -> None:
-        """Global switches; pass_reason 0 ends a hold.  mp_guarded:
-        Model.multipath_guarded(); local: the box's IPv4 and IPv6 addresses;
+        """Global switches; pass_reason 0 ends a hold.  mp_policies:
+        Model.multipath_policies(); local: the box's IPv4 and IPv6 addresses;
         fw_families: families whose bridged IP goes to the kernel; sysctls:
         the conntrack behaviour the fast path repeats."""
         local4, local6 = local
@@ -114,7 +130,7 @@ class Lease:
 
         def edit(c: abi.TnaConfig) -> None:
             c.pass_reason, c.route_mtu4, c.route_mtu6 = pass_reason, *route_mtu
-            c.mp_guard = family_bits(mp_guarded, abi.TNA_MP_GUARD_V4, abi.TNA_MP_GUARD_V6)
+            c.mp_guard = mp_guard_bits(mp_policies)
             c.fw_families = family_bits(fw_families, abi.TNA_FW_V4, abi.TNA_FW_V6)
             c.ct_flags, c.ct_timeout_tcp, c.ct_timeout_udp = ct_config(sysctls) if sysctls else (0, 0, 0)
             c.local4_count, c.local6_count = len(local4), len(local6)

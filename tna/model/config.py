@@ -342,12 +342,12 @@ class Model:
             return nh is None or len(nh.group) > 1
         return route.multipath > 1
 
-    def multipath_guarded(self) -> frozenset[int]:
-        """Families whose multipath choice may depend on a hash the packet
-        already carries (a policy other than L3 + multipath routes)."""
-        return frozenset(family for family, policy in ((AF_INET, self.sysctls.ipv4_mp_hash_policy),
-                                                       (AF_INET6, self.sysctls.ipv6_mp_hash_policy))
-                         if policy != 0 and any(r.family == family and self.multipath(r) for r in self.routes))
+    def multipath_policies(self) -> dict[int, int]:
+        """family -> its fib_multipath_hash_policy, for the families that have
+        multipath routes (where the hash picks the next hop)."""
+        return {family: policy for family, policy in ((AF_INET, self.sysctls.ipv4_mp_hash_policy),
+                                                      (AF_INET6, self.sysctls.ipv6_mp_hash_policy))
+                if any(r.family == family and self.multipath(r) for r in self.routes)}
 
     def route_mtu(self, family: int) -> int:
         """Smallest route MTU metric in family, 0 if no route sets one."""
