@@ -22,6 +22,7 @@ from pyroute2 import IPRoute
 
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
+from tna.deploy.xdplink import XdpLinks
 from tna.model.config import USER_HZ, FdbEntry, Neigh
 from tna.model.firewall import Firewall
 from tna.netlink.watch import TC_H_CLSACT_EGRESS, TC_H_CLSACT_INGRESS, TC_HANDLE, TC_PRIORITY, tc_filters
@@ -145,6 +146,7 @@ class Datapath:
         self.shared: dict[str, bpf.Map] = {}
         self.renew_prog: bpf.Program | None = None
         self.attached: dict[int, Attached] = {}
+        self.xdp_links = XdpLinks()
         self._shadow: dict[str, dict[bytes, bytes]] = {}
         self._state_lock = threading.Lock()
         self.cfg = abi.TnaConfig()
@@ -213,7 +215,7 @@ class Datapath:
             old = attached_tna_prog(plan.ifindex, plan.hook)
             attached_tna_prog(plan.ifindex, other)  # raises if foreign
             if plan.hook == "xdp":
-                self._attach_xdp(plan.ifindex, prog, old)
+                self.xdp_links.attach(plan.ifindex, prog, old)
             else:
                 self._attach_tc(plan.ifindex, prog, old)
             # the other hook may still hold our program from an earlier plan
@@ -227,17 +229,6 @@ class Datapath:
         self.attached[plan.ifindex] = att
         log.info("%s: %s program %d attached (%s)", plan.name, plan.hook, att.prog_id, ",".join(plan.modules))
         return att
-
-    @staticmethod
-    def _attach_xdp(ifindex: int, prog: bpf.Program, old_id: int) -> None:
-        if not old_id:
-            bpf.xdp_attach(ifindex, prog.fd)
-            return
-        old = bpf.Program.from_id(old_id)
-        try:
-            bpf.xdp_attach(ifindex, prog.fd, old_prog_fd=old.fd)
-        finally:
-            old.close()
 
     @staticmethod
     def _attach_tc(ifindex: int, prog: bpf.Program, old_id: int) -> None:
@@ -254,7 +245,7 @@ class Datapath:
         except ForeignProgram:
             return
         if hook == "xdp":
-            bpf.xdp_detach(ifindex)
+            self.xdp_links.detach(ifindex)
         else:
             bpf.tc_detach(ifindex, TC_HANDLE, TC_PRIORITY)
             if not _tc_filters(ifindex, TC_H_CLSACT_INGRESS) and not _tc_filters(ifindex, TC_H_CLSACT_EGRESS):
@@ -269,6 +260,7 @@ class Datapath:
             except OSError as e:
                 if e.errno not in (errno.ENODEV, errno.EINVAL):
                     raise
+        self.xdp_links.release(ifindex)
         if att is not None:
             att.obj.close()
             log.info("%s: detached", att.plan.name)
