@@ -152,3 +152,13 @@ def test_attach_and_detach_send_no_mld_reports(router_lab, hook):
     with tna_running(lab, lab.r, hook, devs, [lab.h1, lab.h2]):
         assert not wait_for(lambda: _mld_reports(lab, lab.r, devs) != before, 2)
     assert not wait_for(lambda: _mld_reports(lab, lab.r, devs) != before, 2)
+
+
+def test_an_admins_empty_clsact_survives_tna(router_lab):
+    """TC only (XDP adds no qdisc): TNA removes a clsact it added, not one it found."""
+    lab = router_lab
+    lab.run(lab.r, ["tc", "qdisc", "add", "dev", "r-h1", "clsact"])
+    with tna_running(lab, lab.r, "auto", ["r-h1", "r-h2"], [lab.h1, lab.h2]):
+        assert "clsact" in lab.run(lab.r, ["tc", "qdisc", "show", "dev", "r-h2"]).stdout
+    assert "clsact" in lab.run(lab.r, ["tc", "qdisc", "show", "dev", "r-h1"]).stdout
+    assert "clsact" not in lab.run(lab.r, ["tc", "qdisc", "show", "dev", "r-h2"]).stdout

@@ -22,6 +22,7 @@ from pyroute2 import IPRoute
 
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
+from tna.deploy import clsact
 from tna.deploy.xdplink import XdpLinks
 from tna.model.config import USER_HZ, FdbEntry, Neigh
 from tna.model.firewall import Firewall
@@ -232,7 +233,7 @@ class Datapath:
 
     @staticmethod
     def _attach_tc(ifindex: int, prog: bpf.Program, old_id: int) -> None:
-        bpf.tc_hook_create(ifindex)
+        clsact.add(ifindex)
         foreign = [f for f in _tc_filters(ifindex, TC_H_CLSACT_INGRESS) if f != (TC_PRIORITY, TC_HANDLE)]
         if foreign:
             raise ForeignProgram(f"foreign TC ingress filters are attached (prio/handle {foreign})")
@@ -249,7 +250,7 @@ class Datapath:
         else:
             bpf.tc_detach(ifindex, TC_HANDLE, TC_PRIORITY)
             if not _tc_filters(ifindex, TC_H_CLSACT_INGRESS) and not _tc_filters(ifindex, TC_H_CLSACT_EGRESS):
-                bpf.tc_hook_destroy(ifindex)
+                clsact.remove_if_ours(ifindex)
 
     def remove(self, ifindex: int) -> None:
         """Detach TNA from ifindex (both hooks), whoever attached it."""
