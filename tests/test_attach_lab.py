@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import time
 from typing import Any
 
 import pytest
 
-from netns_labs.lab import BridgeLab, Lab, Tna, ping, wait_for
+from netns_labs.lab import BridgeLab, Lab, Tna, in_netns, ping, wait_for
 from tests.conftest import host_xdp, tna_running
+from tna.bpf import libbpf as bpf
 
 pytestmark = pytest.mark.root
 
@@ -162,3 +164,26 @@ def test_an_admins_empty_clsact_survives_tna(router_lab):
         assert "clsact" in lab.run(lab.r, ["tc", "qdisc", "show", "dev", "r-h2"]).stdout
     assert "clsact" in lab.run(lab.r, ["tc", "qdisc", "show", "dev", "r-h1"]).stdout
     assert "clsact" not in lab.run(lab.r, ["tc", "qdisc", "show", "dev", "r-h2"]).stdout
+
+
+def test_a_netlink_attached_tna_program_is_replaced_by_a_link(router_lab):
+    """What a TNA from before links left behind: only netlink can take it off."""
+    lab = router_lab
+    first = Tna(lab, lab.r, "--hook", "xdp")
+    old_id = first.wait_attached(["r-h1", "r-h2"])["ifaces"]["r-h1"]["prog_id"]
+    old = bpf.Program.from_id(old_id)
+    first.stop(signal.SIGKILL)
+    first.close()
+    with in_netns(lab.r):
+        ifindex = socket.if_nametoindex("r-h1")
+        assert wait_for(lambda: bpf.xdp_query_id(ifindex) == 0, 10)  # its link died with it
+        bpf.xdp_attach(ifindex, old.fd)
+    old.close()
+    second = Tna(lab, lab.r, "--hook", "xdp")
+    try:
+        assert second.wait_attached(["r-h1", "r-h2"])["ifaces"]["r-h1"]["prog_id"] != old_id
+        assert "removing a netlink-attached TNA program" in second.output()
+    finally:
+        assert second.stop() == 0, second.close()
+    second.close()
+    assert "prog/xdp" not in lab.run(lab.r, ["ip", "-d", "link", "show"]).stdout
