@@ -35,6 +35,9 @@ XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
 XDP_FLAGS_REPLACE = 1 << 4
 
+BPF_XDP = 37  # enum bpf_attach_type
+BPF_F_REPLACE = 1 << 2
+
 BPF_TC_INGRESS = 1 << 0
 BPF_TC_EGRESS = 1 << 1
 BPF_TC_F_REPLACE = 1 << 0
@@ -56,6 +59,15 @@ class LibbpfError(OSError):
 
 class _XdpAttachOpts(Structure):
     _fields_ = [("sz", c_size_t), ("old_prog_fd", c_int), ("_pad", c_int)]
+
+
+class _LinkCreateOpts(Structure):
+    _fields_ = [("sz", c_size_t), ("flags", c_uint32), ("_pad", c_uint32)]
+
+
+class _LinkUpdateOpts(Structure):
+    _fields_ = [("sz", c_size_t), ("flags", c_uint32), ("old_prog_fd", c_uint32), ("old_map_fd", c_uint32),
+                ("_pad", c_uint32)]
 
 
 class _TcHook(Structure):
@@ -205,6 +217,9 @@ def _load() -> ctypes.CDLL:
         "bpf_xdp_attach": (c_int, [c_int, c_int, c_uint32, c_void_p]),
         "bpf_xdp_detach": (c_int, [c_int, c_uint32, c_void_p]),
         "bpf_xdp_query_id": (c_int, [c_int, c_int, POINTER(c_uint32)]),
+        "bpf_link_create": (c_int, [c_int, c_int, c_int, c_void_p]),
+        "bpf_link_update": (c_int, [c_int, c_int, c_void_p]),
+        "bpf_link_detach": (c_int, [c_int]),
         "bpf_tc_hook_create": (c_int, [c_void_p]),
         "bpf_tc_hook_destroy": (c_int, [c_void_p]),
         "bpf_tc_attach": (c_int, [c_void_p, c_void_p]),
@@ -521,6 +536,23 @@ def xdp_query_id(ifindex: int, mode: int = XDP_FLAGS_DRV_MODE) -> int:
     prog_id = c_uint32(0)
     _check(_lib.bpf_xdp_query_id(ifindex, mode, byref(prog_id)), f"query XDP on ifindex {ifindex}")
     return prog_id.value
+
+
+def xdp_link(ifindex: int, prog_fd: int, mode: int = XDP_FLAGS_DRV_MODE) -> int:
+    """Attach through a BPF link (BPF_LINK_CREATE); returns the link's fd.
+    The program stays attached while the link is open, and only until then."""
+    opts = _LinkCreateOpts(sz=sizeof(_LinkCreateOpts), flags=mode)
+    return _check(_lib.bpf_link_create(prog_fd, ifindex, BPF_XDP, byref(opts)), f"XDP link on ifindex {ifindex}")
+
+
+def link_update(link_fd: int, prog_fd: int, old_prog_fd: int) -> None:
+    """Swap a link's program atomically, only if old_prog_fd is what it runs."""
+    opts = _LinkUpdateOpts(sz=sizeof(_LinkUpdateOpts), flags=BPF_F_REPLACE, old_prog_fd=old_prog_fd)
+    _check(_lib.bpf_link_update(link_fd, prog_fd, byref(opts)), "update BPF link")
+
+
+def link_detach(link_fd: int) -> None:
+    _check(_lib.bpf_link_detach(link_fd), "detach BPF link")
 
 
 # --- TC (clsact) ---------------------------------------------------------

@@ -21,7 +21,9 @@ from pyroute2 import IPRoute
 
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
+from tna.deploy import clsact
 from tna.deploy.lease import Lease
+from tna.deploy.xdplink import XdpLinks
 from tna.model.config import USER_HZ, FdbEntry, Neigh
 from tna.model.firewall import Firewall
 from tna.netlink.watch import TC_H_CLSACT_EGRESS, TC_H_CLSACT_INGRESS, tc_filters
@@ -98,6 +100,7 @@ class Datapath:
         self.shared: dict[str, bpf.Map] = {}
         self.lease = Lease()  # started by the first load, which creates tna_state
         self.attached: dict[int, Attached] = {}
+        self.xdp_links = XdpLinks()
         self._shadow: dict[str, dict[bytes, bytes]] = {}
         self.slots: dict[int, int] = {}  # bridge port ifindex -> its index in tna_ports
         # the rule-set maps of the newest rule set, which every program
@@ -160,7 +163,7 @@ class Datapath:
             old = attached_tna_prog(plan.ifindex, plan.hook)
             attached_tna_prog(plan.ifindex, other)  # raises if foreign
             if plan.hook == "xdp":
-                self._attach_xdp(plan.ifindex, prog, old)
+                self.xdp_links.attach(plan.ifindex, prog, old)
             else:
                 self._attach_tc(plan.ifindex, prog, old)
             # the other hook may still hold our program from an earlier plan
@@ -176,19 +179,8 @@ class Datapath:
         return att
 
     @staticmethod
-    def _attach_xdp(ifindex: int, prog: bpf.Program, old_id: int) -> None:
-        if not old_id:
-            bpf.xdp_attach(ifindex, prog.fd)
-            return
-        old = bpf.Program.from_id(old_id)
-        try:
-            bpf.xdp_attach(ifindex, prog.fd, old_prog_fd=old.fd)
-        finally:
-            old.close()
-
-    @staticmethod
     def _attach_tc(ifindex: int, prog: bpf.Program, old_id: int) -> None:
-        bpf.tc_hook_create(ifindex)
+        clsact.add(ifindex)
         foreign = [f for f in _tc_filters(ifindex, TC_H_CLSACT_INGRESS) if f != abi.TC_FILTER]
         if foreign:
             raise ForeignProgram(f"foreign TC ingress filters are attached (prio/handle {foreign})")
@@ -201,11 +193,11 @@ class Datapath:
         except ForeignProgram:
             return
         if hook == "xdp":
-            bpf.xdp_detach(ifindex)
+            self.xdp_links.detach(ifindex)
         else:
             bpf.tc_detach(ifindex, abi.TNA_TC_HANDLE, abi.TNA_TC_PRIORITY)
             if not _tc_filters(ifindex, TC_H_CLSACT_INGRESS) and not _tc_filters(ifindex, TC_H_CLSACT_EGRESS):
-                bpf.tc_hook_destroy(ifindex)
+                clsact.remove_if_ours(ifindex)
 
     def remove(self, ifindex: int) -> None:
         """Detach TNA from ifindex (both hooks), whoever attached it."""
@@ -216,6 +208,7 @@ class Datapath:
             except OSError as e:
                 if e.errno not in (errno.ENODEV, errno.EINVAL):
                     raise
+        self.xdp_links.release(ifindex)
         if att is not None:
             att.obj.close()
             log.info("%s: detached", att.plan.name)
