@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tna.bpf import attach as hooks
 from tna.bpf import libbpf as bpf
 from tna.synth.compile import compile_source
 
@@ -40,7 +41,7 @@ def attach(dev: str, prog: str) -> int:
     with bpf.BpfObject(str(build("lab_progs"))) as obj:
         obj.load()
         p = obj.program(f"lab_{prog}")
-        bpf.xdp_attach(ifindex, p.fd)
+        hooks.xdp_attach(ifindex, p.fd)
         return p.id
 
 
@@ -52,7 +53,7 @@ def reference(dev: str, egress: list[str]) -> int:
             i = socket.if_nametoindex(name).to_bytes(4, "little")
             ports.update(i, i)
         p = obj.program("ref_router")
-        bpf.xdp_attach(socket.if_nametoindex(dev), p.fd)
+        hooks.xdp_attach(socket.if_nametoindex(dev), p.fd)
         return p.id
 
 
@@ -67,7 +68,7 @@ def reference_bridge(dev: str, fdb: list[str]) -> int:
             fdb_map.update(bytes.fromhex(mac.replace(":", "")).ljust(8, b"\0"), i)
             ports.update(i, i)
         p = obj.program("ref_bridge")
-        bpf.xdp_attach(socket.if_nametoindex(dev), p.fd)
+        hooks.xdp_attach(socket.if_nametoindex(dev), p.fd)
         return p.id
 
 
@@ -111,28 +112,28 @@ def flood(dev: str, frame: bytes, pps: int, seconds: float) -> int:
     return sent
 
 
-TC_POINTS = {"ingress": bpf.BPF_TC_INGRESS, "egress": bpf.BPF_TC_EGRESS}
+TC_POINTS = {"ingress": hooks.BPF_TC_INGRESS, "egress": hooks.BPF_TC_EGRESS}
 
 
 def tc_drop(dev: str, point: str, prio: int) -> None:
     ifindex = socket.if_nametoindex(dev)
     with bpf.BpfObject(str(build("lab_progs"))) as obj:
         obj.load()
-        bpf.tc_hook_create(ifindex, TC_POINTS[point])
-        bpf.tc_attach(ifindex, obj.program("lab_tc_drop").fd, 1, prio, point=TC_POINTS[point])
+        hooks.tc_hook_create(ifindex, TC_POINTS[point])
+        hooks.tc_attach(ifindex, obj.program("lab_tc_drop").fd, 1, prio, point=TC_POINTS[point])
 
 
 def tc_clear(dev: str, point: str, prio: int) -> None:
-    bpf.tc_detach(socket.if_nametoindex(dev), 1, prio, point=TC_POINTS[point])
+    hooks.tc_detach(socket.if_nametoindex(dev), 1, prio, point=TC_POINTS[point])
 
 
 def detach(dev: str) -> None:
-    bpf.xdp_detach(socket.if_nametoindex(dev))
+    hooks.xdp_detach(socket.if_nametoindex(dev))
 
 
 def count(dev: str) -> int:
     """Sum of the sink's counter, found through the program attached to dev."""
-    prog = bpf.Program.from_id(bpf.xdp_query_id(socket.if_nametoindex(dev)))
+    prog = bpf.Program.from_id(hooks.xdp_query_id(socket.if_nametoindex(dev)))
     try:
         m = prog.find_map("sink_count")
         values = m.lookup(b"\0\0\0\0") or []

@@ -18,6 +18,7 @@ import pytest
 
 from netns_labs.lab import BridgeLab, Lab, Tna, in_netns, ping, wait_for
 from tests.conftest import host_xdp, tna_running
+from tna.bpf import attach
 from tna.bpf import libbpf as bpf
 
 pytestmark = pytest.mark.root
@@ -176,8 +177,8 @@ def test_a_netlink_attached_tna_program_is_replaced_by_a_link(router_lab):
     first.close()
     with in_netns(lab.r):
         ifindex = socket.if_nametoindex("r-h1")
-        assert wait_for(lambda: bpf.xdp_query_id(ifindex) == 0, 10)  # its link died with it
-        bpf.xdp_attach(ifindex, old.fd)
+        assert wait_for(lambda: attach.xdp_query_id(ifindex) == 0, 10)  # its link died with it
+        attach.xdp_attach(ifindex, old.fd)
     old.close()
     second = Tna(lab, lab.r, "--hook", "xdp")
     try:

@@ -27,12 +27,7 @@ def test_model_uses_nothing_of_the_datapath() -> None:
         assert "tna.bpf" not in path.read_text(), path
 
 
-# the ctypes binding predates the rule; splitting it is left to whoever next
-# changes it (the attach helpers are a natural module of their own)
-LONG_ALLOWED = {"bpf/libbpf.py"}
-
-
 def test_no_module_over_500_lines() -> None:
     long = {str(p.relative_to(TNA_DIR)): n for p in TNA_DIR.rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 500}
-    assert set(long) <= LONG_ALLOWED, long
+    assert not long, long

@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from tna.bpf import abi
+from tna.bpf import abi, attach
 from tna.bpf import libbpf as bpf
 from tna.deploy.counters import read_counters, read_stats
 from tna.runstate import AlreadyRunning, read_state
@@ -40,8 +40,8 @@ def _running_state() -> dict[str, Any]:
 def _attached_id(ifindex: int, hook: str) -> int:
     try:
         if hook == "xdp":
-            return bpf.xdp_query_id(ifindex)
-        return bpf.tc_query(ifindex, abi.TNA_TC_HANDLE, abi.TNA_TC_PRIORITY)
+            return attach.xdp_query_id(ifindex)
+        return attach.tc_query(ifindex, abi.TNA_TC_HANDLE, abi.TNA_TC_PRIORITY)
     except OSError:
         return 0
 

@@ -1,7 +1,7 @@
 """A small, typed ctypes binding to the system libbpf.so.1 (libbpf >= 1.0).
 
-Only what TNA needs: objects, programs, maps, XDP and TC attachment,
-BPF_PROG_TEST_RUN and object ids.  libbpf does every bpf() syscall; failures
+Only what TNA needs: objects, programs, maps, BPF_PROG_TEST_RUN and object
+ids; attaching to XDP and TC hooks is tna/bpf/attach.py.  libbpf does every bpf() syscall; failures
 become LibbpfError with the errno and, for loads, the verifier log that
 libbpf printed.
 """
@@ -30,18 +30,6 @@ from ctypes import (
     sizeof,
 )
 
-XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
-XDP_FLAGS_SKB_MODE = 1 << 1
-XDP_FLAGS_DRV_MODE = 1 << 2
-XDP_FLAGS_REPLACE = 1 << 4
-
-BPF_XDP = 37  # enum bpf_attach_type
-BPF_F_REPLACE = 1 << 2
-
-BPF_TC_INGRESS = 1 << 0
-BPF_TC_EGRESS = 1 << 1
-BPF_TC_F_REPLACE = 1 << 0
-
 BPF_ANY = 0
 BPF_NOEXIST = 1
 BPF_EXIST = 2
@@ -55,41 +43,6 @@ class LibbpfError(OSError):
     def __init__(self, err: int, what: str, log: str = "") -> None:
         super().__init__(err, f"{what}: {os.strerror(err)}")
         self.log = log
-
-
-class _XdpAttachOpts(Structure):
-    _fields_ = [("sz", c_size_t), ("old_prog_fd", c_int), ("_pad", c_int)]
-
-
-class _LinkCreateOpts(Structure):
-    _fields_ = [("sz", c_size_t), ("flags", c_uint32), ("_pad", c_uint32)]
-
-
-class _LinkUpdateOpts(Structure):
-    _fields_ = [("sz", c_size_t), ("flags", c_uint32), ("old_prog_fd", c_uint32), ("old_map_fd", c_uint32),
-                ("_pad", c_uint32)]
-
-
-class _TcHook(Structure):
-    _fields_ = [
-        ("sz", c_size_t),
-        ("ifindex", c_int),
-        ("attach_point", c_int),
-        ("parent", c_uint32),
-        ("_pad", c_uint32),
-    ]
-
-
-class _TcOpts(Structure):
-    _fields_ = [
-        ("sz", c_size_t),
-        ("prog_fd", c_int),
-        ("flags", c_uint32),
-        ("prog_id", c_uint32),
-        ("handle", c_uint32),
-        ("priority", c_uint32),
-        ("_pad", c_uint32),
-    ]
 
 
 class _BatchOpts(Structure):
@@ -515,90 +468,3 @@ class BpfObject:
         fd = _check(_lib.bpf_map__fd(ptr), f"fd of map {name}")
         info = map_info(fd)
         return Map(fd, info.key_size, info.value_size, name, percpu=info.type in (5, 6, 10))
-
-
-# --- XDP -----------------------------------------------------------------
-
-def xdp_attach(ifindex: int, prog_fd: int, old_prog_fd: int = -1, mode: int = XDP_FLAGS_DRV_MODE) -> None:
-    """Attach in native mode.  With old_prog_fd the kernel swaps programs
-    atomically, and only if old_prog_fd is what is attached now."""
-    opts = _XdpAttachOpts(sz=sizeof(_XdpAttachOpts), old_prog_fd=old_prog_fd)
-    flags = mode | (XDP_FLAGS_REPLACE if old_prog_fd >= 0 else 0)
-    _check(_lib.bpf_xdp_attach(ifindex, prog_fd, flags, byref(opts)), f"attach XDP to ifindex {ifindex}")
-
-
-def xdp_detach(ifindex: int, mode: int = XDP_FLAGS_DRV_MODE) -> None:
-    _check(_lib.bpf_xdp_detach(ifindex, mode, None), f"detach XDP from ifindex {ifindex}")
-
-
-def xdp_query_id(ifindex: int, mode: int = XDP_FLAGS_DRV_MODE) -> int:
-    """Id of the XDP program attached in that mode, 0 if none."""
-    prog_id = c_uint32(0)
-    _check(_lib.bpf_xdp_query_id(ifindex, mode, byref(prog_id)), f"query XDP on ifindex {ifindex}")
-    return prog_id.value
-
-
-def xdp_link(ifindex: int, prog_fd: int, mode: int = XDP_FLAGS_DRV_MODE) -> int:
-    """Attach through a BPF link (BPF_LINK_CREATE); returns the link's fd.
-    The program stays attached while the link is open, and only until then."""
-    opts = _LinkCreateOpts(sz=sizeof(_LinkCreateOpts), flags=mode)
-    return _check(_lib.bpf_link_create(prog_fd, ifindex, BPF_XDP, byref(opts)), f"XDP link on ifindex {ifindex}")
-
-
-def link_update(link_fd: int, prog_fd: int, old_prog_fd: int) -> None:
-    """Swap a link's program atomically, only if old_prog_fd is what it runs."""
-    opts = _LinkUpdateOpts(sz=sizeof(_LinkUpdateOpts), flags=BPF_F_REPLACE, old_prog_fd=old_prog_fd)
-    _check(_lib.bpf_link_update(link_fd, prog_fd, byref(opts)), "update BPF link")
-
-
-def link_detach(link_fd: int) -> None:
-    _check(_lib.bpf_link_detach(link_fd), "detach BPF link")
-
-
-# --- TC (clsact) ---------------------------------------------------------
-
-def _tc_hook(ifindex: int, point: int) -> _TcHook:
-    return _TcHook(sz=sizeof(_TcHook), ifindex=ifindex, attach_point=point)
-
-
-def tc_hook_create(ifindex: int, point: int = BPF_TC_INGRESS) -> bool:
-    """Add the clsact qdisc; False if it already existed."""
-    ret = _lib.bpf_tc_hook_create(byref(_tc_hook(ifindex, point)))
-    if ret == -errno.EEXIST:
-        return False
-    _check(ret, f"create clsact on ifindex {ifindex}")
-    return True
-
-
-def tc_hook_destroy(ifindex: int) -> None:
-    """Remove the clsact qdisc and every filter on it."""
-    ret = _lib.bpf_tc_hook_destroy(byref(_tc_hook(ifindex, BPF_TC_INGRESS | BPF_TC_EGRESS)))
-    if ret not in (0, -errno.ENOENT, -errno.EINVAL):
-        _check(ret, f"destroy clsact on ifindex {ifindex}")
-
-
-def tc_attach(ifindex: int, prog_fd: int, handle: int, priority: int, replace: bool = False,
-              point: int = BPF_TC_INGRESS) -> int:
-    """Attach a direct-action filter; with replace the kernel swaps the
-    program of that handle/priority in place (no window without one)."""
-    opts = _TcOpts(sz=sizeof(_TcOpts), prog_fd=prog_fd, handle=handle, priority=priority,
-                   flags=BPF_TC_F_REPLACE if replace else 0)
-    _check(_lib.bpf_tc_attach(byref(_tc_hook(ifindex, point)), byref(opts)), f"attach TC to ifindex {ifindex}")
-    return opts.prog_id
-
-
-def tc_detach(ifindex: int, handle: int, priority: int, point: int = BPF_TC_INGRESS) -> None:
-    opts = _TcOpts(sz=sizeof(_TcOpts), handle=handle, priority=priority)
-    ret = _lib.bpf_tc_detach(byref(_tc_hook(ifindex, point)), byref(opts))
-    if ret != -errno.ENOENT:
-        _check(ret, f"detach TC from ifindex {ifindex}")
-
-
-def tc_query(ifindex: int, handle: int, priority: int, point: int = BPF_TC_INGRESS) -> int:
-    """Id of the program on that filter, 0 if there is none."""
-    opts = _TcOpts(sz=sizeof(_TcOpts), handle=handle, priority=priority)
-    ret = _lib.bpf_tc_query(byref(_tc_hook(ifindex, point)), byref(opts))
-    if ret in (-errno.ENOENT, -errno.EINVAL):
-        return 0
-    _check(ret, f"query TC on ifindex {ifindex}")
-    return opts.prog_id

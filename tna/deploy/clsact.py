@@ -8,7 +8,7 @@ its successor removes those and only those.
 
 from __future__ import annotations
 
-from tna.bpf import libbpf as bpf
+from tna.bpf import attach
 from tna.runstate import run_dir
 
 _FILE = "clsact"
@@ -28,7 +28,7 @@ def _save(ifindexes: set[int]) -> None:
 
 def add(ifindex: int) -> None:
     """clsact on ifindex: the one there, or a new one we remember adding."""
-    if bpf.tc_hook_create(ifindex):
+    if attach.tc_hook_create(ifindex):
         _save(_ours() | {ifindex})
 
 
@@ -36,5 +36,5 @@ def remove_if_ours(ifindex: int) -> None:
     """Remove clsact (the caller saw no filter left on it) if TNA added it."""
     ours = _ours()
     if ifindex in ours:
-        bpf.tc_hook_destroy(ifindex)
+        attach.tc_hook_destroy(ifindex)
         _save(ours - {ifindex})

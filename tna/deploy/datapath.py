@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from pyroute2 import IPRoute
 
-from tna.bpf import abi
+from tna.bpf import abi, attach
 from tna.bpf import libbpf as bpf
 from tna.deploy import clsact
 from tna.deploy.lease import Lease
@@ -81,9 +81,9 @@ def attached_tna_prog(ifindex: int, hook: str) -> int:
     """Id of a TNA program attached at hook on ifindex, 0 if none; raises
     ForeignProgram if another program holds the hook."""
     if hook == "xdp":
-        prog_id = bpf.xdp_query_id(ifindex)
+        prog_id = attach.xdp_query_id(ifindex)
     else:
-        prog_id = bpf.tc_query(ifindex, abi.TNA_TC_HANDLE, abi.TNA_TC_PRIORITY)
+        prog_id = attach.tc_query(ifindex, abi.TNA_TC_HANDLE, abi.TNA_TC_PRIORITY)
     if prog_id == 0:
         return 0
     prog = bpf.Program.from_id(prog_id)
@@ -184,7 +184,7 @@ class Datapath:
         foreign = [f for f in _tc_filters(ifindex, TC_H_CLSACT_INGRESS) if f != abi.TC_FILTER]
         if foreign:
             raise ForeignProgram(f"foreign TC ingress filters are attached (prio/handle {foreign})")
-        bpf.tc_attach(ifindex, prog.fd, abi.TNA_TC_HANDLE, abi.TNA_TC_PRIORITY, replace=bool(old_id))
+        attach.tc_attach(ifindex, prog.fd, abi.TNA_TC_HANDLE, abi.TNA_TC_PRIORITY, replace=bool(old_id))
 
     def _detach_hook(self, ifindex: int, hook: str) -> None:
         try:
@@ -195,7 +195,7 @@ class Datapath:
         if hook == "xdp":
             self.xdp_links.detach(ifindex)
         else:
-            bpf.tc_detach(ifindex, abi.TNA_TC_HANDLE, abi.TNA_TC_PRIORITY)
+            attach.tc_detach(ifindex, abi.TNA_TC_HANDLE, abi.TNA_TC_PRIORITY)
             if not _tc_filters(ifindex, TC_H_CLSACT_INGRESS) and not _tc_filters(ifindex, TC_H_CLSACT_EGRESS):
                 clsact.remove_if_ours(ifindex)
 

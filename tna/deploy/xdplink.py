@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 
+from tna.bpf import attach
 from tna.bpf import libbpf as bpf
 
 log = logging.getLogger(__name__)
@@ -35,14 +36,14 @@ class XdpLinks:
         if fd is not None and old_id:
             old = bpf.Program.from_id(old_id)
             try:
-                bpf.link_update(fd, prog.fd, old.fd)
+                attach.link_update(fd, prog.fd, old.fd)
             finally:
                 old.close()
             return
         self.release(ifindex)  # a link left from a device that went away
         if old_id:
             self.detach(ifindex)
-        self._fds[ifindex] = bpf.xdp_link(ifindex, prog.fd)
+        self._fds[ifindex] = attach.xdp_link(ifindex, prog.fd)
 
     def detach(self, ifindex: int) -> None:
         """Take off the TNA program attached to ifindex."""
@@ -52,10 +53,10 @@ class XdpLinks:
             # take it off, with the side effects this module avoids
             log.warning("ifindex %d: removing a netlink-attached TNA program; the kernel announces "
                         "NETDEV_CHANGE (a disabled bridge port on it turns forwarding)", ifindex)
-            bpf.xdp_detach(ifindex)
+            attach.xdp_detach(ifindex)
             return
         try:
-            bpf.link_detach(fd)
+            attach.link_detach(fd)
         finally:
             os.close(fd)
 
