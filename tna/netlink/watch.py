@@ -171,11 +171,18 @@ class Watcher:
                 log.info("netlink dump interrupted by a change; dumping again")
         raise ResyncNeeded("netlink dumps keep being interrupted")
 
-    def snapshot(self, timeout: float = 30) -> list[NlMsg | XdpXmit | TcFilters]:
-        """The initial dump (call once, before events())."""
+    def snapshot(self) -> list[NlMsg | XdpXmit | TcFilters]:
+        """The initial dump (call once, before events()).  It takes as long as
+        the reader needs (a large table on a busy machine takes a while); a
+        reader that died without a word is a resync."""
         msgs: list[NlMsg | XdpXmit | TcFilters] = [XdpXmit(i, c) for i, c in xdp_xmit_capable().items()]
         while True:
-            item = self._q.get(timeout=timeout)
+            try:
+                item = self._q.get(timeout=1.0)
+            except queue.Empty:
+                if not self._thread.is_alive():
+                    raise ResyncNeeded("netlink reader ended during the dump") from None
+                continue
             if item is _DUMP_DONE:
                 return msgs
             if isinstance(item, ResyncNeeded):
