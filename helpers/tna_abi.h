@@ -51,6 +51,7 @@ enum tna_reason {
 	TNA_R_RP_FILTER,         /* rp_filter: the reverse path does not (provably) check out */
 	TNA_R_SOURCE_CHECK,      /* full source check (ip rules or local routes were ever set up): the
 	                            route back to the source is not unicast (local, broadcast) or none */
+	TNA_R_REALM,             /* routes or rules use realms: the kernel tags and counts by them (rt_acct) */
 	TNA_R_ICMP_SPECIAL,      /* ICMP errors (hashed by inner header), neighbour discovery */
 	TNA_R_CSUM_PARTIAL,      /* L4 checksum left to offload (XDP on veth): redirecting would corrupt it */
 	TNA_R_NOT_FWDED,         /* for this box, a broadcast address, or no route: kernel delivers/replies */

@@ -7,6 +7,8 @@ be delivered (as on a NIC).  Counters prove which path packets took.
 
 from __future__ import annotations
 
+import struct
+import subprocess
 import time
 
 import pytest
@@ -219,6 +221,29 @@ def test_full_source_check_like_linux(router_lab, hook, trigger):
         forwarded = tna.counters().get("FORWARDED", 0)
         assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 20).stdout
         assert tna.counters().get("FORWARDED", 0) - forwarded >= 40
+
+
+def _realm_packets(lab, realm: int) -> int:
+    """Packets forwarded to routes of this realm (/proc/net/rt_acct: 256 x
+    {o_bytes, o_packets, i_bytes, i_packets}, one table for all namespaces)."""
+    raw = subprocess.run(["ip", "netns", "exec", lab.r, "cat", "/proc/net/rt_acct"], capture_output=True,
+                         check=True).stdout
+    return struct.unpack_from("4I", raw, 16 * realm)[1]
+
+
+def test_realms_are_counted_like_linux(accelerated):
+    """While a route has a realm the kernel counts what it forwards there;
+    fast-pathed packets would escape the count, so they go to the kernel."""
+    lab, tna = accelerated
+    lab.run(lab.r, ["ip", "route", "add", f"{lab.h2.ip4}/32", "dev", "r-h2", "realm", "5"])
+    counted, passed = _realm_packets(lab, 5), tna.counters().get("REALM", 0)
+    assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 10).stdout
+    assert _realm_packets(lab, 5) - counted >= 10
+    assert tna.counters().get("REALM", 0) - passed >= 10
+    lab.run(lab.r, ["ip", "route", "del", f"{lab.h2.ip4}/32"])  # no realms left: the fast path again
+    forwarded = tna.counters().get("FORWARDED", 0)
+    assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 10).stdout
+    assert tna.counters().get("FORWARDED", 0) - forwarded >= 20
 
 
 def test_jumbo_mtu_still_settable_and_forwarded(accelerated):
