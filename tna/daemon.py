@@ -259,7 +259,10 @@ class Daemon:
         self.dp.sync(p.xdp_egress, p.tc_egress, self.model.stale_neighbours())
         self.dp.sync_bridges(p.ports, p.l3_bridges, [e for e in m.fdb.values() if e.bridge in p.bridges])
         self.dp.sync_firewall(masks)
-        self._publish_guards(families)  # ends a hold: every map now matches every program
+        if self.dp.fw_masks() == masks:
+            self._publish_guards(families)  # ends a hold: every map now matches every program
+        else:  # masks that do not match the rules: the hold stays (retried at the next reconcile)
+            log.error("tna_fw_ifaces could not be written; all traffic stays on the kernel path")
         self.plan = p
         publish_status(describe(m, p, self.dp.attached, pid=os.getpid(), mode=self.mode,
                                 disabled=self.disabled_why, failed=self.failed))
