@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from tna.bpf import abi
-from tna.deploy.lease import Lease
-from tna.model.config import AF_INET, Sysctls
+from tna.deploy.lease import Lease, mp_guard_bits
+from tna.model.config import AF_INET, AF_INET6, Sysctls
 
 HELD = abi.REASON["FW_CHANGED"]
 
@@ -33,7 +35,7 @@ def test_hold_lasts_until_guards_release_it() -> None:
     lease.set_stale_count(3)
     assert [c.pass_reason for c in prog.published] == [HELD, HELD]
     assert prog.published[-1].stale_count == 3
-    lease.set_guards(0, frozenset({AF_INET}), (1400, 0), (["192.0.2.1"], ["2001:db8::1"]),
+    lease.set_guards(0, {AF_INET: 1}, (1400, 0), (["192.0.2.1"], ["2001:db8::1"]),
                      frozenset({AF_INET}), Sysctls())
     last = prog.published[-1]
     assert last.pass_reason == 0 and last.stale_count == 3
@@ -74,3 +76,16 @@ def test_a_hold_from_another_thread_is_never_lost() -> None:
         stop.set()
         t.join()
     assert lease.cfg.pass_reason == HELD and prog.published[-1].pass_reason == HELD
+
+
+@pytest.mark.parametrize(("policies", "bits"), [
+    ({}, 0),
+    ({AF_INET: 0}, 0),                       # IPv4's L3 hash is bpf_fib_lookup()'s own
+    ({AF_INET: 1}, abi.TNA_MP_GUARD_V4),
+    ({AF_INET: 2}, abi.TNA_MP_INNER_V4),
+    ({AF_INET: 3}, abi.TNA_MP_ALL_V4),
+    ({AF_INET6: 0}, abi.TNA_MP_ICMP6_LABEL),
+    ({AF_INET: 1, AF_INET6: 2}, abi.TNA_MP_GUARD_V4 | abi.TNA_MP_INNER_V6),
+])
+def test_multipath_policies_become_the_datapath_bits(policies: dict[int, int], bits: int) -> None:
+    assert mp_guard_bits(policies) == bits
