@@ -40,6 +40,7 @@ TNA_FW_V6 = 1 << 1
 TNA_CT_CSUM = 1 << 0
 TNA_CT_ACCT = 1 << 1
 TNA_CT_TCP_LOOSE = 1 << 2
+TNA_CT_TCP_LIBERAL = 1 << 3
 
 
 class TnaConfig(Structure):
@@ -47,7 +48,8 @@ class TnaConfig(Structure):
                 ("mp_guard", c_uint32), ("route_mtu4", c_uint32), ("route_mtu6", c_uint32),
                 ("local4_count", c_uint32), ("local4", c_uint32 * LOCAL4_MAX), ("fw_families", c_uint32),
                 ("ct_flags", c_uint32), ("ct_timeout_tcp", c_uint32), ("ct_timeout_udp", c_uint32),
-                ("local6_count", c_uint32), ("pad", c_uint32), ("local6", c_uint32 * 4 * LOCAL6_MAX)]
+                ("local6_count", c_uint32), ("ct_max_retrans", c_uint32), ("local6", c_uint32 * 4 * LOCAL6_MAX),
+                ("ct_timeout_unack", c_uint32), ("ct_timeout_retrans", c_uint32)]
 
 
 class TnaState(Structure):
@@ -110,7 +112,9 @@ MAP_FDB = "tna_fdb"
 MAP_L3BR = "tna_l3br"
 MAP_FW_IFACES = "tna_fw_ifaces"
 MAP_CT_SYNC = "tna_ct_sync"
+MAP_CT_WIN = "tna_ct_win"
 SECTION_IFACE = ".rodata.tna"
-SHARED_MAPS = (MAP_STATE, MAP_DEVMAP, MAP_EGRESS, MAP_STALE, MAP_PORTS, MAP_FDB, MAP_L3BR, MAP_FW_IFACES, MAP_CT_SYNC)
+SHARED_MAPS = (MAP_STATE, MAP_DEVMAP, MAP_EGRESS, MAP_STALE, MAP_PORTS, MAP_FDB, MAP_L3BR, MAP_FW_IFACES, MAP_CT_SYNC,
+               MAP_CT_WIN)
 PROGRAM_NAME = "tna_main"
 RENEW_PROGRAM = "tna_renew"

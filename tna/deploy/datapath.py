@@ -306,16 +306,16 @@ class Datapath:
 
     def set_guards(self, pass_reason: int, mp_guard: int, route_mtu: tuple[int, int],
                    local: tuple[list[str], list[str]], fw_families: int = 0,
-                   ct: tuple[int, int, int] = (0, 0, 0)) -> None:
+                   ct: tuple[int, int, int, int, int, int] = (0, 0, 0, 0, 0, 0)) -> None:
         """Global switches; published before any program of a new plan runs.
-        local: the box's IPv4 and IPv6 addresses; ct: (ct_flags,
-        ct_timeout_tcp, ct_timeout_udp), Model.ct_config()."""
+        local: the box's IPv4 and IPv6 addresses; ct: Model.ct_config()."""
         local4, local6 = local
         c = self.cfg
         before = bytes(c)
         c.pass_reason, c.mp_guard, (c.route_mtu4, c.route_mtu6) = pass_reason, mp_guard, route_mtu
         c.fw_families = fw_families
-        c.ct_flags, c.ct_timeout_tcp, c.ct_timeout_udp = ct
+        (c.ct_flags, c.ct_timeout_tcp, c.ct_timeout_udp, c.ct_timeout_unack, c.ct_timeout_retrans,
+         c.ct_max_retrans) = ct
         c.local4_count = len(local4)
         packed = b"".join(socket.inet_aton(a) for a in local4[:abi.LOCAL4_MAX])
         ctypes.memmove(c.local4, packed.ljust(4 * abi.LOCAL4_MAX, b"\0"), 4 * abi.LOCAL4_MAX)

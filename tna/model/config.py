@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from tna.bpf.abi import TNA_CT_ACCT, TNA_CT_CSUM, TNA_CT_TCP_LOOSE, TNA_MP_GUARD_V4, TNA_MP_GUARD_V6
+from tna.bpf.abi import TNA_CT_ACCT, TNA_CT_CSUM, TNA_CT_TCP_LIBERAL, TNA_CT_TCP_LOOSE, TNA_MP_GUARD_V4, TNA_MP_GUARD_V6
 from tna.model.firewall import Firewall
 
 AF_INET = 2
@@ -179,6 +179,10 @@ class Sysctls:
     ct_tcp_loose: bool = True     # nf_conntrack_tcp_loose: pick up established flows
     ct_timeout_tcp: int = 432000  # s, nf_conntrack_tcp_timeout_established
     ct_timeout_udp: int = 120     # s, nf_conntrack_udp_timeout_stream
+    ct_tcp_liberal: bool = False  # nf_conntrack_tcp_be_liberal: no TCP segment is out of window
+    ct_tcp_max_retrans: int = 3   # nf_conntrack_tcp_max_retrans
+    ct_timeout_unack: int = 300   # s, nf_conntrack_tcp_timeout_unacknowledged
+    ct_timeout_retrans: int = 300  # s, nf_conntrack_tcp_timeout_max_retrans
 
     @property
     def forwarding(self) -> bool:
@@ -290,13 +294,18 @@ class Model:
             return changed
         return self.neighs.pop(key, None) is not None
 
-    def ct_config(self) -> tuple[int, int, int]:
-        """tna_config's (ct_flags, ct_timeout_tcp, ct_timeout_udp): the
-        conntrack behaviour the fast path repeats (timeouts in ms)."""
+    def ct_config(self) -> tuple[int, int, int, int, int, int]:
+        """tna_config's (ct_flags, ct_timeout_tcp, ct_timeout_udp,
+        ct_timeout_unack, ct_timeout_retrans, ct_max_retrans): the conntrack
+        behaviour the fast path repeats (timeouts in ms)."""
         sc = self.sysctls
         flags = ((TNA_CT_CSUM if sc.ct_checksum else 0) | (TNA_CT_ACCT if sc.ct_acct else 0)
-                 | (TNA_CT_TCP_LOOSE if sc.ct_tcp_loose else 0))
-        return flags, min(sc.ct_timeout_tcp * 1000, 0xFFFFFFFF), min(sc.ct_timeout_udp * 1000, 0xFFFFFFFF)
+                 | (TNA_CT_TCP_LOOSE if sc.ct_tcp_loose else 0) | (TNA_CT_TCP_LIBERAL if sc.ct_tcp_liberal else 0))
+
+        def ms(s: int) -> int:
+            return min(s * 1000, 0xFFFFFFFF)
+        return (flags, ms(sc.ct_timeout_tcp), ms(sc.ct_timeout_udp), ms(sc.ct_timeout_unack),
+                ms(sc.ct_timeout_retrans), sc.ct_tcp_max_retrans)
 
     def set_sysctls(self, sysctls: Sysctls) -> bool:
         changed = sysctls != self.sysctls
