@@ -23,6 +23,9 @@
  *                                            interface pattern k (-i/-o, '+' wildcards)
  *   tna_ct_sync   LRU_HASH tna_ct_key shared  established TCP connections the datapath asks
  *                                            the daemon to free from window tracking
+ *   tna_ct_win    LRU_HASH tna_ct_key shared  the TCP window state conntrack would hold for
+ *                                            each connection the fast path carries
+ *                                            (datapath only; key: original direction)
  *   tna_stats     PERCPU_ARRAY       per program: packets/bytes per reason
  *   tna_fw_rules  PERCPU_ARRAY       per program: packets/bytes per counted FORWARD/INPUT rule
  *                                            (ids in the order tna/synth/fwgen.py numbers them)
@@ -98,6 +101,8 @@ enum tna_reason {
 	                            daemon marks it, like a flowtable offload): the kernel meanwhile */
 	TNA_R_CT_PROTO,          /* conntrack tracks this family and the protocol is not TCP/UDP */
 	TNA_R_CT_CSUM,           /* conntrack would verify an L4 checksum the fast path cannot */
+	TNA_R_CT_WINDOW,         /* a carried TCP segment conntrack's window tracking would not take
+	                            as in window: the kernel (window-liberal) decides */
 	TNA_R_MAX
 };
 
@@ -134,12 +139,15 @@ struct tna_config {
 	__u32 ct_timeout_tcp; /* ms: nf_conntrack_tcp_timeout_established */
 	__u32 ct_timeout_udp; /* ms: nf_conntrack_udp_timeout_stream */
 	__u32 local6_count;  /* > TNA_LOCAL6_MAX: too many to list (no IPv6 early drop) */
-	__u32 pad;
+	__u32 ct_max_retrans; /* nf_conntrack_tcp_max_retrans */
 	__be32 local6[TNA_LOCAL6_MAX][4]; /* this namespace's global IPv6 addresses */
+	__u32 ct_timeout_unack;   /* ms: nf_conntrack_tcp_timeout_unacknowledged */
+	__u32 ct_timeout_retrans; /* ms: nf_conntrack_tcp_timeout_max_retrans */
 };
 #define TNA_CT_CSUM (1U << 0) /* nf_conntrack_checksum: bad L4 checksums are INVALID */
 #define TNA_CT_ACCT (1U << 1) /* nf_conntrack_acct: per-connection counters (kernel path only) */
 #define TNA_CT_TCP_LOOSE (1U << 2) /* nf_conntrack_tcp_loose: a plain ACK may start a connection */
+#define TNA_CT_TCP_LIBERAL (1U << 3) /* nf_conntrack_tcp_be_liberal: no segment is out of window */
 #define TNA_FW_V4 (1U << 0)
 #define TNA_FW_V6 (1U << 1)
 
@@ -270,6 +278,7 @@ struct tna_ct_key {
 #define TNA_FW_IFACES_SIZE 4096
 #define TNA_FW_RULES_MAX 16384
 #define TNA_CT_SYNC_SIZE 4096
+#define TNA_CT_WIN_SIZE 65536
 
 /* The conntrack states a packet could have (the firewall's fw_pkt.ct, which
  * conntrack.c.j2 fills and fwgen's --ctstate conditions test). */
@@ -344,6 +353,42 @@ struct {
 	__type(key, struct tna_ct_key);
 	__type(value, __u8);
 } tna_ct_sync SEC(".maps");
+
+/* struct ip_ct_tcp_state's window fields, as conntrack would hold them. */
+struct tna_ct_dir {
+	__u32 td_end;
+	__u32 td_maxend;
+	__u32 td_maxwin;
+	__u32 td_maxack;
+	__u8 td_scale;
+	__u8 flags;          /* IP_CT_TCP_FLAG_*, without the BE_LIBERAL TNA set */
+	__u16 pad;
+};
+/* What conntrack's TCP tracking would hold for a carried connection
+ * (ct_tcp.c.j2): the kernel's copy goes stale while the fast path carries
+ * the flow, so the datapath keeps this one and chooses timeouts and window
+ * verdicts from it.  No lock (an LRU map cannot hold a bpf_spin_lock): the
+ * two directions on two CPUs may each lose the other's update of a shared
+ * field, which ct_tcp.c.j2 allows for. */
+struct tna_ct_win {
+	__u8 seeded;         /* the kernel's state was copied in (0: asked to sync only) */
+	__u8 liberal;        /* bit d: direction d was window-liberal before TNA marked it */
+	__u8 last_dir;       /* ip_ct_tcp's retransmission detection */
+	__u8 retrans;
+	__u32 last_seq;
+	__u32 last_ack;
+	__u32 last_end;
+	__u16 last_win;
+	__u16 pad;
+	struct tna_ct_dir seen[2];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, TNA_CT_WIN_SIZE);
+	__type(key, struct tna_ct_key);
+	__type(value, struct tna_ct_win);
+} tna_ct_win SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

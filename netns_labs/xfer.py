@@ -5,6 +5,7 @@ bytes on both sides, and a UDP echo.  Run inside a namespace:
   python -m netns_labs.xfer tcp-client ADDR PORT NBYTES   # prints "<bytes> <sha256>" sent
   python -m netns_labs.xfer tcp-phases ADDR PORT ACTIVE_S QUIET_S ACTIVE_S ...  # paced: 64 KiB per 10 ms
   python -m netns_labs.xfer tcp-hold ADDR PORT N SEGMENTS  # N connections; stdin "i": SEGMENTS on the i-th
+  python -m netns_labs.xfer tcp-trickle ADDR PORT SPORT SECONDS  # 100 bytes every 0.2 s, from port SPORT
   python -m netns_labs.xfer udp-echo PORT
   python -m netns_labs.xfer udp-client ADDR PORT COUNT    # prints "<echoed> <count>"
   python -m netns_labs.xfer udp-send ADDR PORT SPORT COUNT  # one flow, fire and forget
@@ -63,20 +64,22 @@ def tcp_client(addr: str, port: int, nbytes: int) -> None:
     print(sent, h.hexdigest(), peer, flush=True)
 
 
-def tcp_phases(addr: str, port: int, phases: list[float]) -> None:
-    """One connection that alternates sending (64 KiB every 10 ms) and
-    silence, phase by phase, starting with sending; prints like tcp-client."""
+def tcp_paced(addr: str, port: int, phases: list[float], chunk: int = CHUNK, every: float = 0.01,
+              sport: int = 0) -> None:
+    """One connection (from port sport, if given) that alternates sending
+    (chunk bytes every `every` s) and silence, phase by phase, starting with
+    sending; prints like tcp-client."""
     h, sent = hashlib.sha256(), 0
-    with socket.create_connection((addr, port), timeout=60) as s:
+    with socket.create_connection((addr, port), timeout=60, source_address=("", sport) if sport else None) as s:
         for k, seconds in enumerate(phases):
             end = time.monotonic() + seconds
             while time.monotonic() < end:
                 if k % 2 == 0:
-                    data = os.urandom(CHUNK)
+                    data = os.urandom(chunk)
                     s.sendall(data)
                     h.update(data)
                     sent += len(data)
-                time.sleep(0.01)
+                time.sleep(every)
         s.shutdown(socket.SHUT_WR)
         peer = s.recv(64).decode()
     print(sent, h.hexdigest(), peer, flush=True)
@@ -196,9 +199,12 @@ def main(argv: list[str]) -> None:
     elif cmd == "tcp-client":
         tcp_client(args[0], int(args[1]), int(args[2]))
     elif cmd == "tcp-phases":
-        tcp_phases(args[0], int(args[1]), [float(a) for a in args[2:]])
+        tcp_paced(args[0], int(args[1]), [float(a) for a in args[2:]])
     elif cmd == "tcp-hold":
         tcp_hold(args[0], int(args[1]), int(args[2]), int(args[3]))
+    elif cmd == "tcp-trickle":
+        # what a stalled peer leaves unacknowledged
+        tcp_paced(args[0], int(args[1]), [float(args[3])], 100, 0.2, int(args[2]))
     elif cmd == "udp-echo":
         udp_echo(int(args[0]))
     elif cmd == "udp-client":

@@ -94,6 +94,7 @@ TNA_FW_V6 = _int("TNA_FW_V6")
 TNA_CT_CSUM = _int("TNA_CT_CSUM")
 TNA_CT_ACCT = _int("TNA_CT_ACCT")
 TNA_CT_TCP_LOOSE = _int("TNA_CT_TCP_LOOSE")
+TNA_CT_TCP_LIBERAL = _int("TNA_CT_TCP_LIBERAL")
 TNA_TC_PRIORITY = _int("TNA_TC_PRIORITY")
 TNA_TC_HANDLE = _int("TNA_TC_HANDLE")
 TC_FILTER = (TNA_TC_PRIORITY, TNA_TC_HANDLE)  # (priority, handle), as tc_filters() lists filters
@@ -106,7 +107,8 @@ class TnaConfig(Structure):
                 ("mp_guard", c_uint32), ("route_mtu4", c_uint32), ("route_mtu6", c_uint32),
                 ("local4_count", c_uint32), ("local4", c_uint32 * LOCAL4_MAX), ("fw_families", c_uint32),
                 ("ct_flags", c_uint32), ("ct_timeout_tcp", c_uint32), ("ct_timeout_udp", c_uint32),
-                ("local6_count", c_uint32), ("pad", c_uint32), ("local6", c_uint32 * 4 * LOCAL6_MAX)]
+                ("local6_count", c_uint32), ("ct_max_retrans", c_uint32), ("local6", c_uint32 * 4 * LOCAL6_MAX),
+                ("ct_timeout_unack", c_uint32), ("ct_timeout_retrans", c_uint32)]
 
 
 class TnaState(Structure):
@@ -169,6 +171,7 @@ MAP_FDB = _map("tna_fdb")
 MAP_L3BR = _map("tna_l3br")
 MAP_FW_IFACES = _map("tna_fw_ifaces")
 MAP_CT_SYNC = _map("tna_ct_sync")
+MAP_CT_WIN = _map("tna_ct_win")
 SECTION_IFACE = _str("TNA_SECTION_IFACE")
 # every map but the per-program counters: created by the first load, reused by every later one
 SHARED_MAPS = tuple(m for m in MAP_NAMES if m not in (MAP_STATS, MAP_FW_RULES))

@@ -30,7 +30,7 @@ IP_CT_TCP_FLAG_BE_LIBERAL = 0x08
 
 def key_tuple(key: TnaCtKey) -> NFCTAttrTuple:
     """The ctnetlink tuple of a connection as the datapath saw a packet of it
-    (either direction: the kernel finds the entry by both)."""
+    (its original direction, as the datapath keys it)."""
     family = key.family
     if family == socket.AF_INET:
         src = str(ipaddress.IPv4Address(bytes(key.saddr)[:4]))

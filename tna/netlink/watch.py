@@ -248,6 +248,10 @@ def read_sysctls() -> Sysctls:
         ct_tcp_loose=_read_int(f"{_NF}/nf_conntrack_tcp_loose", 1) != 0,
         ct_timeout_tcp=_read_int(f"{_NF}/nf_conntrack_tcp_timeout_established", 432000),
         ct_timeout_udp=_read_int(f"{_NF}/nf_conntrack_udp_timeout_stream", 120),
+        ct_tcp_liberal=_read_int(f"{_NF}/nf_conntrack_tcp_be_liberal") != 0,
+        ct_tcp_max_retrans=_read_int(f"{_NF}/nf_conntrack_tcp_max_retrans", 3),
+        ct_timeout_unack=_read_int(f"{_NF}/nf_conntrack_tcp_timeout_unacknowledged", 300),
+        ct_timeout_retrans=_read_int(f"{_NF}/nf_conntrack_tcp_timeout_max_retrans", 300),
     )
 
 
