@@ -292,7 +292,7 @@ def render_data(fw: Firewall | None) -> dict[str, Any] | None:
     if fw is None:
         return None
     ids = {(r.family, r.chain, r.index): r.id for r in rule_refs(fw)}
-    return {"v4": _chains(fw.fwd4, 4, fw.ifaces, ids, "fw4"), "v6": _chains(fw.fwd6, 6, fw.ifaces, ids, "fw6"),
+    return {"fwd4": _chains(fw.fwd4, 4, fw.ifaces, ids, "fw4"), "fwd6": _chains(fw.fwd6, 6, fw.ifaces, ids, "fw6"),
             "in4": _chains(fw.in4, 4, fw.ifaces, ids, "in4"), "in6": _chains(fw.in6, 6, fw.ifaces, ids, "in6"),
             "uses_ifaces": bool(fw.ifaces),
             "ct4": fw.ct4, "ct6": fw.ct6}
