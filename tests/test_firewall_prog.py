@@ -38,14 +38,6 @@ def table(forward: str, body: str, input_: str = "ACCEPT", chains: tuple[str, ..
 
 
 @pytest.fixture(scope="module")
-def fwlab(lab: RouterLab) -> RouterLab:
-    """The router lab; 198.51.100.7 and 2001:db8:2::7 live on h2 too."""
-    lab.neigh(lab.r, "r-h2", "198.51.100.7", lab.h2.mac)
-    lab.neigh(lab.r, "r-h2", "2001:db8:2::7", lab.h2.mac)
-    return lab
-
-
-@pytest.fixture(scope="module")
 def compiled(fwlab: RouterLab) -> Iterator[Callable[[str, str, str], FirewallHarness]]:
     """(hook, rules4, rules6) -> its harness, each rule set compiled and
     loaded once per module."""
