@@ -55,7 +55,7 @@ def tna_running(lab: Lab, ns: str, hook: str, ifaces: Sequence[str], hosts: Sequ
             def ok() -> bool:
                 st = tna.status()
                 return st is not None and all(i["xdp_egress"] for i in st["ifaces"].values())
-            assert wait_for(ok, 30, 0.2), tna.output()
+            assert wait_for(ok, 60, 0.2), tna.output()
         yield tna
     finally:
         rc = tna.stop()
