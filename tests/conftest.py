@@ -58,7 +58,7 @@ def tna_running(lab: Lab, ns: str, hook: str, ifaces: Sequence[str], hosts: Sequ
             def ok() -> bool:
                 st = tna.status()
                 return st is not None and all(i["xdp_egress"] for i in st["ifaces"].values())
-            assert wait_for(ok, 10, 0.2), tna.output()
+            assert wait_for(ok, 60, 0.2), tna.output()
         yield tna
     finally:
         rc = tna.stop()
@@ -96,6 +96,15 @@ def _harness(kind: str, lab: Lab, hook: str) -> Iterator:
 def harness(request: pytest.FixtureRequest, lab: RouterLab) -> Iterator:
     """The router module for ingress r-h1, under BPF_PROG_RUN, per hook."""
     yield from _harness("RouterHarness", lab, request.param)
+
+
+@pytest.fixture(scope="module")
+def fwlab(lab: RouterLab) -> RouterLab:
+    """The router lab for firewall BPF_PROG_RUN tests: 198.51.100.7 and
+    2001:db8:2::7 live on h2 too."""
+    lab.neigh(lab.r, "r-h2", "198.51.100.7", lab.h2.mac)
+    lab.neigh(lab.r, "r-h2", "2001:db8:2::7", lab.h2.mac)
+    return lab
 
 
 @pytest.fixture(scope="module")

@@ -3,22 +3,27 @@ BPF_PROG_RUN: frame in -> (verdict, reason, frame out).  The kernel's real
 FIB and neighbour table of the lab answer bpf_fib_lookup(); the harness
 writes the maps the daemon would.
 
-  RouterHarness  the router module on r-h1 of a RouterLab
-  BridgeHarness  the bridge (+fdb, router) modules on b-h1 of a routed BridgeLab
+  RouterHarness    the router module on r-h1 of a RouterLab
+  FirewallHarness  the router and firewall modules on r-h1, for one rule set
+  BridgeHarness    the bridge (+fdb, router) modules on b-h1 of a routed BridgeLab
 """
 
 from __future__ import annotations
 
 import ctypes
 import socket
+from collections import Counter
 
 from netns_labs.lab import BridgeLab, Lab, RouterLab, in_netns
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
-from tna.deploy.counters import read_stats
-from tna.deploy.datapath import iface_cfg
+from tna.deploy.counters import read_counters, read_stats
+from tna.deploy.datapath import iface_cfg, load_with_sets
 from tna.deploy.lease import jiffies_hz, renew
+from tna.model.firewall import Firewall, firewall_plan
+from tna.model.iptables import parse_save
 from tna.synth.compile import compile_source
+from tna.synth.fwgen import all_set_entries, rule_refs
 from tna.synth.render import render
 
 VERDICTS = {
@@ -41,19 +46,24 @@ EXTRA_ROUTES = [
 
 
 LOCAL4 = ("192.0.2.1", "198.51.100.1")  # r's own IPv4 addresses
+LOCAL6 = ("2001:db8:1::1", "2001:db8:2::1")
+CT_TIMEOUT_MS = 120_000  # what a fast-pathed packet refreshes a connection's timeout to
 
 
 class ProgHarness:
     """One program instance (its own maps) for ingress dev in namespace ns."""
 
     def __init__(self, lab: Lab, ns: str, dev: str, hook: str, modules: tuple[str, ...], mac: str,
-                 flags: int, egress: list[int], local4: tuple[str, ...], port_slot: int = 0) -> None:
-        self.lab, self.ns, self.hook, self.local4 = lab, ns, hook, local4
+                 flags: int, egress: list[int], local4: tuple[str, ...], port_slot: int = 0,
+                 firewall: Firewall | None = None, local6: tuple[str, ...] = ()) -> None:
+        self.lab, self.ns, self.hook, self.local4, self.local6 = lab, ns, hook, local4, local6
         self.ifindex = lab.ifindex(ns, dev)
-        self.obj = bpf.BpfObject(str(compile_source(render(hook, modules))))
+        self.obj = bpf.BpfObject(str(compile_source(render(hook, modules, firewall=firewall))))
         self.obj.set_initial_value(abi.SECTION_IFACE, iface_cfg(self.ifindex, mac, flags, port_slot))
+        # sized and filled as the daemon does (Datapath._load)
+        self.obj.set_max_entries(abi.MAP_FW_RULES, max(1, len(rule_refs(firewall))))
         with in_netns(ns):
-            self.obj.load()
+            self.sets = load_with_sets(self.obj, all_set_entries(firewall))
             self.prog = self.obj.program(abi.PROGRAM_NAME)
             u32 = ctypes.c_uint32
             for i in egress:
@@ -63,17 +73,23 @@ class ProgHarness:
         self.set_state()
 
     def close(self) -> None:
+        for m in self.sets.values():
+            m.close()
         self.obj.close()
 
     def set_state(self, lease_s: float = 3600, pass_reason: int = 0, mp_guard: int = 0, stale: int = 0,
-                  route_mtu: tuple[int, int] = (1400, 1400), local4: tuple[str, ...] | None = None) -> None:
+                  route_mtu: tuple[int, int] = (1400, 1400), local4: tuple[str, ...] | None = None,
+                  ct_flags: int = 0) -> None:
         """What the daemon would publish (route MTUs and addresses match the lab)."""
-        local4 = self.local4 if local4 is None else local4
+        local4, local6 = self.local4 if local4 is None else local4, self.local6
         cfg = abi.TnaConfig(lease_jiffies=int(lease_s * self.hz), pass_reason=pass_reason, mp_guard=mp_guard,
                             stale_count=stale, route_mtu4=route_mtu[0], route_mtu6=route_mtu[1],
-                            local4_count=len(local4))
+                            local4_count=len(local4), local6_count=len(local6), ct_flags=ct_flags,
+                            ct_timeout_tcp=CT_TIMEOUT_MS, ct_timeout_udp=CT_TIMEOUT_MS)
         for i, addr in enumerate(local4[:abi.LOCAL4_MAX]):
             cfg.local4[i] = int.from_bytes(socket.inet_aton(addr), "little")
+        packed = b"".join(socket.inet_pton(socket.AF_INET6, a) for a in local6[:abi.LOCAL6_MAX])
+        ctypes.memmove(cfg.local6, packed, len(packed))
         renew(self.obj.program(abi.RENEW_PROGRAM), cfg)
 
     def run(self, frame: bytes) -> tuple[str, str, bytes]:
@@ -93,9 +109,11 @@ class ProgHarness:
 
 
 class RouterHarness(ProgHarness):
-    def __init__(self, lab: RouterLab, hook: str, flags: int = 0) -> None:
+    def __init__(self, lab: RouterLab, hook: str, flags: int = 0, firewall: Firewall | None = None) -> None:
         self.egress = lab.ifindex(lab.r, "r-h2")
-        super().__init__(lab, lab.r, "r-h1", hook, ("router",), lab.r_h1_mac, flags, [self.egress], LOCAL4)
+        modules = ("firewall", "router") if firewall else ("router",)
+        super().__init__(lab, lab.r, "r-h1", hook, modules, lab.r_h1_mac, flags, [self.egress], LOCAL4,
+                         firewall=firewall, local6=LOCAL6)
 
     def mark_stale(self, ip: str) -> bytes:
         family = socket.AF_INET6 if ":" in ip else socket.AF_INET
@@ -108,6 +126,39 @@ class RouterHarness(ProgHarness):
 
     def stale_entries(self) -> int:
         return len(list(self.obj.map(abi.MAP_STALE).keys()))
+
+
+class FirewallHarness(RouterHarness):
+    """The router and firewall modules on r-h1, compiled for the filter
+    tables of rules4/rules6 (iptables-save text) as the daemon plans them,
+    tna_fw_ifaces written for r-h1 and r-h2."""
+
+    def __init__(self, lab: RouterLab, hook: str, rules4: str, rules6: str = "") -> None:
+        fw, why = firewall_plan({4: parse_save(rules4), 6: parse_save(rules6)})
+        assert fw is not None, why
+        self.fw, self.refs = fw, rule_refs(fw)
+        super().__init__(lab, hook, firewall=fw)
+        names = {lab.ifindex(lab.r, d): d for d in ("r-h1", "r-h2")}
+        for i, mask in fw.iface_masks(names).items():
+            self.obj.map(abi.MAP_FW_IFACES).update(bytes(ctypes.c_uint32(i)), bytes(ctypes.c_uint64(mask)))
+
+    def run_fw(self, frame: bytes) -> tuple[str, str, bytes, Counter[tuple[int, str, int]]]:
+        """run(), and the rules the program counted for the frame: (family,
+        chain, rule index or 0 for the policy) -> packets."""
+        counters = self.obj.map(abi.MAP_FW_RULES)
+        before = read_counters(counters)
+        verdict, reason, out = self.run(frame)
+        after = read_counters(counters)
+        # iptables counts the IP length
+        l3len = int.from_bytes(frame[16:18], "big") if frame[12:14] == b"\x08\x00" \
+            else 40 + int.from_bytes(frame[18:20], "big")
+        path: Counter[tuple[int, str, int]] = Counter()
+        for i, (pkts, byts) in after.items():
+            old = before.get(i, (0, 0))
+            if pkts != old[0]:
+                assert byts - old[1] == (pkts - old[0]) * l3len, (self.refs[i], byts - old[1], l3len)
+                path[self.refs[i].family, self.refs[i].chain, self.refs[i].index] = pkts - old[0]
+        return verdict, reason, out, path
 
 
 class BridgeHarness(ProgHarness):

@@ -108,6 +108,13 @@ def test_frames_arrive_byte_for_byte_as_without_tna(hook, br_nf):
     with BridgeLab() as lab:
         lab.sysctl(lab.b, "net.bridge.bridge-nf-call-iptables", br_nf)
         lab.sysctl(lab.b, "net.bridge.bridge-nf-call-ip6tables", br_nf)
+        # h2 answers the UDP frames with ICMP errors; resolving or re-probing
+        # h1 for them (NUD: STALE -> DELAY -> PROBE, seconds later) makes h1
+        # send h2 a unicast ARP reply or NA, which the fast path bridges and
+        # counts.  Permanent neighbours: only the test's frames go h1 -> h2.
+        for a, b in ((lab.h1, lab.h2), (lab.h2, lab.h1)):
+            lab.neigh(a.ns, a.dev, b.ip4, b.mac)
+            lab.neigh(a.ns, a.dev, b.ip6, b.mac)
         assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 1).stdout  # learn both
         frames = _frames(lab)
         linux = _send_and_capture(lab, frames)
@@ -138,7 +145,7 @@ def test_a_host_moved_to_another_port_is_reachable_after_one_arp_exchange(bridge
     # one ARP exchange from the moved host: the kernel moves the FDB entry
     lab.run(h6.ns, ["ip", "neigh", "flush", "all"])
     assert " 0% packet loss" in ping(lab, h6.ns, lab.h1.ip4, 1).stdout
-    assert wait_for(lambda: lab.fdb().get(h2.mac) == "b-h6")
+    assert wait_for(lambda: lab.fdb().get(h2.mac) == "b-h6", 30)
     before = tna.counters()
     res = ping(lab, lab.h1.ns, h2.ip4, 10)
     assert " 0% packet loss" in res.stdout, res.stdout
@@ -154,7 +161,7 @@ def test_fdb_delete_and_port_removal_take_effect_at_once(bridged):
     assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3).stdout
     size = _fdb_size(tna)
     lab.run(lab.b, ["bridge", "fdb", "del", lab.h2.mac, "dev", "b-h2", "master"])
-    assert wait_for(lambda: _fdb_size(tna) == size - 1)
+    assert wait_for(lambda: _fdb_size(tna) == size - 1, 30)
     before = tna.counters()
     assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 1).stdout
     after = tna.counters()
@@ -163,7 +170,7 @@ def test_fdb_delete_and_port_removal_take_effect_at_once(bridged):
     # a port leaving the bridge: its hosts are gone for Linux and for TNA
     assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h3.ip4, 3).stdout
     lab.run(lab.b, ["ip", "link", "set", "b-h3", "nomaster"])
-    assert wait_for(lambda: "b-h3" not in tna.status()["ifaces"])
+    assert wait_for(lambda: "b-h3" not in tna.status()["ifaces"], 30)
     before = tna.counters()
     assert "100% packet loss" in ping(lab, lab.h1.ns, lab.h3.ip4, 3).stdout
     assert delta(tna.counters(), before, "FORWARDED") == 0
@@ -190,7 +197,7 @@ def test_stp_blocking_port_forwards_nothing(hook):
             out = lab.run(lab.b, ["bridge", "link", "show"]).stdout
             return {f[1].split("@")[0].rstrip(":"): f[f.index("state") + 1] for f in map(str.split, out.splitlines())}
         assert wait_for(lambda: sorted(states()[p] for p in ("b-h7a", "b-h7b")) == ["blocking", "forwarding"]
-                        and states()["b-h1"] == "forwarding", timeout=20)
+                        and states()["b-h1"] == "forwarding", timeout=60)
         blocking = next(p for p in ("b-h7a", "b-h7b") if states()[p] == "blocking")
         hosts = [*lab.hosts, Host(h7, "h7a", "", "", ""), Host(h7, "h7b", "", "", "")]
         with tna_running(lab, lab.b, hook, [*PORTS, "b-h7a", "b-h7b"], hosts) as tna:
@@ -217,6 +224,10 @@ def test_fdb_entries_stay_alive_under_a_fast_path_flow(hook):
     with BridgeLab(ageing_s=4) as lab, tna_running(lab, lab.b, hook, PORTS, lab.hosts) as tna:
         lab.neigh(lab.h1.ns, lab.h1.dev, lab.h2.ip4, lab.h2.mac)  # no ARP: only the flow's frames
         lab.neigh(lab.h2.ns, lab.h2.dev, lab.h1.ip4, lab.h1.mac)
+        for h in (lab.h1, lab.h2):
+            # router solicitations back off 4, 8, 16, 32 s...: one in the
+            # silence below would keep the host's entry alive
+            lab.sysctl(h.ns, f"net.ipv6.conf.{h.dev}.router_solicitations", 0)
         assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 2).stdout
         before, t0 = tna.counters(), time.monotonic()
         flow = lab.popen(lab.h1.ns, ["ping", "-q", "-c", "1100", "-i", "0.01", lab.h2.ip4],
@@ -226,19 +237,27 @@ def test_fdb_entries_stay_alive_under_a_fast_path_flow(hook):
         while time.monotonic() < end:
             fdb = lab.fdb()
             missing += [m for m in (lab.h1.mac, lab.h2.mac) if m not in fdb]
+            size = _fdb_size(tna)  # the map with both: they age out once the flow stops
             time.sleep(0.5)
         out, _ = flow.communicate(timeout=30)
         after, elapsed = tna.counters(), time.monotonic() - t0
         assert " 0% packet loss" in out, out
         assert missing == []
-        assert delta(after, before, "BR_UNKNOWN_DST") == 0 and delta(after, before, "BR_LEARN") == 0
-        # two MACs, renewed 16 times per ageing period each
+        assert delta(after, before, "BR_UNKNOWN_DST") == 0
+        # the daemon may mirror the warm-up's learning late on a busy machine:
+        # then the flow's first frame per MAC is the kernel's to learn from
+        assert delta(after, before, "BR_LEARN") <= 2, (before, after)
+        # two MACs, each through the kernel at most once per refresh interval
+        # (ageing / 16; at least once, or missing would list it): a busy
+        # machine only stretches elapsed, and lowers no bound
         refreshed, forwarded = delta(after, before, "BR_REFRESH"), delta(after, before, "FORWARDED")
-        assert 2 * elapsed / 4 <= refreshed <= 1.2 * 2 * (elapsed * 16 / 4 + 2), (refreshed, elapsed)
-        assert forwarded > 10 * refreshed
+        print(f"{refreshed} refreshes in {elapsed:.1f} s")
+        assert 2 <= refreshed <= 2 * (elapsed * 16 / 4 + 1), (refreshed, elapsed)
+        # the rest of the flow's 1,100 requests and replies: the fast path
+        # (but what a lease the starved daemon failed to renew passed)
+        assert forwarded >= 2 * 1100 - refreshed - delta(after, before, "LEASE_EXPIRED"), (forwarded, refreshed)
         # silence: the kernel ages the entries out, and the map with it
-        size = _fdb_size(tna)
-        assert wait_for(lambda: _fdb_size(tna) <= size - 2, timeout=15)
+        assert wait_for(lambda: _fdb_size(tna) <= size - 2, timeout=30)
         assert lab.h2.mac not in lab.fdb()
 
 

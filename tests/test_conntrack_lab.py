@@ -120,7 +120,7 @@ def test_long_transfer_closes_cleanly_past_an_invalid_drop_rule(router_lab: Rout
 
         def entries() -> str:
             return lab.run(lab.r, ["conntrack", "-L", "-p", "tcp", "--dport", "5201"]).stdout
-        wait_for(lambda: "TIME_WAIT" in entries(), 3, 0.1)  # the last ACK may still be on its way
+        wait_for(lambda: "TIME_WAIT" in entries(), 30, 0.1)  # the last ACK may still be on its way
         invalid = lab.run(lab.r, ["iptables", "-L", "FORWARD", "-v", "-x", "-n"]).stdout.splitlines()[2].split()[0]
         closed = entries()
         lab.run(lab.r, ["conntrack", "-F"])
@@ -139,24 +139,36 @@ def test_long_transfer_closes_cleanly_past_an_invalid_drop_rule(router_lab: Rout
 
 def test_conntrack_entry_lives_through_a_quiet_then_active_flow(router_lab: RouterLab, hook: str) -> None:
     """With a 5 s established timeout, a flow that sends 6 s, pauses 3 s and
-    sends 6 s again: conntrack -L shows its entry all along, with the
-    timeout the kernel's own refresh would give (the fast path refreshes it)."""
+    sends 6 s again: conntrack -L shows its entry all along - one entry (one
+    id) from when it is first seen until after the close, though the kernel
+    sees almost none of the flow: the fast path refreshes it.  The sampled
+    timeouts are printed, not asserted (how often a loaded machine samples
+    varies)."""
     lab = router_lab
     setup(lab, hook)
     lab.sysctl(lab.r, "net.netfilter.nf_conntrack_tcp_timeout_established", 5)
+
+    def entry() -> tuple[str, str, int] | None:
+        """(id, state, timeout) of the flow's entry, if there is one."""
+        out = lab.run(lab.r, ["conntrack", "-L", "-p", "tcp", "--dport", "5201", "-o", "id"], check=False).stdout
+        fields = [line.split() for line in out.splitlines() if "dport=5201" in line]
+        if not fields:
+            return None
+        ident = next(f for f in fields[0] if f.startswith("id="))
+        return ident, fields[0][3], int(fields[0][2])
+
     with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
         time.sleep(1.2)  # the daemon polls sysctls every second
         server = _server(lab, lab.h2.ns, "tcp-server", "5201")
         client = lab.popen(lab.h1.ns, py("netns_labs.xfer", "tcp-phases", lab.h2.ip4, "5201", "6", "3", "6"),
                            stdout=subprocess.PIPE, text=True, cwd=lab.repo)
-        timeouts: list[int | None] = []
+        assert wait_for(lambda: entry() is not None, 30, 0.1)
+        samples: list[tuple[str, str, int] | None] = []
         stop = threading.Event()
 
         def sample() -> None:
             while not stop.wait(0.5):
-                out = lab.run(lab.r, ["conntrack", "-L", "-p", "tcp", "--dport", "5201"], check=False).stdout
-                fields = [line.split() for line in out.splitlines() if "ESTABLISHED" in line]
-                timeouts.append(int(fields[0][2]) if fields else None)
+                samples.append(entry())
         sampler = threading.Thread(target=sample)
         sampler.start()
         try:
@@ -166,12 +178,13 @@ def test_conntrack_entry_lives_through_a_quiet_then_active_flow(router_lab: Rout
             sampler.join()
         got = server.stdout.readline() if server.stdout else ""
         server.wait(timeout=10)
+        closed = entry()  # TIME_WAIT now: the same entry
         c = tna.counters()
+    print("conntrack timeouts while the flow ran:", [s[2] if s and s[1] == "ESTABLISHED" else None for s in samples])
     assert sent.split()[:2] == got.split()[:2], (sent, got)
-    assert len(timeouts) >= 24 and None not in timeouts[:-2], timeouts  # alive until the close
-    # while the flow sends, the entry keeps (almost) its full timeout; the
-    # quiet phase lets it run down, as in Linux, but not out
-    assert max(timeouts[2:10]) >= 4 and max(timeouts[-8:-2]) >= 4, timeouts
+    assert closed is not None and closed[1] == "TIME_WAIT", closed
+    # an entry that timed out and was picked up again would have a new id
+    assert all(s is not None and s[0] == closed[0] for s in samples), (closed, samples)
     assert c.get("FORWARDED", 0) > 100, c
 
 
