@@ -390,12 +390,15 @@ class Tna:
         self.proc = lab.popen(ns, py("tna", "run", *args), stdout=self.log, stderr=subprocess.STDOUT,
                               cwd=_REPO, env={**os.environ, **(env_extra or {})})
 
-    def wait_attached(self, names: Sequence[str], timeout: float = 30) -> dict:
+    def wait_attached(self, names: Sequence[str], timeout: float = 30, settled: bool = False) -> dict:
+        """Status once every interface named is attached; settled: or else
+        skipped or failed by the daemon (it logged why and leaves it to the kernel)."""
         def ready() -> bool:
             st = self.status()
             # a dead daemon's state.json lingers until the new one writes its own
             return (st is not None and st["pid"] == self.proc.pid
-                    and all(n in st["ifaces"] and st["ifaces"][n]["attached"] for n in names))
+                    and all((n in st["ifaces"] and st["ifaces"][n]["attached"])
+                            or (settled and (n in st["skipped"] or n in st["failed"])) for n in names))
         if not wait_for(ready, timeout, 0.2):
             raise RuntimeError(f"tna did not attach {names}:\n{self.output()}")
         return self.status()  # type: ignore[return-value]
@@ -431,3 +434,34 @@ class Tna:
         else:
             self.proc.send_signal(sig)
         return self.proc.wait(timeout=30)
+
+
+def host_xdp(lab: Lab, ns: str, dev: str, prog: str = "pass") -> None:
+    """Give a host's veth an XDP program so redirected frames are delivered
+    to it, as a NIC would; its stack sees the same packets."""
+    lab.run(ns, py("netns_labs.progs", "attach", dev, prog), cwd=Lab.repo)
+
+
+@contextmanager
+def tna_running(lab: Lab, ns: str, hook: str, ifaces: Sequence[str], hosts: Sequence[Host],
+                settled: bool = False, timeout: float = 30) -> Iterator[Tna]:
+    """`tna run --hook HOOK` in ns, attached to ifaces (settled: see
+    Tna.wait_attached); under XDP the hosts' veths get an XDP program so
+    redirected frames reach them (as on a NIC) and every accelerated
+    interface must become valid XDP egress."""
+    if hook == "xdp":
+        for h in hosts:
+            host_xdp(lab, h.ns, h.dev)
+    tna = Tna(lab, ns, "--hook", hook)
+    try:
+        tna.wait_attached(ifaces, timeout, settled)
+        if hook == "xdp":
+            def ok() -> bool:
+                st = tna.status()
+                return st is not None and all(i["xdp_egress"] for i in st["ifaces"].values())
+            assert wait_for(ok, 10, 0.2), tna.output()
+        yield tna
+    finally:
+        rc = tna.stop()
+        out = tna.close()
+    assert rc == 0, out
