@@ -394,14 +394,28 @@ class Tna:
         """Status once every interface named is attached; settled: or else
         skipped or failed by the daemon (it logged why and leaves it to the kernel)."""
         def ready() -> bool:
+            if settled:  # the daemon's own record: attached, skipped or failed
+                st = self.state()
+                return (st is not None and st["pid"] == self.proc.pid
+                        and all(n in st["ifaces"] or n in st["skipped"] or n in st["failed"] for n in names))
             st = self.status()
             # a dead daemon's state.json lingers until the new one writes its own
             return (st is not None and st["pid"] == self.proc.pid
-                    and all((n in st["ifaces"] and st["ifaces"][n]["attached"])
-                            or (settled and (n in st["skipped"] or n in st["failed"])) for n in names))
+                    and all(n in st["ifaces"] and st["ifaces"][n]["attached"] for n in names))
         if not wait_for(ready, timeout, 0.2):
             raise RuntimeError(f"tna did not attach {names}:\n{self.output()}")
         return self.status()  # type: ignore[return-value]
+
+    def state(self) -> dict | None:
+        """The daemon's state.json, read directly: cheap to poll (a `tna
+        status` costs a Python start-up, seconds on a busy machine)."""
+        from tna.runstate import RUN_ROOT
+
+        try:
+            path = RUN_ROOT / str(os.stat(f"/run/netns/{self.ns}").st_ino) / "state.json"
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
 
     def output(self) -> str:
         with open(self.log.name) as f:
@@ -457,9 +471,9 @@ def tna_running(lab: Lab, ns: str, hook: str, ifaces: Sequence[str], hosts: Sequ
         tna.wait_attached(ifaces, timeout, settled)
         if hook == "xdp":
             def ok() -> bool:
-                st = tna.status()
+                st = tna.state()
                 return st is not None and all(i["xdp_egress"] for i in st["ifaces"].values())
-            assert wait_for(ok, 10, 0.2), tna.output()
+            assert wait_for(ok, 10, 0.05), tna.output()
         yield tna
     finally:
         rc = tna.stop()

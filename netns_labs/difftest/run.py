@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import select
+import shlex
 import socket
 import time
 from collections.abc import Iterator
@@ -88,9 +89,15 @@ def _quiet(topo: Topology) -> None:
 
 
 def apply(topo: Topology, cmds: list[Cmd]) -> None:
+    """The commands, one shell per namespace (each `ip netns exec` costs a
+    process start); the first that fails stops the case."""
+    scripts: dict[str, list[str]] = {}
     for c in cmds:
         ns = topo.box if c.node == "box" else topo.hosts[c.node][0]
-        topo.lab.run(ns, list(c.argv), input=c.stdin)
+        line = shlex.join(c.argv)
+        scripts.setdefault(ns, []).append(line if c.stdin is None else f"{line} <<'EOF'\n{c.stdin}EOF")
+    for ns, lines in scripts.items():
+        topo.lab.run(ns, ["sh", "-ec", "\n".join(lines)])
 
 
 @dataclass
@@ -120,7 +127,8 @@ class Runner:
         with ctx as tna:
             if tna is not None:
                 st = tna.status() or {}
-                not_attached = {**st.get("skipped", {}), **st.get("failed", {})}
+                not_attached = {name: why for name, why in {**st.get("skipped", {}), **st.get("failed", {})}.items()
+                                if name in self.topo.ifaces}
             frames, errors = self._exchange(only)
             state = self._state(links0)
             if tna is not None:
