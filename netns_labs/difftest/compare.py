@@ -67,6 +67,9 @@ def normalise(frame: bytes, own4: set[bytes]) -> bytes | None:
     if etype == 0x0800 and len(frame) >= off + 20 and frame[off + 12:off + 16] in own4:
         b = bytearray(frame)
         b[off + 4:off + 6] = b[off + 10:off + 12] = b"\0\0"
+        at = off + (frame[off] & 0xF) * 4
+        if frame[off + 9] == 1 and len(frame) >= at + 20 and frame[at] == 14:
+            b[at + 2:at + 4] = b[at + 12:at + 20] = bytes(10)  # a timestamp reply: the box's clock
         return bytes(b)
     return frame
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 KNOWN_OPEN = frozenset({
     "port_state",         # 1: --hook xdp re-enables a disabled/blocking bridge port
     "full_source_check",  # 2: ip rules / local routes: martian sources (subnet broadcast, local route)
-    "l4_hash_tunnel",     # 3, 4: ECMP with hash policy >= 1 and IPIP/GRE/6in6/ESP/AH frames
+    "l4_hash_proto",      # 3, 4: ECMP with hash policy >= 1 and frames other than TCP/UDP (IPIP, GRE,
+                          #    6in6, ESP, AH; and ICMPv6 echo under policy 3, found by this test)
     "nexthop_compat0",    # 5: nexthop objects with nexthop_compat_mode=0
     "ct_unacked",         # 6: a tracked connection's data left unacknowledged (timeout class)
     "ct_blind_fin",       # 7: a FIN with random sequence numbers on a carried connection
@@ -273,7 +274,6 @@ class Generator:
         from scapy.packet import Raw
 
         r = self.rng
-        tunnels = self.policy == 0 or self.case.kind != "ecmp" or self.want("l4_hash_tunnel", 0.5)
         kinds: dict[str, Callable] = {
             "udp": lambda: UDP(sport=r.randrange(1, 65536), dport=r.choice((53, 9, 7, 5000, r.randrange(65536))))
             / Raw(payload),
@@ -287,17 +287,16 @@ class Generator:
                               / payload),
             "nd": lambda: (ICMPv6ND_NS(tgt="2001:db8:1::1") if v6 else ICMP(type=13) / Raw(payload)),
             "other": lambda: Raw(payload),
+            "ipip": lambda: (IPv6(src="2001:db8:5::1", dst="2001:db8:5::2") if v6
+                             else IP(src="192.0.2.200", dst="198.51.100.200")) / UDP(sport=r.randrange(65536))
+            / Raw(payload),
+            "gre": lambda: GRE() / IP(src="192.0.2.201", dst="203.0.113.201") / UDP(sport=r.randrange(65536))
+            / Raw(payload),
+            "esp": lambda: ESP(spi=r.randrange(1, 1 << 32), seq=1) / Raw(payload),
+            "ah": lambda: AH(spi=r.randrange(1, 1 << 32), nh=59, payloadlen=4) / Raw(b"\0" * 12 + payload),
         }
-        if tunnels:
-            kinds |= {
-                "ipip": lambda: (IPv6(src="2001:db8:5::1", dst="2001:db8:5::2") if v6
-                                 else IP(src="192.0.2.200", dst="198.51.100.200")) / UDP(sport=r.randrange(65536))
-                / Raw(payload),
-                "gre": lambda: GRE() / IP(src="192.0.2.201", dst="203.0.113.201") / UDP(sport=r.randrange(65536))
-                / Raw(payload),
-                "esp": lambda: ESP(spi=r.randrange(1, 1 << 32), seq=1) / Raw(payload),
-                "ah": lambda: AH(spi=r.randrange(1, 1 << 32), nh=59, payloadlen=4) / Raw(b"\0" * 12 + payload),
-            }
+        if self.case.kind == "ecmp" and self.policy and not self.want("l4_hash_proto", 0.5):
+            kinds = {k: kinds[k] for k in ("tcp", "udp")}
         kind = r.choice(sorted(kinds))
         return kinds[kind](), 253 if kind == "other" else None
 
