@@ -104,7 +104,7 @@ def main(argv: list[str]) -> int:
     for index in range(args.first, args.first + args.cases):
         result = run_case(args.seed, index, hooks, args.frames, excluded, only)
         packets += result.packets
-        print(f"case {index} ({result.case.kind}, {len(result.case.sends)} frames): "
+        print(f"case {index} ({result.case.kind}, {len(result.case.sends)} frames, {result.packets} sent): "
               f"{'DIFFERENT on ' + ','.join(result.diffs) if result.diffs else 'same'}", flush=True)
         for hook, why in result.not_attached.items():
             print(f"  note: --hook {hook} left to the kernel: {why}")
