@@ -4,7 +4,11 @@ the kernel itself varies from run to run:
 - the IPv4 ID (and so the header checksum) of packets the box's own stack
   originates (ICMP errors, echo replies, resets from its addresses): the
   kernel draws it from a per-destination generator that advances with time
-  and use;
+  and use; in an ICMP timestamp reply also its receive and transmit times
+  (the box's clock) and the ICMP checksum; and the bytes past its IP
+  datagram ("bytes past"): such a short frame, delivered to a host veth that
+  runs XDP, arrives with a few trailing bytes of stale memory (seen: the
+  reply's own timestamps), with plain Linux as with TNA;
 - unsolicited multicast membership reports and router solicitations, which
   the stacks send on their own timers (MLD, IGMP, RS; never a probe frame);
 - ICMP redirects (IPv4 type 5, ICMPv6 137): the kernel limits them per host
@@ -70,7 +74,7 @@ def normalise(frame: bytes, own4: set[bytes]) -> bytes | None:
         at = off + (frame[off] & 0xF) * 4
         if frame[off + 9] == 1 and len(frame) >= at + 20 and frame[at] == 14:
             b[at + 2:at + 4] = b[at + 12:at + 20] = bytes(10)  # a timestamp reply: the box's clock
-        return bytes(b)
+        return bytes(b[:off + int.from_bytes(frame[off + 2:off + 4], "big")])  # see "bytes past" above
     return frame
 
 
