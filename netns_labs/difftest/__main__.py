@@ -13,6 +13,7 @@ reproduction.  Exit status 1 if any difference was found.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -96,6 +97,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--exclude-known", action="store_true", help="leave out KNOWN_OPEN features")
     ap.add_argument("--only", help="send only these frame indexes (comma-separated, or 'none')")
     args = ap.parse_args(argv)
+    # a stopped campaign still removes its namespaces and daemons (the labs' finally blocks)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     hooks = tuple(args.hook or HOOKS)
     excluded = KNOWN_OPEN if args.exclude_known else frozenset()
     only = None if args.only is None else {int(i) for i in args.only.split(",") if i.isdigit()}
