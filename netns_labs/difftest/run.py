@@ -185,7 +185,7 @@ class Runner:
             p = ports.get("b-" + role)
             if p and p["state"] in ("learning", "forwarding") and p["learning"]:
                 expect.add(mac)
-        wait_for(lambda: expect <= set(self._fdb()), 5)
+        wait_for(lambda: expect <= {key.split("@")[0] for key in self._fdb()}, 5)
 
     def _ports(self) -> list[dict]:
         return json.loads(self.lab.run(self.topo.box, ["bridge", "-j", "-d", "link", "show"]).stdout or "[]")
