@@ -96,9 +96,10 @@ class Generator:
         self.policy = 0
 
     def want(self, feature: str, p: float) -> bool:
-        """A random draw for feature (always drawn, so allowing a feature
-        changes only what it adds); never true for an excluded feature."""
-        hit = self.rng.random() < p
+        """A random draw for feature (drawn whether the feature is excluded
+        or not, so excluding one changes only what it adds); never true for
+        an excluded feature."""
+        hit = p >= 1 or self.rng.random() < p  # p = 1: a gate, drawing nothing
         if hit and feature not in self.excluded:
             self.case.features.add(feature)
             return True
