@@ -16,6 +16,7 @@ import re
 import select
 import shlex
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -269,7 +270,12 @@ def _drain(caps: dict[str, socket.socket], got: dict[str, list[bytes]], wait: fl
 
 @contextmanager
 def lab_for(kind: str) -> Iterator[Topology]:
-    topo = build(kind)
+    """The lab, built again once if building failed: with many labs at once
+    an `ip netns exec` can fail on its own (the lab removes what it made)."""
+    try:
+        topo = build(kind)
+    except subprocess.CalledProcessError:
+        topo = build(kind)
     try:
         yield topo
     finally:
