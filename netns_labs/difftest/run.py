@@ -11,6 +11,7 @@ only permanent neighbours (no ARP/ND timing).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import select
@@ -43,9 +44,13 @@ class Topology:
     bridged: list[str] = field(default_factory=list)  # host roles on br0 (FDB primed per mode)
 
     def own4(self) -> set[bytes]:
-        """The box's IPv4 addresses (packed): the sources of what its stack originates."""
-        out = json.loads(self.lab.run(self.box, ["ip", "-j", "-4", "addr", "show"]).stdout)
-        return {socket.inet_aton(a["local"]) for link in out for a in link.get("addr_info", [])}
+        """The box's own IPv4 addresses (packed), the sources of what its stack
+        originates: its local routes (interface addresses, and a user's
+        `local` prefix up to a /24; not loopback's /8)."""
+        out = json.loads(self.lab.run(self.box, ["ip", "-j", "-4", "route", "show", "table", "local",
+                                                 "type", "local"]).stdout)
+        nets = [ipaddress.ip_network(r["dst"]) for r in out]
+        return {a.packed for n in nets if n.num_addresses <= 256 for a in n}
 
     def macs(self) -> dict[str, str]:
         out = {f"{role[:2]}:{dev}": self.lab.mac(ns, dev) for role, (ns, dev) in self.hosts.items()}
