@@ -323,11 +323,10 @@ class Generator:
         l4, proto = self._l4(v6, self.mark() + bytes(r.randrange(256) for _ in range(8)))
         ttl = r.choice((64, 64, 64, 0, 1, 2, 255))
         if v6:
-            label = r.choice((0, r.randrange(1 << 20)))
+            src, dst, label = self._src(side, v6), self._dst(side, v6), r.choice((0, r.randrange(1 << 20)))
             if label and self.case.kind == "ecmp" and self.policy == 2 and not self.want("hash_policy2_label", 1):
                 label = 0
-            ip = IPv6(src=self._src(side, v6), dst=self._dst(side, v6), hlim=ttl, fl=label,
-                      tc=r.choice((0, 0, r.randrange(256))))
+            ip = IPv6(src=src, dst=dst, hlim=ttl, fl=label, tc=r.choice((0, 0, r.randrange(256))))
             if r.random() < 0.12:
                 ip = ip / r.choice((IPv6ExtHdrHopByHop(), IPv6ExtHdrDestOpt(),
                                     IPv6ExtHdrFragment(m=r.randrange(2), offset=r.choice((0, 0, 8)), id=7)))
