@@ -275,12 +275,17 @@ def _drain(caps: dict[str, socket.socket], got: dict[str, list[bytes]], wait: fl
 
 @contextmanager
 def lab_for(kind: str) -> Iterator[Topology]:
-    """The lab, built again once if building failed: with many labs at once
-    an `ip netns exec` can fail on its own (the lab removes what it made)."""
-    try:
-        topo = build(kind)
-    except subprocess.CalledProcessError:
-        topo = build(kind)
+    """The lab, built again (up to three times) if building failed: with many
+    labs at once an `ip netns exec` can fail on its own (a failed lab removes
+    what it made)."""
+    for attempt in range(3):
+        try:
+            topo = build(kind)
+            break
+        except subprocess.CalledProcessError:
+            if attempt == 2:
+                raise
+            time.sleep(2)
     try:
         yield topo
     finally:
