@@ -7,7 +7,8 @@ Case K of seed S is the same configuration and frames on every run.  Each
 difference is printed with the case's configuration, the frames involved
 and the command that reproduces it; a case with differences is re-run with
 only those frames (all of them, for a state difference) to confirm a minimal
-reproduction.  Exit status 1 if any difference was found.
+reproduction.  Exit status 1 if any difference was found, 2 if a case
+could not be run (its lab broke: printed as ERROR).
 """
 
 from __future__ import annotations
@@ -104,8 +105,15 @@ def main(argv: list[str]) -> int:
     only = None if args.only is None else {int(i) for i in args.only.split(",") if i.isdigit()}
     found = packets = 0
     t0 = time.monotonic()
+    errors = 0
     for index in range(args.first, args.first + args.cases):
-        result = run_case(args.seed, index, hooks, args.frames, excluded, only)
+        try:
+            result = run_case(args.seed, index, hooks, args.frames, excluded, only)
+        except Exception as e:  # a lab that broke under the case: say so, go on with the next
+            print(f"case {index}: ERROR, not compared: {type(e).__name__}: {e}"
+                  f"{getattr(e, 'stderr', '') or ''}", flush=True)
+            errors += 1
+            continue
         packets += result.packets
         print(f"case {index} ({result.case.kind}, {len(result.case.sends)} frames, {result.packets} sent): "
               f"{'DIFFERENT on ' + ','.join(result.diffs) if result.diffs else 'same'}", flush=True)
@@ -118,8 +126,9 @@ def main(argv: list[str]) -> int:
             confirmed = run_case(args.seed, index, (hook,), args.frames, excluded, involved)
             print(report(result, hook, confirmed, involved, bool(excluded)), flush=True)
             found += 1
-    print(f"{args.cases} cases, {packets} frames sent, {found} differences, {time.monotonic() - t0:.0f} s")
-    return 1 if found else 0
+    print(f"{args.cases - errors} cases compared, {packets} frames sent, {found} differences, {errors} errors, "
+          f"{time.monotonic() - t0:.0f} s")
+    return 1 if found else 2 if errors else 0
 
 
 if __name__ == "__main__":

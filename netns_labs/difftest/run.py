@@ -18,6 +18,7 @@ import select
 import shlex
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -282,7 +283,8 @@ def lab_for(kind: str) -> Iterator[Topology]:
         try:
             topo = build(kind)
             break
-        except subprocess.CalledProcessError:
+        except subprocess.CalledProcessError as e:
+            print(f"lab build failed ({e.cmd}): {e.stderr}", file=sys.stderr)
             if attempt == 2:
                 raise
             time.sleep(2)
