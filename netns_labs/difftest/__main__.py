@@ -123,7 +123,11 @@ def main(argv: list[str]) -> int:
             # a state difference may need every frame; a frame difference names its frames
             involved = only if only is not None or any(not d.frames for d in diffs) \
                 else set().union(*(d.frames for d in diffs))
-            confirmed = run_case(args.seed, index, (hook,), args.frames, excluded, involved)
+            try:
+                confirmed: Result | None = run_case(args.seed, index, (hook,), args.frames, excluded, involved)
+            except Exception as e:  # the lab broke: the difference stands unconfirmed
+                print(f"  (re-run failed: {type(e).__name__}: {e})", flush=True)
+                confirmed = None
             print(report(result, hook, confirmed, involved, bool(excluded)), flush=True)
             found += 1
     print(f"{args.cases - errors} cases compared, {packets} frames sent, {found} differences, {errors} errors, "
