@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pyroute2 import IPRoute, netns
 
@@ -392,8 +393,14 @@ class Tna:
         self.proc = lab.popen(ns, py(module, "run", *args), stdout=self.log, stderr=subprocess.STDOUT,
                               cwd=_REPO, env={**os.environ, **(env_extra or {})})
 
-    def wait_attached(self, names: Sequence[str], timeout: float = 30) -> dict:
+    def wait_attached(self, names: Sequence[str], timeout: float = 30, settled: bool = False) -> dict:
+        """Status once every interface named is attached; settled: or else
+        skipped or failed by the daemon (it logged why and leaves it to the kernel)."""
         def ready() -> bool:
+            if settled:  # the daemon's own record: attached, skipped or failed
+                st = self.state()
+                return (st is not None and st["pid"] == self.proc.pid
+                        and all(n in st["ifaces"] or n in st["skipped"] or n in st["failed"] for n in names))
             st = self.status()
             # a dead daemon's state.json lingers until the new one writes its own
             return (st is not None and st["pid"] == self.proc.pid
@@ -401,6 +408,17 @@ class Tna:
         if not wait_for(ready, timeout, 0.2):
             raise RuntimeError(f"tna did not attach {names}:\n{self.output()}")
         return self.status()  # type: ignore[return-value]
+
+    def state(self) -> dict | None:
+        """The daemon's state.json, read directly: cheap to poll (a `tna
+        status` costs a Python start-up, seconds on a busy machine)."""
+        from tna.runstate import RUN_ROOT
+
+        try:
+            path = RUN_ROOT / str(os.stat(f"/run/netns/{self.ns}").st_ino) / "state.json"
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
 
     def output(self) -> str:
         with open(self.log.name) as f:
@@ -433,3 +451,35 @@ class Tna:
         else:
             self.proc.send_signal(sig)
         return self.proc.wait(timeout=30)
+
+
+def host_xdp(lab: Lab, ns: str, dev: str, prog: str = "pass") -> None:
+    """Give a host's veth an XDP program so redirected frames are delivered
+    to it, as a NIC would; its stack sees the same packets."""
+    lab.run(ns, py("netns_labs.progs", "attach", dev, prog), cwd=Lab.repo)
+
+
+@contextmanager
+def tna_running(lab: Lab, ns: str, hook: str, ifaces: Sequence[str], hosts: Sequence[Host],
+                settled: bool = False, timeout: float = 60, **tna_kw: Any) -> Iterator[Tna]:
+    """`tna run --hook HOOK` in ns, attached to ifaces (settled: see
+    Tna.wait_attached); under XDP the hosts' veths get an XDP program so
+    redirected frames reach them (as on a NIC) and every accelerated
+    interface must become valid XDP egress.  tna_kw: Tna's env_extra and
+    module."""
+    if hook == "xdp":
+        for h in hosts:
+            host_xdp(lab, h.ns, h.dev)
+    tna = Tna(lab, ns, "--hook", hook, **tna_kw)
+    try:
+        tna.wait_attached(ifaces, timeout, settled)
+        if hook == "xdp":
+            def ok() -> bool:
+                st = tna.state()
+                return st is not None and all(i["xdp_egress"] for i in st["ifaces"].values())
+            assert wait_for(ok, timeout, 0.05), tna.output()
+        yield tna
+    finally:
+        rc = tna.stop()
+        out = tna.close()
+    assert rc == 0, out

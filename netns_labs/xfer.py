@@ -150,11 +150,19 @@ def udp_send(addr: str, port: int, sport: int, count: int) -> None:
             s.sendto(i.to_bytes(4, "big"), (addr, port))
 
 
+def raw_socket(iface: str, proto: int = 0) -> socket.socket:
+    """An AF_PACKET socket bound to iface (proto: ETH_P_ALL to capture)."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(proto))
+    if proto:
+        s.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+    s.bind((iface, proto))
+    return s
+
+
 def raw_send(iface: str, frames: list[bytes], count: int, gap: float = 0) -> None:
     """gap: seconds between frames, so a long burst cannot overrun a veth's
     XDP ring (which drops what does not fit)."""
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
-        s.bind((iface, 0))
+    with raw_socket(iface) as s:
         for _ in range(count):
             for frame in frames:
                 s.send(frame)
@@ -162,30 +170,37 @@ def raw_send(iface: str, frames: list[bytes], count: int, gap: float = 0) -> Non
 
 
 SOL_PACKET, PACKET_AUXDATA, TP_STATUS_VLAN_VALID, TP_STATUS_VLAN_TPID_VALID = 263, 8, 0x10, 0x40
-PACKET_OUTGOING = 4
+PACKET_OUTGOING, ETH_P_ALL = 4, 3
+
+
+def recv_frame(s: socket.socket) -> bytes | None:
+    """The next frame received on a raw_socket(iface, ETH_P_ALL) as the wire
+    had it: a VLAN tag the stack took into metadata is put back (as tcpdump
+    does); None for a frame the namespace sent itself."""
+    data, anc, _, addr = s.recvmsg(CHUNK, socket.CMSG_SPACE(20))
+    if addr[2] == PACKET_OUTGOING:
+        return None
+    for level, kind, aux in anc:
+        if level == SOL_PACKET and kind == PACKET_AUXDATA:
+            status = int.from_bytes(aux[0:4], "little")
+            tci, tpid = int.from_bytes(aux[16:18], "little"), int.from_bytes(aux[18:20], "little")
+            if status & TP_STATUS_VLAN_VALID:
+                tpid = tpid if status & TP_STATUS_VLAN_TPID_VALID else 0x8100
+                data = data[:12] + tpid.to_bytes(2, "big") + tci.to_bytes(2, "big") + data[12:]
+    return data
 
 
 def raw_capture(iface: str, mark: bytes, count: int, timeout: float = 10) -> None:
-    """Print incoming frames that contain mark, as the wire had them: a VLAN
-    tag the stack took into metadata is put back (as tcpdump does)."""
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3)) as s:  # ETH_P_ALL
-        s.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
-        s.bind((iface, 0))
+    """Print incoming frames that contain mark, as the wire had them (hex)."""
+    with raw_socket(iface, ETH_P_ALL) as s:
         s.settimeout(timeout)
         print("ready", flush=True)
         seen = 0
         try:
             while seen < count:
-                data, anc, _, addr = s.recvmsg(CHUNK, socket.CMSG_SPACE(20))
-                if addr[2] == PACKET_OUTGOING or mark not in data:
+                data = recv_frame(s)
+                if data is None or mark not in data:
                     continue
-                for level, kind, aux in anc:
-                    if level == SOL_PACKET and kind == PACKET_AUXDATA:
-                        status = int.from_bytes(aux[0:4], "little")
-                        tci, tpid = int.from_bytes(aux[16:18], "little"), int.from_bytes(aux[18:20], "little")
-                        if status & TP_STATUS_VLAN_VALID:
-                            tpid = tpid if status & TP_STATUS_VLAN_TPID_VALID else 0x8100
-                            data = data[:12] + tpid.to_bytes(2, "big") + tci.to_bytes(2, "big") + data[12:]
                 print(data.hex(), flush=True)
                 seen += 1
         except TimeoutError:

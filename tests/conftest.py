@@ -4,13 +4,11 @@ BPF; CI runs as root, elsewhere they are skipped with that reason."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
-from netns_labs.lab import BridgeLab, Host, Lab, RouterLab, Tna, py, wait_for
+from netns_labs.lab import BridgeLab, Lab, RouterLab, Tna, host_xdp, tna_running  # noqa: F401 (fixtures' helpers)
 
 HOOKS = ("auto", "xdp")
 
@@ -24,12 +22,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def host_xdp(lab: Lab, ns: str, dev: str, prog: str = "pass") -> None:
-    """Give a host's veth an XDP program so redirected frames are delivered
-    to it, as a NIC would; its stack sees the same packets."""
-    lab.run(ns, py("netns_labs.progs", "attach", dev, prog), cwd=Lab.repo)
-
-
 @pytest.fixture
 def router_lab() -> Iterator[RouterLab]:
     with RouterLab() as lab:
@@ -39,31 +31,6 @@ def router_lab() -> Iterator[RouterLab]:
 @pytest.fixture(params=HOOKS)
 def hook(request: pytest.FixtureRequest) -> str:
     return request.param
-
-
-@contextmanager
-def tna_running(lab: Lab, ns: str, hook: str, ifaces: Sequence[str], hosts: Sequence[Host],
-                **tna_kw: Any) -> Iterator[Tna]:
-    """`tna run --hook HOOK` in ns, attached to ifaces; under XDP the hosts'
-    veths get an XDP program so redirected frames reach them (as on a NIC)
-    and every accelerated interface must become valid XDP egress.  tna_kw:
-    Tna's env_extra and module."""
-    if hook == "xdp":
-        for h in hosts:
-            host_xdp(lab, h.ns, h.dev)
-    tna = Tna(lab, ns, "--hook", hook, **tna_kw)
-    try:
-        tna.wait_attached(ifaces)
-        if hook == "xdp":
-            def ok() -> bool:
-                st = tna.status()
-                return st is not None and all(i["xdp_egress"] for i in st["ifaces"].values())
-            assert wait_for(ok, 60, 0.2), tna.output()
-        yield tna
-    finally:
-        rc = tna.stop()
-        out = tna.close()
-    assert rc == 0, out
 
 
 @pytest.fixture
