@@ -130,6 +130,12 @@ class Generator:
         for dev, ip, mac in entries:
             self.box(f"ip neigh replace {ip} lladdr {mac} dev {dev} nud permanent")
 
+    @staticmethod
+    def _on_h1_link(mac: str) -> list[tuple[str, str, str]]:
+        """Every address of the frame pools on the router's h1 link (r-h1)."""
+        return [("r-h1", ip, mac) for ip in ("192.0.2.77", "192.0.2.12", "192.0.2.13", "2001:db8:1::77", "fe80::77",
+                                             "2001:db8:1::11", "2001:db8:1::12", "2001:db8:1::13")]
+
     def _sysctls(self) -> None:
         for key in ("all", "r-h1" if self.case.kind != "bridge" else "b-h4"):
             if self.want("rp_filter", 0.3):
@@ -157,8 +163,8 @@ class Generator:
     def _config_router(self) -> list[Side]:
         m = self.macs
         h1, h2 = m["h1:h1-r"], m["h2:h2-r"]
-        self._neighbours([("r-h1", "192.0.2.77", h1), ("r-h1", "2001:db8:1::77", h1), ("r-h1", "fe80::77", h1),
-                          ("r-h2", "198.51.100.77", h2), ("r-h2", "2001:db8:2::77", h2)])
+        self._neighbours([*self._on_h1_link(h1), ("r-h2", "198.51.100.77", h2), ("r-h2", "2001:db8:2::77", h2),
+                          ("r-h2", "198.51.100.130", h2)])
         self._routes("198.51.100.2", "2001:db8:2::2")
         self._sysctls()
         self.box("sysctl -qw net.ipv4.fib_multipath_hash_policy=0")
@@ -185,7 +191,7 @@ class Generator:
             self.box("ip route replace 203.0.113.0/24 nhid 10")
         self._sysctls()
         h1, ha, hb = m["h1:h1-r"], m["h2:h2-a"], m["h2:h2-b"]
-        self._neighbours([("r-h1", "192.0.2.77", h1), ("r-h1", "2001:db8:1::77", h1), ("r-h1", "fe80::77", h1)])
+        self._neighbours(self._on_h1_link(h1))
         return [Side("h1", h1, m["box:r-h1"], "192.0.2.2", "2001:db8:1::2", ("192.0.2.77", "192.0.2.255"),
                      ("2001:db8:1::77", "fe80::77")),
                 Side("h2a", ha, m["box:r-a"], "198.51.100.2", "2001:db8:a::2", ("198.51.100.127",), ()),
