@@ -11,6 +11,10 @@ the kernel itself varies from run to run:
   reply's own timestamps), with plain Linux as with TNA;
 - unsolicited multicast membership reports and router solicitations, which
   the stacks send on their own timers (MLD, IGMP, RS; never a probe frame);
+- neighbour resolution (ARP requests, neighbour solicitations, never a
+  probe frame): retransmitted on the box's timers, so how many a capture
+  holds depends on how long it lasted (each mode starts with the box's
+  non-permanent neighbours flushed, so resolution starts alike);
 - ICMP redirects (IPv4 type 5, ICMPv6 137): the kernel limits them per host
   by time (IPv4: exponential back-off remembered across runs; IPv6: one per
   second with a burst of six), whatever the ICMP rate-limit sysctls say, so
@@ -29,7 +33,7 @@ from dataclasses import dataclass, field
 from netns_labs.difftest.gen import MARK
 from netns_labs.difftest.run import Observation
 
-_TIMERS_V6 = {130, 131, 132, 133, 143}  # MLD query/report/done, router solicitation, MLDv2 report
+_TIMERS_V6 = {130, 131, 132, 133, 135, 143}  # MLD query/report/done, RS, NS, MLDv2 report
 
 
 @dataclass
@@ -49,6 +53,8 @@ def _l3(frame: bytes) -> tuple[int, int]:
 
 def _noise(frame: bytes, off: int, etype: int, own4: set[bytes]) -> bool:
     """Sent on the stacks' own timers, or limited by time (see above)."""
+    if etype == 0x0806 and len(frame) >= off + 8:
+        return frame[off + 6:off + 8] == b"\0\1" and MARK not in frame  # an ARP request (resolution)
     if etype == 0x0800 and len(frame) >= off + 20:
         proto, at = frame[off + 9], off + (frame[off] & 0xF) * 4
         if proto == 2:

@@ -174,9 +174,11 @@ class Runner:
 
     def _reset(self) -> None:
         """Each mode starts from the same dynamic state: no conntrack entries,
-        the FDB learned afresh from one frame per bridged host."""
+        no resolved or failed neighbours but the permanent ones, the FDB
+        learned afresh from one frame per bridged host."""
         lab, box = self.lab, self.topo.box
         lab.run(box, ["conntrack", "-F"], check=False)
+        lab.run(box, ["sh", "-c", "ip -4 neigh flush all; ip -6 neigh flush all"])  # permanent ones stay
         if not self.topo.bridged:
             return
         lab.run(box, ["bridge", "fdb", "flush", "dev", "br0", "dynamic"])
