@@ -3,9 +3,8 @@ seeded budget of random cases, each run through plain Linux and through
 `tna run` on both hooks, every frame at every host and the admin-visible
 state compared.  Longer campaigns: `python -m netns_labs.difftest` (docs/testing.md).
 
-The cases leave out the features in KNOWN_OPEN (differences being fixed in
-parallel); once the lead has merged the fixes and emptied it, the same cases
-exercise those features too."""
+The cases leave out the features in KNOWN_OPEN (differences known and
+still open: none today)."""
 
 from __future__ import annotations
 
@@ -38,13 +37,17 @@ _MACS = {k: f"02:00:00:00:01:{i:02x}" for i, k in enumerate(
     ("h1:h1-r", "h2:h2-r", "box:r-h1", "box:r-h2"))}
 
 
-def test_a_seed_reproduces_its_case_and_known_features_stay_out() -> None:
+# what issue #9 found: the generator must produce it, so this test would have
+ISSUE9 = frozenset({"full_source_check", "ct_unacked", "ct_blind_fin"})  # those a router case can have
+
+
+def test_a_seed_reproduces_its_case_and_excluded_features_stay_out() -> None:
     a = generate(7, 1, "router", _MACS, FRAMES, KNOWN_OPEN)
     b = generate(7, 1, "router", _MACS, FRAMES, KNOWN_OPEN)
     assert a.setup == b.setup and a.sends == b.sends and len(a.sends) >= FRAMES
     cases = [generate(7, i, "router", _MACS, FRAMES) for i in range(10)]
-    assert set().union(*(c.features for c in cases)) & KNOWN_OPEN, "the generator must produce the known items"
-    assert not any(generate(7, i, "router", _MACS, FRAMES, KNOWN_OPEN).features & KNOWN_OPEN for i in range(10))
+    assert set().union(*(c.features for c in cases)) & ISSUE9, "the generator must produce issue #9's cases"
+    assert not any(generate(7, i, "router", _MACS, FRAMES, ISSUE9).features & ISSUE9 for i in range(10))
 
 
 def _icmp_error(src: str, ip_id: int) -> bytes:
