@@ -356,7 +356,7 @@ class Generator:
         x = r.random()
         if x < 0.04 and not v6:
             frame[l3 + 10] ^= 0x01  # IPv4 header checksum
-        elif x < 0.08 and len(frame) > l3 + (40 if v6 else 20) + 8:
+        elif x < 0.08 and len(frame) > l3 + (40 if v6 else 20) + 17:  # the bytes below are in the frame
             frame[l3 + (40 if v6 else 20) + r.choice((6, 7, 16, 17))] ^= 0x40  # an L4 checksum byte (UDP or TCP)
         elif x < 0.12:
             del frame[r.randrange(15, len(frame)):]  # truncated anywhere, from the Ethernet type on
