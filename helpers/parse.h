@@ -59,6 +59,12 @@ static __always_inline int ipv4_martian(__be32 saddr, __be32 daddr)
 	       (d >> 28) == 0xe || d == 0xffffffff || (d >> 24) == 0 || (d >> 24) == 127;
 }
 
+/* The flow label (ip6_flowlabel()), network order. */
+static __always_inline __be32 ipv6_label(const void *ip6h)
+{
+	return *(const __be32 *)ip6h & bpf_htonl(0x000fffff);
+}
+
 /* Multicast, link-local, unspecified, loopback, v4-mapped: not for the
  * unicast forwarding path. */
 static __always_inline int ipv6_addr_special(const struct in6_addr *a)
