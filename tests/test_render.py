@@ -8,13 +8,7 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from tna.bpf import abi
-from tna.bpf import libbpf as bpf
-from tna.deploy.datapath import load_with_sets
-from tna.model.firewall import Firewall, firewall_plan
-from tna.model.iptables import parse_save
 from tna.synth import compile as tna_compile
-from tna.synth.fwgen import all_set_entries, rule_refs
 from tna.synth.render import _env, render
 
 
@@ -64,9 +58,12 @@ def test_clang_error_is_reported(tmp_path: Path) -> None:
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".o")]
 
 
-def _every_match_firewall() -> Firewall:
+def test_every_kind_of_match_compiles(tmp_path: Path) -> None:
     """One rule per match kind, alone and negated, in FORWARD and INPUT
-    chains for both families, stateful (conntrack tracks both)."""
+    chains for both families (clang runs with -Wall -Werror)."""
+    from tna.model.firewall import firewall_plan
+    from tna.model.iptables import parse_save
+
     matches = ["-p icmp", "-s 192.0.2.0/24", "-d 198.51.100.7", "-i eth+", "-o eth0", "-p tcp -m tcp --dport 80",
                "-p udp -m udp --sport 1:1023", "-p tcp -m multiport --ports 22,80", "-p tcp -m tcp --syn",
                "-p icmp -m icmp --icmp-type 3/1", "-f", "-m comment --comment x", "-p udp -m string --string y",
@@ -80,26 +77,5 @@ def _every_match_firewall() -> Firewall:
     head = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n"
     fw, why = firewall_plan({4: parse_save(head + rules4 + "COMMIT\n"), 6: parse_save(head + rules6 + "COMMIT\n")})
     assert why is None and fw is not None and fw.ct4 and fw.ct6 and fw.in6 is not None
-    return fw
-
-
-def test_every_kind_of_match_compiles(tmp_path: Path) -> None:
-    """Every match kind compiles (clang runs with -Wall -Werror)."""
-    fw = _every_match_firewall()
     for hook in ("xdp", "tc"):
         tna_compile.compile_source(render(hook, ("firewall", "router"), firewall=fw), tmp_path)
-
-
-@pytest.mark.root
-@pytest.mark.parametrize("hook", ["xdp", "tc"])
-def test_the_largest_shape_passes_the_verifier(tmp_path: Path, hook: str) -> None:
-    """A bridge port that routes, with stateful FORWARD and INPUT rules of
-    both families: every module at once, the deepest call chain, which must
-    stay within the verifier's 512-byte stack (found by the differential
-    test: such ports were left on the kernel path)."""
-    fw = _every_match_firewall()
-    path = tna_compile.compile_source(render(hook, ("fdb", "bridge", "firewall", "router"), firewall=fw), tmp_path)
-    with bpf.BpfObject(str(path)) as obj:
-        obj.set_max_entries(abi.MAP_FW_RULES, max(1, len(rule_refs(fw))))
-        for m in load_with_sets(obj, all_set_entries(fw)).values():
-            m.close()
