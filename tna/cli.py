@@ -207,7 +207,8 @@ def cmd_source(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line (also the source of the tna(8) man page)."""
     ap = argparse.ArgumentParser(prog="tna", description="Transparent network acceleration.",
                                  epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -230,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     source = sub.add_parser("source", help="print the C program running on IFACE")
     source.add_argument("iface")
     source.set_defaults(fn=cmd_source)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s tna %(levelname)s %(message)s")
