@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tna import ROOT
 from tna.bpf.abi import REASONS
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout (tna itself may be an installed wheel)
 
 
 def test_every_reason_is_explained() -> None:
@@ -18,4 +19,4 @@ def test_readme_commands_exist() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "bash netns_labs/setup.sh demo" in readme and "bash netns_labs/setup.sh test" in readme
     assert "setup.sh test" in (ROOT / ".ci" / "run").read_text()
-    assert Path(ROOT / "netns_labs" / "setup.sh").exists()
+    assert (ROOT / "netns_labs" / "setup.sh").exists()
