@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Any
 from tna.bpf import abi, attach
 from tna.bpf import libbpf as bpf
 from tna.deploy.counters import read_counters, read_stats
+from tna.logsetup import setup_logging
 from tna.runstate import AlreadyRunning, read_state
 
 
@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole command line (also the source of the tna(8) man page)."""
     ap = argparse.ArgumentParser(prog="tna", description="Transparent network acceleration.",
                                  epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug log lines")
     sub = ap.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run the daemon in this network namespace (foreground)")
     run.add_argument("--hook", choices=("auto", "xdp", "tc"), default="auto",
@@ -237,8 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s tna %(levelname)s %(message)s")
+    setup_logging(args.verbose)
     try:
         return args.fn(args)
     except KeyboardInterrupt:

@@ -31,6 +31,7 @@ from tna.netlink.decode import decoded
 from tna.netlink.netfilter import NetfilterChanged
 from tna.netlink.watch import ResyncNeeded, Watcher, read_rp_filter, read_sysctls
 from tna.runstate import RunLock, publish_status
+from tna.sdnotify import notify
 from tna.status import describe
 from tna.synth.build import build
 from tna.synth.compile import CompileError
@@ -79,8 +80,10 @@ class Daemon:
             self.reconcile()
             lease.start()
             ctsync.start()
+            notify("READY=1")  # Type=notify: the fast path is attached where it can be
             self._loop()
         finally:
+            notify("STOPPING=1")
             self._stop.set()
             for t in (lease, ctsync):
                 if t.is_alive():
@@ -223,7 +226,7 @@ class Daemon:
                 try:
                     if attached_tna_prog(link.index, hook):
                         log.info("%s: removing a %s program left by an earlier tna", link.name, hook)
-                        self.dp.remove(link.index)
+                        self.dp.remove(link.index, "not planned for acceleration")
                 except (ForeignProgram, OSError):
                     pass
 
@@ -250,8 +253,10 @@ class Daemon:
             self.dp.lease.hold(abi.REASON["FW_CHANGED"])
         else:
             self._publish_guards(families)  # what new programs read, before they run
+        self._log_left_alone(p)
         for ifindex in set(self.dp.attached) - set(p.ifaces):
-            self._safely(ifindex, lambda i=ifindex: self.dp.remove(i))
+            why = p.skipped[ifindex].why if ifindex in p.skipped else "the interface is gone"
+            self._safely(ifindex, lambda i=ifindex, why=why: self.dp.remove(i, why))
         self.failed = {i: why for i, why in self.failed.items() if i in p.ifaces}
         for ifindex, ip in p.ifaces.items():
             if self._safely(ifindex, lambda ip=ip: self._deploy(ip)):
@@ -266,6 +271,16 @@ class Daemon:
         self.plan = p
         publish_status(describe(m, p, self.dp.attached, pid=os.getpid(), mode=self.mode,
                                 disabled=self.disabled_why, failed=self.failed))
+        disabled = f"; fast path DISABLED: {self.disabled_why}" if self.disabled_why else ""
+        notify(f"STATUS={len(self.dp.attached)} interfaces accelerated, {len(p.skipped)} left alone, "
+               f"{len(self.failed)} failed{disabled}")  # systemctl status shows it
+
+    def _log_left_alone(self, p: Plan) -> None:
+        """One line per interface newly left alone, or left alone for a new reason."""
+        before = self.plan.skipped if self.plan else {}
+        for ifindex, s in p.skipped.items():
+            if ifindex not in before or before[ifindex].why != s.why:
+                log.info("%s: left alone, kernel path: %s", s.name, s.why)
 
     def _deploy(self, ip: IfacePlan) -> None:
         """Build and attach ip's program; an unchanged plan keeps its own."""
@@ -294,7 +309,7 @@ class Daemon:
                 log.error("%s: %s; this interface's traffic stays on the kernel path", name, msg)
             self.failed[ifindex] = msg
             try:
-                self.dp.remove(ifindex)
+                self.dp.remove(ifindex, "its program failed")
             except OSError:
                 pass
             return False
