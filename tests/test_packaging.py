@@ -78,6 +78,8 @@ def test_sdist_installs_and_runs(dist: Path, tmp_path: Path) -> None:
     (sdist,) = dist.glob("tna-*.tar.gz")
     bin_dir = _installed(tmp_path, sdist)
     assert "usage: tna" in _run([bin_dir / "tna", "--help"], cwd=tmp_path)
+    (wheel,) = dist.glob("tna-*.whl")
+    assert wheel.name.startswith(_run([bin_dir / "tna", "--version"], cwd=tmp_path).strip().replace(" ", "-") + "-")
     # the templates came along: a program renders
     src = _run([bin_dir / "python", "-c", "from tna.synth.render import render; print(render('xdp', ('router',)))"],
                cwd=tmp_path)

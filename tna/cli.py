@@ -19,6 +19,7 @@ import sys
 import time
 from typing import Any
 
+from tna import __version__
 from tna.bpf import abi, attach
 from tna.bpf import libbpf as bpf
 from tna.deploy.counters import read_counters, read_stats
@@ -212,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="tna", description="Transparent network acceleration.",
                                  epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-v", "--verbose", action="store_true", help="debug log lines")
+    ap.add_argument("--version", action="version", version=f"tna {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run the daemon in this network namespace (foreground)")
     run.add_argument("--hook", choices=("auto", "xdp", "tc"), default="auto",
