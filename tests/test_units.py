@@ -1,9 +1,11 @@
 """The systemd units in packaging/systemd: `systemd-analyze verify` accepts
-them, and their capability bounding set is enough for `tna run` (root lab)."""
+them, and `tna run` works as they run it: within their capability bounding
+set, telling NOTIFY_SOCKET when it is ready and when it stops (root lab)."""
 
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -54,21 +56,39 @@ def test_units_differ_only_in_the_namespace() -> None:
         "Description=TNA transparent network acceleration (host network namespace)"]
 
 
+def _datagrams(s: socket.socket, until: str) -> list[str]:
+    """What arrives on s up to and including the datagram until (60 s at most)."""
+    got: list[str] = []
+    while until not in got:
+        got.append(s.recv(4096).decode())
+    return got
+
+
 @pytest.mark.root
-def test_bounding_set_is_enough() -> None:
-    """tna run with the unit's CapabilityBoundingSet only: attaches, forwards,
-    and detaches everything on SIGTERM (that needs CAP_SYS_ADMIN)."""
+def test_tna_run_as_the_unit_runs_it(tmp_path: Path) -> None:
+    """With the unit's CapabilityBoundingSet only, tna run attaches, forwards
+    and detaches everything on SIGTERM (that needs CAP_SYS_ADMIN); READY=1
+    comes once the fast path is attached, STOPPING=1 when it stops."""
     (caps,) = _setting("tna.service", "CapabilityBoundingSet")
     assert _setting("tna@.service", "CapabilityBoundingSet") == [caps]
+    assert _setting("tna.service", "Type") == ["notify"]
     bounding = "-all," + ",".join("+" + c.removeprefix("CAP_").lower() for c in caps.split())
-    with RouterLab() as lab:
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # systemd's end
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(60)
+    with RouterLab() as lab, notify:
         # stateful rules through iptables-legacy: its save needs CAP_NET_RAW; carrying an
         # established connection needs ctnetlink (CAP_NET_ADMIN)
         for rule in (["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
                      ["-p", "tcp", "--dport", "9", "-j", "DROP"]):
             lab.run(lab.r, ["iptables-legacy", "-A", "FORWARD", *rule])
-        tna = Tna(lab, lab.r, command=["setpriv", f"--bounding-set={bounding}", sys.executable, "-m", "tna"])
+        tna = Tna(lab, lab.r, command=["setpriv", f"--bounding-set={bounding}", sys.executable, "-m", "tna"],
+                  env_extra={"NOTIFY_SOCKET": str(tmp_path / "notify")})
         try:
+            ready = _datagrams(notify, "READY=1")
+            state = tna.state()  # published before READY=1
+            assert state is not None and sorted(state["ifaces"]) == ["r-h1", "r-h2"], (ready, tna.output())
+            assert ready[-2].startswith("STATUS=2 interfaces accelerated, 1 left alone, 0 failed"), ready
             st = tna.wait_attached(["r-h1", "r-h2"], timeout=60)
             assert st["disabled"] is None, tna.output()
             sent, got = tcp_transfer(lab, lab.h1.ns, lab.h2.ns, lab.h2.ip4, 16_000_000)
@@ -80,4 +100,5 @@ def test_bounding_set_is_enough() -> None:
             rc = tna.stop()
         out = tna.close()
         assert rc == 0 and "ERROR" not in out and "WARNING" not in out, out
+        assert _datagrams(notify, "STOPPING=1")
         assert tna_leftovers(lab, lab.r) == ""
