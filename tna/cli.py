@@ -4,6 +4,7 @@ Examples:
   ip netns exec R tna run                 # accelerate namespace R (hook per interface)
   ip netns exec R tna run --hook xdp      # force XDP everywhere
   ip netns exec R tna run --iface-hook eth1=tc
+  ip netns exec R tna run --config /etc/tna/R.toml   # settings from a file (SIGHUP re-reads it)
   ip netns exec R tna status [--json]     # interfaces, hooks, programs, packets by reason
   ip netns exec R tna stats [--json] [--watch 1]
   ip netns exec R tna stats --rules [--json]   # per FORWARD/INPUT rule: kernel + fast path
@@ -18,8 +19,10 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
+from tna import config
 from tna.bpf import abi, attach
 from tna.bpf import libbpf as bpf
 from tna.deploy.counters import read_counters, read_stats
@@ -69,17 +72,40 @@ def collect(state: dict[str, Any]) -> dict[str, Any]:
 def cmd_run(args: argparse.Namespace) -> int:
     from tna.daemon import Daemon
 
-    overrides = {}
-    for item in args.iface_hook:
-        name, _, hook = item.partition("=")
-        if hook not in ("xdp", "tc"):
-            sys.exit(f"--iface-hook {item!r}: expected IFACE=xdp or IFACE=tc")
-        overrides[name] = hook
+    src = config.source(args.config, os.environ)
+    flags = config.Flags(hook=args.hook, log_level=args.log_level or ("debug" if args.verbose else None),
+                         metrics=args.metrics, ignore=tuple(args.ignore), iface_hook=dict(args.iface_hook))
+
+    def settings() -> config.Settings:
+        """The file as it is now, the flags winning (at start and on SIGHUP)."""
+        return config.merge(config.read(src), flags)
+
     try:
-        Daemon(args.hook, overrides).run()
+        first = settings()
+    except config.ConfigError as e:
+        print(f"tna: {e}", file=sys.stderr)
+        return 2
+    try:
+        Daemon(first, reread=settings).run()
     except AlreadyRunning as e:
         sys.exit(f"tna: {e}")
     return 0
+
+
+def _checked(why: Callable[[str], str | None]) -> Callable[[str], str]:
+    """An argparse type: the value itself, or its error from why(value)."""
+    def check(value: str) -> str:
+        if err := why(value):
+            raise argparse.ArgumentTypeError(f"{value!r}: {err}")
+        return value
+    return check
+
+
+def _iface_hook(item: str) -> tuple[str, str]:
+    name, _, hook = item.partition("=")
+    if hook not in config.IFACE_HOOKS or config.ifname_error(name):
+        raise argparse.ArgumentTypeError(f"{item!r}: expected IFACE=xdp or IFACE=tc")
+    return name, hook
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -214,10 +240,18 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run the daemon in this network namespace (foreground)")
-    run.add_argument("--hook", choices=("auto", "xdp", "tc"), default="auto",
+    run.add_argument("--config", metavar="FILE",
+                     help=f"settings file (TOML; default ${config.ENV_VAR}, else {config.DEFAULT_PATH}, "
+                          "each read only if it exists); flags win over it; SIGHUP re-reads it")
+    run.add_argument("--hook", choices=config.HOOK_MODES,
                      help="auto: XDP on wire-facing NICs, TC on veth/tap (default)")
-    run.add_argument("--iface-hook", action="append", default=[], metavar="IFACE=xdp|tc",
+    run.add_argument("--iface-hook", action="append", default=[], metavar="IFACE=xdp|tc", type=_iface_hook,
                      help="per-interface hook override (repeatable)")
+    run.add_argument("--ignore", action="append", default=[], metavar="IFACE", type=_checked(config.glob_error),
+                     help="leave IFACE alone: no program, no fast path into it (a shell glob; repeatable)")
+    run.add_argument("--metrics", metavar="HOST:PORT", type=_checked(config.host_port_error),
+                     help="serve Prometheus /metrics on HOST:PORT ([::1]:9469 for IPv6)")
+    run.add_argument("--log-level", choices=config.LOG_LEVELS, help="default info (-v: debug)")
     run.set_defaults(fn=cmd_run)
     status = sub.add_parser("status", help="interfaces, hooks, programs and counters")
     status.add_argument("--json", action="store_true")

@@ -4,7 +4,8 @@ Threads: the main loop applies netlink events and reconciles; a lease thread
 renews the datapath's lease every 200 ms while the main loop shows signs of
 life; a conntrack thread marks the TCP connections the datapath asks for
 window-liberal (tna/netlink/conntrack.py).  If the process dies (kill -9, crash) the lease runs out within a
-second and every module passes all traffic to the kernel on its own.
+second and every module passes all traffic to the kernel on its own.  SIGHUP re-reads the
+configuration (tna/config.py): the handler only raises a flag, the main loop does the work.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from tna.bpf import abi
 from tna.bpf.libbpf import LibbpfError
+from tna.config import ConfigError, Settings, changes
 from tna.deploy.datapath import Datapath, ForeignProgram, attached_tna_prog
 from tna.deploy.lease import family_bits
 from tna.model.config import AF_INET, AF_INET6, Model
@@ -47,9 +51,12 @@ HEARTBEAT_MAX_S = 3.0  # main loop silent this long: stop renewing the lease
 
 
 class Daemon:
-    def __init__(self, mode: str = "auto", overrides: dict[str, str] | None = None,
-                 cache_dir: Path | None = None) -> None:
-        self.mode, self.overrides, self.cache_dir = mode, overrides or {}, cache_dir
+    def __init__(self, settings: Settings | None = None, cache_dir: Path | None = None,
+                 reread: Callable[[], Settings] | None = None) -> None:
+        """reread: the settings anew on SIGHUP (file + flags; raises ConfigError)."""
+        self.settings, self.cache_dir = settings or Settings(), cache_dir
+        self._reread = reread or (lambda: self.settings)
+        self._hup = threading.Event()
         self.dp = Datapath()
         self.model = Model()
         self.plan: Plan | None = None
@@ -71,6 +78,8 @@ class Daemon:
         lock = RunLock()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._hup.set())
+        self._set_log_level()
         lease = threading.Thread(target=self._lease_loop, name="tna-lease", daemon=True)
         ctsync = threading.Thread(target=self._ct_sync_loop, name="tna-ctsync", daemon=True)
         try:
@@ -109,6 +118,9 @@ class Daemon:
                 log.warning("%s: resynchronising everything", e)
                 self._resync()
                 changed = True
+            if self._hup.is_set():
+                self._hup.clear()
+                changed |= self._reload()
             now = time.monotonic()
             if now >= next_poll or nft_commit:
                 changed |= self._poll()
@@ -116,6 +128,27 @@ class Daemon:
             if changed:
                 self.reconcile()
             self._heartbeat = time.monotonic()
+
+    def _reload(self) -> bool:
+        """SIGHUP: the settings re-read; True if they changed (the reconcile that follows
+        re-plans).  Service-manager hook: RELOADING=1 before, READY=1 after that reconcile."""
+        try:
+            new = self._reread()
+        except ConfigError as e:
+            log.error("SIGHUP: %s; keeping the previous settings", e)
+            return False
+        if new.metrics != self.settings.metrics:
+            log.warning("SIGHUP: metrics = %s takes effect when tna restarts (the server binds once; "
+                        "it stays %s)", new.metrics or "(none)", self.settings.metrics or "off")
+            new = replace(new, metrics=self.settings.metrics)
+        diff = changes(self.settings, new)
+        log.info("SIGHUP: configuration re-read: %s", "; ".join(diff) if diff else "nothing changed")
+        self.settings = new
+        self._set_log_level()
+        return bool(diff)
+
+    def _set_log_level(self) -> None:
+        logging.getLogger().setLevel(self.settings.log_level.upper())
 
     def _apply(self, msg: Any) -> bool:
         changed = False
@@ -215,7 +248,7 @@ class Daemon:
         """A dead daemon's programs stay attached (in fail-safe pass mode).
         Interfaces we plan for get theirs replaced atomically in reconcile();
         the others are detached here."""
-        p = plan(self.model, self.mode, self.overrides)
+        p = self._plan()
         for link in self.model.links.values():
             if link.index in p.ifaces:
                 continue
@@ -228,6 +261,10 @@ class Daemon:
                     pass
 
     # --- output -------------------------------------------------------------
+
+    def _plan(self) -> Plan:
+        s = self.settings
+        return plan(self.model, s.hook, s.iface_hook, s.ignore)
 
     def reconcile(self) -> None:
         """Make the kernel match the plan.  A program must never decide with
@@ -242,7 +279,7 @@ class Daemon:
         # patterns are sorted: a new pattern or interface shifts the bits
         masks = {i: b for i, b in fw.iface_masks({i: link.name for i, link in m.links.items()}).items()
                  if b} if fw else {}
-        p = plan(self.model, self.mode, self.overrides)
+        p = self._plan()
         if (family_bits(families, abi.TNA_FW_V4, abi.TNA_FW_V6) != self.dp.lease.cfg.fw_families
                 or masks != self.dp.fw_masks()
                 or any(i in p.ifaces and a.plan.firewall != p.ifaces[i].firewall
@@ -264,7 +301,7 @@ class Daemon:
         else:  # masks that do not match the rules: the hold stays (retried at the next reconcile)
             log.error("tna_fw_ifaces could not be written; all traffic stays on the kernel path")
         self.plan = p
-        publish_status(describe(m, p, self.dp.attached, pid=os.getpid(), mode=self.mode,
+        publish_status(describe(m, p, self.dp.attached, pid=os.getpid(), mode=self.settings.hook,
                                 disabled=self.disabled_why, failed=self.failed))
 
     def _deploy(self, ip: IfacePlan) -> None:
