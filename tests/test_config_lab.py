@@ -50,6 +50,8 @@ def test_sighup_applies_a_new_file_and_keeps_it_when_the_next_is_invalid(router_
         st = tna.status() or {}
         assert st["skipped"]["r-h1"] == "left alone by configuration (ignore = r-h1)"
         assert _tna_on(lab, "r-h1") == "" and _tna_on(lab, "r-h2") == "xdp "
+        text = lab.run(lab.r, py("tna", "status"), cwd=RouterLab.repo).stdout
+        assert "  r-h1         left alone by configuration (ignore = r-h1)\n" in text
         # plain Linux for everything touching r-h1: r-h2's program redirects nothing into it
         assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 5).stdout
         assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip6, 5).stdout

@@ -143,7 +143,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, why in sorted(st["failed"].items()):
         print(f"  {name:<12} FAILED, kernel path: {why.splitlines()[0]}")
     for name, why in sorted(st["skipped"].items()):
-        print(f"  {name:<12} left alone: {why}")
+        print(f"  {name:<12} {why if why.startswith('left alone') else f'left alone: {why}'}")
     return 0
 
 
