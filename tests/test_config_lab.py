@@ -58,7 +58,9 @@ def test_sighup_applies_a_new_file_and_keeps_it_when_the_next_is_invalid(router_
         after = tna.status() or {}
         assert _forwarded(after, "r-h2") == 0 and sum(
             c["packets"] for c in after["ifaces"]["r-h2"]["reasons"].values()) >= 10
-        assert "SIGHUP: configuration re-read: " in tna.output()
+        assert f"configuration: {cfg}\n" in tna.output()
+        assert ('SIGHUP: configuration re-read: ignore: [] -> ["r-h1"]; iface_hook: {} -> {"r-h2": "xdp"}'
+                in tna.output())
 
         cfg.write_text('hook = "xpd"\n')
         tna.proc.send_signal(signal.SIGHUP)

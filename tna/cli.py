@@ -85,6 +85,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except config.ConfigError as e:
         print(f"tna: {e}", file=sys.stderr)
         return 2
+    logging.getLogger("tna").info("configuration: %s", src.path if src.path.exists()
+                                  else f"none ({src.path} does not exist): the defaults and the flags")
     try:
         Daemon(first, reread=settings).run()
     except AlreadyRunning as e:
