@@ -94,7 +94,8 @@ def _pps_groups(pps: dict[str, list[dict]], firewall: bool) -> Groups:
         if name.startswith(FIREWALL) != firewall:
             continue
         label = f"{int(name[len(FIREWALL):]):,} rules" if firewall else name
-        groups[label] = [(str(r["variant"]), float(r["mpps"]), _times(float(r["vs_linux"]))) for r in table]
+        if table:  # a group without bars has nothing to draw
+            groups[label] = [(str(r["variant"]), float(r["mpps"]), _times(float(r["vs_linux"]))) for r in table]
     return groups
 
 
@@ -140,18 +141,13 @@ def render(doc: dict[str, Any], out_dir: Path) -> list[Path]:
             save(fig, name, title)
 
     bulk, flood = _tcp_panels(doc)
-    panels = [p for p in (bulk, flood) if p]
+    panels = [(groups, title) for groups, title in ((bulk, "bulk TCP through the box (tna: TC)"),
+                                                    (flood, "a service on the box under a UDP flood")) if groups]
     if panels:
         fig, axes = plt.subplots(1, len(panels), figsize=(8, 4.5), squeeze=False)
-        ax = iter(axes[0])
-        if bulk:
-            a = next(ax)
-            _bars(a, bulk, "Gbit/s (median)")
-            a.set_title("bulk TCP through the box (tna: TC)", fontsize=9)
-        if flood:
-            a = next(ax)
-            _bars(a, flood, "Gbit/s (median)")
-            a.set_title("a service on the box under a UDP flood", fontsize=9)
+        for a, (groups, title) in zip(axes[0], panels, strict=True):
+            _bars(a, groups, "Gbit/s (median)")
+            a.set_title(title, fontsize=9)
         save(fig, "tcp.png", "TCP goodput, Linux vs TNA")
     return written
 

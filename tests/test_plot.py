@@ -52,7 +52,7 @@ def test_plotter_renders_pngs(tmp_path: Path) -> None:
         assert p.read_bytes().startswith(PNG) and p.stat().st_size > 10_000, p
     # a run of one scenario only: only its chart
     doc["pps"].pop("routing+ct10000")
-    doc["tcp"], doc["flood"] = {}, {}
+    doc["tcp"], doc["flood"], doc["pps"]["routing+rule"] = {}, {}, []
     assert [p.name for p in plot.render(doc, tmp_path / "one")] == ["frames.png"]
 
 
