@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenario", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
     ap.add_argument("--flood-runs", type=int, default=3)
     ap.add_argument("--flood-pps", type=int, default=400_000)
-    ap.add_argument("--json", type=Path, default=Lab.repo / "docs" / "bench" / "results.json",
+    ap.add_argument("--json", type=Path, default=Lab.repo / "docs" / "bench" / "results.json", metavar="FILE",
                     help="where to write the results (the charts go beside it)")
     args = ap.parse_args(argv)
 
