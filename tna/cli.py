@@ -239,8 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole command line (also the source of the tna(8) man page)."""
     ap = argparse.ArgumentParser(prog="tna", description="Transparent network acceleration.",
                                  epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-v", "--verbose", action="store_true")
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    ap.add_argument("-v", "--verbose", action="store_true", help="log debug messages too")
+    sub = ap.add_subparsers(title="commands", dest="cmd", required=True)
     run = sub.add_parser("run", help="run the daemon in this network namespace (foreground)")
     run.add_argument("--config", metavar="FILE",
                      help=f"settings file (TOML; default ${config.ENV_VAR}, else {config.DEFAULT_PATH}, "
@@ -256,16 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", choices=config.LOG_LEVELS, help="default info (-v: debug)")
     run.set_defaults(fn=cmd_run)
     status = sub.add_parser("status", help="interfaces, hooks, programs and counters")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="print the whole status as JSON")
     status.set_defaults(fn=cmd_status)
     stats = sub.add_parser("stats", help="packets and bytes by reason")
-    stats.add_argument("--json", action="store_true")
+    stats.add_argument("--json", action="store_true", help="print the counters as JSON (one line per refresh)")
     stats.add_argument("--watch", type=float, default=0, metavar="SECONDS", help="refresh every SECONDS")
     stats.add_argument("--rules", action="store_true",
                        help="per FORWARD and INPUT rule: the kernel's counters and the fast path's")
     stats.set_defaults(fn=cmd_stats)
     source = sub.add_parser("source", help="print the C program running on IFACE")
-    source.add_argument("iface")
+    source.add_argument("iface", help="an accelerated interface (see tna status)")
     source.set_defaults(fn=cmd_source)
     return ap
 
