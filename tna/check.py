@@ -20,7 +20,6 @@ from typing import Any
 
 from tna import HELPERS_DIR, TEMPLATE_DIR
 from tna.bpf import libbpf
-from tna.netlink.watch import ResyncNeeded
 from tna.runstate import lock_holder
 from tna.scratch import CT_KFUNCS, Proof, prove
 from tna.snapshot import take
@@ -79,7 +78,7 @@ def privileges(euid: int, cap_eff: int) -> Result:
     who = "root" if euid == 0 else f"uid {euid}"
     if missing:
         return Result("privileges", FAIL, f"{who} without {', '.join(missing)}",
-                      f"run as root, or grant {', '.join(NEEDED_CAPS)}")
+                      f"grant {', '.join(missing)} (root in a container or under systemd may lack them)")
     if not cap_eff >> CAP_NET_RAW & 1:
         return Result("privileges", WARN, f"{who}: no CAP_NET_RAW, so iptables-legacy rules cannot be read",
                       "grant CAP_NET_RAW if iptables-legacy is in use (the fast path stays off otherwise)")
@@ -134,6 +133,9 @@ def headers() -> Result:
         compile_source(probe)
     except CompileError as e:
         return Result("headers", FAIL, f"{e}", compile_hint(str(e)))
+    except OSError as e:  # the cache directory
+        return Result("headers", FAIL, f"cannot compile into the cache: {e}",
+                      "run as root, or set TNA_CACHE_DIR to a writable directory")
     return Result("headers", OK, f"templates in {TEMPLATE_DIR}, headers in {HELPERS_DIR}; "
                   f"{len(includes)} system headers compile")
 
@@ -177,7 +179,7 @@ def judge(proof: Proof, mode: str) -> list[Result]:
     not use only WARNs."""
     if proof.error:
         return [Result("scratch", FAIL, f"scratch namespace {proof.netns}: {proof.error}",
-                       "run tna check as root on the machine itself")]
+                       "run tna check with the privileges tna run has")]
     if proof.compile_error:
         return [Result("compile", FAIL, proof.compile_error, compile_hint(proof.compile_error))]
     out = [Result("compile", OK, f"programs ({', '.join(proof.modules)}) planned, rendered and compiled "
@@ -220,7 +222,7 @@ def scratch(mode: str) -> tuple[list[Result], str | None]:
         proof = prove()
     except OSError as e:  # the namespace itself could not be made
         return [Result("scratch", FAIL, f"cannot create a scratch network namespace: {e}",
-                       "run tna check as root")], None
+                       "run tna check with the privileges tna run has")], None
     return judge(proof, mode), proof.netns
 
 
@@ -235,8 +237,9 @@ def namespace(mode: str) -> tuple[list[Result], dict[str, Any]]:
                else Result("daemon", OK, "no `tna run` active in this namespace")]
     try:
         model, disabled = take()
-    except (ResyncNeeded, OSError) as e:
-        results.append(Result("namespace", WARN, f"this namespace could not be read: {e}", "check again"))
+    except Exception as e:  # netlink through pyroute2 (KeyError when a group may not be joined), the tools
+        results.append(Result("namespace", WARN, f"this namespace could not be read: {type(e).__name__}: {e}",
+                              "run tna check with the privileges tna run has"))
         return results, {}
     p = plan(model, mode)
     ifaces = {ip.name: {"hook": ip.hook, "why": ip.hook_why, "modules": list(ip.modules)} for ip in p.ifaces.values()}
@@ -247,8 +250,13 @@ def namespace(mode: str) -> tuple[list[Result], dict[str, Any]]:
     else:
         results.append(Result("netfilter", OK, "filter rules would be compiled into the fast path"
                               if model.firewall else "no filter rules to compile in"))
-    results.append(Result("accelerate", OK, f"{len(ifaces)} interfaces would be accelerated") if ifaces else
-                   Result("accelerate", WARN, "no interface would be accelerated", "see why below"))
+    if not ifaces:
+        results.append(Result("accelerate", WARN, "no interface would be accelerated", "see why below"))
+    elif disabled:
+        results.append(Result("accelerate", INFO, f"{len(ifaces)} interfaces would get programs, passing all "
+                              "traffic to the kernel while the fast path is disabled"))
+    else:
+        results.append(Result("accelerate", OK, f"{len(ifaces)} interfaces would be accelerated"))
     return results, {"mode": mode, "disabled": disabled, "ifaces": ifaces, "left_alone": left}
 
 

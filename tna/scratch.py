@@ -17,6 +17,7 @@ attached dies with it and the namespace, and nothing in this process (whose
 
 from __future__ import annotations
 
+import errno
 import logging
 import multiprocessing
 import os
@@ -74,7 +75,7 @@ class Proof:
     hooks: dict[str, HookProof] = field(default_factory=dict)  # "xdp", "tc"
     ct_error: str = ""         # why the programs with the conntrack part did not load
     ct_missing: list[str] = field(default_factory=list)  # kfuncs the kernel refused
-    modules: tuple[str, ...] = ()  # of the programs that were attached
+    modules: tuple[str, ...] = ()  # of the last programs tried (those the hooks' results are for)
 
 
 def refused_kfuncs(log: str) -> list[str]:
@@ -94,7 +95,12 @@ def prove(timeout: float = TIMEOUT_S) -> Proof:
     """Create the scratch namespace, run the proof in a child inside it, and
     remove the namespace again whatever happens (Ctrl-C included)."""
     name = f"tnacheck-{os.getpid()}-{secrets.token_hex(3)}"
-    netns.create(name)
+    try:
+        netns.create(name)
+    except OSError as e:
+        if e.errno != errno.EEXIST:  # EEXIST: the name is another's; else a half-made one is ours
+            _remove(name)
+        raise
     try:
         run_dir = RUN_ROOT / str(os.stat(f"/run/netns/{name}").st_ino)
         try:
@@ -103,7 +109,14 @@ def prove(timeout: float = TIMEOUT_S) -> Proof:
             # the deployer notes in the namespace's run directory which clsact it added
             shutil.rmtree(run_dir, ignore_errors=True)
     finally:
+        _remove(name)
+
+
+def _remove(name: str) -> None:
+    try:
         netns.remove(name)
+    except FileNotFoundError:
+        pass
 
 
 def _in_child(name: str, timeout: float) -> Proof:
@@ -138,7 +151,10 @@ def _child(name: str, send: Connection) -> None:
         proof.error = proof.error or "interrupted"
     except Exception as e:  # reported, not raised: the parent prints a verdict
         proof.error = proof.error or f"{type(e).__name__}: {e}"
-    send.send(proof)
+    try:
+        send.send(proof)
+    except OSError:  # the parent stopped listening (Ctrl-C): nobody to tell
+        pass
     send.close()
 
 
