@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from netns_labs.lab import Lab, RouterLab, py
+from tests.test_model import model_after
 from tna import check, runstate
 from tna.check import FAIL, INFO, OK, WARN, Result
 from tna.cli import build_parser
+from tna.model.config import Sysctls
 from tna.scratch import HookProof, Proof, refused_kfuncs, stateful_firewall
 
 ALL_CAPS = (1 << 41) - 1
@@ -173,6 +175,40 @@ def test_lock_holder_reads_proc_locks(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_the_command_line() -> None:
     args = build_parser().parse_args(["check", "--json", "--hook", "tc"])
     assert args.json and args.hook == "tc" and args.fn.__name__ == "cmd_check"
+
+
+def test_this_namespace_as_tna_run_would_see_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(check, "lock_holder", lambda: 4242)
+    monkeypatch.setattr(check, "take", lambda: (model_after("dump"), None))
+    results, ns = check.namespace("auto")
+    assert _statuses(results) == {"daemon": INFO, "netfilter": OK, "accelerate": OK}
+    assert "pid 4242" in results[0].detail
+    assert {n: i["hook"] for n, i in ns["ifaces"].items()} == {"r-h1": "tc", "r-h2": "tc"}
+    assert ns["left_alone"] == {"lo": "loopback"}
+
+    nat = "the IPv4 nat table has rules (not modelled)"
+    monkeypatch.setattr(check, "take", lambda: (model_after("dump"), nat))
+    results, ns = check.namespace("xdp")
+    assert _statuses(results)["netfilter"] == WARN and nat in results[1].detail
+    assert _statuses(results)["accelerate"] == INFO and ns["disabled"] == nat
+    assert {i["hook"] for i in ns["ifaces"].values()} == {"xdp"}
+
+    no_forwarding = model_after("dump")
+    no_forwarding.set_sysctls(Sysctls())
+    monkeypatch.setattr(check, "take", lambda: (no_forwarding, None))
+    results, ns = check.namespace("auto")
+    assert _statuses(results)["accelerate"] == WARN and not ns["ifaces"]
+    assert ns["left_alone"]["r-h1"].startswith("forwarding is disabled")
+
+
+def test_an_unreadable_namespace_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(check, "lock_holder", lambda: None)
+
+    def fail() -> None:
+        raise KeyError("no free address available")
+    monkeypatch.setattr(check, "take", fail)
+    results, ns = check.namespace("auto")
+    assert _statuses(results) == {"daemon": OK, "namespace": WARN} and ns == {}
 
 
 _HOLD_LOCK = ("import sys; from tna.runstate import RunLock; lock = RunLock(); print('locked', flush=True); "
