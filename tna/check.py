@@ -189,8 +189,9 @@ def judge(proof: Proof, mode: str) -> list[Result]:
         if hp.error:
             used = mode in ("auto", hook)
             out.append(Result(hook, FAIL if used else WARN, f"{where} on {hp.iface}: {hp.error}",
-                              "the kernel refused it (see the message): such interfaces would stay on the "
-                              "kernel path" + ("" if used else f" (--hook {mode} does not use {hook})")))
+                              "such interfaces would stay on the kernel path (the whole message, the "
+                              "verifier's included, is in tna check --json)"
+                              + ("" if used else f"; --hook {mode} does not use {hook}")))
         else:
             out.append(Result(hook, OK, f"loaded (verifier OK), attached at {where} on {hp.iface} "
                               f"(program {hp.prog_id}), queried, detached"))
