@@ -9,6 +9,7 @@ Examples:
   ip netns exec R tna stats [--json] [--watch 1]
   ip netns exec R tna stats --rules [--json]   # per FORWARD/INPUT rule: kernel + fast path
   ip netns exec R tna source r-h1         # the exact C running on r-h1
+  tna check [--json]                      # preflight: can `tna run` work here, what it would do
 """
 
 from __future__ import annotations
@@ -235,6 +236,12 @@ def cmd_source(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from tna.check import main as check
+
+    return check(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line (also the source of the tna(8) man page)."""
     ap = argparse.ArgumentParser(prog="tna", description="Transparent network acceleration.",
@@ -264,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--rules", action="store_true",
                        help="per FORWARD and INPUT rule: the kernel's counters and the fast path's")
     stats.set_defaults(fn=cmd_stats)
+    check = sub.add_parser("check", help="preflight: can `tna run` work here, and what would it accelerate")
+    check.add_argument("--json", action="store_true")
+    check.add_argument("--hook", choices=("auto", "xdp", "tc"), default="auto",
+                       help="judge as for `tna run --hook HOOK` (default auto)")
+    check.set_defaults(fn=cmd_check)
     source = sub.add_parser("source", help="print the C program running on IFACE")
     source.add_argument("iface", help="an accelerated interface (see tna status)")
     source.set_defaults(fn=cmd_source)

@@ -14,7 +14,6 @@ import itertools
 import logging
 import os
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -28,17 +27,15 @@ from tna.config import ConfigError, Settings, changes
 from tna.deploy.datapath import Datapath, ForeignProgram, attached_tna_prog
 from tna.deploy.lease import family_bits
 from tna.model.config import AF_INET, AF_INET6, Model
-from tna.model.firewall import Firewall, firewall_plan
-from tna.netlink import netfilter
 from tna.netlink.conntrack import Liberal
 from tna.netlink.decode import decoded
 from tna.netlink.netfilter import NetfilterChanged
-from tna.netlink.watch import ResyncNeeded, Watcher, read_rp_filter, read_sysctls
+from tna.netlink.watch import ResyncNeeded, Watcher
 from tna.runstate import RunLock, publish_status
+from tna.snapshot import model_from, poll
 from tna.status import describe
 from tna.synth.build import build
 from tna.synth.compile import CompileError
-from tna.synth.fwgen import unfit
 from tna.synth.planner import IfacePlan, Plan, plan
 
 log = logging.getLogger("tna")
@@ -198,11 +195,7 @@ class Daemon:
                 self._watcher.close()
             self._watcher = Watcher(on_nft_commit=self._nft_commit)
             try:
-                model = Model()
-                for msg in self._watcher.snapshot():
-                    for fact in decoded(msg):
-                        model.apply(fact)
-                self.model = model
+                self.model = model_from(self._watcher.snapshot())
                 self._poll()
                 return
             except ResyncNeeded as e:
@@ -213,36 +206,17 @@ class Daemon:
                 delay = min(delay * 2, 2.0)
 
     def _poll(self) -> bool:
-        changed = self.model.set_sysctls(read_sysctls())
-        for index, mode in read_rp_filter({i: link.name for i, link in self.model.links.items()}).items():
-            changed |= self.model.set_rp_filter(index, mode)
         self._rules_gen = self._commits  # before reading: a later commit holds again
-        fw, why = self._firewall()
-        changed |= self.model.set_firewall(fw)
+        changed, why = poll(self.model)
         if why != self.disabled_why:
             self.disabled_why = why
             if why:
                 log.warning("fast path disabled, all traffic stays on the kernel path: %s", why)
             else:
                 log.info("netfilter: %s; fast path enabled",
-                         "filter rules compiled into the fast path" if fw else "no rules")
+                         "filter rules compiled into the fast path" if self.model.firewall else "no rules")
             changed = True
         return changed
-
-    @staticmethod
-    def _firewall() -> tuple[Firewall | None, str | None]:
-        """The FORWARD and INPUT chains to compile in, or why nothing may be
-        accelerated."""
-        try:
-            rs = netfilter.read_rulesets()
-        except (OSError, ValueError, subprocess.TimeoutExpired) as e:
-            return None, f"netfilter rule sets cannot be read ({e}), so they cannot be ruled out"
-        if rs.foreign:
-            return None, "; ".join(rs.foreign)
-        fw, why = firewall_plan(rs.tables)
-        if fw is not None and (why := unfit(fw)):
-            return None, why
-        return fw, why
 
     def _adopt_leftovers(self) -> None:
         """A dead daemon's programs stay attached (in fail-safe pass mode).
