@@ -1,6 +1,10 @@
 """Side-by-side benchmark, one run:
 
-  python -m netns_labs.bench [--count 2000000] [--rounds 3] [--tcp-runs 5]
+  python -m netns_labs.bench [--count 2000000] [--rounds 3] [--tcp-runs 5] [--json FILE]
+
+It prints tables and writes its results to docs/bench/results.json (with the
+command, date, kernel and CPU), then renders them as PNG charts beside that
+file (netns_labs/plot.py) if matplotlib is installed (the `plots` extra).
 
 1. 64-byte IPv4 frames through eight labs - routing (RouterLab), routing
    with an ip rule (the kernel, and TNA, then check every source with a
@@ -33,7 +37,11 @@ in, which makes it default to 1 and Linux slower).
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
+import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -41,11 +49,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
+from netns_labs import plot
 from netns_labs.lab import BridgeLab, Host, Lab, RouterLab, Tna, in_netns, ping, py, wait_for
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
@@ -344,6 +354,29 @@ def bench_flood(runs: int, seconds: int, pps: int) -> dict[str, list[float]]:
     return out
 
 
+def machine() -> dict[str, object]:
+    """What the numbers depend on besides the code: kernel, CPU, clang."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.machine())
+    try:
+        clang = subprocess.run(["clang", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    except (OSError, IndexError):
+        clang = "not found"
+    return {"kernel": platform.release(), "cpu": cpu, "cpus": os.cpu_count(), "clang": clang}
+
+
+def write_results(path: Path, argv: list[str], pps: dict[str, list[dict]], tcp: dict[str, dict],
+                  flood: dict[str, list[float]]) -> None:
+    """The run as JSON, what netns_labs/plot.py reads: pps[scenario] is
+    bench_pps()'s table, tcp[lab] bench_tcp()'s dict, flood bench_flood()'s."""
+    doc = {"source": "written by netns_labs/bench.py",
+           "command": shlex.join(["python", "-m", "netns_labs.bench", *argv]),
+           "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), **machine(),
+           "pps": pps, "tcp": tcp, "flood": flood}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=2_000_000, help="frames per measurement")
@@ -353,10 +386,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenario", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
     ap.add_argument("--flood-runs", type=int, default=3)
     ap.add_argument("--flood-pps", type=int, default=400_000)
+    ap.add_argument("--json", type=Path, default=Lab.repo / "docs" / "bench" / "results.json", metavar="FILE",
+                    help="where to write the results (the charts go beside it)")
     args = ap.parse_args(argv)
 
+    pps: dict[str, list[dict]] = {}
+    tcps: dict[str, dict] = {}
+    flood: dict[str, list[float]] = {}
     for name in args.scenario:
-        table = bench_pps(name, args.count, args.rounds)
+        table = pps[name] = bench_pps(name, args.count, args.rounds)
         print(f"\n{name}: 64-byte IPv4 frames, one CPU, median of {args.rounds} alternating rounds "
               f"of {args.count} frames (Linux: {frames_for(name, args.count)}; delivered == sent in every run)")
         print(f"{'variant':<16} {'Mpps':>7} {'x Linux':>8} {'x reference':>12} {'program ns/pkt':>15}")
@@ -365,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{row['variant']:<16} {row['mpps']:>7.2f} {row['vs_linux']:>8.2f} {row['vs_reference']:>12.2f} "
                   f"{cost:>15}", flush=True)
     for name in ("routing", "bridging") if args.tcp_runs else ():
-        tcp = bench_tcp(name, args.tcp_runs, args.tcp_seconds)
+        tcp = tcps[name] = bench_tcp(name, args.tcp_runs, args.tcp_seconds)
         print(f"\n{name}: TCP bulk (iperf3, {args.tcp_seconds} s, default offloads), "
               f"{args.tcp_runs} alternating runs")
         for variant in ("linux", "tna"):
@@ -381,6 +419,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{variant:<26}{unit} {' '.join(f'{x:.2f}' for x in runs)}  median {statistics.median(runs):.2f}")
         print(f"tna / linux under the flood (medians): "
               f"{statistics.median(flood['tna, flood']) / statistics.median(flood['linux, flood']):.2f}", flush=True)
+    write_results(args.json, sys.argv[1:] if argv is None else argv, pps, tcps, flood)
+    print(f"\nresults: {args.json}")
+    if plot.available():
+        for png in plot.render(plot.load(args.json), args.json.parent):
+            print(f"chart: {png}")
+    else:
+        print("no charts: matplotlib is not installed (pip install -e '.[plots]')")
     return 0
 
 

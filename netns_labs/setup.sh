@@ -3,7 +3,7 @@
 # TNA needs (Debian packages, a venv in .venv with the Python packages), then:
 #   setup.sh demo          the router lab: Linux vs TNA, before/after
 #   setup.sh test [ARGS]   ruff + the test suite (pytest ARGS)
-#   setup.sh bench [ARGS]  the side-by-side benchmark (docs/benchmarks.md)
+#   setup.sh bench [ARGS]  the side-by-side benchmark and its charts (docs/benchmarks.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,11 +24,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-[ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
-
 cmd=${1:-}
 [ $# -gt 0 ] && shift
+extras=test
+[ "$cmd" = bench ] && extras=test,plots  # the benchmark renders its charts with matplotlib
+
+[ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extras]"
+
 case "$cmd" in
     demo)  exec .venv/bin/python -m netns_labs.demo "$@" ;;
     bench) exec .venv/bin/python -m netns_labs.bench "$@" ;;

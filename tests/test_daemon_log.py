@@ -8,18 +8,13 @@ import logging
 
 import pytest
 
-from tests.test_reconcile_order import RecordingDatapath, link
-from tna import daemon as daemon_mod
-from tna.model.config import Model, Sysctls
+from tests.test_reconcile_order import recording_daemon
+from tna.model.config import Sysctls
 
 
 def test_left_alone_is_logged_once_per_reason(monkeypatch: pytest.MonkeyPatch,
                                               caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(daemon_mod, "publish_status", lambda state: None)
-    monkeypatch.setattr(daemon_mod, "build", lambda plan, cache_dir: f"{plan.name}.c")  # no clang
-    d = daemon_mod.Daemon("tc")
-    d.dp = RecordingDatapath()  # type: ignore[assignment]
-    d.model = Model(links={2: link(2, "r-h1"), 3: link(3, "r-h2")}, sysctls=Sysctls(True, True))
+    d = recording_daemon(monkeypatch)
     caplog.set_level(logging.INFO, logger="tna")
     d.reconcile()
     assert "left alone" not in caplog.text

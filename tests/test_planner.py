@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -95,3 +97,50 @@ def test_overrides_win(m: Model) -> None:
     overrides = {link.name: "xdp" for link in m.links.values()}
     for ip in plan(m, "tc", overrides).ifaces.values():
         assert ip.hook == "xdp" and ip.hook_why == "per-interface override"
+
+
+@given(models(), st.lists(st.sampled_from(["if1", "if2", "if1?", "if*", "nomatch", "if[3-5]"]), max_size=3))
+def test_ignored_interfaces_are_left_alone(m: Model, ignore: list[str]) -> None:
+    p0, p = plan(m), plan(m, ignore=ignore)
+    alone = {i for i, link in m.links.items()
+             if any(fnmatchcase(link.name, g) or (link.master in m.links and fnmatchcase(m.links[link.master].name, g))
+                    for g in ignore)}
+    for i in alone:
+        assert "left alone by configuration (ignore = " in p.skipped[i].why
+    # nothing of theirs is planned: no program, no egress into them, no bridge state mirrored
+    assert set(p.ifaces) == set(p0.ifaces) - alone
+    assert not alone & (p.xdp_egress | p.tc_egress | set(p.ports) | p.bridges | set(p.l3_bridges))
+    assert p.xdp_egress == p0.xdp_egress - alone and p.tc_egress == p0.tc_egress - alone
+
+
+def _bridged() -> Model:
+    def link(index: int, name: str, kind: str | None, master: int | None = None) -> Link:
+        return Link(index, name, kind, f"02:00:00:00:00:{index:02x}", 1500, IFF_UP | IFF_LOWER_UP, ARPHRD_ETHER,
+                    master=master, qdisc="noqueue", bridge=Bridge() if kind == "bridge" else None,
+                    port=Port(state=3) if master is not None else None)
+    m = Model(links={2: link(2, "br0", "bridge"), 3: link(3, "eth1", None, 2), 4: link(4, "eth2", None, 2),
+                     5: link(5, "wg0", None), 6: link(6, "eth9", None)}, sysctls=Sysctls(True, True))
+    for i in m.links:
+        m.apply(XdpXmit(i, True))
+    return m
+
+
+def test_ignore_reason_names_the_glob() -> None:
+    p = plan(_bridged(), ignore=["eth9", "wg*"])
+    assert p.skipped[5].why == "left alone by configuration (ignore = wg*)"
+    assert p.skipped[6].why == "left alone by configuration (ignore = eth9)"
+    assert {3, 4} <= set(p.ifaces) and 2 in p.bridges
+
+
+def test_an_ignored_bridge_leaves_its_ports_alone() -> None:
+    p = plan(_bridged(), ignore=["br*"])
+    assert p.skipped[2].why == "left alone by configuration (ignore = br*)"
+    assert p.skipped[3].why == p.skipped[4].why == "master br0 is left alone by configuration (ignore = br*)"
+    assert not p.bridges and not p.l3_bridges and not p.ports
+    assert set(p.ifaces) == {5, 6} and all(ip.modules == ("router",) for ip in p.ifaces.values())
+
+
+def test_an_ignored_port_keeps_its_bridge_accelerated() -> None:
+    p = plan(_bridged(), ignore=["eth2"])
+    assert 4 in p.skipped and 4 not in p.ports and 4 not in p.xdp_egress | p.tc_egress
+    assert 3 in p.ports and p.bridges == {2} and 2 in p.l3_bridges

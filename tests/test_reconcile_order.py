@@ -13,6 +13,7 @@ import pytest
 
 from tna import daemon as daemon_mod
 from tna.bpf import abi
+from tna.config import Settings
 from tna.deploy.lease import family_bits
 from tna.model.config import ARPHRD_ETHER, IFF_UP, Link, Model, Sysctls
 from tna.model.firewall import firewall_plan
@@ -82,9 +83,14 @@ def link(index: int, name: str) -> Link:
 
 @pytest.fixture
 def daemon(monkeypatch: pytest.MonkeyPatch) -> daemon_mod.Daemon:
+    return recording_daemon(monkeypatch)
+
+
+def recording_daemon(monkeypatch: pytest.MonkeyPatch) -> daemon_mod.Daemon:
+    """A daemon on the recording datapath, two veths, forwarding on, --hook tc."""
     monkeypatch.setattr(daemon_mod, "publish_status", lambda state: None)
     monkeypatch.setattr(daemon_mod, "build", lambda plan, cache_dir: f"{plan.name}.c")  # no clang
-    d = daemon_mod.Daemon("tc")
+    d = daemon_mod.Daemon(Settings(hook="tc"))
     d.dp = RecordingDatapath()  # type: ignore[assignment]
     d.model = Model(links={2: link(2, "r-h1"), 3: link(3, "r-h2")}, sysctls=Sysctls(True, True))
     return d

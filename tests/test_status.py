@@ -55,3 +55,14 @@ def test_no_plan_yet_describes_no_interfaces() -> None:
     st = describe(Model(), None, {}, pid=1, mode="auto", disabled="netfilter unreadable", failed={})
     assert st["ifaces"] == {} and st["skipped"] == {} and st["firewall"] is None and st["firewall_rules"] == []
     assert st["disabled"] == "netfilter unreadable"
+
+
+def test_a_bridge_left_alone_says_why() -> None:
+    m = Model(links={
+        4: Link(4, "br0", "bridge", "02:00:00:00:00:04", 1500, UP, ARPHRD_ETHER, qdisc="noqueue", bridge=Bridge()),
+        5: veth(5, "p1", master=4, port=Port()),
+    }, sysctls=Sysctls(True, False))
+    st = describe(m, plan(m, ignore=["br0"]), {}, pid=1, mode="auto", disabled=None, failed={})
+    assert st["bridges"]["br0"]["accelerated"] is False
+    assert st["bridges"]["br0"]["why_not"] == "left alone by configuration (ignore = br0)"
+    assert st["skipped"]["p1"] == "master br0 is left alone by configuration (ignore = br0)"

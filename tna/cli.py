@@ -4,22 +4,26 @@ Examples:
   ip netns exec R tna run                 # accelerate namespace R (hook per interface)
   ip netns exec R tna run --hook xdp      # force XDP everywhere
   ip netns exec R tna run --iface-hook eth1=tc
+  ip netns exec R tna run --config /etc/tna/R.toml   # settings from a file (SIGHUP re-reads it)
   ip netns exec R tna status [--json]     # interfaces, hooks, programs, packets by reason
   ip netns exec R tna stats [--json] [--watch 1]
   ip netns exec R tna stats --rules [--json]   # per FORWARD/INPUT rule: kernel + fast path
   ip netns exec R tna source r-h1         # the exact C running on r-h1
+  tna check [--json]                      # preflight: can `tna run` work here, what it would do
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
-from tna import __version__
+from tna import __version__, config
 from tna.bpf import abi, attach
 from tna.bpf import libbpf as bpf
 from tna.deploy.counters import read_counters, read_stats
@@ -70,17 +74,42 @@ def collect(state: dict[str, Any]) -> dict[str, Any]:
 def cmd_run(args: argparse.Namespace) -> int:
     from tna.daemon import Daemon
 
-    overrides = {}
-    for item in args.iface_hook:
-        name, _, hook = item.partition("=")
-        if hook not in ("xdp", "tc"):
-            sys.exit(f"--iface-hook {item!r}: expected IFACE=xdp or IFACE=tc")
-        overrides[name] = hook
+    src = config.source(args.config, os.environ)
+    flags = config.Flags(hook=args.hook, log_level=args.log_level or ("debug" if args.verbose else None),
+                         metrics=args.metrics, ignore=tuple(args.ignore), iface_hook=dict(args.iface_hook))
+
+    def settings() -> config.Settings:
+        """The file as it is now, the flags winning (at start and on SIGHUP)."""
+        return config.merge(config.read(src), flags)
+
     try:
-        Daemon(args.hook, overrides).run()
+        first = settings()
+    except config.ConfigError as e:
+        print(f"tna: {e}", file=sys.stderr)
+        return 2
+    logging.getLogger("tna").info("configuration: %s", src.path if src.path.exists()
+                                  else f"none ({src.path} does not exist): the defaults and the flags")
+    try:
+        Daemon(first, reread=settings).run()
     except AlreadyRunning as e:
         sys.exit(f"tna: {e}")
     return 0
+
+
+def _checked(why: Callable[[str], str | None]) -> Callable[[str], str]:
+    """An argparse type: the value itself, or its error from why(value)."""
+    def check(value: str) -> str:
+        if err := why(value):
+            raise argparse.ArgumentTypeError(f"{value!r}: {err}")
+        return value
+    return check
+
+
+def _iface_hook(item: str) -> tuple[str, str]:
+    name, _, hook = item.partition("=")
+    if hook not in config.IFACE_HOOKS or config.ifname_error(name):
+        raise argparse.ArgumentTypeError(f"{item!r}: expected IFACE=xdp or IFACE=tc")
+    return name, hook
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -118,7 +147,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, why in sorted(st["failed"].items()):
         print(f"  {name:<12} FAILED, kernel path: {why.splitlines()[0]}")
     for name, why in sorted(st["skipped"].items()):
-        print(f"  {name:<12} left alone: {why}")
+        print(f"  {name:<12} {why if why.startswith('left alone') else f'left alone: {why}'}")
     return 0
 
 
@@ -208,30 +237,49 @@ def cmd_source(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from tna.check import main as check
+
+    return check(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line (also the source of the tna(8) man page)."""
     ap = argparse.ArgumentParser(prog="tna", description="Transparent network acceleration.",
                                  epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-v", "--verbose", action="store_true", help="debug log lines")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log debug messages too")
     ap.add_argument("--version", action="version", version=f"tna {__version__}")
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub = ap.add_subparsers(title="commands", dest="cmd", required=True)
     run = sub.add_parser("run", help="run the daemon in this network namespace (foreground)")
-    run.add_argument("--hook", choices=("auto", "xdp", "tc"), default="auto",
+    run.add_argument("--config", metavar="FILE",
+                     help=f"settings file (TOML; default ${config.ENV_VAR}, else {config.DEFAULT_PATH}, "
+                          "each read only if it exists); flags win over it; SIGHUP re-reads it")
+    run.add_argument("--hook", choices=config.HOOK_MODES,
                      help="auto: XDP on wire-facing NICs, TC on veth/tap (default)")
-    run.add_argument("--iface-hook", action="append", default=[], metavar="IFACE=xdp|tc",
+    run.add_argument("--iface-hook", action="append", default=[], metavar="IFACE=xdp|tc", type=_iface_hook,
                      help="per-interface hook override (repeatable)")
+    run.add_argument("--ignore", action="append", default=[], metavar="IFACE", type=_checked(config.glob_error),
+                     help="leave IFACE alone: no program, no fast path into it (a shell glob; repeatable)")
+    run.add_argument("--metrics", metavar="HOST:PORT", type=_checked(config.host_port_error),
+                     help="serve Prometheus /metrics on HOST:PORT ([::1]:9469 for IPv6)")
+    run.add_argument("--log-level", choices=config.LOG_LEVELS, help="default info (-v: debug)")
     run.set_defaults(fn=cmd_run)
     status = sub.add_parser("status", help="interfaces, hooks, programs and counters")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="print the whole status as JSON")
     status.set_defaults(fn=cmd_status)
     stats = sub.add_parser("stats", help="packets and bytes by reason")
-    stats.add_argument("--json", action="store_true")
+    stats.add_argument("--json", action="store_true", help="print the counters as JSON (one line per refresh)")
     stats.add_argument("--watch", type=float, default=0, metavar="SECONDS", help="refresh every SECONDS")
     stats.add_argument("--rules", action="store_true",
                        help="per FORWARD and INPUT rule: the kernel's counters and the fast path's")
     stats.set_defaults(fn=cmd_stats)
+    check = sub.add_parser("check", help="preflight: can `tna run` work here, and what would it accelerate")
+    check.add_argument("--json", action="store_true")
+    check.add_argument("--hook", choices=("auto", "xdp", "tc"), default="auto",
+                       help="judge as for `tna run --hook HOOK` (default auto)")
+    check.set_defaults(fn=cmd_check)
     source = sub.add_parser("source", help="print the C program running on IFACE")
-    source.add_argument("iface")
+    source.add_argument("iface", help="an accelerated interface (see tna status)")
     source.set_defaults(fn=cmd_source)
     return ap
 

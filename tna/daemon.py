@@ -4,7 +4,8 @@ Threads: the main loop applies netlink events and reconciles; a lease thread
 renews the datapath's lease every 200 ms while the main loop shows signs of
 life; a conntrack thread marks the TCP connections the datapath asks for
 window-liberal (tna/netlink/conntrack.py).  If the process dies (kill -9, crash) the lease runs out within a
-second and every module passes all traffic to the kernel on its own.
+second and every module passes all traffic to the kernel on its own.  SIGHUP re-reads the
+configuration (tna/config.py): the handler only raises a flag, the main loop does the work.
 """
 
 from __future__ import annotations
@@ -13,29 +14,29 @@ import itertools
 import logging
 import os
 import signal
-import subprocess
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from tna.bpf import abi
 from tna.bpf.libbpf import LibbpfError
+from tna.config import ConfigError, Settings, changes
 from tna.deploy.datapath import Datapath, ForeignProgram, attached_tna_prog
 from tna.deploy.lease import family_bits
 from tna.model.config import AF_INET, AF_INET6, Model
-from tna.model.firewall import Firewall, firewall_plan
-from tna.netlink import netfilter
 from tna.netlink.conntrack import Liberal
 from tna.netlink.decode import decoded
 from tna.netlink.netfilter import NetfilterChanged
-from tna.netlink.watch import ResyncNeeded, Watcher, read_rp_filter, read_sysctls
+from tna.netlink.watch import ResyncNeeded, Watcher
 from tna.runstate import RunLock, publish_status
-from tna.sdnotify import notify
+from tna.sdnotify import notify, reloading
+from tna.snapshot import model_from, poll
 from tna.status import describe
 from tna.synth.build import build
 from tna.synth.compile import CompileError
-from tna.synth.fwgen import unfit
 from tna.synth.planner import IfacePlan, Plan, plan
 
 log = logging.getLogger("tna")
@@ -48,9 +49,12 @@ HEARTBEAT_MAX_S = 3.0  # main loop silent this long: stop renewing the lease
 
 
 class Daemon:
-    def __init__(self, mode: str = "auto", overrides: dict[str, str] | None = None,
-                 cache_dir: Path | None = None) -> None:
-        self.mode, self.overrides, self.cache_dir = mode, overrides or {}, cache_dir
+    def __init__(self, settings: Settings | None = None, cache_dir: Path | None = None,
+                 reread: Callable[[], Settings] | None = None) -> None:
+        """reread: the settings anew on SIGHUP (file + flags; raises ConfigError)."""
+        self.settings, self.cache_dir = settings or Settings(), cache_dir
+        self._reread = reread or (lambda: self.settings)
+        self._hup = threading.Event()
         self.dp = Datapath()
         self.model = Model()
         self.plan: Plan | None = None
@@ -72,6 +76,8 @@ class Daemon:
         lock = RunLock()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._hup.set())
+        self._set_log_level()
         lease = threading.Thread(target=self._lease_loop, name="tna-lease", daemon=True)
         ctsync = threading.Thread(target=self._ct_sync_loop, name="tna-ctsync", daemon=True)
         try:
@@ -112,13 +118,41 @@ class Daemon:
                 log.warning("%s: resynchronising everything", e)
                 self._resync()
                 changed = True
+            hup = self._hup.is_set()
+            if hup:
+                self._hup.clear()
+                reloading()
+                changed |= self._reload()
             now = time.monotonic()
             if now >= next_poll or nft_commit:
                 changed |= self._poll()
                 next_poll = now + POLL_S
             if changed:
                 self.reconcile()
+            if hup:
+                notify("READY=1")  # the new settings are in force
             self._heartbeat = time.monotonic()
+
+    def _reload(self) -> bool:
+        """SIGHUP: the settings re-read; True if they changed (the reconcile that follows
+        re-plans).  systemd hears RELOADING=1 before, READY=1 after that reconcile."""
+        try:
+            new = self._reread()
+        except ConfigError as e:
+            log.error("SIGHUP: %s; keeping the previous settings", e)
+            return False
+        if new.metrics != self.settings.metrics:
+            log.warning("SIGHUP: metrics = %s takes effect when tna restarts (the server binds once; "
+                        "it stays %s)", new.metrics or "(none)", self.settings.metrics or "off")
+            new = replace(new, metrics=self.settings.metrics)
+        diff = changes(self.settings, new)
+        log.info("SIGHUP: configuration re-read: %s", "; ".join(diff) if diff else "nothing changed")
+        self.settings = new
+        self._set_log_level()
+        return bool(diff)
+
+    def _set_log_level(self) -> None:
+        logging.getLogger().setLevel(self.settings.log_level.upper())
 
     def _apply(self, msg: Any) -> bool:
         changed = False
@@ -168,11 +202,7 @@ class Daemon:
                 self._watcher.close()
             self._watcher = Watcher(on_nft_commit=self._nft_commit)
             try:
-                model = Model()
-                for msg in self._watcher.snapshot():
-                    for fact in decoded(msg):
-                        model.apply(fact)
-                self.model = model
+                self.model = model_from(self._watcher.snapshot())
                 self._poll()
                 return
             except ResyncNeeded as e:
@@ -183,42 +213,23 @@ class Daemon:
                 delay = min(delay * 2, 2.0)
 
     def _poll(self) -> bool:
-        changed = self.model.set_sysctls(read_sysctls())
-        for index, mode in read_rp_filter({i: link.name for i, link in self.model.links.items()}).items():
-            changed |= self.model.set_rp_filter(index, mode)
         self._rules_gen = self._commits  # before reading: a later commit holds again
-        fw, why = self._firewall()
-        changed |= self.model.set_firewall(fw)
+        changed, why = poll(self.model)
         if why != self.disabled_why:
             self.disabled_why = why
             if why:
                 log.warning("fast path disabled, all traffic stays on the kernel path: %s", why)
             else:
                 log.info("netfilter: %s; fast path enabled",
-                         "filter rules compiled into the fast path" if fw else "no rules")
+                         "filter rules compiled into the fast path" if self.model.firewall else "no rules")
             changed = True
         return changed
-
-    @staticmethod
-    def _firewall() -> tuple[Firewall | None, str | None]:
-        """The FORWARD and INPUT chains to compile in, or why nothing may be
-        accelerated."""
-        try:
-            rs = netfilter.read_rulesets()
-        except (OSError, ValueError, subprocess.TimeoutExpired) as e:
-            return None, f"netfilter rule sets cannot be read ({e}), so they cannot be ruled out"
-        if rs.foreign:
-            return None, "; ".join(rs.foreign)
-        fw, why = firewall_plan(rs.tables)
-        if fw is not None and (why := unfit(fw)):
-            return None, why
-        return fw, why
 
     def _adopt_leftovers(self) -> None:
         """A dead daemon's programs stay attached (in fail-safe pass mode).
         Interfaces we plan for get theirs replaced atomically in reconcile();
         the others are detached here."""
-        p = plan(self.model, self.mode, self.overrides)
+        p = self._plan()
         for link in self.model.links.values():
             if link.index in p.ifaces:
                 continue
@@ -231,6 +242,10 @@ class Daemon:
                     pass
 
     # --- output -------------------------------------------------------------
+
+    def _plan(self) -> Plan:
+        s = self.settings
+        return plan(self.model, s.hook, s.iface_hook, s.ignore)
 
     def reconcile(self) -> None:
         """Make the kernel match the plan.  A program must never decide with
@@ -245,7 +260,7 @@ class Daemon:
         # patterns are sorted: a new pattern or interface shifts the bits
         masks = {i: b for i, b in fw.iface_masks({i: link.name for i, link in m.links.items()}).items()
                  if b} if fw else {}
-        p = plan(self.model, self.mode, self.overrides)
+        p = self._plan()
         if (family_bits(families, abi.TNA_FW_V4, abi.TNA_FW_V6) != self.dp.lease.cfg.fw_families
                 or masks != self.dp.fw_masks()
                 or any(i in p.ifaces and a.plan.firewall != p.ifaces[i].firewall
@@ -269,7 +284,7 @@ class Daemon:
         else:  # masks that do not match the rules: the hold stays (retried at the next reconcile)
             log.error("tna_fw_ifaces could not be written; all traffic stays on the kernel path")
         self.plan = p
-        publish_status(describe(m, p, self.dp.attached, pid=os.getpid(), mode=self.mode,
+        publish_status(describe(m, p, self.dp.attached, pid=os.getpid(), mode=self.settings.hook,
                                 disabled=self.disabled_why, failed=self.failed))
         disabled = f"; fast path DISABLED: {self.disabled_why}" if self.disabled_why else ""
         notify(f"STATUS={len(self.dp.attached)} interfaces accelerated, {len(p.skipped)} left alone, "

@@ -54,6 +54,29 @@ class RunLock:
         os.close(self._fd)
 
 
+def lock_holder() -> int | None:
+    """Pid of the daemon holding this namespace's lock, None if there is none.
+    Read from /proc/locks: taking the lock to find out would make a daemon
+    starting at that moment refuse."""
+    try:
+        st = os.stat(run_dir() / "lock")
+    except FileNotFoundError:
+        return None
+    return flock_holder(Path("/proc/locks").read_text(), os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+
+
+def flock_holder(proc_locks: str, major: int, minor: int, inode: int) -> int | None:
+    """The pid holding a flock on that file in /proc/locks' text, where a
+    line reads `1: FLOCK  ADVISORY  WRITE 5620 fe:00:1450019 0 EOF` (a
+    waiter's has `->` after the number)."""
+    dev = f"{major:02x}:{minor:02x}:{inode}"
+    for line in proc_locks.splitlines():
+        f = line.split()
+        if len(f) >= 6 and f[1] == "FLOCK" and f[5] == dev:
+            return int(f[4])
+    return None
+
+
 def publish_status(state: dict[str, Any]) -> None:
     """Write state.json (what `tna status` reads), atomically."""
     path = run_dir() / "state.json"

@@ -8,8 +8,6 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 log = logging.getLogger("tna")
 
@@ -35,12 +33,7 @@ def notify(state: str) -> bool:
     return True
 
 
-@contextmanager
-def reloading() -> Iterator[None]:
-    """Around a configuration re-read (SIGHUP): RELOADING=1 with the
-    timestamp systemd asks for, then READY=1 again, whatever the outcome."""
-    notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
-    try:
-        yield
-    finally:
-        notify("READY=1")
+def reloading() -> bool:
+    """Before a configuration re-read (SIGHUP), with the timestamp systemd
+    asks for; READY=1 says when the reload is done."""
+    return notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")

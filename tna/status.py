@@ -37,9 +37,12 @@ def _bridges(m: Model, p: Plan | None) -> dict[str, Any]:
         ports = {link.name: {"state": STP_STATES.get(link.port.state, str(link.port.state)),
                              "accelerated": p is not None and link.index in p.ports}
                  for link in m.links.values() if link.master == br.index and link.port is not None}
+        accelerated = p is not None and br.index in p.bridges
+        skipped = p.skipped.get(br.index) if p is not None and not accelerated else None
         out[br.name] = {
-            "accelerated": p is not None and br.index in p.bridges,
-            "why_not": bridge_skip_reason(br),
+            "accelerated": accelerated,
+            # a bridge fit for the fast path that is not on it is left alone by configuration
+            "why_not": bridge_skip_reason(br) or (skipped and skipped.why),
             "routed": p is not None and br.index in p.l3_bridges,
             "fdb": sum(1 for e in m.fdb.values() if e.bridge == br.index),
             "ageing_s": br.bridge.ageing_cs / 100,

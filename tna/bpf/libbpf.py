@@ -183,6 +183,7 @@ def _load() -> ctypes.CDLL:
         "bpf_map_get_fd_by_id": (c_int, [c_uint32]),
         "bpf_obj_get_info_by_fd": (c_int, [c_int, c_void_p, POINTER(c_uint32)]),
         "libbpf_num_possible_cpus": (c_int, []),
+        "libbpf_version_string": (c_char_p, []),
         "libbpf_set_print": (c_void_p, [_PRINT_FN]),
     }
     for name, (res, args) in sig.items():
@@ -227,6 +228,11 @@ def _errno_ptr(ptr: int | None, what: str) -> int:
 
 def num_possible_cpus() -> int:
     return _check(_lib.libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
+
+
+def version() -> str:
+    """The loaded libbpf's version ("v1.1")."""
+    return _lib.libbpf_version_string().decode()
 
 
 class Map:

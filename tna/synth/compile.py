@@ -52,6 +52,12 @@ def _version(clang: str, mtime_ns: int) -> str:
     return subprocess.run([clang, "--version"], capture_output=True, text=True, check=True).stdout
 
 
+def clang_version() -> str:
+    """The first line of `clang --version` of the clang TNA compiles with
+    (CompileError if there is none)."""
+    return _clang_version(_clang()).splitlines()[0]
+
+
 def cache_key(source: str, clang: str) -> str:
     h = hashlib.sha256()
     h.update(source.encode())

@@ -8,7 +8,9 @@ those are read live by bpf_fib_lookup() or synchronised into maps.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 
 from tna.bpf.abi import PORT_FLAGS, TNA_IF_CHECK_CSUM_PARTIAL, TNA_IF_L2_EGRESS, TNA_IF_RP_LOOSE, TNA_IF_RP_STRICT
 from tna.model.config import BR_STATE_FORWARDING, Link, Model
@@ -122,12 +124,27 @@ def _skip_reason(link: Link, model: Model) -> str | None:
     return None
 
 
-def choose_hook(link: Link, mode: str, overrides: dict[str, str]) -> tuple[str, str]:
+def _matching(name: str, ignore: Sequence[str]) -> str | None:
+    return next((g for g in ignore if fnmatchcase(name, g)), None)
+
+
+def left_alone(link: Link, model: Model, ignore: Sequence[str]) -> str | None:
+    """Why the configuration's ignore globs leave link alone, None if they do not: its name
+    matches, or its master's (a bridge left alone is plain Linux, its ports included)."""
+    if (glob := _matching(link.name, ignore)) is not None:
+        return f"left alone by configuration (ignore = {glob})"
+    master = model.links.get(link.master) if link.master is not None else None
+    if master is not None and (glob := _matching(master.name, ignore)) is not None:
+        return f"master {master.name} is left alone by configuration (ignore = {glob})"
+    return None
+
+
+def choose_hook(link: Link, mode: str, overrides: Mapping[str, str]) -> tuple[str, str]:
     """(hook, why) for an interface we accelerate."""
     if link.name in overrides:
         return overrides[link.name], "per-interface override"
     if mode != "auto":
-        return mode, f"--hook {mode}"
+        return mode, f"hook mode {mode}"
     if link.kind in LOCAL_STACK_KINDS:
         return "tc", f"{link.kind}: its peer is a local stack (TC keeps TSO and checksum offload)"
     return "xdp", "frames come from a wire"
@@ -195,22 +212,26 @@ def rp_filter_flags(model: Model, index: int) -> int:
     return 0
 
 
-def plan(model: Model, mode: str = "auto", overrides: dict[str, str] | None = None) -> Plan:
+def plan(model: Model, mode: str = "auto", overrides: Mapping[str, str] | None = None,
+         ignore: Sequence[str] = ()) -> Plan:
+    """ignore: globs of interfaces left alone.  Such an interface gets no program and is no
+    egress of a redirect either: all its traffic, both ways, is the kernel's."""
     if mode not in HOOK_MODES:
         raise ValueError(f"hook mode must be one of {HOOK_MODES}")
     overrides = overrides or {}
     ifaces: dict[int, IfacePlan] = {}
     skipped: dict[int, Skipped] = {}
     ports: dict[int, PortPlan] = {}
+    alone = {i: why for i, link in model.links.items() if (why := left_alone(link, model, ignore))}
     bridges = {i: link for i, link in model.links.items()
-               if link.bridge is not None and bridge_skip_reason(link) is None}
+               if link.bridge is not None and bridge_skip_reason(link) is None and i not in alone}
     l3 = {i: l3_bridge(br, model) for i, br in bridges.items() if routes_through(br, model)}
     # the router resolves a route into a bridge through its FDB
     router_modules = ("fdb", "router") if any(b.flags & TNA_IF_L2_EGRESS for b in l3.values()) else ("router",)
     if model.firewall is not None:
         router_modules = ("firewall", *router_modules)
     for link in model.links.values():
-        why = _skip_reason(link, model)
+        why = alone.get(link.index) or _skip_reason(link, model)
         if why is not None:
             skipped[link.index] = Skipped(link.index, link.name, why)
             continue
@@ -230,8 +251,8 @@ def plan(model: Model, mode: str = "auto", overrides: dict[str, str] | None = No
     return Plan(
         ifaces=ifaces,
         skipped=skipped,
-        xdp_egress=frozenset(i for i, link in model.links.items() if xdp_egress_ok(link, model)),
-        tc_egress=frozenset(i for i, link in model.links.items() if tc_egress_ok(link)),
+        xdp_egress=frozenset(i for i, link in model.links.items() if xdp_egress_ok(link, model) and i not in alone),
+        tc_egress=frozenset(i for i, link in model.links.items() if tc_egress_ok(link) and i not in alone),
         ports=ports,
         l3_bridges=l3,
         bridges=frozenset(bridges),
