@@ -83,7 +83,7 @@ def link(index: int, name: str) -> Link:
 @pytest.fixture
 def daemon(monkeypatch: pytest.MonkeyPatch) -> daemon_mod.Daemon:
     monkeypatch.setattr(daemon_mod, "publish_status", lambda state: None)
-    monkeypatch.setattr(daemon_mod, "build", lambda plan, cache_dir: f"{plan.name}.c")  # no clang
+    monkeypatch.setattr(daemon_mod, "build", lambda plan, cache_dir, observe: f"{plan.name}.c")  # no clang
     d = daemon_mod.Daemon("tc")
     d.dp = RecordingDatapath()  # type: ignore[assignment]
     d.model = Model(links={2: link(2, "r-h1"), 3: link(3, "r-h2")}, sysctls=Sysctls(True, True))

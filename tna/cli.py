@@ -21,8 +21,7 @@ import time
 from typing import Any
 
 from tna.bpf import abi, attach
-from tna.bpf import libbpf as bpf
-from tna.deploy.counters import read_counters, read_stats
+from tna.deploy.counters import program_counters, program_stats, summed
 from tna.runstate import AlreadyRunning, read_state
 
 
@@ -53,21 +52,14 @@ def collect(state: dict[str, Any]) -> dict[str, Any]:
     for iface in state["ifaces"].values():
         live = _attached_id(iface["ifindex"], iface["hook"])
         iface["attached"] = live == iface["prog_id"]
-        iface["reasons"] = {}
-        if not iface["attached"]:
-            continue
-        prog = bpf.Program.from_id(live)
-        try:
-            stats = prog.find_map(abi.MAP_STATS)
-            iface["reasons"] = {r: {"packets": p, "bytes": b} for r, (p, b) in read_stats(stats).items()}
-            stats.close()
-        finally:
-            prog.close()
+        stats = program_stats(live) if iface["attached"] else {}
+        iface["reasons"] = {r: {"packets": p, "bytes": b} for r, (p, b) in stats.items()}
     return out
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from tna.daemon import Daemon
+    from tna.metrics import MetricsError
 
     overrides = {}
     for item in args.iface_hook:
@@ -76,8 +68,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             sys.exit(f"--iface-hook {item!r}: expected IFACE=xdp or IFACE=tc")
         overrides[name] = hook
     try:
-        Daemon(args.hook, overrides).run()
-    except AlreadyRunning as e:
+        Daemon(args.hook, overrides, metrics_addr=args.metrics).run()
+    except (AlreadyRunning, MetricsError) as e:
         sys.exit(f"tna: {e}")
     return 0
 
@@ -124,21 +116,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def fast_path_rule_counters(state: dict[str, Any]) -> dict[int, tuple[int, int]]:
     """Counter id -> (packets, bytes) the fast path applied, over every
     interface's program (each has its own tna_fw_rules)."""
-    total: dict[int, tuple[int, int]] = {}
-    for iface in state["ifaces"].values():
-        live = _attached_id(iface["ifindex"], iface["hook"])
-        if live != iface["prog_id"] or "firewall" not in iface["modules"]:
-            continue
-        prog = bpf.Program.from_id(live)
-        try:
-            m = prog.find_map(abi.MAP_FW_RULES)
-            for rid, (p, b) in read_counters(m).items():
-                tp, tb = total.get(rid, (0, 0))
-                total[rid] = (tp + p, tb + b)
-            m.close()
-        finally:
-            prog.close()
-    return total
+    ids = [i["prog_id"] for i in state["ifaces"].values()
+           if "firewall" in i["modules"] and _attached_id(i["ifindex"], i["hook"]) == i["prog_id"]]
+    return summed(program_counters(p, abi.MAP_FW_RULES) for p in ids)
 
 
 def cmd_rules(state: dict[str, Any], as_json: bool) -> None:
@@ -218,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="auto: XDP on wire-facing NICs, TC on veth/tap (default)")
     run.add_argument("--iface-hook", action="append", default=[], metavar="IFACE=xdp|tc",
                      help="per-interface hook override (repeatable)")
+    run.add_argument("--metrics", metavar="HOST:PORT",
+                     help="serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9469, [::1]:9469)")
     run.set_defaults(fn=cmd_run)
     status = sub.add_parser("status", help="interfaces, hooks, programs and counters")
     status.add_argument("--json", action="store_true")

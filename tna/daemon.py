@@ -23,6 +23,7 @@ from tna.bpf import abi
 from tna.bpf.libbpf import LibbpfError
 from tna.deploy.datapath import Datapath, ForeignProgram, attached_tna_prog
 from tna.deploy.lease import family_bits
+from tna.metrics import Metrics, failure_kind, parse_addr
 from tna.model.config import AF_INET, AF_INET6, Model
 from tna.model.firewall import Firewall, firewall_plan
 from tna.netlink import netfilter
@@ -48,12 +49,15 @@ HEARTBEAT_MAX_S = 3.0  # main loop silent this long: stop renewing the lease
 
 class Daemon:
     def __init__(self, mode: str = "auto", overrides: dict[str, str] | None = None,
-                 cache_dir: Path | None = None) -> None:
+                 cache_dir: Path | None = None, metrics_addr: str | None = None) -> None:
         self.mode, self.overrides, self.cache_dir = mode, overrides or {}, cache_dir
+        self.metrics_addr = parse_addr(metrics_addr) if metrics_addr else None  # a bad one fails before anything
         self.dp = Datapath()
         self.model = Model()
         self.plan: Plan | None = None
         self.failed: dict[int, str] = {}
+        self.failed_kind: dict[int, str] = {}  # its class (metrics), for the interfaces in failed
+        self.metrics = Metrics(self)
         self.disabled_why: str | None = None
         self._stop = threading.Event()
         self._heartbeat = time.monotonic()
@@ -74,6 +78,8 @@ class Daemon:
         lease = threading.Thread(target=self._lease_loop, name="tna-lease", daemon=True)
         ctsync = threading.Thread(target=self._ct_sync_loop, name="tna-ctsync", daemon=True)
         try:
+            if self.metrics_addr is not None:
+                self.metrics.serve(*self.metrics_addr)
             self._resync()
             self._adopt_leftovers()
             self.reconcile()
@@ -85,6 +91,7 @@ class Daemon:
             for t in (lease, ctsync):
                 if t.is_alive():
                     t.join()
+            self.metrics.close()  # before the maps it reads go
             self.dp.remove_all()
             if self._watcher is not None:
                 self._watcher.close()
@@ -107,6 +114,7 @@ class Daemon:
                         changed |= self._apply(msg)
             except ResyncNeeded as e:
                 log.warning("%s: resynchronising everything", e)
+                self.metrics.resyncs.inc()
                 self._resync()
                 changed = True
             now = time.monotonic()
@@ -230,6 +238,10 @@ class Daemon:
     # --- output -------------------------------------------------------------
 
     def reconcile(self) -> None:
+        with self.metrics.reconcile_seconds.time():
+            self._reconcile()
+
+    def _reconcile(self) -> None:
         """Make the kernel match the plan.  A program must never decide with
         maps that do not match the rules it was built for, so when the rules,
         the interface masks or the filtered families change: hold (FW_CHANGED)
@@ -270,7 +282,7 @@ class Daemon:
     def _deploy(self, ip: IfacePlan) -> None:
         """Build and attach ip's program; an unchanged plan keeps its own."""
         if not self.dp.is_current(ip):
-            self.dp.attach(ip, build(ip, self.cache_dir))
+            self.dp.attach(ip, build(ip, self.cache_dir, self.metrics.compiled))
 
     def _publish_guards(self, fw_families: frozenset[int]) -> None:
         m = self.model
@@ -292,7 +304,7 @@ class Daemon:
                 msg += "\n" + e.log.strip()[-2000:]
             if self.failed.get(ifindex) != msg:
                 log.error("%s: %s; this interface's traffic stays on the kernel path", name, msg)
-            self.failed[ifindex] = msg
+            self.failed[ifindex], self.failed_kind[ifindex] = msg, failure_kind(e)
             try:
                 self.dp.remove(ifindex)
             except OSError:
