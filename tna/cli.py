@@ -22,6 +22,7 @@ from typing import Any
 
 from tna.bpf import abi, attach
 from tna.deploy.counters import program_counters, program_stats, summed
+from tna.rates import Rates, Sample, iface_rates, si, total_rates
 from tna.runstate import AlreadyRunning, read_state
 
 
@@ -151,12 +152,46 @@ def cmd_rules(state: dict[str, Any], as_json: bool) -> None:
               f"{r['fast_path']['packets']:>12} {total_bytes:>14}  {r['text']}")
 
 
+def _stats_json(totals: dict[str, dict[str, int]], st: dict[str, Any], per_iface: dict[str, Rates] | None,
+                interval: float | None) -> str:
+    out: dict[str, Any] = {"total": totals, "ifaces": {n: i["reasons"] for n, i in st["ifaces"].items()}}
+    out["rates"] = None if per_iface is None else {  # bps: bits per second
+        "interval_s": interval,
+        "total": {r: {"pps": p, "bps": b} for r, (p, b) in total_rates(per_iface).items()},
+        "ifaces": {n: {r: {"pps": p, "bps": b} for r, (p, b) in rates.items()} for n, rates in per_iface.items()},
+    }
+    return json.dumps(out, sort_keys=True)
+
+
+def _stats_text(totals: dict[str, dict[str, int]], rates: Rates | None) -> str:
+    rate_cols = f" {'pps':>10} {'bit/s':>10}" if rates is not None else ""
+    lines = [f"{'reason':<20} {'packets':>14} {'bytes':>16}{rate_cols}"]
+    for reason in abi.REASONS:
+        if reason in totals:
+            line = f"{reason:<20} {totals[reason]['packets']:>14} {totals[reason]['bytes']:>16}"
+            if rates is not None:
+                pps, bps = rates.get(reason, (0.0, 0.0))
+                line += f" {si(pps):>10} {si(bps):>10}"
+            lines.append(line)
+    if rates is not None:
+        all_pps, all_bps = sum(p for p, _ in rates.values()), sum(b for _, b in rates.values())
+        lines.append(f"{'all':<52} {si(all_pps):>10} {si(all_bps):>10}")
+    return "\n".join(lines) + "\n"
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
+    """Packets and bytes by reason; with --watch, from the second read on,
+    the rates since the read before."""
     if args.rules:
         cmd_rules(_running_state(), args.json)
         return 0
+    if args.watch < 0:
+        sys.exit(f"tna stats: --watch {args.watch:g}: SECONDS must not be negative")
+    prev: Sample | None = None
     while True:
         st = collect(_running_state())
+        sample = Sample.of(time.monotonic(), st)
+        per_iface = iface_rates(prev, sample) if prev is not None else None
         totals: dict[str, dict[str, int]] = {}
         for i in st["ifaces"].values():
             for reason, c in i["reasons"].items():
@@ -164,16 +199,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
                 t["packets"] += c["packets"]
                 t["bytes"] += c["bytes"]
         if args.json:
-            print(json.dumps({"total": totals, "ifaces": {n: i["reasons"] for n, i in st["ifaces"].items()}},
-                             sort_keys=True), flush=True)
+            interval = sample.at - prev.at if prev is not None else None
+            print(_stats_json(totals, st, per_iface, interval), flush=True)
         else:
-            print(f"{'reason':<20} {'packets':>14} {'bytes':>16}")
-            for reason in abi.REASONS:
-                if reason in totals:
-                    print(f"{reason:<20} {totals[reason]['packets']:>14} {totals[reason]['bytes']:>16}")
-            print(flush=True)
+            print(_stats_text(totals, total_rates(per_iface) if per_iface is not None else None), flush=True)
         if not args.watch:
             return 0
+        prev = sample
         time.sleep(args.watch)
 
 
@@ -206,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(fn=cmd_status)
     stats = sub.add_parser("stats", help="packets and bytes by reason")
     stats.add_argument("--json", action="store_true")
-    stats.add_argument("--watch", type=float, default=0, metavar="SECONDS", help="refresh every SECONDS")
+    stats.add_argument("--watch", type=float, default=0, metavar="SECONDS",
+                       help="refresh every SECONDS, with the rates (packets/s, bit/s) since the last read")
     stats.add_argument("--rules", action="store_true",
                        help="per FORWARD and INPUT rule: the kernel's counters and the fast path's")
     stats.set_defaults(fn=cmd_stats)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, disable_created_metrics, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from tna import __version__
@@ -237,6 +237,9 @@ class Metrics:
     def serve(self, host: str, port: int) -> None:
         """Listen on host:port (a thread of the library's); MetricsError if
         that address cannot be had."""
+        # no `_created` gauge beside every counter and histogram: a process-wide
+        # switch of the library, and this process's metrics are all ours
+        disable_created_metrics()
         try:
             self._server, _ = start_http_server(port, host, registry=self.registry)
         except OSError as e:  # a port in use, an address not on this box, a name that does not resolve
