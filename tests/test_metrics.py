@@ -18,7 +18,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from netns_labs.lab import Lab, RouterLab, Tna, ping, py
-from tna import __version__
+from tna import ROOT, __version__
 from tna.bpf import abi
 from tna.bpf.libbpf import LibbpfError
 from tna.cli import _stats_json, main
@@ -196,6 +196,16 @@ def test_event_metrics(scraped: dict[str, Any]) -> None:
     assert values(compile_h, "_count") == {(): 1} and values(compile_h, "_sum") == {(): 1.5}
     assert values(compile_h, "_bucket")[(("le", "1.0"),)] == 0 and values(compile_h, "_bucket")[(("le", "2.0"),)] == 1
     assert values(scraped["tna_reconcile_duration_seconds"], "_count") == {(): 1}
+
+
+def test_every_metric_is_documented(scraped: dict[str, Any]) -> None:
+    doc = (ROOT / "docs" / "metrics.md").read_text()
+    # (the library's `_created` gauges depend on a process-wide switch serve() turns off)
+    exposed = {f.name + ("_total" if f.type == "counter" else "") for f in scraped.values()
+               if not f.name.endswith("_created")}
+    assert len(exposed) == 16
+    missing = [n for n in sorted(exposed) if f"| `{n}` |" not in doc]
+    assert not missing, f"docs/metrics.md does not explain {missing}"
 
 
 def test_a_program_whose_map_cannot_be_read_leaves_the_rest_of_the_scrape() -> None:
