@@ -52,24 +52,37 @@ def test_bad_addresses_are_refused_with_an_example(text: str) -> None:
         parse_addr(text)
 
 
-def test_a_bad_address_stops_tna_run_before_it_starts() -> None:
+@pytest.mark.parametrize("addr", ["::1:9469", ""])
+def test_a_bad_address_stops_tna_run_before_it_starts(addr: str) -> None:
     with pytest.raises(SystemExit) as e:
-        main(["run", "--metrics", "::1:9469"])
-    assert isinstance(e.value.code, str) and e.value.code.startswith("tna: metrics address '::1:9469': expected")
+        main(["run", "--metrics", addr])
+    assert isinstance(e.value.code, str) and e.value.code.startswith(f"tna: metrics address {addr!r}: expected")
+
+
+@pytest.mark.parametrize("watch", ["-1", "nan", "inf", "soon"])
+def test_a_bad_watch_interval_is_refused_by_the_parser(watch: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["stats", "--watch", watch])
+    assert "argument --watch:" in capsys.readouterr().err
 
 
 def _idle_metrics() -> Metrics:
     return Metrics(fake_daemon([], None), read=lambda prog_id, name: {})
 
 
-def test_serves_on_its_own_registry_and_stops() -> None:
-    with socket.socket() as s:  # a free port (nothing else binds the loopback of this test's choosing)
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    m = _idle_metrics()
-    m.serve("127.0.0.1", port)
+@pytest.mark.parametrize("family, host, url_host", [(socket.AF_INET, "127.0.0.1", "127.0.0.1"),
+                                                   (socket.AF_INET6, "::1", "[::1]")])
+def test_serves_on_its_own_registry_and_stops(family: socket.AddressFamily, host: str, url_host: str) -> None:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+        with socket.socket(family) as s:  # a free port
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+    except OSError as e:
+        pytest.skip(f"{host} cannot be bound here: {e}")
+    m = _idle_metrics()
+    m.serve(host, port)
+    try:
+        with urllib.request.urlopen(f"http://{url_host}:{port}/metrics", timeout=30) as r:
             text = r.read().decode()
     finally:
         m.close()
@@ -77,7 +90,7 @@ def test_serves_on_its_own_registry_and_stops() -> None:
     assert {"tna_info", "tna_reconcile_duration_seconds", "tna_packets"} <= names
     assert not any(n.startswith(("process_", "python_", "platform_")) for n in names), names
     with pytest.raises(OSError):
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30)
+        urllib.request.urlopen(f"http://{url_host}:{port}/metrics", timeout=30)
 
 
 def test_a_port_in_use_is_a_clear_error() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -185,8 +186,6 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if args.rules:
         cmd_rules(_running_state(), args.json)
         return 0
-    if args.watch < 0:
-        sys.exit(f"tna stats: --watch {args.watch:g}: SECONDS must not be negative")
     prev: Sample | None = None
     while True:
         st = collect(_running_state())
@@ -219,6 +218,14 @@ def cmd_source(args: argparse.Namespace) -> int:
     return 0
 
 
+def seconds(text: str) -> float:
+    """An argparse type: a finite, non-negative number of seconds."""
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds, 0 or more")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line (also the source of the tna(8) man page)."""
     ap = argparse.ArgumentParser(prog="tna", description="Transparent network acceleration.",
@@ -238,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(fn=cmd_status)
     stats = sub.add_parser("stats", help="packets and bytes by reason")
     stats.add_argument("--json", action="store_true")
-    stats.add_argument("--watch", type=float, default=0, metavar="SECONDS",
+    stats.add_argument("--watch", type=seconds, default=0, metavar="SECONDS",
                        help="refresh every SECONDS, with the rates (packets/s, bit/s) since the last read")
     stats.add_argument("--rules", action="store_true",
                        help="per FORWARD and INPUT rule: the kernel's counters and the fast path's")

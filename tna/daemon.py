@@ -51,7 +51,8 @@ class Daemon:
     def __init__(self, mode: str = "auto", overrides: dict[str, str] | None = None,
                  cache_dir: Path | None = None, metrics_addr: str | None = None) -> None:
         self.mode, self.overrides, self.cache_dir = mode, overrides or {}, cache_dir
-        self.metrics_addr = parse_addr(metrics_addr) if metrics_addr else None  # a bad one fails before anything
+        # a bad metrics address fails here, before anything is touched
+        self.metrics_addr = parse_addr(metrics_addr) if metrics_addr is not None else None
         self.dp = Datapath()
         self.model = Model()
         self.plan: Plan | None = None
