@@ -285,10 +285,10 @@ def test_si_and_the_json_rates() -> None:
 PORT = 9469  # a fresh namespace: nothing else listens there
 
 
-def _fetch(lab: Lab, ns: str, port: int) -> str:
+def _fetch(lab: Lab, ns: str, port: int, host: str = "127.0.0.1") -> str:
     """GET /metrics from inside ns, where the daemon listens."""
     code = ("import sys, urllib.request; "
-            f"sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:{port}/metrics', timeout=30).read().decode())")
+            f"sys.stdout.write(urllib.request.urlopen('http://{host}:{port}/metrics', timeout=30).read().decode())")
     return lab.run(ns, [sys.executable, "-c", code]).stdout
 
 
