@@ -112,7 +112,8 @@ def test_an_address_not_here_is_a_clear_error(host: str) -> None:
 UP = IFF_UP | IFF_LOWER_UP
 RULES = ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
          "-A FORWARD -p udp -m udp --dport 5202 -j ACCEPT\n"
-         "-A FORWARD -p tcp -m comment --comment \"" + "x" * 80 + "\" -j DROP\nCOMMIT\n")
+         "-A FORWARD -p tcp -m comment --comment \"" + "x" * 80 + "\" -j DROP\n"
+         "-A FORWARD -p icmp -j ACCEPT\nCOMMIT\n")
 
 
 def _model() -> Model:
@@ -151,8 +152,8 @@ def scraped() -> dict[str, Any]:
     counters = {  # what the kernel would hold, by program id
         (12, abi.MAP_STATS): {abi.REASON["FORWARDED"]: (10, 1000), abi.REASON["TTL"]: (2, 196)},
         (13, abi.MAP_STATS): {abi.REASON["FORWARDED"]: (7, 700)},
-        (12, abi.MAP_FW_RULES): {0: (5, 500), 2: (3, 300)},
-        (13, abi.MAP_FW_RULES): {0: (1, 100)},
+        (12, abi.MAP_FW_RULES): {0: (5, 500), 3: (3, 300)},  # ids: the rules in order, then the policy
+        (13, abi.MAP_FW_RULES): {0: (1, 100), 1: (2, 200)},
     }
     attached = [SimpleNamespace(plan=h1, prog_id=12, source=""), SimpleNamespace(plan=h2, prog_id=13, source="")]
     m = Metrics(fake_daemon(attached, p, failed={4: "clang failed"}, failed_kind={4: "compile_failed", 9: "stale"},
@@ -177,13 +178,16 @@ def test_packets_and_bytes_by_interface_hook_and_reason(scraped: dict[str, Any])
 def test_rule_counters_add_up_the_programs_and_cut_long_rules(scraped: dict[str, Any]) -> None:
     rules = values(scraped["tna_rule_packets"], "_total")
     assert scraped["tna_rule_packets"].type == "counter"
-    udp = (("chain", "FORWARD"), ("family", "ipv4"), ("rule", "1"),
-           ("text", "-A FORWARD -p udp -m udp --dport 5202 -j ACCEPT"))
-    assert rules[udp] == 6  # 5 on r-h1, 1 on r-h2
-    policy = [k for k in rules if ("rule", "policy") in k]
-    assert policy and rules[policy[0]] == 3 and ("text", "policy ACCEPT") in policy[0]
-    assert len(rules) == 2  # rule 2 counted nothing: no series
-    assert values(scraped["tna_rule_bytes"], "_total")[udp] == 600
+    by_rule = {dict(k)["rule"]: (dict(k), v) for k, v in rules.items()}
+    assert set(by_rule) == {"1", "2", "policy"}  # rule 3 counted nothing: no series
+    udp, n = by_rule["1"]
+    assert n == 6 and udp == {"family": "ipv4", "chain": "FORWARD", "rule": "1",
+                              "text": "-A FORWARD -p udp -m udp --dport 5202 -j ACCEPT"}  # 5 on r-h1, 1 on r-h2
+    long, n = by_rule["2"]
+    assert n == 2 and len(long["text"]) == 64 and long["text"].startswith("-A FORWARD -p tcp")
+    assert long["text"].endswith("xxx...")
+    assert by_rule["policy"][1] == 3 and by_rule["policy"][0]["text"] == "policy ACCEPT"
+    assert values(scraped["tna_rule_bytes"], "_total")[tuple(sorted(udp.items()))] == 600
 
 
 def test_daemon_state_metrics(scraped: dict[str, Any]) -> None:
