@@ -26,6 +26,7 @@ from tna.bpf.libbpf import LibbpfError
 from tna.config import ConfigError, Settings, changes
 from tna.deploy.datapath import Datapath, ForeignProgram, attached_tna_prog
 from tna.deploy.lease import family_bits
+from tna.metrics import Metrics, failure_kind, parse_addr
 from tna.model.config import AF_INET, AF_INET6, Model
 from tna.netlink.conntrack import Liberal
 from tna.netlink.decode import decoded
@@ -54,10 +55,14 @@ class Daemon:
         self.settings, self.cache_dir = settings or Settings(), cache_dir
         self._reread = reread or (lambda: self.settings)
         self._hup = threading.Event()
+        # a bad metrics address fails here, before anything is touched
+        self.metrics_addr = parse_addr(self.settings.metrics) if self.settings.metrics is not None else None
         self.dp = Datapath()
         self.model = Model()
         self.plan: Plan | None = None
         self.failed: dict[int, str] = {}
+        self.failed_kind: dict[int, str] = {}  # its class (metrics), for the interfaces in failed
+        self.metrics = Metrics(self)
         self.disabled_why: str | None = None
         self._stop = threading.Event()
         self._heartbeat = time.monotonic()
@@ -80,6 +85,8 @@ class Daemon:
         lease = threading.Thread(target=self._lease_loop, name="tna-lease", daemon=True)
         ctsync = threading.Thread(target=self._ct_sync_loop, name="tna-ctsync", daemon=True)
         try:
+            if self.metrics_addr is not None:
+                self.metrics.serve(*self.metrics_addr)
             self._resync()
             self._adopt_leftovers()
             self.reconcile()
@@ -91,6 +98,7 @@ class Daemon:
             for t in (lease, ctsync):
                 if t.is_alive():
                     t.join()
+            self.metrics.close()  # before the maps it reads go
             self.dp.remove_all()
             if self._watcher is not None:
                 self._watcher.close()
@@ -113,6 +121,7 @@ class Daemon:
                         changed |= self._apply(msg)
             except ResyncNeeded as e:
                 log.warning("%s: resynchronising everything", e)
+                self.metrics.resyncs.inc()
                 self._resync()
                 changed = True
             if self._hup.is_set():
@@ -241,6 +250,10 @@ class Daemon:
         return plan(self.model, s.hook, s.iface_hook, s.ignore)
 
     def reconcile(self) -> None:
+        with self.metrics.reconcile_seconds.time():
+            self._reconcile()
+
+    def _reconcile(self) -> None:
         """Make the kernel match the plan.  A program must never decide with
         maps that do not match the rules it was built for, so when the rules,
         the interface masks or the filtered families change: hold (FW_CHANGED)
@@ -281,7 +294,7 @@ class Daemon:
     def _deploy(self, ip: IfacePlan) -> None:
         """Build and attach ip's program; an unchanged plan keeps its own."""
         if not self.dp.is_current(ip):
-            self.dp.attach(ip, build(ip, self.cache_dir))
+            self.dp.attach(ip, build(ip, self.cache_dir, self.metrics.compiled))
 
     def _publish_guards(self, fw_families: frozenset[int]) -> None:
         m = self.model
@@ -303,7 +316,7 @@ class Daemon:
                 msg += "\n" + e.log.strip()[-2000:]
             if self.failed.get(ifindex) != msg:
                 log.error("%s: %s; this interface's traffic stays on the kernel path", name, msg)
-            self.failed[ifindex] = msg
+            self.failed[ifindex], self.failed_kind[ifindex] = msg, failure_kind(e)
             try:
                 self.dp.remove(ifindex)
             except OSError:
