@@ -2,9 +2,10 @@
 
 Threads: the main loop applies netlink events and reconciles; a lease thread
 renews the datapath's lease every 200 ms while the main loop shows signs of
-life; a conntrack thread marks the TCP connections the datapath asks for
-window-liberal (tna/netlink/conntrack.py).  If the process dies (kill -9, crash) the lease runs out within a
-second and every module passes all traffic to the kernel on its own.
+life; a conntrack thread, woken by the datapath's ring buffer, marks the TCP
+connections it asks for window-liberal (tna/netlink/conntrack.py).  If the
+process dies (kill -9, crash) the lease runs out within a second and every
+module passes all traffic to the kernel on its own.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from tna.bpf import abi
+from tna.bpf import libbpf as bpf
 from tna.bpf.libbpf import LibbpfError
+from tna.bpf.ringbuf import RingBuffer
 from tna.deploy.datapath import Datapath, ForeignProgram, attached_tna_prog
 from tna.deploy.lease import family_bits
 from tna.model.config import AF_INET, AF_INET6, Model
@@ -41,7 +44,7 @@ log = logging.getLogger("tna")
 
 LEASE_RENEW_S = 0.2
 POLL_S = 1.0          # sysctls and iptables-legacy announce nothing: polled
-CT_SYNC_S = 0.01      # the datapath's requests to free connections from window tracking
+CT_BELL_WAIT_S = 0.5  # the ct-sync thread looks at the stop flag and the shared maps this often
 CT_SYNC_BATCH = 512
 HEARTBEAT_MAX_S = 3.0  # main loop silent this long: stop renewing the lease
 
@@ -138,20 +141,37 @@ class Daemon:
 
     def _ct_sync_loop(self) -> None:
         """Connections the datapath waits to carry (TNA_R_CT_SYNC): marked
-        within ~10 ms of their first established packet."""
+        as soon as its ring buffer (tna_ct_bell) rings, so an idle daemon
+        does not poll.  The shared maps are recreated when every program
+        went away and came back: the ring buffer follows them."""
         liberal = Liberal()
+        bell_map: bpf.Map | None = None
+        bell: RingBuffer | None = None
         try:
-            while not self._stop.wait(CT_SYNC_S):
-                m = self.dp.shared.get(abi.MAP_CT_SYNC)
-                if m is None:
-                    continue
-                keys = list(itertools.islice(m.keys(), CT_SYNC_BATCH))
-                if keys:
-                    liberal.mark(abi.TnaCtKey.from_buffer_copy(k) for k in keys)
-                    for k in keys:
-                        m.delete(k)
+            while not self._stop.is_set():
+                m = self.dp.shared.get(abi.MAP_CT_BELL)
+                if m is not bell_map:
+                    if bell is not None:
+                        bell.close()
+                    bell_map, bell = m, (RingBuffer(m.fd, lambda _rec: None) if m is not None else None)
+                if bell is None:
+                    self._stop.wait(CT_BELL_WAIT_S)
+                elif bell.poll(CT_BELL_WAIT_S):
+                    self._ct_sync_drain(liberal)
         finally:
+            if bell is not None:
+                bell.close()
             liberal.close()
+
+    def _ct_sync_drain(self, liberal: Liberal) -> None:
+        m = self.dp.shared.get(abi.MAP_CT_SYNC)
+        while m is not None:
+            keys = list(itertools.islice(m.keys(), CT_SYNC_BATCH))
+            if not keys:
+                return
+            liberal.mark(abi.TnaCtKey.from_buffer_copy(k) for k in keys)
+            for k in keys:
+                m.delete(k)
 
     # --- inputs -------------------------------------------------------------
 
