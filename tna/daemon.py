@@ -44,6 +44,7 @@ log = logging.getLogger("tna")
 
 LEASE_RENEW_S = 0.2
 POLL_S = 1.0          # sysctls and iptables-legacy announce nothing: polled
+LOOP_WAKE_S = 0.5     # an idle main loop wakes this often (stop flag, polls, heartbeat)
 CT_BELL_WAIT_S = 0.5  # the ct-sync thread looks at the stop flag and the shared maps this often
 CT_SYNC_BATCH = 512
 HEARTBEAT_MAX_S = 3.0  # main loop silent this long: stop renewing the lease
@@ -103,7 +104,7 @@ class Daemon:
             changed = nft_commit = False
             assert self._watcher is not None
             try:
-                for msg in self._watcher.events(timeout=0.1):
+                for msg in self._watcher.events(timeout=LOOP_WAKE_S):
                     if isinstance(msg, NetfilterChanged):  # held already (_nft_commit)
                         nft_commit = changed = True
                     else:
@@ -114,7 +115,8 @@ class Daemon:
                 changed = True
             now = time.monotonic()
             if now >= next_poll or nft_commit:
-                changed |= self._poll()
+                # nftables announces its commits; only iptables-legacy must be polled
+                changed |= self._poll(rules=nft_commit or netfilter.legacy_in_use())
                 next_poll = now + POLL_S
             if changed:
                 self.reconcile()
@@ -199,10 +201,13 @@ class Daemon:
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    def _poll(self) -> bool:
+    def _poll(self, rules: bool = True) -> bool:
+        """The sysctls, and with rules the netfilter rule sets."""
         changed = self.model.set_sysctls(read_sysctls())
         for index, mode in read_rp_filter({i: link.name for i, link in self.model.links.items()}).items():
             changed |= self.model.set_rp_filter(index, mode)
+        if not rules:
+            return changed
         self._rules_gen = self._commits  # before reading: a later commit holds again
         fw, why = self._firewall()
         changed |= self.model.set_firewall(fw)
