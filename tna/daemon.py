@@ -2,10 +2,12 @@
 
 Threads: the main loop applies netlink events and reconciles; a lease thread
 renews the datapath's lease every 200 ms while the main loop shows signs of
-life; a conntrack thread marks the TCP connections the datapath asks for
-window-liberal (tna/netlink/conntrack.py).  If the process dies (kill -9, crash) the lease runs out within a
-second and every module passes all traffic to the kernel on its own.  SIGHUP re-reads the
-configuration (tna/config.py): the handler only raises a flag, the main loop does the work.
+life; a conntrack thread, woken by the datapath's ring buffer, marks the TCP
+connections it asks for window-liberal (tna/netlink/conntrack.py).  If the
+process dies (kill -9, crash) the lease runs out within a second and every
+module passes all traffic to the kernel on its own.
+SIGHUP re-reads the configuration (tna/config.py): the handler only raises
+a flag, the main loop does the work.
 """
 
 from __future__ import annotations
@@ -22,18 +24,21 @@ from pathlib import Path
 from typing import Any
 
 from tna.bpf import abi
+from tna.bpf import libbpf as bpf
 from tna.bpf.libbpf import LibbpfError
+from tna.bpf.ringbuf import RingBuffer
 from tna.config import ConfigError, Settings, changes
 from tna.deploy.datapath import Datapath, ForeignProgram, attached_tna_prog
 from tna.deploy.lease import family_bits
 from tna.metrics import Metrics, failure_kind, parse_addr
 from tna.model.config import AF_INET, AF_INET6, Model
+from tna.netlink import netfilter
 from tna.netlink.conntrack import Liberal
 from tna.netlink.decode import decoded
 from tna.netlink.netfilter import NetfilterChanged
 from tna.netlink.watch import ResyncNeeded, Watcher
 from tna.runstate import RunLock, publish_status
-from tna.snapshot import model_from, poll
+from tna.snapshot import model_from, poll_sysctls, read_firewall
 from tna.status import describe
 from tna.synth.build import build
 from tna.synth.compile import CompileError
@@ -43,7 +48,8 @@ log = logging.getLogger("tna")
 
 LEASE_RENEW_S = 0.2
 POLL_S = 1.0          # sysctls and iptables-legacy announce nothing: polled
-CT_SYNC_S = 0.01      # the datapath's requests to free connections from window tracking
+LOOP_WAKE_S = 0.5     # an idle main loop wakes this often (stop flag, polls, heartbeat)
+CT_BELL_WAIT_S = 0.5  # the ct-sync thread looks at the stop flag and the shared maps this often
 CT_SYNC_BATCH = 512
 HEARTBEAT_MAX_S = 3.0  # main loop silent this long: stop renewing the lease
 
@@ -114,7 +120,7 @@ class Daemon:
             changed = nft_commit = False
             assert self._watcher is not None
             try:
-                for msg in self._watcher.events(timeout=0.1):
+                for msg in self._watcher.events(timeout=LOOP_WAKE_S):
                     if isinstance(msg, NetfilterChanged):  # held already (_nft_commit)
                         nft_commit = changed = True
                     else:
@@ -129,7 +135,8 @@ class Daemon:
                 changed |= self._reload()
             now = time.monotonic()
             if now >= next_poll or nft_commit:
-                changed |= self._poll()
+                # nftables announces its commits; only iptables-legacy must be polled
+                changed |= self._poll(rules=nft_commit or netfilter.legacy_in_use())
                 next_poll = now + POLL_S
             if changed:
                 self.reconcile()
@@ -177,20 +184,37 @@ class Daemon:
 
     def _ct_sync_loop(self) -> None:
         """Connections the datapath waits to carry (TNA_R_CT_SYNC): marked
-        within ~10 ms of their first established packet."""
+        as soon as its ring buffer (tna_ct_bell) rings, so an idle daemon
+        does not poll.  The shared maps are recreated when every program
+        went away and came back: the ring buffer follows them."""
         liberal = Liberal()
+        bell_map: bpf.Map | None = None
+        bell: RingBuffer | None = None
         try:
-            while not self._stop.wait(CT_SYNC_S):
-                m = self.dp.shared.get(abi.MAP_CT_SYNC)
-                if m is None:
-                    continue
-                keys = list(itertools.islice(m.keys(), CT_SYNC_BATCH))
-                if keys:
-                    liberal.mark(abi.TnaCtKey.from_buffer_copy(k) for k in keys)
-                    for k in keys:
-                        m.delete(k)
+            while not self._stop.is_set():
+                m = self.dp.shared.get(abi.MAP_CT_BELL)
+                if m is not bell_map:
+                    if bell is not None:
+                        bell.close()
+                    bell_map, bell = m, (RingBuffer(m.fd, lambda _rec: None) if m is not None else None)
+                if bell is None:
+                    self._stop.wait(CT_BELL_WAIT_S)
+                elif bell.poll(CT_BELL_WAIT_S):
+                    self._ct_sync_drain(liberal)
         finally:
+            if bell is not None:
+                bell.close()
             liberal.close()
+
+    def _ct_sync_drain(self, liberal: Liberal) -> None:
+        m = self.dp.shared.get(abi.MAP_CT_SYNC)
+        while m is not None:
+            keys = list(itertools.islice(m.keys(), CT_SYNC_BATCH))
+            if not keys:
+                return
+            liberal.mark(abi.TnaCtKey.from_buffer_copy(k) for k in keys)
+            for k in keys:
+                m.delete(k)
 
     # --- inputs -------------------------------------------------------------
 
@@ -214,9 +238,14 @@ class Daemon:
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    def _poll(self) -> bool:
+    def _poll(self, rules: bool = True) -> bool:
+        """The sysctls, and with rules the netfilter rule sets."""
+        changed = poll_sysctls(self.model)
+        if not rules:
+            return changed
         self._rules_gen = self._commits  # before reading: a later commit holds again
-        changed, why = poll(self.model)
+        fw, why = read_firewall()
+        changed |= self.model.set_firewall(fw)
         if why != self.disabled_why:
             self.disabled_why = why
             if why:
