@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -25,9 +26,9 @@ from typing import Any
 
 from tna import __version__, config
 from tna.bpf import abi, attach
-from tna.bpf import libbpf as bpf
-from tna.deploy.counters import read_counters, read_stats
+from tna.deploy.counters import program_counters, program_stats, summed
 from tna.logsetup import setup_logging
+from tna.rates import Rates, Sample, iface_rates, si, total_rates
 from tna.runstate import AlreadyRunning, read_state
 
 
@@ -58,21 +59,14 @@ def collect(state: dict[str, Any]) -> dict[str, Any]:
     for iface in state["ifaces"].values():
         live = _attached_id(iface["ifindex"], iface["hook"])
         iface["attached"] = live == iface["prog_id"]
-        iface["reasons"] = {}
-        if not iface["attached"]:
-            continue
-        prog = bpf.Program.from_id(live)
-        try:
-            stats = prog.find_map(abi.MAP_STATS)
-            iface["reasons"] = {r: {"packets": p, "bytes": b} for r, (p, b) in read_stats(stats).items()}
-            stats.close()
-        finally:
-            prog.close()
+        stats = program_stats(live) if iface["attached"] else {}
+        iface["reasons"] = {r: {"packets": p, "bytes": b} for r, (p, b) in stats.items()}
     return out
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from tna.daemon import Daemon
+    from tna.metrics import MetricsError
 
     src = config.source(args.config, os.environ)
     flags = config.Flags(hook=args.hook, log_level=args.log_level or ("debug" if args.verbose else None),
@@ -91,7 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                   else f"none ({src.path} does not exist): the defaults and the flags")
     try:
         Daemon(first, reread=settings).run()
-    except AlreadyRunning as e:
+    except (AlreadyRunning, MetricsError) as e:
         sys.exit(f"tna: {e}")
     return 0
 
@@ -154,21 +148,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def fast_path_rule_counters(state: dict[str, Any]) -> dict[int, tuple[int, int]]:
     """Counter id -> (packets, bytes) the fast path applied, over every
     interface's program (each has its own tna_fw_rules)."""
-    total: dict[int, tuple[int, int]] = {}
-    for iface in state["ifaces"].values():
-        live = _attached_id(iface["ifindex"], iface["hook"])
-        if live != iface["prog_id"] or "firewall" not in iface["modules"]:
-            continue
-        prog = bpf.Program.from_id(live)
-        try:
-            m = prog.find_map(abi.MAP_FW_RULES)
-            for rid, (p, b) in read_counters(m).items():
-                tp, tb = total.get(rid, (0, 0))
-                total[rid] = (tp + p, tb + b)
-            m.close()
-        finally:
-            prog.close()
-    return total
+    ids = [i["prog_id"] for i in state["ifaces"].values()
+           if "firewall" in i["modules"] and _attached_id(i["ifindex"], i["hook"]) == i["prog_id"]]
+    return summed(program_counters(p, abi.MAP_FW_RULES) for p in ids)
 
 
 def cmd_rules(state: dict[str, Any], as_json: bool) -> None:
@@ -201,12 +183,44 @@ def cmd_rules(state: dict[str, Any], as_json: bool) -> None:
               f"{r['fast_path']['packets']:>12} {total_bytes:>14}  {r['text']}")
 
 
+def _stats_json(totals: dict[str, dict[str, int]], st: dict[str, Any], per_iface: dict[str, Rates] | None,
+                interval: float | None) -> str:
+    out: dict[str, Any] = {"total": totals, "ifaces": {n: i["reasons"] for n, i in st["ifaces"].items()}}
+    out["rates"] = None if per_iface is None else {  # bps: bits per second
+        "interval_s": interval,
+        "total": {r: {"pps": p, "bps": b} for r, (p, b) in total_rates(per_iface).items()},
+        "ifaces": {n: {r: {"pps": p, "bps": b} for r, (p, b) in rates.items()} for n, rates in per_iface.items()},
+    }
+    return json.dumps(out, sort_keys=True)
+
+
+def _stats_text(totals: dict[str, dict[str, int]], rates: Rates | None) -> str:
+    rate_cols = f" {'pps':>10} {'bit/s':>10}" if rates is not None else ""
+    lines = [f"{'reason':<20} {'packets':>14} {'bytes':>16}{rate_cols}"]
+    for reason in abi.REASONS:
+        if reason in totals:
+            line = f"{reason:<20} {totals[reason]['packets']:>14} {totals[reason]['bytes']:>16}"
+            if rates is not None:
+                pps, bps = rates.get(reason, (0.0, 0.0))
+                line += f" {si(pps):>10} {si(bps):>10}"
+            lines.append(line)
+    if rates is not None:
+        all_pps, all_bps = sum(p for p, _ in rates.values()), sum(b for _, b in rates.values())
+        lines.append(f"{'all':<52} {si(all_pps):>10} {si(all_bps):>10}")
+    return "\n".join(lines) + "\n"
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
+    """Packets and bytes by reason; with --watch, from the second read on,
+    the rates since the read before."""
     if args.rules:
         cmd_rules(_running_state(), args.json)
         return 0
+    prev: Sample | None = None
     while True:
         st = collect(_running_state())
+        sample = Sample.of(time.monotonic(), st)
+        per_iface = iface_rates(prev, sample) if prev is not None else None
         totals: dict[str, dict[str, int]] = {}
         for i in st["ifaces"].values():
             for reason, c in i["reasons"].items():
@@ -214,16 +228,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
                 t["packets"] += c["packets"]
                 t["bytes"] += c["bytes"]
         if args.json:
-            print(json.dumps({"total": totals, "ifaces": {n: i["reasons"] for n, i in st["ifaces"].items()}},
-                             sort_keys=True), flush=True)
+            interval = sample.at - prev.at if prev is not None else None
+            print(_stats_json(totals, st, per_iface, interval), flush=True)
         else:
-            print(f"{'reason':<20} {'packets':>14} {'bytes':>16}")
-            for reason in abi.REASONS:
-                if reason in totals:
-                    print(f"{reason:<20} {totals[reason]['packets']:>14} {totals[reason]['bytes']:>16}")
-            print(flush=True)
+            print(_stats_text(totals, total_rates(per_iface) if per_iface is not None else None), flush=True)
         if not args.watch:
             return 0
+        prev = sample
         time.sleep(args.watch)
 
 
@@ -241,6 +252,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     from tna.check import main as check
 
     return check(args)
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a finite, non-negative number of seconds."""
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds, 0 or more")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -269,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(fn=cmd_status)
     stats = sub.add_parser("stats", help="packets and bytes by reason")
     stats.add_argument("--json", action="store_true", help="print the counters as JSON (one line per refresh)")
-    stats.add_argument("--watch", type=float, default=0, metavar="SECONDS", help="refresh every SECONDS")
+    stats.add_argument("--watch", type=seconds, default=0, metavar="SECONDS",
+                       help="refresh every SECONDS, with the rates (packets/s, bit/s) since the last read")
     stats.add_argument("--rules", action="store_true",
                        help="per FORWARD and INPUT rule: the kernel's counters and the fast path's")
     stats.set_defaults(fn=cmd_stats)

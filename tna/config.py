@@ -18,6 +18,7 @@ interface both ignored and given a hook is left alone.
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -169,16 +170,19 @@ def glob_error(glob: str) -> str | None:
     return None
 
 
+_HOST_PORT = re.compile(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]\s]+):(\d{1,5})")
+
+
+def split_host_port(text: str) -> tuple[str, int] | None:
+    """HOST:PORT, an IPv6 host in brackets ([::1]:9469) -> (host, port), or None."""
+    m = _HOST_PORT.fullmatch(text)
+    port = int(m.group(2) or m.group(4)) if m else 0
+    return (m.group(1) or m.group(3), port) if m and 0 < port < 65536 else None
+
+
 def host_port_error(text: str) -> str | None:
-    """Why text is not HOST:PORT (an IPv6 host in brackets), None if it is."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host:
-        return "HOST:PORT"
-    if ":" in host and not (host.startswith("[") and host.endswith("]")):
-        return "an IPv6 host in brackets, [::1]:9469"
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        return "a port from 1 to 65535"
-    return None
+    """Why text is not HOST:PORT, None if it is."""
+    return None if split_host_port(text) else "HOST:PORT with a port 1-65535, e.g. 127.0.0.1:9469 or [::1]:9469"
 
 
 def _one_of(choices: tuple[str, ...]) -> str:

@@ -2,10 +2,12 @@
 
 Threads: the main loop applies netlink events and reconciles; a lease thread
 renews the datapath's lease every 200 ms while the main loop shows signs of
-life; a conntrack thread marks the TCP connections the datapath asks for
-window-liberal (tna/netlink/conntrack.py).  If the process dies (kill -9, crash) the lease runs out within a
-second and every module passes all traffic to the kernel on its own.  SIGHUP re-reads the
-configuration (tna/config.py): the handler only raises a flag, the main loop does the work.
+life; a conntrack thread, woken by the datapath's ring buffer, marks the TCP
+connections it asks for window-liberal (tna/netlink/conntrack.py).  If the
+process dies (kill -9, crash) the lease runs out within a second and every
+module passes all traffic to the kernel on its own.
+SIGHUP re-reads the configuration (tna/config.py): the handler only raises
+a flag, the main loop does the work.
 """
 
 from __future__ import annotations
@@ -22,18 +24,22 @@ from pathlib import Path
 from typing import Any
 
 from tna.bpf import abi
+from tna.bpf import libbpf as bpf
 from tna.bpf.libbpf import LibbpfError
+from tna.bpf.ringbuf import RingBuffer
 from tna.config import ConfigError, Settings, changes
 from tna.deploy.datapath import Datapath, ForeignProgram, attached_tna_prog
 from tna.deploy.lease import family_bits
+from tna.metrics import Metrics, failure_kind, parse_addr
 from tna.model.config import AF_INET, AF_INET6, Model
+from tna.netlink import netfilter
 from tna.netlink.conntrack import Liberal
 from tna.netlink.decode import decoded
 from tna.netlink.netfilter import NetfilterChanged
 from tna.netlink.watch import ResyncNeeded, Watcher
 from tna.runstate import RunLock, publish_status
 from tna.sdnotify import notify, reloading
-from tna.snapshot import model_from, poll
+from tna.snapshot import model_from, poll_sysctls, read_firewall
 from tna.status import describe
 from tna.synth.build import build
 from tna.synth.compile import CompileError
@@ -43,7 +49,8 @@ log = logging.getLogger("tna")
 
 LEASE_RENEW_S = 0.2
 POLL_S = 1.0          # sysctls and iptables-legacy announce nothing: polled
-CT_SYNC_S = 0.01      # the datapath's requests to free connections from window tracking
+LOOP_WAKE_S = 0.5     # an idle main loop wakes this often (stop flag, polls, heartbeat)
+CT_BELL_WAIT_S = 0.5  # the ct-sync thread looks at the stop flag and the shared maps this often
 CT_SYNC_BATCH = 512
 HEARTBEAT_MAX_S = 3.0  # main loop silent this long: stop renewing the lease
 
@@ -55,10 +62,14 @@ class Daemon:
         self.settings, self.cache_dir = settings or Settings(), cache_dir
         self._reread = reread or (lambda: self.settings)
         self._hup = threading.Event()
+        # a bad metrics address fails here, before anything is touched
+        self.metrics_addr = parse_addr(self.settings.metrics) if self.settings.metrics is not None else None
         self.dp = Datapath()
         self.model = Model()
         self.plan: Plan | None = None
         self.failed: dict[int, str] = {}
+        self.failed_kind: dict[int, str] = {}  # its class (metrics), for the interfaces in failed
+        self.metrics = Metrics(self)
         self.disabled_why: str | None = None
         self._stop = threading.Event()
         self._heartbeat = time.monotonic()
@@ -81,6 +92,8 @@ class Daemon:
         lease = threading.Thread(target=self._lease_loop, name="tna-lease", daemon=True)
         ctsync = threading.Thread(target=self._ct_sync_loop, name="tna-ctsync", daemon=True)
         try:
+            if self.metrics_addr is not None:
+                self.metrics.serve(*self.metrics_addr)
             self._resync()
             self._adopt_leftovers()
             self.reconcile()
@@ -94,6 +107,7 @@ class Daemon:
             for t in (lease, ctsync):
                 if t.is_alive():
                     t.join()
+            self.metrics.close()  # before the maps it reads go
             self.dp.remove_all()
             if self._watcher is not None:
                 self._watcher.close()
@@ -109,13 +123,14 @@ class Daemon:
             changed = nft_commit = False
             assert self._watcher is not None
             try:
-                for msg in self._watcher.events(timeout=0.1):
+                for msg in self._watcher.events(timeout=LOOP_WAKE_S):
                     if isinstance(msg, NetfilterChanged):  # held already (_nft_commit)
                         nft_commit = changed = True
                     else:
                         changed |= self._apply(msg)
             except ResyncNeeded as e:
                 log.warning("%s: resynchronising everything", e)
+                self.metrics.resyncs.inc()
                 self._resync()
                 changed = True
             hup = self._hup.is_set()
@@ -125,7 +140,8 @@ class Daemon:
                 changed |= self._reload()
             now = time.monotonic()
             if now >= next_poll or nft_commit:
-                changed |= self._poll()
+                # nftables announces its commits; only iptables-legacy must be polled
+                changed |= self._poll(rules=nft_commit or netfilter.legacy_in_use())
                 next_poll = now + POLL_S
             if changed:
                 self.reconcile()
@@ -175,20 +191,37 @@ class Daemon:
 
     def _ct_sync_loop(self) -> None:
         """Connections the datapath waits to carry (TNA_R_CT_SYNC): marked
-        within ~10 ms of their first established packet."""
+        as soon as its ring buffer (tna_ct_bell) rings, so an idle daemon
+        does not poll.  The shared maps are recreated when every program
+        went away and came back: the ring buffer follows them."""
         liberal = Liberal()
+        bell_map: bpf.Map | None = None
+        bell: RingBuffer | None = None
         try:
-            while not self._stop.wait(CT_SYNC_S):
-                m = self.dp.shared.get(abi.MAP_CT_SYNC)
-                if m is None:
-                    continue
-                keys = list(itertools.islice(m.keys(), CT_SYNC_BATCH))
-                if keys:
-                    liberal.mark(abi.TnaCtKey.from_buffer_copy(k) for k in keys)
-                    for k in keys:
-                        m.delete(k)
+            while not self._stop.is_set():
+                m = self.dp.shared.get(abi.MAP_CT_BELL)
+                if m is not bell_map:
+                    if bell is not None:
+                        bell.close()
+                    bell_map, bell = m, (RingBuffer(m.fd, lambda _rec: None) if m is not None else None)
+                if bell is None:
+                    self._stop.wait(CT_BELL_WAIT_S)
+                elif bell.poll(CT_BELL_WAIT_S):
+                    self._ct_sync_drain(liberal)
         finally:
+            if bell is not None:
+                bell.close()
             liberal.close()
+
+    def _ct_sync_drain(self, liberal: Liberal) -> None:
+        m = self.dp.shared.get(abi.MAP_CT_SYNC)
+        while m is not None:
+            keys = list(itertools.islice(m.keys(), CT_SYNC_BATCH))
+            if not keys:
+                return
+            liberal.mark(abi.TnaCtKey.from_buffer_copy(k) for k in keys)
+            for k in keys:
+                m.delete(k)
 
     # --- inputs -------------------------------------------------------------
 
@@ -212,9 +245,14 @@ class Daemon:
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    def _poll(self) -> bool:
+    def _poll(self, rules: bool = True) -> bool:
+        """The sysctls, and with rules the netfilter rule sets."""
+        changed = poll_sysctls(self.model)
+        if not rules:
+            return changed
         self._rules_gen = self._commits  # before reading: a later commit holds again
-        changed, why = poll(self.model)
+        fw, why = read_firewall()
+        changed |= self.model.set_firewall(fw)
         if why != self.disabled_why:
             self.disabled_why = why
             if why:
@@ -248,6 +286,10 @@ class Daemon:
         return plan(self.model, s.hook, s.iface_hook, s.ignore)
 
     def reconcile(self) -> None:
+        with self.metrics.reconcile_seconds.time():
+            self._reconcile()
+
+    def _reconcile(self) -> None:
         """Make the kernel match the plan.  A program must never decide with
         maps that do not match the rules it was built for, so when the rules,
         the interface masks or the filtered families change: hold (FW_CHANGED)
@@ -300,7 +342,7 @@ class Daemon:
     def _deploy(self, ip: IfacePlan) -> None:
         """Build and attach ip's program; an unchanged plan keeps its own."""
         if not self.dp.is_current(ip):
-            self.dp.attach(ip, build(ip, self.cache_dir))
+            self.dp.attach(ip, build(ip, self.cache_dir, self.metrics.compiled))
 
     def _publish_guards(self, fw_families: frozenset[int]) -> None:
         m = self.model
@@ -322,7 +364,7 @@ class Daemon:
                 msg += "\n" + e.log.strip()[-2000:]
             if self.failed.get(ifindex) != msg:
                 log.error("%s: %s; this interface's traffic stays on the kernel path", name, msg)
-            self.failed[ifindex] = msg
+            self.failed[ifindex], self.failed_kind[ifindex] = msg, failure_kind(e)
             try:
                 self.dp.remove(ifindex, "its program failed")
             except OSError:

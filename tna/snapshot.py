@@ -43,12 +43,19 @@ def read_firewall() -> tuple[Firewall | None, str | None]:
     return fw, why
 
 
-def poll(model: Model) -> tuple[bool, str | None]:
-    """Read what announces nothing (or is read whole) into model: (whether
-    the model changed, why the fast path must stay disabled or None)."""
+def poll_sysctls(model: Model) -> bool:
+    """Read the sysctls and rp_filter (they announce nothing) into model:
+    whether it changed."""
     changed = model.set_sysctls(read_sysctls())
     for index, mode in read_rp_filter({i: link.name for i, link in model.links.items()}).items():
         changed |= model.set_rp_filter(index, mode)
+    return changed
+
+
+def poll(model: Model) -> tuple[bool, str | None]:
+    """poll_sysctls() and the rule sets (read whole) into model: (whether
+    the model changed, why the fast path must stay disabled or None)."""
+    changed = poll_sysctls(model)
     fw, why = read_firewall()
     changed |= model.set_firewall(fw)
     return changed, why

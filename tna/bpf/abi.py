@@ -171,6 +171,7 @@ MAP_FDB = _map("tna_fdb")
 MAP_L3BR = _map("tna_l3br")
 MAP_FW_IFACES = _map("tna_fw_ifaces")
 MAP_CT_SYNC = _map("tna_ct_sync")
+MAP_CT_BELL = _map("tna_ct_bell")
 MAP_CT_WIN = _map("tna_ct_win")
 SECTION_IFACE = _str("TNA_SECTION_IFACE")
 # every map but the per-program counters: created by the first load, reused by every later one

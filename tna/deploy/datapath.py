@@ -106,6 +106,10 @@ class Datapath:
         # the rule-set maps of the newest rule set, which every program
         # compiled for it shares (filling 10,000 entries once, not per port)
         self._sets: tuple[Firewall, dict[str, bpf.Map]] | None = None
+        # fill levels without touching the kernel: each shared map's capacity
+        # (read at creation) and the entries of the newest rule set's maps
+        self._capacity: dict[str, int] = {}
+        self._set_entries: dict[str, int] = {}
 
     # --- programs -----------------------------------------------------
 
@@ -126,6 +130,7 @@ class Datapath:
             if same is None and fw is not None:
                 self._drop_sets()
                 self._sets = (fw, maps)
+                self._set_entries = {name: len(entries) for name, entries in art.sets.items()}
             if not self.shared:
                 self._adopt_shared(obj)
             return obj, obj.program(abi.PROGRAM_NAME)
@@ -139,11 +144,13 @@ class Datapath:
             for m in self._sets[1].values():
                 m.close()
             self._sets = None
+            self._set_entries = {}
 
     def _adopt_shared(self, obj: bpf.BpfObject) -> None:
         for name in abi.SHARED_MAPS:
             m = obj.map(name)
             self.shared[name] = bpf.Map(os.dup(m.fd), m.key_size, m.value_size, name, owned=True)
+            self._capacity[name] = bpf.map_info(m.fd).max_entries
         prog = obj.program(abi.RENEW_PROGRAM)
         # no program is attached yet
         self.lease.start(bpf.Program(os.dup(prog.fd), prog.name, owned=True), self.shared[abi.MAP_STATE])
@@ -225,6 +232,7 @@ class Datapath:
         self.shared.clear()
         self._drop_sets()
         self._shadow.clear()
+        self._capacity.clear()
         self.slots.clear()
         self.lease.close()
 
@@ -244,6 +252,15 @@ class Datapath:
         if self.shared:
             u32, u64 = ctypes.c_uint32, ctypes.c_uint64
             self._sync(abi.MAP_FW_IFACES, {bytes(u32(i)): bytes(u64(m)) for i, m in masks.items() if m})
+
+    def map_fill(self) -> dict[str, tuple[int, int]]:
+        """(entries, capacity) of each map the daemon fills, from what it
+        wrote (no kernel walk; safe from another thread).  tna_stale may hold
+        fewer: the datapath deletes an entry once the kernel revalidates it.
+        A rule set's map is sized for its entries."""
+        fill = {name: (len(shadow), self._capacity.get(name, 0)) for name, shadow in list(self._shadow.items())}
+        fill.update({name: (n, max(1, n)) for name, n in list(self._set_entries.items())})
+        return fill
 
     def fw_masks(self) -> dict[int, int]:
         """What tna_fw_ifaces holds: ifindex -> pattern bits (none zero)."""

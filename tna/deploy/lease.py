@@ -85,6 +85,16 @@ class Lease:
         self.hz = 0  # the kernel's jiffies per second, measured by start()
         self._prog: bpf.Program | None = None
         self._lock = threading.Lock()
+        self._renewed: float | None = None  # time.monotonic() of the last publication
+
+    def _publish(self, prog: bpf.Program, cfg: abi.TnaConfig) -> None:
+        renew(prog, cfg)
+        self._renewed = time.monotonic()
+
+    def age(self) -> float | None:
+        """Seconds since the lease was last renewed (None: not started)."""
+        renewed = self._renewed
+        return None if renewed is None else time.monotonic() - renewed
 
     def start(self, renew_prog: bpf.Program, state: bpf.Map) -> None:
         """Take tna_renew (a handle of our own) and publish the first lease.
@@ -95,13 +105,13 @@ class Lease:
             self._prog = renew_prog
             self.cfg = abi.TnaConfig.from_buffer_copy(bytes(self.cfg))
             self.cfg.lease_jiffies = self.hz * LEASE_NS // 10**9
-            renew(renew_prog, self.cfg)
+            self._publish(renew_prog, self.cfg)
 
     def renew(self) -> None:
         """Publish the config again: the lease runs another lease_jiffies."""
         with self._lock:
             if self._prog is not None:
-                renew(self._prog, self.cfg)
+                self._publish(self._prog, self.cfg)
 
     def _update(self, edit: Callable[[abi.TnaConfig], None]) -> None:
         """Publish a copy of the config as edit() leaves it, if it changed
@@ -114,7 +124,7 @@ class Lease:
                 return
             self.cfg = c
             if self._prog is not None:
-                renew(self._prog, c)
+                self._publish(self._prog, c)
 
     def hold(self, reason: int) -> None:
         """Send everything to the kernel now (the next set_guards() ends it)."""

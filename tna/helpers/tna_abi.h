@@ -23,6 +23,9 @@
  *                                            interface pattern k (-i/-o, '+' wildcards)
  *   tna_ct_sync   LRU_HASH tna_ct_key shared  established TCP connections the datapath asks
  *                                            the daemon to free from window tracking
+ *   tna_ct_bell   RINGBUF            shared   one record per new tna_ct_sync entry: wakes the
+ *                                            daemon (which then drains tna_ct_sync) instead of
+ *                                            a poll
  *   tna_ct_win    LRU_HASH tna_ct_key shared  the TCP window state conntrack would hold for
  *                                            each connection the fast path carries
  *                                            (datapath only; key: original direction)
@@ -278,6 +281,7 @@ struct tna_ct_key {
 #define TNA_FW_IFACES_SIZE 4096
 #define TNA_FW_RULES_MAX 16384
 #define TNA_CT_SYNC_SIZE 4096
+#define TNA_CT_BELL_SIZE 4096   /* bytes: a page; a lost record is harmless (the drain takes all) */
 #define TNA_CT_WIN_SIZE 65536
 
 /* The conntrack states a packet could have (the firewall's fw_pkt.ct, which
@@ -353,6 +357,11 @@ struct {
 	__type(key, struct tna_ct_key);
 	__type(value, __u8);
 } tna_ct_sync SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, TNA_CT_BELL_SIZE);
+} tna_ct_bell SEC(".maps");
 
 /* struct ip_ct_tcp_state's window fields, as conntrack would hold them. */
 struct tna_ct_dir {

@@ -92,16 +92,25 @@ def _save(version: int, backend: str, out: Rulesets) -> None:
         out.foreign.append(f"iptables-{backend}-save output TNA cannot parse ({e})")
 
 
+def _legacy_tables(version: int) -> list[str]:
+    try:
+        return LEGACY_NAMES[version].read_text().split()
+    except OSError:  # x_tables not loaded: no legacy table
+        return []
+
+
+def legacy_in_use() -> bool:
+    """Whether this namespace has iptables-legacy tables (cheap: two /proc
+    reads), which must be polled because they announce no change."""
+    return any(_legacy_tables(v) for v in LEGACY_NAMES)
+
+
 def read_rulesets() -> Rulesets:
     """Every rule set of this namespace (raises OSError/FileNotFoundError
     when a tool is missing or fails: the caller keeps the fast path off)."""
     out = Rulesets()
-    for version, names in LEGACY_NAMES.items():
-        try:
-            legacy = names.read_text().split()
-        except OSError:
-            legacy = []
-        if legacy:
+    for version in LEGACY_NAMES:
+        if _legacy_tables(version):
             _save(version, "legacy", out)
     # base chains are what touches traffic (listing every rule would cost
     # ~0.3 s with 10,000 iptables-nft rules)

@@ -35,6 +35,9 @@ from tna.netlink.netfilter import NetfilterChanged, NftEvents
 from tna.netlink.nexthop import RTMGRP_NEXTHOP, follow_nexthops, get_nexthops
 
 log = logging.getLogger(__name__)
+# the select()-based readers look at the closed flag this often (a closed
+# watcher's thread ends within it); events wake them at once
+READER_WAKE_S = 1.0
 
 GROUPS = (RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
           | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_NEXTHOP | RTMGRP_TC)
@@ -128,7 +131,7 @@ class Watcher:
         assert self._xdp is not None
         try:
             while not self._closed.is_set():
-                for event in self._xdp.read(timeout=0.2):
+                for event in self._xdp.read(timeout=READER_WAKE_S):
                     self._q.put(event)
         except Exception as e:
             if not self._closed.is_set():
@@ -143,7 +146,7 @@ class Watcher:
             self._q.put(NetfilterChanged())
         try:
             while not self._closed.is_set():
-                if self._nft.read(timeout=0.2):
+                if self._nft.read(timeout=READER_WAKE_S):
                     changed()
         except Exception as e:  # an overrun loses nothing: the rule sets are read whole
             if not self._closed.is_set():

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tna.model.firewall import Firewall
-from tna.synth.compile import compile_source
+from tna.synth.compile import CompileObserver, compile_source
 from tna.synth.fwgen import all_set_entries, rule_refs
 from tna.synth.planner import IfacePlan
 from tna.synth.render import render
@@ -25,8 +25,8 @@ class Artifact:
     sets: dict[str, dict[bytes, bytes]]
 
 
-def build(plan: IfacePlan, cache_dir: Path | None = None) -> Artifact:
+def build(plan: IfacePlan, cache_dir: Path | None = None, observe: CompileObserver | None = None) -> Artifact:
     source = render(plan.hook, plan.modules, dev_bound=plan.hook == "xdp", firewall=plan.firewall)
-    path = compile_source(source, cache_dir)
+    path = compile_source(source, cache_dir, observe)
     return Artifact(path, path.with_suffix(".c"), max(1, len(rule_refs(plan.firewall))), plan.firewall,
                     all_set_entries(plan.firewall))

@@ -14,11 +14,18 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tna import HELPERS_DIR
 
 CLANG_FLAGS = ("-O2", "-g", "-target", "bpf", "-D__BPF__", "-Wall", "-Werror", "-mcpu=v3")
+
+
+# Told of every compile_source(): None for a cache hit, else how long clang ran
+# (seconds); the daemon's metrics count them (synthesis imports nothing of them).
+CompileObserver = Callable[[float | None], None]
 
 
 class CompileError(RuntimeError):
@@ -69,7 +76,7 @@ def cache_key(source: str, clang: str) -> str:
     return h.hexdigest()[:24]
 
 
-def compile_source(source: str, cache_dir: Path | None = None) -> Path:
+def compile_source(source: str, cache_dir: Path | None = None, observe: CompileObserver | None = None) -> Path:
     """Path of the object for source; compiles only on a cache miss."""
     clang = _clang()
     cache_dir = cache_dir or default_cache_dir()
@@ -77,6 +84,8 @@ def compile_source(source: str, cache_dir: Path | None = None) -> Path:
     key = cache_key(source, clang)
     obj = cache_dir / f"{key}.o"
     if obj.exists():
+        if observe is not None:
+            observe(None)
         return obj
     src = cache_dir / f"{key}.c"
     src.write_text(source)
@@ -84,8 +93,11 @@ def compile_source(source: str, cache_dir: Path | None = None) -> Path:
     fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".o.tmp")
     os.close(fd)
     try:
+        t0 = time.monotonic()
         res = subprocess.run([clang, *CLANG_FLAGS, *_include_flags(), "-c", str(src), "-o", tmp],
                              capture_output=True, text=True)
+        if observe is not None:
+            observe(time.monotonic() - t0)
         if res.returncode != 0:
             raise CompileError(f"clang failed for {src}:\n{res.stderr.strip()}")
         os.replace(tmp, obj)

@@ -69,11 +69,17 @@ class L3Bridge:
     flags: int
 
 
+# Skipped.kind: a short, stable class of why (the metrics' label; why is free text)
+SKIP_KINDS = ("ignored", "loopback", "not_ethernet", "down", "bridge_device", "unsupported_kind",
+              "bridge_not_accelerated", "port_state_unknown", "tc_ingress_filters", "forwarding_disabled")
+
+
 @dataclass(frozen=True)
 class Skipped:
     ifindex: int
     name: str
     why: str
+    kind: str  # one of SKIP_KINDS
 
 
 @dataclass(frozen=True)
@@ -100,27 +106,27 @@ def bridge_skip_reason(bridge: Link | None) -> str | None:
     return None
 
 
-def _skip_reason(link: Link, model: Model) -> str | None:
+def _skip_reason(link: Link, model: Model) -> tuple[str, str] | None:
+    """(kind, why) an interface is left alone, None if it is accelerated."""
     if link.loopback:
-        return "loopback"
+        return "loopback", "loopback"
     if not link.ethernet:
-        return "not an Ethernet device"
+        return "not_ethernet", "not an Ethernet device"
     if not link.up:
-        return "down"
+        return "down", "down"
     if link.kind == "bridge":
-        return "a bridge device: its ports carry the fast path"
+        return "bridge_device", "a bridge device: its ports carry the fast path"
     if link.kind not in INGRESS_KINDS:
-        return f"device kind {link.kind!r} is not supported"
+        return "unsupported_kind", f"device kind {link.kind!r} is not supported"
     if link.master is not None:
-        why = bridge_skip_reason(model.links.get(link.master))
-        if why is None and link.port is None:
-            why = "bridge port state unknown"
-        if why is not None:
-            return why
+        if (why := bridge_skip_reason(model.links.get(link.master))) is not None:
+            return "bridge_not_accelerated", why
+        if link.port is None:
+            return "port_state_unknown", "bridge port state unknown"
     if link.index in model.ingress_filters:
-        return "others' tc ingress filters are attached (they must see every packet)"
+        return "tc_ingress_filters", "others' tc ingress filters are attached (they must see every packet)"
     if link.master is None and not model.sysctls.forwarding:
-        return "forwarding is disabled (net.ipv4.ip_forward, net.ipv6.conf.all.forwarding)"
+        return "forwarding_disabled", "forwarding is disabled (net.ipv4.ip_forward, net.ipv6.conf.all.forwarding)"
     return None
 
 
@@ -231,9 +237,9 @@ def plan(model: Model, mode: str = "auto", overrides: Mapping[str, str] | None =
     if model.firewall is not None:
         router_modules = ("firewall", *router_modules)
     for link in model.links.values():
-        why = alone.get(link.index) or _skip_reason(link, model)
-        if why is not None:
-            skipped[link.index] = Skipped(link.index, link.name, why)
+        skip = ("ignored", alone[link.index]) if link.index in alone else _skip_reason(link, model)
+        if skip is not None:
+            skipped[link.index] = Skipped(link.index, link.name, skip[1], skip[0])
             continue
         hook, hook_why = choose_hook(link, mode, overrides)
         flags = TNA_IF_CHECK_CSUM_PARTIAL if hook == "xdp" and link.kind in LOCAL_STACK_KINDS else 0
