@@ -1,7 +1,9 @@
 """From the checkout: `python -m build` makes an sdist and a wheel; the wheel
 carries the templates and headers and no test labs; installed (not editable)
-into a fresh venv outside the checkout it runs a lab, and the sdist installs.
-Needs root (the lab) and PyPI (build isolation, tna's dependencies)."""
+into a fresh venv outside the checkout, in a lab: `tna check` passes, `tna
+run` accelerates, `/metrics` serves the counters, `tna status` works from
+another shell; and the sdist installs.  Needs root (the lab) and PyPI (build
+isolation, tna's dependencies)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from netns_labs.lab import RouterLab, Tna, ping, tna_leftovers
+from tests.test_metrics import _fetch
 
 pytestmark = pytest.mark.root
 
@@ -59,13 +62,17 @@ def test_wheel_installs_and_accelerates_a_lab(dist: Path, tmp_path: Path) -> Non
     version, helpers = where.split()
     assert wheel.name.startswith(f"tna-{version}-") and helpers.startswith(str(tmp_path / "venv"))
     with RouterLab() as lab:
+        check = lab.run(lab.r, [str(bin_dir / "tna"), "check"], check=False, cwd=tmp_path, timeout=120)
+        assert check.returncode == 0, check.stdout + check.stderr
         # an empty cache: the wheel's own headers compile the programs
-        tna = Tna(lab, lab.r, command=[str(bin_dir / "tna")], cwd=tmp_path,
+        tna = Tna(lab, lab.r, "--metrics", "127.0.0.1:9469", command=[str(bin_dir / "tna")], cwd=tmp_path,
                   env_extra={"TNA_CACHE_DIR": str(tmp_path / "cache")})
         try:
-            tna.wait_attached(["r-h1", "r-h2"], timeout=60)
+            tna.wait_attached(["r-h1", "r-h2"], timeout=60)  # through the venv's `tna status --json`
             assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3).stdout
             assert tna.counters().get("FORWARDED", 0) >= 3
+            metrics = _fetch(lab, lab.r, 9469)
+            assert 'tna_packets_total{hook="tc",iface="r-h1",reason="FORWARDED"}' in metrics, metrics
         finally:
             rc = tna.stop()
         out = tna.close()
