@@ -5,6 +5,7 @@ set, telling NOTIFY_SOCKET when it is ready and when it stops (root lab)."""
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -68,7 +69,8 @@ def _datagrams(s: socket.socket, until: str) -> list[str]:
 def test_tna_run_as_the_unit_runs_it(tmp_path: Path) -> None:
     """With the unit's CapabilityBoundingSet only, tna run attaches, forwards
     and detaches everything on SIGTERM (that needs CAP_SYS_ADMIN); READY=1
-    comes once the fast path is attached, STOPPING=1 when it stops."""
+    comes once the fast path is attached, RELOADING=1 ... READY=1 around a
+    SIGHUP, STOPPING=1 when it stops."""
     (caps,) = _setting("tna.service", "CapabilityBoundingSet")
     assert _setting("tna@.service", "CapabilityBoundingSet") == [caps]
     assert _setting("tna.service", "Type") == ["notify"]
@@ -96,6 +98,9 @@ def test_tna_run_as_the_unit_runs_it(tmp_path: Path) -> None:
             # the daemon freed the connection from window tracking (else every packet is CT_SYNC)
             c = tna.counters()
             assert c.get("FORWARDED", 0) > 2 * (c.get("CT_SYNC", 0) + c.get("CT_STATE", 0) + c.get("CT_NEW", 0)), c
+            tna.proc.send_signal(signal.SIGHUP)  # `systemctl reload`: the settings re-read
+            reload = _datagrams(notify, "READY=1")
+            assert reload[0].startswith("RELOADING=1\nMONOTONIC_USEC="), reload
         finally:
             rc = tna.stop()
         out = tna.close()
