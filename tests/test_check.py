@@ -16,6 +16,7 @@ from tests.test_model import model_after
 from tna import check, runstate
 from tna.check import FAIL, INFO, OK, WARN, Result
 from tna.cli import build_parser
+from tna.config import Settings
 from tna.model.config import Sysctls
 from tna.scratch import HookProof, Proof, refused_kfuncs, stateful_firewall
 
@@ -180,7 +181,7 @@ def test_the_command_line() -> None:
 def test_this_namespace_as_tna_run_would_see_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(check, "lock_holder", lambda: 4242)
     monkeypatch.setattr(check, "take", lambda: (model_after("dump"), None))
-    results, ns = check.namespace("auto")
+    results, ns = check.namespace(Settings())
     assert _statuses(results) == {"daemon": INFO, "netfilter": OK, "accelerate": OK}
     assert "pid 4242" in results[0].detail
     assert {n: i["hook"] for n, i in ns["ifaces"].items()} == {"r-h1": "tc", "r-h2": "tc"}
@@ -188,7 +189,7 @@ def test_this_namespace_as_tna_run_would_see_it(monkeypatch: pytest.MonkeyPatch)
 
     nat = "the IPv4 nat table has rules (not modelled)"
     monkeypatch.setattr(check, "take", lambda: (model_after("dump"), nat))
-    results, ns = check.namespace("xdp")
+    results, ns = check.namespace(Settings(hook="xdp"))
     assert _statuses(results)["netfilter"] == WARN and nat in results[1].detail
     assert _statuses(results)["accelerate"] == INFO and ns["disabled"] == nat
     assert {i["hook"] for i in ns["ifaces"].values()} == {"xdp"}
@@ -196,7 +197,7 @@ def test_this_namespace_as_tna_run_would_see_it(monkeypatch: pytest.MonkeyPatch)
     no_forwarding = model_after("dump")
     no_forwarding.set_sysctls(Sysctls())
     monkeypatch.setattr(check, "take", lambda: (no_forwarding, None))
-    results, ns = check.namespace("auto")
+    results, ns = check.namespace(Settings())
     assert _statuses(results)["accelerate"] == WARN and not ns["ifaces"]
     assert ns["left_alone"]["r-h1"].startswith("forwarding is disabled")
 
@@ -207,7 +208,7 @@ def test_an_unreadable_namespace_is_reported(monkeypatch: pytest.MonkeyPatch) ->
     def fail() -> None:
         raise KeyError("no free address available")
     monkeypatch.setattr(check, "take", fail)
-    results, ns = check.namespace("auto")
+    results, ns = check.namespace(Settings())
     assert _statuses(results) == {"daemon": OK, "namespace": WARN} and ns == {}
 
 
@@ -248,3 +249,24 @@ def test_check_in_a_lab_namespace() -> None:
         for dev in ("r-h1", "r-h2"):
             assert ns["ifaces"][dev]["hook"] == "tc" and "router" in ns["ifaces"][dev]["modules"]
         assert ns["left_alone"]["lo"] == "loopback"
+
+
+def test_the_settings_are_tna_runs(tmp_path: Path) -> None:
+    """tna check judges with the file tna run would read, --hook winning; a
+    bad file is a FAIL (tna run would refuse to start)."""
+    conf = tmp_path / "tna.toml"
+    conf.write_text('hook = "tc"\nignore = ["r-h2"]\n')
+    settings, verdict = check.settings_for(build_parser().parse_args(["check", "--config", str(conf)]))
+    assert verdict.status == OK and settings == Settings(hook="tc", ignore=("r-h2",))
+    settings, _ = check.settings_for(build_parser().parse_args(["check", "--config", str(conf), "--hook", "xdp"]))
+    assert settings is not None and settings.hook == "xdp"
+    conf.write_text('hook = "fast"\n')
+    settings, verdict = check.settings_for(build_parser().parse_args(["check", "--config", str(conf)]))
+    assert settings is None and verdict.status == FAIL and "hook" in verdict.detail
+
+
+def test_an_ignored_interface_is_left_alone_in_the_survey(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(check, "lock_holder", lambda: None)
+    monkeypatch.setattr(check, "take", lambda: (model_after("dump"), None))
+    _, ns = check.namespace(Settings(ignore=("r-h2",)))
+    assert list(ns["ifaces"]) == ["r-h1"] and "left alone by configuration" in ns["left_alone"]["r-h2"]

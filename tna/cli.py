@@ -295,8 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     stats.set_defaults(fn=cmd_stats)
     check = sub.add_parser("check", help="preflight: can `tna run` work here, and what would it accelerate")
     check.add_argument("--json", action="store_true")
-    check.add_argument("--hook", choices=("auto", "xdp", "tc"), default="auto",
-                       help="judge as for `tna run --hook HOOK` (default auto)")
+    check.add_argument("--config", metavar="FILE",
+                       help="judge with this settings file, as `tna run --config FILE` (default as for tna run)")
+    check.add_argument("--hook", choices=("auto", "xdp", "tc"),
+                       help="judge as for `tna run --hook HOOK` (default: the file's, else auto)")
     check.set_defaults(fn=cmd_check)
     source = sub.add_parser("source", help="print the C program running on IFACE")
     source.add_argument("iface", help="an accelerated interface (see tna status)")
