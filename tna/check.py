@@ -35,9 +35,10 @@ OK, INFO, WARN, FAIL = "OK", "INFO", "WARN", "FAIL"
 MIN_KERNEL = (6, 8)
 MIN_LIBBPF = (1, 0)   # tna/bpf/libbpf.py binds the 1.x API
 TESTED_CLANG = 14     # what the project is developed and tested with
-# loading BPF (BPF, PERFMON for the kernel-struct reads), netlink and clsact
-# (NET_ADMIN), programs and maps by id and namespaces (SYS_ADMIN)
-NEEDED_CAPS = {"CAP_NET_ADMIN": 12, "CAP_SYS_ADMIN": 21, "CAP_PERFMON": 38, "CAP_BPF": 39}
+# netlink, attaching and conntrack (NET_ADMIN); programs and maps by id,
+# replacing and detaching (SYS_ADMIN, which also grants what CAP_BPF and
+# CAP_PERFMON would: the kernel's bpf_capable()/perfmon_capable())
+NEEDED_CAPS = {"CAP_NET_ADMIN": 12, "CAP_SYS_ADMIN": 21}
 CAP_NET_RAW = 13      # iptables-legacy-save reads x_tables through a raw socket
 BTF = Path("/sys/kernel/btf/vmlinux")
 BPFFS = "/sys/fs/bpf"

@@ -65,6 +65,7 @@ def collect(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from tna.check import FAIL, cap_eff, privileges
     from tna.daemon import Daemon
     from tna.metrics import MetricsError
 
@@ -81,6 +82,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except config.ConfigError as e:
         print(f"tna: {e}", file=sys.stderr)
         return 2
+    if (priv := privileges(os.geteuid(), cap_eff())).status == FAIL:
+        print(f"tna: cannot run as {priv.detail}: {priv.hint}; nothing attached", file=sys.stderr)
+        return 1
     logging.getLogger("tna").info("configuration: %s", src.path if src.path.exists()
                                   else f"none ({src.path} does not exist): the defaults and the flags")
     try:
