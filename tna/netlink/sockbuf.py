@@ -34,6 +34,6 @@ def grow_rcvbuf(fd: int, size: int = EVENT_RCVBUF) -> int:
     finally:
         s.detach()  # the fd stays its owner's
     if granted < size:
-        log.warning("netlink receive buffer %d KiB (asked for %d): a bulk change may overrun it and force "
+        log.warning("netlink receive buffer %d KiB (asked for %d KiB): a bulk change may overrun it and force "
                     "a resync", granted >> 10, size >> 10)
     return granted
