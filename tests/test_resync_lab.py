@@ -8,6 +8,8 @@ exactly, on real traffic through a bridge (both hooks).
   must arrive where Linux sends them, never on the old port.
 - A flush of thousands of entries fits the real buffer: no resync, and the
   datapath's tna_fdb ends up equal to the kernel's FDB.
+- 10,000 routes in one burst: they fit the real buffer (no resync); a small
+  one overruns, and the daemon resyncs, releases its hold and forwards.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from netns_labs.lab import BridgeLab, Host, Tna, py, wait_for
+from netns_labs.lab import BridgeLab, Host, RouterLab, Tna, ping, py, wait_for
 from tests.conftest import tna_running
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
@@ -61,19 +63,19 @@ def deliveries(lab: BridgeLab, frames: list[bytes]) -> dict[str, list[bytes]]:
     return {name: [bytes.fromhex(x) for x in c.communicate(timeout=60)[0].split()] for name, c in caps.items()}
 
 
-def shared_map(tna: Tna, name: str) -> bpf.Map:
-    """A map every program shares, found through b-h1's program (ids are global)."""
+def shared_map(tna: Tna, name: str, iface: str = "b-h1") -> bpf.Map:
+    """A map every program shares, found through iface's program (ids are global)."""
     st = tna.state()
     assert st is not None
-    prog = bpf.Program.from_id(st["ifaces"]["b-h1"]["prog_id"])
+    prog = bpf.Program.from_id(st["ifaces"][iface]["prog_id"])
     try:
         return prog.find_map(name)
     finally:
         prog.close()
 
 
-def pass_reason(tna: Tna) -> int:
-    m = shared_map(tna, abi.MAP_STATE)
+def pass_reason(tna: Tna, iface: str = "b-h1") -> int:
+    m = shared_map(tna, abi.MAP_STATE, iface)
     try:
         raw = m.lookup(b"\0\0\0\0")
         assert isinstance(raw, bytes)
@@ -194,3 +196,27 @@ def test_a_bulk_fdb_flush_is_followed_exactly_without_a_resync(hook: str) -> Non
             assert [[bytes.fromhex(x) for x in c.communicate(timeout=60)[0].split()] for c in caps] == [flooded] * 2
             after = tna.counters("b-h1")  # (the first one may renew h1's entry instead)
             assert delta(after, before, "FORWARDED") == 0 and delta(after, before, "BR_UNKNOWN_DST") >= FRAMES - 1
+
+
+@pytest.mark.parametrize("small_buffer", [False, True])
+def test_a_burst_of_routes_is_followed_and_an_overrun_resyncs(router_lab: RouterLab, hook: str, tmp_path: Path,
+                                                              small_buffer: bool) -> None:
+    """10,000 routes in one `ip -batch`: ~10 MiB of notifications at once,
+    5 times what the default buffer holds.  The real buffer takes them (no
+    resync); the instrumented daemon's small one overruns (ENOBUFS): it
+    holds, rebuilds its model from a dump, releases and keeps the fast path
+    going."""
+    lab = router_lab
+    env = {"TNA_PAUSE_DIR": str(tmp_path), "TNA_PAUSE_AT": "resync"} if small_buffer else {}  # never armed
+    with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2], module="tests.tna_paused" if small_buffer
+                     else "tna", env_extra=env) as tna:
+        batch = tmp_path / "routes"
+        batch.write_text("".join(f"route add 2001:db8:9:{i:x}::/64 via 2001:db8:2::2\n" for i in range(10000)))
+        lab.run(lab.r, ["ip", "-6", "-batch", str(batch)])
+        assert wait_for(lambda: (tna.status() or {}).get("routes", 0) >= 10000, 120, 0.5), tna.output()
+        assert ("resynchronising everything" in tna.output()) == small_buffer, tna.output()
+        assert wait_for(lambda: pass_reason(tna, "r-h1") == 0, 30), tna.output()
+        before = tna.counters().get("FORWARDED", 0)
+        assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 5).stdout
+        # the address change makes the kernel re-resolve r-h1's neighbour once
+        assert tna.counters().get("FORWARDED", 0) - before >= 8
