@@ -12,6 +12,7 @@ a flag, the main loop does the work.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -80,6 +81,13 @@ class Daemon:
         self._rules_gen = 0
         self._guard_lock = threading.Lock()  # a hold and the guards' publication never interleave
         self._watcher: Watcher | None = None
+        # the resync hold (RESYNC): each Watcher has a generation; what one
+        # lost is repaired by a later one's dump (the model comes from the
+        # current one's), once every map is written from it
+        self._generations = itertools.count(1)
+        self._watcher_gen = 0
+        self._lost_gen = 0    # newest watcher that lost events, 0: none (reader threads write it)
+        self._mapped_gen = 0  # the watcher whose model every map was last written from
 
     # --- lifecycle --------------------------------------------------------
 
@@ -184,6 +192,23 @@ class Daemon:
             self._commits += 1
             self.dp.lease.hold(abi.REASON["FW_CHANGED"])
 
+    def _events_lost(self, gen: int, overrun: bool) -> None:
+        """In the reader thread that lost events (watcher generation gen), at
+        once: the maps may hold what those events undid (a host moved to
+        another port, a port gone), so everything takes the kernel path until
+        a later watcher's dump is in every map - not only once the main loop
+        gets to it."""
+        if overrun:
+            self.metrics.overruns.inc()
+        with self._guard_lock:
+            if gen < self._watcher_gen:
+                return  # closed before the current watcher bound: its dump has what this one lost
+            self._lost_gen = gen
+            self.dp.lease.hold(abi.REASON["RESYNC"])
+
+    def _resync_pending(self) -> bool:
+        return self._lost_gen != 0 and self._lost_gen >= self._mapped_gen
+
     def _lease_loop(self) -> None:
         while not self._stop.wait(LEASE_RENEW_S):
             if time.monotonic() - self._heartbeat < HEARTBEAT_MAX_S:
@@ -227,13 +252,16 @@ class Daemon:
 
     def _resync(self) -> None:
         """A new socket and a model rebuilt from a full dump.  Retried while
-        events keep overrunning it; meanwhile the main loop shows no life, so
-        the lease lapses and all traffic takes the kernel path."""
+        events keep overrunning it; the datapath holds (RESYNC, from the
+        moment of the loss) until the reconcile that follows has written
+        every map from it, and meanwhile the main loop shows no life, so the
+        lease lapses too."""
         delay = 0.1
         while True:
             if self._watcher is not None:
                 self._watcher.close()
-            self._watcher = Watcher(on_nft_commit=self._nft_commit)
+            self._watcher_gen = gen = next(self._generations)
+            self._watcher = Watcher(on_nft_commit=self._nft_commit, on_lost=functools.partial(self._events_lost, gen))
             try:
                 self.model = model_from(self._watcher.snapshot())
                 self._poll()
@@ -293,7 +321,8 @@ class Daemon:
         """Make the kernel match the plan.  A program must never decide with
         maps that do not match the rules it was built for, so when the rules,
         the interface masks or the filtered families change: hold (FW_CHANGED)
-        -> attach -> every map -> release, the release last."""
+        -> attach -> every map -> release, the release last.  A resync's hold
+        (RESYNC) ends the same way: only the last publication may end it."""
         m = self.model
         fw = m.firewall
         # bridged IP of a filtered or tracked family goes to the kernel
@@ -322,6 +351,7 @@ class Daemon:
         self.dp.sync_bridges(p.ports, p.l3_bridges, [e for e in m.fdb.values() if e.bridge in p.bridges])
         self.dp.sync_firewall(masks)
         if self.dp.fw_masks() == masks:
+            self._mapped_gen = self._watcher_gen  # the model is the current watcher's
             self._publish_guards(families)  # ends a hold: every map now matches every program
         else:  # masks that do not match the rules: the hold stays (retried at the next reconcile)
             log.error("tna_fw_ifaces could not be written; all traffic stays on the kernel path")
@@ -348,6 +378,7 @@ class Daemon:
         m = self.model
         with self._guard_lock:
             reason = (abi.REASON["DISABLED"] if self.disabled_why
+                      else abi.REASON["RESYNC"] if self._resync_pending()
                       else abi.REASON["FW_CHANGED"] if self._commits != self._rules_gen else 0)
             self.dp.lease.set_guards(reason, m.multipath_policies(), (m.route_mtu(AF_INET), m.route_mtu(AF_INET6)),
                                      (m.local_ipv4(), m.local_ipv6()), fw_families, m.sysctls)

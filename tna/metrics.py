@@ -220,6 +220,8 @@ class Metrics:
         self.cache_misses = Counter("tna_compile_cache_misses", "Programs clang had to compile", registry=r)
         self.resyncs = Counter("tna_netlink_resyncs", "Times the model was rebuilt from a full netlink dump "
                                "(events overran the socket)", registry=r)
+        self.overruns = Counter("tna_netlink_overruns", "Times an event socket overran (ENOBUFS): events were "
+                                "lost, so the datapath held (RESYNC) until a resync", registry=r)
         Info("tna", "The running tna", registry=r).info({"version": __version__})
         self.collector = Collector(daemon, read)
         r.register(self.collector)

@@ -106,6 +106,8 @@ enum tna_reason {
 	TNA_R_CT_CSUM,           /* conntrack would verify an L4 checksum the fast path cannot */
 	TNA_R_CT_WINDOW,         /* a carried TCP segment conntrack's window tracking would not take
 	                            as in window: the kernel (window-liberal) decides */
+	TNA_R_RESYNC,            /* netlink events were lost (overrun): all to the kernel until the
+	                            daemon's resync has rewritten every map from a new dump */
 	TNA_R_MAX
 };
 

@@ -3,12 +3,16 @@ nftables commits; feed the model.
 
 Bind first, then dump into the same socket, so no event between the dump
 and the subscription is lost; the dump's messages and later events come
-through one queue and are applied in order.  On overrun (ENOBUFS) or an
-interrupted dump the caller drops the model and resyncs from a new dump.
+through one queue and are applied in order.  The event socket's receive
+buffer has room for a bulk change (sockbuf.py).  On overrun (ENOBUFS), an
+interrupted dump or a reader that died, the caller is told at once, in that
+reader's thread (on_lost: the daemon holds the datapath), then drops the
+model and resyncs from a new dump.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
 import threading
@@ -33,6 +37,7 @@ from tna.netlink.decode import NlMsg
 from tna.netlink.netdev import XdpFeatureEvents, xdp_xmit_capable
 from tna.netlink.netfilter import NetfilterChanged, NftEvents
 from tna.netlink.nexthop import RTMGRP_NEXTHOP, follow_nexthops, get_nexthops
+from tna.netlink.sockbuf import grow_rcvbuf
 
 log = logging.getLogger(__name__)
 # the select()-based readers look at the closed flag this often (a closed
@@ -80,11 +85,15 @@ class Watcher:
     queue; re-queries after tc events use a third socket in the caller's
     thread."""
 
-    def __init__(self, on_nft_commit: Callable[[], None] | None = None) -> None:
+    def __init__(self, on_nft_commit: Callable[[], None] | None = None,
+                 on_lost: Callable[[bool], None] | None = None) -> None:
         """on_nft_commit: called in the nftables reader thread at each commit,
         before the event is queued (the daemon holds the datapath at once,
-        even while its main loop is busy)."""
+        even while its main loop is busy).  on_lost(overrun): likewise, in the
+        thread that lost events (overrun: ENOBUFS), before ResyncNeeded is
+        queued."""
         self._on_nft_commit = on_nft_commit
+        self._on_lost = on_lost
         self._q: queue.Queue = queue.Queue()
         self._closed = threading.Event()
         self._ipr: IPRoute | None = None
@@ -112,9 +121,17 @@ class Watcher:
             except Exception as e:  # already broken: nothing left to release
                 log.debug("closing the netlink reader socket: %r", e)
 
+    def _lost(self, why: str, e: BaseException | None = None) -> ResyncNeeded:
+        """Events were (or may have been) lost: the daemon is told at once, in
+        this thread; the caller queues or raises the resync returned."""
+        if self._on_lost is not None:
+            self._on_lost(isinstance(e, OSError) and e.errno == errno.ENOBUFS)
+        return ResyncNeeded(why)
+
     def _read(self) -> None:
         try:
             ipr = self._ipr = IPRoute()
+            grow_rcvbuf(ipr.fileno())
             follow_nexthops(ipr)
             ipr.bind(groups=GROUPS)
             for msg in self._dump(ipr):
@@ -125,7 +142,7 @@ class Watcher:
                     self._q.put(msg)
         except Exception as e:  # overrun (ENOBUFS), dump trouble, socket gone
             if not self._closed.is_set():
-                self._q.put(ResyncNeeded(f"netlink reader stopped: {e!r}"))
+                self._q.put(self._lost(f"netlink reader stopped: {e!r}", e))
 
     def _read_xdp(self) -> None:
         assert self._xdp is not None
@@ -133,9 +150,9 @@ class Watcher:
             while not self._closed.is_set():
                 for event in self._xdp.read(timeout=READER_WAKE_S):
                     self._q.put(event)
-        except Exception as e:
+        except Exception as e:  # lost xdp-features changes: the egress maps may be wrong
             if not self._closed.is_set():
-                self._q.put(ResyncNeeded(f"netdev reader stopped: {e!r}"))
+                self._q.put(self._lost(f"netdev reader stopped: {e!r}", e))
         finally:
             self._xdp.close()
 
@@ -148,10 +165,10 @@ class Watcher:
             while not self._closed.is_set():
                 if self._nft.read(timeout=READER_WAKE_S):
                     changed()
-        except Exception as e:  # an overrun loses nothing: the rule sets are read whole
+        except Exception as e:  # the socket is gone (an overrun is a commit: NftEvents.read)
             if not self._closed.is_set():
                 changed()
-                self._q.put(ResyncNeeded(f"nftables reader stopped: {e!r}"))
+                self._q.put(self._lost(f"nftables reader stopped: {e!r}", e))
         finally:
             self._nft.close()
 
@@ -184,7 +201,7 @@ class Watcher:
                 item = self._q.get(timeout=1.0)
             except queue.Empty:
                 if not self._thread.is_alive():
-                    raise ResyncNeeded("netlink reader ended during the dump") from None
+                    raise self._lost("netlink reader ended during the dump") from None
                 continue
             if item is _DUMP_DONE:
                 return msgs
