@@ -148,6 +148,8 @@ struct tna_config {
 	__be32 local6[TNA_LOCAL6_MAX][4]; /* this namespace's global IPv6 addresses */
 	__u32 ct_timeout_unack;   /* ms: nf_conntrack_tcp_timeout_unacknowledged */
 	__u32 ct_timeout_retrans; /* ms: nf_conntrack_tcp_timeout_max_retrans */
+	__u32 hz;            /* the kernel's jiffies per second (measured): the datapath turns
+	                        a timeout into the deadline the kernel would store (0: unknown) */
 };
 #define TNA_CT_CSUM (1U << 0) /* nf_conntrack_checksum: bad L4 checksums are INVALID */
 #define TNA_CT_ACCT (1U << 1) /* nf_conntrack_acct: per-connection counters (kernel path only) */
