@@ -32,6 +32,7 @@ from tna.deploy.datapath import Datapath, ForeignProgram, attached_tna_prog
 from tna.deploy.lease import family_bits
 from tna.metrics import Metrics, failure_kind, parse_addr
 from tna.model.config import AF_INET, AF_INET6, Model
+from tna.model.routes import RouteDump
 from tna.netlink import netfilter
 from tna.netlink.conntrack import Liberal
 from tna.netlink.decode import decoded
@@ -48,6 +49,7 @@ log = logging.getLogger("tna")
 
 LEASE_RENEW_S = 0.2
 POLL_S = 1.0          # sysctls and iptables-legacy announce nothing: polled
+STATUS_S = 1.0        # the route count in state.json follows at most this often without a reconcile
 LOOP_WAKE_S = 0.5     # an idle main loop wakes this often (stop flag, polls, heartbeat)
 CT_BELL_WAIT_S = 0.5  # the ct-sync thread looks at the stop flag and the shared maps this often
 CT_SYNC_BATCH = 512
@@ -79,6 +81,8 @@ class Daemon:
         self._rules_gen = 0
         self._guard_lock = threading.Lock()  # a hold and the guards' publication never interleave
         self._watcher: Watcher | None = None
+        self._status: dict[str, Any] = {"routes": 0}  # what state.json says
+        self._started = time.monotonic()
 
     # --- lifecycle --------------------------------------------------------
 
@@ -115,7 +119,7 @@ class Daemon:
         self._stop.set()
 
     def _loop(self) -> None:
-        next_poll = 0.0
+        next_poll = next_status = 0.0
         while not self._stop.is_set():
             changed = nft_commit = False
             assert self._watcher is not None
@@ -140,6 +144,11 @@ class Daemon:
                 next_poll = now + POLL_S
             if changed:
                 self.reconcile()
+                next_status = now + STATUS_S
+            elif now >= next_status and self._status["routes"] != len(self.model.routes):
+                # routes that move no guard need no reconcile; the count still shows
+                self._publish_status()
+                next_status = now + STATUS_S
             self._heartbeat = time.monotonic()
 
     def _reload(self) -> bool:
@@ -167,6 +176,10 @@ class Daemon:
         changed = False
         for fact in decoded(msg):
             changed |= self.model.apply(fact)
+            if isinstance(fact, RouteDump) and fact.done:
+                log.info("%s routes: %d known after %.1f s; their guards are exact now",
+                         "IPv4" if fact.family == AF_INET else "IPv6", self.model.routes.count(fact.family),
+                         time.monotonic() - self._started)
         return changed
 
     def _nft_commit(self) -> None:
@@ -317,8 +330,12 @@ class Daemon:
         else:  # masks that do not match the rules: the hold stays (retried at the next reconcile)
             log.error("tna_fw_ifaces could not be written; all traffic stays on the kernel path")
         self.plan = p
-        publish_status(describe(m, p, self.dp.attached, pid=os.getpid(), mode=self.settings.hook,
-                                disabled=self.disabled_why, failed=self.failed))
+        self._publish_status()
+
+    def _publish_status(self) -> None:
+        self._status = describe(self.model, self.plan, self.dp.attached, pid=os.getpid(), mode=self.settings.hook,
+                                disabled=self.disabled_why, failed=self.failed)
+        publish_status(self._status)
 
     def _deploy(self, ip: IfacePlan) -> None:
         """Build and attach ip's program; an unchanged plan keeps its own."""
