@@ -128,3 +128,12 @@ def test_identical_notable_route_stated_twice_is_one() -> None:
     assert not m.apply(route)
     assert not m.apply(replace(route, replace=False))
     assert len(list(m.routes)) == 1
+
+
+def test_held_events_do_not_count_a_dumped_route_twice() -> None:
+    a, b, c, d, e = (r4(f"10.0.{i}.0") for i in range(5))
+    m = model(RouteDump(AF_INET, False), a, Removed(c), d, Removed(d), e,
+              Dumped(a), Dumped(b), Dumped(e), RouteDump(AF_INET, True))
+    assert len(m.routes) == 3                 # a, b, e
+    m.apply(Removed(a))
+    assert len(m.routes) == 2

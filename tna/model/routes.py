@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from dataclasses import replace as with_
 
 AF_INET = 2
 AF_INET6 = 10
@@ -84,6 +85,9 @@ class RouteTable:
         self._multipath: Counter[int] = Counter()   # family -> routes with several next hops
         self._by_nh: dict[int, Counter[int]] = {}    # nhid -> family -> routes using it
         self._pending: dict[int, list[tuple[str, object]]] = {}  # family -> events held during its dump
+        # family -> hash of each route key its dump stated, kept while it loads: a
+        # held event about a dumped route must not count it twice
+        self._dumped: dict[int, set[int]] = {}
 
     def __len__(self) -> int:
         return sum(self._count.values())
@@ -110,13 +114,28 @@ class RouteTable:
                 self._forget(r.key, r)
             self._count[f] = 0
             self._pending.setdefault(f, [])
+            self._dumped[f] = set()
             return True
+        seen = self._dumped.pop(f, set())
         for op, arg in self._pending.pop(f, []):
+            if isinstance(arg, Route):
+                # the dump may have read a route before or after a held event
+                # about it: the events, in order, have the last word
+                h = hash(arg.key)
+                if op == "del":
+                    if h not in seen:
+                        continue  # never counted
+                    seen.discard(h)
+                else:
+                    if (h in seen) != arg.replace:
+                        arg = with_(arg, replace=h in seen)  # counted already / not yet
+                    seen.add(h)
             self._do(op, arg, f)
         return True
 
     def dumped(self, route: Route) -> bool:
         """A route of the dump: applied at once (the guards stay conservative)."""
+        self._dumped.setdefault(route.family, set()).add(hash(route.key))
         self._add(route)
         return not self.loading(route.family)
 

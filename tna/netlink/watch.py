@@ -13,7 +13,9 @@ resyncs from a new dump.
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -48,6 +50,10 @@ READER_WAKE_S = 1.0
 # faster than the model takes it would otherwise sit in the queue whole
 ROUTES_QUEUED_MAX = 20000
 EVENTS_BUDGET_S = 0.25   # events() returns after this long (the main loop shows life)
+# a BGP session reset is ~100,000 route events, each ~1 KiB of receive buffer
+# (skb truesize) while the reader is behind; SO_RCVBUF is capped by rmem_max
+EVENTS_RCVBUF = 128 << 20
+SO_RCVBUFFORCE = 33
 
 GROUPS = (RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
           | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_NEXTHOP | RTMGRP_TC)
@@ -126,6 +132,8 @@ class Watcher:
         try:
             ipr = self._ipr = IPRoute()
             follow_nexthops(ipr)
+            with socket.socket(fileno=os.dup(ipr.fileno())) as sock:  # the same socket
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, EVENTS_RCVBUF)
             ipr.bind(groups=GROUPS)
             for msg in self._dump(ipr):
                 self._q.put(msg)
