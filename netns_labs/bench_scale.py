@@ -29,6 +29,7 @@ from netns_labs.lab import RouterLab, Tna, wait_for
 
 METRICS = "127.0.0.1:9479"
 MARKER = "203.0.113.0/24 via 198.51.100.2 mtu 1499"
+COUNTS = ("tna_reconcile_duration_seconds_count", "tna_netlink_resyncs_total")
 
 
 def _v4(i: int) -> str:
@@ -87,7 +88,7 @@ def _burst(lab: RouterLab, tna: Tna, n4: int, tmp: Path) -> dict[str, float]:
     lines = [f"route del {_v4(i)} via 198.51.100.2" for i in range(n4)]
     lines += [f"route add {_v4(i)} via 198.51.100.2" for i in range(n4)] + [f"route add {MARKER}"]
     batch = _batch(tmp / "burst", lines)
-    reconciles, resyncs = (_metric(lab, m) for m in ("tna_reconcile_duration_seconds_count", "tna_resyncs_total"))
+    reconciles, resyncs = (_metric(lab, m) for m in COUNTS)
     t0 = time.monotonic()
     lab.run(lab.r, ["ip", "-batch", str(batch)], timeout=900)
     kernel = time.monotonic() - t0
@@ -96,8 +97,8 @@ def _burst(lab: RouterLab, tna: Tna, n4: int, tmp: Path) -> dict[str, float]:
     absorbed = time.monotonic() - t0
     return {"burst_events": len(lines), "burst_kernel_s": kernel, "burst_absorbed_s": absorbed,
             "events_per_s": len(lines) / absorbed,
-            "burst_reconciles": _metric(lab, "tna_reconcile_duration_seconds_count") - reconciles,
-            "burst_resyncs": _metric(lab, "tna_resyncs_total") - resyncs,
+            "burst_reconciles": _metric(lab, COUNTS[0]) - reconciles,
+            "burst_resyncs": _metric(lab, COUNTS[1]) - resyncs,
             "routes_after": float((tna.state() or {}).get("routes", 0))}
 
 
