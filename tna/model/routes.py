@@ -136,8 +136,7 @@ class RouteTable:
     def dumped(self, route: Route) -> bool:
         """A route of the dump: applied at once (the guards stay conservative)."""
         self._dumped.setdefault(route.family, set()).add(hash(route.key))
-        self._add(route)
-        return not self.loading(route.family)
+        return self._add(route) and not self.loading(route.family)
 
     def event(self, route: Route, present: bool) -> bool:
         """RTM_NEWROUTE / RTM_DELROUTE: True if a guard aggregate changed."""
