@@ -67,7 +67,12 @@ def routes_point(n4: int, n6: int, burst: bool, tmp: Path) -> dict[str, float]:
         t0 = time.monotonic()
         tna = Tna(lab, lab.r, "--metrics", METRICS)
         try:
-            tna.wait_attached(["r-h1", "r-h2"], timeout=900)
+            # state.json, read directly: a `tna status` costs a Python start-up per poll
+            def up() -> bool:
+                st = tna.state()
+                return st is not None and st["pid"] == tna.proc.pid and {"r-h1", "r-h2"} <= set(st["ifaces"])
+            if not wait_for(up, 900, 0.05):
+                raise RuntimeError(tna.output())
             attached = time.monotonic() - t0
             if not wait_for(lambda: (tna.state() or {}).get("routes_loading") == [], 1800, 0.2):
                 raise RuntimeError(tna.output())
