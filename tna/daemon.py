@@ -33,6 +33,7 @@ from tna.deploy.datapath import Datapath, ForeignProgram, attached_tna_prog
 from tna.deploy.lease import family_bits
 from tna.metrics import Metrics, failure_kind, parse_addr
 from tna.model.config import AF_INET, AF_INET6, Model
+from tna.model.routes import RouteDump
 from tna.netlink import netfilter
 from tna.netlink.conntrack import Liberal
 from tna.netlink.decode import decoded
@@ -50,6 +51,7 @@ log = logging.getLogger("tna")
 
 LEASE_RENEW_S = 0.2
 POLL_S = 1.0          # sysctls and iptables-legacy announce nothing: polled
+STATUS_S = 1.0        # the route count in state.json follows at most this often without a reconcile
 LOOP_WAKE_S = 0.5     # an idle main loop wakes this often (stop flag, polls, heartbeat)
 CT_BELL_WAIT_S = 0.5  # the ct-sync thread looks at the stop flag and the shared maps this often
 CT_SYNC_BATCH = 512
@@ -88,6 +90,8 @@ class Daemon:
         self._watcher_gen = 0
         self._lost_gen = 0    # newest watcher that lost events, 0: none (reader threads write it)
         self._mapped_gen = 0  # the watcher whose model every map was last written from
+        self._status: dict[str, Any] = {"routes": 0}  # what state.json says
+        self._started = time.monotonic()
 
     # --- lifecycle --------------------------------------------------------
 
@@ -126,7 +130,7 @@ class Daemon:
         self._stop.set()
 
     def _loop(self) -> None:
-        next_poll = 0.0
+        next_poll = next_status = 0.0
         while not self._stop.is_set():
             changed = nft_commit = False
             assert self._watcher is not None
@@ -153,6 +157,11 @@ class Daemon:
                 next_poll = now + POLL_S
             if changed:
                 self.reconcile()
+                next_status = now + STATUS_S
+            elif now >= next_status and self._status["routes"] != len(self.model.routes):
+                # routes that move no guard need no reconcile; the count still shows
+                self._publish_status()
+                next_status = now + STATUS_S
             if hup:
                 notify("READY=1")  # the new settings are in force
             self._heartbeat = time.monotonic()
@@ -182,6 +191,10 @@ class Daemon:
         changed = False
         for fact in decoded(msg):
             changed |= self.model.apply(fact)
+            if isinstance(fact, RouteDump) and fact.done:
+                log.info("%s routes: %d known after %.1f s; their guards are exact now",
+                         "IPv4" if fact.family == AF_INET else "IPv6", self.model.routes.count(fact.family),
+                         time.monotonic() - self._started)
         return changed
 
     def _nft_commit(self) -> None:
@@ -356,10 +369,15 @@ class Daemon:
         else:  # masks that do not match the rules: the hold stays (retried at the next reconcile)
             log.error("tna_fw_ifaces could not be written; all traffic stays on the kernel path")
         self.plan = p
-        publish_status(describe(m, p, self.dp.attached, pid=os.getpid(), mode=self.settings.hook,
-                                disabled=self.disabled_why, failed=self.failed))
+        self._publish_status()
+
+    def _publish_status(self) -> None:
+        self._status = describe(self.model, self.plan, self.dp.attached, pid=os.getpid(), mode=self.settings.hook,
+                                disabled=self.disabled_why, failed=self.failed)
+        publish_status(self._status)
         disabled = f"; fast path DISABLED: {self.disabled_why}" if self.disabled_why else ""
-        notify(f"STATUS={len(self.dp.attached)} interfaces accelerated, {len(p.skipped)} left alone, "
+        plan_skipped = len(self.plan.skipped) if self.plan else 0
+        notify(f"STATUS={len(self.dp.attached)} interfaces accelerated, {plan_skipped} left alone, "
                f"{len(self.failed)} failed{disabled}")  # systemctl status shows it
 
     def _log_left_alone(self, p: Plan) -> None:

@@ -3,11 +3,13 @@ nftables commits; feed the model.
 
 Bind first, then dump into the same socket, so no event between the dump
 and the subscription is lost; the dump's messages and later events come
-through one queue and are applied in order.  The event socket's receive
-buffer has room for a bulk change (sockbuf.py).  On overrun (ENOBUFS), an
-interrupted dump or a reader that died, the caller is told at once, in that
-reader's thread (on_lost: the daemon holds the datapath), then drops the
-model and resyncs from a new dump.
+through one queue and are applied in order.  Routes come last, streamed
+from a socket of their own (tna/netlink/routedump.py) after the rest is
+handed over, so the daemon attaches before a full table is read.  The event
+socket's receive buffer has room for a bulk change (sockbuf.py).  On overrun
+(ENOBUFS), an interrupted dump or a reader that died, the caller is told at
+once, in that reader's thread (on_lost: the daemon holds the datapath), then
+drops the model and resyncs from a new dump.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import errno
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -33,16 +36,22 @@ from pyroute2.netlink.rtnl import (
 
 from tna.bpf import abi
 from tna.model.config import AF_BRIDGE, AF_INET, AF_INET6, Sysctls, TcFilters, XdpXmit
+from tna.model.routes import Dumped, RouteDump
 from tna.netlink.decode import NlMsg
 from tna.netlink.netdev import XdpFeatureEvents, xdp_xmit_capable
 from tna.netlink.netfilter import NetfilterChanged, NftEvents
 from tna.netlink.nexthop import RTMGRP_NEXTHOP, follow_nexthops, get_nexthops
+from tna.netlink.routedump import dump_routes
 from tna.netlink.sockbuf import grow_rcvbuf
 
 log = logging.getLogger(__name__)
 # the select()-based readers look at the closed flag this often (a closed
 # watcher's thread ends within it); events wake them at once
 READER_WAKE_S = 1.0
+# the route dump waits while this many items are queued: a full table read
+# faster than the model takes it would otherwise sit in the queue whole
+ROUTES_QUEUED_MAX = 20000
+EVENTS_BUDGET_S = 0.25   # events() returns after this long (the main loop shows life)
 
 GROUPS = (RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
           | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_NEXTHOP | RTMGRP_TC)
@@ -67,7 +76,7 @@ def tc_facts(ipr: IPRoute, ifindex: int) -> TcFilters:
     return TcFilters(ifindex, bool(tc_filters(ipr, ifindex, TC_H_CLSACT_EGRESS)), bool(ingress))
 
 
-Fact = NlMsg | XdpXmit | TcFilters | NetfilterChanged
+Fact = NlMsg | XdpXmit | TcFilters | NetfilterChanged | RouteDump | Dumped
 
 
 class ResyncNeeded(Exception):
@@ -137,12 +146,37 @@ class Watcher:
             for msg in self._dump(ipr):
                 self._q.put(msg)
             self._q.put(_DUMP_DONE)
+            threading.Thread(target=self._read_routes, name="tna-routes", daemon=True).start()
             while not self._closed.is_set():
                 for msg in ipr.get():
                     self._q.put(msg)
         except Exception as e:  # overrun (ENOBUFS), dump trouble, socket gone
             if not self._closed.is_set():
                 self._q.put(self._lost(f"netlink reader stopped: {e!r}", e))
+
+    def _read_routes(self) -> None:
+        """The route dump (subscribed already: events since are queued and
+        the model holds them until the family's dump is done)."""
+        try:
+            for family in (AF_INET, AF_INET6):
+                for _ in range(5):
+                    try:
+                        for route in dump_routes(family):
+                            while self._q.qsize() > ROUTES_QUEUED_MAX and not self._closed.is_set():
+                                time.sleep(0.01)
+                            if self._closed.is_set():
+                                return
+                            self._q.put(Dumped(route))
+                        break
+                    except NetlinkDumpInterrupted:
+                        log.info("route dump interrupted by a change; dumping again")
+                        self._q.put(RouteDump(family, done=False))  # forget what it stated
+                else:
+                    raise ResyncNeeded("route dumps keep being interrupted")
+                self._q.put(RouteDump(family, done=True))
+        except Exception as e:
+            if not self._closed.is_set():
+                self._q.put(self._lost(f"route dump stopped: {e!r}", e))
 
     def _read_xdp(self) -> None:
         assert self._xdp is not None
@@ -174,7 +208,7 @@ class Watcher:
 
     @staticmethod
     def _dump(ipr: IPRoute) -> list[NlMsg | TcFilters]:
-        """Everything the model needs, in dependency order (links first)."""
+        """Everything the model needs but routes, in dependency order (links first)."""
         for _ in range(5):
             try:
                 links = list(ipr.get_links())
@@ -183,7 +217,6 @@ class Watcher:
                 msgs += get_nexthops(ipr)  # before the routes that use them
                 for family in (AF_INET, AF_INET6):
                     msgs += ipr.get_addr(family=family)
-                    msgs += ipr.get_routes(family=family)
                     msgs += ipr.get_neighbours(family=family)
                 msgs += ipr.get_neighbours(family=AF_BRIDGE)  # bridge FDBs
                 return msgs
@@ -191,11 +224,12 @@ class Watcher:
                 log.info("netlink dump interrupted by a change; dumping again")
         raise ResyncNeeded("netlink dumps keep being interrupted")
 
-    def snapshot(self) -> list[NlMsg | XdpXmit | TcFilters]:
-        """The initial dump (call once, before events()).  It takes as long as
-        the reader needs (a large table on a busy machine takes a while); a
-        reader that died without a word is a resync."""
-        msgs: list[NlMsg | XdpXmit | TcFilters] = [XdpXmit(i, c) for i, c in xdp_xmit_capable().items()]
+    def snapshot(self) -> list[NlMsg | XdpXmit | TcFilters | RouteDump]:
+        """The initial dump but routes (call once, before events(), which
+        brings the routes).  It takes as long as the reader needs; a reader
+        that died without a word is a resync."""
+        msgs: list[NlMsg | XdpXmit | TcFilters | RouteDump] = [RouteDump(f, done=False) for f in (AF_INET, AF_INET6)]
+        msgs += [XdpXmit(i, c) for i, c in xdp_xmit_capable().items()]
         while True:
             try:
                 item = self._q.get(timeout=1.0)
@@ -209,23 +243,27 @@ class Watcher:
                 raise item
             msgs.append(item)
 
-    def events(self, timeout: float) -> Iterator[Fact]:
-        """Messages that arrive within timeout: all queued, then stop."""
+    def events(self, timeout: float, budget: float = EVENTS_BUDGET_S) -> Iterator[Fact]:
+        """Messages that arrive within timeout: all queued, then stop (or
+        after budget seconds: a route dump or a burst keeps it busy)."""
         try:
             item = self._q.get(timeout=timeout)
         except queue.Empty:
             return
+        until = time.monotonic() + budget
         while True:
             if isinstance(item, ResyncNeeded):
                 raise item
             yield from self._expand(item)
+            if time.monotonic() > until:
+                return
             try:
                 item = self._q.get_nowait()
             except queue.Empty:
                 return
 
-    def _expand(self, msg: NlMsg | XdpXmit | NetfilterChanged) -> Iterator[Fact]:
-        if isinstance(msg, (XdpXmit, NetfilterChanged)):
+    def _expand(self, msg: Fact) -> Iterator[Fact]:
+        if isinstance(msg, (XdpXmit, NetfilterChanged, RouteDump, Dumped)):
             yield msg
         elif msg["header"]["type"] in (RTM_NEWQDISC, RTM_DELQDISC, RTM_NEWTFILTER, RTM_DELTFILTER):
             # tc events do not say what the device ends up with: re-read its
