@@ -48,6 +48,7 @@ EXTRA_ROUTES = [
 LOCAL4 = ("192.0.2.1", "198.51.100.1")  # r's own IPv4 addresses
 LOCAL6 = ("2001:db8:1::1", "2001:db8:2::1")
 CT_TIMEOUT_MS = 120_000  # what a fast-pathed packet refreshes a connection's timeout to
+CT_UNREPLIED_MS = 45_000  # ... and a UDP entry's that has seen no reply (nf_conntrack_udp_timeout)
 
 
 class ProgHarness:
@@ -85,7 +86,8 @@ class ProgHarness:
         cfg = abi.TnaConfig(lease_jiffies=int(lease_s * self.hz), pass_reason=pass_reason, mp_guard=mp_guard,
                             stale_count=stale, route_mtu4=route_mtu[0], route_mtu6=route_mtu[1],
                             local4_count=len(local4), local6_count=len(local6), ct_flags=ct_flags,
-                            ct_timeout_tcp=CT_TIMEOUT_MS, ct_timeout_udp=CT_TIMEOUT_MS)
+                            ct_timeout_tcp=CT_TIMEOUT_MS, ct_timeout_udp=CT_TIMEOUT_MS,
+                            ct_timeout_udp_unreplied=CT_UNREPLIED_MS)
         for i, addr in enumerate(local4[:abi.LOCAL4_MAX]):
             cfg.local4[i] = int.from_bytes(socket.inet_aton(addr), "little")
         packed = b"".join(socket.inet_pton(socket.AF_INET6, a) for a in local6[:abi.LOCAL6_MAX])
