@@ -148,6 +148,7 @@ struct tna_config {
 	__u32 ct_timeout_unack;   /* ms: nf_conntrack_tcp_timeout_unacknowledged */
 	__u32 ct_timeout_retrans; /* ms: nf_conntrack_tcp_timeout_max_retrans */
 	__u32 ct_timeout_udp_unreplied; /* ms: nf_conntrack_udp_timeout (a UDP entry with no reply) */
+	__u32 pass_cache_jiffies; /* how long a flow the firewall passed skips its lookups (0: never) */
 };
 #define TNA_CT_CSUM (1U << 0) /* nf_conntrack_checksum: bad L4 checksums are INVALID */
 #define TNA_CT_ACCT (1U << 1) /* nf_conntrack_acct: per-connection counters (kernel path only) */

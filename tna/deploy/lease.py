@@ -20,6 +20,9 @@ from tna.bpf import libbpf as bpf
 from tna.model.config import AF_INET, AF_INET6, Sysctls
 
 LEASE_NS = 1_000_000_000
+# how long the datapath sends a flow it just passed after its lookups straight to the kernel
+# (passcache.c.j2): short, so a flow that becomes one to carry is carried soon after
+PASS_CACHE_NS = 20_000_000
 
 
 def renew(prog: bpf.Program, cfg: abi.TnaConfig) -> None:
@@ -106,6 +109,7 @@ class Lease:
             self._prog = renew_prog
             self.cfg = abi.TnaConfig.from_buffer_copy(bytes(self.cfg))
             self.cfg.lease_jiffies = self.hz * LEASE_NS // 10**9
+            self.cfg.pass_cache_jiffies = max(1, self.hz * PASS_CACHE_NS // 10**9)
             self._publish(renew_prog, self.cfg)
 
     def renew(self) -> None:
