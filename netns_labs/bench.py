@@ -12,10 +12,16 @@ file (netns_labs/plot.py) if matplotlib is installed (the `plots` extra).
    port to a routed uplink), and routing behind a stateful FORWARD chain of
    10 / 100 / 1,000 / 10,000 rules: INVALID dropped, then a blocklist the
    flow walks through, then RELATED,ESTABLISHED accepted (the flow is an
-   ASSURED conntrack entry) -
+   ASSURED conntrack entry); the same chain of 10 / 10,000 rules with a
+   one-way flow (an unreplied entry: NEW to the rules, accepted by the last
+   one); and the worst case of passed traffic (the 10-rule chain with a rule
+   TNA cannot express before the ESTABLISHED accept: every packet goes to the
+   kernel, after the fast path's lookups) -
    delivered packets per second for: plain Linux, `tna run --hook xdp`, and
    a minimal hand-written XDP reference (netns_labs/bpf/ref_router.c, or
-   ref_bridge.c over an FDB map).  Frames come from a live-frames generator
+   ref_bridge.c over an FDB map; not for passed traffic, which measures
+   both hooks instead: Linux and `tna run --hook tc` with GRO on the
+   ingress veth, which then takes the generator's frames without XDP).  Frames come from a live-frames generator
    (BPF_PROG_TEST_RUN + BPF_F_TEST_XDP_LIVE_FRAMES) on the sender's veth, as
    from a wire, pinned to one CPU; an XDP sink on the receiver's veth counts
    them.  Variants alternate round by round in the same lab; medians are
@@ -63,7 +69,7 @@ from tna.bpf import libbpf as bpf
 GEN_CPU = "1"
 LOSS_RETRIES = 3
 SCENARIOS = ("routing", "routing+rule", "bridging", "bridge+routing", "routing+ct10", "routing+ct100",
-             "routing+ct1000", "routing+ct10000")
+             "routing+ct1000", "routing+ct10000", "oneway+ct10", "oneway+ct10000", "passed")
 FRAME_SPORT, FRAME_DPORT = 4321, 9
 
 
@@ -92,14 +98,19 @@ class Scenario:
     reference: list[str]  # netns_labs.progs arguments attaching the reference to ingress
 
 
-def forward_rules(n: int) -> str:
+# a match TNA cannot express (xt_length), as cheap for the kernel as a match can be
+KERNEL_RULE = f"-A FORWARD -p udp -m udp --dport {FRAME_DPORT} -m length --length 0:65535 -j ACCEPT\n"
+
+
+def forward_rules(n: int, kernel_rule: bool = False) -> str:
     """A stateful FORWARD chain of n rules: INVALID dropped, a blocklist of
     n - 3 source+port pairs the benchmark flow walks through without a match,
-    RELATED,ESTABLISHED accepted, the flow's service allowed, policy DROP."""
+    (kernel_rule: KERNEL_RULE, which accepts it,) RELATED,ESTABLISHED
+    accepted, the flow's service allowed, policy DROP."""
     block = "".join(f"-A FORWARD -s 203.0.113.{i % 250}/32 -p udp -m udp --dport {1000 + i} -j DROP\n"
                     for i in range(n - 3))
     return ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n"
-            "-A FORWARD -m conntrack --ctstate INVALID -j DROP\n" + block +
+            "-A FORWARD -m conntrack --ctstate INVALID -j DROP\n" + block + (KERNEL_RULE if kernel_rule else "") +
             "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"
             f"-A FORWARD -p udp -m udp --dport {FRAME_DPORT} -j ACCEPT\nCOMMIT\n")
 
@@ -115,15 +126,30 @@ def assure(r: RouterLab) -> None:
         raise SystemExit("the benchmark flow did not become an ASSURED conntrack entry")
 
 
+def one_way(r: RouterLab) -> None:
+    """Make the benchmark flow an unreplied conntrack entry: one datagram."""
+    r.run(r.h1.ns, py("netns_labs.xfer", "udp-send", r.h2.ip4, str(FRAME_DPORT), str(FRAME_SPORT), "1"), cwd=r.repo)
+    if "UNREPLIED" not in r.run(r.r, ["conntrack", "-L", "-p", "udp", "--dport", str(FRAME_DPORT)]).stdout:
+        raise SystemExit("the benchmark flow did not become an unreplied conntrack entry")
+
+
+def rule_count(name: str) -> int:
+    """The FORWARD chain's length in a +ctN scenario (passed: 10), else 0."""
+    return int(name.rsplit("+ct", 1)[1]) if "+ct" in name else 10 if name == "passed" else 0
+
+
 @contextmanager
 def scenario(name: str) -> Iterator[Scenario]:
-    if name.startswith("routing"):
+    if name.startswith(("routing", "oneway", "passed")):
         with RouterLab() as r:
             if name == "routing+rule":  # any ip rule: the kernel checks every source in full
                 r.run(r.r, ["ip", "rule", "add", "from", "203.0.113.0/24", "lookup", "100", "pref", "100"])
-            if name.startswith("routing+ct"):
-                r.run(r.r, ["iptables-restore"], input=forward_rules(int(name[len("routing+ct"):])))
-                assure(r)
+            if rule_count(name):
+                r.run(r.r, ["iptables-restore"], input=forward_rules(rule_count(name), name == "passed"))
+                if name.startswith("oneway"):
+                    one_way(r)
+                else:
+                    assure(r)
             yield Scenario(name, r, r.r, "r-h1", "r-h2", r.h1, r.h2, frame64(r.h1.mac, r.r_h1_mac, r.h1, r.h2),
                            ["r-h1", "r-h2"], ["reference", "r-h1", "r-h2"])
         return
@@ -164,13 +190,16 @@ def variants(sc: Scenario) -> list[Variant]:
         # the Linux row gets an XDP_PASS program; the kernel does the rest
         progs(lab, sc.ns, "attach", sc.ingress, "pass")
 
-    def tna_up() -> Tna:
-        tna = Tna(lab, sc.ns, "--hook", "xdp")
+    def gro(on: bool) -> None:
+        lab.run(sc.ns, ["ethtool", "-K", sc.ingress, "gro", "on" if on else "off"])
+
+    def tna_up(hook: str) -> Tna:
+        tna = Tna(lab, sc.ns, "--hook", hook)
         tna.wait_attached(sc.tna_ifaces)
-        if "+ct" in sc.name and not wait_for(
+        if rule_count(sc.name) and not wait_for(
                 lambda: "firewall" in tna.status()["ifaces"][sc.ingress]["modules"], 30, 0.2):
             raise RuntimeError("the FORWARD rules were not compiled in")
-        if not wait_for(lambda: tna.status()["ifaces"][sc.egress]["xdp_egress"], 10, 0.2):
+        if hook == "xdp" and not wait_for(lambda: tna.status()["ifaces"][sc.egress]["xdp_egress"], 10, 0.2):
             raise RuntimeError(f"{sc.egress} never became an XDP egress")
         return tna
 
@@ -178,15 +207,20 @@ def variants(sc: Scenario) -> list[Variant]:
         assert isinstance(tna, Tna)
         tna.stop()
         tna.close()
+        gro(False)
 
     def detach(_: object) -> None:
         progs(lab, sc.ns, "detach", sc.ingress)
 
-    return [
-        Variant("linux", linux_up, detach),
-        Variant("tna --hook xdp", tna_up, tna_down),
-        Variant("reference", lambda: progs(lab, sc.ns, *sc.reference), detach),
-    ]
+    def tc_up() -> Tna:
+        gro(True)
+        return tna_up("tc")
+
+    out = [Variant("linux", linux_up, detach), Variant("tna --hook xdp", lambda: tna_up("xdp"), tna_down)]
+    if sc.name == "passed":  # both hooks; GRO lets the veth take the generator's frames without XDP
+        return [*out, Variant("linux (gro)", lambda: gro(True), lambda _: gro(False)),
+                Variant("tna --hook tc", tc_up, tna_down)]
+    return [*out, Variant("reference", lambda: progs(lab, sc.ns, *sc.reference), detach)]
 
 
 def measure_pps(sc: Scenario, count: int) -> tuple[float, int]:
@@ -253,7 +287,7 @@ def iperf(lab: Lab, src: Host, dst: Host, seconds: int, cpu: str | None = None) 
 def frames_for(name: str, count: int) -> int:
     """Frames per Linux measurement: fewer behind thousands of rules, where
     Linux slows down by as much (so a round takes seconds, not minutes)."""
-    rules = int(name.rsplit("+ct", 1)[1]) if "+ct" in name else 0
+    rules = rule_count(name)
     return count if rules <= 100 else max(100_000, count * 100 // rules)
 
 
@@ -263,7 +297,7 @@ def bench_pps(name: str, frames: int, rounds: int) -> list[dict]:
         progs(sc.lab, sc.dst.ns, "attach", sc.dst.dev, "sink")
         for _ in range(rounds):
             for v in variants(sc):
-                count = frames_for(name, frames) if v.name == "linux" else frames
+                count = frames_for(name, frames) if v.name.startswith("linux") else frames
                 handle = v.up()
                 try:
                     measure_pps(sc, min(100_000, count // 10))  # warm up caches and the page pool
@@ -283,12 +317,15 @@ def bench_pps(name: str, frames: int, rounds: int) -> list[dict]:
                 rows.setdefault(v.name, []).append(mpps)
         cost = program_cost(sc.lab, sc.frame) if name in ("routing", "routing+rule") and isinstance(sc.lab, RouterLab) \
             else {}
-    linux, ref = statistics.median(rows["linux"]), statistics.median(rows["reference"])
+    linux = {v: statistics.median(runs) for v, runs in rows.items() if v.startswith("linux")}
+    ref = statistics.median(rows["reference"]) if "reference" in rows else None
     table = []
     for variant, runs in rows.items():
         med = statistics.median(runs)
-        table.append({"variant": variant, "mpps": med, "runs": runs, "vs_linux": med / linux,
-                      "vs_reference": med / ref, "prog_ns": cost.get(variant)})
+        # each hook against Linux measured the same way (a TC row: Linux with GRO)
+        base = linux["linux (gro)"] if variant.endswith("tc") or variant == "linux (gro)" else linux["linux"]
+        table.append({"variant": variant, "mpps": med, "runs": runs, "vs_linux": med / base,
+                      "vs_reference": med / ref if ref else None, "prog_ns": cost.get(variant)})
     return table
 
 
@@ -404,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'variant':<16} {'Mpps':>7} {'x Linux':>8} {'x reference':>12} {'program ns/pkt':>15}")
         for row in table:
             cost = f"{row['prog_ns']:.1f}" if row["prog_ns"] is not None else "-"
-            print(f"{row['variant']:<16} {row['mpps']:>7.2f} {row['vs_linux']:>8.2f} {row['vs_reference']:>12.2f} "
+            ref = f"{row['vs_reference']:.2f}" if row["vs_reference"] is not None else "-"
+            print(f"{row['variant']:<16} {row['mpps']:>7.2f} {row['vs_linux']:>8.2f} {ref:>12} "
                   f"{cost:>15}", flush=True)
     for name in ("routing", "bridging") if args.tcp_runs else ():
         tcp = tcps[name] = bench_tcp(name, args.tcp_runs, args.tcp_seconds)

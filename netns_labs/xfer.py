@@ -9,6 +9,8 @@ bytes on both sides, and a UDP echo.  Run inside a namespace:
   python -m netns_labs.xfer udp-echo PORT
   python -m netns_labs.xfer udp-client ADDR PORT COUNT    # prints "<echoed> <count>"
   python -m netns_labs.xfer udp-send ADDR PORT SPORT COUNT  # one flow, fire and forget
+  python -m netns_labs.xfer udp-stream ADDR PORT SPORT SECONDS GAP_S  # one way, paced; "<count> <sha256>" sent
+  python -m netns_labs.xfer udp-sink PORT IDLE_S   # "<count> <sha256>" received, once idle for IDLE_S
   python -m netns_labs.xfer raw-send IFACE FRAMEHEX[,FRAMEHEX...] COUNT [GAP_S]  # exact frames (e.g. spoofed)
   python -m netns_labs.xfer raw-capture IFACE MARKHEX COUNT [SECONDS]  # received frames holding MARK, hex
 Every socket has a timeout, so nothing here can hang a test.
@@ -150,6 +152,40 @@ def udp_send(addr: str, port: int, sport: int, count: int) -> None:
             s.sendto(i.to_bytes(4, "big"), (addr, port))
 
 
+def udp_stream(addr: str, port: int, sport: int, seconds: float, gap: float) -> None:
+    """A one-way stream: datagram i (its index, then bytes derived from it)
+    every gap seconds."""
+    digest, n = hashlib.sha256(), 0
+    with socket.socket(_family(addr), socket.SOCK_DGRAM) as s:
+        if ":" in addr:  # leaves the IPv4 port to an IPv4 stream from the same port
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind(("::" if ":" in addr else "0.0.0.0", sport))
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            payload = n.to_bytes(4, "big") + hashlib.sha256(n.to_bytes(4, "big")).digest() * 2
+            s.sendto(payload, (addr, port))
+            digest.update(payload)
+            n += 1
+            time.sleep(gap)
+    print(n, digest.hexdigest(), flush=True)
+
+
+def udp_sink(port: int, idle: float) -> None:
+    digest, n = hashlib.sha256(), 0
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.bind(("::", port))
+        s.settimeout(idle)
+        print("ready", flush=True)
+        try:
+            while True:
+                digest.update(s.recv(CHUNK))
+                n += 1
+        except TimeoutError:
+            pass
+    print(n, digest.hexdigest(), flush=True)
+
+
 def raw_socket(iface: str, proto: int = 0) -> socket.socket:
     """An AF_PACKET socket bound to iface (proto: ETH_P_ALL to capture)."""
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(proto))
@@ -231,6 +267,10 @@ def main(argv: list[str]) -> None:
         raw_capture(args[0], bytes.fromhex(args[1]), int(args[2]), float(args[3]) if len(args) > 3 else 10)
     elif cmd == "udp-send":
         udp_send(args[0], int(args[1]), int(args[2]), int(args[3]))
+    elif cmd == "udp-stream":
+        udp_stream(args[0], int(args[1]), int(args[2]), float(args[3]), float(args[4]))
+    elif cmd == "udp-sink":
+        udp_sink(int(args[0]), float(args[1]))
     else:
         sys.exit(__doc__)
 

@@ -160,12 +160,18 @@ def test_fdb_delete_and_port_removal_take_effect_at_once(bridged):
     lab, tna = bridged
     assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3).stdout
     size = _fdb_size(tna)
-    lab.run(lab.b, ["bridge", "fdb", "del", lab.h2.mac, "dev", "b-h2", "master"])
-    assert wait_for(lambda: _fdb_size(tna) == size - 1, 30)
-    before = tna.counters()
-    assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 1).stdout
-    after = tna.counters()
-    assert delta(after, before, "BR_UNKNOWN_DST") >= 1  # the kernel flooded the request
+    for _ in range(5):
+        lab.run(lab.b, ["bridge", "fdb", "del", lab.h2.mac, "dev", "b-h2", "master"], check=False)
+        assert wait_for(lambda: _fdb_size(tna) == size - 1, 30)
+        before = tna.counters()
+        assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 1).stdout
+        after = tna.counters()
+        if delta(after, before, "BR_UNKNOWN_DST") >= 1:  # the kernel flooded the request
+            break
+        # else h2 spoke (an ARP probe, IPv6 ND) between the delete and the
+        # ping, and the kernel learned it again, as it may on a busy machine
+    else:
+        pytest.fail(f"an echo request to a deleted FDB entry was never flooded: {before} -> {after}")
     assert delta(after, before, "BR_LEARN") >= 1        # and learned h2 again from the reply
     # a port leaving the bridge: its hosts are gone for Linux and for TNA
     assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h3.ip4, 3).stdout

@@ -18,7 +18,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 
 from netns_labs.lab import RouterLab, wait_for
-from tests.harness import CT_TIMEOUT_MS, CtProbe, FirewallHarness
+from tests.harness import CT_TIMEOUT_MS, CT_UNREPLIED_MS, CtProbe, FirewallHarness
 from tests.test_router_prog import forwarded
 from tna.bpf import abi
 from tna.model.firewall import ACCEPT, DROP, KERNEL, evaluate
@@ -75,14 +75,14 @@ def fw_packet(frame: bytes, iif: str = "r-h1", oif: str | None = "r-h2",
                     ctstate=ctstate)
 
 
-def verdict_of(decision: str, ctstate: str | None = None) -> tuple[str, str]:
+def verdict_of(decision: str, ctstate: str | None = None, entry: bool = False) -> tuple[str, str]:
     """The program's (verdict, reason) for what evaluate() decides of a
-    forwarded packet."""
+    forwarded packet (entry: conntrack has one for it, unreplied UDP)."""
     if decision == KERNEL:
         return "PASS", "FW_KERNEL"
     if decision == DROP:
         return "DROP", "FW_DROP"
-    if ctstate == "NEW":
+    if ctstate == "NEW" and not entry:
         return "PASS", "CT_NEW"  # conntrack must create the entry: the kernel forwards it
     return "REDIRECT", "FORWARDED"
 
@@ -379,6 +379,61 @@ def test_timeout_stored_once_a_jiffy(compiled: Callable[..., FirewallHarness], h
     finally:
         probe.close()
         lab.run(lab.r, ["conntrack", "-D", *entry], check=False)
+
+
+# One-way UDP: an entry that has seen no reply makes its packets NEW (not
+# ESTABLISHED); with the entry there, the kernel would create nothing: the
+# rules' verdict on NEW is carried out here.
+CT_EST_ONLY = table("DROP", "-A FORWARD -m conntrack --ctstate INVALID -j DROP\n"
+                    "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n")
+CT_LOG = table("DROP", "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"
+               "-A FORWARD -p udp -m udp --dport 53 -j LOG\n-A FORWARD -p udp -m udp --dport 53 -j ACCEPT\n")
+
+
+def timeout_of(lab: RouterLab, entry: list[str]) -> tuple[int, list[str]]:
+    listed = lab.run(lab.r, ["conntrack", "-L", *entry]).stdout.split()
+    return int(listed[2]), listed
+
+
+@pytest.mark.parametrize("hook", ["xdp", "tc"])
+@pytest.mark.parametrize("rules, verdict, reason, path", [
+    (CT, "REDIRECT", "FORWARDED", ((F, 3),)),
+    (CT_EST_ONLY, "DROP", "FW_DROP", ((F, 0),)),
+    (CT_LOG, "PASS", "FW_KERNEL", ()),
+], ids=["accepted-as-new", "established-only-drops", "log-rule"])
+def test_unreplied_udp_entry(compiled: Callable[..., FirewallHarness], hook: str, fwlab: RouterLab, rules: str,
+                             verdict: str, reason: str, path: tuple[tuple[str, int], ...]) -> None:
+    """A UDP entry with no reply: a packet in its original direction is NEW
+    to the rules, and whatever they decide, conntrack has refreshed the
+    entry to the unreplied timeout (before the rules run); a packet in the
+    reply direction would set SEEN_REPLY: the kernel's; a bad checksum
+    is INVALID to conntrack: the kernel's too."""
+    h, lab = compiled(hook, rules), fwlab
+    one_way = ["-p", "udp", "-s", lab.h1.ip4, "-d", "198.51.100.7", "--sport", "4003", "--dport", "53"]
+    # the other way round: h1's packet 4004 -> 53 is this entry's reply
+    answered = ["-p", "udp", "-s", "198.51.100.7", "-d", lab.h1.ip4, "--sport", "53", "--dport", "4004"]
+    for entry in (one_way, answered):
+        lab.run(lab.r, ["conntrack", "-I", *entry, "--timeout", "10"])
+    try:
+        frame = bytes(V4(lab, dst="198.51.100.7") / UDP(sport=4003, dport=53) / Raw(b"x"))
+        decision = evaluate(parse_save(rules)["filter"], F, fw_packet(frame, ctstate="NEW"))
+        assert verdict_of(decision, "NEW", entry=True) == (verdict, reason)  # the reference semantics agree
+        check(h, frame, verdict, reason, Counter((4, c, i) for c, i in path))
+        timeout, listed = timeout_of(lab, one_way)
+        assert CT_UNREPLIED_MS // 1000 - 5 < timeout <= CT_UNREPLIED_MS // 1000, listed
+        assert "[UNREPLIED]" in listed and "[ASSURED]" not in listed, listed
+        bad = Ether(frame)
+        bad[UDP].chksum ^= 0x0101
+        h.set_state(ct_flags=abi.TNA_CT_CSUM)
+        check(h, bytes(bad), "PASS", "CT_STATE", Counter())
+        reply = bytes(V4(lab, dst="198.51.100.7") / UDP(sport=4004, dport=53) / Raw(b"x"))
+        check(h, reply, "PASS", "CT_STATE", Counter())
+        timeout, listed = timeout_of(lab, answered)
+        assert timeout <= 10 and "[UNREPLIED]" in listed, listed  # untouched: the kernel's to change
+    finally:
+        h.set_state()
+        for entry in (one_way, answered):
+            lab.run(lab.r, ["conntrack", "-D", *entry], check=False)
 
 
 # INPUT: only a drop is acted on, early, for the box's own addresses.

@@ -42,6 +42,7 @@ def test_hold_lasts_until_guards_release_it() -> None:
     assert (last.mp_guard, last.fw_families, last.route_mtu4) == (abi.TNA_MP_GUARD_V4, abi.TNA_FW_V4, 1400)
     assert (last.local4_count, last.local4[0], last.local6_count) == (1, 0x010200C0, 1)
     assert last.ct_timeout_udp == 120_000 and last.ct_flags == abi.TNA_CT_CSUM | abi.TNA_CT_TCP_LOOSE
+    assert last.ct_timeout_udp_unreplied == 30_000  # nf_conntrack_udp_timeout's default
 
 
 def test_an_unchanged_config_is_not_republished_but_renew_always_is() -> None:

@@ -20,6 +20,9 @@ from tna.bpf import libbpf as bpf
 from tna.model.config import AF_INET, AF_INET6, Sysctls
 
 LEASE_NS = 1_000_000_000
+# how long the datapath sends a flow it just passed after its lookups straight to the kernel
+# (passcache.c.j2): short, so a flow that becomes one to carry is carried soon after
+PASS_CACHE_NS = 20_000_000
 
 
 def renew(prog: bpf.Program, cfg: abi.TnaConfig) -> None:
@@ -65,10 +68,11 @@ def mp_guard_bits(policies: dict[int, int]) -> int:
     return bits
 
 
-def ct_config(sc: Sysctls) -> tuple[int, int, int, int, int, int]:
+def ct_config(sc: Sysctls) -> tuple[int, int, int, int, int, int, int]:
     """tna_config's (ct_flags, ct_timeout_tcp, ct_timeout_udp,
-    ct_timeout_unack, ct_timeout_retrans, ct_max_retrans): the conntrack
-    behaviour the fast path repeats (timeouts in ms)."""
+    ct_timeout_unack, ct_timeout_retrans, ct_max_retrans,
+    ct_timeout_udp_unreplied): the conntrack behaviour the fast path repeats
+    (timeouts in ms)."""
     flags = ((abi.TNA_CT_CSUM if sc.ct_checksum else 0) | (abi.TNA_CT_ACCT if sc.ct_acct else 0)
              | (abi.TNA_CT_TCP_LOOSE if sc.ct_tcp_loose else 0)
              | (abi.TNA_CT_TCP_LIBERAL if sc.ct_tcp_liberal else 0))
@@ -76,7 +80,7 @@ def ct_config(sc: Sysctls) -> tuple[int, int, int, int, int, int]:
     def ms(s: int) -> int:
         return min(s * 1000, 0xFFFFFFFF)
     return (flags, ms(sc.ct_timeout_tcp), ms(sc.ct_timeout_udp), ms(sc.ct_timeout_unack),
-            ms(sc.ct_timeout_retrans), sc.ct_tcp_max_retrans)
+            ms(sc.ct_timeout_retrans), sc.ct_tcp_max_retrans, ms(sc.ct_timeout_udp_unreplied))
 
 
 class Lease:
@@ -106,6 +110,7 @@ class Lease:
             self.cfg = abi.TnaConfig.from_buffer_copy(bytes(self.cfg))
             self.cfg.lease_jiffies = self.hz * LEASE_NS // 10**9
             self.cfg.hz = self.hz
+            self.cfg.pass_cache_jiffies = max(1, self.hz * PASS_CACHE_NS // 10**9)
             self._publish(renew_prog, self.cfg)
 
     def renew(self) -> None:
@@ -150,7 +155,7 @@ class Lease:
             c.mp_guard = mp_guard_bits(mp_policies)
             c.fw_families = family_bits(fw_families, abi.TNA_FW_V4, abi.TNA_FW_V6)
             (c.ct_flags, c.ct_timeout_tcp, c.ct_timeout_udp, c.ct_timeout_unack, c.ct_timeout_retrans,
-             c.ct_max_retrans) = ct_config(sysctls) if sysctls else (0,) * 6
+             c.ct_max_retrans, c.ct_timeout_udp_unreplied) = ct_config(sysctls) if sysctls else (0,) * 7
             c.local4_count, c.local6_count = len(local4), len(local6)
             ctypes.memmove(c.local4, packed4.ljust(4 * abi.LOCAL4_MAX, b"\0"), 4 * abi.LOCAL4_MAX)
             ctypes.memmove(c.local6, packed6.ljust(16 * abi.LOCAL6_MAX, b"\0"), 16 * abi.LOCAL6_MAX)

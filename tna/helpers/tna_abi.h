@@ -99,7 +99,8 @@ enum tna_reason {
 	TNA_R_FW_INPUT_DROP,     /* an INPUT rule or policy drops this packet to the box: early drop */
 	TNA_R_CT_NEW,            /* conntrack has no entry and the rules accept: the kernel creates it */
 	TNA_R_CT_STATE,          /* conntrack entry in a state the fast path does not keep (handshake,
-	                            closing, SYN/FIN/RST, unreplied or unassured, NAT, helper, related) */
+	                            closing, SYN/FIN/RST, a reply to an unreplied entry, unassured, NAT,
+	                            helper, related) */
 	TNA_R_CT_SYNC,           /* established TCP entry not yet freed from window tracking (the
 	                            daemon marks it, like a flowtable offload): the kernel meanwhile */
 	TNA_R_CT_PROTO,          /* conntrack tracks this family and the protocol is not TCP/UDP */
@@ -150,6 +151,8 @@ struct tna_config {
 	__u32 ct_timeout_retrans; /* ms: nf_conntrack_tcp_timeout_max_retrans */
 	__u32 hz;            /* the kernel's jiffies per second (measured): the datapath turns
 	                        a timeout into the deadline the kernel would store (0: unknown) */
+	__u32 ct_timeout_udp_unreplied; /* ms: nf_conntrack_udp_timeout (a UDP entry with no reply) */
+	__u32 pass_cache_jiffies; /* how long a flow the firewall passed skips its lookups (0: never) */
 };
 #define TNA_CT_CSUM (1U << 0) /* nf_conntrack_checksum: bad L4 checksums are INVALID */
 #define TNA_CT_ACCT (1U << 1) /* nf_conntrack_acct: per-connection counters (kernel path only) */

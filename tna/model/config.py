@@ -164,6 +164,7 @@ class Sysctls:
     ct_tcp_max_retrans: int = 3   # nf_conntrack_tcp_max_retrans
     ct_timeout_unack: int = 300   # s, nf_conntrack_tcp_timeout_unacknowledged
     ct_timeout_retrans: int = 300  # s, nf_conntrack_tcp_timeout_max_retrans
+    ct_timeout_udp_unreplied: int = 30  # s, nf_conntrack_udp_timeout: a UDP entry with no reply yet
 
     @property
     def forwarding(self) -> bool:

@@ -43,7 +43,8 @@ class Packet:
     icmp_code: int | None = None
     # conntrack's state for the packet (NEW, ESTABLISHED, RELATED, INVALID,
     # UNTRACKED), or the states it could be when the fast path cannot know
-    # which (no entry: NEW or INVALID)
+    # which (no entry: NEW or INVALID); NEW is also a packet of a UDP entry
+    # that has seen no reply, in its original direction
     ctstate: str | frozenset[str] | None = None
 
 

@@ -310,6 +310,7 @@ def read_sysctls() -> Sysctls:
         ct_tcp_max_retrans=_read_int(f"{_NF}/nf_conntrack_tcp_max_retrans", 3),
         ct_timeout_unack=_read_int(f"{_NF}/nf_conntrack_tcp_timeout_unacknowledged", 300),
         ct_timeout_retrans=_read_int(f"{_NF}/nf_conntrack_tcp_timeout_max_retrans", 300),
+        ct_timeout_udp_unreplied=_read_int(f"{_NF}/nf_conntrack_udp_timeout", 30),
     )
 
 

@@ -1,0 +1,90 @@
+"""What a packet the fast path hands to the kernel costs TNA's program, alone
+(BPF_PROG_TEST_RUN, repeated, no traffic), on the benchmark's `passed`
+frame (netns_labs/bench.py: an ASSURED flow that a rule TNA cannot express
+accepts, so every packet is FW_KERNEL):
+
+  python -m netns_labs.passcost [--rounds 15]
+
+per hook, the median ns per packet of: the program passing at its entry (a
+hold: the floor any program pays), the full path without the pass cache
+(FIB lookup, conntrack lookup and refresh, the chain), and a pass-cache hit.
+The modes alternate round by round on one loaded program.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import statistics
+import sys
+
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from netns_labs.bench import FRAME_DPORT, FRAME_SPORT, forward_rules
+from netns_labs.lab import RouterLab, in_netns
+from tna.bpf import abi
+from tna.bpf import libbpf as bpf
+from tna.deploy.datapath import iface_cfg, load_with_sets
+from tna.deploy.lease import jiffies_hz, renew
+from tna.model.firewall import firewall_plan
+from tna.model.iptables import parse_save
+from tna.synth.compile import compile_source
+from tna.synth.fwgen import all_set_entries, rule_refs
+from tna.synth.render import render
+
+MODES = {"pass at entry": {"pass_reason": abi.REASON["FW_CHANGED"]}, "full path, no cache": {},
+         "pass-cache hit": {"pass_cache_jiffies": 1 << 30}}
+
+
+def measure(lab: RouterLab, hook: str, frame: bytes, rounds: int) -> dict[str, float]:
+    fw, why = firewall_plan({4: parse_save(forward_rules(10, kernel_rule=True))})
+    assert fw is not None, why
+    ifindex, egress = lab.ifindex(lab.r, "r-h1"), lab.ifindex(lab.r, "r-h2")
+    obj = bpf.BpfObject(str(compile_source(render(hook, ("firewall", "router"), firewall=fw))))
+    obj.set_initial_value(abi.SECTION_IFACE, iface_cfg(ifindex, lab.r_h1_mac, 0))
+    obj.set_max_entries(abi.MAP_FW_RULES, max(1, len(rule_refs(fw))))
+    runs: dict[str, list[float]] = {m: [] for m in MODES}
+    with in_netns(lab.r), obj:
+        sets = load_with_sets(obj, all_set_entries(fw))
+        u32 = ctypes.c_uint32
+        obj.map(abi.MAP_DEVMAP).update(bytes(u32(egress)), bytes(u32(egress)))
+        obj.map(abi.MAP_EGRESS).update(bytes(u32(egress)), bytes(abi.TnaEgress()))
+        hz = jiffies_hz(obj.program(abi.RENEW_PROGRAM), obj.map(abi.MAP_STATE))
+        prog = obj.program(abi.PROGRAM_NAME)
+        ctx = bpf.XdpMd(data_end=len(frame), ingress_ifindex=ifindex) if hook == "xdp" else bpf.SkBuff(ifindex=ifindex)
+        for _ in range(rounds):
+            for mode, cfg in MODES.items():
+                # conntrack as the daemon publishes it by default (checksums verified, the timeouts)
+                renew(obj.program(abi.RENEW_PROGRAM), abi.TnaConfig(
+                    lease_jiffies=3600 * hz, ct_flags=abi.TNA_CT_CSUM, ct_timeout_udp=120_000,
+                    ct_timeout_udp_unreplied=30_000, **cfg))
+                prog.test_run(frame, ctx=ctx)  # a hit needs the flow remembered first
+                runs[mode].append(statistics.median(prog.test_run(frame, repeat=2000, ctx=ctx)[2]
+                                                    for _ in range(5)))
+        for m in sets.values():
+            m.close()
+    return {mode: statistics.median(r) for mode, r in runs.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=15)
+    args = ap.parse_args(argv)
+    with RouterLab() as lab:
+        lab.neigh(lab.r, "r-h2", lab.h2.ip4, lab.h2.mac)
+        flow = ["-p", "udp", "-s", lab.h1.ip4, "-d", lab.h2.ip4, "--sport", str(FRAME_SPORT),
+                "--dport", str(FRAME_DPORT)]
+        lab.run(lab.r, ["conntrack", "-I", *flow, "--timeout", "600", "--status", "SEEN_REPLY,ASSURED"])
+        frame = bytes(Ether(src=lab.h1.mac, dst=lab.r_h1_mac) / IP(src=lab.h1.ip4, dst=lab.h2.ip4, ttl=64)
+                      / UDP(sport=FRAME_SPORT, dport=FRAME_DPORT) / Raw(b"\0" * 18))
+        print(f"{'hook':<5} {'mode':<22} {'ns/packet (median)':>19}")
+        for hook in ("xdp", "tc"):
+            for mode, ns in measure(lab, hook, frame, args.rounds).items():
+                print(f"{hook:<5} {mode:<22} {ns:>19.0f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
