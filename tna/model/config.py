@@ -58,9 +58,10 @@ class Port:
     neigh_suppress: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FdbEntry:
-    """One bridge FDB entry: (bridge, vid, mac) -> port."""
+    """One bridge FDB entry: (bridge, vid, mac) -> port.  Slotted: a large
+    L2 domain holds a million of them."""
 
     bridge: int
     vid: int
@@ -199,6 +200,7 @@ class Removed:
     fact: Link | Addr | Route | Neigh | FdbEntry | Nexthop
 
 
+FdbKey = tuple[int, int, str]  # (bridge, vid, mac)
 Fact = Link | PortView | Addr | Route | Neigh | FdbEntry | Nexthop | XdpXmit | TcFilters | Removed
 
 
@@ -209,7 +211,11 @@ class Model:
     routes: set[Route] = field(default_factory=set)
     nexthops: dict[int, Nexthop] = field(default_factory=dict)
     neighs: dict[tuple[int, int, str], Neigh] = field(default_factory=dict)
-    fdb: dict[tuple[int, int, str], FdbEntry] = field(default_factory=dict)
+    fdb: dict[FdbKey, FdbEntry] = field(default_factory=dict)
+    # the FDB keys changed since the map synchroniser last took them
+    # (take_fdb_changes()): a change to one entry costs one, not a walk
+    # of a million
+    fdb_changed: set[FdbKey] = field(default_factory=set)
     sysctls: Sysctls = field(default_factory=Sysctls)
     # Does the device accept XDP-redirected frames now (netdev xdp-features
     # NDO_XMIT)?  From XdpXmit events; the planner only reads it.
@@ -255,7 +261,10 @@ class Model:
             del self.links[link.index]
             self.addrs = {a for a in self.addrs if a.index != link.index}
             self.neighs = {k: n for k, n in self.neighs.items() if n.index != link.index}
-            self.fdb = {k: e for k, e in self.fdb.items() if link.index not in (e.port, e.bridge)}
+            gone = [k for k, e in self.fdb.items() if link.index in (e.port, e.bridge)]
+            for k in gone:
+                del self.fdb[k]
+            self.fdb_changed.update(gone)
             self.xdp_xmit.pop(link.index, None)
             self.egress_filters.discard(link.index)
             self.ingress_filters.discard(link.index)
@@ -294,10 +303,18 @@ class Model:
     def _apply_fdb(self, entry: FdbEntry, present: bool) -> bool:
         key = (entry.bridge, entry.vid, entry.mac)
         if present:
-            changed = self.fdb.get(key) != entry
+            if self.fdb.get(key) == entry:
+                return False
             self.fdb[key] = entry
-            return changed
-        return self.fdb.pop(key, None) is not None
+        elif self.fdb.pop(key, None) is None:
+            return False
+        self.fdb_changed.add(key)
+        return True
+
+    def take_fdb_changes(self) -> set[FdbKey]:
+        """The FDB keys changed (added, moved, removed) since the last call."""
+        changed, self.fdb_changed = self.fdb_changed, set()
+        return changed
 
     def _apply_neigh(self, neigh: Neigh, present: bool) -> bool:
         key = (neigh.index, neigh.family, neigh.dst)

@@ -29,16 +29,21 @@ from tna.model.config import (
     TcFilters,
     XdpXmit,
 )
+from tna.netlink.fdb import (
+    NTF_EXT_LEARNED,
+    NTF_EXT_LOCKED,
+    NUD_NOARP,
+    NUD_PERMANENT,
+    RTM_DELNEIGH,
+    RTM_NEWNEIGH,
+    FdbMsg,
+)
 
 RTM_NEWLINK, RTM_DELLINK = 16, 17
 RTM_NEWADDR, RTM_DELADDR = 20, 21
 RTM_NEWROUTE, RTM_DELROUTE = 24, 25
-RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
 RTM_NEWNEXTHOP, RTM_DELNEXTHOP = 104, 105
 
-NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
-NTF_EXT_LEARNED = 0x10
-NTF_EXT_LOCKED = 0x1   # NDA_FLAGS_EXT: an entry a locked port holds back (MAB)
 
 
 class NlMsg(Protocol):
@@ -48,10 +53,12 @@ class NlMsg(Protocol):
     def __getitem__(self, key: str) -> Any: ...
 
 
-def decoded(item: NlMsg | XdpXmit | TcFilters) -> Iterator[Fact]:
+def decoded(item: NlMsg | XdpXmit | TcFilters | FdbMsg) -> Iterator[Fact]:
     """What the watcher queues (messages, and facts it derived itself) as facts."""
     if isinstance(item, (XdpXmit, TcFilters)):
         yield item
+    elif isinstance(item, FdbMsg):
+        yield item.fact
     else:
         yield from facts(item)
 
@@ -191,3 +198,4 @@ def neigh_from_msg(msg: NlMsg) -> Neigh | None:
     if msg["family"] not in (AF_INET, AF_INET6):
         return None
     return Neigh(msg["ifindex"], msg["family"], msg.get("NDA_DST") or "", msg.get("NDA_LLADDR"), msg["state"])
+

@@ -28,8 +28,9 @@ from pyroute2.netlink.rtnl import (
 )
 
 from tna.bpf import abi
-from tna.model.config import AF_BRIDGE, AF_INET, AF_INET6, Sysctls, TcFilters, XdpXmit
+from tna.model.config import AF_INET, AF_INET6, Sysctls, TcFilters, XdpXmit
 from tna.netlink.decode import NlMsg
+from tna.netlink.fdb import decode_fdb_fast, dump_fdb
 from tna.netlink.netdev import XdpFeatureEvents, xdp_xmit_capable
 from tna.netlink.netfilter import NetfilterChanged, NftEvents
 from tna.netlink.nexthop import RTMGRP_NEXTHOP, follow_nexthops, get_nexthops
@@ -115,6 +116,7 @@ class Watcher:
     def _read(self) -> None:
         try:
             ipr = self._ipr = IPRoute()
+            decode_fdb_fast(ipr.asyncore.marshal)  # dumped and events alike
             follow_nexthops(ipr)
             ipr.bind(groups=GROUPS)
             for msg in self._dump(ipr):
@@ -168,7 +170,7 @@ class Watcher:
                     msgs += ipr.get_addr(family=family)
                     msgs += ipr.get_routes(family=family)
                     msgs += ipr.get_neighbours(family=family)
-                msgs += ipr.get_neighbours(family=AF_BRIDGE)  # bridge FDBs
+                msgs += dump_fdb(ipr)  # bridge FDBs
                 return msgs
             except NetlinkDumpInterrupted:
                 log.info("netlink dump interrupted by a change; dumping again")
