@@ -4,7 +4,6 @@ function of the model, the plan and what is attached."""
 from __future__ import annotations
 
 import functools
-from collections import Counter
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -32,7 +31,6 @@ def _rules_json(fw: Firewall | None) -> list[dict[str, Any]]:
 
 def _bridges(m: Model, p: Plan | None, fdb_map: tuple[Mapping[int, int], int]) -> dict[str, Any]:
     out = {}
-    per_bridge = Counter(bridge for bridge, _, _ in m.fdb)
     mirrored, capacity = fdb_map
     for br in m.links.values():
         if br.bridge is None:
@@ -47,7 +45,7 @@ def _bridges(m: Model, p: Plan | None, fdb_map: tuple[Mapping[int, int], int]) -
             # a bridge fit for the fast path that is not on it is left alone by configuration
             "why_not": bridge_skip_reason(br) or (skipped and skipped.why),
             "routed": p is not None and br.index in p.l3_bridges,
-            "fdb": per_bridge[br.index],
+            "fdb": m.fdb_per_bridge.get(br.index, 0),
             # entries in tna_fdb (the rest, when it is full, take the kernel path)
             "fdb_mirrored": mirrored.get(br.index, 0) if accelerated else 0,
             "fdb_capacity": capacity,  # of the map all bridges share

@@ -9,11 +9,15 @@ interrupted dump the caller drops the model and resyncs from a new dump.
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
+import select
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkDumpInterrupted
@@ -42,6 +46,10 @@ READER_WAKE_S = 1.0
 
 GROUPS = (RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
           | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_NEXTHOP | RTMGRP_TC)
+SO_RCVBUFFORCE = 33
+EVENTS_RCVBUF = 128 << 20  # bytes; the kernel doubles it and charges only what is queued
+RECV_SIZE = 65536          # an event is a datagram of its own, well under this
+RECV_BATCH = 4096          # datagrams read before the batch is handed on
 RTM_NEWQDISC, RTM_DELQDISC = 36, 37
 RTM_NEWTFILTER, RTM_DELTFILTER = 44, 45
 TC_H_CLSACT_INGRESS = 0xFFFFFFF2
@@ -73,10 +81,15 @@ class ResyncNeeded(Exception):
 _DUMP_DONE = object()
 
 
+class _Batch(list):
+    """Messages the reader read in one go, queued as one item (a queue
+    operation per message costs more than decoding it)."""
+
+
 class Watcher:
-    """One reader thread owns the subscribed socket: bind, dump, then block
-    in get() for events, putting everything into one queue in order.  (The
-    socket's fd cannot be select()ed: pyroute2 buffers datagrams itself.)
+    """One reader thread owns the subscribed socket: bind, dump, then read
+    events (_events(): what pyroute2 buffered during the dump, then the
+    socket itself), putting everything into one queue in order.
     A second thread follows xdp-features (generic netlink) into the same
     queue; re-queries after tc events use a third socket in the caller's
     thread."""
@@ -119,12 +132,14 @@ class Watcher:
             decode_fdb_fast(ipr.asyncore.marshal)  # dumped and events alike
             follow_nexthops(ipr)
             ipr.bind(groups=GROUPS)
-            for msg in self._dump(ipr):
-                self._q.put(msg)
+            # a bulk change (100,000 FDB entries flushed at once) arrives
+            # faster than any reader: room for it, instead of an overrun and
+            # a full resync (SO_RCVBUFFORCE: root may exceed rmem_max)
+            ipr.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, EVENTS_RCVBUF)
+            self._q.put(_Batch(self._dump(ipr)))
             self._q.put(_DUMP_DONE)
-            while not self._closed.is_set():
-                for msg in ipr.get():
-                    self._q.put(msg)
+            for batch in _events(ipr, self._closed):
+                self._q.put(batch)
         except Exception as e:  # overrun (ENOBUFS), dump trouble, socket gone
             if not self._closed.is_set():
                 self._q.put(ResyncNeeded(f"netlink reader stopped: {e!r}"))
@@ -192,7 +207,10 @@ class Watcher:
                 return msgs
             if isinstance(item, ResyncNeeded):
                 raise item
-            msgs.append(item)
+            if isinstance(item, _Batch):
+                msgs.extend(item)
+            else:
+                msgs.append(item)
 
     def events(self, timeout: float) -> Iterator[Fact]:
         """Messages that arrive within timeout: all queued, then stop."""
@@ -203,7 +221,8 @@ class Watcher:
         while True:
             if isinstance(item, ResyncNeeded):
                 raise item
-            yield from self._expand(item)
+            for msg in item if isinstance(item, _Batch) else (item,):
+                yield from self._expand(msg)
             try:
                 item = self._q.get_nowait()
             except queue.Empty:
@@ -222,6 +241,40 @@ class Watcher:
             yield tc_facts(self.query, msg["index"])
         elif msg.get("header", {}).get("error") is None:
             yield msg
+
+
+def _events(ipr: IPRoute, closed: threading.Event) -> Iterator[_Batch]:
+    """The subscribed socket's events, parsed by its marshal (with the fast
+    FDB decoder), until closed, in batches of what was there to read.  pyroute2's get() runs its event loop once
+    per datagram, and every event is a datagram of its own: ~100 us each,
+    so a 100,000-entry flush took 12 s to read.  Here a datagram costs a
+    recv(); what pyroute2 had already read off the socket (events during
+    the dump) comes first.  An overrun raises ENOBUFS from recv()."""
+    marshal, sock = ipr.asyncore.marshal, ipr.asyncore.socket
+    pending = ipr.asyncore.msg_queue.queues.get(0)
+    batch = _Batch()
+    while pending is not None and not pending.empty():
+        batch += _parsed(marshal, pending.get_nowait())
+    while not closed.is_set():
+        if batch:
+            yield batch
+            batch = _Batch()
+        if not select.select([sock], [], [], READER_WAKE_S)[0]:
+            continue
+        for _ in range(RECV_BATCH):
+            try:
+                data = sock.recv(RECV_SIZE)
+            except BlockingIOError:  # drained: back to select()
+                break
+            batch += _parsed(marshal, data)
+
+
+def _parsed(marshal: Any, data: bytes) -> Iterator[NlMsg]:
+    for msg in marshal.parse(data):
+        err = msg["header"].get("error")
+        if isinstance(err, OSError) and err.errno == errno.ENOBUFS:  # an overrun pyroute2 saw
+            raise err
+        yield msg
 
 
 def _read_int(path: str, default: int = 0) -> int:
