@@ -115,7 +115,7 @@ def full_map() -> tuple[FdbMirror, FakeHashMap, Model]:
 
 
 def test_what_does_not_fit_is_not_written_and_said(full_map: tuple[FdbMirror, FakeHashMap, Model]) -> None:
-    mirror, m, model = full_map
+    mirror, m, _ = full_map
     assert len(m.data) == len(mirror.written) == 8 and len(mirror.unfit) == 4
     assert mirror.per_bridge[4] == 8
     assert all(m.port_of(k) == e.port for k, e in mirror.written.items())
