@@ -5,7 +5,8 @@ follows a bulk change.  Results go to docs/benchmarks.md by hand.
   python -m netns_labs.bench_scale fdb --entries 0,100000,1000000 [--flush 100000]
 
 fdb: a bridge br0 with two veth ports in a lab namespace; static entries
-added with `bridge -batch` (N - flush on b-p0, flush on b-p1), then `tna run`:
+added with `bridge -batch` (N - flush on b-p0, flush on b-p1), timed `bridge
+fdb show` (the kernel's dump, which `tna run` starts with too), then `tna run`:
 seconds to the first program attached, to every entry mirrored (tna status:
 mirrored == entries), the daemon's RSS then (and its peak), and the seconds
 from `bridge fdb flush dev b-p1` to the flushed entries gone from the map.
@@ -63,6 +64,9 @@ def fdb(entries: int, flush: int) -> dict[str, Any]:
             f.flush()
             lab.run(b, ["bridge", "-batch", f.name], timeout=TIMEOUT_S)
         added_s = time.monotonic() - t
+        t = time.monotonic()  # the kernel's own dump, for reference: `tna run` starts with one
+        lab.run(b, ["sh", "-c", "bridge fdb show br br0 > /dev/null"], timeout=TIMEOUT_S)
+        show_s = time.monotonic() - t
         t0 = time.monotonic()
         tna = Tna(lab, b)
         try:
@@ -90,6 +94,7 @@ def fdb(entries: int, flush: int) -> dict[str, Any]:
         finally:
             log = tna.close()
     return {"entries": entries, "fdb_total": total, "map_capacity": capacity, "bridge_batch_s": round(added_s, 2),
+            "bridge_fdb_show_s": round(show_s, 2),
             "attached_s": round(attached_s, 2), "mirrored_s": round(mirrored_s, 2),
             "rss_mib": round(rss / 1024, 1), "peak_rss_mib": round(hwm / 1024, 1),
             "flushed": flush, "flush_followed_s": None if flush_s is None else round(flush_s, 2),
