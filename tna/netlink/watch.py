@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import queue
 import select
 import socket
@@ -48,6 +49,7 @@ GROUPS = (RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
           | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_NEXTHOP | RTMGRP_TC)
 SO_RCVBUFFORCE = 33
 EVENTS_RCVBUF = 128 << 20  # bytes; the kernel doubles it and charges only what is queued
+RCVBUF_ENV = "TNA_TEST_NETLINK_RCVBUF"  # tests only: a small buffer, to overrun it on purpose
 RECV_SIZE = 65536          # an event is a datagram of its own, well under this
 RECV_BATCH = 4096          # datagrams read before the batch is handed on
 RTM_NEWQDISC, RTM_DELQDISC = 36, 37
@@ -135,7 +137,7 @@ class Watcher:
             # a bulk change (100,000 FDB entries flushed at once) arrives
             # faster than any reader: room for it, instead of an overrun and
             # a full resync (SO_RCVBUFFORCE: root may exceed rmem_max)
-            ipr.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, EVENTS_RCVBUF)
+            ipr.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, int(os.environ.get(RCVBUF_ENV) or EVENTS_RCVBUF))
             self._q.put(_Batch(self._dump(ipr)))
             self._q.put(_DUMP_DONE)
             for batch in _events(ipr, self._closed):
