@@ -386,12 +386,15 @@ class Tna:
     """A `tna run` in a lab namespace, and its status/stats as JSON."""
 
     def __init__(self, lab: Lab, ns: str, *args: str, env_extra: dict[str, str] | None = None,
-                 module: str = "tna") -> None:
-        """module: what runs `run ARGS` (a test's instrumented daemon)."""
-        self.lab, self.ns = lab, ns
+                 module: str = "tna", command: Sequence[str] = (), cwd: Path = _REPO) -> None:
+        """module: what runs `run ARGS` (a test's instrumented daemon); command:
+        the argv that is `tna` for run and status alike (an installed wheel's
+        script, tna under setpriv) instead of this interpreter's modules."""
+        self.lab, self.ns, self.cwd = lab, ns, cwd
+        self.tna = list(command) or py("tna")
         self.log = tempfile.NamedTemporaryFile(prefix="tna-", suffix=".log", delete=False)
-        self.proc = lab.popen(ns, py(module, "run", *args), stdout=self.log, stderr=subprocess.STDOUT,
-                              cwd=_REPO, env={**os.environ, **(env_extra or {})})
+        self.proc = lab.popen(ns, [*(command or py(module)), "run", *args], stdout=self.log,
+                              stderr=subprocess.STDOUT, cwd=cwd, env={**os.environ, **(env_extra or {})})
 
     def wait_attached(self, names: Sequence[str], timeout: float = 30, settled: bool = False) -> dict:
         """Status once every interface named is attached; settled: or else
@@ -431,7 +434,7 @@ class Tna:
         return out
 
     def status(self) -> dict | None:
-        res = self.lab.run(self.ns, py("tna", "status", "--json"), check=False, cwd=_REPO)
+        res = self.lab.run(self.ns, [*self.tna, "status", "--json"], check=False, cwd=self.cwd)
         return json.loads(res.stdout) if res.returncode == 0 else None
 
     def counters(self, *names: str) -> dict[str, int]:
@@ -451,6 +454,22 @@ class Tna:
         else:
             self.proc.send_signal(sig)
         return self.proc.wait(timeout=30)
+
+
+def tna_leftovers(lab: Lab, ns: str) -> str:
+    """Anything of TNA still in namespace ns (XDP programs, clsact qdiscs,
+    its /run/tna state); "" once a daemon stopped cleanly."""
+    links = lab.run(ns, ["ip", "-d", "link", "show"]).stdout
+    qdiscs = lab.run(ns, ["tc", "qdisc", "show"]).stdout
+    out = []
+    if " xdp" in links or "prog/xdp" in links:
+        out.append(links)
+    if "clsact" in qdiscs:
+        out.append(qdiscs)
+    inode = lab.run(ns, ["stat", "-L", "-c", "%i", "/proc/self/ns/net"]).stdout.strip()
+    if lab.run(ns, ["test", "-e", f"/run/tna/{inode}"], check=False).returncode == 0:
+        out.append("/run/tna state left")
+    return "\n".join(out)
 
 
 def host_xdp(lab: Lab, ns: str, dev: str, prog: str = "pass") -> None:

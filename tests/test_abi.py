@@ -1,4 +1,4 @@
-"""The Python side of helpers/tna_abi.h matches the C: struct layouts
+"""The Python side of tna/helpers/tna_abi.h matches the C: struct layouts
 (compiled with the host compiler), the reason enum, every #define abi.py
 reads, and the map, program and section names a real program has."""
 

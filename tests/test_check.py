@@ -16,6 +16,7 @@ from tests.test_model import model_after
 from tna import check, runstate
 from tna.check import FAIL, INFO, OK, WARN, Result
 from tna.cli import build_parser
+from tna.config import Settings
 from tna.model.config import Sysctls
 from tna.scratch import HookProof, Proof, refused_kfuncs, stateful_firewall
 
@@ -71,8 +72,10 @@ def test_btf() -> None:
 
 def test_privileges_are_capabilities_not_uid() -> None:
     assert check.privileges(0, ALL_CAPS).status == OK
-    no_bpf = check.privileges(0, ALL_CAPS & ~(1 << 39))
-    assert no_bpf.status == FAIL and "CAP_BPF" in no_bpf.detail
+    no_sys_admin = check.privileges(0, ALL_CAPS & ~(1 << 21))
+    assert no_sys_admin.status == FAIL and "CAP_SYS_ADMIN" in no_sys_admin.detail
+    # what the systemd units grant: CAP_SYS_ADMIN covers CAP_BPF and CAP_PERFMON
+    assert check.privileges(0, 1 << 12 | 1 << 13 | 1 << 21).status == OK
     assert check.privileges(1000, ALL_CAPS).status == OK
     assert check.privileges(1000, 0).status == FAIL
     assert check.privileges(0, ALL_CAPS & ~(1 << check.CAP_NET_RAW)).status == WARN
@@ -180,7 +183,7 @@ def test_the_command_line() -> None:
 def test_this_namespace_as_tna_run_would_see_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(check, "lock_holder", lambda: 4242)
     monkeypatch.setattr(check, "take", lambda: (model_after("dump"), None))
-    results, ns = check.namespace("auto")
+    results, ns = check.namespace(Settings())
     assert _statuses(results) == {"daemon": INFO, "netfilter": OK, "accelerate": OK}
     assert "pid 4242" in results[0].detail
     assert {n: i["hook"] for n, i in ns["ifaces"].items()} == {"r-h1": "tc", "r-h2": "tc"}
@@ -188,7 +191,7 @@ def test_this_namespace_as_tna_run_would_see_it(monkeypatch: pytest.MonkeyPatch)
 
     nat = "the IPv4 nat table has rules (not modelled)"
     monkeypatch.setattr(check, "take", lambda: (model_after("dump"), nat))
-    results, ns = check.namespace("xdp")
+    results, ns = check.namespace(Settings(hook="xdp"))
     assert _statuses(results)["netfilter"] == WARN and nat in results[1].detail
     assert _statuses(results)["accelerate"] == INFO and ns["disabled"] == nat
     assert {i["hook"] for i in ns["ifaces"].values()} == {"xdp"}
@@ -196,7 +199,7 @@ def test_this_namespace_as_tna_run_would_see_it(monkeypatch: pytest.MonkeyPatch)
     no_forwarding = model_after("dump")
     no_forwarding.set_sysctls(Sysctls())
     monkeypatch.setattr(check, "take", lambda: (no_forwarding, None))
-    results, ns = check.namespace("auto")
+    results, ns = check.namespace(Settings())
     assert _statuses(results)["accelerate"] == WARN and not ns["ifaces"]
     assert ns["left_alone"]["r-h1"].startswith("forwarding is disabled")
 
@@ -207,7 +210,7 @@ def test_an_unreadable_namespace_is_reported(monkeypatch: pytest.MonkeyPatch) ->
     def fail() -> None:
         raise KeyError("no free address available")
     monkeypatch.setattr(check, "take", fail)
-    results, ns = check.namespace("auto")
+    results, ns = check.namespace(Settings())
     assert _statuses(results) == {"daemon": OK, "namespace": WARN} and ns == {}
 
 
@@ -248,3 +251,37 @@ def test_check_in_a_lab_namespace() -> None:
         for dev in ("r-h1", "r-h2"):
             assert ns["ifaces"][dev]["hook"] == "tc" and "router" in ns["ifaces"][dev]["modules"]
         assert ns["left_alone"]["lo"] == "loopback"
+
+
+def test_the_settings_are_tna_runs(tmp_path: Path) -> None:
+    """tna check judges with the file tna run would read, --hook winning; a
+    bad file is a FAIL (tna run would refuse to start)."""
+    conf = tmp_path / "tna.toml"
+    conf.write_text('hook = "tc"\nignore = ["r-h2"]\n')
+    settings, verdict = check.settings_for(build_parser().parse_args(["check", "--config", str(conf)]))
+    assert verdict.status == OK and settings == Settings(hook="tc", ignore=("r-h2",))
+    settings, _ = check.settings_for(build_parser().parse_args(["check", "--config", str(conf), "--hook", "xdp"]))
+    assert settings is not None and settings.hook == "xdp"
+    conf.write_text('hook = "fast"\n')
+    settings, verdict = check.settings_for(build_parser().parse_args(["check", "--config", str(conf)]))
+    assert settings is None and verdict.status == FAIL and "hook" in verdict.detail
+
+
+def test_an_ignored_interface_is_left_alone_in_the_survey(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(check, "lock_holder", lambda: None)
+    monkeypatch.setattr(check, "take", lambda: (model_after("dump"), None))
+    _, ns = check.namespace(Settings(ignore=("r-h2",)))
+    assert list(ns["ifaces"]) == ["r-h1"] and "left alone by configuration" in ns["left_alone"]["r-h2"]
+
+
+@pytest.mark.root
+def test_tna_run_without_the_capabilities_refuses_clearly(router_lab: RouterLab) -> None:
+    """Root without CAP_NET_ADMIN (a container, a unit with a narrow bounding
+    set): one line naming what is missing, nothing attached, no traceback."""
+    lab = router_lab
+    res = lab.run(lab.r, ["setpriv", "--bounding-set", "-net_admin", "--inh-caps", "-all",
+                          *py("tna", "run")], check=False, cwd=Lab.repo, timeout=60)
+    assert res.returncode == 1, res.stderr
+    assert "tna: cannot run as root without CAP_NET_ADMIN" in res.stderr and "Traceback" not in res.stderr
+    assert "prog/xdp" not in lab.run(lab.r, ["ip", "-d", "link", "show"]).stdout
+    assert "clsact" not in lab.run(lab.r, ["tc", "qdisc", "show"]).stdout

@@ -10,29 +10,16 @@ import time
 
 import pytest
 
-from netns_labs.lab import Lab, RouterLab, Tna, ping, py, wait_for
+from netns_labs.lab import Lab, RouterLab, Tna, ping, py, tna_leftovers, wait_for
 from tests.conftest import host_xdp, tna_running
 from tna.netlink.watch import RCVBUF_ENV
 
 pytestmark = pytest.mark.root
 
 
-def _netns_inode(lab: Lab, ns: str) -> str:
-    return lab.run(ns, ["stat", "-L", "-c", "%i", "/proc/self/ns/net"]).stdout.strip()
-
-
 def _leftovers(lab: RouterLab) -> str:
     """Anything of TNA still in the router namespace."""
-    links = lab.run(lab.r, ["ip", "-d", "link", "show"]).stdout
-    qdiscs = lab.run(lab.r, ["tc", "qdisc", "show"]).stdout
-    out = []
-    if " xdp" in links or "prog/xdp" in links:
-        out.append(links)
-    if "clsact" in qdiscs:
-        out.append(qdiscs)
-    if lab.run(lab.r, ["test", "-e", f"/run/tna/{_netns_inode(lab, lab.r)}"], check=False).returncode == 0:
-        out.append("/run/tna state left")
-    return "\n".join(out)
+    return tna_leftovers(lab, lab.r)
 
 
 def test_stop_leaves_plain_linux(accelerated):

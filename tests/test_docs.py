@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tna import ROOT
 from tna.bpf.abi import REASONS
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout (tna itself may be an installed wheel)
 
 
 def test_every_reason_is_explained() -> None:
@@ -21,7 +22,7 @@ def test_readme_commands_exist() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "bash netns_labs/setup.sh demo" in readme and "bash netns_labs/setup.sh test" in readme
     assert "setup.sh test" in (ROOT / ".ci" / "run").read_text()
-    assert Path(ROOT / "netns_labs" / "setup.sh").exists()
+    assert (ROOT / "netns_labs" / "setup.sh").exists()
 
 
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")

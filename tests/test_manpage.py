@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tna import ROOT, manpage
+from tna import manpage
 from tna.cli import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout
 
 PAGE = ROOT / "docs" / "tna.8"
 REGENERATE = "python -m tna.manpage docs/tna.8"

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,7 +19,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from netns_labs.lab import Lab, RouterLab, Tna, ping, py
-from tna import ROOT, __version__
+from tna import __version__
 from tna.bpf import abi
 from tna.bpf.libbpf import LibbpfError
 from tna.cli import _stats_json, main
@@ -30,6 +31,8 @@ from tna.model.iptables import parse_save
 from tna.rates import Sample, iface_rates, si, total_rates
 from tna.synth.compile import CompileError, compile_source
 from tna.synth.planner import IFF_LOWER_UP, SKIP_KINDS, plan
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout
 
 # --- address parsing and serving -----------------------------------------
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from netns_labs import bench, plot
-from tna import ROOT
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

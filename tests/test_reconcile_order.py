@@ -61,7 +61,7 @@ class RecordingDatapath:
         self.attached[plan.ifindex] = SimpleNamespace(plan=plan, prog_id=plan.ifindex, source=art)
         self.calls.append(("attach", plan.name))
 
-    def remove(self, ifindex: int) -> None:
+    def remove(self, ifindex: int, why: str) -> None:
         self.attached.pop(ifindex, None)
         self.calls.append(("remove", ifindex))
 

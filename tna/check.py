@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tna import HELPERS_DIR, TEMPLATE_DIR
+from tna import HELPERS_DIR, TEMPLATE_DIR, config
 from tna.bpf import libbpf
+from tna.config import Settings
 from tna.runstate import lock_holder
 from tna.scratch import CT_KFUNCS, Proof, prove
 from tna.snapshot import take
@@ -34,9 +35,10 @@ OK, INFO, WARN, FAIL = "OK", "INFO", "WARN", "FAIL"
 MIN_KERNEL = (6, 8)
 MIN_LIBBPF = (1, 0)   # tna/bpf/libbpf.py binds the 1.x API
 TESTED_CLANG = 14     # what the project is developed and tested with
-# loading BPF (BPF, PERFMON for the kernel-struct reads), netlink and clsact
-# (NET_ADMIN), programs and maps by id and namespaces (SYS_ADMIN)
-NEEDED_CAPS = {"CAP_NET_ADMIN": 12, "CAP_SYS_ADMIN": 21, "CAP_PERFMON": 38, "CAP_BPF": 39}
+# netlink, attaching and conntrack (NET_ADMIN); programs and maps by id,
+# replacing and detaching (SYS_ADMIN, which also grants what CAP_BPF and
+# CAP_PERFMON would: the kernel's bpf_capable()/perfmon_capable())
+NEEDED_CAPS = {"CAP_NET_ADMIN": 12, "CAP_SYS_ADMIN": 21}
 CAP_NET_RAW = 13      # iptables-legacy-save reads x_tables through a raw socket
 BTF = Path("/sys/kernel/btf/vmlinux")
 BPFFS = "/sys/fs/bpf"
@@ -229,9 +231,9 @@ def scratch(mode: str) -> tuple[list[Result], str | None]:
 
 # --- this namespace ---------------------------------------------------------
 
-def namespace(mode: str) -> tuple[list[Result], dict[str, Any]]:
-    """What `tna run --hook MODE` would do here, from one snapshot taken as
-    it takes it; nothing is attached."""
+def namespace(settings: Settings) -> tuple[list[Result], dict[str, Any]]:
+    """What `tna run` with these settings would do here, from one snapshot
+    taken as it takes it; nothing is attached."""
     pid = lock_holder()
     results = [Result("daemon", INFO, f"`tna run` (pid {pid}) is active in this namespace; a second "
                       "would refuse to start", "tna status shows what it does") if pid is not None
@@ -242,7 +244,8 @@ def namespace(mode: str) -> tuple[list[Result], dict[str, Any]]:
         results.append(Result("namespace", WARN, f"this namespace could not be read: {type(e).__name__}: {e}",
                               "run tna check with the privileges tna run has"))
         return results, {}
-    p = plan(model, mode)
+    mode = settings.hook
+    p = plan(model, mode, settings.iface_hook, settings.ignore)
     ifaces = {ip.name: {"hook": ip.hook, "why": ip.hook_why, "modules": list(ip.modules)} for ip in p.ifaces.values()}
     left = {s.name: s.why for s in p.skipped.values()}
     if disabled:
@@ -288,11 +291,24 @@ def text(rep: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def settings_for(args: argparse.Namespace) -> tuple[Settings | None, Result]:
+    """The settings `tna run` would start with (the same file, --hook winning),
+    and the verdict on the file."""
+    src = config.source(args.config, os.environ)
+    try:
+        settings = config.merge(config.read(src), config.Flags(hook=args.hook))
+    except config.ConfigError as e:
+        return None, Result("config", FAIL, str(e), "fix the file: tna run would refuse to start")
+    found = f"{src.path}" if src.path.exists() else f"none ({src.path} does not exist): the defaults"
+    return settings, Result("config", OK, f"configuration: {found}")
+
+
 def main(args: argparse.Namespace) -> int:
-    checks = machine()
-    found, netns = scratch(args.hook)
+    settings, verdict = settings_for(args)
+    checks = [*machine(), verdict]
+    found, netns = scratch(settings.hook if settings else "auto")
     checks += found
-    ns_checks, ns = namespace(args.hook)
+    ns_checks, ns = namespace(settings) if settings else ([], {})
     rep = report(checks + ns_checks, ns, netns)
     print(json.dumps(rep, indent=1) if args.json else text(rep))
     return exit_status(checks + ns_checks)

@@ -24,9 +24,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tna import config
+from tna import __version__, config
 from tna.bpf import abi, attach
 from tna.deploy.counters import program_counters, program_stats, summed
+from tna.logsetup import setup_logging
 from tna.rates import Rates, Sample, iface_rates, si, total_rates
 from tna.runstate import AlreadyRunning, read_state
 
@@ -64,6 +65,7 @@ def collect(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from tna.check import FAIL, cap_eff, privileges
     from tna.daemon import Daemon
     from tna.metrics import MetricsError
 
@@ -80,6 +82,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except config.ConfigError as e:
         print(f"tna: {e}", file=sys.stderr)
         return 2
+    if (priv := privileges(os.geteuid(), cap_eff())).status == FAIL:
+        print(f"tna: cannot run as {priv.detail}: {priv.hint}; nothing attached", file=sys.stderr)
+        return 1
     logging.getLogger("tna").info("configuration: %s", src.path if src.path.exists()
                                   else f"none ({src.path} does not exist): the defaults and the flags")
     try:
@@ -269,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="tna", description="Transparent network acceleration.",
                                  epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-v", "--verbose", action="store_true", help="log debug messages too")
+    ap.add_argument("--version", action="version", version=f"tna {__version__}")
     sub = ap.add_subparsers(title="commands", dest="cmd", required=True)
     run = sub.add_parser("run", help="run the daemon in this network namespace (foreground)")
     run.add_argument("--config", metavar="FILE",
@@ -296,8 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     stats.set_defaults(fn=cmd_stats)
     check = sub.add_parser("check", help="preflight: can `tna run` work here, and what would it accelerate")
     check.add_argument("--json", action="store_true")
-    check.add_argument("--hook", choices=("auto", "xdp", "tc"), default="auto",
-                       help="judge as for `tna run --hook HOOK` (default auto)")
+    check.add_argument("--config", metavar="FILE",
+                       help="judge with this settings file, as `tna run --config FILE` (default as for tna run)")
+    check.add_argument("--hook", choices=("auto", "xdp", "tc"),
+                       help="judge as for `tna run --hook HOOK` (default: the file's, else auto)")
     check.set_defaults(fn=cmd_check)
     source = sub.add_parser("source", help="print the C program running on IFACE")
     source.add_argument("iface", help="an accelerated interface (see tna status)")
@@ -308,8 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s tna %(levelname)s %(message)s")
+    setup_logging(args.verbose)
     try:
         return args.fn(args)
     except KeyboardInterrupt:

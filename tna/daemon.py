@@ -38,6 +38,7 @@ from tna.netlink.decode import decoded
 from tna.netlink.netfilter import NetfilterChanged
 from tna.netlink.watch import ResyncNeeded, Watcher
 from tna.runstate import RunLock, publish_status
+from tna.sdnotify import notify, reloading
 from tna.snapshot import model_from, poll_sysctls, read_firewall
 from tna.status import describe
 from tna.synth.build import build
@@ -99,8 +100,10 @@ class Daemon:
             self.reconcile()
             lease.start()
             ctsync.start()
+            notify("READY=1")  # Type=notify: the fast path is attached where it can be
             self._loop()
         finally:
+            notify("STOPPING=1")
             self._stop.set()
             for t in (lease, ctsync):
                 if t.is_alive():
@@ -131,8 +134,10 @@ class Daemon:
                 self.metrics.resyncs.inc()
                 self._resync()
                 changed = True
-            if self._hup.is_set():
+            hup = self._hup.is_set()
+            if hup:
                 self._hup.clear()
+                reloading()
                 changed |= self._reload()
             now = time.monotonic()
             if now >= next_poll or nft_commit:
@@ -141,11 +146,13 @@ class Daemon:
                 next_poll = now + POLL_S
             if changed:
                 self.reconcile()
+            if hup:
+                notify("READY=1")  # the new settings are in force
             self._heartbeat = time.monotonic()
 
     def _reload(self) -> bool:
         """SIGHUP: the settings re-read; True if they changed (the reconcile that follows
-        re-plans).  Service-manager hook: RELOADING=1 before, READY=1 after that reconcile."""
+        re-plans).  systemd hears RELOADING=1 before, READY=1 after that reconcile."""
         try:
             new = self._reread()
         except ConfigError as e:
@@ -270,7 +277,7 @@ class Daemon:
                 try:
                     if attached_tna_prog(link.index, hook):
                         log.info("%s: removing a %s program left by an earlier tna", link.name, hook)
-                        self.dp.remove(link.index)
+                        self.dp.remove(link.index, "not planned for acceleration")
                 except (ForeignProgram, OSError):
                     pass
 
@@ -307,8 +314,10 @@ class Daemon:
             self.dp.lease.hold(abi.REASON["FW_CHANGED"])
         else:
             self._publish_guards(families)  # what new programs read, before they run
+        self._log_left_alone(p)
         for ifindex in set(self.dp.attached) - set(p.ifaces):
-            self._safely(ifindex, lambda i=ifindex: self.dp.remove(i))
+            why = p.skipped[ifindex].why if ifindex in p.skipped else "the interface is gone"
+            self._safely(ifindex, lambda i=ifindex, why=why: self.dp.remove(i, why))
         self.failed = {i: why for i, why in self.failed.items() if i in p.ifaces}
         for ifindex, ip in p.ifaces.items():
             if self._safely(ifindex, lambda ip=ip: self._deploy(ip)):
@@ -326,6 +335,16 @@ class Daemon:
         publish_status(describe(m, p, self.dp.attached, pid=os.getpid(), mode=self.settings.hook,
                                 disabled=self.disabled_why, failed=self.failed,
                                 fdb_map=(self.dp.fdb.per_bridge, self.dp.fdb.capacity)))
+        disabled = f"; fast path DISABLED: {self.disabled_why}" if self.disabled_why else ""
+        notify(f"STATUS={len(self.dp.attached)} interfaces accelerated, {len(p.skipped)} left alone, "
+               f"{len(self.failed)} failed{disabled}")  # systemctl status shows it
+
+    def _log_left_alone(self, p: Plan) -> None:
+        """One line per interface newly left alone, or left alone for a new reason."""
+        before = self.plan.skipped if self.plan else {}
+        for ifindex, s in p.skipped.items():
+            if ifindex not in before or before[ifindex].why != s.why:
+                log.info("%s: left alone, kernel path: %s", s.name, s.why)
 
     def _deploy(self, ip: IfacePlan) -> None:
         """Build and attach ip's program; an unchanged plan keeps its own."""
@@ -354,7 +373,7 @@ class Daemon:
                 log.error("%s: %s; this interface's traffic stays on the kernel path", name, msg)
             self.failed[ifindex], self.failed_kind[ifindex] = msg, failure_kind(e)
             try:
-                self.dp.remove(ifindex)
+                self.dp.remove(ifindex, "its program failed")
             except OSError:
                 pass
             return False

@@ -216,7 +216,7 @@ def _deploy(plans: list[IfacePlan]) -> tuple[dict[str, HookProof], str]:
                 if hp.prog_id != att.prog_id:
                     hp.error = f"the kernel reports program {hp.prog_id} attached, not {att.prog_id}"
                     continue
-                dp.remove(ip.ifindex)
+                dp.remove(ip.ifindex, "tna check: the scratch attach is proven")
                 if (left := attached_tna_prog(ip.ifindex, ip.hook)) != 0:
                     hp.error = f"program {left} is still attached after the detach"
             except (OSError, ForeignProgram) as e:  # LibbpfError is an OSError

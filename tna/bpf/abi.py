@@ -1,4 +1,4 @@
-"""Python side of helpers/tna_abi.h.
+"""Python side of tna/helpers/tna_abi.h.
 
 The reason enum, every #define (flags, sizes, limits, program and section
 names, the TC filter's priority/handle) and the map names are read from the

@@ -198,7 +198,8 @@ class Datapath:
             cur.obj.close()
         att = Attached(plan, obj, prog, prog.id, art.source)
         self.attached[plan.ifindex] = att
-        log.info("%s: %s program %d attached (%s)", plan.name, plan.hook, att.prog_id, ",".join(plan.modules))
+        log.info("%s: %s program %d attached (%s): %s", plan.name, plan.hook, att.prog_id, ",".join(plan.modules),
+                 plan.hook_why)
         return att
 
     @staticmethod
@@ -222,8 +223,8 @@ class Datapath:
             if not _tc_filters(ifindex, TC_H_CLSACT_INGRESS) and not _tc_filters(ifindex, TC_H_CLSACT_EGRESS):
                 clsact.remove_if_ours(ifindex)
 
-    def remove(self, ifindex: int) -> None:
-        """Detach TNA from ifindex (both hooks), whoever attached it."""
+    def remove(self, ifindex: int, why: str) -> None:
+        """Detach TNA from ifindex (both hooks), whoever attached it; why: for the log."""
         att = self.attached.pop(ifindex, None)
         for hook in ("xdp", "tc"):
             try:
@@ -234,12 +235,12 @@ class Datapath:
         self.xdp_links.release(ifindex)
         if att is not None:
             att.obj.close()
-            log.info("%s: detached", att.plan.name)
+            log.info("%s: detached, kernel path: %s", att.plan.name, why)
 
     def remove_all(self) -> None:
         for ifindex in list(self.attached):
             try:
-                self.remove(ifindex)
+                self.remove(ifindex, "tna is stopping")
             except OSError as e:
                 log.error("detach from ifindex %d failed: %s", ifindex, e)
         for m in self.shared.values():

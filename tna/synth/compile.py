@@ -1,6 +1,6 @@
 """clang -> BPF object, cached by a hash of everything that affects the bytes.
 
-The key covers the rendered source, every header in helpers/, the flags and
+The key covers the rendered source, every header in tna/helpers/, the flags and
 the clang version, so an unchanged plan never recompiles and any change to a
 header does.
 """

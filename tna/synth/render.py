@@ -1,4 +1,4 @@
-"""Render the C program for one plan shape from fpm_templates/."""
+"""Render the C program for one plan shape from tna/fpm_templates/."""
 
 from __future__ import annotations
 
