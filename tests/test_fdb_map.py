@@ -87,6 +87,8 @@ class FakeHashMap:
         self.syscalls += 1
         for i in range(len(keys) // KEY.size):
             if self.data.pop(keys[i * KEY.size:(i + 1) * KEY.size], None) is None:
+                if i == 0:  # as Map.delete_batch: an error when nothing was deleted
+                    raise OSError(2, "No such file or directory")
                 return i
         return len(keys) // KEY.size
 
@@ -165,3 +167,15 @@ def test_a_bridge_no_longer_mirrored_takes_its_entries_along() -> None:
     assert len(m.data) == 8
     mirror.sync(m, model.fdb, model.take_fdb_changes(), frozenset({4}), {5: 1})  # type: ignore[arg-type]
     assert len(m.data) == 4 and mirror.per_bridge[9] == 0
+
+
+def test_an_entry_already_gone_from_the_map_does_not_stop_the_deletes(
+        full_map: tuple[FdbMirror, FakeHashMap, Model]) -> None:
+    mirror, m, model = full_map
+    gone = list(mirror.written)[:3]
+    del m.data[fdb_key(gone[0])]  # not by us
+    for k in gone:
+        model.apply(Removed(model.fdb[k]))
+    sync(mirror, m, model)
+    assert all(m.port_of(k) is None and k not in mirror.written for k in gone)
+    assert len(m.data) == 8 and set(mirror.written) == {k for k in model.fdb if m.port_of(k) == 5}

@@ -100,7 +100,10 @@ class FdbMirror:
     def _delete(self, m: bpf.Map, keys: list[FdbKey]) -> None:
         for i in range(0, len(keys), BATCH):
             chunk = keys[i:i + BATCH]
-            done = m.delete_batch(b"".join(fdb_key(k) for k in chunk))
+            try:
+                done = m.delete_batch(b"".join(fdb_key(k) for k in chunk))
+            except OSError:  # the first key already missing: one by one below
+                done = 0
             for k in chunk[done:]:  # one by one (a key the map did not hold stops a batch)
                 m.delete(fdb_key(k))
             for k in chunk:
