@@ -289,6 +289,11 @@ class Datapath:
         fill.update({name: (n, max(1, n)) for name, n in list(self._set_entries.items())})
         return fill
 
+    def fdb_waiting(self) -> int:
+        """FDB entries of mirrored bridges that did not fit in tna_fdb
+        (written as soon as room frees up; safe from another thread)."""
+        return len(self.fdb.unfit)
+
     def fw_masks(self) -> dict[int, int]:
         """What tna_fw_ifaces holds: ifindex -> pattern bits (none zero)."""
         return {int.from_bytes(k, "little"): int.from_bytes(v, "little")
