@@ -365,14 +365,18 @@ def machine() -> dict[str, object]:
     return {"kernel": platform.release(), "cpu": cpu, "cpus": os.cpu_count(), "clang": clang}
 
 
+def header(module: str, argv: list[str]) -> dict[str, object]:
+    """What a benchmark's JSON starts with: who wrote it, the command, when, the machine."""
+    return {"source": f"written by netns_labs/{module}.py",
+            "command": shlex.join(["python", "-m", f"netns_labs.{module}", *argv]),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), **machine()}
+
+
 def write_results(path: Path, argv: list[str], pps: dict[str, list[dict]], tcp: dict[str, dict],
                   flood: dict[str, list[float]]) -> None:
     """The run as JSON, what netns_labs/plot.py reads: pps[scenario] is
     bench_pps()'s table, tcp[lab] bench_tcp()'s dict, flood bench_flood()'s."""
-    doc = {"source": "written by netns_labs/bench.py",
-           "command": shlex.join(["python", "-m", "netns_labs.bench", *argv]),
-           "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), **machine(),
-           "pps": pps, "tcp": tcp, "flood": flood}
+    doc = {**header("bench", argv), "pps": pps, "tcp": tcp, "flood": flood}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1) + "\n")
 

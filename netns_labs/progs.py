@@ -4,7 +4,8 @@
   python -m netns_labs.progs count DEV              # frames the sink on DEV counted
   python -m netns_labs.progs reference DEV EGRESS...  # the reference forwarder on a router port
   python -m netns_labs.progs reference-bridge DEV MAC=PORT...  # the reference FDB-map bridge on a port
-  python -m netns_labs.progs generate DEV FRAMEHEX COUNT  # live frames out of DEV; prints ns taken
+  python -m netns_labs.progs generate DEV FRAMEHEX COUNT [START]  # live frames out of DEV; prints ns taken
+                                                    # (START: a time.time() to begin at, once loaded)
   python -m netns_labs.progs flood DEV FRAMEHEX PPS SECONDS  # the same, paced; prints frames sent
   python -m netns_labs.progs detach DEV
   python -m netns_labs.progs tc-drop DEV ingress|egress PRIO   # an admin's tc filter dropping all
@@ -85,10 +86,12 @@ def _generator(dev: str, frame: bytes) -> Iterator[Callable[[int], object]]:
         yield lambda n: p.test_run(frame, repeat=n, ctx=ctx, flags=bpf.BPF_F_TEST_XDP_LIVE_FRAMES, batch_size=64)
 
 
-def generate(dev: str, frame: bytes, count: int) -> int:
-    """Push count copies of frame out of dev as fast as they go; returns the
+def generate(dev: str, frame: bytes, count: int, start: float = 0.0) -> int:
+    """Push count copies of frame out of dev as fast as they go, from the
+    time start on (generators on two CPUs begin together); returns the
     nanoseconds the kernel took."""
     with _generator(dev, frame) as send:
+        time.sleep(max(0.0, start - time.time()))
         t0 = time.perf_counter_ns()
         send(count)
         return time.perf_counter_ns() - t0
@@ -159,7 +162,7 @@ def main(argv: list[str]) -> None:
     elif argv[:1] == ["reference-bridge"]:
         print(reference_bridge(argv[1], argv[2:]))
     elif argv[:1] == ["generate"]:
-        print(generate(argv[1], bytes.fromhex(argv[2]), int(argv[3])))
+        print(generate(argv[1], bytes.fromhex(argv[2]), int(argv[3]), float(argv[4]) if len(argv) > 4 else 0.0))
     elif argv[:1] == ["flood"]:
         print(flood(argv[1], bytes.fromhex(argv[2]), int(argv[3]), float(argv[4])))
     else:

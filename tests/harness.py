@@ -15,6 +15,7 @@ import socket
 from collections import Counter
 
 from netns_labs.lab import BridgeLab, Lab, RouterLab, in_netns
+from netns_labs.progs import build
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
 from tna.deploy.counters import read_counters, read_stats
@@ -79,18 +80,26 @@ class ProgHarness:
 
     def set_state(self, lease_s: float = 3600, pass_reason: int = 0, mp_guard: int = 0, stale: int = 0,
                   route_mtu: tuple[int, int] = (1400, 1400), local4: tuple[str, ...] | None = None,
-                  ct_flags: int = 0) -> None:
-        """What the daemon would publish (route MTUs and addresses match the lab)."""
+                  ct_flags: int = 0, ct_timeout_ms: int = CT_TIMEOUT_MS, hz: int = 0) -> None:
+        """What the daemon would publish (route MTUs and addresses match the lab;
+        hz: the jiffies per second it says, 0 for the measured)."""
         local4, local6 = self.local4 if local4 is None else local4, self.local6
         cfg = abi.TnaConfig(lease_jiffies=int(lease_s * self.hz), pass_reason=pass_reason, mp_guard=mp_guard,
                             stale_count=stale, route_mtu4=route_mtu[0], route_mtu6=route_mtu[1],
                             local4_count=len(local4), local6_count=len(local6), ct_flags=ct_flags,
-                            ct_timeout_tcp=CT_TIMEOUT_MS, ct_timeout_udp=CT_TIMEOUT_MS)
+                            ct_timeout_tcp=ct_timeout_ms, ct_timeout_udp=ct_timeout_ms, hz=hz or self.hz)
         for i, addr in enumerate(local4[:abi.LOCAL4_MAX]):
             cfg.local4[i] = int.from_bytes(socket.inet_aton(addr), "little")
         packed = b"".join(socket.inet_pton(socket.AF_INET6, a) for a in local6[:abi.LOCAL6_MAX])
         ctypes.memmove(cfg.local6, packed, len(packed))
         renew(self.obj.program(abi.RENEW_PROGRAM), cfg)
+
+    def now(self) -> int:
+        """jiffies, as the datapath reads them (renewed_at of a fresh renewal)."""
+        self.set_state()
+        raw = self.obj.map(abi.MAP_STATE).lookup(b"\0\0\0\0")
+        assert isinstance(raw, bytes)
+        return abi.TnaState.from_buffer_copy(raw).renewed_at
 
     def run(self, frame: bytes) -> tuple[str, str, bytes]:
         stats = self.obj.map(abi.MAP_STATS)
@@ -209,12 +218,27 @@ class BridgeHarness(ProgHarness):
         value = iface_cfg(i, self.blab.mac(self.blab.b, bridge), flags)
         self.obj.map(abi.MAP_L3BR).update(bytes(ctypes.c_uint32(i)), value)
 
-    def now(self) -> int:
-        """jiffies, as the datapath reads them (renewed_at of a fresh renewal)."""
-        self.set_state()
-        raw = self.obj.map(abi.MAP_STATE).lookup(b"\0\0\0\0")
+
+class CtProbe:
+    """netns_labs/bpf/ct_probe.c: the conntrack entry of an IPv4/UDP frame's
+    flow in namespace ns, read exactly (ctnetlink rounds to seconds)."""
+
+    def __init__(self, ns: str) -> None:
+        self.ns = ns
+        self.obj = bpf.BpfObject(str(build("ct_probe")))
+        self.obj.load()
+
+    def __call__(self, frame: bytes) -> tuple[int, int]:
+        """(the entry's stored deadline, jiffies now), both as u32 jiffies."""
+        with in_netns(self.ns):
+            ret, _, _ = self.obj.program("ct_probe").test_run(frame)
+        assert ret == 2, "no conntrack entry"  # XDP_PASS
+        raw = self.obj.map("probe_out").lookup(bytes(ctypes.c_uint32(0)))
         assert isinstance(raw, bytes)
-        return abi.TnaState.from_buffer_copy(raw).renewed_at
+        return int.from_bytes(raw[8:12], "little"), int.from_bytes(raw[:8], "little") & 0xFFFFFFFF
+
+    def close(self) -> None:
+        self.obj.close()
 
 
 def pseudo_fold(pkt) -> int:

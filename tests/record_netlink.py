@@ -14,9 +14,12 @@ from __future__ import annotations
 import sys
 
 from netns_labs.lab import BridgeLab, Lab, RouterLab, in_netns
-from tna.model.config import TcFilters, XdpXmit
+from tna.model.config import AF_INET, AF_INET6, TcFilters, XdpXmit
+from tna.model.routes import Dumped, RouteDump
 from tna.netlink import watch
 from tna.netlink.watch import Watcher
+
+DERIVED = (XdpXmit, TcFilters, RouteDump, Dumped)  # facts the watcher made, not messages
 
 
 def raw(msg) -> bytes:
@@ -88,14 +91,18 @@ def main(argv: list[str]) -> None:
             watcher = Watcher()
         print("# dump")
         for msg in watcher.snapshot():
-            if not isinstance(msg, (XdpXmit, TcFilters)):  # derived facts, not messages
+            if not isinstance(msg, DERIVED):
+                print(raw(msg).hex())
+        # the watcher streams routes as decoded facts: record their messages
+        for family in (AF_INET, AF_INET6):
+            for msg in watcher.query.get_routes(family=family):
                 print(raw(msg).hex())
         for name, cmds in steps:
             for cmd in cmds:
                 lab.run(ns, cmd)
             print(f"# {name}")
             for msg in watcher.events(timeout=1.0):
-                if not isinstance(msg, (XdpXmit, TcFilters)):
+                if not isinstance(msg, DERIVED):
                     print(raw(msg).hex())
         watcher.close()
 

@@ -17,8 +17,8 @@ from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 
-from netns_labs.lab import RouterLab
-from tests.harness import FirewallHarness
+from netns_labs.lab import RouterLab, wait_for
+from tests.harness import CT_TIMEOUT_MS, CtProbe, FirewallHarness
 from tests.test_router_prog import forwarded
 from tna.bpf import abi
 from tna.model.firewall import ACCEPT, DROP, KERNEL, evaluate
@@ -341,6 +341,44 @@ def test_established_connection(compiled: Callable[..., FirewallHarness], hook: 
     finally:
         for entry in (assured, unassured):
             lab.run(lab.r, ["conntrack", "-D", *entry], check=False)
+
+
+@pytest.mark.parametrize("hook", ["xdp", "tc"])
+def test_timeout_stored_once_a_jiffy(compiled: Callable[..., FirewallHarness], hook: str, fwlab: RouterLab) -> None:
+    """A carried connection's deadline is stored only when that changes it,
+    as nf_ct_refresh() does: a second packet in the same jiffy stores
+    nothing (no write to the shared entry per packet), one a jiffy later
+    stores it again.  To tell "not stored" from "stored the same value",
+    the second packet's config doubles HZ and halves the timeout: the
+    deadline it compares with is the same, the one a store makes is not."""
+    h, lab = compiled(hook, CT), fwlab
+    entry = conntrack_entry(lab, 4003)
+    lab.run(lab.r, ["conntrack", "-I", *entry, "--timeout", "30", "--status", "SEEN_REPLY,ASSURED"])
+    frame = bytes(V4(lab, dst="198.51.100.7") / UDP(sport=4003, dport=4000) / Raw(b"x"))
+    probe, timeout = CtProbe(lab.r), CT_TIMEOUT_MS * h.hz // 1000
+
+    def carry(halved: bool = False) -> None:
+        h.set_state(ct_timeout_ms=CT_TIMEOUT_MS // 2, hz=2 * h.hz) if halved else h.set_state()
+        assert h.run(frame)[:2] == ("REDIRECT", "FORWARDED")
+    try:
+        for _ in range(200):  # until both packets fall in one jiffy (a jiffy is ms, a try µs)
+            carry()
+            stored, now = probe(frame)
+            assert stored - now in range(timeout - h.hz, timeout + 1), (stored, now)  # now + timeout
+            carry(halved=True)
+            again, later = probe(frame)
+            if later == stored - timeout:  # the store's jiffy: the second packet was in it
+                assert again == stored
+                break
+        else:
+            pytest.fail("never two packets in one jiffy")
+        assert wait_for(lambda: probe(frame)[1] != later, timeout=30)
+        carry(halved=True)
+        stored, now = probe(frame)
+        assert stored - now in range(timeout // 2 - h.hz, timeout // 2 + 1), (stored, now)
+    finally:
+        probe.close()
+        lab.run(lab.r, ["conntrack", "-D", *entry], check=False)
 
 
 # INPUT: only a drop is acted on, early, for the box's own addresses.

@@ -1,12 +1,21 @@
-"""`tna run` that stops before it changes tna_fw_ifaces, for as long as a
-lab test wants, once per PAUSE_DIR/arm file: the window between the attach
-of a program built for new rules and that map write, held open so the test
-can send real traffic through it.  The main loop is stopped meanwhile, so
-the lease thread is told to keep renewing (else the lease would run out
-and hide what the programs decide).
+"""`tna run` that stops at one point of the real code path, for as long as a
+lab test wants, once per PAUSE_DIR/arm file.  The main loop is stopped
+meanwhile, so the lease thread is told to keep renewing (else the lease
+would run out and hide what the programs decide).
 
-Usage: TNA_PAUSE_DIR=DIR python -m tests.tna_paused run ARGS...; the test
-creates DIR/arm, waits for DIR/paused, then creates DIR/resume."""
+TNA_PAUSE_AT picks the point:
+- `fw_ifaces` (default): before the reconcile changes tna_fw_ifaces - the
+  window between the attach of a program built for new rules and that map
+  write;
+- `resync`: in Daemon._resync, after the watcher that lost events is closed
+  and before the new one binds and dumps - the old maps are all the
+  datapath has.  The rtnetlink receive buffer is made small (RESYNC_RCVBUF)
+  so that a test's burst of a few thousand FDB changes overruns it: a real
+  ENOBUFS, seen by the real reader.
+
+Usage: TNA_PAUSE_DIR=DIR [TNA_PAUSE_AT=...] python -m tests.tna_paused run
+ARGS...; the test creates DIR/arm, waits for DIR/paused, then creates
+DIR/resume."""
 
 from __future__ import annotations
 
@@ -14,32 +23,49 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from tna import daemon
 from tna.bpf import abi
 from tna.cli import main
 from tna.deploy import datapath
+from tna.netlink import sockbuf, watch
 
 PAUSE_MAX_S = 60
+RESYNC_RCVBUF = 64 << 10  # the kernel doubles it: ~150 FDB notifications
 
 
-def _pausing(sync):  # type: ignore[no-untyped-def]
+def _pause_if_armed() -> None:
     pause_dir = Path(os.environ["TNA_PAUSE_DIR"])
+    arm = pause_dir / "arm"
+    if not arm.exists():
+        return
+    arm.unlink()
+    (pause_dir / "paused").touch()
+    end = time.monotonic() + PAUSE_MAX_S
+    while not (pause_dir / "resume").exists() and time.monotonic() < end:
+        time.sleep(0.01)
+    (pause_dir / "resume").unlink(missing_ok=True)
 
+
+def _pausing_sync(sync):  # type: ignore[no-untyped-def]
     def _sync(self, name: str, desired: dict[bytes, bytes], array: bool = False) -> None:  # type: ignore[no-untyped-def]
-        arm = pause_dir / "arm"
-        if name == abi.MAP_FW_IFACES and arm.exists() and desired != self._shadow.get(name, {}):
-            arm.unlink()
-            (pause_dir / "paused").touch()
-            end = time.monotonic() + PAUSE_MAX_S
-            while not (pause_dir / "resume").exists() and time.monotonic() < end:
-                time.sleep(0.01)
-            (pause_dir / "resume").unlink(missing_ok=True)
+        if name == abi.MAP_FW_IFACES and desired != self._shadow.get(name, {}):
+            _pause_if_armed()
         sync(self, name, desired, array)
     return _sync
 
 
+def _pausing_watcher(*args: Any, **kw: Any) -> watch.Watcher:
+    _pause_if_armed()
+    return watch.Watcher(*args, **kw)
+
+
 if __name__ == "__main__":
-    datapath.Datapath._sync = _pausing(datapath.Datapath._sync)  # type: ignore[method-assign]
+    if os.environ.get("TNA_PAUSE_AT", "fw_ifaces") == "resync":
+        daemon.Watcher = _pausing_watcher  # type: ignore[misc]
+        watch.grow_rcvbuf = lambda fd: sockbuf.grow_rcvbuf(fd, RESYNC_RCVBUF)  # type: ignore[assignment]
+    else:
+        datapath.Datapath._sync = _pausing_sync(datapath.Datapath._sync)  # type: ignore[method-assign]
     daemon.HEARTBEAT_MAX_S = PAUSE_MAX_S + 10
     sys.exit(main())

@@ -120,6 +120,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     fwd = st["forwarding"]
     print(f"forwarding: ipv4 {'on' if fwd['ipv4'] else 'off'}, ipv6 {'on' if fwd['ipv6'] else 'off'}; "
           f"{st['routes']} routes, {st['neighbours']} neighbours")
+    if st.get("routes_loading"):
+        print(f"routes still loading ({', '.join(st['routes_loading'])}): their route MTU and multipath "
+              "guards are conservative until then")
     if st["disabled"]:
         print(f"FAST PATH DISABLED: {st['disabled']}")
     if st.get("firewall"):

@@ -12,6 +12,7 @@ a flag, the main loop does the work.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -32,6 +33,7 @@ from tna.deploy.datapath import Datapath, ForeignProgram, attached_tna_prog
 from tna.deploy.lease import family_bits
 from tna.metrics import Metrics, failure_kind, parse_addr
 from tna.model.config import AF_INET, AF_INET6, Model
+from tna.model.routes import RouteDump
 from tna.netlink import netfilter
 from tna.netlink.conntrack import Liberal
 from tna.netlink.decode import decoded
@@ -49,6 +51,7 @@ log = logging.getLogger("tna")
 
 LEASE_RENEW_S = 0.2
 POLL_S = 1.0          # sysctls and iptables-legacy announce nothing: polled
+STATUS_S = 1.0        # the route count in state.json follows at most this often without a reconcile
 LOOP_WAKE_S = 0.5     # an idle main loop wakes this often (stop flag, polls, heartbeat)
 CT_BELL_WAIT_S = 0.5  # the ct-sync thread looks at the stop flag and the shared maps this often
 CT_SYNC_BATCH = 512
@@ -81,6 +84,15 @@ class Daemon:
         self._guard_lock = threading.Lock()  # a hold and the guards' publication never interleave
         self._watcher: Watcher | None = None
         self._fdb_full = True  # a new model: the FDB map is compared whole at the next reconcile
+        # the resync hold (RESYNC): each Watcher has a generation; what one
+        # lost is repaired by a later one's dump (the model comes from the
+        # current one's), once every map is written from it
+        self._generations = itertools.count(1)
+        self._watcher_gen = 0
+        self._lost_gen = 0    # newest watcher that lost events, 0: none (reader threads write it)
+        self._mapped_gen = 0  # the watcher whose model every map was last written from
+        self._status: dict[str, Any] = {"routes": 0}  # what state.json says
+        self._started = time.monotonic()
 
     # --- lifecycle --------------------------------------------------------
 
@@ -119,7 +131,7 @@ class Daemon:
         self._stop.set()
 
     def _loop(self) -> None:
-        next_poll = 0.0
+        next_poll = next_status = 0.0
         while not self._stop.is_set():
             changed = nft_commit = False
             assert self._watcher is not None
@@ -146,6 +158,11 @@ class Daemon:
                 next_poll = now + POLL_S
             if changed:
                 self.reconcile()
+                next_status = now + STATUS_S
+            elif now >= next_status and self._status["routes"] != len(self.model.routes):
+                # routes that move no guard need no reconcile; the count still shows
+                self._publish_status()
+                next_status = now + STATUS_S
             if hup:
                 notify("READY=1")  # the new settings are in force
             self._heartbeat = time.monotonic()
@@ -175,6 +192,10 @@ class Daemon:
         changed = False
         for fact in decoded(msg):
             changed |= self.model.apply(fact)
+            if isinstance(fact, RouteDump) and fact.done:
+                log.info("%s routes: %d known after %.1f s; their guards are exact now",
+                         "IPv4" if fact.family == AF_INET else "IPv6", self.model.routes.count(fact.family),
+                         time.monotonic() - self._started)
         return changed
 
     def _nft_commit(self) -> None:
@@ -184,6 +205,23 @@ class Daemon:
         with self._guard_lock:
             self._commits += 1
             self.dp.lease.hold(abi.REASON["FW_CHANGED"])
+
+    def _events_lost(self, gen: int, overrun: bool) -> None:
+        """In the reader thread that lost events (watcher generation gen), at
+        once: the maps may hold what those events undid (a host moved to
+        another port, a port gone), so everything takes the kernel path until
+        a later watcher's dump is in every map - not only once the main loop
+        gets to it."""
+        if overrun:
+            self.metrics.overruns.inc()
+        with self._guard_lock:
+            if gen < self._watcher_gen:
+                return  # closed before the current watcher bound: its dump has what this one lost
+            self._lost_gen = gen
+            self.dp.lease.hold(abi.REASON["RESYNC"])
+
+    def _resync_pending(self) -> bool:
+        return self._lost_gen != 0 and self._lost_gen >= self._mapped_gen
 
     def _lease_loop(self) -> None:
         while not self._stop.wait(LEASE_RENEW_S):
@@ -228,13 +266,16 @@ class Daemon:
 
     def _resync(self) -> None:
         """A new socket and a model rebuilt from a full dump.  Retried while
-        events keep overrunning it; meanwhile the main loop shows no life, so
-        the lease lapses and all traffic takes the kernel path."""
+        events keep overrunning it; the datapath holds (RESYNC, from the
+        moment of the loss) until the reconcile that follows has written
+        every map from it, and meanwhile the main loop shows no life, so the
+        lease lapses too."""
         delay = 0.1
         while True:
             if self._watcher is not None:
                 self._watcher.close()
-            self._watcher = Watcher(on_nft_commit=self._nft_commit)
+            self._watcher_gen = gen = next(self._generations)
+            self._watcher = Watcher(on_nft_commit=self._nft_commit, on_lost=functools.partial(self._events_lost, gen))
             try:
                 self.model = model_from(self._watcher.snapshot())
                 self._fdb_full = True
@@ -295,7 +336,8 @@ class Daemon:
         """Make the kernel match the plan.  A program must never decide with
         maps that do not match the rules it was built for, so when the rules,
         the interface masks or the filtered families change: hold (FW_CHANGED)
-        -> attach -> every map -> release, the release last."""
+        -> attach -> every map -> release, the release last.  A resync's hold
+        (RESYNC) ends the same way: only the last publication may end it."""
         m = self.model
         fw = m.firewall
         # bridged IP of a filtered or tracked family goes to the kernel
@@ -328,15 +370,21 @@ class Daemon:
         self._fdb_full = False
         self.dp.sync_firewall(masks)
         if self.dp.fw_masks() == masks:
+            self._mapped_gen = self._watcher_gen  # the model is the current watcher's
             self._publish_guards(families)  # ends a hold: every map now matches every program
         else:  # masks that do not match the rules: the hold stays (retried at the next reconcile)
             log.error("tna_fw_ifaces could not be written; all traffic stays on the kernel path")
         self.plan = p
-        publish_status(describe(m, p, self.dp.attached, pid=os.getpid(), mode=self.settings.hook,
+        self._publish_status()
+
+    def _publish_status(self) -> None:
+        self._status = describe(self.model, self.plan, self.dp.attached, pid=os.getpid(), mode=self.settings.hook,
                                 disabled=self.disabled_why, failed=self.failed,
-                                fdb_map=(self.dp.fdb.per_bridge, self.dp.fdb.capacity)))
+                                fdb_map=(self.dp.fdb.per_bridge, self.dp.fdb.capacity))
+        publish_status(self._status)
         disabled = f"; fast path DISABLED: {self.disabled_why}" if self.disabled_why else ""
-        notify(f"STATUS={len(self.dp.attached)} interfaces accelerated, {len(p.skipped)} left alone, "
+        plan_skipped = len(self.plan.skipped) if self.plan else 0
+        notify(f"STATUS={len(self.dp.attached)} interfaces accelerated, {plan_skipped} left alone, "
                f"{len(self.failed)} failed{disabled}")  # systemctl status shows it
 
     def _log_left_alone(self, p: Plan) -> None:
@@ -355,6 +403,7 @@ class Daemon:
         m = self.model
         with self._guard_lock:
             reason = (abi.REASON["DISABLED"] if self.disabled_why
+                      else abi.REASON["RESYNC"] if self._resync_pending()
                       else abi.REASON["FW_CHANGED"] if self._commits != self._rules_gen else 0)
             self.dp.lease.set_guards(reason, m.multipath_policies(), (m.route_mtu(AF_INET), m.route_mtu(AF_INET6)),
                                      (m.local_ipv4(), m.local_ipv6()), fw_families, m.sysctls)

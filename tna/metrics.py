@@ -24,7 +24,9 @@ from tna.bpf.libbpf import LibbpfError
 from tna.config import split_host_port
 from tna.deploy.counters import program_counters, summed
 from tna.deploy.datapath import ForeignProgram
+from tna.model.config import Model
 from tna.model.firewall import Firewall
+from tna.model.routes import AF_INET, AF_INET6, RouteTable
 from tna.status import Running
 from tna.synth.compile import CompileError
 from tna.synth.fwgen import rule_refs
@@ -94,6 +96,9 @@ class Observed(Protocol):
     def failed_kind(self) -> Mapping[int, str]: ...
 
     @property
+    def model(self) -> Model: ...
+
+    @property
     def disabled_why(self) -> str | None: ...
 
 
@@ -132,6 +137,7 @@ class Collector:
             if age is not None:
                 lease.add_metric([], age)
             yield lease
+            yield from self._routes(d.model.routes)
             yield GaugeMetricFamily("tna_fast_path_disabled", "1 while a netfilter rule set TNA does not model "
                                     "keeps all traffic on the kernel path", 1 if d.disabled_why else 0)
 
@@ -185,6 +191,17 @@ class Collector:
         yield byts
 
     @staticmethod
+    def _routes(routes: RouteTable) -> Iterator[Metric]:
+        count = GaugeMetricFamily("tna_routes", "Routes in the kernel's tables, by family", labels=["family"])
+        loading = GaugeMetricFamily("tna_routes_loading", "1 while the family's route dump is under way "
+                                    "(its route MTU and multipath guards conservative)", labels=["family"])
+        for family, name in ((AF_INET, "ipv4"), (AF_INET6, "ipv6")):
+            count.add_metric([name], routes.count(family))
+            loading.add_metric([name], 1 if routes.loading(family) else 0)
+        yield count
+        yield loading
+
+    @staticmethod
     def _maps(fill: dict[str, tuple[int, int]]) -> Iterator[Metric]:
         entries = GaugeMetricFamily("tna_map_entries", "Entries the daemon keeps in a BPF map", labels=["map"])
         capacity = GaugeMetricFamily("tna_map_capacity", "Entries a BPF map can hold", labels=["map"])
@@ -224,6 +241,8 @@ class Metrics:
         self.cache_misses = Counter("tna_compile_cache_misses", "Programs clang had to compile", registry=r)
         self.resyncs = Counter("tna_netlink_resyncs", "Times the model was rebuilt from a full netlink dump "
                                "(events overran the socket)", registry=r)
+        self.overruns = Counter("tna_netlink_overruns", "Times an event socket overran (ENOBUFS): events were "
+                                "lost, so the datapath held (RESYNC) until a resync", registry=r)
         Info("tna", "The running tna", registry=r).info({"version": __version__})
         self.collector = Collector(daemon, read)
         r.register(self.collector)

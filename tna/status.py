@@ -89,6 +89,9 @@ def describe(m: Model, p: Plan | None, attached: Mapping[int, Running], *, pid: 
         "skipped": {s.name: s.why for s in (p.skipped.values() if p else [])},
         "failed": {m.links[i].name if i in m.links else str(i): why for i, why in failed.items()},
         "routes": len(m.routes),
+        # families whose route dump is under way (their guards conservative meanwhile)
+        "routes_loading": [n for f, n in ((AF_INET, "ipv4"), (AF_INET6, "ipv6")) if m.routes.loading(f)],
+        "route_mtu": {"ipv4": m.route_mtu(AF_INET), "ipv6": m.route_mtu(AF_INET6)},  # the ROUTE_MTU guard
         "nexthops": len(m.nexthops),
         # the hash policy of each family with multipath routes (docs/datapath.md
         # says which packets go to the kernel under which policy)

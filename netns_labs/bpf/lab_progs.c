@@ -4,8 +4,9 @@
  * router under test):
  *   lab_pass  XDP_PASS everything: makes a veth accept redirected frames
  *             (like a NIC would) without changing what its stack sees.
- *   lab_sink  count UDP frames to SINK_PORT in sink_count, drop them; all
- *             else passes.  The benchmark's receiver.
+ *   lab_sink  count UDP frames to or from SINK_PORT in sink_count, drop
+ *             them; all else passes.  The benchmark's receiver (from: the
+ *             replies of a two-way flow, netns_labs/bench_cores.py).
  *   lab_tc_drop  a tc filter that drops everything (an admin's egress policy
  *             in the tests: XDP redirects must not bypass it).
  *   lab_gen   the live-frames generator: restore the frame template (the
@@ -68,7 +69,7 @@ int lab_sink(struct xdp_md *ctx)
 	} else {
 		return XDP_PASS;
 	}
-	if ((void *)(uh + 1) > end || uh->dest != bpf_htons(SINK_PORT))
+	if ((void *)(uh + 1) > end || (uh->dest != bpf_htons(SINK_PORT) && uh->source != bpf_htons(SINK_PORT)))
 		return XDP_PASS;
 	__u64 *c = bpf_map_lookup_elem(&sink_count, &zero);
 	if (c)

@@ -108,7 +108,7 @@ class TnaConfig(Structure):
                 ("local4_count", c_uint32), ("local4", c_uint32 * LOCAL4_MAX), ("fw_families", c_uint32),
                 ("ct_flags", c_uint32), ("ct_timeout_tcp", c_uint32), ("ct_timeout_udp", c_uint32),
                 ("local6_count", c_uint32), ("ct_max_retrans", c_uint32), ("local6", c_uint32 * 4 * LOCAL6_MAX),
-                ("ct_timeout_unack", c_uint32), ("ct_timeout_retrans", c_uint32)]
+                ("ct_timeout_unack", c_uint32), ("ct_timeout_retrans", c_uint32), ("hz", c_uint32)]
 
 
 class TnaState(Structure):

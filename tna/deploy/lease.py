@@ -105,6 +105,7 @@ class Lease:
             self._prog = renew_prog
             self.cfg = abi.TnaConfig.from_buffer_copy(bytes(self.cfg))
             self.cfg.lease_jiffies = self.hz * LEASE_NS // 10**9
+            self.cfg.hz = self.hz
             self._publish(renew_prog, self.cfg)
 
     def renew(self) -> None:

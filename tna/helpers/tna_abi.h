@@ -106,6 +106,8 @@ enum tna_reason {
 	TNA_R_CT_CSUM,           /* conntrack would verify an L4 checksum the fast path cannot */
 	TNA_R_CT_WINDOW,         /* a carried TCP segment conntrack's window tracking would not take
 	                            as in window: the kernel (window-liberal) decides */
+	TNA_R_RESYNC,            /* netlink events were lost (overrun): all to the kernel until the
+	                            daemon's resync has rewritten every map from a new dump */
 	TNA_R_MAX
 };
 
@@ -146,6 +148,8 @@ struct tna_config {
 	__be32 local6[TNA_LOCAL6_MAX][4]; /* this namespace's global IPv6 addresses */
 	__u32 ct_timeout_unack;   /* ms: nf_conntrack_tcp_timeout_unacknowledged */
 	__u32 ct_timeout_retrans; /* ms: nf_conntrack_tcp_timeout_max_retrans */
+	__u32 hz;            /* the kernel's jiffies per second (measured): the datapath turns
+	                        a timeout into the deadline the kernel would store (0: unknown) */
 };
 #define TNA_CT_CSUM (1U << 0) /* nf_conntrack_checksum: bad L4 checksums are INVALID */
 #define TNA_CT_ACCT (1U << 1) /* nf_conntrack_acct: per-connection counters (kernel path only) */

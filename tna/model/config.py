@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 
 from tna.model.firewall import Firewall
+from tna.model.routes import Dumped, Route, RouteDump, RouteTable
 
 AF_INET = 2
 AF_INET6 = 10
@@ -108,20 +109,6 @@ class Addr:
 
 
 @dataclass(frozen=True)
-class Route:
-    family: int
-    table: int
-    dst: str
-    dst_len: int
-    type: int
-    oif: int | None
-    gateway: str | None
-    multipath: int = 0  # number of next hops when > 1 (RTA_MULTIPATH)
-    mtu: int = 0        # the route's own MTU metric (RTAX_MTU), 0 if none
-    nhid: int = 0       # the nexthop object it uses (RTA_NH_ID), 0 if none
-
-
-@dataclass(frozen=True)
 class Nexthop:
     """A nexthop object (RTM_NEWNEXTHOP): a single next hop, or a group of
     them (hash-threshold or resilient) that routes name by id."""
@@ -202,14 +189,15 @@ class Removed:
 
 
 FdbKey = tuple[int, int, str]  # (bridge, vid, mac)
-Fact = Link | PortView | Addr | Route | Neigh | FdbEntry | Nexthop | XdpXmit | TcFilters | Removed
+Fact = (Link | PortView | Addr | Route | Neigh | FdbEntry | Nexthop | XdpXmit | TcFilters | Removed
+        | RouteDump | Dumped)
 
 
 @dataclass
 class Model:
     links: dict[int, Link] = field(default_factory=dict)
     addrs: set[Addr] = field(default_factory=set)
-    routes: set[Route] = field(default_factory=set)
+    routes: RouteTable = field(default_factory=RouteTable)
     nexthops: dict[int, Nexthop] = field(default_factory=dict)
     neighs: dict[tuple[int, int, str], Neigh] = field(default_factory=dict)
     fdb: dict[FdbKey, FdbEntry] = field(default_factory=dict)
@@ -245,6 +233,10 @@ class Model:
             return _apply_set(self.ingress_filters, fact.ifindex, fact.ingress) or changed
         if isinstance(fact, PortView):
             return self._apply_port(fact)
+        if isinstance(fact, RouteDump):
+            return self.routes.dump(fact)
+        if isinstance(fact, Dumped):
+            return self.routes.dumped(fact.route)
         present = not isinstance(fact, Removed)
         item = fact.fact if isinstance(fact, Removed) else fact
         if isinstance(item, Link):
@@ -252,7 +244,7 @@ class Model:
         if isinstance(item, Addr):
             return _apply_set(self.addrs, item, present)
         if isinstance(item, Route):
-            return _apply_set(self.routes, item, present)
+            return self.routes.event(item, present)
         if isinstance(item, Nexthop):
             return self._apply_nexthop(item, present)
         if isinstance(item, FdbEntry):
@@ -301,9 +293,7 @@ class Model:
         # The kernel deletes the routes using a deleted nexthop without a
         # word (IPv4 always, IPv6 with nexthop_compat_mode=0); it announces
         # the groups that lose it as members, or that it leaves empty.
-        routes = {r for r in self.routes if r.nhid != nh.id}
-        changed = routes != self.routes
-        self.routes = routes
+        changed = self.routes.drop_nexthop(nh.id)
         return self.nexthops.pop(nh.id, None) is not None or changed
 
     def _apply_fdb(self, entry: FdbEntry, present: bool) -> bool:
@@ -364,26 +354,20 @@ class Model:
         return sorted({a.address for a in self.addrs if a.family == AF_INET6 and a.address != "::1"
                        and not a.address.lower().startswith("fe80")})
 
-    def multipath(self, route: Route) -> bool:
-        """Whether the kernel chooses among several next hops for route.  A
-        route by nexthop object has the object's: its messages copy them
-        (RTA_MULTIPATH) only with nexthop_compat_mode=1 and are not re-sent
-        when the group changes.  An object not (yet) known counts as a group."""
-        if route.nhid:
-            nh = self.nexthops.get(route.nhid)
-            return nh is None or len(nh.group) > 1
-        return route.multipath > 1
-
     def multipath_policies(self) -> dict[int, int]:
         """family -> its fib_multipath_hash_policy, for the families that have
-        multipath routes (where the hash picks the next hop)."""
+        (or, while their routes load, may have) multipath routes, where the
+        hash picks the next hop.  A route by nexthop object has the object's
+        next hops: its messages copy them (RTA_MULTIPATH) only with
+        nexthop_compat_mode=1 and are not re-sent when the group changes."""
         return {family: policy for family, policy in ((AF_INET, self.sysctls.ipv4_mp_hash_policy),
                                                       (AF_INET6, self.sysctls.ipv6_mp_hash_policy))
-                if any(r.family == family and self.multipath(r) for r in self.routes)}
+                if self.routes.has_multipath(family, self.nexthops)}
 
     def route_mtu(self, family: int) -> int:
-        """Smallest route MTU metric in family, 0 if no route sets one."""
-        return min((r.mtu for r in self.routes if r.family == family and r.mtu), default=0)
+        """Smallest route MTU metric in family, 0 if no route sets one (while
+        the family's routes load: the smallest forwarding could use)."""
+        return self.routes.smallest_mtu(family)
 
     def stale_neighbours(self) -> set[Neigh]:
         """Neighbours the kernel would re-validate on their next use."""

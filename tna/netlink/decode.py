@@ -17,6 +17,7 @@ from tna.model.config import (
     BR_STATE_FORWARDING,
     Addr,
     Bridge,
+    Dumped,
     Fact,
     FdbEntry,
     Link,
@@ -26,6 +27,7 @@ from tna.model.config import (
     PortView,
     Removed,
     Route,
+    RouteDump,
     TcFilters,
     XdpXmit,
 )
@@ -44,6 +46,7 @@ RTM_NEWADDR, RTM_DELADDR = 20, 21
 RTM_NEWROUTE, RTM_DELROUTE = 24, 25
 RTM_NEWNEXTHOP, RTM_DELNEXTHOP = 104, 105
 
+NLM_F_REPLACE = 0x100   # a notification: the route replaced the one of the same identity
 
 
 class NlMsg(Protocol):
@@ -53,11 +56,11 @@ class NlMsg(Protocol):
     def __getitem__(self, key: str) -> Any: ...
 
 
-def decoded(item: NlMsg | XdpXmit | TcFilters | FdbMsg) -> Iterator[Fact]:
+def decoded(item: NlMsg | XdpXmit | TcFilters | RouteDump | Dumped | FdbMsg) -> Iterator[Fact]:
     """What the watcher queues (messages, and facts it derived itself) as facts."""
     if isinstance(item, FdbMsg):  # first: a large L2 domain sends a million of them
         yield item.fact
-    elif isinstance(item, (XdpXmit, TcFilters)):
+    elif isinstance(item, (XdpXmit, TcFilters, RouteDump, Dumped)):
         yield item
     else:
         yield from facts(item)
@@ -154,25 +157,40 @@ def addr_from_msg(msg: NlMsg) -> Addr:
     return Addr(msg["index"], msg["family"], msg.get("IFA_ADDRESS") or "", msg["prefixlen"])
 
 
+_ROUTE_ATTRS = frozenset(("RTA_TABLE", "RTA_DST", "RTA_OIF", "RTA_GATEWAY", "RTA_MULTIPATH",
+                          "RTA_METRICS", "RTA_NH_ID", "RTA_PRIORITY"))
+
+
 def route_from_msg(msg: NlMsg) -> Route | None:
     if msg["family"] not in (AF_INET, AF_INET6):
         return None
+    # one pass over the attributes: a full table is a million messages, and
+    # each msg.get() walks them all again
+    attrs = {slot.name: slot for slot in msg["attrs"] if slot.name in _ROUTE_ATTRS}
+
+    def get(name: str) -> Any:
+        slot = attrs.get(name)
+        return None if slot is None else slot.value  # decoded here, on demand
     # A route by nexthop object: its next hops are the object's.  With
     # nexthop_compat_mode=1 the message also carries a copy of them, which a
     # change to the object makes stale; leave it out so the route stays one
     # fact whatever the mode.
-    nhid = msg.get("RTA_NH_ID") or 0
+    nhid = get("RTA_NH_ID") or 0
+    metrics = get("RTA_METRICS")
     return Route(
         family=msg["family"],
-        table=msg.get("RTA_TABLE") or msg["table"],
-        dst=msg.get("RTA_DST") or ("0.0.0.0" if msg["family"] == AF_INET else "::"),
+        table=get("RTA_TABLE") or msg["table"],
+        dst=get("RTA_DST") or ("0.0.0.0" if msg["family"] == AF_INET else "::"),
         dst_len=msg["dst_len"],
         type=msg["type"],
-        oif=None if nhid else msg.get("RTA_OIF"),
-        gateway=None if nhid else msg.get("RTA_GATEWAY"),
-        multipath=0 if nhid else len(msg.get("RTA_MULTIPATH") or []),
-        mtu=(metrics.get("RTAX_MTU") or 0) if (metrics := msg.get("RTA_METRICS")) is not None else 0,
+        oif=None if nhid else get("RTA_OIF"),
+        gateway=None if nhid else get("RTA_GATEWAY"),
+        multipath=0 if nhid else len(get("RTA_MULTIPATH") or []),
+        mtu=(metrics.get("RTAX_MTU") or 0) if metrics is not None else 0,
         nhid=nhid,
+        tos=msg["tos"],
+        priority=get("RTA_PRIORITY") or 0,
+        replace=bool(msg["header"].get("flags", 0) & NLM_F_REPLACE),
     )
 
 
@@ -198,4 +216,3 @@ def neigh_from_msg(msg: NlMsg) -> Neigh | None:
     if msg["family"] not in (AF_INET, AF_INET6):
         return None
     return Neigh(msg["ifindex"], msg["family"], msg.get("NDA_DST") or "", msg.get("NDA_LLADDR"), msg["state"])
-

@@ -3,19 +3,23 @@ nftables commits; feed the model.
 
 Bind first, then dump into the same socket, so no event between the dump
 and the subscription is lost; the dump's messages and later events come
-through one queue and are applied in order.  On overrun (ENOBUFS) or an
-interrupted dump the caller drops the model and resyncs from a new dump.
+through one queue and are applied in order.  Routes come last, streamed
+from a socket of their own (tna/netlink/routedump.py) after the rest is
+handed over, so the daemon attaches before a full table is read.  The event
+socket's receive buffer has room for a bulk change (sockbuf.py).  On overrun
+(ENOBUFS), an interrupted dump or a reader that died, the caller is told at
+once, in that reader's thread (on_lost: the daemon holds the datapath), then
+drops the model and resyncs from a new dump.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import os
 import queue
 import select
-import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,22 +38,26 @@ from pyroute2.netlink.rtnl import (
 
 from tna.bpf import abi
 from tna.model.config import AF_INET, AF_INET6, Sysctls, TcFilters, XdpXmit
+from tna.model.routes import Dumped, RouteDump
 from tna.netlink.decode import NlMsg
 from tna.netlink.fdb import decode_fdb_fast, dump_fdb
 from tna.netlink.netdev import XdpFeatureEvents, xdp_xmit_capable
 from tna.netlink.netfilter import NetfilterChanged, NftEvents
 from tna.netlink.nexthop import RTMGRP_NEXTHOP, follow_nexthops, get_nexthops
+from tna.netlink.routedump import dump_routes
+from tna.netlink.sockbuf import grow_rcvbuf
 
 log = logging.getLogger(__name__)
 # the select()-based readers look at the closed flag this often (a closed
 # watcher's thread ends within it); events wake them at once
 READER_WAKE_S = 1.0
+# the route dump waits while this many items are queued: a full table read
+# faster than the model takes it would otherwise sit in the queue whole
+ROUTES_QUEUED_MAX = 20000
+EVENTS_BUDGET_S = 0.25   # events() returns after this long (the main loop shows life)
 
 GROUPS = (RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
           | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_NEXTHOP | RTMGRP_TC)
-SO_RCVBUFFORCE = 33
-EVENTS_RCVBUF = 128 << 20  # bytes; the kernel doubles it and charges only what is queued
-RCVBUF_ENV = "TNA_TEST_NETLINK_RCVBUF"  # tests only: a small buffer, to overrun it on purpose
 RECV_SIZE = 65536          # an event is a datagram of its own, well under this
 RECV_BATCH = 4096          # datagrams read before the batch is handed on
 RTM_NEWQDISC, RTM_DELQDISC = 36, 37
@@ -73,7 +81,7 @@ def tc_facts(ipr: IPRoute, ifindex: int) -> TcFilters:
     return TcFilters(ifindex, bool(tc_filters(ipr, ifindex, TC_H_CLSACT_EGRESS)), bool(ingress))
 
 
-Fact = NlMsg | XdpXmit | TcFilters | NetfilterChanged
+Fact = NlMsg | XdpXmit | TcFilters | NetfilterChanged | RouteDump | Dumped
 
 
 class ResyncNeeded(Exception):
@@ -96,11 +104,15 @@ class Watcher:
     queue; re-queries after tc events use a third socket in the caller's
     thread."""
 
-    def __init__(self, on_nft_commit: Callable[[], None] | None = None) -> None:
+    def __init__(self, on_nft_commit: Callable[[], None] | None = None,
+                 on_lost: Callable[[bool], None] | None = None) -> None:
         """on_nft_commit: called in the nftables reader thread at each commit,
         before the event is queued (the daemon holds the datapath at once,
-        even while its main loop is busy)."""
+        even while its main loop is busy).  on_lost(overrun): likewise, in the
+        thread that lost events (overrun: ENOBUFS), before ResyncNeeded is
+        queued."""
         self._on_nft_commit = on_nft_commit
+        self._on_lost = on_lost
         self._q: queue.Queue = queue.Queue()
         self._closed = threading.Event()
         self._ipr: IPRoute | None = None
@@ -128,23 +140,52 @@ class Watcher:
             except Exception as e:  # already broken: nothing left to release
                 log.debug("closing the netlink reader socket: %r", e)
 
+    def _lost(self, why: str, e: BaseException | None = None) -> ResyncNeeded:
+        """Events were (or may have been) lost: the daemon is told at once, in
+        this thread; the caller queues or raises the resync returned."""
+        if self._on_lost is not None:
+            self._on_lost(isinstance(e, OSError) and e.errno == errno.ENOBUFS)
+        return ResyncNeeded(why)
+
     def _read(self) -> None:
         try:
             ipr = self._ipr = IPRoute()
+            grow_rcvbuf(ipr.fileno())
             decode_fdb_fast(ipr.asyncore.marshal)  # dumped and events alike
             follow_nexthops(ipr)
             ipr.bind(groups=GROUPS)
-            # a bulk change (100,000 FDB entries flushed at once) arrives
-            # faster than any reader: room for it, instead of an overrun and
-            # a full resync (SO_RCVBUFFORCE: root may exceed rmem_max)
-            ipr.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, int(os.environ.get(RCVBUF_ENV) or EVENTS_RCVBUF))
             self._q.put(_Batch(self._dump(ipr)))
             self._q.put(_DUMP_DONE)
+            threading.Thread(target=self._read_routes, name="tna-routes", daemon=True).start()
             for batch in _events(ipr, self._closed):
                 self._q.put(batch)
         except Exception as e:  # overrun (ENOBUFS), dump trouble, socket gone
             if not self._closed.is_set():
-                self._q.put(ResyncNeeded(f"netlink reader stopped: {e!r}"))
+                self._q.put(self._lost(f"netlink reader stopped: {e!r}", e))
+
+    def _read_routes(self) -> None:
+        """The route dump (subscribed already: events since are queued and
+        the model holds them until the family's dump is done)."""
+        try:
+            for family in (AF_INET, AF_INET6):
+                for _ in range(5):
+                    try:
+                        for route in dump_routes(family):
+                            while self._q.qsize() > ROUTES_QUEUED_MAX and not self._closed.is_set():
+                                time.sleep(0.01)
+                            if self._closed.is_set():
+                                return
+                            self._q.put(Dumped(route))
+                        break
+                    except NetlinkDumpInterrupted:
+                        log.info("route dump interrupted by a change; dumping again")
+                        self._q.put(RouteDump(family, done=False))  # forget what it stated
+                else:
+                    raise ResyncNeeded("route dumps keep being interrupted")
+                self._q.put(RouteDump(family, done=True))
+        except Exception as e:
+            if not self._closed.is_set():
+                self._q.put(self._lost(f"route dump stopped: {e!r}", e))
 
     def _read_xdp(self) -> None:
         assert self._xdp is not None
@@ -152,9 +193,9 @@ class Watcher:
             while not self._closed.is_set():
                 for event in self._xdp.read(timeout=READER_WAKE_S):
                     self._q.put(event)
-        except Exception as e:
+        except Exception as e:  # lost xdp-features changes: the egress maps may be wrong
             if not self._closed.is_set():
-                self._q.put(ResyncNeeded(f"netdev reader stopped: {e!r}"))
+                self._q.put(self._lost(f"netdev reader stopped: {e!r}", e))
         finally:
             self._xdp.close()
 
@@ -167,16 +208,16 @@ class Watcher:
             while not self._closed.is_set():
                 if self._nft.read(timeout=READER_WAKE_S):
                     changed()
-        except Exception as e:  # an overrun loses nothing: the rule sets are read whole
+        except Exception as e:  # the socket is gone (an overrun is a commit: NftEvents.read)
             if not self._closed.is_set():
                 changed()
-                self._q.put(ResyncNeeded(f"nftables reader stopped: {e!r}"))
+                self._q.put(self._lost(f"nftables reader stopped: {e!r}", e))
         finally:
             self._nft.close()
 
     @staticmethod
     def _dump(ipr: IPRoute) -> list[NlMsg | TcFilters]:
-        """Everything the model needs, in dependency order (links first)."""
+        """Everything the model needs but routes, in dependency order (links first)."""
         for _ in range(5):
             try:
                 links = list(ipr.get_links())
@@ -185,7 +226,6 @@ class Watcher:
                 msgs += get_nexthops(ipr)  # before the routes that use them
                 for family in (AF_INET, AF_INET6):
                     msgs += ipr.get_addr(family=family)
-                    msgs += ipr.get_routes(family=family)
                     msgs += ipr.get_neighbours(family=family)
                 msgs += dump_fdb(ipr)  # bridge FDBs
                 return msgs
@@ -193,17 +233,18 @@ class Watcher:
                 log.info("netlink dump interrupted by a change; dumping again")
         raise ResyncNeeded("netlink dumps keep being interrupted")
 
-    def snapshot(self) -> list[NlMsg | XdpXmit | TcFilters]:
-        """The initial dump (call once, before events()).  It takes as long as
-        the reader needs (a large table on a busy machine takes a while); a
-        reader that died without a word is a resync."""
-        msgs: list[NlMsg | XdpXmit | TcFilters] = [XdpXmit(i, c) for i, c in xdp_xmit_capable().items()]
+    def snapshot(self) -> list[NlMsg | XdpXmit | TcFilters | RouteDump]:
+        """The initial dump but routes (call once, before events(), which
+        brings the routes).  It takes as long as the reader needs; a reader
+        that died without a word is a resync."""
+        msgs: list[NlMsg | XdpXmit | TcFilters | RouteDump] = [RouteDump(f, done=False) for f in (AF_INET, AF_INET6)]
+        msgs += [XdpXmit(i, c) for i, c in xdp_xmit_capable().items()]
         while True:
             try:
                 item = self._q.get(timeout=1.0)
             except queue.Empty:
                 if not self._thread.is_alive():
-                    raise ResyncNeeded("netlink reader ended during the dump") from None
+                    raise self._lost("netlink reader ended during the dump") from None
                 continue
             if item is _DUMP_DONE:
                 return msgs
@@ -214,24 +255,28 @@ class Watcher:
             else:
                 msgs.append(item)
 
-    def events(self, timeout: float) -> Iterator[Fact]:
-        """Messages that arrive within timeout: all queued, then stop."""
+    def events(self, timeout: float, budget: float = EVENTS_BUDGET_S) -> Iterator[Fact]:
+        """Messages that arrive within timeout: all queued, then stop (or
+        after budget seconds: a route dump or a burst keeps it busy)."""
         try:
             item = self._q.get(timeout=timeout)
         except queue.Empty:
             return
+        until = time.monotonic() + budget
         while True:
             if isinstance(item, ResyncNeeded):
                 raise item
             for msg in item if isinstance(item, _Batch) else (item,):
                 yield from self._expand(msg)
+            if time.monotonic() > until:  # a batch is taken whole
+                return
             try:
                 item = self._q.get_nowait()
             except queue.Empty:
                 return
 
-    def _expand(self, msg: NlMsg | XdpXmit | NetfilterChanged) -> Iterator[Fact]:
-        if isinstance(msg, (XdpXmit, NetfilterChanged)):
+    def _expand(self, msg: Fact) -> Iterator[Fact]:
+        if isinstance(msg, (XdpXmit, NetfilterChanged, RouteDump, Dumped)):
             yield msg
         elif msg["header"]["type"] in (RTM_NEWQDISC, RTM_DELQDISC, RTM_NEWTFILTER, RTM_DELTFILTER):
             # tc events do not say what the device ends up with: re-read its

@@ -1,0 +1,163 @@
+"""The control plane's own costs (issue #13 items 4 and 5), one run:
+
+  python -m netns_labs.bench_control [--idle-seconds 30] [--commits 20] [--rules 10 10000] [--json FILE]
+
+In the router lab with the stateful FORWARD chain of netns_labs/bench.py
+(forward_rules(N): INVALID dropped, N - 3 blocklist rules, ESTABLISHED and
+the service accepted), `tna run` (auto hooks: TC on the veths):
+
+1. Idle CPU (behind the smallest N): the daemon attached and settled, then
+   nothing changes for --idle-seconds: the utime + stime of the daemon (all
+   its threads, and children it reaped) over that time, as % of one core.
+2. Commit latency behind each N: --commits commits, each `iptables -I
+   FORWARD 2` of a new blocklist rule (the shape of the others: a member of
+   their set, so the compiled code is reused).  From `iptables` returning:
+   - hold: until the datapath holds (tna_state's pass reason, read through
+     the program attached to r-h1; negative when it held before iptables
+     returned);
+   - program: until a new program is attached to r-h1 (its id changed);
+   - release: until the hold is released (pass reason 0 again).
+   p50 / p90 / p99 of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from netns_labs.bench import forward_rules, header
+from netns_labs.lab import RouterLab, Tna, in_netns, wait_for
+from tna.bpf import abi
+from tna.bpf import attach as hooks
+from tna.bpf import libbpf as bpf
+
+COMMIT_TIMEOUT = 120.0  # s: a commit behind 10,000 rules on a busy machine takes seconds
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime + cutime + cstime of a process (all threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+class Datapath:
+    """What r-h1 runs now: its TC program's id, and the pass reason the
+    datapath reads (tna_state is shared, so it outlives every program)."""
+
+    def __init__(self, lab: RouterLab) -> None:
+        self.lab, self.ifindex = lab, lab.ifindex(lab.r, "r-h1")
+        prog = bpf.Program.from_id(self.prog_id())
+        self.state = prog.find_map(abi.MAP_STATE)
+        prog.close()
+
+    def prog_id(self) -> int:
+        with in_netns(self.lab.r):
+            return hooks.tc_query(self.ifindex, abi.TNA_TC_HANDLE, abi.TNA_TC_PRIORITY)
+
+    def pass_reason(self) -> int:
+        raw = self.state.lookup(b"\0\0\0\0")
+        assert isinstance(raw, bytes)
+        return abi.TnaState.from_buffer_copy(raw).cfg.pass_reason
+
+
+def commit(lab: RouterLab, dp: Datapath, k: int) -> dict[str, float | None]:
+    """One rule inserted; seconds from iptables returning to hold, program, release."""
+    old = dp.prog_id()
+    cmd = ["iptables", "-I", "FORWARD", "2", "-s", f"203.0.113.{k % 250}/32", "-p", "udp", "-m", "udp",
+           "--dport", str(30000 + k), "-j", "DROP"]
+    proc = lab.popen(lab.r, cmd)
+    held = prog = released = returned = None
+    deadline = time.monotonic() + COMMIT_TIMEOUT
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        if returned is None and proc.poll() is not None:
+            if proc.returncode:
+                raise SystemExit(f"{shlex.join(cmd)} failed")
+            returned = now
+        reason = dp.pass_reason()
+        if held is None and reason:
+            held = now
+        if prog is None and dp.prog_id() not in (old, 0):
+            prog = now
+        if held is not None and released is None and not reason:
+            released = now
+        if returned is not None and prog is not None and (released is not None or (held is None and now - prog > 1)):
+            break
+    else:
+        raise SystemExit(f"commit {k}: no new program within {COMMIT_TIMEOUT} s")
+    assert returned is not None
+    return {what: None if t is None else t - returned for what, t in
+            (("hold", held), ("program", prog), ("release", released))}
+
+
+def percentiles(xs: list[float]) -> dict[str, float]:
+    q = statistics.quantiles(xs, n=100, method="inclusive")
+    return {"p50": statistics.median(xs), "p90": q[89], "p99": q[98]}
+
+
+def bench(rules: int, commits: int, idle_seconds: float) -> dict:
+    with RouterLab() as lab:
+        lab.run(lab.r, ["iptables-restore"], input=forward_rules(rules))
+        tna = Tna(lab, lab.r)
+        try:
+            tna.wait_attached(["r-h1", "r-h2"], timeout=COMMIT_TIMEOUT)
+            if not wait_for(lambda: "firewall" in tna.status()["ifaces"]["r-h1"]["modules"], COMMIT_TIMEOUT, 0.5):
+                raise SystemExit("the FORWARD rules were not compiled in")
+            dp = Datapath(lab)
+            out: dict = {"rules": rules}
+            if idle_seconds:
+                time.sleep(5)  # settled: the first reconcile's aftermath (status, sysctl reads) is over
+                before = cpu_seconds(tna.proc.pid)
+                time.sleep(idle_seconds)
+                out["idle_cpu_percent"] = (cpu_seconds(tna.proc.pid) - before) / idle_seconds * 100
+            samples: dict[str, list[float]] = {"hold": [], "program": [], "release": []}
+            for k in range(commits):
+                for what, t in commit(lab, dp, k).items():
+                    if t is not None:
+                        samples[what].append(t)
+                time.sleep(0.5)  # commits apart, as an operator's are
+            out["commits"] = commits
+            out["latency_s"] = {what: {"n": len(xs), "runs": xs, **(percentiles(xs) if len(xs) > 1 else {})}
+                                for what, xs in samples.items()}
+            dp.state.close()
+        finally:
+            tna.stop()
+            tna.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--idle-seconds", type=float, default=30)
+    ap.add_argument("--commits", type=int, default=20)
+    ap.add_argument("--rules", type=int, nargs="+", default=[10, 10_000])
+    ap.add_argument("--json", type=Path, default=RouterLab.repo / "docs" / "bench" / "control.json", metavar="FILE")
+    args = ap.parse_args(argv)
+    load = [os.getloadavg()[0]]
+    results = []
+    for i, n in enumerate(args.rules):
+        res = bench(n, args.commits, args.idle_seconds if i == 0 else 0)
+        results.append(res)
+        if "idle_cpu_percent" in res:
+            print(f"idle, {n} rules: {res['idle_cpu_percent']:.2f} % of a core over {args.idle_seconds:.0f} s")
+        print(f"{n} rules, {args.commits} commits, seconds from iptables returning (p50 / p90 / p99):")
+        for what, s in res["latency_s"].items():
+            pct = " / ".join(f"{s[p]:.3f}" for p in ("p50", "p90", "p99")) if "p50" in s else "-"
+            print(f"  {what:<8} {pct}  ({s['n']} of {args.commits})", flush=True)
+    load.append(os.getloadavg()[0])
+    doc = {**header("bench_control", sys.argv[1:] if argv is None else argv),
+           "loadavg_1min": load, "results": results}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"\nload average (1 min) before / after: {load[0]:.2f} / {load[1]:.2f}; results: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""The resync hold, pinned without root on the recording datapath of
+test_reconcile_order: events lost (an overrun) hold the datapath at once,
+from the reader's thread, and only the reconcile that has written every map
+from a later watcher's dump ends the hold."""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+import pytest
+
+from tests.test_reconcile_order import MAP_SYNCS, reconcile, recording_daemon
+from tna import daemon as daemon_mod
+from tna.bpf import abi
+from tna.netlink import netfilter, watch
+from tna.netlink.netfilter import NftEvents
+
+RESYNC = abi.REASON["RESYNC"]
+
+
+class FakeWatcher:
+    """A Watcher whose dump is instant; its readers are the test."""
+
+    made: list[FakeWatcher] = []
+
+    def __init__(self, on_nft_commit: Any = None, on_lost: Any = None) -> None:
+        self.on_lost, self.closed = on_lost, False
+        FakeWatcher.made.append(self)
+
+    def snapshot(self) -> list[Any]:
+        return []
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def daemon(monkeypatch: pytest.MonkeyPatch) -> daemon_mod.Daemon:
+    d = recording_daemon(monkeypatch)
+    model = d.model
+    FakeWatcher.made = []
+    monkeypatch.setattr(daemon_mod, "Watcher", FakeWatcher)
+    monkeypatch.setattr(daemon_mod, "model_from", lambda msgs: model)  # the same links, "dumped" anew
+    monkeypatch.setattr(d, "_poll", lambda rules=True: False)
+    d._resync()
+    reconcile(d)
+    return d
+
+
+def test_a_loss_holds_at_once_and_until_every_map_is_written_from_a_new_dump(daemon: daemon_mod.Daemon) -> None:
+    calls = daemon.dp.calls  # type: ignore[attr-defined]
+    calls.clear()
+    FakeWatcher.made[-1].on_lost(True)  # in the reader thread, before the main loop hears of it
+    assert calls == [("hold", RESYNC)]
+    assert daemon.metrics.registry.get_sample_value("tna_netlink_overruns_total") == 1
+    # a reconcile before the new dump keeps holding: the maps still hold the old model
+    assert ("release", 0) not in reconcile(daemon)
+    daemon._resync()
+    assert FakeWatcher.made[0].closed and len(FakeWatcher.made) == 2
+    calls = reconcile(daemon)
+    assert calls[-1] == ("release", 0), calls
+    held = calls[:-1]
+    assert ("release", 0) not in held and {c[0] for c in held} >= set(MAP_SYNCS), calls
+    assert all(c == ("guards", RESYNC) for c in held if c[0] == "guards"), calls
+
+
+def test_a_closed_watchers_late_report_does_not_hold(daemon: daemon_mod.Daemon) -> None:
+    old = FakeWatcher.made[-1]
+    daemon._resync()
+    reconcile(daemon)
+    daemon.dp.calls.clear()  # type: ignore[attr-defined]
+    old.on_lost(False)  # the newer watcher bound after it closed: its dump has what was lost
+    assert daemon.dp.calls == []  # type: ignore[attr-defined]
+
+
+def test_a_loss_in_the_new_watcher_during_the_reconcile_keeps_the_hold(daemon: daemon_mod.Daemon) -> None:
+    FakeWatcher.made[-1].on_lost(True)
+    daemon._resync()
+    current = FakeWatcher.made[-1]
+    sync = daemon.dp.sync_bridges
+    daemon.dp.sync_bridges = lambda *a: (current.on_lost(True), sync(*a))  # type: ignore[method-assign]
+    assert ("release", 0) not in reconcile(daemon)
+
+
+class ReaderFails(Exception):
+    pass
+
+
+def test_the_watcher_tells_the_daemon_before_it_queues_the_resync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """_lost() is what every reader calls: the callback learns whether it
+    was an overrun; the returned ResyncNeeded is what the readers queue."""
+    w = watch.Watcher.__new__(watch.Watcher)
+    seen: list[bool] = []
+    w._on_lost = seen.append
+    assert isinstance(w._lost("x", OSError(errno.ENOBUFS, "No buffer space")), watch.ResyncNeeded)
+    w._lost("y", ReaderFails())
+    assert seen == [True, False]
+
+
+def test_an_nftables_overrun_is_a_commit_not_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit of thousands of rules can overrun the socket: the rule sets
+    are read whole, so that is news of a commit, and the reader goes on."""
+    reads: list[OSError | bytes] = [OSError(errno.ENOBUFS, "No buffer space"), b"NEWGEN"]
+
+    class Raw:
+        def recv(self, n: int) -> bytes:
+            r = reads.pop(0)
+            if isinstance(r, OSError):
+                raise r
+            return r
+
+    monkeypatch.setattr(netfilter.select, "select", lambda r, w, x, t: (r if reads else [], [], []))
+    ev = NftEvents.__new__(NftEvents)
+    ev._raw = Raw()  # type: ignore[assignment]
+    assert ev.read(0.1) is True and reads == []

@@ -1,0 +1,246 @@
+"""The routing tables as the guards need them: compact, incremental, pure.
+
+The fast path reads routes through bpf_fib_lookup(); the daemon needs only
+two aggregates per family (the smallest route MTU metric, whether a
+multipath route exists) and a count.  So only the routes that can move a
+guard (an MTU metric, several next hops, a nexthop object) are kept, keyed
+by the identity the kernel replaces and deletes by; the rest are counted.
+
+A dump streams in after the daemon has attached (a full table takes
+minutes to decode here): while a family's dump is under way its guards are
+conservative (Linux's smallest possible route MTU, "a multipath route may
+exist") and its route events wait, to be applied in order once the dump is
+done (an event may be older than the dump record it would override).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from dataclasses import replace as with_
+
+AF_INET = 2
+AF_INET6 = 10
+FAMILIES = (AF_INET, AF_INET6)
+# The smallest route MTU forwarding may use while a family's routes are not
+# all known: IPv4 honours any metric (ip_dst_mtu_maybe_forward()), IPv6
+# forwarding raises it to IPV6_MIN_MTU (ip6_forward()).
+UNKNOWN_MTU = {AF_INET: 1, AF_INET6: 1280}
+
+
+@dataclass(frozen=True)
+class Route:
+    family: int
+    table: int
+    dst: str
+    dst_len: int
+    type: int
+    oif: int | None
+    gateway: str | None
+    multipath: int = 0  # number of next hops when > 1 (RTA_MULTIPATH)
+    mtu: int = 0        # the route's own MTU metric (RTAX_MTU), 0 if none
+    nhid: int = 0       # the nexthop object it uses (RTA_NH_ID), 0 if none
+    tos: int = 0
+    priority: int = 0   # RTA_PRIORITY (IPv6: the metric)
+    # a notification that replaced the route of the same identity (NLM_F_REPLACE)
+    replace: bool = field(default=False, compare=False)
+
+    @property
+    def key(self) -> tuple[int, int, str, int, int, int]:
+        """What the kernel finds a route by to replace or delete it (fib
+        alias: table, prefix, tos, priority; IPv6: table, prefix, metric)."""
+        return (self.family, self.table, self.dst, self.dst_len, self.tos, self.priority)
+
+    @property
+    def notable(self) -> bool:
+        """Whether the route can move a guard."""
+        return bool(self.mtu or self.multipath > 1 or self.nhid)
+
+
+@dataclass(frozen=True)
+class RouteDump:
+    """A family's route dump starts (done False: its routes are unknown
+    until it ends) or ends."""
+
+    family: int
+    done: bool
+
+
+@dataclass(frozen=True)
+class Dumped:
+    """A route as the dump states it (events about it may be older)."""
+
+    route: Route
+
+
+class RouteTable:
+    """Routes by identity, kept only when notable; counted per family.
+    Iterating yields the notable routes; len() is the number of routes."""
+
+    def __init__(self) -> None:
+        self._notable: dict[tuple, list[Route]] = {}  # key -> variants (`ip route append`)
+        self._count: Counter[int] = Counter()
+        self._mtus: dict[int, Counter[int]] = {f: Counter() for f in FAMILIES}
+        self._multipath: Counter[int] = Counter()   # family -> routes with several next hops
+        self._by_nh: dict[int, Counter[int]] = {}    # nhid -> family -> routes using it
+        self._pending: dict[int, list[tuple[str, object]]] = {}  # family -> events held during its dump
+        # family -> hash of each route key its dump stated, kept while it loads: a
+        # held event about a dumped route must not count it twice
+        self._dumped: dict[int, set[int]] = {}
+
+    def __len__(self) -> int:
+        return sum(self._count.values())
+
+    def __iter__(self) -> Iterator[Route]:
+        return (r for variants in self._notable.values() for r in variants)
+
+    def count(self, family: int) -> int:
+        return self._count[family]
+
+    def loading(self, family: int) -> bool:
+        """Whether family's dump is under way (its guards conservative)."""
+        return family in self._pending
+
+    # --- facts ----------------------------------------------------------------
+
+    def dump(self, mark: RouteDump) -> bool:
+        """A dump starts (the family's routes are forgotten: a restarted dump
+        states them all again) or ends (the events it held apply now).  True
+        when the guards may have changed."""
+        f = mark.family
+        if not mark.done:
+            for r in [r for r in self if r.family == f]:
+                self._forget(r.key, r)
+            self._count[f] = 0
+            self._pending.setdefault(f, [])
+            self._dumped[f] = set()
+            return True
+        seen = self._dumped.pop(f, set())
+        for op, arg in self._pending.pop(f, []):
+            if isinstance(arg, Route):
+                # the dump may have read a route before or after a held event
+                # about it: the events, in order, have the last word
+                h = hash(arg.key)
+                if op == "del":
+                    if h not in seen:
+                        continue  # never counted
+                    seen.discard(h)
+                else:
+                    if (h in seen) != arg.replace:
+                        arg = with_(arg, replace=h in seen)  # counted already / not yet
+                    seen.add(h)
+            self._do(op, arg, f)
+        return True
+
+    def dumped(self, route: Route) -> bool:
+        """A route of the dump: applied at once (the guards stay conservative)."""
+        self._dumped.setdefault(route.family, set()).add(hash(route.key))
+        return self._add(route) and not self.loading(route.family)
+
+    def event(self, route: Route, present: bool) -> bool:
+        """RTM_NEWROUTE / RTM_DELROUTE: True if a guard aggregate changed."""
+        op = "add" if present else "del"
+        if self.loading(route.family):
+            self._pending[route.family].append((op, route))
+            return False
+        return self._do(op, route, route.family)
+
+    def drop_nexthop(self, nhid: int) -> bool:
+        """The kernel deleted nexthop object nhid and, unannounced, its routes."""
+        changed = False
+        for f in FAMILIES:
+            if self.loading(f):
+                self._pending[f].append(("drop_nh", nhid))
+            else:
+                changed |= self._drop_nh(nhid, f)
+        return changed
+
+    # --- what the guards read -----------------------------------------------
+
+    def smallest_mtu(self, family: int) -> int:
+        """Smallest route MTU metric in family, 0 if none sets one."""
+        if self.loading(family):
+            return UNKNOWN_MTU[family]
+        return min(self._mtus[family], default=0)
+
+    def has_multipath(self, family: int, nexthops: dict) -> bool:
+        """Whether the kernel may choose among next hops for some route of
+        family: several next hops of its own, or a nexthop object that is a
+        group or not (yet) known (nexthops: Model.nexthops)."""
+        if self.loading(family) or self._multipath[family]:
+            return True
+        return any(users[family] and ((nh := nexthops.get(nhid)) is None or len(nh.group) > 1)
+                   for nhid, users in self._by_nh.items())
+
+    # --- bookkeeping ----------------------------------------------------------
+
+    def _do(self, op: str, arg: object, family: int) -> bool:
+        if op == "drop_nh":
+            assert isinstance(arg, int)
+            return self._drop_nh(arg, family)
+        assert isinstance(arg, Route)
+        return self._add(arg) if op == "add" else self._remove(arg)
+
+    def _add(self, route: Route) -> bool:
+        variants = self._notable.get(route.key)
+        if route.replace:
+            if not variants:  # a boring route was replaced
+                return self._insert(route, count=False)
+            self._forget(route.key, variants[0])  # the kernel replaces the key's first alias
+            self._insert(route, count=False)
+            return True
+        if variants and route in variants:  # stated again (a dump record, a replayed event)
+            return False
+        return self._insert(route, count=True)
+
+    def _insert(self, route: Route, count: bool) -> bool:
+        if count:
+            self._count[route.family] += 1
+        if not route.notable:
+            return False
+        self._notable.setdefault(route.key, []).append(route)
+        self._account(route, 1)
+        return True
+
+    def _remove(self, route: Route) -> bool:
+        self._count[route.family] = max(self._count[route.family] - 1, 0)
+        variants = self._notable.get(route.key)
+        # a deletion states the whole route; one that matches no known variant
+        # (one next hop of an IPv6 multipath route) keeps them: at worst a guard stays on
+        if not variants or route not in variants:
+            return False
+        self._forget(route.key, route)
+        return True
+
+    def _drop_nh(self, nhid: int, family: int) -> bool:
+        gone = [r for r in self if r.nhid == nhid and r.family == family]
+        for r in gone:
+            self._count[r.family] = max(self._count[r.family] - 1, 0)
+            self._forget(r.key, r)
+        return bool(gone)
+
+    def _forget(self, key: tuple, route: Route) -> None:
+        variants = self._notable[key]
+        variants.remove(route)
+        if not variants:
+            del self._notable[key]
+        self._account(route, -1)
+
+    def _account(self, route: Route, sign: int) -> None:
+        """Add (sign 1) or remove (-1) route's share of the aggregates."""
+        if route.mtu:
+            _bump(self._mtus[route.family], route.mtu, sign)
+        if route.multipath > 1:
+            _bump(self._multipath, route.family, sign)
+        if route.nhid:
+            users = self._by_nh.setdefault(route.nhid, Counter())
+            _bump(users, route.family, sign)
+            if not users:
+                del self._by_nh[route.nhid]
+
+
+def _bump(counter: Counter, key: int, sign: int) -> None:
+    counter[key] += sign
+    if counter[key] <= 0:
+        del counter[key]
