@@ -16,6 +16,7 @@ import sys
 from netns_labs.lab import BridgeLab, Lab, RouterLab, in_netns
 from tna.model.config import AF_INET, AF_INET6, TcFilters, XdpXmit
 from tna.model.routes import Dumped, RouteDump
+from tna.netlink import watch
 from tna.netlink.watch import Watcher
 
 DERIVED = (XdpXmit, TcFilters, RouteDump, Dumped)  # facts the watcher made, not messages
@@ -83,6 +84,8 @@ def main(argv: list[str]) -> None:
             lab.sysctl(ns, "net.ipv4.nexthop_compat_mode", int(which == "nexthop_compat"))
             for cmd in NEXTHOP_SETUP:
                 lab.run(ns, cmd)
+    # pyroute2's own messages, which keep their bytes (the fast FDB decoder keeps only facts)
+    watch.decode_fdb_fast = lambda marshal: None
     with lab:
         with in_netns(ns):  # the watcher's threads and sockets live in the lab
             watcher = Watcher()

@@ -73,7 +73,8 @@ def test_python_constants_come_from_the_header() -> None:
                  "TNA_CT_TCP_LOOSE", "TNA_TC_PRIORITY", "TNA_TC_HANDLE"):
         assert getattr(abi, name) == d[name], name
     assert (abi.LOCAL4_MAX, abi.LOCAL6_MAX) == (d["TNA_LOCAL4_MAX"], d["TNA_LOCAL6_MAX"])
-    assert (abi.PORTS_SIZE, abi.FW_RULES_MAX) == (d["TNA_PORTS_SIZE"], d["TNA_FW_RULES_MAX"])
+    assert (abi.PORTS_SIZE, abi.FW_RULES_MAX, abi.FDB_SIZE) == (d["TNA_PORTS_SIZE"], d["TNA_FW_RULES_MAX"],
+                                                             d["TNA_FDB_SIZE"])
     assert (abi.FDB_LOCAL, abi.FDB_DYNAMIC) == (d["TNA_FDB_LOCAL"], d["TNA_FDB_DYNAMIC"])
     assert abi.PORT_FLAGS == {k[len("TNA_PORT_"):]: v for k, v in d.items()
                               if k.startswith("TNA_PORT_") and k != "TNA_PORTS_SIZE"}

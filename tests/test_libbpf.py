@@ -77,3 +77,19 @@ def test_map_ops_batch_and_pins(bpffs: Path) -> None:
         assert not Path(pin).exists()
         prog = obj.program("ok")
         assert obj.program("ok").id == prog.id and prog.map_ids() == []
+
+
+def test_batch_update_and_delete_stop_where_the_kernel_does() -> None:
+    with bpf.BpfObject(str(compile_source(MAPS_C))) as obj:
+        obj.load()
+        kv = obj.map("kv")
+        keys = b"".join(i.to_bytes(4, "little") for i in range(80))
+        values = b"".join((i + 1).to_bytes(8, "little") for i in range(80))
+        assert kv.update_batch(keys, values) == 64  # max_entries 64: the 65th does not fit
+        assert kv.lookup((63).to_bytes(4, "little")) == (64).to_bytes(8, "little")
+        assert kv.lookup((64).to_bytes(4, "little")) is None
+        assert kv.update_batch(keys[:16], values[32:64]) == 4  # existing keys fit in a full map
+        assert kv.lookup((0).to_bytes(4, "little")) == (5).to_bytes(8, "little")
+        # a missing key stops a batch delete: what came before it is deleted
+        assert kv.delete_batch(keys[:40] + (200).to_bytes(4, "little") + keys[40:44]) == 10
+        assert len(kv.items()) == 54 and kv.lookup((10).to_bytes(4, "little")) is not None

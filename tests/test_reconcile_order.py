@@ -45,6 +45,10 @@ class RecordingDatapath:
         self.lease = RecordingLease(self.calls)
         self.attached: dict[int, SimpleNamespace] = {}
         self.masks: dict[int, int] = {}
+        self.fdb = SimpleNamespace(per_bridge={}, capacity=0)
+
+    def expect(self, *_: Any) -> None:
+        pass
 
     def fw_masks(self) -> dict[int, int]:
         return self.masks

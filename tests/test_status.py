@@ -27,7 +27,7 @@ def test_describe_reports_model_plan_and_programs() -> None:
                 bridge=Bridge(ageing_cs=1500)),
         5: veth(5, "p1", master=4, port=Port()),
     }, sysctls=Sysctls(True, False))
-    m.apply(FdbEntry(4, 5, 0, "02:00:00:00:00:99", False, True))
+    m.apply(FdbEntry(4, 0, "02:00:00:00:00:99", 5, False, True))
     rules = ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n"
              "-A FORWARD -i r-h1 -j ACCEPT\n-A INPUT -p udp --dport 9 -j DROP\nCOMMIT\n")
     fw, _ = firewall_plan({4: parse_save(rules)})
@@ -35,7 +35,8 @@ def test_describe_reports_model_plan_and_programs() -> None:
     p = plan(m, "tc")
     attached = {i: SimpleNamespace(plan=ip, prog_id=100 + i, source=f"/c/{i}.c") for i, ip in p.ifaces.items()
                 if ip.name != "r-h2"}
-    st = describe(m, p, attached, pid=42, mode="tc", disabled=None, failed={3: "clang failed"})
+    st = describe(m, p, attached, pid=42, mode="tc", disabled=None, failed={3: "clang failed"},
+                  fdb_map=({4: 1}, 65536))
     assert st["pid"] == 42 and st["mode"] == "tc" and st["disabled"] is None
     assert st["forwarding"] == {"ipv4": True, "ipv6": False}
     assert st["ifaces"]["r-h1"] == {"ifindex": 2, "hook": "tc", "hook_why": p.ifaces[2].hook_why,
@@ -44,8 +45,8 @@ def test_describe_reports_model_plan_and_programs() -> None:
     assert "r-h2" not in st["ifaces"] and st["failed"] == {"r-h2": "clang failed"}
     assert st["skipped"]["lo"]
     assert st["bridges"]["br0"] == {"accelerated": True, "why_not": None, "routed": True, "fdb": 1,
-                                    "ageing_s": 15.0, "ports": {"p1": {"state": "forwarding",
-                                                                       "accelerated": True}}}
+                                    "fdb_mirrored": 1, "fdb_capacity": 65536, "ageing_s": 15.0,
+                                    "ports": {"p1": {"state": "forwarding", "accelerated": True}}}
     assert st["firewall"] == {"chains": {"FORWARD v4": 1, "INPUT v4": 1}, "conntrack": []}
     assert [(r["chain"], r["index"]) for r in st["firewall_rules"]] == [
         ("FORWARD", 1), ("FORWARD", 0), ("INPUT", 1), ("INPUT", 0)]

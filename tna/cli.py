@@ -135,7 +135,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, b in sorted(st.get("bridges", {}).items()):
         what = "accelerated" if b["accelerated"] else f"kernel path: {b['why_not']}"
         routed = ", routes" if b["routed"] else ""
-        print(f"bridge {name}: {what}{routed}; FDB {b['fdb']} entries, ageing {b['ageing_s']:g} s")
+        fdb = f"FDB {b['fdb']} entries"
+        if b.get("accelerated"):
+            fdb += f", {b.get('fdb_mirrored', 0)} mirrored, map capacity {b.get('fdb_capacity', 0)}"
+        print(f"bridge {name}: {what}{routed}; {fdb}, ageing {b['ageing_s']:g} s")
         for port, p in sorted(b["ports"].items()):
             print(f"  port {port:<12} {p['state']:<10} {'tna attached' if p['accelerated'] else 'kernel only'}")
     for name, i in sorted(st["ifaces"].items()):

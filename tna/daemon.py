@@ -83,6 +83,7 @@ class Daemon:
         self._rules_gen = 0
         self._guard_lock = threading.Lock()  # a hold and the guards' publication never interleave
         self._watcher: Watcher | None = None
+        self._fdb_full = True  # a new model: the FDB map is compared whole at the next reconcile
         # the resync hold (RESYNC): each Watcher has a generation; what one
         # lost is repaired by a later one's dump (the model comes from the
         # current one's), once every map is written from it
@@ -277,6 +278,7 @@ class Daemon:
             self._watcher = Watcher(on_nft_commit=self._nft_commit, on_lost=functools.partial(self._events_lost, gen))
             try:
                 self.model = model_from(self._watcher.snapshot())
+                self._fdb_full = True
                 self._poll()
                 return
             except ResyncNeeded as e:
@@ -345,6 +347,8 @@ class Daemon:
         masks = {i: b for i, b in fw.iface_masks({i: link.name for i, link in m.links.items()}).items()
                  if b} if fw else {}
         p = self._plan()
+        # the maps mirroring the kernel's tables are sized from them when created
+        self.dp.expect(len(m.fdb), sum(1 for link in m.links.values() if link.port is not None))
         if (family_bits(families, abi.TNA_FW_V4, abi.TNA_FW_V6) != self.dp.lease.cfg.fw_families
                 or masks != self.dp.fw_masks()
                 or any(i in p.ifaces and a.plan.firewall != p.ifaces[i].firewall
@@ -361,7 +365,9 @@ class Daemon:
             if self._safely(ifindex, lambda ip=ip: self._deploy(ip)):
                 self.failed.pop(ifindex, None)
         self.dp.sync(p.xdp_egress, p.tc_egress, self.model.stale_neighbours())
-        self.dp.sync_bridges(p.ports, p.l3_bridges, [e for e in m.fdb.values() if e.bridge in p.bridges])
+        fdb_changed = m.take_fdb_changes()
+        self.dp.sync_bridges(p.ports, p.l3_bridges, m.fdb, None if self._fdb_full else fdb_changed, p.bridges)
+        self._fdb_full = False
         self.dp.sync_firewall(masks)
         if self.dp.fw_masks() == masks:
             self._mapped_gen = self._watcher_gen  # the model is the current watcher's
@@ -373,7 +379,8 @@ class Daemon:
 
     def _publish_status(self) -> None:
         self._status = describe(self.model, self.plan, self.dp.attached, pid=os.getpid(), mode=self.settings.hook,
-                                disabled=self.disabled_why, failed=self.failed)
+                                disabled=self.disabled_why, failed=self.failed,
+                                fdb_map=(self.dp.fdb.per_bridge, self.dp.fdb.capacity))
         publish_status(self._status)
         disabled = f"; fast path DISABLED: {self.disabled_why}" if self.disabled_why else ""
         plan_skipped = len(self.plan.skipped) if self.plan else 0

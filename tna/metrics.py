@@ -77,6 +77,8 @@ class _Datapath(Protocol):
 
     def map_fill(self) -> dict[str, tuple[int, int]]: ...
 
+    def fdb_waiting(self) -> int: ...
+
 
 class Observed(Protocol):
     """What the collector reads at scrape time: the daemon."""
@@ -124,6 +126,8 @@ class Collector:
             yield from self._packets(attached)
             yield from self._rules(attached)
             yield from self._maps(d.dp.map_fill())
+            yield GaugeMetricFamily("tna_fdb_entries_waiting", "FDB entries of accelerated bridges that did not "
+                                    "fit in tna_fdb: their frames take the kernel path", d.dp.fdb_waiting())
             # failed_kind is looked up only for what failed still lists
             failed = [d.failed_kind.get(i, "attach_failed") for i in list(d.failed)]
             yield from self._interfaces(attached, d.plan, failed)

@@ -29,8 +29,9 @@ def _rules_json(fw: Firewall | None) -> list[dict[str, Any]]:
     return [dict(vars(r)) for r in rule_refs(fw)]  # asdict() is 10x slower
 
 
-def _bridges(m: Model, p: Plan | None) -> dict[str, Any]:
+def _bridges(m: Model, p: Plan | None, fdb_map: tuple[Mapping[int, int], int]) -> dict[str, Any]:
     out = {}
+    mirrored, capacity = fdb_map
     for br in m.links.values():
         if br.bridge is None:
             continue
@@ -44,7 +45,10 @@ def _bridges(m: Model, p: Plan | None) -> dict[str, Any]:
             # a bridge fit for the fast path that is not on it is left alone by configuration
             "why_not": bridge_skip_reason(br) or (skipped and skipped.why),
             "routed": p is not None and br.index in p.l3_bridges,
-            "fdb": sum(1 for e in m.fdb.values() if e.bridge == br.index),
+            "fdb": m.fdb_per_bridge.get(br.index, 0),
+            # entries in tna_fdb (the rest, when it is full, take the kernel path)
+            "fdb_mirrored": mirrored.get(br.index, 0) if accelerated else 0,
+            "fdb_capacity": capacity,  # of the map all bridges share
             "ageing_s": br.bridge.ageing_cs / 100,
             "ports": ports,
         }
@@ -63,7 +67,9 @@ def _firewall(fw: Firewall | None) -> dict[str, Any] | None:
 
 
 def describe(m: Model, p: Plan | None, attached: Mapping[int, Running], *, pid: int, mode: str,
-             disabled: str | None, failed: Mapping[int, str]) -> dict[str, Any]:
+             disabled: str | None, failed: Mapping[int, str],
+             fdb_map: tuple[Mapping[int, int], int] = ({}, 0)) -> dict[str, Any]:
+    """fdb_map: the FDB map's entries per bridge, and its capacity."""
     ifaces = {}
     if p is not None:
         for ifindex, att in attached.items():
@@ -75,7 +81,7 @@ def describe(m: Model, p: Plan | None, attached: Mapping[int, Running], *, pid: 
             }
     return {
         "pid": pid,
-        "bridges": _bridges(m, p),
+        "bridges": _bridges(m, p, fdb_map),
         "mode": mode,
         "disabled": disabled,
         "forwarding": {"ipv4": m.sysctls.ipv4_forward, "ipv6": m.sysctls.ipv6_forward},

@@ -165,6 +165,7 @@ def _load() -> ctypes.CDLL:
             [c_int, c_void_p, c_void_p, c_void_p, c_void_p, POINTER(c_uint32), c_void_p],
         ),
         "bpf_map_update_batch": (c_int, [c_int, c_void_p, c_void_p, POINTER(c_uint32), c_void_p]),
+        "bpf_map_delete_batch": (c_int, [c_int, c_void_p, POINTER(c_uint32), c_void_p]),
         "bpf_obj_pin": (c_int, [c_int, c_char_p]),
         "bpf_obj_get": (c_int, [c_char_p]),
         "bpf_xdp_attach": (c_int, [c_int, c_int, c_uint32, c_void_p]),
@@ -290,6 +291,26 @@ class Map:
                 return False
             raise LibbpfError(err, f"delete from map {self.name}")
         return True
+
+    def update_batch(self, keys: bytes, values: bytes) -> int:
+        """Write len(keys) // key_size entries (keys and values concatenated)
+        in one syscall; returns how many were written.  The kernel stops at
+        the first entry it cannot take: the caller sees a short count (and
+        the error as LibbpfError only if none was written)."""
+        count = c_uint32(len(keys) // self.key_size)
+        opts = _BatchOpts(sz=sizeof(_BatchOpts))
+        if _lib.bpf_map_update_batch(self.fd, keys, values, byref(count), byref(opts)) < 0 and not count.value:
+            raise LibbpfError(ctypes.get_errno(), f"batch update of map {self.name}")
+        return count.value
+
+    def delete_batch(self, keys: bytes) -> int:
+        """Delete len(keys) // key_size entries in one syscall; returns how
+        many were deleted (the kernel stops at the first missing key)."""
+        count = c_uint32(len(keys) // self.key_size)
+        opts = _BatchOpts(sz=sizeof(_BatchOpts))
+        if _lib.bpf_map_delete_batch(self.fd, keys, byref(count), byref(opts)) < 0 and not count.value:
+            raise LibbpfError(ctypes.get_errno(), f"batch delete from map {self.name}")
+        return count.value
 
     def keys(self) -> Iterator[bytes]:
         cur, nxt = None, create_string_buffer(self.key_size)

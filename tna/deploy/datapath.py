@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import socket
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,9 +23,10 @@ from pyroute2 import IPRoute
 from tna.bpf import abi, attach
 from tna.bpf import libbpf as bpf
 from tna.deploy import clsact
+from tna.deploy.fdbmap import FdbMirror, map_size
 from tna.deploy.lease import Lease
 from tna.deploy.xdplink import XdpLinks
-from tna.model.config import USER_HZ, FdbEntry, Neigh
+from tna.model.config import USER_HZ, FdbEntry, FdbKey, Neigh
 from tna.model.firewall import Firewall
 from tna.netlink.watch import TC_H_CLSACT_EGRESS, TC_H_CLSACT_INGRESS, tc_filters
 from tna.synth.planner import IfacePlan, L3Bridge, PortPlan
@@ -33,6 +35,8 @@ if TYPE_CHECKING:  # what synthesis hands over; deploy runs none of its code
     from tna.synth.build import Artifact
 
 log = logging.getLogger(__name__)
+# tests only: a small smallest FDB map, so a lab outgrows it with a few entries
+FDB_SIZE_ENV = "TNA_TEST_FDB_SIZE"
 
 
 class ForeignProgram(Exception):
@@ -110,6 +114,12 @@ class Datapath:
         # (read at creation) and the entries of the newest rule set's maps
         self._capacity: dict[str, int] = {}
         self._set_entries: dict[str, int] = {}
+        # what the kernel holds, for sizing the maps that mirror it when the
+        # first load creates them (expect())
+        self._expected = {abi.MAP_FDB: 0, abi.MAP_PORTS: 0}
+        self._defaults = {abi.MAP_FDB: int(os.environ.get(FDB_SIZE_ENV) or abi.FDB_SIZE),
+                          abi.MAP_PORTS: abi.PORTS_SIZE}
+        self.fdb = FdbMirror(0)
 
     # --- programs -----------------------------------------------------
 
@@ -124,6 +134,9 @@ class Datapath:
             obj.set_max_entries(abi.MAP_FW_RULES, art.rule_counters)
             for name, m in self.shared.items():
                 obj.reuse_map(name, m.fd)
+            if not self.shared:  # this load creates the shared maps
+                for name in self._expected:
+                    obj.set_max_entries(name, self._size(name))
             fw = art.firewall
             same = self._sets[1] if self._sets is not None and self._sets[0] == fw else None
             maps = load_with_sets(obj, art.sets, same)
@@ -151,6 +164,9 @@ class Datapath:
             m = obj.map(name)
             self.shared[name] = bpf.Map(os.dup(m.fd), m.key_size, m.value_size, name, owned=True)
             self._capacity[name] = bpf.map_info(m.fd).max_entries
+        self.fdb = FdbMirror(self._capacity[abi.MAP_FDB])
+        log.info("maps sized for what the kernel holds: %s", ", ".join(
+            f"{name} {self._capacity[name]}" for name in self._expected))
         prog = obj.program(abi.RENEW_PROGRAM)
         # no program is attached yet
         self.lease.start(bpf.Program(os.dup(prog.fd), prog.name, owned=True), self.shared[abi.MAP_STATE])
@@ -233,10 +249,19 @@ class Datapath:
         self._drop_sets()
         self._shadow.clear()
         self._capacity.clear()
+        self.fdb = FdbMirror(0)
         self.slots.clear()
         self.lease.close()
 
     # --- shared maps ----------------------------------------------------
+
+    def expect(self, fdb_entries: int, ports: int) -> None:
+        """What the kernel holds now: the maps mirroring it are sized from
+        this when the next load creates the shared maps."""
+        self._expected = {abi.MAP_FDB: fdb_entries, abi.MAP_PORTS: ports}
+
+    def _size(self, name: str) -> int:
+        return self._capacity.get(name) or map_size(self._expected[name], self._defaults[name])
 
     def sync(self, xdp_egress: frozenset[int], tc_egress: frozenset[int], stale: set[Neigh]) -> None:
         if not self.shared:
@@ -259,8 +284,15 @@ class Datapath:
         fewer: the datapath deletes an entry once the kernel revalidates it.
         A rule set's map is sized for its entries."""
         fill = {name: (len(shadow), self._capacity.get(name, 0)) for name, shadow in list(self._shadow.items())}
+        if self.shared:
+            fill[abi.MAP_FDB] = (len(self.fdb.written), self.fdb.capacity)
         fill.update({name: (n, max(1, n)) for name, n in list(self._set_entries.items())})
         return fill
+
+    def fdb_waiting(self) -> int:
+        """FDB entries of mirrored bridges that did not fit in tna_fdb
+        (written as soon as room frees up; safe from another thread)."""
+        return len(self.fdb.unfit)
 
     def fw_masks(self) -> dict[int, int]:
         """What tna_fw_ifaces holds: ifindex -> pattern bits (none zero)."""
@@ -271,15 +303,19 @@ class Datapath:
         """A port's stable index in tna_ports (allocated on first use)."""
         if ifindex not in self.slots:
             used = set(self.slots.values())
-            free = next((i for i in range(1, abi.PORTS_SIZE) if i not in used), None)
+            size = self._size(abi.MAP_PORTS)
+            free = next((i for i in range(1, size) if i not in used), None)
             if free is None:
-                raise OSError(errno.ENOSPC, f"more than {abi.PORTS_SIZE - 1} bridge ports")
+                raise OSError(errno.ENOSPC, f"more than {size - 1} bridge ports")
             self.slots[ifindex] = free
         return self.slots[ifindex]
 
-    def sync_bridges(self, ports: dict[int, PortPlan], l3: dict[int, L3Bridge], fdb: list[FdbEntry]) -> None:
+    def sync_bridges(self, ports: dict[int, PortPlan], l3: dict[int, L3Bridge], fdb: Mapping[FdbKey, FdbEntry],
+                     changed: Iterable[FdbKey] | None, bridges: frozenset[int]) -> None:
         """Ports first: a port's entry goes before FDB entries point to it.
-        Called after apply(), which gave every attached port its slot."""
+        Called after apply(), which gave every attached port its slot.  fdb:
+        the model's, of which the mirrored bridges' entries go into the map;
+        changed: the keys changed since the last call (None: any may have)."""
         if not self.shared:
             return
         u32 = ctypes.c_uint32
@@ -290,7 +326,7 @@ class Datapath:
         self._sync(abi.MAP_PORTS, {bytes(u32(self.slots[i])): self._port_value(i, p)
                                    for i, p in ports.items() if i in self.slots}, array=True)
         self._sync(abi.MAP_L3BR, {bytes(u32(i)): iface_cfg(b.ifindex, b.mac, b.flags) for i, b in l3.items()})
-        self._sync(abi.MAP_FDB, dict(self._fdb_item(e) for e in fdb))
+        self.fdb.sync(self.shared[abi.MAP_FDB], fdb, changed, bridges, self.slots)
 
     def _port_value(self, ifindex: int, p: PortPlan) -> bytes:
         # a learned FDB entry lives ageing_time (forward_delay during an STP
@@ -300,12 +336,6 @@ class Datapath:
         refresh = p.hold_cs * self.lease.hz // USER_HZ // 16
         br = abi.TnaIfaceCfg.from_buffer_copy(iface_cfg(p.bridge, p.bridge_mac, p.l3_flags))
         return bytes(abi.TnaPort(ifindex=ifindex, flags=p.flags, mtu=p.mtu, refresh_jiffies=refresh, br=br))
-
-    def _fdb_item(self, e: FdbEntry) -> tuple[bytes, bytes]:
-        key = abi.TnaFdbKey(bridge=e.bridge, vid=e.vid)
-        key.mac[:] = bytes.fromhex(e.mac.replace(":", ""))
-        flags = (abi.FDB_LOCAL if e.local else 0) | (abi.FDB_DYNAMIC if e.dynamic else 0)
-        return bytes(key), bytes(abi.TnaFdb(port=e.port, port_slot=self.slots.get(e.port, 0), flags=flags))
 
     def _sync_stale(self, stale: set[Neigh]) -> None:
         keys = {_neigh_key(n) for n in stale}

@@ -282,8 +282,8 @@ struct tna_ct_key {
 #define TNA_DEVMAP_SIZE 1024
 #define TNA_EGRESS_SIZE 1024
 #define TNA_STALE_SIZE 4096
-#define TNA_PORTS_SIZE 1024
-#define TNA_FDB_SIZE 65536
+#define TNA_PORTS_SIZE 1024     /* the smallest tna_ports: sized from the bridge ports too */
+#define TNA_FDB_SIZE 65536      /* the smallest tna_fdb: the daemon sizes it from the kernel's FDB */
 #define TNA_L3BR_SIZE 256
 #define TNA_FW_IFACES_SIZE 4096
 #define TNA_FW_RULES_MAX 16384

@@ -8,6 +8,7 @@ The model knows no netlink and no datapath encoding.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field, replace
 
 from tna.model.firewall import Firewall
@@ -59,9 +60,10 @@ class Port:
     neigh_suppress: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FdbEntry:
-    """One bridge FDB entry: (bridge, vid, mac) -> port."""
+    """One bridge FDB entry: (bridge, vid, mac) -> port.  Slotted: a large
+    L2 domain holds a million of them."""
 
     bridge: int
     vid: int
@@ -187,6 +189,7 @@ class Removed:
     fact: Link | Addr | Route | Neigh | FdbEntry | Nexthop
 
 
+FdbKey = tuple[int, int, str]  # (bridge, vid, mac)
 Fact = (Link | PortView | Addr | Route | Neigh | FdbEntry | Nexthop | XdpXmit | TcFilters | Removed
         | RouteDump | Dumped)
 
@@ -198,7 +201,14 @@ class Model:
     routes: RouteTable = field(default_factory=RouteTable)
     nexthops: dict[int, Nexthop] = field(default_factory=dict)
     neighs: dict[tuple[int, int, str], Neigh] = field(default_factory=dict)
-    fdb: dict[tuple[int, int, str], FdbEntry] = field(default_factory=dict)
+    fdb: dict[FdbKey, FdbEntry] = field(default_factory=dict)
+    # the FDB keys changed since the map synchroniser last took them
+    # (take_fdb_changes()): a change to one entry costs one, not a walk
+    # of a million
+    fdb_changed: set[FdbKey] = field(default_factory=set, compare=False)
+    # entries per bridge, kept as they come and go (tna status shows it per
+    # reconcile; counting a million entries each time costs 0.2 s)
+    fdb_per_bridge: Counter[int] = field(default_factory=Counter, compare=False)
     sysctls: Sysctls = field(default_factory=Sysctls)
     # Does the device accept XDP-redirected frames now (netdev xdp-features
     # NDO_XMIT)?  From XdpXmit events; the planner only reads it.
@@ -213,6 +223,8 @@ class Model:
 
     def apply(self, fact: Fact) -> bool:
         """Apply one fact the kernel stated; True if the model changed."""
+        if type(fact) is FdbEntry:  # first: a large L2 domain states a million of them
+            return self._apply_fdb(fact, True)
         if isinstance(fact, XdpXmit):
             changed = self.xdp_xmit.get(fact.ifindex) != fact.capable
             self.xdp_xmit[fact.ifindex] = fact.capable
@@ -248,7 +260,10 @@ class Model:
             del self.links[link.index]
             self.addrs = {a for a in self.addrs if a.index != link.index}
             self.neighs = {k: n for k, n in self.neighs.items() if n.index != link.index}
-            self.fdb = {k: e for k, e in self.fdb.items() if link.index not in (e.port, e.bridge)}
+            gone = [k for k, e in self.fdb.items() if link.index in (e.port, e.bridge)]
+            for k in gone:
+                self.fdb_per_bridge[self.fdb.pop(k).bridge] -= 1
+            self.fdb_changed.update(gone)
             self.xdp_xmit.pop(link.index, None)
             self.egress_filters.discard(link.index)
             self.ingress_filters.discard(link.index)
@@ -285,10 +300,23 @@ class Model:
     def _apply_fdb(self, entry: FdbEntry, present: bool) -> bool:
         key = (entry.bridge, entry.vid, entry.mac)
         if present:
-            changed = self.fdb.get(key) != entry
+            old = self.fdb.get(key)
+            if old == entry:
+                return False
             self.fdb[key] = entry
-            return changed
-        return self.fdb.pop(key, None) is not None
+            if old is None:
+                self.fdb_per_bridge[entry.bridge] += 1
+        elif self.fdb.pop(key, None) is None:
+            return False
+        else:
+            self.fdb_per_bridge[entry.bridge] -= 1
+        self.fdb_changed.add(key)
+        return True
+
+    def take_fdb_changes(self) -> set[FdbKey]:
+        """The FDB keys changed (added, moved, removed) since the last call."""
+        changed, self.fdb_changed = self.fdb_changed, set()
+        return changed
 
     def _apply_neigh(self, neigh: Neigh, present: bool) -> bool:
         key = (neigh.index, neigh.family, neigh.dst)

@@ -31,17 +31,22 @@ from tna.model.config import (
     TcFilters,
     XdpXmit,
 )
+from tna.netlink.fdb import (
+    NTF_EXT_LEARNED,
+    NTF_EXT_LOCKED,
+    NUD_NOARP,
+    NUD_PERMANENT,
+    RTM_DELNEIGH,
+    RTM_NEWNEIGH,
+    FdbMsg,
+)
 
 RTM_NEWLINK, RTM_DELLINK = 16, 17
 RTM_NEWADDR, RTM_DELADDR = 20, 21
 RTM_NEWROUTE, RTM_DELROUTE = 24, 25
-RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
 RTM_NEWNEXTHOP, RTM_DELNEXTHOP = 104, 105
 
-NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
 NLM_F_REPLACE = 0x100   # a notification: the route replaced the one of the same identity
-NTF_EXT_LEARNED = 0x10
-NTF_EXT_LOCKED = 0x1   # NDA_FLAGS_EXT: an entry a locked port holds back (MAB)
 
 
 class NlMsg(Protocol):
@@ -51,9 +56,11 @@ class NlMsg(Protocol):
     def __getitem__(self, key: str) -> Any: ...
 
 
-def decoded(item: NlMsg | XdpXmit | TcFilters | RouteDump | Dumped) -> Iterator[Fact]:
+def decoded(item: NlMsg | XdpXmit | TcFilters | RouteDump | Dumped | FdbMsg) -> Iterator[Fact]:
     """What the watcher queues (messages, and facts it derived itself) as facts."""
-    if isinstance(item, (XdpXmit, TcFilters, RouteDump, Dumped)):
+    if isinstance(item, FdbMsg):  # first: a large L2 domain sends a million of them
+        yield item.fact
+    elif isinstance(item, (XdpXmit, TcFilters, RouteDump, Dumped)):
         yield item
     else:
         yield from facts(item)
