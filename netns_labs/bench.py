@@ -409,13 +409,17 @@ def header(module: str, argv: list[str]) -> dict[str, object]:
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), **machine()}
 
 
+def write_doc(path: Path, module: str, argv: list[str], **results: object) -> None:
+    """A benchmark's JSON: header() and its results."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**header(module, argv), **results}, indent=1) + "\n")
+
+
 def write_results(path: Path, argv: list[str], pps: dict[str, list[dict]], tcp: dict[str, dict],
                   flood: dict[str, list[float]]) -> None:
     """The run as JSON, what netns_labs/plot.py reads: pps[scenario] is
     bench_pps()'s table, tcp[lab] bench_tcp()'s dict, flood bench_flood()'s."""
-    doc = {**header("bench", argv), "pps": pps, "tcp": tcp, "flood": flood}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1) + "\n")
+    write_doc(path, "bench", argv, pps=pps, tcp=tcp, flood=flood)
 
 
 def main(argv: list[str] | None = None) -> int:

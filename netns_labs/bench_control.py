@@ -23,7 +23,6 @@ the service accepted), `tna run` (auto hooks: TC on the veths):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import statistics
@@ -31,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from netns_labs.bench import forward_rules, header
+from netns_labs.bench import forward_rules, write_doc
 from netns_labs.lab import RouterLab, Tna, in_netns, wait_for
 from tna.bpf import abi
 from tna.bpf import attach as hooks
@@ -151,10 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             pct = " / ".join(f"{s[p]:.3f}" for p in ("p50", "p90", "p99")) if "p50" in s else "-"
             print(f"  {what:<8} {pct}  ({s['n']} of {args.commits})", flush=True)
     load.append(os.getloadavg()[0])
-    doc = {**header("bench_control", sys.argv[1:] if argv is None else argv),
-           "loadavg_1min": load, "results": results}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(doc, indent=1) + "\n")
+    write_doc(args.json, "bench_control", sys.argv[1:] if argv is None else argv, loadavg_1min=load, results=results)
     print(f"\nload average (1 min) before / after: {load[0]:.2f} / {load[1]:.2f}; results: {args.json}")
     return 0
 

@@ -22,7 +22,6 @@ delivered must equal sent (a run that loses frames is measured again).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -30,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from netns_labs.bench import FRAME_DPORT, FRAME_SPORT, LOSS_RETRIES, Scenario, frame64, header, progs, scenario
+from netns_labs.bench import FRAME_DPORT, FRAME_SPORT, LOSS_RETRIES, Scenario, frame64, progs, scenario, write_doc
 from netns_labs.lab import Host, Lab, Tna, py, wait_for
 
 SCENARIOS = ("routing", "routing+ct10", "bridging")
@@ -143,10 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         for variant, row in table.items():
             print(f"{variant:<16} {row['one_mpps']:>10.2f} {row['two_mpps']:>10.2f} {row['scaling']:>8.2f}", flush=True)
     load.append(os.getloadavg()[0])
-    doc = {**header("bench_cores", sys.argv[1:] if argv is None else argv),
-           "loadavg_1min": load, "results": results}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(doc, indent=1) + "\n")
+    write_doc(args.json, "bench_cores", sys.argv[1:] if argv is None else argv, loadavg_1min=load, results=results)
     print(f"\nload average (1 min) before / after: {load[0]:.2f} / {load[1]:.2f}; results: {args.json}")
     return 0
 
