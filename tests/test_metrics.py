@@ -325,7 +325,9 @@ def test_lab_metrics_match_tna_status(router_lab: RouterLab, tmp_path: Any) -> N
         assert fams["tna_compile_cache_hits"].samples[0].value >= 1
         assert values(fams["tna_map_entries"])[(("map", abi.MAP_EGRESS),)] == 2
         assert values(fams["tna_map_capacity"])[(("map", abi.MAP_EGRESS),)] == abi.DEFINES["TNA_EGRESS_SIZE"]
-        assert 0 <= fams["tna_lease_age_seconds"].samples[0].value < 10
+        # a live lease has an age (its value is checked against a fake lease in
+        # test_daemon_state_metrics; a bound on it here would be a timed assert)
+        assert fams["tna_lease_age_seconds"].samples[0].value >= 0
         assert fams["tna_fast_path_disabled"].samples[0].value == 0
     finally:
         assert tna.stop() == 0, tna.output()
