@@ -12,7 +12,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-APT_PKGS=(clang llvm libbpf1 libbpf-dev bpftool gcc libc6-dev iproute2 ethtool iptables nftables conntrack
+APT_PKGS=(clang llvm libbpf1 libbpf-dev bpftool gcc libc6-dev iproute2 ethtool iptables nftables conntrack ipset
           iperf3 iputils-ping procps util-linux python3 python3-venv)
 missing=()
 for p in "${APT_PKGS[@]}"; do
