@@ -2,7 +2,7 @@
 bytes on both sides, and a UDP echo.  Run inside a namespace:
 
   python -m netns_labs.xfer tcp-server PORT           # prints "<bytes> <sha256>" per connection
-  python -m netns_labs.xfer tcp-client ADDR PORT NBYTES   # prints "<bytes> <sha256>" sent
+  python -m netns_labs.xfer tcp-client ADDR PORT NBYTES [CONNECT_S]  # prints "<bytes> <sha256>" sent
   python -m netns_labs.xfer tcp-phases ADDR PORT ACTIVE_S QUIET_S ACTIVE_S ...  # paced: 64 KiB per 10 ms
   python -m netns_labs.xfer tcp-hold ADDR PORT N SEGMENTS  # N connections; stdin "i": SEGMENTS on the i-th
   python -m netns_labs.xfer tcp-trickle ADDR PORT SPORT SECONDS  # 100 bytes every 0.2 s, from port SPORT
@@ -53,9 +53,11 @@ def tcp_server(port: int, connections: int = 1) -> None:
             print(n, h.hexdigest(), flush=True)
 
 
-def tcp_client(addr: str, port: int, nbytes: int) -> None:
+def tcp_client(addr: str, port: int, nbytes: int, connect_s: float = 60) -> None:
+    """connect_s: how long to try connecting (a path expected to drop fails fast)."""
     h, sent = hashlib.sha256(), 0
-    with socket.create_connection((addr, port), timeout=60) as s:
+    with socket.create_connection((addr, port), timeout=connect_s) as s:
+        s.settimeout(60)
         while sent < nbytes:
             data = os.urandom(min(CHUNK, nbytes - sent))
             s.sendall(data)
@@ -248,7 +250,7 @@ def main(argv: list[str]) -> None:
     if cmd == "tcp-server":
         tcp_server(int(args[0]), int(args[1]) if len(args) > 1 else 1)
     elif cmd == "tcp-client":
-        tcp_client(args[0], int(args[1]), int(args[2]))
+        tcp_client(args[0], int(args[1]), int(args[2]), *(float(a) for a in args[3:4]))
     elif cmd == "tcp-phases":
         tcp_paced(args[0], int(args[1]), [float(a) for a in args[2:]])
     elif cmd == "tcp-hold":
