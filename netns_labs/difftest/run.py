@@ -20,12 +20,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 from netns_labs.difftest.gen import Case, Cmd
-from netns_labs.lab import BridgeLab, EcmpLab, Lab, RouterLab, host_xdp, in_netns, tna_running, wait_for
+from netns_labs.lab import BridgeLab, EcmpLab, Lab, RouterLab, Tna, host_xdp, in_netns, tna_running, wait_for
 from netns_labs.xfer import ETH_P_ALL, raw_socket, recv_frame
 
 LINUX = "linux"
@@ -115,6 +115,7 @@ class Observation:
     send_errors: list[int]
     log: str = ""
     not_attached: dict[str, str] = field(default_factory=dict)  # interface -> why tna left it to the kernel
+    during: object = None  # what Runner.observe's during returned
 
 
 class Runner:
@@ -124,7 +125,10 @@ class Runner:
         self.topo, self.case, self.lab = topo, case, topo.lab
         self.timeouts = self._ct_timeouts()
 
-    def observe(self, mode: str, only: set[int] | None = None) -> Observation:
+    def observe(self, mode: str, only: set[int] | None = None,
+                during: Callable[[Tna | None], object] | None = None) -> Observation:
+        """during: more to do in this mode once the frames are captured and the
+        state taken (with the running tna, None for plain Linux)."""
         self._reset()
         links0 = self._links()
         log = ""
@@ -138,11 +142,12 @@ class Runner:
                                 if name in self.topo.ifaces}
             frames, errors = self._exchange(only)
             state = self._state(links0)
+            extra = during(tna) if during is not None else None
             if tna is not None:
                 log = tna.output()
         after = ({k: v for k, v in state.items() if k != "conntrack"} if mode == LINUX
                  else self._state(links0, conntrack=False))
-        return Observation(frames, state, after, errors, log, not_attached)
+        return Observation(frames, state, after, errors, log, not_attached, extra)
 
     # --- traffic --------------------------------------------------------
 
