@@ -53,7 +53,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,7 +95,7 @@ class Scenario:
     dst: Host
     frame: bytes
     tna_ifaces: list[str]
-    reference: list[str]  # netns_labs.progs arguments attaching the reference to ingress
+    reference: list[str]  # netns_labs.progs arguments attaching the reference to ingress ([]: none)
 
 
 # a match TNA cannot express (xt_length), as cheap for the kernel as a match can be
@@ -217,7 +217,9 @@ def variants(sc: Scenario) -> list[Variant]:
         return tna_up("tc")
 
     out = [Variant("linux", linux_up, detach), Variant("tna --hook xdp", lambda: tna_up("xdp"), tna_down)]
-    if sc.name == "passed":  # both hooks; GRO lets the veth take the generator's frames without XDP
+    # passed traffic, and labs without a reference program (NAT): both hooks;
+    # GRO lets the veth take the generator's frames without XDP
+    if sc.name == "passed" or not sc.reference:
         return [*out, Variant("linux (gro)", lambda: gro(True), lambda _: gro(False)),
                 Variant("tna --hook tc", tc_up, tna_down)]
     return [*out, Variant("reference", lambda: progs(lab, sc.ns, *sc.reference), detach)]
@@ -291,9 +293,11 @@ def frames_for(name: str, count: int) -> int:
     return count if rules <= 100 else max(100_000, count * 100 // rules)
 
 
-def bench_pps(name: str, frames: int, rounds: int) -> list[dict]:
+def bench_pps(name: str, frames: int, rounds: int,
+              open_scenario: Callable[[str], AbstractContextManager[Scenario]] = scenario) -> list[dict]:
+    """open_scenario: builds the lab of scenario name (another module's labs)."""
     rows: dict[str, list[float]] = {}
-    with scenario(name) as sc:
+    with open_scenario(name) as sc:
         progs(sc.lab, sc.dst.ns, "attach", sc.dst.dev, "sink")
         for _ in range(rounds):
             for v in variants(sc):

@@ -9,21 +9,29 @@ through the router, then through the bridge, plain Linux vs
 Part 2 - two real TCP stacks, through the router and through the bridge: a
 transfer checked byte for byte, and iperf3 throughput, plain Linux vs
 `tna run` (auto: TC on the veths).
+Part 3 - a Docker host with Docker 28's rules (netns_labs/hostlab.py): the
+same 64-byte frames from a container out through MASQUERADE, and from the
+outside to a published port (DNAT), plain Linux vs `tna run --hook xdp`.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
-from netns_labs.bench import iperf, measure_pps, progs, scenario, variants
+from netns_labs.bench import Scenario, iperf, measure_pps, progs, scenario, variants
+from netns_labs.bench_hosts import host_scenario
+from netns_labs.hostlab import RULESETS
 from netns_labs.lab import BridgeLab, RouterLab, Tna, py, tcp_transfer
 
 COUNT = 1_000_000
 
 
-def wire_frames(name: str) -> None:
-    with scenario(name) as sc:
-        print(f"Part 1, {name}: {COUNT} frames of 64 bytes into {sc.ingress}, out of {sc.egress}")
+def wire_frames(name: str, part: int = 1,
+                open_scenario: Callable[[str], AbstractContextManager[Scenario]] = scenario) -> None:
+    with open_scenario(name) as sc:
+        print(f"Part {part}, {name}: {COUNT} frames of 64 bytes into {sc.ingress}, out of {sc.egress}")
         progs(sc.lab, sc.dst.ns, "attach", sc.dst.dev, "sink")
         results, status = {}, ""
         for v in variants(sc)[:2]:  # linux, tna
@@ -68,6 +76,9 @@ def main() -> int:
         wire_frames(name)
     for name in ("routing", "bridging"):
         real_stacks(name)
+    print("A Docker host, with the rules Docker 28 writes:\n" + (RULESETS / "docker-28-v4.txt").read_text())
+    for name in ("masquerade", "dnat"):
+        wire_frames(name, 3, host_scenario)
     return 0
 
 

@@ -37,6 +37,7 @@ OUTCOMES = ("tcp out v4", "tcp out v6", "tcp published v4", "tcp published v6", 
             "udp out v4", "udp out v6", "udp published v4", "udp published v6", "udp one-way v4",
             "ping out v4", "ping out v6", "ping direct v4", "ping direct v6", "ping isolated v4", "ping isolated v6")
 NBYTES, ECHOES, CONNECT_S = 256 << 10, 5, 3  # connecting fails fast where the rules drop
+PAD = 16  # bytes after a crafted frame's mark
 
 
 @dataclass
@@ -70,7 +71,7 @@ def crafted(lab: HostLab) -> list[Send]:
     def send(host: str, l3: object, pause: float = 0.0) -> None:
         mac = lab.c1.mac if host == "c1" else lab.out.mac
         dst = gw_mac if host == "c1" else lab.host_mac
-        frame = Ether(src=mac, dst=dst) / l3 / (MARK + len(sends).to_bytes(2, "big") + bytes(16))
+        frame = Ether(src=mac, dst=dst) / l3 / (MARK + len(sends).to_bytes(2, "big") + bytes(PAD))
         sends.append(Send(host, bytes(frame), pause))
 
     for ip, ghost, far, uplink in ((IP, GHOST4, FAR4, UPLINK4), (IPv6, GHOST6, FAR6, UPLINK6)):
@@ -79,12 +80,12 @@ def crafted(lab: HostLab) -> list[Send]:
         send("c1", c / TCP(sport=sport, dport=80, flags="S", seq=seq))
         send("out", o / TCP(sport=80, dport=sport, flags="SA", seq=ack, ack=seq + 1))
         send("c1", c / TCP(sport=sport, dport=80, flags="A", seq=seq + 1, ack=ack + 1))
-        # the frames carry 18 bytes of payload each (the mark)
+        n = len(MARK) + 2 + PAD  # every frame's payload: the mark
         send("c1", c / TCP(sport=sport, dport=80, flags="PA", seq=seq + 1, ack=ack + 1), pause=0.5)
-        send("out", o / TCP(sport=80, dport=sport, flags="PA", seq=ack + 1, ack=seq + 19))
-        send("c1", c / TCP(sport=sport, dport=80, flags="FA", seq=seq + 19, ack=ack + 19))
-        send("out", o / TCP(sport=80, dport=sport, flags="FA", seq=ack + 19, ack=seq + 20))
-        send("c1", c / TCP(sport=sport, dport=80, flags="A", seq=seq + 20, ack=ack + 20))
+        send("out", o / TCP(sport=80, dport=sport, flags="PA", seq=ack + 1, ack=seq + 1 + n))
+        send("c1", c / TCP(sport=sport, dport=80, flags="FA", seq=seq + 1 + n, ack=ack + 1 + n))
+        send("out", o / TCP(sport=80, dport=sport, flags="FA", seq=ack + 1 + n, ack=seq + 2 + n))
+        send("c1", c / TCP(sport=sport, dport=80, flags="A", seq=seq + 2 + n, ack=ack + 2 + n))
         send("c1", c / UDP(sport=40002, dport=53))
         send("out", o / UDP(sport=53, dport=40002))
         send("c1", c / UDP(sport=40002, dport=53), pause=0.5)
