@@ -47,8 +47,8 @@ RULESETS_ALL = (
     # kube-proxy filters nothing it does not serve; IPv4 only here
     RuleSet("kube-proxy-3", ("cni0", "cni1"), _OPEN | _NO_V6),
     # ufw routes echo requests (before-forward), and its route rule matches the
-    # container's address whether or not DNAT put it there; IPv4 only here
-    RuleSet("ufw", ("br-lan", "br-guest"), _OPEN | _NO_V6),
+    # container's address whether or not DNAT put it there
+    RuleSet("ufw", ("br-lan", "br-guest"), _OPEN),
     RuleSet("home-router", ("br-lan", "br-guest"),
             _OPEN | {"tcp direct v4": FAIL, "ping direct v4": FAIL, "ping direct v6": FAIL,
                      "ping isolated v4": FAIL, "ping isolated v6": FAIL}),
