@@ -94,3 +94,22 @@ def test_quiet_flow_keeps_its_conntrack_entry(setup: Setup) -> None:
     hook = QUIET[1]
     assert setup.linux.frames.during["extra"] == "ok"  # type: ignore[index]
     assert setup.run(hook).frames.during["extra"] == "ok"  # type: ignore[index]
+
+
+def test_harness_names_the_first_differing_frame(setup: Setup) -> None:
+    """The harness is not blind: one more rule (in DOCKER-USER, where an
+    admin adds theirs) dropping the crafted UDP flow shows, named by the
+    first of its frames."""
+    if setup.rs.name != QUIET[0]:
+        pytest.skip(f"runs on {QUIET[0]} only")
+    lab = setup.harness.lab
+    rule = ["DOCKER-USER", "-p", "udp", "--dport", "53", "-j", "DROP"]
+    lab.run(lab.host, ["iptables", "-I", *rule])
+    try:
+        dropping = setup.harness.observe(LINUX)
+    finally:
+        lab.run(lab.host, ["iptables", "-D", *rule])
+    # the first frame to UDP port 53 (an IPv4 one: its port at bytes 36-37)
+    first = next(i for i, s in enumerate(setup.harness.runner.case.sends) if s.frame[36:38] == (53).to_bytes(2, "big"))
+    diff = setup.harness.diff(setup.linux, dropping)
+    assert diff[0].startswith(f"first differing frame: #{first} from c1"), diff
