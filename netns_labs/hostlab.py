@@ -3,23 +3,23 @@ bridges with containers (namespaces on veths) behind them, an uplink to the
 outside, and real iptables rule sets loaded into the host (`load_ruleset`).
 
     c1 [eth0] 192.0.2.2   2001:db8:c::2   -- [veth-c1] -+
-    c2 [eth0] 192.0.2.3   2001:db8:c::3   -- [veth-c2] -+- BRIDGES[0] 192.0.2.1/25 2001:db8:c::1/64
-    c3 [eth0] 192.0.2.130 2001:db8:d::130 -- [veth-c3] -- BRIDGES[1] 192.0.2.129/25 2001:db8:d::1/64
+    c2 [eth0] 192.0.2.3   2001:db8:c::3   -- [veth-c2] -+- bridges[0] 192.0.2.1/25 2001:db8:c::1/64
+    c3 [eth0] 192.0.2.130 2001:db8:d::130 -- [veth-c3] -- bridges[1] 192.0.2.129/25 2001:db8:d::1/64
     host [eth0] 198.51.100.1/24 2001:db8:1::1/64 (default route via out)
       |
-    out [out0] 198.51.100.2/24 2001:db8:1::2/64, lo 203.0.113.1 2001:db8:f::1 (its source
-        towards the host and the containers)
-        (a neighbour on the uplink: it routes the container networks via the
-        host, so direct access is possible, as Docker 28 guards against;
-        its INPUT drops new connections from their addresses, so only NATed
-        ones reach it)
+    out [out0] 198.51.100.2/24 2001:db8:1::2/64, lo 203.0.113.1 2001:db8:f::1
 
-GHOST4/GHOST6 (container side) and FAR4/FAR6 (outside) are addresses no
-stack owns, with permanent neighbours pointing at c1 and out: crafted frames
-of established flows use them, and no real stack answers them.
+The outside answers from its loopback addresses, as a host beyond a router
+would. It routes the container networks via the host, so direct access is
+possible (what Docker 28 guards against), and its INPUT drops new
+connections from their addresses, so only NATed ones reach its services.
+
+GHOST4/GHOST6 (container side, permanent neighbours pointing at c1) and
+FAR4/FAR6 (routed to the outside) are addresses no stack owns: crafted
+frames of established flows use them, and no real stack answers them.
 No br_netfilter: loading it would switch bridge-nf-call-iptables on in every
-namespace on the machine (other labs' bridges), so bridged traffic between
-containers of one bridge bypasses iptables here, as on Docker with ICC.
+namespace on the machine (other labs' bridges), so traffic between the
+containers of one bridge bypasses iptables here (the rule sets accept it).
 """
 
 from __future__ import annotations
