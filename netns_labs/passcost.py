@@ -28,7 +28,7 @@ from tna.bpf import abi
 from tna.bpf import libbpf as bpf
 from tna.deploy.datapath import iface_cfg, load_with_sets
 from tna.deploy.lease import jiffies_hz, renew
-from tna.model.firewall import firewall_plan
+from tna.model.hooks import firewall_plan
 from tna.model.iptables import parse_save
 from tna.synth.compile import compile_source
 from tna.synth.fwgen import all_set_entries, rule_refs

@@ -21,7 +21,8 @@ from tna.bpf import libbpf as bpf
 from tna.deploy.counters import read_counters, read_stats
 from tna.deploy.datapath import iface_cfg, load_with_sets
 from tna.deploy.lease import jiffies_hz, renew
-from tna.model.firewall import Firewall, firewall_plan
+from tna.model.firewall import Firewall
+from tna.model.hooks import firewall_plan
 from tna.model.iptables import parse_save
 from tna.synth.compile import compile_source
 from tna.synth.fwgen import all_set_entries, rule_refs
@@ -106,14 +107,15 @@ class ProgHarness:
         assert isinstance(raw, bytes)
         return abi.TnaState.from_buffer_copy(raw).renewed_at
 
-    def run(self, frame: bytes) -> tuple[str, str, bytes]:
+    def run(self, frame: bytes, mark: int = 0) -> tuple[str, str, bytes]:
+        """mark: the skb's (TC; an XDP frame has none)."""
         stats = self.obj.map(abi.MAP_STATS)
         before = read_stats(stats)
         if self.hook == "xdp":
             # the kernel wants data_end == the frame length when a ctx is given
             ctx: ctypes.Structure = bpf.XdpMd(data_end=len(frame), ingress_ifindex=self.ifindex)
         else:
-            ctx = bpf.SkBuff(ifindex=self.ifindex)
+            ctx = bpf.SkBuff(ifindex=self.ifindex, mark=mark)
         with in_netns(self.ns):
             ret, out, _ = self.prog.test_run(frame, ctx=ctx)
         after = read_stats(stats)
@@ -156,22 +158,25 @@ class FirewallHarness(RouterHarness):
         for i, mask in fw.iface_masks(names).items():
             self.obj.map(abi.MAP_FW_IFACES).update(bytes(ctypes.c_uint32(i)), bytes(ctypes.c_uint64(mask)))
 
-    def run_fw(self, frame: bytes) -> tuple[str, str, bytes, Counter[tuple[int, str, int]]]:
+    def run_fw(self, frame: bytes, by_table: bool = False, mark: int = 0) -> tuple[str, str, bytes, Counter[tuple]]:
         """run(), and the rules the program counted for the frame: (family,
-        chain, rule index or 0 for the policy) -> packets."""
+        chain, rule index or 0 for the policy) -> packets; by_table: (family,
+        table, chain, index)."""
         counters = self.obj.map(abi.MAP_FW_RULES)
         before = read_counters(counters)
-        verdict, reason, out = self.run(frame)
+        verdict, reason, out = self.run(frame, mark)
         after = read_counters(counters)
         # iptables counts the IP length
         l3len = int.from_bytes(frame[16:18], "big") if frame[12:14] == b"\x08\x00" \
             else 40 + int.from_bytes(frame[18:20], "big")
-        path: Counter[tuple[int, str, int]] = Counter()
+        path: Counter[tuple] = Counter()
         for i, (pkts, byts) in after.items():
             old = before.get(i, (0, 0))
             if pkts != old[0]:
                 assert byts - old[1] == (pkts - old[0]) * l3len, (self.refs[i], byts - old[1], l3len)
-                path[self.refs[i].family, self.refs[i].chain, self.refs[i].index] = pkts - old[0]
+                ref = self.refs[i]
+                key = (ref.family, ref.table, ref.chain, ref.index) if by_table else (ref.family, ref.chain, ref.index)
+                path[key] = pkts - old[0]
         return verdict, reason, out, path
 
 

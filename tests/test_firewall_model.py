@@ -17,10 +17,10 @@ from tna.model.firewall import (
     Packet,
     RuleSet,
     evaluate,
-    firewall_plan,
     iface_matches,
     segments,
 )
+from tna.model.hooks import firewall_plan
 from tna.model.iptables import parse_save
 from tna.synth.fwgen import MAX_COMPILED_RULES, set_entries, unfit
 

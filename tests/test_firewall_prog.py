@@ -87,9 +87,9 @@ def verdict_of(decision: str, ctstate: str | None = None, entry: bool = False) -
     return "REDIRECT", "FORWARDED"
 
 
-def check(h: FirewallHarness, frame: bytes, verdict: str, reason: str,
-          path: Counter[tuple[int, str, int]]) -> None:
-    got_verdict, got_reason, out, got_path = h.run_fw(frame)
+def check(h: FirewallHarness, frame: bytes, verdict: str, reason: str, path: Counter[tuple],
+          by_table: bool = False, mark: int = 0) -> None:
+    got_verdict, got_reason, out, got_path = h.run_fw(frame, by_table, mark)
     assert (got_verdict, got_reason) == (verdict, reason)
     if reason == "FORWARDED":
         assert out == forwarded(h.lab, Ether(frame))

@@ -26,7 +26,7 @@ from tna.cli import _stats_json, main
 from tna.deploy.datapath import ForeignProgram
 from tna.metrics import FAILURE_KINDS, Metrics, MetricsError, failure_kind, parse_addr
 from tna.model.config import ARPHRD_ETHER, IFF_UP, Link, Model, Sysctls
-from tna.model.firewall import firewall_plan
+from tna.model.hooks import firewall_plan
 from tna.model.iptables import parse_save
 from tna.rates import Sample, iface_rates, si, total_rates
 from tna.synth.compile import CompileError, compile_source
@@ -186,7 +186,7 @@ def test_rule_counters_add_up_the_programs_and_cut_long_rules(scraped: dict[str,
     by_rule = {dict(k)["rule"]: (dict(k), v) for k, v in rules.items()}
     assert set(by_rule) == {"1", "2", "policy"}  # rule 3 counted nothing: no series
     udp, n = by_rule["1"]
-    assert n == 6 and udp == {"family": "ipv4", "chain": "FORWARD", "rule": "1",
+    assert n == 6 and udp == {"family": "ipv4", "table": "filter", "chain": "FORWARD", "rule": "1",
                               "text": "-A FORWARD -p udp -m udp --dport 5202 -j ACCEPT"}  # 5 on r-h1, 1 on r-h2
     long, n = by_rule["2"]
     assert n == 2 and len(long["text"]) == 64 and long["text"].startswith("-A FORWARD -p tcp")

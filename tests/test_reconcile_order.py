@@ -16,7 +16,7 @@ from tna.bpf import abi
 from tna.config import Settings
 from tna.deploy.lease import family_bits
 from tna.model.config import ARPHRD_ETHER, IFF_UP, Link, Model, Sysctls
-from tna.model.firewall import firewall_plan
+from tna.model.hooks import firewall_plan
 from tna.model.iptables import parse_save
 from tna.synth.planner import IfacePlan
 

@@ -61,7 +61,7 @@ def test_clang_error_is_reported(tmp_path: Path) -> None:
 def test_every_kind_of_match_compiles(tmp_path: Path) -> None:
     """One rule per match kind, alone and negated, in FORWARD and INPUT
     chains for both families (clang runs with -Wall -Werror)."""
-    from tna.model.firewall import firewall_plan
+    from tna.model.hooks import firewall_plan
     from tna.model.iptables import parse_save
 
     matches = ["-p icmp", "-s 192.0.2.0/24", "-d 198.51.100.7", "-i eth+", "-o eth0", "-p tcp -m tcp --dport 80",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from tna.model.config import ARPHRD_ETHER, IFF_UP, Bridge, FdbEntry, Link, Model, Port, Sysctls
-from tna.model.firewall import firewall_plan
+from tna.model.hooks import firewall_plan
 from tna.model.iptables import parse_save
 from tna.status import describe
 from tna.synth.planner import IFF_LOWER_UP, plan
@@ -47,7 +47,7 @@ def test_describe_reports_model_plan_and_programs() -> None:
     assert st["bridges"]["br0"] == {"accelerated": True, "why_not": None, "routed": True, "fdb": 1,
                                     "fdb_mirrored": 1, "fdb_capacity": 65536, "ageing_s": 15.0,
                                     "ports": {"p1": {"state": "forwarding", "accelerated": True}}}
-    assert st["firewall"] == {"chains": {"FORWARD v4": 1, "INPUT v4": 1}, "conntrack": []}
+    assert st["firewall"] == {"chains": {"FORWARD v4": 1, "INPUT v4": 1}, "kernel_rules": [], "conntrack": []}
     assert [(r["chain"], r["index"]) for r in st["firewall_rules"]] == [
         ("FORWARD", 1), ("FORWARD", 0), ("INPUT", 1), ("INPUT", 0)]
 

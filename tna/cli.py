@@ -129,6 +129,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         fw = st["firewall"]
         chains = ", ".join(f"{name} {n} rules" for name, n in fw["chains"].items()) or "no chains"
         print(f"iptables compiled into the fast path: {chains} (tna stats --rules)")
+        for r in fw.get("kernel_rules", []):
+            print(f"  kernel path for what IPv{r['family']} {r['table']} {r['chain']} rule {r['index']} could match "
+                  f"({', '.join(r['why'])}): {r['text']}")
         if fw["conntrack"]:
             print(f"conntrack tracks {' and '.join(fw['conntrack'])}: established connections are fast-pathed "
                   "(window-liberal, as a flowtable offload), everything else goes to the kernel (CT_* reasons)")
@@ -164,7 +167,8 @@ def fast_path_rule_counters(state: dict[str, Any]) -> dict[int, tuple[int, int]]
 
 
 def cmd_rules(state: dict[str, Any], as_json: bool) -> None:
-    """Each counted FORWARD and INPUT rule (and policy): the kernel's counters (iptables-save -c)
+    """Each counted rule (and policy) of every table's chains the fast path evaluates: the kernel's
+    counters (iptables-save -c)
     and the fast path's, so the sum is what the rule really matched."""
     from tna.netlink.netfilter import read_rulesets
 
@@ -172,8 +176,8 @@ def cmd_rules(state: dict[str, Any], as_json: bool) -> None:
     fast = fast_path_rule_counters(state)
     rows = []
     for ref in state.get("firewall_rules", []):
-        filt = tables[ref["family"]].get("filter")
-        chain = filt.chains.get(ref["chain"]) if filt is not None else None
+        table = tables[ref["family"]].get(ref["table"])
+        chain = table.chains.get(ref["chain"]) if table is not None else None
         kernel = (0, 0)
         if chain is not None:
             if ref["index"] == 0:
@@ -186,10 +190,11 @@ def cmd_rules(state: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(rows, sort_keys=True))
         return
-    print(f"{'':<4} {'chain':<12} {'#':>3} {'kernel pkts':>12} {'fast pkts':>12} {'total bytes':>14}  rule")
+    print(f"{'':<4} {'table':<8} {'chain':<12} {'#':>3} {'kernel pkts':>12} {'fast pkts':>12} "
+          f"{'total bytes':>14}  rule")
     for r in rows:
         total_bytes = r["kernel"]["bytes"] + r["fast_path"]["bytes"]
-        print(f"IPv{r['family']} {r['chain']:<12} {r['index'] or '-':>3} {r['kernel']['packets']:>12} "
+        print(f"IPv{r['family']} {r['table']:<8} {r['chain']:<12} {r['index'] or '-':>3} {r['kernel']['packets']:>12} "
               f"{r['fast_path']['packets']:>12} {total_bytes:>14}  {r['text']}")
 
 

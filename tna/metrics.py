@@ -177,11 +177,11 @@ class Collector:
                 if rid < len(refs):
                     r = refs[rid]
                     text = r.text if len(r.text) <= RULE_TEXT_MAX else r.text[:RULE_TEXT_MAX - 3] + "..."
-                    key = (f"ipv{r.family}", r.chain, str(r.index) if r.index else "policy", text)
+                    key = (f"ipv{r.family}", r.table, r.chain, str(r.index) if r.index else "policy", text)
                     tp, tb = totals.get(key, (0, 0))
                     totals[key] = (tp + p, tb + b)
-        labels = ["family", "chain", "rule", "text"]
-        pkts = CounterMetricFamily("tna_rule_packets", "Packets a filter rule (rule: its position in the chain, "
+        labels = ["family", "table", "chain", "rule", "text"]
+        pkts = CounterMetricFamily("tna_rule_packets", "Packets a rule (rule: its position in the chain, "
                                    "or policy) matched on the fast path", labels=labels)
         byts = CounterMetricFamily("tna_rule_bytes", "Bytes of tna_rule_packets_total", labels=labels)
         for key, (p, b) in totals.items():

@@ -33,7 +33,8 @@ from pyroute2 import IPRoute, netns
 from tna.bpf.libbpf import LibbpfError
 from tna.deploy.datapath import Datapath, ForeignProgram, attached_tna_prog
 from tna.model.config import Model
-from tna.model.firewall import Firewall, firewall_plan
+from tna.model.firewall import Firewall
+from tna.model.hooks import firewall_plan
 from tna.model.iptables import parse_save
 from tna.netlink.watch import Watcher, read_sysctls
 from tna.runstate import RUN_ROOT

@@ -12,7 +12,8 @@ import subprocess
 from collections.abc import Iterable
 
 from tna.model.config import Model, TcFilters, XdpXmit
-from tna.model.firewall import Firewall, firewall_plan
+from tna.model.firewall import Firewall
+from tna.model.hooks import firewall_plan
 from tna.netlink import netfilter
 from tna.netlink.decode import NlMsg, decoded
 from tna.netlink.watch import Watcher, read_rp_filter, read_sysctls

@@ -55,14 +55,29 @@ def _bridges(m: Model, p: Plan | None, fdb_map: tuple[Mapping[int, int], int]) -
     return out
 
 
+def _kernel_rules(fw: Firewall) -> list[dict[str, Any]]:
+    """The rules TNA cannot apply, each with what it cannot: the traffic
+    each could match goes to the kernel."""
+    out, seen = [], set()
+    for family, chains in ((4, fw.fwd4), (6, fw.fwd6), (4, fw.in4), (6, fw.in6)):
+        for c in chains or ():
+            if (family, c.table, c.name) not in seen:
+                seen.add((family, c.table, c.name))
+                out += [{"family": family, "table": c.table, "chain": c.name, "index": r.index, "text": r.text,
+                         "why": list(r.unsupported)} for r in c.rules if not r.expressible]
+    return out
+
+
 def _firewall(fw: Firewall | None) -> dict[str, Any] | None:
-    """Rules compiled into the fast path per chain family, and the
+    """Rules compiled into the fast path per hook (every table's chains
+    it passes), the rules that keep traffic on the kernel path, and the
     families conntrack tracks; None if no filtering."""
     if fw is None:
         return None
     return {"chains": {name: sum(len(c.rules) for c in chains) for name, chains in
                        (("FORWARD v4", fw.fwd4), ("FORWARD v6", fw.fwd6), ("INPUT v4", fw.in4),
                         ("INPUT v6", fw.in6)) if chains},
+            "kernel_rules": _kernel_rules(fw),
             "conntrack": [f for f, on in (("ipv4", fw.ct4), ("ipv6", fw.ct6)) if on]}
 
 

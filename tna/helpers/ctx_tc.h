@@ -28,6 +28,10 @@ static __always_inline __u32 ctx_len(tna_ctx_t *ctx) { return ctx->len; }
 #define CTX_REDIRECT_KEEPS_OOB_VLAN 1
 static __always_inline int ctx_oob_vlan(tna_ctx_t *ctx) { return ctx->vlan_present; }
 
+/* The mark iptables' -m mark would see (nothing between here and
+ * netfilter sets one: foreign tc filters keep an interface off TC). */
+static __always_inline __u32 ctx_mark(tna_ctx_t *ctx) { return ctx->mark; }
+
 /* A zero skb->hash means the kernel would dissect the packet itself. */
 static __always_inline int ctx_may_carry_hash(tna_ctx_t *ctx) { return ctx->hash != 0; }
 

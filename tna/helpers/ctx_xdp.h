@@ -53,6 +53,10 @@ static __always_inline int ctx_redirect_prepare(tna_ctx_t *ctx, __u32 ifindex)
 	return bpf_redirect_map(&tna_devmap, ifindex, 0) == XDP_REDIRECT ? 0 : -1;
 }
 
+/* The mark the kernel's skb would start with: 0, before any rule sets one
+ * (tna/model/hooks.py; a veth peer in the same namespace is the exception). */
+static __always_inline __u32 ctx_mark(tna_ctx_t *ctx) { return 0; }
+
 /* Whether the kernel could see an L4 hash on this packet (driver RSS, or the
  * skb behind a veth frame): XDP cannot tell, so assume it could. */
 static __always_inline int ctx_may_carry_hash(tna_ctx_t *ctx) { return 1; }

@@ -46,6 +46,7 @@ class Packet:
     # which (no entry: NEW or INVALID); NEW is also a packet of a UDP entry
     # that has seen no reply, in its original direction
     ctstate: str | frozenset[str] | None = None
+    mark: int = 0  # skb->mark (hooks.py: 0 for every packet the fast path decides)
 
 
 def iface_matches(pattern: str, name: str | None) -> bool:
@@ -107,6 +108,7 @@ def rule_matches(rule: Rule, pkt: Packet, could: bool = False) -> bool:
         and _one(rule.tcp_flags, rule.tcp_flags is not None and pkt.proto == 6 and tcp_flags())
         and _one(rule.icmp_type, rule.icmp_type is not None and pkt.proto in (1, 58) and icmp())
         and _one(rule.fragment, False)  # packets TNA handles are never fragments
+        and _one(rule.mark, rule.mark is not None and pkt.mark & rule.mark.value[1] == rule.mark.value[0])  # type: ignore[index]
         and (rule.ctstate is None or _ctstate(rule, pkt, could))
     )
 
@@ -142,7 +144,8 @@ def _walk(table: Table, chain: str, pkt: Packet, depth: int, trace: list[tuple[s
         if rule.target == "RETURN":
             return _CONTINUE
         verdict = _walk(table, rule.target, pkt, depth + 1, trace)
-        if verdict != _CONTINUE:
+        if verdict != _CONTINUE or rule.goto:
+            # -g pushes no return position: the end of its chain ends this one
             return verdict
     return _CONTINUE
 
@@ -152,8 +155,9 @@ def _walk(table: Table, chain: str, pkt: Packet, depth: int, trace: list[tuple[s
 @dataclass(frozen=True)
 class FwChain:
     name: str
-    policy: str | None          # ACCEPT/DROP for FORWARD, None for a user chain
+    policy: str | None          # ACCEPT/DROP for a built-in chain, None for a user chain
     rules: tuple[Rule, ...]
+    table: str = "filter"
 
     @cached_property
     def parts(self) -> list[Rule | RuleSet]:
@@ -163,10 +167,11 @@ class FwChain:
 
 @dataclass(frozen=True, eq=False)
 class Firewall:
-    """The FORWARD and INPUT chains the fast path evaluates, per IP version
-    (callee first, the built-in chain last; None: no filtering for that
-    version), and the interface patterns they use (bit k of an interface's
-    mask: pattern k)."""
+    """The chains the fast path evaluates for a forwarded packet (fwd) and
+    one to this box (in), per IP version: every table's, each chain after
+    the chains it jumps to, the built-in chains in the order the kernel
+    runs them (hooks.py; None: no filtering for that version), and the
+    interface patterns they use (bit k of an interface's mask: pattern k)."""
 
     fwd4: tuple[FwChain, ...] | None  # FORWARD per IP version
     fwd6: tuple[FwChain, ...] | None
@@ -180,7 +185,7 @@ class Firewall:
     # by the text of each rule, which says all a rule does.
     @cached_property
     def _identity(self) -> tuple:
-        chains = tuple(tuple((c.name, c.policy, tuple(r.text for r in c.rules)) for c in cs) if cs else None
+        chains = tuple(tuple((c.table, c.name, c.policy, tuple(r.text for r in c.rules)) for c in cs) if cs else None
                        for cs in (self.fwd4, self.fwd6, self.in4, self.in6))
         return chains, self.ifaces, self.ct4, self.ct6
 
@@ -223,7 +228,7 @@ def _set_shape(rule: Rule) -> tuple[str, tuple[str, ...]] | None:
     if not rule.expressible or rule.goto or rule.target not in (ACCEPT, DROP, "RETURN"):
         return None
     if any(getattr(rule, f) is not None for f in ("iif", "oif", "ports", "tcp_flags", "icmp_type", "fragment",
-                                                   "ctstate")):
+                                                   "ctstate", "mark")):
         return None
     fields = tuple(f for f in ("proto", "sport", "dport", "src", "dst") if getattr(rule, f) is not None)
     if any(getattr(rule, f).neg for f in fields):
@@ -282,61 +287,3 @@ def segments(rules: tuple[Rule, ...]) -> list[Rule | RuleSet]:
 def code_size(chains: tuple[FwChain, ...]) -> int:
     """Rules compiled as code: what compile time grows with."""
     return sum(len(c.parts) for c in chains)
-_CONNTRACK = {"conntrack", "state", "CT", "NOTRACK", "CONNMARK", "connmark", "connlimit", "helper"}
-
-
-def _uses_conntrack(rule: Rule) -> bool:
-    """The rule makes the kernel track its family (xt_conntrack and friends
-    register conntrack's hooks in the namespace)."""
-    # unsupported entries read "-m NAME", "-j NAME" or "NAME --option"
-    return rule.ctstate is not None or any(u.removeprefix("-m ").removeprefix("-j ").split(" ")[0] in _CONNTRACK
-                                           for u in rule.unsupported)
-
-
-def _closure(table: Table, start: str) -> tuple[FwChain, ...]:
-    """Chains reachable from start, each after every chain it jumps to."""
-    order: list[str] = []
-
-    def visit(name: str) -> None:
-        if name in order:
-            return
-        for rule in table.chains[name].rules:
-            if rule.jump and rule.expressible:
-                visit(rule.target)
-        order.append(name)
-    visit(start)
-    return tuple(FwChain(n, table.chains[n].policy, tuple(table.chains[n].rules)) for n in order)
-
-
-def firewall_plan(tables: dict[int, dict[str, Table]]) -> tuple[Firewall | None, str | None]:
-    """(what the fast path evaluates, None) or (None, why all traffic must
-    stay on the kernel path)."""
-    chains: dict[int, tuple[FwChain, ...] | None] = {}
-    inputs: dict[int, tuple[FwChain, ...] | None] = {}
-    tracked: set[int] = set()
-    for version, ts in tables.items():
-        for name, table in ts.items():
-            if name != "filter" and not table.empty:
-                return None, f"the IPv{version} {name} table has rules (not modelled)"
-            # a nat table needs conntrack, even without rules
-            if name == "nat" or any(_uses_conntrack(r) for c in table.chains.values() for r in c.rules):
-                tracked.add(version)
-        f = ts.get("filter")
-        chains[version] = _filtering(f, "FORWARD")
-        inputs[version] = _filtering(f, "INPUT")
-    used = [cs for cs in (chains.get(4), chains.get(6), inputs.get(4), inputs.get(6)) if cs]
-    patterns = sorted({str(m.value) for cs in used for c in cs for r in c.rules
-                       for m in (r.iif, r.oif) if m is not None})
-    if not used and not tracked:
-        return None, None
-    return Firewall(chains.get(4), chains.get(6), tuple(patterns), inputs.get(4), inputs.get(6),
-                    4 in tracked, 6 in tracked), None
-
-
-def _filtering(table: Table | None, chain: str) -> tuple[FwChain, ...] | None:
-    """The chains to evaluate from a built-in chain, None if it accepts all."""
-    base = table.chains.get(chain) if table is not None else None
-    if base is None or (not base.rules and base.policy == ACCEPT):
-        return None
-    assert table is not None
-    return _closure(table, chain)

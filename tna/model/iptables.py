@@ -68,6 +68,7 @@ class Rule:
     icmp_type: Neg | None = None    # (type, code or None)
     fragment: Neg | None = None     # -f: True
     ctstate: Neg | None = None      # frozenset of CT_STATES
+    mark: Neg | None = None         # -m mark --mark: (value, mask)
     comment: str | None = None
     unsupported: tuple[str, ...] = ()  # matches, options or the target TNA cannot express
     counters: tuple[int, int] = field(default=(0, 0), compare=False)  # not part of what the rule does
@@ -187,7 +188,8 @@ def parse_rule(line: str, table: Table, counters: tuple[int, int] = (0, 0)) -> R
             break
         if tok in ("-m", "--match"):
             module, i = tokens[i + 1], i + 2
-            if module not in ("tcp", "udp", "icmp", "icmp6", "multiport", "conntrack", "state", "comment"):
+            if module not in ("tcp", "udp", "icmp", "icmp6", "multiport", "conntrack", "state", "comment",
+                              "mark"):
                 unsupported.append(f"-m {module}")
             continue
         key, step = _option(tokens[i:], module, f, unsupported)
@@ -205,8 +207,6 @@ def parse_rule(line: str, table: Table, counters: tuple[int, int] = (0, 0)) -> R
         unsupported.append("no target (a counting rule)")
     elif target not in VERDICTS and target not in table.chains:
         unsupported.append(f"-j {target}")  # LOG, REJECT, NFQUEUE, MARK, NAT targets, ...
-    if goto:
-        unsupported.append("-g (goto)")
     index = len(table.chains[chain].rules) + 1
     return Rule(chain=chain, index=index, text=line, target=target, target_args=target_args, goto=goto,
                 unsupported=tuple(unsupported), counters=counters, **f)  # type: ignore[arg-type]
@@ -254,6 +254,10 @@ def _option(tokens: list[str], module: str | None, f: dict[str, object],
             raise ParseError(f"unknown conntrack state in {arg}")
         f["ctstate"] = states
         return "ctstate", 2
+    if module == "mark" and tok == "--mark":
+        value, _, mask = arg.partition("/")
+        f["mark"] = (int(value, 0), int(mask, 0) if mask else 0xFFFFFFFF)
+        return "mark", 2
     if module == "comment" and tok == "--comment":
         f["comment"] = arg
         return None, 2

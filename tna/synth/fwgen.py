@@ -1,5 +1,7 @@
-"""FORWARD/INPUT chains -> C: one function per chain, one `if` per rule,
-one map lookup per set of same-shaped rules.
+"""The chains of every table a packet passes (tna/model/hooks.py) -> C:
+one function per chain, one `if` per rule, one map lookup per set of
+same-shaped rules; per hook, the built-in chains called in the kernel's
+order, in three groups (before conntrack, before a DNAT, after it).
 
 Rule matches become C conditions over `struct fw_pkt` (firewall.c.j2);
 addresses are compared in network byte order as the packet holds them, so
@@ -22,6 +24,7 @@ from typing import Any
 
 from tna.bpf.abi import FW_CT, FW_RULES_MAX
 from tna.model.firewall import Firewall, FwChain, RuleSet, code_size
+from tna.model.hooks import stage_group
 from tna.model.iptables import Neg, Rule
 
 MAX_COMPILED_RULES = 256  # rules compiled as code (a set of rules counts as one)
@@ -110,6 +113,9 @@ def _condition(rule: Rule, ifaces: tuple[str, ...], could: bool = False) -> str:
         add(rule.fragment, "0")  # the fast path never sees fragments
     if rule.ctstate is not None:
         terms.append(_ct_terms(rule.ctstate)[1 if could else 0])
+    if rule.mark is not None:
+        value, mask = rule.mark.value  # type: ignore[misc]
+        add(rule.mark, f"(f->mark & 0x{mask:08x}U) == 0x{value:08x}U")
     if len(terms) == 1 and terms[0].startswith("("):
         return terms[0][1:-1]  # `if ((a == b))` is an error under -Wall -Werror
     return " && ".join(terms) or "1"
@@ -130,10 +136,11 @@ def _maybe(rule: Rule, ifaces: tuple[str, ...]) -> str | None:
 RETURN_USER, RETURN_BUILTIN = "return FW_CONT;", "goto policy;"
 
 
-def _action(rule: Rule, prefix: str, index: dict[str, int], rid: int, ret: str) -> str:
-    """What a matching rule does (ret: what RETURN does in its chain).  The
-    rules applied are recorded and counted only if the fast path decides the
-    packet: one that ends with the kernel is counted there, whole."""
+def _action(rule: Rule, fn: str, rid: int, ret: str) -> str:
+    """What a matching rule does (fn: its jump's function; ret: what RETURN
+    does in its chain).  The rules applied are recorded and counted only if
+    the fast path decides the packet: one that ends with the kernel is
+    counted there, whole."""
     if not rule.expressible:
         return "return FW_KERNEL;"
     count = f"fw_step(f, {rid});"
@@ -143,7 +150,9 @@ def _action(rule: Rule, prefix: str, index: dict[str, int], rid: int, ret: str) 
         return f"{{ {count} return FW_DROP; }}"
     if rule.target == "RETURN":
         return f"{{ {count} {ret} }}"
-    return f"{{ {count} int r = {prefix}_{index[rule.target]}(f); if (r != FW_CONT) return r; }}"
+    # -g pushes no return position: the end of its chain ends this one
+    after = f" {ret}" if rule.goto else ""
+    return f"{{ {count} int r = {fn}(f); if (r != FW_CONT) return r;{after} }}"
 
 
 @dataclass(frozen=True)
@@ -155,6 +164,7 @@ class RuleRef:
     chain: str
     index: int
     text: str
+    table: str = "filter"
 
 
 @functools.lru_cache(maxsize=4)
@@ -164,15 +174,18 @@ def rule_refs(fw: Firewall | None) -> list[RuleRef]:
     refs: list[RuleRef] = []
     if fw is None:
         return refs
-    seen: set[tuple[int, str]] = set()  # a user chain both INPUT and FORWARD use has one counter per rule
+    # a chain both INPUT and FORWARD pass (raw PREROUTING, a user chain)
+    # has one counter per rule
+    seen: set[tuple[int, str, str]] = set()
     for family, chains in ((4, fw.fwd4), (6, fw.fwd6), (4, fw.in4), (6, fw.in6)):
         for c in chains or ():
-            if (family, c.name) in seen:
+            if (family, c.table, c.name) in seen:
                 continue
-            seen.add((family, c.name))
-            refs += [RuleRef(len(refs) + k, family, c.name, r.index, r.text) for k, r in enumerate(c.rules)]
+            seen.add((family, c.table, c.name))
+            refs += [RuleRef(len(refs) + k, family, c.name, r.index, r.text, c.table)
+                     for k, r in enumerate(c.rules)]
             if c.policy is not None:
-                refs.append(RuleRef(len(refs), family, c.name, 0, f"policy {c.policy}"))
+                refs.append(RuleRef(len(refs), family, c.name, 0, f"policy {c.policy}", c.table))
     if len(refs) > FW_RULES_MAX:
         raise ValueError(f"{len(refs)} filter rules: at most {FW_RULES_MAX} are counted")
     return refs
@@ -258,18 +271,25 @@ def set_name(prefix: str, k: int) -> str:
     return f"{prefix}_set{k}"
 
 
+Ids = dict[tuple[int, str, str, int], int]  # (family, table, chain, rule index) -> counter id
+
+
+def _ids(fw: Firewall) -> Ids:
+    return {(r.family, r.table, r.chain, r.index): r.id for r in rule_refs(fw)}
+
+
 def _chains(chains: tuple[FwChain, ...] | None, family: int, ifaces: tuple[str, ...],
-            ids: dict[tuple[int, str, int], int], prefix: str) -> list[dict[str, Any]]:
+            ids: Ids, prefix: str) -> list[dict[str, Any]]:
     if not chains:
         return []
     sets = 0
-    index = {c.name: i for i, c in enumerate(chains)}
+    index = {(c.table, c.name): f"{prefix}_{i}" for i, c in enumerate(chains)}
     out = []
     for c in chains:
         end, ret = "return FW_CONT;", RETURN_USER
         if c.policy is not None:
             verdict = "FW_ACCEPT" if c.policy == "ACCEPT" else "FW_DROP"
-            end, ret = f"{{ fw_step(f, {ids[family, c.name, 0]}); return {verdict}; }}", RETURN_BUILTIN
+            end, ret = f"{{ fw_step(f, {ids[family, c.table, c.name, 0]}); return {verdict}; }}", RETURN_BUILTIN
         rules = []
         for seg in c.parts:
             if isinstance(seg, RuleSet):
@@ -279,19 +299,21 @@ def _chains(chains: tuple[FwChain, ...] | None, family: int, ifaces: tuple[str, 
             r = seg
             rules.append({"set": None, "text": _comment(r.text), "cond": _condition(r, ifaces, could=not r.expressible),
                           "maybe": _maybe(r, ifaces),
-                          "action": _action(r, prefix, index, ids[family, c.name, r.index], ret)})
+                          "action": _action(r, index.get((c.table, r.target), ""),
+                                            ids[family, c.table, c.name, r.index], ret)})
         if ret == RETURN_BUILTIN and any(ret in (r.get("action") or r.get("exit", "")) for r in rules):
             end = f"policy:\n\t{end}"
-        out.append({"fn": f"{prefix}_{index[c.name]}", "name": _comment(c.name), "rules": rules, "end": end})
+        out.append({"fn": index[c.table, c.name], "name": _comment(f"{c.table} {c.name}"), "rules": rules,
+                    "end": end, "group": stage_group(c.table, c.name) if c.policy is not None else None})
     return out
 
 
 def render_data(fw: Firewall | None) -> dict[str, Any] | None:
     """What firewall.c.j2 needs: per family, the chains to emit in order
-    (the last is FORWARD)."""
+    (a built-in chain's "group" says where the hook calls it)."""
     if fw is None:
         return None
-    ids = {(r.family, r.chain, r.index): r.id for r in rule_refs(fw)}
+    ids = _ids(fw)
     return {"fwd4": _chains(fw.fwd4, 4, fw.ifaces, ids, "fw4"), "fwd6": _chains(fw.fwd6, 6, fw.ifaces, ids, "fw6"),
             "in4": _chains(fw.in4, 4, fw.ifaces, ids, "in4"), "in6": _chains(fw.in6, 6, fw.ifaces, ids, "in6"),
             "uses_ifaces": bool(fw.ifaces),
@@ -304,14 +326,14 @@ def all_set_entries(fw: Firewall | None) -> dict[str, dict[bytes, bytes]]:
     daemon sizes the maps and fills them before the program is attached)."""
     if fw is None:
         return {}
-    ids = {(r.family, r.chain, r.index): r.id for r in rule_refs(fw)}
+    ids = _ids(fw)
     out: dict[str, dict[bytes, bytes]] = {}
     for chains, family, prefix in ((fw.fwd4, 4, "fw4"), (fw.fwd6, 6, "fw6"), (fw.in4, 4, "in4"), (fw.in6, 6, "in6")):
         k = 0
         for c in chains or ():
             for seg in c.parts:
                 if isinstance(seg, RuleSet):
-                    by_index = {r.index: ids[family, c.name, r.index] for r in seg.rules}
+                    by_index = {r.index: ids[family, c.table, c.name, r.index] for r in seg.rules}
                     out[set_name(prefix, k)] = set_entries(seg, family, by_index)
                     k += 1
     return out

@@ -1,0 +1,155 @@
+"""Every netfilter table in the kernel's order (tna/model/hooks.py): which
+chains judge a packet, gotos, the mark match, what stays on the kernel
+path, and what `tna status` says of it.  No root."""
+
+from __future__ import annotations
+
+from ipaddress import ip_address
+
+from tna.model.firewall import ACCEPT, DROP, KERNEL, Packet
+from tna.model.hooks import FORWARD_HOOK, INPUT_HOOK, evaluate_hook, firewall_plan
+from tna.model.iptables import BUILTIN_CHAINS, Table, parse_save
+from tna.status import _firewall
+
+
+def save(**tables: str) -> str:
+    """iptables-save text: per table (policies ACCEPT unless a rule line
+    ':CHAIN POLICY' says otherwise), its extra lines."""
+    out = []
+    for name, body in tables.items():
+        lines = body.strip().splitlines()
+        declared = {ln.split()[0][1:] for ln in lines if ln.startswith(":")}
+        heads = [f":{c} ACCEPT [0:0]" for c in BUILTIN_CHAINS[name] if c not in declared]
+        out += [f"*{name}", *heads, *[ln for ln in lines if ln.startswith(":")],
+                *[ln for ln in lines if not ln.startswith(":")], "COMMIT"]
+    return "\n".join(out) + "\n"
+
+
+def tables(**kw: str) -> dict[str, Table]:
+    return parse_save(save(**kw))
+
+
+def ack(src: str = "192.0.2.2", dst: str = "198.51.100.2", flags: int = 0x10, **kw: object) -> Packet:
+    """A TCP segment of an established connection, forwarded eth1 -> eth2."""
+    return Packet(ip_address(src), ip_address(dst), **{"iif": "eth1", "oif": "eth2", "proto": 6, "sport": 1000,
+                  "dport": 80, "tcp_flags": flags, "ctstate": "ESTABLISHED", **kw})  # type: ignore[arg-type]
+
+
+def test_a_drop_in_an_earlier_table_is_final_and_counts_nothing_later() -> None:
+    ts = tables(raw="-A PREROUTING -s 192.0.2.66/32 ! -i br0 -j DROP",
+                mangle="-A FORWARD -d 198.51.100.9/32 -j DROP",
+                filter=":FORWARD DROP [0:0]\n-A FORWARD -m conntrack --ctstate ESTABLISHED -j ACCEPT",
+                security="-A FORWARD -d 198.51.100.7/32 -j DROP")
+    trace: list[tuple[str, str, int]] = []
+    assert evaluate_hook(ts, FORWARD_HOOK, ack(src="192.0.2.66"), trace) == DROP
+    assert trace == [("raw", "PREROUTING", 1)]
+    trace.clear()
+    assert evaluate_hook(ts, FORWARD_HOOK, ack(dst="198.51.100.9"), trace) == DROP
+    assert trace == [("raw", "PREROUTING", 0), ("mangle", "FORWARD", 1)]  # mangle PREROUTING: empty
+    # filter accepts, security (after it) still drops
+    trace.clear()
+    assert evaluate_hook(ts, FORWARD_HOOK, ack(dst="198.51.100.7"), trace) == DROP
+    assert trace[-3:] == [("mangle", "FORWARD", 0), ("filter", "FORWARD", 1), ("security", "FORWARD", 1)]
+    # accepted by every table: each policy counted (but of a chain that
+    # changes nothing: not evaluated)
+    trace.clear()
+    assert evaluate_hook(ts, FORWARD_HOOK, ack(), trace) == ACCEPT
+    assert trace == [("raw", "PREROUTING", 0), ("mangle", "FORWARD", 0), ("filter", "FORWARD", 1),
+                     ("security", "FORWARD", 0)]
+    # INPUT: its own chains, and raw/mangle PREROUTING before them
+    assert [c for c in INPUT_HOOK if c[1] != "PREROUTING"] == [("mangle", "INPUT"), ("filter", "INPUT"),
+                                                               ("security", "INPUT")]
+    assert evaluate_hook(ts, INPUT_HOOK, ack(src="192.0.2.66", oif=None)) == DROP
+
+
+def test_a_policy_of_another_table_decides_too() -> None:
+    ts = tables(mangle=":FORWARD DROP [0:0]\n-A FORWARD -p udp -j ACCEPT")
+    assert evaluate_hook(ts, FORWARD_HOOK, ack()) == DROP
+    assert evaluate_hook(ts, FORWARD_HOOK, Packet(ip_address("192.0.2.2"), ip_address("198.51.100.2"), "eth1",
+                                                  "eth2", 17, 1, 2)) == ACCEPT
+
+
+def test_raw_sees_no_conntrack_entry() -> None:
+    """Before conntrack, xt_conntrack finds no entry: INVALID, whatever the
+    connection's state later is."""
+    ts = tables(raw="-A PREROUTING -m conntrack --ctstate INVALID -j DROP")
+    assert evaluate_hook(ts, FORWARD_HOOK, ack()) == DROP
+    ts = tables(raw="-A PREROUTING -m conntrack --ctstate ESTABLISHED -j DROP")
+    assert evaluate_hook(ts, FORWARD_HOOK, ack()) == ACCEPT
+
+
+def test_a_target_tna_cannot_apply_keeps_only_what_it_could_match() -> None:
+    ts = tables(mangle="-A FORWARD -p tcp -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu",
+                filter=":FORWARD DROP [0:0]\n-A FORWARD -m conntrack --ctstate ESTABLISHED -j ACCEPT")
+    assert evaluate_hook(ts, FORWARD_HOOK, ack()) == ACCEPT
+    assert evaluate_hook(ts, FORWARD_HOOK, ack(flags=0x02, ctstate="NEW")) == KERNEL
+    # a rule of a later table is never reached by what an earlier one drops
+    ts = tables(raw="-A PREROUTING -p tcp -j DROP", mangle="-A FORWARD -j MARK --set-xmark 0x1/0xffffffff")
+    assert evaluate_hook(ts, FORWARD_HOOK, ack()) == DROP
+
+
+def test_gotos_return_to_the_chain_that_jumped() -> None:
+    ts = tables(filter="""
+:FORWARD DROP [0:0]
+:outer - [0:0]
+:inner - [0:0]
+-A FORWARD -j outer
+-A FORWARD -p tcp -j ACCEPT
+-A outer -g inner
+-A outer -j DROP
+-A inner -p udp -j DROP
+""")
+    trace: list[tuple[str, str, int]] = []
+    # inner ends: the goto pushed nothing, so outer ends with it (its DROP unreached)
+    assert evaluate_hook(ts, FORWARD_HOOK, ack(), trace) == ACCEPT
+    assert trace == [("filter", "FORWARD", 1), ("filter", "outer", 1), ("filter", "FORWARD", 2)]
+    # a goto from a built-in chain: the end of the target applies its policy
+    ts = tables(filter=":FORWARD DROP [0:0]\n:u - [0:0]\n-A FORWARD -g u\n-A FORWARD -j ACCEPT\n-A u -p udp -j ACCEPT")
+    trace.clear()
+    assert evaluate_hook(ts, FORWARD_HOOK, ack(), trace) == DROP
+    assert trace == [("filter", "FORWARD", 1), ("filter", "FORWARD", 0)]
+    assert ts["filter"].chains["FORWARD"].rules[0].expressible
+
+
+def test_mark_match_as_kube_proxy_writes_it() -> None:
+    ts = tables(filter="""
+:FORWARD DROP [0:0]
+-A FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark 0x4000/0x4000 -j ACCEPT
+-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A FORWARD -m mark ! --mark 0x1 -j DROP
+""")
+    rule = ts["filter"].chains["FORWARD"].rules[0]
+    assert rule.expressible and rule.mark is not None and rule.mark.value == (0x4000, 0x4000)
+    assert ts["filter"].chains["FORWARD"].rules[2].mark.value == (1, 0xFFFFFFFF)  # type: ignore[union-attr]
+    trace: list[tuple[str, str, int]] = []
+    assert evaluate_hook(ts, FORWARD_HOOK, ack(), trace) == ACCEPT
+    assert trace == [("filter", "FORWARD", 2)]  # mark 0: the masquerade mark rule does not match
+    assert evaluate_hook(ts, FORWARD_HOOK, ack(mark=0x4000)) == ACCEPT
+    assert evaluate_hook(ts, FORWARD_HOOK, ack(ctstate="NEW")) == DROP  # ! --mark 0x1 holds for 0
+
+
+def test_plan_takes_every_table_but_nat_rules() -> None:
+    text = save(raw="-A PREROUTING -d 198.51.100.2/32 ! -i br0 -j DROP",
+                mangle="-A FORWARD -p tcp -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu",
+                filter="-A FORWARD -m conntrack --ctstate ESTABLISHED -j ACCEPT",
+                security="-A INPUT -p udp -j DROP")
+    fw, why = firewall_plan({4: parse_save(text), 6: {}})
+    assert why is None and fw is not None and fw.ct4
+    assert fw.fwd4 is not None and fw.in4 is not None
+    assert [(c.table, c.name) for c in fw.fwd4] == [("raw", "PREROUTING"), ("mangle", "FORWARD"),
+                                                    ("filter", "FORWARD")]
+    assert [(c.table, c.name) for c in fw.in4] == [("raw", "PREROUTING"), ("security", "INPUT")]
+    assert fw.ifaces == ("br0",)
+    nat = "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -j MASQUERADE\nCOMMIT\n"
+    assert firewall_plan({4: parse_save(text + nat), 6: {}})[0] is None
+    # status names the rule that keeps traffic on the kernel path, with its table
+    st = _firewall(fw)
+    assert st is not None and st["kernel_rules"] == [{
+        "family": 4, "table": "mangle", "chain": "FORWARD", "index": 1, "why": ["-j TCPMSS"],
+        "text": "-A FORWARD -p tcp -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu"}]
+
+
+def test_a_table_that_changes_nothing_is_not_evaluated() -> None:
+    fw, why = firewall_plan({4: tables(raw="", mangle="", security="", filter="-A FORWARD -p udp -j DROP")})
+    assert why is None and fw is not None and fw.fwd4 is not None
+    assert [(c.table, c.name) for c in fw.fwd4] == [("filter", "FORWARD")]

@@ -1,0 +1,145 @@
+"""Property test of every table's chains through BPF_PROG_RUN: random raw,
+mangle, filter and security tables (user chains entered by jumps and
+gotos, -m mark, --ctstate also in raw, targets TNA cannot apply: MARK,
+TCPMSS, CT --notrack, LOG) x random packets (and, under TC, skb marks).
+The program's verdict, reason and counted rule path must be
+evaluate_hook()'s over the kernel's order; where it says the kernel
+decides, the program passes the packet with the matching reason.
+Derandomized, without a database: CI runs the same examples every time.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, note, settings
+from hypothesis import strategies as st
+from scapy.layers.l2 import Ether
+
+from netns_labs.lab import RouterLab
+from tests.harness import FirewallHarness
+from tests.test_firewall_prog import FW_PATH_MAX, check, fw_packet, verdict_of
+from tests.test_firewall_props import CT_STATES, PORTS, ct_state, neg, net, packets
+from tna.bpf import abi
+from tna.model.firewall import ACCEPT, KERNEL
+from tna.model.hooks import FORWARD_HOOK, evaluate_hook
+from tna.model.iptables import BUILTIN_CHAINS, parse_save
+
+pytestmark = pytest.mark.root
+
+# The chains of the FORWARD hook per table, and a user chain each table may use.
+CHAINS = {"raw": ["PREROUTING"], "mangle": ["PREROUTING", "FORWARD", "POSTROUTING"], "filter": ["FORWARD"],
+          "security": ["FORWARD"]}
+MARKS = [0, 0x4000, 0x4001, 1]
+UNAPPLIABLE = {"raw": ["CT --notrack", "LOG"], "mangle": ["MARK --set-xmark 0x4000/0x4000", "TCPMSS --set-mss 1200",
+                                                          "LOG"],
+               "filter": ["LOG"], "security": ["LOG"]}
+
+
+@st.composite
+def matches(draw: st.DrawFn, family: int, chain: str, ct: bool) -> str:
+    """A rule's matches, in the order iptables-save prints them (-i is not
+    allowed in POSTROUTING, -o not in PREROUTING, neither in a user chain
+    both reach)."""
+    out = []
+    if draw(st.integers(0, 3)) == 0:
+        out.append(f"{draw(neg)}-s {draw(net(family))}")
+    if draw(st.integers(0, 3)) == 0:
+        out.append(f"{draw(neg)}-d {draw(net(family))}")
+    ifaces = {"PREROUTING": ["-i"], "POSTROUTING": ["-o"], "FORWARD": ["-i", "-o"]}.get(chain)
+    if ifaces and draw(st.integers(0, 3)) == 0:
+        out.append(f"{draw(neg)}{draw(st.sampled_from(ifaces))} {draw(st.sampled_from(['r-h1', 'r-h+', 'eth0']))}")
+    proto = draw(st.sampled_from([None, None, "tcp", "tcp", "udp"]))
+    if proto is not None:
+        out.append(f"-p {proto}")
+    if proto == "tcp" and draw(st.booleans()):
+        out.append(draw(st.sampled_from(["-m tcp --tcp-flags SYN,RST SYN", "-m tcp --tcp-flags FIN,SYN,RST,ACK ACK",
+                                         f"-m tcp --dport {draw(st.sampled_from(PORTS))}"])))
+    if draw(st.integers(0, 2)) == 0:
+        value = draw(st.sampled_from(["0x4000/0x4000", "0x1", "0x0/0xffff", "0x4001"]))
+        out.append(f"-m mark {draw(neg)}--mark {value}")
+    if ct and draw(st.integers(0, 2)) == 0:
+        states = draw(st.lists(st.sampled_from(CT_STATES), min_size=1, max_size=2, unique=True))
+        out.append(f"-m conntrack {draw(neg)}--ctstate {','.join(states)}")
+    return " ".join(out)
+
+
+@st.composite
+def table_text(draw: st.DrawFn, name: str, family: int, ct: bool) -> str:
+    """One table: its built-in chains of the FORWARD hook, and maybe a user
+    chain `u` they jump or go to."""
+    user = draw(st.booleans())
+    policy = {c: draw(st.sampled_from(["ACCEPT", "ACCEPT", "DROP"])) for c in CHAINS[name]}
+    lines = [f"*{name}"] + [f":{c} {policy.get(c, 'ACCEPT')} [0:0]" for c in BUILTIN_CHAINS[name]]
+    lines += [":u - [0:0]"] if user else []
+    for chain in CHAINS[name] + (["u"] if user else []):
+        for _ in range(draw(st.integers(0, 4))):
+            where = ("FORWARD" if name in ("filter", "security") else "any") if chain == "u" else chain
+            targets = ["ACCEPT", "DROP", "RETURN", *UNAPPLIABLE[name]]
+            if user and chain != "u":
+                targets += ["j u", "g u", "j u"]
+            t = draw(st.sampled_from(targets))
+            jump = f"-g {t[2:]}" if t.startswith("g ") else f"-j {t[2:] if t.startswith('j ') else t}"
+            lines.append(" ".join(f"-A {chain} {draw(matches(family, where, ct))} {jump}".split()))
+    return "\n".join([*lines, "COMMIT", ""])
+
+
+@st.composite
+def rule_sets(draw: st.DrawFn, family: int) -> str:
+    ct = draw(st.booleans())
+    names = draw(st.lists(st.sampled_from(list(CHAINS)), min_size=1, max_size=4, unique=True))
+    text = "".join(draw(table_text(n, family, ct)) for n in names)
+    fw_tables = parse_save(text)
+    if not any(r for t in fw_tables.values() for c in t.chains.values() for r in c.rules):
+        text += "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n" \
+                "-A FORWARD -p udp -j DROP\nCOMMIT\n"
+    return text
+
+
+def expect(rules: str, family: int, tracked: bool, frame: bytes, short: bool, ct_flags: int,
+           mark: int) -> tuple[str, str, Counter[tuple]]:
+    if short:
+        return "PASS", "FW_KERNEL", Counter()
+    tables = parse_save(rules)
+    proto = frame[23] if family == 4 else frame[20]
+    ctstate = ct_state(frame, family, ct_flags) if tracked and proto in (6, 17) else None
+    pkt = replace(fw_packet(frame, ctstate=ctstate), mark=mark)
+    trace: list[tuple[str, str, int]] = []
+    decision = evaluate_hook(tables, FORWARD_HOOK[:1], pkt, trace)  # raw: before conntrack
+    if decision == ACCEPT and tracked and proto not in (6, 17):
+        return "PASS", "CT_PROTO", Counter()  # the conntrack kfuncs look up TCP and UDP only
+    if decision == ACCEPT:
+        trace.clear()
+        decision = evaluate_hook(tables, FORWARD_HOOK, pkt, trace)
+    if len(trace) > FW_PATH_MAX:
+        decision = KERNEL
+    verdict, reason = verdict_of(decision, ctstate)
+    return verdict, reason, Counter((family, *t) for t in trace)
+
+
+# each example compiles and loads a program: no shrinking (the rule set is
+# reported whole, the packet by note())
+SLOW = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large]
+
+
+@pytest.mark.parametrize(("hook", "family"), [("xdp", 4), ("xdp", 6), ("tc", 4), ("tc", 6)])
+@settings(max_examples=15, deadline=None, derandomize=True, database=None, phases=[Phase.generate],
+          suppress_health_check=SLOW)
+@given(data=st.data())
+def test_program_decides_as_the_kernels_order(fwlab: RouterLab, hook: str, family: int,
+                                              data: st.DataObject) -> None:
+    rules = data.draw(rule_sets(family), label="rules")
+    ct_flags = data.draw(st.sampled_from([0, abi.TNA_CT_CSUM]), label="ct_flags")
+    h = FirewallHarness(fwlab, hook, *((rules, "") if family == 4 else ("", rules)))
+    try:
+        h.set_state(ct_flags=ct_flags)
+        tracked = h.fw.ct4 if family == 4 else h.fw.ct6
+        for n, (frame, short) in enumerate(data.draw(st.lists(packets(family, fwlab), min_size=20, max_size=20),
+                                                     label="packets")):
+            mark = data.draw(st.sampled_from(MARKS), label=f"mark {n}") if hook == "tc" else 0
+            note(f"packet {n}: {Ether(frame)!r} mark {mark:#x}")
+            check(h, frame, *expect(rules, family, tracked, frame, short, ct_flags, mark), by_table=True, mark=mark)
+    finally:
+        h.close()
