@@ -90,6 +90,12 @@ def send_probes(lab: RouterLab, pkts: list[Packet], wait: float = 3) -> set[int]
 def send_frames(lab: RouterLab, frames: list[bytes], wait: float = 3) -> set[int]:
     """Indexes of the frames (each holding MARK and its index, as frame()
     makes them) that reached h2, sent from h1 once each."""
+    return {int(f.split(MARK)[1][:4]) for f in arrivals(lab, frames, wait)}
+
+
+def arrivals(lab: RouterLab, frames: list[bytes], wait: float = 3) -> list[bytes]:
+    """The frames holding MARK that reached h2 (as h2 got them) when h1
+    sent each of frames once."""
     cap = lab.popen(lab.h2.ns, py("netns_labs.xfer", "raw-capture", lab.h2.dev, MARK.hex(), str(len(frames)),
                                   str(wait)),
                     stdout=subprocess.PIPE, text=True, cwd=lab.repo)
@@ -97,7 +103,7 @@ def send_frames(lab: RouterLab, frames: list[bytes], wait: float = 3) -> set[int
     lab.run(lab.h1.ns, py("netns_labs.xfer", "raw-send", lab.h1.dev, ",".join(f.hex() for f in frames), "1"),
             cwd=lab.repo)
     out, _ = cap.communicate(timeout=30)
-    return {int(bytes.fromhex(h).split(MARK)[1][:4]) for h in out.split()}
+    return [bytes.fromhex(h) for h in out.split()]
 
 
 def _attached_since(log: str, iface: str, t0: float) -> bool:
