@@ -9,7 +9,8 @@ families), as real hosts write them:
 - filter FORWARD as kube-proxy writes it (KUBE-FORWARD: the masquerade
   mark accepted before the conntrack accept);
 - security FORWARD drops UDP to one address: the fast path drops it after
-  filter accepted it.
+  filter accepted it; it accepts the replies of assured TCP connections
+  (--ctstatus, --ctdir: the entry's, which the fast path reads).
 
 Under XDP the hosts send with checksums complete (as in
 test_conntrack_lab.py)."""
@@ -59,6 +60,7 @@ COMMIT
 :FORWARD ACCEPT [0:0]
 :OUTPUT ACCEPT [0:0]
 -A FORWARD -d {alt} -p udp -j DROP
+-A FORWARD -p tcp -m conntrack --ctstatus ASSURED --ctdir REPLY -j ACCEPT
 COMMIT
 """
 FAMILY = {4: {"tool": "iptables", "h2net": "198.51.100.0/24", "spoof": "198.51.100.66", "alt": "198.51.100.7",
@@ -130,10 +132,12 @@ def test_every_table_applies_where_the_kernel_does(tables_lab: RouterLab, hook: 
     with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
         assert wait_for(lambda: "firewall" in tna.status()["ifaces"]["r-h1"]["modules"], 30, 0.2), tna.output()
         before = tna.counters()
+        ingress = {d: tna.counters(d) for d in ("r-h1", "r-h2")}
         fast = sent_back(lab, family, 100)
         probed = tna.counters()
         sent, received = tcp_transfer(lab, lab.h1.ns, lab.h2.ns, h2, 20 << 20)
         after = tna.counters()
+        forwarded = {d: tna.counters(d).get("FORWARDED", 0) - ingress[d].get("FORWARDED", 0) for d in ingress}
         rules = json.loads(lab.run(lab.r, py("tna", "stats", "--rules", "--json"), cwd=lab.repo).stdout)
         text = lab.run(lab.r, py("tna", "status"), cwd=lab.repo).stdout
     assert fast["spoofed"] == [] and fast["secured"] == []
@@ -154,6 +158,10 @@ def test_every_table_applies_where_the_kernel_does(tables_lab: RouterLab, hook: 
     assert by_rule["filter", "KUBE-FORWARD", 2]["fast_path"]["packets"] > carried // 2
     assert by_rule["filter", "KUBE-FORWARD", 1]["fast_path"]["packets"] == 0  # no mark: 0 on every carried packet
     assert by_rule["mangle", "FORWARD", 1]["fast_path"]["packets"] == 0  # TCPMSS: the kernel's
+    # every carried reply (entering at r-h2) matched the status rule, every
+    # carried packet the other way reached the policy
+    assert by_rule["security", "FORWARD", 2]["fast_path"]["packets"] == forwarded["r-h2"] > 0
+    assert by_rule["security", "FORWARD", 0]["fast_path"]["packets"] == forwarded["r-h1"] > 0
     assert f"kernel path for what IPv{family} mangle FORWARD rule 1 could match (-j TCPMSS)" in text, text
 
 

@@ -1,15 +1,19 @@
 """Every netfilter table in the kernel's order (tna/model/hooks.py): which
-chains judge a packet, gotos, the mark match, what stays on the kernel
-path, and what `tna status` says of it.  No root."""
+chains judge a packet, gotos, the mark and conntrack status/direction
+matches, what stays on the kernel path, what `tna status` says of it, and
+that the generated C compiles.  No root."""
 
 from __future__ import annotations
 
 from ipaddress import ip_address
+from pathlib import Path
 
 from tna.model.firewall import ACCEPT, DROP, KERNEL, Packet
 from tna.model.hooks import FORWARD_HOOK, INPUT_HOOK, evaluate_hook, firewall_plan
-from tna.model.iptables import BUILTIN_CHAINS, Table, parse_save
+from tna.model.iptables import BUILTIN_CHAINS, CT_STATUS, Table, parse_save
 from tna.status import _firewall
+from tna.synth import compile as tna_compile
+from tna.synth.render import render
 
 
 def save(**tables: str) -> str:
@@ -153,3 +157,47 @@ def test_a_table_that_changes_nothing_is_not_evaluated() -> None:
     fw, why = firewall_plan({4: tables(raw="", mangle="", security="", filter="-A FORWARD -p udp -j DROP")})
     assert why is None and fw is not None and fw.fwd4 is not None
     assert [(c.table, c.name) for c in fw.fwd4] == [("filter", "FORWARD")]
+
+
+def test_conntrack_status_and_direction_as_xt_conntrack() -> None:
+    ts = tables(filter="""
+-A FORWARD -m conntrack --ctstatus ASSURED --ctdir REPLY -j ACCEPT
+-A FORWARD -m conntrack ! --ctstatus SEEN_REPLY -j DROP
+-A FORWARD -m conntrack --ctstate INVALID --ctdir ORIGINAL -j DROP
+""")
+    assured, seen = CT_STATUS["ASSURED"] | CT_STATUS["CONFIRMED"], CT_STATUS["SEEN_REPLY"]
+    trace: list[tuple[str, str, int]] = []
+    assert evaluate_hook(ts, FORWARD_HOOK, ack(ctstatus=assured | seen, ctdir="REPLY"), trace) == ACCEPT
+    assert trace == [("filter", "FORWARD", 1)]
+    assert evaluate_hook(ts, FORWARD_HOOK, ack(ctstatus=assured | seen)) == ACCEPT  # original: the policy
+    assert evaluate_hook(ts, FORWARD_HOOK, ack(ctstatus=assured, ctdir="REPLY")) == ACCEPT
+    # a NEW packet's entry is not confirmed yet (status 0): ! --ctstatus holds
+    assert evaluate_hook(ts, FORWARD_HOOK, ack(flags=0x02, ctstate="NEW")) == DROP
+    # no entry: --ctstatus/--ctdir never match, a state match alone decides
+    trace.clear()
+    assert evaluate_hook(ts, FORWARD_HOOK, ack(ctstate="INVALID"), trace) == DROP
+    assert trace == [("filter", "FORWARD", 3)]
+    assert evaluate_hook(ts, FORWARD_HOOK, ack(ctstate=frozenset({"NEW", "INVALID"}))) == KERNEL
+    rule = ts["filter"].chains["FORWARD"].rules[0]
+    assert rule.expressible and rule.ctdir == "REPLY" and rule.ctstatus is not None and rule.ctstatus.value == 4
+    assert firewall_plan({4: ts})[0].ct4  # type: ignore[union-attr]
+
+
+def test_matches_tna_does_not_model_stay_with_the_kernel() -> None:
+    ts = tables(mangle="-A PREROUTING -m statistic --mode random --probability 0.5 -j DROP")
+    assert evaluate_hook(ts, FORWARD_HOOK, ack()) == KERNEL
+    assert not ts["mangle"].chains["PREROUTING"].rules[0].expressible
+
+
+def test_chains_of_every_table_compile(tmp_path: Path) -> None:
+    """Gotos, marks, status and direction, a user chain two built-in chains
+    share, in both families and hooks (clang runs with -Wall -Werror)."""
+    text = save(raw=":u - [0:0]\n-A PREROUTING -m mark --mark 0x1/0x1 -g u\n-A u -p udp -j DROP",
+                mangle=":m - [0:0]\n-A PREROUTING -j m\n-A FORWARD -j m\n-A m -m conntrack --ctdir REPLY -j RETURN",
+                filter=":FORWARD DROP [0:0]\n-A FORWARD -m conntrack ! --ctstatus ASSURED,EXPECTED -j ACCEPT",
+                security="-A INPUT -m mark ! --mark 0x2 -j DROP")
+    fw, why = firewall_plan({4: parse_save(text), 6: parse_save(text)})
+    assert why is None and fw is not None and fw.fwd4 is not None
+    assert sum(c.name == "m" for c in fw.fwd4) == 1
+    for hook in ("xdp", "tc"):
+        tna_compile.compile_source(render(hook, ("firewall", "router"), firewall=fw), tmp_path)

@@ -1,6 +1,8 @@
 """Property test of every table's chains through BPF_PROG_RUN: random raw,
 mangle, filter and security tables (user chains entered by jumps and
-gotos, -m mark, --ctstate also in raw, targets TNA cannot apply: MARK,
+gotos, -m mark, --ctstate/--ctstatus/--ctdir also in raw (packets of no
+entry: conntrack calls them NEW, with status 0, or INVALID, with none),
+targets TNA cannot apply: MARK,
 TCPMSS, CT --notrack, LOG) x random packets (and, under TC, skb marks).
 The program's verdict, reason and counted rule path must be
 evaluate_hook()'s over the kernel's order; where it says the kernel
@@ -25,7 +27,7 @@ from tests.test_firewall_props import CT_STATES, PORTS, ct_state, neg, net, pack
 from tna.bpf import abi
 from tna.model.firewall import ACCEPT, KERNEL
 from tna.model.hooks import FORWARD_HOOK, evaluate_hook
-from tna.model.iptables import BUILTIN_CHAINS, parse_save
+from tna.model.iptables import BUILTIN_CHAINS, CT_STATUS, parse_save
 
 pytestmark = pytest.mark.root
 
@@ -61,8 +63,16 @@ def matches(draw: st.DrawFn, family: int, chain: str, ct: bool) -> str:
         value = draw(st.sampled_from(["0x4000/0x4000", "0x1", "0x0/0xffff", "0x4001"]))
         out.append(f"-m mark {draw(neg)}--mark {value}")
     if ct and draw(st.integers(0, 2)) == 0:
-        states = draw(st.lists(st.sampled_from(CT_STATES), min_size=1, max_size=2, unique=True))
-        out.append(f"-m conntrack {draw(neg)}--ctstate {','.join(states)}")
+        opts = []
+        if draw(st.booleans()):
+            states = draw(st.lists(st.sampled_from(CT_STATES), min_size=1, max_size=2, unique=True))
+            opts.append(f"{draw(neg)}--ctstate {','.join(states)}")
+        if draw(st.booleans()):
+            status = draw(st.lists(st.sampled_from(list(CT_STATUS)), min_size=1, max_size=2, unique=True))
+            opts.append(f"{draw(neg)}--ctstatus {','.join(status)}")
+        if not opts or draw(st.integers(0, 2)) == 0:
+            opts.append(f"--ctdir {draw(st.sampled_from(['ORIGINAL', 'REPLY']))}")
+        out.append("-m conntrack " + " ".join(opts))
     return " ".join(out)
 
 

@@ -47,6 +47,10 @@ class Packet:
     # that has seen no reply, in its original direction
     ctstate: str | frozenset[str] | None = None
     mark: int = 0  # skb->mark (hooks.py: 0 for every packet the fast path decides)
+    # the entry's status bits (CT_STATUS) and the packet's direction, where it
+    # has one; a packet of no entry yet that conntrack calls NEW has status 0
+    ctstatus: int = 0
+    ctdir: str = "ORIGINAL"
 
 
 def iface_matches(pattern: str, name: str | None) -> bool:
@@ -67,16 +71,26 @@ def _one(m: Neg | None, test: bool) -> bool:
     return True if m is None else test != m.neg
 
 
-def _ctstate(rule: Rule, pkt: Packet, could: bool) -> bool:
-    """A state match over the states the packet could have: it holds for all
-    of them, or (could) for at least one."""
-    assert rule.ctstate is not None
+NO_ENTRY = {"INVALID", "UNTRACKED"}  # no conntrack entry attached to the packet
+
+
+def _conntrack(rule: Rule, pkt: Packet, could: bool) -> bool:
+    """The rule's conntrack match over the states the packet could have: it
+    holds for all of them, or (could) for at least one.  As xt_conntrack:
+    the state first; without an entry a rule with a state match matches on
+    that alone, one without never does; with one, the direction and (any
+    bit of) the status too."""
     if pkt.ctstate is None:
         return False
     states = frozenset({pkt.ctstate}) if isinstance(pkt.ctstate, str) else pkt.ctstate
-    wanted = rule.ctstate.value
-    assert isinstance(wanted, frozenset)
-    holds = (lambda s: (s in wanted) != rule.ctstate.neg)  # noqa: E731
+
+    def holds(state: str) -> bool:
+        if rule.ctstate is not None and (state in rule.ctstate.value) == rule.ctstate.neg:  # type: ignore[operator]
+            return False
+        if state in NO_ENTRY:
+            return rule.ctstate is not None
+        return ((rule.ctdir is None or rule.ctdir == pkt.ctdir)
+                and _one(rule.ctstatus, rule.ctstatus is not None and bool(pkt.ctstatus & rule.ctstatus.value)))  # type: ignore[operator]
     return any(map(holds, states)) if could else all(map(holds, states))
 
 
@@ -109,7 +123,7 @@ def rule_matches(rule: Rule, pkt: Packet, could: bool = False) -> bool:
         and _one(rule.icmp_type, rule.icmp_type is not None and pkt.proto in (1, 58) and icmp())
         and _one(rule.fragment, False)  # packets TNA handles are never fragments
         and _one(rule.mark, rule.mark is not None and pkt.mark & rule.mark.value[1] == rule.mark.value[0])  # type: ignore[index]
-        and (rule.ctstate is None or _ctstate(rule, pkt, could))
+        and (not rule.uses_ct or _conntrack(rule, pkt, could))
     )
 
 
@@ -228,7 +242,7 @@ def _set_shape(rule: Rule) -> tuple[str, tuple[str, ...]] | None:
     if not rule.expressible or rule.goto or rule.target not in (ACCEPT, DROP, "RETURN"):
         return None
     if any(getattr(rule, f) is not None for f in ("iif", "oif", "ports", "tcp_flags", "icmp_type", "fragment",
-                                                   "ctstate", "mark")):
+                                                   "ctstate", "ctstatus", "ctdir", "mark")):
         return None
     fields = tuple(f for f in ("proto", "sport", "dport", "src", "dst") if getattr(rule, f) is not None)
     if any(getattr(rule, f).neg for f in fields):

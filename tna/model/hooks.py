@@ -91,7 +91,7 @@ def _uses_conntrack(rule: Rule) -> bool:
     """The rule makes the kernel track its family (xt_conntrack and friends
     register conntrack's hooks in the namespace)."""
     # unsupported entries read "-m NAME", "-j NAME" or "NAME --option"
-    return rule.ctstate is not None or any(u.removeprefix("-m ").removeprefix("-j ").split(" ")[0] in _CONNTRACK
+    return rule.uses_ct or any(u.removeprefix("-m ").removeprefix("-j ").split(" ")[0] in _CONNTRACK
                                            for u in rule.unsupported)
 
 

@@ -30,6 +30,7 @@ TCP_FLAGS = {"FIN": 0x01, "SYN": 0x02, "RST": 0x04, "PSH": 0x08, "ACK": 0x10, "U
 VERDICTS = ("ACCEPT", "DROP", "RETURN")
 _IMPLICIT = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp6"}
 CT_STATES = {"INVALID", "NEW", "ESTABLISHED", "RELATED", "UNTRACKED", "SNAT", "DNAT"}
+CT_STATUS = {"NONE": 0, "EXPECTED": 1 << 0, "SEEN_REPLY": 1 << 1, "ASSURED": 1 << 2, "CONFIRMED": 1 << 3}  # IPS_*
 # options of the built-in matches, and which take an argument
 _BUILTIN = {"-s": "src", "--source": "src", "-d": "dst", "--destination": "dst",
             "-i": "iif", "--in-interface": "iif", "-o": "oif", "--out-interface": "oif",
@@ -68,6 +69,8 @@ class Rule:
     icmp_type: Neg | None = None    # (type, code or None)
     fragment: Neg | None = None     # -f: True
     ctstate: Neg | None = None      # frozenset of CT_STATES
+    ctstatus: Neg | None = None     # --ctstatus: mask of CT_STATUS bits (any of them set matches)
+    ctdir: str | None = None        # --ctdir: ORIGINAL or REPLY
     mark: Neg | None = None         # -m mark --mark: (value, mask)
     comment: str | None = None
     unsupported: tuple[str, ...] = ()  # matches, options or the target TNA cannot express
@@ -77,6 +80,11 @@ class Rule:
     def expressible(self) -> bool:
         """TNA can decide this rule's traffic (else: the kernel must)."""
         return not self.unsupported
+
+    @property
+    def uses_ct(self) -> bool:
+        """A conntrack match TNA models (state, status or direction)."""
+        return self.ctstate is not None or self.ctstatus is not None or self.ctdir is not None
 
     @property
     def jump(self) -> bool:
@@ -254,6 +262,12 @@ def _option(tokens: list[str], module: str | None, f: dict[str, object],
             raise ParseError(f"unknown conntrack state in {arg}")
         f["ctstate"] = states
         return "ctstate", 2
+    if module == "conntrack" and tok == "--ctstatus":
+        f["ctstatus"] = sum(CT_STATUS[name] for name in arg.split(","))
+        return "ctstatus", 2
+    if module == "conntrack" and tok == "--ctdir" and arg in ("ORIGINAL", "REPLY"):
+        f["ctdir"] = arg
+        return None, 2
     if module == "mark" and tok == "--mark":
         value, _, mask = arg.partition("/")
         f["mark"] = (int(value, 0), int(mask, 0) if mask else 0xFFFFFFFF)

@@ -66,16 +66,31 @@ def _ranges(field: str, ranges: Any) -> str:
                        for lo, hi in ranges)
 
 
-def _ct_terms(m: Neg) -> tuple[str, str]:
-    """A state match over f->ct, the states the packet could have: (holds
-    for all of them, holds for some)."""
-    states = m.value
-    assert isinstance(states, frozenset)
-    mask = sum(FW_CT[s] for s in states)
-    inside, outside = f"(f->ct & 0x{mask:02x})", f"(f->ct & ~0x{mask:02x})"
-    if m.neg:
-        inside, outside = outside, inside
-    return f"!{outside}", inside
+FW_CT_ALL = sum(FW_CT.values())
+FW_CT_NO_ENTRY = FW_CT["INVALID"] | FW_CT["UNTRACKED"]
+
+
+def _ct_holds(rule: Rule) -> str:
+    """C for the FW_CT_* states in which the rule's conntrack match holds
+    (model: firewall._conntrack): those its state match allows, of them
+    the ones without an entry only if it has a state match, the ones with
+    an entry only if the direction and status hold (f->ct_dir/ct_status:
+    the entry's, or a new one's: 0)."""
+    allowed = FW_CT_ALL
+    if rule.ctstate is not None:
+        states = rule.ctstate.value
+        assert isinstance(states, frozenset)
+        mask = sum(FW_CT[s] for s in states)
+        allowed = FW_CT_ALL & ~mask if rule.ctstate.neg else mask
+    without = allowed & FW_CT_NO_ENTRY if rule.ctstate is not None else 0
+    entry = []
+    if rule.ctdir is not None:
+        entry.append(f"f->ct_dir == {int(rule.ctdir == 'REPLY')}")
+    if rule.ctstatus is not None:
+        entry.append(f"{'!' if rule.ctstatus.neg else ''}(f->ct_status & 0x{rule.ctstatus.value:02x})")
+    if not entry:
+        return f"0x{allowed:02x}"
+    return f"(0x{without:02x} | (({' && '.join(entry)}) ? 0x{allowed & ~FW_CT_NO_ENTRY:02x} : 0))"
 
 
 def _condition(rule: Rule, ifaces: tuple[str, ...], could: bool = False) -> str:
@@ -111,8 +126,9 @@ def _condition(rule: Rule, ifaces: tuple[str, ...], could: bool = False) -> str:
                                                                        else ""))
     if rule.fragment is not None:
         add(rule.fragment, "0")  # the fast path never sees fragments
-    if rule.ctstate is not None:
-        terms.append(_ct_terms(rule.ctstate)[1 if could else 0])
+    if rule.uses_ct:
+        # for some of the packet's possible states (could), or for all
+        terms.append(f"(f->ct & {_ct_holds(rule)})" if could else f"!(f->ct & ~{_ct_holds(rule)})")
     if rule.mark is not None:
         value, mask = rule.mark.value  # type: ignore[misc]
         add(rule.mark, f"(f->mark & 0x{mask:08x}U) == 0x{value:08x}U")
@@ -125,10 +141,9 @@ def _maybe(rule: Rule, ifaces: tuple[str, ...]) -> str | None:
     """When an expressible rule's state match holds for some but not all of
     the packet's possible states (its other matches holding): the kernel,
     which knows the state, decides."""
-    if rule.ctstate is None or not rule.expressible:
+    if not rule.uses_ct or not rule.expressible:
         return None
-    some_not = _ct_terms(Neg(rule.ctstate.value, not rule.ctstate.neg))[1]
-    return f"({_condition(rule, ifaces, could=True)}) && {some_not}"
+    return f"({_condition(rule, ifaces, could=True)}) && (f->ct & ~{_ct_holds(rule)})"
 
 
 # RETURN ends a user chain (the caller goes on) but a built-in chain by its
