@@ -5,6 +5,7 @@ that the generated C compiles.  No root."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from ipaddress import ip_address
 from pathlib import Path
 
@@ -190,14 +191,50 @@ def test_matches_tna_does_not_model_stay_with_the_kernel() -> None:
 
 
 def test_chains_of_every_table_compile(tmp_path: Path) -> None:
-    """Gotos, marks, status and direction, a user chain two built-in chains
-    share, in both families and hooks (clang runs with -Wall -Werror)."""
+    """Gotos, marks, status and direction, address types, a user chain two
+    built-in chains share, in both families and hooks (clang runs with -Wall
+    -Werror)."""
     text = save(raw=":u - [0:0]\n-A PREROUTING -m mark --mark 0x1/0x1 -g u\n-A u -p udp -j DROP",
                 mangle=":m - [0:0]\n-A PREROUTING -j m\n-A FORWARD -j m\n-A m -m conntrack --ctdir REPLY -j RETURN",
                 filter=":FORWARD DROP [0:0]\n-A FORWARD -m conntrack ! --ctstatus ASSURED,EXPECTED -j ACCEPT",
-                security="-A INPUT -m mark ! --mark 0x2 -j DROP")
+                security="-A INPUT -m mark ! --mark 0x2 -j DROP\n-A INPUT -m addrtype --dst-type LOCAL -j RETURN\n"
+                         "-A FORWARD -m addrtype ! --dst-type LOCAL,BROADCAST -j ACCEPT")
     fw, why = firewall_plan({4: parse_save(text), 6: parse_save(text)})
     assert why is None and fw is not None and fw.fwd4 is not None
     assert sum(c.name == "m" for c in fw.fwd4) == 1
     for hook in ("xdp", "tc"):
         tna_compile.compile_source(render(hook, ("firewall", "router"), firewall=fw), tmp_path)
+
+
+ROUTED = frozenset({"UNICAST", "THROW"})  # a forwarded IPv4 destination (hooks.py)
+
+
+def test_destination_types_the_fast_path_can_prove() -> None:
+    # ufw's ufw-not-local, reached from INPUT: the box's address is LOCAL
+    ts = tables(filter="""
+:ufw-not-local - [0:0]
+-A INPUT -j ufw-not-local
+-A ufw-not-local -m addrtype --dst-type LOCAL -j RETURN
+-A ufw-not-local -m addrtype --dst-type MULTICAST -j RETURN
+-A ufw-not-local -j DROP
+-A FORWARD -m addrtype --dst-type LOCAL -j DROP
+-A FORWARD -m addrtype ! --dst-type BROADCAST,MULTICAST -p udp -j DROP
+-A FORWARD -m addrtype --dst-type UNICAST -j DROP
+""")
+    to_box = ack(dst="192.0.2.1", oif=None, ctstate="NEW", flags=0x02, dst_types=frozenset({"LOCAL"}))
+    trace: list[tuple[str, str, int]] = []
+    assert evaluate_hook(ts, INPUT_HOOK, to_box, trace) == ACCEPT
+    assert trace == [("filter", "INPUT", 1), ("filter", "ufw-not-local", 1), ("filter", "INPUT", 0)]
+    assert evaluate_hook(ts, INPUT_HOOK, replace(to_box, dst_types=frozenset({"MULTICAST"}))) == ACCEPT
+    # forwarded: never LOCAL; UNICAST or THROW cannot be told apart
+    assert evaluate_hook(ts, FORWARD_HOOK, ack(dst_types=ROUTED)) == KERNEL
+    udp = Packet(ip_address("192.0.2.2"), ip_address("198.51.100.2"), "eth1", "eth2", 17, 1, 2, dst_types=ROUTED)
+    assert evaluate_hook(ts, FORWARD_HOOK, udp) == DROP
+    assert evaluate_hook(ts, FORWARD_HOOK, replace(udp, dst_types=None)) == KERNEL  # unknown (IPv6)
+    # PREROUTING of a forwarded packet: a DNAT may follow, the type is unknown
+    pre = tables(mangle="-A PREROUTING -m addrtype --dst-type LOCAL -j DROP")
+    assert evaluate_hook(pre, FORWARD_HOOK, ack(dst_types=ROUTED)) == KERNEL
+    # the source's type, or the types of one interface's addresses: the kernel's
+    for opts in ("--src-type LOCAL", "--dst-type LOCAL --limit-iface-in"):
+        rule = tables(filter=f"-A FORWARD -m addrtype {opts} -j DROP")["filter"].chains["FORWARD"].rules[0]
+        assert not rule.expressible, opts

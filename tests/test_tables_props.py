@@ -1,6 +1,7 @@
 """Property test of every table's chains through BPF_PROG_RUN: random raw,
 mangle, filter and security tables (user chains entered by jumps and
-gotos, -m mark, --ctstate/--ctstatus/--ctdir also in raw (packets of no
+gotos, -m mark, -m addrtype --dst-type, --ctstate/--ctstatus/--ctdir
+also in raw (packets of no
 entry: conntrack calls them NEW, with status 0, or INVALID, with none),
 targets TNA cannot apply: MARK,
 TCPMSS, CT --notrack, LOG) x random packets (and, under TC, skb marks).
@@ -59,6 +60,10 @@ def matches(draw: st.DrawFn, family: int, chain: str, ct: bool) -> str:
     if proto == "tcp" and draw(st.booleans()):
         out.append(draw(st.sampled_from(["-m tcp --tcp-flags SYN,RST SYN", "-m tcp --tcp-flags FIN,SYN,RST,ACK ACK",
                                          f"-m tcp --dport {draw(st.sampled_from(PORTS))}"])))
+    if draw(st.integers(0, 3)) == 0:
+        types = draw(st.lists(st.sampled_from(["LOCAL", "UNICAST", "THROW", "BROADCAST"]), min_size=1, max_size=2,
+                              unique=True))
+        out.append(f"-m addrtype {draw(neg)}--dst-type {','.join(types)}")
     if draw(st.integers(0, 2)) == 0:
         value = draw(st.sampled_from(["0x4000/0x4000", "0x1", "0x0/0xffff", "0x4001"]))
         out.append(f"-m mark {draw(neg)}--mark {value}")
@@ -115,7 +120,9 @@ def expect(rules: str, family: int, tracked: bool, frame: bytes, short: bool, ct
     tables = parse_save(rules)
     proto = frame[23] if family == 4 else frame[20]
     ctstate = ct_state(frame, family, ct_flags) if tracked and proto in (6, 17) else None
-    pkt = replace(fw_packet(frame, ctstate=ctstate), mark=mark)
+    # a forwarded IPv4 destination is UNICAST or THROW (hooks.py); IPv6: unknown
+    routed = frozenset({"UNICAST", "THROW"}) if family == 4 else None
+    pkt = replace(fw_packet(frame, ctstate=ctstate), mark=mark, dst_types=routed)
     trace: list[tuple[str, str, int]] = []
     decision = evaluate_hook(tables, FORWARD_HOOK[:1], pkt, trace)  # raw: before conntrack
     if decision == ACCEPT and tracked and proto not in (6, 17):

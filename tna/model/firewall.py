@@ -51,6 +51,10 @@ class Packet:
     # has one; a packet of no entry yet that conntrack calls NEW has status 0
     ctstatus: int = 0
     ctdir: str = "ORIGINAL"
+    # the types the kernel's local table could give the destination
+    # (-m addrtype, inet_addr_type(); several where the fast path cannot
+    # tell which), None where it cannot know (hooks.py)
+    dst_types: frozenset[str] | None = None
 
 
 def iface_matches(pattern: str, name: str | None) -> bool:
@@ -94,6 +98,15 @@ def _conntrack(rule: Rule, pkt: Packet, could: bool) -> bool:
     return any(map(holds, states)) if could else all(map(holds, states))
 
 
+def _dst_type(m: Neg, types: frozenset[str] | None, could: bool) -> bool:
+    """--dst-type over the types the destination could have (IPv4: the one
+    type inet_addr_type() gives is one of them)."""
+    if types is None:
+        return could
+    holds = [(t in m.value) != m.neg for t in types]  # type: ignore[operator]
+    return any(holds) if could else all(holds)
+
+
 def rule_matches(rule: Rule, pkt: Packet, could: bool = False) -> bool:
     """Whether the rule's expressible matches hold for pkt (the caller deals
     with what is not expressible); could: whether they may hold, for a
@@ -124,6 +137,7 @@ def rule_matches(rule: Rule, pkt: Packet, could: bool = False) -> bool:
         and _one(rule.fragment, False)  # packets TNA handles are never fragments
         and _one(rule.mark, rule.mark is not None and pkt.mark & rule.mark.value[1] == rule.mark.value[0])  # type: ignore[index]
         and (not rule.uses_ct or _conntrack(rule, pkt, could))
+        and (rule.dst_type is None or _dst_type(rule.dst_type, pkt.dst_types, could))
     )
 
 
@@ -242,7 +256,7 @@ def _set_shape(rule: Rule) -> tuple[str, tuple[str, ...]] | None:
     if not rule.expressible or rule.goto or rule.target not in (ACCEPT, DROP, "RETURN"):
         return None
     if any(getattr(rule, f) is not None for f in ("iif", "oif", "ports", "tcp_flags", "icmp_type", "fragment",
-                                                   "ctstate", "ctstatus", "ctdir", "mark")):
+                                                   "ctstate", "ctstatus", "ctdir", "mark", "dst_type")):
         return None
     fields = tuple(f for f in ("proto", "sport", "dport", "src", "dst") if getattr(rule, f) is not None)
     if any(getattr(rule, f).neg for f in fields):

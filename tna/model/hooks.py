@@ -19,6 +19,19 @@ raw PREROUTING runs before conntrack has looked the packet up: a
 the kernel anyway).  The generated code runs it before conntrack.c.j2
 touches the entry, so a packet raw drops refreshes nothing.
 
+The destination's type (-m addrtype --dst-type, IPv4): inet_addr_type()
+looks the address up in the local table alone, whatever the ip rules.
+For a packet the fast path forwards with the kernel's default rules
+(fib_has_custom_rules unset), routing consulted the local table first, so
+no local, broadcast, blackhole, ... route there covers it: UNICAST, or
+THROW if someone put a throw route in the local table - the code treats
+it as either, and a rule that tells the two apart goes to the kernel.  An
+address of the box (INPUT) is LOCAL while no local route was added from
+user space (fib_has_custom_local_routes: its own /32 local route is the
+longest match).  In PREROUTING of a forwarded packet the type is unknown
+(a DNAT may follow); IPv6 types (ipv6_addr_type() and a route lookup) are
+not modelled: those rules send what they could match to the kernel.
+
 The mark (-m mark): a packet the fast path decides has the mark it
 arrived with, since every target that sets one (MARK, CONNMARK
 --restore-mark, TPROXY, ...) is a target TNA cannot apply, and a rule with
@@ -73,8 +86,10 @@ def evaluate_hook(tables: dict[str, Table], hook: Hook, pkt: Packet,
             continue
         seen: list[tuple[str, int]] = []
         here = pkt
-        if chain == "PREROUTING":
-            here = replace(here, oif=None)  # not routed yet
+        if chain == "PREROUTING" and here.oif is not None:
+            # not routed yet; and a DNAT may still change the destination:
+            # the fast path knows the type of the routed one only
+            here = replace(here, oif=None, dst_types=None)
         if name == "raw":
             here = replace(here, ctstate="INVALID")  # no entry looked up yet
         verdict = evaluate(table, chain, here, seen)

@@ -30,6 +30,9 @@ TCP_FLAGS = {"FIN": 0x01, "SYN": 0x02, "RST": 0x04, "PSH": 0x08, "ACK": 0x10, "U
 VERDICTS = ("ACCEPT", "DROP", "RETURN")
 _IMPLICIT = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp6"}
 CT_STATES = {"INVALID", "NEW", "ESTABLISHED", "RELATED", "UNTRACKED", "SNAT", "DNAT"}
+# -m addrtype: the kernel's route types (RTN_*), the bit of each is 1 << value
+ADDR_TYPES = {name: i for i, name in enumerate(("UNSPEC", "UNICAST", "LOCAL", "BROADCAST", "ANYCAST", "MULTICAST",
+                                                "BLACKHOLE", "UNREACHABLE", "PROHIBIT", "THROW", "NAT", "XRESOLVE"))}
 CT_STATUS = {"NONE": 0, "EXPECTED": 1 << 0, "SEEN_REPLY": 1 << 1, "ASSURED": 1 << 2, "CONFIRMED": 1 << 3}  # IPS_*
 # options of the built-in matches, and which take an argument
 _BUILTIN = {"-s": "src", "--source": "src", "-d": "dst", "--destination": "dst",
@@ -72,6 +75,7 @@ class Rule:
     ctstatus: Neg | None = None     # --ctstatus: mask of CT_STATUS bits (any of them set matches)
     ctdir: str | None = None        # --ctdir: ORIGINAL or REPLY
     mark: Neg | None = None         # -m mark --mark: (value, mask)
+    dst_type: Neg | None = None     # -m addrtype --dst-type: frozenset of ADDR_TYPES
     comment: str | None = None
     unsupported: tuple[str, ...] = ()  # matches, options or the target TNA cannot express
     counters: tuple[int, int] = field(default=(0, 0), compare=False)  # not part of what the rule does
@@ -197,7 +201,7 @@ def parse_rule(line: str, table: Table, counters: tuple[int, int] = (0, 0)) -> R
         if tok in ("-m", "--match"):
             module, i = tokens[i + 1], i + 2
             if module not in ("tcp", "udp", "icmp", "icmp6", "multiport", "conntrack", "state", "comment",
-                              "mark"):
+                              "mark", "addrtype"):
                 unsupported.append(f"-m {module}")
             continue
         key, step = _option(tokens[i:], module, f, unsupported)
@@ -272,6 +276,12 @@ def _option(tokens: list[str], module: str | None, f: dict[str, object],
         value, _, mask = arg.partition("/")
         f["mark"] = (int(value, 0), int(mask, 0) if mask else 0xFFFFFFFF)
         return "mark", 2
+    if module == "addrtype" and tok == "--dst-type":  # --src-type, --limit-iface-*: not modelled
+        types = frozenset(arg.split(","))
+        if not types <= ADDR_TYPES.keys():
+            raise ParseError(f"unknown address type in {arg}")
+        f["dst_type"] = types
+        return "dst_type", 2
     if module == "comment" and tok == "--comment":
         f["comment"] = arg
         return None, 2

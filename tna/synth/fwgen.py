@@ -25,7 +25,7 @@ from typing import Any
 from tna.bpf.abi import FW_CT, FW_RULES_MAX
 from tna.model.firewall import Firewall, FwChain, RuleSet, code_size
 from tna.model.hooks import stage_group
-from tna.model.iptables import Neg, Rule
+from tna.model.iptables import ADDR_TYPES, Neg, Rule
 
 MAX_COMPILED_RULES = 256  # rules compiled as code (a set of rules counts as one)
 IFACE_PATTERNS_MAX = 64   # tna_fw_ifaces holds a u64 of pattern bits per interface
@@ -93,6 +93,12 @@ def _ct_holds(rule: Rule) -> str:
     return f"(0x{without:02x} | (({' && '.join(entry)}) ? 0x{allowed & ~FW_CT_NO_ENTRY:02x} : 0))"
 
 
+def _dst_types(m: Neg) -> str:
+    """The FW_RTN bits (f->dst_types) of the types --dst-type accepts."""
+    wanted = sum(1 << ADDR_TYPES[t] for t in m.value)  # type: ignore[attr-defined]
+    return f"0x{(~wanted & ((1 << len(ADDR_TYPES)) - 1)) if m.neg else wanted:04x}"
+
+
 def _condition(rule: Rule, ifaces: tuple[str, ...], could: bool = False) -> str:
     """C for the rule's expressible matches; could: a state match need only
     hold for some of the packet's possible states."""
@@ -129,6 +135,11 @@ def _condition(rule: Rule, ifaces: tuple[str, ...], could: bool = False) -> str:
     if rule.uses_ct:
         # for some of the packet's possible states (could), or for all
         terms.append(f"(f->ct & {_ct_holds(rule)})" if could else f"!(f->ct & ~{_ct_holds(rule)})")
+    if rule.dst_type is not None:
+        # f->dst_types: the types the destination could have, 0 unknown
+        held = _dst_types(rule.dst_type)
+        terms.append(f"(!f->dst_types || (f->dst_types & {held}))" if could else
+                     f"(f->dst_types && !(f->dst_types & ~{held}))")
     if rule.mark is not None:
         value, mask = rule.mark.value  # type: ignore[misc]
         add(rule.mark, f"(f->mark & 0x{mask:08x}U) == 0x{value:08x}U")
@@ -138,12 +149,17 @@ def _condition(rule: Rule, ifaces: tuple[str, ...], could: bool = False) -> str:
 
 
 def _maybe(rule: Rule, ifaces: tuple[str, ...]) -> str | None:
-    """When an expressible rule's state match holds for some but not all of
-    the packet's possible states (its other matches holding): the kernel,
-    which knows the state, decides."""
-    if not rule.uses_ct or not rule.expressible:
+    """When an expressible rule's conntrack or address type match holds
+    for some but not all of the packet's possible states or destination
+    types (its other matches holding): the kernel, which knows, decides."""
+    doubts = []
+    if rule.uses_ct:
+        doubts.append(f"(f->ct & ~{_ct_holds(rule)})")
+    if rule.dst_type is not None:
+        doubts.append(f"(!f->dst_types || (f->dst_types & ~{_dst_types(rule.dst_type)}))")
+    if not doubts or not rule.expressible:
         return None
-    return f"({_condition(rule, ifaces, could=True)}) && (f->ct & ~{_ct_holds(rule)})"
+    return f"({_condition(rule, ifaces, could=True)}) && ({' || '.join(doubts)})"
 
 
 # RETURN ends a user chain (the caller goes on) but a built-in chain by its
@@ -332,6 +348,8 @@ def render_data(fw: Firewall | None) -> dict[str, Any] | None:
     return {"fwd4": _chains(fw.fwd4, 4, fw.ifaces, ids, "fw4"), "fwd6": _chains(fw.fwd6, 6, fw.ifaces, ids, "fw6"),
             "in4": _chains(fw.in4, 4, fw.ifaces, ids, "in4"), "in6": _chains(fw.in6, 6, fw.ifaces, ids, "in6"),
             "uses_ifaces": bool(fw.ifaces),
+            "uses_addrtype": any(r.dst_type is not None for cs in (fw.fwd4, fw.fwd6, fw.in4, fw.in6)
+                                 for c in cs or () for r in c.rules),
             "ct4": fw.ct4, "ct6": fw.ct6}
 
 
