@@ -1,4 +1,4 @@
-"""What a filter chain decides for a packet: the reference semantics of
+"""What a chain of any table decides for a packet: the reference semantics of
 iptables evaluation (pure, no I/O).
 
 This is the specification the firewall module's generated code must match
