@@ -94,7 +94,7 @@ def _ct_holds(rule: Rule) -> str:
 
 
 def _dst_types(m: Neg) -> str:
-    """The FW_RTN bits (f->dst_types) of the types --dst-type accepts."""
+    """The bits (1 << RTN_*, as f->dst_types holds them) of the types --dst-type accepts."""
     wanted = sum(1 << ADDR_TYPES[t] for t in m.value)  # type: ignore[attr-defined]
     return f"0x{(~wanted & ((1 << len(ADDR_TYPES)) - 1)) if m.neg else wanted:04x}"
 
