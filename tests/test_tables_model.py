@@ -238,3 +238,14 @@ def test_destination_types_the_fast_path_can_prove() -> None:
     for opts in ("--src-type LOCAL", "--dst-type LOCAL --limit-iface-in"):
         rule = tables(filter=f"-A FORWARD -m addrtype {opts} -j DROP")["filter"].chains["FORWARD"].rules[0]
         assert not rule.expressible, opts
+
+
+def test_a_nat_state_match_stays_with_the_kernel() -> None:
+    """--ctstate SNAT/DNAT tests the entry's NAT bits: the rule is the
+    kernel's (and its family tracked); it used to fail code generation."""
+    text = save(filter="-A FORWARD -m conntrack --ctstate DNAT -j ACCEPT\n-A FORWARD -p udp -j DROP")
+    fw, why = firewall_plan({4: parse_save(text)})
+    assert why is None and fw is not None and fw.ct4 and fw.fwd4 is not None
+    assert fw.fwd4[0].rules[0].unsupported == ("conntrack --ctstate DNAT",)
+    assert evaluate_hook(parse_save(text), FORWARD_HOOK, ack()) == KERNEL
+    render("xdp", ("firewall", "router"), firewall=fw)

@@ -264,6 +264,9 @@ def _option(tokens: list[str], module: str | None, f: dict[str, object],
         states = frozenset(arg.split(","))
         if not states <= CT_STATES:
             raise ParseError(f"unknown conntrack state in {arg}")
+        if states & {"SNAT", "DNAT"}:  # the entry's NAT bits: the kernel's to judge
+            unsupported.append(f"{module} {tok} {arg}")
+            return None, 2
         f["ctstate"] = states
         return "ctstate", 2
     if module == "conntrack" and tok == "--ctstatus":
