@@ -29,15 +29,14 @@ iptables/ip6tables filter rules), generates the minimal fast path for the
 features in use, compiles it with clang and attaches it at XDP (frames from
 a wire) or TC ingress (veths and taps facing a local stack).
 Routes and neighbours are read from the kernel's own tables on every packet
-(\fBbpf_fib_lookup\fR), bridge state is mirrored into maps, filter rules are
-compiled into code and lookup tables, and connection state comes from the
+(\fBbpf_fib_lookup\fR), bridge state is mirrored into maps, the raw, mangle, filter and security
+rules are compiled into code and lookup tables, in the kernel's order, and connection state comes from the
 kernel's conntrack table.
 .PP
 Every packet the fast path cannot handle exactly like Linux is passed to the
 kernel untouched, counted by reason (\fBtna status\fR, \fBtna stats\fR).
-While a netfilter rule set it does not model exists (nat, mangle, raw or
-security rules, native nftables chains), all traffic stays on the kernel
-path.
+While a netfilter rule set it does not model exists (nat rules, native
+nftables chains), all traffic stays on the kernel path.
 .PP
 .B tna run
 accelerates the network namespace it runs in; start it with
