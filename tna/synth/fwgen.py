@@ -23,6 +23,7 @@ from typing import Any
 from tna.bpf.abi import FW_CT, FW_RULES_MAX
 from tna.model.firewall import Firewall, FwChain, RuleSet, code_size
 from tna.model.iptables import Neg, Rule
+from tna.synth import setgen
 
 MAX_COMPILED_RULES = 256  # rules compiled as code (a set of rules counts as one)
 IFACE_PATTERNS_MAX = 64   # tna_fw_ifaces holds a u64 of pattern bits per interface
@@ -110,6 +111,7 @@ def _condition(rule: Rule, ifaces: tuple[str, ...], could: bool = False) -> str:
         add(rule.fragment, "0")  # the fast path never sees fragments
     if rule.ctstate is not None:
         terms.append(_ct_terms(rule.ctstate)[1 if could else 0])
+    terms += [setgen.condition(m) for m in rule.sets if m.shape is not None]  # the others: the kernel's
     if len(terms) == 1 and terms[0].startswith("("):
         return terms[0][1:-1]  # `if ((a == b))` is an error under -Wall -Werror
     return " && ".join(terms) or "1"
@@ -294,7 +296,7 @@ def render_data(fw: Firewall | None) -> dict[str, Any] | None:
     ids = {(r.family, r.chain, r.index): r.id for r in rule_refs(fw)}
     return {"fwd4": _chains(fw.fwd4, 4, fw.ifaces, ids, "fw4"), "fwd6": _chains(fw.fwd6, 6, fw.ifaces, ids, "fw6"),
             "in4": _chains(fw.in4, 4, fw.ifaces, ids, "in4"), "in6": _chains(fw.in6, 6, fw.ifaces, ids, "in6"),
-            "uses_ifaces": bool(fw.ifaces),
+            "uses_ifaces": bool(fw.ifaces), "ipsets": setgen.render_data(fw.ipsets),
             "ct4": fw.ct4, "ct6": fw.ct6}
 
 
