@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # only for hints: iptables.py imports this module
     from tna.model.firewall import Packet
-    from tna.model.iptables import Table
+    from tna.model.iptables import Rule, Table
 
 # the types mirrored, by their number of dimensions (direction flags used)
 DIMENSIONS = {"hash:ip": 1, "hash:net": 1, "hash:ip,port": 2, "hash:net,port": 2, "hash:net,iface": 2}
@@ -228,3 +228,20 @@ def sets_hold(matches: Iterable[SetMatch], pkt: Packet, sets: Mapping[str, IpSet
         if s is None or not set_test(s, m, pkt):
             return False
     return True
+
+
+def status(rules: Iterable[Rule], shapes: tuple[SetShape, ...], sets: Mapping[str, IpSet]) -> dict[str, dict]:
+    """Per set the rules match on: its type and entries, and whether the
+    fast path mirrors it (else why its rules stay on the kernel path)."""
+    mirrored = {s.name for s in shapes}
+    out: dict[str, dict] = {}
+    for r in rules:
+        for m in r.sets:
+            s = sets.get(m.name)
+            entry = out.setdefault(m.name, {"type": s.type if s else None, "family": s.family if s else None,
+                                            "entries": len(s.members) if s else 0,
+                                            "mirrored": m.name in mirrored, "kernel_path": []})
+            prefix = f"-m set {m.name}: "
+            entry["kernel_path"] += [u[len(prefix):] for u in r.unsupported
+                                     if u.startswith(prefix) and u[len(prefix):] not in entry["kernel_path"]]
+    return out
