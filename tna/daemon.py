@@ -57,8 +57,8 @@ log = logging.getLogger("tna")
 LEASE_RENEW_S = 0.2
 POLL_S = 1.0          # sysctls and iptables-legacy announce nothing: polled
 # ipset commands announce nothing either (tna/netlink/ipset.py): the sets the
-# rules use are listed this often, so a member change is in the maps within
-# a second; an unchanged listing is hashed, not decoded (~5 ms per 10,000)
+# rules use are polled this often (a header each time, the whole listing
+# within a CPU budget), so an add or del is in the maps within ~0.5 s
 IPSET_POLL_S = 0.5
 STATUS_S = 1.0        # the route count in state.json follows at most this often without a reconcile
 LOOP_WAKE_S = 0.5     # an idle main loop wakes this often (stop flag, polls, heartbeat)
