@@ -104,11 +104,16 @@ def test_family_mismatch_never_matches() -> None:
     (pkt("192.0.2.1", proto=1, sport=None, dport=None, icmp_type=8, icmp_code=0), ACCEPT),  # icmp:8/0
     (pkt("192.0.2.1", proto=47, sport=None, dport=None), ACCEPT),   # gre: port 0 (the entry gre:0)
     (pkt("192.0.2.2", dport=53), DROP),
+    (pkt("192.0.2.1", proto=58, sport=None, dport=None, icmp_type=8, icmp_code=0), ACCEPT),  # either family's ICMP
+    (pkt("192.0.2.1", proto=0, sport=None, dport=None), DROP),     # IPv4 protocol 0: no port, no match
+    (pkt("192.0.2.1", proto=132, dport=9, l4len=12), ACCEPT),       # sctp:9 with a whole header
+    (pkt("192.0.2.1", proto=132, dport=9, l4len=11), DROP),         # shorter: the kernel reads no port
 ])
 def test_hash_ip_port(p: Packet, want: str) -> None:
     # the address is the source here, the port the destination's
     s = hset("ipp", "hash:ip,port", Member(net("192.0.2.1/32"), 17, 53), Member(net("192.0.2.1/32"), 1, 8 << 8),
-             Member(net("192.0.2.1/32"), 47, 0))
+             Member(net("192.0.2.1/32"), 47, 0), Member(net("192.0.2.1/32"), 58, 8 << 8),
+             Member(net("192.0.2.1/32"), 0, 0), Member(net("192.0.2.1/32"), 132, 9))
     assert verdict(["-A FORWARD -m set --match-set ipp src,dst -j ACCEPT", "-A FORWARD -j DROP"], [s], p) == want
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, note, settings
@@ -96,7 +97,9 @@ def test_program_decides_sets_as_evaluate(fwlab: RouterLab, hook: str, family: i
                 check(h, frame, "PASS", "FW_KERNEL", Counter())
                 continue
             trace: list[tuple[str, int]] = []
-            decision = evaluate(resolved, "FORWARD", fw_packet(frame), trace, sets=sets)
+            # the L4 length decides whether a set reads an SCTP packet's ports
+            l4len = int.from_bytes(frame[16:18], "big") - 20 if family == 4 else int.from_bytes(frame[18:20], "big")
+            decision = evaluate(resolved, "FORWARD", replace(fw_packet(frame), l4len=l4len), trace, sets=sets)
             if len(trace) > FW_PATH_MAX:
                 decision = KERNEL
             check(h, frame, *verdict_of(decision), Counter((family, c, i) for c, i in trace))

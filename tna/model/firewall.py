@@ -48,6 +48,7 @@ class Packet:
     # which (no entry: NEW or INVALID); NEW is also a packet of a UDP entry
     # that has seen no reply, in its original direction
     ctstate: str | frozenset[str] | None = None
+    l4len: int | None = None   # what the IP length leaves for L4 (None: enough for every header)
 
 
 def iface_matches(pattern: str, name: str | None) -> bool:

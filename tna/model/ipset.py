@@ -31,8 +31,11 @@ if TYPE_CHECKING:  # only for hints: iptables.py imports this module
 DIMENSIONS = {"hash:ip": 1, "hash:net": 1, "hash:ip,port": 2, "hash:net,port": 2, "hash:net,iface": 2}
 PORT_TYPES = {"hash:ip,port", "hash:net,port"}
 SET_MAP_MAX = 1 << 20  # entries one set's map may hold (no prealloc: memory only for entries present)
-_PORTS = {6, 17, 132, 136}  # ip_set_get_ip4_port()/ip6: TCP, UDP, SCTP, UDPLITE carry ports
-_ICMP = {4: 1, 6: 58}       # the family's ICMP: port = type << 8 | code
+# ip_set_getport.c get_port(): the header each port protocol must have whole
+# (else no match): TCP, UDP, SCTP, UDPLITE; ICMP and ICMPv6 (either family)
+# give type << 8 | code
+_PORT_HEADER = {6: 20, 17: 8, 132: 12, 136: 8}
+_ICMPS = {1, 58}
 
 
 @dataclass(frozen=True)
@@ -178,14 +181,19 @@ def resolve(tables: Mapping[int, Mapping[str, Table]],
     return out, tuple(shapes[n] for n in sorted(shapes))
 
 
-def _port(pkt: Packet, src: bool) -> tuple[int, int]:
-    """(proto, port) as ip_set_get_ip_port() reads them: ports of the port
-    protocols, type and code of the family's ICMP, 0 for any other."""
-    if pkt.proto in _PORTS:
+def _port(pkt: Packet, src: bool) -> tuple[int, int] | None:
+    """(proto, port) as ip_set_get_ip4_port()/ip6 read them: ports of the
+    port protocols, type and code of ICMP, 0 for any other; None where the
+    kernel reads none (the set test is false)."""
+    if pkt.proto in _PORT_HEADER:
+        if pkt.l4len is not None and pkt.l4len < _PORT_HEADER[pkt.proto]:
+            return None
         port = pkt.sport if src else pkt.dport
         return pkt.proto, port or 0
-    if pkt.proto == _ICMP[pkt.src.version]:
+    if pkt.proto in _ICMPS:
         return pkt.proto, ((pkt.icmp_type or 0) << 8) | (pkt.icmp_code or 0)
+    if pkt.proto == 0 and pkt.src.version == 4:  # "protocol <= 0": not even port 0
+        return None
     return pkt.proto, 0
 
 
@@ -195,6 +203,8 @@ def _entry(s: IpSet, m: SetMatch, pkt: Packet) -> Member | None:
     addr = pkt.src if src else pkt.dst
     second = m.dirs[1] == "src" if len(m.dirs) > 1 else False
     proto_port = _port(pkt, second) if s.type in PORT_TYPES else None
+    if s.type in PORT_TYPES and proto_port is None:
+        return None
     iface = (pkt.iif if second else pkt.oif) if s.type == "hash:net,iface" else None
     best: Member | None = None
     for e in s.members:

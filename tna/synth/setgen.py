@@ -58,9 +58,16 @@ def render_data(shapes: tuple[SetShape, ...]) -> list[dict[str, Any]]:
         pre, addr = _prefix_bytes(s), _addr_bytes(s)
         fill = []
         if s.type in PORT_TYPES:
-            icmp = 1 if s.family == 4 else 58
+            # ip_set_getport.c: ports of TCP, UDP, SCTP, UDPLITE (not DCCP:
+            # port 0), none (no match) without a whole SCTP header (fw_l4()
+            # needs only the ports) or for IPv4 protocol 0; ICMP and ICMPv6
+            # of either family give type and code (fw_l4() reads both)
+            fill += ["if (f->proto == IPPROTO_SCTP && f->l4len < 12)", "\treturn 0;"]
+            if s.family == 4:
+                fill += ["if (f->proto == 0)", "\treturn 0;"]
             fill += ["k.data[0] = f->proto;",
-                     f"__u16 port = f->has_ports ? (src2 ? f->sport : f->dport) : f->proto == {icmp} ? "
+                     "__u16 port = f->proto == IPPROTO_TCP || f->proto == IPPROTO_UDP || f->proto == IPPROTO_SCTP "
+                     "|| f->proto == IPPROTO_UDPLITE ? (src2 ? f->sport : f->dport) : f->has_icmp ? "
                      "(__u16)(f->icmp_type << 8 | f->icmp_code) : 0;",
                      "k.data[1] = port >> 8;", "k.data[2] = port & 0xff;"]
         elif s.type == "hash:net,iface":
