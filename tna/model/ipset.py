@@ -60,7 +60,8 @@ class IpSet:
     timeout: bool = False       # created with a timeout: entries expire silently
     counters: bool = False      # each match updates the entry's counters
     unmodelled: str | None = None  # a create option whose meaning is not modelled (bitmask, ...)
-    members: frozenset[Member] = frozenset()
+    members: frozenset[Member] = frozenset()  # not read for a set whose rules are the kernel's
+    elements: int | None = None  # what the kernel says it holds (None: len(members))
 
 
 @dataclass(frozen=True)
@@ -249,7 +250,8 @@ def status(rules: Iterable[Rule], shapes: tuple[SetShape, ...], sets: Mapping[st
         for m in r.sets:
             s = sets.get(m.name)
             entry = out.setdefault(m.name, {"type": s.type if s else None, "family": s.family if s else None,
-                                            "entries": len(s.members) if s else 0,
+                                            "entries": (len(s.members) if s.elements is None else s.elements)
+                                            if s else 0,
                                             "mirrored": m.name in mirrored, "kernel_path": []})
             prefix = f"-m set {m.name}: "
             entry["kernel_path"] += [u[len(prefix):] for u in r.unsupported

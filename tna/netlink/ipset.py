@@ -25,7 +25,7 @@ import ipaddress
 import socket
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pyroute2.ipset import IPSet
@@ -127,7 +127,8 @@ def decode(msgs: list[Any]) -> IpSet:
                       None)
     s = IpSet(name, type_, family, head.get_attr("IPSET_ATTR_MAXELEM") or 0,
               timeout=head.get_attr("IPSET_ATTR_TIMEOUT") is not None, counters=bool(flags & _WITH_COUNTERS),
-              unmodelled=unmodelled and unmodelled.removeprefix("IPSET_ATTR_").lower())
+              unmodelled=unmodelled and unmodelled.removeprefix("IPSET_ATTR_").lower(),
+              elements=head.get_attr("IPSET_ATTR_ELEMENTS"))
     if type_ not in DIMENSIONS or family == 0 or s.timeout or unmodelled:
         return s  # its rules are the kernel's: members not needed
     host = 32 if family == 4 else 128
@@ -145,4 +146,4 @@ def decode(msgs: list[Any]) -> IpSet:
                                   e.get_attr("IPSET_ATTR_PROTO"), e.get_attr("IPSET_ATTR_PORT_FROM"),
                                   e.get_attr("IPSET_ATTR_IFACE"), bool(eflags & _NOMATCH),
                                   bool(eflags & _PHYSDEV), bool(eflags & _WILDCARD)))
-    return IpSet(s.name, s.type, s.family, s.maxelem, s.timeout, s.counters, None, frozenset(members))
+    return replace(s, members=frozenset(members))
