@@ -1,6 +1,7 @@
 """The control plane's own costs (issue #13 items 4 and 5), one run:
 
-  python -m netns_labs.bench_control [--idle-seconds 30] [--commits 20] [--rules 10 10000] [--json FILE]
+  python -m netns_labs.bench_control [--idle-seconds 30] [--commits 20] [--rules 10 10000]
+                                     [--ipset-members N] [--json FILE]
 
 In the router lab with the stateful FORWARD chain of netns_labs/bench.py
 (forward_rules(N): INVALID dropped, N - 3 blocklist rules, ESTABLISHED and
@@ -9,6 +10,8 @@ the service accepted), `tna run` (auto hooks: TC on the veths):
 1. Idle CPU (behind the smallest N): the daemon attached and settled, then
    nothing changes for --idle-seconds: the utime + stime of the daemon (all
    its threads, and children it reaped) over that time, as % of one core.
+   With --ipset-members N, the IPv6 FORWARD chain drops the sources of a
+   hash:net set of N members (the daemon polls the sets its rules use).
 2. Commit latency behind each N: --commits commits, each `iptables -I
    FORWARD 2` of a new blocklist rule (the shape of the others: a member of
    their set, so the compiled code is reused).  From `iptables` returning:
@@ -100,16 +103,20 @@ def percentiles(xs: list[float]) -> dict[str, float]:
     return {"p50": statistics.median(xs), "p90": q[89], "p99": q[98]}
 
 
-def bench(rules: int, commits: int, idle_seconds: float) -> dict:
+def bench(rules: int, commits: int, idle_seconds: float, ipset_members: int = 0) -> dict:
     with RouterLab() as lab:
         lab.run(lab.r, ["iptables-restore"], input=forward_rules(rules))
+        if ipset_members:
+            lab.run(lab.r, ["ipset", "restore"], input="create bench_bl hash:net family inet6\n" + "".join(
+                f"add bench_bl 2001:db8:{i:x}::/48\n" for i in range(ipset_members)))
+            lab.run(lab.r, ["ip6tables", "-A", "FORWARD", "-m", "set", "--match-set", "bench_bl", "src", "-j", "DROP"])
         tna = Tna(lab, lab.r)
         try:
             tna.wait_attached(["r-h1", "r-h2"], timeout=COMMIT_TIMEOUT)
             if not wait_for(lambda: "firewall" in tna.status()["ifaces"]["r-h1"]["modules"], COMMIT_TIMEOUT, 0.5):
                 raise SystemExit("the FORWARD rules were not compiled in")
             dp = Datapath(lab)
-            out: dict = {"rules": rules}
+            out: dict = {"rules": rules, "ipset_members": ipset_members}
             if idle_seconds:
                 time.sleep(5)  # settled: the first reconcile's aftermath (status, sysctl reads) is over
                 before = cpu_seconds(tna.proc.pid)
@@ -136,12 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle-seconds", type=float, default=30)
     ap.add_argument("--commits", type=int, default=20)
     ap.add_argument("--rules", type=int, nargs="+", default=[10, 10_000])
+    ap.add_argument("--ipset-members", type=int, default=0)
     ap.add_argument("--json", type=Path, default=RouterLab.repo / "docs" / "bench" / "control.json", metavar="FILE")
     args = ap.parse_args(argv)
     load = [os.getloadavg()[0]]
     results = []
     for i, n in enumerate(args.rules):
-        res = bench(n, args.commits, args.idle_seconds if i == 0 else 0)
+        res = bench(n, args.commits, args.idle_seconds if i == 0 else 0, args.ipset_members)
         results.append(res)
         if "idle_cpu_percent" in res:
             print(f"idle, {n} rules: {res['idle_cpu_percent']:.2f} % of a core over {args.idle_seconds:.0f} s")

@@ -22,8 +22,10 @@ from tna.deploy.counters import read_counters, read_stats
 from tna.deploy.datapath import iface_cfg, load_with_sets
 from tna.deploy.lease import jiffies_hz, renew
 from tna.model.firewall import Firewall
-from tna.model.hooks import firewall_plan
+from tna.model.ipset import IpSet
 from tna.model.iptables import parse_save
+from tna.snapshot import plan_filtering
+from tna.synth import setgen
 from tna.synth.compile import compile_source
 from tna.synth.fwgen import all_set_entries, rule_refs
 from tna.synth.render import render
@@ -58,7 +60,8 @@ class ProgHarness:
 
     def __init__(self, lab: Lab, ns: str, dev: str, hook: str, modules: tuple[str, ...], mac: str,
                  flags: int, egress: list[int], local4: tuple[str, ...], port_slot: int = 0,
-                 firewall: Firewall | None = None, local6: tuple[str, ...] = ()) -> None:
+                 firewall: Firewall | None = None, local6: tuple[str, ...] = (),
+                 ipsets: dict[str, IpSet] | None = None) -> None:
         self.lab, self.ns, self.hook, self.local4, self.local6 = lab, ns, hook, local4, local6
         self.ifindex = lab.ifindex(ns, dev)
         self.obj = bpf.BpfObject(str(compile_source(render(hook, modules, firewall=firewall))))
@@ -66,7 +69,11 @@ class ProgHarness:
         # sized and filled as the daemon does (Datapath._load)
         self.obj.set_max_entries(abi.MAP_FW_RULES, max(1, len(rule_refs(firewall))))
         with in_netns(ns):
-            self.sets = load_with_sets(self.obj, all_set_entries(firewall))
+            shapes = firewall.ipsets if firewall else ()
+            names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in lab.ipr(ns).get_links()}
+            members = setgen.all_entries(shapes, ipsets or {}, names)
+            self.sets = load_with_sets(self.obj, {**all_set_entries(firewall), **members}, None,
+                                       setgen.map_sizes(shapes))
             self.prog = self.obj.program(abi.PROGRAM_NAME)
             u32 = ctypes.c_uint32
             for i in egress:
@@ -125,11 +132,12 @@ class ProgHarness:
 
 
 class RouterHarness(ProgHarness):
-    def __init__(self, lab: RouterLab, hook: str, flags: int = 0, firewall: Firewall | None = None) -> None:
+    def __init__(self, lab: RouterLab, hook: str, flags: int = 0, firewall: Firewall | None = None,
+                 ipsets: dict[str, IpSet] | None = None) -> None:
         self.egress = lab.ifindex(lab.r, "r-h2")
         modules = ("firewall", "router") if firewall else ("router",)
         super().__init__(lab, lab.r, "r-h1", hook, modules, lab.r_h1_mac, flags, [self.egress], LOCAL4,
-                         firewall=firewall, local6=LOCAL6)
+                         firewall=firewall, local6=LOCAL6, ipsets=ipsets)
 
     def mark_stale(self, ip: str) -> bytes:
         family = socket.AF_INET6 if ":" in ip else socket.AF_INET
@@ -146,14 +154,15 @@ class RouterHarness(ProgHarness):
 
 class FirewallHarness(RouterHarness):
     """The router and firewall modules on r-h1, compiled for the filter
-    tables of rules4/rules6 (iptables-save text) as the daemon plans them,
-    tna_fw_ifaces written for r-h1 and r-h2."""
+    tables of rules4/rules6 (iptables-save text) and the ipsets they match
+    on as the daemon plans them, tna_fw_ifaces written for r-h1 and r-h2."""
 
-    def __init__(self, lab: RouterLab, hook: str, rules4: str, rules6: str = "") -> None:
-        fw, why = firewall_plan({4: parse_save(rules4), 6: parse_save(rules6)})
+    def __init__(self, lab: RouterLab, hook: str, rules4: str, rules6: str = "",
+                 ipsets: dict[str, IpSet] | None = None) -> None:
+        fw, why = plan_filtering({4: parse_save(rules4), 6: parse_save(rules6)}, ipsets or {})
         assert fw is not None, why
         self.fw, self.refs = fw, rule_refs(fw)
-        super().__init__(lab, hook, firewall=fw)
+        super().__init__(lab, hook, firewall=fw, ipsets=ipsets)
         names = {lab.ifindex(lab.r, d): d for d in ("r-h1", "r-h2")}
         for i, mask in fw.iface_masks(names).items():
             self.obj.map(abi.MAP_FW_IFACES).update(bytes(ctypes.c_uint32(i)), bytes(ctypes.c_uint64(mask)))

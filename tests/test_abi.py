@@ -69,7 +69,8 @@ def test_python_constants_come_from_the_header() -> None:
     """The constants the daemon uses are the header's (not copies)."""
     d = abi.DEFINES
     for name in ("TNA_IF_CHECK_CSUM_PARTIAL", "TNA_IF_RP_STRICT", "TNA_IF_RP_LOOSE", "TNA_IF_L2_EGRESS",
-                 "TNA_MP_GUARD_V4", "TNA_MP_GUARD_V6", "TNA_FW_V4", "TNA_FW_V6", "TNA_CT_CSUM", "TNA_CT_ACCT",
+                 "TNA_MP_GUARD_V4", "TNA_MP_GUARD_V6", "TNA_FW_V4", "TNA_FW_V6", "TNA_SET_MATCH",
+                 "TNA_SET_NOMATCH", "TNA_CT_CSUM", "TNA_CT_ACCT",
                  "TNA_CT_TCP_LOOSE", "TNA_TC_PRIORITY", "TNA_TC_HANDLE"):
         assert getattr(abi, name) == d[name], name
     assert (abi.LOCAL4_MAX, abi.LOCAL6_MAX) == (d["TNA_LOCAL4_MAX"], d["TNA_LOCAL6_MAX"])

@@ -75,6 +75,9 @@ class RecordingDatapath:
         self.masks = dict(masks)
         self.calls.append(("sync_firewall", dict(masks)))
 
+    def sync_ipsets(self, entries: dict[str, dict[bytes, bytes]], fw: Any) -> None:
+        self.calls.append(("sync_ipsets", entries))
+
 
 def rules(*lines: str) -> str:
     return "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n" + "".join(

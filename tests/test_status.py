@@ -47,7 +47,8 @@ def test_describe_reports_model_plan_and_programs() -> None:
     assert st["bridges"]["br0"] == {"accelerated": True, "why_not": None, "routed": True, "fdb": 1,
                                     "fdb_mirrored": 1, "fdb_capacity": 65536, "ageing_s": 15.0,
                                     "ports": {"p1": {"state": "forwarding", "accelerated": True}}}
-    assert st["firewall"] == {"chains": {"FORWARD v4": 1, "INPUT v4": 1}, "kernel_rules": [], "conntrack": []}
+    assert st["firewall"] == {"chains": {"FORWARD v4": 1, "INPUT v4": 1}, "kernel_rules": [], "conntrack": [],
+                              "ipsets": {}}
     assert [(r["chain"], r["index"]) for r in st["firewall_rules"]] == [
         ("FORWARD", 1), ("FORWARD", 0), ("INPUT", 1), ("INPUT", 0)]
 

@@ -129,6 +129,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         fw = st["firewall"]
         chains = ", ".join(f"{name} {n} rules" for name, n in fw["chains"].items()) or "no chains"
         print(f"iptables compiled into the fast path: {chains} (tna stats --rules)")
+        for name, s in sorted(fw.get("ipsets", {}).items()):
+            how = "mirrored into the fast path" if s["mirrored"] else "not mirrored"
+            if s["kernel_path"]:
+                how += f"; its rules stay on the kernel path: {'; '.join(s['kernel_path'])}"
+            print(f"ipset {name} ({s['type']}, {s['entries']} entries): {how}")
         for r in fw.get("kernel_rules", []):
             print(f"  kernel path for what IPv{r['family']} {r['table']} {r['chain']} rule {r['index']} could match "
                   f"({', '.join(r['why'])}): {r['text']}")

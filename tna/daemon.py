@@ -33,16 +33,21 @@ from tna.deploy.datapath import Datapath, ForeignProgram, attached_tna_prog
 from tna.deploy.lease import family_bits
 from tna.metrics import Metrics, failure_kind, parse_addr
 from tna.model.config import AF_INET, AF_INET6, Model
+from tna.model.firewall import Firewall
+from tna.model.ipset import used_sets
+from tna.model.iptables import Table
 from tna.model.routes import RouteDump
 from tna.netlink import netfilter
 from tna.netlink.conntrack import Liberal
 from tna.netlink.decode import decoded
+from tna.netlink.ipset import IpsetReader
 from tna.netlink.netfilter import NetfilterChanged
 from tna.netlink.watch import ResyncNeeded, Watcher
 from tna.runstate import RunLock, publish_status
 from tna.sdnotify import notify, reloading
-from tna.snapshot import model_from, poll_sysctls, read_firewall
+from tna.snapshot import model_from, plan_filtering, poll_sysctls, read_firewall
 from tna.status import describe
+from tna.synth import setgen
 from tna.synth.build import build
 from tna.synth.compile import CompileError
 from tna.synth.planner import IfacePlan, Plan, plan
@@ -51,6 +56,10 @@ log = logging.getLogger("tna")
 
 LEASE_RENEW_S = 0.2
 POLL_S = 1.0          # sysctls and iptables-legacy announce nothing: polled
+# ipset commands announce nothing either (tna/netlink/ipset.py): the sets the
+# rules use are polled this often (a header each time, the whole listing
+# within a CPU budget), so an add or del is in the maps within ~0.5 s
+IPSET_POLL_S = 0.5
 STATUS_S = 1.0        # the route count in state.json follows at most this often without a reconcile
 LOOP_WAKE_S = 0.5     # an idle main loop wakes this often (stop flag, polls, heartbeat)
 CT_BELL_WAIT_S = 0.5  # the ct-sync thread looks at the stop flag and the shared maps this often
@@ -92,6 +101,9 @@ class Daemon:
         self._lost_gen = 0    # newest watcher that lost events, 0: none (reader threads write it)
         self._mapped_gen = 0  # the watcher whose model every map was last written from
         self._status: dict[str, Any] = {"routes": 0}  # what state.json says
+        self._ipset_reader = IpsetReader()
+        self._tables: dict[int, dict[str, Table]] = {}  # the rules last read (re-planned when a set changes)
+        self._set_names: set[str] = set()  # the sets they use
         self._started = time.monotonic()
 
     # --- lifecycle --------------------------------------------------------
@@ -124,6 +136,7 @@ class Daemon:
             self.dp.remove_all()
             if self._watcher is not None:
                 self._watcher.close()
+            self._ipset_reader.close()
             lock.release()
             log.info("stopped; all interfaces are back on plain Linux")
 
@@ -131,7 +144,7 @@ class Daemon:
         self._stop.set()
 
     def _loop(self) -> None:
-        next_poll = next_status = 0.0
+        next_poll = next_status = next_ipsets = 0.0
         while not self._stop.is_set():
             changed = nft_commit = False
             assert self._watcher is not None
@@ -156,6 +169,9 @@ class Daemon:
                 # nftables announces its commits; only iptables-legacy must be polled
                 changed |= self._poll(rules=nft_commit or netfilter.legacy_in_use())
                 next_poll = now + POLL_S
+            if now >= next_ipsets:
+                changed |= self._poll_ipsets()
+                next_ipsets = now + IPSET_POLL_S
             if changed:
                 self.reconcile()
                 next_status = now + STATUS_S
@@ -294,8 +310,26 @@ class Daemon:
         if not rules:
             return changed
         self._rules_gen = self._commits  # before reading: a later commit holds again
-        fw, why = read_firewall()
-        changed |= self.model.set_firewall(fw)
+        f = read_firewall(self._ipset_reader)
+        self._tables, self._set_names = f.tables, used_sets(f.tables)
+        changed |= self.model.set_ipsets(f.ipsets)
+        changed |= self._set_firewall(f.fw, f.why)
+        return changed
+
+    def _poll_ipsets(self) -> bool:
+        """The ipsets the rules use; a change of members only is a map
+        update (reconcile), of what a set is (type, family, whether it can
+        be mirrored) a new rule set for the programs."""
+        if not self._set_names:
+            return False
+        sets = self._ipset_reader.read(self._set_names)
+        if not self.model.set_ipsets(sets):
+            return False
+        self._set_firewall(*plan_filtering(self._tables, sets))
+        return True
+
+    def _set_firewall(self, fw: Firewall | None, why: str | None) -> bool:
+        changed = self.model.set_firewall(fw)
         if why != self.disabled_why:
             self.disabled_why = why
             if why:
@@ -361,9 +395,15 @@ class Daemon:
             why = p.skipped[ifindex].why if ifindex in p.skipped else "the interface is gone"
             self._safely(ifindex, lambda i=ifindex, why=why: self.dp.remove(i, why))
         self.failed = {i: why for i, why in self.failed.items() if i in p.ifaces}
+        # what new set maps are filled with at their load, then the difference
+        # for maps already there (a member change: no new program, no hold)
+        ipsets = setgen.all_entries(fw.ipsets, m.ipsets, {i: link.name for i, link in m.links.items()}) \
+            if fw else {}
+        self.dp.ipset_entries = ipsets
         for ifindex, ip in p.ifaces.items():
             if self._safely(ifindex, lambda ip=ip: self._deploy(ip)):
                 self.failed.pop(ifindex, None)
+        self.dp.sync_ipsets(ipsets, fw)
         self.dp.sync(p.xdp_egress, p.tc_egress, self.model.stale_neighbours())
         fdb_changed = m.take_fdb_changes()
         self.dp.sync_bridges(p.ports, p.l3_bridges, m.fdb, None if self._fdb_full else fdb_changed, p.bridges)

@@ -9,13 +9,17 @@ nothing may be accelerated).
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 
 from tna.model.config import Model, TcFilters, XdpXmit
 from tna.model.firewall import Firewall
 from tna.model.hooks import firewall_plan
+from tna.model.ipset import IpSet, resolve, used_sets
+from tna.model.iptables import Table
 from tna.netlink import netfilter
 from tna.netlink.decode import NlMsg, decoded
+from tna.netlink.ipset import IpsetReader
 from tna.netlink.watch import Watcher, read_rp_filter, read_sysctls
 from tna.synth.fwgen import unfit
 
@@ -29,18 +33,46 @@ def model_from(msgs: Iterable[NlMsg | XdpXmit | TcFilters]) -> Model:
     return model
 
 
-def read_firewall() -> tuple[Firewall | None, str | None]:
-    """The FORWARD and INPUT chains to compile in, or why nothing may be
-    accelerated."""
+@dataclass
+class Filtering:
+    """What the rule sets say: the chains to compile in (fw) or why nothing
+    may be accelerated (why); the iptables tables and the ipsets they
+    match on, for re-planning when only the sets change."""
+
+    fw: Firewall | None
+    why: str | None
+    tables: dict[int, dict[str, Table]] = field(default_factory=dict)
+    ipsets: dict[str, IpSet] = field(default_factory=dict)
+
+
+def read_firewall(ipsets: IpsetReader | None = None) -> Filtering:
+    """The rule sets and the ipsets they use (read with ipsets, which
+    remembers what it decoded)."""
     try:
         rs = netfilter.read_rulesets()
     except (OSError, ValueError, subprocess.TimeoutExpired) as e:
-        return None, f"netfilter rule sets cannot be read ({e}), so they cannot be ruled out"
+        return Filtering(None, f"netfilter rule sets cannot be read ({e}), so they cannot be ruled out")
     if rs.foreign:
-        return None, "; ".join(rs.foreign)
-    fw, why = firewall_plan(rs.tables)
-    if fw is not None and (why := unfit(fw)):
-        return None, why
+        return Filtering(None, "; ".join(rs.foreign))
+    reader = ipsets or IpsetReader()
+    try:
+        sets = reader.read(used_sets(rs.tables))
+    finally:
+        if ipsets is None:
+            reader.close()
+    return Filtering(*plan_filtering(rs.tables, sets), rs.tables, sets)
+
+
+def plan_filtering(tables: dict[int, dict[str, Table]],
+                   sets: Mapping[str, IpSet]) -> tuple[Firewall | None, str | None]:
+    """The chains to compile in for tables and those ipsets, or why nothing
+    may be accelerated."""
+    resolved, shapes = resolve(tables, sets)
+    fw, why = firewall_plan(resolved)
+    if fw is not None:
+        fw = replace(fw, ipsets=shapes)
+        if why := unfit(fw):
+            return None, why
     return fw, why
 
 
@@ -57,9 +89,10 @@ def poll(model: Model) -> tuple[bool, str | None]:
     """poll_sysctls() and the rule sets (read whole) into model: (whether
     the model changed, why the fast path must stay disabled or None)."""
     changed = poll_sysctls(model)
-    fw, why = read_firewall()
-    changed |= model.set_firewall(fw)
-    return changed, why
+    f = read_firewall()
+    changed |= model.set_firewall(f.fw)
+    changed |= model.set_ipsets(f.ipsets)
+    return changed, f.why
 
 
 def take() -> tuple[Model, str | None]:

@@ -9,6 +9,8 @@ from typing import Any, Protocol
 
 from tna.model.config import AF_INET, AF_INET6, Model
 from tna.model.firewall import Firewall
+from tna.model.ipset import IpSet
+from tna.model.ipset import status as ipset_status
 from tna.synth.fwgen import rule_refs
 from tna.synth.planner import IfacePlan, Plan, bridge_skip_reason
 
@@ -64,21 +66,24 @@ def _kernel_rules(fw: Firewall) -> list[dict[str, Any]]:
             if (family, c.table, c.name) not in seen:
                 seen.add((family, c.table, c.name))
                 out += [{"family": family, "table": c.table, "chain": c.name, "index": r.index, "text": r.text,
-                         "why": list(r.unsupported)} for r in c.rules if not r.expressible]
+                         "why": [*r.unsupported, *(f"-m set {m.name} (not mirrored)" for m in r.sets if m.shape is None)]}
+                        for r in c.rules if not r.expressible]
     return out
 
 
-def _firewall(fw: Firewall | None) -> dict[str, Any] | None:
+def _firewall(fw: Firewall | None, sets: Mapping[str, IpSet]) -> dict[str, Any] | None:
     """Rules compiled into the fast path per hook (every table's chains
-    it passes), the rules that keep traffic on the kernel path, and the
-    families conntrack tracks; None if no filtering."""
+    it passes), the rules that keep traffic on the kernel path, the
+    families conntrack tracks, and the ipsets; None if no filtering."""
     if fw is None:
         return None
     return {"chains": {name: sum(len(c.rules) for c in chains) for name, chains in
                        (("FORWARD v4", fw.fwd4), ("FORWARD v6", fw.fwd6), ("INPUT v4", fw.in4),
                         ("INPUT v6", fw.in6)) if chains},
             "kernel_rules": _kernel_rules(fw),
-            "conntrack": [f for f, on in (("ipv4", fw.ct4), ("ipv6", fw.ct6)) if on]}
+            "conntrack": [f for f, on in (("ipv4", fw.ct4), ("ipv6", fw.ct6)) if on],
+            "ipsets": ipset_status((r for cs in (fw.fwd4, fw.fwd6, fw.in4, fw.in6) for c in cs or () for r in c.rules),
+                                   fw.ipsets, sets)}
 
 
 def describe(m: Model, p: Plan | None, attached: Mapping[int, Running], *, pid: int, mode: str,
@@ -113,6 +118,6 @@ def describe(m: Model, p: Plan | None, attached: Mapping[int, Running], *, pid: 
         "multipath": {n: policy for f, n in ((AF_INET, "ipv4"), (AF_INET6, "ipv6"))
                       if (policy := m.multipath_policies().get(f)) is not None},
         "firewall_rules": _rules_json(m.firewall),
-        "firewall": _firewall(m.firewall),
+        "firewall": _firewall(m.firewall, m.ipsets),
         "neighbours": len(m.neighs),
     }

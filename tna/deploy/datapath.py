@@ -53,18 +53,19 @@ class Attached:
 
 
 def load_with_sets(obj: bpf.BpfObject, sets: dict[str, dict[bytes, bytes]],
-                   reuse: dict[str, bpf.Map] | None = None) -> dict[str, bpf.Map]:
-    """Load obj with its rule-set maps sized for, and filled with, sets
-    (Artifact.sets), before anything can attach the program; or
-    with reuse, maps another program already holds the same sets in.
-    Returns the set maps (descriptors of their own)."""
+                   reuse: dict[str, bpf.Map] | None = None, sizes: Mapping[str, int] | None = None
+                   ) -> dict[str, bpf.Map]:
+    """Load obj with its rule-set and ipset maps sized for (sizes: a
+    capacity of their own), and filled with, sets, before anything can
+    attach the program; or with reuse, maps another program already holds
+    the same sets in.  Returns the set maps (descriptors of their own)."""
     if reuse is not None:
         for name, m in reuse.items():
             obj.reuse_map(name, m.fd)
         obj.load()
         return reuse
     for name, entries in sets.items():
-        obj.set_max_entries(name, max(1, len(entries)))
+        obj.set_max_entries(name, (sizes or {}).get(name) or max(1, len(entries)))
     obj.load()
     maps = {}
     for name, entries in sets.items():
@@ -114,6 +115,11 @@ class Datapath:
         # (read at creation) and the entries of the newest rule set's maps
         self._capacity: dict[str, int] = {}
         self._set_entries: dict[str, int] = {}
+        # the mirrored ipsets: what their maps must hold (the daemon's), what
+        # the newest rule set's maps hold (shadow), and their capacities
+        self.ipset_entries: dict[str, dict[bytes, bytes]] = {}
+        self._ipset_shadow: dict[str, dict[bytes, bytes]] = {}
+        self._ipset_caps: dict[str, int] = {}
         # what the kernel holds, for sizing the maps that mirror it when the
         # first load creates them (expect())
         self._expected = {abi.MAP_FDB: 0, abi.MAP_PORTS: 0}
@@ -139,11 +145,14 @@ class Datapath:
                     obj.set_max_entries(name, self._size(name))
             fw = art.firewall
             same = self._sets[1] if self._sets is not None and self._sets[0] == fw else None
-            maps = load_with_sets(obj, art.sets, same)
+            ipsets = {name: self.ipset_entries.get(name, {}) for name in art.ipset_maps}
+            maps = load_with_sets(obj, {**art.sets, **ipsets}, same, art.ipset_maps)
             if same is None and fw is not None:
                 self._drop_sets()
                 self._sets = (fw, maps)
                 self._set_entries = {name: len(entries) for name, entries in art.sets.items()}
+                self._ipset_shadow = {name: dict(entries) for name, entries in ipsets.items()}
+                self._ipset_caps = dict(art.ipset_maps)
             if not self.shared:
                 self._adopt_shared(obj)
             return obj, obj.program(abi.PROGRAM_NAME)
@@ -158,6 +167,7 @@ class Datapath:
                 m.close()
             self._sets = None
             self._set_entries = {}
+            self._ipset_shadow, self._ipset_caps = {}, {}
 
     def _adopt_shared(self, obj: bpf.BpfObject) -> None:
         for name in abi.SHARED_MAPS:
@@ -287,7 +297,18 @@ class Datapath:
         if self.shared:
             fill[abi.MAP_FDB] = (len(self.fdb.written), self.fdb.capacity)
         fill.update({name: (n, max(1, n)) for name, n in list(self._set_entries.items())})
+        caps = self._ipset_caps
+        fill.update({name: (len(shadow), caps.get(name, 0)) for name, shadow in list(self._ipset_shadow.items())})
         return fill
+
+    def sync_ipsets(self, entries: dict[str, dict[bytes, bytes]], fw: Firewall | None) -> None:
+        """The mirrored ipsets' members (setgen.all_entries()) for rule set
+        fw: what the next load fills new maps with, and the difference
+        written now into fw's maps (a member change: no new program)."""
+        self.ipset_entries = entries
+        if self._sets is not None and self._sets[0] == fw:
+            for name, shadow in self._ipset_shadow.items():
+                self._write(self._sets[1][name], shadow, entries.get(name, {}), name)
 
     def fdb_waiting(self) -> int:
         """FDB entries of mirrored bridges that did not fit in tna_fdb
@@ -346,9 +367,13 @@ class Datapath:
         self.lease.set_stale_count(len(keys))
 
     def _sync(self, name: str, desired: dict[bytes, bytes], array: bool = False) -> None:
-        """Write only the difference between what we wrote last and desired
-        (an array's entries cannot be deleted: they are zeroed)."""
-        m, shadow = self.shared[name], self._shadow.setdefault(name, {})
+        self._write(self.shared[name], self._shadow.setdefault(name, {}), desired, name, array)
+
+    @staticmethod
+    def _write(m: bpf.Map, shadow: dict[bytes, bytes], desired: dict[bytes, bytes], name: str,
+               array: bool = False) -> None:
+        """Write only the difference between what we wrote last (shadow) and
+        desired (an array's entries cannot be deleted: they are zeroed)."""
         failed: list[OSError] = []
         for key in shadow.keys() - desired.keys():
             if array:

@@ -160,6 +160,9 @@ struct tna_config {
 #define TNA_CT_TCP_LIBERAL (1U << 3) /* nf_conntrack_tcp_be_liberal: no segment is out of window */
 #define TNA_FW_V4 (1U << 0)
 #define TNA_FW_V6 (1U << 1)
+/* values of an ipset's trie (ipset.c.j2): the entry the packet falls in */
+#define TNA_SET_MATCH 1
+#define TNA_SET_NOMATCH 2   /* a `nomatch` entry: an exception inside a matching net */
 
 /* The single entry of tna_state.  If the daemon dies (kill -9, crash) no
  * renewal comes, jiffies pass the deadline and every module hands all

@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 
 from tna.model.firewall import Firewall
+from tna.model.ipset import IpSet
 from tna.model.routes import Dumped, Route, RouteDump, RouteTable
 
 AF_INET = 2
@@ -220,6 +221,8 @@ class Model:
     rp_filter: dict[int, int] = field(default_factory=dict)
     # The FORWARD and INPUT chains the fast path evaluates (None: no filtering rules).
     firewall: Firewall | None = None
+    # The ipsets the rules match on, with their members, by name (polled).
+    ipsets: dict[str, IpSet] = field(default_factory=dict)
 
     def apply(self, fact: Fact) -> bool:
         """Apply one fact the kernel stated; True if the model changed."""
@@ -334,6 +337,11 @@ class Model:
     def set_firewall(self, fw: Firewall | None) -> bool:
         changed = fw != self.firewall
         self.firewall = fw
+        return changed
+
+    def set_ipsets(self, sets: dict[str, IpSet]) -> bool:
+        changed = sets != self.ipsets
+        self.ipsets = sets
         return changed
 
     def set_rp_filter(self, index: int, mode: int) -> bool:

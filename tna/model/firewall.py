@@ -16,9 +16,11 @@ it, the end of a built-in chain applies its policy.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
+from tna.model.ipset import IpSet, SetShape, sets_hold
 from tna.model.iptables import Neg, Rule, Table
 
 ACCEPT, DROP, KERNEL = "ACCEPT", "DROP", "KERNEL"
@@ -46,6 +48,7 @@ class Packet:
     # which (no entry: NEW or INVALID); NEW is also a packet of a UDP entry
     # that has seen no reply, in its original direction
     ctstate: str | frozenset[str] | None = None
+    l4len: int | None = None   # what the IP length leaves for L4 (None: enough for every header)
     mark: int = 0  # skb->mark (hooks.py: 0 for every packet the fast path decides)
     # the entry's status bits (CT_STATUS) and the packet's direction, where it
     # has one; a packet of no entry yet that conntrack calls NEW has status 0
@@ -107,10 +110,11 @@ def _dst_type(m: Neg, types: frozenset[str] | None, could: bool) -> bool:
     return any(holds) if could else all(holds)
 
 
-def rule_matches(rule: Rule, pkt: Packet, could: bool = False) -> bool:
+def rule_matches(rule: Rule, pkt: Packet, could: bool = False, sets: Mapping[str, IpSet] | None = None) -> bool:
     """Whether the rule's expressible matches hold for pkt (the caller deals
     with what is not expressible); could: whether they may hold, for a
-    packet whose conntrack state is one of several."""
+    packet whose conntrack state is one of several; sets: the members of
+    the ipsets the rules match on, by name."""
     def tcp_flags() -> bool:
         assert rule.tcp_flags is not None
         mask, comp = rule.tcp_flags.value  # type: ignore[misc]
@@ -138,16 +142,18 @@ def rule_matches(rule: Rule, pkt: Packet, could: bool = False) -> bool:
         and _one(rule.mark, rule.mark is not None and pkt.mark & rule.mark.value[1] == rule.mark.value[0])  # type: ignore[index]
         and (not rule.uses_ct or _conntrack(rule, pkt, could))
         and (rule.dst_type is None or _dst_type(rule.dst_type, pkt.dst_types, could))
+        and (not rule.sets or sets_hold(rule.sets, pkt, sets))
     )
 
 
-def evaluate(table: Table, chain: str, pkt: Packet, trace: list[tuple[str, int]] | None = None) -> str:
+def evaluate(table: Table, chain: str, pkt: Packet, trace: list[tuple[str, int]] | None = None,
+             sets: Mapping[str, IpSet] | None = None) -> str:
     """ACCEPT or DROP as the kernel would decide, or KERNEL when a rule TNA
     cannot express could be reached and could match.  trace collects the
     (chain, rule index) of every rule applied, index 0 for a policy: what
     iptables' counters count."""
     trace = [] if trace is None else trace
-    verdict = _walk(table, chain, pkt, 0, trace)
+    verdict = _walk(table, chain, pkt, 0, trace, sets)
     if verdict == _CONTINUE:
         policy = table.chains[chain].policy
         trace.append((chain, 0))
@@ -155,13 +161,14 @@ def evaluate(table: Table, chain: str, pkt: Packet, trace: list[tuple[str, int]]
     return verdict
 
 
-def _walk(table: Table, chain: str, pkt: Packet, depth: int, trace: list[tuple[str, int]]) -> str:
+def _walk(table: Table, chain: str, pkt: Packet, depth: int, trace: list[tuple[str, int]],
+          sets: Mapping[str, IpSet] | None) -> str:
     if depth > 32:  # the kernel refuses loops; deeper than this is not ours
         return KERNEL
     for rule in table.chains[chain].rules:
-        if not rule_matches(rule, pkt, could=True):
+        if not rule_matches(rule, pkt, could=True, sets=sets):
             continue
-        if not rule.expressible or not rule_matches(rule, pkt):
+        if not rule.expressible or not rule_matches(rule, pkt, sets=sets):
             # its own matches hold (or are all it has that TNA knows): what it
             # adds (another match, LOG, REJECT, ...) is the kernel's to judge;
             # so is a state match that holds for only some possible states
@@ -171,7 +178,7 @@ def _walk(table: Table, chain: str, pkt: Packet, depth: int, trace: list[tuple[s
             return rule.target
         if rule.target == "RETURN":
             return _CONTINUE
-        verdict = _walk(table, rule.target, pkt, depth + 1, trace)
+        verdict = _walk(table, rule.target, pkt, depth + 1, trace, sets)
         if verdict != _CONTINUE or rule.goto:
             # -g pushes no return position: the end of its chain ends this one
             return verdict
@@ -208,6 +215,7 @@ class Firewall:
     in6: tuple[FwChain, ...] | None = None
     ct4: bool = False           # conntrack tracks IPv4 (a rule uses it): only its
     ct6: bool = False           # established connections are fast-pathed
+    ipsets: tuple[SetShape, ...] = ()  # the ipsets mirrored (members: map contents)
 
     # Compared often (model, plans, attached programs) and 10,000 rules deep:
     # by the text of each rule, which says all a rule does.
@@ -215,7 +223,7 @@ class Firewall:
     def _identity(self) -> tuple:
         chains = tuple(tuple((c.table, c.name, c.policy, tuple(r.text for r in c.rules)) for c in cs) if cs else None
                        for cs in (self.fwd4, self.fwd6, self.in4, self.in6))
-        return chains, self.ifaces, self.ct4, self.ct6
+        return chains, self.ifaces, self.ct4, self.ct6, self.ipsets
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Firewall) and self._identity == other._identity
@@ -255,8 +263,9 @@ def _set_shape(rule: Rule) -> tuple[str, tuple[str, ...]] | None:
     """(target, fields) if the rule can be part of a RuleSet."""
     if not rule.expressible or rule.goto or rule.target not in (ACCEPT, DROP, "RETURN"):
         return None
-    if any(getattr(rule, f) is not None for f in ("iif", "oif", "ports", "tcp_flags", "icmp_type", "fragment",
-                                                   "ctstate", "ctstatus", "ctdir", "mark", "dst_type")):
+    if rule.sets or any(getattr(rule, f) is not None for f in ("iif", "oif", "ports", "tcp_flags", "icmp_type",
+                                                                "fragment", "ctstate", "ctstatus", "ctdir", "mark",
+                                                                "dst_type")):
         return None
     fields = tuple(f for f in ("proto", "sport", "dport", "src", "dst") if getattr(rule, f) is not None)
     if any(getattr(rule, f).neg for f in fields):

@@ -43,9 +43,11 @@ same namespace is the exception: its skb keeps the sender's mark).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 
 from tna.model.firewall import ACCEPT, Firewall, FwChain, Packet, evaluate
+from tna.model.ipset import IpSet
 from tna.model.iptables import Rule, Table
 
 Hook = tuple[tuple[str, str], ...]
@@ -75,10 +77,11 @@ def _changes_nothing(table: Table | None, chain: str) -> bool:
 
 
 def evaluate_hook(tables: dict[str, Table], hook: Hook, pkt: Packet,
-                  trace: list[tuple[str, str, int]] | None = None) -> str:
+                  trace: list[tuple[str, str, int]] | None = None, sets: Mapping[str, IpSet] | None = None) -> str:
     """evaluate() over every chain of the hook in the kernel's order: ACCEPT
     if all accept, else the first other verdict.  trace collects (table,
-    chain, rule index) of every rule applied, index 0 for a policy."""
+    chain, rule index) of every rule applied, index 0 for a policy; sets:
+    the ipsets' members, by name."""
     trace = [] if trace is None else trace
     for name, chain in hook:
         table = tables.get(name)
@@ -92,7 +95,7 @@ def evaluate_hook(tables: dict[str, Table], hook: Hook, pkt: Packet,
             here = replace(here, oif=None, dst_types=None)
         if name == "raw":
             here = replace(here, ctstate="INVALID")  # no entry looked up yet
-        verdict = evaluate(table, chain, here, seen)
+        verdict = evaluate(table, chain, here, seen, sets)
         trace += [(name, c, i) for c, i in seen]
         if verdict != ACCEPT:
             return verdict

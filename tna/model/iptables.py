@@ -16,6 +16,9 @@ import ipaddress
 import shlex
 from dataclasses import dataclass, field
 
+from tna.model import ipset
+from tna.model.ipset import SetMatch
+
 BUILTIN_CHAINS = {
     "filter": ("INPUT", "FORWARD", "OUTPUT"),
     "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
@@ -77,13 +80,14 @@ class Rule:
     mark: Neg | None = None         # -m mark --mark: (value, mask)
     dst_type: Neg | None = None     # -m addrtype --dst-type: frozenset of ADDR_TYPES
     comment: str | None = None
+    sets: tuple[SetMatch, ...] = ()  # -m set --match-set, in order (tna/model/ipset.py)
     unsupported: tuple[str, ...] = ()  # matches, options or the target TNA cannot express
     counters: tuple[int, int] = field(default=(0, 0), compare=False)  # not part of what the rule does
 
     @property
     def expressible(self) -> bool:
         """TNA can decide this rule's traffic (else: the kernel must)."""
-        return not self.unsupported
+        return not self.unsupported and all(m.shape is not None for m in self.sets)
 
     @property
     def uses_ct(self) -> bool:
@@ -189,6 +193,7 @@ def parse_rule(line: str, table: Table, counters: tuple[int, int] = (0, 0)) -> R
     unsupported: list[str] = []
     target, target_args, goto = "", (), False
     module: str | None = None
+    sets: list[SetMatch] = []
     i, neg = 2, False
     while i < len(tokens):
         tok = tokens[i]
@@ -200,9 +205,12 @@ def parse_rule(line: str, table: Table, counters: tuple[int, int] = (0, 0)) -> R
             break
         if tok in ("-m", "--match"):
             module, i = tokens[i + 1], i + 2
-            if module not in ("tcp", "udp", "icmp", "icmp6", "multiport", "conntrack", "state", "comment",
+            if module not in ("tcp", "udp", "icmp", "icmp6", "multiport", "conntrack", "state", "comment", "set",
                               "mark", "addrtype"):
                 unsupported.append(f"-m {module}")
+            continue
+        if module == "set" and (after := ipset.parse_option(tokens, i, neg, sets)) is not None:
+            i, neg = after, False
             continue
         key, step = _option(tokens[i:], module, f, unsupported)
         proto = f.get("proto")
@@ -221,7 +229,7 @@ def parse_rule(line: str, table: Table, counters: tuple[int, int] = (0, 0)) -> R
         unsupported.append(f"-j {target}")  # LOG, REJECT, NFQUEUE, MARK, NAT targets, ...
     index = len(table.chains[chain].rules) + 1
     return Rule(chain=chain, index=index, text=line, target=target, target_args=target_args, goto=goto,
-                unsupported=tuple(unsupported), counters=counters, **f)  # type: ignore[arg-type]
+                sets=tuple(sets), unsupported=tuple(unsupported), counters=counters, **f)  # type: ignore[arg-type]
 
 
 def _option(tokens: list[str], module: str | None, f: dict[str, object],

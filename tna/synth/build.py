@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tna.model.firewall import Firewall
+from tna.synth import setgen
 from tna.synth.compile import CompileObserver, compile_source
 from tna.synth.fwgen import all_set_entries, rule_refs
 from tna.synth.planner import IfacePlan
@@ -23,10 +24,12 @@ class Artifact:
     # by map name (filled before the program can be attached)
     firewall: Firewall | None
     sets: dict[str, dict[bytes, bytes]]
+    # the mirrored ipsets' maps and their capacities (the daemon fills them)
+    ipset_maps: dict[str, int]
 
 
 def build(plan: IfacePlan, cache_dir: Path | None = None, observe: CompileObserver | None = None) -> Artifact:
     source = render(plan.hook, plan.modules, dev_bound=plan.hook == "xdp", firewall=plan.firewall)
     path = compile_source(source, cache_dir, observe)
     return Artifact(path, path.with_suffix(".c"), max(1, len(rule_refs(plan.firewall))), plan.firewall,
-                    all_set_entries(plan.firewall))
+                    all_set_entries(plan.firewall), setgen.map_sizes(plan.firewall.ipsets if plan.firewall else ()))

@@ -26,6 +26,7 @@ from tna.bpf.abi import FW_CT, FW_RULES_MAX
 from tna.model.firewall import Firewall, FwChain, RuleSet, code_size
 from tna.model.hooks import stage_group
 from tna.model.iptables import ADDR_TYPES, Neg, Rule
+from tna.synth import setgen
 
 MAX_COMPILED_RULES = 256  # rules compiled as code (a set of rules counts as one)
 IFACE_PATTERNS_MAX = 64   # tna_fw_ifaces holds a u64 of pattern bits per interface
@@ -143,6 +144,7 @@ def _condition(rule: Rule, ifaces: tuple[str, ...], could: bool = False) -> str:
     if rule.mark is not None:
         value, mask = rule.mark.value  # type: ignore[misc]
         add(rule.mark, f"(f->mark & 0x{mask:08x}U) == 0x{value:08x}U")
+    terms += [setgen.condition(m) for m in rule.sets if m.shape is not None]  # the others: the kernel's
     if len(terms) == 1 and terms[0].startswith("("):
         return terms[0][1:-1]  # `if ((a == b))` is an error under -Wall -Werror
     return " && ".join(terms) or "1"
@@ -347,7 +349,7 @@ def render_data(fw: Firewall | None) -> dict[str, Any] | None:
     ids = _ids(fw)
     return {"fwd4": _chains(fw.fwd4, 4, fw.ifaces, ids, "fw4"), "fwd6": _chains(fw.fwd6, 6, fw.ifaces, ids, "fw6"),
             "in4": _chains(fw.in4, 4, fw.ifaces, ids, "in4"), "in6": _chains(fw.in6, 6, fw.ifaces, ids, "in6"),
-            "uses_ifaces": bool(fw.ifaces),
+            "uses_ifaces": bool(fw.ifaces), "ipsets": setgen.render_data(fw.ipsets),
             "uses_addrtype": any(r.dst_type is not None for cs in (fw.fwd4, fw.fwd6, fw.in4, fw.in6)
                                  for c in cs or () for r in c.rules),
             "ct4": fw.ct4, "ct6": fw.ct6}
