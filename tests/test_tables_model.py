@@ -148,7 +148,7 @@ def test_plan_takes_every_table_but_nat_rules() -> None:
     nat = "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -j MASQUERADE\nCOMMIT\n"
     assert firewall_plan({4: parse_save(text + nat), 6: {}})[0] is None
     # status names the rule that keeps traffic on the kernel path, with its table
-    st = _firewall(fw)
+    st = _firewall(fw, {})
     assert st is not None and st["kernel_rules"] == [{
         "family": 4, "table": "mangle", "chain": "FORWARD", "index": 1, "why": ["-j TCPMSS"],
         "text": "-A FORWARD -p tcp -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu"}]

@@ -66,7 +66,8 @@ def _kernel_rules(fw: Firewall) -> list[dict[str, Any]]:
             if (family, c.table, c.name) not in seen:
                 seen.add((family, c.table, c.name))
                 out += [{"family": family, "table": c.table, "chain": c.name, "index": r.index, "text": r.text,
-                         "why": [*r.unsupported, *(f"-m set {m.name} (not mirrored)" for m in r.sets if m.shape is None)]}
+                         "why": [*r.unsupported, *(f"-m set {m.name} (not mirrored)" for m in r.sets
+                                                   if m.shape is None)]}
                         for r in c.rules if not r.expressible]
     return out
 
