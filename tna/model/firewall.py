@@ -183,6 +183,8 @@ class Firewall:
     ct4: bool = False           # conntrack tracks IPv4 (a rule uses it): only its
     ct6: bool = False           # established connections are fast-pathed
     ipsets: tuple[SetShape, ...] = ()  # the ipsets mirrored (members: map contents)
+    nat4: bool = False          # a nat table has rules: entries may carry a NAT binding
+    nat6: bool = False
 
     # Compared often (model, plans, attached programs) and 10,000 rules deep:
     # by the text of each rule, which says all a rule does.
@@ -190,7 +192,7 @@ class Firewall:
     def _identity(self) -> tuple:
         chains = tuple(tuple((c.name, c.policy, tuple(r.text for r in c.rules)) for c in cs) if cs else None
                        for cs in (self.fwd4, self.fwd6, self.in4, self.in6))
-        return chains, self.ifaces, self.ct4, self.ct6, self.ipsets
+        return chains, self.ifaces, self.ct4, self.ct6, self.ipsets, self.nat4, self.nat6
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Firewall) and self._identity == other._identity
@@ -324,7 +326,7 @@ def firewall_plan(tables: dict[int, dict[str, Table]]) -> tuple[Firewall | None,
     tracked: set[int] = set()
     for version, ts in tables.items():
         for name, table in ts.items():
-            if name != "filter" and not table.empty:
+            if name not in ("filter", "nat") and not table.empty:
                 return None, f"the IPv{version} {name} table has rules (not modelled)"
             # a nat table needs conntrack, even without rules
             if name == "nat" or any(_uses_conntrack(r) for c in table.chains.values() for r in c.rules):
@@ -337,8 +339,9 @@ def firewall_plan(tables: dict[int, dict[str, Table]]) -> tuple[Firewall | None,
                        for m in (r.iif, r.oif) if m is not None})
     if not used and not tracked:
         return None, None
+    natted = {v for v, ts in tables.items() if "nat" in ts and not ts["nat"].empty}
     return Firewall(chains.get(4), chains.get(6), tuple(patterns), inputs.get(4), inputs.get(6),
-                    4 in tracked, 6 in tracked), None
+                    4 in tracked, 6 in tracked, nat4=4 in natted, nat6=6 in natted), None
 
 
 def _filtering(table: Table | None, chain: str) -> tuple[FwChain, ...] | None:

@@ -297,7 +297,7 @@ def render_data(fw: Firewall | None) -> dict[str, Any] | None:
     return {"fwd4": _chains(fw.fwd4, 4, fw.ifaces, ids, "fw4"), "fwd6": _chains(fw.fwd6, 6, fw.ifaces, ids, "fw6"),
             "in4": _chains(fw.in4, 4, fw.ifaces, ids, "in4"), "in6": _chains(fw.in6, 6, fw.ifaces, ids, "in6"),
             "uses_ifaces": bool(fw.ifaces), "ipsets": setgen.render_data(fw.ipsets),
-            "ct4": fw.ct4, "ct6": fw.ct6}
+            "ct4": fw.ct4, "ct6": fw.ct6, "nat4": fw.nat4, "nat6": fw.nat6}
 
 
 @functools.lru_cache(maxsize=4)
