@@ -24,6 +24,7 @@ from tests.test_conntrack_lab import setup as conntrack_setup
 pytestmark = pytest.mark.root
 
 OUTSIDE4, OUTSIDE6 = "198.51.100.1", "2001:db8:2::1"  # r's outside addresses: what h2 sees and connects to
+ELSEWHERE4 = "203.0.113.80"  # not r's: DNAT'd to h1, though r routes it to h1 as it is
 RULES = """*filter
 :INPUT ACCEPT [0:0]
 :FORWARD DROP [0:0]
@@ -94,12 +95,15 @@ def exercise(lab: RouterLab) -> dict[str, object]:
         out[f"tcp{v} inside unreachable"] = lab.run(  # no DNAT for it: h1's own address is not routed outside
             h2.ns, ["python3", "-c", f"import socket; socket.create_connection(({inside!r}, 5201), timeout=1)"],
             check=False).returncode == 0
+    # a new connection the FORWARD chain only accepts once translated
+    out["udp4 dnat elsewhere"] = echo(lab, h2.ns, h1.ns, ELSEWHERE4, 9999, 5202, 20)
     return out
 
 
 EXPECTED = {f"{k}{v}{s}": want for v in ("4", "6") for k, s, want in (
     ("tcp", " masquerade", True), ("tcp", " dnat", True), ("tcp", " dnat port", True),
     ("udp", " masquerade", 50), ("udp", " dnat port", 50), ("tcp", " inside unreachable", False))}
+EXPECTED["udp4 dnat elsewhere"] = 20
 
 
 def test_nat_flows_end_as_with_linux_and_ride_the_fast_path(router_lab: RouterLab, hook: str) -> None:
@@ -108,6 +112,10 @@ def test_nat_flows_end_as_with_linux_and_ride_the_fast_path(router_lab: RouterLa
     # h2 knows no route to the inside: only NAT'd traffic can work
     lab.run(lab.h2.ns, ["ip", "route", "del", "default"])
     lab.run(lab.h2.ns, ["ip", "-6", "route", "del", "default"])
+    lab.run(lab.r, ["iptables", "-t", "nat", "-A", "PREROUTING", "-i", "r-h2", "-d", ELSEWHERE4, "-p", "udp",
+                    "--dport", "9999", "-j", "DNAT", "--to-destination", f"{lab.h1.ip4}:5202"])
+    lab.route(lab.r, f"{ELSEWHERE4}/32", via=lab.h1.ip4)
+    lab.route(lab.h2.ns, f"{ELSEWHERE4}/32", via=OUTSIDE4)
     linux = exercise(lab)
     assert linux == EXPECTED
     linux_invalid = invalid_drops(lab)

@@ -339,9 +339,12 @@ def firewall_plan(tables: dict[int, dict[str, Table]]) -> tuple[Firewall | None,
                        for m in (r.iif, r.oif) if m is not None})
     if not used and not tracked:
         return None, None
+    # NAT rules may send a new connection to one of the box's addresses
+    # elsewhere (PREROUTING): no INPUT early drop for that family
     natted = {v for v, ts in tables.items() if "nat" in ts and not ts["nat"].empty}
-    return Firewall(chains.get(4), chains.get(6), tuple(patterns), inputs.get(4), inputs.get(6),
-                    4 in tracked, 6 in tracked, nat4=4 in natted, nat6=6 in natted), None
+    return Firewall(chains.get(4), chains.get(6), tuple(patterns), None if 4 in natted else inputs.get(4),
+                    None if 6 in natted else inputs.get(6), 4 in tracked, 6 in tracked,
+                    nat4=4 in natted, nat6=6 in natted), None
 
 
 def _filtering(table: Table | None, chain: str) -> tuple[FwChain, ...] | None:
