@@ -49,9 +49,9 @@ RULES6 = STATEFUL.format(block="2001:db8:ff::/48", icmp="ipv6-icmp -m icmp6 --ic
 MB = 1_000_000
 
 
-def setup(lab: RouterLab, hook: str) -> None:
-    lab.run(lab.r, ["iptables-restore"], input=RULES4)
-    lab.run(lab.r, ["ip6tables-restore"], input=RULES6)
+def setup(lab: RouterLab, hook: str, rules4: str = RULES4, rules6: str = RULES6) -> None:
+    lab.run(lab.r, ["iptables-restore"], input=rules4)
+    lab.run(lab.r, ["ip6tables-restore"], input=rules6)
     if hook == "xdp":
         for h in (lab.h1, lab.h2):
             lab.run(h.ns, ["ethtool", "-K", h.dev, "tx", "off"])

@@ -121,10 +121,14 @@ def test_plans_what_it_may_take_over() -> None:
     assert fw is not None and fw.ct6 and not fw.ct4
     empty_nat = "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n"
     fw, why = firewall_plan({4: parse_save(empty_nat), 6: {}})  # NAT needs conntrack, rules or not
-    assert why is None and fw is not None and fw.ct4 and fw.fwd4 is None
+    assert why is None and fw is not None and fw.ct4 and fw.fwd4 is None and not fw.nat4
+    # NAT rules: the fast path rewrites established connections of that family
     nat = "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -j MASQUERADE\nCOMMIT\n"
-    _, why = firewall_plan({4: parse_save(nat), 6: {}})
-    assert why is not None and "nat table" in why
+    fw, why = firewall_plan({4: parse_save(nat), 6: {}})
+    assert why is None and fw is not None and fw.ct4 and fw.nat4 and not fw.nat6
+    # ... and no INPUT early drop: PREROUTING may send a new connection elsewhere
+    fw, _ = firewall_plan({4: parse_save(head + "-A INPUT -p tcp -j DROP\nCOMMIT\n" + nat), 6: {}})
+    assert fw is not None and fw.nat4 and fw.in4 is None
     # thousands of same-shaped rules are one set; rules that cannot share a
     # lookup (alternating targets) are code, and code has a limit
     many = "".join(f"-A FORWARD -p udp --dport {1000 + i} -j DROP\n" for i in range(10 * MAX_COMPILED_RULES))

@@ -133,7 +133,7 @@ def test_mark_match_as_kube_proxy_writes_it() -> None:
     assert evaluate_hook(ts, FORWARD_HOOK, ack(ctstate="NEW")) == DROP  # ! --mark 0x1 holds for 0
 
 
-def test_plan_takes_every_table_but_nat_rules() -> None:
+def test_plan_takes_every_table() -> None:
     text = save(raw="-A PREROUTING -d 198.51.100.2/32 ! -i br0 -j DROP",
                 mangle="-A FORWARD -p tcp -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu",
                 filter="-A FORWARD -m conntrack --ctstate ESTABLISHED -j ACCEPT",
@@ -146,7 +146,8 @@ def test_plan_takes_every_table_but_nat_rules() -> None:
     assert [(c.table, c.name) for c in fw.in4] == [("raw", "PREROUTING"), ("security", "INPUT")]
     assert fw.ifaces == ("br0",)
     nat = "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -j MASQUERADE\nCOMMIT\n"
-    assert firewall_plan({4: parse_save(text + nat), 6: {}})[0] is None
+    natted, _ = firewall_plan({4: parse_save(text + nat), 6: {}})  # NAT: carried (nat.c.j2), no early drop
+    assert natted is not None and natted.nat4 and natted.fwd4 == fw.fwd4 and natted.in4 is None
     # status names the rule that keeps traffic on the kernel path, with its table
     st = _firewall(fw, {})
     assert st is not None and st["kernel_rules"] == [{

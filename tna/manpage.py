@@ -35,8 +35,8 @@ kernel's conntrack table.
 .PP
 Every packet the fast path cannot handle exactly like Linux is passed to the
 kernel untouched, counted by reason (\fBtna status\fR, \fBtna stats\fR).
-While a netfilter rule set it does not model exists (nat rules, native
-nftables chains), all traffic stays on the kernel path.
+While a netfilter rule set it does not model exists (native nftables
+chains), all traffic stays on the kernel path.
 .PP
 .B tna run
 accelerates the network namespace it runs in; start it with

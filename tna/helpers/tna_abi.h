@@ -109,6 +109,14 @@ enum tna_reason {
 	                            as in window: the kernel (window-liberal) decides */
 	TNA_R_RESYNC,            /* netlink events were lost (overrun): all to the kernel until the
 	                            daemon's resync has rewritten every map from a new dump */
+	TNA_R_NAT_STATE,         /* NAT entry the fast path cannot rewrite exactly (a manip not done, a
+	                            helper extension, an extension it cannot read) */
+	TNA_R_NAT_MASQ_OIF,      /* MASQUERADE entry routed out of another interface: the kernel drops
+	                            the packet and kills the entry (nf_nat_oif_changed()) */
+	TNA_R_NAT_CHANGED,       /* the entry changed between the lookup the route was chosen by and
+	                            the one conntrack refreshes: the kernel decides */
+	TNA_R_NAT_REWRITE,       /* a NAT rewrite of the frame failed midway: dropped, never passed half
+	                            rewritten */
 	TNA_R_MAX
 };
 

@@ -216,6 +216,8 @@ class Firewall:
     ct4: bool = False           # conntrack tracks IPv4 (a rule uses it): only its
     ct6: bool = False           # established connections are fast-pathed
     ipsets: tuple[SetShape, ...] = ()  # the ipsets mirrored (members: map contents)
+    nat4: bool = False          # a nat table has rules: entries may carry a NAT binding
+    nat6: bool = False
 
     # Compared often (model, plans, attached programs) and 10,000 rules deep:
     # by the text of each rule, which says all a rule does.
@@ -223,7 +225,7 @@ class Firewall:
     def _identity(self) -> tuple:
         chains = tuple(tuple((c.table, c.name, c.policy, tuple(r.text for r in c.rules)) for c in cs) if cs else None
                        for cs in (self.fwd4, self.fwd6, self.in4, self.in6))
-        return chains, self.ifaces, self.ct4, self.ct6, self.ipsets
+        return chains, self.ifaces, self.ct4, self.ct6, self.ipsets, self.nat4, self.nat6
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Firewall) and self._identity == other._identity

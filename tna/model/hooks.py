@@ -11,7 +11,8 @@ mangle -150, nat -100, filter 0, security 50):
 and for one to this box the same up to routing, then mangle INPUT ->
 filter INPUT -> security INPUT.  A packet must be accepted by every chain;
 a DROP anywhere is final (later chains count nothing).  nat chains only
-ever judge a connection's first packet, which the fast path never carries.
+ever judge a connection's first packet, which the fast path never carries
+(an established connection's binding is applied by nat.c.j2).
 
 raw PREROUTING runs before conntrack has looked the packet up: a
 --ctstate match there sees no entry, which xt_conntrack calls INVALID
@@ -147,7 +148,7 @@ def firewall_plan(tables: dict[int, dict[str, Table]]) -> tuple[Firewall | None,
     tracked: set[int] = set()
     for version, ts in tables.items():
         for name, table in ts.items():
-            if (name == "nat" or name not in TABLES) and not table.empty:
+            if name not in TABLES and not table.empty:
                 return None, f"the IPv{version} {name} table has rules (not modelled)"
             # a nat table needs conntrack, even without rules
             if name == "nat" or any(_uses_conntrack(r) for c in table.chains.values() for r in c.rules):
@@ -159,5 +160,9 @@ def firewall_plan(tables: dict[int, dict[str, Table]]) -> tuple[Firewall | None,
                        for m in (r.iif, r.oif) if m is not None})
     if not used and not tracked:
         return None, None
-    return Firewall(chains.get(4), chains.get(6), tuple(patterns), inputs.get(4), inputs.get(6),
-                    4 in tracked, 6 in tracked), None
+    # NAT rules may send a new connection to one of the box's addresses
+    # elsewhere (PREROUTING): no INPUT early drop for that family
+    natted = {v for v, ts in tables.items() if "nat" in ts and not ts["nat"].empty}
+    return Firewall(chains.get(4), chains.get(6), tuple(patterns), None if 4 in natted else inputs.get(4),
+                    None if 6 in natted else inputs.get(6), 4 in tracked, 6 in tracked,
+                    nat4=4 in natted, nat6=6 in natted), None

@@ -352,7 +352,7 @@ def render_data(fw: Firewall | None) -> dict[str, Any] | None:
             "uses_ifaces": bool(fw.ifaces), "ipsets": setgen.render_data(fw.ipsets),
             "uses_addrtype": any(r.dst_type is not None for cs in (fw.fwd4, fw.fwd6, fw.in4, fw.in6)
                                  for c in cs or () for r in c.rules),
-            "ct4": fw.ct4, "ct6": fw.ct6}
+            "ct4": fw.ct4, "ct6": fw.ct6, "nat4": fw.nat4, "nat6": fw.nat6}
 
 
 @functools.lru_cache(maxsize=4)
