@@ -6,8 +6,12 @@ flags than the set has dimensions or the set's family is not the packet's;
 for the hash types with nets the most specific entry equal to the packet's
 fields decides (the cidrs are tried longest first), and a `nomatch` entry
 makes the test false, unless the rule says --return-nomatch, which inverts
-what the entry says (a nomatch entry then matches, a plain one does not).
-`! --match-set` negates the result.
+what the entry says (a nomatch entry then matches, a plain one does not)
+for the types with nomatch entries only.  hash:net,iface tries only the
+longest net any entry has: its entry for the packet's interface decides,
+and without one nothing matches (hash_netiface4_data_equal() counts the
+net as found before it compares the interface).  `! --match-set` negates
+the result.
 
 Which sets the fast path may mirror (mirror_problem()): only the hash types
 below, and only sets whose answer the daemon can follow with the commands it
@@ -30,6 +34,8 @@ if TYPE_CHECKING:  # only for hints: iptables.py imports this module
 # the types mirrored, by their number of dimensions (direction flags used)
 DIMENSIONS = {"hash:ip": 1, "hash:net": 1, "hash:ip,port": 2, "hash:net,port": 2, "hash:net,iface": 2}
 PORT_TYPES = {"hash:ip,port", "hash:net,port"}
+# the types with IPSET_TYPE_NOMATCH: only their tests --return-nomatch inverts (ip_set_test())
+NOMATCH_TYPES = {"hash:net", "hash:net,port", "hash:net,iface"}
 SET_MAP_MAX = 1 << 20  # entries one set's map may hold (no prealloc: memory only for entries present)
 # ip_set_getport.c get_port(): the header each port protocol must have whole
 # (else no match): TCP, UDP, SCTP, UDPLITE; ICMP and ICMPv6 (either family)
@@ -129,9 +135,28 @@ def mirror_problem(s: IpSet | None, m: SetMatch) -> str | None:
         return "each match updates the set's counters (the rule lacks ! --update-counters)"
     if any(e.physdev or e.wildcard for e in s.members):
         return "physdev or wildcard interface entries are not mirrored"
+    if s.type == "hash:net,iface" and _hidden_interface(s.members):
+        return "a longer net lacks an interface a shorter one has (the trie would fall back to the shorter)"
     if len(s.members) > capacity(s):
         return f"{len(s.members)} entries: a set's map holds at most {capacity(s)}"
     return None
+
+
+def _hidden_interface(members: Iterable[Member]) -> bool:
+    """Whether a net inside another lacks one of the outer net's interfaces:
+    there the kernel answers no match (only the longest net is tried), the
+    trie of (ifindex, net) the outer net's entry."""
+    ifaces: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, set[str | None]] = {}
+    for e in members:
+        ifaces.setdefault(e.net, set()).add(e.iface)
+    plens = sorted({n.prefixlen for n in ifaces})
+    for n, inner in ifaces.items():
+        for p in plens:
+            if p >= n.prefixlen:
+                break
+            if not ifaces.get(n.supernet(new_prefix=p), set()) <= inner:
+                return True
+    return False
 
 
 def capacity(s: IpSet) -> int:
@@ -207,13 +232,15 @@ def _entry(s: IpSet, m: SetMatch, pkt: Packet) -> Member | None:
     if s.type in PORT_TYPES and proto_port is None:
         return None
     iface = (pkt.iif if second else pkt.oif) if s.type == "hash:net,iface" else None
+    if s.type == "hash:net,iface":  # the longest net decides, whatever its interfaces
+        nets = [e.net for e in s.members if addr in e.net]
+        longest = max(nets, key=lambda n: n.prefixlen, default=None)
+        return next((e for e in s.members if e.net == longest and not e.physdev and e.iface == iface), None)
     best: Member | None = None
     for e in s.members:
         if addr not in e.net or (best is not None and e.net.prefixlen <= best.net.prefixlen):
             continue
         if proto_port is not None and (e.proto, e.port) != proto_port:
-            continue
-        if s.type == "hash:net,iface" and (e.physdev or e.iface != iface):
             continue
         best = e
     return best
@@ -225,7 +252,7 @@ def set_test(s: IpSet, m: SetMatch, pkt: Packet) -> bool:
     if len(m.dirs) >= DIMENSIONS.get(s.type, 1) and s.family == pkt.src.version:
         e = _entry(s, m, pkt)
         if e is not None:
-            hit = e.nomatch == m.return_nomatch
+            hit = not e.nomatch if s.type not in NOMATCH_TYPES else e.nomatch == m.return_nomatch
     return hit != m.neg
 
 
