@@ -10,8 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from netns_labs.lab import Lab
+from netns_labs.lab import Lab, in_netns
 from tests.test_ipset_model import hset, net, pkt
+from tests.test_reconcile_order import recording_daemon, rules
 from tna.model.ipset import Member, SetMatch, mirror_problem, set_test
 
 pytestmark = pytest.mark.root
@@ -94,3 +95,28 @@ def test_return_nomatch_as_xt_set_applies_it(ns: tuple[Lab, str], type_: str, el
                                  *((17, 5000) if "port" in type_ else ()), nomatch=nomatch))
     m = SetMatch("rn", tuple(dirs.split(",")), return_nomatch=True)
     assert set_test(s, m, pkt("192.0.2.1", "192.0.2.7", dport=5000)) == kernel
+
+
+def test_a_set_in_use_keeps_its_name(ns: tuple[Lab, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """xt_set holds a set's index, the daemon mirrors by name: they agree
+    because the kernel refuses to rename or destroy a set a rule references
+    (ip_set_core.c: IPSET_ERR_REFERENCED), and a swap exchanges the contents
+    behind both names.  After `ipset swap A B` the daemon's A holds what
+    the rule now matches: B's former members."""
+    lab, name = ns
+    ipset(lab, name, "create A hash:ip", "add A 192.0.2.7", "create B hash:ip", "add B 192.0.2.8")
+    lab.run(name, ["iptables-restore"], input=rules("-A FORWARD -m set --match-set A src -j DROP"))
+    d = recording_daemon(monkeypatch)
+    try:
+        assert lab.run(name, ["ipset", "rename", "A", "A_old"], check=False).returncode != 0
+        assert lab.run(name, ["ipset", "destroy", "A"], check=False).returncode != 0
+        with in_netns(name):
+            d._poll()
+            lab.run(name, ["ipset", "swap", "A", "B"])
+            d._poll_ipsets()
+        assert d._set_names == {"A"}
+        assert [m.net for m in d.model.ipsets["A"].members] == [net("192.0.2.8/32")]
+    finally:
+        d._ipset_reader.close()
+        lab.run(name, ["iptables", "-F", "FORWARD"])
+        lab.run(name, ["ipset", "destroy"])
