@@ -5,15 +5,18 @@ test's.  The expectations are the kernel's, never the model's."""
 
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Iterator
 
 import pytest
+from pyroute2.ipset import IPSet
 
 from netns_labs.lab import Lab, in_netns
 from tests.test_ipset_model import hset, net, pkt
 from tests.test_reconcile_order import recording_daemon, rules
 from tna.model.ipset import Member, SetMatch, mirror_problem, set_test
+from tna.netlink import ipset as ipset_reader
 
 pytestmark = pytest.mark.root
 
@@ -119,4 +122,33 @@ def test_a_set_in_use_keeps_its_name(ns: tuple[Lab, str], monkeypatch: pytest.Mo
     finally:
         d._ipset_reader.close()
         lab.run(name, ["iptables", "-F", "FORWARD"])
+        lab.run(name, ["ipset", "destroy"])
+
+
+class _Failing(IPSet):
+    """The kernel's socket, except that listing `bad` fails as a dump can
+    (ENOBUFS: the receive buffer overran) and `garbled` decodes to nothing."""
+
+    def list(self, *argv: object, **kw: object):  # type: ignore[no-untyped-def]
+        if kw.get("name") == "bad":
+            raise OSError(errno.ENOBUFS, "No buffer space available")
+        msgs = list(super().list(*argv, **kw))
+        if kw.get("name") == "garbled":
+            for m in msgs:
+                m["attrs"] = [a for a in m["attrs"] if a[0] != "IPSET_ATTR_DATA"]
+        return msgs
+
+
+def test_an_unreadable_set_is_left_out(ns: tuple[Lab, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    lab, name = ns
+    ipset(lab, name, "create good hash:ip", "add good 192.0.2.7", "create bad hash:ip", "create garbled hash:ip")
+    monkeypatch.setattr(ipset_reader, "IPSet", _Failing)
+    reader = ipset_reader.IpsetReader()
+    try:
+        with in_netns(name):
+            sets = reader.read({"good", "bad", "garbled"})
+            assert set(sets) == {"good"}
+            assert set(reader.read({"good", "bad", "garbled"})) == {"good"}  # and the socket still answers
+    finally:
+        reader.close()
         lab.run(name, ["ipset", "destroy"])

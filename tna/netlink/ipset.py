@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import logging
 import socket
 import time
 from collections.abc import Iterable
@@ -32,6 +33,8 @@ from pyroute2.ipset import IPSet
 from pyroute2.netlink.exceptions import NetlinkError
 
 from tna.model.ipset import DIMENSIONS, IpSet, Member
+
+log = logging.getLogger("tna")
 
 _FAMILY = {socket.AF_INET: 4, socket.AF_INET6: 6}
 # enum ipset_cadt_flags (include/uapi/linux/netfilter/ipset/ip_set.h)
@@ -73,6 +76,14 @@ class IpsetReader:
             try:
                 seen = self._read(self._sock, name)
             except NetlinkError:  # no such set (a rule cannot use one; it went meanwhile)
+                continue
+            except (OSError, ValueError, KeyError, AttributeError, TypeError, IndexError) as e:
+                # a dump lost (ENOBUFS) or a listing pyroute2 does not decode
+                # as expected: the set is unreadable, its rules the kernel's;
+                # a new socket, as the old one may hold the rest of the dump
+                log.warning("ipset %s cannot be read (%r); its rules stay on the kernel path", name, e)
+                self.close()
+                self._sock = IPSet()
                 continue
             if seen is not None:
                 self._seen[name] = seen
