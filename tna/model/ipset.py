@@ -160,10 +160,11 @@ def _hidden_interface(members: Iterable[Member]) -> bool:
 
 
 def capacity(s: IpSet) -> int:
-    """A set's map entries: the kernel refuses more than maxelem, so a map
-    of that size is never outgrown (no prealloc: what it costs is the
-    entries present); beyond SET_MAP_MAX a set stays on the kernel path."""
-    return max(1, min(s.maxelem, SET_MAP_MAX))
+    """A set's map entries: the kernel refuses more than maxelem, and the
+    daemon writes a change's adds before its deletes, so twice that is
+    never outgrown (no prealloc: what it costs is the entries present);
+    beyond SET_MAP_MAX a set stays on the kernel path."""
+    return max(1, min(2 * s.maxelem, SET_MAP_MAX))
 
 
 def used_sets(tables: Mapping[int, Mapping[str, Table]]) -> set[str]:
@@ -172,12 +173,15 @@ def used_sets(tables: Mapping[int, Mapping[str, Table]]) -> set[str]:
             for r in c.rules for m in r.sets}
 
 
-def resolve(tables: Mapping[int, Mapping[str, Table]],
-            sets: Mapping[str, IpSet]) -> tuple[dict[int, dict[str, Table]], tuple[SetShape, ...]]:
+def resolve(tables: Mapping[int, Mapping[str, Table]], sets: Mapping[str, IpSet],
+            unwritable: Mapping[str, str] | None = None
+            ) -> tuple[dict[int, dict[str, Table]], tuple[SetShape, ...]]:
     """The tables with every set match resolved: a mirrorable one gets its
     set's shape, any other makes its rule the kernel's (the reason in the
-    rule's unsupported list, shown by `tna status`).  Also the shapes of the
-    sets mirrored, by name: part of what the programs are compiled for."""
+    rule's unsupported list, shown by `tna status`); so does a set whose
+    map could not be written (unwritable: name -> error).  Also the shapes
+    of the sets mirrored, by name: part of what the programs are compiled
+    for."""
     from tna.model.iptables import Chain, Table  # iptables.py imports this module
 
     shapes: dict[str, SetShape] = {}
@@ -193,7 +197,9 @@ def resolve(tables: Mapping[int, Mapping[str, Table]],
                         matches, why = [], []
                         for m in r.sets:
                             s = sets.get(m.name)
-                            problem = mirror_problem(s, m)
+                            problem = mirror_problem(s, m) or (
+                                f"its map could not be written ({error})"
+                                if (error := (unwritable or {}).get(m.name)) else None)
                             if problem is None and s is not None:
                                 shape = shapes.setdefault(s.name, SetShape(s.name, s.type, s.family, capacity(s)))
                                 m = replace(m, shape=shape, family=version)
