@@ -441,7 +441,8 @@ class Daemon:
     def _publish_status(self) -> None:
         self._status = describe(self.model, self.plan, self.dp.attached, pid=os.getpid(), mode=self.settings.hook,
                                 disabled=self.disabled_why, failed=self.failed,
-                                fdb_map=(self.dp.fdb.per_bridge, self.dp.fdb.capacity))
+                                fdb_map=(self.dp.fdb.per_bridge, self.dp.fdb.capacity),
+                                ipset_stale=self._ipset_reader.stale_s)
         publish_status(self._status)
         disabled = f"; fast path DISABLED: {self.disabled_why}" if self.disabled_why else ""
         plan_skipped = len(self.plan.skipped) if self.plan else 0

@@ -274,9 +274,12 @@ def sets_hold(matches: Iterable[SetMatch], pkt: Packet, sets: Mapping[str, IpSet
     return True
 
 
-def status(rules: Iterable[Rule], shapes: tuple[SetShape, ...], sets: Mapping[str, IpSet]) -> dict[str, dict]:
-    """Per set the rules match on: its type and entries, and whether the
-    fast path mirrors it (else why its rules stay on the kernel path)."""
+def status(rules: Iterable[Rule], shapes: tuple[SetShape, ...], sets: Mapping[str, IpSet],
+           stale: Mapping[str, float] | None = None) -> dict[str, dict]:
+    """Per set the rules match on: its type and entries, whether the fast
+    path mirrors it (else why its rules stay on the kernel path), and how
+    late (s, beyond a poll) a change keeping its header is seen (stale:
+    the reader's stale_s)."""
     mirrored = {s.name for s in shapes}
     out: dict[str, dict] = {}
     for r in rules:
@@ -285,7 +288,8 @@ def status(rules: Iterable[Rule], shapes: tuple[SetShape, ...], sets: Mapping[st
             entry = out.setdefault(m.name, {"type": s.type if s else None, "family": s.family if s else None,
                                             "entries": (len(s.members) if s.elements is None else s.elements)
                                             if s else 0,
-                                            "mirrored": m.name in mirrored, "kernel_path": []})
+                                            "mirrored": m.name in mirrored, "kernel_path": [],
+                                            "stale_s": round((stale or {}).get(m.name, 0.0), 1)})
             prefix = f"-m set {m.name}: "
             entry["kernel_path"] += [u[len(prefix):] for u in r.unsupported
                                      if u.startswith(prefix) and u[len(prefix):] not in entry["kernel_path"]]
