@@ -180,6 +180,7 @@ def test_status_says_what_is_mirrored_and_why_not() -> None:
     sets = {"bl": BL, "t": hset("t", "hash:net", Member(net("192.0.2.0/24")), timeout=True)}
     tables, shapes = resolve({4: parse_save(save("-A FORWARD -m set --match-set bl src -j DROP",
                                                  "-A FORWARD -m set --match-set t src -j DROP"))}, sets)
-    got = status(tables[4]["filter"].chains["FORWARD"].rules, shapes, sets)
-    assert got["bl"] == {"type": "hash:net", "family": 4, "entries": 3, "mirrored": True, "kernel_path": []}
+    got = status(tables[4]["filter"].chains["FORWARD"].rules, shapes, sets, {"bl": 6.64})
+    assert got["bl"] == {"type": "hash:net", "family": 4, "entries": 3, "mirrored": True, "kernel_path": [],
+                         "stale_s": 6.6}  # how late a change keeping the set's header is seen
     assert not got["t"]["mirrored"] and "timeout" in got["t"]["kernel_path"][0]

@@ -10,7 +10,7 @@ import pytest
 
 from tests.test_reconcile_order import HELD, assert_held_throughout, reconcile, recording_daemon, rules
 from tna import daemon as daemon_mod
-from tna.model.ipset import IpSet, Member
+from tna.model.ipset import IpSet, Member, status
 from tna.model.iptables import parse_save
 from tna.snapshot import plan_filtering
 from tna.synth.setgen import map_name
@@ -49,3 +49,34 @@ def test_members_are_map_updates_and_the_set_kind_is_code(monkeypatch: pytest.Mo
     calls = reconcile(d)
     assert_held_throughout(calls)
     assert ("attach", "r-h1") in calls and dict(calls)["sync_ipsets"] == {}
+
+
+def test_a_failed_member_write_takes_the_sets_rules_to_the_kernel_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member missing from the map would say "not in the set" where the
+    kernel's set holds it: from the failed write the programs are held,
+    then rebuilt with the set's rules on the kernel path, and they stay
+    there until the set changes."""
+    d = recording_daemon(monkeypatch)
+    d._tables = RULES
+    set_sets(d, blocklist("192.0.2.0/24"))
+    reconcile(d)
+    dp = d.dp
+    full = {map_name("bl"): "[Errno 7] Argument list too long"}
+
+    def sync_ipsets(entries: dict[str, dict[bytes, bytes]], fw: object) -> dict[str, str]:
+        dp.calls.append(("sync_ipsets", entries))  # type: ignore[attr-defined]
+        return {n: why for n, why in full.items() if n in entries}
+
+    monkeypatch.setattr(dp, "sync_ipsets", sync_ipsets)
+    set_sets(d, blocklist("192.0.2.0/24", "203.0.113.0/24"))
+    calls = reconcile(d)
+    failed_at = next(i for i, c in enumerate(calls) if c[0] == "sync_ipsets" and c[1])
+    assert_held_throughout(calls[failed_at + 1:])
+    assert ("attach", "r-h1") in calls[failed_at:]
+    assert d.model.firewall is not None and d.model.firewall.ipsets == ()
+    fw = d.model.firewall
+    why = status((r for c in fw.fwd4 or () for r in c.rules), fw.ipsets, d.model.ipsets)["bl"]["kernel_path"]
+    assert any("could not be written" in w for w in why), why
+    assert d._filtering(RULES, d.model.ipsets)[0].ipsets == ()  # the same set: still the kernel's
+    changed = d._filtering(RULES, blocklist("192.0.2.0/24"))[0]
+    assert changed is not None and changed.ipsets != ()  # a new listing is tried again

@@ -75,8 +75,9 @@ class RecordingDatapath:
         self.masks = dict(masks)
         self.calls.append(("sync_firewall", dict(masks)))
 
-    def sync_ipsets(self, entries: dict[str, dict[bytes, bytes]], fw: Any) -> None:
+    def sync_ipsets(self, entries: dict[str, dict[bytes, bytes]], fw: Any) -> dict[str, str]:
         self.calls.append(("sync_ipsets", entries))
+        return {}
 
 
 def rules(*lines: str) -> str:

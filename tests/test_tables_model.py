@@ -149,7 +149,7 @@ def test_plan_takes_every_table() -> None:
     natted, _ = firewall_plan({4: parse_save(text + nat), 6: {}})  # NAT: carried (nat.c.j2), no early drop
     assert natted is not None and natted.nat4 and natted.fwd4 == fw.fwd4 and natted.in4 is None
     # status names the rule that keeps traffic on the kernel path, with its table
-    st = _firewall(fw, {})
+    st = _firewall(fw, {}, {})
     assert st is not None and st["kernel_rules"] == [{
         "family": 4, "table": "mangle", "chain": "FORWARD", "index": 1, "why": ["-j TCPMSS"],
         "text": "-A FORWARD -p tcp -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu"}]

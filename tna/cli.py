@@ -133,6 +133,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             how = "mirrored into the fast path" if s["mirrored"] else "not mirrored"
             if s["kernel_path"]:
                 how += f"; its rules stay on the kernel path: {'; '.join(s['kernel_path'])}"
+            elif s.get("stale_s"):  # the terse header misses a del and an add between two polls
+                how += f"; a change keeping its count is seen within {s['stale_s']:.1f} s (a whole listing's budget)"
             print(f"ipset {name} ({s['type']}, {s['entries']} entries): {how}")
         for r in fw.get("kernel_rules", []):
             print(f"  kernel path for what IPv{r['family']} {r['table']} {r['chain']} rule {r['index']} could match "

@@ -34,7 +34,7 @@ from tna.deploy.lease import family_bits
 from tna.metrics import Metrics, failure_kind, parse_addr
 from tna.model.config import AF_INET, AF_INET6, Model
 from tna.model.firewall import Firewall
-from tna.model.ipset import used_sets
+from tna.model.ipset import IpSet, used_sets
 from tna.model.iptables import Table
 from tna.model.routes import RouteDump
 from tna.netlink import netfilter
@@ -104,6 +104,9 @@ class Daemon:
         self._ipset_reader = IpsetReader()
         self._tables: dict[int, dict[str, Table]] = {}  # the rules last read (re-planned when a set changes)
         self._set_names: set[str] = set()  # the sets they use
+        # sets whose map a write failed for, with the listing it failed for
+        # and the error: their rules are the kernel's until the set changes
+        self._unwritable: dict[str, tuple[IpSet, str]] = {}
         self._started = time.monotonic()
 
     # --- lifecycle --------------------------------------------------------
@@ -313,7 +316,7 @@ class Daemon:
         f = read_firewall(self._ipset_reader)
         self._tables, self._set_names = f.tables, used_sets(f.tables)
         changed |= self.model.set_ipsets(f.ipsets)
-        changed |= self._set_firewall(f.fw, f.why)
+        changed |= self._set_firewall(*self._filtering(f.tables, f.ipsets) if self._unwritable else (f.fw, f.why))
         return changed
 
     def _poll_ipsets(self) -> bool:
@@ -325,8 +328,15 @@ class Daemon:
         sets = self._ipset_reader.read(self._set_names)
         if not self.model.set_ipsets(sets):
             return False
-        self._set_firewall(*plan_filtering(self._tables, sets))
+        self._set_firewall(*self._filtering(self._tables, sets))
         return True
+
+    def _filtering(self, tables: dict[int, dict[str, Table]],
+                   sets: dict[str, IpSet]) -> tuple[Firewall | None, str | None]:
+        """plan_filtering() without the sets whose map could not be written
+        for this very listing (a changed set is tried again)."""
+        self._unwritable = {n: f for n, f in self._unwritable.items() if sets.get(n) == f[0]}
+        return plan_filtering(tables, sets, {n: why for n, (_, why) in self._unwritable.items()})
 
     def _set_firewall(self, fw: Firewall | None, why: str | None) -> bool:
         changed = self.model.set_firewall(fw)
@@ -403,7 +413,18 @@ class Daemon:
         for ifindex, ip in p.ifaces.items():
             if self._safely(ifindex, lambda ip=ip: self._deploy(ip)):
                 self.failed.pop(ifindex, None)
-        self.dp.sync_ipsets(ipsets, fw)
+        failed = self.dp.sync_ipsets(ipsets, fw)
+        if fw and failed:
+            # a member missing from a map says "not in the set": hold until
+            # programs without those sets run (they are the kernel's now)
+            self.dp.lease.hold(abi.REASON["FW_CHANGED"])
+            names = {setgen.map_name(s.name): s.name for s in fw.ipsets}
+            for map_name, why in failed.items():
+                log.error("ipset %s: its map could not be written (%s); its rules go to the kernel path",
+                          names[map_name], why)
+                self._unwritable[names[map_name]] = (m.ipsets[names[map_name]], why)
+            self._set_firewall(*self._filtering(self._tables, m.ipsets))
+            return self._reconcile()
         self.dp.sync(p.xdp_egress, p.tc_egress, self.model.stale_neighbours())
         fdb_changed = m.take_fdb_changes()
         self.dp.sync_bridges(p.ports, p.l3_bridges, m.fdb, None if self._fdb_full else fdb_changed, p.bridges)
@@ -420,7 +441,8 @@ class Daemon:
     def _publish_status(self) -> None:
         self._status = describe(self.model, self.plan, self.dp.attached, pid=os.getpid(), mode=self.settings.hook,
                                 disabled=self.disabled_why, failed=self.failed,
-                                fdb_map=(self.dp.fdb.per_bridge, self.dp.fdb.capacity))
+                                fdb_map=(self.dp.fdb.per_bridge, self.dp.fdb.capacity),
+                                ipset_stale=self._ipset_reader.stale_s)
         publish_status(self._status)
         disabled = f"; fast path DISABLED: {self.disabled_why}" if self.disabled_why else ""
         plan_skipped = len(self.plan.skipped) if self.plan else 0

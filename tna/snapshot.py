@@ -63,11 +63,11 @@ def read_firewall(ipsets: IpsetReader | None = None) -> Filtering:
     return Filtering(*plan_filtering(rs.tables, sets), rs.tables, sets)
 
 
-def plan_filtering(tables: dict[int, dict[str, Table]],
-                   sets: Mapping[str, IpSet]) -> tuple[Firewall | None, str | None]:
-    """The chains to compile in for tables and those ipsets, or why nothing
-    may be accelerated."""
-    resolved, shapes = resolve(tables, sets)
+def plan_filtering(tables: dict[int, dict[str, Table]], sets: Mapping[str, IpSet],
+                   unwritable: Mapping[str, str] | None = None) -> tuple[Firewall | None, str | None]:
+    """The chains to compile in for tables and those ipsets (not mirroring
+    the unwritable ones), or why nothing may be accelerated."""
+    resolved, shapes = resolve(tables, sets, unwritable)
     fw, why = firewall_plan(resolved)
     if fw is not None:
         fw = replace(fw, ipsets=shapes)

@@ -72,7 +72,7 @@ def _kernel_rules(fw: Firewall) -> list[dict[str, Any]]:
     return out
 
 
-def _firewall(fw: Firewall | None, sets: Mapping[str, IpSet]) -> dict[str, Any] | None:
+def _firewall(fw: Firewall | None, sets: Mapping[str, IpSet], stale: Mapping[str, float]) -> dict[str, Any] | None:
     """Rules compiled into the fast path per hook (every table's chains
     it passes), the rules that keep traffic on the kernel path, the
     families conntrack tracks, and the ipsets; None if no filtering."""
@@ -84,13 +84,15 @@ def _firewall(fw: Firewall | None, sets: Mapping[str, IpSet]) -> dict[str, Any] 
             "kernel_rules": _kernel_rules(fw),
             "conntrack": [f for f, on in (("ipv4", fw.ct4), ("ipv6", fw.ct6)) if on],
             "ipsets": ipset_status((r for cs in (fw.fwd4, fw.fwd6, fw.in4, fw.in6) for c in cs or () for r in c.rules),
-                                   fw.ipsets, sets)}
+                                   fw.ipsets, sets, stale)}
 
 
 def describe(m: Model, p: Plan | None, attached: Mapping[int, Running], *, pid: int, mode: str,
              disabled: str | None, failed: Mapping[int, str],
-             fdb_map: tuple[Mapping[int, int], int] = ({}, 0)) -> dict[str, Any]:
-    """fdb_map: the FDB map's entries per bridge, and its capacity."""
+             fdb_map: tuple[Mapping[int, int], int] = ({}, 0),
+             ipset_stale: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """fdb_map: the FDB map's entries per bridge, and its capacity;
+    ipset_stale: per set, how late a change keeping its header is seen."""
     ifaces = {}
     if p is not None:
         for ifindex, att in attached.items():
@@ -119,6 +121,6 @@ def describe(m: Model, p: Plan | None, attached: Mapping[int, Running], *, pid: 
         "multipath": {n: policy for f, n in ((AF_INET, "ipv4"), (AF_INET6, "ipv6"))
                       if (policy := m.multipath_policies().get(f)) is not None},
         "firewall_rules": _rules_json(m.firewall),
-        "firewall": _firewall(m.firewall, m.ipsets),
+        "firewall": _firewall(m.firewall, m.ipsets, ipset_stale or {}),
         "neighbours": len(m.neighs),
     }

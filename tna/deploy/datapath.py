@@ -301,14 +301,22 @@ class Datapath:
         fill.update({name: (len(shadow), caps.get(name, 0)) for name, shadow in list(self._ipset_shadow.items())})
         return fill
 
-    def sync_ipsets(self, entries: dict[str, dict[bytes, bytes]], fw: Firewall | None) -> None:
+    def sync_ipsets(self, entries: dict[str, dict[bytes, bytes]], fw: Firewall | None) -> dict[str, str]:
         """The mirrored ipsets' members (setgen.all_entries()) for rule set
         fw: what the next load fills new maps with, and the difference
-        written now into fw's maps (a member change: no new program)."""
+        written now into fw's maps (a member change: no new program).
+        Adds go first: a net replaced by its halves is never missing.
+        Returns the maps a write failed for, with the error: an entry
+        missing from a set's map says "not in the set", so the caller must
+        take that set's rules to the kernel path."""
         self.ipset_entries = entries
+        failed: dict[str, str] = {}
         if self._sets is not None and self._sets[0] == fw:
             for name, shadow in self._ipset_shadow.items():
-                self._write(self._sets[1][name], shadow, entries.get(name, {}), name)
+                errors = self._write(self._sets[1][name], shadow, entries.get(name, {}), name, adds_first=True)
+                if errors:
+                    failed[name] = str(errors[0])
+        return failed
 
     def fdb_waiting(self) -> int:
         """FDB entries of mirrored bridges that did not fit in tna_fdb
@@ -371,16 +379,23 @@ class Datapath:
 
     @staticmethod
     def _write(m: bpf.Map, shadow: dict[bytes, bytes], desired: dict[bytes, bytes], name: str,
-               array: bool = False) -> None:
+               array: bool = False, adds_first: bool = False) -> list[OSError]:
         """Write only the difference between what we wrote last (shadow) and
-        desired (an array's entries cannot be deleted: they are zeroed)."""
+        desired (an array's entries cannot be deleted: they are zeroed);
+        deletes first (room in a full map) unless adds_first.  Returns the
+        failed writes."""
         failed: list[OSError] = []
-        for key in shadow.keys() - desired.keys():
-            if array:
-                m.update(key, bytes(m.value_size))
-            else:
-                m.delete(key)
-            del shadow[key]
+
+        def delete() -> None:
+            for key in shadow.keys() - desired.keys():
+                if array:
+                    m.update(key, bytes(m.value_size))
+                else:
+                    m.delete(key)
+                del shadow[key]
+
+        if not adds_first:
+            delete()
         for key, value in desired.items():
             if shadow.get(key) != value:
                 try:
@@ -389,11 +404,15 @@ class Datapath:
                     failed.append(e)
                     continue
                 shadow[key] = value
+        if adds_first:
+            delete()
         if failed:
             # those entries' packets take the kernel path (a missing port or
-            # FDB entry is a pass), so one line per sync is enough
+            # FDB entry is a pass; an ipset's caller moves its rules there),
+            # so one line per sync is enough
             log.warning("map %s: %d entries not written (%s); their traffic stays on the kernel path",
                         name, len(failed), failed[0])
+        return failed
 
 
 def _neigh_key(n: Neigh) -> bytes:

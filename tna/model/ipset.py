@@ -6,8 +6,12 @@ flags than the set has dimensions or the set's family is not the packet's;
 for the hash types with nets the most specific entry equal to the packet's
 fields decides (the cidrs are tried longest first), and a `nomatch` entry
 makes the test false, unless the rule says --return-nomatch, which inverts
-what the entry says (a nomatch entry then matches, a plain one does not).
-`! --match-set` negates the result.
+what the entry says (a nomatch entry then matches, a plain one does not)
+for the types with nomatch entries only.  hash:net,iface tries only the
+longest net any entry has: its entry for the packet's interface decides,
+and without one nothing matches (hash_netiface4_data_equal() counts the
+net as found before it compares the interface).  `! --match-set` negates
+the result.
 
 Which sets the fast path may mirror (mirror_problem()): only the hash types
 below, and only sets whose answer the daemon can follow with the commands it
@@ -30,6 +34,8 @@ if TYPE_CHECKING:  # only for hints: iptables.py imports this module
 # the types mirrored, by their number of dimensions (direction flags used)
 DIMENSIONS = {"hash:ip": 1, "hash:net": 1, "hash:ip,port": 2, "hash:net,port": 2, "hash:net,iface": 2}
 PORT_TYPES = {"hash:ip,port", "hash:net,port"}
+# the types with IPSET_TYPE_NOMATCH: only their tests --return-nomatch inverts (ip_set_test())
+NOMATCH_TYPES = {"hash:net", "hash:net,port", "hash:net,iface"}
 SET_MAP_MAX = 1 << 20  # entries one set's map may hold (no prealloc: memory only for entries present)
 # ip_set_getport.c get_port(): the header each port protocol must have whole
 # (else no match): TCP, UDP, SCTP, UDPLITE; ICMP and ICMPv6 (either family)
@@ -129,16 +135,36 @@ def mirror_problem(s: IpSet | None, m: SetMatch) -> str | None:
         return "each match updates the set's counters (the rule lacks ! --update-counters)"
     if any(e.physdev or e.wildcard for e in s.members):
         return "physdev or wildcard interface entries are not mirrored"
+    if s.type == "hash:net,iface" and _hidden_interface(s.members):
+        return "a longer net lacks an interface a shorter one has (the trie would fall back to the shorter)"
     if len(s.members) > capacity(s):
         return f"{len(s.members)} entries: a set's map holds at most {capacity(s)}"
     return None
 
 
+def _hidden_interface(members: Iterable[Member]) -> bool:
+    """Whether a net inside another lacks one of the outer net's interfaces:
+    there the kernel answers no match (only the longest net is tried), the
+    trie of (ifindex, net) the outer net's entry."""
+    ifaces: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, set[str | None]] = {}
+    for e in members:
+        ifaces.setdefault(e.net, set()).add(e.iface)
+    plens = sorted({n.prefixlen for n in ifaces})
+    for n, inner in ifaces.items():
+        for p in plens:
+            if p >= n.prefixlen:
+                break
+            if not ifaces.get(n.supernet(new_prefix=p), set()) <= inner:
+                return True
+    return False
+
+
 def capacity(s: IpSet) -> int:
-    """A set's map entries: the kernel refuses more than maxelem, so a map
-    of that size is never outgrown (no prealloc: what it costs is the
-    entries present); beyond SET_MAP_MAX a set stays on the kernel path."""
-    return max(1, min(s.maxelem, SET_MAP_MAX))
+    """A set's map entries: the kernel refuses more than maxelem, and the
+    daemon writes a change's adds before its deletes, so twice that is
+    never outgrown (no prealloc: what it costs is the entries present);
+    beyond SET_MAP_MAX a set stays on the kernel path."""
+    return max(1, min(2 * s.maxelem, SET_MAP_MAX))
 
 
 def used_sets(tables: Mapping[int, Mapping[str, Table]]) -> set[str]:
@@ -147,12 +173,15 @@ def used_sets(tables: Mapping[int, Mapping[str, Table]]) -> set[str]:
             for r in c.rules for m in r.sets}
 
 
-def resolve(tables: Mapping[int, Mapping[str, Table]],
-            sets: Mapping[str, IpSet]) -> tuple[dict[int, dict[str, Table]], tuple[SetShape, ...]]:
+def resolve(tables: Mapping[int, Mapping[str, Table]], sets: Mapping[str, IpSet],
+            unwritable: Mapping[str, str] | None = None
+            ) -> tuple[dict[int, dict[str, Table]], tuple[SetShape, ...]]:
     """The tables with every set match resolved: a mirrorable one gets its
     set's shape, any other makes its rule the kernel's (the reason in the
-    rule's unsupported list, shown by `tna status`).  Also the shapes of the
-    sets mirrored, by name: part of what the programs are compiled for."""
+    rule's unsupported list, shown by `tna status`); so does a set whose
+    map could not be written (unwritable: name -> error).  Also the shapes
+    of the sets mirrored, by name: part of what the programs are compiled
+    for."""
     from tna.model.iptables import Chain, Table  # iptables.py imports this module
 
     shapes: dict[str, SetShape] = {}
@@ -168,7 +197,9 @@ def resolve(tables: Mapping[int, Mapping[str, Table]],
                         matches, why = [], []
                         for m in r.sets:
                             s = sets.get(m.name)
-                            problem = mirror_problem(s, m)
+                            problem = mirror_problem(s, m) or (
+                                f"its map could not be written ({error})"
+                                if (error := (unwritable or {}).get(m.name)) else None)
                             if problem is None and s is not None:
                                 shape = shapes.setdefault(s.name, SetShape(s.name, s.type, s.family, capacity(s)))
                                 m = replace(m, shape=shape, family=version)
@@ -207,13 +238,15 @@ def _entry(s: IpSet, m: SetMatch, pkt: Packet) -> Member | None:
     if s.type in PORT_TYPES and proto_port is None:
         return None
     iface = (pkt.iif if second else pkt.oif) if s.type == "hash:net,iface" else None
+    if s.type == "hash:net,iface":  # the longest net decides, whatever its interfaces
+        nets = [e.net for e in s.members if addr in e.net]
+        longest = max(nets, key=lambda n: n.prefixlen, default=None)
+        return next((e for e in s.members if e.net == longest and not e.physdev and e.iface == iface), None)
     best: Member | None = None
     for e in s.members:
         if addr not in e.net or (best is not None and e.net.prefixlen <= best.net.prefixlen):
             continue
         if proto_port is not None and (e.proto, e.port) != proto_port:
-            continue
-        if s.type == "hash:net,iface" and (e.physdev or e.iface != iface):
             continue
         best = e
     return best
@@ -225,7 +258,7 @@ def set_test(s: IpSet, m: SetMatch, pkt: Packet) -> bool:
     if len(m.dirs) >= DIMENSIONS.get(s.type, 1) and s.family == pkt.src.version:
         e = _entry(s, m, pkt)
         if e is not None:
-            hit = e.nomatch == m.return_nomatch
+            hit = not e.nomatch if s.type not in NOMATCH_TYPES else e.nomatch == m.return_nomatch
     return hit != m.neg
 
 
@@ -241,9 +274,12 @@ def sets_hold(matches: Iterable[SetMatch], pkt: Packet, sets: Mapping[str, IpSet
     return True
 
 
-def status(rules: Iterable[Rule], shapes: tuple[SetShape, ...], sets: Mapping[str, IpSet]) -> dict[str, dict]:
-    """Per set the rules match on: its type and entries, and whether the
-    fast path mirrors it (else why its rules stay on the kernel path)."""
+def status(rules: Iterable[Rule], shapes: tuple[SetShape, ...], sets: Mapping[str, IpSet],
+           stale: Mapping[str, float] | None = None) -> dict[str, dict]:
+    """Per set the rules match on: its type and entries, whether the fast
+    path mirrors it (else why its rules stay on the kernel path), and how
+    late (s, beyond a poll) a change keeping its header is seen (stale:
+    the reader's stale_s)."""
     mirrored = {s.name for s in shapes}
     out: dict[str, dict] = {}
     for r in rules:
@@ -252,7 +288,8 @@ def status(rules: Iterable[Rule], shapes: tuple[SetShape, ...], sets: Mapping[st
             entry = out.setdefault(m.name, {"type": s.type if s else None, "family": s.family if s else None,
                                             "entries": (len(s.members) if s.elements is None else s.elements)
                                             if s else 0,
-                                            "mirrored": m.name in mirrored, "kernel_path": []})
+                                            "mirrored": m.name in mirrored, "kernel_path": [],
+                                            "stale_s": round((stale or {}).get(m.name, 0.0), 1)})
             prefix = f"-m set {m.name}: "
             entry["kernel_path"] += [u[len(prefix):] for u in r.unsupported
                                      if u.startswith(prefix) and u[len(prefix):] not in entry["kernel_path"]]

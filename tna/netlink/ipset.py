@@ -3,25 +3,29 @@
 The kernel announces nothing for ipset commands: nfnetlink_ipset
 (net/netfilter/ipset/ip_set_core.c) answers requests and never calls
 nfnetlink_send()/a multicast group, so a change can only be seen by
-reading.  The daemon polls the sets its rules use, at two costs:
+reading.  Each poll is one request for all sets (pyroute2 costs ~0.7 ms of
+a core a request, more than a small set's members):
 
-- the header (a terse listing, ~0.5 ms): element count, memory size and
-  hash seed, which an add, a del, a swap or a resize changes;
-- the whole listing (~6 ms for 10,000 IPv6 nets, half of it the kernel's
-  dump), hashed: it also sees what keeps the count (a flush and refill to
-  the same size, a nomatch flag flipped with -exist, a del and an add
-  between two polls).  It is all a small set's poll costs (one request);
-  a large one's runs no more often than FULL_BUDGET of a core allows, the
-  header in between.
+- the whole dump (every set's header and members), hashed per set: it sees
+  every change.  Taken at every poll while it costs at most WHOLE_EACH_POLL
+  of CPU (a few small sets), else no more often than WHOLE_BUDGET of a core
+  allows (10,000 IPv6 nets: ~6.6 ms, every ~6.6 s), and at once when
+- the terse dump in between (every set's header: element count, memory
+  size, hash seed, index) changes, which an add, a del, a swap, a resize,
+  a create or a destroy do.  What keeps the header (a del and an add
+  between two polls, a nomatch flag flipped with -exist) is seen at the
+  next whole dump: `stale_s` says per set how late that can be (shown by
+  `tna status`).
 
-Members are decoded only when the listing's bytes changed (pyroute2 takes
-~0.7 s of a core for 10,000 of them).
+Members are decoded only for the used sets whose listing changed (pyroute2
+takes ~0.7 s of a core for 10,000 of them).
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+import logging
 import socket
 import time
 from collections.abc import Iterable
@@ -29,25 +33,33 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from pyroute2.ipset import IPSet
-from pyroute2.netlink.exceptions import NetlinkError
 
 from tna.model.ipset import DIMENSIONS, IpSet, Member
+
+log = logging.getLogger("tna")
 
 _FAMILY = {socket.AF_INET: 4, socket.AF_INET6: 6}
 # enum ipset_cadt_flags (include/uapi/linux/netfilter/ipset/ip_set.h)
 _PHYSDEV, _NOMATCH, _WITH_COUNTERS, _WILDCARD = 1 << 1, 1 << 2, 1 << 3, 1 << 7
 _NLMSG_AND_NFGEN = 20  # nlmsghdr + nfgenmsg: sequence and port change per request
-_LIST_HEADER = 1 << 2  # IPSET_FLAG_LIST_HEADER (enum ipset_cmd_flags): the terse listing
-FULL_BUDGET = 0.001    # of a core for whole listings of unchanged headers
-FULL_MIN_S = 0.5       # a set is listed whole at most this often when its header is unchanged
+LIST_HEADER = 1 << 2   # IPSET_FLAG_LIST_HEADER (enum ipset_cmd_flags): the terse listing
+WHOLE_EACH_POLL = 0.002  # s of CPU: a whole dump this cheap is taken at every poll
+WHOLE_BUDGET = 0.001     # of a core for whole dumps while the headers stay the same
+_now = time.monotonic    # the clock of the polls
 
 
 @dataclass
 class _Seen:
-    header: bytes        # digest of the terse listing
-    listing: bytes       # digest of the whole listing
+    listing: bytes       # digest of the set's whole listing
     ipset: IpSet
-    next_full: float     # monotonic time of the next whole listing, unless the header changes
+
+
+def _by_set(msgs: Iterable[Any]) -> dict[str, list[Any]]:
+    """A dump's messages per set (a large set's listing spans several)."""
+    out: dict[str, list[Any]] = {}
+    for m in msgs:
+        out.setdefault(m.get_attr("IPSET_ATTR_SETNAME"), []).append(m)
+    return out
 
 
 def _digest(msgs: list[Any]) -> bytes:
@@ -58,50 +70,62 @@ def _digest(msgs: list[Any]) -> bytes:
 
 
 class IpsetReader:
-    """Reads named sets, decoding only those whose listing changed."""
+    """Reads the used sets, decoding only those whose listing changed."""
 
     def __init__(self) -> None:
         self._sock: IPSet | None = None
         self._seen: dict[str, _Seen] = {}
+        self._headers: dict[str, bytes] | None = None  # every set's terse digest at the last whole dump
+        self._next_whole = 0.0
+        # per used set: how late a change the header does not show can be
+        # seen, beyond the poll interval (s)
+        self.stale_s: dict[str, float] = {}
 
     def read(self, names: Iterable[str]) -> dict[str, IpSet]:
-        """The named sets that exist, by name."""
+        """The named sets that exist and could be read, by name."""
+        wanted = set(names)
         if self._sock is None:
             self._sock = IPSet()
-        out: dict[str, IpSet] = {}
-        for name in sorted(names):
-            try:
-                seen = self._read(self._sock, name)
-            except NetlinkError:  # no such set (a rule cannot use one; it went meanwhile)
-                continue
-            if seen is not None:
-                self._seen[name] = seen
-                out[name] = seen.ipset
-        self._seen = {n: self._seen[n] for n in out}
-        return out
+        try:
+            if self._headers is not None and _now() < self._next_whole and wanted <= self._seen.keys():
+                if self._terse() == self._headers:
+                    return {n: self._seen[n].ipset for n in sorted(wanted)}
+            return self._whole(wanted)
+        except OSError as e:
+            # a dump lost (ENOBUFS): unread, the sets' rules are the kernel's;
+            # a new socket, as the old one may hold the rest of the dump
+            log.warning("ipsets cannot be read (%r); rules matching on them stay on the kernel path", e)
+            self.close()
+            self._seen, self._headers = {}, None
+            return {}
 
-    def _read(self, sock: IPSet, name: str) -> _Seen | None:
-        seen, now = self._seen.get(name), time.monotonic()
-        head = b""
-        if seen is not None and now < seen.next_full:
-            head = self._header(sock, name)
-            if head == seen.header:
-                return seen
+    def _terse(self) -> dict[str, bytes]:
+        assert self._sock is not None
+        return {n: _digest(ms) for n, ms in _by_set(self._sock.list(flags=LIST_HEADER)).items()}
+
+    def _whole(self, wanted: set[str]) -> dict[str, IpSet]:
+        assert self._sock is not None
         cpu = time.thread_time()
-        msgs = list(sock.list(name=name))
-        if not msgs:
-            return None
-        listing = _digest(msgs)
+        sets = _by_set(self._sock.list())
         cost = time.thread_time() - cpu  # the kernel's dump included (system time of this thread)
-        ipset = seen.ipset if seen is not None and seen.listing == listing else decode(msgs)
-        wait = max(FULL_MIN_S, cost / FULL_BUDGET)
-        if wait > FULL_MIN_S and not head:  # the header is what the polls in between compare
-            head = self._header(sock, name)
-        return _Seen(head, listing, ipset, now + wait)
-
-    @staticmethod
-    def _header(sock: IPSet, name: str) -> bytes:
-        return _digest(list(sock.list(name=name, flags=_LIST_HEADER)))
+        seen: dict[str, _Seen] = {}
+        for name in sorted(wanted & sets.keys()):
+            listing, old = _digest(sets[name]), self._seen.get(name)
+            try:
+                ipset = old.ipset if old is not None and old.listing == listing else decode(sets[name])
+            except (ValueError, KeyError, AttributeError, TypeError, IndexError) as e:
+                # a listing pyroute2 does not decode as expected: unread, its rules the kernel's
+                log.warning("ipset %s cannot be read (%r); its rules stay on the kernel path", name, e)
+                continue
+            seen[name] = _Seen(listing, ipset)
+        self._seen = seen
+        if cost <= WHOLE_EACH_POLL:
+            self._headers, wait = None, 0.0
+        else:  # the terse dump is what the polls in between compare
+            self._headers, wait = self._terse(), cost / WHOLE_BUDGET
+            self._next_whole = _now() + wait
+        self.stale_s = {n: wait for n in seen}
+        return {n: s.ipset for n, s in seen.items()}
 
     def close(self) -> None:
         if self._sock is not None:

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tna.bpf.abi import TNA_SET_MATCH, TNA_SET_NOMATCH
-from tna.model.ipset import DIMENSIONS, PORT_TYPES, IpSet, SetMatch, SetShape
+from tna.model.ipset import DIMENSIONS, NOMATCH_TYPES, PORT_TYPES, IpSet, SetMatch, SetShape
 
 
 def map_name(name: str) -> str:
@@ -47,7 +47,9 @@ def condition(m: SetMatch) -> str:
         test = "0"  # the kernel's ip_set_test() answers no match
     else:
         flags = ", ".join("1" if (len(m.dirs) > k and m.dirs[k] == "src") else "0" for k in range(2))
-        test = f"{map_name(m.name)}_test(f, {flags}) == {'TNA_SET_NOMATCH' if m.return_nomatch else 'TNA_SET_MATCH'}"
+        # only the types with nomatch entries invert with --return-nomatch (ip_set_test())
+        inverted = m.return_nomatch and m.shape.type in NOMATCH_TYPES
+        test = f"{map_name(m.name)}_test(f, {flags}) == {'TNA_SET_NOMATCH' if inverted else 'TNA_SET_MATCH'}"
     return f"!({test})" if m.neg else f"({test})"
 
 
