@@ -13,6 +13,7 @@ bytes on both sides, and a UDP echo.  Run inside a namespace:
   python -m netns_labs.xfer udp-sink PORT IDLE_S   # "<count> <sha256>" received, once idle for IDLE_S
   python -m netns_labs.xfer raw-send IFACE FRAMEHEX[,FRAMEHEX...] COUNT [GAP_S]  # exact frames (e.g. spoofed)
   python -m netns_labs.xfer raw-capture IFACE MARKHEX COUNT [SECONDS]  # received frames holding MARK, hex
+  python -m netns_labs.xfer raw-capture IFACE,IFACE... MARKHEX COUNT [SECONDS]  # "<iface> <hex>", COUNT in all
 Every socket has a timeout, so nothing here can hang a test.
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import select
 import socket
 import struct
 import sys
@@ -228,21 +230,29 @@ def recv_frame(s: socket.socket) -> bytes | None:
     return data
 
 
-def raw_capture(iface: str, mark: bytes, count: int, timeout: float = 10) -> None:
-    """Print incoming frames that contain mark, as the wire had them (hex)."""
-    with raw_socket(iface, ETH_P_ALL) as s:
-        s.settimeout(timeout)
+def raw_capture(ifaces: list[str], mark: bytes, count: int, timeout: float = 10) -> None:
+    """Print incoming frames that contain mark, as the wire had them (hex),
+    until count of them or timeout s of silence.  Several interfaces: each
+    line starts with the one it came in on, and count is over all of them
+    (a probe that takes either path ends the capture once all have come)."""
+    socks = [raw_socket(iface, ETH_P_ALL) for iface in ifaces]
+    try:
         print("ready", flush=True)
         seen = 0
-        try:
-            while seen < count:
+        while seen < count:
+            readable, _, _ = select.select(socks, [], [], timeout)
+            if not readable:
+                return
+            for s in readable:
                 data = recv_frame(s)
                 if data is None or mark not in data:
                     continue
-                print(data.hex(), flush=True)
+                prefix = f"{s.getsockname()[0]} " if len(socks) > 1 else ""
+                print(prefix + data.hex(), flush=True)
                 seen += 1
-        except TimeoutError:
-            pass
+    finally:
+        for s in socks:
+            s.close()
 
 
 def main(argv: list[str]) -> None:
@@ -266,7 +276,7 @@ def main(argv: list[str]) -> None:
         raw_send(args[0], [bytes.fromhex(f) for f in args[1].split(",")], int(args[2]),
                  float(args[3]) if len(args) > 3 else 0)
     elif cmd == "raw-capture":
-        raw_capture(args[0], bytes.fromhex(args[1]), int(args[2]), float(args[3]) if len(args) > 3 else 10)
+        raw_capture(args[0].split(","), bytes.fromhex(args[1]), int(args[2]), float(args[3]) if len(args) > 3 else 10)
     elif cmd == "udp-send":
         udp_send(args[0], int(args[1]), int(args[2]), int(args[3]))
     elif cmd == "udp-stream":
