@@ -399,16 +399,23 @@ class Tna:
     def wait_attached(self, names: Sequence[str], timeout: float = 30, settled: bool = False) -> dict:
         """Status once every interface named is attached; settled: or else
         skipped or failed by the daemon (it logged why and leaves it to the kernel)."""
-        def ready() -> bool:
-            if settled:  # the daemon's own record: attached, skipped or failed
-                st = self.state()
-                return (st is not None and st["pid"] == self.proc.pid
-                        and all(n in st["ifaces"] or n in st["skipped"] or n in st["failed"] for n in names))
-            st = self.status()
+        def recorded() -> bool:
+            """The daemon's own record names them (settled: attached, skipped or failed)."""
+            st = self.state()
             # a dead daemon's state.json lingers until the new one writes its own
             return (st is not None and st["pid"] == self.proc.pid
+                    and all(n in st["ifaces"] or (settled and (n in st["skipped"] or n in st["failed"]))
+                            for n in names))
+
+        def attached() -> bool:  # `tna status` confirms the programs are the ones on the links
+            st = self.status()
+            return (st is not None and st["pid"] == self.proc.pid
                     and all(n in st["ifaces"] and st["ifaces"][n]["attached"] for n in names))
-        if not wait_for(ready, timeout, 0.2):
+        # state.json is polled first: a `tna status` per poll would compete
+        # with the starting daemon for the CPU
+        end = time.monotonic() + timeout
+        if not (wait_for(recorded, timeout, 0.05)
+                and (settled or wait_for(attached, max(end - time.monotonic(), 1), 0.2))):
             raise RuntimeError(f"tna did not attach {names}:\n{self.output()}")
         return self.status()  # type: ignore[return-value]
 

@@ -232,24 +232,23 @@ def recv_frame(s: socket.socket) -> bytes | None:
 
 def raw_capture(ifaces: list[str], mark: bytes, count: int, timeout: float = 10) -> None:
     """Print incoming frames that contain mark, as the wire had them (hex),
-    until count of them or timeout s of silence.  Several interfaces: each
-    line starts with the one it came in on, and count is over all of them
-    (a probe that takes either path ends the capture once all have come)."""
+    until count of them or timeout s without one (other traffic, such as
+    the stacks' own MLD and ND, does not extend it).  Several interfaces:
+    each line starts with the one it came in on, and count is over all of
+    them (a probe that may take either path ends the capture once all came)."""
     socks = [raw_socket(iface, ETH_P_ALL) for iface in ifaces]
     try:
         print("ready", flush=True)
-        seen = 0
-        while seen < count:
-            readable, _, _ = select.select(socks, [], [], timeout)
-            if not readable:
-                return
+        seen, deadline = 0, time.monotonic() + timeout
+        while seen < count and (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select(socks, [], [], left)
             for s in readable:
                 data = recv_frame(s)
                 if data is None or mark not in data:
                     continue
                 prefix = f"{s.getsockname()[0]} " if len(socks) > 1 else ""
                 print(prefix + data.hex(), flush=True)
-                seen += 1
+                seen, deadline = seen + 1, time.monotonic() + timeout
     finally:
         for s in socks:
             s.close()
