@@ -44,14 +44,14 @@ def test_new_interface_pattern_is_never_judged_with_stale_masks(router_lab: Rout
                      env_extra={"TNA_PAUSE_DIR": str(tmp_path)}) as tna:
         assert wait_for(lambda: "firewall" in tna.status()["ifaces"]["r-h1"]["modules"], 10, 0.2), tna.output()
         before = tna.counters("r-h1")
-        assert send_probes(lab, pkts, 1) == {0, 1, 2, 3}
+        assert send_probes(lab, pkts) == {0, 1, 2, 3}
         assert tna.counters("r-h1").get("FORWARDED", 0) - before.get("FORWARDED", 0) == len(pkts)
         old_id = tna.status()["ifaces"]["r-h1"]["prog_id"]
         (tmp_path / "arm").touch()
         lab.run(lab.r, ["iptables", "-I", "FORWARD", "-i", "r-h1", "-j", "DROP"])
         assert wait_for((tmp_path / "paused").exists, 30, 0.05), tna.output()
         # the new program is attached, tna_fw_ifaces still holds the old masks
-        in_window = send_probes(lab, pkts, 1)
+        in_window = send_probes(lab, pkts)
         (tmp_path / "resume").touch()
         assert in_window == set(), (in_window, tna.output())
         # state.json names the new program once the reconcile is done: it
@@ -60,5 +60,5 @@ def test_new_interface_pattern_is_never_judged_with_stale_masks(router_lab: Rout
         held = tna.counters("r-h1")
         assert held.get("FW_CHANGED", 0) >= len(pkts) and held.get("FORWARDED", 0) == 0, held
         # and with the masks written the fast path drops them itself
-        assert send_probes(lab, pkts, 1) == set()
+        assert send_probes(lab, pkts) == set()
         assert tna.counters("r-h1").get("FW_DROP", 0) - held.get("FW_DROP", 0) == len(pkts)
