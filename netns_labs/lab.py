@@ -481,8 +481,13 @@ def tna_leftovers(lab: Lab, ns: str) -> str:
 
 def host_xdp(lab: Lab, ns: str, dev: str, prog: str = "pass") -> None:
     """Give a host's veth an XDP program so redirected frames are delivered
-    to it, as a NIC would; its stack sees the same packets."""
-    lab.run(ns, py("netns_labs.progs", "attach", dev, prog), cwd=Lab.repo)
+    to it, as a NIC would; its stack sees the same packets.  Attached from
+    this process (netlink: it stays when the object is closed), which saves
+    a Python start-up per host."""
+    from netns_labs.progs import attach
+
+    with in_netns(ns):
+        attach(dev, prog)
 
 
 @contextmanager
