@@ -117,6 +117,8 @@ enum tna_reason {
 	                            the one conntrack refreshes: the kernel decides */
 	TNA_R_NAT_REWRITE,       /* a NAT rewrite of the frame failed midway: dropped, never passed half
 	                            rewritten */
+	TNA_R_NAT_INVALID,       /* conntrack calls a packet of a NAT entry whose destination it translates
+	                            INVALID: the kernel un-tracks it and routes it by the received one */
 	TNA_R_MAX
 };
 
