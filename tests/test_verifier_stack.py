@@ -1,8 +1,8 @@
 """Every module chain the planner can emit loads: the verifier accepts it
 (its 512-byte stack is the limit a new field or inlined call can cross),
-for both hooks, with the largest firewall shapes: FORWARD chains, conntrack
-and NAT in both families, or NAT in one and INPUT's early drops in the other
-(a family with NAT rules has none)."""
+for both hooks, with the largest firewall shapes: raw, mangle and filter
+chains, conntrack and NAT in both families, or NAT in one and INPUT's early
+drops in the other (a family with NAT rules has none)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
-from tna.model.firewall import Firewall, firewall_plan
+from tna.model.firewall import Firewall
+from tna.model.hooks import firewall_plan
 from tna.model.iptables import parse_save
 from tna.synth.compile import compile_source
 from tna.synth.render import HOOKS, render
@@ -23,7 +24,11 @@ FILTER = ("*filter\n:INPUT DROP [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]
           "-A FORWARD -m conntrack --ctstate INVALID -j DROP\n"
           "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"
           "-A FORWARD -i br0 ! -o br0 -j ACCEPT\n"
-          "-A FORWARD -p tcp -m tcp --dport 80 -j ACCEPT\nCOMMIT\n")
+          "-A FORWARD -p tcp -m tcp --dport 80 -j ACCEPT\nCOMMIT\n"
+          "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A PREROUTING -p udp -m udp --dport 7 -j DROP\n"
+          "COMMIT\n"
+          "*mangle\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+          ":POSTROUTING ACCEPT [0:0]\n-A FORWARD -p tcp -m tcp --dport 81 -j DROP\nCOMMIT\n")
 NAT = ("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
        "-A PREROUTING -p tcp -m tcp --dport 8080 -j DNAT --to-destination {to}\n"
        "-A POSTROUTING -o eth0 -j MASQUERADE\nCOMMIT\n")
