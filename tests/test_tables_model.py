@@ -9,9 +9,11 @@ from dataclasses import replace
 from ipaddress import ip_address
 from pathlib import Path
 
+import pytest
+
 from tna.model.firewall import ACCEPT, DROP, KERNEL, Packet
 from tna.model.hooks import FORWARD_HOOK, INPUT_HOOK, evaluate_hook, firewall_plan
-from tna.model.iptables import BUILTIN_CHAINS, CT_STATUS, Table, parse_save
+from tna.model.iptables import BUILTIN_CHAINS, CT_STATUS, ParseError, Table, parse_save
 from tna.status import _firewall
 from tna.synth import compile as tna_compile
 from tna.synth.render import render
@@ -250,3 +252,9 @@ def test_a_nat_state_match_stays_with_the_kernel() -> None:
     assert fw.fwd4[0].rules[0].unsupported == ("conntrack --ctstate DNAT",)
     assert evaluate_hook(parse_save(text), FORWARD_HOOK, ack()) == KERNEL
     render("xdp", ("firewall", "router"), firewall=fw)
+
+
+def test_an_unknown_conntrack_status_is_a_parse_error() -> None:
+    # libxt_conntrack refuses it ("Bad ctstatus"); the error names it
+    with pytest.raises(ParseError, match="unknown conntrack status BOGUS"):
+        tables(filter="-A FORWARD -m conntrack --ctstatus ASSURED,BOGUS -j ACCEPT")

@@ -278,7 +278,10 @@ def _option(tokens: list[str], module: str | None, f: dict[str, object],
         f["ctstate"] = states
         return "ctstate", 2
     if module == "conntrack" and tok == "--ctstatus":
-        f["ctstatus"] = sum(CT_STATUS[name] for name in arg.split(","))
+        names = arg.split(",")
+        if unknown := [n for n in names if n not in CT_STATUS]:
+            raise ParseError(f"unknown conntrack status {','.join(unknown)}")
+        f["ctstatus"] = sum(CT_STATUS[name] for name in names)
         return "ctstatus", 2
     if module == "conntrack" and tok == "--ctdir" and arg in ("ORIGINAL", "REPLY"):
         f["ctdir"] = arg
