@@ -27,7 +27,7 @@ from tests.test_firewall_prog import FW_PATH_MAX, check, fw_packet, verdict_of
 from tests.test_firewall_props import CT_STATES, PORTS, ct_state, neg, net, packets
 from tna.bpf import abi
 from tna.model.firewall import ACCEPT, KERNEL
-from tna.model.hooks import FORWARD_HOOK, evaluate_hook
+from tna.model.hooks import FORWARD_HOOK, evaluate_hook, firewall_plan
 from tna.model.iptables import BUILTIN_CHAINS, CT_STATUS, parse_save
 
 pytestmark = pytest.mark.root
@@ -43,17 +43,18 @@ UNAPPLIABLE = {"raw": ["CT --notrack", "LOG"], "mangle": ["MARK --set-xmark 0x40
 
 @st.composite
 def matches(draw: st.DrawFn, family: int, chain: str, ct: bool) -> str:
-    """A rule's matches, in the order iptables-save prints them (-i is not
-    allowed in POSTROUTING, -o not in PREROUTING, neither in a user chain
-    both reach)."""
+    """A rule's matches, in the order iptables-save prints them (iptables
+    refuses -i in the built-in POSTROUTING, -o in PREROUTING; a user chain
+    they reach may hold either: the kernel matches it against "")."""
     out = []
     if draw(st.integers(0, 3)) == 0:
         out.append(f"{draw(neg)}-s {draw(net(family))}")
     if draw(st.integers(0, 3)) == 0:
         out.append(f"{draw(neg)}-d {draw(net(family))}")
-    ifaces = {"PREROUTING": ["-i"], "POSTROUTING": ["-o"], "FORWARD": ["-i", "-o"]}.get(chain)
-    if ifaces and draw(st.integers(0, 3)) == 0:
-        out.append(f"{draw(neg)}{draw(st.sampled_from(ifaces))} {draw(st.sampled_from(['r-h1', 'r-h+', 'eth0']))}")
+    ifaces = {"PREROUTING": ["-i"], "POSTROUTING": ["-o"]}.get(chain, ["-i", "-o"])
+    if draw(st.integers(0, 3)) == 0:
+        name = draw(st.sampled_from(["r-h1", "r-h2", "r-h+", "+", "eth0"]))
+        out.append(f"{draw(neg)}{draw(st.sampled_from(ifaces))} {name}")
     proto = draw(st.sampled_from([None, None, "tcp", "tcp", "udp"]))
     if proto is not None:
         out.append(f"-p {proto}")
@@ -106,8 +107,7 @@ def rule_sets(draw: st.DrawFn, family: int) -> str:
     ct = draw(st.booleans())
     names = draw(st.lists(st.sampled_from(list(CHAINS)), min_size=1, max_size=4, unique=True))
     text = "".join(draw(table_text(n, family, ct)) for n in names)
-    fw_tables = parse_save(text)
-    if not any(r for t in fw_tables.values() for c in t.chains.values() for r in c.rules):
+    if firewall_plan({family: parse_save(text)})[0] is None:  # no rule a hook reaches
         text += "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n" \
                 "-A FORWARD -p udp -j DROP\nCOMMIT\n"
     return text

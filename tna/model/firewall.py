@@ -61,9 +61,9 @@ class Packet:
 
 
 def iface_matches(pattern: str, name: str | None) -> bool:
-    """iptables interface match: exact, or a prefix with a trailing '+'."""
-    if name is None:
-        return False
+    """iptables interface match: exact, or a prefix with a trailing '+'.
+    No device (None) is ipt_do_table()'s nulldevname "": only `+` matches it."""
+    name = name or ""
     if pattern.endswith("+"):
         return name.startswith(pattern[:-1])
     return name == pattern
@@ -218,6 +218,7 @@ class Firewall:
     ipsets: tuple[SetShape, ...] = ()  # the ipsets mirrored (members: map contents)
     nat4: bool = False          # a nat table has rules: entries may carry a NAT binding
     nat6: bool = False
+    ct_helpers: bool = False    # a helper may expect a connection: no-entry packets are the kernel's
 
     # Compared often (model, plans, attached programs) and 10,000 rules deep:
     # by the text of each rule, which says all a rule does.
@@ -225,7 +226,7 @@ class Firewall:
     def _identity(self) -> tuple:
         chains = tuple(tuple((c.table, c.name, c.policy, tuple(r.text for r in c.rules)) for c in cs) if cs else None
                        for cs in (self.fwd4, self.fwd6, self.in4, self.in6))
-        return chains, self.ifaces, self.ct4, self.ct6, self.ipsets, self.nat4, self.nat6
+        return chains, self.ifaces, self.ct4, self.ct6, self.ipsets, self.nat4, self.nat6, self.ct_helpers
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Firewall) and self._identity == other._identity
@@ -237,6 +238,11 @@ class Firewall:
         """ifindex -> the patterns its name matches, as bits."""
         return {i: sum(1 << k for k, pattern in enumerate(self.ifaces) if iface_matches(pattern, name))
                 for i, name in names.items()}
+
+    @property
+    def nodev_mask(self) -> int:
+        """The patterns a hook with no device there matches (`+`)."""
+        return sum(1 << k for k, pattern in enumerate(self.ifaces) if iface_matches(pattern, None))
 
 
 SET_MIN = 4               # shorter runs of set-able rules stay code: cheaper than a lookup

@@ -94,6 +94,8 @@ def evaluate_hook(tables: dict[str, Table], hook: Hook, pkt: Packet,
             # not routed yet; and a DNAT may still change the destination:
             # the fast path knows the type of the routed one only
             here = replace(here, oif=None, dst_types=None)
+        if chain == "POSTROUTING":
+            here = replace(here, iif="")  # ip_output() gives the hook no input device
         if name == "raw":
             here = replace(here, ctstate="INVALID")  # no entry looked up yet
         verdict = evaluate(table, chain, here, seen, sets)
@@ -140,6 +142,12 @@ def _hook_chains(tables: dict[str, Table], hook: Hook) -> tuple[FwChain, ...] | 
     return tuple(out) or None
 
 
+def _assigns_helper(rule: Rule) -> bool:
+    """The rule gives connections a helper (raw `-j CT --helper`), or tests
+    one (`-m helper`: something assigns them): expectations may exist."""
+    return (rule.target == "CT" and "--helper" in rule.target_args) or "-m helper" in rule.text
+
+
 def firewall_plan(tables: dict[int, dict[str, Table]]) -> tuple[Firewall | None, str | None]:
     """(what the fast path evaluates, None) or (None, why all traffic must
     stay on the kernel path)."""
@@ -165,4 +173,6 @@ def firewall_plan(tables: dict[int, dict[str, Table]]) -> tuple[Firewall | None,
     natted = {v for v, ts in tables.items() if "nat" in ts and not ts["nat"].empty}
     return Firewall(chains.get(4), chains.get(6), tuple(patterns), None if 4 in natted else inputs.get(4),
                     None if 6 in natted else inputs.get(6), 4 in tracked, 6 in tracked,
-                    nat4=4 in natted, nat6=6 in natted), None
+                    nat4=4 in natted, nat6=6 in natted,
+                    ct_helpers=any(_assigns_helper(r) for ts in tables.values() for t in ts.values()
+                                   for c in t.chains.values() for r in c.rules)), None

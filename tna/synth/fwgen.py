@@ -349,10 +349,10 @@ def render_data(fw: Firewall | None) -> dict[str, Any] | None:
     ids = _ids(fw)
     return {"fwd4": _chains(fw.fwd4, 4, fw.ifaces, ids, "fw4"), "fwd6": _chains(fw.fwd6, 6, fw.ifaces, ids, "fw6"),
             "in4": _chains(fw.in4, 4, fw.ifaces, ids, "in4"), "in6": _chains(fw.in6, 6, fw.ifaces, ids, "in6"),
-            "uses_ifaces": bool(fw.ifaces), "ipsets": setgen.render_data(fw.ipsets),
+            "uses_ifaces": bool(fw.ifaces), "nodev_mask": fw.nodev_mask, "ipsets": setgen.render_data(fw.ipsets),
             "uses_addrtype": any(r.dst_type is not None for cs in (fw.fwd4, fw.fwd6, fw.in4, fw.in6)
                                  for c in cs or () for r in c.rules),
-            "ct4": fw.ct4, "ct6": fw.ct6, "nat4": fw.nat4, "nat6": fw.nat6}
+            "ct4": fw.ct4, "ct6": fw.ct6, "nat4": fw.nat4, "nat6": fw.nat6, "ct_helpers": fw.ct_helpers}
 
 
 @functools.lru_cache(maxsize=4)
