@@ -11,6 +11,7 @@ from tna.model.config import AF_INET, AF_INET6, Model
 from tna.model.firewall import Firewall
 from tna.model.ipset import IpSet
 from tna.model.ipset import status as ipset_status
+from tna.model.iptables import Rule
 from tna.synth.fwgen import rule_refs
 from tna.synth.planner import IfacePlan, Plan, bridge_skip_reason
 
@@ -57,18 +58,28 @@ def _bridges(m: Model, p: Plan | None, fdb_map: tuple[Mapping[int, int], int]) -
     return out
 
 
+def _kernel_why(rule: Rule, family: int, chain: str) -> list[str]:
+    """Why the traffic the rule could match goes to the kernel, if always:
+    what TNA cannot apply, or a destination type it never knows
+    (fw_dst_types() in firewall.c.j2)."""
+    if not rule.expressible:
+        return [*rule.unsupported, *(f"-m set {m.name} (not mirrored)" for m in rule.sets if m.shape is None)]
+    if rule.dst_type is not None and chain == "PREROUTING":
+        return ["--dst-type in PREROUTING of a forwarded packet (a DNAT may follow)"]
+    if rule.dst_type is not None and family == 6:
+        return ["--dst-type of IPv6 (not known to the fast path)"]
+    return []
+
+
 def _kernel_rules(fw: Firewall) -> list[dict[str, Any]]:
-    """The rules TNA cannot apply, each with what it cannot: the traffic
-    each could match goes to the kernel."""
+    """The rules whose traffic always goes to the kernel, each with why."""
     out, seen = [], set()
     for family, chains in ((4, fw.fwd4), (6, fw.fwd6), (4, fw.in4), (6, fw.in6)):
         for c in chains or ():
             if (family, c.table, c.name) not in seen:
                 seen.add((family, c.table, c.name))
                 out += [{"family": family, "table": c.table, "chain": c.name, "index": r.index, "text": r.text,
-                         "why": [*r.unsupported, *(f"-m set {m.name} (not mirrored)" for m in r.sets
-                                                   if m.shape is None)]}
-                        for r in c.rules if not r.expressible]
+                         "why": why} for r in c.rules if (why := _kernel_why(r, family, c.name))]
     return out
 
 
