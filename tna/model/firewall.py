@@ -239,12 +239,6 @@ class Firewall:
         return {i: sum(1 << k for k, pattern in enumerate(self.ifaces) if iface_matches(pattern, name))
                 for i, name in names.items()}
 
-    @cached_property
-    def matches_mark(self) -> bool:
-        """A rule tests the packet's mark (-m mark)."""
-        return any(r.mark is not None for cs in (self.fwd4, self.fwd6, self.in4, self.in6) for c in cs or ()
-                   for r in c.rules)
-
     @property
     def nodev_mask(self) -> int:
         """The patterns a hook with no device there matches (`+`)."""

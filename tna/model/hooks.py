@@ -39,8 +39,7 @@ arrived with, since every target that sets one (MARK, CONNMARK
 one keeps the traffic it could match on the kernel path.  Under TC the
 program reads the skb's mark itself; under XDP no skb exists yet, and the
 one the kernel builds starts with mark 0 (a frame from a veth peer in the
-same namespace is the exception: its skb keeps the sender's mark, so the
-planner puts a veth on TC while rules match marks).
+same namespace is the exception: its skb keeps the sender's mark).
 """
 
 from __future__ import annotations

@@ -145,12 +145,8 @@ def left_alone(link: Link, model: Model, ignore: Sequence[str]) -> str | None:
     return None
 
 
-def choose_hook(link: Link, mode: str, overrides: Mapping[str, str], marks: bool = False) -> tuple[str, str]:
-    """(hook, why) for an interface we accelerate; marks: the firewall's
-    rules match skb marks."""
-    if marks and link.kind == "veth":
-        # __dev_forward_skb() keeps the mark of a peer in this namespace; XDP cannot read it
-        return "tc", "veth: an skb from its peer keeps its mark, which -m mark rules test (XDP cannot read it)"
+def choose_hook(link: Link, mode: str, overrides: Mapping[str, str]) -> tuple[str, str]:
+    """(hook, why) for an interface we accelerate."""
     if link.name in overrides:
         return overrides[link.name], "per-interface override"
     if mode != "auto":
@@ -245,7 +241,7 @@ def plan(model: Model, mode: str = "auto", overrides: Mapping[str, str] | None =
         if skip is not None:
             skipped[link.index] = Skipped(link.index, link.name, skip[1], skip[0])
             continue
-        hook, hook_why = choose_hook(link, mode, overrides, model.firewall is not None and model.firewall.matches_mark)
+        hook, hook_why = choose_hook(link, mode, overrides)
         flags = TNA_IF_CHECK_CSUM_PARTIAL if hook == "xdp" and link.kind in LOCAL_STACK_KINDS else 0
         if link.master is not None:
             bridge = bridges[link.master]
