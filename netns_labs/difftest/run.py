@@ -254,6 +254,9 @@ class Runner:
             f = line.split()
             if len(f) < 3 or not f[2].isdigit():
                 continue
+            dst = next((x[4:] for x in f if x.startswith("dst=")), "")
+            if dst and ipaddress.ip_address(dst).is_multicast:
+                continue  # the hosts' own IGMP/MLD reports, sent when their stacks choose: no scenario's
             left = int(f[2])
             cls = next((t for t in self.timeouts.get(f[0], []) if t >= left), left)
             f[2] = f"timeout<={cls}"
