@@ -1,9 +1,10 @@
 """Transparency on the real tools' rule sets (netns_labs.transparency): for
 each rule set and hook, what every host receives and every real-stack
 outcome under `tna run` is what Linux alone gives (nat, raw, mangle, filter
-and ipset matches all on the fast path's side now), and "established traffic is carried" under `auto`, what such a host runs (a
-forced XDP hook on veths facing real stacks passes their CHECKSUM_PARTIAL
-frames to the kernel: docs/datapath.md)."""
+and ipset matches all on the fast path's side now), and "established
+traffic is carried" under `auto`, what such a host runs (a forced XDP hook
+on veths facing real stacks passes their CHECKSUM_PARTIAL frames to the
+kernel: docs/datapath.md)."""
 
 from __future__ import annotations
 
