@@ -83,6 +83,7 @@ class Rule:
     sets: tuple[SetMatch, ...] = ()  # -m set --match-set, in order (tna/model/ipset.py)
     unsupported: tuple[str, ...] = ()  # matches, options or the target TNA cannot express
     counters: tuple[int, int] = field(default=(0, 0), compare=False)  # not part of what the rule does
+    handle: int | None = None       # nftables: the rule's handle (one nft rule may become several Rules)
 
     @property
     def expressible(self) -> bool:
@@ -105,6 +106,11 @@ class Chain:
     policy: str | None              # None for a user-defined chain
     counters: tuple[int, int] = field(default=(0, 0), compare=False)
     rules: list[Rule] = field(default_factory=list)
+    # a native nftables base chain says where it runs (iptables' built-in
+    # chains: hooks.py knows theirs); None for a regular chain
+    hook: str | None = None         # prerouting, input, forward, output, postrouting
+    priority: int | None = None
+    kind: str = "filter"            # the base chain's type: filter, nat or route
 
 
 @dataclass
