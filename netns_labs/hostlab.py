@@ -1,6 +1,7 @@
 """A container host as Docker, kube-proxy, ufw or a home router builds one:
 bridges with containers (namespaces on veths) behind them, an uplink to the
-outside, and real iptables rule sets loaded into the host (`load_ruleset`).
+outside, and real iptables or nftables rule sets loaded into the host
+(`load_ruleset`).
 
     c1 [eth0] 192.0.2.2   2001:db8:c::2   -- [veth-c1] -+
     c2 [eth0] 192.0.2.3   2001:db8:c::3   -- [veth-c2] -+- bridges[0] 192.0.2.1/25 2001:db8:c::1/64
@@ -112,9 +113,16 @@ class HostLab(Lab):
     def load_ruleset(self, name: str) -> None:
         """tests/data/rulesets/NAME: the ipsets first (NAME.ipset, `ipset
         restore` input), then NAME-v4.txt and NAME-v6.txt (those present), as
-        the tool itself restores them; or kube-proxy-N, generated."""
+        the tool itself restores them; or kube-proxy-N, generated; or
+        nft/NAME, a native nftables file (NAME.nft, `nft -f`)."""
         from netns_labs.rulesets import ruleset_texts
 
+        if name.startswith("nft/"):
+            try:
+                self.run(self.host, ["nft", "-f", str(RULESETS / f"{name}.nft")])
+            except subprocess.CalledProcessError as e:
+                raise RuntimeError(f"{name}: nft failed: {e.stderr}") from e
+            return
         ipsets, v4, v6 = ruleset_texts(name)
         for tool, text in (("ipset", ipsets), ("iptables-restore", v4), ("ip6tables-restore", v6)):
             if text:

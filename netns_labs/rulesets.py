@@ -4,6 +4,7 @@ intends on the lab's traffic (netns_labs.transparency's outcomes).
 The files in tests/data/rulesets/ are iptables-save -c text (NAME-v4.txt,
 NAME-v6.txt, NAME.ipset); kube-proxy's, which grows with the services, is
 generated here (`kube_proxy`), as kube-proxy writes it for N services.
+Native nftables rule sets (tests/data/rulesets/nft/) are netns_labs.nft_rulesets'.
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ from netns_labs.hostlab import GHOST4, RULESETS
 
 OK, FAIL = "ok", "fail"
 # what the lab's real stacks do (transparency.OUTCOMES), with every path open
-_OPEN = {"tcp out v4": OK, "tcp out v6": OK, "tcp published v4": OK, "tcp published v6": OK,
-         "tcp direct v4": OK, "udp out v4": OK, "udp out v6": OK, "udp published v4": OK,
-         "udp published v6": OK, "udp one-way v4": OK, "ping out v4": OK, "ping out v6": OK,
-         "ping direct v4": OK, "ping direct v6": OK, "ping isolated v4": OK, "ping isolated v6": OK}
+OPEN = {"tcp out v4": OK, "tcp out v6": OK, "tcp published v4": OK, "tcp published v6": OK,
+        "tcp direct v4": OK, "udp out v4": OK, "udp out v6": OK, "udp published v4": OK,
+        "udp published v6": OK, "udp one-way v4": OK, "ping out v4": OK, "ping out v6": OK,
+        "ping direct v4": OK, "ping direct v6": OK, "ping isolated v4": OK, "ping isolated v6": OK}
 # no IPv6 rules: no NAT, so the outside drops the containers' new connections
 # and nothing listens on the host's own port
-_NO_V6 = {k: FAIL for k in ("tcp out v6", "tcp published v6", "udp out v6", "udp published v6", "ping out v6")}
+NO_V6 = {k: FAIL for k in ("tcp out v6", "tcp published v6", "udp out v6", "udp published v6", "ping out v6")}
+# the outside cannot reach a container's own address, nor one bridge the other
+GUARDED = {k: FAIL for k in ("tcp direct v4", "ping direct v4", "ping direct v6", "ping isolated v4",
+                             "ping isolated v6")}
 
 
 @dataclass(frozen=True)
@@ -36,22 +40,16 @@ RULESETS_ALL = (
     # 20.10-27 lets the outside reach a published port at the container's own
     # address (the gap 28 closed with raw PREROUTING)
     RuleSet("docker-20.10", ("docker0", "br-app"),
-            _OPEN | {"ping direct v4": FAIL, "ping direct v6": FAIL,
-                     "ping isolated v4": FAIL, "ping isolated v6": FAIL}),
-    RuleSet("docker-28", ("docker0", "br-app"),
-            _OPEN | {"tcp direct v4": FAIL, "ping direct v4": FAIL, "ping direct v6": FAIL,
-                     "ping isolated v4": FAIL, "ping isolated v6": FAIL}),
-    RuleSet("docker-28.0.0", ("docker0", "br-app"),
-            _OPEN | {"tcp direct v4": FAIL, "ping direct v4": FAIL, "ping direct v6": FAIL,
-                     "ping isolated v4": FAIL, "ping isolated v6": FAIL}),
+            OPEN | {"ping direct v4": FAIL, "ping direct v6": FAIL,
+                    "ping isolated v4": FAIL, "ping isolated v6": FAIL}),
+    RuleSet("docker-28", ("docker0", "br-app"), OPEN | GUARDED),
+    RuleSet("docker-28.0.0", ("docker0", "br-app"), OPEN | GUARDED),
     # kube-proxy filters nothing it does not serve; IPv4 only here
-    RuleSet("kube-proxy-3", ("cni0", "cni1"), _OPEN | _NO_V6),
+    RuleSet("kube-proxy-3", ("cni0", "cni1"), OPEN | NO_V6),
     # ufw routes echo requests (before-forward), and its route rule matches the
     # container's address whether or not DNAT put it there
-    RuleSet("ufw", ("br-lan", "br-guest"), _OPEN),
-    RuleSet("home-router", ("br-lan", "br-guest"),
-            _OPEN | {"tcp direct v4": FAIL, "ping direct v4": FAIL, "ping direct v6": FAIL,
-                     "ping isolated v4": FAIL, "ping isolated v6": FAIL}),
+    RuleSet("ufw", ("br-lan", "br-guest"), OPEN),
+    RuleSet("home-router", ("br-lan", "br-guest"), OPEN | GUARDED),
 )
 
 
