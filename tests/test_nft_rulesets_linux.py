@@ -3,8 +3,8 @@ netns_labs/nft_rulesets.py) load on this kernel and do what each tool
 intends, on Linux alone: the lab's outcomes (masquerade, published ports,
 direct access and isolation), and what only some of them do: the router's
 blocked set (and `nft add element` to it), firewalld's allowed service, its
-`reject with icmpx` and its IPv6 reverse-path check, fw4's MSS clamping,
-Docker's counters. This proves the fixtures are real before TNA is judged
+`reject with icmpx` and its IPv6 reverse-path check, fw4's SYN-flood
+limit and MSS clamping, Docker's counters. This proves the fixtures are real before TNA is judged
 with them. One lab per bridge naming, shared by the module."""
 
 from __future__ import annotations
@@ -185,6 +185,46 @@ def test_fw4_clamps_mss_to_the_route_mtu(loaded: Loader) -> None:
         finally:
             lab.run(lab.host, route)
         assert (mss <= 1360) == clamped, (name, mss)
+
+
+_SYNS = """
+import socket, sys, time
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+src_mac, dst_mac, src, dst, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+s.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE (not in Python): room for every reset
+s.bind(("out0", 0x0800))
+frames = [bytes(Ether(src=src_mac, dst=dst_mac) / IP(src=src, dst=dst) / TCP(sport=20000 + i, dport=22, flags="S"))
+          for i in range(n)]
+for f in frames:
+    s.send(f)
+s.settimeout(0.2)
+resets, end = 0, time.monotonic() + 2
+while time.monotonic() < end:
+    try:
+        pkt = Ether(s.recv(2048))
+    except TimeoutError:
+        continue
+    if TCP in pkt and pkt[IP].src == dst and pkt[TCP].flags.R:
+        resets += 1
+print(resets)
+"""
+
+
+def test_fw4_syn_flood_limits_new_connections(loaded: Loader) -> None:
+    """1,000 SYNs at once to a port the wan may not reach: handle_reject
+    answers (TCP reset) those syn_flood lets through, its burst of 50 and
+    what 25/second adds while they arrive, and drops the rest; with the
+    chain emptied, every one is answered."""
+    lab = loaded("nft/fw4")
+    n = 1000
+
+    def resets() -> int:
+        return int(_in_ns(lab, lab.out.ns, _SYNS, lab.out.mac, lab.host_mac, lab.out.ip4, UPLINK4, str(n)))
+    assert 50 <= resets() < n // 2
+    lab.run(lab.host, ["nft", "flush", "chain", "inet", "fw4", "syn_flood"])
+    assert resets() == n
 
 
 def test_docker_29_counts_dnat_masquerade_and_direct_access_drops(loaded: Loader) -> None:
