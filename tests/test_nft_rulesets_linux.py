@@ -4,8 +4,9 @@ intends, on Linux alone: the lab's outcomes (masquerade, published ports,
 direct access and isolation), and what only some of them do: the router's
 blocked set (and `nft add element` to it), firewalld's allowed service, its
 `reject with icmpx` and its IPv6 reverse-path check, fw4's SYN-flood
-limit and MSS clamping, Docker's counters. This proves the fixtures are real before TNA is judged
-with them. One lab per bridge naming, shared by the module."""
+limit and MSS clamping, Docker's counters. This proves the fixtures are
+real before TNA is judged with them. One lab per bridge naming, shared by
+the module."""
 
 from __future__ import annotations
 
