@@ -333,9 +333,12 @@ def bench_pps(name: str, frames: int, rounds: int,
     return table
 
 
-def bench_tcp(name: str, runs: int, seconds: int) -> dict:
+def bench_tcp(name: str, runs: int, seconds: int,
+              open_scenario: Callable[[str], AbstractContextManager[Scenario]] = scenario) -> dict:
+    """iperf3 from the scenario's src to its dst: Linux alone vs `tna run`
+    (auto), alternating; open_scenario as in bench_pps."""
     linux, tna_runs = [], []
-    with scenario(name) as sc:
+    with open_scenario(name) as sc:
         for _ in range(runs):
             linux.append(iperf(sc.lab, sc.src, sc.dst, seconds))
             tna = Tna(sc.lab, sc.ns)

@@ -73,7 +73,7 @@ def _chain(prefix: str, *key: str) -> str:
     return prefix + base64.b32encode(digest).decode()[:16]
 
 
-def _service(i: int) -> tuple[str, str, str, int, list[str]]:
+def service(i: int) -> tuple[str, str, str, int, list[str]]:
     """(name, protocol, cluster IP, port, endpoints) of service i. 0 and 1 are
     the lab's published TCP and UDP ports (a NodePort on the same number, one
     endpoint c1); the others spread over 127 cluster IPs in 203.0.113.128/25
@@ -117,7 +117,7 @@ def kube_proxy(n: int, pod_cidr: str = "192.0.2.0/25") -> str:
     services, nodeports, per_chain = [], [], []
     filter_services = []
     for i in range(n):
-        name, proto, vip, port, endpoints = _service(i)
+        name, proto, vip, port, endpoints = service(i)
         if i == n - 1:
             filter_services.append(f'-A KUBE-SERVICES -d {vip}/32 -p {proto} -m comment --comment "{name} has no '
                                    f'endpoints" -m {proto} --dport {port} '
