@@ -112,3 +112,22 @@ def test_the_key_is_the_flow(harnesses: dict[str, FirewallHarness], fwlab: Route
         check(h, frame(lab, 4013, 54), "DROP", "FW_DROP", Counter({(4, F, 0): 1}))
     finally:
         h.set_state()
+
+
+def test_a_hit_needs_no_route_lookup(harnesses: dict[str, FirewallHarness], fwlab: RouterLab) -> None:
+    """A hit is answered before the router prepares its FIB lookup (the
+    per-CPU scratch it zeroes and fills): what the kernel will do in full
+    is not done first.  The flow the chain decides does prepare it."""
+    h, lab = harnesses["log"], fwlab
+    scratch = h.obj.map("tna_router_scratch")
+    marker = b"\xa5" * scratch.value_size
+    h.set_state(pass_cache_s=3600)
+    try:
+        check(h, frame(lab, 4014, 53), "PASS", "FW_KERNEL", Counter())  # remembered
+        scratch.update(b"\0\0\0\0", marker)
+        check(h, frame(lab, 4014, 53), "PASS", "FW_KERNEL", Counter())  # a hit, the same verdict and reason
+        assert scratch.lookup(b"\0\0\0\0")[os.sched_getaffinity(0).pop()] == marker
+        check(h, frame(lab, 4014, 54), "DROP", "FW_DROP", Counter({(4, F, 0): 1}))
+        assert scratch.lookup(b"\0\0\0\0")[os.sched_getaffinity(0).pop()] != marker
+    finally:
+        h.set_state()
