@@ -21,7 +21,9 @@ file (netns_labs/plot.py) if matplotlib is installed (the `plots` extra).
    a minimal hand-written XDP reference (netns_labs/bpf/ref_router.c, or
    ref_bridge.c over an FDB map; not for passed traffic, which measures
    both hooks instead: Linux and `tna run --hook tc` with GRO on the
-   ingress veth, which then takes the generator's frames without XDP).  Frames come from a live-frames generator
+   ingress veth, which then takes the generator's frames without XDP, and
+   "empty tc": Linux with GRO and a TC program that passes everything, the
+   TC hook's own cost).  Frames come from a live-frames generator
    (BPF_PROG_TEST_RUN + BPF_F_TEST_XDP_LIVE_FRAMES) on the sender's veth, as
    from a wire, pinned to one CPU; an XDP sink on the receiver's veth counts
    them.  Variants alternate round by round in the same lab; medians are
@@ -216,12 +218,23 @@ def variants(sc: Scenario) -> list[Variant]:
         gro(True)
         return tna_up("tc")
 
+    def empty_tc_up() -> None:
+        gro(True)
+        progs(lab, sc.ns, "tc-pass", sc.ingress, "ingress", "1")
+
+    def empty_tc_down(_: object) -> None:
+        lab.run(sc.ns, ["tc", "qdisc", "del", "dev", sc.ingress, "clsact"])
+        gro(False)
+
     out = [Variant("linux", linux_up, detach), Variant("tna --hook xdp", lambda: tna_up("xdp"), tna_down)]
     # passed traffic, and labs without a reference program (NAT): both hooks;
     # GRO lets the veth take the generator's frames without XDP
     if sc.name == "passed" or not sc.reference:
-        return [*out, Variant("linux (gro)", lambda: gro(True), lambda _: gro(False)),
+        out += [Variant("linux (gro)", lambda: gro(True), lambda _: gro(False)),
                 Variant("tna --hook tc", tc_up, tna_down)]
+        if sc.name == "passed":  # Linux with an empty TC program: the TC hook's own cost
+            out.append(Variant("empty tc", empty_tc_up, empty_tc_down))
+        return out
     return [*out, Variant("reference", lambda: progs(lab, sc.ns, *sc.reference), detach)]
 
 
@@ -326,7 +339,7 @@ def bench_pps(name: str, frames: int, rounds: int,
     table = []
     for variant, runs in rows.items():
         med = statistics.median(runs)
-        # each hook against Linux measured the same way (a TC row: Linux with GRO)
+        # each hook against Linux measured the same way (a TC row, "empty tc" too: Linux with GRO)
         base = linux["linux (gro)"] if variant.endswith("tc") or variant == "linux (gro)" else linux["linux"]
         table.append({"variant": variant, "mpps": med, "runs": runs, "vs_linux": med / base,
                       "vs_reference": med / ref if ref else None, "prog_ns": cost.get(variant)})

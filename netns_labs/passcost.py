@@ -5,10 +5,12 @@ accepts, so every packet is FW_KERNEL):
 
   python -m netns_labs.passcost [--rounds 15]
 
-per hook, the median ns per packet of: the program passing at its entry (a
-hold: the floor any program pays), the full path without the pass cache
-(FIB lookup, conntrack lookup and refresh, the chain), and a pass-cache hit.
-The modes alternate round by round on one loaded program.
+per hook, the median ns per packet of: an empty program (netns_labs/bpf's
+lab_pass / lab_tc_pass: what any program costs, test-run overhead
+included), TNA's program passing at its entry (a hold), the full path
+without the pass cache (FIB lookup, conntrack lookup and refresh, the
+chain), and a pass-cache hit. The modes alternate round by round on one
+loaded program (the empty one beside it).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from scapy.packet import Raw
 
 from netns_labs.bench import FRAME_DPORT, FRAME_SPORT, forward_rules
 from netns_labs.lab import RouterLab, in_netns
+from netns_labs.progs import build
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
 from tna.deploy.datapath import iface_cfg, load_with_sets
@@ -37,6 +40,12 @@ from tna.synth.render import render
 MODES = {"pass at entry": {"pass_reason": abi.REASON["FW_CHANGED"]}, "full path, no cache": {},
          "pass-cache hit": {"pass_cache_jiffies": 1 << 30}}
 
+EMPTY = "empty program"
+
+
+def _median_ns(prog: bpf.Program, frame: bytes, ctx: bpf.XdpMd | bpf.SkBuff) -> float:
+    return statistics.median(prog.test_run(frame, repeat=2000, ctx=ctx)[2] for _ in range(5))
+
 
 def measure(lab: RouterLab, hook: str, frame: bytes, rounds: int) -> dict[str, float]:
     fw, why = firewall_plan({4: parse_save(forward_rules(10, kernel_rule=True))})
@@ -45,7 +54,7 @@ def measure(lab: RouterLab, hook: str, frame: bytes, rounds: int) -> dict[str, f
     obj = bpf.BpfObject(str(compile_source(render(hook, ("firewall", "router"), firewall=fw))))
     obj.set_initial_value(abi.SECTION_IFACE, iface_cfg(ifindex, lab.r_h1_mac, 0))
     obj.set_max_entries(abi.MAP_FW_RULES, max(1, len(rule_refs(fw))))
-    runs: dict[str, list[float]] = {m: [] for m in MODES}
+    runs: dict[str, list[float]] = {m: [] for m in (EMPTY, *MODES)}
     with in_netns(lab.r), obj:
         sets = load_with_sets(obj, all_set_entries(fw))
         u32 = ctypes.c_uint32
@@ -54,15 +63,19 @@ def measure(lab: RouterLab, hook: str, frame: bytes, rounds: int) -> dict[str, f
         hz = jiffies_hz(obj.program(abi.RENEW_PROGRAM), obj.map(abi.MAP_STATE))
         prog = obj.program(abi.PROGRAM_NAME)
         ctx = bpf.XdpMd(data_end=len(frame), ingress_ifindex=ifindex) if hook == "xdp" else bpf.SkBuff(ifindex=ifindex)
+        empty_obj = bpf.BpfObject(str(build("lab_progs")))
+        empty_obj.load()
+        empty = empty_obj.program("lab_pass" if hook == "xdp" else "lab_tc_pass")
         for _ in range(rounds):
+            runs[EMPTY].append(_median_ns(empty, frame, ctx))
             for mode, cfg in MODES.items():
                 # conntrack as the daemon publishes it by default (checksums verified, the timeouts)
                 renew(obj.program(abi.RENEW_PROGRAM), abi.TnaConfig(
                     lease_jiffies=3600 * hz, ct_flags=abi.TNA_CT_CSUM, ct_timeout_udp=120_000,
                     ct_timeout_udp_unreplied=30_000, **cfg))
                 prog.test_run(frame, ctx=ctx)  # a hit needs the flow remembered first
-                runs[mode].append(statistics.median(prog.test_run(frame, repeat=2000, ctx=ctx)[2]
-                                                    for _ in range(5)))
+                runs[mode].append(_median_ns(prog, frame, ctx))
+        empty_obj.close()
         for m in sets.values():
             m.close()
     return {mode: statistics.median(r) for mode, r in runs.items()}

@@ -9,6 +9,7 @@
   python -m netns_labs.progs flood DEV FRAMEHEX PPS SECONDS  # the same, paced; prints frames sent
   python -m netns_labs.progs detach DEV
   python -m netns_labs.progs tc-drop DEV ingress|egress PRIO   # an admin's tc filter dropping all
+  python -m netns_labs.progs tc-pass DEV ingress|egress PRIO   # one passing all (the hook's own cost)
   python -m netns_labs.progs tc-clear DEV ingress|egress PRIO
 """
 
@@ -118,12 +119,13 @@ def flood(dev: str, frame: bytes, pps: int, seconds: float) -> int:
 TC_POINTS = {"ingress": hooks.BPF_TC_INGRESS, "egress": hooks.BPF_TC_EGRESS}
 
 
-def tc_drop(dev: str, point: str, prio: int) -> None:
+def tc_filter(dev: str, point: str, prio: int, prog: str) -> None:
+    """lab_tc_<prog> as a tc filter (handle 1) on dev's clsact point."""
     ifindex = socket.if_nametoindex(dev)
     with bpf.BpfObject(str(build("lab_progs"))) as obj:
         obj.load()
         hooks.tc_hook_create(ifindex, TC_POINTS[point])
-        hooks.tc_attach(ifindex, obj.program("lab_tc_drop").fd, 1, prio, point=TC_POINTS[point])
+        hooks.tc_attach(ifindex, obj.program(f"lab_tc_{prog}").fd, 1, prio, point=TC_POINTS[point])
 
 
 def tc_clear(dev: str, point: str, prio: int) -> None:
@@ -153,8 +155,8 @@ def main(argv: list[str]) -> None:
         detach(argv[1])
     elif argv[:1] == ["count"]:
         print(count(argv[1]))
-    elif argv[:1] == ["tc-drop"]:
-        tc_drop(argv[1], argv[2], int(argv[3]))
+    elif argv[:1] in (["tc-drop"], ["tc-pass"]):
+        tc_filter(argv[1], argv[2], int(argv[3]), argv[0].removeprefix("tc-"))
     elif argv[:1] == ["tc-clear"]:
         tc_clear(argv[1], argv[2], int(argv[3]))
     elif argv[:1] == ["reference"]:

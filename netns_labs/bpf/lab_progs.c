@@ -9,6 +9,8 @@
  *             replies of a two-way flow, netns_labs/bench_cores.py).
  *   lab_tc_drop  a tc filter that drops everything (an admin's egress policy
  *             in the tests: XDP redirects must not bypass it).
+ *   lab_tc_pass  a tc filter that lets everything through: what the TC hook
+ *             itself costs, measured against TNA's TC program.
  *   lab_gen   the live-frames generator: restore the frame template (the
  *             device under test rewrites frames in place and pages are
  *             recycled), then XDP_TX it out of the generator's veth.
@@ -81,6 +83,12 @@ SEC("tc")
 int lab_tc_drop(struct __sk_buff *skb)
 {
 	return 2; /* TC_ACT_SHOT */
+}
+
+SEC("tc")
+int lab_tc_pass(struct __sk_buff *skb)
+{
+	return 0; /* TC_ACT_OK */
 }
 
 SEC("xdp")
