@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from netns_labs.lab import RouterLab, py
+from netns_labs.lab import RouterLab, py, wait_for
 from tests.conftest import tna_running
 
 pytestmark = pytest.mark.root
@@ -56,14 +56,24 @@ def received(lab: RouterLab) -> list[int]:
 
 
 def test_marked_frames_from_a_peer_here_are_dropped_as_with_linux(router_lab: RouterLab) -> None:
+    """Also when the rule comes and goes while tna runs: r-vb moves to XDP
+    without it, back to TC with it."""
     lab = router_lab
     setup(lab)
     assert received(lab) == [PLAIN] * 3
     with tna_running(lab, lab.r, "xdp", ["r-h1", "r-h2", "r-va", "r-vb"], [lab.h1, lab.h2]) as tna:
+        def hook(want: str) -> bool:
+            st = tna.state()
+            return st is not None and st["ifaces"].get("r-vb", {}).get("hook") == want
         ifaces = tna.status()["ifaces"]
         assert ifaces["r-vb"]["hook"] == "tc" and "veth peer is in this namespace" in ifaces["r-vb"]["hook_why"]
         before = tna.counters("r-vb")
         got = received(lab)
         after = tna.counters("r-vb")
-    assert got == [PLAIN] * 3
+        for op, want in (("-D", "xdp"), ("-A", "tc")):
+            lab.run(lab.r, ["iptables", op, "FORWARD", "-m", "mark", "--mark", "1", "-j", "DROP"])
+            assert wait_for(lambda want=want: hook(want), 30, 0.2), tna.output()
+        tna.wait_attached(["r-vb"])
+        again = received(lab)
+    assert got == again == [PLAIN] * 3
     assert after.get("FORWARDED", 0) - before.get("FORWARDED", 0) == 3, (before, after)  # the fast path ran
