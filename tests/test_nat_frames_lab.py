@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -143,17 +144,20 @@ def establish(lab: RouterLab, tna: object = None) -> None:
     path carries them (the daemon first frees the connection from window
     tracking); they move no sequence number, so the probes stay the same."""
     fs = flows(lab)
-    for f in fs:
-        if f.proto == "udp":
-            send(lab, f.orig.host, [udp(lab, f.orig, b"setup")])
-            send(lab, f.reply.host, [udp(lab, f.reply, b"setup")])
-        else:
-            for reply, flags in ((False, "S"), (True, "SA"), (False, "A")):
-                send(lab, (f.reply if reply else f.orig).host, [tcp(lab, f, reply, flags)])
+
+    def each(step: Callable[[Flow], tuple[Host, bytes] | None]) -> None:
+        """One step of every connection, sent by its hosts (one process each)."""
+        by_host: dict[Host, list[bytes]] = {lab.h1: [], lab.h2: []}
+        for host, sent in filter(None, map(step, fs)):
+            by_host[host].append(sent)
+        for host, frames in by_host.items():
+            send(lab, host, frames)
+
+    each(lambda f: (f.orig.host, udp(lab, f.orig, b"setup") if f.proto == "udp" else tcp(lab, f, False, "S")))
+    each(lambda f: (f.reply.host, udp(lab, f.reply, b"setup") if f.proto == "udp" else tcp(lab, f, True, "SA")))
+    each(lambda f: (f.orig.host, tcp(lab, f, False, "A")) if f.proto == "tcp" else None)
     time.sleep(2.2)
-    for f in fs:
-        if f.proto == "udp":
-            send(lab, f.orig.host, [udp(lab, f.orig, b"setup")])
+    each(lambda f: (f.orig.host, udp(lab, f.orig, b"setup")) if f.proto == "udp" else None)
 
     def assured() -> bool:
         out = "".join(lab.run(lab.r, ["conntrack", "-L", "-f", fam]).stdout for fam in ("ipv4", "ipv6"))
@@ -161,13 +165,11 @@ def establish(lab: RouterLab, tna: object = None) -> None:
     assert wait_for(assured, 10, 0.1), lab.run(lab.r, ["conntrack", "-L"]).stdout
     if tna is None:
         return
-    acks = [(f, reply) for f in fs if f.proto == "tcp" for reply in (False, True)]
-
     def carried() -> bool:
         before = tna.counters().get("FORWARDED", 0)
-        for f, reply in acks:
-            send(lab, (f.reply if reply else f.orig).host, [tcp(lab, f, reply, "A")])
-        return tna.counters().get("FORWARDED", 0) - before >= len(acks)
+        each(lambda f: (f.orig.host, tcp(lab, f, False, "A")) if f.proto == "tcp" else None)
+        each(lambda f: (f.reply.host, tcp(lab, f, True, "A")) if f.proto == "tcp" else None)
+        return tna.counters().get("FORWARDED", 0) - before >= 2 * sum(f.proto == "tcp" for f in fs)
     assert wait_for(carried, 20, 0.2), tna.counters()
 
 
