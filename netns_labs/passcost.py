@@ -3,14 +3,17 @@
 frame (netns_labs/bench.py: an ASSURED flow that a rule TNA cannot express
 accepts, so every packet is FW_KERNEL):
 
-  python -m netns_labs.passcost [--rounds 15]
+  python -m netns_labs.passcost [--rounds 15] [--dnat]
 
 per hook, the median ns per packet of: an empty program (netns_labs/bpf's
 lab_pass / lab_tc_pass: what any program costs, test-run overhead
 included), TNA's program passing at its entry (a hold), the full path
 without the pass cache (FIB lookup, conntrack lookup and refresh, the
 chain), and a pass-cache hit. The modes alternate round by round on one
-loaded program (the empty one beside it).
+loaded program (the empty one beside it).  --dnat: the flow is sent to
+PUBLISHED, which a nat rule (and its entry's binding) translates to h2:
+the path also looks up the binding, and a hit is one on the received
+destination.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from tna.synth.compile import compile_source
 from tna.synth.fwgen import all_set_entries, rule_refs
 from tna.synth.render import render
 
+PUBLISHED = "203.0.113.80"
 MODES = {"pass at entry": {"pass_reason": abi.REASON["FW_CHANGED"]}, "full path, no cache": {},
          "pass-cache hit": {"pass_cache_jiffies": 1 << 30}}
 
@@ -47,8 +51,10 @@ def _median_ns(prog: bpf.Program, frame: bytes, ctx: bpf.XdpMd | bpf.SkBuff) -> 
     return statistics.median(prog.test_run(frame, repeat=2000, ctx=ctx)[2] for _ in range(5))
 
 
-def measure(lab: RouterLab, hook: str, frame: bytes, rounds: int) -> dict[str, float]:
-    fw, why = firewall_plan({4: parse_save(forward_rules(10, kernel_rule=True))})
+def measure(lab: RouterLab, hook: str, frame: bytes, rounds: int, dnat: bool) -> dict[str, float]:
+    nat = ("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
+           f"-A PREROUTING -d {PUBLISHED} -j DNAT --to-destination {lab.h2.ip4}\nCOMMIT\n") if dnat else ""
+    fw, why = firewall_plan({4: parse_save(forward_rules(10, kernel_rule=True) + nat)})
     assert fw is not None, why
     ifindex, egress = lab.ifindex(lab.r, "r-h1"), lab.ifindex(lab.r, "r-h2")
     obj = bpf.BpfObject(str(compile_source(render(hook, ("firewall", "router"), firewall=fw))))
@@ -84,17 +90,21 @@ def measure(lab: RouterLab, hook: str, frame: bytes, rounds: int) -> dict[str, f
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--dnat", action="store_true", help=f"the flow DNAT'd from {PUBLISHED} to h2")
     args = ap.parse_args(argv)
     with RouterLab() as lab:
         lab.neigh(lab.r, "r-h2", lab.h2.ip4, lab.h2.mac)
-        flow = ["-p", "udp", "-s", lab.h1.ip4, "-d", lab.h2.ip4, "--sport", str(FRAME_SPORT),
-                "--dport", str(FRAME_DPORT)]
+        dst = PUBLISHED if args.dnat else lab.h2.ip4
+        flow = ["-p", "udp", "-s", lab.h1.ip4, "-d", dst, "--sport", str(FRAME_SPORT), "--dport", str(FRAME_DPORT)]
+        if args.dnat:  # the kernel's NAT (loaded by listing its table) sets the entry's binding
+            lab.run(lab.r, ["iptables", "-t", "nat", "-S"])
+            flow += ["--dst-nat", lab.h2.ip4]
         lab.run(lab.r, ["conntrack", "-I", *flow, "--timeout", "600", "--status", "SEEN_REPLY,ASSURED"])
-        frame = bytes(Ether(src=lab.h1.mac, dst=lab.r_h1_mac) / IP(src=lab.h1.ip4, dst=lab.h2.ip4, ttl=64)
+        frame = bytes(Ether(src=lab.h1.mac, dst=lab.r_h1_mac) / IP(src=lab.h1.ip4, dst=dst, ttl=64)
                       / UDP(sport=FRAME_SPORT, dport=FRAME_DPORT) / Raw(b"\0" * 18))
         print(f"{'hook':<5} {'mode':<22} {'ns/packet (median)':>19}")
         for hook in ("xdp", "tc"):
-            for mode, ns in measure(lab, hook, frame, args.rounds).items():
+            for mode, ns in measure(lab, hook, frame, args.rounds, args.dnat).items():
                 print(f"{hook:<5} {mode:<22} {ns:>19.0f}", flush=True)
     return 0
 

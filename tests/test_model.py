@@ -54,6 +54,7 @@ def test_dump_builds_the_router() -> None:
     assert names(m) == {"lo", "r-h1", "r-h2"}
     r_h1 = next(link for link in m.links.values() if link.name == "r-h1")
     assert r_h1.kind == "veth" and r_h1.up and r_h1.ethernet
+    assert r_h1.link_netnsid is not None and not r_h1.peer_here  # its peer h1-r is in h1's namespace
     assert {a.address for a in m.addrs} >= {"192.0.2.1", "198.51.100.1", "2001:db8:1::1", "2001:db8:2::1"}
     assert {n.dst for n in m.neighs.values() if n.state == 0x80} == {
         "192.0.2.2", "198.51.100.2", "2001:db8:1::2", "2001:db8:2::2"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 
 import pytest
 from scapy.layers.inet import UDP
@@ -17,7 +18,7 @@ from scapy.packet import Raw
 
 from netns_labs.lab import RouterLab, wait_for
 from tests.harness import FirewallHarness
-from tests.test_firewall_prog import CT, CT_LOG, V4, F, check
+from tests.test_firewall_prog import CT, CT_LOG, V4, F, check, table
 from tna.bpf import abi
 
 pytestmark = pytest.mark.root
@@ -131,3 +132,116 @@ def test_a_hit_needs_no_route_lookup(harnesses: dict[str, FirewallHarness], fwla
         assert scratch.lookup(b"\0\0\0\0")[os.sched_getaffinity(0).pop()] != marker
     finally:
         h.set_state()
+
+
+NAT_TABLE = ("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
+             "-A PREROUTING -d 203.0.113.80 -p udp -m udp --dport 8080 -j DNAT --to-destination 198.51.100.7:4000\n"
+             "COMMIT\n")
+# the LOG rule reads the translated destination port: a pass for the kernel
+NAT_LOG = table("DROP", "-A FORWARD -p udp -m udp --dport 4000 -j LOG\n"
+                "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n") + NAT_TABLE
+NAT_PLAIN = table("DROP", "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n") + NAT_TABLE
+
+
+@dataclass(frozen=True)
+class Natted:
+    """A connection whose packets arriving on r-h1 have their destination
+    translated: its conntrack entry's original tuple and NAT option, the
+    packet as received, its destination once translated."""
+    orig: tuple[str, str, int, int]  # src, dst, sport, dport
+    nat: tuple[str, str]
+    sport: int
+    dst: str
+    dport: int
+    to: str
+    to_port: int
+
+    def match(self) -> list[str]:
+        src, dst, sport, dport = self.orig
+        return ["-p", "udp", "-s", src, "-d", dst, "--sport", str(sport), "--dport", str(dport)]
+
+
+NATTED = {
+    # h1 -> 203.0.113.80:8080, DNAT'd to 198.51.100.7:4000
+    "dnat": Natted(("192.0.2.2", "203.0.113.80", 4021, 8080), ("--dst-nat", "198.51.100.7:4000"),
+                   4021, "203.0.113.80", 8080, "198.51.100.7", 4000),
+    # the reply to h2:4000 -> h1:5000 SNAT'd to r's 192.0.2.1: its dst manip undoes the SNAT
+    "snat-reply": Natted(("198.51.100.2", "192.0.2.2", 4000, 5000), ("--src-nat", "192.0.2.1"),
+                         5000, "192.0.2.1", 4000, "198.51.100.2", 4000),
+}
+
+
+def natted_entry(lab: RouterLab, n: Natted, nat: tuple[str, str] | None = None) -> list[str]:
+    """n's entry, assured (nat: another NAT option than n's); its match."""
+    lab.run(lab.r, ["iptables", "-t", "nat", "-S"])  # loads the kernel's NAT: conntrack -I sets bindings with it
+    lab.run(lab.r, ["conntrack", "-D", *n.match()], check=False)
+    lab.run(lab.r, ["conntrack", "-I", *n.match(), *(nat or n.nat), "--timeout", "60",
+                    "--status", "SEEN_REPLY,ASSURED"])
+    return n.match()
+
+
+def natted_frame(lab: RouterLab, n: Natted, translated: bool = False) -> bytes:
+    """n's packet as received (translated: one sent to its translated destination)."""
+    dst, dport = (n.to, n.to_port) if translated else (n.dst, n.dport)
+    return bytes(V4(lab, dst=dst) / UDP(sport=n.sport, dport=dport) / Raw(b"x"))
+
+
+@pytest.fixture(scope="module", params=["xdp", "tc"])
+def nat_harnesses(request: pytest.FixtureRequest, fwlab: RouterLab) -> Iterator[dict[str, FirewallHarness]]:
+    made = {name: FirewallHarness(fwlab, request.param, rules) for name, rules in
+            (("log", NAT_LOG), ("plain", NAT_PLAIN))}
+    yield made
+    for h in made.values():
+        h.close()
+
+
+@pytest.mark.parametrize("kind", NATTED)
+def test_a_translated_flow_passed_is_remembered_by_what_arrives(nat_harnesses: dict[str, FirewallHarness],
+                                                                 fwlab: RouterLab, kind: str) -> None:
+    """A flow whose destination the entry translates, passed by a rule on
+    the translated destination: its next packet hits the cache (its entry
+    deleted meanwhile, the received destination's route would decide: not
+    forwarded, unreachable), a packet sent straight to
+    the translated destination does not (no entry: CT_NEW); another rule set
+    is another program, whose cache knows nothing of it."""
+    h, n, lab = nat_harnesses["log"], NATTED[kind], fwlab
+    h.set_state(pass_cache_s=3600)
+    try:
+        match = natted_entry(lab, n)
+        check(h, natted_frame(lab, n), "PASS", "FW_KERNEL", Counter())
+        lab.run(lab.r, ["conntrack", "-D", *match])
+        check(h, natted_frame(lab, n), "PASS", "FW_KERNEL", Counter())
+        check(h, natted_frame(lab, n, translated=True), "PASS", "CT_NEW", Counter())
+        natted_entry(lab, n)
+        plain = nat_harnesses["plain"]
+        plain.set_state(pass_cache_s=3600)
+        assert plain.run_fw(natted_frame(lab, n))[:2] == ("REDIRECT", "FORWARDED")
+    finally:
+        h.set_state()
+        nat_harnesses["plain"].set_state()
+        lab.run(lab.r, ["conntrack", "-D", *n.match()], check=False)
+
+
+def test_a_translated_flow_whose_binding_changes_is_decided_again(nat_harnesses: dict[str, FirewallHarness],
+                                                                  fwlab: RouterLab) -> None:
+    """DNAT'd to the port the LOG rule reads: passed and remembered; its
+    entry replaced by one translating to another port (which FORWARD
+    accepts), it is passed only until the lifetime ends, then carried."""
+    h, lab = nat_harnesses["log"], fwlab
+    n = replace(NATTED["dnat"], orig=("192.0.2.2", "203.0.113.80", 4022, 8080), sport=4022)  # a flow of its own
+    h.set_state(pass_cache_s=LIFETIME_S)
+    try:
+        natted_entry(lab, n)
+        check(h, natted_frame(lab, n), "PASS", "FW_KERNEL", Counter())
+        natted_entry(lab, n, ("--dst-nat", "198.51.100.7:4001"))
+        seen: list[str] = []
+
+        def carried() -> bool:
+            _, reason, _, _ = h.run_fw(natted_frame(lab, n))
+            seen.append(reason)
+            return reason == "FORWARDED"
+        assert wait_for(carried, 30, 0.1), seen
+        assert seen[0] == "FW_KERNEL" and set(seen[:-1]) <= {"FW_KERNEL"}, seen
+    finally:
+        h.set_state()
+        lab.run(lab.r, ["conntrack", "-D", *n.match()], check=False)

@@ -21,6 +21,8 @@ from tna.model.config import (
     TcFilters,
     XdpXmit,
 )
+from tna.model.iptables import parse_save
+from tna.snapshot import plan_filtering
 from tna.synth.planner import IFF_LOWER_UP, INGRESS_KINDS, LOCAL_STACK_KINDS, UNSHAPED_QDISCS, plan
 
 KINDS = [None, "veth", "tun", "bridge", "vlan", "bond", "vxlan"]
@@ -144,3 +146,30 @@ def test_an_ignored_port_keeps_its_bridge_accelerated() -> None:
     p = plan(_bridged(), ignore=["eth2"])
     assert 4 in p.skipped and 4 not in p.ports and 4 not in p.xdp_egress | p.tc_egress
     assert 3 in p.ports and p.bridges == {2} and 2 in p.l3_bridges
+
+
+
+MARK_RULES = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n{}COMMIT\n"
+
+
+def _veths(rules: str) -> Model:
+    """v2's peer is in this namespace, v3's in the one of netnsid 0; rules: FORWARD's."""
+    def veth(index: int, netnsid: int | None) -> Link:
+        return Link(index, f"v{index}", "veth", f"02:00:00:00:00:{index:02x}", 1500, IFF_UP | IFF_LOWER_UP,
+                    ARPHRD_ETHER, qdisc="noqueue", link_netnsid=netnsid)
+    fw, why = plan_filtering({4: parse_save(MARK_RULES.format(rules)), 6: parse_save("")}, {})
+    assert fw is not None, why
+    return Model(links={2: veth(2, None), 3: veth(3, 0)}, sysctls=Sysctls(True, True), firewall=fw)
+
+
+def test_a_veth_whose_peer_is_here_is_not_xdp_while_the_rules_read_the_mark() -> None:
+    """Its frames keep the sender's skb mark, which XDP cannot see: TC
+    (forced XDP and a per-interface override overruled), and the hook says
+    why; a peer in another namespace (the mark scrubbed) or rules that read
+    no mark leave the hook as chosen."""
+    reads = _veths("-A FORWARD -m mark --mark 0x1 -j DROP\n")
+    for p in (plan(reads, "xdp"), plan(reads, "tc", {"v2": "xdp", "v3": "xdp"})):
+        assert (p.ifaces[2].hook, p.ifaces[3].hook) == ("tc", "xdp")
+        assert "its veth peer is in this namespace" in p.ifaces[2].hook_why
+        assert not p.ifaces[2].flags & TNA_IF_CHECK_CSUM_PARTIAL  # a TC program screens nothing
+    assert {ip.hook for ip in plan(_veths("-A FORWARD -p udp -j DROP\n"), "xdp").ifaces.values()} == {"xdp"}

@@ -54,7 +54,8 @@ static __always_inline int ctx_redirect_prepare(tna_ctx_t *ctx, __u32 ifindex)
 }
 
 /* The mark the kernel's skb would start with: 0, before any rule sets one
- * (tna/model/hooks.py; a veth peer in the same namespace is the exception). */
+ * (tna/model/hooks.py; a frame from a veth peer in the same namespace keeps
+ * its sender's: the planner puts such a veth on TC while rules read it). */
 static __always_inline __u32 ctx_mark(tna_ctx_t *ctx) { return 0; }
 
 /* Whether the kernel could see an L4 hash on this packet (driver RSS, or the

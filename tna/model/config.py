@@ -87,6 +87,7 @@ class Link:
     qdisc: str | None = None         # root qdisc kind (IFLA_QDISC)
     bridge: Bridge | None = None     # kind == "bridge"
     port: Port | None = None         # enslaved to a bridge
+    link_netnsid: int | None = None  # IFLA_LINK_NETNSID: a veth's peer is in that namespace (None: in this one)
 
     @property
     def up(self) -> bool:
@@ -95,6 +96,12 @@ class Link:
     @property
     def loopback(self) -> bool:
         return bool(self.flags & IFF_LOOPBACK)
+
+    @property
+    def peer_here(self) -> bool:
+        """A veth whose peer is in this namespace: a frame from the peer
+        keeps its sender's skb mark (only a namespace crossing scrubs it)."""
+        return self.kind == "veth" and self.link_netnsid is None
 
     @property
     def ethernet(self) -> bool:

@@ -234,6 +234,12 @@ class Firewall:
     def __hash__(self) -> int:
         return hash(self._identity)
 
+    @cached_property
+    def reads_mark(self) -> bool:
+        """Does a rule match on the skb's mark (-m mark)?"""
+        return any(r.mark is not None for cs in (self.fwd4, self.fwd6, self.in4, self.in6) if cs
+                   for c in cs for r in c.rules)
+
     def iface_masks(self, names: dict[int, str]) -> dict[int, int]:
         """ifindex -> the patterns its name matches, as bits."""
         return {i: sum(1 << k for k, pattern in enumerate(self.ifaces) if iface_matches(pattern, name))

@@ -39,7 +39,8 @@ arrived with, since every target that sets one (MARK, CONNMARK
 one keeps the traffic it could match on the kernel path.  Under TC the
 program reads the skb's mark itself; under XDP no skb exists yet, and the
 one the kernel builds starts with mark 0 (a frame from a veth peer in the
-same namespace is the exception: its skb keeps the sender's mark).
+same namespace is the exception: its skb keeps the sender's mark, so while
+a rule reads the mark the planner puts such a veth on TC: Link.peer_here).
 """
 
 from __future__ import annotations

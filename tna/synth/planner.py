@@ -242,6 +242,9 @@ def plan(model: Model, mode: str = "auto", overrides: Mapping[str, str] | None =
             skipped[link.index] = Skipped(link.index, link.name, skip[1], skip[0])
             continue
         hook, hook_why = choose_hook(link, mode, overrides)
+        if hook == "xdp" and link.peer_here and model.firewall is not None and model.firewall.reads_mark:
+            hook, hook_why = "tc", (f"{hook_why} overruled: its veth peer is in this namespace, so its frames "
+                                    "keep their sender's mark, which the rules read and XDP cannot see")
         flags = TNA_IF_CHECK_CSUM_PARTIAL if hook == "xdp" and link.kind in LOCAL_STACK_KINDS else 0
         if link.master is not None:
             bridge = bridges[link.master]
