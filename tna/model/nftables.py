@@ -1,0 +1,455 @@
+"""`nft -j list ruleset` (libnftables-json) -> TNA's rule model: pure, no I/O.
+
+The output is what tna/model/iptables.py gives for iptables-save: per IP
+version the tables ("<family> <table>"), their chains and Rules with typed
+match fields, plus the address sets the rules match on (tna/model/ipset.py:
+set contents are map contents).  What TNA cannot express is recorded by
+name in Rule.unsupported (the rule keeps what it could match on the kernel
+path).  nft statements run in order: a statement TNA does not model (log,
+limit, reject, a mangling or NAT statement, ...) acts on every packet the
+matches before it let through, so only those matches become typed fields.
+
+An inet table appears in both versions; a rule whose matches imply one
+family (ip/ip6 payload, meta nfproto) is left out of the other version's
+chain.  One nft rule may become several Rules (a verdict map, an anonymous
+set of small scalars): their keys are disjoint, so first-match order stays
+exact; they share the rule's handle.  Indexes are 1-based per chain over
+every Rule made (both versions), so a version's chain may skip some.
+
+Base chains keep their hook, priority and type; chains of one hook with the
+same priority in different tables are all kept (which runs first is the
+kernel's registration order: the caller decides).  arp tables are ignored
+(TNA carries no ARP); bridge and netdev base chains that see carried
+traffic are `foreign`: they cannot be modelled at all.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+from dataclasses import dataclass, field
+
+from tna.model.ipset import IpSet, Member, SetMatch
+from tna.model.iptables import CT_STATES, CT_STATUS, PROTOCOLS, TCP_FLAGS, Chain, Neg, Rule, Table
+from tna.model.nftables_text import ICMP_TYPES, render_rule
+
+VERSIONS = {"ip": (4,), "ip6": (6,), "inet": (4, 6)}
+HOOKS = ("prerouting", "input", "forward", "output", "postrouting")
+_L4 = {"tcp": 6, "udp": 17, "sctp": 132, "udplite": 136, "dccp": 33}
+_PORT_PROTOS = {6, 17, 132, 136}
+_TERMINAL = ("reject", "queue", "fwd", "dnat", "snat", "masquerade", "redirect", "tproxy", "synproxy")
+MAX_EXPANSION = 64  # Rules one nft rule may become (beyond: kernel path)
+_FAMILY_OF = {"ip": 4, "ip6": 6}
+
+
+class _Unsupported(Exception):
+    """A match TNA cannot express (the message names it)."""
+
+
+@dataclass
+class NftRules:
+    tables: dict[int, dict[str, Table]]   # per IP version; key and Table.name: "<family> <table>"
+    sets: dict[str, IpSet]                # by the name SetMatch uses
+    foreign: list[str] = field(default_factory=list)  # base chains that cannot be modelled (why)
+
+
+@dataclass
+class _Alt:
+    """One alternative of a rule being read: its typed fields so far."""
+
+    fields: dict[str, object] = field(default_factory=dict)
+    sets: list[SetMatch] = field(default_factory=list)
+    target: str | None = None
+    goto: bool = False
+    versions: frozenset[int] = frozenset((4, 6))
+
+    def fork(self) -> _Alt:
+        return _Alt(dict(self.fields), list(self.sets), self.target, self.goto, self.versions)
+
+
+def parse_ruleset(doc: dict) -> NftRules:
+    """The model of one `nft -j list ruleset` document."""
+    out = NftRules({4: {}, 6: {}}, {})
+    objs = doc.get("nftables", [])
+    set_json: dict[tuple[str, str, str], dict] = {}
+    indexes: dict[tuple[str, str], int] = {}  # per chain: Rules made (both versions)
+    for o in objs:
+        if "set" in o:
+            s = o["set"]
+            set_json[(s["family"], s["table"], s["name"])] = s
+    for o in objs:
+        if "table" in o and o["table"]["family"] in VERSIONS:
+            t = o["table"]
+            for v in VERSIONS[t["family"]]:
+                out.tables[v][_tname(t)] = Table(_tname(t))
+        elif "chain" in o:
+            _chain(o["chain"], out)
+        elif "rule" in o and o["rule"]["family"] in VERSIONS:
+            _rule(o["rule"], out, set_json, indexes)
+    return out
+
+
+def _tname(o: dict) -> str:
+    return f"{o['family']} {o.get('table', o.get('name'))}"
+
+
+def _chain(c: dict, out: NftRules) -> None:
+    fam, hook = c["family"], c.get("hook")
+    if fam not in VERSIONS:
+        # arp: TNA carries no ARP.  netdev ingress/egress sees every packet of
+        # its device; a bridge's base chains see the frames of its ports
+        if hook and (fam == "netdev" or (fam == "bridge" and hook in ("prerouting", "forward", "postrouting"))):
+            where = f" on {c['dev']}" if c.get("dev") else ""
+            out.foreign.append(f"{fam} {c['table']} chain {c['name']}: hook {hook}{where} sees carried traffic "
+                               "before (or without) the IP hooks TNA models")
+        return
+    if hook is not None and hook not in HOOKS:
+        out.foreign.append(f"{fam} {c['table']} chain {c['name']}: hook {hook} is not modelled")
+        return
+    policy = (c.get("policy") or "accept").upper() if hook else None
+    for v in VERSIONS[fam]:
+        table = out.tables[v].setdefault(_tname(c), Table(_tname(c)))
+        table.chains[c["name"]] = Chain(c["name"], policy, hook=hook,
+                                        priority=int(c["prio"]) if hook else None,
+                                        kind=c.get("type", "filter") if hook else "filter")
+
+
+def _rule(r: dict, out: NftRules, set_json: dict[tuple[str, str, str], dict],
+          indexes: dict[tuple[str, str], int]) -> None:
+    fam, tname = r["family"], _tname(r)
+    alts = [_Alt(versions=frozenset(VERSIONS[fam]))]
+    unsupported: list[str] = []
+    stopped = False  # after a statement TNA does not model: later matches restrict nothing it could rely on
+    counters, comment = (0, 0), r.get("comment")
+    ctx = _Ctx(fam, r["table"], r["handle"], out, set_json)
+    for e in r.get("expr", []):
+        (kind, body), = e.items()
+        if kind == "counter":
+            if isinstance(body, dict):
+                counters = (int(body.get("packets", 0)), int(body.get("bytes", 0)))
+            continue
+        if kind in ("accept", "drop", "return", "continue", "jump", "goto"):
+            for a in alts:
+                _verdict(a, kind, body)
+            break
+        if kind == "match" and not stopped:
+            try:
+                alts = _expand(alts, [ctx.match(body, a) for a in alts])
+            except _Unsupported as why:
+                unsupported.append(str(why))
+            continue
+        if kind == "match":
+            continue
+        if kind == "vmap" and not stopped:
+            try:
+                alts = _expand(alts, [ctx.vmap(body, a) for a in alts])
+            except _Unsupported as why:
+                unsupported.append(str(why))
+                break
+            continue
+        unsupported.append(f"{'flow add' if kind == 'flow' else kind} statement")
+        stopped = True
+        if kind in _TERMINAL:
+            for a in alts:
+                a.target = a.target or kind.upper()
+            break
+    text = render_rule(r)
+    for a in alts:
+        why = list(unsupported)
+        proto = a.fields.get("proto")
+        for key in ("sport", "dport"):
+            if key in a.fields and not (isinstance(proto, Neg) and not proto.neg and proto.value in _PORT_PROTOS):
+                why.append(f"th {key} without a port protocol")
+        for v in sorted(a.versions):
+            table = out.tables[v].get(tname)
+            if table is None or r["chain"] not in table.chains:
+                continue
+            chain = table.chains[r["chain"]]
+            key = (tname, r["chain"])
+            indexes[key] = index = indexes.get(key, 0) + 1
+            sets = tuple(SetMatch(m.name, m.dirs, m.neg, family=v) for m in a.sets
+                         if out.sets[m.name].family == v)
+            chain.rules.append(Rule(chain=r["chain"], index=index, text=text, target=a.target or "CONTINUE",
+                                    goto=a.goto, comment=comment, sets=sets, unsupported=tuple(why),
+                                    counters=counters, handle=r["handle"], **a.fields))  # type: ignore[arg-type]
+
+
+def _expand(alts: list[_Alt], each: list[list[_Alt]]) -> list[_Alt]:
+    new = [a for group in each for a in group]
+    if len(new) > MAX_EXPANSION:
+        raise _Unsupported(f"more than {MAX_EXPANSION} alternatives")
+    return new
+
+
+def _verdict(a: _Alt, kind: str, body: object) -> None:
+    if kind in ("jump", "goto"):
+        assert isinstance(body, dict)
+        a.target, a.goto = body["target"], kind == "goto"
+    else:
+        a.target = kind.upper()
+
+
+class _Ctx:
+    """What reading one rule needs: where it is, and the sets it may name."""
+
+    def __init__(self, family: str, table: str, handle: int, out: NftRules,
+                 set_json: dict[tuple[str, str, str], dict]) -> None:
+        self.family, self.table, self.handle, self.out, self.set_json = family, table, handle, out, set_json
+        self.anon = 0
+
+    # ---- matches --------------------------------------------------------
+    def match(self, m: dict, a: _Alt) -> list[_Alt]:
+        """The alternatives a refined by match m (none: it cannot hold)."""
+        op, left, right = m["op"], m["left"], m["right"]
+        if op not in ("==", "!=", "in"):
+            raise _Unsupported(f"{_name(left)} {op}")
+        if op == "in" and left in ({"payload": {"protocol": "tcp", "field": "flags"}}, {"ct": {"key": "status"}}):
+            return self.any_bit(left, right, a)
+        return self.key(left, right, op == "!=", a)
+
+    def any_bit(self, left: dict, right: object, a: _Alt) -> list[_Alt]:
+        """`tcp flags syn`, `ct status assured`: (value & bits) != 0."""
+        if "ct" in left:
+            return self.ct("status", right, False, a)
+        bits = _flag_bits(right)
+        if bits & (bits - 1):  # any of several flags: not a (mask, cmp) test
+            raise _Unsupported(f"tcp flags {right} (any of)")
+        _imply_proto(a, 6)
+        return _set(a, "tcp_flags", (bits, bits), False)
+
+    def key(self, left: object, right: object, neg: bool, a: _Alt) -> list[_Alt]:
+        """Alternatives of a for `left == right` (neg: `!=`)."""
+        if isinstance(right, dict) and "set" in right and not neg and not _is_set_field(left):
+            # a positive anonymous set of scalars: one alternative per element
+            out: list[_Alt] = []
+            for elem in right["set"]:
+                out += self.key(left, elem, False, a.fork())
+            return out
+        if isinstance(left, dict) and "payload" in left:
+            return self.payload(left["payload"], right, neg, a)
+        if isinstance(left, dict) and "meta" in left:
+            return self.meta(left["meta"]["key"], right, neg, a)
+        if isinstance(left, dict) and "ct" in left and "dir" not in left["ct"]:
+            return self.ct(left["ct"]["key"], right, neg, a)
+        if isinstance(left, dict) and "&" in left:
+            return self.masked(left["&"], right, neg, a)
+        if isinstance(left, dict) and "fib" in left:
+            fib = left["fib"]
+            if fib.get("result") == "type" and fib.get("flags") == ["daddr"]:
+                types = _names(right)
+                return _set(a, "dst_type", frozenset(t.upper() for t in types), neg)
+        raise _Unsupported(f"{_name(left)} match")
+
+    def payload(self, p: dict, right: object, neg: bool, a: _Alt) -> list[_Alt]:
+        proto, fld = p.get("protocol"), p.get("field")
+        if proto in ("ip", "ip6"):
+            v = _FAMILY_OF[proto]
+            a.versions = a.versions & {v}
+            if fld in ("saddr", "daddr"):
+                return self.address(v, "src" if fld == "saddr" else "dst", right, neg, a)
+            if (proto, fld) in (("ip", "protocol"), ("ip6", "nexthdr")):
+                return self.meta("l4proto", right, neg, a)
+        if proto in (*_L4, "th") and fld in ("sport", "dport"):
+            if proto != "th":
+                _imply_proto(a, _L4[proto])
+            return _set(a, fld, self.ports(right), neg)
+        if proto == "tcp" and fld == "flags":
+            bits = _flag_bits(right)
+            _imply_proto(a, 6)
+            return _set(a, "tcp_flags", (0xFF, bits), neg)
+        if proto in ("icmp", "icmpv6") and fld in ("type", "code"):
+            num = 1 if proto == "icmp" else 58
+            _imply_proto(a, num)
+            if fld == "code":
+                cur = a.fields.get("icmp_type")
+                if not isinstance(cur, Neg) or cur.neg or neg or not isinstance(right, int):
+                    raise _Unsupported(f"{proto} code without an icmp type")
+                a.fields["icmp_type"] = Neg((cur.value[0], right))  # type: ignore[index]
+                return [a]
+            t = right if isinstance(right, int) else ICMP_TYPES[proto].get(str(right))
+            if t is None:
+                raise _Unsupported(f"{proto} type {right}")
+            return _set(a, "icmp_type", (t, None), neg)
+        raise _Unsupported(f"{proto} {fld} match")
+
+    def address(self, v: int, key: str, right: object, neg: bool, a: _Alt) -> list[_Alt]:
+        if isinstance(right, str) and right.startswith("@"):
+            a.sets.append(SetMatch(self.named_set(right[1:]), (key,), neg))
+            return [a]
+        nets = _nets(right)
+        if isinstance(right, str) or (isinstance(right, dict) and "prefix" in right):  # one prefix
+            return _set(a, key, nets[0], neg)
+        self.anon += 1
+        name = f"nft:{self.family} {self.table}:anon:{self.handle}:{self.anon}"
+        self.out.sets[name] = IpSet(name, "hash:net", v, max(len(nets), 1),
+                                    members=frozenset(Member(n) for n in nets))
+        a.sets.append(SetMatch(name, (key,), neg))
+        return [a]
+
+    def named_set(self, name: str) -> str:
+        """The IpSet of an address set (the name SetMatch uses)."""
+        s = self.set_json.get((self.family, self.table, name))
+        if s is None:
+            raise _Unsupported(f"set @{name} is not listed")
+        full = f"nft:{self.family} {self.table}:{name}"
+        if full in self.out.sets:
+            return full
+        typ = s.get("type")
+        if typ not in ("ipv4_addr", "ipv6_addr"):
+            raise _Unsupported(f"set @{name} of type {typ}")
+        flags = set(s.get("flags", []))
+        elems = s.get("elem", [])
+        counters = any(isinstance(e, dict) and "elem" in e and "counter" in e["elem"] for e in elems) or any(
+            "counter" in st for st in s.get("stmt", []))
+        timeout = bool(flags & {"timeout", "dynamic"}) or "timeout" in s
+        nets = [n for e in elems for n in _nets(e["elem"]["val"] if isinstance(e, dict) and "elem" in e else e)]
+        kind = "hash:net" if "interval" in flags else "hash:ip"
+        self.out.sets[full] = IpSet(full, kind, 4 if typ == "ipv4_addr" else 6,
+                                    max(int(s.get("size", 65536)), len(nets)), timeout=timeout, counters=counters,
+                                    members=frozenset(Member(n) for n in nets))
+        return full
+
+    def ports(self, right: object) -> tuple[tuple[int, int], ...]:
+        if isinstance(right, str) and right.startswith("@"):
+            s = self.set_json.get((self.family, self.table, right[1:]))
+            if s is None or s.get("type") != "inet_service" or set(s.get("flags", [])) & {"timeout", "dynamic"}:
+                raise _Unsupported(f"set {right} (not a constant inet_service set)")
+            return tuple(r for e in s.get("elem", []) for r in _port_ranges(e))
+        return _port_ranges(right)
+
+    def meta(self, key: str, right: object, neg: bool, a: _Alt) -> list[_Alt]:
+        if key == "nfproto":
+            v = {"ipv4": 4, "ipv6": 6}.get(str(right))
+            if v is None:
+                raise _Unsupported(f"meta nfproto {right}")
+            a.versions = a.versions - {v} if neg else a.versions & {v}
+            return [a] if a.versions else []
+        if key == "l4proto":
+            num = right if isinstance(right, int) else PROTOCOLS.get(str(right), _L4.get(str(right)))
+            if num is None:
+                raise _Unsupported(f"meta l4proto {right}")
+            return _set(a, "proto", num, neg)
+        if key in ("iifname", "oifname", "iif", "oif"):
+            if isinstance(right, str) and right.startswith("@"):
+                raise _Unsupported(f"meta {key} set {right}")
+            name = str(right)
+            if key.endswith("name") and name.endswith("*") and not name.endswith("\\*"):
+                name = name[:-1] + "+"
+            return _set(a, key[:3], name.replace("\\*", "*"), neg)
+        if key == "mark" and isinstance(right, int):
+            return _set(a, "mark", (right, 0xFFFFFFFF), neg)
+        raise _Unsupported(f"meta {key} match")
+
+    def ct(self, key: str, right: object, neg: bool, a: _Alt) -> list[_Alt]:
+        names = _names(right)
+        if key == "state":
+            states = frozenset(n.upper() for n in names)
+            if not states <= CT_STATES:
+                raise _Unsupported(f"ct state {right}")
+            return _set(a, "ctstate", states, neg)
+        if key == "status" and not neg:  # only from any_bit(): `==`/`!=` compare all bits
+            bits = [CT_STATUS.get(n.upper().replace("-", "_")) for n in names]
+            if None in bits:
+                raise _Unsupported(f"ct status {right}")
+            return _set(a, "ctstatus", sum(bits), neg)  # type: ignore[arg-type]
+        if key == "direction" and len(names) == 1 and names[0] in ("original", "reply"):
+            d = names[0] if not neg else {"original": "reply", "reply": "original"}[names[0]]
+            a.fields["ctdir"] = d.upper()
+            return [a]
+        raise _Unsupported(f"ct {key} match")
+
+    def masked(self, operands: list, right: object, neg: bool, a: _Alt) -> list[_Alt]:
+        what, mask = operands
+        if what == {"payload": {"protocol": "tcp", "field": "flags"}}:
+            _imply_proto(a, 6)
+            return _set(a, "tcp_flags", (_flag_bits(mask), _flag_bits(right)), neg)
+        if what == {"meta": {"key": "mark"}} and isinstance(mask, int) and isinstance(right, int):
+            return _set(a, "mark", (right & mask, mask), neg)
+        raise _Unsupported(f"{_name(what)} & mask match")
+
+    def vmap(self, v: dict, a_all: _Alt) -> list[_Alt]:
+        data = v.get("data")
+        if not isinstance(data, dict) or "set" not in data:
+            raise _Unsupported("verdict map (named)")
+        out: list[_Alt] = []
+        for key, verdict in data["set"]:
+            for a in self.key(v["key"], key, False, a_all.fork()):
+                (kind, body), = verdict.items()
+                _verdict(a, kind, body)
+                out.append(a)
+        return out
+
+
+def _set(a: _Alt, key: str, value: object, neg: bool) -> list[_Alt]:
+    if key in a.fields:
+        raise _Unsupported(f"a second {key} match")
+    a.fields[key] = Neg(value, neg)
+    return [a]
+
+
+def _imply_proto(a: _Alt, num: int) -> None:
+    """tcp/udp/icmp payload matches carry nft's implicit l4proto dependency."""
+    cur = a.fields.get("proto")
+    if cur is None:
+        a.fields["proto"] = Neg(num)
+    elif cur != Neg(num):
+        raise _Unsupported(f"protocol {num} after {cur}")
+
+
+def _is_set_field(left: object) -> bool:
+    """Fields whose model value is itself a set (addresses, ports, ct state/status, fib type)."""
+    if isinstance(left, dict) and "payload" in left:
+        return left["payload"].get("field") in ("saddr", "daddr", "sport", "dport")
+    return isinstance(left, dict) and ("ct" in left or "fib" in left)
+
+
+def _names(right: object) -> list[str]:
+    if isinstance(right, dict) and "set" in right:
+        right = right["set"]
+    return [str(x) for x in right] if isinstance(right, list) else [str(right)]
+
+
+def _flag_bits(v: object) -> int:
+    if isinstance(v, int):
+        return v
+    names = v if isinstance(v, list) else [v]
+    try:
+        return sum(TCP_FLAGS[str(n).upper()] for n in names) & 0xFF
+    except KeyError as e:
+        raise _Unsupported(f"tcp flag {e}") from e
+
+
+def _port_ranges(v: object) -> tuple[tuple[int, int], ...]:
+    if isinstance(v, int):
+        return ((v, v),)
+    if isinstance(v, dict) and "range" in v:
+        lo, hi = v["range"]
+        return ((int(lo), int(hi)),)
+    if isinstance(v, dict) and "set" in v:
+        return tuple(r for e in v["set"] for r in _port_ranges(e))
+    raise _Unsupported(f"port {v}")
+
+
+def _nets(v: object) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The exact prefix decomposition of an address, prefix, range or set of them."""
+    if isinstance(v, str):
+        return [ipaddress.ip_network(v)]
+    if isinstance(v, dict) and "prefix" in v:
+        return [ipaddress.ip_network(f"{v['prefix']['addr']}/{v['prefix']['len']}", strict=False)]
+    if isinstance(v, dict) and "range" in v:
+        lo, hi = (ipaddress.ip_address(x) for x in v["range"])
+        return list(ipaddress.summarize_address_range(lo, hi))  # type: ignore[arg-type]
+    if isinstance(v, dict) and "set" in v:
+        return [n for e in v["set"] for n in _nets(e)]
+    if isinstance(v, dict) and "elem" in v:
+        return _nets(v["elem"]["val"])
+    raise _Unsupported(f"address {v}")
+
+
+def _name(left: object) -> str:
+    if isinstance(left, dict) and left:
+        (kind, body), = itertools.islice(left.items(), 1)
+        if isinstance(body, dict):
+            return " ".join(str(body[k]) for k in ("protocol", "field", "key") if k in body) or kind
+        return kind
+    return str(left)

@@ -1,0 +1,85 @@
+"""A readable nft-syntax rendering of a libnftables-json rule (for `tna
+status`), and the ICMP type names nft prints.  Not a round-trip printer:
+an expression it does not know is shown as its JSON key."""
+
+from __future__ import annotations
+
+import json
+
+ICMP_TYPES = {
+    "icmp": {"echo-reply": 0, "destination-unreachable": 3, "source-quench": 4, "redirect": 5,
+             "echo-request": 8, "router-advertisement": 9, "router-solicitation": 10, "time-exceeded": 11,
+             "parameter-problem": 12, "timestamp-request": 13, "timestamp-reply": 14, "info-request": 15,
+             "info-reply": 16, "address-mask-request": 17, "address-mask-reply": 18},
+    "icmpv6": {"destination-unreachable": 1, "packet-too-big": 2, "time-exceeded": 3, "parameter-problem": 4,
+               "echo-request": 128, "echo-reply": 129, "mld-listener-query": 130, "mld-listener-report": 131,
+               "mld-listener-done": 132, "mld-listener-reduction": 132, "nd-router-solicit": 133,
+               "nd-router-advert": 134, "nd-neighbor-solicit": 135, "nd-neighbor-advert": 136,
+               "nd-redirect": 137, "router-renumbering": 138, "ind-neighbor-solicit": 141,
+               "ind-neighbor-advert": 142, "mld2-listener-report": 143},
+}
+_VERDICTS = ("accept", "drop", "return", "continue")
+
+
+def render_rule(r: dict) -> str:
+    """`ip saddr 192.0.2.0/24 tcp dport 22 counter accept`-like text."""
+    text = " ".join(_stmt(e) for e in r.get("expr", []))
+    return f'{text} comment "{r["comment"]}"' if r.get("comment") else text
+
+
+def _stmt(e: dict) -> str:
+    (kind, body), = e.items()
+    if kind == "match":
+        op = "" if body["op"] == "in" or (body["op"] == "==" and "&" not in body["left"]) else f"{body['op']} "
+        return f"{expr(body['left'])} {op}{expr(body['right'])}"
+    if kind in _VERDICTS:
+        return kind
+    if kind in ("jump", "goto"):
+        return f"{kind} {body['target']}"
+    if kind == "counter":
+        return "counter" if not isinstance(body, dict) else f"counter packets {body['packets']} bytes {body['bytes']}"
+    if kind == "vmap":
+        return f"{expr(body['key'])} vmap {expr(body['data'])}"
+    if body is None:
+        return kind
+    if isinstance(body, dict):
+        args = " ".join(f"{k} {expr(v)}" for k, v in body.items())
+        return f"{kind} {args}".strip()
+    return f"{kind} {json.dumps(body)}"
+
+
+def expr(v: object) -> str:
+    """One expression (left or right side) in nft syntax."""
+    if isinstance(v, bool) or v is None:
+        return json.dumps(v)
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, str):
+        return json.dumps(v) if not v.replace("-", "").replace("_", "").replace(".", "").replace(":", "").replace(
+            "@", "").replace("/", "").isalnum() else v
+    if isinstance(v, list):  # flags (a, b), or a map element [key, value]
+        return f"{expr(v[0])} : {expr(v[1])}" if len(v) == 2 and isinstance(v[1], dict) else ",".join(map(expr, v))
+    assert isinstance(v, dict)
+    (kind, body), = v.items()
+    if kind == "payload":
+        return f"{body.get('protocol', 'raw')} {body.get('field', '')}".strip()
+    if kind in ("meta", "ct"):
+        return f"{kind} {body['key']}" if kind == "ct" or body["key"] not in ("iifname", "oifname") else body["key"]
+    if kind == "set":
+        return "{ " + ", ".join(expr(x) for x in body) + " }" if isinstance(body, list) else "{ " + expr(body) + " }"
+    if kind == "prefix":
+        return f"{body['addr']}/{body['len']}"
+    if kind == "range":
+        return f"{expr(body[0])}-{expr(body[1])}"
+    if kind == "&":
+        return f"{expr(body[0])} & ({' | '.join(map(expr, body[1]))})" if isinstance(body[1], list) else \
+            f"{expr(body[0])} & {expr(body[1])}"
+    if kind == "fib":
+        return f"fib {' . '.join(body.get('flags', []))} {body.get('result')}"
+    if isinstance(body, list) and len(body) == 2 and all(not isinstance(x, list) for x in body):
+        return f"{expr(body[0])} : {expr(body[1])}" if kind == "elem" else f"{expr(body[0])} {kind} {expr(body[1])}"
+    if body is None:
+        return kind
+    if isinstance(body, dict) and "target" in body:
+        return f"{kind} {body['target']}"
+    return kind
