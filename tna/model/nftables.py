@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from tna.model.ipset import IpSet, Member, SetMatch
 from tna.model.iptables import CT_STATES, CT_STATUS, PROTOCOLS, TCP_FLAGS, Chain, Neg, Rule, Table
-from tna.model.nftables_text import ICMP_TYPES, render_rule
+from tna.model.nftables_text import ICMP_CODES, ICMP_TYPES, render_rule
 
 VERSIONS = {"ip": (4,), "ip6": (6,), "inet": (4, 6)}
 HOOKS = ("prerouting", "input", "forward", "output", "postrouting")
@@ -99,7 +99,8 @@ def _chain(c: dict, out: NftRules) -> None:
         # arp: TNA carries no ARP.  netdev ingress/egress sees every packet of
         # its device; a bridge's base chains see the frames of its ports
         if hook and (fam == "netdev" or (fam == "bridge" and hook in ("prerouting", "forward", "postrouting"))):
-            where = f" on {c['dev']}" if c.get("dev") else ""
+            dev = c.get("dev") or c.get("devices")  # nft 1.0.6 omits it
+            where = f" on {dev}" if dev else ""
             out.foreign.append(f"{fam} {c['table']} chain {c['name']}: hook {hook}{where} sees carried traffic "
                                "before (or without) the IP hooks TNA models")
         return
@@ -262,9 +263,10 @@ class _Ctx:
             _imply_proto(a, num)
             if fld == "code":
                 cur = a.fields.get("icmp_type")
-                if not isinstance(cur, Neg) or cur.neg or neg or not isinstance(right, int):
-                    raise _Unsupported(f"{proto} code without an icmp type")
-                a.fields["icmp_type"] = Neg((cur.value[0], right))  # type: ignore[index]
+                code = right if isinstance(right, int) else ICMP_CODES[proto].get(str(right))
+                if not isinstance(cur, Neg) or cur.neg or neg or code is None or cur.value[1] is not None:  # type: ignore[index]
+                    raise _Unsupported(f"{proto} code {right} (without one positive icmp type)")
+                a.fields["icmp_type"] = Neg((cur.value[0], code))  # type: ignore[index]
                 return [a]
             t = right if isinstance(right, int) else ICMP_TYPES[proto].get(str(right))
             if t is None:

@@ -18,6 +18,13 @@ ICMP_TYPES = {
                "nd-redirect": 137, "router-renumbering": 138, "ind-neighbor-solicit": 141,
                "ind-neighbor-advert": 142, "mld2-listener-report": 143},
 }
+# nft's icmp_code / icmpv6_code names (it prints a known code by name)
+ICMP_CODES = {
+    "icmp": {"net-unreachable": 0, "host-unreachable": 1, "prot-unreachable": 2, "port-unreachable": 3,
+             "frag-needed": 4, "net-prohibited": 9, "host-prohibited": 10, "admin-prohibited": 13},
+    "icmpv6": {"no-route": 0, "admin-prohibited": 1, "addr-unreachable": 3, "port-unreachable": 4,
+               "policy-fail": 5, "reject-route": 6},
+}
 _VERDICTS = ("accept", "drop", "return", "continue")
 
 
