@@ -345,3 +345,22 @@ def test_flow_add() -> None:
             {"flow": {"op": "add", "flowtable": "@ft"}}]}}]}
     (r,) = parse_ruleset(doc).tables[6]["inet t"].chains["c"].rules
     assert r.unsupported == ("flow add statement",) and r.proto == Neg(6) and r.target == "CONTINUE"
+
+
+def test_concatenation_and_ifname_sets(ns: str) -> None:
+    m = load(ns, "table inet t {\n set ap { type ipv4_addr . inet_service; elements = { 192.0.2.1 . 22 } }\n"
+             " set np { type ipv4_addr . inet_service; flags interval; elements = { 192.0.2.0/24 . 1000-1002 } }\n"
+             ' set ifs { type ifname; elements = { "lan0", "lan1" } }\n'
+             " chain c {\n type filter hook input priority 0;\n ip saddr . tcp dport @ap accept\n"
+             " ip daddr . udp dport @np accept\n iifname @ifs accept\n iifname != @ifs drop\n }\n}\n")
+    ap, np_, lan0, lan1, notlan = rules(m, 4, "inet t", "c")
+    assert ap.proto == Neg(6) and ap.sets[0].dirs == ("src", "dst")
+    s = m.sets[ap.sets[0].name]
+    assert (s.type, s.family) == ("hash:ip,port", 4)
+    assert {(str(e.net), e.proto, e.port) for e in s.members} == {("192.0.2.1/32", 6, 22)}
+    s = m.sets[np_.sets[0].name]
+    assert s.type == "hash:net,port" and np_.sets[0].dirs == ("dst", "dst") and np_.proto == Neg(17)
+    assert {e.port for e in s.members} == {1000, 1001, 1002}
+    assert (lan0.iif, lan1.iif, lan0.handle) == (Neg("lan0"), Neg("lan1"), lan1.handle)
+    assert not notlan.expressible
+    assert len(rules(m, 6, "inet t", "c")) == 3  # the concatenations are IPv4's

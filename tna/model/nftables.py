@@ -39,6 +39,7 @@ _L4 = {"tcp": 6, "udp": 17, "sctp": 132, "udplite": 136, "dccp": 33}
 _PORT_PROTOS = {6, 17, 132, 136}
 _TERMINAL = ("reject", "queue", "fwd", "dnat", "snat", "masquerade", "redirect", "tproxy", "synproxy")
 MAX_EXPANSION = 64  # Rules one nft rule may become (beyond: kernel path)
+MAX_SET_MEMBERS = 1 << 16  # a concatenation set's port ranges, expanded (ipset stores ranges so too)
 _FAMILY_OF = {"ip": 4, "ip6": 6}
 
 
@@ -226,6 +227,8 @@ class _Ctx:
             for elem in right["set"]:
                 out += self.key(left, elem, False, a.fork())
             return out
+        if isinstance(left, dict) and "concat" in left and isinstance(right, str) and right.startswith("@"):
+            return self.concat(left["concat"], right[1:], neg, a)
         if isinstance(left, dict) and "payload" in left:
             return self.payload(left["payload"], right, neg, a)
         if isinstance(left, dict) and "meta" in left:
@@ -299,17 +302,53 @@ class _Ctx:
         typ = s.get("type")
         if typ not in ("ipv4_addr", "ipv6_addr"):
             raise _Unsupported(f"set @{name} of type {typ}")
-        flags = set(s.get("flags", []))
+        nets = [n for e in s.get("elem", []) for n in _nets(e)]
+        self.out.sets[full] = self.ip_set(s, full, "hash:net" if "interval" in s.get("flags", []) else "hash:ip",
+                                          4 if typ == "ipv4_addr" else 6, {Member(n) for n in nets})
+        return full
+
+    @staticmethod
+    def ip_set(s: dict, name: str, kind: str, version: int, members: set[Member]) -> IpSet:
+        """The IpSet of set s's JSON: timeouts and counters as ipset's
+        (mirror_problem() then keeps its rules on the kernel path)."""
         elems = s.get("elem", [])
         counters = any(isinstance(e, dict) and "elem" in e and "counter" in e["elem"] for e in elems) or any(
             "counter" in st for st in s.get("stmt", []))
-        timeout = bool(flags & {"timeout", "dynamic"}) or "timeout" in s
-        nets = [n for e in elems for n in _nets(e["elem"]["val"] if isinstance(e, dict) and "elem" in e else e)]
-        kind = "hash:net" if "interval" in flags else "hash:ip"
-        self.out.sets[full] = IpSet(full, kind, 4 if typ == "ipv4_addr" else 6,
-                                    max(int(s.get("size", 65536)), len(nets)), timeout=timeout, counters=counters,
-                                    members=frozenset(Member(n) for n in nets))
-        return full
+        timeout = bool(set(s.get("flags", [])) & {"timeout", "dynamic"}) or "timeout" in s or any(
+            isinstance(e, dict) and "elem" in e and "timeout" in e["elem"] for e in elems)
+        return IpSet(name, kind, version, max(int(s.get("size", 65536)), len(members)), timeout=timeout,
+                     counters=counters, members=frozenset(members))
+
+    def concat(self, parts: list, name: str, neg: bool, a: _Alt) -> list[_Alt]:
+        """`ip saddr . tcp dport @s`: a hash:ip,port (hash:net,port with
+        intervals) whose members carry the rule's protocol (the packet's
+        protocol is the rule's: its tcp/udp match implies it)."""
+        s = self.set_json.get((self.family, self.table, name))
+        addr, port = (p.get("payload", {}) if isinstance(p, dict) else {} for p in [*parts, None, None][:2])
+        if (len(parts) != 2 or s is None or addr.get("protocol") not in _FAMILY_OF
+                or addr.get("field") not in ("saddr", "daddr") or port.get("protocol") not in _L4
+                or port.get("field") not in ("sport", "dport") or s.get("type") not in (
+                    ["ipv4_addr", "inet_service"], ["ipv6_addr", "inet_service"])):
+            raise _Unsupported(f"concatenation set @{name}")
+        proto, v = _L4[port["protocol"]], _FAMILY_OF[addr["protocol"]]
+        full = f"nft:{self.family} {self.table}:{name}:{port['protocol']}"
+        if full not in self.out.sets:
+            members = set()
+            for e in s.get("elem", []):
+                val = e["elem"]["val"] if isinstance(e, dict) and "elem" in e else e
+                net, ports = val["concat"]
+                for n in _nets(net):
+                    for lo, hi in _port_ranges(ports):
+                        if len(members) + hi - lo >= MAX_SET_MEMBERS:
+                            raise _Unsupported(f"set @{name}: more than {MAX_SET_MEMBERS} entries expanded")
+                        members.update(Member(n, proto, p) for p in range(lo, hi + 1))
+            self.out.sets[full] = self.ip_set(s, full, "hash:net,port" if "interval" in s.get("flags", [])
+                                              else "hash:ip,port", v, members)
+        _imply_proto(a, proto)
+        a.versions = a.versions & {v}
+        dirs = tuple("src" if p["field"] in ("saddr", "sport") else "dst" for p in (addr, port))
+        a.sets.append(SetMatch(full, dirs, neg))
+        return [a]
 
     def ports(self, right: object) -> tuple[tuple[int, int], ...]:
         if isinstance(right, str) and right.startswith("@"):
@@ -333,7 +372,11 @@ class _Ctx:
             return _set(a, "proto", num, neg)
         if key in ("iifname", "oifname", "iif", "oif"):
             if isinstance(right, str) and right.startswith("@"):
-                raise _Unsupported(f"meta {key} set {right}")
+                # a constant set of names: one alternative per name (the names are code, like a rule's)
+                s = self.set_json.get((self.family, self.table, right[1:]))
+                if neg or s is None or s.get("type") != "ifname" or set(s.get("flags", [])) & {"timeout", "dynamic"}:
+                    raise _Unsupported(f"meta {key} {'!= ' if neg else ''}set {right}")
+                return [b for e in s.get("elem", []) for b in self.meta(key, e, False, a.fork())]
             name = str(right)
             if key.endswith("name") and name.endswith("*") and not name.endswith("\\*"):
                 name = name[:-1] + "+"
