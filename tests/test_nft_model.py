@@ -19,6 +19,8 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 from tna.model.ipset import resolve
 from tna.model.iptables import Neg, Rule
@@ -284,6 +286,7 @@ def test_counters_and_continue(ns: str) -> None:
 def test_matches(ns: str) -> None:
     assert one("meta mark and 0xff == 1 accept", ns)[0].mark == Neg((1, 0xFF))
     assert one("meta mark 0x2 drop", ns)[0].mark == Neg((2, 0xFFFFFFFF))
+    assert one("meta mark and 0xffff0000 == 0x10000 drop", ns)[0].mark == Neg((0x10000, 0xFFFF0000))  # a prefix
     assert one('oifname != "wan*" accept', ns)[0].oif == Neg("wan+", True)
     assert one('iif "lo" accept', ns)[0].iif == Neg("lo")
     assert one("ct direction reply accept", ns)[0].ctdir == "REPLY"
@@ -364,3 +367,56 @@ def test_concatenation_and_ifname_sets(ns: str) -> None:
     assert (lan0.iif, lan1.iif, lan0.handle) == (Neg("lan0"), Neg("lan1"), lan1.handle)
     assert not notlan.expressible
     assert len(rules(m, 6, "inet t", "c")) == 3  # the concatenations are IPv4's
+
+
+@st.composite
+def nft_rule(draw: st.DrawFn) -> tuple[str, dict[str, object], str]:
+    """A rule from a small grammar: its text, the typed fields it should
+    become, and its target."""
+    parts: list[str] = []
+    want: dict[str, object] = {}
+    if draw(st.booleans()):
+        net = ipaddress.ip_network(f"192.0.2.{draw(st.integers(0, 255))}/{draw(st.integers(24, 32))}", strict=False)
+        neg = draw(st.booleans())
+        parts.append(f"ip saddr {'!= ' if neg else ''}{net}")
+        want["src"] = Neg(net, neg)
+    if draw(st.booleans()):
+        proto = draw(st.sampled_from(["tcp", "udp"]))
+        lo = draw(st.integers(1, 65535))
+        hi = draw(st.integers(lo, 65535)) if draw(st.booleans()) else lo
+        neg = draw(st.booleans())
+        parts.append(f"{proto} dport {'!= ' if neg else ''}{lo}" + (f"-{hi}" if hi != lo else ""))
+        want.update(proto=Neg(6 if proto == "tcp" else 17), dport=Neg(((lo, hi),), neg))
+    if draw(st.booleans()):
+        name = draw(st.sampled_from(["lan0", "lan1", "lan*", "wan0"]))
+        neg = draw(st.booleans())
+        parts.append(f'iifname {"!= " if neg else ""}"{name}"')
+        want["iif"] = Neg(name.replace("*", "+"), neg)
+    if draw(st.booleans()):
+        states = draw(st.sets(st.sampled_from(["new", "established", "related", "invalid"]), min_size=1))
+        parts.append(f"ct state {','.join(sorted(states))}")
+        want["ctstate"] = Neg(frozenset(x.upper() for x in states))
+    if draw(st.booleans()):
+        mask = draw(st.integers(1, 0xFFFFFFFF))
+        value = draw(st.integers(0, 0xFFFFFFFF)) & mask
+        parts.append(f"meta mark and {mask:#x} == {value:#x}")
+        want["mark"] = Neg((value, mask))
+    verdict = draw(st.sampled_from(["accept", "drop", "return", "counter", "jump sub"]))
+    return " ".join([*parts, verdict]), want, {"counter": "CONTINUE", "jump sub": "sub"}.get(verdict,
+                                                                                             verdict.upper())
+
+
+@settings(max_examples=30, deadline=None, derandomize=True, database=None, phases=[Phase.generate],
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(drawn=st.lists(nft_rule(), min_size=1, max_size=8))
+def test_random_rules(ns: str, drawn: list[tuple[str, dict[str, object], str]]) -> None:
+    """What this nft prints back for random rules is read as what they say."""
+    m = load(ns, "table inet t {\n chain c {\n type filter hook forward priority 0;\n"
+             + "".join(f" {text}\n" for text, _, _ in drawn) + " }\n chain sub {\n }\n}\n")
+    got = rules(m, 4, "inet t", "c")
+    assert len(got) == len(drawn)
+    for r, (text, want, target) in zip(got, drawn, strict=True):
+        fields = {k: getattr(r, k) for k in ("src", "proto", "dport", "iif", "ctstate", "mark")
+                  if getattr(r, k) is not None}
+        assert (fields, r.target, r.unsupported) == (want, target, ()), (text, r.text)
+    assert [r.handle for r in rules(m, 6, "inet t", "c")] == [r.handle for r in got if r.src is None]

@@ -383,6 +383,10 @@ class _Ctx:
             return _set(a, key[:3], name.replace("\\*", "*"), neg)
         if key == "mark" and isinstance(right, int):
             return _set(a, "mark", (right, 0xFFFFFFFF), neg)
+        if key == "mark" and isinstance(right, dict) and "prefix" in right:
+            # nft prints `mark and <high bits> == v` as the prefix v/len
+            mask = (0xFFFFFFFF << (32 - right["prefix"]["len"])) & 0xFFFFFFFF
+            return _set(a, "mark", (right["prefix"]["addr"] & mask, mask), neg)
         raise _Unsupported(f"meta {key} match")
 
     def ct(self, key: str, right: object, neg: bool, a: _Alt) -> list[_Alt]:
