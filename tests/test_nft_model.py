@@ -291,6 +291,7 @@ def test_matches(ns: str) -> None:
     assert one('iif "lo" accept', ns)[0].iif == Neg("lo")
     assert one("ct direction reply accept", ns)[0].ctdir == "REPLY"
     assert one("ct status assured accept", ns)[0].ctstatus == Neg(4)
+    assert not one("ct status == assured accept", ns)[0].expressible  # exactly assured: not "any of"
     assert one("icmp type destination-unreachable icmp code 4 accept", ns)[0].icmp_type == Neg((3, 4))
     assert not one("icmp code 4 accept", ns)[0].expressible
     assert one("ip protocol udp accept", ns, 6) == []

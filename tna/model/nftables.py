@@ -25,13 +25,21 @@ traffic are `foreign`: they cannot be modelled at all.
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
 from dataclasses import dataclass, field
 
 from tna.model.ipset import IpSet, Member, SetMatch
-from tna.model.iptables import CT_STATES, CT_STATUS, PROTOCOLS, TCP_FLAGS, Chain, Neg, Rule, Table
-from tna.model.nftables_text import ICMP_CODES, ICMP_TYPES, render_rule
+from tna.model.iptables import CT_STATES, CT_STATUS, PROTOCOLS, Chain, Neg, Rule, Table
+from tna.model.nftables_text import (
+    ICMP_CODES,
+    ICMP_TYPES,
+    Unsupported,
+    flag_bits,
+    names,
+    nets,
+    port_ranges,
+    render_rule,
+)
 
 VERSIONS = {"ip": (4,), "ip6": (6,), "inet": (4, 6)}
 HOOKS = ("prerouting", "input", "forward", "output", "postrouting")
@@ -41,10 +49,6 @@ _TERMINAL = ("reject", "queue", "fwd", "dnat", "snat", "masquerade", "redirect",
 MAX_EXPANSION = 64  # Rules one nft rule may become (beyond: kernel path)
 MAX_SET_MEMBERS = 1 << 16  # a concatenation set's port ranges, expanded (ipset stores ranges so too)
 _FAMILY_OF = {"ip": 4, "ip6": 6}
-
-
-class _Unsupported(Exception):
-    """A match TNA cannot express (the message names it)."""
 
 
 @dataclass
@@ -137,7 +141,7 @@ def _rule(r: dict, out: NftRules, set_json: dict[tuple[str, str, str], dict],
         if kind == "match" and not stopped:
             try:
                 alts = _expand(alts, [ctx.match(body, a) for a in alts])
-            except _Unsupported as why:
+            except Unsupported as why:
                 unsupported.append(str(why))
             continue
         if kind == "match":
@@ -145,7 +149,7 @@ def _rule(r: dict, out: NftRules, set_json: dict[tuple[str, str, str], dict],
         if kind == "vmap" and not stopped:
             try:
                 alts = _expand(alts, [ctx.vmap(body, a) for a in alts])
-            except _Unsupported as why:
+            except Unsupported as why:
                 unsupported.append(str(why))
                 break
             continue
@@ -179,7 +183,7 @@ def _rule(r: dict, out: NftRules, set_json: dict[tuple[str, str, str], dict],
 def _expand(alts: list[_Alt], each: list[list[_Alt]]) -> list[_Alt]:
     new = [a for group in each for a in group]
     if len(new) > MAX_EXPANSION:
-        raise _Unsupported(f"more than {MAX_EXPANSION} alternatives")
+        raise Unsupported(f"more than {MAX_EXPANSION} alternatives")
     return new
 
 
@@ -204,7 +208,7 @@ class _Ctx:
         """The alternatives a refined by match m (none: it cannot hold)."""
         op, left, right = m["op"], m["left"], m["right"]
         if op not in ("==", "!=", "in"):
-            raise _Unsupported(f"{_name(left)} {op}")
+            raise Unsupported(f"{_name(left)} {op}")
         if op == "in" and left in ({"payload": {"protocol": "tcp", "field": "flags"}}, {"ct": {"key": "status"}}):
             return self.any_bit(left, right, a)
         return self.key(left, right, op == "!=", a)
@@ -213,9 +217,9 @@ class _Ctx:
         """`tcp flags syn`, `ct status assured`: (value & bits) != 0."""
         if "ct" in left:
             return self.ct("status", right, False, a)
-        bits = _flag_bits(right)
+        bits = flag_bits(right)
         if bits & (bits - 1):  # any of several flags: not a (mask, cmp) test
-            raise _Unsupported(f"tcp flags {right} (any of)")
+            raise Unsupported(f"tcp flags {right} (any of)")
         _imply_proto(a, 6)
         return _set(a, "tcp_flags", (bits, bits), False)
 
@@ -233,6 +237,8 @@ class _Ctx:
             return self.payload(left["payload"], right, neg, a)
         if isinstance(left, dict) and "meta" in left:
             return self.meta(left["meta"]["key"], right, neg, a)
+        if left == {"ct": {"key": "status"}}:
+            raise Unsupported("ct status ==/!= (compares all the bits)")
         if isinstance(left, dict) and "ct" in left and "dir" not in left["ct"]:
             return self.ct(left["ct"]["key"], right, neg, a)
         if isinstance(left, dict) and "&" in left:
@@ -240,9 +246,9 @@ class _Ctx:
         if isinstance(left, dict) and "fib" in left:
             fib = left["fib"]
             if fib.get("result") == "type" and fib.get("flags") == ["daddr"]:
-                types = _names(right)
+                types = names(right)
                 return _set(a, "dst_type", frozenset(t.upper() for t in types), neg)
-        raise _Unsupported(f"{_name(left)} match")
+        raise Unsupported(f"{_name(left)} match")
 
     def payload(self, p: dict, right: object, neg: bool, a: _Alt) -> list[_Alt]:
         proto, fld = p.get("protocol"), p.get("field")
@@ -258,7 +264,7 @@ class _Ctx:
                 _imply_proto(a, _L4[proto])
             return _set(a, fld, self.ports(right), neg)
         if proto == "tcp" and fld == "flags":
-            bits = _flag_bits(right)
+            bits = flag_bits(right)
             _imply_proto(a, 6)
             return _set(a, "tcp_flags", (0xFF, bits), neg)
         if proto in ("icmp", "icmpv6") and fld in ("type", "code"):
@@ -268,26 +274,26 @@ class _Ctx:
                 cur = a.fields.get("icmp_type")
                 code = right if isinstance(right, int) else ICMP_CODES[proto].get(str(right))
                 if not isinstance(cur, Neg) or cur.neg or neg or code is None or cur.value[1] is not None:  # type: ignore[index]
-                    raise _Unsupported(f"{proto} code {right} (without one positive icmp type)")
+                    raise Unsupported(f"{proto} code {right} (without one positive icmp type)")
                 a.fields["icmp_type"] = Neg((cur.value[0], code))  # type: ignore[index]
                 return [a]
             t = right if isinstance(right, int) else ICMP_TYPES[proto].get(str(right))
             if t is None:
-                raise _Unsupported(f"{proto} type {right}")
+                raise Unsupported(f"{proto} type {right}")
             return _set(a, "icmp_type", (t, None), neg)
-        raise _Unsupported(f"{proto} {fld} match")
+        raise Unsupported(f"{proto} {fld} match")
 
     def address(self, v: int, key: str, right: object, neg: bool, a: _Alt) -> list[_Alt]:
         if isinstance(right, str) and right.startswith("@"):
             a.sets.append(SetMatch(self.named_set(right[1:]), (key,), neg))
             return [a]
-        nets = _nets(right)
+        prefixes = nets(right)
         if isinstance(right, str) or (isinstance(right, dict) and "prefix" in right):  # one prefix
-            return _set(a, key, nets[0], neg)
+            return _set(a, key, prefixes[0], neg)
         self.anon += 1
         name = f"nft:{self.family} {self.table}:anon:{self.handle}:{self.anon}"
-        self.out.sets[name] = IpSet(name, "hash:net", v, max(len(nets), 1),
-                                    members=frozenset(Member(n) for n in nets))
+        self.out.sets[name] = IpSet(name, "hash:net", v, max(len(prefixes), 1),
+                                    members=frozenset(Member(n) for n in prefixes))
         a.sets.append(SetMatch(name, (key,), neg))
         return [a]
 
@@ -295,16 +301,16 @@ class _Ctx:
         """The IpSet of an address set (the name SetMatch uses)."""
         s = self.set_json.get((self.family, self.table, name))
         if s is None:
-            raise _Unsupported(f"set @{name} is not listed")
+            raise Unsupported(f"set @{name} is not listed")
         full = f"nft:{self.family} {self.table}:{name}"
         if full in self.out.sets:
             return full
         typ = s.get("type")
         if typ not in ("ipv4_addr", "ipv6_addr"):
-            raise _Unsupported(f"set @{name} of type {typ}")
-        nets = [n for e in s.get("elem", []) for n in _nets(e)]
+            raise Unsupported(f"set @{name} of type {typ}")
+        members = {Member(n) for e in s.get("elem", []) for n in nets(e)}
         self.out.sets[full] = self.ip_set(s, full, "hash:net" if "interval" in s.get("flags", []) else "hash:ip",
-                                          4 if typ == "ipv4_addr" else 6, {Member(n) for n in nets})
+                                          4 if typ == "ipv4_addr" else 6, members)
         return full
 
     @staticmethod
@@ -329,7 +335,7 @@ class _Ctx:
                 or addr.get("field") not in ("saddr", "daddr") or port.get("protocol") not in _L4
                 or port.get("field") not in ("sport", "dport") or s.get("type") not in (
                     ["ipv4_addr", "inet_service"], ["ipv6_addr", "inet_service"])):
-            raise _Unsupported(f"concatenation set @{name}")
+            raise Unsupported(f"concatenation set @{name}")
         proto, v = _L4[port["protocol"]], _FAMILY_OF[addr["protocol"]]
         full = f"nft:{self.family} {self.table}:{name}:{port['protocol']}"
         if full not in self.out.sets:
@@ -337,10 +343,10 @@ class _Ctx:
             for e in s.get("elem", []):
                 val = e["elem"]["val"] if isinstance(e, dict) and "elem" in e else e
                 net, ports = val["concat"]
-                for n in _nets(net):
-                    for lo, hi in _port_ranges(ports):
+                for n in nets(net):
+                    for lo, hi in port_ranges(ports):
                         if len(members) + hi - lo >= MAX_SET_MEMBERS:
-                            raise _Unsupported(f"set @{name}: more than {MAX_SET_MEMBERS} entries expanded")
+                            raise Unsupported(f"set @{name}: more than {MAX_SET_MEMBERS} entries expanded")
                         members.update(Member(n, proto, p) for p in range(lo, hi + 1))
             self.out.sets[full] = self.ip_set(s, full, "hash:net,port" if "interval" in s.get("flags", [])
                                               else "hash:ip,port", v, members)
@@ -354,28 +360,28 @@ class _Ctx:
         if isinstance(right, str) and right.startswith("@"):
             s = self.set_json.get((self.family, self.table, right[1:]))
             if s is None or s.get("type") != "inet_service" or set(s.get("flags", [])) & {"timeout", "dynamic"}:
-                raise _Unsupported(f"set {right} (not a constant inet_service set)")
-            return tuple(r for e in s.get("elem", []) for r in _port_ranges(e))
-        return _port_ranges(right)
+                raise Unsupported(f"set {right} (not a constant inet_service set)")
+            return tuple(r for e in s.get("elem", []) for r in port_ranges(e))
+        return port_ranges(right)
 
     def meta(self, key: str, right: object, neg: bool, a: _Alt) -> list[_Alt]:
         if key == "nfproto":
             v = {"ipv4": 4, "ipv6": 6}.get(str(right))
             if v is None:
-                raise _Unsupported(f"meta nfproto {right}")
+                raise Unsupported(f"meta nfproto {right}")
             a.versions = a.versions - {v} if neg else a.versions & {v}
             return [a] if a.versions else []
         if key == "l4proto":
             num = right if isinstance(right, int) else PROTOCOLS.get(str(right), _L4.get(str(right)))
             if num is None:
-                raise _Unsupported(f"meta l4proto {right}")
+                raise Unsupported(f"meta l4proto {right}")
             return _set(a, "proto", num, neg)
         if key in ("iifname", "oifname", "iif", "oif"):
             if isinstance(right, str) and right.startswith("@"):
                 # a constant set of names: one alternative per name (the names are code, like a rule's)
                 s = self.set_json.get((self.family, self.table, right[1:]))
                 if neg or s is None or s.get("type") != "ifname" or set(s.get("flags", [])) & {"timeout", "dynamic"}:
-                    raise _Unsupported(f"meta {key} {'!= ' if neg else ''}set {right}")
+                    raise Unsupported(f"meta {key} {'!= ' if neg else ''}set {right}")
                 return [b for e in s.get("elem", []) for b in self.meta(key, e, False, a.fork())]
             name = str(right)
             if key.endswith("name") and name.endswith("*") and not name.endswith("\\*"):
@@ -387,39 +393,39 @@ class _Ctx:
             # nft prints `mark and <high bits> == v` as the prefix v/len
             mask = (0xFFFFFFFF << (32 - right["prefix"]["len"])) & 0xFFFFFFFF
             return _set(a, "mark", (right["prefix"]["addr"] & mask, mask), neg)
-        raise _Unsupported(f"meta {key} match")
+        raise Unsupported(f"meta {key} match")
 
     def ct(self, key: str, right: object, neg: bool, a: _Alt) -> list[_Alt]:
-        names = _names(right)
+        words = names(right)
         if key == "state":
-            states = frozenset(n.upper() for n in names)
+            states = frozenset(n.upper() for n in words)
             if not states <= CT_STATES:
-                raise _Unsupported(f"ct state {right}")
+                raise Unsupported(f"ct state {right}")
             return _set(a, "ctstate", states, neg)
-        if key == "status" and not neg:  # only from any_bit(): `==`/`!=` compare all bits
-            bits = [CT_STATUS.get(n.upper().replace("-", "_")) for n in names]
+        if key == "status" and not neg:  # from any_bit() only
+            bits = [CT_STATUS.get(n.upper().replace("-", "_")) for n in words]
             if None in bits:
-                raise _Unsupported(f"ct status {right}")
+                raise Unsupported(f"ct status {right}")
             return _set(a, "ctstatus", sum(bits), neg)  # type: ignore[arg-type]
-        if key == "direction" and len(names) == 1 and names[0] in ("original", "reply"):
-            d = names[0] if not neg else {"original": "reply", "reply": "original"}[names[0]]
+        if key == "direction" and len(words) == 1 and words[0] in ("original", "reply"):
+            d = words[0] if not neg else {"original": "reply", "reply": "original"}[words[0]]
             a.fields["ctdir"] = d.upper()
             return [a]
-        raise _Unsupported(f"ct {key} match")
+        raise Unsupported(f"ct {key} match")
 
     def masked(self, operands: list, right: object, neg: bool, a: _Alt) -> list[_Alt]:
         what, mask = operands
         if what == {"payload": {"protocol": "tcp", "field": "flags"}}:
             _imply_proto(a, 6)
-            return _set(a, "tcp_flags", (_flag_bits(mask), _flag_bits(right)), neg)
+            return _set(a, "tcp_flags", (flag_bits(mask), flag_bits(right)), neg)
         if what == {"meta": {"key": "mark"}} and isinstance(mask, int) and isinstance(right, int):
             return _set(a, "mark", (right & mask, mask), neg)
-        raise _Unsupported(f"{_name(what)} & mask match")
+        raise Unsupported(f"{_name(what)} & mask match")
 
     def vmap(self, v: dict, a_all: _Alt) -> list[_Alt]:
         data = v.get("data")
         if not isinstance(data, dict) or "set" not in data:
-            raise _Unsupported("verdict map (named)")
+            raise Unsupported("verdict map (named)")
         out: list[_Alt] = []
         for key, verdict in data["set"]:
             for a in self.key(v["key"], key, False, a_all.fork()):
@@ -431,7 +437,7 @@ class _Ctx:
 
 def _set(a: _Alt, key: str, value: object, neg: bool) -> list[_Alt]:
     if key in a.fields:
-        raise _Unsupported(f"a second {key} match")
+        raise Unsupported(f"a second {key} match")
     a.fields[key] = Neg(value, neg)
     return [a]
 
@@ -442,7 +448,7 @@ def _imply_proto(a: _Alt, num: int) -> None:
     if cur is None:
         a.fields["proto"] = Neg(num)
     elif cur != Neg(num):
-        raise _Unsupported(f"protocol {num} after {cur}")
+        raise Unsupported(f"protocol {num} after {cur}")
 
 
 def _is_set_field(left: object) -> bool:
@@ -450,49 +456,6 @@ def _is_set_field(left: object) -> bool:
     if isinstance(left, dict) and "payload" in left:
         return left["payload"].get("field") in ("saddr", "daddr", "sport", "dport")
     return isinstance(left, dict) and ("ct" in left or "fib" in left)
-
-
-def _names(right: object) -> list[str]:
-    if isinstance(right, dict) and "set" in right:
-        right = right["set"]
-    return [str(x) for x in right] if isinstance(right, list) else [str(right)]
-
-
-def _flag_bits(v: object) -> int:
-    if isinstance(v, int):
-        return v
-    names = v if isinstance(v, list) else [v]
-    try:
-        return sum(TCP_FLAGS[str(n).upper()] for n in names) & 0xFF
-    except KeyError as e:
-        raise _Unsupported(f"tcp flag {e}") from e
-
-
-def _port_ranges(v: object) -> tuple[tuple[int, int], ...]:
-    if isinstance(v, int):
-        return ((v, v),)
-    if isinstance(v, dict) and "range" in v:
-        lo, hi = v["range"]
-        return ((int(lo), int(hi)),)
-    if isinstance(v, dict) and "set" in v:
-        return tuple(r for e in v["set"] for r in _port_ranges(e))
-    raise _Unsupported(f"port {v}")
-
-
-def _nets(v: object) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    """The exact prefix decomposition of an address, prefix, range or set of them."""
-    if isinstance(v, str):
-        return [ipaddress.ip_network(v)]
-    if isinstance(v, dict) and "prefix" in v:
-        return [ipaddress.ip_network(f"{v['prefix']['addr']}/{v['prefix']['len']}", strict=False)]
-    if isinstance(v, dict) and "range" in v:
-        lo, hi = (ipaddress.ip_address(x) for x in v["range"])
-        return list(ipaddress.summarize_address_range(lo, hi))  # type: ignore[arg-type]
-    if isinstance(v, dict) and "set" in v:
-        return [n for e in v["set"] for n in _nets(e)]
-    if isinstance(v, dict) and "elem" in v:
-        return _nets(v["elem"]["val"])
-    raise _Unsupported(f"address {v}")
 
 
 def _name(left: object) -> str:

@@ -1,10 +1,14 @@
-"""A readable nft-syntax rendering of a libnftables-json rule (for `tna
-status`), and the ICMP type names nft prints.  Not a round-trip printer:
-an expression it does not know is shown as its JSON key."""
+"""nft's JSON values: the ICMP names nft prints, how addresses, ports and
+flags read, and a readable nft-syntax rendering of a rule (for `tna
+status`; not a round-trip printer: an expression it does not know is shown
+as its JSON key)."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
+
+from tna.model.iptables import TCP_FLAGS
 
 ICMP_TYPES = {
     "icmp": {"echo-reply": 0, "destination-unreachable": 3, "source-quench": 4, "redirect": 5,
@@ -26,6 +30,53 @@ ICMP_CODES = {
                "policy-fail": 5, "reject-route": 6},
 }
 _VERDICTS = ("accept", "drop", "return", "continue")
+
+
+class Unsupported(Exception):
+    """A match TNA cannot express (the message names it)."""
+
+
+def names(right: object) -> list[str]:
+    if isinstance(right, dict) and "set" in right:
+        right = right["set"]
+    return [str(x) for x in right] if isinstance(right, list) else [str(right)]
+
+
+def flag_bits(v: object) -> int:
+    if isinstance(v, int):
+        return v
+    names = v if isinstance(v, list) else [v]
+    try:
+        return sum(TCP_FLAGS[str(n).upper()] for n in names) & 0xFF
+    except KeyError as e:
+        raise Unsupported(f"tcp flag {e}") from e
+
+
+def port_ranges(v: object) -> tuple[tuple[int, int], ...]:
+    if isinstance(v, int):
+        return ((v, v),)
+    if isinstance(v, dict) and "range" in v:
+        lo, hi = v["range"]
+        return ((int(lo), int(hi)),)
+    if isinstance(v, dict) and "set" in v:
+        return tuple(r for e in v["set"] for r in port_ranges(e))
+    raise Unsupported(f"port {v}")
+
+
+def nets(v: object) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The exact prefix decomposition of an address, prefix, range or set of them."""
+    if isinstance(v, str):
+        return [ipaddress.ip_network(v)]
+    if isinstance(v, dict) and "prefix" in v:
+        return [ipaddress.ip_network(f"{v['prefix']['addr']}/{v['prefix']['len']}", strict=False)]
+    if isinstance(v, dict) and "range" in v:
+        lo, hi = (ipaddress.ip_address(x) for x in v["range"])
+        return list(ipaddress.summarize_address_range(lo, hi))  # type: ignore[arg-type]
+    if isinstance(v, dict) and "set" in v:
+        return [n for e in v["set"] for n in nets(e)]
+    if isinstance(v, dict) and "elem" in v:
+        return nets(v["elem"]["val"])
+    raise Unsupported(f"address {v}")
 
 
 def render_rule(r: dict) -> str:
