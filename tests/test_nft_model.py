@@ -421,3 +421,11 @@ def test_random_rules(ns: str, drawn: list[tuple[str, dict[str, object], str]]) 
                   if getattr(r, k) is not None}
         assert (fields, r.target, r.unsupported) == (want, target, ()), (text, r.text)
     assert [r.handle for r in rules(m, 6, "inet t", "c")] == [r.handle for r in got if r.src is None]
+
+
+def test_verdict_maps(ns: str) -> None:
+    r = one('iifname vmap { "lan0" : jump sub, "wan0" : drop }', ns)
+    assert [(x.iif, x.target) for x in r] == [(Neg("lan0"), "sub"), (Neg("wan0"), "DROP")]
+    r = one("meta l4proto vmap { tcp : goto sub, udp : accept }", ns)
+    assert sorted((x.proto.value, x.target, x.goto) for x in r) == [(6, "sub", True), (17, "ACCEPT", False)]  # type: ignore[union-attr]
+    assert len({x.index for x in r}) == 2 and len({x.handle for x in r}) == 1

@@ -139,6 +139,8 @@ def _rule(r: dict, out: NftRules, set_json: dict[tuple[str, str, str], dict],
                 _verdict(a, kind, body)
             break
         if kind == "match" and not stopped:
+            # a failed match may have refined some alternatives already: each
+            # refinement is a condition the rule has, so they stay (a superset)
             try:
                 alts = _expand(alts, [ctx.match(body, a) for a in alts])
             except Unsupported as why:
