@@ -429,3 +429,9 @@ def test_verdict_maps(ns: str) -> None:
     r = one("meta l4proto vmap { tcp : goto sub, udp : accept }", ns)
     assert sorted((x.proto.value, x.target, x.goto) for x in r) == [(6, "sub", True), (17, "ACCEPT", False)]  # type: ignore[union-attr]
     assert len({x.index for x in r}) == 2 and len({x.handle for x in r}) == 1
+
+
+def test_resolve_keeps_base_chains(ns: str) -> None:
+    """ipset.resolve() rebuilds the tables: a base chain stays one."""
+    c = resolve(load(ns, ROUTER).tables, {})[0][4]["ip nat"].chains["postrouting"]
+    assert (c.hook, c.priority, c.kind, c.policy) == ("postrouting", 100, "nat", "ACCEPT")

@@ -182,7 +182,7 @@ def resolve(tables: Mapping[int, Mapping[str, Table]], sets: Mapping[str, IpSet]
     map could not be written (unwritable: name -> error).  Also the shapes
     of the sets mirrored, by name: part of what the programs are compiled
     for."""
-    from tna.model.iptables import Chain, Table  # iptables.py imports this module
+    from tna.model.iptables import Table  # iptables.py imports this module
 
     shapes: dict[str, SetShape] = {}
     out: dict[int, dict[str, Table]] = {}
@@ -208,7 +208,7 @@ def resolve(tables: Mapping[int, Mapping[str, Table]], sets: Mapping[str, IpSet]
                             matches.append(m)
                         r = replace(r, sets=tuple(matches), unsupported=r.unsupported + tuple(why))
                     rules.append(r)
-                new.chains[cname] = Chain(cname, c.policy, c.counters, rules)
+                new.chains[cname] = replace(c, rules=rules)  # a base chain keeps its hook, priority and type
             out[version][tname] = new
     return out, tuple(shapes[n] for n in sorted(shapes))
 
