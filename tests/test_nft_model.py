@@ -435,3 +435,15 @@ def test_resolve_keeps_base_chains(ns: str) -> None:
     """ipset.resolve() rebuilds the tables: a base chain stays one."""
     c = resolve(load(ns, ROUTER).tables, {})[0][4]["ip nat"].chains["postrouting"]
     assert (c.hook, c.priority, c.kind, c.policy) == ("postrouting", 100, "nat", "ACCEPT")
+
+
+def test_xt_match(ns: str) -> None:
+    """An iptables-nft table in the JSON: its compat match restricts, it does
+    not act (the caller knows which tables are iptables')."""
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "flush", "ruleset"], check=True)
+    subprocess.run(["ip", "netns", "exec", ns, "iptables-nft", "-A", "FORWARD", "-m", "comment", "--comment", "x",
+                    "-p", "tcp", "--dport", "22", "-j", "ACCEPT"], check=True)
+    out = subprocess.run(["ip", "netns", "exec", ns, "nft", "-j", "list", "ruleset"], check=True,
+                         capture_output=True, text=True).stdout
+    (r,) = rules(parse_ruleset(json.loads(out)), 4, "ip filter", "FORWARD")
+    assert r.dport == Neg(((22, 22),)) and r.target == "ACCEPT" and r.unsupported == ("xt match comment",)

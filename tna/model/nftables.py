@@ -155,6 +155,9 @@ def _rule(r: dict, out: NftRules, set_json: dict[tuple[str, str, str], dict],
                 unsupported.append(str(why))
                 break
             continue
+        if kind == "xt" and isinstance(body, dict) and body.get("type") == "match":
+            unsupported.append(f"xt match {body.get('name')}")  # an iptables-nft compat match: no side effect
+            continue
         unsupported.append(f"{'flow add' if kind == 'flow' else kind} statement")
         stopped = True
         if kind in _TERMINAL:
