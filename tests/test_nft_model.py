@@ -280,7 +280,7 @@ def test_statement_order(ns: str) -> None:
 def test_counters_and_continue(ns: str) -> None:
     (r,) = one("tcp dport != 1000-2000 counter", ns)
     assert r.target == "CONTINUE" and r.dport == Neg(((1000, 2000),), True) and r.expressible
-    assert r.text == "tcp dport != 1000-2000 counter packets 0 bytes 0"
+    assert r.text == "tcp dport != 1000-2000 counter"  # the counts are not the text (it must not change)
 
 
 def test_matches(ns: str) -> None:

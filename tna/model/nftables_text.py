@@ -95,7 +95,7 @@ def _stmt(e: dict) -> str:
     if kind in ("jump", "goto"):
         return f"{kind} {body['target']}"
     if kind == "counter":
-        return "counter" if not isinstance(body, dict) else f"counter packets {body['packets']} bytes {body['bytes']}"
+        return "counter"  # its values are counts (Rule.counters), not what the rule is: the text must not change
     if kind == "vmap":
         return f"{expr(body['key'])} vmap {expr(body['data'])}"
     if body is None:
