@@ -23,7 +23,7 @@ from tna.deploy.datapath import iface_cfg, load_with_sets
 from tna.deploy.lease import jiffies_hz, renew
 from tna.model.firewall import Firewall
 from tna.model.ipset import IpSet
-from tna.model.iptables import parse_save
+from tna.model.iptables import Table, parse_save
 from tna.snapshot import plan_filtering
 from tna.synth import setgen
 from tna.synth.compile import compile_source
@@ -154,12 +154,13 @@ class RouterHarness(ProgHarness):
 
 class FirewallHarness(RouterHarness):
     """The router and firewall modules on r-h1, compiled for the filter
-    tables of rules4/rules6 (iptables-save text) and the ipsets they match
+    tables of rules4/rules6 (iptables-save text, or tables) and the ipsets they match
     on as the daemon plans them, tna_fw_ifaces written for r-h1 and r-h2."""
 
-    def __init__(self, lab: RouterLab, hook: str, rules4: str, rules6: str = "",
+    def __init__(self, lab: RouterLab, hook: str, rules4: str | dict[str, Table], rules6: str | dict[str, Table] = "",
                  ipsets: dict[str, IpSet] | None = None) -> None:
-        fw, why = plan_filtering({4: parse_save(rules4), 6: parse_save(rules6)}, ipsets or {})
+        fw, why = plan_filtering({v: parse_save(r) if isinstance(r, str) else r for v, r in ((4, rules4), (6, rules6))},
+                                 ipsets or {})
         assert fw is not None, why
         self.fw, self.refs = fw, rule_refs(fw)
         super().__init__(lab, hook, firewall=fw, ipsets=ipsets)

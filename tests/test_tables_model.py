@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tna.model.firewall import ACCEPT, DROP, KERNEL, Packet
-from tna.model.hooks import FORWARD_HOOK, INPUT_HOOK, evaluate_hook, firewall_plan
+from tna.model.hooks import FORWARD_HOOK, INPUT_HOOK, base_chains, evaluate_hook, firewall_plan
 from tna.model.iptables import BUILTIN_CHAINS, CT_STATUS, ParseError, Table, parse_save
 from tna.status import _firewall
 from tna.synth import compile as tna_compile
@@ -64,8 +64,11 @@ def test_a_drop_in_an_earlier_table_is_final_and_counts_nothing_later() -> None:
     assert trace == [("raw", "PREROUTING", 0), ("mangle", "FORWARD", 0), ("filter", "FORWARD", 1),
                      ("security", "FORWARD", 0)]
     # INPUT: its own chains, and raw/mangle PREROUTING before them
-    assert [c for c in INPUT_HOOK if c[1] != "PREROUTING"] == [("mangle", "INPUT"), ("filter", "INPUT"),
-                                                               ("security", "INPUT")]
+    every = tables(**{t: "\n".join(f"-A {c} -p udp -j DROP" for c in BUILTIN_CHAINS[t]) for t in
+                      ("security", "filter", "mangle", "raw")})
+    assert [(b.table, b.chain) for b in base_chains(every, INPUT_HOOK)] == [
+        ("raw", "PREROUTING"), ("mangle", "PREROUTING"), ("mangle", "INPUT"), ("filter", "INPUT"),
+        ("security", "INPUT")]
     assert evaluate_hook(ts, INPUT_HOOK, ack(src="192.0.2.66", oif=None)) == DROP
 
 

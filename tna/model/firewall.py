@@ -24,7 +24,8 @@ from tna.model.ipset import IpSet, SetShape, sets_hold
 from tna.model.iptables import Neg, Rule, Table
 
 ACCEPT, DROP, KERNEL = "ACCEPT", "DROP", "KERNEL"
-_CONTINUE = "CONTINUE"
+CONTINUE = "CONTINUE"  # a rule's target: no verdict (a counter, iptables' rule without -j)
+_CONTINUE = "_CONTINUE"  # a walk's end: the caller goes on
 PORT_PROTOS = {6, 17, 132, 136}  # tcp, udp, sctp, udplite: ports at the start of L4
 
 
@@ -174,6 +175,8 @@ def _walk(table: Table, chain: str, pkt: Packet, depth: int, trace: list[tuple[s
             # so is a state match that holds for only some possible states
             return KERNEL
         trace.append((chain, rule.index))
+        if rule.target == CONTINUE:  # counted, the next rule follows
+            continue
         if rule.target in (ACCEPT, DROP):
             return rule.target
         if rule.target == "RETURN":
@@ -193,6 +196,13 @@ class FwChain:
     policy: str | None          # ACCEPT/DROP for a built-in chain, None for a user chain
     rules: tuple[Rule, ...]
     table: str = "filter"
+    # a base chain: its hook, the group of the generated code that runs it,
+    # whether it shares its priority with another, why the kernel must
+    # judge its packets (hooks.BaseChain); None for a chain jumped to
+    hook: str | None = None
+    stage: str | None = None
+    tie: bool = False
+    kernel: str | None = None
 
     @cached_property
     def parts(self) -> list[Rule | RuleSet]:
@@ -224,7 +234,8 @@ class Firewall:
     # by the text of each rule, which says all a rule does.
     @cached_property
     def _identity(self) -> tuple:
-        chains = tuple(tuple((c.table, c.name, c.policy, tuple(r.text for r in c.rules)) for c in cs) if cs else None
+        chains = tuple(tuple((c.table, c.name, c.policy, c.hook, c.stage, c.tie, c.kernel,
+                              tuple(r.text for r in c.rules)) for c in cs) if cs else None
                        for cs in (self.fwd4, self.fwd6, self.in4, self.in6))
         return chains, self.ifaces, self.ct4, self.ct6, self.ipsets, self.nat4, self.nat6, self.ct_helpers
 

@@ -30,7 +30,7 @@ PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "ipv6-icmp": 58, "icmpv6": 58, "sct
              "gre": 47, "esp": 50, "ah": 51, "all": 0}
 TCP_FLAGS = {"FIN": 0x01, "SYN": 0x02, "RST": 0x04, "PSH": 0x08, "ACK": 0x10, "URG": 0x20,
              "ECE": 0x40, "CWR": 0x80, "ALL": 0xFF, "NONE": 0}
-VERDICTS = ("ACCEPT", "DROP", "RETURN")
+VERDICTS = ("ACCEPT", "DROP", "RETURN", "CONTINUE")  # CONTINUE: no target (count, go on)
 _IMPLICIT = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp6"}
 CT_STATES = {"INVALID", "NEW", "ESTABLISHED", "RELATED", "UNTRACKED", "SNAT", "DNAT"}
 # -m addrtype: the kernel's route types (RTN_*), the bit of each is 1 << value
@@ -229,8 +229,7 @@ def parse_rule(line: str, table: Table, counters: tuple[int, int] = (0, 0)) -> R
             f[key] = Neg(f[key], neg)
         i, neg = i + step, False
     if not target:
-        target = "RETURN"
-        unsupported.append("no target (a counting rule)")
+        target = "CONTINUE"  # a counting rule
     elif target not in VERDICTS and target not in table.chains:
         unsupported.append(f"-j {target}")  # LOG, REJECT, NFQUEUE, MARK, NAT targets, ...
     index = len(table.chains[chain].rules) + 1

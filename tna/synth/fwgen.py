@@ -1,7 +1,8 @@
 """The chains of every table a packet passes (tna/model/hooks.py) -> C:
 one function per chain, one `if` per rule, one map lookup per set of
-same-shaped rules; per hook, the built-in chains called in the kernel's
-order, in three groups (before conntrack, before a DNAT, after it).
+same-shaped rules; per path, the base chains called in the kernel's
+order (by hook and priority), in four groups (before conntrack, before a
+DNAT, prerouting after it, routed).
 
 Rule matches become C conditions over `struct fw_pkt` (firewall.c.j2);
 addresses are compared in network byte order as the packet holds them, so
@@ -24,7 +25,6 @@ from typing import Any
 
 from tna.bpf.abi import FW_CT, FW_RULES_MAX
 from tna.model.firewall import Firewall, FwChain, RuleSet, code_size
-from tna.model.hooks import stage_group
 from tna.model.iptables import ADDR_TYPES, Neg, Rule
 from tna.synth import setgen
 
@@ -183,6 +183,8 @@ def _action(rule: Rule, fn: str, rid: int, ret: str) -> str:
         return f"{{ {count} return FW_DROP; }}"
     if rule.target == "RETURN":
         return f"{{ {count} {ret} }}"
+    if rule.target == "CONTINUE":
+        return count  # counted, the next rule follows
     # -g pushes no return position: the end of its chain ends this one
     after = f" {ret}" if rule.goto else ""
     return f"{{ {count} int r = {fn}(f); if (r != FW_CONT) return r;{after} }}"
@@ -336,8 +338,10 @@ def _chains(chains: tuple[FwChain, ...] | None, family: int, ifaces: tuple[str, 
                                             ids[family, c.table, c.name, r.index], ret)})
         if ret == RETURN_BUILTIN and any(ret in (r.get("action") or r.get("exit", "")) for r in rules):
             end = f"policy:\n\t{end}"
+        if c.kernel is not None:  # the kernel decides whatever reaches it
+            rules, end = [], f"return FW_KERNEL;  /* {_comment(c.kernel)} */"
         out.append({"fn": index[c.table, c.name], "name": _comment(f"{c.table} {c.name}"), "rules": rules,
-                    "end": end, "group": stage_group(c.table, c.name) if c.policy is not None else None})
+                    "end": end, "group": c.stage, "hook": c.hook, "tie": c.tie})
     return out
 
 
