@@ -2,7 +2,7 @@
 tables (user chains, jumps and RETURN, negations, -i/-o patterns with `+`,
 protocols, ports, multiport lists and ranges, TCP flags, ICMP types, address
 prefixes, runs of same-shaped rules that become LPM sets, --ctstate, rules
-TNA cannot express) x random packets.  The program's verdict, reason and
+without a target (counters), rules TNA cannot express) x random packets.  The program's verdict, reason and
 counted rule path must be evaluate()'s; where evaluate() says the kernel
 decides, the program passes the packet with the matching reason.
 
@@ -106,7 +106,7 @@ def matches(draw: st.DrawFn, family: int, ct: bool) -> str:
 
 @st.composite
 def target(draw: st.DrawFn, callees: list[str]) -> str:
-    choices = ["ACCEPT", "DROP", "RETURN", "RETURN"] + callees * 3 + ["LOG"]
+    choices = ["ACCEPT", "DROP", "RETURN", "RETURN"] + callees * 3 + ["LOG", ""]  # "": no -j, a counter
     return draw(st.sampled_from(choices))
 
 
@@ -143,7 +143,8 @@ def rule_sets(draw: st.DrawFn, family: int) -> str:
             if draw(st.integers(0, 4)) == 0:
                 body += draw(run(family, chain))
             else:
-                rule = f"-A {chain} {draw(matches(family, ct))} -j {draw(target(callees))}"
+                t = draw(target(callees))
+                rule = f"-A {chain} {draw(matches(family, ct))} {f'-j {t}' if t else ''}"
                 body.append(" ".join(rule.split()))
     return table(draw(st.sampled_from(["ACCEPT", "DROP"])), "".join(f"{r}\n" for r in body), chains=tuple(users))
 
