@@ -175,8 +175,8 @@ def fast_path_rule_counters(state: dict[str, Any]) -> dict[int, tuple[int, int]]
 
 def cmd_rules(state: dict[str, Any], as_json: bool) -> None:
     """Each counted rule (and policy) of every table's chains the fast path evaluates: the kernel's
-    counters (iptables-save -c)
-    and the fast path's, so the sum is what the rule really matched."""
+    counters (iptables-save -c; a native nft rule's `counter`, from the JSON) and the fast path's,
+    so the sum is what the rule really matched."""
     from tna.netlink.netfilter import read_rulesets
 
     tables = read_rulesets().tables
@@ -197,11 +197,11 @@ def cmd_rules(state: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(rows, sort_keys=True))
         return
-    print(f"{'':<4} {'table':<8} {'chain':<12} {'#':>3} {'kernel pkts':>12} {'fast pkts':>12} "
+    print(f"{'':<4} {'table':<12} {'chain':<12} {'#':>3} {'kernel pkts':>12} {'fast pkts':>12} "
           f"{'total bytes':>14}  rule")
     for r in rows:
         total_bytes = r["kernel"]["bytes"] + r["fast_path"]["bytes"]
-        print(f"IPv{r['family']} {r['table']:<8} {r['chain']:<12} {r['index'] or '-':>3} {r['kernel']['packets']:>12} "
+        print(f"IPv{r['family']} {r['table']:<12} {r['chain']:<12} {r['index'] or '-':>3} {r['kernel']['packets']:>12} "
               f"{r['fast_path']['packets']:>12} {total_bytes:>14}  {r['text']}")
 
 

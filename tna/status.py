@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from tna.model.config import AF_INET, AF_INET6, Model
-from tna.model.firewall import Firewall
+from tna.model.firewall import Firewall, FwChain
 from tna.model.ipset import IpSet
 from tna.model.ipset import status as ipset_status
 from tna.model.iptables import Rule
@@ -58,13 +58,16 @@ def _bridges(m: Model, p: Plan | None, fdb_map: tuple[Mapping[int, int], int]) -
     return out
 
 
-def _kernel_why(rule: Rule, family: int, chain: str) -> list[str]:
+def _kernel_why(rule: Rule, family: int, chain: FwChain) -> list[str]:
     """Why the traffic the rule could match goes to the kernel, if always:
-    what TNA cannot apply, or a destination type it never knows
+    its chain has no exact place in the kernel's order (hooks.py), what
+    TNA cannot apply, or a destination type it never knows
     (fw_dst_types() in firewall.c.j2)."""
+    if chain.kernel is not None:
+        return [chain.kernel]
     if not rule.expressible:
         return [*rule.unsupported, *(f"-m set {m.name} (not mirrored)" for m in rule.sets if m.shape is None)]
-    if rule.dst_type is not None and chain == "PREROUTING":
+    if rule.dst_type is not None and chain.hook == "prerouting":
         return ["--dst-type in PREROUTING of a forwarded packet (a DNAT may follow)"]
     if rule.dst_type is not None and family == 6:
         return ["--dst-type of IPv6 (not known to the fast path)"]
@@ -79,7 +82,7 @@ def _kernel_rules(fw: Firewall) -> list[dict[str, Any]]:
             if (family, c.table, c.name) not in seen:
                 seen.add((family, c.table, c.name))
                 out += [{"family": family, "table": c.table, "chain": c.name, "index": r.index, "text": r.text,
-                         "why": why} for r in c.rules if (why := _kernel_why(r, family, c.name))]
+                         "why": why} for r in c.rules if (why := _kernel_why(r, family, c))]
     return out
 
 
