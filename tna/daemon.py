@@ -103,7 +103,8 @@ class Daemon:
         self._status: dict[str, Any] = {"routes": 0}  # what state.json says
         self._ipset_reader = IpsetReader()
         self._tables: dict[int, dict[str, Table]] = {}  # the rules last read (re-planned when a set changes)
-        self._set_names: set[str] = set()  # the sets they use
+        self._set_names: set[str] = set()  # the ipsets they use (polled)
+        self._nft_sets: dict[str, IpSet] = {}  # the native nftables sets they use (read with them)
         # sets whose map a write failed for, with the listing it failed for
         # and the error: their rules are the kernel's until the set changes
         self._unwritable: dict[str, tuple[IpSet, str]] = {}
@@ -314,7 +315,9 @@ class Daemon:
             return changed
         self._rules_gen = self._commits  # before reading: a later commit holds again
         f = read_firewall(self._ipset_reader)
-        self._tables, self._set_names = f.tables, used_sets(f.tables)
+        # native nftables sets come with the rules (a commit): not polled
+        self._tables, self._nft_sets = f.tables, f.nft_sets
+        self._set_names = used_sets(f.tables) - f.nft_sets.keys()
         changed |= self.model.set_ipsets(f.ipsets)
         changed |= self._set_firewall(*self._filtering(f.tables, f.ipsets) if self._unwritable else (f.fw, f.why))
         return changed
@@ -325,7 +328,7 @@ class Daemon:
         be mirrored) a new rule set for the programs."""
         if not self._set_names:
             return False
-        sets = self._ipset_reader.read(self._set_names)
+        sets = {**self._ipset_reader.read(self._set_names), **self._nft_sets}
         if not self.model.set_ipsets(sets):
             return False
         self._set_firewall(*self._filtering(self._tables, sets))

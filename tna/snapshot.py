@@ -36,18 +36,21 @@ def model_from(msgs: Iterable[NlMsg | XdpXmit | TcFilters]) -> Model:
 @dataclass
 class Filtering:
     """What the rule sets say: the chains to compile in (fw) or why nothing
-    may be accelerated (why); the iptables tables and the ipsets they
-    match on, for re-planning when only the sets change."""
+    may be accelerated (why); the tables and the sets they match on
+    (ipsets and native nftables sets, which nft_sets names), for
+    re-planning when only the sets change."""
 
     fw: Firewall | None
     why: str | None
     tables: dict[int, dict[str, Table]] = field(default_factory=dict)
     ipsets: dict[str, IpSet] = field(default_factory=dict)
+    nft_sets: dict[str, IpSet] = field(default_factory=dict)
 
 
 def read_firewall(ipsets: IpsetReader | None = None) -> Filtering:
     """The rule sets and the ipsets they use (read with ipsets, which
-    remembers what it decoded)."""
+    remembers what it decoded), with the native tables' sets (read with
+    their rules)."""
     try:
         rs = netfilter.read_rulesets()
     except (OSError, ValueError, subprocess.TimeoutExpired) as e:
@@ -56,11 +59,11 @@ def read_firewall(ipsets: IpsetReader | None = None) -> Filtering:
         return Filtering(None, "; ".join(rs.foreign))
     reader = ipsets or IpsetReader()
     try:
-        sets = reader.read(used_sets(rs.tables))
+        sets = {**reader.read(used_sets(rs.tables) - rs.sets.keys()), **rs.sets}
     finally:
         if ipsets is None:
             reader.close()
-    return Filtering(*plan_filtering(rs.tables, sets), rs.tables, sets)
+    return Filtering(*plan_filtering(rs.tables, sets), rs.tables, sets, rs.sets)
 
 
 def plan_filtering(tables: dict[int, dict[str, Table]], sets: Mapping[str, IpSet],

@@ -3,17 +3,21 @@
 iptables rules come from `iptables-save -c` / `ip6tables-save -c` of the
 back end that holds them (iptables-nft: nftables tables ip/ip6 filter, nat,
 ...; iptables-legacy: x_tables, listed in /proc/net/ip{,6}_tables_names).
-Everything else nftables holds - a native table, a base chain in the inet,
-bridge, arp or netdev family, a table iptables-nft cannot decode - is
-"foreign": TNA does not model it.  Read again on every nftables commit
-(NftEvents: iptables-nft's rules included) and polled for iptables-legacy,
-which announces nothing.
+Everything else nftables holds with a base chain - a native table of any
+family, a table iptables-nft cannot decode - is read natively, once, from
+`nft -j list ruleset` (only when such a table exists: the base chains
+alone say so), and translated by tna.model.nftables: its tables join
+iptables' per IP version (an inet table both), its sets are mirrored as
+ipsets are; what that cannot model is "foreign".  Read again on every
+nftables commit (NftEvents: iptables-nft's rules included) and polled for
+iptables-legacy, which announces nothing.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import re
 import select
 import shutil
 import socket
@@ -23,12 +27,15 @@ from pathlib import Path
 
 from pyroute2.netlink.nlsocket import NetlinkSocket
 
+from tna.model.ipset import IpSet
 from tna.model.iptables import BUILTIN_CHAINS, ParseError, Table, parse_save
 
 LEGACY_NAMES = {4: Path("/proc/net/ip_tables_names"), 6: Path("/proc/net/ip6_tables_names")}
 SAVE = {(4, "legacy"): "iptables-legacy-save", (6, "legacy"): "ip6tables-legacy-save",
         (4, "nft"): "iptables-nft-save", (6, "nft"): "ip6tables-nft-save"}
 NFT_FAMILY = {"ip": 4, "ip6": 6}
+FAMILY_NAME = {4: "ip", 6: "ip6"}
+INCOMPATIBLE = re.compile(r"# Table `([^']+)' is incompatible")  # iptables-nft-save leaves it out
 NETLINK_NETFILTER, NFNLGRP_NFTABLES = 12, 7
 
 
@@ -69,10 +76,12 @@ class NftEvents:
 
 @dataclass
 class Rulesets:
-    """iptables tables per IP version, and what TNA cannot model."""
+    """iptables and native nftables tables per IP version, the native
+tables' sets (by name), and what TNA cannot model."""
 
     tables: dict[int, dict[str, Table]] = field(default_factory=lambda: {4: {}, 6: {}})
     foreign: list[str] = field(default_factory=list)
+    sets: dict[str, IpSet] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -89,10 +98,15 @@ def _run(cmd: list[str]) -> str:
     return res.stdout
 
 
-def _save(version: int, backend: str, out: Rulesets) -> None:
+def _save(version: int, backend: str, out: Rulesets, native: set[tuple[str, str]]) -> None:
+    """One back end's tables of one IP version into out; the tables
+    iptables-nft cannot decode are added to native (read with nft)."""
     text = _run([SAVE[version, backend], "-c"])
-    if "incompatible" in text:  # "# Table `filter' is incompatible, use 'nft' tool."
-        out.foreign.append(f"an IPv{version} table iptables-{backend} cannot decode")
+    for name in INCOMPATIBLE.findall(text):  # "# Table `filter' is incompatible, use 'nft' tool."
+        if backend == "nft":
+            native.add((FAMILY_NAME[version], name))
+        else:
+            out.foreign.append(f"the IPv{version} table {name} iptables-{backend} cannot decode")
     try:
         out.tables[version].update(parse_save(text))
     except ParseError as e:
@@ -112,13 +126,41 @@ def legacy_in_use() -> bool:
     return any(_legacy_tables(v) for v in LEGACY_NAMES)
 
 
+def _of(item: dict, native: set[tuple[str, str]]) -> bool:
+    """Whether an item of `nft -j list ruleset` belongs to a native table."""
+    kind, obj = next(iter(item.items()))
+    if kind == "metainfo":
+        return True
+    return (obj.get("family"), obj.get("name") if kind == "table" else obj.get("table")) in native
+
+
+def _read_native(native: set[tuple[str, str]], out: Rulesets) -> None:
+    """The native tables (family, name), translated, into out."""
+    try:
+        from tna.model.nftables import parse_ruleset
+    except ImportError:  # until the translation (branch nftmodel) is merged: as before, not modelled
+        out.foreign += [f"nftables table {f} {t} (native tables are not translated)" for f, t in sorted(native)]
+        return
+    doc = json.loads(_run(["nft", "-j", "list", "ruleset"]))
+    try:
+        rules = parse_ruleset({"nftables": [i for i in doc["nftables"] if _of(i, native)]})
+    except (LookupError, TypeError, ValueError) as e:  # a shape of JSON it does not know
+        out.foreign.append(f"nft -j list ruleset output TNA cannot translate ({e!r})")
+        return
+    for version, tables in rules.tables.items():
+        out.tables.setdefault(version, {}).update(tables)
+    out.sets.update(rules.sets)
+    out.foreign += rules.foreign
+
+
 def read_rulesets() -> Rulesets:
     """Every rule set of this namespace (raises OSError/FileNotFoundError
     when a tool is missing or fails: the caller keeps the fast path off)."""
     out = Rulesets()
+    native: set[tuple[str, str]] = set()
     for version in LEGACY_NAMES:
         if _legacy_tables(version):
-            _save(version, "legacy", out)
+            _save(version, "legacy", out, native)
     # base chains are what touches traffic (listing every rule would cost
     # ~0.3 s with 10,000 iptables-nft rules)
     ruleset = json.loads(_run(["nft", "-j", "list", "chains"]))["nftables"]
@@ -131,8 +173,9 @@ def read_rulesets() -> Rulesets:
         if version is not None and chain["table"] in BUILTIN_CHAINS:
             iptables_tables.add(version)
         else:
-            out.foreign.append(f"nftables chain {chain['family']} {chain['table']} {chain['name']} "
-                               f"(hook {chain['hook']})")
+            native.add((chain["family"], chain["table"]))
     for version in sorted(iptables_tables):
-        _save(version, "nft", out)
+        _save(version, "nft", out, native)
+    if native:
+        _read_native(native, out)
     return out

@@ -1,0 +1,117 @@
+"""How the rule sets are read (tna/netlink/netfilter.py) when native
+nftables tables exist: `nft -j list ruleset` only then, only the native
+tables' items handed to the translation, tables iptables-nft-save calls
+incompatible read natively, the native sets mirrored with the ipsets but
+never polled as ipsets.  The tools' output is canned (shaped as
+libnftables-json(5) and iptables-save(8) document it).  No root."""
+
+from __future__ import annotations
+
+import json
+import sys
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from tests.nft_tables import native
+from tna.model.ipset import IpSet
+from tna.netlink import netfilter
+
+IPT_FILTER = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [3:180]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+
+
+def chain(family: str, table: str, name: str, hook: str | None = "forward") -> dict[str, Any]:
+    c: dict[str, Any] = {"family": family, "table": table, "name": name, "handle": 1}
+    if hook:
+        c.update(type="filter", hook=hook, prio=0, policy="accept")
+    return {"chain": c}
+
+
+def fake(monkeypatch: pytest.MonkeyPatch, chains: list[dict], save4: str = "", ruleset: list[dict] | None = None
+         ) -> tuple[list[list[str]], list[dict]]:
+    """Canned tools; returns the commands run and the documents translated."""
+    ran: list[list[str]] = []
+    given: list[dict] = []
+
+    def run(cmd: list[str]) -> str:
+        ran.append(cmd)
+        if cmd[:3] == ["nft", "-j", "list"]:
+            items = chains if cmd[3] == "chains" else ruleset or []
+            return json.dumps({"nftables": [{"metainfo": {"json_schema_version": 1}}, *items]})
+        return save4 if cmd[0].startswith("iptables") else ""
+
+    def parse(doc: dict) -> SimpleNamespace:
+        given.append(doc)
+        t = native("inet filter", ":forward DROP [0:0]\n-A forward -p tcp -j ACCEPT", {"forward": ("forward", 0)})
+        blocked = IpSet("inet filter blocked", "hash:ip", 4, 65536)
+        return SimpleNamespace(tables={4: {"inet filter": t}, 6: {"inet filter": t}},
+                               sets={blocked.name: blocked}, foreign=[])
+
+    monkeypatch.setattr(netfilter, "_run", run)
+    monkeypatch.setitem(sys.modules, "tna.model.nftables", SimpleNamespace(parse_ruleset=parse))
+    monkeypatch.setattr(netfilter, "_legacy_tables", lambda version: [])
+    return ran, given
+
+
+def test_only_iptables_tables_list_no_ruleset(monkeypatch: pytest.MonkeyPatch) -> None:
+    ran, given = fake(monkeypatch, [chain("ip", "filter", "FORWARD")], IPT_FILTER)
+    rs = netfilter.read_rulesets()
+    assert ["nft", "-j", "list", "ruleset"] not in ran and not given
+    assert list(rs.tables[4]) == ["filter"] and not rs.sets and not rs.foreign
+
+
+def test_native_tables_are_read_once_and_merged(monkeypatch: pytest.MonkeyPatch) -> None:
+    items = [chain("ip", "filter", "FORWARD"), chain("inet", "filter", "forward"), chain("inet", "filter", "u", None),
+             {"table": {"family": "inet", "name": "filter", "handle": 1}},
+             {"table": {"family": "ip", "name": "filter", "handle": 2}},
+             {"rule": {"family": "ip", "table": "filter", "chain": "FORWARD", "handle": 3, "expr": []}},
+             {"set": {"family": "inet", "table": "filter", "name": "blocked", "type": "ipv4_addr", "handle": 4}}]
+    ran, given = fake(monkeypatch, items[:3], IPT_FILTER, items)
+    rs = netfilter.read_rulesets()
+    assert ran.count(["nft", "-j", "list", "ruleset"]) == 1
+    # the translation sees the native table's items (and the metainfo), not iptables-nft's
+    kinds = [(k, v.get("table", v.get("name"))) for i in given[0]["nftables"] for k, v in i.items()]
+    assert kinds == [("metainfo", None), ("chain", "filter"), ("chain", "filter"), ("table", "filter"),
+                     ("set", "filter")]
+    assert all(v.get("family") in (None, "inet") for i in given[0]["nftables"] for v in i.values())
+    assert sorted(rs.tables[4]) == ["filter", "inet filter"] and list(rs.tables[6]) == ["inet filter"]
+    assert list(rs.sets) == ["inet filter blocked"]
+
+
+def test_a_table_iptables_nft_cannot_decode_is_read_natively(monkeypatch: pytest.MonkeyPatch) -> None:
+    save = "# Table `filter' is incompatible, use 'nft' tool.\n"
+    _, given = fake(monkeypatch, [chain("ip", "filter", "FORWARD")], save,
+                      [chain("ip", "filter", "FORWARD"), chain("ip", "nat", "POSTROUTING", "postrouting")])
+    rs = netfilter.read_rulesets()
+    assert not rs.foreign and given
+    assert [i["chain"]["table"] for i in given[0]["nftables"] if "chain" in i] == ["filter"]
+    assert "inet filter" in rs.tables[4]
+
+
+def test_native_sets_are_mirrored_but_not_polled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """read_firewall() asks the ipset reader only for ipsets; the native
+    sets join what it returns."""
+    from tna import snapshot
+
+    fake(monkeypatch, [chain("inet", "filter", "forward")], "", [chain("inet", "filter", "forward")])
+    asked: list[set[str]] = []
+
+    class Reader:
+        def read(self, names: set[str]) -> dict[str, IpSet]:
+            asked.append(set(names))
+            return {}
+
+    f = snapshot.read_firewall(Reader())  # type: ignore[arg-type]
+    assert asked == [set()] and list(f.nft_sets) == ["inet filter blocked"] and "inet filter blocked" in f.ipsets
+    assert f.fw is not None and f.why is None
+
+
+def test_a_translation_that_fails_keeps_the_fast_path_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake(monkeypatch, [chain("inet", "filter", "forward")], "", [chain("inet", "filter", "forward")])
+
+    def broken(doc: dict) -> None:
+        raise KeyError("expr")
+    monkeypatch.setitem(sys.modules, "tna.model.nftables", SimpleNamespace(parse_ruleset=broken))
+    rs = netfilter.read_rulesets()
+    assert rs.foreign and "cannot translate" in rs.foreign[0] and not rs.tables[4]
