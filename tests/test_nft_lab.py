@@ -1,0 +1,156 @@
+"""Native nftables rule sets on real traffic (`tna run`, both hooks).
+
+- Debian's stock /etc/nftables.conf (an inet filter table whose input,
+  forward and output base chains accept all; nftables(8) and Debian's
+  nftables package, /usr/share/doc/nftables/examples): the fast path
+  stays on and carries established TCP and UDP, IPv4 and IPv6.
+- A stateful forward chain written from nftables' wiki ("Simple ruleset
+  for a home router", "Sets"): a named set of blocked sources dropped
+  first, established and related accepted, one allowed port, policy drop.
+  Crafted UDP frames of an established flow arrive at h2 exactly as with
+  Linux alone, carried by the fast path and counted per rule next to the
+  kernel's counters; `nft add element` / `delete element` take effect on
+  the next packets with the same program (a set's members are a map).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from netns_labs.lab import RouterLab, py, tcp_transfer, udp_echo, wait_for
+from tests.conftest import tna_running
+from tests.test_firewall_lab import MARK, arrivals
+
+pytestmark = pytest.mark.root
+pytest.importorskip("tna.model.nftables", reason="the translation of native tables (branch nftmodel) is not merged")
+
+STOCK = """flush ruleset
+table inet filter {
+	chain input {
+		type filter hook input priority filter;
+	}
+	chain forward {
+		type filter hook forward priority filter;
+	}
+	chain output {
+		type filter hook output priority filter;
+	}
+}
+"""
+STATEFUL = """flush ruleset
+table inet filter {
+	set blocked {
+		type ipv4_addr
+	}
+	chain forward {
+		type filter hook forward priority filter; policy drop;
+		ip saddr @blocked counter drop
+		ct state established,related counter accept
+		udp dport 5202 accept
+		tcp dport 5201 accept
+	}
+}
+"""
+MB = 1_000_000
+
+
+def transfers(lab: RouterLab) -> dict[str, object]:
+    """Per IP version: whether a TCP transfer to h2 arrived whole, how many UDP echoes came back."""
+    h1, h2 = lab.h1, lab.h2
+    out: dict[str, object] = {}
+    for v, addr in (("4", h2.ip4), ("6", h2.ip6)):
+        sent, got = tcp_transfer(lab, h1.ns, h2.ns, addr, 50 * MB)
+        out[f"tcp{v}"], out[f"udp{v}"] = sent == got, udp_echo(lab, h1.ns, h2.ns, addr, 50)
+    return out
+
+
+def load(lab: RouterLab, hook: str, ruleset: str) -> None:
+    """The rule set in r; under XDP the hosts send whole checksums (a veth's
+    CHECKSUM_PARTIAL frames are the kernel's: docs/datapath.md)."""
+    lab.run(lab.r, ["nft", "-f", "-"], input=ruleset)
+    if hook == "xdp":
+        for h in (lab.h1, lab.h2):
+            lab.run(h.ns, ["ethtool", "-K", h.dev, "tx", "off"])
+
+
+def carried(c: dict[str, int]) -> bool:
+    """Most of the traffic went through the fast path."""
+    kernel = sum(n for r, n in c.items() if r != "FORWARDED")
+    return c.get("FORWARDED", 0) > 10 * kernel
+
+
+def test_debian_stock_ruleset_keeps_the_fast_path(router_lab: RouterLab, hook: str) -> None:
+    lab = router_lab
+    load(lab, hook, STOCK)
+    linux = transfers(lab)
+    assert linux == {"tcp4": True, "udp4": 50, "tcp6": True, "udp6": 50}
+    with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
+        st = tna.status()
+        assert st is not None and not st["disabled"], st
+        assert transfers(lab) == linux
+        c = tna.counters()
+    assert carried(c), c
+
+
+def udp(lab: RouterLab, src: str, sport: int, n: int, reply: bool = False) -> bytes:
+    if reply:  # from h2 back to the flow's source
+        return bytes(Ether(src=lab.h2.mac, dst=lab.r_h2_mac) / IP(src=lab.h2.ip4, dst=src, ttl=64)
+                     / UDP(sport=5202, dport=sport) / Raw(b"reply"))
+    return bytes(Ether(src=lab.h1.mac, dst=lab.r_h1_mac) / IP(src=src, dst=lab.h2.ip4, ttl=64)
+                 / UDP(sport=sport, dport=5202) / Raw(MARK + b"%04d" % n))
+
+
+def established(lab: RouterLab, sport: int) -> list[bytes]:
+    """A UDP flow h1 -> h2:5202 that conntrack calls established (a first
+    datagram, h2's answer), and frames of it to send."""
+    for frame, ns, dev in ((udp(lab, lab.h1.ip4, sport, 0), lab.h1.ns, lab.h1.dev),
+                           (udp(lab, lab.h1.ip4, sport, 0, reply=True), lab.h2.ns, lab.h2.dev)):
+        lab.run(ns, py("netns_labs.xfer", "raw-send", dev, frame.hex(), "1"), cwd=lab.repo)
+    return [udp(lab, lab.h1.ip4, sport, n) for n in range(1, 9)]
+
+
+def rules(lab: RouterLab) -> dict[str, dict]:
+    """`tna stats --rules`: per rule text, the kernel's and the fast path's counts."""
+    rows = json.loads(lab.run(lab.r, py("tna", "stats", "--rules", "--json"), cwd=lab.repo).stdout)
+    return {r["text"]: r for r in rows if r["family"] == 4}
+
+
+def test_stateful_chain_with_a_set_is_linux_byte_for_byte(router_lab: RouterLab, hook: str) -> None:
+    lab = router_lab
+    load(lab, hook, STATEFUL)
+    # h2 answers nothing by itself (no port unreachable): every frame at h2 is a probe
+    lab.run(lab.h2.ns, ["iptables", "-P", "OUTPUT", "DROP"])
+    linux = arrivals(lab, established(lab, 40100), 2)
+    assert len(linux) == 8
+    with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
+        assert wait_for(lambda: "firewall" in tna.status()["ifaces"]["r-h1"]["modules"], 30, 0.2), tna.output()
+        st = tna.status()
+        assert not st["disabled"] and st["firewall"]["conntrack"] == ["ipv4", "ipv6"], st
+        prog = st["ifaces"]["r-h1"]["prog_id"]
+        frames = established(lab, 40100)
+
+        def sent(n: int, wait: float) -> tuple[list[bytes], dict[str, int]]:
+            """What reached h2 of the first n frames, and the r-h1 reasons they moved."""
+            before = tna.counters("r-h1")
+            got = arrivals(lab, frames[:n], wait)
+            return got, {r: c - before.get(r, 0) for r, c in tna.counters("r-h1").items() if c != before.get(r, 0)}
+
+        got, moved = sent(8, 2)
+        assert got == linux  # the same bytes: TTL, checksum, MACs
+        assert moved == {"FORWARDED": 8}, moved
+        counted = rules(lab)
+        accept = next(r for t, r in counted.items() if "established" in t)
+        assert accept["fast_path"]["packets"] >= 8 and accept["kernel"]["packets"] >= 8, counted
+
+        for cmd, reason, want in (("add", "FW_DROP", 0), ("delete", "FORWARDED", 8)):
+            lab.run(lab.r, ["nft", cmd, "element", "inet", "filter", "blocked", "{", lab.h1.ip4, "}"])
+            # once the commit's hold ends, the fast path decides with the new members
+            assert wait_for(lambda reason=reason: reason in sent(1, 0.5)[1], 30, 0.1), (cmd, tna.output())
+            got, moved = sent(8, 1 if want == 0 else 2)
+            assert len(got) == want and moved == {reason: 8}, (cmd, moved)
+            assert tna.status()["ifaces"]["r-h1"]["prog_id"] == prog, cmd
