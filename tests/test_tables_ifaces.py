@@ -40,7 +40,7 @@ def test_the_program_sees_no_device_where_the_hook_has_none(fwlab: RouterLab, ho
     h = FirewallHarness(fwlab, hook, rules, "")
     try:
         frame = bytes(V4(fwlab) / UDP(sport=9, dport=9))
-        want = expect(rules, 4, h.fw.ct4, frame, False, 0, 0)
+        want = expect(parse_save(rules), 4, h.fw.ct4, frame, False, 0, 0)
         assert want[:2] == ("REDIRECT", "FORWARDED")  # neither rule matches (the model test)
         check(h, frame, *want, by_table=True)
     finally:
