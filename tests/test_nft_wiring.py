@@ -8,7 +8,6 @@ libnftables-json(5) and iptables-save(8) document it).  No root."""
 from __future__ import annotations
 
 import json
-import sys
 from types import SimpleNamespace
 from typing import Any
 
@@ -49,7 +48,7 @@ def fake(monkeypatch: pytest.MonkeyPatch, chains: list[dict], save4: str = "", r
                                sets={blocked.name: blocked}, foreign=[])
 
     monkeypatch.setattr(netfilter, "_run", run)
-    monkeypatch.setitem(sys.modules, "tna.model.nftables", SimpleNamespace(parse_ruleset=parse))
+    monkeypatch.setattr(netfilter, "parse_ruleset", parse)
     monkeypatch.setattr(netfilter, "_legacy_tables", lambda version: [])
     return ran, given
 
@@ -112,6 +111,52 @@ def test_a_translation_that_fails_keeps_the_fast_path_off(monkeypatch: pytest.Mo
 
     def broken(doc: dict) -> None:
         raise KeyError("expr")
-    monkeypatch.setitem(sys.modules, "tna.model.nftables", SimpleNamespace(parse_ruleset=broken))
+    monkeypatch.setattr(netfilter, "parse_ruleset", broken)
     rs = netfilter.read_rulesets()
     assert rs.foreign and "cannot translate" in rs.foreign[0] and not rs.tables[4]
+
+
+def stateful_json(packets: int) -> dict:
+    """`nft -j list ruleset` of test_nft_lab.STATEFUL as nft 1.0.6 prints it,
+    its counters at packets."""
+    def rule(handle: int, *expr: dict) -> dict:
+        return {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": handle,
+                         "expr": list(expr)}}
+    counter = {"counter": {"packets": packets, "bytes": 84 * packets}}
+    return {"nftables": [
+        {"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+        {"table": {"family": "inet", "name": "filter", "handle": 2}},
+        {"set": {"family": "inet", "name": "blocked", "table": "filter", "type": "ipv4_addr", "handle": 2}},
+        {"chain": {"family": "inet", "table": "filter", "name": "forward", "handle": 1, "type": "filter",
+                   "hook": "forward", "prio": 0, "policy": "drop"}},
+        rule(3, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@blocked"}},
+             counter, {"drop": None}),
+        rule(4, {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}},
+             counter, {"accept": None}),
+        rule(5, {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 5202}},
+             {"accept": None})]}
+
+
+def test_the_translation_plans_both_versions_and_mirrors_the_set() -> None:
+    from tna.model.nftables import parse_ruleset
+    from tna.snapshot import plan_filtering
+
+    rules = parse_ruleset(stateful_json(0))
+    fw, why = plan_filtering(rules.tables, rules.sets)
+    assert why is None and fw is not None and fw.ct4 and fw.ct6
+    assert [(c.table, c.name, c.hook, c.stage) for c in fw.fwd4 or ()] == [("inet filter", "forward", "forward",
+                                                                              "routed")]
+    assert len((fw.fwd4 or ())[0].rules) == 3 and len((fw.fwd6 or ())[0].rules) == 2  # ip saddr: IPv4 only
+    assert [s.name for s in fw.ipsets] == list(rules.sets)
+
+
+@pytest.mark.xfail(strict=True, reason="nftmodel: a rule's text holds its counter's values "
+                   "(nftables_text.render_rule): the Firewall (compared by rule text) changes with every count")
+def test_counter_values_are_no_part_of_the_rule_set() -> None:
+    """Counting packets must not change what is compiled (a recompile and
+    a new program per commit otherwise)."""
+    from tna.model.nftables import parse_ruleset
+    from tna.snapshot import plan_filtering
+
+    plans = [plan_filtering(r.tables, r.sets)[0] for r in map(parse_ruleset, (stateful_json(0), stateful_json(9)))]
+    assert plans[0] == plans[1]

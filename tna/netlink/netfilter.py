@@ -29,6 +29,7 @@ from pyroute2.netlink.nlsocket import NetlinkSocket
 
 from tna.model.ipset import IpSet
 from tna.model.iptables import BUILTIN_CHAINS, ParseError, Table, parse_save
+from tna.model.nftables import parse_ruleset
 
 LEGACY_NAMES = {4: Path("/proc/net/ip_tables_names"), 6: Path("/proc/net/ip6_tables_names")}
 SAVE = {(4, "legacy"): "iptables-legacy-save", (6, "legacy"): "ip6tables-legacy-save",
@@ -136,11 +137,6 @@ def _of(item: dict, native: set[tuple[str, str]]) -> bool:
 
 def _read_native(native: set[tuple[str, str]], out: Rulesets) -> None:
     """The native tables (family, name), translated, into out."""
-    try:
-        from tna.model.nftables import parse_ruleset
-    except ImportError:  # until the translation (branch nftmodel) is merged: as before, not modelled
-        out.foreign += [f"nftables table {f} {t} (native tables are not translated)" for f, t in sorted(native)]
-        return
     doc = json.loads(_run(["nft", "-j", "list", "ruleset"]))
     try:
         rules = parse_ruleset({"nftables": [i for i in doc["nftables"] if _of(i, native)]})
