@@ -189,8 +189,8 @@ def cmd_rules(state: dict[str, Any], as_json: bool) -> None:
         if chain is not None:
             if ref["index"] == 0:
                 kernel = chain.counters
-            elif ref["index"] <= len(chain.rules):
-                kernel = chain.rules[ref["index"] - 1].counters
+            else:  # by index: a native inet chain's indexes may skip the other version's rules
+                kernel = next((r.counters for r in chain.rules if r.index == ref["index"]), (0, 0))
         fp = fast.get(ref["id"], (0, 0))
         rows.append({**ref, "kernel": {"packets": kernel[0], "bytes": kernel[1]},
                      "fast_path": {"packets": fp[0], "bytes": fp[1]}})
