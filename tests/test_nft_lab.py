@@ -131,10 +131,12 @@ class Stateful:
         self.frames = established(lab, 40100)
 
     def sent(self, n: int, wait: float) -> tuple[list[bytes], dict[str, int]]:
-        """What reached h2 of the first n frames, and the r-h1 reasons they moved."""
+        """What reached h2 of the first n frames, and the r-h1 reasons of
+        probes they moved (not OTHERHOST: h1's own multicast, sent meanwhile)."""
         before = self.tna.counters("r-h1")
         got = arrivals(self.lab, self.frames[:n], wait)
-        return got, {r: c - before.get(r, 0) for r, c in self.tna.counters("r-h1").items() if c != before.get(r, 0)}
+        return got, {r: c - before.get(r, 0) for r, c in self.tna.counters("r-h1").items()
+                     if c != before.get(r, 0) and r != "OTHERHOST"}
 
 
 def stateful_lab(lab: RouterLab, hook: str) -> list[bytes]:
