@@ -162,8 +162,6 @@ def test_stateful_chain_with_a_set_is_linux_byte_for_byte(router_lab: RouterLab,
         assert accept["fast_path"]["packets"] >= 8 and accept["kernel"]["packets"] >= 8, counted
 
 
-@pytest.mark.xfail(strict=True, reason="nftmodel: a rule's text holds its counter's values "
-                   "(nftables_text.render_rule), so a commit after counted packets is a new rule set")
 def test_set_members_follow_nft_with_the_same_program(router_lab: RouterLab, hook: str) -> None:
     lab = router_lab
     stateful_lab(lab, hook)

@@ -150,8 +150,6 @@ def test_the_translation_plans_both_versions_and_mirrors_the_set() -> None:
     assert [s.name for s in fw.ipsets] == list(rules.sets)
 
 
-@pytest.mark.xfail(strict=True, reason="nftmodel: a rule's text holds its counter's values "
-                   "(nftables_text.render_rule): the Firewall (compared by rule text) changes with every count")
 def test_counter_values_are_no_part_of_the_rule_set() -> None:
     """Counting packets must not change what is compiled (a recompile and
     a new program per commit otherwise)."""
