@@ -191,7 +191,7 @@ def test_firewalld(ns: str) -> None:
     assert (c.hook, c.priority, c.policy) == ("input", 10, "ACCEPT")
     r = c.rules
     assert r[0].ctstate == Neg(frozenset({"ESTABLISHED", "RELATED"}))
-    assert not r[1].expressible  # ct status dnat: a NAT bit the model lacks
+    assert r[1].ctstatus == Neg(1 << 5) and r[1].expressible  # ct status dnat: IPS_DST_NAT
     assert r[3].target == "filter_INPUT_ZONES" and r[3].expressible
     assert r[4].ctstate == Neg(frozenset({"INVALID"})) and r[4].target == "DROP"
     assert r[5].target == "REJECT" and r[5].unsupported == ("reject statement",)

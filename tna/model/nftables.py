@@ -30,6 +30,10 @@ from dataclasses import dataclass, field
 
 from tna.model.ipset import IpSet, Member, SetMatch
 from tna.model.iptables import CT_STATES, CT_STATUS, PROTOCOLS, Chain, Neg, Rule, Table
+
+# `ct status` names: iptables' --ctstatus ones and the NAT bits (IPS_SRC_NAT,
+# IPS_DST_NAT), which the fast path reads from the entry as it reads the others
+CT_STATUS_BITS = {**CT_STATUS, "SNAT": 1 << 4, "DNAT": 1 << 5}
 from tna.model.nftables_text import (
     ICMP_CODES,
     ICMP_TYPES,
@@ -408,7 +412,7 @@ class _Ctx:
                 raise Unsupported(f"ct state {right}")
             return _set(a, "ctstate", states, neg)
         if key == "status" and not neg:  # from any_bit() only
-            bits = [CT_STATUS.get(n.upper().replace("-", "_")) for n in words]
+            bits = [CT_STATUS_BITS.get(n.upper().replace("-", "_")) for n in words]
             if None in bits:
                 raise Unsupported(f"ct status {right}")
             return _set(a, "ctstatus", sum(bits), neg)  # type: ignore[arg-type]
