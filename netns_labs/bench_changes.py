@@ -49,6 +49,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from netns_labs.bench import write_doc
+from netns_labs.bench_control import Datapath
 from netns_labs.lab import BridgeLab, Host, Lab, Tna, in_netns, py
 from netns_labs.xfer import raw_socket, recv_frame
 
@@ -105,34 +106,46 @@ def bridged_to(net: Net, s: State, mac: str, ingress: str | None) -> set[str]:
     return {next(name for name, p in net.port.items() if p == port)}
 
 
-def delivered_to(net: Net, s: State, flow: Flow) -> set[str]:
-    """Where Linux sends a frame of flow under configuration s."""
+def next_hop(net: Net, s: State, flow: Flow) -> str | None:
+    """What forwarding decides as the frame comes in: the gateway's address
+    (or, bridged, the destination MAC); None: dropped there."""
     if flow.dst_mac is not None:
-        if net.port[flow.src] in s.down:
-            return set()
-        return bridged_to(net, s, flow.dst_mac, net.port[flow.src])
+        return None if net.port[flow.src] in s.down else flow.dst_mac
     if flow.dst_ip in s.dropped:
-        return set()
-    gw = s.routes.get(f"{flow.dst_ip}/32")
-    if gw is None and flow.dst_ip.startswith("10."):
-        gw = s.routes.get(flow.dst_ip.rsplit(".", 2)[0] + ".0.0/16")
-        if gw is None:
-            return set()
-    gw = gw or flow.dst_ip
-    host = owner(net, gw)
+        return None
+    if flow.dst_ip.startswith("10."):
+        return s.routes.get(flow.dst_ip.rsplit(".", 2)[0] + ".0.0/16")
+    return s.routes.get(f"{flow.dst_ip}/32", flow.dst_ip)
+
+
+def reached(net: Net, s: State, flow: Flow, hop: str) -> set[str]:
+    """Where the frame goes from its next hop under s: the neighbour's MAC
+    (it may be resolved later: a frame waits for ARP), the FDB, the ports."""
+    if flow.dst_mac is not None:
+        return bridged_to(net, s, hop, net.port[flow.src])
+    host = owner(net, hop)
     if net.bridge[net.port[host]] == "br1":
         return set() if "b-h5" in s.down else {host}
-    return bridged_to(net, s, s.neigh.get(gw, net.hosts[host].mac), None)
+    return bridged_to(net, s, s.neigh.get(hop, net.hosts[host].mac), None)
 
 
-def changes(net: Net, seed: int, n: int) -> list[tuple[str, str, list[str], State]]:
-    """n changes: (kind, tool, its batch lines or argv, the configuration after it)."""
+def delivered_to(net: Net, s: State, flow: Flow) -> set[str]:
+    """Where Linux sends a frame of flow under configuration s."""
+    hop = next_hop(net, s, flow)
+    return set() if hop is None else reached(net, s, flow, hop)
+
+
+KINDS = ("route", "route10", "neigh", "fdb", "iptables", "link", "mtu")
+
+
+def changes(net: Net, seed: int, n: int, kinds: tuple[str, ...] = KINDS) -> list[tuple[str, str, list[str], State]]:
+    """n changes of kinds: (kind, tool, its batch lines or argv, the configuration after it)."""
     rng = random.Random(seed)
     br0_hosts = ("h1", "h2", "h3")
     s = initial(net)
     out: list[tuple[str, str, list[str], State]] = []
     while len(out) < n:
-        kind = rng.choice(("route", "route10", "neigh", "fdb", "iptables", "link", "mtu"))
+        kind = rng.choice(kinds)
         if kind == "route":
             dst = net.hosts[rng.choice((*br0_hosts, "h5"))].ip4 + "/32"
             gw = net.hosts[rng.choice(br0_hosts)].ip4
@@ -269,7 +282,7 @@ SOL_PACKET, PACKET_STATISTICS = 263, 6
 
 def capture(spec: list[tuple[str, str, str]]) -> None:
     """Record this run's frames arriving at each host (name, namespace,
-    device) until stdin closes; prints {host: [[flow, seq, sent_ns], ...]}
+    device) until stdin closes; prints {host: [[flow, seq, sent_ns, received_ns], ...]}
     and the frames each capture socket dropped."""
     socks = {}
     for name, ns, dev in spec:
@@ -277,7 +290,7 @@ def capture(spec: list[tuple[str, str, str]]) -> None:
             s = raw_socket(dev, 3)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         socks[s] = name
-    got: dict[str, list[tuple[int, int, int]]] = {name: [] for name, _, _ in spec}
+    got: dict[str, list[tuple[int, int, int, int]]] = {name: [] for name, _, _ in spec}
     print("ready", flush=True)
     done = False
     while True:  # until stdin closes, then until the sockets are drained
@@ -290,7 +303,7 @@ def capture(spec: list[tuple[str, str, str]]) -> None:
             elif (data := recv_frame(s)) is not None and data[12:14] == b"\x08\x00" and data[14] == 0x45 \
                     and data[23] == 17 and data[36:38] == PORT.to_bytes(2, "big") and data[42:46] == MAGIC:
                 _, flow, seq, t = PAYLOAD.unpack_from(data, 42)  # IPv4 without options, UDP to PORT, ours
-                got[socks[s]].append((flow, seq, t))
+                got[socks[s]].append((flow, seq, t, time.monotonic_ns()))
     drops = {name: struct.unpack("II", s.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))[1] for s, name in socks.items()}
     print(json.dumps({"arrivals": got, "capture_drops": drops}), flush=True)
 
@@ -309,10 +322,11 @@ def run(variant: str, seq: list[tuple[str, str, list[str], State]], pace: float,
     """One run of the sequence in a fresh lab: the change times, what each
     flow sent, what arrived where (and, under tna, its counters)."""
     with changes_lab() as (lab, net):
-        flows, tna = flows_of(net), None
+        flows, tna, dp = flows_of(net), None, None
         if variant == "tna":
             tna = Tna(lab, lab.b)
             tna.wait_attached([*BR0, "b-h4", "b-h5"], timeout=120)
+            dp = Datapath(lab, lab.b, "b-h4")  # a port the changes never take down
         try:
             hosts = [(name, h.ns, h.dev) for name, h in net.hosts.items()]
             cap = lab.popen(lab.b, py("netns_labs.bench_changes", "capture", json.dumps(hosts)), cwd=lab.repo,
@@ -325,10 +339,11 @@ def run(variant: str, seq: list[tuple[str, str, list[str], State]], pace: float,
                             cwd=lab.repo, stdout=subprocess.PIPE, text=True)
             assert gen.stdout is not None and gen.stdout.readline().strip() == "ready"
             time.sleep(warmup)
-            times = []
+            times, held = [], 0
             t0 = time.monotonic()
             for i, (_, tool, arg, _) in enumerate(seq):
                 time.sleep(max(0.0, t0 + i * pace - time.monotonic()))
+                held += bool(dp and dp.pass_reason())  # the whole datapath on the kernel path now
                 a = time.monotonic_ns()
                 apply(lab, tool, arg)
                 times.append((a, time.monotonic_ns()))
@@ -338,56 +353,71 @@ def run(variant: str, seq: list[tuple[str, str, list[str], State]], pace: float,
             result = json.loads(cap.communicate("", timeout=60)[0])  # stdin closed: the capture ends
             counters = tna.counters() if tna else {}
         finally:
+            if dp:
+                dp.state.close()
             if tna:
                 rc = tna.stop()
                 out = tna.close()
                 if rc:
                     raise SystemExit(f"tna exited with {rc}:\n{out}")
         return {"variant": variant, "changes_s": took, "times": times, "sent": sent, "tna_counters": counters,
-                **result}
+                "held_before": held if dp else None, **result}
 
 
 def judge(r: dict, net: Net, states: list[State], grace: float) -> dict:
-    """Per host: frames delivered, misdelivered (no configuration within
-    grace before its send time sends it there), in transition (only an
-    earlier one within the grace does); duplicates over all hosts."""
+    """Per host: frames delivered, misdelivered, in transition, late, and
+    duplicates over all hosts.  A frame's next hop is decided as it comes
+    in, by a configuration in force from grace before its sending until
+    then; where that hop takes it, by one in force from then until it
+    arrived (it may wait for ARP).  Arriving where no such pair sends it is
+    a misdelivery; where only one from before its sending does, in
+    transition; late: more than grace after it was sent."""
     import bisect
 
     flows = flows_of(net)
     starts = [a for a, _ in r["times"]]  # S_k (k >= 1) is in force from starts[k-1] ...
     ends = [b for _, b in r["times"]]  # ... and S_k until ends[k] (the next change returned)
-    table = [[delivered_to(net, s, f) for f in flows] for s in states]
+    hops = [[next_hop(net, s, f) for f in flows] for s in states]
+    memo: dict[tuple[int, int, str], set[str]] = {}
 
-    def allowed(flow: int, t: int, before: float) -> set[str]:
-        lo = bisect.bisect_left(ends, t - int(before * 1e9))  # first S_k still in force at t - before
-        hi = bisect.bisect_right(starts, t)  # last S_k begun by t
-        return set().union(*(table[k][flow] for k in range(lo, hi + 1)))
+    def allowed(flow: int, sent: int, arrived: int, before: float) -> set[str]:
+        first = bisect.bisect_left(ends, sent - int(before * 1e9))  # the first still in force then
+        at_send, at_arrival = bisect.bisect_right(starts, sent), bisect.bisect_right(starts, arrived)
+        out: set[str] = set()
+        for hop in {hops[k][flow] for k in range(first, at_send + 1)} - {None}:
+            for k in range(first, at_arrival + 1):
+                if (k, flow, hop) not in memo:
+                    memo[k, flow, hop] = reached(net, states[k], flows[flow], hop)
+                out |= memo[k, flow, hop]
+        return out
 
     out: dict[str, dict[str, int]] = {}
     seen: dict[tuple[int, int], int] = {}
     for host, arrivals in r["arrivals"].items():
-        row = out[host] = {"delivered": 0, "misdelivered": 0, "transition": 0}
-        for flow, seq, t in arrivals:
+        row = out[host] = {"delivered": 0, "misdelivered": 0, "transition": 0, "late": 0}
+        for flow, seq, sent, arrived in arrivals:
             seen[flow, seq] = seen.get((flow, seq), 0) + 1
-            if host not in allowed(flow, t, grace):
+            if host not in allowed(flow, sent, arrived, grace):
                 row["misdelivered"] += 1
             else:
                 row["delivered"] += 1
-                row["transition"] += host not in allowed(flow, t, 0)
+                row["transition"] += host not in allowed(flow, sent, arrived, 0)
+                row["late"] += arrived - sent > grace * 1e9
     return {"hosts": out, "duplicates": sum(n - 1 for n in seen.values()), "sent": sum(r["sent"]),
             "capture_drops": sum(r["capture_drops"].values())}
 
 
-def bench(n: int, seed: int, pace: float, pps: int, grace: float) -> dict:
+def bench(n: int, seed: int, pace: float, pps: int, grace: float, kinds: tuple[str, ...] = KINDS) -> dict:
     """The sequence under Linux alone, then under tna, each judged."""
     net = topology()
-    seq = changes(net, seed, n)
+    seq = changes(net, seed, n, kinds)
     states = [initial(net), *(c[3] for c in seq)]
     out: dict = {"changes": n, "seed": seed, "pace_s": pace, "pps_per_flow": pps, "grace_s": grace,
                  "kinds": {k: sum(1 for c in seq if c[0] == k) for k in sorted({c[0] for c in seq})}}
     for variant in ("linux", "tna"):
         r = run(variant, seq, pace, pps)
-        out[variant] = {**judge(r, net, states, grace), "changes_s": r["changes_s"], "tna_counters": r["tna_counters"]}
+        out[variant] = {**judge(r, net, states, grace), "changes_s": r["changes_s"], "held_before": r["held_before"],
+                        "tna_counters": r["tna_counters"]}
     return out
 
 
@@ -395,16 +425,20 @@ def report(res: dict) -> str:
     lines = [f"{res['changes']} changes (seed {res['seed']}, one per {res['pace_s']} s; linux applied them in "
              f"{res['linux']['changes_s']:.1f} s, tna in {res['tna']['changes_s']:.1f} s), "
              f"{res['pps_per_flow']} frames/s per flow, grace {res['grace_s']} s",
-             f"{'host':<5} {'linux':>8} {'tna':>8} {'tna-linux':>10} {'misdelivered l/t':>17} {'transition l/t':>15}"]
+             f"{'host':<5} {'linux':>8} {'tna':>8} {'tna-linux':>10} {'misdelivered l/t':>17} {'transition l/t':>15}"
+             f" {'late l/t':>11}"]
     lin, tna = res["linux"]["hosts"], res["tna"]["hosts"]
     for host in lin:
         a, b = lin[host], tna[host]
         lines.append(f"{host:<5} {a['delivered']:>8} {b['delivered']:>8} {b['delivered'] - a['delivered']:>10} "
-                     f"{a['misdelivered']:>8}/{b['misdelivered']:<8} {a['transition']:>7}/{b['transition']:<7}")
+                     f"{a['misdelivered']:>8}/{b['misdelivered']:<8} {a['transition']:>7}/{b['transition']:<7}"
+                     f" {a['late']:>5}/{b['late']:<5}")
     for v in ("linux", "tna"):
         r = res[v]
-        lines.append(f"{v}: sent {r['sent']}, duplicates {r['duplicates']}, capture drops {r['capture_drops']}"
-                     + (f", tna counters {r['tna_counters']}" if r["tna_counters"] else ""))
+        lines.append(f"{v}: sent {r['sent']}, duplicates {r['duplicates']}, capture drops {r['capture_drops']}")
+    lines.append(f"tna: the datapath held (all on the kernel path) before {res['tna']['held_before']} of "
+                 f"{res['changes']} changes; counters of the programs attached at the end: "
+                 f"{res['tna']['tna_counters']}")
     return "\n".join(lines)
 
 
@@ -423,9 +457,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pps", type=int, default=300, help="frames per second per flow (8 flows)")
     ap.add_argument("--seed", type=int, default=13)
     ap.add_argument("--grace", type=float, default=0.25, help="seconds a change may take to reach the datapath")
+    ap.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="the kinds of change drawn")
     ap.add_argument("--json", type=Path, default=Lab.repo / "docs" / "bench" / "changes.json", metavar="FILE")
     args = ap.parse_args(argv)
-    res = bench(args.changes, args.seed, args.pace, args.pps, args.grace)
+    res = bench(args.changes, args.seed, args.pace, args.pps, args.grace, tuple(args.kinds))
     print(report(res))
     write_doc(args.json, "bench_changes", argv, results=res)
     print(f"results: {args.json}")

@@ -43,16 +43,18 @@ def test_a_sequence_is_reproducible_and_mixed():
 
 def test_a_frame_at_its_old_port_after_the_grace_is_a_misdelivery():
     """The FDB moves h1's MAC to h3's port at t = 10 s: a frame to h1 sent
-    0.1 s later reaching h1 is in transition, one sent 1 s later misdelivered."""
+    0.1 s later reaching h1 is in transition, one sent 1 s later misdelivered;
+    one sent before the move, arriving at h3 after it, was queued (late)."""
     s0 = initial(NET)
     s1 = replace(s0, fdb={**s0.fdb, NET.hosts["h1"].mac: "b-h3"})
     f, sec = FLOWS["h4>h1"], 1_000_000_000
     run = {"times": [(10 * sec, 10 * sec + 1000)], "sent": [4], "capture_drops": {},
-           "arrivals": {"h1": [[f, 0, 9 * sec], [f, 1, 10 * sec + sec // 10], [f, 2, 11 * sec]],
-                        "h3": [[f, 3, 11 * sec]]}}
+           "arrivals": {"h1": [[f, 0, 9 * sec, 9 * sec], [f, 1, 10 * sec + sec // 10, 10 * sec + sec // 10],
+                               [f, 2, 11 * sec, 11 * sec]],
+                        "h3": [[f, 3, 11 * sec, 11 * sec], [f, 4, 9 * sec, 12 * sec]]}}  # 4: queued, late
     res = judge(run, NET, [s0, s1], 0.25)
-    assert res["hosts"]["h1"] == {"delivered": 2, "misdelivered": 1, "transition": 1}
-    assert res["hosts"]["h3"] == {"delivered": 1, "misdelivered": 0, "transition": 0}
+    assert res["hosts"]["h1"] == {"delivered": 2, "misdelivered": 1, "transition": 1, "late": 0}
+    assert res["hosts"]["h3"] == {"delivered": 2, "misdelivered": 0, "transition": 0, "late": 1}
 
 
 @pytest.mark.root
