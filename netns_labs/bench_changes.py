@@ -393,18 +393,23 @@ def judge(r: dict, net: Net, states: list[State], grace: float) -> dict:
 
     out: dict[str, dict[str, int]] = {}
     seen: dict[tuple[int, int], int] = {}
+    wrong: list[dict] = []  # the first misdeliveries, for whoever looks into them
     for host, arrivals in r["arrivals"].items():
         row = out[host] = {"delivered": 0, "misdelivered": 0, "transition": 0, "late": 0}
         for flow, seq, sent, arrived in arrivals:
             seen[flow, seq] = seen.get((flow, seq), 0) + 1
             if host not in allowed(flow, sent, arrived, grace):
                 row["misdelivered"] += 1
+                if len(wrong) < 100:
+                    wrong.append({"host": host, "flow": flows[flow].name, "seq": seq,
+                                  "arrived_after_s": (arrived - sent) / 1e9,
+                                  "sent_after_change": bisect.bisect_right(starts, sent)})
             else:
                 row["delivered"] += 1
                 row["transition"] += host not in allowed(flow, sent, arrived, 0)
                 row["late"] += arrived - sent > grace * 1e9
     return {"hosts": out, "duplicates": sum(n - 1 for n in seen.values()), "sent": sum(r["sent"]),
-            "capture_drops": sum(r["capture_drops"].values())}
+            "capture_drops": sum(r["capture_drops"].values()), "misdeliveries": wrong}
 
 
 def bench(n: int, seed: int, pace: float, pps: int, grace: float, kinds: tuple[str, ...] = KINDS) -> dict:
