@@ -318,14 +318,19 @@ def apply(lab: BridgeLab, tool: str, arg: list[str]) -> None:
 
 
 def run(variant: str, seq: list[tuple[str, str, list[str], State]], pace: float, pps: int,
-        warmup: float = 1.0, tail: float = 1.0) -> dict:
-    """One run of the sequence in a fresh lab: the change times, what each
-    flow sent, what arrived where (and, under tna, its counters)."""
+        warmup: float = 1.0, tail: float = 1.0, start: int = 0) -> dict:
+    """One run of seq[start:] in a fresh lab given seq[:start] first, without
+    traffic: the change times, what each flow sent, what arrived where
+    (and, under tna, its counters)."""
     with changes_lab() as (lab, net):
+        for _, tool, arg, _ in seq[:start]:
+            apply(lab, tool, arg)
+        seq = seq[start:]
         flows, tna, dp = flows_of(net), None, None
         if variant == "tna":
             tna = Tna(lab, lab.b)
-            tna.wait_attached([*BR0, "b-h4", "b-h5"], timeout=120)
+            # settled: a port the prefix took down is skipped
+            tna.wait_attached([*BR0, "b-h4", "b-h5"], timeout=120, settled=True)
             dp = Datapath(lab, lab.b, "b-h4")  # a port the changes never take down
         try:
             hosts = [(name, h.ns, h.dev) for name, h in net.hosts.items()]
@@ -412,15 +417,18 @@ def judge(r: dict, net: Net, states: list[State], grace: float) -> dict:
             "capture_drops": sum(r["capture_drops"].values()), "misdeliveries": wrong}
 
 
-def bench(n: int, seed: int, pace: float, pps: int, grace: float, kinds: tuple[str, ...] = KINDS) -> dict:
-    """The sequence under Linux alone, then under tna, each judged."""
+def bench(n: int, seed: int, pace: float, pps: int, grace: float, kinds: tuple[str, ...] = KINDS,
+          start: int = 0) -> dict:
+    """The sequence (from change start on, see run()) under Linux alone,
+    then under tna, each judged."""
     net = topology()
     seq = changes(net, seed, n, kinds)
-    states = [initial(net), *(c[3] for c in seq)]
-    out: dict = {"changes": n, "seed": seed, "pace_s": pace, "pps_per_flow": pps, "grace_s": grace,
-                 "kinds": {k: sum(1 for c in seq if c[0] == k) for k in sorted({c[0] for c in seq})}}
+    states = [initial(net), *(c[3] for c in seq)][start:]
+    kinds_run = [c[0] for c in seq[start:]]
+    out: dict = {"changes": len(kinds_run), "start": start, "seed": seed, "pace_s": pace, "pps_per_flow": pps,
+                 "grace_s": grace, "kinds": {k: kinds_run.count(k) for k in sorted(set(kinds_run))}}
     for variant in ("linux", "tna"):
-        r = run(variant, seq, pace, pps)
+        r = run(variant, seq, pace, pps, start=start)
         out[variant] = {**judge(r, net, states, grace), "changes_s": r["changes_s"], "held_before": r["held_before"],
                         "tna_counters": r["tna_counters"]}
     return out
@@ -463,9 +471,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=13)
     ap.add_argument("--grace", type=float, default=0.25, help="seconds a change may take to reach the datapath")
     ap.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="the kinds of change drawn")
+    ap.add_argument("--start", type=int, default=0, metavar="K",
+                    help="apply the first K changes before the traffic starts; run the rest")
     ap.add_argument("--json", type=Path, default=Lab.repo / "docs" / "bench" / "changes.json", metavar="FILE")
     args = ap.parse_args(argv)
-    res = bench(args.changes, args.seed, args.pace, args.pps, args.grace, tuple(args.kinds))
+    res = bench(args.changes, args.seed, args.pace, args.pps, args.grace, tuple(args.kinds), args.start)
     print(report(res))
     write_doc(args.json, "bench_changes", argv, results=res)
     print(f"results: {args.json}")
