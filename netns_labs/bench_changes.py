@@ -1,7 +1,7 @@
 """1,000 mixed changes under traffic, Linux alone vs `tna run` (issue #13, item 6):
 
   python -m netns_labs.bench_changes [--changes 1000] [--pace 0.02] [--pps 300] [--seed 13]
-                                     [--grace 0.25] [--json FILE]
+                                     [--grace 0.25] [--kinds KIND...] [--start K] [--json FILE]
 
 The routed bridge lab (BridgeLab(routed=True), namespace b): h1-h3 on br0,
 h4 on a routed port, h5 on br1.  The bridge ports have learning off and a
@@ -22,13 +22,17 @@ host's address (insert, delete), a host's port down/up, a port's MTU
 (1280-1500: these frames fit every MTU, so it changes nothing they do).
 
 The same sequence runs twice, in a fresh lab each: Linux alone, then with
-`tna run` (auto hooks).  Each frame is judged against the configurations in
-force from --grace s before it was sent until then (a change is in force
-from its command's start; the one before it until its command returned):
-arriving at a host none of them sends it to is a misdelivery.  Per host:
-frames delivered in each run, misdeliveries (must be 0), and frames that
-arrived where only an earlier configuration within the grace sent them
-(in transition: the change had not reached that frame's path yet).
+`tna run` (auto hooks).  A frame's next hop is judged by a configuration in
+force from --grace s before it was sent until then, where that hop takes
+it (neighbour, FDB, ports) by one in force from then until it arrived (a
+change is in force from its command's start, the one before it until that
+command returned; a frame may wait for ARP): arriving where no such
+configuration sends it is a misdelivery (must be 0); where only one from
+before its sending does, in transition; late: more than --grace after its
+sending.  Per host: frames delivered in each run, misdelivered,
+transition, late; the first misdeliveries are listed in the JSON.
+--kinds limits the kinds drawn; --start K applies the first K changes
+before the traffic starts and runs the rest (a window of the sequence).
 """
 
 from __future__ import annotations
