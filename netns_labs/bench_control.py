@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from netns_labs.bench import forward_rules, write_doc
-from netns_labs.lab import RouterLab, Tna, in_netns, wait_for
+from netns_labs.lab import Lab, RouterLab, Tna, in_netns, wait_for
 from tna.bpf import abi
 from tna.bpf import attach as hooks
 from tna.bpf import libbpf as bpf
@@ -49,17 +49,17 @@ def cpu_seconds(pid: int) -> float:
 
 
 class Datapath:
-    """What r-h1 runs now: its TC program's id, and the pass reason the
+    """What dev in ns runs now: its TC program's id, and the pass reason the
     datapath reads (tna_state is shared, so it outlives every program)."""
 
-    def __init__(self, lab: RouterLab) -> None:
-        self.lab, self.ifindex = lab, lab.ifindex(lab.r, "r-h1")
+    def __init__(self, lab: Lab, ns: str, dev: str) -> None:
+        self.ns, self.ifindex = ns, lab.ifindex(ns, dev)
         prog = bpf.Program.from_id(self.prog_id())
         self.state = prog.find_map(abi.MAP_STATE)
         prog.close()
 
     def prog_id(self) -> int:
-        with in_netns(self.lab.r):
+        with in_netns(self.ns):
             return hooks.tc_query(self.ifindex, abi.TNA_TC_HANDLE, abi.TNA_TC_PRIORITY)
 
     def pass_reason(self) -> int:
@@ -115,7 +115,7 @@ def bench(rules: int, commits: int, idle_seconds: float, ipset_members: int = 0)
             tna.wait_attached(["r-h1", "r-h2"], timeout=COMMIT_TIMEOUT)
             if not wait_for(lambda: "firewall" in tna.status()["ifaces"]["r-h1"]["modules"], COMMIT_TIMEOUT, 0.5):
                 raise SystemExit("the FORWARD rules were not compiled in")
-            dp = Datapath(lab)
+            dp = Datapath(lab, lab.r, "r-h1")
             out: dict = {"rules": rules, "ipset_members": ipset_members}
             if idle_seconds:
                 time.sleep(5)  # settled: the first reconcile's aftermath (status, sysctl reads) is over
