@@ -30,10 +30,6 @@ from dataclasses import dataclass, field
 
 from tna.model.ipset import IpSet, Member, SetMatch
 from tna.model.iptables import CT_STATES, CT_STATUS, PROTOCOLS, Chain, Neg, Rule, Table
-
-# `ct status` names: iptables' --ctstatus ones and the NAT bits (IPS_SRC_NAT,
-# IPS_DST_NAT), which the fast path reads from the entry as it reads the others
-CT_STATUS_BITS = {**CT_STATUS, "SNAT": 1 << 4, "DNAT": 1 << 5}
 from tna.model.nftables_text import (
     ICMP_CODES,
     ICMP_TYPES,
@@ -46,6 +42,9 @@ from tna.model.nftables_text import (
 )
 
 VERSIONS = {"ip": (4,), "ip6": (6,), "inet": (4, 6)}
+# `ct status` names: iptables' --ctstatus ones and the NAT bits (IPS_SRC_NAT,
+# IPS_DST_NAT), which the fast path reads from the entry as it reads the others
+CT_STATUS_BITS = {**CT_STATUS, "SNAT": 1 << 4, "DNAT": 1 << 5}
 HOOKS = ("prerouting", "input", "forward", "output", "postrouting")
 _L4 = {"tcp": 6, "udp": 17, "sctp": 132, "udplite": 136, "dccp": 33}
 _PORT_PROTOS = {6, 17, 132, 136}
