@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from tna.bpf import abi
-from tna.bpf import libbpf as bpf
 from tna.bpf.libbpf import LibbpfError
-from tna.bpf.ringbuf import RingBuffer
 from tna.config import ConfigError, Settings, changes
+from tna.ctsync import ct_sync_loop
 from tna.deploy.datapath import Datapath, ForeignProgram, attached_tna_prog
 from tna.deploy.lease import family_bits
 from tna.metrics import Metrics, failure_kind, parse_addr
@@ -38,7 +37,6 @@ from tna.model.ipset import IpSet, used_sets
 from tna.model.iptables import Table
 from tna.model.routes import RouteDump
 from tna.netlink import netfilter
-from tna.netlink.conntrack import Liberal
 from tna.netlink.decode import decoded
 from tna.netlink.ipset import IpsetReader
 from tna.netlink.netfilter import NetfilterChanged
@@ -62,8 +60,6 @@ POLL_S = 1.0          # sysctls and iptables-legacy announce nothing: polled
 IPSET_POLL_S = 0.5
 STATUS_S = 1.0        # the route count in state.json follows at most this often without a reconcile
 LOOP_WAKE_S = 0.5     # an idle main loop wakes this often (stop flag, polls, heartbeat)
-CT_BELL_WAIT_S = 0.5  # the ct-sync thread looks at the stop flag and the shared maps this often
-CT_SYNC_BATCH = 512
 HEARTBEAT_MAX_S = 3.0  # main loop silent this long: stop renewing the lease
 
 
@@ -90,6 +86,12 @@ class Daemon:
         # differ, the datapath holds (FW_CHANGED)
         self._commits = 0
         self._rules_gen = 0
+        # rtnetlink event batches queued (counted by the reader thread), how
+        # many the main loop had queued when it last emptied the queue, and
+        # the count at which one found the loop busy: while that is ahead,
+        # the datapath holds (PENDING)
+        self._queued = self._taken = self._pending_at = 0
+        self._busy = True
         self._guard_lock = threading.Lock()  # a hold and the guards' publication never interleave
         self._watcher: Watcher | None = None
         self._fdb_full = True  # a new model: the FDB map is compared whole at the next reconcile
@@ -119,7 +121,7 @@ class Daemon:
         signal.signal(signal.SIGHUP, lambda *_: self._hup.set())
         self._set_log_level()
         lease = threading.Thread(target=self._lease_loop, name="tna-lease", daemon=True)
-        ctsync = threading.Thread(target=self._ct_sync_loop, name="tna-ctsync", daemon=True)
+        ctsync = threading.Thread(target=ct_sync_loop, args=(self.dp, self._stop), name="tna-ctsync", daemon=True)
         try:
             if self.metrics_addr is not None:
                 self.metrics.serve(*self.metrics_addr)
@@ -152,6 +154,8 @@ class Daemon:
         while not self._stop.is_set():
             changed = nft_commit = False
             assert self._watcher is not None
+            with self._guard_lock:
+                self._busy, queued = False, self._queued
             try:
                 for msg in self._watcher.events(timeout=LOOP_WAKE_S):
                     if isinstance(msg, NetfilterChanged):  # held already (_nft_commit)
@@ -163,6 +167,11 @@ class Daemon:
                 self.metrics.resyncs.inc()
                 self._resync()
                 changed = True
+            with self._guard_lock:
+                self._busy = True
+                if self._watcher.drained() and self._taken < queued:
+                    changed |= self._pending_at > self._taken  # applied: the next reconcile ends the hold
+                    self._taken = queued
             hup = self._hup.is_set()
             if hup:
                 self._hup.clear()
@@ -226,6 +235,18 @@ class Daemon:
             self._commits += 1
             self.dp.lease.hold(abi.REASON["FW_CHANGED"])
 
+    def _events_queued(self) -> None:
+        """In the reader thread, after it queued a batch: while the main loop
+        is busy (compiling for seconds, reading rules) the batch may have moved
+        a host to another port the maps still send it to, so everything takes
+        the kernel path until the loop has taken the batch in (its reconcile
+        writes the FDB before it compiles anything)."""
+        with self._guard_lock:
+            self._queued += 1
+            if self._busy:
+                self._pending_at = self._queued
+                self.dp.lease.hold(abi.REASON["PENDING"])
+
     def _events_lost(self, gen: int, overrun: bool) -> None:
         """In the reader thread that lost events (watcher generation gen), at
         once: the maps may hold what those events undid (a host moved to
@@ -248,40 +269,6 @@ class Daemon:
             if time.monotonic() - self._heartbeat < HEARTBEAT_MAX_S:
                 self.dp.lease.renew()
 
-    def _ct_sync_loop(self) -> None:
-        """Connections the datapath waits to carry (TNA_R_CT_SYNC): marked
-        as soon as its ring buffer (tna_ct_bell) rings, so an idle daemon
-        does not poll.  The shared maps are recreated when every program
-        went away and came back: the ring buffer follows them."""
-        liberal = Liberal()
-        bell_map: bpf.Map | None = None
-        bell: RingBuffer | None = None
-        try:
-            while not self._stop.is_set():
-                m = self.dp.shared.get(abi.MAP_CT_BELL)
-                if m is not bell_map:
-                    if bell is not None:
-                        bell.close()
-                    bell_map, bell = m, (RingBuffer(m.fd, lambda _rec: None) if m is not None else None)
-                if bell is None:
-                    self._stop.wait(CT_BELL_WAIT_S)
-                elif bell.poll(CT_BELL_WAIT_S):
-                    self._ct_sync_drain(liberal)
-        finally:
-            if bell is not None:
-                bell.close()
-            liberal.close()
-
-    def _ct_sync_drain(self, liberal: Liberal) -> None:
-        m = self.dp.shared.get(abi.MAP_CT_SYNC)
-        while m is not None:
-            keys = list(itertools.islice(m.keys(), CT_SYNC_BATCH))
-            if not keys:
-                return
-            liberal.mark(abi.TnaCtKey.from_buffer_copy(k) for k in keys)
-            for k in keys:
-                m.delete(k)
-
     # --- inputs -------------------------------------------------------------
 
     def _resync(self) -> None:
@@ -295,7 +282,8 @@ class Daemon:
             if self._watcher is not None:
                 self._watcher.close()
             self._watcher_gen = gen = next(self._generations)
-            self._watcher = Watcher(on_nft_commit=self._nft_commit, on_lost=functools.partial(self._events_lost, gen))
+            self._watcher = Watcher(on_nft_commit=self._nft_commit, on_lost=functools.partial(self._events_lost, gen),
+                                    on_events=self._events_queued)
             try:
                 self.model = model_from(self._watcher.snapshot())
                 self._fdb_full = True
@@ -413,6 +401,13 @@ class Daemon:
         ipsets = setgen.all_entries(fw.ipsets, m.ipsets, {i: link.name for i, link in m.links.items()}) \
             if fw else {}
         self.dp.ipset_entries = ipsets
+        # the kernel has moved these FDB entries and ports already: the
+        # running programs must not keep sending a host's frames to its old
+        # port while new programs compile (seconds); a port without a
+        # program yet has no slot (its entries: the kernel's until below)
+        self.dp.sync_bridges(p.ports, p.l3_bridges, m.fdb, None if self._fdb_full else m.take_fdb_changes(),
+                             p.bridges)
+        self._fdb_full = False
         for ifindex, ip in p.ifaces.items():
             if self._safely(ifindex, lambda ip=ip: self._deploy(ip)):
                 self.failed.pop(ifindex, None)
@@ -429,9 +424,9 @@ class Daemon:
             self._set_firewall(*self._filtering(self._tables, m.ipsets))
             return self._reconcile()
         self.dp.sync(p.xdp_egress, p.tc_egress, self.model.stale_neighbours())
-        fdb_changed = m.take_fdb_changes()
-        self.dp.sync_bridges(p.ports, p.l3_bridges, m.fdb, None if self._fdb_full else fdb_changed, p.bridges)
-        self._fdb_full = False
+        # the ports the new programs gave slots (their entries rewritten), and
+        # what changed while they compiled
+        self.dp.sync_bridges(p.ports, p.l3_bridges, m.fdb, m.take_fdb_changes(), p.bridges)
         self.dp.sync_firewall(masks)
         if self.dp.fw_masks() == masks:
             self._mapped_gen = self._watcher_gen  # the model is the current watcher's
@@ -469,7 +464,8 @@ class Daemon:
         with self._guard_lock:
             reason = (abi.REASON["DISABLED"] if self.disabled_why
                       else abi.REASON["RESYNC"] if self._resync_pending()
-                      else abi.REASON["FW_CHANGED"] if self._commits != self._rules_gen else 0)
+                      else abi.REASON["FW_CHANGED"] if self._commits != self._rules_gen
+                      else abi.REASON["PENDING"] if self._pending_at > self._taken else 0)
             self.dp.lease.set_guards(reason, m.multipath_policies(), (m.route_mtu(AF_INET), m.route_mtu(AF_INET6)),
                                      (m.local_ipv4(), m.local_ipv6()), fw_families, m.sysctls)
 

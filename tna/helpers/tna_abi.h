@@ -119,6 +119,8 @@ enum tna_reason {
 	                            rewritten */
 	TNA_R_NAT_INVALID,       /* conntrack calls a packet of a NAT entry whose destination it translates
 	                            INVALID: the kernel un-tracks it and routes it by the received one */
+	TNA_R_PENDING,           /* netlink changes arrived while the daemon was busy (compiling): all
+	                            to the kernel until its maps have them (a host moved to another port) */
 	TNA_R_MAX
 };
 

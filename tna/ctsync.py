@@ -1,0 +1,52 @@
+"""The daemon's conntrack thread: connections the datapath waits to carry
+(TNA_R_CT_SYNC) marked window-liberal (tna/netlink/conntrack.py) as soon
+as the datapath's ring buffer (tna_ct_bell) rings, so an idle daemon does
+not poll."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+from tna.bpf import abi
+from tna.bpf import libbpf as bpf
+from tna.bpf.ringbuf import RingBuffer
+from tna.deploy.datapath import Datapath
+from tna.netlink.conntrack import Liberal
+
+BELL_WAIT_S = 0.5  # how often the thread looks at the stop flag and the shared maps
+BATCH = 512
+
+
+def ct_sync_loop(dp: Datapath, stop: threading.Event) -> None:
+    """Until stop.  The shared maps are recreated when every program went
+    away and came back: the ring buffer follows them."""
+    liberal = Liberal()
+    bell_map: bpf.Map | None = None
+    bell: RingBuffer | None = None
+    try:
+        while not stop.is_set():
+            m = dp.shared.get(abi.MAP_CT_BELL)
+            if m is not bell_map:
+                if bell is not None:
+                    bell.close()
+                bell_map, bell = m, (RingBuffer(m.fd, lambda _rec: None) if m is not None else None)
+            if bell is None:
+                stop.wait(BELL_WAIT_S)
+            elif bell.poll(BELL_WAIT_S):
+                _drain(dp, liberal)
+    finally:
+        if bell is not None:
+            bell.close()
+        liberal.close()
+
+
+def _drain(dp: Datapath, liberal: Liberal) -> None:
+    m = dp.shared.get(abi.MAP_CT_SYNC)
+    while m is not None:
+        keys = list(itertools.islice(m.keys(), BATCH))
+        if not keys:
+            return
+        liberal.mark(abi.TnaCtKey.from_buffer_copy(k) for k in keys)
+        for k in keys:
+            m.delete(k)
