@@ -105,7 +105,7 @@ def real_traffic(lab: HostLab) -> dict[str, str]:
     The servers start first, then every client at once."""
     c1, c3, out = lab.c1, lab.c3, lab.out
     servers = [_server(lab, out.ns, "tcp-server", str(TCP_PORT), "2"), _server(lab, out.ns, "udp-echo", str(UDP_PORT)),
-               _server(lab, out.ns, "udp-sink", str(CLOSED_PORT), "5"),
+               _server(lab, out.ns, "udp-sink", str(CLOSED_PORT), "1.5", "30"),
                _server(lab, c1.ns, "tcp-server", str(TCP_PORT), "3"), _server(lab, c1.ns, "udp-echo", str(UDP_PORT))]
     sink = servers[2]
     tcp = {"tcp out v4": (c1, out.ip4), "tcp out v6": (c1, out.ip6), "tcp published v4": (out, UPLINK4),
@@ -142,7 +142,7 @@ def real_traffic(lab: HostLab) -> dict[str, str]:
     return {k: results[k] for k in OUTCOMES}
 
 
-def quiet_flow(lab: HostLab, timeout_s: int = 8) -> str:
+def quiet_flow(lab: HostLab, timeout_s: int = 4) -> str:
     """One TCP connection from c1 to the outside (MASQUERADEd) that sends for
     longer than the host's established-flow conntrack timeout (timeout_s),
     pauses, then sends again: "ok" if every byte arrived. Only refreshed

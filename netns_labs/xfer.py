@@ -10,7 +10,8 @@ bytes on both sides, and a UDP echo.  Run inside a namespace:
   python -m netns_labs.xfer udp-client ADDR PORT COUNT    # prints "<echoed> <count>"
   python -m netns_labs.xfer udp-send ADDR PORT SPORT COUNT  # one flow, fire and forget
   python -m netns_labs.xfer udp-stream ADDR PORT SPORT SECONDS GAP_S  # one way, paced; "<count> <sha256>" sent
-  python -m netns_labs.xfer udp-sink PORT IDLE_S   # "<count> <sha256>" received, once idle for IDLE_S
+  python -m netns_labs.xfer udp-sink PORT IDLE_S [FIRST_S]  # "<count> <sha256>" received, once idle for IDLE_S
+                                                  # (FIRST_S, default IDLE_S, before the first datagram)
   python -m netns_labs.xfer raw-send IFACE FRAMEHEX[,FRAMEHEX...] COUNT [GAP_S]  # exact frames (e.g. spoofed)
   python -m netns_labs.xfer raw-capture IFACE MARKHEX COUNT [SECONDS]  # received frames holding MARK, hex
   python -m netns_labs.xfer raw-capture IFACE,IFACE... MARKHEX COUNT [SECONDS]  # "<iface> <hex>", COUNT in all
@@ -174,17 +175,20 @@ def udp_stream(addr: str, port: int, sport: int, seconds: float, gap: float) -> 
     print(n, digest.hexdigest(), flush=True)
 
 
-def udp_sink(port: int, idle: float) -> None:
+def udp_sink(port: int, idle: float, first: float | None = None) -> None:
+    """first: how long to wait for the first datagram (the senders' start-up
+    on a loaded machine), so that idle need only cover a stream's gaps."""
     digest, n = hashlib.sha256(), 0
     with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         s.bind(("::", port))
-        s.settimeout(idle)
+        s.settimeout(idle if first is None else first)
         print("ready", flush=True)
         try:
             while True:
                 digest.update(s.recv(CHUNK))
                 n += 1
+                s.settimeout(idle)
         except TimeoutError:
             pass
     print(n, digest.hexdigest(), flush=True)
@@ -281,7 +285,7 @@ def main(argv: list[str]) -> None:
     elif cmd == "udp-stream":
         udp_stream(args[0], int(args[1]), int(args[2]), float(args[3]), float(args[4]))
     elif cmd == "udp-sink":
-        udp_sink(int(args[0]), float(args[1]))
+        udp_sink(int(args[0]), *(float(a) for a in args[1:3]))
     else:
         sys.exit(__doc__)
 
