@@ -138,15 +138,15 @@ def test_long_transfer_closes_cleanly_past_an_invalid_drop_rule(router_lab: Rout
 
 
 def test_conntrack_entry_lives_through_a_quiet_then_active_flow(router_lab: RouterLab, hook: str) -> None:
-    """With a 5 s established timeout, a flow that sends 6 s, pauses 3 s and
-    sends 6 s again: conntrack -L shows its entry all along - one entry (one
+    """With a 3 s established timeout, a flow that sends 4 s, pauses 1.5 s and
+    sends 2 s again: conntrack -L shows its entry all along - one entry (one
     id) from when it is first seen until after the close, though the kernel
     sees almost none of the flow: the fast path refreshes it.  The sampled
     timeouts are printed, not asserted (how often a loaded machine samples
     varies)."""
     lab = router_lab
     setup(lab, hook)
-    lab.sysctl(lab.r, "net.netfilter.nf_conntrack_tcp_timeout_established", 5)
+    lab.sysctl(lab.r, "net.netfilter.nf_conntrack_tcp_timeout_established", 3)
 
     def entry() -> tuple[str, str, int] | None:
         """(id, state, timeout) of the flow's entry, if there is one."""
@@ -160,7 +160,7 @@ def test_conntrack_entry_lives_through_a_quiet_then_active_flow(router_lab: Rout
     with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
         time.sleep(1.2)  # the daemon polls sysctls every second
         server = _server(lab, lab.h2.ns, "tcp-server", "5201")
-        client = lab.popen(lab.h1.ns, py("netns_labs.xfer", "tcp-phases", lab.h2.ip4, "5201", "6", "3", "6"),
+        client = lab.popen(lab.h1.ns, py("netns_labs.xfer", "tcp-phases", lab.h2.ip4, "5201", "4", "1.5", "2"),
                            stdout=subprocess.PIPE, text=True, cwd=lab.repo)
         assert wait_for(lambda: entry() is not None, 30, 0.1)
         samples: list[tuple[str, str, int] | None] = []
@@ -230,11 +230,11 @@ def test_stalled_connection_gets_the_unacknowledged_timeout(router_lab: RouterLa
     block = ["OUTPUT", "-p", "tcp", "--sport", "5201", "-j", "DROP"]
 
     def stalled(sport: int) -> list[str]:
-        with trickle(lab, 7, sport):
+        with trickle(lab, 5.5, sport):
             time.sleep(2)  # the flow runs (on the fast path, under tna)
             before = trickle_entry(lab, sport)
             lab.run(lab.h2.ns, ["iptables", "-A", *block])  # h2's stack stops acknowledging
-            time.sleep(3)
+            time.sleep(2)  # a segment every 0.2 s: the entry sees unacknowledged data at once
             after = trickle_entry(lab, sport)
             lab.run(lab.h2.ns, ["iptables", "-D", *block])
         assert int(before[2]) > 40 and before[3] == "ESTABLISHED", before  # acknowledged: established

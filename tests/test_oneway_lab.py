@@ -20,8 +20,8 @@ from tests.test_conntrack_lab import RULES4, RULES6, setup
 
 pytestmark = pytest.mark.root
 
-UNREPLIED_S = 3  # nf_conntrack_udp_timeout for these tests: a stream of 0.1 s gaps outlives it many times over
-SECONDS, GAP = 8, 0.1
+UNREPLIED_S = 2  # nf_conntrack_udp_timeout for these tests: a stream of 0.1 s gaps outlives it many times over
+SECONDS, GAP = 5, 0.1
 # the stateful chain without its service rules: only established traffic passes
 ESTABLISHED_ONLY = """*filter
 :INPUT ACCEPT [0:0]
@@ -48,7 +48,8 @@ def streams(lab: RouterLab, sport: int, seconds: float = SECONDS, gap: float = G
     """A one-way stream h1 -> h2 per IP version (at once), sampling its
     conntrack entry every 0.3 s: family -> (sent, received, samples)."""
     flows = {"ipv4": (lab.h2.ip4, 5206), "ipv6": (lab.h2.ip6, 5207)}
-    sinks = {f: _server(lab, lab.h2.ns, "udp-sink", str(port), "3") for f, (_, port) in flows.items()}
+    # done 1.5 s after the last datagram, or once the stream's time passed with none
+    sinks = {f: _server(lab, lab.h2.ns, "udp-sink", str(port), "1.5", str(seconds)) for f, (_, port) in flows.items()}
     senders = {f: lab.popen(lab.h1.ns, py("netns_labs.xfer", "udp-stream", addr, str(port), str(sport),
                                           str(seconds), str(gap)), stdout=subprocess.PIPE, text=True, cwd=lab.repo)
                for f, (addr, port) in flows.items()}
