@@ -32,7 +32,7 @@ from netns_labs.difftest.run import LINUX, Observation, Runner, Topology
 from netns_labs.hostlab import CLOSED_PORT, FAR4, FAR6, GHOST4, GHOST6, TCP_PORT, UDP_PORT, UPLINK4, UPLINK6, HostLab
 from netns_labs.lab import Lab, Tna, _server, host_xdp, py
 
-HOOKS = ("xdp", "tc", "auto")
+HOOKS = ("xdp", "auto")  # every interface of a host lab is a veth: `auto` is `tc` there (as tests/conftest.HOOKS)
 OUTCOMES = ("tcp out v4", "tcp out v6", "tcp published v4", "tcp published v6", "tcp direct v4",
             "udp out v4", "udp out v6", "udp published v4", "udp published v6", "udp one-way v4",
             "ping out v4", "ping out v6", "ping direct v4", "ping direct v6", "ping isolated v4", "ping isolated v6")
