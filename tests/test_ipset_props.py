@@ -80,7 +80,9 @@ def rule_sets(draw: st.DrawFn, family: int) -> str:
 
 @pytest.mark.parametrize("family", [4, 6])
 @pytest.mark.parametrize("hook", ["xdp", "tc"])
-@settings(max_examples=12, deadline=None, derandomize=True, database=None, phases=[Phase.generate],
+# each example compiles and loads a program, which dominates: few rule sets,
+# many packets through each
+@settings(max_examples=8, deadline=None, derandomize=True, database=None, phases=[Phase.generate],
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])
 @given(data=st.data())
@@ -90,7 +92,7 @@ def test_program_decides_sets_as_evaluate(fwlab: RouterLab, hook: str, family: i
     resolved = resolve({family: parse_save(rules)}, sets)[0][family]["filter"]
     h = FirewallHarness(fwlab, hook, *((rules, "") if family == 4 else ("", rules)), ipsets=sets)
     try:
-        for n in range(24):
+        for n in range(36):
             frame, short = data.draw(packets(family, fwlab), label=f"packet {n}")
             note(f"packet {n}: {Ether(frame)!r}")
             if short:
