@@ -206,15 +206,18 @@ def evaluate_hook(tables: dict[str, Table], hook: Hook, pkt: Packet,
     return ACCEPT
 
 
-_CONNTRACK = {"conntrack", "state", "CT", "NOTRACK", "CONNMARK", "connmark", "connlimit", "helper"}
+_CONNTRACK = {"conntrack", "state", "CT", "NOTRACK", "CONNMARK", "connmark", "connlimit", "helper",
+              "ct", "notrack"}  # nftables: ct statements and matches TNA leaves to the kernel, notrack
+# nftables (and iptables-nft's compat) forms of a helper: assigned, tested, expected
+_NFT_HELPER = ("ct helper", "ct expectation", "xt target CT", "xt match helper")
 
 
 def _uses_conntrack(rule: Rule) -> bool:
     """The rule makes the kernel track its family (xt_conntrack and friends
     register conntrack's hooks in the namespace)."""
     # unsupported entries read "-m NAME", "-j NAME" or "NAME --option"
-    return rule.uses_ct or any(u.removeprefix("-m ").removeprefix("-j ").split(" ")[0] in _CONNTRACK
-                                           for u in rule.unsupported)
+    return rule.uses_ct or any(u.removeprefix("-m ").removeprefix("-j ").removeprefix("xt match ")
+                                .removeprefix("xt target ").split(" ")[0] in _CONNTRACK for u in rule.unsupported)
 
 
 def _closure(table: Table, base: BaseChain) -> tuple[FwChain, ...]:
@@ -247,7 +250,8 @@ def _hook_chains(tables: dict[str, Table], hook: Hook) -> tuple[FwChain, ...] | 
 def _assigns_helper(rule: Rule) -> bool:
     """The rule gives connections a helper (raw `-j CT --helper`), or tests
     one (`-m helper`: something assigns them): expectations may exist."""
-    return (rule.target == "CT" and "--helper" in rule.target_args) or "-m helper" in rule.text
+    return ((rule.target == "CT" and "--helper" in rule.target_args) or "-m helper" in rule.text
+            or any(u.startswith(_NFT_HELPER) for u in rule.unsupported))
 
 
 def firewall_plan(tables: dict[int, dict[str, Table]]) -> tuple[Firewall | None, str | None]:

@@ -46,6 +46,9 @@ VERSIONS = {"ip": (4,), "ip6": (6,), "inet": (4, 6)}
 # IPS_DST_NAT), which the fast path reads from the entry as it reads the others
 CT_STATUS_BITS = {**CT_STATUS, "SNAT": 1 << 4, "DNAT": 1 << 5}
 HOOKS = ("prerouting", "input", "forward", "output", "postrouting")
+# xt matches whose every evaluation changes state (the fast path would skip
+# those updates): like a statement, later matches restrict nothing
+_XT_STATEFUL = {"recent", "hashlimit", "limit", "quota", "statistic", "connlimit", "nfacct", "cluster"}
 _L4 = {"tcp": 6, "udp": 17, "sctp": 132, "udplite": 136, "dccp": 33}
 _PORT_PROTOS = {6, 17, 132, 136}
 _TERMINAL = ("reject", "queue", "fwd", "dnat", "snat", "masquerade", "redirect", "tproxy", "synproxy")
@@ -81,6 +84,9 @@ def parse_ruleset(doc: dict) -> NftRules:
     objs = doc.get("nftables", [])
     set_json: dict[tuple[str, str, str], dict] = {}
     indexes: dict[tuple[str, str], int] = {}  # per chain: Rules made (both versions)
+    # a dormant table registers no hook: nothing of it runs
+    dormant = {(t["family"], t["name"]) for o in objs if (t := o.get("table")) and "dormant" in (t.get("flags") or ())}
+    objs = [o for o in objs if (_obj(o).get("family"), _obj(o).get("table", _obj(o).get("name"))) not in dormant]
     for o in objs:
         if "set" in o:
             s = o["set"]
@@ -97,6 +103,12 @@ def parse_ruleset(doc: dict) -> NftRules:
     return out
 
 
+def _obj(item: dict) -> dict:
+    """The object of one item of the document ({"rule": {...}} -> {...})."""
+    obj = next(iter(item.values()))
+    return obj if isinstance(obj, dict) else {}
+
+
 def _tname(o: dict) -> str:
     return f"{o['family']} {o.get('table', o.get('name'))}"
 
@@ -106,7 +118,9 @@ def _chain(c: dict, out: NftRules) -> None:
     if fam not in VERSIONS:
         # arp: TNA carries no ARP.  netdev ingress/egress sees every packet of
         # its device; a bridge's base chains see the frames of its ports
-        if hook and (fam == "netdev" or (fam == "bridge" and hook in ("prerouting", "forward", "postrouting"))):
+        # (input/output too: the fast path routes frames to a bridge's MAC
+        # and routes into a bridge straight to the port)
+        if hook and fam in ("netdev", "bridge"):
             dev = c.get("dev") or c.get("devices")  # nft 1.0.6 omits it
             where = f" on {dev}" if dev else ""
             out.foreign.append(f"{fam} {c['table']} chain {c['name']}: hook {hook}{where} sees carried traffic "
@@ -158,10 +172,12 @@ def _rule(r: dict, out: NftRules, set_json: dict[tuple[str, str, str], dict],
                 unsupported.append(str(why))
                 break
             continue
-        if kind == "xt" and isinstance(body, dict) and body.get("type") == "match":
+        if kind == "xt" and isinstance(body, dict) and body.get("type") == "match" \
+                and body.get("name") not in _XT_STATEFUL:
             unsupported.append(f"xt match {body.get('name')}")  # an iptables-nft compat match: no side effect
             continue
-        unsupported.append(f"{'flow add' if kind == 'flow' else kind} statement")
+        unsupported.append(f"xt {body.get('type')} {body.get('name')}" if kind == "xt" and isinstance(body, dict)
+                           else f"{'flow add' if kind == 'flow' else kind} statement")
         stopped = True
         if kind in _TERMINAL:
             for a in alts:
@@ -381,7 +397,7 @@ class _Ctx:
             return [a] if a.versions else []
         if key == "l4proto":
             num = right if isinstance(right, int) else PROTOCOLS.get(str(right), _L4.get(str(right)))
-            if num is None:
+            if num is None or num == 0:  # 0 is the model's "-p all"; nft's means protocol 0 (HOPOPTS)
                 raise Unsupported(f"meta l4proto {right}")
             return _set(a, "proto", num, neg)
         if key in ("iifname", "oifname", "iif", "oif"):
@@ -391,7 +407,11 @@ class _Ctx:
                 if neg or s is None or s.get("type") != "ifname" or set(s.get("flags", [])) & {"timeout", "dynamic"}:
                     raise Unsupported(f"meta {key} {'!= ' if neg else ''}set {right}")
                 return [b for e in s.get("elem", []) for b in self.meta(key, e, False, a.fork())]
-            name = str(right)
+            if not isinstance(right, str) or right.endswith("+"):
+                # a negated set of names (positive ones are split before); a
+                # literal '+' ending a name would read as iptables' wildcard
+                raise Unsupported(f"meta {key} {'!= ' if neg else ''}{right}")
+            name = right
             if key.endswith("name") and name.endswith("*") and not name.endswith("\\*"):
                 name = name[:-1] + "+"
             return _set(a, key[:3], name.replace("\\*", "*"), neg)
@@ -405,20 +425,18 @@ class _Ctx:
 
     def ct(self, key: str, right: object, neg: bool, a: _Alt) -> list[_Alt]:
         words = names(right)
-        if key == "state":
+        if key == "state" and "ctstatus" not in a.fields:
             states = frozenset(n.upper() for n in words)
             if not states <= CT_STATES:
                 raise Unsupported(f"ct state {right}")
             return _set(a, "ctstate", states, neg)
-        if key == "status" and not neg:  # from any_bit() only
+        if key == "status" and not neg and "ctstate" not in a.fields:  # from any_bit() only
             bits = [CT_STATUS_BITS.get(n.upper().replace("-", "_")) for n in words]
             if None in bits:
                 raise Unsupported(f"ct status {right}")
             return _set(a, "ctstatus", sum(bits), neg)  # type: ignore[arg-type]
-        if key == "direction" and len(words) == 1 and words[0] in ("original", "reply"):
-            d = words[0] if not neg else {"original": "reply", "reply": "original"}[words[0]]
-            a.fields["ctdir"] = d.upper()
-            return [a]
+        # ct direction (and a ct status beside a ct state): without an entry
+        # nft's expression does not match, the model's (xt_conntrack's) can
         raise Unsupported(f"ct {key} match")
 
     def masked(self, operands: list, right: object, neg: bool, a: _Alt) -> list[_Alt]:
@@ -427,7 +445,9 @@ class _Ctx:
             _imply_proto(a, 6)
             return _set(a, "tcp_flags", (flag_bits(mask), flag_bits(right)), neg)
         if what == {"meta": {"key": "mark"}} and isinstance(mask, int) and isinstance(right, int):
-            return _set(a, "mark", (right & mask, mask), neg)
+            if right & ~mask:  # `mark & 0x0f == 0x11` never holds (and its != always does)
+                return [a] if neg else []
+            return _set(a, "mark", (right, mask), neg)
         raise Unsupported(f"{_name(what)} & mask match")
 
     def vmap(self, v: dict, a_all: _Alt) -> list[_Alt]:

@@ -138,6 +138,13 @@ def _of(item: dict, native: set[tuple[str, str]]) -> bool:
 def _read_native(native: set[tuple[str, str]], out: Rulesets) -> None:
     """The native tables (family, name), translated, into out."""
     doc = json.loads(_run(["nft", "-j", "list", "ruleset"]))
+    for item in doc["nftables"]:
+        t = item.get("table")
+        if t is not None and "flags" in t and not isinstance(t["flags"], list) and _of(item, native):
+            # nft 1.0.6 prints a table's flags as garbage in JSON; its text says them
+            text = _run(["nft", "list", "table", t["family"], t["name"]])
+            t["flags"] = [f for line in text.splitlines() if line.strip().startswith("flags ")
+                          for f in line.split(None, 1)[1].split(",")]
     try:
         rules = parse_ruleset({"nftables": [i for i in doc["nftables"] if _of(i, native)]})
     except (LookupError, TypeError, ValueError) as e:  # a shape of JSON it does not know
