@@ -432,6 +432,12 @@ def test_verdict_maps(ns: str) -> None:
     r = one("meta l4proto vmap { tcp : goto sub, udp : accept }", ns)
     assert sorted((x.proto.value, x.target, x.goto) for x in r) == [(6, "sub", True), (17, "ACCEPT", False)]  # type: ignore[union-attr]
     assert len({x.index for x in r}) == 2 and len({x.handle for x in r}) == 1
+    # a named verdict map (Docker 29's per-bridge jumps) expands the same way;
+    # a set of the same kind is no map
+    m = load(ns, "table ip t {\n map jumps {\n type ifname : verdict\n"
+             ' elements = { "br0" : jump sub, "br1" : drop }\n }\n'
+             " chain c {\n type filter hook forward priority 0;\n iifname vmap @jumps\n }\n chain sub {\n }\n}\n")
+    assert sorted((str(x.iif.value), x.target) for x in rules(m, 4, "ip t", "c")) == [("br0", "sub"), ("br1", "DROP")]  # type: ignore[union-attr]
 
 
 def test_resolve_keeps_base_chains(ns: str) -> None:

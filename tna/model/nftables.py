@@ -82,7 +82,7 @@ def parse_ruleset(doc: dict) -> NftRules:
     """The model of one `nft -j list ruleset` document."""
     out = NftRules({4: {}, 6: {}}, {})
     objs = doc.get("nftables", [])
-    set_json: dict[tuple[str, str, str], dict] = {}
+    set_json: dict[tuple[str, ...], dict] = {}
     indexes: dict[tuple[str, str], int] = {}  # per chain: Rules made (both versions)
     # a dormant table registers no hook: nothing of it runs
     dormant = {(t["family"], t["name"]) for o in objs if (t := o.get("table")) and "dormant" in (t.get("flags") or ())}
@@ -91,6 +91,9 @@ def parse_ruleset(doc: dict) -> NftRules:
         if "set" in o:
             s = o["set"]
             set_json[(s["family"], s["table"], s["name"])] = s
+        elif "map" in o:  # verdict maps, apart: a set match must not find one
+            s = o["map"]
+            set_json[(s["family"], s["table"], s["name"], "map")] = s
     for o in objs:
         if "table" in o and o["table"]["family"] in VERSIONS:
             t = o["table"]
@@ -137,7 +140,7 @@ def _chain(c: dict, out: NftRules) -> None:
                                         kind=c.get("type", "filter") if hook else "filter")
 
 
-def _rule(r: dict, out: NftRules, set_json: dict[tuple[str, str, str], dict],
+def _rule(r: dict, out: NftRules, set_json: dict[tuple[str, ...], dict],
           indexes: dict[tuple[str, str], int]) -> None:
     fam, tname = r["family"], _tname(r)
     alts = [_Alt(versions=frozenset(VERSIONS[fam]))]
@@ -223,7 +226,7 @@ class _Ctx:
     """What reading one rule needs: where it is, and the sets it may name."""
 
     def __init__(self, family: str, table: str, handle: int, out: NftRules,
-                 set_json: dict[tuple[str, str, str], dict]) -> None:
+                 set_json: dict[tuple[str, ...], dict]) -> None:
         self.family, self.table, self.handle, self.out, self.set_json = family, table, handle, out, set_json
         self.anon = 0
 
@@ -452,10 +455,21 @@ class _Ctx:
 
     def vmap(self, v: dict, a_all: _Alt) -> list[_Alt]:
         data = v.get("data")
-        if not isinstance(data, dict) or "set" not in data:
-            raise Unsupported("verdict map (named)")
+        if isinstance(data, str) and data.startswith("@"):
+            # a named verdict map (Docker 29's per-bridge jumps): its elements
+            # become code like an anonymous map's, so changing them is a new
+            # program (a commit holds the datapath until it runs)
+            m = self.set_json.get((self.family, self.table, data[1:], "map"))
+            if m is None or m.get("map") != "verdict" or set(m.get("flags", [])) & {"timeout", "dynamic"}:
+                raise Unsupported(f"verdict map {data}")
+            pairs = [(k["elem"]["val"] if isinstance(k, dict) and "elem" in k else k, verdict)
+                     for k, verdict in m.get("elem", [])]
+        elif isinstance(data, dict) and "set" in data:
+            pairs = data["set"]
+        else:
+            raise Unsupported("verdict map")
         out: list[_Alt] = []
-        for key, verdict in data["set"]:
+        for key, verdict in pairs:
             for a in self.key(v["key"], key, False, a_all.fork()):
                 (kind, body), = verdict.items()
                 _verdict(a, kind, body)
