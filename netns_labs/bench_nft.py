@@ -30,9 +30,11 @@ fresh router+set lab: h1 floods the flow at --react-pps for
 `nft add element inet filter blocked { h1 }`, then (undone between)
 `nft insert rule inet filter forward ip saddr h1 counter drop`.
 Per command, Linux (an XDP_PASS program on r-h1) and `tna run --hook xdp`:
-how long the command took, the frames h2 received after it returned (and
-that as ms at the flood's rate; the flood sends in 10 ms batches), when
-the last arrived, whether the flow stopped (no frame in its last 0.5 s;
+how long the command took, the frames h2 received after it returned and
+when the last of them arrived (the block took effect by then; the flood
+sends what is due in batches of 10 ms or more, in a burst when it was kept
+off its CPU, so frames / rate is no time), whether the flow stopped (no
+frame in the flood's last 0.5 s;
 the JSON also has each change of h2's count: ms, frames since), and tna's
 r-h1 program id before and after (the same for a set member: a map
 update, no recompile; a new one for the rule, held meanwhile).
@@ -151,7 +153,7 @@ def react(sc: Scenario, cmd: list[str], pps: int, seconds: float) -> tuple[dict,
     sent = int(gen.communicate(timeout=30)[0])
     after = delivered(dst.ns, dst.dev) - at_return
     return {"command_ms": (t1 - t0) * 1e3, "sent": sent, "after_return": after,
-            "after_return_ms": after / pps * 1e3, "last_arrival_ms": (last_change - t1) * 1e3,
+            "last_arrival_ms": (last_change - t1) * 1e3,
             "stopped": time.monotonic() - last_change > 0.5,
             "arrivals": arrivals[:50]}, res.stdout
 
@@ -221,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nreaction, {variant} ({args.elements} elements, flood {args.react_pps} pps):")
         for what, row in rows.items():
             same = "" if "prog_id_same" not in row else f", program id {'same' if row['prog_id_same'] else 'new'}"
-            print(f"  {what:<16} command {row['command_ms']:.1f} ms; after it: {row['after_return']} frames "
-                  f"(~{row['after_return_ms']:.1f} ms), last at +{row['last_arrival_ms']:.1f} ms; "
+            print(f"  {what:<16} command {row['command_ms']:.1f} ms; through after it returned: "
+                  f"{row['after_return']} frames, the last at +{row['last_arrival_ms']:.1f} ms; "
                   f"{'stopped' if row['stopped'] else 'NOT stopped'}{same}", flush=True)
     write_doc(args.json, "bench_nft", sys.argv[1:] if argv is None else argv, elements=args.elements,
               pps=pps, reaction=react_rows)
