@@ -34,10 +34,10 @@ how long the command took, the frames h2 received after it returned and
 when the last of them arrived (the block took effect by then; the flood
 sends what is due in batches of 10 ms or more, in a burst when it was kept
 off its CPU, so frames / rate is no time), whether the flow stopped (no
-frame in the flood's last 0.5 s;
-the JSON also has each change of h2's count: ms, frames since), and tna's
-r-h1 program id before and after (the same for a set member: a map
-update, no recompile; a new one for the rule, held meanwhile).
+frame in the flood's last 0.5 s; the JSON also has each change of h2's
+count: ms, frames since), and tna's r-h1 program id before and after (the same for a set member: a map
+update, no recompile; a new one for the rule, held meanwhile) and its
+r-h1 reasons over the flood (forwarded, dropped, passed to the kernel).
 """
 
 from __future__ import annotations
@@ -188,9 +188,13 @@ def reaction(elements: int, pps: int, seconds: float) -> dict[str, dict[str, dic
                 rows = out[v.name] = {}
                 for what, cmd in blocks(sc.src.ip4).items():
                     before = tna.status()["ifaces"][WAN]["prog_id"] if tna else None
+                    reasons = tna.counters(WAN) if tna else {}
                     rows[what], echo = react(sc, ["nft", *cmd], pps, seconds)
                     if tna:
                         rows[what]["prog_id_same"] = tna.status()["ifaces"][WAN]["prog_id"] == before
+                        # where the flood went: FORWARDED, dropped by the fast path, or passed while held
+                        rows[what]["tna_reasons"] = {r: n - reasons.get(r, 0) for r, n in tna.counters(WAN).items()
+                                                     if n != reasons.get(r, 0)}
                     sc.lab.run(sc.ns, ["nft", *undo(what, sc.src.ip4, echo)])
                     time.sleep(3)  # tna settles (a new program for the rule) before the next flood
             finally:
@@ -222,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     for variant, rows in react_rows.items():
         print(f"\nreaction, {variant} ({args.elements} elements, flood {args.react_pps} pps):")
         for what, row in rows.items():
-            same = "" if "prog_id_same" not in row else f", program id {'same' if row['prog_id_same'] else 'new'}"
+            same = "" if "prog_id_same" not in row else \
+                f", program id {'same' if row['prog_id_same'] else 'new'}, r-h1 reasons {row['tna_reasons']}"
             print(f"  {what:<16} command {row['command_ms']:.1f} ms; through after it returned: "
                   f"{row['after_return']} frames, the last at +{row['last_arrival_ms']:.1f} ms; "
                   f"{'stopped' if row['stopped'] else 'NOT stopped'}{same}", flush=True)
