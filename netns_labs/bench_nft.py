@@ -37,7 +37,8 @@ off its CPU, so frames / rate is no time), whether the flow stopped (no
 frame in the flood's last 0.5 s; the JSON also has each change of h2's
 count: ms, frames since), and tna's r-h1 program id before and after (the same for a set member: a map
 update, no recompile; a new one for the rule, held meanwhile) and its
-r-h1 reasons over the flood (forwarded, dropped, passed to the kernel).
+r-h1 reasons over the flood (forwarded, dropped, passed to the kernel;
+a new program's own counts).
 """
 
 from __future__ import annotations
@@ -193,8 +194,10 @@ def reaction(elements: int, pps: int, seconds: float) -> dict[str, dict[str, dic
                     if tna:
                         rows[what]["prog_id_same"] = tna.status()["ifaces"][WAN]["prog_id"] == before
                         # where the flood went: FORWARDED, dropped by the fast path, or passed while held
-                        rows[what]["tna_reasons"] = {r: n - reasons.get(r, 0) for r, n in tna.counters(WAN).items()
-                                                     if n != reasons.get(r, 0)}
+                        # (a new program counts from 0: then its counts alone)
+                        base = reasons if rows[what]["prog_id_same"] else {}
+                        rows[what]["tna_reasons"] = {r: n - base.get(r, 0) for r, n in tna.counters(WAN).items()
+                                                     if n != base.get(r, 0)}
                     sc.lab.run(sc.ns, ["nft", *undo(what, sc.src.ip4, echo)])
                     time.sleep(3)  # tna settles (a new program for the rule) before the next flood
             finally:
