@@ -80,3 +80,20 @@ def test_a_failed_member_write_takes_the_sets_rules_to_the_kernel_path(monkeypat
     assert d._filtering(RULES, d.model.ipsets)[0].ipsets == ()  # the same set: still the kernel's
     changed = d._filtering(RULES, blocklist("192.0.2.0/24"))[0]
     assert changed is not None and changed.ipsets != ()  # a new listing is tried again
+
+
+def test_a_commit_hold_ends_only_once_the_new_members_are_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An nftables commit holds at once (the reader thread); if the re-read
+    rules differ only in a set's members, the programs stay, and the hold
+    must last until the map has the new members: released before, the
+    programs would decide with the old ones (a blocked source forwarded)."""
+    d = recording_daemon(monkeypatch)
+    set_sets(d, blocklist("192.0.2.0/24"))
+    reconcile(d)
+    d._nft_commit()
+    d._rules_gen = d._commits  # what _poll() does when it reads the commit's rules
+    set_sets(d, blocklist("192.0.2.0/24", "203.0.113.0/24"))
+    calls = reconcile(d)
+    synced = next(i for i, c in enumerate(calls) if c[0] == "sync_ipsets")
+    assert ("release", 0) not in calls[:synced], calls
+    assert "attach" not in [c[0] for c in calls] and calls[-1] == ("release", 0), calls

@@ -389,8 +389,8 @@ class Daemon:
                 or any(i in p.ifaces and a.plan.firewall != p.ifaces[i].firewall
                        for i, a in self.dp.attached.items())):
             self.dp.lease.hold(abi.REASON["FW_CHANGED"])
-        else:
-            self._publish_guards(families)  # what new programs read, before they run
+        else:  # what new programs read, before they run; a commit's hold lasts until the maps are written
+            self._publish_guards(families, release=False)
         self._log_left_alone(p)
         for ifindex in set(self.dp.attached) - set(p.ifaces):
             why = p.skipped[ifindex].why if ifindex in p.skipped else "the interface is gone"
@@ -459,13 +459,16 @@ class Daemon:
         if not self.dp.is_current(ip):
             self.dp.attach(ip, build(ip, self.cache_dir, self.metrics.compiled))
 
-    def _publish_guards(self, fw_families: frozenset[int]) -> None:
+    def _publish_guards(self, fw_families: frozenset[int], release: bool = True) -> None:
+        """release False: a hold in place stays (the maps are not written yet)."""
         m = self.model
         with self._guard_lock:
             reason = (abi.REASON["DISABLED"] if self.disabled_why
                       else abi.REASON["RESYNC"] if self._resync_pending()
                       else abi.REASON["FW_CHANGED"] if self._commits != self._rules_gen
                       else abi.REASON["PENDING"] if self._pending_at > self._taken else 0)
+            if not release:
+                reason = reason or self.dp.lease.cfg.pass_reason
             self.dp.lease.set_guards(reason, m.multipath_policies(), (m.route_mtu(AF_INET), m.route_mtu(AF_INET6)),
                                      (m.local_ipv4(), m.local_ipv6()), fw_families, m.sysctls)
 
