@@ -29,12 +29,15 @@ import itertools
 from dataclasses import dataclass, field
 
 from tna.model.ipset import IpSet, Member, SetMatch
-from tna.model.iptables import CT_STATES, CT_STATUS, PROTOCOLS, Chain, Neg, Rule, Table
+from tna.model.iptables import CT_STATES, PROTOCOLS, Chain, Neg, Rule, Table
 from tna.model.nftables_text import (
+    CT_STATUS_BITS,
     ICMP_CODES,
     ICMP_TYPES,
+    XT_STATEFUL,
     Unsupported,
     flag_bits,
+    live_items,
     names,
     nets,
     port_ranges,
@@ -42,13 +45,7 @@ from tna.model.nftables_text import (
 )
 
 VERSIONS = {"ip": (4,), "ip6": (6,), "inet": (4, 6)}
-# `ct status` names: iptables' --ctstatus ones and the NAT bits (IPS_SRC_NAT,
-# IPS_DST_NAT), which the fast path reads from the entry as it reads the others
-CT_STATUS_BITS = {**CT_STATUS, "SNAT": 1 << 4, "DNAT": 1 << 5}
 HOOKS = ("prerouting", "input", "forward", "output", "postrouting")
-# xt matches whose every evaluation changes state (the fast path would skip
-# those updates): like a statement, later matches restrict nothing
-_XT_STATEFUL = {"recent", "hashlimit", "limit", "quota", "statistic", "connlimit", "nfacct", "cluster"}
 _L4 = {"tcp": 6, "udp": 17, "sctp": 132, "udplite": 136, "dccp": 33}
 _PORT_PROTOS = {6, 17, 132, 136}
 _TERMINAL = ("reject", "queue", "fwd", "dnat", "snat", "masquerade", "redirect", "tproxy", "synproxy")
@@ -84,9 +81,7 @@ def parse_ruleset(doc: dict) -> NftRules:
     objs = doc.get("nftables", [])
     set_json: dict[tuple[str, ...], dict] = {}
     indexes: dict[tuple[str, str], int] = {}  # per chain: Rules made (both versions)
-    # a dormant table registers no hook: nothing of it runs
-    dormant = {(t["family"], t["name"]) for o in objs if (t := o.get("table")) and "dormant" in (t.get("flags") or ())}
-    objs = [o for o in objs if (_obj(o).get("family"), _obj(o).get("table", _obj(o).get("name"))) not in dormant]
+    objs = live_items(objs)
     for o in objs:
         if "set" in o:
             s = o["set"]
@@ -104,12 +99,6 @@ def parse_ruleset(doc: dict) -> NftRules:
         elif "rule" in o and o["rule"]["family"] in VERSIONS:
             _rule(o["rule"], out, set_json, indexes)
     return out
-
-
-def _obj(item: dict) -> dict:
-    """The object of one item of the document ({"rule": {...}} -> {...})."""
-    obj = next(iter(item.values()))
-    return obj if isinstance(obj, dict) else {}
 
 
 def _tname(o: dict) -> str:
@@ -176,7 +165,7 @@ def _rule(r: dict, out: NftRules, set_json: dict[tuple[str, ...], dict],
                 break
             continue
         if kind == "xt" and isinstance(body, dict) and body.get("type") == "match" \
-                and body.get("name") not in _XT_STATEFUL:
+                and body.get("name") not in XT_STATEFUL:
             unsupported.append(f"xt match {body.get('name')}")  # an iptables-nft compat match: no side effect
             continue
         unsupported.append(f"xt {body.get('type')} {body.get('name')}" if kind == "xt" and isinstance(body, dict)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 import json
 
-from tna.model.iptables import TCP_FLAGS
+from tna.model.iptables import CT_STATUS, TCP_FLAGS
 
 ICMP_TYPES = {
     "icmp": {"echo-reply": 0, "destination-unreachable": 3, "source-quench": 4, "redirect": 5,
@@ -141,3 +141,26 @@ def expr(v: object) -> str:
     if isinstance(body, dict) and "target" in body:
         return f"{kind} {body['target']}"
     return kind
+
+
+# `ct status` names: iptables' --ctstatus ones and the NAT bits (IPS_SRC_NAT,
+# IPS_DST_NAT), which the fast path reads from the entry as it reads the others
+CT_STATUS_BITS = {**CT_STATUS, "SNAT": 1 << 4, "DNAT": 1 << 5}
+
+# xt matches whose every evaluation changes state (the fast path would skip
+# those updates): like a statement, later matches restrict nothing
+XT_STATEFUL = {"recent", "hashlimit", "limit", "quota", "statistic", "connlimit", "nfacct", "cluster"}
+
+
+def item_obj(item: dict) -> dict:
+    """The object of one item of the document ({"rule": {...}} -> {...})."""
+    obj = next(iter(item.values()))
+    return obj if isinstance(obj, dict) else {}
+
+
+def live_items(objs: list[dict]) -> list[dict]:
+    """The items of tables that are not dormant (a dormant table registers
+    no hook: nothing of it runs)."""
+    dormant = {(t["family"], t["name"]) for o in objs if (t := o.get("table")) and "dormant" in (t.get("flags") or ())}
+    return [o for o in objs
+            if (item_obj(o).get("family"), item_obj(o).get("table", item_obj(o).get("name"))) not in dormant]
