@@ -58,7 +58,10 @@ def test_new_interface_pattern_is_never_judged_with_stale_masks(router_lab: Rout
         # held the window's probes and forwarded none
         assert wait_for(lambda: tna.status()["ifaces"]["r-h1"]["prog_id"] != old_id, 30, 0.1), tna.output()
         held = tna.counters("r-h1")
-        assert held.get("FW_CHANGED", 0) >= len(pkts) and held.get("FORWARDED", 0) == 0, held
+        # held by the rules' change, or already by the reader (PENDING: the
+        # loop was busy when the events came)
+        assert held.get("FW_CHANGED", 0) + held.get("PENDING", 0) >= len(pkts), held
+        assert held.get("FORWARDED", 0) == 0, held
         # and with the masks written the fast path drops them itself
         assert send_probes(lab, pkts) == set()
         assert tna.counters("r-h1").get("FW_DROP", 0) - held.get("FW_DROP", 0) == len(pkts)

@@ -127,9 +127,11 @@ def assert_held_throughout(calls: list[tuple[str, Any]]) -> None:
     assert ("release", 0) not in calls[:-1], calls
     ops = [c[0] for c in calls[1:-1]]
     assert set(MAP_SYNCS) <= set(ops), calls
-    # every attach comes before the maps are written for the new rules
+    # every map is written (again) after the last attach: the new programs
+    # read maps written for their rules (an earlier FDB write is for the old)
     if "attach" in ops:
-        assert max(i for i, o in enumerate(ops) if o == "attach") < min(ops.index(s) for s in MAP_SYNCS), calls
+        last = {o: i for i, o in enumerate(ops)}
+        assert all(last["attach"] < last[s] for s in MAP_SYNCS), calls
 
 
 def test_first_rules_are_held_until_their_masks_are_written(daemon: daemon_mod.Daemon) -> None:

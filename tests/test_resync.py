@@ -24,7 +24,7 @@ class FakeWatcher:
 
     made: list[FakeWatcher] = []
 
-    def __init__(self, on_nft_commit: Any = None, on_lost: Any = None) -> None:
+    def __init__(self, on_nft_commit: Any = None, on_lost: Any = None, on_events: Any = None) -> None:
         self.on_lost, self.closed = on_lost, False
         FakeWatcher.made.append(self)
 

@@ -37,7 +37,7 @@ from tna.model.ipset import IpSet, used_sets
 from tna.model.iptables import Table
 from tna.model.routes import RouteDump
 from tna.netlink import netfilter
-from tna.netlink.decode import decoded
+from tna.netlink.decode import decoded, moves_no_map
 from tna.netlink.ipset import IpsetReader
 from tna.netlink.netfilter import NetfilterChanged
 from tna.netlink.watch import ResyncNeeded, Watcher
@@ -235,15 +235,16 @@ class Daemon:
             self._commits += 1
             self.dp.lease.hold(abi.REASON["FW_CHANGED"])
 
-    def _events_queued(self) -> None:
+    def _events_queued(self, batch: list[Any]) -> None:
         """In the reader thread, after it queued a batch: while the main loop
         is busy (compiling for seconds, reading rules) the batch may have moved
         a host to another port the maps still send it to, so everything takes
         the kernel path until the loop has taken the batch in (its reconcile
-        writes the FDB before it compiles anything)."""
+        writes the FDB before it compiles anything).  A burst of plain routes
+        (a full table loading) holds nothing."""
         with self._guard_lock:
             self._queued += 1
-            if self._busy:
+            if self._busy and not all(moves_no_map(m) for m in batch):
                 self._pending_at = self._queued
                 self.dp.lease.hold(abi.REASON["PENDING"])
 

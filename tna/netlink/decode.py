@@ -89,6 +89,19 @@ def facts(msg: NlMsg) -> Iterator[Fact]:
         yield _stated(nexthop_from_msg(msg), kind == RTM_NEWNEXTHOP)
 
 
+def moves_no_map(item: NlMsg | FdbMsg) -> bool:
+    """Whether a queued event can wait for the main loop without the
+    running programs deciding wrongly meanwhile: a route that moves no guard
+    (bpf_fib_lookup() reads the kernel's table itself), or a route gone (a
+    guard it set only sends more to the kernel until it is lifted)."""
+    if isinstance(item, FdbMsg):
+        return False
+    kind = item["header"]["type"]
+    if kind == RTM_DELROUTE:
+        return True
+    return kind == RTM_NEWROUTE and ((route := route_from_msg(item)) is None or not route.notable)
+
+
 def _stated(fact: Link | Addr | Route | Neigh | FdbEntry | Nexthop, present: bool) -> Fact:
     return fact if present else Removed(fact)
 

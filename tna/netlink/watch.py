@@ -105,13 +105,14 @@ class Watcher:
     thread."""
 
     def __init__(self, on_nft_commit: Callable[[], None] | None = None,
-                 on_lost: Callable[[bool], None] | None = None, on_events: Callable[[], None] | None = None) -> None:
+                 on_lost: Callable[[bool], None] | None = None,
+                 on_events: Callable[[list[Any]], None] | None = None) -> None:
         """on_nft_commit: called in the nftables reader thread at each commit,
         before the event is queued (the daemon holds the datapath at once,
         even while its main loop is busy).  on_lost(overrun): likewise, in the
         thread that lost events (overrun: ENOBUFS), before ResyncNeeded is
-        queued.  on_events: called in the reader thread after it queued a
-        batch of rtnetlink events."""
+        queued.  on_events(batch): called in the reader thread after it
+        queued a batch of rtnetlink events."""
         self._on_nft_commit = on_nft_commit
         self._on_events = on_events
         self._on_lost = on_lost
@@ -162,7 +163,7 @@ class Watcher:
             for batch in _events(ipr, self._closed):
                 self._q.put(batch)
                 if self._on_events is not None:
-                    self._on_events()
+                    self._on_events(batch)
         except Exception as e:  # overrun (ENOBUFS), dump trouble, socket gone
             if not self._closed.is_set():
                 self._q.put(self._lost(f"netlink reader stopped: {e!r}", e))
