@@ -88,8 +88,12 @@ def compile_source(source: str, cache_dir: Path | None = None, observe: CompileO
             observe(None)
         return obj
     src = cache_dir / f"{key}.c"
-    src.write_text(source)
-    # write to a temp name and rename, so a crash never leaves a torn object
+    # both written to a temp name and renamed: a crash never leaves a torn
+    # object, and another daemon compiling the same source never reads half
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".c.tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(source)
+    os.replace(tmp, src)
     fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".o.tmp")
     os.close(fd)
     try:
