@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import pytest
-from scapy.layers.inet import UDP
+from scapy.layers.inet import TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
@@ -80,6 +80,29 @@ def test_a_passed_flow_stays_passed_for_the_lifetime(harnesses: dict[str, Firewa
             assert seen[0] == "CT_STATE", seen
         else:
             assert seen == ["FORWARDED"], seen
+    finally:
+        h.set_state()
+        lab.run(lab.r, ["conntrack", "-D", *match], check=False)
+
+
+def test_a_handshake_is_not_remembered(harnesses: dict[str, FirewallHarness], fwlab: RouterLab) -> None:
+    """A TCP segment of an entry still in its handshake (SYN_RECV, not
+    assured) is the kernel's, but the next segment moves the entry on:
+    remembered, a bulk transfer's first pass_cache_jiffies of segments
+    (same flags) would be passed.  Once established, the next is looked up."""
+    h, lab = harnesses["ct"], fwlab
+    h.set_state(pass_cache_s=3600)
+    match = ["-p", "tcp", "-s", lab.h1.ip4, "-d", "198.51.100.7", "--sport", "4015", "--dport", "80"]
+    ack = bytes(V4(lab, dst="198.51.100.7") / TCP(sport=4015, dport=80, flags="A", seq=1001, ack=2001))
+    try:
+        lab.run(lab.r, ["conntrack", "-D", *match], check=False)
+        lab.run(lab.r, ["conntrack", "-I", *match, "--state", "SYN_RECV", "--timeout", "60",
+                        "--status", "SEEN_REPLY"])
+        check(h, ack, "PASS", "CT_STATE", Counter())
+        lab.run(lab.r, ["conntrack", "-U", *match, "--state", "ESTABLISHED", "--status", "SEEN_REPLY,ASSURED"])
+        _, reason, _, _ = h.run_fw(ack)
+        # looked up, and carried: an entry made through ctnetlink is window-liberal
+        assert reason == "FORWARDED", reason
     finally:
         h.set_state()
         lab.run(lab.r, ["conntrack", "-D", *match], check=False)
