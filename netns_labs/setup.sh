@@ -37,7 +37,9 @@ case "$cmd" in
     bench) exec .venv/bin/python -m netns_labs.bench "$@" ;;
     test)
         .venv/bin/ruff check .
-        # pytest exits 5 when it collected no test: that is a failure here too
-        exec .venv/bin/python -m pytest -p no:cacheprovider "$@" ;;
+        # pytest exits 5 when it collected no test: that is a failure here too.
+        # Lab tests mostly wait on the kernel, so files run in TNA_TEST_WORKERS
+        # processes (a file's module fixtures, its labs, stay in one)
+        exec .venv/bin/python -m pytest -p no:cacheprovider -n "${TNA_TEST_WORKERS:-3}" --dist loadfile "$@" ;;
     *) echo "usage: $0 demo|test|bench [ARGS]" >&2; exit 2 ;;
 esac
