@@ -64,7 +64,8 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from netns_labs import plot
-from netns_labs.lab import BridgeLab, Host, Lab, RouterLab, Tna, in_netns, ping, py, wait_for
+from netns_labs.lab import BridgeLab, Host, Lab, RouterLab, in_netns, ping, py, wait_for
+from netns_labs.tna_proc import Tna
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
 

@@ -54,7 +54,8 @@ from pathlib import Path
 
 from netns_labs.bench import write_doc
 from netns_labs.bench_control import Datapath
-from netns_labs.lab import BridgeLab, Host, Lab, Tna, in_netns, py
+from netns_labs.lab import BridgeLab, Host, Lab, in_netns, py
+from netns_labs.tna_proc import Tna
 from netns_labs.xfer import raw_socket, recv_frame
 
 MAGIC = b"TNA6"

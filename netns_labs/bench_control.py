@@ -34,7 +34,8 @@ import time
 from pathlib import Path
 
 from netns_labs.bench import forward_rules, write_doc
-from netns_labs.lab import Lab, RouterLab, Tna, in_netns, wait_for
+from netns_labs.lab import Lab, RouterLab, in_netns, wait_for
+from netns_labs.tna_proc import Tna
 from tna.bpf import abi
 from tna.bpf import attach as hooks
 from tna.bpf import libbpf as bpf

@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 
 from netns_labs.bench import FRAME_DPORT, FRAME_SPORT, LOSS_RETRIES, Scenario, frame64, progs, scenario, write_doc
-from netns_labs.lab import Host, Lab, Tna, py, wait_for
+from netns_labs.lab import Host, Lab, py, wait_for
+from netns_labs.tna_proc import Tna
 
 SCENARIOS = ("routing", "routing+ct10", "bridging")
 CPUS = ("0", "1")

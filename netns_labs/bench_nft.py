@@ -55,7 +55,8 @@ from pathlib import Path
 
 from netns_labs import progs as lab_progs
 from netns_labs.bench import FRAME_DPORT, FRAME_SPORT, GEN_CPU, Scenario, bench_pps, frame64, progs, variants, write_doc
-from netns_labs.lab import Lab, RouterLab, Tna, in_netns, py, wait_for
+from netns_labs.lab import Lab, RouterLab, in_netns, py, wait_for
+from netns_labs.tna_proc import Tna
 
 SCENARIOS = ("debian-stock", "router", "router+set")
 NFT = Lab.repo / "tests" / "data" / "rulesets" / "nft"

@@ -40,7 +40,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from netns_labs.lab import Lab, RouterLab, Tna, wait_for
+from netns_labs.lab import Lab, RouterLab, wait_for
+from netns_labs.tna_proc import Tna
 
 TIMEOUT_S = 900.0  # a million entries on a busy machine take minutes
 METRICS = "127.0.0.1:9479"

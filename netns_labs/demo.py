@@ -23,7 +23,8 @@ from contextlib import AbstractContextManager
 from netns_labs.bench import Scenario, iperf, measure_pps, progs, scenario, variants
 from netns_labs.bench_hosts import host_scenario
 from netns_labs.hostlab import RULESETS
-from netns_labs.lab import BridgeLab, RouterLab, Tna, py, tcp_transfer
+from netns_labs.lab import BridgeLab, RouterLab, py, tcp_transfer
+from netns_labs.tna_proc import Tna
 
 COUNT = 1_000_000
 

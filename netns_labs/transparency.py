@@ -30,7 +30,8 @@ from netns_labs.difftest.compare import compare, show
 from netns_labs.difftest.gen import MARK, Case, Send
 from netns_labs.difftest.run import LINUX, Observation, Runner, Topology
 from netns_labs.hostlab import CLOSED_PORT, FAR4, FAR6, GHOST4, GHOST6, TCP_PORT, UDP_PORT, UPLINK4, UPLINK6, HostLab
-from netns_labs.lab import Lab, Tna, _server, host_xdp, py
+from netns_labs.lab import Lab, _server, py
+from netns_labs.tna_proc import Tna, host_xdp
 
 HOOKS = ("xdp", "auto")  # every interface of a host lab is a veth: `auto` is `tc` there (as tests/conftest.HOOKS)
 OUTCOMES = ("tcp out v4", "tcp out v6", "tcp published v4", "tcp published v6", "tcp direct v4",

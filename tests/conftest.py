@@ -8,7 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from netns_labs.lab import BridgeLab, Lab, RouterLab, Tna, host_xdp, tna_running  # noqa: F401 (fixtures' helpers)
+from netns_labs.lab import BridgeLab, Lab, RouterLab
+from netns_labs.tna_proc import Tna, tna_running
 
 HOOKS = ("auto", "xdp")
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from netns_labs.lab import BridgeLab, Lab, Tna, in_netns, ping, wait_for
-from tests.conftest import host_xdp, tna_running
+from netns_labs.lab import BridgeLab, Lab, in_netns, ping, wait_for
+from netns_labs.tna_proc import Tna, host_xdp, tna_running
 from tna.bpf import attach
 from tna.bpf import libbpf as bpf
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from netns_labs.lab import BridgeLab, Host, ping, py, tcp_transfer, udp_echo, wait_for
-from tests.conftest import host_xdp, tna_running
+from netns_labs.tna_proc import host_xdp, tna_running
 
 pytestmark = pytest.mark.root
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from netns_labs.lab import RouterLab, Tna, host_xdp, ping, py, wait_for
+from netns_labs.lab import RouterLab, ping, py, wait_for
+from netns_labs.tna_proc import Tna, host_xdp
 
 pytestmark = pytest.mark.root
 

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import pytest
 
 from netns_labs.lab import RouterLab, _server, ping, py, tcp_transfer, udp_echo, wait_for
-from tests.conftest import tna_running
+from netns_labs.tna_proc import tna_running
 from tests.test_firewall_lab import MARK, send_frames
 
 pytestmark = pytest.mark.root

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from netns_labs.lab import Lab, RouterLab, Tna, ping, py, tna_leftovers, wait_for
-from tests.conftest import host_xdp
+from netns_labs.lab import Lab, RouterLab, ping, py, wait_for
+from netns_labs.tna_proc import Tna, host_xdp, tna_leftovers
 
 pytestmark = pytest.mark.root
 

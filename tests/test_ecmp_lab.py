@@ -17,8 +17,8 @@ import subprocess
 
 import pytest
 
-from netns_labs.lab import EcmpLab, Tna, py, wait_for
-from tests.conftest import host_xdp
+from netns_labs.lab import EcmpLab, py, wait_for
+from netns_labs.tna_proc import Tna, host_xdp
 
 pytestmark = pytest.mark.root
 

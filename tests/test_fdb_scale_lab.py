@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from netns_labs.lab import BridgeLab, Tna, ping, py, wait_for
-from tests.conftest import tna_running
+from netns_labs.lab import BridgeLab, ping, py, wait_for
+from netns_labs.tna_proc import Tna, tna_running
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
 from tna.deploy.datapath import FDB_SIZE_ENV

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from netns_labs.lab import RouterLab, py, tcp_transfer, wait_for
-from tests.conftest import tna_running
+from netns_labs.tna_proc import tna_running
 from tna.model.firewall import ACCEPT, DROP, KERNEL, Packet, evaluate
 from tna.model.iptables import parse_save
 

@@ -17,7 +17,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from netns_labs.lab import RouterLab, wait_for
-from tests.conftest import tna_running
+from netns_labs.tna_proc import tna_running
 from tests.test_firewall_lab import MARK, send_frames
 
 pytestmark = pytest.mark.root

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from netns_labs.lab import RouterLab, py, wait_for
-from tests.conftest import tna_running
+from netns_labs.tna_proc import tna_running
 
 pytestmark = pytest.mark.root
 

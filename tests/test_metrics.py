@@ -18,7 +18,8 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from netns_labs.lab import Lab, RouterLab, Tna, ping, py
+from netns_labs.lab import Lab, RouterLab, ping, py
+from netns_labs.tna_proc import Tna
 from tna import __version__
 from tna.bpf import abi
 from tna.bpf.libbpf import LibbpfError

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pytest
 
 from netns_labs.lab import Host, RouterLab, py, wait_for
-from tests.conftest import tna_running
+from netns_labs.tna_proc import tna_running
 from tests.test_nat_lab import OUTSIDE4, OUTSIDE6, setup
 
 pytestmark = pytest.mark.root

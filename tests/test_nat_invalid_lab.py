@@ -15,7 +15,7 @@ import time
 import pytest
 
 from netns_labs.lab import RouterLab, py
-from tests.conftest import tna_running
+from netns_labs.tna_proc import tna_running
 from tests.test_conntrack_lab import trickle, trickle_entry
 from tests.test_nat_lab import OUTSIDE4, setup
 

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from netns_labs.lab import Host, RouterLab, _server, py, wait_for
-from tests.conftest import tna_running
+from netns_labs.tna_proc import tna_running
 from tests.test_conntrack_lab import MB
 from tests.test_conntrack_lab import setup as conntrack_setup
 

@@ -22,8 +22,8 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from netns_labs.lab import RouterLab, Tna, py, tcp_transfer, udp_echo, wait_for
-from tests.conftest import tna_running
+from netns_labs.lab import RouterLab, py, tcp_transfer, udp_echo, wait_for
+from netns_labs.tna_proc import Tna, tna_running
 from tests.test_firewall_lab import MARK, arrivals
 
 pytestmark = pytest.mark.root

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from netns_labs.lab import RouterLab, Tna, _server, py, wait_for
-from tests.conftest import tna_running
+from netns_labs.lab import RouterLab, _server, py, wait_for
+from netns_labs.tna_proc import Tna, tna_running
 from tests.test_conntrack_lab import RULES4, RULES6, setup
 
 pytestmark = pytest.mark.root

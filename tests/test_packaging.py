@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from netns_labs.lab import RouterLab, Tna, ping, tna_leftovers
+from netns_labs.lab import RouterLab, ping
+from netns_labs.tna_proc import Tna, tna_leftovers
 from tests.test_metrics import _fetch
 
 pytestmark = pytest.mark.root

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from netns_labs.lab import RouterLab, wait_for
-from tests.conftest import tna_running
+from netns_labs.tna_proc import tna_running
 from tests.test_firewall_lab import send_probes, setup
 from tna.model.firewall import Packet
 

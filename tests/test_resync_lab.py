@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from netns_labs.lab import BridgeLab, Host, RouterLab, Tna, ping, py, wait_for
-from tests.conftest import tna_running
+from netns_labs.lab import BridgeLab, Host, RouterLab, ping, py, wait_for
+from netns_labs.tna_proc import Tna, tna_running
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
 

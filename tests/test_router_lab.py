@@ -14,7 +14,7 @@ import time
 import pytest
 
 from netns_labs.lab import ping, py, tcp_transfer, udp_echo, wait_for
-from tests.conftest import tna_running
+from netns_labs.tna_proc import tna_running
 
 pytestmark = pytest.mark.root
 

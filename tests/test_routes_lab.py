@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from netns_labs.lab import RouterLab, Tna, ping, wait_for
+from netns_labs.lab import RouterLab, ping, wait_for
+from netns_labs.tna_proc import Tna
 from tests.test_metrics import _fetch
 
 pytestmark = pytest.mark.root

@@ -27,7 +27,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from netns_labs.lab import RouterLab, py, tcp_transfer, wait_for
-from tests.conftest import tna_running
+from netns_labs.tna_proc import tna_running
 from tests.test_firewall_lab import MARK, arrivals
 
 pytestmark = pytest.mark.root

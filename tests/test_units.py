@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from netns_labs.lab import RouterLab, Tna, tcp_transfer, tna_leftovers
+from netns_labs.lab import RouterLab, tcp_transfer
+from netns_labs.tna_proc import Tna, tna_leftovers
 
 UNITS = Path(__file__).resolve().parent.parent / "packaging" / "systemd"
 EXEC_START = "ExecStart=/usr/local/bin/tna run"

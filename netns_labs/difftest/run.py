@@ -25,7 +25,8 @@ from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 from netns_labs.difftest.gen import Case, Cmd
-from netns_labs.lab import BridgeLab, EcmpLab, Lab, RouterLab, Tna, host_xdp, in_netns, tna_running, wait_for
+from netns_labs.lab import BridgeLab, EcmpLab, Lab, RouterLab, in_netns, wait_for
+from netns_labs.tna_proc import Tna, host_xdp, tna_running
 from netns_labs.xfer import ETH_P_ALL, raw_socket, recv_frame
 
 LINUX = "linux"

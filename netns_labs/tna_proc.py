@@ -1,0 +1,154 @@
+"""A `tna run` in a lab namespace (the daemon under test) and what tests
+ask of it: its status and counters, its leftovers once stopped, the hosts'
+XDP programs that let redirected frames arrive."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from netns_labs.lab import Host, Lab, in_netns, py, wait_for
+
+_REPO = Path(__file__).resolve().parent.parent
+
+
+class Tna:
+    """A `tna run` in a lab namespace, and its status/stats as JSON."""
+
+    def __init__(self, lab: Lab, ns: str, *args: str, env_extra: dict[str, str] | None = None,
+                 module: str = "tna", command: Sequence[str] = (), cwd: Path = _REPO) -> None:
+        """module: what runs `run ARGS` (a test's instrumented daemon); command:
+        the argv that is `tna` for run and status alike (an installed wheel's
+        script, tna under setpriv) instead of this interpreter's modules."""
+        self.lab, self.ns, self.cwd = lab, ns, cwd
+        self.tna = list(command) or py("tna")
+        self.log = tempfile.NamedTemporaryFile(prefix="tna-", suffix=".log", delete=False)
+        self.proc = lab.popen(ns, [*(command or py(module)), "run", *args], stdout=self.log,
+                              stderr=subprocess.STDOUT, cwd=cwd, env={**os.environ, **(env_extra or {})})
+
+    def wait_attached(self, names: Sequence[str], timeout: float = 30, settled: bool = False) -> dict:
+        """Status once every interface named is attached; settled: or else
+        skipped or failed by the daemon (it logged why and leaves it to the kernel)."""
+        def recorded() -> bool:
+            """The daemon's own record names them (settled: attached, skipped or failed)."""
+            st = self.state()
+            # a dead daemon's state.json lingers until the new one writes its own
+            return (st is not None and st["pid"] == self.proc.pid
+                    and all(n in st["ifaces"] or (settled and (n in st["skipped"] or n in st["failed"]))
+                            for n in names))
+
+        def attached() -> bool:  # `tna status` confirms the programs are the ones on the links
+            st = self.status()
+            return (st is not None and st["pid"] == self.proc.pid
+                    and all(n in st["ifaces"] and st["ifaces"][n]["attached"] for n in names))
+        # state.json is polled first: a `tna status` per poll would compete
+        # with the starting daemon for the CPU
+        end = time.monotonic() + timeout
+        if not (wait_for(recorded, timeout, 0.05)
+                and (settled or wait_for(attached, max(end - time.monotonic(), 1), 0.2))):
+            raise RuntimeError(f"tna did not attach {names}:\n{self.output()}")
+        return self.status()  # type: ignore[return-value]
+
+    def state(self) -> dict | None:
+        """The daemon's state.json, read directly: cheap to poll (a `tna
+        status` costs a Python start-up, seconds on a busy machine)."""
+        from tna.runstate import RUN_ROOT
+
+        try:
+            path = RUN_ROOT / str(os.stat(f"/run/netns/{self.ns}").st_ino) / "state.json"
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def output(self) -> str:
+        with open(self.log.name) as f:
+            return f.read()
+
+    def close(self) -> str:
+        """Remove the log; returns what the daemon printed."""
+        out = self.output()
+        os.unlink(self.log.name)
+        return out
+
+    def status(self) -> dict | None:
+        res = self.lab.run(self.ns, [*self.tna, "status", "--json"], check=False, cwd=self.cwd)
+        return json.loads(res.stdout) if res.returncode == 0 else None
+
+    def counters(self, *names: str) -> dict[str, int]:
+        """Packets by reason, summed over interfaces (or just those named)."""
+        st = self.status() or {"ifaces": {}}
+        out: dict[str, int] = {}
+        for name, iface in st["ifaces"].items():
+            if names and name not in names:
+                continue
+            for reason, c in iface.get("reasons", {}).items():
+                out[reason] = out.get(reason, 0) + c["packets"]
+        return out
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if sig == signal.SIGKILL:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the daemon and `ip netns exec` alike
+        else:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=30)
+
+
+def tna_leftovers(lab: Lab, ns: str) -> str:
+    """Anything of TNA still in namespace ns (XDP programs, clsact qdiscs,
+    its /run/tna state); "" once a daemon stopped cleanly."""
+    links = lab.run(ns, ["ip", "-d", "link", "show"]).stdout
+    qdiscs = lab.run(ns, ["tc", "qdisc", "show"]).stdout
+    out = []
+    if " xdp" in links or "prog/xdp" in links:
+        out.append(links)
+    if "clsact" in qdiscs:
+        out.append(qdiscs)
+    inode = lab.run(ns, ["stat", "-L", "-c", "%i", "/proc/self/ns/net"]).stdout.strip()
+    if lab.run(ns, ["test", "-e", f"/run/tna/{inode}"], check=False).returncode == 0:
+        out.append("/run/tna state left")
+    return "\n".join(out)
+
+
+def host_xdp(lab: Lab, ns: str, dev: str, prog: str = "pass") -> None:
+    """Give a host's veth an XDP program so redirected frames are delivered
+    to it, as a NIC would; its stack sees the same packets.  Attached from
+    this process (netlink: it stays when the object is closed), which saves
+    a Python start-up per host."""
+    from netns_labs.progs import attach
+
+    with in_netns(ns):
+        attach(dev, prog)
+
+
+@contextmanager
+def tna_running(lab: Lab, ns: str, hook: str, ifaces: Sequence[str], hosts: Sequence[Host],
+                settled: bool = False, timeout: float = 60, **tna_kw: Any) -> Iterator[Tna]:
+    """`tna run --hook HOOK` in ns, attached to ifaces (settled: see
+    Tna.wait_attached); under XDP the hosts' veths get an XDP program so
+    redirected frames reach them (as on a NIC) and every accelerated
+    interface must become valid XDP egress.  tna_kw: Tna's env_extra and
+    module."""
+    if hook == "xdp":
+        for h in hosts:
+            host_xdp(lab, h.ns, h.dev)
+    tna = Tna(lab, ns, "--hook", hook, **tna_kw)
+    try:
+        tna.wait_attached(ifaces, timeout, settled)
+        if hook == "xdp":
+            def ok() -> bool:
+                st = tna.state()
+                return st is not None and all(i["xdp_egress"] for i in st["ifaces"].values())
+            assert wait_for(ok, timeout, 0.05), tna.output()
+        yield tna
+    finally:
+        rc = tna.stop()
+        out = tna.close()
+    assert rc == 0, out
