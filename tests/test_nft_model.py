@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from tna.cli import rule_rows
 from tna.model.hooks import firewall_plan
 from tna.model.ipset import resolve
 from tna.model.iptables import Neg, Rule
@@ -438,6 +439,21 @@ def test_verdict_maps(ns: str) -> None:
              ' elements = { "br0" : jump sub, "br1" : drop }\n }\n'
              " chain c {\n type filter hook forward priority 0;\n iifname vmap @jumps\n }\n chain sub {\n }\n}\n")
     assert sorted((str(x.iif.value), x.target) for x in rules(m, 4, "ip t", "c")) == [("br0", "sub"), ("br1", "DROP")]  # type: ignore[union-attr]
+
+
+def test_stats_rules_count_an_nft_rule_once(ns: str) -> None:
+    """A verdict map's Rules, in both versions of an inet table, are one nft
+    rule with one kernel counter: `tna stats --rules` shows it once, with
+    what the fast path counted for all of them."""
+    m = load(ns, "table inet t {\n chain c {\n type filter hook forward priority 0;\n"
+             " counter packets 10 bytes 600 meta l4proto vmap { tcp : accept, udp : drop }\n }\n}\n")
+    made = [(v, r) for v in (4, 6) for r in rules(m, v, "inet t", "c")]
+    assert len(made) == 4 and {r.counters for _, r in made} == {(10, 600)}
+    refs = [{"id": i, "family": v, "chain": "c", "index": r.index, "text": r.text, "table": "inet t"}
+            for i, (v, r) in enumerate(made)]
+    rows = rule_rows(refs, m.tables, {i: (1, 60) for i in range(len(refs))})
+    assert [(r["families"], r["kernel"], r["fast_path"]) for r in rows] == [
+        ([4, 6], {"packets": 10, "bytes": 600}, {"packets": 4, "bytes": 240})]
 
 
 def test_resolve_keeps_base_chains(ns: str) -> None:

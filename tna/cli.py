@@ -28,6 +28,7 @@ from tna import __version__, config
 from tna.bpf import abi, attach
 from tna.deploy.counters import program_counters, program_stats, summed
 from tna.logsetup import setup_logging
+from tna.model.iptables import Table
 from tna.rates import Rates, Sample, iface_rates, si, total_rates
 from tna.runstate import AlreadyRunning, read_state
 
@@ -173,35 +174,57 @@ def fast_path_rule_counters(state: dict[str, Any]) -> dict[int, tuple[int, int]]
     return summed(program_counters(p, abi.MAP_FW_RULES) for p in ids)
 
 
+def rule_rows(refs: list[dict[str, Any]], tables: dict[int, dict[str, Table]],
+              fast: dict[int, tuple[int, int]]) -> list[dict[str, Any]]:
+    """One row per rule the kernel counts: its counters and the fast path's.
+    The Rules one nft rule became (a verdict map's, an inet table's two
+    versions) share that rule's one kernel counter: one row, the fast path's
+    counts of all of them summed (families: the versions it covers)."""
+    rows: list[dict[str, Any]] = []
+    by_nft_rule: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for ref in refs:
+        table = tables[ref["family"]].get(ref["table"])
+        chain = table.chains.get(ref["chain"]) if table is not None else None
+        rule, kernel = None, (0, 0)
+        if chain is not None:
+            if ref["index"] == 0:
+                kernel = chain.counters
+            else:  # by index: a native inet chain's indexes may skip the other version's rules
+                rule = next((r for r in chain.rules if r.index == ref["index"]), None)
+                kernel = rule.counters if rule is not None else (0, 0)
+        fp = fast.get(ref["id"], (0, 0))
+        key = (ref["table"], ref["chain"], rule.handle) if rule is not None and rule.handle is not None else None
+        if key in by_nft_rule:
+            row = by_nft_rule[key]
+            row["fast_path"] = {"packets": row["fast_path"]["packets"] + fp[0],
+                                "bytes": row["fast_path"]["bytes"] + fp[1]}
+            if ref["family"] not in row["families"]:
+                row["families"].append(ref["family"])
+            continue
+        row = {**ref, "families": [ref["family"]], "kernel": {"packets": kernel[0], "bytes": kernel[1]},
+               "fast_path": {"packets": fp[0], "bytes": fp[1]}}
+        if key is not None:
+            by_nft_rule[key] = row
+        rows.append(row)
+    return rows
+
+
 def cmd_rules(state: dict[str, Any], as_json: bool) -> None:
     """Each counted rule (and policy) of every table's chains the fast path evaluates: the kernel's
     counters (iptables-save -c; a native nft rule's `counter`, from the JSON) and the fast path's,
     so the sum is what the rule really matched."""
     from tna.netlink.netfilter import read_rulesets
 
-    tables = read_rulesets().tables
-    fast = fast_path_rule_counters(state)
-    rows = []
-    for ref in state.get("firewall_rules", []):
-        table = tables[ref["family"]].get(ref["table"])
-        chain = table.chains.get(ref["chain"]) if table is not None else None
-        kernel = (0, 0)
-        if chain is not None:
-            if ref["index"] == 0:
-                kernel = chain.counters
-            else:  # by index: a native inet chain's indexes may skip the other version's rules
-                kernel = next((r.counters for r in chain.rules if r.index == ref["index"]), (0, 0))
-        fp = fast.get(ref["id"], (0, 0))
-        rows.append({**ref, "kernel": {"packets": kernel[0], "bytes": kernel[1]},
-                     "fast_path": {"packets": fp[0], "bytes": fp[1]}})
+    rows = rule_rows(state.get("firewall_rules", []), read_rulesets().tables, fast_path_rule_counters(state))
     if as_json:
         print(json.dumps(rows, sort_keys=True))
         return
-    print(f"{'':<4} {'table':<12} {'chain':<12} {'#':>3} {'kernel pkts':>12} {'fast pkts':>12} "
+    print(f"{'':<6} {'table':<12} {'chain':<12} {'#':>3} {'kernel pkts':>12} {'fast pkts':>12} "
           f"{'total bytes':>14}  rule")
     for r in rows:
         total_bytes = r["kernel"]["bytes"] + r["fast_path"]["bytes"]
-        print(f"IPv{r['family']} {r['table']:<12} {r['chain']:<12} {r['index'] or '-':>3} {r['kernel']['packets']:>12} "
+        versions = "IPv" + "/".join(map(str, r["families"]))
+        print(f"{versions:<6} {r['table']:<12} {r['chain']:<12} {r['index'] or '-':>3} {r['kernel']['packets']:>12} "
               f"{r['fast_path']['packets']:>12} {total_bytes:>14}  {r['text']}")
 
 
