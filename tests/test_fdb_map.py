@@ -14,7 +14,8 @@ from tna.bpf import abi
 from tna.deploy.fdbmap import KEY, VALUE, FdbMirror, fdb_key, map_size
 from tna.model.config import FdbEntry, Model, Removed
 from tna.netlink.decode import fdb_from_msg
-from tna.netlink.fdb import FdbMsg, decode_fdb_fast
+from tna.netlink.factmsg import FactMsg
+from tna.netlink.fdb import decode_fdb_fast
 from tna.netlink.nexthop import Marshal
 
 DATA = Path(__file__).parent / "data"
@@ -38,7 +39,7 @@ def test_the_fast_decoder_states_what_pyroute2s_messages_do() -> None:
             assert got == []
             continue
         (fm,) = got
-        assert isinstance(fm, FdbMsg) and fm["header"]["type"] == msg["header"]["type"]
+        assert isinstance(fm, FactMsg) and fm["header"]["type"] == msg["header"]["type"]
         assert fm.fact == (want if msg["header"]["type"] == 28 else Removed(want))
         seen += 1
     assert seen >= 8  # the dump's entries, a static one added and deleted

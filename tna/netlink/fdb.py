@@ -21,6 +21,7 @@ from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 
 from tna.model.config import AF_BRIDGE, FdbEntry, Removed
+from tna.netlink.factmsg import FactMsg
 
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 NDA_LLADDR, NDA_VLAN, NDA_MASTER, NDA_FLAGS_EXT = 2, 5, 9, 15
@@ -32,28 +33,6 @@ NTF_EXT_LOCKED = 0x1   # NDA_FLAGS_EXT: an entry a locked port holds back (MAB)
 _HDR = struct.Struct("=IHHII")        # nlmsghdr: length, type, flags, seq, pid
 _NDMSG = struct.Struct("=BxxxiHBB")   # ndmsg: family, ifindex, state, flags, type
 _NLA = struct.Struct("=HH")
-
-
-class FdbMsg:
-    """An AF_BRIDGE neighbour message as its fact, dressed as much like a
-    pyroute2 message as pyroute2 and the watcher look at: the header (its
-    type and flags: a dump's NLM_F_MULTI keeps pyroute2 reading), shared by
-    all messages of a kind."""
-
-    __slots__ = ("fact", "header")
-    _headers: dict[tuple[int, int], dict[str, Any]] = {}
-
-    def __init__(self, fact: FdbEntry | Removed, mtype: int, flags: int) -> None:
-        self.fact = fact
-        self.header = self._headers.setdefault((mtype, flags), {"type": mtype, "flags": flags, "error": None})
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.header if key == "header" else default
-
-    def __getitem__(self, key: str) -> Any:
-        if key == "header":
-            return self.header
-        raise KeyError(key)
 
 
 def fdb_from_bytes(data: bytes, offset: int, length: int) -> FdbEntry | None:
@@ -85,7 +64,7 @@ def fdb_from_bytes(data: bytes, offset: int, length: int) -> FdbEntry | None:
 
 def decode_fdb_fast(marshal: Any) -> None:
     """Make a pyroute2 socket's marshal (IPRoute().asyncore.marshal) decode
-    AF_BRIDGE neighbour messages, dumped or events, into FdbMsg (None, i.e.
+    AF_BRIDGE neighbour messages, dumped or events, into FactMsg (None, i.e.
     skipped, for the "self" entries nothing forwards by); every other
     message stays pyroute2's.  (Its parse_one_message() is the default
     parser of every message without a request-specific one.)"""
@@ -97,13 +76,13 @@ def decode_fdb_fast(marshal: Any) -> None:
             entry = fdb_from_bytes(data, offset, length)
             if entry is None:
                 return None
-            return FdbMsg(entry if key == RTM_NEWNEIGH else Removed(entry), key, flags)
+            return FactMsg(entry if key == RTM_NEWNEIGH else Removed(entry), key, flags)
         return fallback(key, flags, seq, data, offset, length)
     marshal.parse_one_message = parse
 
 
 def dump_fdb(ipr: IPRoute) -> list[Any]:
-    """Every bridge FDB entry (FdbMsg; decode_fdb_fast() must be installed
+    """Every bridge FDB entry (FactMsg; decode_fdb_fast() must be installed
     on ipr), in one run of pyroute2's event loop."""
     req = ndmsg()
     req["family"] = AF_BRIDGE
