@@ -14,7 +14,7 @@ import time
 import pytest
 
 from netns_labs.lab import ping, py, tcp_transfer, udp_echo, wait_for
-from netns_labs.tna_proc import tna_running
+from netns_labs.tna_proc import host_xdp, tna_running
 
 pytestmark = pytest.mark.root
 
@@ -105,7 +105,6 @@ def test_interface_added_while_running_is_accelerated(accelerated, hook):
     lab.addr(lab.r, "r-h3", "203.0.113.1/24")
     lab.route(h3, "default", via="203.0.113.1")
     if hook == "xdp":
-        from tests.conftest import host_xdp
         host_xdp(lab, h3, "h3-r")
     tna.wait_attached(["r-h1", "r-h2", "r-h3"])
     assert wait_for(lambda: " 0% packet loss" in ping(lab, lab.h1.ns, "203.0.113.2", 2).stdout, 30)
