@@ -18,12 +18,12 @@ from tna.netlink.decode import (
     RTM_DELROUTE,
     RTM_NEWLINK,
     RTM_NEWROUTE,
-    decode_routes_compact,
     moves_no_map,
     route_from_msg,
 )
 from tna.netlink.factmsg import FactMsg
 from tna.netlink.nexthop import Marshal
+from tna.netlink.routemsg import decode_routes_fast
 
 DATA = Path(__file__).parent / "data"
 
@@ -32,7 +32,7 @@ def _marshal(compact: bool = True) -> Marshal:
     """A marshal that parses as the reader's does (compact: route events as facts)."""
     marshal = Marshal()
     if compact:
-        decode_routes_compact(marshal)
+        decode_routes_fast(marshal)
     return marshal
 
 

@@ -94,30 +94,13 @@ def moves_no_map(item: NlMsg | FactMsg) -> bool:
     running programs deciding wrongly meanwhile: a route that moves no guard
     (bpf_fib_lookup() reads the kernel's table itself), or a route gone (a
     guard it set only sends more to the kernel until it is lifted).  Route
-    events are queued as their facts (decode_routes_compact())."""
+    events are queued as their facts (routemsg.decode_routes_fast())."""
     if not isinstance(item, FactMsg):
         return False
     fact = item.fact
     if isinstance(fact, Removed):
         return isinstance(fact.fact, Route)
     return isinstance(fact, Route) and not fact.notable
-
-
-def decode_routes_compact(marshal: Any) -> None:
-    """Make a pyroute2 socket's marshal keep route messages as their facts
-    (FactMsg; None, i.e. skipped, for a route the model does not follow):
-    a burst of 200,000 route changes queued as pyroute2 messages held
-    ~600 MiB.  Install it after decode_fdb_fast(); other messages are
-    unchanged."""
-    parse_other = marshal.parse_one_message
-
-    def parse(key: int, flags: int, seq: int, data: bytes, offset: int, length: int) -> Any:
-        msg = parse_other(key, flags, seq, data, offset, length)
-        if key not in (RTM_NEWROUTE, RTM_DELROUTE) or msg is None or msg["header"].get("error") is not None:
-            return msg
-        route = route_from_msg(msg)
-        return None if route is None else FactMsg(_stated(route, key == RTM_NEWROUTE), key, flags)
-    marshal.parse_one_message = parse
 
 
 def _stated(fact: Link | Addr | Route | Neigh | FdbEntry | Nexthop, present: bool) -> Fact:

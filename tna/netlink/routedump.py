@@ -3,7 +3,8 @@
 pyroute2's socket hands each dump message through its asyncio loop (about
 110 us apiece here); its marshal alone parses one in about 60.  So routes
 are dumped on a socket of their own: pyroute2 encodes the request and
-parses every datagram, this module only sends and receives.  Its records
+parses every datagram (the route messages with routemsg.py's decoder),
+this module only sends and receives.  Its records
 are not ordered with the event socket's messages; the model holds a
 family's route events until its dump is done (tna/model/routes.py).
 """
@@ -17,8 +18,9 @@ from pyroute2.netlink import NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_D
 from pyroute2.netlink.exceptions import NetlinkDumpInterrupted
 
 from tna.model.routes import Route
-from tna.netlink.decode import route_from_msg
+from tna.netlink.factmsg import FactMsg
 from tna.netlink.nexthop import Marshal, route_msg
+from tna.netlink.routemsg import decode_routes_fast
 
 NETLINK_ROUTE = 0
 RTM_GETROUTE = 26
@@ -41,6 +43,7 @@ def dump_routes(family: int) -> Iterator[Route]:
         req.encode()
         s.send(req.data)
         marshal = Marshal()
+        decode_routes_fast(marshal)
         while True:
             for msg in marshal.parse(s.recv(RECV_BYTES)):
                 header = msg["header"]
@@ -52,5 +55,5 @@ def dump_routes(family: int) -> Iterator[Route]:
                     if header["flags"] & NLM_F_DUMP_INTR:
                         raise NetlinkDumpInterrupted()
                     return
-                if (route := route_from_msg(msg)) is not None:
-                    yield route
+                if isinstance(msg, FactMsg):  # a route of a family the model follows
+                    yield msg.fact

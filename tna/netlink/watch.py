@@ -39,12 +39,13 @@ from pyroute2.netlink.rtnl import (
 from tna.bpf import abi
 from tna.model.config import AF_INET, AF_INET6, Sysctls, TcFilters, XdpXmit
 from tna.model.routes import Dumped, RouteDump
-from tna.netlink.decode import NlMsg, decode_routes_compact
+from tna.netlink.decode import NlMsg
 from tna.netlink.fdb import decode_fdb_fast, dump_fdb
 from tna.netlink.netdev import XdpFeatureEvents, xdp_xmit_capable
 from tna.netlink.netfilter import NetfilterChanged, NftEvents
 from tna.netlink.nexthop import RTMGRP_NEXTHOP, follow_nexthops, get_nexthops
 from tna.netlink.routedump import dump_routes
+from tna.netlink.routemsg import decode_routes_fast
 from tna.netlink.sockbuf import grow_rcvbuf
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ class Watcher:
             ipr = self._ipr = IPRoute()
             grow_rcvbuf(ipr.fileno())
             decode_fdb_fast(ipr.asyncore.marshal)  # dumped and events alike
-            decode_routes_compact(ipr.asyncore.marshal)  # a burst queues facts, not messages
+            decode_routes_fast(ipr.asyncore.marshal)  # a burst queues facts, not messages
             follow_nexthops(ipr)
             ipr.bind(groups=GROUPS)
             self._q.put(_Batch(self._dump(ipr)))
