@@ -7,9 +7,10 @@ changes) are kept as their facts only."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from tna.model.config import Fact
+from tna.model.config import Fact, Removed
 
 
 class FactMsg:
@@ -27,3 +28,23 @@ class FactMsg:
         if key == "header":
             return self.header
         raise KeyError(key)
+
+
+def decode_into_facts(marshal: Any, new: int, gone: int, claims: Callable[[bytes, int, int], bool],
+                      fact: Callable[[bytes, int, int], Any]) -> None:
+    """Make a pyroute2 marshal decode the messages of types new and gone
+    that claims(data, offset, length) accepts with fact(data, offset,
+    length) into FactMsg (the fact, or Removed(fact) for gone; None, i.e.
+    skipped, where fact() gives None); every other message stays
+    pyroute2's.  (Its parse_one_message() is the default parser of every
+    message without a request-specific one.)"""
+    fallback = marshal.parse_one_message
+
+    def parse(key: int, flags: int, seq: int, data: bytes, offset: int, length: int) -> Any:
+        if key in (new, gone) and claims(data, offset, length):
+            found = fact(data, offset, length)
+            if found is None:
+                return None
+            return FactMsg(found if key == new else Removed(found), key, flags)
+        return fallback(key, flags, seq, data, offset, length)
+    marshal.parse_one_message = parse

@@ -20,8 +20,8 @@ from pyroute2 import IPRoute
 from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 
-from tna.model.config import AF_BRIDGE, FdbEntry, Removed
-from tna.netlink.factmsg import FactMsg
+from tna.model.config import AF_BRIDGE, FdbEntry
+from tna.netlink.factmsg import decode_into_facts
 
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 NDA_LLADDR, NDA_VLAN, NDA_MASTER, NDA_FLAGS_EXT = 2, 5, 9, 15
@@ -64,21 +64,14 @@ def fdb_from_bytes(data: bytes, offset: int, length: int) -> FdbEntry | None:
 
 def decode_fdb_fast(marshal: Any) -> None:
     """Make a pyroute2 socket's marshal (IPRoute().asyncore.marshal) decode
-    AF_BRIDGE neighbour messages, dumped or events, into FactMsg (None, i.e.
-    skipped, for the "self" entries nothing forwards by); every other
-    message stays pyroute2's.  (Its parse_one_message() is the default
-    parser of every message without a request-specific one.)"""
-    fallback = marshal.parse_one_message
+    AF_BRIDGE neighbour messages, dumped or events, into FactMsg (skipped
+    for the "self" entries nothing forwards by); every other message stays
+    pyroute2's."""
+    decode_into_facts(marshal, RTM_NEWNEIGH, RTM_DELNEIGH, _is_fdb, fdb_from_bytes)
 
-    def parse(key: int, flags: int, seq: int, data: bytes, offset: int, length: int) -> Any:
-        if key in (RTM_NEWNEIGH, RTM_DELNEIGH) and length >= _HDR.size + _NDMSG.size \
-                and data[offset + _HDR.size] == AF_BRIDGE:
-            entry = fdb_from_bytes(data, offset, length)
-            if entry is None:
-                return None
-            return FactMsg(entry if key == RTM_NEWNEIGH else Removed(entry), key, flags)
-        return fallback(key, flags, seq, data, offset, length)
-    marshal.parse_one_message = parse
+
+def _is_fdb(data: bytes, offset: int, length: int) -> bool:
+    return length >= _HDR.size + _NDMSG.size and data[offset + _HDR.size] == AF_BRIDGE
 
 
 def dump_fdb(ipr: IPRoute) -> list[Any]:

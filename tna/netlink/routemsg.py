@@ -16,9 +16,8 @@ import socket
 import struct
 from typing import Any
 
-from tna.model.config import Removed
 from tna.model.routes import AF_INET, AF_INET6, Route
-from tna.netlink.factmsg import FactMsg
+from tna.netlink.factmsg import decode_into_facts
 
 RTM_NEWROUTE, RTM_DELROUTE = 24, 25
 NLM_F_REPLACE = 0x100  # a notification: the route replaced the one of the same identity
@@ -101,15 +100,10 @@ def route_from_bytes(data: bytes, offset: int, length: int) -> Route | None:
 
 def decode_routes_fast(marshal: Any) -> None:
     """Make a pyroute2 marshal decode route messages, dumped or events,
-    into FactMsg (None, i.e. skipped, for a family the model does not
-    follow); every other message stays pyroute2's."""
-    fallback = marshal.parse_one_message
+    into FactMsg (skipped for a family the model does not follow); every
+    other message stays pyroute2's."""
+    decode_into_facts(marshal, RTM_NEWROUTE, RTM_DELROUTE, _is_route, route_from_bytes)
 
-    def parse(key: int, flags: int, seq: int, data: bytes, offset: int, length: int) -> Any:
-        if key in (RTM_NEWROUTE, RTM_DELROUTE) and length >= _HDR.size + _RTMSG.size:
-            route = route_from_bytes(data, offset, length)
-            if route is None:
-                return None
-            return FactMsg(route if key == RTM_NEWROUTE else Removed(route), key, flags)
-        return fallback(key, flags, seq, data, offset, length)
-    marshal.parse_one_message = parse
+
+def _is_route(_data: bytes, _offset: int, length: int) -> bool:
+    return length >= _HDR.size + _RTMSG.size
