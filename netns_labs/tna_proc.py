@@ -68,6 +68,27 @@ class Tna:
         except (OSError, ValueError):
             return None
 
+    def pass_reason(self) -> int:
+        """The reason the datapath passes everything with now (tna_state's
+        pass_reason: a hold), 0 if none; read through a program the daemon
+        attached (tna_state is one map, shared by all of them)."""
+        from tna.bpf import abi
+        from tna.bpf import libbpf as bpf
+
+        st = self.state()
+        assert st is not None and st["ifaces"], "no program attached yet"
+        prog = bpf.Program.from_id(next(iter(st["ifaces"].values()))["prog_id"])
+        try:
+            state = prog.find_map(abi.MAP_STATE)
+            try:
+                raw = state.lookup(b"\0\0\0\0")
+            finally:
+                state.close()
+        finally:
+            prog.close()
+        assert isinstance(raw, bytes)
+        return abi.TnaState.from_buffer_copy(raw).cfg.pass_reason
+
     def output(self) -> str:
         with open(self.log.name) as f:
             return f.read()

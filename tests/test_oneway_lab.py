@@ -113,6 +113,9 @@ def test_established_only_rules_do_not_forward_a_one_way_stream(router_lab: Rout
             if tna is not None:  # until the daemon has compiled both in (FORWARD and the chains it jumps to)
                 assert wait_for(lambda: all(((tna.state() or {}).get("firewall") or {}).get("chains", {})
                                             .get(f"FORWARD v{v}") == compiled for v in (4, 6)), 60, 0.2), tna.output()
+                # and every commit's hold is over: a reconcile may have read both
+                # tables before the second commit's own re-read ends its hold
+                assert wait_for(lambda: tna.pass_reason() == 0, 60, 0.1), tna.output()
         restore(RULES4, RULES6, 9)
         for addr, port in ((lab.h2.ip4, 5206), (lab.h2.ip6, 5207)):
             lab.run(lab.h1.ns, py("netns_labs.xfer", "udp-send", addr, str(port), str(sport), "2"), cwd=lab.repo)
