@@ -35,7 +35,7 @@ from pathlib import Path
 
 from netns_labs.bench import forward_rules, write_doc
 from netns_labs.lab import Lab, RouterLab, in_netns, wait_for
-from netns_labs.tna_proc import Tna
+from netns_labs.tna_proc import Tna, pass_reason
 from tna.bpf import abi
 from tna.bpf import attach as hooks
 from tna.bpf import libbpf as bpf
@@ -64,9 +64,7 @@ class Datapath:
             return hooks.tc_query(self.ifindex, abi.TNA_TC_HANDLE, abi.TNA_TC_PRIORITY)
 
     def pass_reason(self) -> int:
-        raw = self.state.lookup(b"\0\0\0\0")
-        assert isinstance(raw, bytes)
-        return abi.TnaState.from_buffer_copy(raw).cfg.pass_reason
+        return pass_reason(self.state)
 
 
 def commit(lab: RouterLab, dp: Datapath, k: int) -> dict[str, float | None]:

@@ -16,15 +16,22 @@ from pathlib import Path
 from typing import Any
 
 from netns_labs.lab import Host, Lab, in_netns, py, wait_for
+from tna.bpf.abi import MAP_STATE, TnaState
 
-_REPO = Path(__file__).resolve().parent.parent
+
+def pass_reason(state_map: Any) -> int:
+    """tna_state's pass_reason (a hold; 0: none) from the map itself (one
+    map, shared by every program of a daemon, so it outlives each)."""
+    raw = state_map.lookup(b"\0\0\0\0")
+    assert isinstance(raw, bytes)
+    return TnaState.from_buffer_copy(raw).cfg.pass_reason
 
 
 class Tna:
     """A `tna run` in a lab namespace, and its status/stats as JSON."""
 
     def __init__(self, lab: Lab, ns: str, *args: str, env_extra: dict[str, str] | None = None,
-                 module: str = "tna", command: Sequence[str] = (), cwd: Path = _REPO) -> None:
+                 module: str = "tna", command: Sequence[str] = (), cwd: Path = Lab.repo) -> None:
         """module: what runs `run ARGS` (a test's instrumented daemon); command:
         the argv that is `tna` for run and status alike (an installed wheel's
         script, tna under setpriv) instead of this interpreter's modules."""
@@ -69,25 +76,21 @@ class Tna:
             return None
 
     def pass_reason(self) -> int:
-        """The reason the datapath passes everything with now (tna_state's
-        pass_reason: a hold), 0 if none; read through a program the daemon
-        attached (tna_state is one map, shared by all of them)."""
-        from tna.bpf import abi
+        """The reason the datapath passes everything with now (a hold), 0
+        if none; read through a program the daemon attached."""
         from tna.bpf import libbpf as bpf
 
         st = self.state()
         assert st is not None and st["ifaces"], "no program attached yet"
         prog = bpf.Program.from_id(next(iter(st["ifaces"].values()))["prog_id"])
         try:
-            state = prog.find_map(abi.MAP_STATE)
+            state = prog.find_map(MAP_STATE)
             try:
-                raw = state.lookup(b"\0\0\0\0")
+                return pass_reason(state)
             finally:
                 state.close()
         finally:
             prog.close()
-        assert isinstance(raw, bytes)
-        return abi.TnaState.from_buffer_copy(raw).cfg.pass_reason
 
     def output(self) -> str:
         with open(self.log.name) as f:

@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from tna.model.config import Removed
-from tna.netlink.decode import RTM_DELROUTE, RTM_NEWROUTE, route_from_msg
+from tna.netlink.decode import NLM_F_REPLACE, RTM_DELROUTE, RTM_NEWROUTE, route_from_msg
 from tna.netlink.factmsg import FactMsg
 from tna.netlink.nexthop import Marshal
-from tna.netlink.routemsg import NLM_F_REPLACE, decode_routes_fast
+from tna.netlink.routemsg import decode_routes_fast
 
 DATA = Path(__file__).parent / "data"
 

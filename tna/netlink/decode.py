@@ -58,7 +58,7 @@ class NlMsg(Protocol):
 
 def decoded(item: NlMsg | XdpXmit | TcFilters | RouteDump | Dumped | FactMsg) -> Iterator[Fact]:
     """What the watcher queues (messages, and facts it derived itself) as facts."""
-    if isinstance(item, FactMsg):  # first: a large L2 domain sends a million of them
+    if isinstance(item, FactMsg):  # first: FDB entries and routes, by the million
         yield item.fact
     elif isinstance(item, (XdpXmit, TcFilters, RouteDump, Dumped)):
         yield item

@@ -6,7 +6,7 @@ few KiB decoding each into a message object, and its synchronous API runs
 its event loop once per message of a dump.  So the FDB dump is one
 nlm_request_batch() (one loop run), and the socket's marshal decodes
 AF_BRIDGE neighbour messages, dumped or events, with decode_fdb_fast()
-(tests/test_fdb_decode.py holds it equal to decode.fdb_from_msg()); every
+(tests/test_fdb_map.py holds it equal to decode.fdb_from_msg()); every
 other message stays pyroute2's.  pyroute2 still owns the socket, the
 requests, multipart dumps and errors.
 """

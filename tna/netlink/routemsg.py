@@ -17,10 +17,9 @@ import struct
 from typing import Any
 
 from tna.model.routes import AF_INET, AF_INET6, Route
+from tna.netlink.decode import NLM_F_REPLACE, RTM_DELROUTE, RTM_NEWROUTE
 from tna.netlink.factmsg import decode_into_facts
 
-RTM_NEWROUTE, RTM_DELROUTE = 24, 25
-NLM_F_REPLACE = 0x100  # a notification: the route replaced the one of the same identity
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_METRICS, RTA_MULTIPATH, RTA_TABLE, RTA_NH_ID = 1, 4, 5, 6, 8, 9, 15, 30
 RTAX_MTU = 2
 NLA_TYPE_MASK = 0x3FFF
