@@ -1,7 +1,7 @@
 """The control plane's own costs (issue #13 items 4 and 5), one run:
 
   python -m netns_labs.bench_control [--idle-seconds 30] [--commits 20] [--rules 10 10000]
-                                     [--ipset-members N] [--json FILE]
+                                     [--ipset-members N] [--element-commits 20] [--json FILE]
 
 In the router lab with the stateful FORWARD chain of netns_labs/bench.py
 (forward_rules(N): INVALID dropped, N - 3 blocklist rules, ESTABLISHED and
@@ -21,6 +21,11 @@ the service accepted), `tna run` (auto hooks: TC on the veths):
    - program: until a new program is attached to r-h1 (its id changed);
    - release: until the hold is released (pass reason 0 again).
    p50 / p90 / p99 of each.
+3. With --element-commits N, then: a native table (inet tnabench: a forward
+   base chain at filter + 10 dropping the sources in the interval set bl)
+   is added, and N commits `nft add element inet tnabench bl { 203.0.113.k }`
+   are timed the same way (hold and release; no new program is expected:
+   a set's members are a map).
 """
 
 from __future__ import annotations
@@ -67,11 +72,33 @@ class Datapath:
         return pass_reason(self.state)
 
 
-def commit(lab: RouterLab, dp: Datapath, k: int) -> dict[str, float | None]:
-    """One rule inserted; seconds from iptables returning to hold, program, release."""
+ELEMENT_TABLE = """table inet tnabench {
+	set bl {
+		type ipv4_addr
+		flags interval
+		elements = { 198.51.100.200 }
+	}
+	chain forward {
+		type filter hook forward priority filter + 10; policy accept;
+		ip saddr @bl drop
+	}
+}
+"""
+
+
+def rule_commit(k: int) -> list[str]:
+    return ["iptables", "-I", "FORWARD", "2", "-s", f"203.0.113.{k % 250}/32", "-p", "udp", "-m", "udp",
+            "--dport", str(30000 + k), "-j", "DROP"]
+
+
+def element_commit(k: int) -> list[str]:
+    return ["nft", "add", "element", "inet", "tnabench", "bl", "{", f"203.0.113.{k % 250}", "}"]
+
+
+def commit(lab: RouterLab, dp: Datapath, cmd: list[str], program: bool) -> dict[str, float | None]:
+    """cmd run in r; seconds from it returning to hold, program (if one is
+    expected), release."""
     old = dp.prog_id()
-    cmd = ["iptables", "-I", "FORWARD", "2", "-s", f"203.0.113.{k % 250}/32", "-p", "udp", "-m", "udp",
-           "--dport", str(30000 + k), "-j", "DROP"]
     proc = lab.popen(lab.r, cmd)
     held = prog = released = returned = None
     deadline = time.monotonic() + COMMIT_TIMEOUT
@@ -88,13 +115,25 @@ def commit(lab: RouterLab, dp: Datapath, k: int) -> dict[str, float | None]:
             prog = now
         if held is not None and released is None and not reason:
             released = now
-        if returned is not None and prog is not None and (released is not None or (held is None and now - prog > 1)):
+        settled = released is not None or (held is None and returned is not None and now - returned > 1)
+        if returned is not None and settled and (prog is not None or not program):
             break
     else:
-        raise SystemExit(f"commit {k}: no new program within {COMMIT_TIMEOUT} s")
+        raise SystemExit(f"{shlex.join(cmd)}: not settled within {COMMIT_TIMEOUT} s")
     assert returned is not None
     return {what: None if t is None else t - returned for what, t in
             (("hold", held), ("program", prog), ("release", released))}
+
+
+def timed(lab: RouterLab, dp: Datapath, cmds: list[list[str]], program: bool) -> dict:
+    samples: dict[str, list[float]] = {"hold": [], "program": [], "release": []}
+    for cmd in cmds:
+        for what, t in commit(lab, dp, cmd, program).items():
+            if t is not None:
+                samples[what].append(t)
+        time.sleep(0.5)  # commits apart, as an operator's are
+    return {what: {"n": len(xs), "runs": xs, **(percentiles(xs) if len(xs) > 1 else {})}
+            for what, xs in samples.items()}
 
 
 def percentiles(xs: list[float]) -> dict[str, float]:
@@ -102,7 +141,8 @@ def percentiles(xs: list[float]) -> dict[str, float]:
     return {"p50": statistics.median(xs), "p90": q[89], "p99": q[98]}
 
 
-def bench(rules: int, commits: int, idle_seconds: float, ipset_members: int = 0) -> dict:
+def bench(rules: int, commits: int, idle_seconds: float, ipset_members: int = 0,
+          element_commits: int = 0) -> dict:
     with RouterLab() as lab:
         lab.run(lab.r, ["iptables-restore"], input=forward_rules(rules))
         if ipset_members:
@@ -121,20 +161,25 @@ def bench(rules: int, commits: int, idle_seconds: float, ipset_members: int = 0)
                 before = cpu_seconds(tna.proc.pid)
                 time.sleep(idle_seconds)
                 out["idle_cpu_percent"] = (cpu_seconds(tna.proc.pid) - before) / idle_seconds * 100
-            samples: dict[str, list[float]] = {"hold": [], "program": [], "release": []}
-            for k in range(commits):
-                for what, t in commit(lab, dp, k).items():
-                    if t is not None:
-                        samples[what].append(t)
-                time.sleep(0.5)  # commits apart, as an operator's are
             out["commits"] = commits
-            out["latency_s"] = {what: {"n": len(xs), "runs": xs, **(percentiles(xs) if len(xs) > 1 else {})}
-                                for what, xs in samples.items()}
+            out["latency_s"] = timed(lab, dp, [rule_commit(k) for k in range(commits)], program=True)
+            if element_commits:
+                lab.run(lab.r, ["nft", "-f", "-"], input=ELEMENT_TABLE)
+                time.sleep(5)  # its own commit compiled in (a new program)
+                out["element_commits"] = element_commits
+                out["element_latency_s"] = timed(lab, dp, [element_commit(k) for k in range(element_commits)],
+                                                 program=False)
             dp.state.close()
         finally:
             tna.stop()
             tna.close()
     return out
+
+
+def show(latency: dict, commits: int) -> None:
+    for what, s in latency.items():
+        pct = " / ".join(f"{s[p]:.4f}" for p in ("p50", "p90", "p99")) if "p50" in s else "-"
+        print(f"  {what:<8} {pct}  ({s['n']} of {commits})", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,19 +188,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--commits", type=int, default=20)
     ap.add_argument("--rules", type=int, nargs="+", default=[10, 10_000])
     ap.add_argument("--ipset-members", type=int, default=0)
+    ap.add_argument("--element-commits", type=int, default=20, help="nft add element commits timed (0: none)")
     ap.add_argument("--json", type=Path, default=RouterLab.repo / "docs" / "bench" / "control.json", metavar="FILE")
     args = ap.parse_args(argv)
     load = [os.getloadavg()[0]]
     results = []
     for i, n in enumerate(args.rules):
-        res = bench(n, args.commits, args.idle_seconds if i == 0 else 0, args.ipset_members)
+        res = bench(n, args.commits, args.idle_seconds if i == 0 else 0, args.ipset_members, args.element_commits)
         results.append(res)
         if "idle_cpu_percent" in res:
             print(f"idle, {n} rules: {res['idle_cpu_percent']:.2f} % of a core over {args.idle_seconds:.0f} s")
         print(f"{n} rules, {args.commits} commits, seconds from iptables returning (p50 / p90 / p99):")
-        for what, s in res["latency_s"].items():
-            pct = " / ".join(f"{s[p]:.3f}" for p in ("p50", "p90", "p99")) if "p50" in s else "-"
-            print(f"  {what:<8} {pct}  ({s['n']} of {args.commits})", flush=True)
+        show(res["latency_s"], args.commits)
+        if "element_latency_s" in res:
+            print(f"  then {args.element_commits} `nft add element` commits:")
+            show(res["element_latency_s"], args.element_commits)
     load.append(os.getloadavg()[0])
     write_doc(args.json, "bench_control", sys.argv[1:] if argv is None else argv, loadavg_1min=load, results=results)
     print(f"\nload average (1 min) before / after: {load[0]:.2f} / {load[1]:.2f}; results: {args.json}")

@@ -90,8 +90,9 @@ def test_a_commit_hold_ends_only_once_the_new_members_are_written(monkeypatch: p
     d = recording_daemon(monkeypatch)
     set_sets(d, blocklist("192.0.2.0/24"))
     reconcile(d)
-    d._nft_commit()
-    d._rules_gen = d._commits  # what _poll() does when it reads the commit's rules
+    d.holds.nft_begin()
+    d.holds.nft_end(1, False)
+    d.holds.rules_read()  # what _poll() does when it reads the commit's rules
     set_sets(d, blocklist("192.0.2.0/24", "203.0.113.0/24"))
     calls = reconcile(d)
     synced = next(i for i, c in enumerate(calls) if c[0] == "sync_ipsets")

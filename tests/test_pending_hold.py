@@ -92,6 +92,7 @@ def test_route_events_are_kept_as_their_facts() -> None:
 def test_a_busy_loop_holds_for_what_can_move_a_map(monkeypatch: pytest.MonkeyPatch, busy: bool,
                                                    batch: list[Any], held: bool) -> None:
     d = recording_daemon(monkeypatch)
-    d._busy = busy
-    d._events_queued(batch)
+    if not busy:
+        d.holds.idle()  # the main loop waits for events
+    d.holds.events_queued(batch)
     assert (("hold", abi.REASON["PENDING"]) in d.dp.calls) == held  # type: ignore[attr-defined]

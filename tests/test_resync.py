@@ -15,6 +15,7 @@ from tna import daemon as daemon_mod
 from tna.bpf import abi
 from tna.netlink import netfilter, watch
 from tna.netlink.netfilter import NftEvents
+from tna.netlink.nftmsg import CommitReader, NftCommit
 
 RESYNC = abi.REASON["RESYNC"]
 
@@ -24,7 +25,8 @@ class FakeWatcher:
 
     made: list[FakeWatcher] = []
 
-    def __init__(self, on_nft_commit: Any = None, on_lost: Any = None, on_events: Any = None) -> None:
+    def __init__(self, on_nft_begin: Any = None, on_nft_end: Any = None, on_lost: Any = None,
+                 on_events: Any = None) -> None:
         self.on_lost, self.closed = on_lost, False
         FakeWatcher.made.append(self)
 
@@ -113,4 +115,6 @@ def test_an_nftables_overrun_is_a_commit_not_an_error(monkeypatch: pytest.Monkey
     monkeypatch.setattr(netfilter.select, "select", lambda r, w, x, t: (r if reads else [], [], []))
     ev = NftEvents.__new__(NftEvents)
     ev._raw = Raw()  # type: ignore[assignment]
-    assert ev.read(0.1) is True and reads == []
+    ev._commits = CommitReader()
+    begun: list[None] = []
+    assert ev.read(0.1, lambda: begun.append(None)) == [NftCommit(None)] and reads == [] and begun

@@ -13,7 +13,6 @@ a flag, the main loop does the work.
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import os
 import signal
@@ -30,14 +29,16 @@ from tna.config import ConfigError, Settings, changes
 from tna.ctsync import ct_sync_loop
 from tna.deploy.datapath import Datapath, ForeignProgram, attached_tna_prog
 from tna.deploy.lease import family_bits
+from tna.holds import Holds
 from tna.metrics import Metrics, failure_kind, parse_addr
 from tna.model.config import AF_INET, AF_INET6, Model
 from tna.model.firewall import Firewall
 from tna.model.ipset import IpSet, used_sets
 from tna.model.iptables import Table
+from tna.model.nftsets import SetElement, apply_elements
 from tna.model.routes import RouteDump
 from tna.netlink import netfilter
-from tna.netlink.decode import decoded, moves_no_map
+from tna.netlink.decode import decoded
 from tna.netlink.ipset import IpsetReader
 from tna.netlink.netfilter import NetfilterChanged
 from tna.netlink.watch import ResyncNeeded, Watcher
@@ -81,27 +82,9 @@ class Daemon:
         self.disabled_why: str | None = None
         self._stop = threading.Event()
         self._heartbeat = time.monotonic()
-        # nftables commits seen (counted by the reader thread), and how many
-        # had been seen when the rule sets compiled in were read: while they
-        # differ, the datapath holds (FW_CHANGED)
-        self._commits = 0
-        self._rules_gen = 0
-        # rtnetlink event batches queued (counted by the reader thread), how
-        # many the main loop had queued when it last emptied the queue, and
-        # the count at which one found the loop busy: while that is ahead,
-        # the datapath holds (PENDING)
-        self._queued = self._taken = self._pending_at = 0
-        self._busy = True
-        self._guard_lock = threading.Lock()  # a hold and the guards' publication never interleave
+        self.holds = Holds(lambda reason: self.dp.lease.hold(reason))  # what the reader threads raise
         self._watcher: Watcher | None = None
         self._fdb_full = True  # a new model: the FDB map is compared whole at the next reconcile
-        # the resync hold (RESYNC): each Watcher has a generation; what one
-        # lost is repaired by a later one's dump (the model comes from the
-        # current one's), once every map is written from it
-        self._generations = itertools.count(1)
-        self._watcher_gen = 0
-        self._lost_gen = 0    # newest watcher that lost events, 0: none (reader threads write it)
-        self._mapped_gen = 0  # the watcher whose model every map was last written from
         self._status: dict[str, Any] = {"routes": 0}  # what state.json says
         self._ipset_reader = IpsetReader()
         self._tables: dict[int, dict[str, Table]] = {}  # the rules last read (re-planned when a set changes)
@@ -152,14 +135,15 @@ class Daemon:
     def _loop(self) -> None:
         next_poll = next_status = next_ipsets = 0.0
         while not self._stop.is_set():
-            changed = nft_commit = False
+            changed = False
+            commits: list[NetfilterChanged] = []
             assert self._watcher is not None
-            with self._guard_lock:
-                self._busy, queued = False, self._queued
+            queued = self.holds.idle()
             try:
                 for msg in self._watcher.events(timeout=LOOP_WAKE_S):
-                    if isinstance(msg, NetfilterChanged):  # held already (_nft_commit)
-                        nft_commit = changed = True
+                    if isinstance(msg, NetfilterChanged):  # held already (Holds.nft_begin)
+                        commits.append(msg)
+                        changed = True  # the reconcile ends the hold
                     else:
                         changed |= self._apply(msg)
             except ResyncNeeded as e:
@@ -167,20 +151,20 @@ class Daemon:
                 self.metrics.resyncs.inc()
                 self._resync()
                 changed = True
-            with self._guard_lock:
-                self._busy = True
-                if self._watcher.drained() and self._taken < queued:
-                    changed |= self._pending_at > self._taken  # applied: the next reconcile ends the hold
-                    self._taken = queued
+            changed |= self.holds.busy(self._watcher.drained, queued)  # the next reconcile ends a PENDING hold
             hup = self._hup.is_set()
             if hup:
                 self._hup.clear()
                 reloading()
                 changed |= self._reload()
             now = time.monotonic()
-            if now >= next_poll or nft_commit:
-                # nftables announces its commits; only iptables-legacy must be polled
-                changed |= self._poll(rules=nft_commit or netfilter.legacy_in_use())
+            if now >= next_poll or commits:
+                # nftables announces its commits (one of set elements only is
+                # applied as it is); only iptables-legacy must be polled
+                applied = bool(commits) and self._apply_set_elements(commits)
+                if commits:
+                    self.metrics.nft_commits.labels("elements" if applied else "reread").inc(len(commits))
+                changed |= self._poll(rules=(bool(commits) and not applied) or netfilter.legacy_in_use())
                 next_poll = now + POLL_S
             if now >= next_ipsets:
                 changed |= self._poll_ipsets()
@@ -227,43 +211,13 @@ class Daemon:
                          time.monotonic() - self._started)
         return changed
 
-    def _nft_commit(self) -> None:
-        """In the nftables reader thread, at once: the programs may carry the
-        old rules, so everything takes the kernel path until the new ones are
-        read and compiled in - even if the main loop is busy compiling."""
-        with self._guard_lock:
-            self._commits += 1
-            self.dp.lease.hold(abi.REASON["FW_CHANGED"])
-
-    def _events_queued(self, batch: list[Any]) -> None:
-        """In the reader thread, after it queued a batch: while the main loop
-        is busy (compiling for seconds, reading rules) the batch may have moved
-        a host to another port the maps still send it to, so everything takes
-        the kernel path until the loop has taken the batch in (its reconcile
-        writes the FDB before it compiles anything).  A burst of plain routes
-        (a full table loading) holds nothing."""
-        with self._guard_lock:
-            self._queued += 1
-            if self._busy and not all(moves_no_map(m) for m in batch):
-                self._pending_at = self._queued
-                self.dp.lease.hold(abi.REASON["PENDING"])
-
     def _events_lost(self, gen: int, overrun: bool) -> None:
         """In the reader thread that lost events (watcher generation gen), at
-        once: the maps may hold what those events undid (a host moved to
-        another port, a port gone), so everything takes the kernel path until
-        a later watcher's dump is in every map - not only once the main loop
-        gets to it."""
+        once: everything takes the kernel path until a later watcher's dump
+        is in every map - not only once the main loop gets to it."""
         if overrun:
             self.metrics.overruns.inc()
-        with self._guard_lock:
-            if gen < self._watcher_gen:
-                return  # closed before the current watcher bound: its dump has what this one lost
-            self._lost_gen = gen
-            self.dp.lease.hold(abi.REASON["RESYNC"])
-
-    def _resync_pending(self) -> bool:
-        return self._lost_gen != 0 and self._lost_gen >= self._mapped_gen
+        self.holds.events_lost(gen)
 
     def _lease_loop(self) -> None:
         while not self._stop.wait(LEASE_RENEW_S):
@@ -282,9 +236,10 @@ class Daemon:
         while True:
             if self._watcher is not None:
                 self._watcher.close()
-            self._watcher_gen = gen = next(self._generations)
-            self._watcher = Watcher(on_nft_commit=self._nft_commit, on_lost=functools.partial(self._events_lost, gen),
-                                    on_events=self._events_queued)
+            gen = self.holds.new_watcher()
+            self._watcher = Watcher(on_nft_begin=self.holds.nft_begin, on_nft_end=self.holds.nft_end,
+                                    on_lost=functools.partial(self._events_lost, gen),
+                                    on_events=self.holds.events_queued)
             try:
                 self.model = model_from(self._watcher.snapshot())
                 self._fdb_full = True
@@ -302,7 +257,7 @@ class Daemon:
         changed = poll_sysctls(self.model)
         if not rules:
             return changed
-        self._rules_gen = self._commits  # before reading: a later commit holds again
+        self.holds.rules_read()
         f = read_firewall(self._ipset_reader)
         # native nftables sets come with the rules (a commit): not polled
         self._tables, self._nft_sets = f.tables, f.nft_sets
@@ -310,6 +265,37 @@ class Daemon:
         changed |= self.model.set_ipsets(f.ipsets)
         changed |= self._set_firewall(*self._filtering(f.tables, f.ipsets) if self._unwritable else (f.fw, f.why))
         return changed
+
+    def _apply_set_elements(self, commits: list[NetfilterChanged]) -> bool:
+        """Commits that only added or deleted elements of mirrored nftables
+        sets, on top of the rules in hand: those sets updated (their maps at
+        the reconcile, no new program; its publication ends the hold).
+        False: anything else, or a change that does not fit the sets in hand
+        - then the rule sets are read again."""
+        h = self.holds
+        commits = [c for c in commits if c.gen > h.rules_gen]  # the others are in the rules in hand
+        if not h.rules_exact or self.disabled_why or any(c.elements is None for c in commits) or (
+                commits and commits[0].gen != h.rules_gen + 1):
+            return False
+        by_set: dict[str, list[SetElement]] = {}
+        for e in (e for c in commits for e in c.elements or ()):
+            by_set.setdefault(e.set, []).append(e)
+        updated = {}
+        for name, elements in by_set.items():
+            new = apply_elements(self._nft_sets[name], elements) if name in self._nft_sets else None
+            if new is None:
+                return False
+            updated[name] = new
+        if commits:
+            h.rules_gen = commits[-1].gen
+        sets = {**self.model.ipsets, **updated}
+        resized = any(s.maxelem != self._nft_sets[n].maxelem for n, s in updated.items())
+        self._nft_sets = {**self._nft_sets, **updated}
+        self.model.set_ipsets(sets)
+        if resized or self._unwritable:  # a new map size (program), or a map to try again
+            self._set_firewall(*self._filtering(self._tables, sets))
+        log.debug("nftables: %d commits of set elements applied to %s", len(commits), ", ".join(updated) or "nothing")
+        return True
 
     def _poll_ipsets(self) -> bool:
         """The ipsets the rules use; a change of members only is a map
@@ -430,7 +416,7 @@ class Daemon:
         self.dp.sync_bridges(p.ports, p.l3_bridges, m.fdb, m.take_fdb_changes(), p.bridges)
         self.dp.sync_firewall(masks)
         if self.dp.fw_masks() == masks:
-            self._mapped_gen = self._watcher_gen  # the model is the current watcher's
+            self.holds.mapped()  # the model is the current watcher's
             self._publish_guards(families)  # ends a hold: every map now matches every program
         else:  # masks that do not match the rules: the hold stays (retried at the next reconcile)
             log.error("tna_fw_ifaces could not be written; all traffic stays on the kernel path")
@@ -463,11 +449,8 @@ class Daemon:
     def _publish_guards(self, fw_families: frozenset[int], release: bool = True) -> None:
         """release False: a hold in place stays (the maps are not written yet)."""
         m = self.model
-        with self._guard_lock:
-            reason = (abi.REASON["DISABLED"] if self.disabled_why
-                      else abi.REASON["RESYNC"] if self._resync_pending()
-                      else abi.REASON["FW_CHANGED"] if self._commits != self._rules_gen
-                      else abi.REASON["PENDING"] if self._pending_at > self._taken else 0)
+        with self.holds.lock:
+            reason = abi.REASON["DISABLED"] if self.disabled_why else self.holds.reason()
             if not release:
                 reason = reason or self.dp.lease.cfg.pass_reason
             self.dp.lease.set_guards(reason, m.multipath_policies(), (m.route_mtu(AF_INET), m.route_mtu(AF_INET6)),

@@ -243,6 +243,9 @@ class Metrics:
                                "(events overran the socket)", registry=r)
         self.overruns = Counter("tna_netlink_overruns", "Times an event socket overran (ENOBUFS): events were "
                                 "lost, so the datapath held (RESYNC) until a resync", registry=r)
+        self.nft_commits = Counter("tna_nftables_commits", "nftables commits followed, by how: elements (set "
+                                   "members only: a map update) or reread (the rule sets read again)", ["how"],
+                                   registry=r)
         Info("tna", "The running tna", registry=r).info({"version": __version__})
         self.collector = Collector(daemon, read)
         r.register(self.collector)

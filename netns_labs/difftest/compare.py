@@ -11,10 +11,12 @@ the kernel itself varies from run to run:
   reply's own timestamps), with plain Linux as with TNA;
 - unsolicited multicast membership reports and router solicitations, which
   the stacks send on their own timers (MLD, IGMP, RS; never a probe frame);
-- neighbour resolution (ARP requests, neighbour solicitations, never a
-  probe frame): retransmitted on the box's timers, so how many a capture
-  holds depends on how long it lasted (each mode starts with the box's
-  non-permanent neighbours flushed, so resolution starts alike);
+- neighbour resolution (ARP requests, neighbour solicitations and the
+  advertisements answering them, never a probe frame): retransmitted on the
+  box's timers, and a host's own reachability probes (NUD: a unicast
+  solicitation once its entry is stale) come on its timers, so how many a
+  capture holds depends on how long it lasted (each mode starts with the
+  box's non-permanent neighbours flushed, so resolution starts alike);
 - ICMP redirects (IPv4 type 5, ICMPv6 137): the kernel limits them per host
   by time (IPv4: exponential back-off remembered across runs; IPv6: one per
   second with a burst of six), whatever the ICMP rate-limit sysctls say, so
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field
 from netns_labs.difftest.gen import MARK
 from netns_labs.difftest.run import Observation
 
-_TIMERS_V6 = {130, 131, 132, 133, 135, 143}  # MLD query/report/done, RS, NS, MLDv2 report
+_TIMERS_V6 = {130, 131, 132, 133, 135, 136, 143}  # MLD query/report/done, RS, NS, NA, MLDv2 report
 
 
 @dataclass

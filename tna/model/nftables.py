@@ -43,6 +43,7 @@ from tna.model.nftables_text import (
     port_ranges,
     render_rule,
 )
+from tna.model.nftsets import interval_members
 
 VERSIONS = {"ip": (4,), "ip6": (6,), "inet": (4, 6)}
 HOOKS = ("prerouting", "input", "forward", "output", "postrouting")
@@ -324,9 +325,10 @@ class _Ctx:
         typ = s.get("type")
         if typ not in ("ipv4_addr", "ipv6_addr"):
             raise Unsupported(f"set @{name} of type {typ}")
-        members = {Member(n) for e in s.get("elem", []) for n in nets(e)}
-        self.out.sets[full] = self.ip_set(s, full, "hash:net" if "interval" in s.get("flags", []) else "hash:ip",
-                                          4 if typ == "ipv4_addr" else 6, members)
+        v, found = 4 if typ == "ipv4_addr" else 6, [n for e in s.get("elem", []) for n in nets(e)]
+        interval = "interval" in s.get("flags", [])  # canonical members: what a commit's elements give too
+        members = set(interval_members(found, v)) if interval else {Member(n) for n in found}
+        self.out.sets[full] = self.ip_set(s, full, "hash:net" if interval else "hash:ip", v, members)
         return full
 
     @staticmethod

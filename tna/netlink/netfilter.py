@@ -9,8 +9,9 @@ family, a table iptables-nft cannot decode - is read natively, once, from
 alone say so), and translated by tna.model.nftables: its tables join
 iptables' per IP version (an inet table both), its sets are mirrored as
 ipsets are; what that cannot model is "foreign".  Read again on every
-nftables commit (NftEvents: iptables-nft's rules included) and polled for
-iptables-legacy, which announces nothing.
+nftables commit (NftEvents: iptables-nft's rules included) but one that
+only changed set elements (tna.netlink.nftmsg decodes those), and polled
+for iptables-legacy, which announces nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import select
 import shutil
 import socket
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +32,8 @@ from pyroute2.netlink.nlsocket import NetlinkSocket
 from tna.model.ipset import IpSet
 from tna.model.iptables import BUILTIN_CHAINS, ParseError, Table, parse_save
 from tna.model.nftables import parse_ruleset
+from tna.model.nftsets import SetElement
+from tna.netlink.nftmsg import CommitReader, NftCommit
 
 LEGACY_NAMES = {4: Path("/proc/net/ip_tables_names"), 6: Path("/proc/net/ip6_tables_names")}
 SAVE = {(4, "legacy"): "iptables-legacy-save", (6, "legacy"): "ip6tables-legacy-save",
@@ -42,8 +46,12 @@ NETLINK_NETFILTER, NFNLGRP_NFTABLES = 12, 7
 
 @dataclass(frozen=True)
 class NetfilterChanged:
-    """An nftables commit happened in this namespace (the rule sets must be
-    read again; what changed is not decoded)."""
+    """An nftables commit happened in this namespace: the gen-th the daemon
+    counted; its set-element changes (a map update), or None: the rule
+    sets must be read again."""
+
+    gen: int = 0
+    elements: tuple[SetElement, ...] | None = None
 
 
 class NftEvents:
@@ -54,25 +62,37 @@ class NftEvents:
         self._sock = NetlinkSocket(family=NETLINK_NETFILTER)
         self._sock.bind(groups=1 << (NFNLGRP_NFTABLES - 1))
         self._raw = socket.socket(fileno=self._sock.fileno())
+        self._commits = CommitReader()
 
     def close(self) -> None:
         self._raw.detach()  # the fd belongs to the pyroute2 socket
         self._sock.close()
 
-    def read(self, timeout: float) -> bool:
-        """Whether commits arrived within timeout (all pending ones are
-        consumed).  An overrun (a commit of thousands of rules sends a
-        notification per rule) says the same: the rule sets are read whole,
-        so nothing else was lost and no resync is needed."""
-        seen = False
-        while select.select([self._raw], [], [], 0 if seen else timeout)[0]:
+    @property
+    def partial(self) -> bool:
+        """A commit's messages came, its end not yet."""
+        return self._commits.partial
+
+    def read(self, timeout: float, on_begin: Callable[[], None]) -> list[NftCommit]:
+        """The commits that ended within timeout (all pending messages are
+        consumed); on_begin is called before the messages of a new commit
+        are decoded (the kernel runs it already).  An overrun (a commit of
+        thousands of rules sends a message per rule) is a commit not known
+        whole: the rule sets are read whole then, so nothing else was lost
+        and no resync is needed."""
+        done: list[NftCommit] = []
+        while select.select([self._raw], [], [], 0 if done and not self.partial else timeout)[0]:
+            if not self.partial:
+                on_begin()
             try:
-                self._raw.recv(1 << 16)
+                data = self._raw.recv(1 << 16)
             except OSError as e:
                 if e.errno != errno.ENOBUFS:
                     raise
-            seen = True
-        return seen
+                done += self._commits.lost()
+                continue
+            done += self._commits.feed(data)
+        return done
 
 
 @dataclass

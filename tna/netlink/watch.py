@@ -44,6 +44,7 @@ from tna.netlink.fdb import decode_fdb_fast, dump_fdb
 from tna.netlink.netdev import XdpFeatureEvents, xdp_xmit_capable
 from tna.netlink.netfilter import NetfilterChanged, NftEvents
 from tna.netlink.nexthop import RTMGRP_NEXTHOP, follow_nexthops, get_nexthops
+from tna.netlink.nftmsg import NftCommit
 from tna.netlink.routedump import dump_routes
 from tna.netlink.routemsg import decode_routes_fast
 from tna.netlink.sockbuf import grow_rcvbuf
@@ -105,16 +106,21 @@ class Watcher:
     queue; re-queries after tc events use a third socket in the caller's
     thread."""
 
-    def __init__(self, on_nft_commit: Callable[[], None] | None = None,
+    def __init__(self, on_nft_begin: Callable[[], None] | None = None,
+                 on_nft_end: Callable[[int, bool], int] | None = None,
                  on_lost: Callable[[bool], None] | None = None,
                  on_events: Callable[[list[Any]], None] | None = None) -> None:
-        """on_nft_commit: called in the nftables reader thread at each commit,
-        before the event is queued (the daemon holds the datapath at once,
-        even while its main loop is busy).  on_lost(overrun): likewise, in the
-        thread that lost events (overrun: ENOBUFS), before ResyncNeeded is
-        queued.  on_events(batch): called in the reader thread after it
-        queued a batch of rtnetlink events."""
-        self._on_nft_commit = on_nft_commit
+        """on_nft_begin: called in the nftables reader thread when a commit's
+        first messages arrive, before they are decoded (the daemon holds the
+        datapath at once, even while its main loop is busy).  on_nft_end(n,
+        open): likewise when n commits have ended (open: another one has
+        begun), before they are queued; it numbers them (returns the last
+        one's number).  on_lost(overrun): in the thread that lost events
+        (overrun: ENOBUFS), before ResyncNeeded is queued.  on_events(batch):
+        called in the reader thread after it queued a batch of rtnetlink
+        events."""
+        self._on_nft_begin = on_nft_begin or (lambda: None)
+        self._on_nft_end = on_nft_end or (lambda n, still_open: 0)
         self._on_events = on_events
         self._on_lost = on_lost
         self._q: queue.Queue = queue.Queue()
@@ -207,17 +213,18 @@ class Watcher:
             self._xdp.close()
 
     def _read_nft(self) -> None:
-        def changed() -> None:
-            if self._on_nft_commit is not None:
-                self._on_nft_commit()
-            self._q.put(NetfilterChanged())
+        def ended(commits: list[NftCommit], still_open: bool) -> None:
+            last = self._on_nft_end(len(commits), still_open)
+            for i, c in enumerate(commits, start=last - len(commits) + 1):
+                self._q.put(NetfilterChanged(i, c.elements))
         try:
             while not self._closed.is_set():
-                if self._nft.read(timeout=READER_WAKE_S):
-                    changed()
+                if commits := self._nft.read(READER_WAKE_S, self._on_nft_begin):
+                    ended(commits, self._nft.partial)
         except Exception as e:  # the socket is gone (an overrun is a commit: NftEvents.read)
             if not self._closed.is_set():
-                changed()
+                self._on_nft_begin()
+                ended([NftCommit(None)], False)
                 self._q.put(self._lost(f"nftables reader stopped: {e!r}", e))
         finally:
             self._nft.close()

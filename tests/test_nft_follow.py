@@ -1,0 +1,109 @@
+"""The daemon follows an nftables commit of set elements as a map update
+(no re-read, no new program), and holds the datapath from a commit's first
+message until what it changed is in every map; anything it cannot follow
+exactly is read again."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from tests.test_reconcile_order import reconcile, recording_daemon
+from tna import daemon as daemon_mod
+from tna.model.ipset import Member
+from tna.model.nftables import parse_ruleset
+from tna.model.nftsets import SetElement
+from tna.netlink.netfilter import NetfilterChanged
+from tna.snapshot import plan_filtering
+from tna.synth.setgen import map_name
+
+SET = "nft:inet t:bl"
+RULESET = {"nftables": [
+    {"table": {"family": "inet", "name": "t", "handle": 1}},
+    {"set": {"family": "inet", "table": "t", "name": "bl", "type": "ipv4_addr", "handle": 2,
+             "flags": ["interval"], "elem": [{"prefix": {"addr": "192.0.2.0", "len": 24}}]}},
+    {"chain": {"family": "inet", "table": "t", "name": "c", "handle": 3, "type": "filter", "hook": "forward",
+               "prio": 0, "policy": "accept"}},
+    {"rule": {"family": "inet", "table": "t", "chain": "c", "handle": 4, "expr": [
+        {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@bl"}},
+        {"drop": None}]}},
+]}
+# 203.0.113.0/24 added: its first address and the first after it
+ADD = (SetElement(SET, True, bytes([203, 0, 113, 0])), SetElement(SET, True, bytes([203, 0, 114, 0]), end=True))
+
+
+def nft_daemon(monkeypatch: pytest.MonkeyPatch) -> daemon_mod.Daemon:
+    """A daemon whose rules in hand are RULESET, read with no commit under way."""
+    d = recording_daemon(monkeypatch)
+    rules = parse_ruleset(RULESET)
+    fw, why = plan_filtering(rules.tables, rules.sets)
+    assert why is None and fw is not None and fw.ipsets
+    d._tables, d._nft_sets = rules.tables, dict(rules.sets)
+    d.model.set_ipsets(dict(rules.sets))
+    d.model.set_firewall(fw)
+    d.holds.rules_exact = True
+    reconcile(d)
+    return d
+
+
+def commit(d: daemon_mod.Daemon, elements: tuple[SetElement, ...] | None) -> NetfilterChanged:
+    """What the reader thread does for one commit: hold, number it."""
+    d.holds.nft_begin()
+    return NetfilterChanged(d.holds.nft_end(1, False), elements)
+
+
+def no_reread(monkeypatch: pytest.MonkeyPatch) -> None:
+    def read(*args: Any) -> None:
+        raise AssertionError("the rule sets were read again")
+    monkeypatch.setattr(daemon_mod, "read_firewall", read)
+
+
+def test_set_elements_are_a_map_update_and_the_hold_ends_after_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    d = nft_daemon(monkeypatch)
+    no_reread(monkeypatch)
+    c = commit(d, ADD)
+    assert d._apply_set_elements([c])
+    assert len(d.model.ipsets[SET].members) == 2 and d.holds.rules_gen == c.gen
+    calls = reconcile(d)
+    ops = [op for op, _ in calls]
+    assert "attach" not in ops, calls
+    assert len(dict(calls)["sync_ipsets"][map_name(SET)]) == 2
+    synced = ops.index("sync_ipsets")
+    assert ("release", 0) not in calls[:synced] and calls[-1] == ("release", 0), calls
+
+
+def test_a_commit_under_way_holds_whatever_the_counts_say(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a commit's first message to its end the reader decodes it; a
+    reconcile meanwhile must not end the hold (the kernel runs it already)."""
+    d = nft_daemon(monkeypatch)
+    d.holds.nft_begin()
+    assert d.holds.commits == d.holds.rules_gen
+    assert ("release", 0) not in reconcile(d)
+    d.holds.rules_gen = d.holds.nft_end(1, False)
+    assert reconcile(d)[-1] == ("release", 0)
+
+
+@pytest.mark.parametrize("case", ["other commit", "unknown set", "read while a commit was under way",
+                                  "a commit missed", "stale set"])
+def test_what_cannot_be_followed_exactly_is_read_again(monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    d = nft_daemon(monkeypatch)
+    before = d.model.ipsets
+    if case == "other commit":
+        commits = [commit(d, ADD), commit(d, None)]
+    elif case == "unknown set":
+        commits = [commit(d, tuple(SetElement("nft:inet t:other", e.add, e.key, e.end) for e in ADD))]
+    elif case == "read while a commit was under way":
+        d.holds.rules_exact = False
+        commits = [commit(d, ADD)]
+    elif case == "a commit missed":
+        commit(d, ADD)
+        commits = [commit(d, ADD)]
+    else:  # the commit is in the set in hand already: its add overlaps
+        s = d._nft_sets[SET]
+        d._nft_sets[SET] = replace(s, members=s.members | {Member(ipaddress.ip_network("203.0.113.0/24"))})
+        commits = [commit(d, ADD)]
+    assert not d._apply_set_elements(commits)
+    assert d.model.ipsets == before and d.holds.rules_gen != d.holds.commits  # still held, for the re-read

@@ -1,0 +1,128 @@
+"""Why the datapath holds while the daemon catches up with the kernel.
+
+The reader threads hear of a change before the main loop can act on it (it
+may be compiling for seconds); what they heard may make the maps or
+programs wrong, so they raise a hold at once (every program passes all to
+the kernel with the reason), and only the main loop's publication of the
+guards ends it, once nothing it has not written could have changed:
+
+- FW_CHANGED: an nftables commit began (its messages are still being
+  decoded) or ended after the rule sets in hand were read;
+- PENDING: an rtnetlink batch that can move a map came while the main
+  loop was busy, and the loop has not taken it in yet;
+- RESYNC: a watcher lost events, and no later watcher's dump is in every
+  map yet.
+
+One lock orders a hold against a publication: a hold raised after a
+publication computed its reason is never ended by it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from tna.bpf import abi
+from tna.netlink.decode import moves_no_map
+
+
+class Holds:
+    def __init__(self, hold: Callable[[int], None]) -> None:
+        """hold(reason): make every program pass all to the kernel now."""
+        self.lock = threading.Lock()
+        self._hold = hold
+        # nftables commits ended (the reader thread counts them), and how
+        # many had when the rule sets in hand were read or followed; exact:
+        # no commit was under way at that read
+        self.commits = 0
+        self.rules_gen = 0
+        self.rules_exact = False
+        self._nft_open = False
+        # rtnetlink batches queued, how many the main loop had queued when it
+        # last emptied the queue, and the count at which one found it busy
+        self._queued = self._taken = self._pending_at = 0
+        self._busy = True
+        # each Watcher has a generation; what one lost is repaired by a later
+        # one's dump, once every map is written from it
+        self._generations = itertools.count(1)
+        self.watcher_gen = 0
+        self._lost_gen = 0    # newest watcher that lost events, 0: none
+        self._mapped_gen = 0  # the watcher whose model every map was last written from
+
+    # --- reader threads -----------------------------------------------------
+
+    def nft_begin(self) -> None:
+        """A commit's first messages: the programs may carry the old rules or
+        set members."""
+        with self.lock:
+            self._nft_open = True
+            self._hold(abi.REASON["FW_CHANGED"])
+
+    def nft_end(self, n: int, still_open: bool) -> int:
+        """n commits ended; the last one's number."""
+        with self.lock:
+            self.commits += n
+            self._nft_open = still_open
+            return self.commits
+
+    def events_queued(self, batch: list[Any]) -> None:
+        """After a batch was queued: while the main loop is busy it may have
+        moved a host to a port the maps still send it to (a burst of plain
+        routes holds nothing)."""
+        with self.lock:
+            self._queued += 1
+            if self._busy and not all(moves_no_map(m) for m in batch):
+                self._pending_at = self._queued
+                self._hold(abi.REASON["PENDING"])
+
+    def events_lost(self, gen: int) -> None:
+        """Watcher gen lost events: the maps may hold what they undid."""
+        with self.lock:
+            if gen < self.watcher_gen:
+                return  # closed before the current watcher bound: its dump has what this one lost
+            self._lost_gen = gen
+            self._hold(abi.REASON["RESYNC"])
+
+    # --- the main loop --------------------------------------------------------
+
+    def idle(self) -> int:
+        """The loop waits for events; how many batches were queued."""
+        with self.lock:
+            self._busy = False
+            return self._queued
+
+    def busy(self, drained: Callable[[], bool], queued: int) -> bool:
+        """The loop took what idle() counted, if drained() (the queue is
+        empty: asked under the lock, so a batch queued after it finds the
+        loop busy and holds); True if a PENDING hold can end at the next
+        publication."""
+        with self.lock:
+            self._busy = True
+            if self._taken >= queued or not drained():
+                return False
+            ended = self._pending_at > self._taken
+            self._taken = queued
+            return ended
+
+    def rules_read(self) -> None:
+        """Before the rule sets are read: a commit after it holds again."""
+        with self.lock:
+            self.rules_gen, self.rules_exact = self.commits, not self._nft_open
+
+    def new_watcher(self) -> int:
+        self.watcher_gen = next(self._generations)
+        return self.watcher_gen
+
+    def mapped(self) -> None:
+        """Every map is written from the current watcher's model."""
+        self._mapped_gen = self.watcher_gen
+
+    def reason(self) -> int:
+        """The hold a publication keeps (0: none); call with the lock held."""
+        if self._lost_gen != 0 and self._lost_gen >= self._mapped_gen:
+            return abi.REASON["RESYNC"]
+        if self.commits != self.rules_gen or self._nft_open:
+            return abi.REASON["FW_CHANGED"]
+        return abi.REASON["PENDING"] if self._pending_at > self._taken else 0

@@ -1,0 +1,155 @@
+"""Members of native nftables address sets, and element changes applied to them: pure data.
+
+An nftables address set with `flags interval` matches an address when one
+of its intervals holds it (nft_rbtree: disjoint intervals), so its members
+are kept in one canonical form, the prefix cover of the union of its
+intervals (interval_members()), whether they come from `nft -j list` or
+from a commit's element changes (apply_elements()).  The kernel announces
+an interval as two boundary elements, its first address and (flagged as
+an end) the first address after it, or, for one that runs to the last
+address, its first address flagged "open"; libnftables adds an end at
+address 0 that closes nothing.  A change that does not fit what the set
+holds (an add that overlaps, a delete of what is not there: the set in
+hand is not the kernel's) gives None: the caller reads the set again.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from bisect import bisect_right
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from itertools import groupby, pairwise
+
+from tna.model.ipset import IpSet, Member
+
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class SetElement:
+    """One element a commit added to or deleted from a set (as the kernel
+    announced it: a key, in an interval set a boundary)."""
+
+    set: str      # the IpSet's name: "nft:<family> <table>:<set>"
+    add: bool
+    key: bytes    # the address, network byte order
+    end: bool = False   # the first address after an interval
+    open: bool = False  # an interval that runs to the last address
+
+
+def _width(version: int) -> int:
+    return 32 if version == 4 else 128
+
+
+def _merge(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Disjoint, merged [first, last] ranges covering ranges, in order."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(hi, out[-1][1]))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _ranges(nets: Iterable[Net]) -> list[tuple[int, int]]:
+    return _merge((int(n.network_address), int(n.broadcast_address)) for n in nets)
+
+
+def _members(ranges: Iterable[tuple[int, int]], version: int) -> frozenset[Member]:
+    addr = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+    return frozenset(Member(n) for lo, hi in ranges
+                     for n in ipaddress.summarize_address_range(addr(lo), addr(hi)))  # type: ignore[arg-type]
+
+
+def interval_members(nets: Iterable[Net], version: int) -> frozenset[Member]:
+    """The canonical members of an interval set holding nets."""
+    return _members(_ranges(nets), version)
+
+
+def _intervals(run: Sequence[SetElement], width: int) -> list[tuple[int, int]] | None:
+    """The [first, last] intervals one run of boundary elements spells."""
+    out, start = [], None
+    # at one address an end comes before a start: [a, b) then [b, c)
+    for e in sorted(run, key=lambda e: (int.from_bytes(e.key, "big"), not e.end)):
+        k = int.from_bytes(e.key, "big")
+        if e.end:
+            if start is None:
+                if k:
+                    return None  # an end of an interval this change did not open
+                continue
+            if k <= start:
+                return None
+            out.append((start, k - 1))
+            start = None
+        elif start is not None:
+            return None  # a start whose interval never ended
+        elif e.open:
+            out.append((k, (1 << width) - 1))
+        else:
+            start = k
+    return None if start is not None else out
+
+
+def _union(cur: list[tuple[int, int]], new: list[tuple[int, int]]) -> list[tuple[int, int]] | None:
+    both = sorted(cur + new)
+    if any(b[0] <= a[1] for a, b in pairwise(both)):
+        return None  # the kernel refuses an overlap: the set in hand is not the kernel's
+    return _merge(both)
+
+
+def _minus(cur: list[tuple[int, int]], gone: list[tuple[int, int]]) -> list[tuple[int, int]] | None:
+    starts = [lo for lo, _ in cur]
+    cuts: dict[int, list[tuple[int, int]]] = {}
+    for lo, hi in gone:
+        i = bisect_right(starts, lo) - 1
+        if i < 0 or hi > cur[i][1]:
+            return None  # a delete of what the set in hand does not hold
+        cuts.setdefault(i, []).append((lo, hi))
+    out = []
+    for i, (first, last) in enumerate(cur):
+        for lo, hi in sorted(cuts.get(i, ())):
+            if lo < first:
+                return None  # two deletes of one address
+            if first < lo:
+                out.append((first, lo - 1))
+            first = hi + 1
+        if first <= last:
+            out.append((first, last))
+    return out
+
+
+def apply_elements(s: IpSet, elements: Sequence[SetElement]) -> IpSet | None:
+    """s after a commit's element changes (in their order), or None when
+    they do not fit s.  s is an address set as nft_set_from() made it:
+    hash:ip without intervals, hash:net with."""
+    width = _width(s.family)
+    if s.type not in ("hash:ip", "hash:net") or s.timeout or s.counters or s.unmodelled or \
+            any(len(e.key) != width // 8 or e.set != s.name for e in elements):
+        return None
+    members = set(s.members)
+    ranges = _ranges(m.net for m in s.members) if s.type == "hash:net" else []
+    for add, group in groupby(elements, key=lambda e: e.add):
+        run = list(group)
+        if s.type == "hash:ip":
+            if any(e.end or e.open for e in run):
+                return None
+            nets = {Member(ipaddress.ip_network((int.from_bytes(e.key, "big"), width))) for e in run}
+            if len(nets) != len(run) or (nets & members if add else nets - members):
+                return None
+            members = members | nets if add else members - nets
+            continue
+        intervals = _intervals(run, width)
+        if intervals is None:
+            return None
+        changed = _union(ranges, intervals) if add else _minus(ranges, intervals)
+        if changed is None:
+            return None
+        ranges = changed
+    out = frozenset(members) if s.type == "hash:ip" else _members(ranges, s.family)
+    # maxelem is max(declared size, members) (nft_set_from): the size is
+    # known only while the members are fewer
+    if len(s.members) >= s.maxelem:
+        return None
+    return replace(s, members=out, maxelem=max(s.maxelem, len(out)))
