@@ -21,7 +21,7 @@ from tna.model.firewall import (
     segments,
 )
 from tna.model.hooks import firewall_plan
-from tna.model.iptables import parse_save
+from tna.model.iptables import Chain, Neg, Rule, Table, parse_save
 from tna.synth.fwgen import MAX_COMPILED_RULES, set_entries, unfit
 
 DATA = Path(__file__).parent / "data"
@@ -201,3 +201,18 @@ def test_rules_group_into_sets_only_where_order_needs_no_code() -> None:
     both = "".join(f"-A FORWARD -s 192.0.2.{i}/32 -d 198.51.100.0/{24 + i} -j DROP\n" for i in range(5))
     assert shape(both + "-A FORWARD -s 192.0.2.0/24 -d 198.51.100.0/24 -j DROP\n") == ["set5", "rule"]
     assert shape("".join(f"-A FORWARD -p tcp -m tcp --dport 1:{i + 100} -j DROP\n" for i in range(5))) == ["rule"] * 5
+
+
+def test_the_reverse_path_check_decides_only_where_the_route_back_is_known() -> None:
+    """nft's `fib saddr . iif oif missing drop`: the fast path knows only that
+    the route back leaves by the input device (rpf True) or nothing (None):
+    unknown sends what the rule could drop to the kernel."""
+    t = Table("filter", {"FORWARD": Chain("FORWARD", ACCEPT, rules=[
+        Rule(chain="FORWARD", index=1, text="fib saddr . iif oif missing drop", target=DROP,
+             rpf=Neg(True, neg=True))])})
+    assert evaluate(t, "FORWARD", pkt(rpf=True)) == ACCEPT
+    assert evaluate(t, "FORWARD", pkt()) == KERNEL
+    exists = Table("filter", {"FORWARD": Chain("FORWARD", DROP, rules=[
+        Rule(chain="FORWARD", index=1, text="fib saddr . iif oif exists accept", target=ACCEPT, rpf=Neg(True))])})
+    assert evaluate(exists, "FORWARD", pkt(rpf=True)) == ACCEPT
+    assert evaluate(exists, "FORWARD", pkt()) == KERNEL

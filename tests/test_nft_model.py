@@ -302,7 +302,13 @@ def test_matches(ns: str) -> None:
     assert not one("th dport 53 accept", ns)[0].expressible  # which protocol's ports: any
     assert [x.proto for x in one("meta l4proto { tcp, udp } th dport 53 accept", ns)] == [Neg(6), Neg(17)]
     assert not one("meta pkttype host accept", ns)[0].expressible
-    assert not one("fib saddr . iif oif missing drop", ns)[0].expressible
+    # the reverse-path check; the mark matters to ip rules only (with any, the fast path does not know)
+    (r,) = one("fib saddr . iif oif missing drop", ns)
+    assert r.rpf == Neg(True, neg=True) and r.expressible and r.text == "fib saddr . iif oif missing drop"
+    assert one("fib saddr . mark . iif oif exists accept", ns)[0].rpf == Neg(True)
+    assert one("fib saddr . iif oif != missing accept", ns)[0].rpf == Neg(True)
+    assert not one("fib daddr . iif oif missing drop", ns)[0].expressible
+    assert not one('fib saddr . iif oifname "eth0" accept', ns)[0].expressible
 
 
 def test_anonymous_sets(ns: str) -> None:

@@ -33,8 +33,10 @@ FULL = "nft/router-wiki"  # every hook here; `auto` on the others
 #   (reject statement), the SYNs mangle_forward clamps (mangle statement), the
 #   rate-limited ICMPv6 accepts of forward_wan (limit statement); established
 #   flows are carried.
-# - firewalld: every IPv6 packet (filter_PREROUTING's IPv6 `fib` rpf check is
-#   no fast-path match) and the zones' rejects; established IPv4 is carried.
+# - firewalld: the zones' rejects, and IPv6 packets whose route back the fast
+#   path cannot prove leaves by their input device (filter_PREROUTING's
+#   `fib saddr . mark . iif oif missing drop`: spoofed sources); established
+#   flows of both families are carried.
 # - docker-29: new connections (its nat chains); filter-FORWARD's named
 #   verdict maps (`iifname vmap @filter-forward-out-jumps`) are compiled
 #   like anonymous ones, so established flows are carried.
@@ -44,8 +46,7 @@ KERNEL_RULES = {
     "nft/fw4": {(4, "inet fw4", "handle_reject", "reject statement"),
                 (6, "inet fw4", "mangle_forward", "mangle statement"),
                 (6, "inet fw4", "forward_wan", "limit statement")},
-    "nft/firewalld": {(6, "inet firewalld", "filter_PREROUTING", "fib match"),
-                      (4, "inet firewalld", "filter_FWD_public", "reject statement")},
+    "nft/firewalld": {(4, "inet firewalld", "filter_FWD_public", "reject statement")},
     "nft/docker-29": set(),
 }
 

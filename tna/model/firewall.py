@@ -59,6 +59,9 @@ class Packet:
     # (-m addrtype, inet_addr_type(); several where the fast path cannot
     # tell which), None where it cannot know (hooks.py)
     dst_types: frozenset[str] | None = None
+    # nft's `fib saddr . iif oif`: whether the route back to the source
+    # leaves by the input device, None where the fast path cannot know
+    rpf: bool | None = None
 
 
 def iface_matches(pattern: str, name: str | None) -> bool:
@@ -111,6 +114,12 @@ def _dst_type(m: Neg, types: frozenset[str] | None, could: bool) -> bool:
     return any(holds) if could else all(holds)
 
 
+def _rpf(m: Neg, via_iif: bool | None, could: bool) -> bool:
+    """`fib saddr . iif oif exists` (missing: neg) for a packet whose route
+    back does (via_iif) or does not leave by its input device."""
+    return could if via_iif is None else via_iif != m.neg
+
+
 def rule_matches(rule: Rule, pkt: Packet, could: bool = False, sets: Mapping[str, IpSet] | None = None) -> bool:
     """Whether the rule's expressible matches hold for pkt (the caller deals
     with what is not expressible); could: whether they may hold, for a
@@ -143,6 +152,7 @@ def rule_matches(rule: Rule, pkt: Packet, could: bool = False, sets: Mapping[str
         and _one(rule.mark, rule.mark is not None and pkt.mark & rule.mark.value[1] == rule.mark.value[0])  # type: ignore[index]
         and (not rule.uses_ct or _conntrack(rule, pkt, could))
         and (rule.dst_type is None or _dst_type(rule.dst_type, pkt.dst_types, could))
+        and (rule.rpf is None or _rpf(rule.rpf, pkt.rpf, could))
         and (not rule.sets or sets_hold(rule.sets, pkt, sets))
     )
 
@@ -290,7 +300,7 @@ def _set_shape(rule: Rule) -> tuple[str, tuple[str, ...]] | None:
         return None
     if rule.sets or any(getattr(rule, f) is not None for f in ("iif", "oif", "ports", "tcp_flags", "icmp_type",
                                                                 "fragment", "ctstate", "ctstatus", "ctdir", "mark",
-                                                                "dst_type")):
+                                                                "dst_type", "rpf")):
         return None
     fields = tuple(f for f in ("proto", "sport", "dport", "src", "dst") if getattr(rule, f) is not None)
     if any(getattr(rule, f).neg for f in fields):

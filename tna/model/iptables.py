@@ -79,6 +79,7 @@ class Rule:
     ctdir: str | None = None        # --ctdir: ORIGINAL or REPLY
     mark: Neg | None = None         # -m mark --mark: (value, mask)
     dst_type: Neg | None = None     # -m addrtype --dst-type: frozenset of ADDR_TYPES
+    rpf: Neg | None = None          # nft `fib saddr . iif oif exists` (True); neg: `... oif missing`
     comment: str | None = None
     sets: tuple[SetMatch, ...] = ()  # -m set --match-set, in order (tna/model/ipset.py)
     unsupported: tuple[str, ...] = ()  # matches, options or the target TNA cannot express

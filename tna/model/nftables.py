@@ -25,7 +25,6 @@ traffic are `foreign`: they cannot be modelled at all.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 
 from tna.model.ipset import IpSet, Member, SetMatch
@@ -36,7 +35,9 @@ from tna.model.nftables_text import (
     ICMP_TYPES,
     XT_STATEFUL,
     Unsupported,
+    field_name,
     flag_bits,
+    is_set_field,
     live_items,
     names,
     nets,
@@ -225,7 +226,7 @@ class _Ctx:
         """The alternatives a refined by match m (none: it cannot hold)."""
         op, left, right = m["op"], m["left"], m["right"]
         if op not in ("==", "!=", "in"):
-            raise Unsupported(f"{_name(left)} {op}")
+            raise Unsupported(f"{field_name(left)} {op}")
         if op == "in" and left in ({"payload": {"protocol": "tcp", "field": "flags"}}, {"ct": {"key": "status"}}):
             return self.any_bit(left, right, a)
         return self.key(left, right, op == "!=", a)
@@ -242,7 +243,7 @@ class _Ctx:
 
     def key(self, left: object, right: object, neg: bool, a: _Alt) -> list[_Alt]:
         """Alternatives of a for `left == right` (neg: `!=`)."""
-        if isinstance(right, dict) and "set" in right and not neg and not _is_set_field(left):
+        if isinstance(right, dict) and "set" in right and not neg and not is_set_field(left):
             # a positive anonymous set of scalars: one alternative per element
             out: list[_Alt] = []
             for elem in right["set"]:
@@ -261,11 +262,20 @@ class _Ctx:
         if isinstance(left, dict) and "&" in left:
             return self.masked(left["&"], right, neg, a)
         if isinstance(left, dict) and "fib" in left:
-            fib = left["fib"]
-            if fib.get("result") == "type" and fib.get("flags") == ["daddr"]:
-                types = names(right)
-                return _set(a, "dst_type", frozenset(t.upper() for t in types), neg)
-        raise Unsupported(f"{_name(left)} match")
+            return self.fib(left["fib"], right, neg, a)
+        raise Unsupported(f"{field_name(left)} match")
+
+    def fib(self, fib: dict, right: object, neg: bool, a: _Alt) -> list[_Alt]:
+        """`fib daddr type ...`, and the reverse-path check `fib saddr [. mark]
+        . iif oif exists|missing`: the mark matters to ip rules only, and
+        with any the fast path does not know the answer (firewall.c.j2)."""
+        flags, result = set(fib.get("flags", ())), fib.get("result")
+        if result == "type" and flags == {"daddr"}:
+            return _set(a, "dst_type", frozenset(t.upper() for t in names(right)), neg)
+        if result in ("oif", "oifname") and flags in ({"saddr", "iif"}, {"saddr", "mark", "iif"}) \
+                and isinstance(right, bool):
+            return _set(a, "rpf", True, neg == right)  # `missing` is `== false`
+        raise Unsupported("fib match")
 
     def payload(self, p: dict, right: object, neg: bool, a: _Alt) -> list[_Alt]:
         proto, fld = p.get("protocol"), p.get("field")
@@ -442,7 +452,7 @@ class _Ctx:
             if right & ~mask:  # `mark & 0x0f == 0x11` never holds (and its != always does)
                 return [a] if neg else []
             return _set(a, "mark", (right, mask), neg)
-        raise Unsupported(f"{_name(what)} & mask match")
+        raise Unsupported(f"{field_name(what)} & mask match")
 
     def vmap(self, v: dict, a_all: _Alt) -> list[_Alt]:
         data = v.get("data")
@@ -482,19 +492,3 @@ def _imply_proto(a: _Alt, num: int) -> None:
         a.fields["proto"] = Neg(num)
     elif cur != Neg(num):
         raise Unsupported(f"protocol {num} after {cur}")
-
-
-def _is_set_field(left: object) -> bool:
-    """Fields whose model value is itself a set (addresses, ports, ct state/status, fib type)."""
-    if isinstance(left, dict) and "payload" in left:
-        return left["payload"].get("field") in ("saddr", "daddr", "sport", "dport")
-    return isinstance(left, dict) and ("ct" in left or "fib" in left)
-
-
-def _name(left: object) -> str:
-    if isinstance(left, dict) and left:
-        (kind, body), = itertools.islice(left.items(), 1)
-        if isinstance(body, dict):
-            return " ".join(str(body[k]) for k in ("protocol", "field", "key") if k in body) or kind
-        return kind
-    return str(left)

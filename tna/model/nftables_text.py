@@ -6,6 +6,7 @@ as its JSON key)."""
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 
 from tna.model.iptables import CT_STATUS, TCP_FLAGS
@@ -88,6 +89,9 @@ def render_rule(r: dict) -> str:
 def _stmt(e: dict) -> str:
     (kind, body), = e.items()
     if kind == "match":
+        if "fib" in body["left"] and isinstance(body["right"], bool):  # nft's words for a result of 0 or not
+            op = "" if body["op"] == "==" else "!= "
+            return f"{expr(body['left'])} {op}{'exists' if body['right'] else 'missing'}"
         op = "" if body["op"] == "in" or (body["op"] == "==" and "&" not in body["left"]) else f"{body['op']} "
         return f"{expr(body['left'])} {op}{expr(body['right'])}"
     if kind in _VERDICTS:
@@ -164,3 +168,19 @@ def live_items(objs: list[dict]) -> list[dict]:
     dormant = {(t["family"], t["name"]) for o in objs if (t := o.get("table")) and "dormant" in (t.get("flags") or ())}
     return [o for o in objs
             if (item_obj(o).get("family"), item_obj(o).get("table", item_obj(o).get("name"))) not in dormant]
+
+
+def is_set_field(left: object) -> bool:
+    """Fields whose model value is itself a set (addresses, ports, ct state/status, fib type)."""
+    if isinstance(left, dict) and "payload" in left:
+        return left["payload"].get("field") in ("saddr", "daddr", "sport", "dport")
+    return isinstance(left, dict) and ("ct" in left or "fib" in left)
+
+
+def field_name(left: object) -> str:
+    if isinstance(left, dict) and left:
+        (kind, body), = itertools.islice(left.items(), 1)
+        if isinstance(body, dict):
+            return " ".join(str(body[k]) for k in ("protocol", "field", "key") if k in body) or kind
+        return kind
+    return str(left)

@@ -2,9 +2,11 @@
 
 The fast path reads routes through bpf_fib_lookup(); the daemon needs only
 two aggregates per family (the smallest route MTU metric, whether a
-multipath route exists) and a count.  So only the routes that can move a
-guard (an MTU metric, several next hops, a nexthop object) are kept, keyed
-by the identity the kernel replaces and deletes by; the rest are counted.
+multipath route exists), a count, and for IPv6 whether a prefix holds
+several routes of one metric.  So only the routes that can move a guard
+(an MTU metric, several next hops, a nexthop object) are kept, keyed by the
+identity the kernel replaces and deletes by; the rest are counted (IPv6's
+per prefix and metric, by hash).
 
 A dump streams in after the daemon has attached (a full table takes
 minutes to decode here): while a family's dump is under way its guards are
@@ -88,6 +90,14 @@ class RouteTable:
         # family -> hash of each route key its dump stated, kept while it loads: a
         # held event about a dumped route must not count it twice
         self._dumped: dict[int, set[int]] = {}
+        # IPv6 routes of the main and local tables by hash of (table, prefix,
+        # metric): the hash of the one route there (device, gateway, type),
+        # or the set of them where there are several (`ip -6 route append`,
+        # RAs of several routers), and how many keys have several: the
+        # kernel chooses among those by rules bpf_fib_lookup() does not
+        # repeat (firewall.c.j2 fw_rpf6())
+        self._variants6: dict[int, int | set[int]] = {}
+        self._shared6 = 0
 
     def __len__(self) -> int:
         return sum(self._count.values())
@@ -113,6 +123,9 @@ class RouteTable:
             for r in [r for r in self if r.family == f]:
                 self._forget(r.key, r)
             self._count[f] = 0
+            if f == AF_INET6:
+                self._variants6.clear()
+                self._shared6 = 0
             self._pending.setdefault(f, [])
             self._dumped[f] = set()
             return True
@@ -173,6 +186,14 @@ class RouteTable:
         return any(users[family] and ((nh := nexthops.get(nhid)) is None or len(nh.group) > 1)
                    for nhid, users in self._by_nh.items())
 
+    def shares_prefix6(self) -> bool:
+        """Whether an IPv6 prefix of the main or local table may have several
+        routes of one metric (not multipath: separate routes), which the
+        kernel's lookups choose among by the output device or by neighbour
+        state; link-local and multicast prefixes aside (one per device,
+        and never looked up for a forwarded packet's source)."""
+        return self.loading(AF_INET6) or self._shared6 > 0
+
     # --- bookkeeping ----------------------------------------------------------
 
     def _do(self, op: str, arg: object, family: int) -> bool:
@@ -184,15 +205,16 @@ class RouteTable:
 
     def _add(self, route: Route) -> bool:
         variants = self._notable.get(route.key)
+        shared = self._share(route, 1)
         if route.replace:
             if not variants:  # a boring route was replaced
-                return self._insert(route, count=False)
+                return self._insert(route, count=False) or shared
             self._forget(route.key, variants[0])  # the kernel replaces the key's first alias
             self._insert(route, count=False)
             return True
         if variants and route in variants:  # stated again (a dump record, a replayed event)
-            return False
-        return self._insert(route, count=True)
+            return shared
+        return self._insert(route, count=True) or shared
 
     def _insert(self, route: Route, count: bool) -> bool:
         if count:
@@ -205,11 +227,12 @@ class RouteTable:
 
     def _remove(self, route: Route) -> bool:
         self._count[route.family] = max(self._count[route.family] - 1, 0)
+        shared = self._share(route, -1)
         variants = self._notable.get(route.key)
         # a deletion states the whole route; one that matches no known variant
         # (one next hop of an IPv6 multipath route) keeps them: at worst a guard stays on
         if not variants or route not in variants:
-            return False
+            return shared
         self._forget(route.key, route)
         return True
 
@@ -217,8 +240,39 @@ class RouteTable:
         gone = [r for r in self if r.nhid == nhid and r.family == family]
         for r in gone:
             self._count[r.family] = max(self._count[r.family] - 1, 0)
+            self._share(r, -1)
             self._forget(r.key, r)
         return bool(gone)
+
+    def _share(self, route: Route, sign: int) -> bool:
+        """Route added (1; a replacement: the key's one route, or one more of
+        several) or deleted (-1) at its IPv6 key; True when the key starts
+        or stops holding several routes.  A route stated again is no other."""
+        if route.family != AF_INET6 or route.table not in (254, 255) or _per_device6(route):
+            return False
+        h = hash((route.table, route.dst, route.dst_len, route.priority))
+        v = hash((route.oif, route.gateway, route.type, route.multipath, route.nhid))
+        cur = self._variants6.get(h)
+        if sign > 0:
+            if cur is None or cur == v or (route.replace and isinstance(cur, int)):
+                self._variants6[h] = v
+                return False
+            if isinstance(cur, set):
+                cur.add(v)
+                return False
+            self._variants6[h] = {cur, v}
+            self._shared6 += 1
+            return True
+        if isinstance(cur, set):
+            cur.discard(v)
+            if len(cur) > 1:
+                return False
+            self._variants6[h] = cur.pop()
+            self._shared6 -= 1
+            return True
+        if cur == v:
+            del self._variants6[h]
+        return False
 
     def _forget(self, key: tuple, route: Route) -> None:
         variants = self._notable[key]
@@ -244,3 +298,11 @@ def _bump(counter: Counter, key: int, sign: int) -> None:
     counter[key] += sign
     if counter[key] <= 0:
         del counter[key]
+
+
+def _per_device6(route: Route) -> bool:
+    """A link-local (fe80::/10) or multicast (ff00::/8) prefix: every device
+    has its own."""
+    dst = route.dst.lower()
+    return (route.dst_len >= 10 and dst.startswith(("fe8", "fe9", "fea", "feb"))) or \
+        (route.dst_len >= 8 and dst.startswith("ff"))

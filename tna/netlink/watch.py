@@ -376,6 +376,8 @@ def read_sysctls() -> Sysctls:
         ct_timeout_unack=_read_int(f"{_NF}/nf_conntrack_tcp_timeout_unacknowledged", 300),
         ct_timeout_retrans=_read_int(f"{_NF}/nf_conntrack_tcp_timeout_max_retrans", 300),
         ct_timeout_udp_unreplied=_read_int(f"{_NF}/nf_conntrack_udp_timeout", 30),
+        ipv6_ignore_linkdown=any(_read_int(str(p)) for p in Path("/proc/sys/net/ipv6/conf").glob(
+            "*/ignore_routes_with_linkdown")),
     )
 
 

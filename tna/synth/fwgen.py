@@ -141,6 +141,13 @@ def _condition(rule: Rule, ifaces: tuple[str, ...], could: bool = False) -> str:
         held = _dst_types(rule.dst_type)
         terms.append(f"(!f->dst_types || (f->dst_types & {held}))" if could else
                      f"(f->dst_types && !(f->dst_types & ~{held}))")
+    if rule.rpf is not None:
+        # f->rpf: 1 when the route back leaves by the input device, 0 unknown
+        # (the fast path never knows that it does not: the kernel decides)
+        if rule.rpf.neg:
+            terms.append("!f->rpf" if could else "0")
+        elif not could:
+            terms.append("f->rpf")
     if rule.mark is not None:
         value, mask = rule.mark.value  # type: ignore[misc]
         add(rule.mark, f"(f->mark & 0x{mask:08x}U) == 0x{value:08x}U")
@@ -151,14 +158,17 @@ def _condition(rule: Rule, ifaces: tuple[str, ...], could: bool = False) -> str:
 
 
 def _maybe(rule: Rule, ifaces: tuple[str, ...]) -> str | None:
-    """When an expressible rule's conntrack or address type match holds
-    for some but not all of the packet's possible states or destination
-    types (its other matches holding): the kernel, which knows, decides."""
+    """When an expressible rule's conntrack, address type or reverse-path
+    match holds for some but not all of the packet's possible states,
+    destination types or routes back (its other matches holding): the
+    kernel, which knows, decides."""
     doubts = []
     if rule.uses_ct:
         doubts.append(f"(f->ct & ~{_ct_holds(rule)})")
     if rule.dst_type is not None:
         doubts.append(f"(!f->dst_types || (f->dst_types & ~{_dst_types(rule.dst_type)}))")
+    if rule.rpf is not None:
+        doubts.append("!f->rpf")
     if not doubts or not rule.expressible:
         return None
     return f"({_condition(rule, ifaces, could=True)}) && ({' || '.join(doubts)})"
@@ -356,6 +366,7 @@ def render_data(fw: Firewall | None) -> dict[str, Any] | None:
             "uses_ifaces": bool(fw.ifaces), "nodev_mask": fw.nodev_mask, "ipsets": setgen.render_data(fw.ipsets),
             "uses_addrtype": any(r.dst_type is not None for cs in (fw.fwd4, fw.fwd6, fw.in4, fw.in6)
                                  for c in cs or () for r in c.rules),
+            "uses_rpf6": any(r.rpf is not None for c in fw.fwd6 or () for r in c.rules),
             "ct4": fw.ct4, "ct6": fw.ct6, "nat4": fw.nat4, "nat6": fw.nat6, "ct_helpers": fw.ct_helpers}
 
 
