@@ -1,12 +1,13 @@
-"""nft's reverse-path check on the fast path (firewall.c.j2 fw_rpf6()):
-firewalld's `fib saddr . mark . iif oif missing drop` (filter_PREROUTING)
-no longer sends every IPv6 packet to the kernel. An IPv6 TCP transfer from
+"""nft's reverse-path check on the fast path (firewall.c.j2 fw_rpf()):
+firewalld's IPv6 `fib saddr . mark . iif oif missing drop`
+(filter_PREROUTING) and, for IPv4, the nftables wiki's `fib saddr . iif oif
+missing drop` no longer send every packet to the kernel. A TCP transfer from
 a container to the outside is carried while the route back to its source
 leaves by its input device; a source routed elsewhere (spoofed) is dropped
 by the kernel as with Linux alone; and where bpf_fib_lookup() could choose
-another route than the kernel's lookup (two routes for the source's prefix
-at one metric, any IPv6 ip rule) the packets go to the kernel, delivered
-the same."""
+another route than the kernel's lookup (two IPv6 routes for the source's
+prefix at one metric, an IPv4 multipath route, any ip rule) the packets go
+to the kernel, delivered the same."""
 
 from __future__ import annotations
 
@@ -24,9 +25,16 @@ pytestmark = pytest.mark.root
 
 PORT = 5301  # a TCP service of the outside that the containers may reach (the lab's outside refuses them)
 NBYTES = 4 << 20
-_SEND6 = """
+WIKI_RPF = """table ip rpf {
+    chain prerouting {
+        type filter hook prerouting priority filter; policy accept;
+        fib saddr . iif oif missing counter drop
+    }
+}
+"""
+_SEND = """
 import socket, sys
-with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+with socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM) as s:
     s.bind((sys.argv[1], 0))
     for i in range(5):
         s.sendto(b"spoofed", (sys.argv[2], int(sys.argv[3])))
@@ -37,6 +45,7 @@ with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
 def lab() -> Iterator[HostLab]:
     with HostLab(LAN) as lab:
         lab.load_ruleset("nft/firewalld")
+        lab.run(lab.host, ["nft", "-f", "-"], input=WIKI_RPF)
         lab.run(lab.out.ns, ["ip6tables", "-I", "INPUT", "-p", "tcp", "--dport", str(PORT), "-j", "ACCEPT"])
         yield lab
 
@@ -47,43 +56,47 @@ def tna(lab: HostLab) -> Iterator[Tna]:
         yield t
 
 
-def _transfer(lab: HostLab, tna: Tna) -> dict[str, int]:
-    """An IPv6 transfer c1 -> the outside, byte for byte; what it added to
-    each reason's count."""
+def _transfer(lab: HostLab, tna: Tna, family: int) -> dict[str, int]:
+    """A transfer c1 -> the outside (IPv4: masqueraded), byte for byte; what
+    it added to each reason's count."""
     before = tna.counters()
-    sent, received = tcp_transfer(lab, lab.c1.ns, lab.out.ns, lab.out.ip6, NBYTES, PORT)
+    dst = lab.out.ip6 if family == 6 else lab.out.ip4
+    sent, received = tcp_transfer(lab, lab.c1.ns, lab.out.ns, dst, NBYTES, PORT)
     assert sent == received
     after = tna.counters()
     return {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
 
 
 def _all_to_the_kernel(added: dict[str, int]) -> None:
-    """No IPv6 packet forwarded by the fast path (the firewall's FW_KERNEL,
-    or conntrack's window check, which an earlier pass put behind)."""
+    """No packet forwarded by the fast path (the firewall's FW_KERNEL, or
+    conntrack's window check, which an earlier pass put behind)."""
     assert added.get("FORWARDED", 0) == 0 and sum(added.values()) > 20, added
 
 
-def test_ipv6_is_carried_through_the_reverse_path_check(lab: HostLab, tna: Tna) -> None:
-    added = _transfer(lab, tna)
+@pytest.mark.parametrize("family", [4, 6])
+def test_carried_through_the_reverse_path_check(lab: HostLab, tna: Tna, family: int) -> None:
+    added = _transfer(lab, tna, family)
     assert added.get("FORWARDED", 0) > 20, added
     assert added.get("FW_KERNEL", 0) < added["FORWARDED"] / 10, added
 
 
-def test_a_spoofed_source_is_dropped_by_the_kernel(lab: HostLab, tna: Tna) -> None:
-    """The outside's address sent from a container: routed back via the
-    uplink, so firewalld drops it; with tna too, on the kernel path."""
-    spoofed = "2001:db8:f::50"
-    lab.run(lab.c1.ns, ["ip", "addr", "add", f"{spoofed}/128", "dev", "eth0", "nodad"])
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_spoofed_source_is_dropped_by_the_kernel(lab: HostLab, tna: Tna, family: int) -> None:
+    """An outside address sent from a container: routed back via the uplink,
+    so the check drops it; with tna too, on the kernel path."""
+    spoofed = "2001:db8:f::50/128" if family == 6 else "203.0.113.50/32"
+    dst = lab.out.ip6 if family == 6 else lab.out.ip4
+    lab.run(lab.c1.ns, ["ip", "addr", "add", spoofed, "dev", "eth0", *(["nodad"] if family == 6 else [])])
     sink = _server(lab, lab.out.ns, "udp-sink", str(CLOSED_PORT + 1), "2")
     try:
-        lab.run(lab.c1.ns, [sys.executable, "-c", _SEND6, spoofed, lab.out.ip6, str(CLOSED_PORT + 1)])
+        lab.run(lab.c1.ns, [sys.executable, "-c", _SEND, spoofed.split("/")[0], dst, str(CLOSED_PORT + 1)])
         text, _ = sink.communicate(timeout=30)
         assert int(text.split()[0]) == 0
     finally:
-        lab.run(lab.c1.ns, ["ip", "addr", "del", f"{spoofed}/128", "dev", "eth0"])
+        lab.run(lab.c1.ns, ["ip", "addr", "del", spoofed, "dev", "eth0"])
 
 
-def test_two_routes_at_the_source_prefix_send_it_to_the_kernel(lab: HostLab, tna: Tna) -> None:
+def test_two_ipv6_routes_at_the_source_prefix_send_it_to_the_kernel(lab: HostLab, tna: Tna) -> None:
     """A second route for the containers' prefix at the same metric (another
     device): the kernel's lookup takes the first, bpf_fib_lookup() may
     prefer the input device, so the fast path does not judge the check
@@ -91,17 +104,30 @@ def test_two_routes_at_the_source_prefix_send_it_to_the_kernel(lab: HostLab, tna
     extra = ["2001:db8:c::/64", "dev", lab.bridges[1], "metric", "256"]
     lab.run(lab.host, ["ip", "-6", "route", "append", *extra])
     try:
-        added = _transfer(lab, tna)
-        _all_to_the_kernel(added)
+        _all_to_the_kernel(_transfer(lab, tna, 6))
     finally:
         lab.run(lab.host, ["ip", "-6", "route", "del", *extra])
-    added = _transfer(lab, tna)
-    assert added.get("FORWARDED", 0) > 20, added
+    assert _transfer(lab, tna, 6).get("FORWARDED", 0) > 20
 
 
-def test_an_ipv6_rule_sends_it_to_the_kernel(lab: HostLab, tna: Tna) -> None:
-    """Any IPv6 ip rule (this one never matches): the kernel's lookup runs
-    the rules with the mark and lo as input device, bpf_fib_lookup() with
-    others.  The namespace keeps the flag for its life: this test is last."""
-    lab.run(lab.host, ["ip", "-6", "rule", "add", "from", "2001:db8:99::/64", "lookup", "100", "pref", "100"])
-    _all_to_the_kernel(_transfer(lab, tna))
+def test_an_ipv4_multipath_route_sends_it_to_the_kernel(lab: HostLab, tna: Tna) -> None:
+    """Any multipath route (this one no packet uses): the next hop the
+    kernel's check picks hashes another flow key than bpf_fib_lookup()'s."""
+    extra = ["10.9.0.0/24", "nexthop", "dev", "eth0", "nexthop", "dev", lab.bridges[1]]
+    lab.run(lab.host, ["ip", "route", "add", *extra])
+    try:
+        _all_to_the_kernel(_transfer(lab, tna, 4))
+    finally:
+        lab.run(lab.host, ["ip", "route", "del", "10.9.0.0/24"])
+    assert _transfer(lab, tna, 4).get("FORWARDED", 0) > 20
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_an_ip_rule_sends_it_to_the_kernel(lab: HostLab, tna: Tna, family: int) -> None:
+    """Any ip rule of the family (this one never matches): the kernel's
+    lookup runs the rules with the mark and lo as input device,
+    bpf_fib_lookup() with others.  The namespace keeps the flag for its
+    life: these tests are last."""
+    src = "2001:db8:99::/64" if family == 6 else "10.99.0.0/16"
+    lab.run(lab.host, ["ip", f"-{family}", "rule", "add", "from", src, "lookup", "100", "pref", "100"])
+    _all_to_the_kernel(_transfer(lab, tna, family))

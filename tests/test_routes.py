@@ -139,6 +139,10 @@ def test_held_events_do_not_count_a_dumped_route_twice() -> None:
     assert len(m.routes) == 2
 
 
+def doubt6(m: Model) -> bool:
+    return AF_INET6 in m.rpf_doubt()
+
+
 def test_ipv6_routes_sharing_a_prefix_and_metric_doubt_the_reverse_path_check() -> None:
     """`ip -6 route append` of a second device route (or RAs of two routers)
     puts two separate routes at one prefix and metric: the kernel's lookups
@@ -147,26 +151,29 @@ def test_ipv6_routes_sharing_a_prefix_and_metric_doubt_the_reverse_path_check() 
     metric, another table, link-local prefixes and a deletion are followed."""
     a, b = r6("2001:db8:5::", gateway=None, oif=2), r6("2001:db8:5::", gateway=None, oif=3)
     m = model(a, r6("2001:db8:6::"))
-    assert not m.rpf6_doubt()
+    assert not doubt6(m)
     assert not m.apply(a)  # stated again (a dump record): still one route
-    assert not m.apply(replace(a, priority=100)) and not m.rpf6_doubt()  # another metric: the lower wins in both
-    assert not m.apply(replace(a, table=100)) and not m.rpf6_doubt()  # another table: no rule reads it
+    assert not m.apply(replace(a, priority=100)) and not doubt6(m)  # another metric: the lower wins in both
+    assert not m.apply(replace(a, table=100)) and not doubt6(m)  # another table: no rule reads it
     for dev in (2, 3, 4):  # every device's fe80::/64
         m.apply(r6("fe80::", dst_len=64, gateway=None, oif=dev, priority=256))
-    assert not m.rpf6_doubt()
-    assert m.apply(b) and m.rpf6_doubt()
+    assert not doubt6(m)
+    assert m.apply(b) and doubt6(m)
     assert not m.apply(Removed(r6("2001:db8:5::", gateway=None, oif=9)))  # not one of them
-    assert m.rpf6_doubt()
-    assert m.apply(Removed(b)) and not m.rpf6_doubt()
-    assert m.apply(b) and m.apply(replace(a, oif=4, replace=True)) is not None and m.rpf6_doubt()
+    assert doubt6(m)
+    assert m.apply(Removed(b)) and not doubt6(m)
+    assert m.apply(b) and m.apply(replace(a, oif=4, replace=True)) is not None and doubt6(m)
     m.apply(RouteDump(AF_INET6, done=False))
-    assert m.rpf6_doubt()  # loading: unknown
+    assert doubt6(m)  # loading: unknown
     m.apply(Dumped(a))
     m.apply(RouteDump(AF_INET6, done=True))
-    assert not m.rpf6_doubt()
+    assert not doubt6(m)
 
 
 def test_the_reverse_path_check_is_doubted_with_multipath_a_vrf_or_ignored_linkdown_routes() -> None:
-    assert model(r6("2001:db8:1::", multipath=2)).rpf6_doubt()
-    assert Model(sysctls=replace(POLICY1, ipv6_ignore_linkdown=True)).rpf6_doubt()
-    assert not Model(sysctls=POLICY1).rpf6_doubt()
+    assert model(r6("2001:db8:1::", multipath=2)).rpf_doubt() == {AF_INET6}
+    assert model(r4("10.1.0.0", multipath=2)).rpf_doubt() == {AF_INET}
+    assert Model(sysctls=replace(POLICY1, ipv6_ignore_linkdown=True)).rpf_doubt() == {AF_INET6}
+    assert Model(sysctls=replace(POLICY1, ipv4_ignore_linkdown=True)).rpf_doubt() == {AF_INET}
+    assert model(r4("10.1.0.0"), r4("10.1.0.0", oif=3)).rpf_doubt() == set()  # IPv4: one fib_lookup() for both
+    assert Model(sysctls=POLICY1).rpf_doubt() == set()

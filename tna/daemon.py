@@ -454,7 +454,7 @@ class Daemon:
             if not release:
                 reason = reason or self.dp.lease.cfg.pass_reason
             self.dp.lease.set_guards(reason, m.multipath_policies(), (m.route_mtu(AF_INET), m.route_mtu(AF_INET6)),
-                                     (m.local_ipv4(), m.local_ipv6()), fw_families, m.sysctls, m.rpf6_doubt())
+                                     (m.local_ipv4(), m.local_ipv6()), fw_families, m.sysctls, m.rpf_doubt())
 
     def _safely(self, ifindex: int, action: Any) -> bool:
         """Run an attach/detach; on failure the interface ends on the kernel path."""

@@ -61,8 +61,8 @@ def _bridges(m: Model, p: Plan | None, fdb_map: tuple[Mapping[int, int], int]) -
 def _kernel_why(rule: Rule, family: int, chain: FwChain) -> list[str]:
     """Why the traffic the rule could match goes to the kernel, if always:
     its chain has no exact place in the kernel's order (hooks.py), what
-    TNA cannot apply, or a destination type or IPv4 route back it never
-    knows (fw_dst_types(), fw_rpf6() in firewall.c.j2)."""
+    TNA cannot apply, or a destination type it never knows
+    (fw_dst_types() in firewall.c.j2)."""
     if chain.kernel is not None:
         return [chain.kernel]
     if not rule.expressible:
@@ -71,8 +71,6 @@ def _kernel_why(rule: Rule, family: int, chain: FwChain) -> list[str]:
         return ["--dst-type in PREROUTING of a forwarded packet (a DNAT may follow)"]
     if rule.dst_type is not None and family == 6:
         return ["--dst-type of IPv6 (not known to the fast path)"]
-    if rule.rpf is not None and family == 4:
-        return ["fib saddr . iif of IPv4 (not known to the fast path)"]
     return []
 
 

@@ -141,12 +141,12 @@ class Lease:
 
     def set_guards(self, pass_reason: int, mp_policies: dict[int, int], route_mtu: tuple[int, int],
                    local: tuple[list[str], list[str]], fw_families: frozenset[int] = frozenset(),
-                   sysctls: Sysctls | None = None, rpf6_doubt: bool = True) -> None:
+                   sysctls: Sysctls | None = None, rpf_doubt: frozenset[int] = frozenset((AF_INET, AF_INET6))) -> None:
         """Global switches; pass_reason 0 ends a hold.  mp_policies:
         Model.multipath_policies(); local: the box's IPv4 and IPv6 addresses;
         fw_families: families whose bridged IP goes to the kernel; sysctls:
-        the conntrack behaviour the fast path repeats; rpf6_doubt:
-        Model.rpf6_doubt()."""
+        the conntrack behaviour the fast path repeats; rpf_doubt:
+        Model.rpf_doubt()."""
         local4, local6 = local
         packed4 = b"".join(socket.inet_aton(a) for a in local4[:abi.LOCAL4_MAX])
         packed6 = b"".join(socket.inet_pton(socket.AF_INET6, a) for a in local6[:abi.LOCAL6_MAX])
@@ -154,7 +154,7 @@ class Lease:
         def edit(c: abi.TnaConfig) -> None:
             c.pass_reason, c.route_mtu4, c.route_mtu6 = pass_reason, *route_mtu
             c.mp_guard = mp_guard_bits(mp_policies)
-            c.rpf6_doubt = int(rpf6_doubt)
+            c.rpf_doubt = family_bits(rpf_doubt, abi.TNA_FW_V4, abi.TNA_FW_V6)
             c.fw_families = family_bits(fw_families, abi.TNA_FW_V4, abi.TNA_FW_V6)
             (c.ct_flags, c.ct_timeout_tcp, c.ct_timeout_udp, c.ct_timeout_unack, c.ct_timeout_retrans,
              c.ct_max_retrans, c.ct_timeout_udp_unreplied) = ct_config(sysctls) if sysctls else (0,) * 7

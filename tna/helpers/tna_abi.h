@@ -165,8 +165,9 @@ struct tna_config {
 	                        a timeout into the deadline the kernel would store (0: unknown) */
 	__u32 ct_timeout_udp_unreplied; /* ms: nf_conntrack_udp_timeout (a UDP entry with no reply) */
 	__u32 pass_cache_jiffies; /* how long a flow the firewall passed skips its lookups (0: never) */
-	__u32 rpf6_doubt;    /* 1: IPv6 routes where bpf_fib_lookup() may choose another route than
-	                        nft's reverse-path check (firewall.c.j2 fw_rpf6()) */
+	__u32 rpf_doubt;     /* TNA_FW_V4/V6: the family's routes are such that bpf_fib_lookup()
+	                        may find another route back than nft's `fib saddr . iif`
+	                        (firewall.c.j2 fw_rpf()) */
 };
 #define TNA_CT_CSUM (1U << 0) /* nf_conntrack_checksum: bad L4 checksums are INVALID */
 #define TNA_CT_ACCT (1U << 1) /* nf_conntrack_acct: per-connection counters (kernel path only) */

@@ -175,8 +175,9 @@ class Sysctls:
     ct_timeout_unack: int = 300   # s, nf_conntrack_tcp_timeout_unacknowledged
     ct_timeout_retrans: int = 300  # s, nf_conntrack_tcp_timeout_max_retrans
     ct_timeout_udp_unreplied: int = 30  # s, nf_conntrack_udp_timeout: a UDP entry with no reply yet
-    # net.ipv6.conf.*.ignore_routes_with_linkdown on any device: IPv6 route
-    # lookups then differ in which routes they skip (firewall.c.j2 fw_rpf6())
+    # net.ipv{4,6}.conf.*.ignore_routes_with_linkdown on any device: route
+    # lookups then differ in which routes they skip (firewall.c.j2 fw_rpf())
+    ipv4_ignore_linkdown: bool = False
     ipv6_ignore_linkdown: bool = False
 
     @property
@@ -383,15 +384,19 @@ class Model:
                                                       (AF_INET6, self.sysctls.ipv6_mp_hash_policy))
                 if self.routes.has_multipath(family, self.nexthops)}
 
-    def rpf6_doubt(self) -> bool:
-        """Whether bpf_fib_lookup() may find another route back to an IPv6
-        source than nft's `fib saddr . iif oif` (nft_fib6_eval()), apart from
-        the ip rules the datapath checks itself: with multipath or several
-        routes for one prefix and metric they choose differently, a VRF
-        (l3mdev) changes the lookup's device, and the sysctl that skips
-        routes over a link that is down is honoured by one only."""
-        return (self.routes.has_multipath(AF_INET6, self.nexthops) or self.routes.shares_prefix6()
-                or any(link.kind == "vrf" for link in self.links.values()) or self.sysctls.ipv6_ignore_linkdown)
+    def rpf_doubt(self) -> frozenset[int]:
+        """The families in which bpf_fib_lookup() may find another route back
+        to a source than nft's `fib saddr . iif oif` (nft_fib4_eval(),
+        nft_fib6_eval()), apart from the ip rules the datapath checks
+        itself: with multipath (and, in IPv6, several routes for one prefix
+        and metric) they may choose differently, a VRF (l3mdev) changes the
+        lookup's device, and the sysctl that skips routes over a link that is
+        down is honoured by bpf's lookup only."""
+        vrf = any(link.kind == "vrf" for link in self.links.values())
+        return frozenset(f for f, linkdown, shared in (
+            (AF_INET, self.sysctls.ipv4_ignore_linkdown, False),
+            (AF_INET6, self.sysctls.ipv6_ignore_linkdown, self.routes.shares_prefix6()))
+            if vrf or linkdown or shared or self.routes.has_multipath(f, self.nexthops))
 
     def route_mtu(self, family: int) -> int:
         """Smallest route MTU metric in family, 0 if no route sets one (while

@@ -95,7 +95,7 @@ class RouteTable:
         # or the set of them where there are several (`ip -6 route append`,
         # RAs of several routers), and how many keys have several: the
         # kernel chooses among those by rules bpf_fib_lookup() does not
-        # repeat (firewall.c.j2 fw_rpf6())
+        # repeat (firewall.c.j2 fw_rpf())
         self._variants6: dict[int, int | set[int]] = {}
         self._shared6 = 0
 

@@ -355,6 +355,11 @@ def read_rp_filter(names: dict[int, str]) -> dict[int, int]:
     return {i: max(base, _read_int(f"/proc/sys/net/ipv4/conf/{name}/rp_filter")) for i, name in names.items()}
 
 
+def _any_conf(family: str, name: str) -> bool:
+    """Whether net.<family>.conf.<any device, all, default>.<name> is set."""
+    return any(_read_int(str(p)) for p in Path(f"/proc/sys/net/{family}/conf").glob(f"*/{name}"))
+
+
 def read_sysctls() -> Sysctls:
     """Forwarding switches of the namespace this process is in (/proc/sys/net is per netns)."""
     return Sysctls(
@@ -376,8 +381,8 @@ def read_sysctls() -> Sysctls:
         ct_timeout_unack=_read_int(f"{_NF}/nf_conntrack_tcp_timeout_unacknowledged", 300),
         ct_timeout_retrans=_read_int(f"{_NF}/nf_conntrack_tcp_timeout_max_retrans", 300),
         ct_timeout_udp_unreplied=_read_int(f"{_NF}/nf_conntrack_udp_timeout", 30),
-        ipv6_ignore_linkdown=any(_read_int(str(p)) for p in Path("/proc/sys/net/ipv6/conf").glob(
-            "*/ignore_routes_with_linkdown")),
+        ipv4_ignore_linkdown=_any_conf("ipv4", "ignore_routes_with_linkdown"),
+        ipv6_ignore_linkdown=_any_conf("ipv6", "ignore_routes_with_linkdown"),
     )
 
 

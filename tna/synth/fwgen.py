@@ -366,6 +366,7 @@ def render_data(fw: Firewall | None) -> dict[str, Any] | None:
             "uses_ifaces": bool(fw.ifaces), "nodev_mask": fw.nodev_mask, "ipsets": setgen.render_data(fw.ipsets),
             "uses_addrtype": any(r.dst_type is not None for cs in (fw.fwd4, fw.fwd6, fw.in4, fw.in6)
                                  for c in cs or () for r in c.rules),
+            "uses_rpf4": any(r.rpf is not None for c in fw.fwd4 or () for r in c.rules),
             "uses_rpf6": any(r.rpf is not None for c in fw.fwd6 or () for r in c.rules),
             "ct4": fw.ct4, "ct6": fw.ct6, "nat4": fw.nat4, "nat6": fw.nat6, "ct_helpers": fw.ct_helpers}
 
