@@ -176,4 +176,7 @@ def test_the_reverse_path_check_is_doubted_with_multipath_a_vrf_or_ignored_linkd
     assert Model(sysctls=replace(POLICY1, ipv6_ignore_linkdown=True)).rpf_doubt() == {AF_INET6}
     assert Model(sysctls=replace(POLICY1, ipv4_ignore_linkdown=True)).rpf_doubt() == {AF_INET}
     assert model(r4("10.1.0.0"), r4("10.1.0.0", oif=3)).rpf_doubt() == set()  # IPv4: one fib_lookup() for both
+    m = model(r4("10.1.0.0", tos=0x10))
+    assert m.rpf_doubt() == {AF_INET}
+    assert m.apply(Removed(r4("10.1.0.0", tos=0x10))) and m.rpf_doubt() == set()
     assert Model(sysctls=POLICY1).rpf_doubt() == set()

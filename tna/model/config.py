@@ -390,13 +390,15 @@ class Model:
         nft_fib6_eval()), apart from the ip rules the datapath checks
         itself: with multipath (and, in IPv6, several routes for one prefix
         and metric) they may choose differently, a VRF (l3mdev) changes the
-        lookup's device, and the sysctl that skips routes over a link that is
-        down is honoured by bpf's lookup only."""
+        lookup's device, the sysctl that skips routes over a link that is
+        down is honoured by bpf's lookup only, and IPv4 routes by TOS match
+        the packet's with another mask in each (or, in the datapath, with
+        none: it passes no TOS)."""
         vrf = any(link.kind == "vrf" for link in self.links.values())
-        return frozenset(f for f, linkdown, shared in (
-            (AF_INET, self.sysctls.ipv4_ignore_linkdown, False),
+        return frozenset(f for f, linkdown, other in (
+            (AF_INET, self.sysctls.ipv4_ignore_linkdown, self.routes.has_tos(AF_INET)),
             (AF_INET6, self.sysctls.ipv6_ignore_linkdown, self.routes.shares_prefix6()))
-            if vrf or linkdown or shared or self.routes.has_multipath(f, self.nexthops))
+            if vrf or linkdown or other or self.routes.has_multipath(f, self.nexthops))
 
     def route_mtu(self, family: int) -> int:
         """Smallest route MTU metric in family, 0 if no route sets one (while

@@ -2,9 +2,10 @@
 
 The fast path reads routes through bpf_fib_lookup(); the daemon needs only
 two aggregates per family (the smallest route MTU metric, whether a
-multipath route exists), a count, and for IPv6 whether a prefix holds
-several routes of one metric.  So only the routes that can move a guard
-(an MTU metric, several next hops, a nexthop object) are kept, keyed by the
+multipath route exists), a count, whether a route is selected by TOS, and
+for IPv6 whether a prefix holds several routes of one metric.  So only the
+routes that can move a guard (an MTU metric, several next hops, a nexthop
+object, a TOS) are kept, keyed by the
 identity the kernel replaces and deletes by; the rest are counted (IPv6's
 per prefix and metric, by hash).
 
@@ -57,7 +58,7 @@ class Route:
     @property
     def notable(self) -> bool:
         """Whether the route can move a guard."""
-        return bool(self.mtu or self.multipath > 1 or self.nhid)
+        return bool(self.mtu or self.multipath > 1 or self.nhid or self.tos)
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class RouteTable:
         self._count: Counter[int] = Counter()
         self._mtus: dict[int, Counter[int]] = {f: Counter() for f in FAMILIES}
         self._multipath: Counter[int] = Counter()   # family -> routes with several next hops
+        self._by_tos: Counter[int] = Counter()      # family -> routes selected by TOS
         self._by_nh: dict[int, Counter[int]] = {}    # nhid -> family -> routes using it
         self._pending: dict[int, list[tuple[str, object]]] = {}  # family -> events held during its dump
         # family -> hash of each route key its dump stated, kept while it loads: a
@@ -185,6 +187,11 @@ class RouteTable:
             return True
         return any(users[family] and ((nh := nexthops.get(nhid)) is None or len(nh.group) > 1)
                    for nhid, users in self._by_nh.items())
+
+    def has_tos(self, family: int) -> bool:
+        """Whether some route of family is selected by TOS (IPv4's `ip route
+        add ... tos`), or may be while the family's routes load."""
+        return self.loading(family) or self._by_tos[family] > 0
 
     def shares_prefix6(self) -> bool:
         """Whether an IPv6 prefix of the main or local table may have several
@@ -287,6 +294,8 @@ class RouteTable:
             _bump(self._mtus[route.family], route.mtu, sign)
         if route.multipath > 1:
             _bump(self._multipath, route.family, sign)
+        if route.tos:
+            _bump(self._by_tos, route.family, sign)
         if route.nhid:
             users = self._by_nh.setdefault(route.nhid, Counter())
             _bump(users, route.family, sign)
