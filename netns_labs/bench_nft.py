@@ -22,6 +22,9 @@ hand-written reference forwarder (the ceiling: it has no firewall).
   ones and 10.x.y.0/24 prefixes no packet uses.
 - router+set: the same with --elements elements in `blocked` (default
   10,000: flat means >= 0.9x the 10-element speed).
+- router+rpf: router with the nftables wiki's reverse-path filter first in
+  its prerouting chain (RPF_RULE: a second FIB lookup per frame, the
+  source's, in Linux and in tna alike).
 
 Before each, `tna run` is checked once to compile the rules in (a firewall
 module on r-h1, not disabled). Then (unless --no-react) the reaction, in a
@@ -58,17 +61,25 @@ from netns_labs.bench import FRAME_DPORT, FRAME_SPORT, GEN_CPU, Scenario, bench_
 from netns_labs.lab import Lab, RouterLab, in_netns, py, wait_for
 from netns_labs.tna_proc import Tna
 
-SCENARIOS = ("debian-stock", "router", "router+set")
+SCENARIOS = ("debian-stock", "router", "router+set", "router+rpf")
+# the nftables wiki's reverse-path filter, first in the router's prerouting chain
+RPF_RULE = "fib saddr . iif oif missing drop"
 NFT = Lab.repo / "tests" / "data" / "rulesets" / "nft"
 WAN, LAN = "r-h1", "r-h2"
 DOC_BLOCKED = "203.0.113.64/26, 198.51.100.200-198.51.100.250"  # router-wiki.nft's own elements
 SETTLE = 60.0  # s: tna compiling the rules in on a busy machine
 
 
-def router_ruleset(elements: int) -> str:
+def router_ruleset(elements: int, rpf: bool = False) -> str:
     """router-wiki.nft's filter table for the router lab, `blocked` holding
-    `elements` elements (its two and unused 10/8 prefixes)."""
+    `elements` elements (its two and unused 10/8 prefixes); rpf: RPF_RULE
+    first in its prerouting chain."""
     text = (NFT / "router-wiki.nft").read_text().split("table inet nat", 1)[0]
+    first = "\t\tiifname $DEV_WAN ip saddr @blocked"
+    if rpf and first not in text:
+        raise SystemExit(f"router-wiki.nft changed: no {first.strip()!r} to put {RPF_RULE!r} before")
+    if rpf:
+        text = text.replace(first, f"\t\t{RPF_RULE}\n{first}", 1)
     extra = "".join(f", 10.{i >> 8}.{i & 255}.0/24" for i in range(max(0, elements - 2)))
     for old, new in (('"br-lan"', f'"{LAN}"'), ('"eth0"', f'"{WAN}"'), ('"br-guest"', '"r-guest"'),
                      (f"elements = {{ {DOC_BLOCKED} }}", f"elements = {{ {DOC_BLOCKED}{extra} }}")):
@@ -105,10 +116,10 @@ def compiled_in(r: RouterLab, firewall: bool) -> None:
         tna.close()
 
 
-def open_router(elements: int) -> Iterator[Scenario]:
+def open_router(elements: int, rpf: bool = False) -> Iterator[Scenario]:
     with RouterLab() as r:
         if elements:
-            r.run(r.r, ["nft", "-f", "-"], input=router_ruleset(elements))
+            r.run(r.r, ["nft", "-f", "-"], input=router_ruleset(elements, rpf))
             reply_flow(r)
         else:
             r.run(r.r, ["nft", "-f", str(NFT / "debian-stock.nft")])
@@ -121,7 +132,8 @@ def scenarios(elements: int) -> Callable[[str], AbstractContextManager[Scenario]
     """bench_pps's open_scenario for SCENARIOS; router+set holds `elements` elements."""
     @contextmanager
     def open_scenario(name: str) -> Iterator[Scenario]:
-        yield from open_router({"debian-stock": 0, "router": 10, "router+set": elements}[name])
+        yield from open_router({"debian-stock": 0, "router": 10, "router+set": elements, "router+rpf": 10}[name],
+                               rpf=name == "router+rpf")
     return open_scenario
 
 

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from netns_labs.bench_nft import DOC_BLOCKED, LAN, WAN, router_ruleset, undo
+from netns_labs.bench_nft import DOC_BLOCKED, LAN, RPF_RULE, WAN, router_ruleset, undo
 
 
 @pytest.mark.parametrize("elements", [10, 10_000])
@@ -22,10 +22,17 @@ def test_router_ruleset_has_the_elements_and_the_lab_interfaces(elements: int) -
     assert f'DEV_WAN = "{WAN}"' in text and f'DEV_LAN = "{LAN}"' in text and "table inet nat" not in text
 
 
+def test_router_rpf_puts_the_reverse_path_filter_first_in_prerouting() -> None:
+    pre = router_ruleset(10, rpf=True).split("chain prerouting {", 1)[1]
+    assert pre.split("\n")[2].strip() == RPF_RULE and RPF_RULE not in router_ruleset(10)
+
+
 @pytest.mark.root
-def test_nft_accepts_the_router_ruleset() -> None:
+@pytest.mark.parametrize("rpf", [False, True])
+def test_nft_accepts_the_router_ruleset(rpf: bool) -> None:
     # check mode in a namespace of its own: parsed and validated by the kernel, nothing committed
-    subprocess.run(["unshare", "-n", "nft", "-c", "-f", "-"], input=router_ruleset(10_000), text=True, check=True)
+    subprocess.run(["unshare", "-n", "nft", "-c", "-f", "-"], input=router_ruleset(10_000, rpf), text=True,
+                   check=True)
 
 
 def test_undo_of_an_inserted_rule_uses_its_handle() -> None:
