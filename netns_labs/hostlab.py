@@ -51,6 +51,7 @@ class HostLab(Lab):
             on_failure.pop_all()
 
     def _build(self) -> None:
+        self._gateways: list[tuple[str, str, str, str]] = []
         self.host = self.add_ns("host")
         br0, br1 = self.bridges
         for name, cidr4, cidr6 in ((br0, "192.0.2.1/25", "2001:db8:c::1/64"),
@@ -62,6 +63,11 @@ class HostLab(Lab):
         self.c1 = self.container("c1", br0, "192.0.2.2", "2001:db8:c::2", "192.0.2.1", "2001:db8:c::1")
         self.c2 = self.container("c2", br0, "192.0.2.3", "2001:db8:c::3", "192.0.2.1", "2001:db8:c::1")
         self.c3 = self.container("c3", br1, "192.0.2.130", "2001:db8:d::130", "192.0.2.129", "2001:db8:d::1")
+        # a bridge takes its lowest port's MAC: a container that joined
+        # before another would send to a port's MAC (the kernel takes it too)
+        for ns, bridge, gw4, gw6 in self._gateways:
+            for gw in (gw4, gw6):
+                self.neigh(ns, "eth0", gw, self.mac(self.host, bridge))
         out = self.add_ns("out")
         self.veth(self.host, "eth0", out, "out0")
         self.addr(self.host, "eth0", f"{UPLINK4}/24")
@@ -101,9 +107,7 @@ class HostLab(Lab):
         mac = self.mac(ns, "eth0")
         self.neigh(self.host, bridge, ip4, mac)
         self.neigh(self.host, bridge, ip6, mac)
-        gw_mac = self.mac(self.host, bridge)
-        self.neigh(ns, "eth0", gw4, gw_mac)
-        self.neigh(ns, "eth0", gw6, gw_mac)
+        self._gateways.append((ns, bridge, gw4, gw6))  # their MAC: once every port has joined (_build)
         return Host(ns, "eth0", ip4, ip6, mac)
 
     @property

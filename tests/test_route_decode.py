@@ -1,7 +1,7 @@
 """The route decoder (tna/netlink/routemsg.py) states what pyroute2's
 messages do: on recorded kernel messages, and on messages pyroute2 encodes
 from drawn routes (both families, metrics, multipath, nexthop objects,
-tables above 255, replace flags)."""
+tables above 255, replace flags, source prefixes, expiries)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ def _same(raw: bytes) -> int:
         fm = fast.pop(0)
         assert isinstance(fm, FactMsg) and fm["header"]["type"] == kind
         assert fm.fact == (want if kind == RTM_NEWROUTE else Removed(want))
-        assert (fm.fact.replace if kind == RTM_NEWROUTE else fm.fact.fact.replace) == want.replace
+        got = fm.fact if kind == RTM_NEWROUTE else fm.fact.fact
+        assert (got.replace, got.expires) == (want.replace, want.expires)  # not compared by ==
         routes += 1
     assert fast == []
     return routes
@@ -69,6 +70,7 @@ def route_message(draw: st.DrawFn) -> bytes:
     addr = V4 if family == 2 else V6
     msg = rtmsg()
     msg["family"], msg["dst_len"] = family, draw(st.integers(0, 32 if family == 2 else 128))
+    msg["src_len"] = draw(st.sampled_from([0, 0, 64]))
     msg["tos"], msg["type"] = draw(st.sampled_from([0, 0x10])), draw(st.sampled_from([1, 2, 6, 7]))
     table = draw(st.sampled_from([254, 255, 1000, 0]))
     msg["table"] = min(table, 252) if table > 255 else table  # RT_TABLE_COMPAT for the rest
@@ -94,6 +96,10 @@ def route_message(draw: st.DrawFn) -> bytes:
                                         for oif, gw in hops]))
     if draw(st.booleans()):
         attrs.append(("RTA_NH_ID", draw(st.integers(1, 2**32 - 1))))
+    if draw(st.booleans()):  # expires: 0 (a permanent route) or the jiffies left
+        attrs.append(("RTA_CACHEINFO", {"rta_clntref": 0, "rta_lastuse": 0, "rta_error": 0, "rta_used": 0,
+                                        "rta_id": 0, "rta_ts": 0, "rta_tsage": 0,
+                                        "rta_expires": draw(st.sampled_from([0, 29977]))}))
     msg["attrs"] = draw(st.permutations(attrs))
     msg.encode()
     return msg.data

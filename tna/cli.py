@@ -124,6 +124,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if st.get("routes_loading"):
         print(f"routes still loading ({', '.join(st['routes_loading'])}): their route MTU and multipath "
               "guards are conservative until then")
+    rpf = {r["family"] for r in st.get("firewall_rules", ()) if "fib saddr" in r["text"]}
+    if doubted := [f for f in st.get("rpf_doubt", ()) if int(f[-1]) in rpf]:
+        print(f"`fib saddr . iif` checks of {', '.join(doubted)} on the kernel path: routes the fast path's "
+              "lookup could choose otherwise (multipath, shared prefixes, expiry, TOS, source prefixes, VRF, "
+              "ignore_routes_with_linkdown; docs/datapath.md)")
     if st["disabled"]:
         print(f"FAST PATH DISABLED: {st['disabled']}")
     if st.get("firewall"):

@@ -134,6 +134,9 @@ def describe(m: Model, p: Plan | None, attached: Mapping[int, Running], *, pid: 
         # says which packets go to the kernel under which policy)
         "multipath": {n: policy for f, n in ((AF_INET, "ipv4"), (AF_INET6, "ipv6"))
                       if (policy := m.multipath_policies().get(f)) is not None},
+        # families whose routes could make bpf_fib_lookup() and nft's `fib
+        # saddr . iif` disagree: that check goes to the kernel there
+        "rpf_doubt": [n for f, n in ((AF_INET, "ipv4"), (AF_INET6, "ipv6")) if f in m.rpf_doubt()],
         "firewall_rules": _rules_json(m.firewall),
         "firewall": _firewall(m.firewall, m.ipsets, ipset_stale or {}),
         "neighbours": len(m.neighs),

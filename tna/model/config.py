@@ -391,13 +391,14 @@ class Model:
         itself: with multipath (and, in IPv6, several routes for one prefix
         and metric) they may choose differently, a VRF (l3mdev) changes the
         lookup's device, the sysctl that skips routes over a link that is
-        down is honoured by bpf's lookup only, and IPv4 routes by TOS match
-        the packet's with another mask in each (or, in the datapath, with
-        none: it passes no TOS)."""
+        down is honoured by bpf's lookup only, and some routes are looked up
+        otherwise by each (RouteTable.has_unlike(): a TOS, a source prefix,
+        an expiry)."""
         vrf = any(link.kind == "vrf" for link in self.links.values())
         return frozenset(f for f, linkdown, other in (
-            (AF_INET, self.sysctls.ipv4_ignore_linkdown, self.routes.has_tos(AF_INET)),
-            (AF_INET6, self.sysctls.ipv6_ignore_linkdown, self.routes.shares_prefix6()))
+            (AF_INET, self.sysctls.ipv4_ignore_linkdown, self.routes.has_unlike(AF_INET)),
+            (AF_INET6, self.sysctls.ipv6_ignore_linkdown,
+             self.routes.shares_prefix6() or self.routes.has_unlike(AF_INET6)))
             if vrf or linkdown or other or self.routes.has_multipath(f, self.nexthops))
 
     def route_mtu(self, family: int) -> int:

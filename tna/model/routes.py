@@ -46,6 +46,9 @@ class Route:
     nhid: int = 0       # the nexthop object it uses (RTA_NH_ID), 0 if none
     tos: int = 0
     priority: int = 0   # RTA_PRIORITY (IPv6: the metric)
+    src_len: int = 0    # IPv6: a source prefix (`from`): the route is in a subtree of dst
+    # IPv6: the route expires (RTA_CACHEINFO rta_expires, e.g. learnt from an RA)
+    expires: bool = field(default=False, compare=False)
     # a notification that replaced the route of the same identity (NLM_F_REPLACE)
     replace: bool = field(default=False, compare=False)
 
@@ -58,7 +61,7 @@ class Route:
     @property
     def notable(self) -> bool:
         """Whether the route can move a guard."""
-        return bool(self.mtu or self.multipath > 1 or self.nhid or self.tos)
+        return bool(self.mtu or self.multipath > 1 or self.nhid or self.tos or self.src_len or self.expires)
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,7 @@ class RouteTable:
         self._count: Counter[int] = Counter()
         self._mtus: dict[int, Counter[int]] = {f: Counter() for f in FAMILIES}
         self._multipath: Counter[int] = Counter()   # family -> routes with several next hops
-        self._by_tos: Counter[int] = Counter()      # family -> routes selected by TOS
+        self._unlike: Counter[int] = Counter()      # family -> routes with a TOS, a source prefix, an expiry
         self._by_nh: dict[int, Counter[int]] = {}    # nhid -> family -> routes using it
         self._pending: dict[int, list[tuple[str, object]]] = {}  # family -> events held during its dump
         # family -> hash of each route key its dump stated, kept while it loads: a
@@ -137,10 +140,19 @@ class RouteTable:
                 # the dump may have read a route before or after a held event
                 # about it: the events, in order, have the last word
                 h = hash(arg.key)
+                if op == "add" and f == AF_INET6 and not arg.replace:
+                    # an IPv6 key holds several routes (append, RAs): only this
+                    # very route, dumped, was counted already
+                    if hash(arg) in seen:
+                        continue
+                    seen.add(h)
+                    self._do(op, arg, f)
+                    continue
                 if op == "del":
                     if h not in seen:
                         continue  # never counted
                     seen.discard(h)
+                    seen.discard(hash(arg))  # added again later: counted again
                 else:
                     if (h in seen) != arg.replace:
                         arg = with_(arg, replace=h in seen)  # counted already / not yet
@@ -150,7 +162,10 @@ class RouteTable:
 
     def dumped(self, route: Route) -> bool:
         """A route of the dump: applied at once (the guards stay conservative)."""
-        self._dumped.setdefault(route.family, set()).add(hash(route.key))
+        seen = self._dumped.setdefault(route.family, set())
+        seen.add(hash(route.key))
+        if route.family == AF_INET6:
+            seen.add(hash(route))  # the route itself: its key may hold several (dump())
         return self._add(route) and not self.loading(route.family)
 
     def event(self, route: Route, present: bool) -> bool:
@@ -188,17 +203,22 @@ class RouteTable:
         return any(users[family] and ((nh := nexthops.get(nhid)) is None or len(nh.group) > 1)
                    for nhid, users in self._by_nh.items())
 
-    def has_tos(self, family: int) -> bool:
-        """Whether some route of family is selected by TOS (IPv4's `ip route
-        add ... tos`), or may be while the family's routes load."""
-        return self.loading(family) or self._by_tos[family] > 0
+    def has_unlike(self, family: int) -> bool:
+        """Whether some route of family (or, while its routes load, maybe)
+        makes nft's reverse-path lookup and bpf_fib_lookup() disagree: a TOS
+        (IPv4: the two mask the packet's differently), a source prefix (an
+        IPv6 subtree: not counted per prefix here), an expiry (IPv6: bpf's
+        lookup skips an expired route, the kernel's takes it until the
+        garbage collector removes it)."""
+        return self.loading(family) or self._unlike[family] > 0
 
     def shares_prefix6(self) -> bool:
         """Whether an IPv6 prefix of the main or local table may have several
-        routes of one metric (not multipath: separate routes), which the
-        kernel's lookups choose among by the output device or by neighbour
-        state; link-local and multicast prefixes aside (one per device,
-        and never looked up for a forwarded packet's source)."""
+        routes of one metric (not multipath: separate routes), among which
+        nft's lookup takes the first and bpf_fib_lookup()'s prefers the input
+        device (and the router preference); link-local and multicast
+        prefixes aside (one per device, and never looked up for a forwarded
+        packet's source)."""
         return self.loading(AF_INET6) or self._shared6 > 0
 
     # --- bookkeeping ----------------------------------------------------------
@@ -258,7 +278,7 @@ class RouteTable:
         if route.family != AF_INET6 or route.table not in (254, 255) or _per_device6(route):
             return False
         h = hash((route.table, route.dst, route.dst_len, route.priority))
-        v = hash((route.oif, route.gateway, route.type, route.multipath, route.nhid))
+        v = hash((route.oif, route.gateway, route.type, route.multipath, route.nhid, route.src_len))
         cur = self._variants6.get(h)
         if sign > 0:
             if cur is None or cur == v or (route.replace and isinstance(cur, int)):
@@ -283,10 +303,10 @@ class RouteTable:
 
     def _forget(self, key: tuple, route: Route) -> None:
         variants = self._notable[key]
-        variants.remove(route)
+        stored = variants.pop(variants.index(route))  # as added: an equal deletion may not state its expiry
         if not variants:
             del self._notable[key]
-        self._account(route, -1)
+        self._account(stored, -1)
 
     def _account(self, route: Route, sign: int) -> None:
         """Add (sign 1) or remove (-1) route's share of the aggregates."""
@@ -294,8 +314,8 @@ class RouteTable:
             _bump(self._mtus[route.family], route.mtu, sign)
         if route.multipath > 1:
             _bump(self._multipath, route.family, sign)
-        if route.tos:
-            _bump(self._by_tos, route.family, sign)
+        if route.tos or route.src_len or route.expires:
+            _bump(self._unlike, route.family, sign)
         if route.nhid:
             users = self._by_nh.setdefault(route.nhid, Counter())
             _bump(users, route.family, sign)

@@ -173,7 +173,7 @@ def addr_from_msg(msg: NlMsg) -> Addr:
 
 
 _ROUTE_ATTRS = frozenset(("RTA_TABLE", "RTA_DST", "RTA_OIF", "RTA_GATEWAY", "RTA_MULTIPATH",
-                          "RTA_METRICS", "RTA_NH_ID", "RTA_PRIORITY"))
+                          "RTA_METRICS", "RTA_NH_ID", "RTA_PRIORITY", "RTA_CACHEINFO"))
 
 
 def route_from_msg(msg: NlMsg) -> Route | None:
@@ -205,6 +205,8 @@ def route_from_msg(msg: NlMsg) -> Route | None:
         nhid=nhid,
         tos=msg["tos"],
         priority=get("RTA_PRIORITY") or 0,
+        src_len=msg["src_len"],
+        expires=bool((get("RTA_CACHEINFO") or {}).get("rta_expires")),
         replace=bool(msg["header"].get("flags", 0) & NLM_F_REPLACE),
     )
 
