@@ -63,8 +63,9 @@ class HostLab(Lab):
         self.c1 = self.container("c1", br0, "192.0.2.2", "2001:db8:c::2", "192.0.2.1", "2001:db8:c::1")
         self.c2 = self.container("c2", br0, "192.0.2.3", "2001:db8:c::3", "192.0.2.1", "2001:db8:c::1")
         self.c3 = self.container("c3", br1, "192.0.2.130", "2001:db8:d::130", "192.0.2.129", "2001:db8:d::1")
-        # a bridge takes its lowest port's MAC: a container that joined
-        # before another would send to a port's MAC (the kernel takes it too)
+        # a bridge without a MAC of its own takes its numerically lowest
+        # port's: a container that joined before another would send to a
+        # port's MAC (the kernel takes it too, the fast path leaves it to it)
         for ns, bridge, gw4, gw6 in self._gateways:
             for gw in (gw4, gw6):
                 self.neigh(ns, "eth0", gw, self.mac(self.host, bridge))

@@ -1,7 +1,7 @@
 """The route decoder (tna/netlink/routemsg.py) states what pyroute2's
 messages do: on recorded kernel messages, and on messages pyroute2 encodes
 from drawn routes (both families, metrics, multipath, nexthop objects,
-tables above 255, replace flags, source prefixes, expiries)."""
+tables above 255, replace and append flags, source prefixes, expiries, RA routes)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from tna.model.config import Removed
-from tna.netlink.decode import NLM_F_REPLACE, RTM_DELROUTE, RTM_NEWROUTE, route_from_msg
+from tna.netlink.decode import NLM_F_APPEND, NLM_F_REPLACE, RTM_DELROUTE, RTM_NEWROUTE, route_from_msg
 from tna.netlink.factmsg import FactMsg
 from tna.netlink.nexthop import Marshal
 from tna.netlink.routemsg import decode_routes_fast
@@ -45,7 +45,7 @@ def _same(raw: bytes) -> int:
         assert isinstance(fm, FactMsg) and fm["header"]["type"] == kind
         assert fm.fact == (want if kind == RTM_NEWROUTE else Removed(want))
         got = fm.fact if kind == RTM_NEWROUTE else fm.fact.fact
-        assert (got.replace, got.expires) == (want.replace, want.expires)  # not compared by ==
+        assert (got.replace, got.append, got.expires) == (want.replace, want.append, want.expires)  # not by ==
         routes += 1
     assert fast == []
     return routes
@@ -71,11 +71,12 @@ def route_message(draw: st.DrawFn) -> bytes:
     msg = rtmsg()
     msg["family"], msg["dst_len"] = family, draw(st.integers(0, 32 if family == 2 else 128))
     msg["src_len"] = draw(st.sampled_from([0, 0, 64]))
+    msg["proto"] = draw(st.sampled_from([2, 3, 9]))  # kernel, boot, ra
     msg["tos"], msg["type"] = draw(st.sampled_from([0, 0x10])), draw(st.sampled_from([1, 2, 6, 7]))
     table = draw(st.sampled_from([254, 255, 1000, 0]))
     msg["table"] = min(table, 252) if table > 255 else table  # RT_TABLE_COMPAT for the rest
     msg["header"]["type"] = draw(st.sampled_from([RTM_NEWROUTE, RTM_DELROUTE]))
-    msg["header"]["flags"] = draw(st.sampled_from([0, NLM_F_REPLACE]))
+    msg["header"]["flags"] = draw(st.sampled_from([0, NLM_F_REPLACE, NLM_F_APPEND]))
     attrs: list[tuple[str, Any]] = []
     if table:
         attrs.append(("RTA_TABLE", table))
@@ -85,6 +86,8 @@ def route_message(draw: st.DrawFn) -> bytes:
         attrs.append(("RTA_OIF", draw(st.integers(1, 2**31 - 1))))
     if draw(st.booleans()):
         attrs.append(("RTA_GATEWAY", draw(addr)))
+    if draw(st.booleans()):
+        attrs.append(("RTA_SRC", draw(addr)))
     if draw(st.booleans()):
         attrs.append(("RTA_PRIORITY", draw(st.integers(0, 2**32 - 1))))
     if draw(st.booleans()):

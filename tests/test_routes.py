@@ -175,6 +175,7 @@ def test_the_reverse_path_check_is_doubted_with_multipath_a_vrf_or_ignored_linkd
     assert model(r4("10.1.0.0", multipath=2)).rpf_doubt() == {AF_INET}
     assert Model(sysctls=replace(POLICY1, ipv6_ignore_linkdown=True)).rpf_doubt() == {AF_INET6}
     assert Model(sysctls=replace(POLICY1, ipv4_ignore_linkdown=True)).rpf_doubt() == {AF_INET}
+    assert Model(sysctls=replace(POLICY1, ipv6_accept_ra=True)).rpf_doubt() == {AF_INET6}
     assert model(r4("10.1.0.0"), r4("10.1.0.0", oif=3)).rpf_doubt() == set()  # IPv4: one fib_lookup() for both
     m = model(r4("10.1.0.0", tos=0x10))
     assert m.rpf_doubt() == {AF_INET}
@@ -204,3 +205,16 @@ def test_ipv6_routes_with_a_source_prefix_or_an_expiry_doubt_the_check() -> None
     assert doubt6(m)
     assert m.apply(Removed(r6("2001:db8:7::"))) and not doubt6(m)  # the deletion need not say it expired
     assert doubt6(model(r6("2001:db8:8::", src_len=64)))
+    # two source-specific routes that differ in their source prefix only: both are kept
+    s1, s2 = r6("::", dst_len=0, src_len=56, src="2001:db8:a::"), r6("::", dst_len=0, src_len=56, src="2001:db8:b::")
+    m = model(s1, s2)
+    assert m.apply(Removed(s1)) is not None and doubt6(m)
+    assert m.apply(Removed(s2)) and not doubt6(m)
+
+
+def test_an_ipv4_append_held_during_the_dump_is_a_second_route() -> None:
+    a, b = r4("10.1.0.0", tos=0x10), r4("10.1.0.0", tos=0x10, gateway="192.0.2.3", append=True)
+    m = model(RouteDump(AF_INET, done=False), Dumped(a), b)
+    m.apply(RouteDump(AF_INET, done=True))
+    m.apply(Removed(b))
+    assert m.rpf_doubt() == {AF_INET} and m.routes.count(AF_INET) == 1  # a is still there

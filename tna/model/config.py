@@ -179,6 +179,10 @@ class Sysctls:
     # lookups then differ in which routes they skip (firewall.c.j2 fw_rpf())
     ipv4_ignore_linkdown: bool = False
     ipv6_ignore_linkdown: bool = False
+    # some device takes router advertisements (accept_ra 2, or 1 where it does
+    # not forward): one may give a route an expiry without a notification
+    # (addrconf_prefix_rcv() on an address's prefix route)
+    ipv6_accept_ra: bool = False
 
     @property
     def forwarding(self) -> bool:
@@ -393,12 +397,13 @@ class Model:
         lookup's device, the sysctl that skips routes over a link that is
         down is honoured by bpf's lookup only, and some routes are looked up
         otherwise by each (RouteTable.has_unlike(): a TOS, a source prefix,
-        an expiry)."""
+        an expiry; and where router advertisements are taken, an expiry may
+        come unannounced)."""
         vrf = any(link.kind == "vrf" for link in self.links.values())
         return frozenset(f for f, linkdown, other in (
             (AF_INET, self.sysctls.ipv4_ignore_linkdown, self.routes.has_unlike(AF_INET)),
             (AF_INET6, self.sysctls.ipv6_ignore_linkdown,
-             self.routes.shares_prefix6() or self.routes.has_unlike(AF_INET6)))
+             self.routes.shares_prefix6() or self.routes.has_unlike(AF_INET6) or self.sysctls.ipv6_accept_ra))
             if vrf or linkdown or other or self.routes.has_multipath(f, self.nexthops))
 
     def route_mtu(self, family: int) -> int:

@@ -2,12 +2,13 @@
 
 The fast path reads routes through bpf_fib_lookup(); the daemon needs only
 two aggregates per family (the smallest route MTU metric, whether a
-multipath route exists), a count, whether a route is selected by TOS, and
-for IPv6 whether a prefix holds several routes of one metric.  So only the
-routes that can move a guard (an MTU metric, several next hops, a nexthop
-object, a TOS) are kept, keyed by the
-identity the kernel replaces and deletes by; the rest are counted (IPv6's
-per prefix and metric, by hash).
+multipath route exists), a count, whether a route makes nft's reverse-path
+lookup differ (a TOS, a source prefix, an expiry), and for IPv6 whether a
+prefix holds several routes of one metric.  So only the routes that can
+move a guard (an MTU metric, several next hops, a nexthop object, a TOS, a
+source prefix, an expiry) are kept, keyed by the identity the kernel
+replaces and deletes by; the rest are counted (IPv6's per prefix and
+metric, by hash).
 
 A dump streams in after the daemon has attached (a full table takes
 minutes to decode here): while a family's dump is under way its guards are
@@ -47,10 +48,14 @@ class Route:
     tos: int = 0
     priority: int = 0   # RTA_PRIORITY (IPv6: the metric)
     src_len: int = 0    # IPv6: a source prefix (`from`): the route is in a subtree of dst
-    # IPv6: the route expires (RTA_CACHEINFO rta_expires, e.g. learnt from an RA)
+    src: str | None = None  # RTA_SRC: that prefix
+    # IPv6: the route expires (RTA_CACHEINFO rta_expires) or may start to
+    # without a notification (learnt from an RA: rt6_route_rcv() sets it)
     expires: bool = field(default=False, compare=False)
     # a notification that replaced the route of the same identity (NLM_F_REPLACE)
     replace: bool = field(default=False, compare=False)
+    # a notification of a route added beside those of its identity (NLM_F_APPEND)
+    append: bool = field(default=False, compare=False)
 
     @property
     def key(self) -> tuple[int, int, str, int, int, int]:
@@ -140,9 +145,9 @@ class RouteTable:
                 # the dump may have read a route before or after a held event
                 # about it: the events, in order, have the last word
                 h = hash(arg.key)
-                if op == "add" and f == AF_INET6 and not arg.replace:
-                    # an IPv6 key holds several routes (append, RAs): only this
-                    # very route, dumped, was counted already
+                if op == "add" and (f == AF_INET6 or arg.append) and not arg.replace:
+                    # a key may hold several routes (IPv6, `ip route append`): only
+                    # this very route, dumped, was counted already
                     if hash(arg) in seen:
                         continue
                     seen.add(h)
@@ -164,8 +169,7 @@ class RouteTable:
         """A route of the dump: applied at once (the guards stay conservative)."""
         seen = self._dumped.setdefault(route.family, set())
         seen.add(hash(route.key))
-        if route.family == AF_INET6:
-            seen.add(hash(route))  # the route itself: its key may hold several (dump())
+        seen.add(hash(route))  # the route itself: its key may hold several (dump())
         return self._add(route) and not self.loading(route.family)
 
     def event(self, route: Route, present: bool) -> bool:
@@ -206,10 +210,10 @@ class RouteTable:
     def has_unlike(self, family: int) -> bool:
         """Whether some route of family (or, while its routes load, maybe)
         makes nft's reverse-path lookup and bpf_fib_lookup() disagree: a TOS
-        (IPv4: the two mask the packet's differently), a source prefix (an
-        IPv6 subtree: not counted per prefix here), an expiry (IPv6: bpf's
-        lookup skips an expired route, the kernel's takes it until the
-        garbage collector removes it)."""
+        (the datapath's lookup passes none), a source prefix (an IPv6
+        subtree: not counted per prefix here), an expiry (IPv6: bpf's lookup
+        skips an expired route, the kernel's takes it until the garbage
+        collector removes it)."""
         return self.loading(family) or self._unlike[family] > 0
 
     def shares_prefix6(self) -> bool:

@@ -47,6 +47,8 @@ RTM_NEWROUTE, RTM_DELROUTE = 24, 25
 RTM_NEWNEXTHOP, RTM_DELNEXTHOP = 104, 105
 
 NLM_F_REPLACE = 0x100   # a notification: the route replaced the one of the same identity
+NLM_F_APPEND = 0x800    # a notification: the route was added beside those of its identity
+RTPROT_RA = 9           # a route learnt from a router advertisement
 
 
 class NlMsg(Protocol):
@@ -172,7 +174,7 @@ def addr_from_msg(msg: NlMsg) -> Addr:
     return Addr(msg["index"], msg["family"], msg.get("IFA_ADDRESS") or "", msg["prefixlen"])
 
 
-_ROUTE_ATTRS = frozenset(("RTA_TABLE", "RTA_DST", "RTA_OIF", "RTA_GATEWAY", "RTA_MULTIPATH",
+_ROUTE_ATTRS = frozenset(("RTA_TABLE", "RTA_DST", "RTA_SRC", "RTA_OIF", "RTA_GATEWAY", "RTA_MULTIPATH",
                           "RTA_METRICS", "RTA_NH_ID", "RTA_PRIORITY", "RTA_CACHEINFO"))
 
 
@@ -206,8 +208,10 @@ def route_from_msg(msg: NlMsg) -> Route | None:
         tos=msg["tos"],
         priority=get("RTA_PRIORITY") or 0,
         src_len=msg["src_len"],
-        expires=bool((get("RTA_CACHEINFO") or {}).get("rta_expires")),
+        src=get("RTA_SRC"),
+        expires=msg["proto"] == RTPROT_RA or bool((get("RTA_CACHEINFO") or {}).get("rta_expires")),
         replace=bool(msg["header"].get("flags", 0) & NLM_F_REPLACE),
+        append=bool(msg["header"].get("flags", 0) & NLM_F_APPEND),
     )
 
 

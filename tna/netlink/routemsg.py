@@ -17,11 +17,11 @@ import struct
 from typing import Any
 
 from tna.model.routes import AF_INET, AF_INET6, Route
-from tna.netlink.decode import NLM_F_REPLACE, RTM_DELROUTE, RTM_NEWROUTE
+from tna.netlink.decode import NLM_F_APPEND, NLM_F_REPLACE, RTM_DELROUTE, RTM_NEWROUTE, RTPROT_RA
 from tna.netlink.factmsg import decode_into_facts
 
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_METRICS, RTA_MULTIPATH, RTA_CACHEINFO, RTA_TABLE, RTA_NH_ID = \
-    1, 4, 5, 6, 8, 9, 12, 15, 30
+RTA_DST, RTA_SRC, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_METRICS, RTA_MULTIPATH, RTA_CACHEINFO, RTA_TABLE, \
+    RTA_NH_ID = 1, 2, 4, 5, 6, 8, 9, 12, 15, 30
 RTA_EXPIRES_AT = 8  # struct rta_cacheinfo: rta_clntref, rta_lastuse, then rta_expires
 RTAX_MTU = 2
 NLA_TYPE_MASK = 0x3FFF
@@ -71,7 +71,7 @@ def _hops(data: bytes, span: tuple[int, int]) -> int:
 def route_from_bytes(data: bytes, offset: int, length: int) -> Route | None:
     """decode.route_from_msg() of the raw route message at offset."""
     _len, _kind, flags, _seq, _pid = _HDR.unpack_from(data, offset)
-    family, dst_len, src_len, tos, table, _proto, _scope, rtype, _rtm_flags = \
+    family, dst_len, src_len, tos, table, proto, _scope, rtype, _rtm_flags = \
         _RTMSG.unpack_from(data, offset + _HDR.size)
     if family not in (AF_INET, AF_INET6):
         return None
@@ -83,8 +83,8 @@ def route_from_bytes(data: bytes, offset: int, length: int) -> Route | None:
         mtu = _u32(data, _attrs(data, metrics[0], metrics[1]).get(RTAX_MTU)) or 0
     multipath = a.get(RTA_MULTIPATH)
     cache = a.get(RTA_CACHEINFO)
-    expires = cache is not None and cache[1] - cache[0] >= RTA_EXPIRES_AT + 4 and \
-        _U32.unpack_from(data, cache[0] + RTA_EXPIRES_AT)[0] != 0
+    expires = proto == RTPROT_RA or (cache is not None and cache[1] - cache[0] >= RTA_EXPIRES_AT + 4
+                                     and _U32.unpack_from(data, cache[0] + RTA_EXPIRES_AT)[0] != 0)
     return Route(
         family=family,
         table=_u32(data, a.get(RTA_TABLE)) or table,
@@ -99,8 +99,10 @@ def route_from_bytes(data: bytes, offset: int, length: int) -> Route | None:
         tos=tos,
         priority=_u32(data, a.get(RTA_PRIORITY)) or 0,
         src_len=src_len,
+        src=_addr(family, data, a.get(RTA_SRC)),
         expires=expires,
         replace=bool(flags & NLM_F_REPLACE),
+        append=bool(flags & NLM_F_APPEND),
     )
 
 

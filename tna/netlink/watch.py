@@ -360,6 +360,18 @@ def _any_conf(family: str, name: str) -> bool:
     return any(_read_int(str(p)) for p in Path(f"/proc/sys/net/{family}/conf").glob(f"*/{name}"))
 
 
+def _accepts_ra() -> bool:
+    """Whether some device takes router advertisements: accept_ra 2, or 1
+    while it does not forward (ipv6_accept_ra())."""
+    for conf in Path("/proc/sys/net/ipv6/conf").glob("*"):
+        if conf.name in ("all", "default", "lo"):
+            continue
+        ra = _read_int(str(conf / "accept_ra"))
+        if ra == 2 or (ra == 1 and not _read_int(str(conf / "forwarding"))):
+            return True
+    return False
+
+
 def read_sysctls() -> Sysctls:
     """Forwarding switches of the namespace this process is in (/proc/sys/net is per netns)."""
     return Sysctls(
@@ -383,6 +395,7 @@ def read_sysctls() -> Sysctls:
         ct_timeout_udp_unreplied=_read_int(f"{_NF}/nf_conntrack_udp_timeout", 30),
         ipv4_ignore_linkdown=_any_conf("ipv4", "ignore_routes_with_linkdown"),
         ipv6_ignore_linkdown=_any_conf("ipv6", "ignore_routes_with_linkdown"),
+        ipv6_accept_ra=_accepts_ra(),
     )
 
 
