@@ -169,7 +169,11 @@ class RouteTable:
         """A route of the dump: applied at once (the guards stay conservative)."""
         seen = self._dumped.setdefault(route.family, set())
         seen.add(hash(route.key))
-        seen.add(hash(route))  # the route itself: its key may hold several (dump())
+        if route.family == AF_INET6:
+            # the route itself: an IPv6 key often holds several (dump()); an
+            # IPv4 append held meanwhile is taken for a second route, which at
+            # worst keeps a guard on (a million IPv4 hashes more would not be)
+            seen.add(hash(route))
         return self._add(route) and not self.loading(route.family)
 
     def event(self, route: Route, present: bool) -> bool:
