@@ -392,19 +392,22 @@ class Model:
         """The families in which bpf_fib_lookup() may find another route back
         to a source than nft's `fib saddr . iif oif` (nft_fib4_eval(),
         nft_fib6_eval()), apart from the ip rules the datapath checks
-        itself: with multipath (and, in IPv6, several routes for one prefix
-        and metric) they may choose differently, a VRF (l3mdev) changes the
-        lookup's device, the sysctl that skips routes over a link that is
-        down is honoured by bpf's lookup only, and some routes are looked up
-        otherwise by each (RouteTable.has_unlike(): a TOS, a source prefix,
-        an expiry; and where router advertisements are taken, an expiry may
-        come unannounced)."""
+        itself: in IPv6 a multipath route or several routes for one prefix
+        and metric (nft's lookup takes the first route, or hashes the next hop
+        otherwise; IPv4's check accepts any next hop of the route, and the
+        one bpf's lookup picks is one of them), a VRF (l3mdev) changes the
+        lookup's device, the sysctl that skips routes over a link without
+        carrier is honoured by bpf's lookup only, and some routes are looked
+        up otherwise by each (RouteTable.has_unlike(): a TOS, a source
+        prefix, an expiry; and where router advertisements are taken, an
+        expiry may come unannounced)."""
         vrf = any(link.kind == "vrf" for link in self.links.values())
         return frozenset(f for f, linkdown, other in (
             (AF_INET, self.sysctls.ipv4_ignore_linkdown, self.routes.has_unlike(AF_INET)),
             (AF_INET6, self.sysctls.ipv6_ignore_linkdown,
-             self.routes.shares_prefix6() or self.routes.has_unlike(AF_INET6) or self.sysctls.ipv6_accept_ra))
-            if vrf or linkdown or other or self.routes.has_multipath(f, self.nexthops))
+             self.routes.shares_prefix6() or self.routes.has_unlike(AF_INET6) or self.sysctls.ipv6_accept_ra
+             or self.routes.has_multipath(AF_INET6, self.nexthops)))
+            if vrf or linkdown or other)
 
     def route_mtu(self, family: int) -> int:
         """Smallest route MTU metric in family, 0 if no route sets one (while
