@@ -159,6 +159,33 @@ def test_learned_source_is_handed_to_the_kernel_once_per_interval(br: BridgeHarn
     assert br.run(frame)[:2] == ("REDIRECT", "FORWARDED")
 
 
+def test_a_moved_source_takes_its_entry_out_of_the_map_until_the_daemon_writes_the_new_port(
+        br: BridgeHarness, blab: BridgeLab) -> None:
+    """h2's MAC arrives at b-h1: the kernel, learning from b-h1, moves h2's
+    entry there as it takes the frame; until the daemon hears of it, a frame
+    to h2 must not go to b-h2.  The program drops the entry from tna_fdb
+    (frames to h2 then go to the kernel) unless the kernel will not move it:
+    a port that does not learn, a sticky entry, the bridge's own address."""
+    moved = bytes(Ether(src=blab.h2.mac, dst=blab.h3.mac) / IP(src=blab.h2.ip4, dst=blab.h3.ip4) / UDP())
+    to_h2 = bytes(v4(blab))
+    br.port("b-h1", FWD | ROUTER)  # not learning
+    assert br.run(moved)[:2] == ("PASS", "BR_LEARN")
+    assert br.fdb_entry(blab.h2.mac) is not None and br.run(to_h2)[:2] == ("REDIRECT", "FORWARDED")
+    br.port("b-h1", FWD | ROUTER | abi.PORT_FLAGS["LEARNING"])
+    br.fdb(blab.h2.mac, "b-h2", flags=abi.FDB_DYNAMIC | abi.FDB_STICKY, refreshed=br.now())
+    assert br.run(moved)[:2] == ("PASS", "BR_LEARN")
+    assert br.fdb_entry(blab.h2.mac) is not None  # sticky: the kernel keeps it on b-h2
+    br.fdb(blab.h2.mac, "b-h2", flags=abi.FDB_DYNAMIC, refreshed=br.now())
+    assert br.run(moved)[:2] == ("PASS", "BR_LEARN")
+    assert br.fdb_entry(blab.h2.mac) is None
+    assert br.run(to_h2)[:2] == ("PASS", "BR_UNKNOWN_DST")  # the kernel, which knows the new port
+    br.fdb(blab.h2.mac, "b-h2", flags=0)  # a static entry: the kernel moves it too (not sticky)
+    assert br.run(moved)[:2] == ("PASS", "BR_LEARN") and br.fdb_entry(blab.h2.mac) is None
+    bridge_mac = blab.mac(blab.b, "br0")
+    assert br.run(bytes(Ether(src=bridge_mac, dst=blab.h3.mac) / IP() / UDP()))[:2] == ("PASS", "BR_LEARN")
+    assert br.fdb_entry(bridge_mac) is not None  # the bridge's own: never moved
+
+
 def test_missing_or_reassigned_port_entry(br: BridgeHarness, blab: BridgeLab) -> None:
     br.unport("b-h2")
     assert br.run(bytes(v4(blab)))[:2] == ("PASS", "BR_PORT_UNKNOWN")

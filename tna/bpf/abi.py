@@ -138,11 +138,12 @@ class TnaEgress(Structure):
 
 PORT_FLAGS = {name: _int(f"TNA_PORT_{name}") for name in (
     "FORWARDING", "ISOLATED", "HAIRPIN", "LOCKED", "NEIGH_SUPPRESS", "NF_IP4", "NF_IP6", "NF_VLAN",
-    "NF_PPPOE", "ROUTER")}
+    "NF_PPPOE", "ROUTER", "LEARNING")}
 PORTS_SIZE = _int("TNA_PORTS_SIZE")
 FDB_SIZE = _int("TNA_FDB_SIZE")  # the smallest tna_fdb: the daemon sizes it from the kernel's FDB
 FDB_LOCAL = _int("TNA_FDB_LOCAL")
 FDB_DYNAMIC = _int("TNA_FDB_DYNAMIC")
+FDB_STICKY = _int("TNA_FDB_STICKY")
 
 
 class TnaPort(Structure):

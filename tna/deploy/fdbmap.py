@@ -45,7 +45,8 @@ def fdb_key(k: FdbKey) -> bytes:
 
 
 def fdb_value(e: FdbEntry, slot: int) -> bytes:
-    flags = (abi.FDB_LOCAL if e.local else 0) | (abi.FDB_DYNAMIC if e.dynamic else 0)
+    flags = (abi.FDB_LOCAL if e.local else 0) | (abi.FDB_DYNAMIC if e.dynamic else 0) | \
+        (abi.FDB_STICKY if e.sticky else 0)
     return VALUE.pack(e.port, slot, flags, 0)
 
 

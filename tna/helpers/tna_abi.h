@@ -259,6 +259,7 @@ struct tna_egress {
 #define TNA_PORT_NF_VLAN    (1U << 7) /* br_netfilter also takes VLAN-tagged IP (filter-vlan-tagged) */
 #define TNA_PORT_NF_PPPOE   (1U << 8) /* ... and PPPoE-tagged IP (filter-pppoe-tagged) */
 #define TNA_PORT_ROUTER     (1U << 9) /* the bridge routes: frames to br.mac go to the router */
+#define TNA_PORT_LEARNING   (1U << 10) /* the kernel learns (and moves) sources from this port */
 struct tna_port {
 	__u32 ifindex;       /* the port this slot holds now (0: free) */
 	__u32 flags;         /* TNA_PORT_* */
@@ -278,6 +279,7 @@ struct tna_fdb_key {
 };
 #define TNA_FDB_LOCAL   (1U << 0) /* the bridge's own address: delivered up, never forwarded */
 #define TNA_FDB_DYNAMIC (1U << 1) /* learned: ages unless traffic through the kernel renews it */
+#define TNA_FDB_STICKY  (1U << 2) /* the kernel never moves it to another port */
 struct tna_fdb {
 	__u32 port;          /* egress port ifindex */
 	__u16 port_slot;     /* its slot in tna_ports (0: not an accelerated port) */

@@ -72,6 +72,7 @@ class FdbEntry:
     port: int
     local: bool      # the bridge's own address (permanent, or on the bridge device)
     dynamic: bool    # learned: ages out unless frames through the kernel renew it
+    sticky: bool = False  # NTF_STICKY: the kernel never moves it to another port
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from tna.netlink.factmsg import FactMsg
 from tna.netlink.fdb import (
     NTF_EXT_LEARNED,
     NTF_EXT_LOCKED,
+    NTF_STICKY,
     NUD_NOARP,
     NUD_PERMANENT,
     RTM_DELNEIGH,
@@ -230,7 +231,8 @@ def fdb_from_msg(msg: NlMsg) -> FdbEntry | None:
     state = msg["state"]
     local = bool(state & NUD_PERMANENT) or port == bridge
     dynamic = not local and not state & NUD_NOARP and not msg["flags"] & NTF_EXT_LEARNED
-    return FdbEntry(bridge, msg.get("NDA_VLAN") or 0, mac.lower(), port, local, dynamic)
+    return FdbEntry(bridge, msg.get("NDA_VLAN") or 0, mac.lower(), port, local, dynamic,
+                    bool(msg["flags"] & NTF_STICKY))
 
 
 def neigh_from_msg(msg: NlMsg) -> Neigh | None:

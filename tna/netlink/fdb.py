@@ -28,6 +28,7 @@ NDA_LLADDR, NDA_VLAN, NDA_MASTER, NDA_FLAGS_EXT = 2, 5, 9, 15
 NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
 NTF_EXT_LEARNED = 0x10
+NTF_STICKY = 0x40
 NTF_EXT_LOCKED = 0x1   # NDA_FLAGS_EXT: an entry a locked port holds back (MAB)
 
 _HDR = struct.Struct("=IHHII")        # nlmsghdr: length, type, flags, seq, pid
@@ -59,7 +60,7 @@ def fdb_from_bytes(data: bytes, offset: int, length: int) -> FdbEntry | None:
         return None
     local = bool(state & NUD_PERMANENT) or port == bridge
     dynamic = not local and not state & NUD_NOARP and not flags & NTF_EXT_LEARNED
-    return FdbEntry(bridge, vid, mac, port, local, dynamic)
+    return FdbEntry(bridge, vid, mac, port, local, dynamic, bool(flags & NTF_STICKY))
 
 
 def decode_fdb_fast(marshal: Any) -> None:

@@ -182,7 +182,7 @@ def port_plan(link: Link, bridge: Link, model: Model) -> PortPlan:
     bits = {
         "FORWARDING": p.state == BR_STATE_FORWARDING and link.up and bool(link.flags & IFF_LOWER_UP)
         and bridge.up,
-        "ISOLATED": p.isolated, "HAIRPIN": p.hairpin, "LOCKED": p.locked or p.mab,
+        "ISOLATED": p.isolated, "HAIRPIN": p.hairpin, "LOCKED": p.locked or p.mab, "LEARNING": p.learning,
         "NEIGH_SUPPRESS": p.neigh_suppress,
         "NF_IP4": sc.br_nf_iptables or br.nf_call_iptables,
         "NF_IP6": sc.br_nf_ip6tables or br.nf_call_ip6tables,
