@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from tna.model.config import AF_INET, AF_INET6, Model, Nexthop, Removed, Sysctls
 from tna.model.routes import UNKNOWN_MTU, Dumped, Route, RouteDump
+from tna.netlink.watch import read_sysctls
 
 POLICY1 = Sysctls(True, True, ipv4_mp_hash_policy=1, ipv6_mp_hash_policy=1)
 
@@ -218,3 +219,10 @@ def test_an_ipv4_append_held_during_the_dump_is_a_second_route() -> None:
     m.apply(RouteDump(AF_INET, done=True))
     m.apply(Removed(b))
     assert m.rpf_doubt() == {AF_INET} and m.routes.count(AF_INET) == 1  # a is still there
+
+
+def test_route_sysctls_left_unread_doubt_the_check() -> None:
+    """Without a rule that uses the check, the daemon does not read the
+    per-device sysctls it needs each second: stated as set, so a rule that
+    appears is judged by the kernel until a poll has read them."""
+    assert Model(sysctls=read_sysctls(route_checks=False)).rpf_doubt() == {AF_INET, AF_INET6}

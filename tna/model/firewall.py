@@ -256,6 +256,11 @@ class Firewall:
         return hash(self._identity)
 
     @cached_property
+    def checks_rpf(self) -> bool:
+        """Does a forwarded packet's rule use nft's `fib saddr . iif` check?"""
+        return any(r.rpf is not None for cs in (self.fwd4, self.fwd6) if cs for c in cs for r in c.rules)
+
+    @cached_property
     def reads_mark(self) -> bool:
         """Does a rule match on the skb's mark (-m mark)?"""
         return any(r.mark is not None for cs in (self.fwd4, self.fwd6, self.in4, self.in6) if cs

@@ -372,8 +372,12 @@ def _accepts_ra() -> bool:
     return False
 
 
-def read_sysctls() -> Sysctls:
-    """Forwarding switches of the namespace this process is in (/proc/sys/net is per netns)."""
+def read_sysctls(route_checks: bool = True) -> Sysctls:
+    """Forwarding switches of the namespace this process is in (/proc/sys/net
+    is per netns).  route_checks False: the per-device ones only nft's
+    reverse-path check needs (four files per device, every second) are not
+    read and stated as set, which keeps that check on the kernel path until
+    a poll reads them."""
     return Sysctls(
         ipv4_forward=_read_int("/proc/sys/net/ipv4/ip_forward") != 0,
         ipv6_forward=_read_int("/proc/sys/net/ipv6/conf/all/forwarding") != 0,
@@ -393,9 +397,9 @@ def read_sysctls() -> Sysctls:
         ct_timeout_unack=_read_int(f"{_NF}/nf_conntrack_tcp_timeout_unacknowledged", 300),
         ct_timeout_retrans=_read_int(f"{_NF}/nf_conntrack_tcp_timeout_max_retrans", 300),
         ct_timeout_udp_unreplied=_read_int(f"{_NF}/nf_conntrack_udp_timeout", 30),
-        ipv4_ignore_linkdown=_any_conf("ipv4", "ignore_routes_with_linkdown"),
-        ipv6_ignore_linkdown=_any_conf("ipv6", "ignore_routes_with_linkdown"),
-        ipv6_accept_ra=_accepts_ra(),
+        ipv4_ignore_linkdown=not route_checks or _any_conf("ipv4", "ignore_routes_with_linkdown"),
+        ipv6_ignore_linkdown=not route_checks or _any_conf("ipv6", "ignore_routes_with_linkdown"),
+        ipv6_accept_ra=not route_checks or _accepts_ra(),
     )
 
 
