@@ -79,3 +79,35 @@ def test_every_kind_of_match_compiles(tmp_path: Path) -> None:
     assert why is None and fw is not None and fw.ct4 and fw.ct6 and fw.in6 is not None
     for hook in ("xdp", "tc"):
         tna_compile.compile_source(render(hook, ("firewall", "router"), firewall=fw), tmp_path)
+
+
+def test_a_rule_joining_a_set_renders_the_same_program() -> None:
+    """A rule inserted into a run of same-shaped rules is a map entry: the
+    source (so the object: no clang run) stays the same, every counter id is
+    used once, and the set's entries count the new rule under its own id."""
+    from tna.model.hooks import firewall_plan
+    from tna.model.iptables import parse_save
+    from tna.synth.fwgen import all_set_entries, rule_refs
+
+    def plan(blocked: int) -> tuple:
+        block = "".join(f"-A FORWARD -s 203.0.113.{i}/32 -p udp -m udp --dport {1000 + i} -j DROP\n"
+                        for i in range(blocked))
+        save = ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                "-A INPUT -s 198.51.100.9/32 -j DROP\n"
+                "-A FORWARD -m conntrack --ctstate INVALID -j DROP\n" + block +
+                "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"
+                "-A FORWARD -p udp -m udp --dport 9 -j ACCEPT\nCOMMIT\n")
+        six = save.replace("203.0.113.", "2001:db8::").replace("198.51.100.9", "2001:db8:1::9")
+        fw, why = firewall_plan({4: parse_save(save), 6: parse_save(six)})
+        assert why is None and fw is not None
+        return fw, render("xdp", ("firewall", "router"), firewall=fw)
+
+    (small, src_small), (big, src_big) = plan(20), plan(21)
+    assert src_big == src_small
+    refs = rule_refs(big)
+    assert sorted(r.id for r in refs) == list(range(len(refs))) == list(range(len(rule_refs(small)) + 2))
+    assert [r.index for r in refs if r.family == 4 and r.chain == "FORWARD"] == [*range(1, 25), 0]  # shown in order
+    new = {r.id for r in refs if r.chain == "FORWARD" and "--dport 1020" in r.text}
+    assert len(new) == 2  # one per family
+    counted = {int.from_bytes(v, "little") for entries in all_set_entries(big).values() for v in entries.values()}
+    assert new <= counted

@@ -29,7 +29,7 @@ from tna.model.firewall import Firewall
 from tna.model.routes import AF_INET, AF_INET6, RouteTable
 from tna.status import Running
 from tna.synth.compile import CompileError
-from tna.synth.fwgen import rule_refs
+from tna.synth.fwgen import refs_by_id
 from tna.synth.planner import SKIP_KINDS, Plan
 
 log = logging.getLogger(__name__)
@@ -172,10 +172,10 @@ class Collector:
                 by_rules.setdefault(att.plan.firewall, []).append(att.prog_id)
         totals: dict[tuple[str, ...], tuple[int, int]] = {}
         for fw, ids in by_rules.items():
-            refs = rule_refs(fw)
+            refs = refs_by_id(fw)
             for rid, (p, b) in summed(self._counters(i, abi.MAP_FW_RULES) for i in ids).items():
-                if rid < len(refs):
-                    r = refs[rid]
+                r = refs.get(rid)
+                if r is not None:
                     text = r.text if len(r.text) <= RULE_TEXT_MAX else r.text[:RULE_TEXT_MAX - 3] + "..."
                     key = (f"ipv{r.family}", r.table, r.chain, str(r.index) if r.index else "policy", text)
                     tp, tb = totals.get(key, (0, 0))

@@ -214,11 +214,14 @@ class RuleRef:
 
 @functools.lru_cache(maxsize=4)
 def rule_refs(fw: Firewall | None) -> list[RuleRef]:
-    """Counter ids in the order the generated code uses them (cached: asked
-    per program, per status write, per stats read; do not modify)."""
-    refs: list[RuleRef] = []
+    """Every counted rule and policy in the chains' order (cached: asked per
+    program, per status write, per stats read; do not modify).  The ids of
+    the code's rules and policies come first, those of the sets' rules after
+    all of them: the code holds its ids as constants, so a rule joining or
+    leaving a set changes map entries only, never the source (no clang run)."""
     if fw is None:
-        return refs
+        return []
+    shown: list[tuple[int, FwChain, Rule | None, bool]] = []  # (family, chain, rule or None: policy, in a set)
     # a chain both INPUT and FORWARD pass (raw PREROUTING, a user chain)
     # has one counter per rule
     seen: set[tuple[int, str, str]] = set()
@@ -227,13 +230,24 @@ def rule_refs(fw: Firewall | None) -> list[RuleRef]:
             if (family, c.table, c.name) in seen:
                 continue
             seen.add((family, c.table, c.name))
-            refs += [RuleRef(len(refs) + k, family, c.name, r.index, r.text, c.table)
-                     for k, r in enumerate(c.rules)]
+            for seg in c.parts:
+                shown += ([(family, c, r, True) for r in seg.rules] if isinstance(seg, RuleSet)
+                          else [(family, c, seg, False)])
             if c.policy is not None:
-                refs.append(RuleRef(len(refs), family, c.name, 0, f"policy {c.policy}", c.table))
-    if len(refs) > FW_RULES_MAX:
-        raise ValueError(f"{len(refs)} filter rules: at most {FW_RULES_MAX} are counted")
-    return refs
+                shown.append((family, c, None, False))
+    if len(shown) > FW_RULES_MAX:
+        raise ValueError(f"{len(shown)} filter rules: at most {FW_RULES_MAX} are counted")
+    order = sorted(range(len(shown)), key=lambda k: shown[k][3])  # stable: code first, in the chains' order
+    ids = {k: i for i, k in enumerate(order)}
+    return [RuleRef(ids[k], family, c.name, 0, f"policy {c.policy}", c.table) if r is None
+            else RuleRef(ids[k], family, c.name, r.index, r.text, c.table)
+            for k, (family, c, r, _) in enumerate(shown)]
+
+
+@functools.lru_cache(maxsize=4)
+def refs_by_id(fw: Firewall | None) -> dict[int, RuleRef]:
+    """rule_refs() by counter id (do not modify)."""
+    return {r.id: r for r in rule_refs(fw)}
 
 
 FIELD_BYTES = {"proto": 1, "sport": 2, "dport": 2}
