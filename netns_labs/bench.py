@@ -68,6 +68,7 @@ from netns_labs.lab import BridgeLab, Host, Lab, RouterLab, in_netns, ping, py, 
 from netns_labs.tna_proc import Tna
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
+from tna.bpf.testrun import XdpMd, test_run
 
 GEN_CPU = "1"
 LOSS_RETRIES = 3
@@ -254,12 +255,12 @@ def measure_pps(sc: Scenario, count: int) -> tuple[float, int]:
     return last / ns * 1e3, last
 
 
-def _median_run_ns(prog: bpf.Program, frame: bytes, ctx: bpf.XdpMd, runs: int = 20_000) -> float:
+def _median_run_ns(prog: bpf.Program, frame: bytes, ctx: XdpMd, runs: int = 20_000) -> float:
     """Median kernel-measured ns of single runs: a repeated run would feed the
     program the frame it rewrote the time before."""
     durations = []
     for _ in range(runs):
-        ret, _, dur = prog.test_run(frame, ctx=ctx)
+        ret, _, dur = test_run(prog, frame, ctx=ctx)
         assert ret == 4, "the program should redirect the benchmark frame"
         durations.append(dur)
     return statistics.median(durations)
@@ -276,7 +277,7 @@ def program_cost(lab: RouterLab, frame: bytes) -> dict[str, float]:
     out = {}
     ifindex = lab.ifindex(lab.r, "r-h1")
     egress = lab.ifindex(lab.r, "r-h2").to_bytes(4, "little")
-    ctx = bpf.XdpMd(data_end=len(frame), ingress_ifindex=ifindex)
+    ctx = XdpMd(data_end=len(frame), ingress_ifindex=ifindex)
     with in_netns(lab.r):
         with bpf.BpfObject(str(compile_source(render("xdp", ("router",))))) as obj:
             obj.set_initial_value(abi.SECTION_IFACE, iface_cfg(ifindex, lab.r_h1_mac, 0))

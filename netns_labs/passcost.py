@@ -32,6 +32,7 @@ from netns_labs.lab import RouterLab, in_netns
 from netns_labs.progs import build
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
+from tna.bpf.testrun import SkBuff, XdpMd, test_run
 from tna.deploy.datapath import iface_cfg, load_with_sets
 from tna.deploy.lease import jiffies_hz, renew
 from tna.model.hooks import firewall_plan
@@ -47,8 +48,8 @@ MODES = {"pass at entry": {"pass_reason": abi.REASON["FW_CHANGED"]}, "full path,
 EMPTY = "empty program"
 
 
-def _median_ns(prog: bpf.Program, frame: bytes, ctx: bpf.XdpMd | bpf.SkBuff) -> float:
-    return statistics.median(prog.test_run(frame, repeat=2000, ctx=ctx)[2] for _ in range(5))
+def _median_ns(prog: bpf.Program, frame: bytes, ctx: XdpMd | SkBuff) -> float:
+    return statistics.median(test_run(prog, frame, repeat=2000, ctx=ctx)[2] for _ in range(5))
 
 
 def measure(lab: RouterLab, hook: str, frame: bytes, rounds: int, dnat: bool) -> dict[str, float]:
@@ -68,7 +69,7 @@ def measure(lab: RouterLab, hook: str, frame: bytes, rounds: int, dnat: bool) ->
         obj.map(abi.MAP_EGRESS).update(bytes(u32(egress)), bytes(abi.TnaEgress()))
         hz = jiffies_hz(obj.program(abi.RENEW_PROGRAM), obj.map(abi.MAP_STATE))
         prog = obj.program(abi.PROGRAM_NAME)
-        ctx = bpf.XdpMd(data_end=len(frame), ingress_ifindex=ifindex) if hook == "xdp" else bpf.SkBuff(ifindex=ifindex)
+        ctx = XdpMd(data_end=len(frame), ingress_ifindex=ifindex) if hook == "xdp" else SkBuff(ifindex=ifindex)
         empty_obj = bpf.BpfObject(str(build("lab_progs")))
         empty_obj.load()
         empty = empty_obj.program("lab_pass" if hook == "xdp" else "lab_tc_pass")
@@ -79,7 +80,7 @@ def measure(lab: RouterLab, hook: str, frame: bytes, rounds: int, dnat: bool) ->
                 renew(obj.program(abi.RENEW_PROGRAM), abi.TnaConfig(
                     lease_jiffies=3600 * hz, ct_flags=abi.TNA_CT_CSUM, ct_timeout_udp=120_000,
                     ct_timeout_udp_unreplied=30_000, **cfg))
-                prog.test_run(frame, ctx=ctx)  # a hit needs the flow remembered first
+                test_run(prog, frame, ctx=ctx)  # a hit needs the flow remembered first
                 runs[mode].append(_median_ns(prog, frame, ctx))
         empty_obj.close()
         for m in sets.values():

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from tna.bpf import attach as hooks
 from tna.bpf import libbpf as bpf
+from tna.bpf.testrun import BPF_F_TEST_XDP_LIVE_FRAMES, XdpMd, test_run
 from tna.synth.compile import compile_source
 
 HERE = Path(__file__).resolve().parent / "bpf"
@@ -83,8 +84,8 @@ def _generator(dev: str, frame: bytes) -> Iterator[Callable[[int], object]]:
         obj.set_initial_value(".rodata.gen", len(frame).to_bytes(4, "little") + cfg)
         obj.load()
         p = obj.program("lab_gen")
-        ctx = bpf.XdpMd(data_end=len(frame), ingress_ifindex=socket.if_nametoindex(dev))
-        yield lambda n: p.test_run(frame, repeat=n, ctx=ctx, flags=bpf.BPF_F_TEST_XDP_LIVE_FRAMES, batch_size=64)
+        ctx = XdpMd(data_end=len(frame), ingress_ifindex=socket.if_nametoindex(dev))
+        yield lambda n: test_run(p, frame, repeat=n, ctx=ctx, flags=BPF_F_TEST_XDP_LIVE_FRAMES, batch_size=64)
 
 
 def generate(dev: str, frame: bytes, count: int, start: float = 0.0) -> int:

@@ -18,6 +18,7 @@ from netns_labs.lab import BridgeLab, Lab, RouterLab, in_netns
 from netns_labs.progs import build
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
+from tna.bpf.testrun import SkBuff, XdpMd, test_run
 from tna.deploy.counters import read_counters, read_stats
 from tna.deploy.datapath import iface_cfg, load_with_sets
 from tna.deploy.lease import jiffies_hz, renew
@@ -120,11 +121,11 @@ class ProgHarness:
         before = read_stats(stats)
         if self.hook == "xdp":
             # the kernel wants data_end == the frame length when a ctx is given
-            ctx: ctypes.Structure = bpf.XdpMd(data_end=len(frame), ingress_ifindex=self.ifindex)
+            ctx: ctypes.Structure = XdpMd(data_end=len(frame), ingress_ifindex=self.ifindex)
         else:
-            ctx = bpf.SkBuff(ifindex=self.ifindex, mark=mark)
+            ctx = SkBuff(ifindex=self.ifindex, mark=mark)
         with in_netns(self.ns):
-            ret, out, _ = self.prog.test_run(frame, ctx=ctx)
+            ret, out, _ = test_run(self.prog, frame, ctx=ctx)
         after = read_stats(stats)
         moved = [r for r in after if after[r][0] != before.get(r, (0, 0))[0]]
         assert len(moved) == 1, (before, after)
@@ -251,7 +252,7 @@ class CtProbe:
     def __call__(self, frame: bytes) -> tuple[int, int]:
         """(the entry's stored deadline, jiffies now), both as u32 jiffies."""
         with in_netns(self.ns):
-            ret, _, _ = self.obj.program("ct_probe").test_run(frame)
+            ret, _, _ = test_run(self.obj.program("ct_probe"), frame)
         assert ret == 2, "no conntrack entry"  # XDP_PASS
         raw = self.obj.map("probe_out").lookup(bytes(ctypes.c_uint32(0)))
         assert isinstance(raw, bytes)

@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from tna.bpf import abi
+from tna.deploy import lease as lease_mod
 from tna.deploy.lease import Lease, mp_guard_bits
 from tna.model.config import AF_INET, AF_INET6, Sysctls
 
@@ -18,9 +19,15 @@ class FakeRenew:
     def __init__(self) -> None:
         self.published: list[abi.TnaConfig] = []
 
-    def test_run(self, data: bytes) -> tuple[int, bytes, int]:
+    def run(self, data: bytes) -> tuple[int, bytes, int]:
         self.published.append(abi.TnaConfig.from_buffer_copy(data[:len(bytes(abi.TnaConfig()))]))
         return 2, data, 0  # XDP_PASS
+
+
+@pytest.fixture(autouse=True)
+def fake_test_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lease runs tna_renew through BPF_PROG_TEST_RUN: here the fake's run()."""
+    monkeypatch.setattr(lease_mod, "test_run", lambda prog, data: prog.run(data))
 
 
 def started() -> tuple[Lease, FakeRenew]:

@@ -34,9 +34,6 @@ BPF_ANY = 0
 BPF_NOEXIST = 1
 BPF_EXIST = 2
 
-BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
-
-
 class LibbpfError(OSError):
     """A libbpf call failed; .errno is set, .log holds what libbpf printed."""
 
@@ -47,55 +44,6 @@ class LibbpfError(OSError):
 
 class _BatchOpts(Structure):
     _fields_ = [("sz", c_size_t), ("elem_flags", c_uint64), ("flags", c_uint64)]
-
-
-class _TestRunOpts(Structure):
-    _fields_ = [
-        ("sz", c_size_t),
-        ("data_in", c_void_p),
-        ("data_out", c_void_p),
-        ("data_size_in", c_uint32),
-        ("data_size_out", c_uint32),
-        ("ctx_in", c_void_p),
-        ("ctx_out", c_void_p),
-        ("ctx_size_in", c_uint32),
-        ("ctx_size_out", c_uint32),
-        ("retval", c_uint32),
-        ("repeat", c_int),
-        ("duration", c_uint32),
-        ("flags", c_uint32),
-        ("cpu", c_uint32),
-        ("batch_size", c_uint32),
-    ]
-
-
-class XdpMd(Structure):
-    """struct xdp_md, the ctx_in of an XDP test run."""
-
-    _fields_ = [
-        ("data", c_uint32),
-        ("data_end", c_uint32),
-        ("data_meta", c_uint32),
-        ("ingress_ifindex", c_uint32),
-        ("rx_queue_index", c_uint32),
-        ("egress_ifindex", c_uint32),
-    ]
-
-
-class SkBuff(Structure):
-    """struct __sk_buff, the ctx_in of a TC test run (only some fields may be set)."""
-
-    _fields_ = [
-        ("len", c_uint32), ("pkt_type", c_uint32), ("mark", c_uint32), ("queue_mapping", c_uint32),
-        ("protocol", c_uint32), ("vlan_present", c_uint32), ("vlan_tci", c_uint32), ("vlan_proto", c_uint32),
-        ("priority", c_uint32), ("ingress_ifindex", c_uint32), ("ifindex", c_uint32), ("tc_index", c_uint32),
-        ("cb", c_uint32 * 5), ("hash", c_uint32), ("tc_classid", c_uint32), ("data", c_uint32),
-        ("data_end", c_uint32), ("napi_id", c_uint32), ("family", c_uint32), ("remote_ip4", c_uint32),
-        ("local_ip4", c_uint32), ("remote_ip6", c_uint32 * 4), ("local_ip6", c_uint32 * 4),
-        ("remote_port", c_uint32), ("local_port", c_uint32), ("data_meta", c_uint32), ("flow_keys", c_uint64),
-        ("tstamp", c_uint64), ("wire_len", c_uint32), ("gso_segs", c_uint32), ("sk", c_uint64),
-        ("gso_size", c_uint32), ("tstamp_type", c_uint8), ("_pad", c_uint8 * 3), ("hwtstamp", c_uint64),
-    ]
 
 
 class _ProgInfo(Structure):
@@ -147,6 +95,8 @@ def _load() -> ctypes.CDLL:
         "bpf_object__load": (c_int, [c_void_p]),
         "bpf_object__close": (None, [c_void_p]),
         "bpf_object__find_program_by_name": (c_void_p, [c_void_p, c_char_p]),
+        "bpf_object__next_program": (c_void_p, [c_void_p, c_void_p]),
+        "bpf_program__set_autoload": (c_int, [c_void_p, ctypes.c_bool]),
         "bpf_object__find_map_by_name": (c_void_p, [c_void_p, c_char_p]),
         "bpf_program__fd": (c_int, [c_void_p]),
         "bpf_program__set_ifindex": (None, [c_void_p, c_uint32]),
@@ -197,18 +147,26 @@ _lib = _load()
 _libc = ctypes.CDLL(None)
 _libc.vsnprintf.argtypes = [c_char_p, c_size_t, c_char_p, c_void_p]
 
-# libbpf prints warnings and verifier logs through one global callback; we
-# collect them while a call that may fail runs, so the error can carry them.
-_log_lock = threading.Lock()
-_log_lines: list[str] = []
+# libbpf prints warnings and verifier logs through one global callback, in
+# the thread whose call prints them: each thread collects its own while a
+# call that may fail runs, so the error carries them (and loads in several
+# threads, whose verifier runs release the GIL, keep their logs apart).
+_log = threading.local()
+
+
+def _log_lines() -> list[str]:
+    if not hasattr(_log, "lines"):
+        _log.lines = []
+    return _log.lines
 
 
 @_PRINT_FN
 def _print_cb(level: int, fmt: bytes, args: int) -> int:
-    buf = create_string_buffer(1 << 20)  # a verifier log arrives in one message
+    if level > 1:  # DEBUG chatter, hundreds of lines a load: dropped before any work
+        return 0
+    buf = create_string_buffer(1 << 20)  # LIBBPF_WARN, LIBBPF_INFO; a verifier log arrives in one message
     _libc.vsnprintf(buf, sizeof(buf), fmt, args)
-    if level <= 1:  # LIBBPF_WARN, LIBBPF_INFO; drop DEBUG chatter
-        _log_lines.append(buf.value.decode(errors="replace"))
+    _log_lines().append(buf.value.decode(errors="replace"))
     return 0
 
 
@@ -223,7 +181,7 @@ def _check(ret: int, what: str) -> int:
 
 def _errno_ptr(ptr: int | None, what: str) -> int:
     if not ptr:
-        raise LibbpfError(ctypes.get_errno() or errno.EINVAL, what, "".join(_log_lines))
+        raise LibbpfError(ctypes.get_errno() or errno.EINVAL, what, "".join(_log_lines()))
     return ptr
 
 
@@ -381,20 +339,6 @@ class Program:
             m.close()
         raise LibbpfError(errno.ENOENT, f"program {self.name} has no map {name}")
 
-    def test_run(self, data: bytes, repeat: int = 1, ctx: Structure | None = None,
-                 flags: int = 0, batch_size: int = 0, out_size: int = 0) -> tuple[int, bytes, int]:
-        """BPF_PROG_TEST_RUN: (return value, output packet, duration in ns)."""
-        out = create_string_buffer(out_size or len(data) + 256) if not flags & BPF_F_TEST_XDP_LIVE_FRAMES else None
-        opts = _TestRunOpts(
-            sz=sizeof(_TestRunOpts), data_in=ctypes.cast(data, c_void_p), data_size_in=len(data),
-            data_out=ctypes.cast(out, c_void_p) if out else None, data_size_out=len(out) if out else 0,
-            repeat=repeat, flags=flags, batch_size=batch_size,
-        )
-        if ctx is not None:
-            opts.ctx_in, opts.ctx_size_in = ctypes.addressof(ctx), sizeof(ctx)
-        _check(_lib.bpf_prog_test_run_opts(self.fd, byref(opts)), f"test run of {self.name}")
-        return opts.retval, out.raw[: opts.data_size_out] if out else b"", opts.duration
-
     def pin(self, path: str) -> None:
         _check(_lib.bpf_obj_pin(self.fd, path.encode()), f"pin {path}")
 
@@ -430,9 +374,8 @@ class BpfObject:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        with _log_lock:
-            _log_lines.clear()
-            self._obj = _errno_ptr(_lib.bpf_object__open_file(path.encode(), None), f"open {path}")
+        _log_lines().clear()
+        self._obj = _errno_ptr(_lib.bpf_object__open_file(path.encode(), None), f"open {path}")
         self.loaded = False
 
     def __enter__(self) -> BpfObject:
@@ -475,11 +418,17 @@ class BpfObject:
         """Before load: the contents of a global data section (.rodata.*)."""
         _check(_lib.bpf_map__set_initial_value(self._map_ptr(name), data, len(data)), f"set {name}")
 
+    def maps_only(self) -> None:
+        """Before load: load no program, only create the maps (no verifier run)."""
+        prog = _lib.bpf_object__next_program(self._obj, None)
+        while prog:
+            _check(_lib.bpf_program__set_autoload(prog, False), f"{self.path}: autoload")
+            prog = _lib.bpf_object__next_program(self._obj, prog)
+
     def load(self) -> None:
-        with _log_lock:
-            _log_lines.clear()
-            ret = _lib.bpf_object__load(self._obj)
-            log = "".join(_log_lines)
+        _log_lines().clear()
+        ret = _lib.bpf_object__load(self._obj)
+        log = "".join(_log_lines())
         if ret < 0:
             raise LibbpfError(-ret, f"load {self.path} (verifier or kernel refused it)", log)
         self.loaded = True

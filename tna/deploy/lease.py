@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
+from tna.bpf.testrun import test_run
 from tna.model.config import AF_INET, AF_INET6, Sysctls
 
 LEASE_NS = 1_000_000_000
@@ -27,7 +28,7 @@ PASS_CACHE_NS = 20_000_000
 
 def renew(prog: bpf.Program, cfg: abi.TnaConfig) -> None:
     """Run tna_renew with cfg as its input frame."""
-    ret, _, _ = prog.test_run(bytes(cfg).ljust(64, b"\0"))  # XDP test runs want >= 14 bytes
+    ret, _, _ = test_run(prog, bytes(cfg).ljust(64, b"\0"))  # XDP test runs want >= 14 bytes
     if ret != 2:  # XDP_PASS
         raise OSError(f"tna_renew returned {ret}")
 
