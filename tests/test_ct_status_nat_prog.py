@@ -28,7 +28,8 @@ def test_ct_status_nat_bit(fwlab: RouterLab, hook: str, bit: str) -> None:
     with `ct status dnat`, dropped by the policy with `ct status snat`."""
     tables = parse_save(RULES)
     fwd = tables["filter"].chains["FORWARD"]
-    fwd.rules[0] = replace(fwd.rules[0], ctstatus=Neg(CT_STATUS_BITS[bit]))
+    # the text too: a rule's text says all it does (rule sets compare by it)
+    fwd.rules[0] = replace(fwd.rules[0], ctstatus=Neg(CT_STATUS_BITS[bit]), text=f"ct status {bit.lower()} accept")
     n, lab = NATTED["dnat"], fwlab
     h = FirewallHarness(lab, hook, tables)
     try:

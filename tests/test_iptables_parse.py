@@ -87,3 +87,19 @@ def test_empty_ruleset_and_errors() -> None:
         parse_save("-A FORWARD -j ACCEPT\n")
     with pytest.raises(ParseError):
         parse_save("*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD -m conntrack --ctstate BOGUS -j ACCEPT\n")
+
+
+def test_a_line_read_again_takes_its_place_counters_and_targets_from_this_read() -> None:
+    """Lines are parsed once and remembered (a rule set is re-read on every
+    change); a rule's index, counters and whether its target is a chain
+    still come from the read it is part of."""
+    head = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+    line = "-A FORWARD -s 192.0.2.7/32 -j blk\n"
+    first = parse_save(head + ":blk - [0:0]\n[3:180] " + line + "COMMIT\n")["filter"].chains["FORWARD"].rules
+    again = parse_save(head + "[9:540] -A FORWARD -j ACCEPT\n[1:60] " + line + "COMMIT\n")["filter"]
+    (jump,), (_, lost) = first, again.chains["FORWARD"].rules
+    assert (jump.index, jump.counters, jump.jump, jump.unsupported) == (1, (3, 180), True, ())
+    assert (lost.index, lost.counters, lost.unsupported) == (2, (1, 60), ("-j blk",))
+    assert lost.src == jump.src and lost.text == jump.text
+    with pytest.raises(ParseError, match="unknown chain"):
+        parse_save(head.replace(":FORWARD ACCEPT [0:0]\n", "") + line + "COMMIT\n")
