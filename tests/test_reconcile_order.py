@@ -48,6 +48,7 @@ class RecordingDatapath:
         self.attached: dict[int, SimpleNamespace] = {}
         self.masks: dict[int, int] = {}
         self.fdb = SimpleNamespace(per_bridge={}, capacity=0)
+        self.preloads = SimpleNamespace(drop=lambda: None)
 
     def expect(self, *_: Any) -> None:
         pass
@@ -58,6 +59,9 @@ class RecordingDatapath:
     def is_current(self, plan: IfacePlan) -> bool:
         cur = self.attached.get(plan.ifindex)
         return cur is not None and cur.plan == plan
+
+    def preload(self, todo: list[tuple[IfacePlan, Any]]) -> None:
+        self.calls.append(("preload", [plan.name for plan, _ in todo]))
 
     def attach(self, plan: IfacePlan, art: Any) -> None:
         self.attached[plan.ifindex] = SimpleNamespace(plan=plan, prog_id=plan.ifindex, source=art)
@@ -100,6 +104,7 @@ def recording_daemon(monkeypatch: pytest.MonkeyPatch) -> daemon_mod.Daemon:
     """A daemon on the recording datapath, two veths, forwarding on, --hook tc."""
     monkeypatch.setattr(daemon_mod, "publish_status", lambda state: None)
     monkeypatch.setattr(daemon_mod, "build", lambda plan, cache_dir, observe: f"{plan.name}.c")  # no clang
+    monkeypatch.setattr(daemon_mod, "prebuild", lambda plans, cache_dir, observe: None)
     d = daemon_mod.Daemon(Settings(hook="tc"))
     d.dp = RecordingDatapath()  # type: ignore[assignment]
     d.model = Model(links={2: link(2, "r-h1"), 3: link(3, "r-h2")}, sysctls=Sysctls(True, True))

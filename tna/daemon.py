@@ -47,7 +47,7 @@ from tna.sdnotify import notify, reloading
 from tna.snapshot import model_from, plan_filtering, poll_sysctls, read_firewall
 from tna.status import describe
 from tna.synth import setgen
-from tna.synth.build import build
+from tna.synth.build import Artifact, build, prebuild
 from tna.synth.compile import CompileError
 from tna.synth.planner import IfacePlan, Plan, plan
 
@@ -395,9 +395,7 @@ class Daemon:
         self.dp.sync_bridges(p.ports, p.l3_bridges, m.fdb, None if self._fdb_full else m.take_fdb_changes(),
                              p.bridges)
         self._fdb_full = False
-        for ifindex, ip in p.ifaces.items():
-            if self._safely(ifindex, lambda ip=ip: self._deploy(ip)):
-                self.failed.pop(ifindex, None)
+        self._deploy(p)
         failed = self.dp.sync_ipsets(ipsets, fw)
         if fw and failed:
             # a member missing from a map says "not in the set": hold until
@@ -441,10 +439,28 @@ class Daemon:
             if ifindex not in before or before[ifindex].why != s.why:
                 log.info("%s: left alone, kernel path: %s", s.name, s.why)
 
-    def _deploy(self, ip: IfacePlan) -> None:
-        """Build and attach ip's program; an unchanged plan keeps its own."""
-        if not self.dp.is_current(ip):
-            self.dp.attach(ip, build(ip, self.cache_dir, self.metrics.compiled))
+    def _deploy(self, p: Plan) -> None:
+        """Build, load (all at once) and attach the programs of p's
+        interfaces; an unchanged plan keeps its own."""
+        built: dict[int, Artifact] = {}
+
+        def make(ip: IfacePlan) -> None:
+            if not self.dp.is_current(ip):
+                built[ip.ifindex] = build(ip, self.cache_dir, self.metrics.compiled)
+
+        def put(ip: IfacePlan) -> None:
+            if ip.ifindex in built:
+                self.dp.attach(ip, built[ip.ifindex])
+
+        prebuild([ip for ip in p.ifaces.values() if not self.dp.is_current(ip)], self.cache_dir, self.metrics.compiled)
+        made = {i: self._safely(i, lambda ip=ip: make(ip)) for i, ip in p.ifaces.items()}
+        self.dp.preload([(p.ifaces[i], art) for i, art in built.items()])
+        try:
+            for ifindex, ip in p.ifaces.items():
+                if made[ifindex] and self._safely(ifindex, lambda ip=ip: put(ip)):
+                    self.failed.pop(ifindex, None)
+        finally:
+            self.dp.preloads.drop()
 
     def _publish_guards(self, fw_families: frozenset[int], release: bool = True) -> None:
         """release False: a hold in place stays (the maps are not written yet)."""

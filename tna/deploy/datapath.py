@@ -25,6 +25,7 @@ from tna.bpf import libbpf as bpf
 from tna.deploy import clsact
 from tna.deploy.fdbmap import FdbMirror, map_size
 from tna.deploy.lease import Lease
+from tna.deploy.preload import Preloads
 from tna.deploy.xdplink import XdpLinks
 from tna.model.config import USER_HZ, FdbEntry, FdbKey, Neigh
 from tna.model.firewall import Firewall
@@ -126,8 +127,42 @@ class Datapath:
         self._defaults = {abi.MAP_FDB: int(os.environ.get(FDB_SIZE_ENV) or abi.FDB_SIZE),
                           abi.MAP_PORTS: abi.PORTS_SIZE}
         self.fdb = FdbMirror(0)
+        self.preloads = Preloads()  # programs loaded ahead of their attach (preload())
 
     # --- programs -----------------------------------------------------
+
+    def preload(self, todo: list[tuple[IfacePlan, Artifact]]) -> None:
+        """Load the programs of several interfaces at once, for attach() to
+        take (tna/deploy/preload.py).  Loads that would create maps run
+        alone: the first at all (the shared maps), and the first of a new
+        rule set whose maps could not be made beforehand."""
+        for plan, _ in todo:
+            if "bridge" in plan.modules:
+                try:
+                    self.port_slot(plan.ifindex)  # allocated here: the loads only read it
+                except OSError:
+                    pass  # no slot left: that load fails alike, and attach() reports it
+        if self.shared:
+            for art in {art.firewall: art for _, art in todo if not self._holds_sets(art)}.values():
+                try:
+                    self._make_sets(art)
+                except Exception as e:  # the first load of the rule set tries again, and reports it
+                    log.debug("the rule set's maps, made ahead: %s", e)
+        self.preloads.load(todo, self._load, lambda art: bool(self.shared) and self._holds_sets(art))
+
+    def _make_sets(self, art: Artifact) -> None:
+        """Create and fill art's rule-set maps by loading its object without
+        programs (no verifier run); the rule set's programs reuse them."""
+        obj = bpf.BpfObject(str(art.obj))
+        try:
+            obj.maps_only()
+            self._load_object(obj, art)
+        finally:
+            obj.close()  # the set maps live on: self._sets holds descriptors of its own
+
+    def _holds_sets(self, art: Artifact) -> bool:
+        """A load of art creates no map (it reuses the rule set's)."""
+        return art.firewall is None or (self._sets is not None and self._sets[0] == art.firewall)
 
     def _load(self, plan: IfacePlan, art: Artifact) -> tuple[bpf.BpfObject, bpf.Program]:
         obj = bpf.BpfObject(str(art.obj))
@@ -136,29 +171,35 @@ class Datapath:
                 obj.bind_to_device(abi.PROGRAM_NAME, plan.ifindex)
             slot = self.port_slot(plan.ifindex) if "bridge" in plan.modules else 0
             obj.set_initial_value(abi.SECTION_IFACE, iface_cfg(plan.ifindex, plan.mac, plan.flags, slot))
-            # one counter per counted filter rule (per program: its own)
-            obj.set_max_entries(abi.MAP_FW_RULES, art.rule_counters)
-            for name, m in self.shared.items():
-                obj.reuse_map(name, m.fd)
-            if not self.shared:  # this load creates the shared maps
-                for name in self._expected:
-                    obj.set_max_entries(name, self._size(name))
-            fw = art.firewall
-            same = self._sets[1] if self._sets is not None and self._sets[0] == fw else None
-            ipsets = {name: self.ipset_entries.get(name, {}) for name in art.ipset_maps}
-            maps = load_with_sets(obj, {**art.sets, **ipsets}, same, art.ipset_maps)
-            if same is None and fw is not None:
-                self._drop_sets()
-                self._sets = (fw, maps)
-                self._set_entries = {name: len(entries) for name, entries in art.sets.items()}
-                self._ipset_shadow = {name: dict(entries) for name, entries in ipsets.items()}
-                self._ipset_caps = dict(art.ipset_maps)
-            if not self.shared:
-                self._adopt_shared(obj)
+            self._load_object(obj, art)
             return obj, obj.program(abi.PROGRAM_NAME)
         except BaseException:
             obj.close()
             raise
+
+    def _load_object(self, obj: bpf.BpfObject, art: Artifact) -> None:
+        """Load obj with the shared maps (the first load creates them) and
+        its rule set's (the first load of that rule set creates and fills
+        them)."""
+        # one counter per counted filter rule (per program: its own)
+        obj.set_max_entries(abi.MAP_FW_RULES, art.rule_counters)
+        for name, m in self.shared.items():
+            obj.reuse_map(name, m.fd)
+        if not self.shared:  # this load creates the shared maps
+            for name in self._expected:
+                obj.set_max_entries(name, self._size(name))
+        fw = art.firewall
+        same = self._sets[1] if self._sets is not None and self._sets[0] == fw else None
+        ipsets = {name: self.ipset_entries.get(name, {}) for name in art.ipset_maps}
+        maps = load_with_sets(obj, {**art.sets, **ipsets}, same, art.ipset_maps)
+        if same is None and fw is not None:
+            self._drop_sets()
+            self._sets = (fw, maps)
+            self._set_entries = {name: len(entries) for name, entries in art.sets.items()}
+            self._ipset_shadow = {name: dict(entries) for name, entries in ipsets.items()}
+            self._ipset_caps = dict(art.ipset_maps)
+        if not self.shared:
+            self._adopt_shared(obj)
 
     def _drop_sets(self) -> None:
         """Our handles on an older rule set's maps (programs keep theirs)."""
@@ -190,7 +231,7 @@ class Datapath:
         """Load art and attach it to plan's interface, replacing atomically
         what TNA had there (ours or a dead daemon's)."""
         cur = self.attached.get(plan.ifindex)
-        obj, prog = self._load(plan, art)
+        obj, prog = self.preloads.take(plan, art) or self._load(plan, art)
         try:
             other = "tc" if plan.hook == "xdp" else "xdp"
             old = attached_tna_prog(plan.ifindex, plan.hook)

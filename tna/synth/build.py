@@ -4,6 +4,9 @@ nothing of the renderer, the compiler or the rule-set code)."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,3 +36,24 @@ def build(plan: IfacePlan, cache_dir: Path | None = None, observe: CompileObserv
     path = compile_source(source, cache_dir, observe)
     return Artifact(path, path.with_suffix(".c"), max(1, len(rule_refs(plan.firewall))), plan.firewall,
                     all_set_entries(plan.firewall), setgen.map_sizes(plan.firewall.ipsets if plan.firewall else ()))
+
+
+def prebuild(plans: Iterable[IfacePlan], cache_dir: Path | None = None, observe: CompileObserver | None = None) -> None:
+    """Compile the distinct programs of plans at once (each clang is a
+    process of its own), so that their builds, one per interface, find them
+    in the cache: an uplink's XDP program and the containers' TC one no
+    longer wait for each other.  A failure is left to that build to raise."""
+    first: dict[tuple, IfacePlan] = {}
+    for p in plans:
+        first.setdefault((p.hook, p.modules, p.firewall), p)
+    shapes = list(first.values())
+    if len(shapes) < 2:
+        return
+
+    def one(plan: IfacePlan) -> None:
+        try:
+            build(plan, cache_dir, observe)
+        except Exception:  # the interface's own build raises it again, where it is handled
+            pass
+    with ThreadPoolExecutor(max_workers=min(len(shapes), os.cpu_count() or 1)) as pool:
+        list(pool.map(one, shapes))
