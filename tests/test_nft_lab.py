@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -105,11 +106,23 @@ def udp(lab: RouterLab, src: str, sport: int, n: int, reply: bool = False) -> by
 
 
 def established(lab: RouterLab, sport: int) -> list[bytes]:
-    """A UDP flow h1 -> h2:5202 that conntrack calls established (a first
-    datagram, h2's answer), and frames of it to send."""
-    for frame, ns, dev in ((udp(lab, lab.h1.ip4, sport, 0), lab.h1.ns, lab.h1.dev),
-                           (udp(lab, lab.h1.ip4, sport, 0, reply=True), lab.h2.ns, lab.h2.dev)):
+    """A UDP flow h1 -> h2:5202 that conntrack calls established and has
+    assured, as a real exchange makes it (a first datagram, h2's answer, a
+    datagram 2 s later: until then the kernel still moves the entry on, so
+    the fast path leaves the flow to it), and frames of it to send."""
+    first, answer = udp(lab, lab.h1.ip4, sport, 0), udp(lab, lab.h1.ip4, sport, 0, reply=True)
+
+    def send(frame: bytes, ns: str, dev: str) -> None:
         lab.run(ns, py("netns_labs.xfer", "raw-send", dev, frame.hex(), "1"), cwd=lab.repo)
+
+    def assured() -> bool:
+        return "ASSURED" in lab.run(lab.r, ["conntrack", "-L", "-p", "udp", "--sport", str(sport)]).stdout
+    if not assured():
+        send(first, lab.h1.ns, lab.h1.dev)
+        send(answer, lab.h2.ns, lab.h2.dev)
+        time.sleep(2.2)  # nf_conntrack_udp_packet(): a stream once a packet comes 2 s after the first
+        send(first, lab.h1.ns, lab.h1.dev)
+        assert wait_for(assured, 10, 0.1), lab.run(lab.r, ["conntrack", "-L"]).stdout
     return [udp(lab, lab.h1.ip4, sport, n) for n in range(1, 9)]
 
 
