@@ -1,7 +1,8 @@
 """The control plane's own costs (issue #13 items 4 and 5), one run:
 
   python -m netns_labs.bench_control [--idle-seconds 30] [--commits 20] [--rules 10 10000]
-                                     [--ipset-members N] [--element-commits 20] [--json FILE]
+                                     [--ipset-members N] [--element-commits 20] [--host-commits 10]
+                                     [--json FILE]
 
 In the router lab with the stateful FORWARD chain of netns_labs/bench.py
 (forward_rules(N): INVALID dropped, N - 3 blocklist rules, ESTABLISHED and
@@ -20,12 +21,21 @@ the service accepted), `tna run` (auto hooks: TC on the veths):
      returned);
    - program: until a new program is attached to r-h1 (its id changed);
    - release: until the hold is released (pass reason 0 again).
-   p50 / p90 / p99 of each.
+   p50 / p90 / p99 of each; polled every 1 ms (flat out, the polls would
+   take a CPU from the daemon's program loads).
 3. With --element-commits N, then: a native table (inet tnabench: a forward
    base chain at filter + 10 dropping the sources in the interval set bl)
    is added, and N commits `nft add element inet tnabench bl { 203.0.113.k }`
-   are timed the same way (hold and release; no new program is expected:
-   a set's members are a map).
+   are timed the same way (hold and release, polled flat out: no new
+   program is expected, a set's members are a map).
+4. With --host-commits N (Docker host: every program reloads), in the host
+   lab of netns_labs/hostlab.py with Docker 28's rules (four interfaces
+   accelerated, `tna run` auto) N pairs of commits: `iptables -I
+   DOCKER-USER 1 -s 203.0.113.k/32 -j DROP` (a rule of its own: a new
+   source; the daemon gets a compile cache of its own, so clang runs) and
+   its `iptables -D` (the object compiled before):
+   hold, program (veth-c1's), release as above, the inserts and deletes
+   apart.  Every interface's program is loaded again for each.
 """
 
 from __future__ import annotations
@@ -35,10 +45,12 @@ import os
 import shlex
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from netns_labs.bench import forward_rules, write_doc
+from netns_labs.hostlab import HostLab
 from netns_labs.lab import Lab, RouterLab, in_netns, wait_for
 from netns_labs.tna_proc import Tna, pass_reason
 from tna.bpf import abi
@@ -95,11 +107,11 @@ def element_commit(k: int) -> list[str]:
     return ["nft", "add", "element", "inet", "tnabench", "bl", "{", f"203.0.113.{k % 250}", "}"]
 
 
-def commit(lab: RouterLab, dp: Datapath, cmd: list[str], program: bool) -> dict[str, float | None]:
-    """cmd run in r; seconds from it returning to hold, program (if one is
+def commit(lab: Lab, dp: Datapath, cmd: list[str], program: bool) -> dict[str, float | None]:
+    """cmd run in dp's namespace; seconds from it returning to hold, program (if one is
     expected), release."""
     old = dp.prog_id()
-    proc = lab.popen(lab.r, cmd)
+    proc = lab.popen(dp.ns, cmd)
     held = prog = released = returned = None
     deadline = time.monotonic() + COMMIT_TIMEOUT
     while time.monotonic() < deadline:
@@ -118,6 +130,8 @@ def commit(lab: RouterLab, dp: Datapath, cmd: list[str], program: bool) -> dict[
         settled = released is not None or (held is None and returned is not None and now - returned > 1)
         if returned is not None and settled and (prog is not None or not program):
             break
+        if program:  # 1 ms resolution: polling flat out would take a CPU from the daemon's program loads
+            time.sleep(0.001)  # (a set-element commit loads none and holds ~1 ms: polled flat out)
     else:
         raise SystemExit(f"{shlex.join(cmd)}: not settled within {COMMIT_TIMEOUT} s")
     assert returned is not None
@@ -125,13 +139,17 @@ def commit(lab: RouterLab, dp: Datapath, cmd: list[str], program: bool) -> dict[
             (("hold", held), ("program", prog), ("release", released))}
 
 
-def timed(lab: RouterLab, dp: Datapath, cmds: list[list[str]], program: bool) -> dict:
+def timed(lab: Lab, dp: Datapath, cmds: list[list[str]], program: bool) -> dict:
     samples: dict[str, list[float]] = {"hold": [], "program": [], "release": []}
     for cmd in cmds:
         for what, t in commit(lab, dp, cmd, program).items():
             if t is not None:
                 samples[what].append(t)
         time.sleep(0.5)  # commits apart, as an operator's are
+    return summary(samples)
+
+
+def summary(samples: dict[str, list[float]]) -> dict:
     return {what: {"n": len(xs), "runs": xs, **(percentiles(xs) if len(xs) > 1 else {})}
             for what, xs in samples.items()}
 
@@ -176,6 +194,42 @@ def bench(rules: int, commits: int, idle_seconds: float, ipset_members: int = 0,
     return out
 
 
+def host_bench(commits: int) -> dict:
+    with HostLab() as lab, tempfile.TemporaryDirectory(prefix="tna-cache-") as cache:
+        lab.load_ruleset("docker-28")
+        # a cache of its own: every insert compiles, as a new rule does
+        tna = Tna(lab, lab.host, env_extra={"TNA_CACHE_DIR": str(cache)})
+        try:
+            tna.wait_attached(lab.ports, timeout=COMMIT_TIMEOUT)
+            if not wait_for(lambda: "firewall" in tna.status()["ifaces"]["veth-c1"]["modules"], COMMIT_TIMEOUT, 0.5):
+                raise SystemExit("Docker's rules were not compiled in")
+            dp = Datapath(lab, lab.host, "veth-c1")
+            time.sleep(5)  # settled
+            rule = ["DOCKER-USER", "1", "-s", "", "-j", "DROP"]
+            inserts: list[list[str]] = []
+            deletes: list[list[str]] = []
+            for k in range(commits):
+                rule[3] = f"203.0.113.{k % 250 + 1}/32"
+                inserts.append(["iptables", "-I", *rule])
+                deletes.append(["iptables", "-D", *rule[:1], *rule[2:]])
+            out: dict = {"commits": commits, "ports": lab.ports}
+            samples: dict[str, dict[str, list[float]]] = {w: {"hold": [], "program": [], "release": []}
+                                                          for w in ("insert", "delete")}
+            for pair in zip(inserts, deletes, strict=True):
+                for what, cmd in zip(("insert", "delete"), pair, strict=True):
+                    for phase, t in commit(lab, dp, cmd, program=True).items():
+                        if t is not None:
+                            samples[what][phase].append(t)
+                    time.sleep(0.5)
+            for what, phases in samples.items():
+                out[f"{what}_latency_s"] = summary(phases)
+            dp.state.close()
+        finally:
+            tna.stop()
+            tna.close()
+    return out
+
+
 def show(latency: dict, commits: int) -> None:
     for what, s in latency.items():
         pct = " / ".join(f"{s[p]:.4f}" for p in ("p50", "p90", "p99")) if "p50" in s else "-"
@@ -186,9 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--idle-seconds", type=float, default=30)
     ap.add_argument("--commits", type=int, default=20)
-    ap.add_argument("--rules", type=int, nargs="+", default=[10, 10_000])
+    ap.add_argument("--rules", type=int, nargs="*", default=[10, 10_000],
+                    help="rule counts of the router lab (none: skip it)")
     ap.add_argument("--ipset-members", type=int, default=0)
     ap.add_argument("--element-commits", type=int, default=20, help="nft add element commits timed (0: none)")
+    ap.add_argument("--host-commits", type=int, default=10,
+                    help="insert/delete pairs timed on the Docker host lab (0: none)")
     ap.add_argument("--json", type=Path, default=RouterLab.repo / "docs" / "bench" / "control.json", metavar="FILE")
     args = ap.parse_args(argv)
     load = [os.getloadavg()[0]]
@@ -203,8 +260,14 @@ def main(argv: list[str] | None = None) -> int:
         if "element_latency_s" in res:
             print(f"  then {args.element_commits} `nft add element` commits:")
             show(res["element_latency_s"], args.element_commits)
+    host = host_bench(args.host_commits) if args.host_commits else None
+    if host is not None:
+        for what in ("insert", "delete"):
+            print(f"Docker host ({len(host['ports'])} programs), {args.host_commits} `iptables -{what[0].upper()}`:")
+            show(host[f"{what}_latency_s"], args.host_commits)
     load.append(os.getloadavg()[0])
-    write_doc(args.json, "bench_control", sys.argv[1:] if argv is None else argv, loadavg_1min=load, results=results)
+    write_doc(args.json, "bench_control", sys.argv[1:] if argv is None else argv, loadavg_1min=load, results=results,
+              host=host)
     print(f"\nload average (1 min) before / after: {load[0]:.2f} / {load[1]:.2f}; results: {args.json}")
     return 0
 
