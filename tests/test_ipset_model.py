@@ -184,3 +184,19 @@ def test_status_says_what_is_mirrored_and_why_not() -> None:
     assert got["bl"] == {"type": "hash:net", "family": 4, "entries": 3, "mirrored": True, "kernel_path": [],
                          "stale_s": 6.6}  # how late a change keeping the set's header is seen
     assert not got["t"]["mirrored"] and "timeout" in got["t"]["kernel_path"][0]
+
+
+def test_a_rule_the_set_makes_the_kernels_is_another_rule_set() -> None:
+    """Whether a rule is the fast path's can change with its set's options
+    alone (counters), its text and the set's shape staying: the rule sets
+    must not compare equal (programs and the rendered code are kept by it)."""
+    from tna.snapshot import plan_filtering
+
+    rules = {4: parse_save(save("-A FORWARD -m set --match-set t src -j DROP",
+                                "-A FORWARD -m set --match-set t dst ! --update-counters -j DROP"))}
+    plain = hset("t", "hash:net", Member(net("192.0.2.0/24")))
+    before, _ = plan_filtering(rules, {"t": plain})
+    after, _ = plan_filtering(rules, {"t": hset("t", "hash:net", Member(net("192.0.2.0/24")), counters=True)})
+    assert before is not None and after is not None
+    assert [r.expressible for c in after.fwd4 or () for r in c.rules] == [False, True]
+    assert before != after

@@ -14,6 +14,7 @@ import pytest
 
 from tna.deploy.datapath import Datapath
 from tna.model.firewall import Firewall
+from tna.synth.compile import CompileError
 from tna.synth.planner import IfacePlan
 
 FW = Firewall(None, None, ("eth0",))
@@ -59,7 +60,7 @@ def test_loads_run_at_once_after_the_one_that_creates_the_maps(monkeypatch: pyte
     dp = Datapath()
     loads = Loads(dp, parallel=3, fail=4)
     monkeypatch.setattr(dp, "_load", loads)
-    monkeypatch.setattr("os.cpu_count", lambda: 3)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2})
     art = SimpleNamespace(firewall=FW)
     todo = [(plan(i), art) for i in (2, 3, 4, 5)]
     dp.preload(todo)  # type: ignore[arg-type]
@@ -89,7 +90,7 @@ def test_a_new_rule_sets_maps_are_made_first_and_every_program_loads_at_once(
 
     monkeypatch.setattr(dp, "_load", loads)
     monkeypatch.setattr(dp, "_make_sets", make_sets)
-    monkeypatch.setattr("os.cpu_count", lambda: 3)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2})
     art = SimpleNamespace(firewall=FW)
     dp.preload([(plan(i), art) for i in (2, 3, 4)])  # type: ignore[list-item]
     assert made == [FW]
@@ -98,21 +99,26 @@ def test_a_new_rule_sets_maps_are_made_first_and_every_program_loads_at_once(
     dp.preloads.drop()
 
 
-def test_distinct_programs_compile_at_once_and_each_only_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """prebuild(): one build per program shape, the shapes at once (each
-    waits at a barrier for the other), a failing one left to its interface."""
+def test_each_program_shape_is_built_once_and_the_shapes_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """build_all(): one build per program shape, shared by its interfaces,
+    the shapes at once (each waits at a barrier for the other); a failed
+    build is every one of its interfaces' error."""
     from tna.synth import build as build_mod
 
     barrier, built = threading.Barrier(2, timeout=30), []
+    failed = CompileError("clang failed")
 
-    def fake_build(p: IfacePlan, cache_dir: Any, observe: Any) -> None:
+    def fake_build(p: IfacePlan, cache_dir: Any, observe: Any) -> str:
         built.append((p.hook, p.ifindex))
         barrier.wait()
         if p.hook == "xdp":
-            raise build_mod.CompileError("clang failed")
+            raise failed
+        return f"{p.hook}.o"
 
     monkeypatch.setattr(build_mod, "build", fake_build)
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
-    uplink = IfacePlan(9, "eth0", "xdp", "test", ("firewall", "router"), "02:00:00:00:00:09", 0, FW)
-    build_mod.prebuild([plan(2), plan(3), uplink, plan(4)])
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    uplinks = [IfacePlan(i, f"eth{i}", "xdp", "test", ("firewall", "router"), "02:00:00:00:00:09", 0, FW)
+               for i in (9, 10)]
+    got = build_mod.build_all([plan(2), plan(3), *uplinks, plan(4)])
     assert sorted(built) == [("tc", 2), ("xdp", 9)]
+    assert got == {2: "tc.o", 3: "tc.o", 4: "tc.o", 9: failed, 10: failed}

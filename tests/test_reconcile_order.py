@@ -103,8 +103,8 @@ def daemon(monkeypatch: pytest.MonkeyPatch) -> daemon_mod.Daemon:
 def recording_daemon(monkeypatch: pytest.MonkeyPatch) -> daemon_mod.Daemon:
     """A daemon on the recording datapath, two veths, forwarding on, --hook tc."""
     monkeypatch.setattr(daemon_mod, "publish_status", lambda state: None)
-    monkeypatch.setattr(daemon_mod, "build", lambda plan, cache_dir, observe: f"{plan.name}.c")  # no clang
-    monkeypatch.setattr(daemon_mod, "prebuild", lambda plans, cache_dir, observe: None)
+    monkeypatch.setattr(daemon_mod, "build_all",  # no clang
+                        lambda plans, cache_dir, observe: {p.ifindex: f"{p.name}.c" for p in plans})
     d = daemon_mod.Daemon(Settings(hook="tc"))
     d.dp = RecordingDatapath()  # type: ignore[assignment]
     d.model = Model(links={2: link(2, "r-h1"), 3: link(3, "r-h2")}, sysctls=Sysctls(True, True))

@@ -27,7 +27,7 @@ from tna.bpf import abi
 from tna.bpf.libbpf import LibbpfError
 from tna.config import ConfigError, Settings, changes
 from tna.ctsync import ct_sync_loop
-from tna.deploy.datapath import Datapath, ForeignProgram, attached_tna_prog
+from tna.deploy.datapath import Datapath, ForeignProgram
 from tna.deploy.lease import family_bits
 from tna.holds import Holds
 from tna.metrics import Metrics, failure_kind, parse_addr
@@ -47,14 +47,14 @@ from tna.sdnotify import notify, reloading
 from tna.snapshot import model_from, plan_filtering, poll_sysctls, read_firewall
 from tna.status import describe
 from tna.synth import setgen
-from tna.synth.build import Artifact, build, prebuild
+from tna.synth.build import build_all
 from tna.synth.compile import CompileError
 from tna.synth.planner import IfacePlan, Plan, plan
 
 log = logging.getLogger("tna")
 
 LEASE_RENEW_S = 0.2
-POLL_S = 1.0          # sysctls and iptables-legacy announce nothing: polled
+POLL_S = 1.0          # what announces nothing (some sysctls, iptables-legacy): polled
 # ipset commands announce nothing either (tna/netlink/ipset.py): the sets the
 # rules use are polled this often (a header each time, the whole listing
 # within a CPU budget), so an add or del is in the maps within ~0.5 s
@@ -109,7 +109,7 @@ class Daemon:
             if self.metrics_addr is not None:
                 self.metrics.serve(*self.metrics_addr)
             self._resync()
-            self._adopt_leftovers()
+            self.dp.remove_leftovers({i: link.name for i, link in self.model.links.items()}, self._plan().ifaces)
             self.reconcile()
             lease.start()
             ctsync.start()
@@ -328,22 +328,6 @@ class Daemon:
             changed = True
         return changed
 
-    def _adopt_leftovers(self) -> None:
-        """A dead daemon's programs stay attached (in fail-safe pass mode).
-        Interfaces we plan for get theirs replaced atomically in reconcile();
-        the others are detached here."""
-        p = self._plan()
-        for link in self.model.links.values():
-            if link.index in p.ifaces:
-                continue
-            for hook in ("xdp", "tc"):
-                try:
-                    if attached_tna_prog(link.index, hook):
-                        log.info("%s: removing a %s program left by an earlier tna", link.name, hook)
-                        self.dp.remove(link.index, "not planned for acceleration")
-                except (ForeignProgram, OSError):
-                    pass
-
     # --- output -------------------------------------------------------------
 
     def _plan(self) -> Plan:
@@ -440,24 +424,24 @@ class Daemon:
                 log.info("%s: left alone, kernel path: %s", s.name, s.why)
 
     def _deploy(self, p: Plan) -> None:
-        """Build, load (all at once) and attach the programs of p's
-        interfaces; an unchanged plan keeps its own."""
-        built: dict[int, Artifact] = {}
+        """Build (each program shape once), load (all at once) and attach
+        the programs of p's interfaces; an unchanged plan keeps its own."""
+        built = build_all([ip for ip in p.ifaces.values() if not self.dp.is_current(ip)], self.cache_dir,
+                          self.metrics.compiled)
 
-        def make(ip: IfacePlan) -> None:
-            if not self.dp.is_current(ip):
-                built[ip.ifindex] = build(ip, self.cache_dir, self.metrics.compiled)
+        def made(ip: IfacePlan) -> None:
+            if isinstance(art := built.get(ip.ifindex), Exception):
+                raise art
 
         def put(ip: IfacePlan) -> None:
-            if ip.ifindex in built:
-                self.dp.attach(ip, built[ip.ifindex])
+            if (art := built.get(ip.ifindex)) is not None:  # not an error: made() raised that
+                self.dp.attach(ip, art)
 
-        prebuild([ip for ip in p.ifaces.values() if not self.dp.is_current(ip)], self.cache_dir, self.metrics.compiled)
-        made = {i: self._safely(i, lambda ip=ip: make(ip)) for i, ip in p.ifaces.items()}
-        self.dp.preload([(p.ifaces[i], art) for i, art in built.items()])
+        ok = {i: self._safely(i, lambda ip=ip: made(ip)) for i, ip in p.ifaces.items()}
         try:
+            self.dp.preload([(p.ifaces[i], a) for i, a in built.items() if not isinstance(a, Exception)])
             for ifindex, ip in p.ifaces.items():
-                if made[ifindex] and self._safely(ifindex, lambda ip=ip: put(ip)):
+                if ok[ifindex] and self._safely(ifindex, lambda ip=ip: put(ip)):
                     self.failed.pop(ifindex, None)
         finally:
             self.dp.preloads.drop()

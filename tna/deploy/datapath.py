@@ -13,7 +13,7 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -287,6 +287,21 @@ class Datapath:
         if att is not None:
             att.obj.close()
             log.info("%s: detached, kernel path: %s", att.plan.name, why)
+
+    def remove_leftovers(self, links: Mapping[int, str], planned: Container[int]) -> None:
+        """A dead daemon's programs stay attached (in fail-safe pass mode):
+        detach them from the interfaces not planned (links: ifindex ->
+        name); the planned ones get theirs replaced atomically by attach()."""
+        for ifindex, name in links.items():
+            if ifindex in planned:
+                continue
+            for hook in ("xdp", "tc"):
+                try:
+                    if attached_tna_prog(ifindex, hook):
+                        log.info("%s: removing a %s program left by an earlier tna", name, hook)
+                        self.remove(ifindex, "not planned for acceleration")
+                except (ForeignProgram, OSError):
+                    pass
 
     def remove_all(self) -> None:
         for ifindex in list(self.attached):

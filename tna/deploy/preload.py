@@ -41,7 +41,7 @@ class Preloads:
                 self._one(load, *pending.pop(0))
                 continue
             pending = [item for item in pending if item not in ready]
-            with ThreadPoolExecutor(max_workers=min(len(ready), os.cpu_count() or 1)) as pool:
+            with ThreadPoolExecutor(max_workers=max(1, min(len(ready), len(os.sched_getaffinity(0))))) as pool:
                 list(pool.map(lambda item: self._one(load, *item), ready))
 
     def _one(self, load: Callable[[IfacePlan, Artifact], Loaded], plan: IfacePlan, art: Artifact) -> None:

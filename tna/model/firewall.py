@@ -241,11 +241,13 @@ class Firewall:
     ct_helpers: bool = False    # a helper may expect a connection: no-entry packets are the kernel's
 
     # Compared often (model, plans, attached programs) and 10,000 rules deep:
-    # by the text of each rule, which says all a rule does.
+    # by the text of each rule, which says all a rule does, and whether the
+    # fast path may decide it (a set's options alone can make it the
+    # kernel's: ipset.resolve()).
     @cached_property
     def _identity(self) -> tuple:
         chains = tuple(tuple((c.table, c.name, c.policy, c.hook, c.stage, c.tie, c.kernel,
-                              tuple(r.text for r in c.rules)) for c in cs) if cs else None
+                              tuple((r.text, r.expressible) for r in c.rules)) for c in cs) if cs else None
                        for cs in (self.fwd4, self.fwd6, self.in4, self.in6))
         return chains, self.ifaces, self.ct4, self.ct6, self.ipsets, self.nat4, self.nat6, self.ct_helpers
 

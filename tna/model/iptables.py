@@ -199,11 +199,13 @@ def parse_rule(line: str, table: Table, counters: tuple[int, int] = (0, 0)) -> R
     return replace(rule, index=len(table.chains[rule.chain].rules) + 1, counters=counters, unsupported=unsupported)
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 17)
 def _parse_line(line: str) -> Rule:
     """What a line says, whatever its place (index 0) and counters: a rule
     set is read whole on every change, and all but the changed lines were
-    parsed before (~25 us a line, a tenth of that for the copy)."""
+    parsed before (~25 us a line, a tenth of that for the copy).  Up to
+    131,072 lines (~1.6 KB each, the lines in use and those gone until the
+    newer push them out); a larger rule set is parsed whole each time."""
     # iptables-save quotes only what needs it; shlex costs ~30 us a line
     tokens = shlex.split(line) if any(c in line for c in "\"'\\") else line.split()
     if len(tokens) < 2 or tokens[0] != "-A":

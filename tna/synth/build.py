@@ -38,22 +38,23 @@ def build(plan: IfacePlan, cache_dir: Path | None = None, observe: CompileObserv
                     all_set_entries(plan.firewall), setgen.map_sizes(plan.firewall.ipsets if plan.firewall else ()))
 
 
-def prebuild(plans: Iterable[IfacePlan], cache_dir: Path | None = None, observe: CompileObserver | None = None) -> None:
-    """Compile the distinct programs of plans at once (each clang is a
-    process of its own), so that their builds, one per interface, find them
-    in the cache: an uplink's XDP program and the containers' TC one no
-    longer wait for each other.  A failure is left to that build to raise."""
-    first: dict[tuple, IfacePlan] = {}
+def build_all(plans: Iterable[IfacePlan], cache_dir: Path | None = None,
+              observe: CompileObserver | None = None) -> dict[int, Artifact | Exception]:
+    """Each plan's artifact by ifindex, or the error of its build.  An
+    artifact depends on the program's shape only (ifindex and MAC are set
+    at the load), so each shape is built once, and the shapes at once (each
+    clang is a process of its own): an uplink's XDP program and the
+    containers' TC one no longer wait for each other."""
+    plans = list(plans)
+    shapes: dict[tuple, IfacePlan] = {}
     for p in plans:
-        first.setdefault((p.hook, p.modules, p.firewall), p)
-    shapes = list(first.values())
-    if len(shapes) < 2:
-        return
+        shapes.setdefault((p.hook, p.modules, p.firewall), p)
 
-    def one(plan: IfacePlan) -> None:
+    def one(plan: IfacePlan) -> Artifact | Exception:
         try:
-            build(plan, cache_dir, observe)
-        except Exception:  # the interface's own build raises it again, where it is handled
-            pass
-    with ThreadPoolExecutor(max_workers=min(len(shapes), os.cpu_count() or 1)) as pool:
-        list(pool.map(one, shapes))
+            return build(plan, cache_dir, observe)
+        except Exception as e:  # raised again for each of its interfaces, where the caller handles it
+            return e
+    with ThreadPoolExecutor(max_workers=max(1, min(len(shapes), len(os.sched_getaffinity(0))))) as pool:
+        built = dict(zip(shapes, pool.map(one, shapes.values()), strict=True))
+    return {p.ifindex: built[p.hook, p.modules, p.firewall] for p in plans}
