@@ -14,10 +14,12 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg
 from tests.test_reconcile_order import recording_daemon
 from tna.bpf import abi
 from tna.model.config import Removed, Route
+from tna.netlink import netconf
 from tna.netlink.decode import (
     RTM_DELROUTE,
     RTM_NEWLINK,
     RTM_NEWROUTE,
+    decoded,
     moves_no_map,
     route_from_msg,
 )
@@ -56,6 +58,31 @@ def _route(**attrs: Any) -> Any:
     return next(iter(_marshal().parse(_route_bytes(**attrs))))
 
 
+def _netconf(kind: int = netconf.RTM_NEWNETCONF, **values: int) -> Any:
+    """A netconf notification as the kernel sends it (ifindex -1: "all"),
+    parsed as the reader's socket does."""
+    msg = netconf.netconf_msg()
+    msg["family"], msg["header"]["type"] = 2, kind
+    msg["attrs"] = [("NETCONFA_IFINDEX", -1), *((f"NETCONFA_{k}", v) for k, v in values.items())]
+    msg.encode()
+    marshal = Marshal()
+    marshal.msg_map = {**marshal.msg_map, **netconf.POLICY}
+    return next(iter(marshal.parse(msg.data)))
+
+
+WRITTEN = _netconf(FORWARDING=0)  # echo 0 > /proc/sys/net/ipv4/ip_forward
+DEVICE = _netconf(FORWARDING=1, RP_FILTER=0, MC_FORWARDING=0, PROXY_NEIGH=0, IGNORE_ROUTES_WITH_LINKDOWN=0)
+GONE_DEVICE = _netconf(netconf.RTM_DELNETCONF)
+
+
+def test_a_sysctl_written_is_told_from_a_device_announced() -> None:
+    assert netconf.written(WRITTEN)
+    assert not netconf.written(DEVICE) and not netconf.written(GONE_DEVICE)
+    # either makes the daemon read /proc/sys; a device gone says nothing new
+    assert list(decoded(WRITTEN)) == list(decoded(DEVICE)) == [netconf.SYSCTLS_ANNOUNCED]
+    assert list(decoded(GONE_DEVICE)) == []
+
+
 RECORDED = _recorded()
 ROUTES = [m for m in RECORDED if m["header"]["type"] == RTM_NEWROUTE]
 NOTABLE = [m for m in ROUTES if m.fact.notable]
@@ -88,7 +115,8 @@ def test_route_events_are_kept_as_their_facts() -> None:
 
 
 @pytest.mark.parametrize(("busy", "batch", "held"), [
-    (True, PLAIN, False), (True, PLAIN + LINKS[:1], True), (False, LINKS, False)])
+    (True, PLAIN, False), (True, PLAIN + LINKS[:1], True), (False, LINKS, False),
+    (False, [WRITTEN], True), (False, [DEVICE], False), (True, [DEVICE], True)])
 def test_a_busy_loop_holds_for_what_can_move_a_map(monkeypatch: pytest.MonkeyPatch, busy: bool,
                                                    batch: list[Any], held: bool) -> None:
     d = recording_daemon(monkeypatch)

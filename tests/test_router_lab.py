@@ -134,6 +134,24 @@ def test_forwarding_switched_off_and_on(accelerated):
     assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3).stdout
 
 
+def test_a_sysctl_change_decides_the_next_packet(accelerated):
+    """Linux applies rp_filter and ip_forward at the write; the fast path
+    must not forward what it then drops, not even until a poll: the kernel
+    announces both (RTM_NEWNETCONF) and the datapath holds at once."""
+    lab, tna = accelerated
+    for sysctl, src in (("net.ipv4.conf.all.rp_filter", "198.51.100.77"),  # strict: its way back is not r-h1
+                        ("net.ipv4.ip_forward", lab.h1.ip4)):
+        rx = _h2_rx(lab)
+        lab.sysctl(lab.r, sysctl, 1 if "rp_filter" in sysctl else 0)
+        _spoof(lab, src)  # 20 frames, at once
+        time.sleep(0.5)
+        assert _h2_rx(lab) - rx <= 2, f"{sysctl}: forwarded after the change (neighbour noise: 2)"
+    lab.sysctl(lab.r, "net.ipv4.ip_forward", 1)
+    lab.sysctl(lab.r, "net.ipv4.conf.all.rp_filter", 0)
+    tna.wait_attached(["r-h1", "r-h2"])
+    assert wait_for(lambda: " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 2).stdout, 30)
+
+
 @pytest.mark.parametrize(("family", "dst", "via", "expect"), [
     ("ip4", "203.0.113.5", "198.51.100.2", "Frag needed and DF set (mtu = 1400)"),
     ("ip6", "2001:db8:3::5", "2001:db8:2::2", "Packet too big: mtu=1400"),

@@ -40,6 +40,7 @@ from tna.model.routes import RouteDump
 from tna.netlink import netfilter
 from tna.netlink.decode import decoded
 from tna.netlink.ipset import IpsetReader
+from tna.netlink.netconf import SysctlsAnnounced
 from tna.netlink.netfilter import NetfilterChanged
 from tna.netlink.watch import ResyncNeeded, Watcher
 from tna.runstate import RunLock, publish_status
@@ -85,6 +86,7 @@ class Daemon:
         self.holds = Holds(lambda reason: self.dp.lease.hold(reason))  # what the reader threads raise
         self._watcher: Watcher | None = None
         self._fdb_full = True  # a new model: the FDB map is compared whole at the next reconcile
+        self._sysctls_due = False  # the kernel announced a sysctl change the loop has not read yet
         self._status: dict[str, Any] = {"routes": 0}  # what state.json says
         self._ipset_reader = IpsetReader()
         self._tables: dict[int, dict[str, Table]] = {}  # the rules last read (re-planned when a set changes)
@@ -151,6 +153,9 @@ class Daemon:
                 self.metrics.resyncs.inc()
                 self._resync()
                 changed = True
+            if self._sysctls_due:  # one read for a batch of announcements (a device each: thousands)
+                self._sysctls_due = False
+                changed |= poll_sysctls(self.model)
             changed |= self.holds.busy(self._watcher.drained, queued)  # the next reconcile ends a PENDING hold
             hup = self._hup.is_set()
             if hup:
@@ -204,6 +209,9 @@ class Daemon:
     def _apply(self, msg: Any) -> bool:
         changed = False
         for fact in decoded(msg):
+            if isinstance(fact, SysctlsAnnounced):  # read once the batch is in, not a poll's second away
+                self._sysctls_due = True
+                continue
             changed |= self.model.apply(fact)
             if isinstance(fact, RouteDump) and fact.done:
                 log.info("%s routes: %d known after %.1f s; their guards are exact now",

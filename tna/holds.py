@@ -9,7 +9,8 @@ guards ends it, once nothing it has not written could have changed:
 - FW_CHANGED: an nftables commit began (its messages are still being
   decoded) or ended after the rule sets in hand were read;
 - PENDING: an rtnetlink batch that can move a map came while the main
-  loop was busy, and the loop has not taken it in yet;
+  loop was busy (or a sysctl was written, busy or not), and the loop has
+  not taken it in yet;
 - RESYNC: a watcher lost events, and no later watcher's dump is in every
   map yet.
 
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tna.bpf import abi
+from tna.netlink import netconf
 from tna.netlink.decode import moves_no_map
 
 
@@ -70,10 +72,13 @@ class Holds:
     def events_queued(self, batch: list[Any]) -> None:
         """After a batch was queued: while the main loop is busy it may have
         moved a host to a port the maps still send it to (a burst of plain
-        routes holds nothing)."""
+        routes holds nothing); a sysctl written (ip_forward, rp_filter, ...)
+        holds even while it is idle: the kernel applied it at the write, and
+        the loop reads /proc/sys and re-plans before it can act on it."""
         with self.lock:
             self._queued += 1
-            if self._busy and not all(moves_no_map(m) for m in batch):
+            if ((self._busy and not all(moves_no_map(m) for m in batch))
+                    or any(netconf.written(m) for m in batch)):
                 self._pending_at = self._queued
                 self._hold(abi.REASON["PENDING"])
 

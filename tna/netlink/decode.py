@@ -41,6 +41,7 @@ from tna.netlink.fdb import (
     RTM_DELNEIGH,
     RTM_NEWNEIGH,
 )
+from tna.netlink.netconf import RTM_NEWNETCONF, SYSCTLS_ANNOUNCED, SysctlsAnnounced
 
 RTM_NEWLINK, RTM_DELLINK = 16, 17
 RTM_NEWADDR, RTM_DELADDR = 20, 21
@@ -59,8 +60,9 @@ class NlMsg(Protocol):
     def __getitem__(self, key: str) -> Any: ...
 
 
-def decoded(item: NlMsg | XdpXmit | TcFilters | RouteDump | Dumped | FactMsg) -> Iterator[Fact]:
-    """What the watcher queues (messages, and facts it derived itself) as facts."""
+def decoded(item: NlMsg | XdpXmit | TcFilters | RouteDump | Dumped | FactMsg) -> Iterator[Fact | SysctlsAnnounced]:
+    """What the watcher queues (messages, and facts it derived itself) as
+    facts, and SYSCTLS_ANNOUNCED: the daemon reads /proc/sys now."""
     if isinstance(item, FactMsg):  # first: FDB entries and routes, by the million
         yield item.fact
     elif isinstance(item, (XdpXmit, TcFilters, RouteDump, Dumped)):
@@ -69,10 +71,13 @@ def decoded(item: NlMsg | XdpXmit | TcFilters | RouteDump | Dumped | FactMsg) ->
         yield from facts(item)
 
 
-def facts(msg: NlMsg) -> Iterator[Fact]:
+def facts(msg: NlMsg) -> Iterator[Fact | SysctlsAnnounced]:
     """The facts one rtnetlink message states (none for what the model
     does not follow)."""
     kind = msg["header"]["type"]
+    if kind == RTM_NEWNETCONF:
+        yield SYSCTLS_ANNOUNCED
+        return
     if kind in (RTM_NEWLINK, RTM_DELLINK):
         if msg["family"] == AF_BRIDGE:  # a port's bridge view, not the device
             yield from _port_view(msg, kind == RTM_NEWLINK)

@@ -41,6 +41,7 @@ from tna.model.config import AF_INET, AF_INET6, Sysctls, TcFilters, XdpXmit
 from tna.model.routes import Dumped, RouteDump
 from tna.netlink.decode import NlMsg
 from tna.netlink.fdb import decode_fdb_fast, dump_fdb
+from tna.netlink.netconf import RTMGRP_NETCONF, follow_netconf
 from tna.netlink.netdev import XdpFeatureEvents, xdp_xmit_capable
 from tna.netlink.netfilter import NetfilterChanged, NftEvents
 from tna.netlink.nexthop import RTMGRP_NEXTHOP, follow_nexthops, get_nexthops
@@ -59,7 +60,7 @@ ROUTES_QUEUED_MAX = 20000
 EVENTS_BUDGET_S = 0.25   # events() returns after this long (the main loop shows life)
 
 GROUPS = (RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
-          | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_NEXTHOP | RTMGRP_TC)
+          | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_NEXTHOP | RTMGRP_TC | RTMGRP_NETCONF)
 RECV_SIZE = 65536          # an event is a datagram of its own, well under this
 RECV_BATCH = 4096          # datagrams read before the batch is handed on
 RTM_NEWQDISC, RTM_DELQDISC = 36, 37
@@ -164,6 +165,7 @@ class Watcher:
             decode_fdb_fast(ipr.asyncore.marshal)  # dumped and events alike
             decode_routes_fast(ipr.asyncore.marshal)  # a burst queues facts, not messages
             follow_nexthops(ipr)
+            follow_netconf(ipr)
             ipr.bind(groups=GROUPS)
             self._q.put(_Batch(self._dump(ipr)))
             self._q.put(_DUMP_DONE)
