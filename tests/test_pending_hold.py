@@ -124,3 +124,26 @@ def test_a_busy_loop_holds_for_what_can_move_a_map(monkeypatch: pytest.MonkeyPat
         d.holds.idle()  # the main loop waits for events
     d.holds.events_queued(batch)
     assert (("hold", abi.REASON["PENDING"]) in d.dp.calls) == held  # type: ignore[attr-defined]
+
+
+def test_a_batch_taken_by_an_idle_loop_ends_its_hold_at_the_next_publication() -> None:
+    """The loop waits (idle), a sysctl write's batch arrives and holds, the
+    loop takes it and has read /proc/sys: the reconcile that follows may end
+    the hold (not one more wake of the loop later: all traffic was the
+    kernel's for another 0.5 s)."""
+    from tna.holds import Holds
+
+    held: list[int] = []
+    h = Holds(held.append)
+    h.idle()
+    h.events_queued([WRITTEN])  # the reader thread: queued, then counted
+    assert held == [abi.REASON["PENDING"]]
+    with h.lock:
+        assert h.reason() == abi.REASON["PENDING"]
+    assert h.busy(lambda: True)  # the loop took it: the queue is empty
+    with h.lock:
+        assert h.reason() == 0
+    h.events_queued([DEVICE])  # busy: a batch it has not taken holds again
+    assert not h.busy(lambda: False)
+    with h.lock:
+        assert h.reason() == abi.REASON["PENDING"]

@@ -173,3 +173,19 @@ def test_a_veth_whose_peer_is_here_is_not_xdp_while_the_rules_read_the_mark() ->
         assert "its veth peer is in this namespace" in p.ifaces[2].hook_why
         assert not p.ifaces[2].flags & TNA_IF_CHECK_CSUM_PARTIAL  # a TC program screens nothing
     assert {ip.hook for ip in plan(_veths("-A FORWARD -p udp -j DROP\n"), "xdp").ifaces.values()} == {"xdp"}
+
+
+def test_a_port_whose_rp_filter_is_not_read_yet_is_checked_strictly() -> None:
+    """A device can come between two reads of /proc/sys (its own netconf
+    announcement may precede its link message): until its rp_filter is
+    read, the fast path proves sources as strict mode does and leaves the
+    rest to the kernel, whatever the mode turns out to be."""
+    from tna.bpf.abi import TNA_IF_RP_LOOSE, TNA_IF_RP_STRICT
+    from tna.synth.planner import rp_filter_flags
+
+    m = _bridged()
+    m.addrs.add(Addr(5, 2, "192.0.2.5", 24))
+    assert rp_filter_flags(m, 5) == TNA_IF_RP_STRICT
+    assert m.set_rp_filter(5, 2) and rp_filter_flags(m, 5) == TNA_IF_RP_LOOSE
+    assert m.set_rp_filter(5, 0) and rp_filter_flags(m, 5) == 0
+    assert not m.set_rp_filter(6, 1)  # unread counted as strict already: nothing to re-plan

@@ -140,7 +140,7 @@ class Daemon:
             changed = False
             commits: list[NetfilterChanged] = []
             assert self._watcher is not None
-            queued = self.holds.idle()
+            self.holds.idle()
             try:
                 for msg in self._watcher.events(timeout=LOOP_WAKE_S):
                     if isinstance(msg, NetfilterChanged):  # held already (Holds.nft_begin)
@@ -156,7 +156,7 @@ class Daemon:
             if self._sysctls_due:  # one read for a batch of announcements (a device each: thousands)
                 self._sysctls_due = False
                 changed |= poll_sysctls(self.model)
-            changed |= self.holds.busy(self._watcher.drained, queued)  # the next reconcile ends a PENDING hold
+            changed |= self.holds.busy(self._watcher.drained)  # the next reconcile ends a PENDING hold
             hup = self._hup.is_set()
             if hup:
                 self._hup.clear()

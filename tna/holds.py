@@ -92,23 +92,23 @@ class Holds:
 
     # --- the main loop --------------------------------------------------------
 
-    def idle(self) -> int:
-        """The loop waits for events; how many batches were queued."""
+    def idle(self) -> None:
+        """The loop waits for events."""
         with self.lock:
             self._busy = False
-            return self._queued
 
-    def busy(self, drained: Callable[[], bool], queued: int) -> bool:
-        """The loop took what idle() counted, if drained() (the queue is
-        empty: asked under the lock, so a batch queued after it finds the
-        loop busy and holds); True if a PENDING hold can end at the next
-        publication."""
+    def busy(self, drained: Callable[[], bool]) -> bool:
+        """The loop has taken and applied what it found queued; if drained()
+        (the queue is empty: asked under the lock), every batch counted so
+        far was taken (the reader counts a batch after queuing it), so a
+        batch queued after this finds the loop busy and holds.  True if a
+        PENDING hold can end at the next publication."""
         with self.lock:
             self._busy = True
-            if self._taken >= queued or not drained():
+            if self._taken >= self._queued or not drained():
                 return False
             ended = self._pending_at > self._taken
-            self._taken = queued
+            self._taken = self._queued
             return ended
 
     def rules_read(self) -> None:

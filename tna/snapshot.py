@@ -80,9 +80,10 @@ def plan_filtering(tables: dict[int, dict[str, Table]], sets: Mapping[str, IpSet
 
 
 def poll_sysctls(model: Model) -> bool:
-    """Read the sysctls and rp_filter (they announce nothing) into model:
-    whether it changed.  Those only nft's `fib saddr . iif` check needs, only
-    while a rule uses it."""
+    """Read the sysctls and rp_filter into model (polled, and when the
+    kernel announces a write: tna/netlink/netconf.py): whether it changed.
+    Those only nft's `fib saddr . iif` check needs, only while a rule uses
+    it."""
     changed = model.set_sysctls(read_sysctls(model.firewall is not None and model.firewall.checks_rpf))
     for index, mode in read_rp_filter({i: link.name for i, link in model.links.items()}).items():
         changed |= model.set_rp_filter(index, mode)

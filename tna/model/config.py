@@ -361,9 +361,15 @@ class Model:
         return changed
 
     def set_rp_filter(self, index: int, mode: int) -> bool:
-        changed = self.rp_filter.get(index, 0) != mode
+        changed = self.rp_filter_of(index) != mode
         self.rp_filter[index] = mode
         return changed
+
+    def rp_filter_of(self, index: int) -> int:
+        """A port's rp_filter mode; one not read yet (a device that came
+        after the last read) counts as strict: the fast path then forwards
+        only what the strictest check proves, the kernel judges the rest."""
+        return self.rp_filter.get(index, 1)
 
     def has_ipv4(self, index: int) -> bool:
         return any(a.index == index and a.family == AF_INET for a in self.addrs)

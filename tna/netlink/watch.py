@@ -352,9 +352,11 @@ def _read_int(path: str, default: int = 0) -> int:
 
 
 def read_rp_filter(names: dict[int, str]) -> dict[int, int]:
-    """Effective IPv4 rp_filter per ifindex: the kernel uses max(all, dev)."""
+    """Effective IPv4 rp_filter per ifindex: the kernel uses max(all, dev);
+    a device whose file is gone meanwhile (renamed, deleted) counts as
+    strict until the next read."""
     base = _read_int("/proc/sys/net/ipv4/conf/all/rp_filter")
-    return {i: max(base, _read_int(f"/proc/sys/net/ipv4/conf/{name}/rp_filter")) for i, name in names.items()}
+    return {i: max(base, _read_int(f"/proc/sys/net/ipv4/conf/{name}/rp_filter", 1)) for i, name in names.items()}
 
 
 def _any_conf(family: str, name: str) -> bool:

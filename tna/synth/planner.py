@@ -210,7 +210,7 @@ def rp_filter_flags(model: Model, index: int) -> int:
     """fib_validate_source(): strict (1) needs the route back via this port;
     loose (2) any unicast route back, except that a port without an IPv4
     address falls through to the strict outcome."""
-    mode = model.rp_filter.get(index, 0)
+    mode = model.rp_filter_of(index)
     if mode == 1 or (mode == 2 and not model.has_ipv4(index)):
         return TNA_IF_RP_STRICT
     if mode == 2:
