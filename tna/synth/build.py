@@ -43,12 +43,14 @@ def build_all(plans: Iterable[IfacePlan], cache_dir: Path | None = None,
     """Each plan's artifact by ifindex, or the error of its build.  An
     artifact depends on the program's shape only (ifindex and MAC are set
     at the load), so each shape is built once, and the shapes at once (each
-    clang is a process of its own): an uplink's XDP program and the
-    containers' TC one no longer wait for each other."""
+    clang is a process of its own): an uplink's router program and the
+    container ports' bridge program no longer wait for each other."""
     plans = list(plans)
     shapes: dict[tuple, IfacePlan] = {}
     for p in plans:
         shapes.setdefault((p.hook, p.modules, p.firewall), p)
+    if not shapes:  # most reconciles (a route, an FDB entry) build nothing
+        return {}
 
     def one(plan: IfacePlan) -> Artifact | Exception:
         try:
