@@ -17,7 +17,8 @@ timestamps and ISNs) and crafted frames do not:
   what the rules deny (direct access, isolation).
 
 `observe` also records, per tna run, the fast path's counters (what it
-carried, by reason) and why traffic stays on the kernel path (`tna status`).
+carried, by reason), read after one more TCP flow long enough to be carried
+(`carried_flow`), and why traffic stays on the kernel path (`tna status`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ OUTCOMES = ("tcp out v4", "tcp out v6", "tcp published v4", "tcp published v6", 
             "ping out v4", "ping out v6", "ping direct v4", "ping direct v6", "ping isolated v4", "ping isolated v6")
 NBYTES, ECHOES, CONNECT_S = 256 << 10, 5, 3  # connecting fails fast where the rules drop
 PAD = 16  # bytes after a crafted frame's mark
+CARRIED_S = 1.5  # carried_flow's length
 
 
 @dataclass
@@ -48,6 +50,7 @@ class Run:
     outcomes: dict[str, str]
     counters: dict[str, int] = field(default_factory=dict)  # packets by reason (tna runs)
     kernel_path: str | None = None  # why tna leaves all traffic to the kernel, if it does
+    carried: str | None = None      # carried_flow's outcome (tna runs where "tcp out v4" is ok)
 
 
 def topology(lab: HostLab) -> Topology:
@@ -152,14 +155,28 @@ def quiet_flow(lab: HostLab, timeout_s: int = 4) -> str:
     gone)."""
     lab.sysctl(lab.host, "net.netfilter.nf_conntrack_tcp_timeout_established", timeout_s)
     lab.sysctl(lab.host, "net.netfilter.nf_conntrack_tcp_loose", 0)
-    server = _server(lab, lab.out.ns, "tcp-server", str(TCP_PORT + 100))
     try:
-        phases = (str(timeout_s + 2), str(timeout_s // 2), "1")
-        res = lab.run(lab.c1.ns, py("netns_labs.xfer", "tcp-phases", lab.out.ip4, str(TCP_PORT + 100), *phases),
+        return _paced_flow(lab, TCP_PORT + 100, (timeout_s + 2, timeout_s // 2, 1))
+    finally:
+        lab.sysctl(lab.host, "net.netfilter.nf_conntrack_tcp_loose", 1)
+
+
+def carried_flow(lab: HostLab, seconds: float = CARRIED_S) -> str:
+    """One TCP connection from c1 to the outside on the port the scenario's
+    transfers use, sending for seconds: long enough to be carried however late
+    the daemon syncs its conntrack entry on a loaded machine (the scenario's
+    own transfers can end before that)."""
+    return _paced_flow(lab, TCP_PORT, (seconds,))
+
+
+def _paced_flow(lab: HostLab, port: int, phases: tuple[float, ...]) -> str:
+    """xfer's tcp-phases from c1 to the outside: "ok" if every byte arrived."""
+    server = _server(lab, lab.out.ns, "tcp-server", str(port))
+    try:
+        res = lab.run(lab.c1.ns, py("netns_labs.xfer", "tcp-phases", lab.out.ip4, str(port), *map(str, phases)),
                       cwd=Lab.repo, check=False, timeout=120)
     finally:
         server.kill()
-        lab.sysctl(lab.host, "net.netfilter.nf_conntrack_tcp_loose", 1)
     return _tcp_ok(res.stdout, res.returncode)
 
 
@@ -185,15 +202,18 @@ class Harness:
         """mode: LINUX or a hook; extra: more traffic while this mode runs
         (its result in Run.frames.during's "extra")."""
         def during(tna: Tna | None) -> dict[str, object]:
-            got: dict[str, object] = {"outcomes": real_traffic(self.lab), "extra": extra() if extra else None}
+            outcomes = real_traffic(self.lab)
+            got: dict[str, object] = {"outcomes": outcomes, "extra": extra() if extra else None}
             if tna is not None:
+                if outcomes["tcp out v4"] == "ok":  # where the rules let it out
+                    got["carried"] = carried_flow(self.lab)
                 st = tna.status() or {}
                 got["counters"] = tna.counters()
                 got["kernel_path"] = st.get("disabled")
             return got
         obs = self.runner.observe(mode, during=during)
         d: dict = obs.during  # type: ignore[assignment]
-        return Run(mode, obs, d["outcomes"], d.get("counters", {}), d.get("kernel_path"))
+        return Run(mode, obs, d["outcomes"], d.get("counters", {}), d.get("kernel_path"), d.get("carried"))
 
     def diff(self, linux: Run, other: Run) -> list[str]:
         """What other did differently from Linux; the first differing frame (in

@@ -70,6 +70,7 @@ def test_transparent(setup: Setup, hook: str) -> None:
 def test_established_traffic_carried(setup: Setup) -> None:
     run = setup.run("auto")
     assert run.kernel_path is None
+    assert run.carried == ("ok" if setup.linux.outcomes["tcp out v4"] == "ok" else None)
     assert run.counters.get("FORWARDED", 0) > 0, run.counters
 
 
