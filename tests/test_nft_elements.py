@@ -25,7 +25,7 @@ import pytest
 from netns_labs.lab import in_netns
 from tna.model.ipset import IpSet
 from tna.model.nftables import parse_ruleset
-from tna.model.nftsets import SetElement, apply_elements
+from tna.model.nftsets import SetElement, apply_elements, mirrors
 from tna.netlink.netfilter import NftEvents
 from tna.netlink.nftmsg import NftCommit
 
@@ -38,6 +38,9 @@ TABLE = """table inet t {
 	set h4 { type ipv4_addr; }
 	set h6 { type ipv6_addr; }
 	set tm { type ipv4_addr; flags timeout; }
+	set c4 { type ipv4_addr . inet_service; }
+	set c6 { type ipv6_addr . inet_service; }
+	set ci { type ipv4_addr . inet_service; flags interval; }
 	map mp { type ipv4_addr : verdict; }
 	chain c {
 		type filter hook forward priority filter; policy accept;
@@ -47,10 +50,14 @@ TABLE = """table inet t {
 		ip daddr @h4 drop
 		ip6 daddr @h6 drop
 		ip daddr @tm drop
+		ip saddr . tcp dport @c4 drop
+		ip daddr . udp dport @c4 drop
+		ip6 saddr . tcp sport @c6 drop
+		ip saddr . tcp dport @ci drop
 	}
 }
 """
-NAMES = ("v4", "v4m", "v6", "h4", "h6", "tm")
+NAMES = ("v4", "v4m", "v6", "h4", "h6", "tm", "c4:tcp", "c4:udp", "c6:tcp")  # a concatenation's, per protocol
 
 
 class Ns:
@@ -97,12 +104,15 @@ def followed(ns: Ns, held: dict[str, IpSet], *cmd: str) -> dict[str, IpSet]:
     assert commits and all(c.elements is not None for c in commits), (cmd, commits)
     elements: dict[str, list[SetElement]] = {}
     for e in (e for c in commits for e in c.elements or ()):
-        elements.setdefault(e.set.rsplit(":", 1)[1], []).append(e)
+        elements.setdefault(e.set, []).append(e)
     after = dict(held)
-    for name, els in elements.items():
-        new = apply_elements(held[name], els)
-        assert new is not None, (cmd, name, els)
-        after[name] = new
+    for base, els in elements.items():
+        names = mirrors(base, [f"nft:inet t:{n}" for n in held])
+        assert names, (cmd, base)
+        for name in names:
+            new = apply_elements(held[name.split(":", 2)[2]], els)
+            assert new is not None, (cmd, name, els)
+            after[name.split(":", 2)[2]] = new
     assert after == ns.sets(), cmd
     return after
 
@@ -126,6 +136,23 @@ def test_interval_and_plain_sets_follow_their_elements(ns: Ns) -> None:
         ["flush", "set", "inet", "t", "h4"],
     ):
         held = followed(ns, held, *cmd)
+
+
+def test_concatenation_sets_follow_their_elements(ns: Ns) -> None:
+    """`ADDR . inet_service` sets without intervals: one element is one
+    address and port, for each protocol a rule matches the set with."""
+    held = ns.sets()
+    for cmd in (
+        ["add", "element", "inet", "t", "c4",
+         "{ 192.0.2.1 . 22, 192.0.2.1 . 80, 0.0.0.0 . 0, 255.255.255.255 . 65535 }"],
+        ["delete", "element", "inet", "t", "c4", "{ 192.0.2.1 . 22 }"],
+        ["add", "element", "inet", "t", "c6", "{ 2001:db8::1 . 443, :: . 1 }"],
+        ["delete", "element", "inet", "t", "c6", "{ :: . 1 }"],
+        ["flush", "set", "inet", "t", "c4"],
+    ):
+        held = followed(ns, held, *cmd)
+    assert {(str(m.net), m.port) for m in held["c6:tcp"].members} == {("2001:db8::1/128", 443)}
+    assert {m.proto for m in held["c6:tcp"].members} == {6}
 
 
 def test_many_elements_in_one_commit(ns: Ns) -> None:
@@ -168,6 +195,7 @@ def test_drawn_sequences(ns: Ns) -> None:
     ["add", "set", "inet", "t", "new", "{ type ipv4_addr; }"],
     ["add", "element", "inet", "t", "tm", "{ 192.0.2.1 timeout 1h }"],
     ["add", "element", "inet", "t", "mp", "{ 192.0.2.1 : drop }"],
+    ["add", "element", "inet", "t", "ci", "{ 192.0.2.0/24 . 1000-1002 }"],  # an interval's end key
     ["add", "table", "ip", "other"],
 ])
 def test_other_commits_say_read_everything(ns: Ns, cmd: list[str]) -> None:

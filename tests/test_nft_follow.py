@@ -35,10 +35,28 @@ RULESET = {"nftables": [
 ADD = (SetElement(SET, True, bytes([203, 0, 113, 0])), SetElement(SET, True, bytes([203, 0, 114, 0]), end=True))
 
 
-def nft_daemon(monkeypatch: pytest.MonkeyPatch) -> daemon_mod.Daemon:
-    """A daemon whose rules in hand are RULESET, read with no commit under way."""
+def concat_port(proto: str) -> dict:
+    """A rule dropping `ip saddr . <proto> dport @ap`."""
+    return {"rule": {"family": "inet", "table": "t", "chain": "c", "handle": 5, "expr": [
+        {"match": {"op": "==", "left": {"concat": [{"payload": {"protocol": "ip", "field": "saddr"}},
+                                                    {"payload": {"protocol": proto, "field": "dport"}}]},
+                   "right": "@ap"}},
+        {"drop": None}]}}
+
+
+# a concatenation set, matched by a TCP and a UDP rule
+CONCAT = {"nftables": [
+    *RULESET["nftables"],
+    {"set": {"family": "inet", "table": "t", "name": "ap", "type": ["ipv4_addr", "inet_service"], "handle": 6,
+             "elem": [{"concat": ["192.0.2.1", 22]}]}},
+    concat_port("tcp"), concat_port("udp"),
+]}
+
+
+def nft_daemon(monkeypatch: pytest.MonkeyPatch, ruleset: dict = RULESET) -> daemon_mod.Daemon:
+    """A daemon whose rules in hand are ruleset, read with no commit under way."""
     d = recording_daemon(monkeypatch)
-    rules = parse_ruleset(RULESET)
+    rules = parse_ruleset(ruleset)
     fw, why = plan_filtering(rules.tables, rules.sets)
     assert why is None and fw is not None and fw.ipsets
     d._tables, d._nft_sets = rules.tables, dict(rules.sets)
@@ -73,6 +91,21 @@ def test_set_elements_are_a_map_update_and_the_hold_ends_after_it(monkeypatch: p
     assert len(dict(calls)["sync_ipsets"][map_name(SET)]) == 2
     synced = ops.index("sync_ipsets")
     assert ("release", 0) not in calls[:synced] and calls[-1] == ("release", 0), calls
+
+
+def test_a_concatenation_sets_elements_update_the_set_of_each_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
+    d = nft_daemon(monkeypatch, CONCAT)
+    no_reread(monkeypatch)
+    key = bytes([198, 51, 100, 7]) + (8080).to_bytes(2, "big") + bytes(2)  # the port in a 32-bit register
+    c = commit(d, (SetElement("nft:inet t:ap", True, key),))
+    assert d._apply_set_elements([c])
+    calls = reconcile(d)
+    assert "attach" not in [op for op, _ in calls], calls
+    for proto, num in (("tcp", 6), ("udp", 17)):
+        name = f"nft:inet t:ap:{proto}"
+        assert {(str(m.net), m.proto, m.port) for m in d.model.ipsets[name].members} == {
+            ("192.0.2.1/32", num, 22), ("198.51.100.7/32", num, 8080)}
+        assert len(dict(calls)["sync_ipsets"][map_name(name)]) == 2
 
 
 def test_a_commit_under_way_holds_whatever_the_counts_say(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -35,7 +35,7 @@ from tna.model.config import AF_INET, AF_INET6, Model
 from tna.model.firewall import Firewall
 from tna.model.ipset import IpSet, used_sets
 from tna.model.iptables import Table
-from tna.model.nftsets import SetElement, apply_elements
+from tna.model.nftsets import SetElement, apply_elements, mirrors
 from tna.model.routes import RouteDump
 from tna.netlink import netfilter
 from tna.netlink.decode import decoded
@@ -289,11 +289,15 @@ class Daemon:
         for e in (e for c in commits for e in c.elements or ()):
             by_set.setdefault(e.set, []).append(e)
         updated = {}
-        for name, elements in by_set.items():
-            new = apply_elements(self._nft_sets[name], elements) if name in self._nft_sets else None
-            if new is None:
+        for base, elements in by_set.items():
+            names = mirrors(base, self._nft_sets)
+            for name in names:
+                new = apply_elements(self._nft_sets[name], elements)
+                if new is None:
+                    return False
+                updated[name] = new
+            if not names:
                 return False
-            updated[name] = new
         if commits:
             h.rules_gen = commits[-1].gen
         sets = {**self.model.ipsets, **updated}

@@ -44,11 +44,10 @@ from tna.model.nftables_text import (
     port_ranges,
     render_rule,
 )
-from tna.model.nftsets import interval_members
+from tna.model.nftsets import L4, concat_set_name, interval_members
 
 VERSIONS = {"ip": (4,), "ip6": (6,), "inet": (4, 6)}
 HOOKS = ("prerouting", "input", "forward", "output", "postrouting")
-_L4 = {"tcp": 6, "udp": 17, "sctp": 132, "udplite": 136, "dccp": 33}
 _PORT_PROTOS = {6, 17, 132, 136}
 _TERMINAL = ("reject", "queue", "fwd", "dnat", "snat", "masquerade", "redirect", "tproxy", "synproxy")
 MAX_EXPANSION = 64  # Rules one nft rule may become (beyond: kernel path)
@@ -286,9 +285,9 @@ class _Ctx:
                 return self.address(v, "src" if fld == "saddr" else "dst", right, neg, a)
             if (proto, fld) in (("ip", "protocol"), ("ip6", "nexthdr")):
                 return self.meta("l4proto", right, neg, a)
-        if proto in (*_L4, "th") and fld in ("sport", "dport"):
+        if proto in (*L4, "th") and fld in ("sport", "dport"):
             if proto != "th":
-                _imply_proto(a, _L4[proto])
+                _imply_proto(a, L4[proto])
             return _set(a, fld, self.ports(right), neg)
         if proto == "tcp" and fld == "flags":
             bits = flag_bits(right)
@@ -360,12 +359,12 @@ class _Ctx:
         s = self.set_json.get((self.family, self.table, name))
         addr, port = (p.get("payload", {}) if isinstance(p, dict) else {} for p in [*parts, None, None][:2])
         if (len(parts) != 2 or s is None or addr.get("protocol") not in _FAMILY_OF
-                or addr.get("field") not in ("saddr", "daddr") or port.get("protocol") not in _L4
+                or addr.get("field") not in ("saddr", "daddr") or port.get("protocol") not in L4
                 or port.get("field") not in ("sport", "dport") or s.get("type") not in (
                     ["ipv4_addr", "inet_service"], ["ipv6_addr", "inet_service"])):
             raise Unsupported(f"concatenation set @{name}")
-        proto, v = _L4[port["protocol"]], _FAMILY_OF[addr["protocol"]]
-        full = f"nft:{self.family} {self.table}:{name}:{port['protocol']}"
+        proto, v = L4[port["protocol"]], _FAMILY_OF[addr["protocol"]]
+        full = concat_set_name(f"nft:{self.family} {self.table}:{name}", port["protocol"])
         if full not in self.out.sets:
             members = set()
             for e in s.get("elem", []):
@@ -400,7 +399,7 @@ class _Ctx:
             a.versions = a.versions - {v} if neg else a.versions & {v}
             return [a] if a.versions else []
         if key == "l4proto":
-            num = right if isinstance(right, int) else PROTOCOLS.get(str(right), _L4.get(str(right)))
+            num = right if isinstance(right, int) else PROTOCOLS.get(str(right), L4.get(str(right)))
             if num is None or num == 0:  # 0 is the model's "-p all"; nft's means protocol 0 (HOPOPTS)
                 raise Unsupported(f"meta l4proto {right}")
             return _set(a, "proto", num, neg)

@@ -11,6 +11,10 @@ address, its first address flagged "open"; libnftables adds an end at
 address 0 that closes nothing.  A change that does not fit what the set
 holds (an add that overlaps, a delete of what is not there: the set in
 hand is not the kernel's) gives None: the caller reads the set again.
+
+A concatenation set `ADDR . inet_service` without intervals is a
+hash:ip,port per protocol of the rules that match it (`ip saddr . tcp
+dport @s`: concat_set_name()), each element one address and port.
 """
 
 from __future__ import annotations
@@ -24,6 +28,20 @@ from itertools import groupby, pairwise
 from tna.model.ipset import IpSet, Member
 
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+# the transport protocols whose ports nft matches (payload `tcp dport`, ...)
+L4 = {"tcp": 6, "udp": 17, "sctp": 132, "udplite": 136, "dccp": 33}
+
+
+def concat_set_name(base: str, l4: str) -> str:
+    """The IpSet of concatenation set base as the rules matching l4's port
+    use it (its members carry the protocol)."""
+    return f"{base}:{l4}"
+
+
+def mirrors(base: str, names: Iterable[str]) -> list[str]:
+    """The IpSets among names that mirror nftables set base: base itself,
+    or its concatenation's, one per protocol."""
+    return [n for n in names if n == base or (n.startswith(base + ":") and n[len(base) + 1:] in L4)]
 
 
 @dataclass(frozen=True)
@@ -122,12 +140,26 @@ def _minus(cur: list[tuple[int, int]], gone: list[tuple[int, int]]) -> list[tupl
 
 def apply_elements(s: IpSet, elements: Sequence[SetElement]) -> IpSet | None:
     """s after a commit's element changes (in their order), or None when
-    they do not fit s.  s is an address set as nft_set_from() made it:
-    hash:ip without intervals, hash:net with."""
-    width = _width(s.family)
-    if s.type not in ("hash:ip", "hash:net") or s.timeout or s.counters or s.unmodelled or \
-            any(len(e.key) != width // 8 or e.set != s.name for e in elements):
+    they do not fit s.  s is a set as nft_set_from() made it: an address set
+    (hash:ip without intervals, hash:net with) or a concatenation's
+    hash:ip,port."""
+    if s.timeout or s.counters or s.unmodelled or any(mirrors(e.set, (s.name,)) != [s.name] for e in elements):
         return None
+    # maxelem is max(declared size, members) (nft_set_from): the size is
+    # known only while the members are fewer
+    if len(s.members) >= s.maxelem:
+        return None
+    if s.type == "hash:ip,port":
+        out = _pairs(s, elements)
+    elif s.type in ("hash:ip", "hash:net") and all(len(e.key) == _width(s.family) // 8 for e in elements):
+        out = _addresses(s, elements)
+    else:
+        return None
+    return None if out is None else replace(s, members=out, maxelem=max(s.maxelem, len(out)))
+
+
+def _addresses(s: IpSet, elements: Sequence[SetElement]) -> frozenset[Member] | None:
+    width = _width(s.family)
     members = set(s.members)
     ranges = _ranges(m.net for m in s.members) if s.type == "hash:net" else []
     for add, group in groupby(elements, key=lambda e: e.add):
@@ -147,9 +179,25 @@ def apply_elements(s: IpSet, elements: Sequence[SetElement]) -> IpSet | None:
         if changed is None:
             return None
         ranges = changed
-    out = frozenset(members) if s.type == "hash:ip" else _members(ranges, s.family)
-    # maxelem is max(declared size, members) (nft_set_from): the size is
-    # known only while the members are fewer
-    if len(s.members) >= s.maxelem:
-        return None
-    return replace(s, members=out, maxelem=max(s.maxelem, len(out)))
+    return frozenset(members) if s.type == "hash:ip" else _members(ranges, s.family)
+
+
+def _pairs(s: IpSet, elements: Sequence[SetElement]) -> frozenset[Member] | None:
+    """A concatenation's elements: the address, then the port in a 32-bit
+    register (big-endian, zero-padded: as nft_payload loads it; a key padded
+    otherwise matches no packet, which this model cannot say)."""
+    width, proto = _width(s.family), L4.get(s.name.rsplit(":", 1)[1])
+    alen = width // 8
+    members = set(s.members)
+    for e in elements:
+        if proto is None or len(e.key) != alen + 4 or e.end or e.open or e.key[alen + 2:] != bytes(2):
+            return None
+        m = Member(ipaddress.ip_network((int.from_bytes(e.key[:alen], "big"), width)), proto,
+                   int.from_bytes(e.key[alen:alen + 2], "big"))
+        if (m in members) == e.add:
+            return None  # an add of what is there, a delete of what is not: not the kernel's set
+        if e.add:
+            members.add(m)
+        else:
+            members.discard(m)
+    return frozenset(members)
