@@ -242,8 +242,11 @@ class Model:
 
     def apply(self, fact: Fact) -> bool:
         """Apply one fact the kernel stated; True if the model changed."""
-        if type(fact) is FdbEntry:  # first: a large L2 domain states a million of them
+        kind = type(fact)
+        if kind is FdbEntry:  # first: a large L2 domain states a million of them, a BGP reset routes by the 100,000
             return self._apply_fdb(fact, True)
+        if kind is Route:
+            return self.routes.event(fact, True)
         if isinstance(fact, XdpXmit):
             changed = self.xdp_xmit.get(fact.ifindex) != fact.capable
             self.xdp_xmit[fact.ifindex] = fact.capable

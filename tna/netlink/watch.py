@@ -40,6 +40,7 @@ from tna.bpf import abi
 from tna.model.config import AF_INET, AF_INET6, Sysctls, TcFilters, XdpXmit
 from tna.model.routes import Dumped, RouteDump
 from tna.netlink.decode import NlMsg
+from tna.netlink.factmsg import FactMsg, parse_events
 from tna.netlink.fdb import decode_fdb_fast, dump_fdb
 from tna.netlink.netconf import RTMGRP_NETCONF, follow_netconf
 from tna.netlink.netdev import XdpFeatureEvents, xdp_xmit_capable
@@ -296,7 +297,7 @@ class Watcher:
                 return
 
     def _expand(self, msg: Fact) -> Iterator[Fact]:
-        if isinstance(msg, (XdpXmit, NetfilterChanged, RouteDump, Dumped)):
+        if type(msg) is FactMsg or isinstance(msg, (XdpXmit, NetfilterChanged, RouteDump, Dumped)):
             yield msg
         elif msg["header"]["type"] in (RTM_NEWQDISC, RTM_DELQDISC, RTM_NEWTFILTER, RTM_DELTFILTER):
             # tc events do not say what the device ends up with: re-read its
@@ -337,10 +338,11 @@ def _events(ipr: IPRoute, closed: threading.Event) -> Iterator[_Batch]:
 
 
 def _parsed(marshal: Any, data: bytes) -> Iterator[NlMsg]:
-    for msg in marshal.parse(data):
-        err = msg["header"].get("error")
-        if isinstance(err, OSError) and err.errno == errno.ENOBUFS:  # an overrun pyroute2 saw
-            raise err
+    for msg in parse_events(marshal, data):
+        if type(msg) is not FactMsg:  # a decoded fact is no error
+            err = msg["header"].get("error")
+            if isinstance(err, OSError) and err.errno == errno.ENOBUFS:  # an overrun pyroute2 saw
+                raise err
         yield msg
 
 
