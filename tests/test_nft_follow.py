@@ -15,7 +15,7 @@ from tests.test_reconcile_order import reconcile, recording_daemon
 from tna import daemon as daemon_mod
 from tna.model.ipset import Member
 from tna.model.nftables import parse_ruleset
-from tna.model.nftsets import SetElement
+from tna.model.nftsets import SetElement, mirrors, nft_set_name
 from tna.netlink.netfilter import NetfilterChanged
 from tna.snapshot import plan_filtering
 from tna.synth.setgen import map_name
@@ -106,6 +106,40 @@ def test_a_concatenation_sets_elements_update_the_set_of_each_protocol(monkeypat
         assert {(str(m.net), m.proto, m.port) for m in d.model.ipsets[name].members} == {
             ("192.0.2.1/32", num, 22), ("198.51.100.7/32", num, 8080)}
         assert len(dict(calls)["sync_ipsets"][map_name(name)]) == 2
+
+
+def _set(name: str, handle: int, typ: object = "ipv4_addr") -> dict:
+    return {"set": {"family": "inet", "table": "t", "name": name, "type": typ, "handle": handle}}
+
+
+def _match(left: object, right: str, handle: int) -> dict:
+    return {"rule": {"family": "inet", "table": "t", "chain": "c", "handle": handle, "expr": [
+        {"match": {"op": "==", "left": left, "right": right}}, {"drop": None}]}}
+
+
+SADDR = {"payload": {"protocol": "ip", "field": "saddr"}}
+# set names may hold ':' (the kernel allows any character): "m" beside
+# "m:tcp", concatenation "c" (its TCP mirror) beside address set "c:tcp"
+COLONS = {"nftables": [
+    *RULESET["nftables"][:3],
+    _set("m", 10), _set("m:tcp", 11), _set("c", 12, ["ipv4_addr", "inet_service"]), _set("c:tcp", 13),
+    _match(SADDR, "@m", 20), _match(SADDR, "@m:tcp", 21), _match(SADDR, "@c:tcp", 23),
+    _match({"concat": [SADDR, {"payload": {"protocol": "tcp", "field": "dport"}}]}, "@c", 22),
+]}
+
+
+@pytest.mark.parametrize("name", ["m", "m:tcp", "c", "c:tcp"])
+def test_an_element_of_a_set_named_with_colons_changes_that_set_only(monkeypatch: pytest.MonkeyPatch,
+                                                                      name: str) -> None:
+    d = nft_daemon(monkeypatch, COLONS)
+    no_reread(monkeypatch)
+    before = dict(d.model.ipsets)
+    assert len([n for n in before if n.startswith("nft:inet t:")]) == 4  # m, m:tcp, c:tcp, c's TCP mirror
+    key = bytes([203, 0, 113, 9]) + (bytes([0, 80, 0, 0]) if name == "c" else b"")
+    c = commit(d, (SetElement(nft_set_name("inet", "t", name), True, key),))
+    assert d._apply_set_elements([c])
+    changed = {n for n, s in d.model.ipsets.items() if s != before[n]}
+    assert changed == set(mirrors(nft_set_name("inet", "t", name), before)) and len(changed) == 1
 
 
 def test_a_commit_under_way_holds_whatever_the_counts_say(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from tna.cli import rule_rows
 from tna.model.hooks import firewall_plan
-from tna.model.ipset import resolve
+from tna.model.ipset import mirror_problem, resolve
 from tna.model.iptables import Neg, Rule
 from tna.model.nftables import NftRules, parse_ruleset
 
@@ -334,6 +334,30 @@ def test_dynamic_sets(ns: str) -> None:
     seen, cnt, svc = rules(m, 4, "inet t", "c")
     assert m.sets[seen.sets[0].name].timeout and m.sets[cnt.sets[0].name].counters
     assert svc.dport == Neg(((22, 22), (80, 80)))
+
+
+def test_sets_the_rules_fill_from_the_packet_path_are_the_kernels(ns: str) -> None:
+    """A port knock (`add @s { ip saddr }`, `update @s ...`) fills a set
+    without a flag saying so and without a notification: the rules that
+    match it are decided by the kernel."""
+    m = load(ns, "table inet t {\n set knock { type ipv4_addr; }\n set pair { type ipv4_addr . inet_service; }\n"
+             " set plain { type ipv4_addr; elements = { 192.0.2.1 } }\n"
+             " chain i {\n type filter hook input priority 0;\n tcp dport 7000 add @knock { ip saddr }\n"
+             " tcp dport 7001 update @pair { ip saddr . tcp dport }\n }\n"
+             " chain f {\n type filter hook forward priority 0;\n ip saddr @knock accept\n"
+             " ip saddr . tcp dport @pair accept\n ip saddr @plain accept\n }\n}\n")
+    knock, pair, plain = rules(m, 4, "inet t", "f")
+    assert mirror_problem(m.sets[knock.sets[0].name], knock.sets[0]) is not None
+    assert mirror_problem(m.sets[pair.sets[0].name], pair.sets[0]) is not None
+    assert mirror_problem(m.sets[plain.sets[0].name], plain.sets[0]) is None
+
+
+def test_a_concatenation_with_a_dccp_port_is_the_kernels(ns: str) -> None:
+    """nft reads a DCCP packet's port; a hash:ip,port map reads 0 (ipset's semantics)."""
+    m = load(ns, "table inet t {\n set ap { type ipv4_addr . inet_service; elements = { 192.0.2.1 . 5000 } }\n"
+             " chain c {\n type filter hook input priority 0;\n ip saddr . dccp dport @ap drop\n }\n}\n")
+    (r,) = rules(m, 4, "inet t", "c")
+    assert not r.expressible and not r.sets
 
 
 def test_foreign(ns: str) -> None:

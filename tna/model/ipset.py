@@ -66,6 +66,7 @@ class IpSet:
     timeout: bool = False       # created with a timeout: entries expire silently
     counters: bool = False      # each match updates the entry's counters
     unmodelled: str | None = None  # a create option whose meaning is not modelled (bitmask, ...)
+    packet_filled: bool = False  # nftables: a rule's set statement adds to it from the packet path, unannounced
     members: frozenset[Member] = frozenset()  # not read for a set whose rules are the kernel's
     elements: int | None = None  # what the kernel says it holds (None: len(members))
 
@@ -129,6 +130,8 @@ def mirror_problem(s: IpSet | None, m: SetMatch) -> str | None:
         return f"option {s.unmodelled} is not modelled"
     if s.timeout:
         return "entries with a timeout expire without a command the daemon sees"
+    if s.packet_filled:
+        return "a rule's set statement adds entries from the packet path, announced to no one"
     if m.counter_test:
         return "it tests the entries' counters"
     if s.counters and m.update_counters:

@@ -44,7 +44,7 @@ from tna.model.nftables_text import (
     port_ranges,
     render_rule,
 )
-from tna.model.nftsets import L4, concat_set_name, interval_members
+from tna.model.nftsets import CONCAT_L4, L4, concat_set_name, interval_members, nft_set_name
 
 VERSIONS = {"ip": (4,), "ip6": (6,), "inet": (4, 6)}
 HOOKS = ("prerouting", "input", "forward", "output", "postrouting")
@@ -83,6 +83,7 @@ def parse_ruleset(doc: dict) -> NftRules:
     set_json: dict[tuple[str, ...], dict] = {}
     indexes: dict[tuple[str, str], int] = {}  # per chain: Rules made (both versions)
     objs = live_items(objs)
+    filled = packet_filled(objs)
     for o in objs:
         if "set" in o:
             s = o["set"]
@@ -98,7 +99,24 @@ def parse_ruleset(doc: dict) -> NftRules:
         elif "chain" in o:
             _chain(o["chain"], out)
         elif "rule" in o and o["rule"]["family"] in VERSIONS:
-            _rule(o["rule"], out, set_json, indexes)
+            _rule(o["rule"], out, set_json, filled, indexes)
+    return out
+
+
+def packet_filled(objs: list[dict]) -> set[tuple[str, str, str]]:
+    """The sets and maps (family, table, name) that rules' statements add
+    to or update from the packet path (`add @s { ip saddr }`, `update`,
+    a map statement, a meter): the kernel announces none of those
+    elements, whatever the set's flags."""
+    out = set()
+    for o in objs:
+        r = o.get("rule")
+        for e in r.get("expr", []) if r else ():
+            (kind, body), = e.items()
+            if kind in ("set", "map") and isinstance(body, dict) and str(body.get(kind, "")).startswith("@"):
+                out.add((r["family"], r["table"], body[kind][1:]))
+            elif kind == "meter" and isinstance(body, dict) and "name" in body:
+                out.add((r["family"], r["table"], body["name"]))
     return out
 
 
@@ -130,14 +148,14 @@ def _chain(c: dict, out: NftRules) -> None:
                                         kind=c.get("type", "filter") if hook else "filter")
 
 
-def _rule(r: dict, out: NftRules, set_json: dict[tuple[str, ...], dict],
+def _rule(r: dict, out: NftRules, set_json: dict[tuple[str, ...], dict], filled: set[tuple[str, str, str]],
           indexes: dict[tuple[str, str], int]) -> None:
     fam, tname = r["family"], _tname(r)
     alts = [_Alt(versions=frozenset(VERSIONS[fam]))]
     unsupported: list[str] = []
     stopped = False  # after a statement TNA does not model: later matches restrict nothing it could rely on
     counters, comment = (0, 0), r.get("comment")
-    ctx = _Ctx(fam, r["table"], r["handle"], out, set_json)
+    ctx = _Ctx(fam, r["table"], r["handle"], out, set_json, filled)
     for e in r.get("expr", []):
         (kind, body), = e.items()
         if kind == "counter":
@@ -216,8 +234,9 @@ class _Ctx:
     """What reading one rule needs: where it is, and the sets it may name."""
 
     def __init__(self, family: str, table: str, handle: int, out: NftRules,
-                 set_json: dict[tuple[str, ...], dict]) -> None:
+                 set_json: dict[tuple[str, ...], dict], filled: set[tuple[str, str, str]]) -> None:
         self.family, self.table, self.handle, self.out, self.set_json = family, table, handle, out, set_json
+        self.filled = filled  # the sets rules add to from the packet path (set statements)
         self.anon = 0
 
     # ---- matches --------------------------------------------------------
@@ -317,7 +336,7 @@ class _Ctx:
         if isinstance(right, str) or (isinstance(right, dict) and "prefix" in right):  # one prefix
             return _set(a, key, prefixes[0], neg)
         self.anon += 1
-        name = f"nft:{self.family} {self.table}:anon:{self.handle}:{self.anon}"
+        name = f"{nft_set_name(self.family, self.table, 'anon')}:{self.handle}:{self.anon}"
         self.out.sets[name] = IpSet(name, "hash:net", v, max(len(prefixes), 1),
                                     members=frozenset(Member(n) for n in prefixes))
         a.sets.append(SetMatch(name, (key,), neg))
@@ -328,7 +347,7 @@ class _Ctx:
         s = self.set_json.get((self.family, self.table, name))
         if s is None:
             raise Unsupported(f"set @{name} is not listed")
-        full = f"nft:{self.family} {self.table}:{name}"
+        full = nft_set_name(self.family, self.table, name)
         if full in self.out.sets:
             return full
         typ = s.get("type")
@@ -340,17 +359,18 @@ class _Ctx:
         self.out.sets[full] = self.ip_set(s, full, "hash:net" if interval else "hash:ip", v, members)
         return full
 
-    @staticmethod
-    def ip_set(s: dict, name: str, kind: str, version: int, members: set[Member]) -> IpSet:
-        """The IpSet of set s's JSON: timeouts and counters as ipset's
-        (mirror_problem() then keeps its rules on the kernel path)."""
+    def ip_set(self, s: dict, name: str, kind: str, version: int, members: set[Member]) -> IpSet:
+        """The IpSet of set s's JSON: timeouts and counters as ipset's, and
+        whether a rule's set statement fills it (mirror_problem() then keeps
+        its rules on the kernel path)."""
         elems = s.get("elem", [])
         counters = any(isinstance(e, dict) and "elem" in e and "counter" in e["elem"] for e in elems) or any(
             "counter" in st for st in s.get("stmt", []))
         timeout = bool(set(s.get("flags", [])) & {"timeout", "dynamic"}) or "timeout" in s or any(
             isinstance(e, dict) and "elem" in e and "timeout" in e["elem"] for e in elems)
         return IpSet(name, kind, version, max(int(s.get("size", 65536)), len(members)), timeout=timeout,
-                     counters=counters, members=frozenset(members))
+                     counters=counters, members=frozenset(members),
+                     packet_filled=(s.get("family"), s.get("table"), s.get("name")) in self.filled)
 
     def concat(self, parts: list, name: str, neg: bool, a: _Alt) -> list[_Alt]:
         """`ip saddr . tcp dport @s`: a hash:ip,port (hash:net,port with
@@ -359,12 +379,12 @@ class _Ctx:
         s = self.set_json.get((self.family, self.table, name))
         addr, port = (p.get("payload", {}) if isinstance(p, dict) else {} for p in [*parts, None, None][:2])
         if (len(parts) != 2 or s is None or addr.get("protocol") not in _FAMILY_OF
-                or addr.get("field") not in ("saddr", "daddr") or port.get("protocol") not in L4
+                or addr.get("field") not in ("saddr", "daddr") or port.get("protocol") not in CONCAT_L4
                 or port.get("field") not in ("sport", "dport") or s.get("type") not in (
                     ["ipv4_addr", "inet_service"], ["ipv6_addr", "inet_service"])):
             raise Unsupported(f"concatenation set @{name}")
         proto, v = L4[port["protocol"]], _FAMILY_OF[addr["protocol"]]
-        full = concat_set_name(f"nft:{self.family} {self.table}:{name}", port["protocol"])
+        full = concat_set_name(nft_set_name(self.family, self.table, name), port["protocol"])
         if full not in self.out.sets:
             members = set()
             for e in s.get("elem", []):

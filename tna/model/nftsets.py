@@ -30,6 +30,21 @@ from tna.model.ipset import IpSet, Member
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 # the transport protocols whose ports nft matches (payload `tcp dport`, ...)
 L4 = {"tcp": 6, "udp": 17, "sctp": 132, "udplite": 136, "dccp": 33}
+# those whose port a hash:*,port map reads as nft does (ip_set_getport.c's:
+# a DCCP packet's port is 0 there)
+CONCAT_L4 = {k: v for k, v in L4.items() if k != "dccp"}
+
+
+def _escaped(name: str) -> str:
+    return name.replace("%", "%25").replace(":", "%3A").replace(" ", "%20")
+
+
+def nft_set_name(family: str, table: str, name: str) -> str:
+    """The IpSet name of set name of table (family, table): "nft:<family>
+    <table>:<name>", the table's and the set's names escaped, so that
+    ':'-separated suffixes (concat_set_name(), anonymous sets) name no
+    other set (the kernel allows any character in those names)."""
+    return f"nft:{family} {_escaped(table)}:{_escaped(name)}"
 
 
 def concat_set_name(base: str, l4: str) -> str:
@@ -41,7 +56,7 @@ def concat_set_name(base: str, l4: str) -> str:
 def mirrors(base: str, names: Iterable[str]) -> list[str]:
     """The IpSets among names that mirror nftables set base: base itself,
     or its concatenation's, one per protocol."""
-    return [n for n in names if n == base or (n.startswith(base + ":") and n[len(base) + 1:] in L4)]
+    return [n for n in names if n == base or (n.startswith(base + ":") and n[len(base) + 1:] in CONCAT_L4)]
 
 
 @dataclass(frozen=True)
@@ -49,7 +64,7 @@ class SetElement:
     """One element a commit added to or deleted from a set (as the kernel
     announced it: a key, in an interval set a boundary)."""
 
-    set: str      # the IpSet's name: "nft:<family> <table>:<set>"
+    set: str      # the IpSet's name: nft_set_name()
     add: bool
     key: bytes    # the address, network byte order
     end: bool = False   # the first address after an interval
@@ -143,7 +158,8 @@ def apply_elements(s: IpSet, elements: Sequence[SetElement]) -> IpSet | None:
     they do not fit s.  s is a set as nft_set_from() made it: an address set
     (hash:ip without intervals, hash:net with) or a concatenation's
     hash:ip,port."""
-    if s.timeout or s.counters or s.unmodelled or any(mirrors(e.set, (s.name,)) != [s.name] for e in elements):
+    if s.timeout or s.counters or s.unmodelled or s.packet_filled or \
+            any(mirrors(e.set, (s.name,)) != [s.name] for e in elements):
         return None
     # maxelem is max(declared size, members) (nft_set_from): the size is
     # known only while the members are fewer
@@ -186,7 +202,7 @@ def _pairs(s: IpSet, elements: Sequence[SetElement]) -> frozenset[Member] | None
     """A concatenation's elements: the address, then the port in a 32-bit
     register (big-endian, zero-padded: as nft_payload loads it; a key padded
     otherwise matches no packet, which this model cannot say)."""
-    width, proto = _width(s.family), L4.get(s.name.rsplit(":", 1)[1])
+    width, proto = _width(s.family), CONCAT_L4.get(s.name.rsplit(":", 1)[1])
     alen = width // 8
     members = set(s.members)
     for e in elements:

@@ -23,7 +23,7 @@ from pyroute2.netlink.nfnetlink.nftsocket import (
 )
 from pyroute2.netlink.nlsocket import Marshal
 
-from tna.model.nftsets import SetElement
+from tna.model.nftsets import SetElement, nft_set_name
 
 NFNL_SUBSYS_NFTABLES = 10
 NFPROTO = {1: "inet", 2: "ip", 10: "ip6"}  # the families whose sets the rules may use
@@ -63,7 +63,7 @@ def _elements(msg: nft_set_elem_list_msg, add: bool) -> list[SetElement] | None:
         open_ = int.from_bytes(udata.get("NFTNL_UDATA_SET_ELEM_FLAGS", b"\0"), "little")
         if open_ & ~NFTNL_SET_ELEM_F_INTERVAL_OPEN:
             return None
-        out.append(SetElement(f"nft:{family} {table}:{name}", add, bytes(key[0][1]),
+        out.append(SetElement(nft_set_name(family, table, name), add, bytes(key[0][1]),
                               NFT_SET_ELEM_INTERVAL_END in flags, bool(open_)))
     return out
 
