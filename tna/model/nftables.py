@@ -41,6 +41,7 @@ from tna.model.nftables_text import (
     live_items,
     names,
     nets,
+    packet_filled,
     port_ranges,
     render_rule,
 )
@@ -100,23 +101,6 @@ def parse_ruleset(doc: dict) -> NftRules:
             _chain(o["chain"], out)
         elif "rule" in o and o["rule"]["family"] in VERSIONS:
             _rule(o["rule"], out, set_json, filled, indexes)
-    return out
-
-
-def packet_filled(objs: list[dict]) -> set[tuple[str, str, str]]:
-    """The sets and maps (family, table, name) that rules' statements add
-    to or update from the packet path (`add @s { ip saddr }`, `update`,
-    a map statement, a meter): the kernel announces none of those
-    elements, whatever the set's flags."""
-    out = set()
-    for o in objs:
-        r = o.get("rule")
-        for e in r.get("expr", []) if r else ():
-            (kind, body), = e.items()
-            if kind in ("set", "map") and isinstance(body, dict) and str(body.get(kind, "")).startswith("@"):
-                out.add((r["family"], r["table"], body[kind][1:]))
-            elif kind == "meter" and isinstance(body, dict) and "name" in body:
-                out.add((r["family"], r["table"], body["name"]))
     return out
 
 

@@ -1,7 +1,8 @@
 """nft's JSON values: the ICMP names nft prints, how addresses, ports and
-flags read, and a readable nft-syntax rendering of a rule (for `tna
-status`; not a round-trip printer: an expression it does not know is shown
-as its JSON key)."""
+flags read, a readable nft-syntax rendering of a rule (for `tna status`;
+not a round-trip printer: an expression it does not know is shown as its
+JSON key), and what the document's items say as a whole (the live ones,
+the sets rules fill)."""
 
 from __future__ import annotations
 
@@ -168,6 +169,23 @@ def live_items(objs: list[dict]) -> list[dict]:
     dormant = {(t["family"], t["name"]) for o in objs if (t := o.get("table")) and "dormant" in (t.get("flags") or ())}
     return [o for o in objs
             if (item_obj(o).get("family"), item_obj(o).get("table", item_obj(o).get("name"))) not in dormant]
+
+
+def packet_filled(objs: list[dict]) -> set[tuple[str, str, str]]:
+    """The sets and maps (family, table, name) that rules' statements add
+    to or update from the packet path (`add @s { ip saddr }`, `update`,
+    a map statement, a meter): the kernel announces none of those
+    elements, whatever the set's flags."""
+    out = set()
+    for o in objs:
+        r = o.get("rule")
+        for e in r.get("expr", []) if r else ():
+            (kind, body), = e.items()
+            if kind in ("set", "map") and isinstance(body, dict) and str(body.get(kind, "")).startswith("@"):
+                out.add((r["family"], r["table"], body[kind][1:]))
+            elif kind == "meter" and isinstance(body, dict) and "name" in body:
+                out.add((r["family"], r["table"], body["name"]))
+    return out
 
 
 def is_set_field(left: object) -> bool:
