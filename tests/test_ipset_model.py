@@ -161,6 +161,22 @@ def test_unmirrored_sets_keep_their_rules_on_the_kernel_path(s: IpSet, line: str
     assert evaluate(tables[4]["filter"], "FORWARD", pkt("203.0.113.1"), sets={"t": s}) == KERNEL
 
 
+@pytest.mark.parametrize(("v", "setter"), [
+    (4, "-A FORWARD -p tcp --dport 7000 -j SET --add-set bl src"),
+    (4, "-A FORWARD -j SET --exist --timeout 60 --add-set bl src"),
+    (6, "-A FORWARD -p tcp --dport 7000 -j SET --del-set bl src"),  # ipset names are global
+])
+def test_a_set_a_rule_fills_from_the_packet_path_is_the_kernels(v: int, setter: str) -> None:
+    """-j SET changes the set from the packet path, announced to no one
+    (the daemon would see it at its next poll): the rules that match it are
+    the kernel's, as nftables' set statements make theirs."""
+    setters = {4: [], 6: [], v: [setter]}
+    tables, shapes = resolve({4: parse_save(save(*setters[4], "-A FORWARD -m set --match-set bl src -j DROP")),
+                              6: parse_save(save(*setters[6]))}, {"bl": BL})
+    r = next(r for r in tables[4]["filter"].chains["FORWARD"].rules if r.sets)
+    assert not r.expressible and "SET" in r.unsupported[-1] and shapes == ()
+
+
 def test_counters_without_updates_are_mirrored() -> None:
     s = hset("t", "hash:net", Member(net("192.0.2.0/24")), counters=True)
     tables, shapes = resolve({4: parse_save(save("-A FORWARD -m set --match-set t src ! --update-counters -j DROP"))},

@@ -176,6 +176,15 @@ def used_sets(tables: Mapping[int, Mapping[str, Table]]) -> set[str]:
             for r in c.rules for m in r.sets}
 
 
+def packet_filled(tables: Mapping[int, Mapping[str, Table]]) -> set[str]:
+    """The sets a rule's SET target adds to or deletes from (in any table of
+    either family: ipset names are global)."""
+    setters = (r.target_args for ts in tables.values() for t in ts.values() for c in t.chains.values()
+               for r in c.rules if r.target == "SET")
+    return {args[i + 1] for args in setters for i, a in enumerate(args[:-1])
+            if a in ("--add-set", "--del-set", "--map-set")}
+
+
 def resolve(tables: Mapping[int, Mapping[str, Table]], sets: Mapping[str, IpSet],
             unwritable: Mapping[str, str] | None = None
             ) -> tuple[dict[int, dict[str, Table]], tuple[SetShape, ...]]:
@@ -189,6 +198,7 @@ def resolve(tables: Mapping[int, Mapping[str, Table]], sets: Mapping[str, IpSet]
 
     shapes: dict[str, SetShape] = {}
     out: dict[int, dict[str, Table]] = {}
+    filled = packet_filled(tables)
     for version, ts in tables.items():
         out[version] = {}
         for tname, t in ts.items():
@@ -202,7 +212,9 @@ def resolve(tables: Mapping[int, Mapping[str, Table]], sets: Mapping[str, IpSet]
                             s = sets.get(m.name)
                             problem = mirror_problem(s, m) or (
                                 f"its map could not be written ({error})"
-                                if (error := (unwritable or {}).get(m.name)) else None)
+                                if (error := (unwritable or {}).get(m.name)) else None) or (
+                                "a rule's SET target changes it from the packet path, announced to no one"
+                                if m.name in filled else None)
                             if problem is None and s is not None:
                                 shape = shapes.setdefault(s.name, SetShape(s.name, s.type, s.family, capacity(s)))
                                 m = replace(m, shape=shape, family=version)
