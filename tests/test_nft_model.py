@@ -341,12 +341,13 @@ def test_sets_the_rules_fill_from_the_packet_path_are_the_kernels(ns: str) -> No
     without a flag saying so and without a notification: the rules that
     match it are decided by the kernel."""
     m = load(ns, "table inet t {\n set knock { type ipv4_addr; }\n set pair { type ipv4_addr . inet_service; }\n"
-             " set plain { type ipv4_addr; elements = { 192.0.2.1 } }\n"
+             " set plain { type ipv4_addr; elements = { 192.0.2.1 } }\n set svc { type inet_service; }\n"
              " chain i {\n type filter hook input priority 0;\n tcp dport 7000 add @knock { ip saddr }\n"
-             " tcp dport 7001 update @pair { ip saddr . tcp dport }\n }\n"
+             " tcp dport 7001 update @pair { ip saddr . tcp dport }\n tcp dport 7002 add @svc { tcp sport }\n }\n"
              " chain f {\n type filter hook forward priority 0;\n ip saddr @knock accept\n"
-             " ip saddr . tcp dport @pair accept\n ip saddr @plain accept\n }\n}\n")
-    knock, pair, plain = rules(m, 4, "inet t", "f")
+             " ip saddr . tcp dport @pair accept\n ip saddr @plain accept\n tcp dport @svc accept\n }\n}\n")
+    knock, pair, plain, svc = rules(m, 4, "inet t", "f")
+    assert not svc.expressible  # its ports would be code
     assert mirror_problem(m.sets[knock.sets[0].name], knock.sets[0]) is not None
     assert mirror_problem(m.sets[pair.sets[0].name], pair.sets[0]) is not None
     assert mirror_problem(m.sets[plain.sets[0].name], plain.sets[0]) is None

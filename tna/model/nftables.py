@@ -37,6 +37,7 @@ from tna.model.nftables_text import (
     Unsupported,
     field_name,
     flag_bits,
+    ipset_of,
     is_set_field,
     live_items,
     names,
@@ -340,21 +341,8 @@ class _Ctx:
         v, found = 4 if typ == "ipv4_addr" else 6, [n for e in s.get("elem", []) for n in nets(e)]
         interval = "interval" in s.get("flags", [])  # canonical members: what a commit's elements give too
         members = set(interval_members(found, v)) if interval else {Member(n) for n in found}
-        self.out.sets[full] = self.ip_set(s, full, "hash:net" if interval else "hash:ip", v, members)
+        self.out.sets[full] = ipset_of(s, full, "hash:net" if interval else "hash:ip", v, members, self.filled)
         return full
-
-    def ip_set(self, s: dict, name: str, kind: str, version: int, members: set[Member]) -> IpSet:
-        """The IpSet of set s's JSON: timeouts and counters as ipset's, and
-        whether a rule's set statement fills it (mirror_problem() then keeps
-        its rules on the kernel path)."""
-        elems = s.get("elem", [])
-        counters = any(isinstance(e, dict) and "elem" in e and "counter" in e["elem"] for e in elems) or any(
-            "counter" in st for st in s.get("stmt", []))
-        timeout = bool(set(s.get("flags", [])) & {"timeout", "dynamic"}) or "timeout" in s or any(
-            isinstance(e, dict) and "elem" in e and "timeout" in e["elem"] for e in elems)
-        return IpSet(name, kind, version, max(int(s.get("size", 65536)), len(members)), timeout=timeout,
-                     counters=counters, members=frozenset(members),
-                     packet_filled=(s.get("family"), s.get("table"), s.get("name")) in self.filled)
 
     def concat(self, parts: list, name: str, neg: bool, a: _Alt) -> list[_Alt]:
         """`ip saddr . tcp dport @s`: a hash:ip,port (hash:net,port with
@@ -379,18 +367,28 @@ class _Ctx:
                         if len(members) + hi - lo >= MAX_SET_MEMBERS:
                             raise Unsupported(f"set @{name}: more than {MAX_SET_MEMBERS} entries expanded")
                         members.update(Member(n, proto, p) for p in range(lo, hi + 1))
-            self.out.sets[full] = self.ip_set(s, full, "hash:net,port" if "interval" in s.get("flags", [])
-                                              else "hash:ip,port", v, members)
+            self.out.sets[full] = ipset_of(s, full, "hash:net,port" if "interval" in s.get("flags", [])
+                                           else "hash:ip,port", v, members, self.filled)
         _imply_proto(a, proto)
         a.versions = a.versions & {v}
         dirs = tuple("src" if p["field"] in ("saddr", "sport") else "dst" for p in (addr, port))
         a.sets.append(SetMatch(full, dirs, neg))
         return [a]
 
+    def constant(self, name: str, *kind: str) -> dict | None:
+        """The JSON of named set (kind: or "map") name whose elements become
+        code, None if it is none: listed, without timeouts, and not filled
+        by rules from the packet path (elements that change unannounced)."""
+        s = self.set_json.get((self.family, self.table, name, *kind))
+        if s is None or set(s.get("flags", [])) & {"timeout", "dynamic"} or \
+                (self.family, self.table, name) in self.filled:
+            return None
+        return s
+
     def ports(self, right: object) -> tuple[tuple[int, int], ...]:
         if isinstance(right, str) and right.startswith("@"):
-            s = self.set_json.get((self.family, self.table, right[1:]))
-            if s is None or s.get("type") != "inet_service" or set(s.get("flags", [])) & {"timeout", "dynamic"}:
+            s = self.constant(right[1:])
+            if s is None or s.get("type") != "inet_service":
                 raise Unsupported(f"set {right} (not a constant inet_service set)")
             return tuple(r for e in s.get("elem", []) for r in port_ranges(e))
         return port_ranges(right)
@@ -410,8 +408,8 @@ class _Ctx:
         if key in ("iifname", "oifname", "iif", "oif"):
             if isinstance(right, str) and right.startswith("@"):
                 # a constant set of names: one alternative per name (the names are code, like a rule's)
-                s = self.set_json.get((self.family, self.table, right[1:]))
-                if neg or s is None or s.get("type") != "ifname" or set(s.get("flags", [])) & {"timeout", "dynamic"}:
+                s = self.constant(right[1:])
+                if neg or s is None or s.get("type") != "ifname":
                     raise Unsupported(f"meta {key} {'!= ' if neg else ''}set {right}")
                 return [b for e in s.get("elem", []) for b in self.meta(key, e, False, a.fork())]
             if not isinstance(right, str) or right.endswith("+"):
@@ -463,8 +461,8 @@ class _Ctx:
             # a named verdict map (Docker 29's per-bridge jumps): its elements
             # become code like an anonymous map's, so changing them is a new
             # program (a commit holds the datapath until it runs)
-            m = self.set_json.get((self.family, self.table, data[1:], "map"))
-            if m is None or m.get("map") != "verdict" or set(m.get("flags", [])) & {"timeout", "dynamic"}:
+            m = self.constant(data[1:], "map")
+            if m is None or m.get("map") != "verdict":
                 raise Unsupported(f"verdict map {data}")
             pairs = [(k["elem"]["val"] if isinstance(k, dict) and "elem" in k else k, verdict)
                      for k, verdict in m.get("elem", [])]

@@ -10,6 +10,7 @@ import ipaddress
 import itertools
 import json
 
+from tna.model.ipset import IpSet, Member
 from tna.model.iptables import CT_STATUS, TCP_FLAGS
 
 ICMP_TYPES = {
@@ -186,6 +187,21 @@ def packet_filled(objs: list[dict]) -> set[tuple[str, str, str]]:
             elif kind == "meter" and isinstance(body, dict) and "name" in body:
                 out.add((r["family"], r["table"], body["name"]))
     return out
+
+
+def ipset_of(s: dict, name: str, kind: str, version: int, members: set[Member],
+             filled: set[tuple[str, str, str]]) -> IpSet:
+    """The IpSet of set s's JSON: timeouts and counters as ipset's, and
+    whether a rule's set statement fills it (filled: packet_filled()'s);
+    mirror_problem() then keeps its rules on the kernel path."""
+    elems = s.get("elem", [])
+    counters = any(isinstance(e, dict) and "elem" in e and "counter" in e["elem"] for e in elems) or any(
+        "counter" in st for st in s.get("stmt", []))
+    timeout = bool(set(s.get("flags", [])) & {"timeout", "dynamic"}) or "timeout" in s or any(
+        isinstance(e, dict) and "elem" in e and "timeout" in e["elem"] for e in elems)
+    return IpSet(name, kind, version, max(int(s.get("size", 65536)), len(members)), timeout=timeout,
+                 counters=counters, members=frozenset(members),
+                 packet_filled=(s.get("family"), s.get("table"), s.get("name")) in filled)
 
 
 def is_set_field(left: object) -> bool:
