@@ -177,6 +177,31 @@ def test_a_set_a_rule_fills_from_the_packet_path_is_the_kernels(v: int, setter: 
     assert not r.expressible and "SET" in r.unsupported[-1] and shapes == ()
 
 
+@pytest.mark.parametrize("case", ["a list:set", "a set not read", "a native table's xt SET target"])
+def test_a_set_target_whose_sets_are_not_known_makes_every_set_the_kernels(case: str) -> None:
+    """A SET target on a list:set changes the sets it lists; one whose set
+    is not read, or an xt SET target in a table read natively (nft shows no
+    set name), may change any set."""
+    from tna.model.nftables import parse_ruleset
+
+    match = "-A FORWARD -m set --match-set bl src -j DROP"
+    sets = {"bl": BL, "L": hset("L", "list:set")}
+    if case == "a native table's xt SET target":
+        doc = {"nftables": [
+            {"table": {"family": "ip", "name": "m", "handle": 1}},
+            {"chain": {"family": "ip", "table": "m", "name": "c", "handle": 2, "type": "filter", "hook": "forward",
+                       "prio": -150, "policy": "accept"}},
+            {"rule": {"family": "ip", "table": "m", "chain": "c", "handle": 3,
+                      "expr": [{"xt": {"type": "target", "name": "SET"}}]}}]}
+        tables = {4: {**parse_save(save(match)), **parse_ruleset(doc).tables[4]}}
+    else:
+        tables = {4: parse_save(save("-A FORWARD -j SET --add-set " + ("L" if case == "a list:set" else "gone") +
+                                     " src", match))}
+    tables, shapes = resolve(tables, sets)
+    r = next(r for r in tables[4]["filter"].chains["FORWARD"].rules if r.sets)
+    assert not r.expressible and "SET" in r.unsupported[-1] and shapes == ()
+
+
 def test_counters_without_updates_are_mirrored() -> None:
     s = hset("t", "hash:net", Member(net("192.0.2.0/24")), counters=True)
     tables, shapes = resolve({4: parse_save(save("-A FORWARD -m set --match-set t src ! --update-counters -j DROP"))},

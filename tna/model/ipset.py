@@ -171,18 +171,41 @@ def capacity(s: IpSet) -> int:
 
 
 def used_sets(tables: Mapping[int, Mapping[str, Table]]) -> set[str]:
-    """Names of the sets the rules match on."""
+    """Names of the sets the rules match on or change (-j SET: read to know
+    their type, packet_filled())."""
     return {m.name for ts in tables.values() for t in ts.values() for c in t.chains.values()
-            for r in c.rules for m in r.sets}
+            for r in c.rules for m in r.sets} | (set(_set_targets(tables)) - {None})
 
 
-def packet_filled(tables: Mapping[int, Mapping[str, Table]]) -> set[str]:
+# what an iptables-nft rule read natively says of an xt SET target: not its set
+XT_SET_TARGET = "xt target SET"
+_FILLING_OPTIONS = ("--add-set", "--del-set", "--map-set")
+
+
+def _set_targets(tables: Mapping[int, Mapping[str, Table]]) -> list[str | None]:
+    """The sets rules' SET targets name (None: one whose set is not known)."""
+    out: list[str | None] = []
+    for ts in tables.values():
+        for t in ts.values():
+            for c in t.chains.values():
+                for r in c.rules:
+                    if r.target == "SET":
+                        args = r.target_args
+                        out += [args[i + 1] for i, a in enumerate(args[:-1]) if a in _FILLING_OPTIONS]
+                    elif XT_SET_TARGET in r.unsupported:
+                        out.append(None)
+    return out
+
+
+def packet_filled(tables: Mapping[int, Mapping[str, Table]], sets: Mapping[str, IpSet]) -> set[str] | None:
     """The sets a rule's SET target adds to or deletes from (in any table of
-    either family: ipset names are global)."""
-    setters = (r.target_args for ts in tables.values() for t in ts.values() for c in t.chains.values()
-               for r in c.rules if r.target == "SET")
-    return {args[i + 1] for args in setters for i, a in enumerate(args[:-1])
-            if a in ("--add-set", "--del-set", "--map-set")}
+    either family: ipset names are global); None: any set may be, because
+    a SET target names a list:set (it changes its members), a set that
+    cannot be read, or one the rules read natively do not name."""
+    named = _set_targets(tables)
+    if any(n is None or (s := sets.get(n)) is None or s.type not in DIMENSIONS for n in named):
+        return None
+    return {n for n in named if n is not None}
 
 
 def resolve(tables: Mapping[int, Mapping[str, Table]], sets: Mapping[str, IpSet],
@@ -198,7 +221,7 @@ def resolve(tables: Mapping[int, Mapping[str, Table]], sets: Mapping[str, IpSet]
 
     shapes: dict[str, SetShape] = {}
     out: dict[int, dict[str, Table]] = {}
-    filled = packet_filled(tables)
+    filled = packet_filled(tables, sets)
     for version, ts in tables.items():
         out[version] = {}
         for tname, t in ts.items():
@@ -214,7 +237,7 @@ def resolve(tables: Mapping[int, Mapping[str, Table]], sets: Mapping[str, IpSet]
                                 f"its map could not be written ({error})"
                                 if (error := (unwritable or {}).get(m.name)) else None) or (
                                 "a rule's SET target changes it from the packet path, announced to no one"
-                                if m.name in filled else None)
+                                if filled is None or m.name in filled else None)
                             if problem is None and s is not None:
                                 shape = shapes.setdefault(s.name, SetShape(s.name, s.type, s.family, capacity(s)))
                                 m = replace(m, shape=shape, family=version)
