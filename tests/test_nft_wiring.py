@@ -179,3 +179,25 @@ def test_a_dormant_table_is_not_modelled() -> None:
         assert "inet a" in rs.tables[4] and "inet d" not in rs.tables[4] and "inet d" not in rs.tables[6]
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("legacy", [["-A", "FORWARD", "-s", "192.0.2.9", "-j", "DROP"], ["-L"]])
+def test_a_table_in_both_iptables_back_ends(legacy: list[str]) -> None:
+    """iptables-legacy and iptables-nft both hook their filter table into
+    FORWARD: with rules in both, one model would hide the other's (the
+    fast path stays off); an empty legacy table (`iptables-legacy -L` makes
+    one) decides nothing, and the nft one stands."""
+    ns = f"tna-both-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        for cmd in (["iptables-legacy", *legacy], ["iptables-nft", "-A", "FORWARD", "-p", "udp", "-j", "ACCEPT"]):
+            subprocess.run(["ip", "netns", "exec", ns, *cmd], check=True, capture_output=True)
+        with in_netns(ns):
+            rs = netfilter.read_rulesets()
+        if legacy == ["-L"]:
+            assert rs.foreign == [] and [r.target for r in rs.tables[4]["filter"].chains["FORWARD"].rules] == ["ACCEPT"]
+        else:
+            assert any("iptables-legacy and iptables-nft" in f for f in rs.foreign), rs.foreign
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)

@@ -129,9 +129,24 @@ def _save(version: int, backend: str, out: Rulesets, native: set[tuple[str, str]
         else:
             out.foreign.append(f"the IPv{version} table {name} iptables-{backend} cannot decode")
     try:
-        out.tables[version].update(parse_save(text))
+        tables = parse_save(text)
     except ParseError as e:
         out.foreign.append(f"iptables-{backend}-save output TNA cannot parse ({e})")
+        return
+    for name in tables.keys() & out.tables[version].keys():
+        # both back ends hook a table of that name in, at one priority: one
+        # must decide nothing for the other to stand for both
+        if not _decides_nothing(out.tables[version][name]) and not _decides_nothing(tables[name]):
+            out.foreign.append(f"the IPv{version} table {name} has rules in iptables-legacy and iptables-nft")
+        elif _decides_nothing(tables[name]):
+            del tables[name]
+    out.tables[version].update(tables)
+
+
+def _decides_nothing(t: Table) -> bool:
+    """No rules and ACCEPT policies: every packet goes on as if the table
+    were not there (a legacy table `iptables-legacy -L` once created)."""
+    return all(not c.rules and c.policy in (None, "ACCEPT") for c in t.chains.values())
 
 
 def _legacy_tables(version: int) -> list[str]:
