@@ -118,3 +118,30 @@ def test_an_nftables_overrun_is_a_commit_not_an_error(monkeypatch: pytest.Monkey
     ev._commits = CommitReader()
     begun: list[None] = []
     assert ev.read(0.1, lambda: begun.append(None)) == [NftCommit(None)] and reads == [] and begun
+
+
+def test_a_datagram_larger_than_the_read_is_a_loss() -> None:
+    """recv() would cut a datagram larger than its buffer and say nothing:
+    the events in the cut-off part are lost, so the reader must raise (its
+    thread then queues the resync)."""
+    import socket
+    import threading
+    from types import SimpleNamespace
+
+    from tna.netlink.nexthop import Marshal
+
+    ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with ours, kernel:
+        ours.setblocking(False)
+        ipr = SimpleNamespace(asyncore=SimpleNamespace(marshal=Marshal(), socket=ours,
+                                                       msg_queue=SimpleNamespace(queues={})))
+        kernel.send(bytes(watch.RECV_SIZE + 4096))
+        closed = threading.Event()
+        stop = threading.Timer(10, closed.set)  # a reader that says nothing ends, and the test fails
+        stop.start()
+        try:
+            with pytest.raises(OSError) as e:
+                next(watch._events(ipr, closed))  # type: ignore[arg-type]
+        finally:
+            stop.cancel()
+        assert e.value.errno == errno.EMSGSIZE

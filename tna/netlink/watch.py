@@ -18,6 +18,7 @@ import errno
 import logging
 import queue
 import select
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -331,9 +332,11 @@ def _events(ipr: IPRoute, closed: threading.Event) -> Iterator[_Batch]:
             continue
         for _ in range(RECV_BATCH):
             try:
-                data = sock.recv(RECV_SIZE)
+                data, _, flags, _ = sock.recvmsg(RECV_SIZE)
             except BlockingIOError:  # drained: back to select()
                 break
+            if flags & socket.MSG_TRUNC:  # the rest of the datagram is gone: events lost
+                raise OSError(errno.EMSGSIZE, f"a netlink datagram larger than {RECV_SIZE} bytes")
             batch += _parsed(marshal, data)
 
 
