@@ -129,7 +129,8 @@ def bench(name: str, count: int, rounds: int) -> dict[str, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--count", type=int, default=1_000_000, help="frames per generator and measurement")
+    ap.add_argument("--count", type=int, default=10_000_000,
+                    help="frames per generator and measurement (long runs: the two start a few ms apart)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--scenario", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
     ap.add_argument("--json", type=Path, default=Lab.repo / "docs" / "bench" / "cores.json", metavar="FILE")
