@@ -122,7 +122,15 @@ class Tna:
             os.killpg(self.proc.pid, signal.SIGKILL)  # the daemon and `ip netns exec` alike
         else:
             self.proc.send_signal(sig)
-        return self.proc.wait(timeout=30)
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            if sig == signal.SIGKILL:
+                raise
+            self.proc.send_signal(signal.SIGUSR1)  # the daemon writes every thread's stack to its log
+            time.sleep(1)
+            raise RuntimeError(f"tna did not stop within 30 s of signal {sig}; its log:\n{self.output()[-12000:]}") \
+                from None
 
 
 def tna_leftovers(lab: Lab, ns: str) -> str:

@@ -30,7 +30,7 @@ class FakeWatcher:
         self.on_lost, self.closed = on_lost, False
         FakeWatcher.made.append(self)
 
-    def snapshot(self) -> list[Any]:
+    def snapshot(self, stop: Any = None) -> list[Any]:
         return []
 
     def close(self) -> None:
@@ -145,3 +145,26 @@ def test_a_datagram_larger_than_the_read_is_a_loss() -> None:
         finally:
             stop.cancel()
         assert e.value.errno == errno.EMSGSIZE
+
+
+def test_a_stop_does_not_wait_for_the_dump() -> None:
+    """A million FDB entries take the kernel minutes to dump: SIGTERM
+    (the daemon's stop event) ends the wait for it within a second."""
+    import queue
+    import threading
+    import time
+
+    w = watch.Watcher.__new__(watch.Watcher)
+    w._q, w._on_lost = queue.Queue(), None
+    reading = threading.Event()
+    w._thread = threading.Thread(target=reading.wait, args=(30,), daemon=True)  # a reader still dumping
+    w._thread.start()
+    stop = threading.Event()
+    threading.Timer(0.2, stop.set).start()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(watch.DumpStopped):
+            w.snapshot(stop)
+        assert time.monotonic() - t0 < 20  # a generous bound: the wait itself is 1 s
+    finally:
+        reading.set()

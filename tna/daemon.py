@@ -12,6 +12,7 @@ a flag, the main loop does the work.
 
 from __future__ import annotations
 
+import faulthandler
 import functools
 import logging
 import os
@@ -42,7 +43,7 @@ from tna.netlink.decode import decoded
 from tna.netlink.ipset import IpsetReader
 from tna.netlink.netconf import SysctlsAnnounced
 from tna.netlink.netfilter import NetfilterChanged
-from tna.netlink.watch import ResyncNeeded, Watcher
+from tna.netlink.watch import DumpStopped, ResyncNeeded, Watcher
 from tna.runstate import RunLock, publish_status
 from tna.sdnotify import notify, reloading
 from tna.snapshot import model_from, plan_filtering, poll_sysctls, read_firewall
@@ -104,6 +105,7 @@ class Daemon:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self._stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self._hup.set())
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # every thread's stack to the log, on demand
         self._set_log_level()
         lease = threading.Thread(target=self._lease_loop, name="tna-lease", daemon=True)
         ctsync = threading.Thread(target=ct_sync_loop, args=(self.dp, self._stop), name="tna-ctsync", daemon=True)
@@ -117,6 +119,8 @@ class Daemon:
             ctsync.start()
             notify("READY=1")  # Type=notify: the fast path is attached where it can be
             self._loop()
+        except DumpStopped:
+            log.info("stopping during a dump")
         finally:
             notify("STOPPING=1")
             self._stop.set()
@@ -249,7 +253,7 @@ class Daemon:
                                     on_lost=functools.partial(self._events_lost, gen),
                                     on_events=self.holds.events_queued)
             try:
-                self.model = model_from(self._watcher.snapshot())
+                self.model = model_from(self._watcher.snapshot(self._stop))
                 self._fdb_full = True
                 self._poll()
                 return

@@ -77,6 +77,10 @@ Linux again.
 \fBtna run\fR reads its configuration file again; an invalid new file keeps
 the old settings, with a log message.
 .TP
+.B SIGUSR1
+\fBtna run\fR writes the stack of each of its threads to its log (standard
+error), and goes on: what a daemon that does not stop is doing.
+.TP
 .BR SIGKILL ", or a crash"
 The kernel takes the XDP programs off at once (they hang on BPF links the
 process held); the TC programs stay attached but pass every packet to the

@@ -93,6 +93,11 @@ class ResyncNeeded(Exception):
     """Events were lost: rebuild the model from a fresh dump."""
 
 
+class DumpStopped(Exception):
+    """The daemon is stopping: it waits for no dump (a million FDB entries
+    take the kernel minutes to dump)."""
+
+
 _DUMP_DONE = object()
 
 
@@ -251,10 +256,11 @@ class Watcher:
                 log.info("netlink dump interrupted by a change; dumping again")
         raise ResyncNeeded("netlink dumps keep being interrupted")
 
-    def snapshot(self) -> list[NlMsg | XdpXmit | TcFilters | RouteDump]:
+    def snapshot(self, stop: threading.Event | None = None) -> list[NlMsg | XdpXmit | TcFilters | RouteDump]:
         """The initial dump but routes (call once, before events(), which
         brings the routes).  It takes as long as the reader needs; a reader
-        that died without a word is a resync."""
+        that died without a word is a resync; stop set: DumpStopped (within
+        a second)."""
         msgs: list[NlMsg | XdpXmit | TcFilters | RouteDump] = [RouteDump(f, done=False) for f in (AF_INET, AF_INET6)]
         msgs += [XdpXmit(i, c) for i, c in xdp_xmit_capable().items()]
         while True:
@@ -263,6 +269,8 @@ class Watcher:
             except queue.Empty:
                 if not self._thread.is_alive():
                     raise self._lost("netlink reader ended during the dump") from None
+                if stop is not None and stop.is_set():
+                    raise DumpStopped() from None
                 continue
             if item is _DUMP_DONE:
                 return msgs
