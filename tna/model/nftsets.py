@@ -155,13 +155,13 @@ def _minus(cur: list[tuple[int, int]], gone: list[tuple[int, int]]) -> list[tupl
 
 def apply_elements(s: IpSet, elements: Sequence[SetElement]) -> IpSet | None:
     """s after a commit's element changes (in their order), or None when
-    they do not fit s.  s is a set as nft_set_from() made it: an address set
+    they do not fit s.  s is a set as nftables_text.ipset_of() made it: an address set
     (hash:ip without intervals, hash:net with) or a concatenation's
     hash:ip,port."""
     if s.timeout or s.counters or s.unmodelled or s.packet_filled or \
             any(mirrors(e.set, (s.name,)) != [s.name] for e in elements):
         return None
-    # maxelem is max(declared size, members) (nft_set_from): the size is
+    # maxelem is max(declared size, members) (ipset_of()): the size is
     # known only while the members are fewer
     if len(s.members) >= s.maxelem:
         return None
