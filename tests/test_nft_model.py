@@ -353,10 +353,13 @@ def test_sets_the_rules_fill_from_the_packet_path_are_the_kernels(ns: str) -> No
     assert mirror_problem(m.sets[plain.sets[0].name], plain.sets[0]) is None
 
 
-def test_a_concatenation_with_a_dccp_port_is_the_kernels(ns: str) -> None:
-    """nft reads a DCCP packet's port; a hash:ip,port map reads 0 (ipset's semantics)."""
+@pytest.mark.parametrize("proto", ["dccp", "sctp"])
+def test_a_concatenation_with_a_dccp_or_sctp_port_is_the_kernels(ns: str, proto: str) -> None:
+    """A hash:ip,port map reads ports as ipset does: a DCCP packet's as 0,
+    none of an SCTP packet shorter than its 12-byte header; nft reads the
+    port of either from the first 4 bytes."""
     m = load(ns, "table inet t {\n set ap { type ipv4_addr . inet_service; elements = { 192.0.2.1 . 5000 } }\n"
-             " chain c {\n type filter hook input priority 0;\n ip saddr . dccp dport @ap drop\n }\n}\n")
+             f" chain c {{\n type filter hook input priority 0;\n ip saddr . {proto} dport @ap drop\n }}\n}}\n")
     (r,) = rules(m, 4, "inet t", "c")
     assert not r.expressible and not r.sets
 

@@ -31,8 +31,10 @@ Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 # the transport protocols whose ports nft matches (payload `tcp dport`, ...)
 L4 = {"tcp": 6, "udp": 17, "sctp": 132, "udplite": 136, "dccp": 33}
 # those whose port a hash:*,port map reads as nft does (ip_set_getport.c's:
-# a DCCP packet's port is 0 there)
-CONCAT_L4 = {k: v for k, v in L4.items() if k != "dccp"}
+# a DCCP packet's port is 0 there, an SCTP packet without its whole 12-byte
+# header has none; nft reads either's from the first 4 bytes; a TCP or UDP
+# header too short for ipset is one the fast path leaves to the kernel)
+CONCAT_L4 = {k: v for k, v in L4.items() if k not in ("dccp", "sctp")}
 
 
 def _escaped(name: str) -> str:
