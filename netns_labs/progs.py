@@ -11,11 +11,14 @@
   python -m netns_labs.progs tc-drop DEV ingress|egress PRIO   # an admin's tc filter dropping all
   python -m netns_labs.progs tc-pass DEV ingress|egress PRIO   # one passing all (the hook's own cost)
   python -m netns_labs.progs tc-clear DEV ingress|egress PRIO
+  python -m netns_labs.progs tcx DEV ingress|egress pass|drop  # a tcx program (as TNA attaches at TC
+                                                    # and others may), until terminated
 """
 
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import sys
 import time
@@ -133,6 +136,19 @@ def tc_clear(dev: str, point: str, prio: int) -> None:
     hooks.tc_detach(socket.if_nametoindex(dev), 1, prio, point=TC_POINTS[point])
 
 
+TCX_POINTS = {"ingress": hooks.BPF_TCX_INGRESS, "egress": hooks.BPF_TCX_EGRESS}
+
+
+def tcx(dev: str, point: str, prog: str) -> None:
+    """lab_tc_<prog> on dev's tcx point until SIGTERM: a tcx link lives as
+    long as its descriptor."""
+    with bpf.BpfObject(str(build("lab_progs"))) as obj:
+        obj.load()
+        hooks.tcx_link(socket.if_nametoindex(dev), obj.program(f"lab_tc_{prog}").fd, TCX_POINTS[point])
+        print("attached", flush=True)
+        signal.sigwait({signal.SIGTERM})
+
+
 def detach(dev: str) -> None:
     hooks.xdp_detach(socket.if_nametoindex(dev))
 
@@ -158,6 +174,9 @@ def main(argv: list[str]) -> None:
         print(count(argv[1]))
     elif argv[:1] in (["tc-drop"], ["tc-pass"]):
         tc_filter(argv[1], argv[2], int(argv[3]), argv[0].removeprefix("tc-"))
+    elif argv[:1] == ["tcx"]:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        tcx(argv[1], argv[2], argv[3])
     elif argv[:1] == ["tc-clear"]:
         tc_clear(argv[1], argv[2], int(argv[3]))
     elif argv[:1] == ["reference"]:

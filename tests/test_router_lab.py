@@ -10,11 +10,13 @@ from __future__ import annotations
 import struct
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 
 import pytest
 
-from netns_labs.lab import ping, py, tcp_transfer, udp_echo, wait_for
-from netns_labs.tna_proc import host_xdp, tna_running
+from netns_labs.lab import RouterLab, ping, py, tcp_transfer, udp_echo, wait_for
+from netns_labs.tna_proc import Tna, host_xdp, tna_running
 
 pytestmark = pytest.mark.root
 
@@ -287,6 +289,60 @@ def test_tc_egress_policy_is_never_bypassed(accelerated):
     assert " 100% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 5).stdout
     lab.run(lab.r, py("netns_labs.progs", "tc-clear", "r-h2", "egress", "1"), cwd=lab.repo)
     assert wait_for(lambda: " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3).stdout, 30)
+
+
+@contextmanager
+def _foreign_tcx(lab: RouterLab, dev: str, point: str) -> Iterator[None]:
+    """Another tool's tcx program on r's dev (here: dropping everything)."""
+    holder = lab.popen(lab.r, py("netns_labs.progs", "tcx", dev, point, "drop"), cwd=lab.repo,
+                       stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "attached\n"
+        yield
+    finally:
+        holder.terminate()
+        holder.wait(30)
+
+
+@pytest.mark.parametrize("started", ["before", "after"])
+def test_a_foreign_tcx_egress_program_is_never_bypassed(router_lab, hook, started):
+    """A tcx egress program (Cilium's, say) on r-h2 sees kernel-forwarded
+    packets; an XDP redirect would skip it.  Attaching one announces
+    nothing: the daemon finds it at its dump, or at its next poll."""
+    lab = router_lab
+    with ExitStack() as stack:
+        if started == "before":
+            stack.enter_context(_foreign_tcx(lab, "r-h2", "egress"))
+            if hook == "xdp":  # so that r-h2 could be an XDP egress (tna_running would insist it becomes one)
+                host_xdp(lab, lab.h2.ns, lab.h2.dev)
+            tna = Tna(lab, lab.r, "--hook", hook)
+            stack.callback(tna.close)
+            stack.callback(tna.stop)
+            tna.wait_attached(["r-h1", "r-h2"])
+        else:
+            tna = stack.enter_context(tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]))
+            assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3).stdout
+            stack.enter_context(_foreign_tcx(lab, "r-h2", "egress"))
+        assert wait_for(lambda: not tna.status()["ifaces"]["r-h2"]["xdp_egress"], 30, 0.1)
+        assert " 100% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 5).stdout
+
+
+@pytest.mark.parametrize("started", ["before", "after"])
+def test_a_foreign_tcx_ingress_program_is_never_bypassed(router_lab, hook, started):
+    """A tcx ingress program on r-h1 must see every packet, as without TNA,
+    whose XDP program runs before it and whose tcx one is first in line:
+    TNA leaves r-h1."""
+    lab = router_lab
+    with ExitStack() as stack:
+        if started == "before":
+            stack.enter_context(_foreign_tcx(lab, "r-h1", "ingress"))
+            tna = stack.enter_context(tna_running(lab, lab.r, hook, ["r-h2"], [lab.h1, lab.h2]))
+        else:
+            tna = stack.enter_context(tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]))
+            stack.enter_context(_foreign_tcx(lab, "r-h1", "ingress"))
+        assert wait_for(lambda: "r-h1" in tna.status()["skipped"], 30, 0.1)
+        assert "tc ingress filters" in tna.status()["skipped"]["r-h1"]
+        assert " 100% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3).stdout
 
 
 def test_tc_ingress_policy_is_never_bypassed(accelerated):

@@ -46,7 +46,7 @@ from tna.netlink.netfilter import NetfilterChanged
 from tna.netlink.watch import DumpStopped, ResyncNeeded, Watcher
 from tna.runstate import RunLock, publish_status
 from tna.sdnotify import notify, reloading
-from tna.snapshot import model_from, plan_filtering, poll_sysctls, read_firewall
+from tna.snapshot import model_from, plan_filtering, poll_sysctls, poll_tcx, read_firewall
 from tna.status import describe
 from tna.synth import setgen
 from tna.synth.build import build_all
@@ -265,8 +265,9 @@ class Daemon:
                 delay = min(delay * 2, 2.0)
 
     def _poll(self, rules: bool = True) -> bool:
-        """The sysctls, and with rules the netfilter rule sets."""
-        changed = poll_sysctls(self.model)
+        """The sysctls, others' tcx programs, and with rules the netfilter
+        rule sets."""
+        changed = poll_sysctls(self.model) | poll_tcx(self.model)
         if not rules:
             return changed
         self.holds.rules_read()

@@ -1,12 +1,14 @@
-"""Attaching programs to hooks through libbpf: XDP (netlink or a BPF link)
-and TC clsact filters.  The rest of the binding is tna/bpf/libbpf.py."""
+"""Attaching programs to hooks through libbpf: XDP (netlink or a BPF link),
+tcx (a BPF link) and TC clsact filters.  The rest of the binding is
+tna/bpf/libbpf.py."""
 
 from __future__ import annotations
 
 import errno
 from ctypes import Structure, byref, c_int, c_size_t, c_uint32, sizeof
 
-from tna.bpf.libbpf import _check, _lib
+from tna.bpf import abi
+from tna.bpf.libbpf import Program, _check, _lib
 
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
 XDP_FLAGS_SKB_MODE = 1 << 1
@@ -14,6 +16,8 @@ XDP_FLAGS_DRV_MODE = 1 << 2
 XDP_FLAGS_REPLACE = 1 << 4
 
 BPF_XDP = 37  # enum bpf_attach_type
+BPF_TCX_INGRESS = 46
+BPF_TCX_EGRESS = 47
 BPF_F_REPLACE = 1 << 2
 
 BPF_TC_INGRESS = 1 << 0
@@ -92,6 +96,50 @@ def link_update(link_fd: int, prog_fd: int, old_prog_fd: int) -> None:
 
 def link_detach(link_fd: int) -> None:
     _check(_lib.bpf_link_detach(link_fd), "detach BPF link")
+
+
+# --- tcx (kernel >= 6.6: TC programs without a qdisc) -------------------
+
+def tcx_link(ifindex: int, prog_fd: int, attach_type: int = BPF_TCX_INGRESS) -> int:
+    """Append prog to ifindex's tcx hook through a BPF link; returns the
+    link's fd.  libbpf 1.1 has no tcx call, but bpf_link_create passes the
+    attach type through, and zeroed tcx options mean "last in the list"."""
+    opts = _LinkCreateOpts(sz=sizeof(_LinkCreateOpts))
+    return _check(_lib.bpf_link_create(prog_fd, ifindex, attach_type, byref(opts)),
+                  f"tcx link on ifindex {ifindex}")
+
+
+def tcx_prog_ids(ifindex: int, attach_type: int = BPF_TCX_INGRESS) -> list[int]:
+    """Ids of the programs on ifindex's tcx hook, in the order they run."""
+    ids, count = (c_uint32 * 64)(), c_uint32(64)
+    ret = _lib.bpf_prog_query(ifindex, attach_type, 0, None, ids, byref(count))
+    if ret == -errno.ENODEV:
+        return []
+    _check(ret, f"query tcx on ifindex {ifindex}")
+    return list(ids[: count.value])
+
+
+def is_tna(prog_id: int) -> bool:
+    """Whether the program of that id is a TNA datapath program."""
+    prog = Program.from_id(prog_id)
+    try:
+        return prog.name == abi.PROGRAM_NAME
+    finally:
+        prog.close()
+
+
+def foreign_tcx(ifindex: int, attach_type: int) -> list[int]:
+    """Ids of the programs on ifindex's tcx hook that are not TNA's (one
+    detached since the query is left out)."""
+    out = []
+    for prog_id in tcx_prog_ids(ifindex, attach_type):
+        try:
+            if not is_tna(prog_id):
+                out.append(prog_id)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise
+    return out
 
 
 # --- TC (clsact) ---------------------------------------------------------

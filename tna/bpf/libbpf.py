@@ -124,6 +124,7 @@ def _load() -> ctypes.CDLL:
         "bpf_link_create": (c_int, [c_int, c_int, c_int, c_void_p]),
         "bpf_link_update": (c_int, [c_int, c_int, c_void_p]),
         "bpf_link_detach": (c_int, [c_int]),
+        "bpf_prog_query": (c_int, [c_int, c_int, c_uint32, c_void_p, POINTER(c_uint32), POINTER(c_uint32)]),
         "bpf_tc_hook_create": (c_int, [c_void_p]),
         "bpf_tc_hook_destroy": (c_int, [c_void_p]),
         "bpf_tc_attach": (c_int, [c_void_p, c_void_p]),

@@ -37,7 +37,7 @@ from pyroute2.netlink.rtnl import (
     RTMGRP_TC,
 )
 
-from tna.bpf import abi
+from tna.bpf import abi, attach
 from tna.model.config import AF_INET, AF_INET6, Sysctls, TcFilters, XdpXmit
 from tna.model.routes import Dumped, RouteDump
 from tna.netlink.decode import NlMsg
@@ -81,9 +81,19 @@ def tc_filters(ipr: IPRoute, ifindex: int, parent: int) -> list[tuple[int, int]]
     return [(m["info"] >> 16, m["handle"]) for m in msgs if m.get("TCA_KIND") is not None and m["handle"]]
 
 
+def tcx_in_use(ifindex: int, attach_type: int) -> bool:
+    """Others' tcx programs on the hook (they announce nothing: read at a
+    dump, at any tc event of the device, and polled)."""
+    try:
+        return bool(attach.foreign_tcx(ifindex, attach_type))
+    except OSError:  # the device is gone
+        return False
+
+
 def tc_facts(ipr: IPRoute, ifindex: int) -> TcFilters:
     ingress = [f for f in tc_filters(ipr, ifindex, TC_H_CLSACT_INGRESS) if f != abi.TC_FILTER]
-    return TcFilters(ifindex, bool(tc_filters(ipr, ifindex, TC_H_CLSACT_EGRESS)), bool(ingress))
+    egress = bool(tc_filters(ipr, ifindex, TC_H_CLSACT_EGRESS)) or tcx_in_use(ifindex, attach.BPF_TCX_EGRESS)
+    return TcFilters(ifindex, egress, bool(ingress) or tcx_in_use(ifindex, attach.BPF_TCX_INGRESS))
 
 
 Fact = NlMsg | XdpXmit | TcFilters | NetfilterChanged | RouteDump | Dumped

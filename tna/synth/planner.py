@@ -124,7 +124,7 @@ def _skip_reason(link: Link, model: Model) -> tuple[str, str] | None:
         if link.port is None:
             return "port_state_unknown", "bridge port state unknown"
     if link.index in model.ingress_filters:
-        return "tc_ingress_filters", "others' tc ingress filters are attached (they must see every packet)"
+        return "tc_ingress_filters", "others' tc ingress filters or tcx programs are attached (they see every packet)"
     if link.master is None and not model.sysctls.forwarding:
         return "forwarding_disabled", "forwarding is disabled (net.ipv4.ip_forward, net.ipv6.conf.all.forwarding)"
     return None
