@@ -22,7 +22,7 @@ file (netns_labs/plot.py) if matplotlib is installed (the `plots` extra).
    ref_bridge.c over an FDB map; not for passed traffic, which measures
    both hooks instead: Linux and `tna run --hook tc` with GRO on the
    ingress veth, which then takes the generator's frames without XDP, and
-   "empty tc": Linux with GRO and a TC program that passes everything, the
+   "empty tc": Linux with GRO and a tcx program that passes everything, the
    TC hook's own cost).  Frames come from a live-frames generator
    (BPF_PROG_TEST_RUN + BPF_F_TEST_XDP_LIVE_FRAMES) on the sender's veth, as
    from a wire, pinned to one CPU; an XDP sink on the receiver's veth counts
@@ -220,12 +220,17 @@ def variants(sc: Scenario) -> list[Variant]:
         gro(True)
         return tna_up("tc")
 
-    def empty_tc_up() -> None:
+    def empty_tc_up() -> subprocess.Popen:
         gro(True)
-        progs(lab, sc.ns, "tc-pass", sc.ingress, "ingress", "1")
+        holder = lab.popen(sc.ns, py("netns_labs.progs", "tcx", sc.ingress, "ingress", "pass"),
+                           cwd=Lab.repo, stdout=subprocess.PIPE, text=True)
+        assert holder.stdout is not None and holder.stdout.readline() == "attached\n"
+        return holder
 
-    def empty_tc_down(_: object) -> None:
-        lab.run(sc.ns, ["tc", "qdisc", "del", "dev", sc.ingress, "clsact"])
+    def empty_tc_down(holder: object) -> None:
+        assert isinstance(holder, subprocess.Popen)
+        holder.terminate()
+        holder.wait(30)
         gro(False)
 
     out = [Variant("linux", linux_up, detach), Variant("tna --hook xdp", lambda: tna_up("xdp"), tna_down)]

@@ -54,8 +54,8 @@ from netns_labs.hostlab import HostLab
 from netns_labs.lab import Lab, RouterLab, in_netns, wait_for
 from netns_labs.tna_proc import Tna, pass_reason
 from tna.bpf import abi
-from tna.bpf import attach as hooks
 from tna.bpf import libbpf as bpf
+from tna.deploy.datapath import attached_tna_prog
 
 COMMIT_TIMEOUT = 120.0  # s: a commit behind 10,000 rules on a busy machine takes seconds
 
@@ -78,7 +78,7 @@ class Datapath:
 
     def prog_id(self) -> int:
         with in_netns(self.ns):
-            return hooks.tc_query(self.ifindex, abi.TNA_TC_HANDLE, abi.TNA_TC_PRIORITY)
+            return attached_tna_prog(self.ifindex, "tc")
 
     def pass_reason(self) -> int:
         return pass_reason(self.state)

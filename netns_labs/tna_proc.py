@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from netns_labs.lab import Host, Lab, in_netns, py, wait_for
+from tna.bpf import attach
 from tna.bpf.abi import MAP_STATE, TnaState
 
 
@@ -134,8 +136,8 @@ class Tna:
 
 
 def tna_leftovers(lab: Lab, ns: str) -> str:
-    """Anything of TNA still in namespace ns (XDP programs, clsact qdiscs,
-    its /run/tna state); "" once a daemon stopped cleanly."""
+    """Anything of TNA still in namespace ns (XDP programs, tcx programs,
+    clsact qdiscs, its /run/tna state); "" once a daemon stopped cleanly."""
     links = lab.run(ns, ["ip", "-d", "link", "show"]).stdout
     qdiscs = lab.run(ns, ["tc", "qdisc", "show"]).stdout
     out = []
@@ -143,6 +145,11 @@ def tna_leftovers(lab: Lab, ns: str) -> str:
         out.append(links)
     if "clsact" in qdiscs:
         out.append(qdiscs)
+    with in_netns(ns):
+        tcx = [f"tcx program {i} on {name}" for index, name in socket.if_nameindex()
+               for point in (attach.BPF_TCX_INGRESS, attach.BPF_TCX_EGRESS)
+               for i in attach.tcx_prog_ids(index, point)]
+    out += tcx
     inode = lab.run(ns, ["stat", "-L", "-c", "%i", "/proc/self/ns/net"]).stdout.strip()
     if lab.run(ns, ["test", "-e", f"/run/tna/{inode}"], check=False).returncode == 0:
         out.append("/run/tna state left")

@@ -33,7 +33,7 @@ from tna.synth.render import render
 
 VERDICTS = {
     "xdp": {0: "ABORTED", 1: "DROP", 2: "PASS", 3: "TX", 4: "REDIRECT"},
-    "tc": {0: "PASS", 2: "DROP", 7: "REDIRECT"},
+    "tc": {0xFFFFFFFF: "PASS", 2: "DROP", 7: "REDIRECT"},  # TC_ACT_UNSPEC: tcx's next
 }
 
 # Extra state on r for the table: routes of every kind, an MTU-limited route,

@@ -18,7 +18,7 @@ import pytest
 
 from netns_labs.lab import BridgeLab, Lab, in_netns, ping, wait_for
 from netns_labs.tna_proc import Tna, host_xdp, tna_running
-from tna.bpf import attach
+from tna.bpf import abi, attach
 from tna.bpf import libbpf as bpf
 
 pytestmark = pytest.mark.root
@@ -157,27 +157,62 @@ def test_attach_and_detach_send_no_mld_reports(router_lab, hook):
     assert not wait_for(lambda: _mld_reports(lab, lab.r, devs) != before, 2)
 
 
-def test_an_admins_empty_clsact_survives_tna(router_lab):
-    """TC only (XDP adds no qdisc): TNA removes a clsact it added, not one it found."""
+def test_tc_attaches_through_tcx_and_an_admins_empty_clsact_survives(router_lab):
+    """TC attachment is a tcx link: no qdisc is added, and an admin's clsact
+    (here with no filter on it) stays as it was."""
     lab = router_lab
     lab.run(lab.r, ["tc", "qdisc", "add", "dev", "r-h1", "clsact"])
-    with tna_running(lab, lab.r, "auto", ["r-h1", "r-h2"], [lab.h1, lab.h2]):
-        assert "clsact" in lab.run(lab.r, ["tc", "qdisc", "show", "dev", "r-h2"]).stdout
+    with tna_running(lab, lab.r, "auto", ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
+        st = tna.status()["ifaces"]
+        with in_netns(lab.r):
+            for dev in ("r-h1", "r-h2"):
+                assert attach.tcx_prog_ids(socket.if_nametoindex(dev)) == [st[dev]["prog_id"]]
+        assert "clsact" not in lab.run(lab.r, ["tc", "qdisc", "show", "dev", "r-h2"]).stdout
+        assert lab.run(lab.r, ["tc", "filter", "show", "dev", "r-h1", "ingress"]).stdout == ""
     assert "clsact" in lab.run(lab.r, ["tc", "qdisc", "show", "dev", "r-h1"]).stdout
-    assert "clsact" not in lab.run(lab.r, ["tc", "qdisc", "show", "dev", "r-h2"]).stdout
 
 
-def test_a_netlink_attached_tna_program_is_replaced_by_a_link(router_lab):
-    """What a TNA from before links left behind: only netlink can take it off."""
-    lab = router_lab
-    first = Tna(lab, lab.r, "--hook", "xdp")
+def _program_of_a_killed_tna(lab: Lab, hook: str) -> tuple[bpf.Program, int, int]:
+    """(program, its id, ifindex of r-h1) of a `tna run --hook hook` killed
+    after attaching; its link died with it, so nothing is attached."""
+    first = Tna(lab, lab.r, "--hook", hook)
     old_id = first.wait_attached(["r-h1", "r-h2"])["ifaces"]["r-h1"]["prog_id"]
     old = bpf.Program.from_id(old_id)
     first.stop(signal.SIGKILL)
     first.close()
     with in_netns(lab.r):
         ifindex = socket.if_nametoindex("r-h1")
-        assert wait_for(lambda: attach.xdp_query_id(ifindex) == 0, 10)  # its link died with it
+        assert wait_for(lambda: attach.xdp_query_id(ifindex) == 0 and attach.tcx_prog_ids(ifindex) == [], 10)
+    return old, old_id, ifindex
+
+
+def test_a_clsact_attached_tna_program_is_replaced_by_a_tcx_link(router_lab):
+    """What a TNA from before tcx links left behind (a direct-action filter
+    at TNA's handle and priority) is taken off, and its program replaced."""
+    lab = router_lab
+    old, old_id, ifindex = _program_of_a_killed_tna(lab, "tc")
+    with in_netns(lab.r):
+        attach.tc_hook_create(ifindex)
+        attach.tc_attach(ifindex, old.fd, abi.TNA_TC_HANDLE, abi.TNA_TC_PRIORITY)
+    old.close()
+    second = Tna(lab, lab.r)
+    try:
+        new_id = second.wait_attached(["r-h1", "r-h2"])["ifaces"]["r-h1"]["prog_id"]
+        assert new_id != old_id
+        with in_netns(lab.r):
+            assert attach.tc_query(ifindex, abi.TNA_TC_HANDLE, abi.TNA_TC_PRIORITY) == 0
+            assert attach.tcx_prog_ids(ifindex) == [new_id]
+        assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3).stdout
+    finally:
+        assert second.stop() == 0, second.close()
+    second.close()
+
+
+def test_a_netlink_attached_tna_program_is_replaced_by_a_link(router_lab):
+    """What a TNA from before links left behind: only netlink can take it off."""
+    lab = router_lab
+    old, old_id, ifindex = _program_of_a_killed_tna(lab, "xdp")
+    with in_netns(lab.r):
         attach.xdp_attach(ifindex, old.fd)
     old.close()
     second = Tna(lab, lab.r, "--hook", "xdp")

@@ -25,8 +25,9 @@ from collections.abc import Callable
 from typing import Any
 
 from tna import __version__, config
-from tna.bpf import abi, attach
+from tna.bpf import abi
 from tna.deploy.counters import program_counters, program_stats, summed
+from tna.deploy.datapath import ForeignProgram, attached_tna_prog
 from tna.logsetup import setup_logging
 from tna.model.iptables import Table
 from tna.rates import Rates, Sample, iface_rates, si, total_rates
@@ -46,10 +47,8 @@ def _running_state() -> dict[str, Any]:
 
 def _attached_id(ifindex: int, hook: str) -> int:
     try:
-        if hook == "xdp":
-            return attach.xdp_query_id(ifindex)
-        return attach.tc_query(ifindex, abi.TNA_TC_HANDLE, abi.TNA_TC_PRIORITY)
-    except OSError:
+        return attached_tna_prog(ifindex, hook)
+    except (ForeignProgram, OSError):
         return 0
 
 

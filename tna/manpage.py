@@ -69,9 +69,8 @@ Interrupted (Ctrl\-C, e.g. \fBtna stats \-\-watch\fR).
     "SIGNALS": r"""
 .TP
 .BR SIGTERM ", " SIGINT
-\fBtna run\fR detaches every program it attached (and a clsact qdisc it added,
-once empty), removes its state directory and exits: the namespace is plain
-Linux again.
+\fBtna run\fR detaches every program it attached, removes its state
+directory and exits: the namespace is plain Linux again.
 .TP
 .B SIGHUP
 \fBtna run\fR reads its configuration file again; an invalid new file keeps
@@ -82,11 +81,13 @@ the old settings, with a log message.
 error), and goes on: what a daemon that does not stop is doing.
 .TP
 .BR SIGKILL ", or a crash"
-The kernel takes the XDP programs off at once (they hang on BPF links the
-process held); the TC programs stay attached but pass every packet to the
-kernel within about a second (a lease the daemon renews every 200 ms).
-The next \fBtna run\fR replaces them without a gap, or removes them from
-interfaces it no longer accelerates.
+The kernel takes the programs off at once (they hang on BPF links, tcx at
+TC, that the process held).
+.TP
+.B SIGSTOP
+A stopped (or hung) \fBtna run\fR keeps its programs attached, but they pass
+every packet to the kernel within about a second (a lease the daemon
+renews every 200 ms).
 """,
     "ENVIRONMENT": r"""
 .TP
@@ -117,8 +118,8 @@ Command\-line options win over the file.
 .IR /run/tna/ NETNS /
 Per network namespace (\fINETNS\fR is the inode of \fI/proc/self/ns/net\fR):
 \fIlock\fR (held while a daemon runs; the kernel releases it if the daemon
-dies), \fIstate.json\fR (what \fBtna status\fR reads) and \fIclsact\fR (the
-qdiscs \fBtna\fR added). Removed on a clean stop.
+dies), \fIstate.json\fR (what \fBtna status\fR reads) and, left by a \fBtna\fR
+from before tcx links, \fIclsact\fR (the qdiscs it added). Removed on a clean stop.
 .TP
 .I /var/cache/tna/
 Compiled programs, named by a hash of their source and compiler; safe to

@@ -107,7 +107,7 @@ def prove(timeout: float = TIMEOUT_S) -> Proof:
         try:
             return _in_child(name, timeout)
         finally:
-            # the deployer notes in the namespace's run directory which clsact it added
+            # whatever the deployer kept in the namespace's run directory
             shutil.rmtree(run_dir, ignore_errors=True)
     finally:
         _remove(name)

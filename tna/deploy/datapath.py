@@ -18,18 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pyroute2 import IPRoute
-
 from tna.bpf import abi, attach
 from tna.bpf import libbpf as bpf
-from tna.deploy import clsact
 from tna.deploy.fdbmap import FdbMirror, map_size
 from tna.deploy.lease import Lease
+from tna.deploy.links import HookLinks, clsact_filters
 from tna.deploy.preload import Preloads
-from tna.deploy.xdplink import XdpLinks
 from tna.model.config import USER_HZ, FdbEntry, FdbKey, Neigh
 from tna.model.firewall import Firewall
-from tna.netlink.watch import TC_H_CLSACT_EGRESS, TC_H_CLSACT_INGRESS, tc_filters
+from tna.netlink.watch import TC_H_CLSACT_INGRESS
 from tna.synth.planner import IfacePlan, L3Bridge, PortPlan
 
 if TYPE_CHECKING:  # what synthesis hands over; deploy runs none of its code
@@ -85,20 +82,29 @@ def iface_cfg(ifindex: int, mac: str, flags: int, port_slot: int = 0) -> bytes:
 
 def attached_tna_prog(ifindex: int, hook: str) -> int:
     """Id of a TNA program attached at hook on ifindex, 0 if none; raises
-    ForeignProgram if another program holds the hook."""
+    ForeignProgram if only another program holds the hook.  At TC that is
+    a tcx program, or the clsact filter of a TNA from before tcx links."""
     if hook == "xdp":
-        prog_id = attach.xdp_query_id(ifindex)
+        ids = [attach.xdp_query_id(ifindex)]
     else:
-        prog_id = attach.tc_query(ifindex, abi.TNA_TC_HANDLE, abi.TNA_TC_PRIORITY)
-    if prog_id == 0:
-        return 0
-    prog = bpf.Program.from_id(prog_id)
-    try:
-        if prog.name != abi.PROGRAM_NAME:
-            raise ForeignProgram(f"a foreign {hook} program ({prog.name}, id {prog_id}) is attached")
-    finally:
-        prog.close()
-    return prog_id
+        ids = [*attach.tcx_prog_ids(ifindex), attach.tc_query(ifindex, abi.TNA_TC_HANDLE, abi.TNA_TC_PRIORITY)]
+    ids = [i for i in ids if i]
+    ours = [i for i in ids if attach.is_tna(i)]
+    if ids and not ours:
+        raise ForeignProgram(f"a foreign {hook} program (id {ids[0]}) is attached")
+    return ours[0] if ours else 0
+
+
+def _check_tc_ingress(ifindex: int) -> None:
+    """Raise ForeignProgram if another program sees this device's ingress
+    at TC: TNA's redirect would bypass it (tcx programs run in order, then
+    the clsact filters)."""
+    foreign = attach.foreign_tcx(ifindex, attach.BPF_TCX_INGRESS)
+    if foreign:
+        raise ForeignProgram(f"foreign tcx ingress programs are attached (ids {foreign})")
+    filters = [f for f in clsact_filters(ifindex, TC_H_CLSACT_INGRESS) if f != abi.TC_FILTER]
+    if filters:
+        raise ForeignProgram(f"foreign TC ingress filters are attached (prio/handle {filters})")
 
 
 class Datapath:
@@ -106,7 +112,7 @@ class Datapath:
         self.shared: dict[str, bpf.Map] = {}
         self.lease = Lease()  # started by the first load, which creates tna_state
         self.attached: dict[int, Attached] = {}
-        self.xdp_links = XdpLinks()
+        self.links = HookLinks()
         self._shadow: dict[str, dict[bytes, bytes]] = {}
         self.slots: dict[int, int] = {}  # bridge port ifindex -> its index in tna_ports
         # the rule-set maps of the newest rule set, which every program
@@ -236,10 +242,9 @@ class Datapath:
             other = "tc" if plan.hook == "xdp" else "xdp"
             old = attached_tna_prog(plan.ifindex, plan.hook)
             attached_tna_prog(plan.ifindex, other)  # raises if foreign
-            if plan.hook == "xdp":
-                self.xdp_links.attach(plan.ifindex, prog, old)
-            else:
-                self._attach_tc(plan.ifindex, prog, old)
+            if plan.hook == "tc":
+                _check_tc_ingress(plan.ifindex)
+            self.links.attach(plan.ifindex, plan.hook, prog, old)
             # the other hook may still hold our program from an earlier plan
             self._detach_hook(plan.ifindex, other)
         except BaseException:
@@ -253,26 +258,13 @@ class Datapath:
                  plan.hook_why)
         return att
 
-    @staticmethod
-    def _attach_tc(ifindex: int, prog: bpf.Program, old_id: int) -> None:
-        clsact.add(ifindex)
-        foreign = [f for f in _tc_filters(ifindex, TC_H_CLSACT_INGRESS) if f != abi.TC_FILTER]
-        if foreign:
-            raise ForeignProgram(f"foreign TC ingress filters are attached (prio/handle {foreign})")
-        attach.tc_attach(ifindex, prog.fd, abi.TNA_TC_HANDLE, abi.TNA_TC_PRIORITY, replace=bool(old_id))
-
     def _detach_hook(self, ifindex: int, hook: str) -> None:
         try:
             if not attached_tna_prog(ifindex, hook):
                 return
         except ForeignProgram:
             return
-        if hook == "xdp":
-            self.xdp_links.detach(ifindex)
-        else:
-            attach.tc_detach(ifindex, abi.TNA_TC_HANDLE, abi.TNA_TC_PRIORITY)
-            if not _tc_filters(ifindex, TC_H_CLSACT_INGRESS) and not _tc_filters(ifindex, TC_H_CLSACT_EGRESS):
-                clsact.remove_if_ours(ifindex)
+        self.links.detach(ifindex, hook)
 
     def remove(self, ifindex: int, why: str) -> None:
         """Detach TNA from ifindex (both hooks), whoever attached it; why: for the log."""
@@ -283,7 +275,7 @@ class Datapath:
             except OSError as e:
                 if e.errno not in (errno.ENODEV, errno.EINVAL):
                     raise
-        self.xdp_links.release(ifindex)
+        self.links.release(ifindex)
         if att is not None:
             att.obj.close()
             log.info("%s: detached, kernel path: %s", att.plan.name, why)
@@ -477,7 +469,3 @@ def _neigh_key(n: Neigh) -> bytes:
     ctypes.memmove(key.addr, packed, len(packed))
     return bytes(key)
 
-
-def _tc_filters(ifindex: int, parent: int) -> list[tuple[int, int]]:
-    with IPRoute() as ipr:
-        return tc_filters(ipr, ifindex, parent)

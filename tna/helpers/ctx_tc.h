@@ -15,7 +15,10 @@
 #define TNA_SEC "tc"
 typedef struct __sk_buff tna_ctx_t;
 
-#define CTX_PASS TC_ACT_OK
+/* tcx's "next": the programs and clsact filters after TNA's, then the
+ * stack, see the packet as if TNA were not there (TC_ACT_OK would end the
+ * hook and set tc_index). */
+#define CTX_PASS TC_ACT_UNSPEC
 #define CTX_DROP TC_ACT_SHOT
 #define CTX_REDIRECT TC_ACT_REDIRECT
 
