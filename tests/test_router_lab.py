@@ -345,6 +345,17 @@ def test_a_foreign_tcx_ingress_program_is_never_bypassed(router_lab, hook, start
         assert " 100% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3).stdout
 
 
+def test_a_device_whose_foreign_tcx_program_went_away_returns_to_the_fast_path(router_lab, hook):
+    """Detaching a tcx program announces nothing either: the poll that saw
+    it come sees it go, and r-h1 is accelerated again."""
+    lab = router_lab
+    with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
+        with _foreign_tcx(lab, "r-h1", "ingress"):
+            assert wait_for(lambda: "r-h1" in tna.status()["skipped"], 30, 0.1)
+        tna.wait_attached(["r-h1", "r-h2"])
+        assert wait_for(lambda: " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3).stdout, 30)
+
+
 def test_tc_ingress_policy_is_never_bypassed(accelerated):
     """An admin's tc ingress filter on r-h1 placed after TNA's (here: drop
     everything) must see every packet, as without TNA: TNA leaves r-h1."""

@@ -12,7 +12,6 @@ import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
-from tna.bpf.attach import BPF_TCX_EGRESS, BPF_TCX_INGRESS
 from tna.model.config import Model, TcFilters, XdpXmit
 from tna.model.firewall import Firewall
 from tna.model.hooks import firewall_plan
@@ -21,7 +20,7 @@ from tna.model.iptables import Table
 from tna.netlink import netfilter
 from tna.netlink.decode import NlMsg, decoded
 from tna.netlink.ipset import IpsetReader
-from tna.netlink.watch import Watcher, read_rp_filter, read_sysctls, tcx_in_use
+from tna.netlink.watch import Watcher, read_rp_filter, read_sysctls, tcx_facts
 from tna.synth.fwgen import unfit
 
 
@@ -92,15 +91,11 @@ def poll_sysctls(model: Model) -> bool:
 
 
 def poll_tcx(model: Model) -> bool:
-    """Others' tcx programs that appeared since the device's last tc facts
-    (attaching one announces nothing): whether the model changed.  Only
-    adds: one going away keeps the device off the fast path until the next
-    tc event or resync re-reads it whole (the kernel path is never wrong)."""
+    """Others' tcx programs on each device, read anew (attaching or
+    detaching one announces nothing): whether the model changed."""
     changed = False
-    for index in model.links:
-        ingress = index in model.ingress_filters or tcx_in_use(index, BPF_TCX_INGRESS)
-        egress = index in model.egress_filters or tcx_in_use(index, BPF_TCX_EGRESS)
-        changed |= model.apply(TcFilters(index, egress, ingress))
+    for index in list(model.links):
+        changed |= model.apply(tcx_facts(index))
     return changed
 
 

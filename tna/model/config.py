@@ -146,12 +146,15 @@ class XdpXmit:
 
 @dataclass(frozen=True)
 class TcFilters:
-    """tc filters on a device's clsact hooks that are not TNA's: on egress an
-    XDP redirect would bypass them, on ingress TNA's redirect would."""
+    """Others' programs on a device's tc hooks, of one kind: clsact filters
+    (announced over netlink) or, tcx, tcx programs (announced by nothing:
+    polled).  On egress an XDP redirect would bypass them, on ingress TNA's
+    redirect would."""
 
     ifindex: int
     egress: bool
     ingress: bool
+    tcx: bool = False
 
 
 @dataclass(frozen=True)
@@ -230,9 +233,11 @@ class Model:
     # Does the device accept XDP-redirected frames now (netdev xdp-features
     # NDO_XMIT)?  From XdpXmit events; the planner only reads it.
     xdp_xmit: dict[int, bool] = field(default_factory=dict)
-    # Devices with others' clsact egress / ingress filters (TcFilters facts).
+    # Devices with others' egress / ingress tc programs of either kind, and
+    # the last TcFilters fact of each (ifindex, tcx).
     egress_filters: set[int] = field(default_factory=set)
     ingress_filters: set[int] = field(default_factory=set)
+    tc_kinds: dict[tuple[int, bool], TcFilters] = field(default_factory=dict)
     # Effective IPv4 rp_filter per ifindex: max(conf.all, conf.<dev>) (/proc/sys).
     rp_filter: dict[int, int] = field(default_factory=dict)
     # The FORWARD and INPUT chains the fast path evaluates (None: no filtering rules).
@@ -252,8 +257,10 @@ class Model:
             self.xdp_xmit[fact.ifindex] = fact.capable
             return changed
         if isinstance(fact, TcFilters):
-            changed = _apply_set(self.egress_filters, fact.ifindex, fact.egress)
-            return _apply_set(self.ingress_filters, fact.ifindex, fact.ingress) or changed
+            self.tc_kinds[fact.ifindex, fact.tcx] = fact
+            other = self.tc_kinds.get((fact.ifindex, not fact.tcx), fact)
+            changed = _apply_set(self.egress_filters, fact.ifindex, fact.egress or other.egress)
+            return _apply_set(self.ingress_filters, fact.ifindex, fact.ingress or other.ingress) or changed
         if isinstance(fact, PortView):
             return self._apply_port(fact)
         if isinstance(fact, RouteDump):
@@ -289,6 +296,8 @@ class Model:
             self.xdp_xmit.pop(link.index, None)
             self.egress_filters.discard(link.index)
             self.ingress_filters.discard(link.index)
+            self.tc_kinds.pop((link.index, False), None)
+            self.tc_kinds.pop((link.index, True), None)
             self.rp_filter.pop(link.index, None)
             return True
         if old is not None and link.qdisc is None:

@@ -90,10 +90,16 @@ def tcx_in_use(ifindex: int, attach_type: int) -> bool:
         return False
 
 
-def tc_facts(ipr: IPRoute, ifindex: int) -> TcFilters:
+def tcx_facts(ifindex: int) -> TcFilters:
+    return TcFilters(ifindex, tcx_in_use(ifindex, attach.BPF_TCX_EGRESS), tcx_in_use(ifindex, attach.BPF_TCX_INGRESS),
+                     tcx=True)
+
+
+def tc_facts(ipr: IPRoute, ifindex: int) -> list[TcFilters]:
+    """Others' clsact filters and tcx programs on the device."""
     ingress = [f for f in tc_filters(ipr, ifindex, TC_H_CLSACT_INGRESS) if f != abi.TC_FILTER]
-    egress = bool(tc_filters(ipr, ifindex, TC_H_CLSACT_EGRESS)) or tcx_in_use(ifindex, attach.BPF_TCX_EGRESS)
-    return TcFilters(ifindex, egress, bool(ingress) or tcx_in_use(ifindex, attach.BPF_TCX_INGRESS))
+    egress = bool(tc_filters(ipr, ifindex, TC_H_CLSACT_EGRESS))
+    return [TcFilters(ifindex, egress, bool(ingress)), tcx_facts(ifindex)]
 
 
 Fact = NlMsg | XdpXmit | TcFilters | NetfilterChanged | RouteDump | Dumped
@@ -255,7 +261,7 @@ class Watcher:
             try:
                 links = list(ipr.get_links())
                 msgs: list[NlMsg | TcFilters] = list(links)
-                msgs += [tc_facts(ipr, m["index"]) for m in links]
+                msgs += [f for m in links for f in tc_facts(ipr, m["index"])]
                 msgs += get_nexthops(ipr)  # before the routes that use them
                 for family in (AF_INET, AF_INET6):
                     msgs += ipr.get_addr(family=family)
@@ -325,7 +331,7 @@ class Watcher:
                 yield from self.query.get_links(msg["index"])
             except Exception:  # the link went away meanwhile; its DELLINK follows
                 return
-            yield tc_facts(self.query, msg["index"])
+            yield from tc_facts(self.query, msg["index"])
         elif msg.get("header", {}).get("error") is None:
             yield msg
 
