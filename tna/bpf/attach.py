@@ -128,18 +128,23 @@ def is_tna(prog_id: int) -> bool:
         prog.close()
 
 
-def foreign_tcx(ifindex: int, attach_type: int) -> list[int]:
-    """Ids of the programs on ifindex's tcx hook that are not TNA's (one
-    detached since the query is left out)."""
-    out = []
-    for prog_id in tcx_prog_ids(ifindex, attach_type):
+def split_tna(prog_ids: list[int]) -> tuple[list[int], list[int]]:
+    """(TNA's, others') among prog_ids, leaving out 0 and the programs
+    gone since the ids were read (detached and freed in between)."""
+    ours: list[int] = []
+    others: list[int] = []
+    for prog_id in filter(None, prog_ids):
         try:
-            if not is_tna(prog_id):
-                out.append(prog_id)
+            (ours if is_tna(prog_id) else others).append(prog_id)
         except OSError as e:
             if e.errno != errno.ENOENT:
                 raise
-    return out
+    return ours, others
+
+
+def foreign_tcx(ifindex: int, attach_type: int) -> list[int]:
+    """Ids of the programs on ifindex's tcx hook that are not TNA's."""
+    return split_tna(tcx_prog_ids(ifindex, attach_type))[1]
 
 
 # --- TC (clsact) ---------------------------------------------------------

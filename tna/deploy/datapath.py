@@ -88,10 +88,9 @@ def attached_tna_prog(ifindex: int, hook: str) -> int:
         ids = [attach.xdp_query_id(ifindex)]
     else:
         ids = [*attach.tcx_prog_ids(ifindex), attach.tc_query(ifindex, abi.TNA_TC_HANDLE, abi.TNA_TC_PRIORITY)]
-    ids = [i for i in ids if i]
-    ours = [i for i in ids if attach.is_tna(i)]
-    if ids and not ours:
-        raise ForeignProgram(f"a foreign {hook} program (id {ids[0]}) is attached")
+    ours, others = attach.split_tna(ids)
+    if others and not ours:
+        raise ForeignProgram(f"a foreign {hook} program (id {others[0]}) is attached")
     return ours[0] if ours else 0
 
 
@@ -269,16 +268,20 @@ class Datapath:
     def remove(self, ifindex: int, why: str) -> None:
         """Detach TNA from ifindex (both hooks), whoever attached it; why: for the log."""
         att = self.attached.pop(ifindex, None)
-        for hook in ("xdp", "tc"):
-            try:
-                self._detach_hook(ifindex, hook)
-            except OSError as e:
-                if e.errno not in (errno.ENODEV, errno.EINVAL):
-                    raise
-        self.links.release(ifindex)
-        if att is not None:
-            att.obj.close()
-            log.info("%s: detached, kernel path: %s", att.plan.name, why)
+        try:
+            for hook in ("xdp", "tc"):
+                try:
+                    self._detach_hook(ifindex, hook)
+                except OSError as e:
+                    if e.errno not in (errno.ENODEV, errno.EINVAL):
+                        raise
+        finally:
+            # closing a link's last fd detaches its program, whatever
+            # detaching it explicitly raised
+            self.links.release(ifindex)
+            if att is not None:
+                att.obj.close()
+                log.info("%s: detached, kernel path: %s", att.plan.name, why)
 
     def remove_leftovers(self, links: Mapping[int, str], planned: Container[int]) -> None:
         """A dead daemon's programs stay attached (in fail-safe pass mode):

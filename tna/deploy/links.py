@@ -78,8 +78,9 @@ class HookLinks:
                 clsact.remove_if_ours(ifindex)
 
     def release(self, ifindex: int, hook: str | None = None) -> None:
-        """Close the links (of one hook, or both) whose device is gone (the
-        kernel detached them then)."""
+        """Close the links (of one hook, or both): the kernel detaches a
+        link's program when its last fd closes (and did already if the
+        device is gone)."""
         for h in (hook,) if hook else tuple(_CREATE):
             fd = self._fds.pop((ifindex, h), None)
             if fd is not None:

@@ -86,8 +86,12 @@ def tcx_in_use(ifindex: int, attach_type: int) -> bool:
     dump, at any tc event of the device, and polled)."""
     try:
         return bool(attach.foreign_tcx(ifindex, attach_type))
-    except OSError:  # the device is gone
-        return False
+    except OSError as e:
+        # a gone device reads as no programs (ENODEV); any other failure
+        # leaves unknown what runs there, so the device stays on the kernel
+        # path until a later read tells
+        log.warning("ifindex %d: tcx programs unreadable (%s): kernel path", ifindex, e)
+        return True
 
 
 def tcx_facts(ifindex: int) -> TcFilters:
