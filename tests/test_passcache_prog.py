@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import pytest
-from scapy.layers.inet import TCP, UDP
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
@@ -153,6 +153,27 @@ def test_a_hit_needs_no_route_lookup(harnesses: dict[str, FirewallHarness], fwla
         assert scratch.lookup(b"\0\0\0\0")[os.sched_getaffinity(0).pop()] == marker
         check(h, frame(lab, 4014, 54), "DROP", "FW_DROP", Counter({(4, F, 0): 1}))
         assert scratch.lookup(b"\0\0\0\0")[os.sched_getaffinity(0).pop()] != marker
+    finally:
+        h.set_state()
+
+
+def test_a_hit_comes_before_the_routers_checks(harnesses: dict[str, FirewallHarness], fwlab: RouterLab) -> None:
+    """The flow's key is read from the headers first: a remembered flow's
+    packet meets the cache before the router looks at its destination MAC
+    or its header checksum (what the kernel then does with it, drop it
+    here, is Linux's).  Without an entry, those checks decide."""
+    h, lab = harnesses["log"], fwlab
+    h.set_state(pass_cache_s=3600)
+    try:
+        bad = Ether(frame(lab, 4016, 53))
+        bad[IP].chksum ^= 0x0101
+        other = Ether(frame(lab, 4016, 53))
+        other.dst = "02:00:00:00:00:99"
+        check(h, bytes(bad), "PASS", "IP_INVALID", Counter())
+        check(h, bytes(other), "PASS", "OTHERHOST", Counter())
+        check(h, frame(lab, 4016, 53), "PASS", "FW_KERNEL", Counter())  # remembered
+        check(h, bytes(bad), "PASS", "FW_KERNEL", Counter())
+        check(h, bytes(other), "PASS", "FW_KERNEL", Counter())
     finally:
         h.set_state()
 
