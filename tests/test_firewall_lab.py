@@ -316,3 +316,34 @@ def test_truncated_l4_header_is_left_to_the_kernel(router_lab: RouterLab, hook: 
         after = tna.counters("r-h1")
     assert after.get("FW_KERNEL", 0) - before.get("FW_KERNEL", 0) == 3
     assert after.get("FORWARDED", 0) == before.get("FORWARDED", 0)
+
+
+V4_ONLY = ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+           "-A FORWARD -p udp -m udp --dport 7 -j ACCEPT\nCOMMIT\n")
+
+
+def test_an_ipv4_route_via_an_ipv6_gateway_is_judged_by_the_ipv4_rules(router_lab: RouterLab, hook: str) -> None:
+    """An IPv4 route whose gateway is an IPv6 address (`via inet6`, as BGP
+    unnumbered installs them): bpf_fib_lookup() answers it with family
+    AF_INET6 and the gateway in ipv6_dst.  The packet is IPv4 all the same,
+    and FORWARD's IPv4 chain decides it: port 7 accepted, port 9 dropped by
+    the policy, as with Linux alone (no IPv6 rule would have dropped it)."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.packet import Raw
+
+    lab = router_lab
+    lab.run(lab.r, ["ip", "route", "add", "203.0.113.0/24", "via", "inet6", lab.h2.ip6, "dev", "r-h2"])
+    lab.run(lab.r, ["iptables-restore"], input=V4_ONLY)
+    lab.run(lab.h2.ns, ["iptables", "-P", "OUTPUT", "DROP"])
+    frames = [bytes(Ether(src=lab.h1.mac, dst=lab.r_h1_mac) / IP(src=lab.h1.ip4, dst="203.0.113.9", ttl=64) /
+                    UDP(sport=4000 + n, dport=dport) / Raw(MARK + b"%04d" % n)) for n, dport in enumerate((7, 9))]
+    assert send_frames(lab, frames * 3) == {0}  # Linux alone (each frame is sent three times over)
+    with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
+        assert wait_for(lambda: "firewall" in tna.status()["ifaces"]["r-h1"]["modules"], 30, 0.2)
+        before = tna.counters("r-h1")
+        assert send_frames(lab, frames * 3) == {0}
+        after = tna.counters("r-h1")
+    carried = after.get("FORWARDED", 0) - before.get("FORWARDED", 0)
+    dropped = after.get("FW_DROP", 0) - before.get("FW_DROP", 0)
+    assert (carried, dropped) == (3, 3), after
