@@ -24,7 +24,8 @@ file (netns_labs/plot.py) if matplotlib is installed (the `plots` extra).
    ingress veth, which then takes the generator's frames without XDP, and
    "empty tc": Linux with GRO and a tcx program that passes everything, the
    TC hook's own cost).  Frames come from a live-frames generator
-   (BPF_PROG_TEST_RUN + BPF_F_TEST_XDP_LIVE_FRAMES) on the sender's veth, as
+   (BPF_PROG_TEST_RUN + BPF_F_TEST_XDP_LIVE_FRAMES; where the kernel refuses
+   those, AF_PACKET: netns_labs/packet_gen.c) on the sender's veth, as
    from a wire, pinned to one CPU; an XDP sink on the receiver's veth counts
    them.  Variants alternate round by round in the same lab; medians are
    reported, and delivered must equal sent.
@@ -65,6 +66,7 @@ from scapy.packet import Raw
 
 from netns_labs import plot
 from netns_labs.lab import BridgeLab, Host, Lab, RouterLab, in_netns, ping, py, wait_for
+from netns_labs.progs import generator_kind
 from netns_labs.tna_proc import Tna
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
@@ -178,7 +180,11 @@ def progs(lab: Lab, ns: str, *args: str, cpu: str | None = None) -> str:
     cmd = py("netns_labs.progs", *args)
     if cpu is not None:
         cmd = ["taskset", "-c", cpu, *cmd]
-    return lab.run(ns, cmd, cwd=Lab.repo, timeout=300).stdout.strip()
+    try:
+        return lab.run(ns, cmd, cwd=Lab.repo, timeout=300).stdout.strip()
+    except subprocess.CalledProcessError as e:
+        lines = (e.stderr or "").strip().splitlines()
+        raise SystemExit(f"netns_labs.progs {args[0]} failed in {ns}: {lines[-1] if lines else e}") from e
 
 
 class Variant:
@@ -426,7 +432,8 @@ def machine() -> dict[str, object]:
         clang = subprocess.run(["clang", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     except (OSError, IndexError):
         clang = "not found"
-    return {"kernel": platform.release(), "cpu": cpu, "cpus": os.cpu_count(), "clang": clang}
+    return {"kernel": platform.release(), "cpu": cpu, "cpus": os.cpu_count(), "clang": clang,
+            "generator": generator_kind()}
 
 
 def header(module: str, argv: list[str]) -> dict[str, object]:

@@ -4,7 +4,7 @@ after `tna`.
   python -m netns_labs.demo        (or: netns_labs/setup.sh demo)
 
 Part 1 - frames from a wire: 64-byte packets from a live-frames generator
-through the router, then through the bridge, plain Linux vs
+(an AF_PACKET one where the kernel refuses live frames) through the router, then through the bridge, plain Linux vs
 `tna run --hook xdp`.
 Part 2 - two real TCP stacks, through the router and through the bridge: a
 transfer checked byte for byte, and iperf3 throughput, plain Linux vs
@@ -24,6 +24,7 @@ from netns_labs.bench import Scenario, iperf, measure_pps, progs, scenario, vari
 from netns_labs.bench_hosts import host_scenario
 from netns_labs.hostlab import RULESETS
 from netns_labs.lab import BridgeLab, RouterLab, py, tcp_transfer
+from netns_labs.progs import generator_kind
 from netns_labs.tna_proc import Tna
 
 COUNT = 1_000_000
@@ -32,7 +33,8 @@ COUNT = 1_000_000
 def wire_frames(name: str, part: int = 1,
                 open_scenario: Callable[[str], AbstractContextManager[Scenario]] = scenario) -> None:
     with open_scenario(name) as sc:
-        print(f"Part {part}, {name}: {COUNT} frames of 64 bytes into {sc.ingress}, out of {sc.egress}")
+        print(f"Part {part}, {name}: {COUNT} frames of 64 bytes into {sc.ingress}, out of {sc.egress} "
+              f"(generator: {generator_kind()})")
         progs(sc.lab, sc.dst.ns, "attach", sc.dst.dev, "sink")
         results, status = {}, ""
         for v in variants(sc)[:2]:  # linux, tna

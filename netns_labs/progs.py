@@ -4,10 +4,11 @@
   python -m netns_labs.progs count DEV              # frames the sink on DEV counted
   python -m netns_labs.progs reference DEV EGRESS...  # the reference forwarder on a router port
   python -m netns_labs.progs reference-bridge DEV MAC=PORT...  # the reference FDB-map bridge on a port
-  python -m netns_labs.progs generate DEV FRAMEHEX COUNT [START]  # live frames out of DEV; prints ns taken
+  python -m netns_labs.progs generate DEV FRAMEHEX COUNT [START]  # frames out of DEV; prints ns taken
                                                     # (START: a time.time() to begin at, once loaded)
   python -m netns_labs.progs flood DEV FRAMEHEX PPS SECONDS  # the same, paced; prints frames sent
   python -m netns_labs.progs detach DEV
+  python -m netns_labs.progs generator              # which generator this kernel allows
   python -m netns_labs.progs tc-drop DEV ingress|egress PRIO   # an admin's tc filter dropping all
   python -m netns_labs.progs tc-pass DEV ingress|egress PRIO   # one passing all (the hook's own cost)
   python -m netns_labs.progs tc-clear DEV ingress|egress PRIO
@@ -17,9 +18,15 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
+import hashlib
+import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +36,7 @@ from pathlib import Path
 from tna.bpf import attach as hooks
 from tna.bpf import libbpf as bpf
 from tna.bpf.testrun import BPF_F_TEST_XDP_LIVE_FRAMES, XdpMd, test_run
-from tna.synth.compile import compile_source
+from tna.synth.compile import compile_source, default_cache_dir
 
 HERE = Path(__file__).resolve().parent / "bpf"
 
@@ -78,10 +85,64 @@ def reference_bridge(dev: str, fdb: list[str]) -> int:
         return p.id
 
 
+@functools.cache
+def live_frames() -> bool:
+    """Whether this kernel runs live-frame test runs: some builds refuse
+    them (EPERM) while plain test runs work.  Probed with the sink, which
+    drops the frame inside the test run: nothing leaves it."""
+    with bpf.BpfObject(str(build("lab_progs"))) as obj:
+        obj.load()
+        try:
+            test_run(obj.program("lab_sink"), bytes(64), flags=BPF_F_TEST_XDP_LIVE_FRAMES)
+        except bpf.LibbpfError as e:
+            if e.errno == errno.EPERM:
+                return False
+            raise
+    return True
+
+
+def generator_kind() -> str:
+    return "live frames" if live_frames() else "AF_PACKET sendmmsg (this kernel refuses live frames)"
+
+
+def _packet_gen() -> ctypes.CDLL:
+    """netns_labs/packet_gen.c as a shared library, built once per source
+    (by content) into tna's compile cache."""
+    source = (Path(__file__).resolve().parent / "packet_gen.c").read_bytes()
+    lib = default_cache_dir() / f"packet_gen-{hashlib.sha256(source).hexdigest()[:16]}.so"
+    if not lib.exists():
+        lib.parent.mkdir(parents=True, exist_ok=True)
+        tmp = lib.with_suffix(f".{os.getpid()}.tmp")
+        subprocess.run(["clang", "-O2", "-shared", "-fPIC", "-x", "c", "-", "-o", str(tmp)], input=source,
+                       check=True, capture_output=True)
+        os.replace(tmp, lib)
+    so = ctypes.CDLL(str(lib), use_errno=True)
+    so.pg_open.argtypes, so.pg_open.restype = [ctypes.c_char_p], ctypes.c_int
+    so.pg_send.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_long]
+    so.pg_send.restype = ctypes.c_long
+    return so
+
+
+def _check_gen(ret: int, what: str) -> int:
+    if ret < 0:
+        raise OSError(-ret, f"{what}: {os.strerror(-ret)}")
+    return ret
+
+
 @contextmanager
 def _generator(dev: str, frame: bytes) -> Iterator[Callable[[int], object]]:
-    """A function sending n copies of frame out of dev (BPF_PROG_TEST_RUN
-    live frames: the peer's stack handles them in softirq on this CPU)."""
+    """A function sending n copies of frame out of dev: BPF_PROG_TEST_RUN
+    live frames (the peer's stack handles them in softirq on this CPU) or,
+    where the kernel refuses those, packet_gen.c (the same, plus the cost
+    of an skb per frame on the sender's side)."""
+    if not live_frames():
+        so = _packet_gen()
+        fd = _check_gen(so.pg_open(dev.encode()), f"AF_PACKET socket on {dev}")
+        try:
+            yield lambda n: _check_gen(so.pg_send(fd, frame, len(frame), n), f"send on {dev}")
+        finally:
+            os.close(fd)
+        return
     cfg = bytes(frame).ljust(128, b"\0")
     with bpf.BpfObject(str(build("lab_progs"))) as obj:
         obj.set_initial_value(".rodata.gen", len(frame).to_bytes(4, "little") + cfg)
@@ -185,6 +246,8 @@ def main(argv: list[str]) -> None:
         print(reference_bridge(argv[1], argv[2:]))
     elif argv[:1] == ["generate"]:
         print(generate(argv[1], bytes.fromhex(argv[2]), int(argv[3]), float(argv[4]) if len(argv) > 4 else 0.0))
+    elif argv[:1] == ["generator"]:
+        print(generator_kind())
     elif argv[:1] == ["flood"]:
         print(flood(argv[1], bytes.fromhex(argv[2]), int(argv[3]), float(argv[4])))
     else:
