@@ -51,7 +51,7 @@ def fake(monkeypatch: pytest.MonkeyPatch, chains: list[dict], save4: str = "", r
         return SimpleNamespace(tables={4: {"inet filter": t}, 6: {"inet filter": t}},
                                sets={blocked.name: blocked}, foreign=[])
 
-    monkeypatch.setattr(netfilter, "_run", run)
+    monkeypatch.setattr(netfilter, "run_tool", run)
     monkeypatch.setattr(netfilter, "parse_ruleset", parse)
     monkeypatch.setattr(netfilter, "_legacy_tables", lambda version: [])
     return ran, given

@@ -33,7 +33,8 @@ class RecordingLease:
         self.calls.append(("hold", reason))
 
     def set_guards(self, pass_reason: int, mp_guarded: Any, route_mtu: Any, local: Any,
-                   fw_families: frozenset[int] = frozenset(), sysctls: Any = None, rpf_doubt: Any = None) -> None:
+                   fw_families: frozenset[int] = frozenset(), sysctls: Any = None, rpf_doubt: Any = None,
+                   xfrm: Any = None) -> None:
         self.cfg.fw_families = family_bits(fw_families, abi.TNA_FW_V4, abi.TNA_FW_V6)
         self.cfg.pass_reason = pass_reason
         self.calls.append(("release" if pass_reason == 0 else "guards", pass_reason))

@@ -368,3 +368,43 @@ def test_tc_ingress_policy_is_never_bypassed(accelerated):
     lab.run(lab.r, py("netns_labs.progs", "tc-clear", "r-h1", "ingress", "500"), cwd=lab.repo)
     tna.wait_attached(["r-h1", "r-h2"])
     assert wait_for(lambda: " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3).stdout, 30)
+
+
+# what an IKE daemon installs on a VPN gateway for h1's and h2's networks,
+# before any SA is negotiated: Linux drops the plaintext it forwards
+XFRM_CASES = {
+    # forwarded packets from h1 must have come through the tunnel
+    "fwd-ipv4": (["policy", "add", "src", "192.0.2.0/24", "dst", "198.51.100.0/24", "dir", "fwd", "tmpl",
+                  "src", "203.0.113.1", "dst", "203.0.113.2", "proto", "esp", "mode", "tunnel"], "ip4"),
+    # forwarded packets to h2 must leave through the tunnel (no SA: dropped)
+    "out-ipv6": (["policy", "add", "src", "2001:db8:1::/64", "dst", "2001:db8:2::/64", "dir", "out", "tmpl",
+                  "src", "2001:db8:3::1", "dst", "2001:db8:3::2", "proto", "esp", "mode", "tunnel"], "ip6"),
+    # no policy, but what none covers is blocked
+    "default-block": (["policy", "setdefault", "fwd", "block"], "ip4"),
+}
+
+
+@pytest.mark.parametrize("case", XFRM_CASES)
+def test_ipsec_policies_are_never_bypassed(accelerated, case):
+    """An IPsec VPN gateway: the kernel checks forwarded packets against the
+    xfrm policies (decrypted only, encrypted, or blocked) where
+    bpf_fib_lookup() checks nothing, so the fast path would forward them in
+    the clear.  With the policy the family goes to the kernel, which drops
+    them here as Linux alone does; once the policies are gone, it is carried."""
+    lab, tna = accelerated
+    cmd, family = XFRM_CASES[case]
+    dst = lab.h2.ip4 if family == "ip4" else lab.h2.ip6
+    assert " 0% packet loss" in ping(lab, lab.h1.ns, dst, 2).stdout
+    lab.run(lab.r, ["ip", "xfrm", *cmd])
+    try:
+        assert wait_for(lambda: tna.status()["xfrm"], 30, 0.1)
+        before = tna.counters().get("XFRM", 0)
+        assert " 100% packet loss" in ping(lab, lab.h1.ns, dst, 3).stdout
+        assert tna.counters().get("XFRM", 0) - before >= 3
+    finally:
+        lab.run(lab.r, ["ip", "xfrm", "policy", "flush"])
+        lab.run(lab.r, ["ip", "xfrm", "policy", "setdefault", "fwd", "accept"], check=False)
+    assert wait_for(lambda: not tna.status()["xfrm"], 30, 0.1)
+    carried = tna.counters().get("FORWARDED", 0)
+    assert " 0% packet loss" in ping(lab, lab.h1.ns, dst, 3).stdout
+    assert tna.counters().get("FORWARDED", 0) - carried >= 3

@@ -128,6 +128,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"`fib saddr . iif` checks of {', '.join(doubted)} on the kernel path: routes the fast path's "
               "lookup could choose otherwise (multipath, shared prefixes, expiry, TOS, source prefixes, VRF, "
               "ignore_routes_with_linkdown; docs/datapath.md)")
+    if st.get("xfrm"):
+        print(f"IPsec (xfrm) policies: forwarded {', '.join(st['xfrm'])} on the kernel path (XFRM)")
     if st["disabled"]:
         print(f"FAST PATH DISABLED: {st['disabled']}")
     if st.get("firewall"):

@@ -9,8 +9,8 @@ guards ends it, once nothing it has not written could have changed:
 - FW_CHANGED: an nftables commit began (its messages are still being
   decoded) or ended after the rule sets in hand were read;
 - PENDING: an rtnetlink batch that can move a map came while the main
-  loop was busy (or a sysctl was written, busy or not), and the loop has
-  not taken it in yet;
+  loop was busy (or a sysctl was written, or IPsec policies changed, busy
+  or not), and the loop has not taken it in yet;
 - RESYNC: a watcher lost events, and no later watcher's dump is in every
   map yet.
 
@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tna.bpf import abi
+from tna.model.config import XfrmPolicies
 from tna.netlink import netconf
 from tna.netlink.decode import moves_no_map
 
@@ -42,6 +43,7 @@ class Holds:
         self.rules_gen = 0
         self.rules_exact = False
         self._nft_open = False
+        self._xfrm_open = False  # policies changed, not yet read and queued
         # rtnetlink batches queued, how many the main loop had queued when it
         # last emptied the queue, and the count at which one found it busy
         self._queued = self._taken = self._pending_at = 0
@@ -69,6 +71,13 @@ class Holds:
             self._nft_open = still_open
             return self.commits
 
+    def xfrm_begin(self) -> None:
+        """IPsec policies changed (the kernel applies them at once); the
+        reader reads them next."""
+        with self.lock:
+            self._xfrm_open = True
+            self._hold(abi.REASON["PENDING"])
+
     def events_queued(self, batch: list[Any]) -> None:
         """After a batch was queued: while the main loop is busy it may have
         moved a host to a port the maps still send it to (a burst of plain
@@ -77,8 +86,11 @@ class Holds:
         the loop reads /proc/sys and re-plans before it can act on it."""
         with self.lock:
             self._queued += 1
+            xfrm = any(isinstance(m, XfrmPolicies) for m in batch)
+            if xfrm:
+                self._xfrm_open = False
             if ((self._busy and not all(moves_no_map(m) for m in batch))
-                    or any(netconf.written(m) for m in batch)):
+                    or xfrm or any(netconf.written(m) for m in batch)):
                 self._pending_at = self._queued
                 self._hold(abi.REASON["PENDING"])
 
@@ -130,4 +142,4 @@ class Holds:
             return abi.REASON["RESYNC"]
         if self.commits != self.rules_gen or self._nft_open:
             return abi.REASON["FW_CHANGED"]
-        return abi.REASON["PENDING"] if self._pending_at > self._taken else 0
+        return abi.REASON["PENDING"] if self._pending_at > self._taken or self._xfrm_open else 0

@@ -137,6 +137,8 @@ def describe(m: Model, p: Plan | None, attached: Mapping[int, Running], *, pid: 
         # families whose routes could make bpf_fib_lookup() and nft's `fib
         # saddr . iif` disagree: that check goes to the kernel there
         "rpf_doubt": [n for f, n in ((AF_INET, "ipv4"), (AF_INET6, "ipv6")) if f in m.rpf_doubt()],
+        # families IPsec policies may cover: their forwarded packets go to the kernel (XFRM)
+        "xfrm": [n for f, n in ((AF_INET, "ipv4"), (AF_INET6, "ipv6")) if f in m.xfrm.families],
         "firewall_rules": _rules_json(m.firewall),
         "firewall": _firewall(m.firewall, m.ipsets, ipset_stale or {}),
         "neighbours": len(m.neighs),

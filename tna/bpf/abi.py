@@ -112,7 +112,7 @@ class TnaConfig(Structure):
                 ("local6_count", c_uint32), ("ct_max_retrans", c_uint32), ("local6", c_uint32 * 4 * LOCAL6_MAX),
                 ("ct_timeout_unack", c_uint32), ("ct_timeout_retrans", c_uint32), ("hz", c_uint32),
                 ("ct_timeout_udp_unreplied", c_uint32), ("pass_cache_jiffies", c_uint32),
-                ("rpf_doubt", c_uint32)]
+                ("rpf_doubt", c_uint32), ("xfrm_families", c_uint32)]
 
 
 class TnaState(Structure):

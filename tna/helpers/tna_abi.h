@@ -121,6 +121,8 @@ enum tna_reason {
 	                            INVALID: the kernel un-tracks it and routes it by the received one */
 	TNA_R_PENDING,           /* netlink changes arrived while the daemon was busy (compiling): all
 	                            to the kernel until its maps have them (a host moved to another port) */
+	TNA_R_XFRM,              /* IPsec policies may cover this family's forwarded packets (decrypted
+	                            only, encrypted, or blocked by a default policy): the kernel's */
 	TNA_R_MAX
 };
 
@@ -168,6 +170,8 @@ struct tna_config {
 	__u32 rpf_doubt;     /* TNA_FW_V4/V6: the family's routes are such that bpf_fib_lookup()
 	                        may find another route back than nft's `fib saddr . iif`
 	                        (firewall.c.j2 fw_rpf()) */
+	__u32 xfrm_families; /* TNA_FW_V4/V6: IPsec policies may cover the family's forwarded
+	                        packets (tna/netlink/xfrm.py): the router passes them */
 };
 #define TNA_CT_CSUM (1U << 0) /* nf_conntrack_checksum: bad L4 checksums are INVALID */
 #define TNA_CT_ACCT (1U << 1) /* nf_conntrack_acct: per-connection counters (kernel path only) */

@@ -203,6 +203,15 @@ class PortView:
 
 
 @dataclass(frozen=True)
+class XfrmPolicies:
+    """The families whose forwarded packets IPsec policies may check,
+    encrypt or block (tna/netlink/xfrm.py): those go to the kernel."""
+
+    families: frozenset[int] = frozenset()
+    blocking_defaults: tuple[str, ...] = ()  # directions whose default policy blocks
+
+
+@dataclass(frozen=True)
 class Removed:
     """The kernel removed fact."""
 
@@ -211,7 +220,7 @@ class Removed:
 
 FdbKey = tuple[int, int, str]  # (bridge, vid, mac)
 Fact = (Link | PortView | Addr | Route | Neigh | FdbEntry | Nexthop | XdpXmit | TcFilters | Removed
-        | RouteDump | Dumped)
+        | RouteDump | Dumped | XfrmPolicies)
 
 
 @dataclass
@@ -238,6 +247,7 @@ class Model:
     egress_filters: set[int] = field(default_factory=set)
     ingress_filters: set[int] = field(default_factory=set)
     tc_kinds: dict[tuple[int, bool], TcFilters] = field(default_factory=dict)
+    xfrm: XfrmPolicies = field(default_factory=XfrmPolicies)
     # Effective IPv4 rp_filter per ifindex: max(conf.all, conf.<dev>) (/proc/sys).
     rp_filter: dict[int, int] = field(default_factory=dict)
     # The FORWARD and INPUT chains the fast path evaluates (None: no filtering rules).
@@ -263,6 +273,9 @@ class Model:
             return _apply_set(self.ingress_filters, fact.ifindex, fact.ingress or other.ingress) or changed
         if isinstance(fact, PortView):
             return self._apply_port(fact)
+        if isinstance(fact, XfrmPolicies):
+            changed, self.xfrm = fact != self.xfrm, fact
+            return changed
         if isinstance(fact, RouteDump):
             return self.routes.dump(fact)
         if isinstance(fact, Dumped):

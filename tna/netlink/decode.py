@@ -30,6 +30,7 @@ from tna.model.config import (
     RouteDump,
     TcFilters,
     XdpXmit,
+    XfrmPolicies,
 )
 from tna.netlink.factmsg import FactMsg
 from tna.netlink.fdb import (
@@ -60,12 +61,13 @@ class NlMsg(Protocol):
     def __getitem__(self, key: str) -> Any: ...
 
 
-def decoded(item: NlMsg | XdpXmit | TcFilters | RouteDump | Dumped | FactMsg) -> Iterator[Fact | SysctlsAnnounced]:
+def decoded(item: NlMsg | XdpXmit | TcFilters | RouteDump | Dumped | XfrmPolicies | FactMsg
+            ) -> Iterator[Fact | SysctlsAnnounced]:
     """What the watcher queues (messages, and facts it derived itself) as
     facts, and SYSCTLS_ANNOUNCED: the daemon reads /proc/sys now."""
     if isinstance(item, FactMsg):  # first: FDB entries and routes, by the million
         yield item.fact
-    elif isinstance(item, (XdpXmit, TcFilters, RouteDump, Dumped)):
+    elif isinstance(item, (XdpXmit, TcFilters, RouteDump, Dumped, XfrmPolicies)):
         yield item
     else:
         yield from facts(item)

@@ -109,7 +109,7 @@ tables' sets (by name), and what TNA cannot model."""
         return not self.foreign and all(t.empty for v in self.tables.values() for t in v.values())
 
 
-def _run(cmd: list[str]) -> str:
+def run_tool(cmd: list[str]) -> str:
     exe = shutil.which(cmd[0])
     if exe is None:
         raise FileNotFoundError(f"{cmd[0]} is not installed")
@@ -122,7 +122,7 @@ def _run(cmd: list[str]) -> str:
 def _save(version: int, backend: str, out: Rulesets, native: set[tuple[str, str]]) -> None:
     """One back end's tables of one IP version into out; the tables
     iptables-nft cannot decode are added to native (read with nft)."""
-    text = _run([SAVE[version, backend], "-c"])
+    text = run_tool([SAVE[version, backend], "-c"])
     for name in INCOMPATIBLE.findall(text):  # "# Table `filter' is incompatible, use 'nft' tool."
         if backend == "nft":
             native.add((FAMILY_NAME[version], name))
@@ -172,12 +172,12 @@ def _of(item: dict, native: set[tuple[str, str]]) -> bool:
 
 def _read_native(native: set[tuple[str, str]], out: Rulesets) -> None:
     """The native tables (family, name), translated, into out."""
-    doc = json.loads(_run(["nft", "-j", "list", "ruleset"]))
+    doc = json.loads(run_tool(["nft", "-j", "list", "ruleset"]))
     for item in doc["nftables"]:
         t = item.get("table")
         if t is not None and "flags" in t and not isinstance(t["flags"], list) and _of(item, native):
             # nft 1.0.6 prints a table's flags as garbage in JSON; its text says them
-            text = _run(["nft", "list", "table", t["family"], t["name"]])
+            text = run_tool(["nft", "list", "table", t["family"], t["name"]])
             t["flags"] = [f for line in text.splitlines() if line.strip().startswith("flags ")
                           for f in line.split(None, 1)[1].split(",")]
     try:
@@ -201,7 +201,7 @@ def read_rulesets() -> Rulesets:
             _save(version, "legacy", out, native)
     # base chains are what touches traffic (listing every rule would cost
     # ~0.3 s with 10,000 iptables-nft rules)
-    ruleset = json.loads(_run(["nft", "-j", "list", "chains"]))["nftables"]
+    ruleset = json.loads(run_tool(["nft", "-j", "list", "chains"]))["nftables"]
     iptables_tables: set[int] = set()
     for item in ruleset:
         chain = item.get("chain")

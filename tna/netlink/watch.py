@@ -38,7 +38,7 @@ from pyroute2.netlink.rtnl import (
 )
 
 from tna.bpf import abi, attach
-from tna.model.config import AF_INET, AF_INET6, Sysctls, TcFilters, XdpXmit
+from tna.model.config import AF_INET, AF_INET6, Sysctls, TcFilters, XdpXmit, XfrmPolicies
 from tna.model.routes import Dumped, RouteDump
 from tna.netlink.decode import NlMsg
 from tna.netlink.factmsg import FactMsg, parse_events
@@ -51,6 +51,7 @@ from tna.netlink.nftmsg import NftCommit
 from tna.netlink.routedump import dump_routes
 from tna.netlink.routemsg import decode_routes_fast
 from tna.netlink.sockbuf import grow_rcvbuf
+from tna.netlink.xfrm import XfrmEvents, read_policies
 
 log = logging.getLogger(__name__)
 # the select()-based readers look at the closed flag this often (a closed
@@ -106,7 +107,7 @@ def tc_facts(ipr: IPRoute, ifindex: int) -> list[TcFilters]:
     return [TcFilters(ifindex, egress, bool(ingress)), tcx_facts(ifindex)]
 
 
-Fact = NlMsg | XdpXmit | TcFilters | NetfilterChanged | RouteDump | Dumped
+Fact = NlMsg | XdpXmit | TcFilters | NetfilterChanged | RouteDump | Dumped | XfrmPolicies
 
 
 class ResyncNeeded(Exception):
@@ -137,7 +138,8 @@ class Watcher:
     def __init__(self, on_nft_begin: Callable[[], None] | None = None,
                  on_nft_end: Callable[[int, bool], int] | None = None,
                  on_lost: Callable[[bool], None] | None = None,
-                 on_events: Callable[[list[Any]], None] | None = None) -> None:
+                 on_events: Callable[[list[Any]], None] | None = None,
+                 on_xfrm_begin: Callable[[], None] | None = None) -> None:
         """on_nft_begin: called in the nftables reader thread when a commit's
         first messages arrive, before they are decoded (the daemon holds the
         datapath at once, even while its main loop is busy).  on_nft_end(n,
@@ -146,15 +148,23 @@ class Watcher:
         one's number).  on_lost(overrun): in the thread that lost events
         (overrun: ENOBUFS), before ResyncNeeded is queued.  on_events(batch):
         called in the reader thread after it queued a batch of rtnetlink
-        events."""
+        events (or of xfrm policies).  on_xfrm_begin: in the xfrm reader
+        thread when policies changed, before they are read (the kernel
+        applies a policy at once)."""
         self._on_nft_begin = on_nft_begin or (lambda: None)
         self._on_nft_end = on_nft_end or (lambda n, still_open: 0)
         self._on_events = on_events
         self._on_lost = on_lost
+        self._on_xfrm_begin = on_xfrm_begin or (lambda: None)
         self._q: queue.Queue = queue.Queue()
         self._closed = threading.Event()
         self._ipr: IPRoute | None = None
         self.query = IPRoute()
+        try:  # subscribed before the snapshot reads the policies
+            self._xfrm: XfrmEvents | None = XfrmEvents()
+        except OSError as e:  # no xfrm user interface in this kernel: no IPsec policy can be set
+            log.info("no xfrm netlink (%s): no IPsec policies to honour", e)
+            self._xfrm = None
         self._thread = threading.Thread(target=self._read, name="tna-netlink", daemon=True)
         self._thread.start()
         # subscribe before dumping, like the rtnetlink socket
@@ -167,6 +177,8 @@ class Watcher:
             threading.Thread(target=self._read_xdp, name="tna-netdev", daemon=True).start()
         self._nft = NftEvents()
         threading.Thread(target=self._read_nft, name="tna-nftables", daemon=True).start()
+        if self._xfrm is not None:
+            threading.Thread(target=self._read_xfrm, name="tna-xfrm", daemon=True).start()
 
     def close(self) -> None:
         self._closed.set()
@@ -241,6 +253,22 @@ class Watcher:
         finally:
             self._xdp.close()
 
+    def _read_xfrm(self) -> None:
+        assert self._xfrm is not None
+        try:
+            while not self._closed.is_set():
+                if self._xfrm.wait(READER_WAKE_S):
+                    self._on_xfrm_begin()
+                    batch = _Batch([read_policies()])
+                    self._q.put(batch)
+                    if self._on_events is not None:
+                        self._on_events(batch)
+        except Exception as e:  # lost policy changes: the guards may be wrong
+            if not self._closed.is_set():
+                self._q.put(self._lost(f"xfrm reader stopped: {e!r}", e))
+        finally:
+            self._xfrm.close()
+
     def _read_nft(self) -> None:
         def ended(commits: list[NftCommit], still_open: bool) -> None:
             last = self._on_nft_end(len(commits), still_open)
@@ -276,13 +304,16 @@ class Watcher:
                 log.info("netlink dump interrupted by a change; dumping again")
         raise ResyncNeeded("netlink dumps keep being interrupted")
 
-    def snapshot(self, stop: threading.Event | None = None) -> list[NlMsg | XdpXmit | TcFilters | RouteDump]:
+    def snapshot(self, stop: threading.Event | None = None) -> list[NlMsg | XdpXmit | TcFilters | RouteDump
+                                                                  | XfrmPolicies]:
         """The initial dump but routes (call once, before events(), which
         brings the routes).  It takes as long as the reader needs; a reader
         that died without a word is a resync; stop set: DumpStopped (within
         a second)."""
-        msgs: list[NlMsg | XdpXmit | TcFilters | RouteDump] = [RouteDump(f, done=False) for f in (AF_INET, AF_INET6)]
+        msgs: list[NlMsg | XdpXmit | TcFilters | RouteDump | XfrmPolicies] = [
+            RouteDump(f, done=False) for f in (AF_INET, AF_INET6)]
         msgs += [XdpXmit(i, c) for i, c in xdp_xmit_capable().items()]
+        msgs.append(read_policies() if self._xfrm is not None else XfrmPolicies())
         while True:
             try:
                 item = self._q.get(timeout=1.0)
@@ -326,7 +357,7 @@ class Watcher:
                 return
 
     def _expand(self, msg: Fact) -> Iterator[Fact]:
-        if type(msg) is FactMsg or isinstance(msg, (XdpXmit, NetfilterChanged, RouteDump, Dumped)):
+        if type(msg) is FactMsg or isinstance(msg, (XdpXmit, NetfilterChanged, RouteDump, Dumped, XfrmPolicies)):
             yield msg
         elif msg["header"]["type"] in (RTM_NEWQDISC, RTM_DELQDISC, RTM_NEWTFILTER, RTM_DELTFILTER):
             # tc events do not say what the device ends up with: re-read its
