@@ -15,6 +15,7 @@ exactly, on real traffic through a bridge (both hooks).
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from pathlib import Path
 
@@ -204,17 +205,23 @@ def test_a_bulk_fdb_flush_is_followed_exactly_without_a_resync(hook: str) -> Non
 def test_a_burst_of_routes_is_followed_and_an_overrun_resyncs(router_lab: RouterLab, hook: str, tmp_path: Path,
                                                               small_buffer: bool) -> None:
     """10,000 routes in one `ip -batch`: ~10 MiB of notifications at once,
-    5 times what the default buffer holds.  The real buffer takes them (no
-    resync); the instrumented daemon's small one overruns (ENOBUFS): it
-    holds, rebuilds its model from a dump, releases and keeps the fast path
-    going."""
+    5 times what the default buffer holds, queued while the daemon is
+    stopped (so that they are there at once: a reader that keeps up with
+    the kernel's insertions would decide nothing).  The real buffer takes
+    them (no resync); the instrumented daemon's small one overruns (ENOBUFS):
+    it holds, rebuilds its model from a dump, releases and keeps the fast
+    path going."""
     lab = router_lab
     env = {"TNA_PAUSE_DIR": str(tmp_path), "TNA_PAUSE_AT": "resync"} if small_buffer else {}  # never armed
     with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2], module="tests.tna_paused" if small_buffer
                      else "tna", env_extra=env) as tna:
         batch = tmp_path / "routes"
         batch.write_text("".join(f"route add 2001:db8:9:{i:x}::/64 via 2001:db8:2::2\n" for i in range(10000)))
-        lab.run(lab.r, ["ip", "-6", "-batch", str(batch)])
+        tna.proc.send_signal(signal.SIGSTOP)
+        try:
+            lab.run(lab.r, ["ip", "-6", "-batch", str(batch)])
+        finally:
+            tna.proc.send_signal(signal.SIGCONT)
         assert wait_for(lambda: (tna.status() or {}).get("routes", 0) >= 10000, 120, 0.5), tna.output()
         assert ("resynchronising everything" in tna.output()) == small_buffer, tna.output()
         assert wait_for(lambda: pass_reason(tna, "r-h1") == 0, 30), tna.output()
