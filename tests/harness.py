@@ -91,17 +91,17 @@ class ProgHarness:
     def set_state(self, lease_s: float = 3600, pass_reason: int = 0, mp_guard: int = 0, stale: int = 0,
                   route_mtu: tuple[int, int] = (1400, 1400), local4: tuple[str, ...] | None = None,
                   ct_flags: int = 0, ct_timeout_ms: int = CT_TIMEOUT_MS, hz: int = 0,
-                  pass_cache_s: float = 0) -> None:
+                  pass_cache_s: float = 0, xfrm: int = 0) -> None:
         """What the daemon would publish (route MTUs and addresses match the lab;
         hz: the jiffies per second it says, 0 for the measured; pass_cache_s 0:
-        the pass cache off)."""
+        the pass cache off; xfrm: tna_config.xfrm_families)."""
         local4, local6 = self.local4 if local4 is None else local4, self.local6
         cfg = abi.TnaConfig(lease_jiffies=int(lease_s * self.hz), pass_reason=pass_reason, mp_guard=mp_guard,
                             stale_count=stale, route_mtu4=route_mtu[0], route_mtu6=route_mtu[1],
                             local4_count=len(local4), local6_count=len(local6), ct_flags=ct_flags,
                             ct_timeout_tcp=ct_timeout_ms, ct_timeout_udp=ct_timeout_ms, hz=hz or self.hz,
                             ct_timeout_udp_unreplied=CT_UNREPLIED_MS,
-                            pass_cache_jiffies=int(pass_cache_s * self.hz))
+                            pass_cache_jiffies=int(pass_cache_s * self.hz), xfrm_families=xfrm)
         for i, addr in enumerate(local4[:abi.LOCAL4_MAX]):
             cfg.local4[i] = int.from_bytes(socket.inet_aton(addr), "little")
         packed = b"".join(socket.inet_pton(socket.AF_INET6, a) for a in local6[:abi.LOCAL6_MAX])

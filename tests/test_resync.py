@@ -13,6 +13,7 @@ import pytest
 from tests.test_reconcile_order import MAP_SYNCS, reconcile, recording_daemon
 from tna import daemon as daemon_mod
 from tna.bpf import abi
+from tna.model.config import XfrmPolicies
 from tna.netlink import netfilter, watch
 from tna.netlink.netfilter import NftEvents
 from tna.netlink.nftmsg import CommitReader, NftCommit
@@ -26,7 +27,7 @@ class FakeWatcher:
     made: list[FakeWatcher] = []
 
     def __init__(self, on_nft_begin: Any = None, on_nft_end: Any = None, on_lost: Any = None,
-                 on_events: Any = None, on_xfrm_begin: Any = None) -> None:
+                 on_events: Any = None, on_xfrm_begin: Any = None, on_xfrm_end: Any = None) -> None:
         self.on_lost, self.closed = on_lost, False
         FakeWatcher.made.append(self)
 
@@ -155,7 +156,7 @@ def test_a_stop_does_not_wait_for_the_dump() -> None:
     import time
 
     w = watch.Watcher.__new__(watch.Watcher)
-    w._q, w._on_lost, w._xfrm = queue.Queue(), None, None
+    w._q, w._on_lost, w._xfrm, w._no_xfrm = queue.Queue(), None, None, XfrmPolicies()
     reading = threading.Event()
     w._thread = threading.Thread(target=reading.wait, args=(30,), daemon=True)  # a reader still dumping
     w._thread.start()

@@ -171,6 +171,25 @@ def test_lease_expired_and_disabled_pass_everything(harness: RouterHarness) -> N
         harness.set_state()
 
 
+def test_ipsec_guards_pass_their_family_and_only_decrypted_packets(harness: RouterHarness) -> None:
+    """tna_config.xfrm_families: a family IPsec policies may cover goes to
+    the kernel, the other is carried; with SAs in the namespace only a
+    packet with a secpath would be passed (a test run's has none: at TC
+    bpf_skb_get_xfrm_state() answers so, XDP never sees decrypted ones)."""
+    lab = harness.lab
+    v4 = bytes(V4(lab) / UDP() / Raw(b"x"))
+    v6 = bytes(eth(lab) / IPv6(src=lab.h1.ip6, dst=lab.h2.ip6) / UDP() / Raw(b"x"))
+    try:
+        harness.set_state(xfrm=abi.TNA_FW_V4)
+        assert harness.run(v4) == ("PASS", "XFRM", v4)
+        assert harness.run(v6)[1] == "FORWARDED"
+        harness.set_state(xfrm=abi.TNA_FW_V6 | abi.TNA_XFRM_SA)
+        assert harness.run(v4)[1] == "FORWARDED"
+        assert harness.run(v6) == ("PASS", "XFRM", v6)
+    finally:
+        harness.set_state()
+
+
 def test_stale_neighbour_passes_one_packet(harness: RouterHarness) -> None:
     lab = harness.lab
     frame = bytes(V4(lab) / UDP() / Raw(b"x"))

@@ -57,16 +57,34 @@ def test_socket_and_in_policies_concern_no_forwarded_packet() -> None:
     assert parse_policies("", "") == XfrmPolicies()  # a kernel without default policies: accept
 
 
-def test_a_blocking_default_covers_both_families() -> None:
+def test_a_labelled_policy_counts_and_an_unknown_layout_counts_for_both() -> None:
+    """Labelled IPsec (an SELinux context) prints a line between selector
+    and direction; a block whose direction is not found at all is taken
+    for both families, not for none."""
+    labelled = SITE_TO_SITE.replace("\tdir out", "\tsecurity context system_u:object_r:ipsec_spd_t:s0\n\tdir out")
+    assert parse_policies(labelled, ACCEPT_ALL).families == {AF_INET}
+    unknown = "src 2001:db8:1::/64 dst 2001:db8:2::/64\n\tdirection? fwd\n"
+    assert parse_policies(unknown, ACCEPT_ALL).families == {AF_INET, AF_INET6}
+
+
+def test_a_blocking_or_unreadable_default_covers_both_families() -> None:
     defaults = ACCEPT_ALL.replace("fwd: accept", "fwd: block")
     assert parse_policies("", defaults) == XfrmPolicies(frozenset({AF_INET, AF_INET6}), ("fwd",))
+    assert parse_policies("", None).families == {AF_INET, AF_INET6}  # an ip(8) that cannot tell
+
+
+def test_sas_make_the_tc_programs_check_for_decrypted_packets() -> None:
+    assert parse_policies("", ACCEPT_ALL, "\t SAD count 2\n").sas
+    assert not parse_policies("", ACCEPT_ALL, "\t SAD count 0\n").sas
+    assert parse_policies("", ACCEPT_ALL, "garbage").sas
 
 
 def test_a_policy_change_holds_until_the_loop_has_taken_the_policies() -> None:
     held: list[int] = []
     holds = Holds(held.append)
+    gen = holds.new_watcher()
     holds.idle()
-    holds.xfrm_begin()
+    holds.xfrm_begin(gen)
     assert held == [abi.REASON["PENDING"]]
     holds.events_queued([])  # another batch, queued and taken meanwhile, ends nothing
     holds.busy(lambda: True)
@@ -74,8 +92,31 @@ def test_a_policy_change_holds_until_the_loop_has_taken_the_policies() -> None:
         assert holds.reason() == abi.REASON["PENDING"]
     holds.idle()
     holds.events_queued([XfrmPolicies(frozenset({AF_INET}))])
+    holds.xfrm_end(gen, lambda: True)  # another change is there already: still open
+    holds.busy(lambda: True)
+    with holds.lock:
+        assert holds.reason() == abi.REASON["PENDING"]
+    holds.idle()
+    holds.events_queued([XfrmPolicies(frozenset({AF_INET}))])
+    holds.xfrm_end(gen, lambda: False)
     with holds.lock:
         assert holds.reason() == abi.REASON["PENDING"]  # queued, not yet taken
     assert holds.busy(lambda: True)
     with holds.lock:
         assert holds.reason() == 0
+
+
+def test_a_closed_watchers_reader_neither_holds_nor_ends_the_current_ones_hold() -> None:
+    held: list[int] = []
+    holds = Holds(held.append)
+    old = holds.new_watcher()
+    holds.xfrm_begin(old)
+    current = holds.new_watcher()  # a resync: the new snapshot reads the policies
+    with holds.lock:
+        assert holds.reason() == 0
+    holds.xfrm_begin(old)
+    assert len(held) == 1
+    holds.xfrm_begin(current)
+    holds.xfrm_end(old, lambda: False)
+    with holds.lock:
+        assert holds.reason() == abi.REASON["PENDING"]

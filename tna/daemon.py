@@ -251,7 +251,9 @@ class Daemon:
             gen = self.holds.new_watcher()
             self._watcher = Watcher(on_nft_begin=self.holds.nft_begin, on_nft_end=self.holds.nft_end,
                                     on_lost=functools.partial(self._events_lost, gen),
-                                    on_events=self.holds.events_queued, on_xfrm_begin=self.holds.xfrm_begin)
+                                    on_events=self.holds.events_queued,
+                                    on_xfrm_begin=functools.partial(self.holds.xfrm_begin, gen),
+                                    on_xfrm_end=functools.partial(self.holds.xfrm_end, gen))
             try:
                 self.model = model_from(self._watcher.snapshot(self._stop))
                 self._fdb_full = True
@@ -472,7 +474,7 @@ class Daemon:
                 reason = reason or self.dp.lease.cfg.pass_reason
             self.dp.lease.set_guards(reason, m.multipath_policies(), (m.route_mtu(AF_INET), m.route_mtu(AF_INET6)),
                                      (m.local_ipv4(), m.local_ipv6()), fw_families, m.sysctls, m.rpf_doubt(),
-                                     m.xfrm.families)
+                                     m.xfrm)
 
     def _safely(self, ifindex: int, action: Any) -> bool:
         """Run an attach/detach; on failure the interface ends on the kernel path."""

@@ -71,12 +71,22 @@ class Holds:
             self._nft_open = still_open
             return self.commits
 
-    def xfrm_begin(self) -> None:
-        """IPsec policies changed (the kernel applies them at once); the
-        reader reads them next."""
+    def xfrm_begin(self, gen: int) -> None:
+        """Watcher gen heard of an IPsec change (the kernel applied it
+        already); its reader reads the policies next."""
         with self.lock:
+            if gen < self.watcher_gen:
+                return  # closed: the current watcher's snapshot read them after it
             self._xfrm_open = True
             self._hold(abi.REASON["PENDING"])
+
+    def xfrm_end(self, gen: int, pending: Callable[[], bool]) -> None:
+        """Watcher gen queued what it read; unless another change is already
+        there (pending(), asked under the lock), the queued read covers
+        every change heard (the hold stays until the loop has taken it)."""
+        with self.lock:
+            if gen == self.watcher_gen and not pending():
+                self._xfrm_open = False
 
     def events_queued(self, batch: list[Any]) -> None:
         """After a batch was queued: while the main loop is busy it may have
@@ -87,8 +97,6 @@ class Holds:
         with self.lock:
             self._queued += 1
             xfrm = any(isinstance(m, XfrmPolicies) for m in batch)
-            if xfrm:
-                self._xfrm_open = False
             if ((self._busy and not all(moves_no_map(m) for m in batch))
                     or xfrm or any(netconf.written(m) for m in batch)):
                 self._pending_at = self._queued
@@ -129,6 +137,7 @@ class Holds:
             self.rules_gen, self.rules_exact = self.commits, not self._nft_open
 
     def new_watcher(self) -> int:
+        self._xfrm_open = False  # the new watcher's snapshot reads the policies anew
         self.watcher_gen = next(self._generations)
         return self.watcher_gen
 

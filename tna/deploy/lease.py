@@ -18,7 +18,7 @@ from collections.abc import Callable
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
 from tna.bpf.testrun import test_run
-from tna.model.config import AF_INET, AF_INET6, Sysctls
+from tna.model.config import AF_INET, AF_INET6, Sysctls, XfrmPolicies
 
 LEASE_NS = 1_000_000_000
 # how long the datapath sends a flow it just passed after its lookups straight to the kernel
@@ -143,12 +143,13 @@ class Lease:
     def set_guards(self, pass_reason: int, mp_policies: dict[int, int], route_mtu: tuple[int, int],
                    local: tuple[list[str], list[str]], fw_families: frozenset[int] = frozenset(),
                    sysctls: Sysctls | None = None, rpf_doubt: frozenset[int] = frozenset((AF_INET, AF_INET6)),
-                   xfrm: frozenset[int] = frozenset()) -> None:
+                   xfrm: XfrmPolicies | None = None) -> None:
         """Global switches; pass_reason 0 ends a hold.  mp_policies:
         Model.multipath_policies(); local: the box's IPv4 and IPv6 addresses;
         fw_families: families whose bridged IP goes to the kernel; sysctls:
         the conntrack behaviour the fast path repeats; rpf_doubt:
-        Model.rpf_doubt(); xfrm: the families IPsec policies may cover."""
+        Model.rpf_doubt(); xfrm: the families IPsec policies may cover,
+        and whether SAs exist."""
         local4, local6 = local
         packed4 = b"".join(socket.inet_aton(a) for a in local4[:abi.LOCAL4_MAX])
         packed6 = b"".join(socket.inet_pton(socket.AF_INET6, a) for a in local6[:abi.LOCAL6_MAX])
@@ -158,7 +159,9 @@ class Lease:
             c.mp_guard = mp_guard_bits(mp_policies)
             c.rpf_doubt = family_bits(rpf_doubt, abi.TNA_FW_V4, abi.TNA_FW_V6)
             c.fw_families = family_bits(fw_families, abi.TNA_FW_V4, abi.TNA_FW_V6)
-            c.xfrm_families = family_bits(xfrm, abi.TNA_FW_V4, abi.TNA_FW_V6)
+            xf = xfrm or XfrmPolicies()
+            c.xfrm_families = (family_bits(xf.families, abi.TNA_FW_V4, abi.TNA_FW_V6)
+                               | (abi.TNA_XFRM_SA if xf.sas else 0))
             (c.ct_flags, c.ct_timeout_tcp, c.ct_timeout_udp, c.ct_timeout_unack, c.ct_timeout_retrans,
              c.ct_max_retrans, c.ct_timeout_udp_unreplied) = ct_config(sysctls) if sysctls else (0,) * 7
             c.local4_count, c.local6_count = len(local4), len(local6)

@@ -31,6 +31,15 @@ static __always_inline __u32 ctx_len(tna_ctx_t *ctx) { return ctx->len; }
 #define CTX_REDIRECT_KEEPS_OOB_VLAN 1
 static __always_inline int ctx_oob_vlan(tna_ctx_t *ctx) { return ctx->vlan_present; }
 
+/* An SA decrypted the packet: xfrm_input() receives it again on its device,
+ * with a secpath, which the kernel checks against the fwd policies. */
+static __always_inline int ctx_decrypted(tna_ctx_t *ctx)
+{
+	struct bpf_xfrm_state st;
+
+	return bpf_skb_get_xfrm_state(ctx, 0, &st, sizeof(st), 0) == 0;
+}
+
 /* The mark iptables' -m mark would see (nothing between here and
  * netfilter sets one: foreign tc filters keep an interface off TC). */
 static __always_inline __u32 ctx_mark(tna_ctx_t *ctx) { return ctx->mark; }

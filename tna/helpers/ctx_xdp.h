@@ -82,6 +82,10 @@ static __always_inline int ctx_oob_vlan(tna_ctx_t *ctx)
 static __always_inline int ctx_oob_vlan(tna_ctx_t *ctx) { return 0; }
 #endif
 
+/* Native XDP runs before any decryption: a packet an SA decrypted is
+ * received again as an skb, which only the TC hook sees. */
+static __always_inline int ctx_decrypted(tna_ctx_t *ctx) { return 0; }
+
 /* Conntrack, as seen from XDP (conntrack.h has the types). */
 struct nf_conn;
 struct bpf_ct_opts;

@@ -171,8 +171,11 @@ struct tna_config {
 	                        may find another route back than nft's `fib saddr . iif`
 	                        (firewall.c.j2 fw_rpf()) */
 	__u32 xfrm_families; /* TNA_FW_V4/V6: IPsec policies may cover the family's forwarded
-	                        packets (tna/netlink/xfrm.py): the router passes them */
+	                        packets (tna/netlink/xfrm.py): the router passes them;
+	                        TNA_XFRM_SA: SAs exist, so a packet received with a
+	                        secpath (decrypted, seen again at TC) is passed too */
 };
+#define TNA_XFRM_SA (1U << 2)
 #define TNA_CT_CSUM (1U << 0) /* nf_conntrack_checksum: bad L4 checksums are INVALID */
 #define TNA_CT_ACCT (1U << 1) /* nf_conntrack_acct: per-connection counters (kernel path only) */
 #define TNA_CT_TCP_LOOSE (1U << 2) /* nf_conntrack_tcp_loose: a plain ACK may start a connection */

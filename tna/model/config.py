@@ -208,7 +208,8 @@ class XfrmPolicies:
     encrypt or block (tna/netlink/xfrm.py): those go to the kernel."""
 
     families: frozenset[int] = frozenset()
-    blocking_defaults: tuple[str, ...] = ()  # directions whose default policy blocks
+    blocking_defaults: tuple[str, ...] = ()  # directions whose default policy blocks ("unknown": unreadable)
+    sas: bool = False  # SAs exist: a packet one decrypted is received again, with a secpath
 
 
 @dataclass(frozen=True)

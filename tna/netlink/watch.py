@@ -51,7 +51,7 @@ from tna.netlink.nftmsg import NftCommit
 from tna.netlink.routedump import dump_routes
 from tna.netlink.routemsg import decode_routes_fast
 from tna.netlink.sockbuf import grow_rcvbuf
-from tna.netlink.xfrm import XfrmEvents, read_policies
+from tna.netlink.xfrm import XfrmEvents, read_policies, unfollowable
 
 log = logging.getLogger(__name__)
 # the select()-based readers look at the closed flag this often (a closed
@@ -139,7 +139,8 @@ class Watcher:
                  on_nft_end: Callable[[int, bool], int] | None = None,
                  on_lost: Callable[[bool], None] | None = None,
                  on_events: Callable[[list[Any]], None] | None = None,
-                 on_xfrm_begin: Callable[[], None] | None = None) -> None:
+                 on_xfrm_begin: Callable[[], None] | None = None,
+                 on_xfrm_end: Callable[[Callable[[], bool]], None] | None = None) -> None:
         """on_nft_begin: called in the nftables reader thread when a commit's
         first messages arrive, before they are decoded (the daemon holds the
         datapath at once, even while its main loop is busy).  on_nft_end(n,
@@ -149,22 +150,29 @@ class Watcher:
         (overrun: ENOBUFS), before ResyncNeeded is queued.  on_events(batch):
         called in the reader thread after it queued a batch of rtnetlink
         events (or of xfrm policies).  on_xfrm_begin: in the xfrm reader
-        thread when policies changed, before they are read (the kernel
-        applies a policy at once)."""
+        thread as soon as a change is there, before it is read (the kernel
+        applies a policy at once); on_xfrm_end(pending): after the read is
+        queued (pending: whether another change came meanwhile)."""
         self._on_nft_begin = on_nft_begin or (lambda: None)
         self._on_nft_end = on_nft_end or (lambda n, still_open: 0)
         self._on_events = on_events
         self._on_lost = on_lost
         self._on_xfrm_begin = on_xfrm_begin or (lambda: None)
+        self._on_xfrm_end = on_xfrm_end or (lambda pending: None)
         self._q: queue.Queue = queue.Queue()
         self._closed = threading.Event()
         self._ipr: IPRoute | None = None
         self.query = IPRoute()
+        self._no_xfrm = XfrmPolicies()  # what the snapshot states without the socket
         try:  # subscribed before the snapshot reads the policies
             self._xfrm: XfrmEvents | None = XfrmEvents()
-        except OSError as e:  # no xfrm user interface in this kernel: no IPsec policy can be set
-            log.info("no xfrm netlink (%s): no IPsec policies to honour", e)
+        except OSError as e:
             self._xfrm = None
+            if e.errno == errno.EPROTONOSUPPORT:  # a kernel without xfrm_user
+                self._no_xfrm = unfollowable()
+            else:  # until a later watcher can follow them
+                log.warning("xfrm netlink unavailable (%s): IPv4 and IPv6 forwarding on the kernel path", e)
+                self._no_xfrm = XfrmPolicies(frozenset((AF_INET, AF_INET6)), ("unknown",), sas=True)
         self._thread = threading.Thread(target=self._read, name="tna-netlink", daemon=True)
         self._thread.start()
         # subscribe before dumping, like the rtnetlink socket
@@ -257,12 +265,15 @@ class Watcher:
         assert self._xfrm is not None
         try:
             while not self._closed.is_set():
-                if self._xfrm.wait(READER_WAKE_S):
-                    self._on_xfrm_begin()
-                    batch = _Batch([read_policies()])
+                if self._xfrm.wait(READER_WAKE_S, self._on_xfrm_begin):
+                    fact = read_policies()
+                    while self._xfrm.wait(0, lambda: None):  # changed during the read: read again
+                        fact = read_policies()
+                    batch = _Batch([fact])
                     self._q.put(batch)
                     if self._on_events is not None:
                         self._on_events(batch)
+                    self._on_xfrm_end(self._xfrm.pending)
         except Exception as e:  # lost policy changes: the guards may be wrong
             if not self._closed.is_set():
                 self._q.put(self._lost(f"xfrm reader stopped: {e!r}", e))
@@ -313,7 +324,7 @@ class Watcher:
         msgs: list[NlMsg | XdpXmit | TcFilters | RouteDump | XfrmPolicies] = [
             RouteDump(f, done=False) for f in (AF_INET, AF_INET6)]
         msgs += [XdpXmit(i, c) for i, c in xdp_xmit_capable().items()]
-        msgs.append(read_policies() if self._xfrm is not None else XfrmPolicies())
+        msgs.append(read_policies() if self._xfrm is not None else self._no_xfrm)
         while True:
             try:
                 item = self._q.get(timeout=1.0)
