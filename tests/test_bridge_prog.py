@@ -144,6 +144,54 @@ def test_egress_mtu(br: BridgeHarness, blab: BridgeLab) -> None:
     assert br.run(frame)[:2] == ("PASS", "BR_MTU")
 
 
+def test_egress_mtu_under_br_netfilter(br: BridgeHarness, blab: BridgeLab) -> None:
+    """br_netfilter's post-routing (br_nf_dev_queue_xmit()) holds the IP
+    packet to the egress MTU, not the frame to mtu + 18: larger IPv4 is
+    fragmented or, with DF, dropped; larger IPv6 dropped.  The kernel's."""
+    for build, nf in ((lambda: IP(src=blab.h1.ip4, dst=blab.h2.ip4, flags="DF"), NF4),
+                      (lambda: IPv6(src=blab.h1.ip6, dst=blab.h2.ip6), NF6)):
+        frame = bytes(l2(blab) / build() / UDP() / Raw(b"m" * 100))
+        ip_len = len(frame) - 14
+        br.port("b-h1", FWD | nf)
+        br.port("b-h2", FWD, mtu=ip_len)
+        assert br.run(frame)[:2] == ("REDIRECT", "FORWARDED")
+        br.port("b-h2", FWD, mtu=ip_len - 1)
+        assert br.run(frame)[:2] == ("PASS", "BR_MTU")
+        br.port("b-h1", FWD)  # no br_netfilter: the frame limit
+        assert br.run(frame)[:2] == ("REDIRECT", "FORWARDED")
+    br.port("b-h2", FWD)
+
+
+def test_an_invalid_source_address_is_the_kernels(br: BridgeHarness, blab: BridgeLab) -> None:
+    """br_handle_frame() drops a frame whose source is not a valid unicast
+    address, whatever the FDB says (a static entry for a multicast MAC can
+    be added)."""
+    for src in ("01:00:5e:00:00:01", "00:00:00:00:00:00"):
+        br.fdb(src, "b-h1", flags=0)
+        try:
+            assert br.run(bytes(l2(blab, src=src) / IP() / UDP()))[:2] == ("PASS", "BR_LEARN")
+        finally:
+            br.unfdb(src)
+
+
+@pytest.mark.parametrize("ethertype", [0x8902, 0x88E3], ids=["CFM", "MRP"])
+def test_cfm_and_mrp_frames_are_the_kernels(br: BridgeHarness, blab: BridgeLab, ethertype: int) -> None:
+    """br_process_frame_type(): a port's CFM endpoint or MRP instance takes
+    such frames, unicast ones too."""
+    frame = bytes(Ether(src=blab.h1.mac, dst=blab.h2.mac, type=ethertype) / Raw(b"c" * 50))
+    assert br.run(frame)[:2] == ("PASS", "BR_LINK_LOCAL")
+
+
+def test_an_egress_port_of_another_bridge_is_never_used(br: BridgeHarness, blab: BridgeLab) -> None:
+    """A port that moved to another bridge while an FDB entry of the first
+    still names it: the kernel's bridge no longer has it."""
+    br.port("b-h2", FWD, bridge="br1")
+    try:
+        assert br.run(bytes(v4(blab)))[:2] == ("PASS", "BR_PORT_UNKNOWN")
+    finally:
+        br.port("b-h2", FWD)
+
+
 def test_learned_source_is_handed_to_the_kernel_once_per_interval(br: BridgeHarness, blab: BridgeLab) -> None:
     """The kernel renews a learned entry from every frame it sees; one frame
     per refresh interval through the kernel keeps the entry alive."""
