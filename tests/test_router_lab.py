@@ -398,6 +398,7 @@ def test_ipsec_policies_are_never_bypassed(accelerated, case):
     lab.run(lab.r, ["ip", "xfrm", *cmd])
     try:
         assert wait_for(lambda: tna.status()["xfrm"], 30, 0.1)
+        assert tna.status()["xfrm_blocking_defaults"] == (["fwd"] if case == "default-block" else [])
         before = tna.counters().get("XFRM", 0)
         assert " 100% packet loss" in ping(lab, lab.h1.ns, dst, 3).stdout
         assert tna.counters().get("XFRM", 0) - before >= 3

@@ -129,7 +129,9 @@ def cmd_status(args: argparse.Namespace) -> int:
               "lookup could choose otherwise (multipath, shared prefixes, expiry, TOS, source prefixes, VRF, "
               "ignore_routes_with_linkdown; docs/datapath.md)")
     if st.get("xfrm"):
-        print(f"IPsec (xfrm) policies: forwarded {', '.join(st['xfrm'])} on the kernel path (XFRM)")
+        why = (f"; default policies blocking: {', '.join(st['xfrm_blocking_defaults'])}"
+               if st.get("xfrm_blocking_defaults") else "")
+        print(f"IPsec (xfrm) policies: forwarded {', '.join(st['xfrm'])} on the kernel path (XFRM){why}")
     if st["disabled"]:
         print(f"FAST PATH DISABLED: {st['disabled']}")
     if st.get("firewall"):

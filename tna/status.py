@@ -139,6 +139,7 @@ def describe(m: Model, p: Plan | None, attached: Mapping[int, Running], *, pid: 
         "rpf_doubt": [n for f, n in ((AF_INET, "ipv4"), (AF_INET6, "ipv6")) if f in m.rpf_doubt()],
         # families IPsec policies may cover: their forwarded packets go to the kernel (XFRM)
         "xfrm": [n for f, n in ((AF_INET, "ipv4"), (AF_INET6, "ipv6")) if f in m.xfrm.families],
+        "xfrm_blocking_defaults": list(m.xfrm.blocking_defaults),  # "unknown": unreadable
         "firewall_rules": _rules_json(m.firewall),
         "firewall": _firewall(m.firewall, m.ipsets, ipset_stale or {}),
         "neighbours": len(m.neighs),
