@@ -15,6 +15,8 @@ bytes on both sides, and a UDP echo.  Run inside a namespace:
   python -m netns_labs.xfer raw-send IFACE FRAMEHEX[,FRAMEHEX...] COUNT [GAP_S]  # exact frames (e.g. spoofed)
   python -m netns_labs.xfer raw-capture IFACE MARKHEX COUNT [SECONDS]  # received frames holding MARK, hex
   python -m netns_labs.xfer raw-capture IFACE,IFACE... MARKHEX COUNT [SECONDS]  # "<iface> <hex>", COUNT in all
+  python -m netns_labs.xfer promisc-capture IFACE MARKHEX COUNT [SECONDS]  # as raw-capture, in promiscuous
+                                                  # mode (tcpdump's default)
 Every socket has a timeout, so nothing here can hang a test.
 """
 
@@ -194,12 +196,17 @@ def udp_sink(port: int, idle: float, first: float | None = None) -> None:
     print(n, digest.hexdigest(), flush=True)
 
 
-def raw_socket(iface: str, proto: int = 0) -> socket.socket:
-    """An AF_PACKET socket bound to iface (proto: ETH_P_ALL to capture)."""
+def raw_socket(iface: str, proto: int = 0, promisc: bool = False) -> socket.socket:
+    """An AF_PACKET socket bound to iface (proto: ETH_P_ALL to capture;
+    promisc: the device promiscuous while the socket is open, as tcpdump
+    makes it)."""
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(proto))
     if proto:
         s.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
     s.bind((iface, proto))
+    if promisc:
+        s.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP,
+                     struct.pack("iHH8s", socket.if_nametoindex(iface), PACKET_MR_PROMISC, 0, b""))
     return s
 
 
@@ -215,6 +222,7 @@ def raw_send(iface: str, frames: list[bytes], count: int, gap: float = 0) -> Non
 
 SOL_PACKET, PACKET_AUXDATA, TP_STATUS_VLAN_VALID, TP_STATUS_VLAN_TPID_VALID = 263, 8, 0x10, 0x40
 PACKET_OUTGOING, ETH_P_ALL = 4, 3
+PACKET_ADD_MEMBERSHIP, PACKET_MR_PROMISC = 1, 1
 
 
 def recv_frame(s: socket.socket) -> bytes | None:
@@ -234,13 +242,13 @@ def recv_frame(s: socket.socket) -> bytes | None:
     return data
 
 
-def raw_capture(ifaces: list[str], mark: bytes, count: int, timeout: float = 10) -> None:
+def raw_capture(ifaces: list[str], mark: bytes, count: int, timeout: float = 10, promisc: bool = False) -> None:
     """Print incoming frames that contain mark, as the wire had them (hex),
     until count of them or timeout s without one (other traffic, such as
     the stacks' own MLD and ND, does not extend it).  Several interfaces:
     each line starts with the one it came in on, and count is over all of
     them (a probe that may take either path ends the capture once all came)."""
-    socks = [raw_socket(iface, ETH_P_ALL) for iface in ifaces]
+    socks = [raw_socket(iface, ETH_P_ALL, promisc) for iface in ifaces]
     try:
         print("ready", flush=True)
         seen, deadline = 0, time.monotonic() + timeout
@@ -278,8 +286,9 @@ def main(argv: list[str]) -> None:
     elif cmd == "raw-send":
         raw_send(args[0], [bytes.fromhex(f) for f in args[1].split(",")], int(args[2]),
                  float(args[3]) if len(args) > 3 else 0)
-    elif cmd == "raw-capture":
-        raw_capture(args[0].split(","), bytes.fromhex(args[1]), int(args[2]), float(args[3]) if len(args) > 3 else 10)
+    elif cmd in ("raw-capture", "promisc-capture"):
+        raw_capture(args[0].split(","), bytes.fromhex(args[1]), int(args[2]), float(args[3]) if len(args) > 3 else 10,
+                    cmd == "promisc-capture")
     elif cmd == "udp-send":
         udp_send(args[0], int(args[1]), int(args[2]), int(args[3]))
     elif cmd == "udp-stream":

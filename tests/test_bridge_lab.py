@@ -293,3 +293,50 @@ def test_routed_tcp_and_udp(routed, hook):
     after = tna.counters()
     key = "FORWARDED" if hook == "auto" else "CSUM_PARTIAL"
     assert delta(after, before, key) > 500
+
+
+def test_a_capture_on_the_bridge_sees_its_frames_as_without_tna(routed):
+    """`tcpdump -i br0` makes br0 promiscuous: the kernel then also hands
+    every frame it bridges up br0 (br_handle_frame_finish(): local_rcv), and
+    a capture there sees what br0 routes.  While br0 is promiscuous its
+    frames are the kernel's (a port flag: a map update), after that the
+    fast path's again."""
+    lab, tna = routed
+    h1, h2, h4 = lab.h1, lab.h2, lab.h4
+    for dst in (h2.ip4, h4.ip4):
+        assert " 0% packet loss" in ping(lab, h1.ns, dst, 1).stdout
+    pattern = ("-p", MARK.hex())
+    cap = lab.popen(lab.b, py("netns_labs.xfer", "promisc-capture", "br0", MARK.hex(), "1000", "3"),
+                    stdout=subprocess.PIPE, text=True, cwd=lab.repo)
+    try:
+        assert cap.stdout is not None and cap.stdout.readline().strip() == "ready"
+
+        def promisc_seen() -> bool:
+            before = tna.counters()
+            ping(lab, h1.ns, h2.ip4, 1, *pattern)
+            return delta(tna.counters(), before, "BR_PROMISC") > 0
+        assert wait_for(promisc_seen, 30, 0.2)
+        assert tna.status()["bridges"]["br0"]["promiscuous"]
+        before = tna.counters()
+        for dst in (h2.ip4, h4.ip4):
+            res = ping(lab, h1.ns, dst, 5, *pattern)
+            assert " 0% packet loss" in res.stdout, res.stdout
+        after = tna.counters()
+        out, _ = cap.communicate(timeout=30)
+    finally:
+        cap.kill()
+        cap.wait()
+    from scapy.layers.inet import IP
+    from scapy.layers.l2 import Ether
+
+    seen = [Ether(bytes.fromhex(line))[IP] for line in out.split()]
+    pairs = [(p.src, p.dst) for p in seen]
+    for pair in ((h1.ip4, h2.ip4), (h2.ip4, h1.ip4), (h1.ip4, h4.ip4)):  # bridged both ways, routed in
+        assert pairs.count(pair) >= 5, pairs
+    assert delta(after, before, "FORWARDED") == 0
+
+    def fast_again() -> bool:
+        before = tna.counters()
+        ping(lab, h1.ns, h2.ip4, 2)
+        return delta(tna.counters(), before, "FORWARDED") >= 2
+    assert wait_for(fast_again, 30, 0.2)

@@ -45,7 +45,7 @@ def test_describe_reports_model_plan_and_programs() -> None:
     assert "r-h2" not in st["ifaces"] and st["failed"] == {"r-h2": "clang failed"}
     assert st["skipped"]["lo"]
     assert st["bridges"]["br0"] == {"accelerated": True, "why_not": None, "routed": True, "fdb": 1,
-                                    "fdb_mirrored": 1, "fdb_capacity": 65536, "ageing_s": 15.0,
+                                    "fdb_mirrored": 1, "fdb_capacity": 65536, "ageing_s": 15.0, "promiscuous": False,
                                     "ports": {"p1": {"state": "forwarding", "accelerated": True}}}
     assert st["firewall"] == {"chains": {"FORWARD v4": 1, "INPUT v4": 1}, "kernel_rules": [], "conntrack": [],
                               "ipsets": {}}

@@ -158,6 +158,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         if b.get("accelerated"):
             fdb += f", {b.get('fdb_mirrored', 0)} mirrored, map capacity {b.get('fdb_capacity', 0)}"
         print(f"bridge {name}: {what}{routed}; {fdb}, ageing {b['ageing_s']:g} s")
+        if b.get("promiscuous"):
+            print("  promiscuous (a capture on it?): its frames take the kernel path meanwhile (BR_PROMISC)")
         for port, p in sorted(b["ports"].items()):
             print(f"  port {port:<12} {p['state']:<10} {'tna attached' if p['accelerated'] else 'kernel only'}")
     for name, i in sorted(st["ifaces"].items()):

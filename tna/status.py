@@ -53,6 +53,8 @@ def _bridges(m: Model, p: Plan | None, fdb_map: tuple[Mapping[int, int], int]) -
             "fdb_mirrored": mirrored.get(br.index, 0) if accelerated else 0,
             "fdb_capacity": capacity,  # of the map all bridges share
             "ageing_s": br.bridge.ageing_cs / 100,
+            # its frames are the kernel's meanwhile (BR_PROMISC): a capture on it
+            "promiscuous": br.promiscuity > 0,
             "ports": ports,
         }
     return out

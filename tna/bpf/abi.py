@@ -139,7 +139,7 @@ class TnaEgress(Structure):
 
 PORT_FLAGS = {name: _int(f"TNA_PORT_{name}") for name in (
     "FORWARDING", "ISOLATED", "HAIRPIN", "LOCKED", "NEIGH_SUPPRESS", "NF_IP4", "NF_IP6", "NF_VLAN",
-    "NF_PPPOE", "ROUTER", "LEARNING")}
+    "NF_PPPOE", "ROUTER", "LEARNING", "BR_PROMISC")}
 PORTS_SIZE = _int("TNA_PORTS_SIZE")
 FDB_SIZE = _int("TNA_FDB_SIZE")  # the smallest tna_fdb: the daemon sizes it from the kernel's FDB
 FDB_LOCAL = _int("TNA_FDB_LOCAL")

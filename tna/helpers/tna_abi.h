@@ -123,6 +123,8 @@ enum tna_reason {
 	                            to the kernel until its maps have them (a host moved to another port) */
 	TNA_R_XFRM,              /* IPsec policies may cover this family's forwarded packets (decrypted
 	                            only, encrypted, or blocked by a default policy): the kernel's */
+	TNA_R_BR_PROMISC,        /* the bridge device is promiscuous (tcpdump -i br0): the kernel also
+	                            hands its frames up the bridge, where the capture sees them */
 	TNA_R_MAX
 };
 
@@ -267,6 +269,7 @@ struct tna_egress {
 #define TNA_PORT_NF_PPPOE   (1U << 8) /* ... and PPPoE-tagged IP (filter-pppoe-tagged) */
 #define TNA_PORT_ROUTER     (1U << 9) /* the bridge routes: frames to br.mac go to the router */
 #define TNA_PORT_LEARNING   (1U << 10) /* the kernel learns (and moves) sources from this port */
+#define TNA_PORT_BR_PROMISC (1U << 11) /* the bridge device is promiscuous (a capture on it) */
 struct tna_port {
 	__u32 ifindex;       /* the port this slot holds now (0: free) */
 	__u32 flags;         /* TNA_PORT_* */

@@ -89,6 +89,7 @@ class Link:
     bridge: Bridge | None = None     # kind == "bridge"
     port: Port | None = None         # enslaved to a bridge
     link_netnsid: int | None = None  # IFLA_LINK_NETNSID: a veth's peer is in that namespace (None: in this one)
+    promiscuity: int = 0      # IFLA_PROMISCUITY: packet sockets (tcpdump), uppers, `ip link set promisc on`
 
     @property
     def up(self) -> bool:

@@ -175,6 +175,7 @@ def link_from_msg(msg: NlMsg) -> Link:
         bridge=bridge_from_attrs(data) if kind == "bridge" and data is not None else None,
         port=port_from_attrs(slave) if is_port else None,
         link_netnsid=msg.get("IFLA_LINK_NETNSID"),
+        promiscuity=msg.get("IFLA_PROMISCUITY") or 0,
     )
 
 

@@ -191,6 +191,7 @@ def port_plan(link: Link, bridge: Link, model: Model) -> PortPlan:
         # is a local FDB entry (an admin could point it at a port)
         "ROUTER": routes_through(bridge, model) and bridge.mac is not None
         and getattr(model.fdb.get((bridge.index, 0, bridge.mac)), "local", False),
+        "BR_PROMISC": bridge.promiscuity > 0,
     }
     flags = sum(PORT_FLAGS[name] for name, on in bits.items() if on)
     assert bridge.mac is not None  # bridge_skip_reason() checked it
@@ -200,9 +201,10 @@ def port_plan(link: Link, bridge: Link, model: Model) -> PortPlan:
 def l3_bridge(bridge: Link, model: Model) -> L3Bridge:
     """A routed bridge, as a route's egress: may a routed packet leave
     through its FDB (the bridge device's own qdisc and tc egress filters
-    would be bypassed otherwise)?"""
+    would be bypassed otherwise, and so would a capture on it: a
+    promiscuous bridge is taken for one)?"""
     assert bridge.mac is not None
-    ok = bridge.qdisc in UNSHAPED_QDISCS and bridge.index not in model.egress_filters
+    ok = bridge.qdisc in UNSHAPED_QDISCS and bridge.index not in model.egress_filters and not bridge.promiscuity
     return L3Bridge(bridge.index, bridge.mac, TNA_IF_L2_EGRESS if ok else 0)
 
 
