@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from fnmatch import fnmatchcase
+from socket import AF_INET6
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -189,3 +191,28 @@ def test_a_port_whose_rp_filter_is_not_read_yet_is_checked_strictly() -> None:
     assert m.set_rp_filter(5, 2) and rp_filter_flags(m, 5) == TNA_IF_RP_LOOSE
     assert m.set_rp_filter(5, 0) and rp_filter_flags(m, 5) == 0
     assert not m.set_rp_filter(6, 1)  # unread counted as strict already: nothing to re-plan
+
+
+def _nf_bridged(sysctls: Sysctls) -> Model:
+    m = _bridged()
+    br = m.links[2]
+    m.apply(replace(br, bridge=replace(br.bridge, nf_call_iptables=True, nf_call_ip6tables=True)))
+    m.set_sysctls(sysctls)
+    return m
+
+
+def test_a_bridges_own_nf_call_switches_need_br_netfilter() -> None:
+    """`ip link set br0 type bridge nf_call_iptables 1` does nothing while
+    br_netfilter is not loaded (its hooks are not registered): the frames
+    are bridged untouched, padding kept.  Loaded, it validates and trims."""
+    nf = PORT_FLAGS["NF_IP4"] | PORT_FLAGS["NF_IP6"]
+    assert plan(_nf_bridged(Sysctls(True, True, br_netfilter=False))).ports[3].flags & nf == 0
+    assert plan(_nf_bridged(Sysctls(True, True))).ports[3].flags & nf == nf
+
+
+def test_bridged_ipv6_goes_to_the_kernel_where_br_netfilter_would_drop_it() -> None:
+    """Booted with ipv6.disable=1, br_netfilter drops every bridged IPv6
+    frame it is asked to filter (br_nf_pre_routing()): those are the
+    kernel's; without IPv6 filtering nothing is."""
+    assert _nf_bridged(Sysctls(True, True, br_nf_ip6tables=True, ipv6=False)).bridged_to_kernel() == {AF_INET6}
+    assert _nf_bridged(Sysctls(True, True, br_nf_ip6tables=True)).bridged_to_kernel() == set()

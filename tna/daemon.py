@@ -365,9 +365,7 @@ class Daemon:
         (RESYNC) ends the same way: only the last publication may end it."""
         m = self.model
         fw = m.firewall
-        # bridged IP of a filtered or tracked family goes to the kernel
-        families = frozenset(f for f, on in ((AF_INET, fw and (fw.fwd4 or fw.ct4)),
-                                             (AF_INET6, fw and (fw.fwd6 or fw.ct6))) if on)
+        families = m.bridged_to_kernel()
         # patterns are sorted: a new pattern or interface shifts the bits
         masks = {i: b for i, b in fw.iface_masks({i: link.name for i, link in m.links.items()}).items()
                  if b} if fw else {}

@@ -188,6 +188,10 @@ class Sysctls:
     # not forward): one may give a route an expiry without a notification
     # (addrconf_prefix_rcv() on an address's prefix route)
     ipv6_accept_ra: bool = False
+    # br_netfilter is loaded (its net.bridge sysctls exist): without it a
+    # bridge's own nf_call_iptables/ip6tables do nothing
+    br_netfilter: bool = True
+    ipv6: bool = True  # the kernel has IPv6 (not booted ipv6.disable=1: no net.ipv6 sysctls)
 
     @property
     def forwarding(self) -> bool:
@@ -411,6 +415,15 @@ class Model:
         destination with; loopback and link-local never reach it)."""
         return sorted({a.address for a in self.addrs if a.family == AF_INET6 and a.address != "::1"
                        and not a.address.lower().startswith("fe80")})
+
+    def bridged_to_kernel(self) -> frozenset[int]:
+        """The families whose bridged IP is the kernel's where br_netfilter
+        takes it: a family FORWARD filters or conntrack tracks, and IPv6
+        without IPv6 in the kernel (br_nf_pre_routing() drops it)."""
+        fw = self.firewall
+        return frozenset(f for f, on in (
+            (AF_INET, fw and (fw.fwd4 or fw.ct4)),
+            (AF_INET6, (fw and (fw.fwd6 or fw.ct6)) or not self.sysctls.ipv6)) if on)
 
     def multipath_policies(self) -> dict[int, int]:
         """family -> its fib_multipath_hash_policy, for the families that have

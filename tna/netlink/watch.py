@@ -466,6 +466,8 @@ def read_sysctls(route_checks: bool = True) -> Sysctls:
         br_nf_ip6tables=_read_int("/proc/sys/net/bridge/bridge-nf-call-ip6tables") != 0,
         br_nf_vlan=_read_int("/proc/sys/net/bridge/bridge-nf-filter-vlan-tagged") != 0,
         br_nf_pppoe=_read_int("/proc/sys/net/bridge/bridge-nf-filter-pppoe-tagged") != 0,
+        br_netfilter=Path("/proc/sys/net/bridge").is_dir(),
+        ipv6=Path("/proc/sys/net/ipv6").is_dir(),
         ct_checksum=_read_int(f"{_NF}/nf_conntrack_checksum", 1) != 0,
         ct_acct=_read_int(f"{_NF}/nf_conntrack_acct") != 0,
         ct_tcp_loose=_read_int(f"{_NF}/nf_conntrack_tcp_loose", 1) != 0,

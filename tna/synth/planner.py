@@ -184,8 +184,8 @@ def port_plan(link: Link, bridge: Link, model: Model) -> PortPlan:
         and bridge.up,
         "ISOLATED": p.isolated, "HAIRPIN": p.hairpin, "LOCKED": p.locked or p.mab, "LEARNING": p.learning,
         "NEIGH_SUPPRESS": p.neigh_suppress,
-        "NF_IP4": sc.br_nf_iptables or br.nf_call_iptables,
-        "NF_IP6": sc.br_nf_ip6tables or br.nf_call_ip6tables,
+        "NF_IP4": sc.br_nf_iptables or (sc.br_netfilter and br.nf_call_iptables),
+        "NF_IP6": sc.br_nf_ip6tables or (sc.br_netfilter and br.nf_call_ip6tables),
         "NF_VLAN": sc.br_nf_vlan, "NF_PPPOE": sc.br_nf_pppoe,
         # frames to the bridge's address are the router's while that address
         # is a local FDB entry (an admin could point it at a port)
