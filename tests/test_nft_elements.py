@@ -41,6 +41,8 @@ TABLE = """table inet t {
 	set c4 { type ipv4_addr . inet_service; }
 	set c6 { type ipv6_addr . inet_service; }
 	set ci { type ipv4_addr . inet_service; flags interval; }
+	set p { type inet_service; }
+	set pi { type inet_service; flags interval; }
 	map mp { type ipv4_addr : verdict; }
 	chain c {
 		type filter hook forward priority filter; policy accept;
@@ -54,10 +56,15 @@ TABLE = """table inet t {
 		ip daddr . udp dport @c4 drop
 		ip6 saddr . tcp sport @c6 drop
 		ip saddr . tcp dport @ci drop
+		tcp dport @p drop
+		udp sport != @p drop
+		ip6 nexthdr tcp tcp dport @pi drop
 	}
 }
 """
-NAMES = ("v4", "v4m", "v6", "h4", "h6", "tm", "c4:tcp", "c4:udp", "c6:tcp")  # a concatenation's, per protocol
+# a concatenation's, per protocol; a port set's, per protocol and IP version
+NAMES = ("v4", "v4m", "v6", "h4", "h6", "tm", "c4:tcp", "c4:udp", "c6:tcp",
+         "p:tcp:4", "p:tcp:6", "p:udp:4", "p:udp:6", "pi:tcp:6")
 
 
 class Ns:
@@ -153,6 +160,26 @@ def test_concatenation_sets_follow_their_elements(ns: Ns) -> None:
         held = followed(ns, held, *cmd)
     assert {(str(m.net), m.port) for m in held["c6:tcp"].members} == {("2001:db8::1/128", 443)}
     assert {m.proto for m in held["c6:tcp"].members} == {6}
+
+
+def test_port_sets_follow_their_elements(ns: Ns) -> None:
+    """inet_service sets, plain and with intervals: each port is one
+    member, with the protocol of the rule that matches it."""
+    held = ns.sets()
+    for cmd in (
+        ["add", "element", "inet", "t", "p", "{ 22, 80, 0, 65535 }"],
+        ["delete", "element", "inet", "t", "p", "{ 80 }"],
+        ["add", "element", "inet", "t", "pi", "{ 1000-2000, 3000, 60000-65535 }"],
+        ["add", "element", "inet", "t", "pi", "{ 2001-2010 }"],  # adjacent: one range with the first
+        ["delete", "element", "inet", "t", "pi", "{ 3000 }"],
+        ["delete", "element", "inet", "t", "pi", "{ 60000-65535 }"],
+        ["add", "element", "inet", "t", "pi", "{ 0-9 }"],
+        ["flush", "set", "inet", "t", "p"],
+        ["add", "element", "inet", "t", "p", "{ 443 }"],
+    ):
+        held = followed(ns, held, *cmd)
+    assert {(str(m.net), m.proto, m.port) for m in held["p:udp:6"].members} == {("::/0", 17, 443)}
+    assert {m.port for m in held["pi:tcp:6"].members} == {*range(10), *range(1000, 2011)}
 
 
 def test_many_elements_in_one_commit(ns: Ns) -> None:

@@ -108,6 +108,30 @@ def test_a_concatenation_sets_elements_update_the_set_of_each_protocol(monkeypat
         assert len(dict(calls)["sync_ipsets"][map_name(name)]) == 2
 
 
+# a port set, matched by TCP rules of both IP versions
+PORTS = {"nftables": [
+    *RULESET["nftables"],
+    {"set": {"family": "inet", "table": "t", "name": "svc", "type": "inet_service", "handle": 6, "elem": [22]}},
+    {"rule": {"family": "inet", "table": "t", "chain": "c", "handle": 7, "expr": [
+        {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": "@svc"}},
+        {"drop": None}]}},
+]}
+
+
+def test_a_port_sets_elements_update_the_set_of_each_ip_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    d = nft_daemon(monkeypatch, PORTS)
+    no_reread(monkeypatch)
+    c = commit(d, (SetElement("nft:inet t:svc", True, (8080).to_bytes(2, "big")),))
+    assert d._apply_set_elements([c])
+    calls = reconcile(d)
+    assert "attach" not in [op for op, _ in calls], calls
+    for v, net in ((4, "0.0.0.0/0"), (6, "::/0")):
+        name = f"nft:inet t:svc:tcp:{v}"
+        assert {(str(m.net), m.proto, m.port) for m in d.model.ipsets[name].members} == {
+            (net, 6, 22), (net, 6, 8080)}
+        assert len(dict(calls)["sync_ipsets"][map_name(name)]) == 2
+
+
 def _set(name: str, handle: int, typ: object = "ipv4_addr") -> dict:
     return {"set": {"family": "inet", "table": "t", "name": name, "type": typ, "handle": handle}}
 

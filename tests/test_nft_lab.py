@@ -5,8 +5,8 @@
   nftables package, /usr/share/doc/nftables/examples): the fast path
   stays on and carries established TCP and UDP, IPv4 and IPv6.
 - A stateful forward chain written from nftables' wiki ("Simple ruleset
-  for a home router", "Sets"): a named set of blocked sources dropped
-  first, established and related accepted, one allowed port, policy drop.
+  for a home router", "Sets"): named sets of blocked sources and closed
+  ports dropped first, established and related accepted, one allowed port, policy drop.
   Crafted UDP frames of an established flow arrive at h2 exactly as with
   Linux alone, carried by the fast path and counted per rule next to the
   kernel's counters; `nft add element` / `delete element` take effect on
@@ -47,9 +47,13 @@ table inet filter {
 	set blocked {
 		type ipv4_addr
 	}
+	set closed {
+		type inet_service
+	}
 	chain forward {
 		type filter hook forward priority filter; policy drop;
 		ip saddr @blocked counter drop
+		udp dport @closed counter drop
 		ct state established,related counter accept
 		udp dport 5202 accept
 		tcp dport 5201 accept
@@ -175,13 +179,16 @@ def test_stateful_chain_with_a_set_is_linux_byte_for_byte(router_lab: RouterLab,
         assert accept["fast_path"]["packets"] >= 8 and accept["kernel"]["packets"] >= 8, counted
 
 
-def test_set_members_follow_nft_with_the_same_program(router_lab: RouterLab, hook: str) -> None:
+@pytest.mark.parametrize("set_name", ["blocked", "closed"])
+def test_set_members_follow_nft_with_the_same_program(router_lab: RouterLab, hook: str, set_name: str) -> None:
+    """An address set and a port set: each member change is a map update."""
     lab = router_lab
     stateful_lab(lab, hook)
+    member = lab.h1.ip4 if set_name == "blocked" else "5202"
     with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
         s = Stateful(lab, tna)
         for cmd, reason, want in (("add", "FW_DROP", 0), ("delete", "FORWARDED", 8)):
-            lab.run(lab.r, ["nft", cmd, "element", "inet", "filter", "blocked", "{", lab.h1.ip4, "}"])
+            lab.run(lab.r, ["nft", cmd, "element", "inet", "filter", set_name, "{", member, "}"])
             # once the commit's hold ends, the fast path decides with the new members
             assert wait_for(lambda reason=reason: reason in s.sent(1, 0.5)[1], 30, 0.1), (cmd, tna.output())
             got, moved = s.sent(8, 1 if want == 0 else 2)

@@ -2,8 +2,9 @@
 
 The output is what tna/model/iptables.py gives for iptables-save: per IP
 version the tables ("<family> <table>"), their chains and Rules with typed
-match fields, plus the address sets the rules match on (tna/model/ipset.py:
-set contents are map contents).  What TNA cannot express is recorded by
+match fields, plus the sets the rules match on (tna/model/ipset.py: set
+contents are map contents; the set matches are read by
+tna/model/nftables_sets.py).  What TNA cannot express is recorded by
 name in Rule.unsupported (the rule keeps what it could match on the kernel
 path).  nft statements run in order: a statement TNA does not model (log,
 limit, reject, a mangling or NAT statement, ...) acts on every packet the
@@ -27,8 +28,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tna.model.ipset import IpSet, Member, SetMatch
+from tna.model.ipset import IpSet, SetMatch
 from tna.model.iptables import CT_STATES, PROTOCOLS, Chain, Neg, Rule, Table
+from tna.model.nftables_sets import FAMILY_OF, Alt, SetMatches, imply_proto, set_field
 from tna.model.nftables_text import (
     CT_STATUS_BITS,
     ICMP_CODES,
@@ -37,24 +39,19 @@ from tna.model.nftables_text import (
     Unsupported,
     field_name,
     flag_bits,
-    ipset_of,
     is_set_field,
     live_items,
     names,
-    nets,
     packet_filled,
-    port_ranges,
     render_rule,
 )
-from tna.model.nftsets import CONCAT_L4, L4, concat_set_name, interval_members, nft_set_name
+from tna.model.nftsets import CONCAT_L4, L4
 
 VERSIONS = {"ip": (4,), "ip6": (6,), "inet": (4, 6)}
 HOOKS = ("prerouting", "input", "forward", "output", "postrouting")
 _PORT_PROTOS = {6, 17, 132, 136}
 _TERMINAL = ("reject", "queue", "fwd", "dnat", "snat", "masquerade", "redirect", "tproxy", "synproxy")
 MAX_EXPANSION = 64  # Rules one nft rule may become (beyond: kernel path)
-MAX_SET_MEMBERS = 1 << 16  # a concatenation set's port ranges, expanded (ipset stores ranges so too)
-_FAMILY_OF = {"ip": 4, "ip6": 6}
 
 
 @dataclass
@@ -62,20 +59,6 @@ class NftRules:
     tables: dict[int, dict[str, Table]]   # per IP version; key and Table.name: "<family> <table>"
     sets: dict[str, IpSet]                # by the name SetMatch uses
     foreign: list[str] = field(default_factory=list)  # base chains that cannot be modelled (why)
-
-
-@dataclass
-class _Alt:
-    """One alternative of a rule being read: its typed fields so far."""
-
-    fields: dict[str, object] = field(default_factory=dict)
-    sets: list[SetMatch] = field(default_factory=list)
-    target: str | None = None
-    goto: bool = False
-    versions: frozenset[int] = frozenset((4, 6))
-
-    def fork(self) -> _Alt:
-        return _Alt(dict(self.fields), list(self.sets), self.target, self.goto, self.versions)
 
 
 def parse_ruleset(doc: dict) -> NftRules:
@@ -136,7 +119,7 @@ def _chain(c: dict, out: NftRules) -> None:
 def _rule(r: dict, out: NftRules, set_json: dict[tuple[str, ...], dict], filled: set[tuple[str, str, str]],
           indexes: dict[tuple[str, str], int]) -> None:
     fam, tname = r["family"], _tname(r)
-    alts = [_Alt(versions=frozenset(VERSIONS[fam]))]
+    alts = [Alt(versions=frozenset(VERSIONS[fam]))]
     unsupported: list[str] = []
     stopped = False  # after a statement TNA does not model: later matches restrict nothing it could rely on
     counters, comment = (0, 0), r.get("comment")
@@ -200,14 +183,14 @@ def _rule(r: dict, out: NftRules, set_json: dict[tuple[str, ...], dict], filled:
                                     counters=counters, handle=r["handle"], **a.fields))  # type: ignore[arg-type]
 
 
-def _expand(alts: list[_Alt], each: list[list[_Alt]]) -> list[_Alt]:
+def _expand(alts: list[Alt], each: list[list[Alt]]) -> list[Alt]:
     new = [a for group in each for a in group]
     if len(new) > MAX_EXPANSION:
         raise Unsupported(f"more than {MAX_EXPANSION} alternatives")
     return new
 
 
-def _verdict(a: _Alt, kind: str, body: object) -> None:
+def _verdict(a: Alt, kind: str, body: object) -> None:
     if kind in ("jump", "goto"):
         assert isinstance(body, dict)
         a.target, a.goto = body["target"], kind == "goto"
@@ -215,7 +198,7 @@ def _verdict(a: _Alt, kind: str, body: object) -> None:
         a.target = kind.upper()
 
 
-class _Ctx:
+class _Ctx(SetMatches):
     """What reading one rule needs: where it is, and the sets it may name."""
 
     def __init__(self, family: str, table: str, handle: int, out: NftRules,
@@ -225,7 +208,7 @@ class _Ctx:
         self.anon = 0
 
     # ---- matches --------------------------------------------------------
-    def match(self, m: dict, a: _Alt) -> list[_Alt]:
+    def match(self, m: dict, a: Alt) -> list[Alt]:
         """The alternatives a refined by match m (none: it cannot hold)."""
         op, left, right = m["op"], m["left"], m["right"]
         if op not in ("==", "!=", "in"):
@@ -234,21 +217,21 @@ class _Ctx:
             return self.any_bit(left, right, a)
         return self.key(left, right, op == "!=", a)
 
-    def any_bit(self, left: dict, right: object, a: _Alt) -> list[_Alt]:
+    def any_bit(self, left: dict, right: object, a: Alt) -> list[Alt]:
         """`tcp flags syn`, `ct status assured`: (value & bits) != 0."""
         if "ct" in left:
             return self.ct("status", right, False, a)
         bits = flag_bits(right)
         if bits & (bits - 1):  # any of several flags: not a (mask, cmp) test
             raise Unsupported(f"tcp flags {right} (any of)")
-        _imply_proto(a, 6)
-        return _set(a, "tcp_flags", (bits, bits), False)
+        imply_proto(a, 6)
+        return set_field(a, "tcp_flags", (bits, bits), False)
 
-    def key(self, left: object, right: object, neg: bool, a: _Alt) -> list[_Alt]:
+    def key(self, left: object, right: object, neg: bool, a: Alt) -> list[Alt]:
         """Alternatives of a for `left == right` (neg: `!=`)."""
         if isinstance(right, dict) and "set" in right and not neg and not is_set_field(left):
             # a positive anonymous set of scalars: one alternative per element
-            out: list[_Alt] = []
+            out: list[Alt] = []
             for elem in right["set"]:
                 out += self.key(left, elem, False, a.fork())
             return out
@@ -268,22 +251,22 @@ class _Ctx:
             return self.fib(left["fib"], right, neg, a)
         raise Unsupported(f"{field_name(left)} match")
 
-    def fib(self, fib: dict, right: object, neg: bool, a: _Alt) -> list[_Alt]:
+    def fib(self, fib: dict, right: object, neg: bool, a: Alt) -> list[Alt]:
         """`fib daddr type ...`, and the reverse-path check `fib saddr [. mark]
         . iif oif exists|missing`: the mark matters to ip rules only, and
         with any the fast path does not know the answer (firewall.c.j2)."""
         flags, result = set(fib.get("flags", ())), fib.get("result")
         if result == "type" and flags == {"daddr"}:
-            return _set(a, "dst_type", frozenset(t.upper() for t in names(right)), neg)
+            return set_field(a, "dst_type", frozenset(t.upper() for t in names(right)), neg)
         if result in ("oif", "oifname") and flags in ({"saddr", "iif"}, {"saddr", "mark", "iif"}) \
                 and isinstance(right, bool):
-            return _set(a, "rpf", True, neg == right)  # `missing` is `== false`
+            return set_field(a, "rpf", True, neg == right)  # `missing` is `== false`
         raise Unsupported("fib match")
 
-    def payload(self, p: dict, right: object, neg: bool, a: _Alt) -> list[_Alt]:
+    def payload(self, p: dict, right: object, neg: bool, a: Alt) -> list[Alt]:
         proto, fld = p.get("protocol"), p.get("field")
         if proto in ("ip", "ip6"):
-            v = _FAMILY_OF[proto]
+            v = FAMILY_OF[proto]
             a.versions = a.versions & {v}
             if fld in ("saddr", "daddr"):
                 return self.address(v, "src" if fld == "saddr" else "dst", right, neg, a)
@@ -291,15 +274,17 @@ class _Ctx:
                 return self.meta("l4proto", right, neg, a)
         if proto in (*L4, "th") and fld in ("sport", "dport"):
             if proto != "th":
-                _imply_proto(a, L4[proto])
-            return _set(a, fld, self.ports(right), neg)
+                imply_proto(a, L4[proto])
+            if proto in CONCAT_L4 and isinstance(right, str) and right.startswith("@"):
+                return self.port_set(proto, fld, right[1:], neg, a)
+            return set_field(a, fld, self.ports(right), neg)
         if proto == "tcp" and fld == "flags":
             bits = flag_bits(right)
-            _imply_proto(a, 6)
-            return _set(a, "tcp_flags", (0xFF, bits), neg)
+            imply_proto(a, 6)
+            return set_field(a, "tcp_flags", (0xFF, bits), neg)
         if proto in ("icmp", "icmpv6") and fld in ("type", "code"):
             num = 1 if proto == "icmp" else 58
-            _imply_proto(a, num)
+            imply_proto(a, num)
             if fld == "code":
                 cur = a.fields.get("icmp_type")
                 code = right if isinstance(right, int) else ICMP_CODES[proto].get(str(right))
@@ -310,90 +295,10 @@ class _Ctx:
             t = right if isinstance(right, int) else ICMP_TYPES[proto].get(str(right))
             if t is None:
                 raise Unsupported(f"{proto} type {right}")
-            return _set(a, "icmp_type", (t, None), neg)
+            return set_field(a, "icmp_type", (t, None), neg)
         raise Unsupported(f"{proto} {fld} match")
 
-    def address(self, v: int, key: str, right: object, neg: bool, a: _Alt) -> list[_Alt]:
-        if isinstance(right, str) and right.startswith("@"):
-            a.sets.append(SetMatch(self.named_set(right[1:]), (key,), neg))
-            return [a]
-        prefixes = nets(right)
-        if isinstance(right, str) or (isinstance(right, dict) and "prefix" in right):  # one prefix
-            return _set(a, key, prefixes[0], neg)
-        self.anon += 1
-        name = f"{nft_set_name(self.family, self.table, 'anon')}:{self.handle}:{self.anon}"
-        self.out.sets[name] = IpSet(name, "hash:net", v, max(len(prefixes), 1),
-                                    members=frozenset(Member(n) for n in prefixes))
-        a.sets.append(SetMatch(name, (key,), neg))
-        return [a]
-
-    def named_set(self, name: str) -> str:
-        """The IpSet of an address set (the name SetMatch uses)."""
-        s = self.set_json.get((self.family, self.table, name))
-        if s is None:
-            raise Unsupported(f"set @{name} is not listed")
-        full = nft_set_name(self.family, self.table, name)
-        if full in self.out.sets:
-            return full
-        typ = s.get("type")
-        if typ not in ("ipv4_addr", "ipv6_addr"):
-            raise Unsupported(f"set @{name} of type {typ}")
-        v, found = 4 if typ == "ipv4_addr" else 6, [n for e in s.get("elem", []) for n in nets(e)]
-        interval = "interval" in s.get("flags", [])  # canonical members: what a commit's elements give too
-        members = set(interval_members(found, v)) if interval else {Member(n) for n in found}
-        self.out.sets[full] = ipset_of(s, full, "hash:net" if interval else "hash:ip", v, members, self.filled)
-        return full
-
-    def concat(self, parts: list, name: str, neg: bool, a: _Alt) -> list[_Alt]:
-        """`ip saddr . tcp dport @s`: a hash:ip,port (hash:net,port with
-        intervals) whose members carry the rule's protocol (the packet's
-        protocol is the rule's: its tcp/udp match implies it)."""
-        s = self.set_json.get((self.family, self.table, name))
-        addr, port = (p.get("payload", {}) if isinstance(p, dict) else {} for p in [*parts, None, None][:2])
-        if (len(parts) != 2 or s is None or addr.get("protocol") not in _FAMILY_OF
-                or addr.get("field") not in ("saddr", "daddr") or port.get("protocol") not in CONCAT_L4
-                or port.get("field") not in ("sport", "dport") or s.get("type") not in (
-                    ["ipv4_addr", "inet_service"], ["ipv6_addr", "inet_service"])):
-            raise Unsupported(f"concatenation set @{name}")
-        proto, v = L4[port["protocol"]], _FAMILY_OF[addr["protocol"]]
-        full = concat_set_name(nft_set_name(self.family, self.table, name), port["protocol"])
-        if full not in self.out.sets:
-            members = set()
-            for e in s.get("elem", []):
-                val = e["elem"]["val"] if isinstance(e, dict) and "elem" in e else e
-                net, ports = val["concat"]
-                for n in nets(net):
-                    for lo, hi in port_ranges(ports):
-                        if len(members) + hi - lo >= MAX_SET_MEMBERS:
-                            raise Unsupported(f"set @{name}: more than {MAX_SET_MEMBERS} entries expanded")
-                        members.update(Member(n, proto, p) for p in range(lo, hi + 1))
-            self.out.sets[full] = ipset_of(s, full, "hash:net,port" if "interval" in s.get("flags", [])
-                                           else "hash:ip,port", v, members, self.filled)
-        _imply_proto(a, proto)
-        a.versions = a.versions & {v}
-        dirs = tuple("src" if p["field"] in ("saddr", "sport") else "dst" for p in (addr, port))
-        a.sets.append(SetMatch(full, dirs, neg))
-        return [a]
-
-    def constant(self, name: str, *kind: str) -> dict | None:
-        """The JSON of named set (kind: or "map") name whose elements become
-        code, None if it is none: listed, without timeouts, and not filled
-        by rules from the packet path (elements that change unannounced)."""
-        s = self.set_json.get((self.family, self.table, name, *kind))
-        if s is None or set(s.get("flags", [])) & {"timeout", "dynamic"} or \
-                (self.family, self.table, name) in self.filled:
-            return None
-        return s
-
-    def ports(self, right: object) -> tuple[tuple[int, int], ...]:
-        if isinstance(right, str) and right.startswith("@"):
-            s = self.constant(right[1:])
-            if s is None or s.get("type") != "inet_service":
-                raise Unsupported(f"set {right} (not a constant inet_service set)")
-            return tuple(r for e in s.get("elem", []) for r in port_ranges(e))
-        return port_ranges(right)
-
-    def meta(self, key: str, right: object, neg: bool, a: _Alt) -> list[_Alt]:
+    def meta(self, key: str, right: object, neg: bool, a: Alt) -> list[Alt]:
         if key == "nfproto":
             v = {"ipv4": 4, "ipv6": 6}.get(str(right))
             if v is None:
@@ -404,7 +309,7 @@ class _Ctx:
             num = right if isinstance(right, int) else PROTOCOLS.get(str(right), L4.get(str(right)))
             if num is None or num == 0:  # 0 is the model's "-p all"; nft's means protocol 0 (HOPOPTS)
                 raise Unsupported(f"meta l4proto {right}")
-            return _set(a, "proto", num, neg)
+            return set_field(a, "proto", num, neg)
         if key in ("iifname", "oifname", "iif", "oif"):
             if isinstance(right, str) and right.startswith("@"):
                 # a constant set of names: one alternative per name (the names are code, like a rule's)
@@ -419,43 +324,43 @@ class _Ctx:
             name = right
             if key.endswith("name") and name.endswith("*") and not name.endswith("\\*"):
                 name = name[:-1] + "+"
-            return _set(a, key[:3], name.replace("\\*", "*"), neg)
+            return set_field(a, key[:3], name.replace("\\*", "*"), neg)
         if key == "mark" and isinstance(right, int):
-            return _set(a, "mark", (right, 0xFFFFFFFF), neg)
+            return set_field(a, "mark", (right, 0xFFFFFFFF), neg)
         if key == "mark" and isinstance(right, dict) and "prefix" in right:
             # nft prints `mark and <high bits> == v` as the prefix v/len
             mask = (0xFFFFFFFF << (32 - right["prefix"]["len"])) & 0xFFFFFFFF
-            return _set(a, "mark", (right["prefix"]["addr"] & mask, mask), neg)
+            return set_field(a, "mark", (right["prefix"]["addr"] & mask, mask), neg)
         raise Unsupported(f"meta {key} match")
 
-    def ct(self, key: str, right: object, neg: bool, a: _Alt) -> list[_Alt]:
+    def ct(self, key: str, right: object, neg: bool, a: Alt) -> list[Alt]:
         words = names(right)
         if key == "state" and "ctstatus" not in a.fields:
             states = frozenset(n.upper() for n in words)
             if not states <= CT_STATES:
                 raise Unsupported(f"ct state {right}")
-            return _set(a, "ctstate", states, neg)
+            return set_field(a, "ctstate", states, neg)
         if key == "status" and not neg and "ctstate" not in a.fields:  # from any_bit() only
             bits = [CT_STATUS_BITS.get(n.upper().replace("-", "_")) for n in words]
             if None in bits:
                 raise Unsupported(f"ct status {right}")
-            return _set(a, "ctstatus", sum(bits), neg)  # type: ignore[arg-type]
+            return set_field(a, "ctstatus", sum(bits), neg)  # type: ignore[arg-type]
         # ct direction (and a ct status beside a ct state): without an entry
         # nft's expression does not match, the model's (xt_conntrack's) can
         raise Unsupported(f"ct {key} match")
 
-    def masked(self, operands: list, right: object, neg: bool, a: _Alt) -> list[_Alt]:
+    def masked(self, operands: list, right: object, neg: bool, a: Alt) -> list[Alt]:
         what, mask = operands
         if what == {"payload": {"protocol": "tcp", "field": "flags"}}:
-            _imply_proto(a, 6)
-            return _set(a, "tcp_flags", (flag_bits(mask), flag_bits(right)), neg)
+            imply_proto(a, 6)
+            return set_field(a, "tcp_flags", (flag_bits(mask), flag_bits(right)), neg)
         if what == {"meta": {"key": "mark"}} and isinstance(mask, int) and isinstance(right, int):
             if right & ~mask:  # `mark & 0x0f == 0x11` never holds (and its != always does)
                 return [a] if neg else []
-            return _set(a, "mark", (right, mask), neg)
+            return set_field(a, "mark", (right, mask), neg)
         raise Unsupported(f"{field_name(what)} & mask match")
 
-    def vmap(self, v: dict, a_all: _Alt) -> list[_Alt]:
+    def vmap(self, v: dict, a_all: Alt) -> list[Alt]:
         data = v.get("data")
         if isinstance(data, str) and data.startswith("@"):
             # a named verdict map (Docker 29's per-bridge jumps): its elements
@@ -470,26 +375,10 @@ class _Ctx:
             pairs = data["set"]
         else:
             raise Unsupported("verdict map")
-        out: list[_Alt] = []
+        out: list[Alt] = []
         for key, verdict in pairs:
             for a in self.key(v["key"], key, False, a_all.fork()):
                 (kind, body), = verdict.items()
                 _verdict(a, kind, body)
                 out.append(a)
         return out
-
-
-def _set(a: _Alt, key: str, value: object, neg: bool) -> list[_Alt]:
-    if key in a.fields:
-        raise Unsupported(f"a second {key} match")
-    a.fields[key] = Neg(value, neg)
-    return [a]
-
-
-def _imply_proto(a: _Alt, num: int) -> None:
-    """tcp/udp/icmp payload matches carry nft's implicit l4proto dependency."""
-    cur = a.fields.get("proto")
-    if cur is None:
-        a.fields["proto"] = Neg(num)
-    elif cur != Neg(num):
-        raise Unsupported(f"protocol {num} after {cur}")

@@ -194,14 +194,21 @@ def ipset_of(s: dict, name: str, kind: str, version: int, members: set[Member],
     """The IpSet of set s's JSON: timeouts and counters as ipset's, and
     whether a rule's set statement fills it (filled: packet_filled()'s);
     mirror_problem() then keeps its rules on the kernel path."""
-    elems = s.get("elem", [])
-    counters = any(isinstance(e, dict) and "elem" in e and "counter" in e["elem"] for e in elems) or any(
-        "counter" in st for st in s.get("stmt", []))
-    timeout = bool(set(s.get("flags", [])) & {"timeout", "dynamic"}) or "timeout" in s or any(
-        isinstance(e, dict) and "elem" in e and "timeout" in e["elem"] for e in elems)
-    return IpSet(name, kind, version, max(int(s.get("size", 65536)), len(members)), timeout=timeout,
-                 counters=counters, members=frozenset(members),
+    return IpSet(name, kind, version, max(int(s.get("size", 65536)), len(members)), timeout=expires(s),
+                 counters=counted(s), members=frozenset(members),
                  packet_filled=(s.get("family"), s.get("table"), s.get("name")) in filled)
+
+
+def counted(s: dict) -> bool:
+    """Whether a match on set s's JSON updates an element's counter."""
+    return any(isinstance(e, dict) and "elem" in e and "counter" in e["elem"] for e in s.get("elem", [])) or any(
+        "counter" in st for st in s.get("stmt", []))
+
+
+def expires(s: dict) -> bool:
+    """Whether set s's elements may expire (a timeout), unannounced."""
+    return bool(set(s.get("flags", [])) & {"timeout", "dynamic"}) or "timeout" in s or any(
+        isinstance(e, dict) and "elem" in e and "timeout" in e["elem"] for e in s.get("elem", []))
 
 
 def is_set_field(left: object) -> bool:

@@ -14,7 +14,10 @@ hand is not the kernel's) gives None: the caller reads the set again.
 
 A concatenation set `ADDR . inet_service` without intervals is a
 hash:ip,port per protocol of the rules that match it (`ip saddr . tcp
-dport @s`: concat_set_name()), each element one address and port.
+dport @s`: concat_set_name()), each element one address and port.  A port
+set (`tcp dport @s`, type inet_service) is one per protocol and IP version
+(port_set_name()) whose members hold the whole address space: a hash:ip,port
+without intervals, a hash:net,port with them, each port one member.
 """
 
 from __future__ import annotations
@@ -55,10 +58,24 @@ def concat_set_name(base: str, l4: str) -> str:
     return f"{base}:{l4}"
 
 
+def port_set_name(base: str, l4: str, version: int) -> str:
+    """The IpSet of port set base as the rules matching l4's port of IP
+    version's packets use it."""
+    return f"{base}:{l4}:{version}"
+
+
+def _port_mirror(name: str) -> bool:
+    return name.endswith((":4", ":6")) and name[:-2].rsplit(":", 1)[-1] in CONCAT_L4
+
+
 def mirrors(base: str, names: Iterable[str]) -> list[str]:
     """The IpSets among names that mirror nftables set base: base itself,
-    or its concatenation's, one per protocol."""
-    return [n for n in names if n == base or (n.startswith(base + ":") and n[len(base) + 1:] in CONCAT_L4)]
+    its concatenation's (one per protocol), or its ports' (one per protocol
+    and IP version)."""
+    def suffix(n: str) -> str:
+        return n[len(base) + 1:]
+    return [n for n in names if n == base or (n.startswith(base + ":") and (
+        suffix(n) in CONCAT_L4 or suffix(n) in {f"{p}:{v}" for p in CONCAT_L4 for v in (4, 6)}))]
 
 
 @dataclass(frozen=True)
@@ -167,7 +184,9 @@ def apply_elements(s: IpSet, elements: Sequence[SetElement]) -> IpSet | None:
     # known only while the members are fewer
     if len(s.members) >= s.maxelem:
         return None
-    if s.type == "hash:ip,port":
+    if _port_mirror(s.name):
+        out = _ports(s, elements)
+    elif s.type == "hash:ip,port":
         out = _pairs(s, elements)
     elif s.type in ("hash:ip", "hash:net") and all(len(e.key) == _width(s.family) // 8 for e in elements):
         out = _addresses(s, elements)
@@ -198,6 +217,33 @@ def _addresses(s: IpSet, elements: Sequence[SetElement]) -> frozenset[Member] | 
             return None
         ranges = changed
     return frozenset(members) if s.type == "hash:ip" else _members(ranges, s.family)
+
+
+def _ports(s: IpSet, elements: Sequence[SetElement]) -> frozenset[Member] | None:
+    """A port set's elements: 2-byte keys (big-endian), as ports, or with
+    intervals (hash:net,port) as their boundaries."""
+    if any(len(e.key) != 2 for e in elements):
+        return None
+    proto = CONCAT_L4[s.name[:-2].rsplit(":", 1)[-1]]
+    net = ipaddress.ip_network("0.0.0.0/0" if s.family == 4 else "::/0")
+    ports = {m.port for m in s.members}
+    ranges = _merge((p, p) for p in ports if p is not None)
+    for add, group in groupby(elements, key=lambda e: e.add):
+        run = list(group)
+        if s.type == "hash:ip,port":
+            new = {int.from_bytes(e.key, "big") for e in run}
+            if any(e.end or e.open for e in run) or len(new) != len(run) or (new & ports if add else new - ports):
+                return None  # an add of what is there, a delete of what is not: not the kernel's set
+            ports = ports | new if add else ports - new
+            continue
+        intervals = _intervals(run, 16)
+        changed = None if intervals is None else _union(ranges, intervals) if add else _minus(ranges, intervals)
+        if changed is None:
+            return None
+        ranges = changed
+    if s.type != "hash:ip,port":
+        ports = {p for lo, hi in ranges for p in range(lo, hi + 1)}
+    return frozenset(Member(net, proto, p) for p in ports)
 
 
 def _pairs(s: IpSet, elements: Sequence[SetElement]) -> frozenset[Member] | None:
