@@ -341,3 +341,59 @@ def test_new_and_invalid_first_packets_are_told_apart_as_conntrack_does(router_l
     # the kernel to be confirmed
     assert c.get("FW_DROP", 0) == len(frames) - len(linux), c
     assert c.get("CT_NEW", 0) == len(linux), c
+
+
+def window_flags(lab: RouterLab, port: int) -> list[int]:
+    """The conntrack TCP flags (both directions) of r's entries to port."""
+    from pyroute2 import NFCTSocket
+
+    from netns_labs.lab import in_netns
+
+    with in_netns(lab.r), NFCTSocket() as s:
+        out = []
+        for m in s.dump():
+            proto = m.get_attr("CTA_TUPLE_ORIG").get_attr("CTA_TUPLE_PROTO")
+            info = m.get_attr("CTA_PROTOINFO")
+            tcp = info.get_attr("CTA_PROTOINFO_TCP") if info is not None else None
+            if tcp is not None and proto.get_attr("CTA_PROTO_DST_PORT") == port:
+                out += [tcp.get_attr(f"CTA_PROTOINFO_TCP_FLAGS_{d}")[0] for d in ("ORIGINAL", "REPLY")]
+        return out
+
+
+def test_a_connection_the_fast_path_does_not_carry_keeps_its_window_tracking(router_lab: RouterLab,
+                                                                              hook: str) -> None:
+    """Marking a connection window-liberal changes what the kernel calls
+    INVALID (nf_tcp_log_invalid() then accepts), so TNA asks for it only for
+    a connection it is about to carry.  A rule it cannot apply (LOG) on
+    every established segment, both ways, keeps the flow on the kernel
+    path: its entry stays as Linux alone keeps it."""
+    lab = router_lab
+    logged = "".join(f"-A FORWARD -p tcp -m tcp --{d}port 5201 -m conntrack --ctstate ESTABLISHED -j LOG\n"
+                     for d in ("d", "s"))
+    setup(lab, hook, RULES4.replace(":svc - [0:0]\n", ":svc - [0:0]\n" + logged))
+    with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
+        sent, got = tcp_transfer(lab, lab.h1.ns, lab.h2.ns, lab.h2.ip4, 20 * MB)
+        c = tna.counters()
+        time.sleep(0.5)  # what the daemon would mark, marked
+        flags = window_flags(lab, 5201)
+    assert sent == got
+    assert c.get("FW_KERNEL", 0) > 100 and c.get("FORWARDED", 0) < 10, c
+    assert flags and not any(f & 0x08 for f in flags), flags  # IP_CT_TCP_FLAG_BE_LIBERAL
+
+
+def test_a_carried_connection_whose_pushes_go_to_the_kernel_closes_cleanly(router_lab: RouterLab,
+                                                                            hook: str) -> None:
+    """A rule TNA cannot apply on the segments with PSH, both ways: the
+    rest of the flow is carried, and its window copy must still see every
+    segment conntrack sees (none passed by the pass cache), or the close
+    would be judged out of window and dropped."""
+    lab = router_lab
+    logged = "".join(f"-A FORWARD -p tcp -m tcp --{d}port 5201 --tcp-flags PSH PSH -j LOG\n" for d in ("d", "s"))
+    setup(lab, hook, RULES4.replace(":svc - [0:0]\n", ":svc - [0:0]\n" + logged))
+    with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
+        for _ in range(3):
+            sent, got = tcp_transfer(lab, lab.h1.ns, lab.h2.ns, lab.h2.ip4, 20 * MB)
+            assert sent == got
+        c = tna.counters()
+    assert c.get("FW_KERNEL", 0) > 0 and c.get("FORWARDED", 0) > 100, c
+    assert c.get("FW_DROP", 0) == 0, c
