@@ -397,3 +397,22 @@ def test_a_carried_connection_whose_pushes_go_to_the_kernel_closes_cleanly(route
         c = tna.counters()
     assert c.get("FW_KERNEL", 0) > 0 and c.get("FORWARDED", 0) > 100, c
     assert c.get("FW_DROP", 0) == 0, c
+
+
+def test_a_jumbo_transfer_whose_data_the_kernel_forwards_closes_cleanly(router_lab: RouterLab) -> None:
+    """XDP with a 9000-byte MTU: a frame in several buffers is the kernel's
+    (MULTI_BUFFER), before the firewall, so the window copy never sees the
+    data; the ACKs it is asked to carry show that it lags, and from then
+    on it judges no FIN (the kernel's), which it would otherwise drop as
+    far out of window."""
+    lab = router_lab
+    setup(lab, "xdp")
+    for ns, dev in ((lab.h1.ns, lab.h1.dev), (lab.h2.ns, lab.h2.dev), (lab.r, "r-h1"), (lab.r, "r-h2")):
+        lab.run(ns, ["ip", "link", "set", dev, "mtu", "9000"])
+    with tna_running(lab, lab.r, "xdp", ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
+        for _ in range(2):
+            sent, got = tcp_transfer(lab, lab.h1.ns, lab.h2.ns, lab.h2.ip4, 20 * MB)
+            assert sent == got
+        c = tna.counters()
+    assert c.get("MULTI_BUFFER", 0) > 100, c
+    assert c.get("FW_DROP", 0) == 0, c

@@ -425,7 +425,9 @@ struct tna_ct_win {
 	__u32 last_ack;
 	__u32 last_end;
 	__u16 last_win;
-	__u16 pad;
+	__u8 lagged;         /* a segment far out of the copy's window came: it missed segments
+	                        the kernel handled (jumbo frames, ...), so it judges no FIN */
+	__u8 pad;
 	struct tna_ct_dir seen[2];
 };
 
