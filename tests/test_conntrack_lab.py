@@ -416,3 +416,63 @@ def test_a_jumbo_transfer_whose_data_the_kernel_forwards_closes_cleanly(router_l
         c = tna.counters()
     assert c.get("MULTI_BUFFER", 0) > 100, c
     assert c.get("FW_DROP", 0) == 0, c
+
+
+RST_SERVER = """import socket
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", 5201))
+s.listen()
+print("ready", flush=True)
+c, _ = s.accept()
+c.settimeout(10)
+try:
+    while c.recv(65536):
+        pass
+except OSError:
+    pass
+"""
+# 5 MB over 2 s (the daemon marks the connection meanwhile, and the fast
+# path carries the rest), then an abort: a close with no linger sends an RST
+RST_CLIENT = """import socket, struct, sys, time
+c = socket.create_connection((sys.argv[1], 5201))
+for _ in range(20):
+    c.sendall(b"x" * 250000)
+    time.sleep(0.1)
+c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+c.close()
+"""
+
+
+def test_a_carried_connection_reset_by_its_client_closes_as_in_linux(router_lab: RouterLab, hook: str) -> None:
+    """The kernel judges an RST by the sequence numbers it last saw (its
+    td_maxack), which the fast path's carrying left behind: alone it would
+    keep the entry ESTABLISHED, waiting for a challenge ACK, where Linux
+    closes it.  The fast path judges the RST with its window copy, and the
+    entry ends CLOSE as with Linux alone."""
+    lab = router_lab
+    setup(lab, hook)
+
+    def aborted() -> str:
+        srv = lab.popen(lab.h2.ns, ["python3", "-c", RST_SERVER], stdout=subprocess.PIPE, text=True)
+        try:
+            assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
+            lab.run(lab.h1.ns, ["python3", "-c", RST_CLIENT, lab.h2.ip4])
+            assert srv.wait(timeout=30) == 0
+        finally:
+            srv.kill()
+            srv.wait()
+
+        def entry() -> str:
+            return lab.run(lab.r, ["conntrack", "-L", "-p", "tcp", "--dport", "5201"]).stdout
+        wait_for(lambda: " CLOSE " in entry(), 5, 0.1)
+        out = entry()
+        lab.run(lab.r, ["conntrack", "-F"])
+        return out.split()[3] if out else ""
+
+    assert aborted() == "CLOSE"  # Linux alone
+    with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
+        state = aborted()
+        c = tna.counters()
+    assert c.get("FORWARDED", 0) >= 10, c  # carried: the kernel's record went stale
+    assert state == "CLOSE"

@@ -13,9 +13,11 @@ from tna.bpf import libbpf as bpf
 from tna.bpf.ringbuf import RingBuffer
 from tna.deploy.datapath import Datapath
 from tna.netlink.conntrack import Liberal
+from tna.netlink.watch import read_int
 
 BELL_WAIT_S = 0.5  # how often the thread looks at the stop flag and the shared maps
 BATCH = 512
+CLOSE_TIMEOUT = "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_close"  # read when needed: rare
 
 
 def ct_sync_loop(dp: Datapath, stop: threading.Event) -> None:
@@ -47,6 +49,13 @@ def _drain(dp: Datapath, liberal: Liberal) -> None:
         keys = list(itertools.islice(m.keys(), BATCH))
         if not keys:
             return
-        liberal.mark(abi.TnaCtKey.from_buffer_copy(k) for k in keys)
+        asked: dict[int, list[abi.TnaCtKey]] = {}
+        for k in keys:
+            what = m.lookup(k)
+            if isinstance(what, bytes):  # gone meanwhile: None
+                asked.setdefault(what[0], []).append(abi.TnaCtKey.from_buffer_copy(k))
+        liberal.mark(asked.get(abi.CT_SYNC_LIBERAL, ()))
+        if closing := asked.get(abi.CT_SYNC_CLOSE):
+            liberal.close_reset(closing, read_int(CLOSE_TIMEOUT, 10))
         for k in keys:
             m.delete(k)

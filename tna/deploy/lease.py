@@ -76,7 +76,8 @@ def ct_config(sc: Sysctls) -> tuple[int, int, int, int, int, int, int]:
     (timeouts in ms)."""
     flags = ((abi.TNA_CT_CSUM if sc.ct_checksum else 0) | (abi.TNA_CT_ACCT if sc.ct_acct else 0)
              | (abi.TNA_CT_TCP_LOOSE if sc.ct_tcp_loose else 0)
-             | (abi.TNA_CT_TCP_LIBERAL if sc.ct_tcp_liberal else 0))
+             | (abi.TNA_CT_TCP_LIBERAL if sc.ct_tcp_liberal else 0)
+             | (abi.TNA_CT_IGNORE_INVALID_RST if sc.ct_tcp_ignore_invalid_rst else 0))
 
     def ms(s: int) -> int:
         return min(s * 1000, 0xFFFFFFFF)

@@ -182,6 +182,8 @@ struct tna_config {
 #define TNA_CT_ACCT (1U << 1) /* nf_conntrack_acct: per-connection counters (kernel path only) */
 #define TNA_CT_TCP_LOOSE (1U << 2) /* nf_conntrack_tcp_loose: a plain ACK may start a connection */
 #define TNA_CT_TCP_LIBERAL (1U << 3) /* nf_conntrack_tcp_be_liberal: no segment is out of window */
+#define TNA_CT_IGNORE_INVALID_RST (1U << 4) /* nf_conntrack_tcp_ignore_invalid_rst: an RST before the
+                                              peer's maxack is no INVALID */
 #define TNA_FW_V4 (1U << 0)
 #define TNA_FW_V6 (1U << 1)
 /* values of an ipset's trie (ipset.c.j2): the entry the packet falls in */
@@ -318,6 +320,9 @@ struct tna_ct_key {
 #define TNA_FW_IFACES_SIZE 4096
 #define TNA_FW_RULES_MAX 16384
 #define TNA_CT_SYNC_SIZE 4096
+#define TNA_CT_SYNC_LIBERAL 1   /* tna_ct_sync: mark the connection window-liberal (both directions) */
+#define TNA_CT_SYNC_CLOSE 2     /* ... move it to CLOSE with the close timeout (an RST Linux alone
+                                   would close it with, judged by the window copy) */
 #define TNA_CT_BELL_SIZE 4096   /* bytes: a page; a lost record is harmless (the drain takes all) */
 #define TNA_CT_WIN_SIZE 65536
 
@@ -392,7 +397,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, TNA_CT_SYNC_SIZE);
 	__type(key, struct tna_ct_key);
-	__type(value, __u8);
+	__type(value, __u8);  /* TNA_CT_SYNC_*: what the daemon is asked to do */
 } tna_ct_sync SEC(".maps");
 
 struct {
@@ -427,7 +432,7 @@ struct tna_ct_win {
 	__u16 last_win;
 	__u8 lagged;         /* a segment far out of the copy's window came: it missed segments
 	                        the kernel handled (jumbo frames, ...), so it judges no FIN */
-	__u8 pad;
+	__u8 reset;          /* an RST came: nothing more of the connection is carried */
 	struct tna_ct_dir seen[2];
 };
 

@@ -176,6 +176,7 @@ class Sysctls:
     ct_timeout_tcp: int = 432000  # s, nf_conntrack_tcp_timeout_established
     ct_timeout_udp: int = 120     # s, nf_conntrack_udp_timeout_stream
     ct_tcp_liberal: bool = False  # nf_conntrack_tcp_be_liberal: no TCP segment is out of window
+    ct_tcp_ignore_invalid_rst: bool = False  # nf_conntrack_tcp_ignore_invalid_rst
     ct_tcp_max_retrans: int = 3   # nf_conntrack_tcp_max_retrans
     ct_timeout_unack: int = 300   # s, nf_conntrack_tcp_timeout_unacknowledged
     ct_timeout_retrans: int = 300  # s, nf_conntrack_tcp_timeout_max_retrans

@@ -7,7 +7,9 @@ the nftables flowtable, has the same problem and the same answer: it marks
 an offloaded connection IP_CT_TCP_FLAG_BE_LIBERAL in both directions.  The
 datapath asks (tna_ct_sync) for each established connection it wants to
 carry; this marks it over ctnetlink, and the datapath carries it once both
-flags show.
+flags show.  The kernel then judges a carried connection's RST by stale
+sequence numbers too: the datapath judges it with its window copy and, where
+Linux alone would close the connection, asks for that (close()).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from tna.bpf.abi import TnaCtKey
 log = logging.getLogger("tna")
 
 IP_CT_TCP_FLAG_BE_LIBERAL = 0x08
+TCP_CONNTRACK_CLOSE = 8
 
 
 def key_tuple(key: TnaCtKey) -> NFCTAttrTuple:
@@ -43,17 +46,26 @@ def key_tuple(key: TnaCtKey) -> NFCTAttrTuple:
 
 
 class Liberal:
-    """Marks connections window-liberal, one ctnetlink socket per family."""
+    """Changes the connections the datapath asks for, one ctnetlink socket per family."""
 
     def __init__(self) -> None:
         self._socks: dict[int, NFCTSocket] = {}
 
     def mark(self, keys: Iterable[TnaCtKey]) -> int:
-        """Mark each key's connection; returns how many were marked (one that
-        is gone, or not TCP, is skipped: the datapath asks again if needed)."""
+        """Mark each key's connection window-liberal; returns how many were
+        marked (one that is gone, or not TCP, is skipped: the datapath asks
+        again if needed)."""
         flags = {"value": (IP_CT_TCP_FLAG_BE_LIBERAL, IP_CT_TCP_FLAG_BE_LIBERAL)}  # (flags, mask)
-        protoinfo = {"attrs": [["CTA_PROTOINFO_TCP", {"attrs": [
-            ["CTA_PROTOINFO_TCP_FLAGS_ORIGINAL", flags], ["CTA_PROTOINFO_TCP_FLAGS_REPLY", flags]]}]]}
+        return self._set(keys, "marked", protoinfo={"attrs": [["CTA_PROTOINFO_TCP", {"attrs": [
+            ["CTA_PROTOINFO_TCP_FLAGS_ORIGINAL", flags], ["CTA_PROTOINFO_TCP_FLAGS_REPLY", flags]]}]]})
+
+    def close_reset(self, keys: Iterable[TnaCtKey], timeout_s: int) -> int:
+        """Move each key's connection to CLOSE with timeout_s to live, as
+        nf_conntrack_tcp_packet() does with an RST it takes as exact."""
+        return self._set(keys, "closed", timeout=timeout_s, protoinfo={"attrs": [["CTA_PROTOINFO_TCP", {
+            "attrs": [["CTA_PROTOINFO_TCP_STATE", TCP_CONNTRACK_CLOSE]]}]]})
+
+    def _set(self, keys: Iterable[TnaCtKey], done_what: str, **attrs: object) -> int:
         done = 0
         for key in keys:
             if key.proto != socket.IPPROTO_TCP or key.family not in (socket.AF_INET, socket.AF_INET6):
@@ -62,10 +74,10 @@ class Liberal:
             if sock is None:
                 sock = self._socks[key.family] = NFCTSocket(nfgen_family=key.family)
             try:
-                sock.entry("set", tuple_orig=key_tuple(key), protoinfo=protoinfo)
+                sock.entry("set", tuple_orig=key_tuple(key), **attrs)
                 done += 1
             except NetlinkError as e:
-                log.debug("conntrack entry %s not marked: %s", key_tuple(key).attrs(), e)
+                log.debug("conntrack entry %s not %s: %s", key_tuple(key).attrs(), done_what, e)
         return done
 
     def close(self) -> None:
