@@ -476,3 +476,62 @@ def test_a_carried_connection_reset_by_its_client_closes_as_in_linux(router_lab:
         c = tna.counters()
     assert c.get("FORWARDED", 0) >= 10, c  # carried: the kernel's record went stale
     assert state == "CLOSE"
+
+
+# `ct timeout set` attaches to an entry not yet confirmed: after conntrack
+POLICY = """table inet tmo {
+	ct timeout short {
+		protocol udp
+		l3proto ip
+		policy = { unreplied : 5, replied : 7 }
+	}
+	chain pre {
+		type filter hook prerouting priority filter; policy accept;
+		udp dport 5202 ct timeout set "short"
+	}
+}
+"""
+# one flow, 3 s of echoes from one source port (ASSURED after 2 s)
+PACED_ECHO = """import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 40300))
+s.settimeout(2)
+got = 0
+for i in range(60):
+    s.sendto(b"x" * 64, (sys.argv[1], 5202))
+    try:
+        s.recv(2048)
+        got += 1
+    except TimeoutError:
+        pass
+    time.sleep(0.05)
+print(got)
+"""
+
+
+def test_a_connection_with_a_timeout_policy_keeps_its_timeouts(router_lab: RouterLab, hook: str) -> None:
+    """`ct timeout set` (or -j CT --timeout) gives an entry a timeout policy
+    of its own, which every packet's refresh uses (nf_ct_timeout_lookup()):
+    the fast path does not know it, so such an entry is the kernel's.  The
+    replies (which the rule that sets it does not match) included."""
+    lab = router_lab
+    setup(lab, hook)
+    lab.run(lab.r, ["nft", "-f", "-"], input=POLICY)
+
+    def timeout_after_flow() -> int:
+        server = _server(lab, lab.h2.ns, "udp-echo", "5202")
+        try:
+            got = lab.run(lab.h1.ns, ["python3", "-c", PACED_ECHO, lab.h2.ip4], timeout=60).stdout
+        finally:
+            server.kill()
+            server.wait()
+        assert int(got) >= 55
+        out = lab.run(lab.r, ["conntrack", "-L", "-p", "udp", "--sport", "40300"]).stdout
+        lab.run(lab.r, ["conntrack", "-F"])
+        return int(out.split()[2])
+
+    assert timeout_after_flow() <= 7  # Linux alone: the policy's replied timeout
+    with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
+        assert timeout_after_flow() <= 7
+        c = tna.counters()
+    assert c.get("CT_STATE", 0) > 20, c  # the replies: the kernel's
