@@ -91,7 +91,7 @@ class ProgHarness:
     def set_state(self, lease_s: float = 3600, pass_reason: int = 0, mp_guard: int = 0, stale: int = 0,
                   route_mtu: tuple[int, int] = (1400, 1400), local4: tuple[str, ...] | None = None,
                   ct_flags: int = 0, ct_timeout_ms: int = CT_TIMEOUT_MS, hz: int = 0,
-                  pass_cache_s: float = 0, xfrm: int = 0) -> None:
+                  pass_cache_s: float = 0, xfrm: int = 0, ct_timeout_unack_ms: int = 0) -> None:
         """What the daemon would publish (route MTUs and addresses match the lab;
         hz: the jiffies per second it says, 0 for the measured; pass_cache_s 0:
         the pass cache off; xfrm: tna_config.xfrm_families)."""
@@ -100,7 +100,7 @@ class ProgHarness:
                             stale_count=stale, route_mtu4=route_mtu[0], route_mtu6=route_mtu[1],
                             local4_count=len(local4), local6_count=len(local6), ct_flags=ct_flags,
                             ct_timeout_tcp=ct_timeout_ms, ct_timeout_udp=ct_timeout_ms, hz=hz or self.hz,
-                            ct_timeout_udp_unreplied=CT_UNREPLIED_MS,
+                            ct_timeout_udp_unreplied=CT_UNREPLIED_MS, ct_timeout_unack=ct_timeout_unack_ms,
                             pass_cache_jiffies=int(pass_cache_s * self.hz), xfrm_families=xfrm)
         for i, addr in enumerate(local4[:abi.LOCAL4_MAX]):
             cfg.local4[i] = int.from_bytes(socket.inet_aton(addr), "little")

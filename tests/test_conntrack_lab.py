@@ -12,6 +12,7 @@ that does not happen, and in production such veths get the TC hook."""
 from __future__ import annotations
 
 import random
+import socket
 import subprocess
 import threading
 import time
@@ -535,3 +536,67 @@ def test_a_connection_with_a_timeout_policy_keeps_its_timeouts(router_lab: Route
         assert timeout_after_flow() <= 7
         c = tna.counters()
     assert c.get("CT_STATE", 0) > 20, c  # the replies: the kernel's
+
+
+def test_a_restarted_daemon_follows_a_carried_connection_from_where_it_is(router_lab: RouterLab,
+                                                                          hook: str) -> None:
+    """Restarted, tna has lost the window copies of the connections it
+    carried (marked liberal: they stay so); a new one is seeded from the
+    kernel's record, stale by all it carried, here with data
+    unacknowledged.  Every segment moves such a copy on, so the entry gets
+    the timeouts of the flow as it is (established), not the
+    unacknowledged one for the rest of its life."""
+    from pyroute2 import NFCTSocket
+
+    from netns_labs.lab import in_netns
+    from tna.netlink.conntrack import IP_CT_TCP_FLAG_BE_LIBERAL
+
+    lab = router_lab
+    setup(lab, hook)
+    lab.sysctl(lab.r, "net.netfilter.nf_conntrack_tcp_timeout_unacknowledged", 20)
+    server = _server(lab, lab.h2.ns, "tcp-server", "5201")
+    client = lab.popen(lab.h1.ns, py("netns_labs.xfer", "tcp-hold", lab.h2.ip4, "5201", "1", "1000"),
+                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=lab.repo)
+    assert client.stdin is not None and client.stdout is not None
+
+    def send() -> None:
+        client.stdin.write("0\n")
+        client.stdin.flush()
+        assert client.stdout.readline().split() == ["sent", "0"]
+
+    def timeout() -> int:
+        out = lab.run(lab.r, ["conntrack", "-L", "-p", "tcp", "--dport", "5201"]).stdout
+        return int(out.split()[2])
+    try:
+        assert client.stdout.readline().strip() == "ready"
+        with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
+            for _ in range(3):  # 300 kB in 100-byte segments: far past the window the kernel last saw
+                send()
+            assert tna.counters().get("FORWARDED", 0) > 1000
+        # what the kernel's record may hold: data in flight when it last saw the flow
+        flags = {"value": (IP_CT_TCP_FLAG_BE_LIBERAL | 0x10, IP_CT_TCP_FLAG_BE_LIBERAL | 0x10)}
+        with in_netns(lab.r), NFCTSocket() as s:
+            (entry,) = [_tuple(e) for e in s.dump() if e.get_attr("CTA_TUPLE_ORIG").get_attr(
+                "CTA_TUPLE_PROTO").get_attr("CTA_PROTO_DST_PORT") == 5201]
+            s.entry("set", tuple_orig=entry, protoinfo={"attrs": [["CTA_PROTOINFO_TCP", {"attrs": [
+                ["CTA_PROTOINFO_TCP_FLAGS_ORIGINAL", flags], ["CTA_PROTOINFO_TCP_FLAGS_REPLY", flags]]}]]})
+        with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], []) as tna:  # the hosts' XDP stayed
+            send()
+            assert tna.counters().get("FORWARDED", 0) > 1000
+            assert timeout() > 20
+    finally:
+        client.stdin.close()
+        client.wait(timeout=30)
+        server.kill()
+        server.wait()
+
+
+def _tuple(entry: object) -> object:
+    """The original tuple of a dumped conntrack entry, as NFCTSocket.entry() takes it."""
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
+    orig = entry.get_attr("CTA_TUPLE_ORIG")  # type: ignore[attr-defined]
+    ip, proto = orig.get_attr("CTA_TUPLE_IP"), orig.get_attr("CTA_TUPLE_PROTO")
+    return NFCTAttrTuple(family=socket.AF_INET, saddr=ip.get_attr("CTA_IP_V4_SRC"), daddr=ip.get_attr("CTA_IP_V4_DST"),
+                         proto=proto.get_attr("CTA_PROTO_NUM"), sport=proto.get_attr("CTA_PROTO_SRC_PORT"),
+                         dport=proto.get_attr("CTA_PROTO_DST_PORT"))

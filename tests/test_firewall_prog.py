@@ -485,3 +485,4 @@ def test_ipv6_input_drop(compiled: Callable[..., FirewallHarness], hook: str, fw
     check(h, frame, "DROP", "FW_INPUT_DROP", Counter({(6, I, 1): 1}))
     frame = bytes(V6(fwlab, dst="2001:db8:1::1") / UDP(sport=9, dport=9998))
     check(h, frame, "PASS", "NOT_FWDED", Counter())
+

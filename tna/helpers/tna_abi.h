@@ -325,6 +325,7 @@ struct tna_ct_key {
                                    would close it with, judged by the window copy) */
 #define TNA_CT_BELL_SIZE 4096   /* bytes: a page; a lost record is harmless (the drain takes all) */
 #define TNA_CT_WIN_SIZE 65536
+#define TNA_CT_WIN_ORPHAN 4     /* tna_ct_win.liberal: made after the mark, every segment moves it on */
 
 /* The conntrack states a packet could have (the firewall's fw_pkt.ct, which
  * conntrack.c.j2 fills and fwgen's --ctstate conditions test). */
@@ -423,7 +424,8 @@ struct tna_ct_dir {
  * field, which ct_tcp.c.j2 allows for. */
 struct tna_ct_win {
 	__u8 seeded;         /* the kernel's state was copied in (0: asked to sync only) */
-	__u8 liberal;        /* bit d: direction d was window-liberal before TNA marked it */
+	__u8 liberal;        /* bit d: direction d was window-liberal before TNA marked it;
+	                        TNA_CT_WIN_ORPHAN: made after the mark, from a stale record */
 	__u8 last_dir;       /* ip_ct_tcp's retransmission detection */
 	__u8 retrans;
 	__u32 last_seq;
