@@ -24,6 +24,9 @@ from tna.bpf import abi
 pytestmark = pytest.mark.root
 
 LIFETIME_S = 2
+# established TCP to port 80 logged (a rule TNA cannot apply), then accepted
+TCP_LOG = table("DROP", "-A FORWARD -p tcp -m tcp --dport 80 -m conntrack --ctstate ESTABLISHED -j LOG\n"
+                "-A FORWARD -m conntrack --ctstate ESTABLISHED -j ACCEPT\n")
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +41,8 @@ def one_cpu() -> Iterator[None]:
 
 @pytest.fixture(scope="module", params=["xdp", "tc"])
 def harnesses(request: pytest.FixtureRequest, fwlab: RouterLab) -> Iterator[dict[str, FirewallHarness]]:
-    made = {name: FirewallHarness(fwlab, request.param, rules) for name, rules in (("ct", CT), ("log", CT_LOG))}
+    made = {name: FirewallHarness(fwlab, request.param, rules)
+            for name, rules in (("ct", CT), ("log", CT_LOG), ("tcplog", TCP_LOG))}
     yield made
     for h in made.values():
         h.close()
@@ -289,3 +293,38 @@ def test_a_translated_flow_whose_binding_changes_is_decided_again(nat_harnesses:
     finally:
         h.set_state()
         lab.run(lab.r, ["conntrack", "-D", *n.match()], check=False)
+
+
+def test_an_established_tcp_connection_the_rules_pass_is_remembered(harnesses: dict[str, FirewallHarness],
+                                                                     fwlab: RouterLab) -> None:
+    """A rule TNA cannot apply passes every segment of an established TCP
+    connection the fast path never took over (not window-liberal):
+    remembered, the next is passed at once, its entry deleted meanwhile
+    (looked up, an ACK without an entry is INVALID: the policy drops it)."""
+    from pyroute2 import NFCTSocket
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
+    from netns_labs.lab import in_netns
+    from tna.netlink.conntrack import IP_CT_TCP_FLAG_BE_LIBERAL
+
+    h, lab = harnesses["tcplog"], fwlab
+    match = ["-p", "tcp", "-s", lab.h1.ip4, "-d", "198.51.100.7", "--sport", "4016", "--dport", "80"]
+    ack = bytes(V4(lab, dst="198.51.100.7") / TCP(sport=4016, dport=80, flags="A", seq=1001, ack=2001))
+    try:
+        for cache_s, after in ((3600, ("PASS", "FW_KERNEL")), (0, ("DROP", "FW_DROP"))):
+            h.set_state(pass_cache_s=cache_s)
+            lab.run(lab.r, ["conntrack", "-I", *match, "--state", "ESTABLISHED", "--timeout", "60",
+                            "--status", "SEEN_REPLY,ASSURED"])
+            unset = {"value": (0, IP_CT_TCP_FLAG_BE_LIBERAL)}  # ctnetlink makes its entries liberal
+            with in_netns(lab.r), NFCTSocket() as s:
+                s.entry("set", tuple_orig=NFCTAttrTuple(saddr=lab.h1.ip4, daddr="198.51.100.7", proto=6, sport=4016,
+                                                        dport=80), protoinfo={"attrs": [["CTA_PROTOINFO_TCP", {
+                                                            "attrs": [["CTA_PROTOINFO_TCP_FLAGS_ORIGINAL", unset],
+                                                                      ["CTA_PROTOINFO_TCP_FLAGS_REPLY", unset]]}]]})
+            check(h, ack, "PASS", "FW_KERNEL", Counter())
+            lab.run(lab.r, ["conntrack", "-D", *match])
+            verdict, reason, _, _ = h.run_fw(ack)
+            assert (verdict, reason) == after, cache_s
+    finally:
+        h.set_state()
+        lab.run(lab.r, ["conntrack", "-D", *match], check=False)

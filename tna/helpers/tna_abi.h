@@ -435,6 +435,8 @@ struct tna_ct_win {
 	__u8 lagged;         /* a segment far out of the copy's window came: it missed segments
 	                        the kernel handled (jumbo frames, ...), so it judges no FIN */
 	__u8 reset;          /* an RST came: nothing more of the connection is carried */
+	__u32 remembered;    /* jiffies | 1 when a pass of it was last remembered (passcache.c.j2),
+	                        0 never: the copy is seeded once that has lapsed */
 	struct tna_ct_dir seen[2];
 };
 
