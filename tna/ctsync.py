@@ -51,11 +51,12 @@ def _drain(dp: Datapath, liberal: Liberal) -> None:
             return
         asked: dict[int, list[abi.TnaCtKey]] = {}
         for k in keys:
+            # taken out as it is read: a request written after it (a close
+            # over a mark) is the next drain's, not lost in a batch delete
             what = m.lookup(k)
+            m.delete(k)
             if isinstance(what, bytes):  # gone meanwhile: None
                 asked.setdefault(what[0], []).append(abi.TnaCtKey.from_buffer_copy(k))
         liberal.mark(asked.get(abi.CT_SYNC_LIBERAL, ()))
         if closing := asked.get(abi.CT_SYNC_CLOSE):
             liberal.close_reset(closing, read_int(CLOSE_TIMEOUT, 10))
-        for k in keys:
-            m.delete(k)
