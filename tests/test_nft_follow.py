@@ -132,6 +132,19 @@ def test_a_port_sets_elements_update_the_set_of_each_ip_version(monkeypatch: pyt
         assert len(dict(calls)["sync_ipsets"][map_name(name)]) == 2
 
 
+def test_a_port_set_some_rule_compiles_as_code_is_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sctp dport @svc` compiles the set's ports into code (a hash:*,port
+    map reads an SCTP port as ipset does, not as nft): an element change of
+    it is a re-read, even where `tcp dport @svc` mirrors it as a map."""
+    ruleset = {"nftables": [*PORTS["nftables"], {"rule": {
+        "family": "inet", "table": "t", "chain": "c", "handle": 8, "expr": [
+            {"match": {"op": "==", "left": {"payload": {"protocol": "sctp", "field": "dport"}}, "right": "@svc"}},
+            {"drop": None}]}}]}
+    d = nft_daemon(monkeypatch, ruleset)
+    c = commit(d, (SetElement("nft:inet t:svc", True, (8080).to_bytes(2, "big")),))
+    assert not d._apply_set_elements([c])
+
+
 def _set(name: str, handle: int, typ: object = "ipv4_addr") -> dict:
     return {"set": {"family": "inet", "table": "t", "name": name, "type": typ, "handle": handle}}
 

@@ -67,6 +67,7 @@ class IpSet:
     counters: bool = False      # each match updates the entry's counters
     unmodelled: str | None = None  # a create option whose meaning is not modelled (bitmask, ...)
     packet_filled: bool = False  # nftables: a rule's set statement adds to it from the packet path, unannounced
+    code_too: bool = False      # nftables: other rules compile its elements as code (a change is a re-read)
     members: frozenset[Member] = frozenset()  # not read for a set whose rules are the kernel's
     elements: int | None = None  # what the kernel says it holds (None: len(members))
 

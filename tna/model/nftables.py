@@ -26,7 +26,7 @@ traffic are `foreign`: they cannot be modelled at all.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tna.model.ipset import IpSet, SetMatch
 from tna.model.iptables import CT_STATES, PROTOCOLS, Chain, Neg, Rule, Table
@@ -45,7 +45,7 @@ from tna.model.nftables_text import (
     packet_filled,
     render_rule,
 )
-from tna.model.nftsets import CONCAT_L4, L4
+from tna.model.nftsets import CONCAT_L4, L4, mirrors
 
 VERSIONS = {"ip": (4,), "ip6": (6,), "inet": (4, 6)}
 HOOKS = ("prerouting", "input", "forward", "output", "postrouting")
@@ -59,6 +59,7 @@ class NftRules:
     tables: dict[int, dict[str, Table]]   # per IP version; key and Table.name: "<family> <table>"
     sets: dict[str, IpSet]                # by the name SetMatch uses
     foreign: list[str] = field(default_factory=list)  # base chains that cannot be modelled (why)
+    code_sets: set[str] = field(default_factory=set)  # named sets some rule compiles as code (IpSet names)
 
 
 def parse_ruleset(doc: dict) -> NftRules:
@@ -85,6 +86,11 @@ def parse_ruleset(doc: dict) -> NftRules:
             _chain(o["chain"], out)
         elif "rule" in o and o["rule"]["family"] in VERSIONS:
             _rule(o["rule"], out, set_json, filled, indexes)
+    # a set mirrored by some rules and code in others: its element changes
+    # are re-reads (the code would keep the old elements)
+    for base in out.code_sets:
+        for name in mirrors(base, list(out.sets)):
+            out.sets[name] = replace(out.sets[name], code_too=True)
     return out
 
 

@@ -160,6 +160,7 @@ class SetMatches:
         s = self.set_json.get((self.family, self.table, name, *kind))
         if s is None or expires(s) or counted(s) or (self.family, self.table, name) in self.filled:
             return None
+        self.out.code_sets.add(nft_set_name(self.family, self.table, name))
         return s
 
     def ports(self, right: object) -> tuple[tuple[int, int], ...]:

@@ -177,7 +177,7 @@ def apply_elements(s: IpSet, elements: Sequence[SetElement]) -> IpSet | None:
     they do not fit s.  s is a set as nftables_text.ipset_of() made it: an address set
     (hash:ip without intervals, hash:net with) or a concatenation's
     hash:ip,port."""
-    if s.timeout or s.counters or s.unmodelled or s.packet_filled or \
+    if s.timeout or s.counters or s.unmodelled or s.packet_filled or s.code_too or \
             any(mirrors(e.set, (s.name,)) != [s.name] for e in elements):
         return None
     # maxelem is max(declared size, members) (ipset_of()): the size is
