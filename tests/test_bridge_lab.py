@@ -340,3 +340,15 @@ def test_a_capture_on_the_bridge_sees_its_frames_as_without_tna(routed):
         ping(lab, h1.ns, h2.ip4, 2)
         return delta(tna.counters(), before, "FORWARDED") >= 2
     assert wait_for(fast_again, 30, 0.2)
+
+
+def test_a_macvlan_on_the_bridge_makes_it_promiscuous_for_the_fast_path_too(bridged):
+    """A macvlan brought up on br0 puts its address on the bridge, which
+    filters no unicast addresses: the kernel makes br0 promiscuous
+    (__dev_set_rx_mode()), and says so in no link message of its own."""
+    lab, tna = bridged
+    assert not tna.status()["bridges"]["br0"]["promiscuous"]
+    lab.run(lab.b, ["ip", "link", "add", "mv0", "link", "br0", "type", "macvlan", "mode", "bridge"])
+    lab.run(lab.b, ["ip", "link", "set", "mv0", "up"])
+    assert "promiscuity 1" in lab.run(lab.b, ["ip", "-d", "link", "show", "br0"]).stdout
+    assert wait_for(lambda: tna.status()["bridges"]["br0"]["promiscuous"], 30, 0.5)

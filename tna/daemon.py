@@ -46,7 +46,7 @@ from tna.netlink.netfilter import NetfilterChanged
 from tna.netlink.watch import DumpStopped, ResyncNeeded, Watcher
 from tna.runstate import RunLock, publish_status
 from tna.sdnotify import notify, reloading
-from tna.snapshot import model_from, plan_filtering, poll_sysctls, poll_tcx, read_firewall
+from tna.snapshot import BridgePromiscuity, model_from, plan_filtering, poll_sysctls, poll_tcx, read_firewall
 from tna.status import describe
 from tna.synth import setgen
 from tna.synth.build import build_all
@@ -90,6 +90,7 @@ class Daemon:
         self._sysctls_due = False  # the kernel announced a sysctl change the loop has not read yet
         self._status: dict[str, Any] = {"routes": 0}  # what state.json says
         self._ipset_reader = IpsetReader()
+        self._promiscuity = BridgePromiscuity()
         self._tables: dict[int, dict[str, Table]] = {}  # the rules last read (re-planned when a set changes)
         self._set_names: set[str] = set()  # the ipsets they use (polled)
         self._nft_sets: dict[str, IpSet] = {}  # the native nftables sets they use (read with them)
@@ -132,6 +133,7 @@ class Daemon:
             if self._watcher is not None:
                 self._watcher.close()
             self._ipset_reader.close()
+            self._promiscuity.close()
             lock.release()
             log.info("stopped; all interfaces are back on plain Linux")
 
@@ -267,9 +269,9 @@ class Daemon:
                 delay = min(delay * 2, 2.0)
 
     def _poll(self, rules: bool = True) -> bool:
-        """The sysctls, others' tcx programs, and with rules the netfilter
-        rule sets."""
-        changed = poll_sysctls(self.model) | poll_tcx(self.model)
+        """The sysctls, others' tcx programs, the bridges' promiscuity, and
+        with rules the netfilter rule sets."""
+        changed = poll_sysctls(self.model) | poll_tcx(self.model) | self._promiscuity.poll(self.model)
         if not rules:
             return changed
         self.holds.rules_read()

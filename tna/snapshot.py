@@ -12,6 +12,9 @@ import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
 from tna.model.config import Model, TcFilters, XdpXmit
 from tna.model.firewall import Firewall
 from tna.model.hooks import firewall_plan
@@ -97,6 +100,39 @@ def poll_tcx(model: Model) -> bool:
     for index in list(model.links):
         changed |= model.apply(tcx_facts(index))
     return changed
+
+
+class BridgePromiscuity:
+    """The bridges' promiscuity (BR_PROMISC), read anew at each poll: an
+    upper's address (a macvlan brought up on a bridge, which filters no
+    unicast addresses) makes a bridge promiscuous in __dev_set_rx_mode(),
+    which sends no link message; a capture's and `promisc on` are announced."""
+
+    def __init__(self) -> None:
+        self._ipr: IPRoute | None = None
+
+    def poll(self, model: Model) -> bool:
+        """Whether the model changed."""
+        bridges = [link for link in model.links.values() if link.bridge is not None]
+        if not bridges:
+            return False
+        if self._ipr is None:
+            self._ipr = IPRoute()
+        changed = False
+        for link in bridges:
+            try:
+                (msg,) = self._ipr.get_links(link.index)
+            except NetlinkError:  # gone: its removal is announced
+                continue
+            promiscuity = msg.get("IFLA_PROMISCUITY") or 0
+            if promiscuity != link.promiscuity:
+                changed |= model.apply(replace(link, promiscuity=promiscuity))
+        return changed
+
+    def close(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
 
 
 def poll(model: Model) -> tuple[bool, str | None]:
