@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 
 from tna.model.ipset import IpSet, SetMatch
 from tna.model.iptables import CT_STATES, PROTOCOLS, Chain, Neg, Rule, Table
-from tna.model.nftables_sets import FAMILY_OF, Alt, SetMatches, imply_proto, set_field
+from tna.model.nftables_sets import FAMILY_OF, Alt, SetMatches, element_value, imply_proto, set_field
 from tna.model.nftables_text import (
     CT_STATUS_BITS,
     ICMP_CODES,
@@ -375,7 +375,7 @@ class _Ctx(SetMatches):
             m = self.constant(data[1:], "map")
             if m is None or m.get("map") != "verdict":
                 raise Unsupported(f"verdict map {data}")
-            pairs = [(k["elem"]["val"] if isinstance(k, dict) and "elem" in k else k, verdict)
+            pairs = [(element_value(k), verdict)
                      for k, verdict in m.get("elem", [])]
         elif isinstance(data, dict) and "set" in data:
             pairs = data["set"]

@@ -39,6 +39,12 @@ class Alt:
         return Alt(dict(self.fields), list(self.sets), self.target, self.goto, self.versions)
 
 
+def element_value(e: object) -> object:
+    """A set element's value: nft wraps one with a counter or timeout as
+    {"elem": {"val": ...}}."""
+    return e["elem"]["val"] if isinstance(e, dict) and "elem" in e else e
+
+
 def set_field(a: Alt, key: str, value: object, neg: bool) -> list[Alt]:
     if key in a.fields:
         raise Unsupported(f"a second {key} match")
@@ -114,7 +120,7 @@ class SetMatches:
         if full not in self.out.sets:
             members = set()
             for e in s.get("elem", []):
-                val = e["elem"]["val"] if isinstance(e, dict) and "elem" in e else e
+                val = element_value(e)
                 net, ports = val["concat"]
                 for n in nets(net):
                     for lo, hi in port_ranges(ports):
@@ -137,7 +143,7 @@ class SetMatches:
         s = self.set_json.get((self.family, self.table, name))
         if s is None or s.get("type") != "inet_service":
             raise Unsupported(f"set @{name} (not an inet_service set)")
-        vals = [e["elem"]["val"] if isinstance(e, dict) and "elem" in e else e for e in s.get("elem", [])]
+        vals = [element_value(e) for e in s.get("elem", [])]
         ranges = [r for v in vals for r in port_ranges(v)]
         if sum(hi - lo + 1 for lo, hi in ranges) > MAX_SET_MEMBERS:
             raise Unsupported(f"set @{name}: more than {MAX_SET_MEMBERS} ports")
