@@ -15,14 +15,16 @@ the service accepted), `tna run` (auto hooks: TC on the veths):
    hash:net set of N members (the daemon polls the sets its rules use).
 2. Commit latency behind each N: --commits commits, each `iptables -I
    FORWARD 2` of a new blocklist rule (the shape of the others: a member of
-   their set, so the compiled code is reused).  From `iptables` returning:
+   their set, so the code and the programs stay; its map entries change).
+   From `iptables` returning:
    - hold: until the datapath holds (tna_state's pass reason, read through
      the program attached to r-h1; negative when it held before iptables
      returned);
-   - program: until a new program is attached to r-h1 (its id changed);
+   - program: until a new program is attached to r-h1 (its id changed;
+     none is expected here, and a commit that brings one is counted);
    - release: until the hold is released (pass reason 0 again).
    p50 / p90 / p99 of each; polled every 1 ms (flat out, the polls would
-   take a CPU from the daemon's program loads).
+   take a CPU from the daemon, which reads the rules meanwhile).
 3. With --element-commits N, then: a native table (inet tnabench: a forward
    base chain at filter + 10 dropping the sources in the interval set bl)
    is added, and N commits `nft add element inet tnabench bl { 203.0.113.k }`
@@ -107,9 +109,9 @@ def element_commit(k: int) -> list[str]:
     return ["nft", "add", "element", "inet", "tnabench", "bl", "{", f"203.0.113.{k % 250}", "}"]
 
 
-def commit(lab: Lab, dp: Datapath, cmd: list[str], program: bool) -> dict[str, float | None]:
-    """cmd run in dp's namespace; seconds from it returning to hold, program (if one is
-    expected), release."""
+def commit(lab: Lab, dp: Datapath, cmd: list[str], program: bool, poll: float) -> dict[str, float | None]:
+    """cmd run in dp's namespace; seconds from it returning to hold, program (waited
+    for if one is expected, else None unless one came), release; polled every poll s."""
     old = dp.prog_id()
     proc = lab.popen(dp.ns, cmd)
     held = prog = released = returned = None
@@ -130,8 +132,8 @@ def commit(lab: Lab, dp: Datapath, cmd: list[str], program: bool) -> dict[str, f
         settled = released is not None or (held is None and returned is not None and now - returned > 1)
         if returned is not None and settled and (prog is not None or not program):
             break
-        if program:  # 1 ms resolution: polling flat out would take a CPU from the daemon's program loads
-            time.sleep(0.001)  # (a set-element commit loads none and holds ~1 ms: polled flat out)
+        if poll:
+            time.sleep(poll)
     else:
         raise SystemExit(f"{shlex.join(cmd)}: not settled within {COMMIT_TIMEOUT} s")
     assert returned is not None
@@ -139,10 +141,11 @@ def commit(lab: Lab, dp: Datapath, cmd: list[str], program: bool) -> dict[str, f
             (("hold", held), ("program", prog), ("release", released))}
 
 
-def timed(lab: Lab, dp: Datapath, cmds: list[list[str]], program: bool) -> dict:
+def timed(lab: Lab, dp: Datapath, cmds: list[list[str]], poll: float) -> dict:
+    """No program expected: a set's entries change (a rule's, an element's)."""
     samples: dict[str, list[float]] = {"hold": [], "program": [], "release": []}
     for cmd in cmds:
-        for what, t in commit(lab, dp, cmd, program).items():
+        for what, t in commit(lab, dp, cmd, False, poll).items():
             if t is not None:
                 samples[what].append(t)
         time.sleep(0.5)  # commits apart, as an operator's are
@@ -180,13 +183,14 @@ def bench(rules: int, commits: int, idle_seconds: float, ipset_members: int = 0,
                 time.sleep(idle_seconds)
                 out["idle_cpu_percent"] = (cpu_seconds(tna.proc.pid) - before) / idle_seconds * 100
             out["commits"] = commits
-            out["latency_s"] = timed(lab, dp, [rule_commit(k) for k in range(commits)], program=True)
+            out["latency_s"] = timed(lab, dp, [rule_commit(k) for k in range(commits)], poll=0.001)
             if element_commits:
                 lab.run(lab.r, ["nft", "-f", "-"], input=ELEMENT_TABLE)
                 time.sleep(5)  # its own commit compiled in (a new program)
                 out["element_commits"] = element_commits
+                # holds ~1 ms: polled flat out
                 out["element_latency_s"] = timed(lab, dp, [element_commit(k) for k in range(element_commits)],
-                                                 program=False)
+                                                 poll=0)
             dp.state.close()
         finally:
             tna.stop()
@@ -217,7 +221,7 @@ def host_bench(commits: int) -> dict:
                                                           for w in ("insert", "delete")}
             for pair in zip(inserts, deletes, strict=True):
                 for what, cmd in zip(("insert", "delete"), pair, strict=True):
-                    for phase, t in commit(lab, dp, cmd, program=True).items():
+                    for phase, t in commit(lab, dp, cmd, True, 0.001).items():
                         if t is not None:
                             samples[what][phase].append(t)
                     time.sleep(0.5)

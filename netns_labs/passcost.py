@@ -33,8 +33,9 @@ from netns_labs.progs import build
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
 from tna.bpf.testrun import SkBuff, XdpMd, test_run
-from tna.deploy.datapath import iface_cfg, load_with_sets
+from tna.deploy.datapath import iface_cfg
 from tna.deploy.lease import jiffies_hz, renew
+from tna.deploy.mapwrite import load_with_sets
 from tna.model.hooks import firewall_plan
 from tna.model.iptables import parse_save
 from tna.synth.compile import compile_source

@@ -20,8 +20,9 @@ from tna.bpf import abi
 from tna.bpf import libbpf as bpf
 from tna.bpf.testrun import SkBuff, XdpMd, test_run
 from tna.deploy.counters import read_counters, read_stats
-from tna.deploy.datapath import iface_cfg, load_with_sets
+from tna.deploy.datapath import iface_cfg
 from tna.deploy.lease import jiffies_hz, renew
+from tna.deploy.mapwrite import load_with_sets
 from tna.model.firewall import Firewall
 from tna.model.ipset import IpSet
 from tna.model.iptables import Table, parse_save

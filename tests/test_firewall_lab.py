@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from netns_labs.lab import RouterLab, py, tcp_transfer, wait_for
-from netns_labs.tna_proc import tna_running
+from netns_labs.tna_proc import Tna, tna_running
 from tna.model.firewall import ACCEPT, DROP, KERNEL, Packet, evaluate
 from tna.model.iptables import parse_save
 
@@ -347,3 +347,60 @@ def test_an_ipv4_route_via_an_ipv6_gateway_is_judged_by_the_ipv4_rules(router_la
     carried = after.get("FORWARDED", 0) - before.get("FORWARDED", 0)
     dropped = after.get("FW_DROP", 0) - before.get("FW_DROP", 0)
     assert (carried, dropped) == (3, 3), after
+
+
+def decided_by_the_fast_path(lab: RouterLab, tna: Tna, pkts: list[Packet], expect: dict[int, str]) -> bool:
+    """The probes get the verdicts expect says whichever path decides them
+    (also while the daemon catches up with a change); True once every one
+    was the fast path's."""
+    before = tna.counters("r-h1")
+    assert send_probes(lab, pkts) == {n for n, v in expect.items() if v == ACCEPT}
+    after = tna.counters("r-h1")
+    moved = (after.get("FW_DROP", 0) - before.get("FW_DROP", 0), after.get("FORWARDED", 0) - before.get("FORWARDED", 0))
+    return moved == (sum(v == DROP for v in expect.values()), sum(v == ACCEPT for v in expect.values()))
+
+
+# rules joining the blocklist set of SETS in one commit: one (the set's maps
+# and the counters have room: no new program), and more than the counters'
+# room (new programs, the maps made anew)
+JOINING = {"one-rule": ["-s 192.0.2.2/32"],
+           "outgrowing": ["-s 192.0.2.2/32", *(f"-s 203.0.113.{i}/32" for i in range(120))]}
+
+
+@pytest.mark.parametrize("joining", list(JOINING), ids=list(JOINING))
+def test_a_rule_joining_or_leaving_a_set_changes_its_map(router_lab: RouterLab, hook: str, joining: str) -> None:
+    """Rules inserted into a set of rules (blk's sources) and deleted again:
+    while the maps have room, the running programs stay (no verifier run:
+    the set's map entries and the rule counters are rewritten under the
+    commit's hold); either way, after each commit the fast path decides
+    every probe as the kernel's new rules do, and counts each probe on the
+    rule that matched it."""
+    lab = router_lab
+    setup(lab, SETS)
+    pkts = set_probes()
+    new = JOINING[joining]
+    insert = "".join(f"-I blk 3 {m} -j DROP\n" for m in reversed(new))
+    delete = "".join(f"-D blk {m} -j DROP\n" for m in new)
+    with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
+        assert wait_for(lambda: "firewall" in tna.status()["ifaces"]["r-h1"]["modules"], 30, 0.2), tna.output()
+        progs = {i: tna.status()["ifaces"][i]["prog_id"] for i in ("r-h1", "r-h2")}
+        for change, present in ((insert, True), (delete, False)):
+            lab.run(lab.r, ["iptables-restore", "--noflush"], input=f"*filter\n{change}COMMIT\n")
+            table = parse_save(lab.run(lab.r, ["iptables-save"]).stdout)["filter"]
+            traces: dict[int, list[tuple[str, int]]] = {n: [] for n in range(len(pkts))}
+            expect = {n: evaluate(table, "FORWARD", p, traces[n]) for n, p in enumerate(pkts)}
+            assert KERNEL not in expect.values()
+            assert (expect[0] == DROP) == present  # the first probe comes from 192.0.2.2
+
+            assert wait_for(lambda e=expect: decided_by_the_fast_path(lab, tna, pkts, e), 60, 0.5), tna.output()
+
+            def fast_counts() -> Counter[tuple[str, int]]:
+                rows = json.loads(lab.run(lab.r, py("tna", "stats", "--rules", "--json"), cwd=lab.repo).stdout)
+                return Counter({(r["chain"], r["index"]): r["fast_path"]["packets"] for r in rows
+                                if r["family"] == 4})
+            before = fast_counts()
+            send_probes(lab, pkts)
+            assert fast_counts() - before == Counter(step for t in traces.values() for step in t)
+            kept = {i: tna.status()["ifaces"][i]["prog_id"] == progs[i] for i in progs}
+            assert kept == dict.fromkeys(progs, joining == "one-rule" or not present), (kept, tna.output())
+            progs = {i: tna.status()["ifaces"][i]["prog_id"] for i in progs}

@@ -61,6 +61,9 @@ class RecordingDatapath:
         cur = self.attached.get(plan.ifindex)
         return cur is not None and cur.plan == plan
 
+    def keep_programs(self, todo: list[tuple[IfacePlan, Any]]) -> set[int]:
+        return set()  # the lab tests keep programs (test_firewall_lab.py)
+
     def preload(self, todo: list[tuple[IfacePlan, Any]]) -> None:
         self.calls.append(("preload", [plan.name for plan, _ in todo]))
 

@@ -49,7 +49,7 @@ from tna.sdnotify import notify, reloading
 from tna.snapshot import BridgePromiscuity, model_from, plan_filtering, poll_sysctls, poll_tcx, read_firewall
 from tna.status import describe
 from tna.synth import setgen
-from tna.synth.build import build_all
+from tna.synth.build import Artifact, build_all
 from tna.synth.compile import CompileError
 from tna.synth.planner import IfacePlan, Plan, plan
 
@@ -444,9 +444,13 @@ class Daemon:
 
     def _deploy(self, p: Plan) -> None:
         """Build (each program shape once), load (all at once) and attach
-        the programs of p's interfaces; an unchanged plan keeps its own."""
+        the programs of p's interfaces; an unchanged plan keeps its own, and
+        so does one whose rules changed in sets' entries only (the hold of
+        _reconcile() covers the maps' rewrite)."""
         built = build_all([ip for ip in p.ifaces.values() if not self.dp.is_current(ip)], self.cache_dir,
                           self.metrics.compiled)
+        for ifindex in self.dp.keep_programs([(p.ifaces[i], a) for i, a in built.items() if isinstance(a, Artifact)]):
+            del built[ifindex]
 
         def made(ip: IfacePlan) -> None:
             if isinstance(art := built.get(ip.ifindex), Exception):

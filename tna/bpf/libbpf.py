@@ -219,8 +219,14 @@ class Map:
             os.close(self.fd)
             self.fd = -1
 
+    @property
+    def entry_bytes(self) -> int:
+        """Bytes of one entry's value as lookups and batches carry it (a
+        per-CPU map's: one 8-byte aligned slot per possible CPU)."""
+        return self._slot * self.ncpu
+
     def _vbuf(self) -> ctypes.Array:
-        return create_string_buffer(self._slot * self.ncpu)
+        return create_string_buffer(self.entry_bytes)
 
     def _split(self, raw: bytes) -> bytes | list[bytes]:
         if self.ncpu == 1 and self._slot == self.value_size:
@@ -280,7 +286,7 @@ class Map:
     def items(self) -> list[tuple[bytes, bytes | list[bytes]]]:
         """All entries; one batch syscall where the map type supports it."""
         n = 4096
-        keys, vals = create_string_buffer(self.key_size * n), create_string_buffer(self._slot * self.ncpu * n)
+        keys, vals = create_string_buffer(self.key_size * n), create_string_buffer(self.entry_bytes * n)
         out_batch, count = create_string_buffer(max(self.key_size, 8)), c_uint32(n)
         opts = _BatchOpts(sz=sizeof(_BatchOpts))
         result: list[tuple[bytes, bytes | list[bytes]]] = []
@@ -293,7 +299,7 @@ class Map:
                 if err in (errno.EINVAL, errno.ENOTSUPP, 524):  # no batch ops: walk the keys
                     return [(k, v) for k in self.keys() if (v := self.lookup(k)) is not None]
                 raise LibbpfError(err, f"batch lookup in map {self.name}")
-            vs = self._slot * self.ncpu
+            vs = self.entry_bytes
             for i in range(count.value):
                 k = keys.raw[i * self.key_size:(i + 1) * self.key_size]
                 result.append((k, self._split(vals.raw[i * vs:(i + 1) * vs])))

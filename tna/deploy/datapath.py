@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 from collections.abc import Container, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,7 @@ from tna.bpf import libbpf as bpf
 from tna.deploy.fdbmap import FdbMirror, map_size
 from tna.deploy.lease import Lease
 from tna.deploy.links import HookLinks, clsact_filters
+from tna.deploy.mapwrite import counter_room, load_with_sets, set_room, write_diff, zero_array
 from tna.deploy.preload import Preloads
 from tna.model.config import USER_HZ, FdbEntry, FdbKey, Neigh
 from tna.model.firewall import Firewall
@@ -33,6 +34,9 @@ if TYPE_CHECKING:  # what synthesis hands over; deploy runs none of its code
     from tna.synth.build import Artifact
 
 log = logging.getLogger(__name__)
+# the flows a firewall program passed lately (passcache.c.j2, included with
+# the firewall): decided by its rules
+PASS_CACHE = "tna_pass_cache"
 # tests only: a small smallest FDB map, so a lab outgrows it with a few entries
 FDB_SIZE_ENV = "TNA_TEST_FDB_SIZE"
 
@@ -48,30 +52,6 @@ class Attached:
     prog: bpf.Program
     prog_id: int
     source: Path
-
-
-def load_with_sets(obj: bpf.BpfObject, sets: dict[str, dict[bytes, bytes]],
-                   reuse: dict[str, bpf.Map] | None = None, sizes: Mapping[str, int] | None = None
-                   ) -> dict[str, bpf.Map]:
-    """Load obj with its rule-set and ipset maps sized for (sizes: a
-    capacity of their own), and filled with, sets, before anything can
-    attach the program; or with reuse, maps another program already holds
-    the same sets in.  Returns the set maps (descriptors of their own)."""
-    if reuse is not None:
-        for name, m in reuse.items():
-            obj.reuse_map(name, m.fd)
-        obj.load()
-        return reuse
-    for name, entries in sets.items():
-        obj.set_max_entries(name, (sizes or {}).get(name) or max(1, len(entries)))
-    obj.load()
-    maps = {}
-    for name, entries in sets.items():
-        m = obj.map(name)
-        for key, value in entries.items():
-            m.update(key, value)
-        maps[name] = bpf.Map(os.dup(m.fd), m.key_size, m.value_size, name, owned=True)
-    return maps
 
 
 def iface_cfg(ifindex: int, mac: str, flags: int, port_slot: int = 0) -> bytes:
@@ -117,10 +97,11 @@ class Datapath:
         # the rule-set maps of the newest rule set, which every program
         # compiled for it shares (filling 10,000 entries once, not per port)
         self._sets: tuple[Firewall, dict[str, bpf.Map]] | None = None
-        # fill levels without touching the kernel: each shared map's capacity
-        # (read at creation) and the entries of the newest rule set's maps
+        # each shared map's capacity (read at creation), and what the newest
+        # rule set's set-of-rules maps hold (shadow) and can hold
         self._capacity: dict[str, int] = {}
-        self._set_entries: dict[str, int] = {}
+        self._set_shadow: dict[str, dict[bytes, bytes]] = {}
+        self._set_caps: dict[str, int] = {}
         # the mirrored ipsets: what their maps must hold (the daemon's), what
         # the newest rule set's maps hold (shadow), and their capacities
         self.ipset_entries: dict[str, dict[bytes, bytes]] = {}
@@ -187,7 +168,7 @@ class Datapath:
         its rule set's (the first load of that rule set creates and fills
         them)."""
         # one counter per counted filter rule (per program: its own)
-        obj.set_max_entries(abi.MAP_FW_RULES, art.rule_counters)
+        obj.set_max_entries(abi.MAP_FW_RULES, counter_room(art.rule_counters))
         for name, m in self.shared.items():
             obj.reuse_map(name, m.fd)
         if not self.shared:  # this load creates the shared maps
@@ -200,7 +181,8 @@ class Datapath:
         if same is None and fw is not None:
             self._drop_sets()
             self._sets = (fw, maps)
-            self._set_entries = {name: len(entries) for name, entries in art.sets.items()}
+            self._set_shadow = {name: dict(entries) for name, entries in art.sets.items()}
+            self._set_caps = {name: set_room(len(entries)) for name, entries in art.sets.items()}
             self._ipset_shadow = {name: dict(entries) for name, entries in ipsets.items()}
             self._ipset_caps = dict(art.ipset_maps)
         if not self.shared:
@@ -212,7 +194,7 @@ class Datapath:
             for m in self._sets[1].values():
                 m.close()
             self._sets = None
-            self._set_entries = {}
+            self._set_shadow, self._set_caps = {}, {}
             self._ipset_shadow, self._ipset_caps = {}, {}
 
     def _adopt_shared(self, obj: bpf.BpfObject) -> None:
@@ -231,6 +213,60 @@ class Datapath:
         """plan's program is what runs on its interface (nothing to build)."""
         cur = self.attached.get(plan.ifindex)
         return cur is not None and cur.plan == plan
+
+    def keep_programs(self, todo: list[tuple[IfacePlan, Artifact]]) -> set[int]:
+        """The interfaces of todo whose running program stays: its plan
+        differs from the attached one only in the rule set, whose new source
+        is the running one's (a rule joined or left a set of rules: only map
+        entries differ).  The shared set-of-rules maps get the new rule set's
+        entries, and each kept program's rule counters and pass cache restart
+        (the ids are the new rule set's; what the old rules passed, they
+        decided), as a new program's would.  Only under a hold:
+        the maps change under the running programs, and a program of the old
+        rule set not kept must be replaced before the hold ends (with these
+        maps, which serve the new rule set now)."""
+        if self._sets is None:
+            return set()
+        old = self._sets[0]
+        fits = [(plan, art, cur) for plan, art in todo
+                if (cur := self.attached.get(plan.ifindex)) is not None and cur.plan.firewall == old
+                and art.firewall is not None and cur.source == art.source
+                and replace(cur.plan, firewall=art.firewall) == plan]
+        if not fits or not self._rewrite_sets(fits[0][1]):
+            return set()
+        kept = set()
+        for plan, art, cur in fits:
+            counters = cur.obj.map(abi.MAP_FW_RULES)
+            if art.firewall != self._sets[0] or art.rule_counters > bpf.map_info(counters.fd).max_entries:
+                continue
+            try:
+                for m in (counters, cur.obj.map(PASS_CACHE)):
+                    zero_array(m)
+            except OSError as e:
+                log.warning("%s: %s not reset (%s): a new program replaces it", plan.name, m.name, e)
+                continue
+            cur.plan = plan
+            kept.add(plan.ifindex)
+            log.info("%s: program %d kept: the new rules differ in sets' entries only (written into its maps)",
+                     plan.name, cur.prog_id)
+        return kept
+
+    def _rewrite_sets(self, art: Artifact) -> bool:
+        """The newest rule set's set-of-rules maps rewritten in place with
+        art's entries, if they have room (their ipset maps stay).  False:
+        nothing changed, or a write failed, and then no rule set has maps
+        (every program's load makes them anew)."""
+        assert self._sets is not None
+        maps = self._sets[1]
+        if (maps.keys() != art.sets.keys() | art.ipset_maps.keys() or art.ipset_maps != self._ipset_caps
+                or any(len(entries) > self._set_caps[name] for name, entries in art.sets.items())):
+            return False
+        for name, entries in art.sets.items():
+            if write_diff(maps[name], self._set_shadow[name], entries, name):
+                self._drop_sets()
+                return False
+        self._sets = (art.firewall, maps)
+        return True
 
     def attach(self, plan: IfacePlan, art: Artifact) -> Attached:
         """Load art and attach it to plan's interface, replacing atomically
@@ -343,13 +379,12 @@ class Datapath:
         """(entries, capacity) of each map the daemon fills, from what it
         wrote (no kernel walk; safe from another thread).  tna_stale may hold
         fewer: the datapath deletes an entry once the kernel revalidates it.
-        A rule set's map is sized for its entries."""
+        A rule set's map has room to change in place (mapwrite.set_room())."""
         fill = {name: (len(shadow), self._capacity.get(name, 0)) for name, shadow in list(self._shadow.items())}
         if self.shared:
             fill[abi.MAP_FDB] = (len(self.fdb.written), self.fdb.capacity)
-        fill.update({name: (n, max(1, n)) for name, n in list(self._set_entries.items())})
-        caps = self._ipset_caps
-        fill.update({name: (len(shadow), caps.get(name, 0)) for name, shadow in list(self._ipset_shadow.items())})
+        for shadows, caps in ((self._set_shadow, self._set_caps), (self._ipset_shadow, self._ipset_caps)):
+            fill.update({name: (len(shadow), caps.get(name, 0)) for name, shadow in list(shadows.items())})
         return fill
 
     def sync_ipsets(self, entries: dict[str, dict[bytes, bytes]], fw: Firewall | None) -> dict[str, str]:
@@ -364,7 +399,7 @@ class Datapath:
         failed: dict[str, str] = {}
         if self._sets is not None and self._sets[0] == fw:
             for name, shadow in self._ipset_shadow.items():
-                errors = self._write(self._sets[1][name], shadow, entries.get(name, {}), name, adds_first=True)
+                errors = write_diff(self._sets[1][name], shadow, entries.get(name, {}), name, adds_first=True)
                 if errors:
                     failed[name] = str(errors[0])
         return failed
@@ -426,44 +461,7 @@ class Datapath:
         self.lease.set_stale_count(len(keys))
 
     def _sync(self, name: str, desired: dict[bytes, bytes], array: bool = False) -> None:
-        self._write(self.shared[name], self._shadow.setdefault(name, {}), desired, name, array)
-
-    @staticmethod
-    def _write(m: bpf.Map, shadow: dict[bytes, bytes], desired: dict[bytes, bytes], name: str,
-               array: bool = False, adds_first: bool = False) -> list[OSError]:
-        """Write only the difference between what we wrote last (shadow) and
-        desired (an array's entries cannot be deleted: they are zeroed);
-        deletes first (room in a full map) unless adds_first.  Returns the
-        failed writes."""
-        failed: list[OSError] = []
-
-        def delete() -> None:
-            for key in shadow.keys() - desired.keys():
-                if array:
-                    m.update(key, bytes(m.value_size))
-                else:
-                    m.delete(key)
-                del shadow[key]
-
-        if not adds_first:
-            delete()
-        for key, value in desired.items():
-            if shadow.get(key) != value:
-                try:
-                    m.update(key, value)
-                except OSError as e:  # a device that vanished meanwhile, a full map
-                    failed.append(e)
-                    continue
-                shadow[key] = value
-        if adds_first:
-            delete()
-        if failed:
-            # those entries' packets take the kernel path (a missing port or
-            # FDB entry is a pass; an ipset's caller moves its rules there),
-            # so one line per sync is enough
-            log.warning("map %s: %d entries not written (%s); their traffic stays on the kernel path",
-                        name, len(failed), failed[0])
-        return failed
+        write_diff(self.shared[name], self._shadow.setdefault(name, {}), desired, name, array)
 
 
 def _neigh_key(n: Neigh) -> bytes:
