@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -243,6 +244,24 @@ def test_a_program_whose_map_cannot_be_read_leaves_the_rest_of_the_scrape() -> N
                 SimpleNamespace(plan=p.ifaces[3], prog_id=13, source="")]
     got = scrape(Metrics(fake_daemon(attached, p), read=read))
     assert values(got["tna_packets"], "_total") == {(("hook", "tc"), ("iface", "r-h2"), ("reason", "FORWARDED")): 4}
+
+
+def test_counters_of_a_program_kept_for_new_rules_meanwhile_are_left_out() -> None:
+    """A program the main loop keeps for new rules while a scrape reads its
+    counters (Datapath.keep_programs()): their ids are the new rules', which
+    the scrape did not look up; that scrape leaves them out."""
+    p = plan(_model(), "tc")
+    h1, h2 = p.ifaces[2], p.ifaces[3]
+    kept = SimpleNamespace(plan=h1, prog_id=12, source="")
+
+    def read(prog_id: int, name: str) -> dict[int, tuple[int, int]]:
+        if name != abi.MAP_FW_RULES:
+            return {}
+        if prog_id == 12:  # the keep, between the scrape's look at the plan and its read
+            kept.plan = replace(h1, firewall=replace(h1.firewall, ct4=True))
+        return {0: (5, 500)}
+    got = scrape(Metrics(fake_daemon([kept, SimpleNamespace(plan=h2, prog_id=13, source="")], p), read=read))
+    assert [v for k, v in values(got["tna_rule_packets"], "_total").items() if dict(k)["rule"] == "1"] == [5]
 
 
 def test_failure_kinds() -> None:

@@ -211,3 +211,44 @@ def test_what_cannot_be_followed_exactly_is_read_again(monkeypatch: pytest.Monke
         commits = [commit(d, ADD)]
     assert not d._apply_set_elements(commits)
     assert d.model.ipsets == before and d.holds.rules_gen != d.holds.commits  # still held, for the re-read
+
+
+def _vmap_ruleset(elements: list) -> dict:
+    """`ip saddr vmap @blk` over a named verdict map of these elements."""
+    return {"nftables": [
+        *RULESET["nftables"][:1], RULESET["nftables"][2],
+        {"map": {"family": "inet", "table": "t", "name": "blk", "type": "ipv4_addr", "map": "verdict",
+                 "handle": 5, "elem": elements}},
+        {"rule": {"family": "inet", "table": "t", "chain": "c", "handle": 6, "expr": [
+            {"vmap": {"key": {"payload": {"protocol": "ip", "field": "saddr"}}, "data": "@blk"}}]}}]}
+
+
+def _sctp_ruleset(ports: list[int]) -> dict:
+    """`sctp dport @svc drop` over a named port set of these elements."""
+    return {"nftables": [
+        *RULESET["nftables"][:1], RULESET["nftables"][2],
+        {"set": {"family": "inet", "table": "t", "name": "svc", "type": "inet_service", "handle": 5, "elem": ports}},
+        {"rule": {"family": "inet", "table": "t", "chain": "c", "handle": 6, "expr": [
+            {"match": {"op": "==", "left": {"payload": {"protocol": "sctp", "field": "dport"}}, "right": "@svc"}},
+            {"drop": None}]}}]}
+
+
+@pytest.mark.parametrize("before,after", [
+    (_sctp_ruleset([22]), _sctp_ruleset([22, 8080])),
+    (_vmap_ruleset([["192.0.2.1", {"drop": None}]]), _vmap_ruleset([["192.0.2.2", {"drop": None}]])),
+    (_vmap_ruleset([["192.0.2.1", {"drop": None}]]), _vmap_ruleset([["192.0.2.1", {"accept": None}]])),
+], ids=["port-set-as-code", "vmap-key", "vmap-verdict"])
+def test_elements_of_a_named_set_compiled_as_code_make_another_rule_set(before: dict, after: dict) -> None:
+    """A named set or verdict map whose elements become code (the rule's
+    text names only `@set`): another element is another rule set, whose
+    program must replace the old one when the commit is read again."""
+    from tna.synth.render import render
+
+    fws = []
+    for ruleset in (before, after):
+        rules = parse_ruleset(ruleset)
+        fw, why = plan_filtering(rules.tables, rules.sets)
+        assert why is None and fw is not None
+        fws.append(fw)
+    assert fws[0] != fws[1]
+    assert render("xdp", ("firewall", "router"), False, fws[0]) != render("xdp", ("firewall", "router"), False, fws[1])

@@ -184,6 +184,11 @@ def fast_path_rule_counters(state: dict[str, Any]) -> dict[int, tuple[int, int]]
     return summed(program_counters(p, abi.MAP_FW_RULES) for p in ids)
 
 
+def _numbering(state: dict[str, Any]) -> tuple[Any, ...]:
+    """What says which rule a program's counter id is: the rules, the programs."""
+    return state.get("firewall_rules"), sorted(i["prog_id"] for i in state["ifaces"].values())
+
+
 def rule_rows(refs: list[dict[str, Any]], tables: dict[int, dict[str, Table]],
               fast: dict[int, tuple[int, int]]) -> list[dict[str, Any]]:
     """One row per rule the kernel counts: its counters and the fast path's.
@@ -225,7 +230,20 @@ def cmd_rules(state: dict[str, Any], as_json: bool) -> None:
     so the sum is what the rule really matched."""
     from tna.netlink.netfilter import read_rulesets
 
-    rows = rule_rows(state.get("firewall_rules", []), read_rulesets().tables, fast_path_rule_counters(state))
+    tables = read_rulesets().tables
+    for _ in range(5):
+        fast = fast_path_rule_counters(state)
+        # the same rules and programs after the read: the counters are numbered
+        # by those rules (a program kept for new rules renumbers them; the
+        # daemon names them before the hold that covers the change ends)
+        again = _running_state()
+        if _numbering(again) == _numbering(state):
+            break
+        state = again
+    else:  # the rules change faster than this reads them
+        print("tna: the rules kept changing: the fast path's counts are left out", file=sys.stderr)
+        fast = {}
+    rows = rule_rows(state.get("firewall_rules", []), tables, fast)
     if as_json:
         print(json.dumps(rows, sort_keys=True))
         return

@@ -416,13 +416,14 @@ class Daemon:
         # what changed while they compiled
         self.dp.sync_bridges(p.ports, p.l3_bridges, m.fdb, m.take_fdb_changes(), p.bridges)
         self.dp.sync_firewall(masks)
+        # before a hold ends: a kept program's counters are numbered by the rules it names
+        self.plan = p
+        self._publish_status()
         if self.dp.fw_masks() == masks:
             self.holds.mapped()  # the model is the current watcher's
             self._publish_guards(families)  # ends a hold: every map now matches every program
         else:  # masks that do not match the rules: the hold stays (retried at the next reconcile)
             log.error("tna_fw_ifaces could not be written; all traffic stays on the kernel path")
-        self.plan = p
-        self._publish_status()
 
     def _publish_status(self) -> None:
         self._status = describe(self.model, self.plan, self.dp.attached, pid=os.getpid(), mode=self.settings.hook,
@@ -444,9 +445,8 @@ class Daemon:
 
     def _deploy(self, p: Plan) -> None:
         """Build (each program shape once), load (all at once) and attach
-        the programs of p's interfaces; an unchanged plan keeps its own, and
-        so does one whose rules changed in sets' entries only (the hold of
-        _reconcile() covers the maps' rewrite)."""
+        the programs of p's interfaces; an unchanged plan keeps its own, as
+        does one whose rules changed in sets' entries only (under the hold)."""
         built = build_all([ip for ip in p.ifaces.values() if not self.dp.is_current(ip)], self.cache_dir,
                           self.metrics.compiled)
         for ifindex in self.dp.keep_programs([(p.ifaces[i], a) for i, a in built.items() if isinstance(a, Artifact)]):

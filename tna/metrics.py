@@ -166,14 +166,18 @@ class Collector:
         """Per filter rule, what the fast path applied over every program
         (the kernel counts the rest: iptables -L -v).  Each program's
         counter ids belong to the rule set it was built for."""
-        by_rules: dict[Firewall, list[int]] = {}
+        by_rules: dict[Firewall, list[dict[int, tuple[int, int]]]] = {}
         for att in attached:
-            if att.plan.firewall is not None:
-                by_rules.setdefault(att.plan.firewall, []).append(att.prog_id)
+            fw = att.plan.firewall
+            if fw is not None:
+                counts = self._counters(att.prog_id, abi.MAP_FW_RULES)
+                # a program kept for new rules meanwhile counts by their ids (Datapath.keep_programs())
+                if att.plan.firewall is fw:
+                    by_rules.setdefault(fw, []).append(counts)
         totals: dict[tuple[str, ...], tuple[int, int]] = {}
-        for fw, ids in by_rules.items():
+        for fw, counted in by_rules.items():
             refs = refs_by_id(fw)
-            for rid, (p, b) in summed(self._counters(i, abi.MAP_FW_RULES) for i in ids).items():
+            for rid, (p, b) in summed(counted).items():
                 r = refs.get(rid)
                 if r is not None:
                     text = r.text if len(r.text) <= RULE_TEXT_MAX else r.text[:RULE_TEXT_MAX - 3] + "..."

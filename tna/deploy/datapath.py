@@ -52,6 +52,7 @@ class Attached:
     prog: bpf.Program
     prog_id: int
     source: Path
+    rule_counters: int  # the ids its tna_fw_rules counts (the rule set's)
 
 
 def iface_cfg(ifindex: int, mac: str, flags: int, port_slot: int = 0) -> bytes:
@@ -236,16 +237,16 @@ class Datapath:
             return set()
         kept = set()
         for plan, art, cur in fits:
-            counters = cur.obj.map(abi.MAP_FW_RULES)
-            if art.firewall != self._sets[0] or art.rule_counters > bpf.map_info(counters.fd).max_entries:
-                continue
             try:
-                for m in (counters, cur.obj.map(PASS_CACHE)):
-                    zero_array(m)
+                counters = cur.obj.map(abi.MAP_FW_RULES)
+                if art.firewall != self._sets[0] or art.rule_counters > bpf.map_info(counters.fd).max_entries:
+                    continue
+                zero_array(counters, cur.rule_counters)
+                zero_array(cur.obj.map(PASS_CACHE))
             except OSError as e:
-                log.warning("%s: %s not reset (%s): a new program replaces it", plan.name, m.name, e)
+                log.warning("%s: its counters could not be reset (%s): a new program replaces it", plan.name, e)
                 continue
-            cur.plan = plan
+            cur.plan, cur.rule_counters = plan, art.rule_counters
             kept.add(plan.ifindex)
             log.info("%s: program %d kept: the new rules differ in sets' entries only (written into its maps)",
                      plan.name, cur.prog_id)
@@ -262,7 +263,12 @@ class Datapath:
                 or any(len(entries) > self._set_caps[name] for name, entries in art.sets.items())):
             return False
         for name, entries in art.sets.items():
-            if write_diff(maps[name], self._set_shadow[name], entries, name):
+            try:
+                failed = bool(write_diff(maps[name], self._set_shadow[name], entries, name))
+            except OSError as e:  # a delete refused
+                log.warning("map %s: %s", name, e)
+                failed = True
+            if failed:
                 self._drop_sets()
                 return False
         self._sets = (art.firewall, maps)
@@ -287,7 +293,7 @@ class Datapath:
             raise
         if cur is not None:
             cur.obj.close()
-        att = Attached(plan, obj, prog, prog.id, art.source)
+        att = Attached(plan, obj, prog, prog.id, art.source, art.rule_counters)
         self.attached[plan.ifindex] = att
         log.info("%s: %s program %d attached (%s): %s", plan.name, plan.hook, att.prog_id, ",".join(plan.modules),
                  plan.hook_why)

@@ -93,9 +93,14 @@ def write_diff(m: bpf.Map, shadow: dict[bytes, bytes], desired: dict[bytes, byte
     return failed
 
 
-def zero_array(m: bpf.Map) -> None:
-    """Every entry of an array map zeroed, in one syscall."""
-    n = bpf.map_info(m.fd).max_entries
-    keys = b"".join(i.to_bytes(4, "little") for i in range(n))
-    if m.update_batch(keys, bytes(n * m.entry_bytes)) != n:
-        raise OSError(f"map {m.name}: not every entry zeroed")
+ZERO_BATCH = 1024  # entries a syscall: a per-CPU entry is a value per possible CPU
+
+
+def zero_array(m: bpf.Map, n: int | None = None) -> None:
+    """The first n entries of an array map (all: None) zeroed, in batches."""
+    n = bpf.map_info(m.fd).max_entries if n is None else n
+    for lo in range(0, n, ZERO_BATCH):
+        count = min(ZERO_BATCH, n - lo)
+        keys = b"".join(i.to_bytes(4, "little") for i in range(lo, lo + count))
+        if m.update_batch(keys, bytes(count * m.entry_bytes)) != count:
+            raise OSError(f"map {m.name}: not every entry zeroed")

@@ -241,21 +241,29 @@ class Firewall:
     ct_helpers: bool = False    # a helper may expect a connection: no-entry packets are the kernel's
 
     # Compared often (model, plans, attached programs) and 10,000 rules deep:
-    # by the text of each rule, which says all a rule does, and whether the
+    # an iptables rule by its text, which says all it does, and whether the
     # fast path may decide it (a set's options alone can make it the
-    # kernel's: ipset.resolve()).
+    # kernel's: ipset.resolve()); an nft rule (a handle) by all its fields:
+    # its text names a named set or verdict map whose elements may be code
+    # (`sctp dport @svc`, `ip saddr vmap @blk`: one Rule per element).
     @cached_property
     def _identity(self) -> tuple:
         chains = tuple(tuple((c.table, c.name, c.policy, c.hook, c.stage, c.tie, c.kernel,
-                              tuple((r.text, r.expressible) for r in c.rules)) for c in cs) if cs else None
+                              tuple((r.text, r.expressible) if r.handle is None else r for r in c.rules))
+                             for c in cs) if cs else None
                        for cs in (self.fwd4, self.fwd6, self.in4, self.in6))
         return chains, self.ifaces, self.ct4, self.ct6, self.ipsets, self.nat4, self.nat6, self.ct_helpers
 
+    @cached_property
+    def _hash(self) -> int:
+        return hash(self._identity)
+
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Firewall) and self._identity == other._identity
+        return self is other or (isinstance(other, Firewall) and self._hash == other._hash
+                                 and self._identity == other._identity)
 
     def __hash__(self) -> int:
-        return hash(self._identity)
+        return self._hash
 
     @cached_property
     def checks_rpf(self) -> bool:
