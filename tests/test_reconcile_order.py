@@ -50,6 +50,7 @@ class RecordingDatapath:
         self.masks: dict[int, int] = {}
         self.fdb = SimpleNamespace(per_bridge={}, capacity=0)
         self.preloads = SimpleNamespace(drop=lambda: None)
+        self.renumbered = False
 
     def expect(self, *_: Any) -> None:
         pass
@@ -175,3 +176,26 @@ def test_an_unchanged_rule_set_is_not_held(daemon: daemon_mod.Daemon) -> None:
     calls = reconcile(daemon)
     assert ("hold", HELD) not in calls
     assert calls[0] == ("release", 0) and calls[-1] == ("release", 0), calls
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["kept", "new programs"])
+def test_the_status_names_a_kept_programs_new_rules_before_the_release(daemon: daemon_mod.Daemon,
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       kept: bool) -> None:
+    """A program kept for new rules counts by their ids once the hold ends:
+    state.json names them first (tna stats --rules); otherwise the status
+    follows the release (the hold lasts no longer than the maps' writes)."""
+    set_rules(daemon, "-A FORWARD -p udp -m udp --dport 7 -j ACCEPT")
+    reconcile(daemon)
+    dp = daemon.dp
+    assert isinstance(dp, RecordingDatapath)
+    monkeypatch.setattr(daemon_mod, "publish_status", lambda state: dp.calls.append(("status", None)))
+
+    def keep_programs(todo: list[tuple[IfacePlan, Any]]) -> set[int]:
+        dp.renumbered = kept
+        return set()
+    monkeypatch.setattr(dp, "keep_programs", keep_programs)
+    set_rules(daemon, "-A FORWARD -p udp -m udp --dport 8 -j ACCEPT")
+    calls = reconcile(daemon)
+    assert (calls.index(("status", None)) < calls.index(("release", 0))) == kept, calls
+    assert not dp.renumbered

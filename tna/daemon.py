@@ -57,9 +57,8 @@ log = logging.getLogger("tna")
 
 LEASE_RENEW_S = 0.2
 POLL_S = 1.0          # what announces nothing (some sysctls, iptables-legacy): polled
-# ipset commands announce nothing either (tna/netlink/ipset.py): the sets the
-# rules use are polled this often (a header each time, the whole listing
-# within a CPU budget), so an add or del is in the maps within ~0.5 s
+# ipset commands announce nothing either (tna/netlink/ipset.py): the sets the rules use are polled
+# this often (a header each time, the whole listing within a CPU budget): an add is in the maps in ~0.5 s
 IPSET_POLL_S = 0.5
 STATUS_S = 1.0        # the route count in state.json follows at most this often without a reconcile
 LOOP_WAKE_S = 0.5     # an idle main loop wakes this often (stop flag, polls, heartbeat)
@@ -94,8 +93,7 @@ class Daemon:
         self._tables: dict[int, dict[str, Table]] = {}  # the rules last read (re-planned when a set changes)
         self._set_names: set[str] = set()  # the ipsets they use (polled)
         self._nft_sets: dict[str, IpSet] = {}  # the native nftables sets they use (read with them)
-        # sets whose map a write failed for, with the listing it failed for
-        # and the error: their rules are the kernel's until the set changes
+        # set -> (the listing its map's write failed for, the error): its rules are the kernel's until it changes
         self._unwritable: dict[str, tuple[IpSet, str]] = {}
         self._started = time.monotonic()
 
@@ -386,8 +384,7 @@ class Daemon:
             why = p.skipped[ifindex].why if ifindex in p.skipped else "the interface is gone"
             self._safely(ifindex, lambda i=ifindex, why=why: self.dp.remove(i, why))
         self.failed = {i: why for i, why in self.failed.items() if i in p.ifaces}
-        # what new set maps are filled with at their load, then the difference
-        # for maps already there (a member change: no new program, no hold)
+        # what new set maps are filled with, then the difference for those there (a member change: no program)
         ipsets = setgen.all_entries(fw.ipsets, m.ipsets, {i: link.name for i, link in m.links.items()}) \
             if fw else {}
         self.dp.ipset_entries = ipsets
@@ -416,14 +413,17 @@ class Daemon:
         # what changed while they compiled
         self.dp.sync_bridges(p.ports, p.l3_bridges, m.fdb, m.take_fdb_changes(), p.bridges)
         self.dp.sync_firewall(masks)
-        # before a hold ends: a kept program's counters are numbered by the rules it names
         self.plan = p
-        self._publish_status()
+        renumbered, self.dp.renumbered = self.dp.renumbered, False
+        if renumbered:  # a kept program counts by new ids once released: the status names their rules first
+            self._publish_status()
         if self.dp.fw_masks() == masks:
             self.holds.mapped()  # the model is the current watcher's
             self._publish_guards(families)  # ends a hold: every map now matches every program
         else:  # masks that do not match the rules: the hold stays (retried at the next reconcile)
             log.error("tna_fw_ifaces could not be written; all traffic stays on the kernel path")
+        if not renumbered:
+            self._publish_status()
 
     def _publish_status(self) -> None:
         self._status = describe(self.model, self.plan, self.dp.attached, pid=os.getpid(), mode=self.settings.hook,
