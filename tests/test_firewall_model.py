@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tna.model.config import Model
 from tna.model.firewall import (
     ACCEPT,
     DROP,
@@ -216,3 +217,16 @@ def test_the_reverse_path_check_decides_only_where_the_route_back_is_known() -> 
         Rule(chain="FORWARD", index=1, text="fib saddr . iif oif exists accept", target=ACCEPT, rpf=Neg(True))])})
     assert evaluate(exists, "FORWARD", pkt(rpf=True)) == ACCEPT
     assert evaluate(exists, "FORWARD", pkt()) == KERNEL
+
+
+def test_an_equal_rule_set_read_again_keeps_the_one_in_hand() -> None:
+    """Programs are built for the model's Firewall object: an equal one
+    read again (a commit elsewhere) must not make every later comparison
+    walk the rules."""
+    text = "*filter\n:FORWARD DROP [0:0]\n-A FORWARD -p udp -m udp --dport 7 -j ACCEPT\nCOMMIT\n"
+    first, _ = firewall_plan({4: parse_save(text)})
+    again, _ = firewall_plan({4: parse_save(text)})
+    assert first == again and first is not again
+    m = Model()
+    assert m.set_firewall(first)
+    assert not m.set_firewall(again) and m.firewall is first

@@ -230,8 +230,8 @@ def cmd_rules(state: dict[str, Any], as_json: bool) -> None:
     so the sum is what the rule really matched."""
     from tna.netlink.netfilter import read_rulesets
 
-    tables = read_rulesets().tables
     for _ in range(5):
+        tables = read_rulesets().tables  # the kernel's counters, by the rules' places
         fast = fast_path_rule_counters(state)
         # the same rules and programs after the read: the counters are numbered
         # by those rules (a program kept for new rules renumbers them; the

@@ -383,9 +383,12 @@ class Model:
         return changed
 
     def set_firewall(self, fw: Firewall | None) -> bool:
-        changed = fw != self.firewall
+        """An equal rule set keeps the object in hand: what programs were
+        built for then compares by identity, not rule by rule."""
+        if fw == self.firewall:
+            return False
         self.firewall = fw
-        return changed
+        return True
 
     def set_ipsets(self, sets: dict[str, IpSet]) -> bool:
         changed = sets != self.ipsets
