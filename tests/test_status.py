@@ -7,6 +7,8 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from tna.model.config import ARPHRD_ETHER, IFF_UP, Bridge, FdbEntry, Link, Model, Port, Sysctls
 from tna.model.hooks import firewall_plan
 from tna.model.iptables import parse_save
@@ -72,18 +74,21 @@ def test_a_bridge_left_alone_says_why() -> None:
     assert st["skipped"]["p1"] == "master br0 is left alone by configuration (ignore = br0)"
 
 
-def test_stats_rules_reads_the_counters_again_when_the_rules_changed_meanwhile(monkeypatch: Any,
-                                                                              capsys: Any) -> None:
+@pytest.mark.parametrize("aba", [False, True], ids=["new rules", "back to the same rules"])
+def test_stats_rules_reads_the_counters_again_when_the_rules_changed_meanwhile(monkeypatch: Any, capsys: Any,
+                                                                              aba: bool) -> None:
     """`tna stats --rules`: a program kept for new rules while it read the
     counters numbers them by the new rules; it reads them again with the
     state that names those."""
     from tna import cli
     from tna.netlink import netfilter
 
-    def state(text: str) -> dict[str, Any]:
-        return {"pid": 1, "ifaces": {"r-h1": {"prog_id": 12}}, "firewall_rules": [
+    def state(text: str, renumbered: int = 0) -> dict[str, Any]:
+        return {"pid": 1, "ifaces": {"r-h1": {"prog_id": 12}}, "renumbered": renumbered, "firewall_rules": [
             {"id": 0, "family": 4, "chain": "FORWARD", "index": 1, "text": text, "table": "filter"}]}
     old, new = state("-A FORWARD -s 192.0.2.1/32 -j DROP"), state("-A FORWARD -s 192.0.2.2/32 -j DROP")
+    if aba:  # kept for other rules and back again while the counters were read: the same rules, renumbered
+        new = state("-A FORWARD -s 192.0.2.1/32 -j DROP", renumbered=2)
     states = iter([new, new])  # the read after the first counters' names the new rules
     counts = iter([{0: (1, 100)}, {0: (7, 700)}])
     monkeypatch.setattr(cli, "_running_state", lambda: next(states))
@@ -91,4 +96,5 @@ def test_stats_rules_reads_the_counters_again_when_the_rules_changed_meanwhile(m
     monkeypatch.setattr(netfilter, "read_rulesets", lambda: SimpleNamespace(tables={4: {}}))
     cli.cmd_rules(old, as_json=True)
     rows = json.loads(capsys.readouterr().out)
-    assert [(r["text"], r["fast_path"]["packets"]) for r in rows] == [("-A FORWARD -s 192.0.2.2/32 -j DROP", 7)]
+    assert [(r["fast_path"]["packets"]) for r in rows] == [7]
+    assert rows[0]["text"] == new["firewall_rules"][0]["text"]

@@ -185,8 +185,10 @@ def fast_path_rule_counters(state: dict[str, Any]) -> dict[int, tuple[int, int]]
 
 
 def _numbering(state: dict[str, Any]) -> tuple[Any, ...]:
-    """What says which rule a program's counter id is: the rules, the programs."""
-    return state.get("firewall_rules"), sorted(i["prog_id"] for i in state["ifaces"].values())
+    """What says which rule a program's counter id is: the rules, the programs
+    and how often a program was kept for new rules (an A -> B -> A change)."""
+    return (state.get("firewall_rules"), sorted(i["prog_id"] for i in state["ifaces"].values()),
+            state.get("renumbered"))
 
 
 def rule_rows(refs: list[dict[str, Any]], tables: dict[int, dict[str, Table]],

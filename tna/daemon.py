@@ -414,7 +414,7 @@ class Daemon:
         self.dp.sync_bridges(p.ports, p.l3_bridges, m.fdb, m.take_fdb_changes(), p.bridges)
         self.dp.sync_firewall(masks)
         self.plan = p
-        renumbered, self.dp.renumbered = self.dp.renumbered, False
+        renumbered = self.dp.renumbered != self._status.get("renumbered")
         if renumbered:  # a kept program counts by new ids once released: the status names their rules first
             self._publish_status()
         if self.dp.fw_masks() == masks:
@@ -428,7 +428,7 @@ class Daemon:
     def _publish_status(self) -> None:
         self._status = describe(self.model, self.plan, self.dp.attached, pid=os.getpid(), mode=self.settings.hook,
                                 disabled=self.disabled_why, failed=self.failed,
-                                fdb_map=(self.dp.fdb.per_bridge, self.dp.fdb.capacity),
+                                fdb_map=(self.dp.fdb.per_bridge, self.dp.fdb.capacity), renumbered=self.dp.renumbered,
                                 ipset_stale=self._ipset_reader.stale_s)
         publish_status(self._status)
         disabled = f"; fast path DISABLED: {self.disabled_why}" if self.disabled_why else ""

@@ -106,9 +106,10 @@ def _firewall(fw: Firewall | None, sets: Mapping[str, IpSet], stale: Mapping[str
 def describe(m: Model, p: Plan | None, attached: Mapping[int, Running], *, pid: int, mode: str,
              disabled: str | None, failed: Mapping[int, str],
              fdb_map: tuple[Mapping[int, int], int] = ({}, 0),
-             ipset_stale: Mapping[str, float] | None = None) -> dict[str, Any]:
+             ipset_stale: Mapping[str, float] | None = None, renumbered: int = 0) -> dict[str, Any]:
     """fdb_map: the FDB map's entries per bridge, and its capacity;
-    ipset_stale: per set, how late a change keeping its header is seen."""
+    ipset_stale: per set, how late a change keeping its header is seen;
+    renumbered: programs kept for new rules so far (Datapath.renumbered)."""
     ifaces = {}
     if p is not None:
         for ifindex, att in attached.items():
@@ -143,6 +144,7 @@ def describe(m: Model, p: Plan | None, attached: Mapping[int, Running], *, pid: 
         "xfrm": [n for f, n in ((AF_INET, "ipv4"), (AF_INET6, "ipv6")) if f in m.xfrm.families],
         "xfrm_blocking_defaults": list(m.xfrm.blocking_defaults),  # "unknown": unreadable
         "firewall_rules": _rules_json(m.firewall),
+        "renumbered": renumbered,  # a change: counter ids of a running program name other rules now
         "firewall": _firewall(m.firewall, m.ipsets, ipset_stale or {}),
         "neighbours": len(m.neighs),
     }

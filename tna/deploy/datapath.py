@@ -115,9 +115,9 @@ class Datapath:
                           abi.MAP_PORTS: abi.PORTS_SIZE}
         self.fdb = FdbMirror(0)
         self.preloads = Preloads()  # programs loaded ahead of their attach (preload())
-        # a program was kept for new rules (keep_programs()): its counter ids
-        # are theirs (the daemon clears it once the status names them)
-        self.renumbered = False
+        # programs kept for new rules so far (keep_programs()): each time,
+        # its counter ids became the new rules' (the status says how many)
+        self.renumbered = 0
 
     # --- programs -----------------------------------------------------
 
@@ -250,7 +250,7 @@ class Datapath:
                 log.warning("%s: its counters could not be reset (%s): a new program replaces it", plan.name, e)
                 continue
             cur.plan, cur.rule_counters = plan, art.rule_counters
-            self.renumbered = True
+            self.renumbered += 1
             kept.add(plan.ifindex)
             log.info("%s: program %d kept: the new rules differ in sets' entries only (written into its maps)",
                      plan.name, cur.prog_id)
