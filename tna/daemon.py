@@ -87,7 +87,7 @@ class Daemon:
         self._watcher: Watcher | None = None
         self._fdb_full = True  # a new model: the FDB map is compared whole at the next reconcile
         self._sysctls_due = False  # the kernel announced a sysctl change the loop has not read yet
-        self._status: dict[str, Any] = {"routes": 0}  # what state.json says
+        self._status: dict[str, Any] = {"routes": 0, "renumbered": 0}  # what state.json says
         self._ipset_reader = IpsetReader()
         self._promiscuity = BridgePromiscuity()
         self._tables: dict[int, dict[str, Table]] = {}  # the rules last read (re-planned when a set changes)
