@@ -241,3 +241,21 @@ def test_an_element_of_another_set_or_a_stale_set_does_not_apply() -> None:
     assert apply_elements(s, [SetElement("nft:inet t:v4", False, elem.key), end]) is None  # not there
     assert apply_elements(s, [SetElement("nft:inet t:other", True, elem.key), end]) is None
     assert apply_elements(s, [elem]) is None  # an interval that never ends
+
+
+def test_a_commit_says_which_iptables_rules_it_deleted(ns: Ns) -> None:
+    """iptables-nft: `-D` one rule, `-I` none, iptables-restore the table
+    deleted whole and every rule with it, `-X` its chain (tna/deploy/rulecounts.py)."""
+    def run(*cmd: str, input: str | None = None) -> list[NftCommit]:
+        subprocess.run(["ip", "netns", "exec", ns.name, *cmd], input=input, text=True, check=True,
+                       capture_output=True)
+        return ns.commits()
+    rules = "*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD -p udp -j ACCEPT\n-A FORWARD -p tcp -j ACCEPT\nCOMMIT\n"
+    run("iptables-restore", input=rules)
+    assert [dict(c.deleted or {}) for c in run("iptables", "-D", "FORWARD", "2")] == [{(4, "filter", "FORWARD"): 1}]
+    assert [c.deleted for c in run("iptables", "-I", "FORWARD", "1", "-p", "icmp", "-j", "ACCEPT")] == [()]
+    whole = [dict(c.deleted or {}) for c in run("iptables-restore", input=rules)]
+    # the table, FORWARD's 2 rules and FORWARD itself
+    assert len(whole) == 1 and whole[0][(4, "filter", None)] >= 1 and whole[0][(4, "filter", "FORWARD")] == 3
+    run("iptables", "-N", "SPARE")
+    assert [dict(c.deleted or {}) for c in run("iptables", "-X", "SPARE")] == [{(4, "filter", "SPARE"): 1}]

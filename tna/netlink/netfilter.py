@@ -33,7 +33,7 @@ from tna.model.ipset import IpSet
 from tna.model.iptables import BUILTIN_CHAINS, ParseError, Table, parse_save
 from tna.model.nftables import parse_ruleset
 from tna.model.nftsets import SetElement
-from tna.netlink.nftmsg import CommitReader, NftCommit
+from tna.netlink.nftmsg import CommitReader, Deleted, NftCommit
 
 LEGACY_NAMES = {4: Path("/proc/net/ip_tables_names"), 6: Path("/proc/net/ip6_tables_names")}
 SAVE = {(4, "legacy"): "iptables-legacy-save", (6, "legacy"): "ip6tables-legacy-save",
@@ -52,6 +52,7 @@ class NetfilterChanged:
 
     gen: int = 0
     elements: tuple[SetElement, ...] | None = None
+    deleted: Deleted | None = None  # its rules deleted, by place (NftCommit.deleted; None: not known)
 
 
 class NftEvents:

@@ -8,18 +8,27 @@ chain, table, set definition, object, flowtable, or an element this module
 does not read exactly (with data, a timeout, expressions, an end key, a
 catch-all) - is just "changed": the rule sets are read again.  Messages are
 parsed by pyroute2; only the set-element ones are decoded in full (a
-commit of 10,000 rules sends 10,000 messages: their headers are enough).
+commit of 10,000 rules sends 10,000 messages: their headers are enough),
+and of a deleted rule, chain or table its table and chain: the rules
+whose kernel counters ended (tna/deploy/rulecounts.py).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from pyroute2.netlink.nfnetlink.nftsocket import (
+    NFT_MSG_DELCHAIN,
+    NFT_MSG_DELRULE,
     NFT_MSG_DELSETELEM,
+    NFT_MSG_DELTABLE,
     NFT_MSG_NEWGEN,
     NFT_MSG_NEWSETELEM,
+    nft_chain_msg,
+    nft_rule_msg,
     nft_set_elem_list_msg,
+    nft_table_msg,
 )
 from pyroute2.netlink.nlsocket import Marshal
 
@@ -27,22 +36,63 @@ from tna.model.nftsets import SetElement, nft_set_name
 
 NFNL_SUBSYS_NFTABLES = 10
 NFPROTO = {1: "inet", 2: "ip", 10: "ip6"}  # the families whose sets the rules may use
+IP_VERSION = {2: 4, 10: 6}  # iptables-nft's tables: ip and ip6
 NFT_SET_ELEM_INTERVAL_END = 1
 NFTNL_SET_ELEM_F_INTERVAL_OPEN = 1  # libnftnl's element user data: the interval runs to the end of the space
 # what a plain element has (data, a timeout, expressions, an end key, ... make it more than a key)
 _PLAIN = {"NFTA_SET_ELEM_KEY", "NFTA_SET_ELEM_FLAGS", "NFTA_SET_ELEM_USERDATA"}
 
 
+Deleted = tuple[tuple[tuple[int, str, str | None], int], ...]
+
+
 @dataclass(frozen=True)
 class NftCommit:
     """elements: the commit's element changes in order, or None when it
-    changed anything else (or was not read whole)."""
+    changed anything else (or was not read whole); deleted: how many rules
+    it deleted per (IP version, table, chain) of the ip and ip6 tables,
+    chain None for a table deleted whole (None: not known)."""
 
     elements: tuple[SetElement, ...] | None
+    deleted: Deleted | None = None
+
+
+class _deleted_rule_msg(nft_rule_msg):
+    """A deleted rule's place, its expressions left undecoded."""
+
+    nla_map = (("NFTA_RULE_UNSPEC", "none"), ("NFTA_RULE_TABLE", "asciiz"), ("NFTA_RULE_CHAIN", "asciiz"),
+               ("NFTA_RULE_HANDLE", "be64"), ("NFTA_RULE_EXPRESSIONS", "none"))
+
+
+class _deleted_chain_msg(nft_chain_msg):
+    nla_map = (("NFTA_CHAIN_UNSPEC", "none"), ("NFTA_CHAIN_TABLE", "asciiz"), ("NFTA_CHAIN_HANDLE", "be64"),
+               ("NFTA_CHAIN_NAME", "asciiz"))
+
+
+class _deleted_table_msg(nft_table_msg):
+    nla_map = (("NFTA_TABLE_UNSPEC", "none"), ("NFTA_TABLE_NAME", "asciiz"))
 
 
 class _Marshal(Marshal):
-    msg_map = {(NFNL_SUBSYS_NFTABLES << 8) | t: nft_set_elem_list_msg for t in (NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM)}
+    msg_map = {**{(NFNL_SUBSYS_NFTABLES << 8) | t: nft_set_elem_list_msg for t in (NFT_MSG_NEWSETELEM,
+                                                                                    NFT_MSG_DELSETELEM)},
+               (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELRULE: _deleted_rule_msg,
+               (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELCHAIN: _deleted_chain_msg,
+               (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELTABLE: _deleted_table_msg}
+
+
+def _deleted_place(msg: nft_rule_msg, kind: int) -> tuple[int, str, str | None] | None:
+    """Where a deletion in an ip or ip6 table was (None: elsewhere).  A
+    chain deleted counts as one rule more than its rules deleted: a chain
+    of that name made again in the commit is in doubt as a whole."""
+    version = IP_VERSION.get(msg["nfgen_family"])
+    if version is None:
+        return None
+    if kind == NFT_MSG_DELRULE:
+        return version, msg.get_attr("NFTA_RULE_TABLE"), msg.get_attr("NFTA_RULE_CHAIN")
+    if kind == NFT_MSG_DELCHAIN:
+        return version, msg.get_attr("NFTA_CHAIN_TABLE"), msg.get_attr("NFTA_CHAIN_NAME")
+    return version, msg.get_attr("NFTA_TABLE_NAME"), None
 
 
 def _elements(msg: nft_set_elem_list_msg, add: bool) -> list[SetElement] | None:
@@ -74,12 +124,13 @@ class CommitReader:
     def __init__(self) -> None:
         self._marshal = _Marshal()
         self._elements: list[SetElement] | None = []
+        self._deleted: Counter[tuple[int, str, str | None]] | None = Counter()
         self.partial = False  # messages of a commit whose NEWGEN has not come yet
 
     def lost(self) -> list[NftCommit]:
         """Messages were lost (an overrun): a commit not known whole, now,
         and the rest of the one under way (up to its NEWGEN) another."""
-        self._elements, self.partial = None, False
+        self._elements, self._deleted, self.partial = None, None, False
         return [NftCommit(None)]
 
     def feed(self, data: bytes) -> list[NftCommit]:
@@ -89,10 +140,15 @@ class CommitReader:
             if subsys != NFNL_SUBSYS_NFTABLES:
                 continue
             if kind == NFT_MSG_NEWGEN:
-                done.append(NftCommit(None if self._elements is None else tuple(self._elements)))
-                self._elements, self.partial = [], False
+                done.append(NftCommit(None if self._elements is None else tuple(self._elements),
+                                      None if self._deleted is None else tuple(self._deleted.items())))
+                self._elements, self._deleted, self.partial = [], Counter(), False
                 continue
             self.partial = True
+            if kind in (NFT_MSG_DELRULE, NFT_MSG_DELCHAIN, NFT_MSG_DELTABLE) and self._deleted is not None:
+                place = _deleted_place(msg, kind)
+                if place is not None:
+                    self._deleted[place] += 1
             if self._elements is None:
                 continue
             decoded = (_elements(msg, kind == NFT_MSG_NEWSETELEM)

@@ -284,7 +284,7 @@ class Watcher:
         def ended(commits: list[NftCommit], still_open: bool) -> None:
             last = self._on_nft_end(len(commits), still_open)
             for i, c in enumerate(commits, start=last - len(commits) + 1):
-                self._q.put(NetfilterChanged(i, c.elements))
+                self._q.put(NetfilterChanged(i, c.elements, c.deleted))
         try:
             while not self._closed.is_set():
                 if commits := self._nft.read(READER_WAKE_S, self._on_nft_begin):
