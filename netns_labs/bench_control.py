@@ -57,7 +57,7 @@ from netns_labs.lab import Lab, RouterLab, in_netns, wait_for
 from netns_labs.tna_proc import Tna, pass_reason
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
-from tna.deploy.datapath import attached_tna_prog
+from tna.deploy.links import attached_tna_prog
 
 COMMIT_TIMEOUT = 120.0  # s: a commit behind 10,000 rules on a busy machine takes seconds
 

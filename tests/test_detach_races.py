@@ -13,7 +13,8 @@ from types import SimpleNamespace
 import pytest
 
 from tna.bpf import attach
-from tna.deploy.datapath import Datapath, attached_tna_prog
+from tna.deploy.datapath import Datapath
+from tna.deploy.links import attached_tna_prog
 from tna.netlink import watch
 
 GONE, OURS = 111, 222
@@ -34,13 +35,14 @@ def test_a_tcx_program_detached_during_the_look_is_skipped(monkeypatch: pytest.M
 
 def test_an_error_while_detaching_still_closes_the_link_and_the_object(monkeypatch: pytest.MonkeyPatch) -> None:
     """Closing a link's last fd detaches its program: whatever detaching
-    raised, the link must be closed, not left attached and forgotten."""
+    raised, the link must be closed, not left attached and forgotten; the
+    object with it once the status no longer names it."""
     dp = Datapath()
     fd = os.open(os.devnull, os.O_RDONLY)
     dp.links._fds[(5, "tc")] = fd
     closed: list[bool] = []
     dp.attached[5] = SimpleNamespace(obj=SimpleNamespace(close=lambda: closed.append(True)),
-                                     plan=SimpleNamespace(name="veth0"))
+                                     plan=SimpleNamespace(name="veth0"), prog_id=7)
 
     def fails(ifindex: int, hook: str) -> None:
         raise OSError(errno.EPERM, "not permitted")
@@ -48,7 +50,9 @@ def test_an_error_while_detaching_still_closes_the_link_and_the_object(monkeypat
     monkeypatch.setattr(dp, "_detach_hook", fails)
     with pytest.raises(OSError):
         dp.remove(5, "test")
-    assert dp.links._fds == {} and closed == [True]
+    assert dp.links._fds == {} and closed == []
+    dp.release_retired()
+    assert closed == [True]
     with pytest.raises(OSError):
         os.fstat(fd)
 

@@ -404,3 +404,46 @@ def test_a_rule_joining_or_leaving_a_set_changes_its_map(router_lab: RouterLab, 
             kept = {i: tna.status()["ifaces"][i]["prog_id"] == progs[i] for i in progs}
             assert kept == dict.fromkeys(progs, joining == "one-rule" or not present), (kept, tna.output())
             progs = {i: tna.status()["ifaces"][i]["prog_id"] for i in progs}
+
+
+def test_each_rules_total_is_what_linux_counts_through_rule_changes(router_lab: RouterLab, hook: str) -> None:
+    """`tna stats --rules`: each rule's kernel counter plus the fast path's
+    count is what Linux alone counts, whichever path decided each probe -
+    through a rule inserted as code (new programs), one joining a set of
+    rules (the programs kept) and an iptables-restore of the same table
+    (every rule made anew: the kernel's counters restart, and so does the
+    fast path's count)."""
+    lab = router_lab
+    setup(lab, SETS)
+    pkts = set_probes()
+    table = parse_save(SETS)["filter"]
+    traces: dict[int, list[tuple[str, int]]] = {n: [] for n in range(len(pkts))}
+    expect = {n: evaluate(table, "FORWARD", p, traces[n]) for n, p in enumerate(pkts)}
+    text = {(c.name, 0): f"policy {c.policy}" for c in table.chains.values() if c.policy}
+    text |= {(r.chain, r.index): r.text for c in table.chains.values() for r in c.rules}
+    per_round = Counter(text[step] for t in traces.values() for step in t)
+    rounds = 0
+    with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
+        def decided() -> bool:
+            nonlocal rounds
+            rounds += 1
+            return decided_by_the_fast_path(lab, tna, pkts, expect)
+
+        def totals() -> Counter[str]:
+            rows = json.loads(lab.run(lab.r, py("tna", "stats", "--rules", "--json"), cwd=lab.repo).stdout)
+            return +Counter({r["text"]: r["kernel"]["packets"] + r["fast_path"]["packets"] for r in rows
+                             if r["family"] == 4})
+        assert wait_for(lambda: "firewall" in tna.status()["ifaces"]["r-h1"]["modules"], 30, 0.2), tna.output()
+        for change, rule in ((None, ""), ("code", "-I FORWARD 1 -p icmp -j DROP"),
+                             ("set", "-I blk 3 -s 203.0.113.9/32 -j DROP"), ("restore", "")):
+            progs = {i: tna.status()["ifaces"][i]["prog_id"] for i in ("r-h1", "r-h2")}
+            if change == "restore":
+                lab.run(lab.r, ["iptables-restore"], input=lab.run(lab.r, ["iptables-save"]).stdout)
+                rounds = 0
+            elif change:
+                lab.run(lab.r, ["iptables-restore", "--noflush"], input=f"*filter\n{rule}\nCOMMIT\n")
+            assert wait_for(decided, 60, 0.5), tna.output()
+            assert totals() == +Counter({t: n * rounds for t, n in per_round.items()}), (change, tna.output())
+            kept = {i: tna.status()["ifaces"][i]["prog_id"] == progs[i] for i in progs}
+            if change in ("code", "set"):
+                assert kept == dict.fromkeys(progs, change == "set"), (change, kept)

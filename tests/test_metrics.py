@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import urllib.request
-from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -25,13 +24,16 @@ from tna import __version__
 from tna.bpf import abi
 from tna.bpf.libbpf import LibbpfError
 from tna.cli import _stats_json, main
-from tna.deploy.datapath import ForeignProgram
+from tna.deploy.links import ForeignProgram
+from tna.deploy.rulecounts import RuleCounts
 from tna.metrics import FAILURE_KINDS, Metrics, MetricsError, failure_kind, parse_addr
 from tna.model.config import ARPHRD_ETHER, IFF_UP, Link, Model, Sysctls
 from tna.model.hooks import firewall_plan
-from tna.model.iptables import parse_save
+from tna.model.iptables import Table, parse_save
+from tna.model.nftables import parse_ruleset
 from tna.rates import Sample, iface_rates, si, total_rates
 from tna.synth.compile import CompileError, compile_source
+from tna.synth.fwgen import rule_refs
 from tna.synth.planner import IFF_LOWER_UP, SKIP_KINDS, plan
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout
@@ -122,25 +124,27 @@ RULES = ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0
          "-A FORWARD -p icmp -j ACCEPT\nCOMMIT\n")
 
 
-def _model() -> Model:
+def _model(tables: dict[int, dict[str, Table]] | None = None) -> Model:
     def veth(index: int, name: str, flags: int = UP) -> Link:
         return Link(index, name, "veth", f"02:00:00:00:00:{index:02x}", 1500, flags, ARPHRD_ETHER, qdisc="noqueue")
     m = Model(links={1: Link(1, "lo", None, "00:00:00:00:00:00", 65536, UP | 0x8, 772),
                      2: veth(2, "r-h1"), 3: veth(3, "r-h2"), 4: veth(4, "r-h3"), 5: veth(5, "r-down", 0)},
               sysctls=Sysctls(True, True))
-    fw, why = firewall_plan({4: parse_save(RULES)})
+    fw, why = firewall_plan(tables or {4: parse_save(RULES)})
     assert why is None
     m.set_firewall(fw)
     return m
 
 
 def fake_daemon(attached: list[Any], p: Any, failed: dict[int, str] | None = None,
-                failed_kind: dict[int, str] | None = None, disabled: str | None = None) -> Any:
+                failed_kind: dict[int, str] | None = None, disabled: str | None = None,
+                model: Model | None = None, rule_counts: RuleCounts | None = None) -> Any:
     fill = {abi.MAP_EGRESS: (3, 1024), abi.MAP_FDB: (0, 65536), "fw4_set0": (2, 2)}
     dp = SimpleNamespace(attached={a.plan.ifindex: a for a in attached}, map_fill=lambda: fill,
-                         fdb_waiting=lambda: 7, lease=SimpleNamespace(age=lambda: 0.125))
+                         fdb_waiting=lambda: 7, lease=SimpleNamespace(age=lambda: 0.125),
+                         rule_counts=rule_counts or RuleCounts())
     return SimpleNamespace(dp=dp, plan=p, failed=failed or {}, failed_kind=failed_kind or {}, disabled_why=disabled,
-                           model=Model())
+                           model=model or Model())
 
 
 def scrape(m: Metrics) -> dict[str, Any]:
@@ -246,22 +250,57 @@ def test_a_program_whose_map_cannot_be_read_leaves_the_rest_of_the_scrape() -> N
     assert values(got["tna_packets"], "_total") == {(("hook", "tc"), ("iface", "r-h2"), ("reason", "FORWARDED")): 4}
 
 
-def test_counters_of_a_program_kept_for_new_rules_meanwhile_are_left_out() -> None:
-    """A program the main loop keeps for new rules while a scrape reads its
-    counters (Datapath.keep_programs()): their ids are the new rules', which
-    the scrape did not look up; that scrape leaves them out."""
-    p = plan(_model(), "tc")
+def test_rule_counters_add_what_programs_before_counted_less_a_kept_programs_base() -> None:
+    """A program replaced (11) leaves its counts to the rule; one kept for
+    new rules (12) counts them on from its base; the scrape adds the first
+    and takes the second off (tna/deploy/rulecounts.py)."""
+    m = _model()
+    p = plan(m, "tc")
     h1, h2 = p.ifaces[2], p.ifaces[3]
-    kept = SimpleNamespace(plan=h1, prog_id=12, source="")
+    counts = RuleCounts()
+    refs = rule_refs(m.firewall)
+    counts.observe(refs, {4: parse_save(RULES)}, dict, 0)
+    for prog_id in (11, 12):
+        counts.started(prog_id, refs)
+    counts.ended(11, {0: (4, 400)})
+    counts.kept(12, {0: (5, 500)}, refs)  # the same ids name the same rules here
 
     def read(prog_id: int, name: str) -> dict[int, tuple[int, int]]:
-        if name != abi.MAP_FW_RULES:
-            return {}
-        if prog_id == 12:  # the keep, between the scrape's look at the plan and its read
-            kept.plan = replace(h1, firewall=replace(h1.firewall, ct4=True))
-        return {0: (5, 500)}
-    got = scrape(Metrics(fake_daemon([kept, SimpleNamespace(plan=h2, prog_id=13, source="")], p), read=read))
-    assert [v for k, v in values(got["tna_rule_packets"], "_total").items() if dict(k)["rule"] == "1"] == [5]
+        return {0: (7, 700)} if (prog_id, name) == (12, abi.MAP_FW_RULES) else {}
+    attached = [SimpleNamespace(plan=h1, prog_id=12, source=""), SimpleNamespace(plan=h2, prog_id=13, source="")]
+    got = scrape(Metrics(fake_daemon(attached, p, model=m, rule_counts=counts), read=read))
+    assert [v for k, v in values(got["tna_rule_packets"], "_total").items() if dict(k)["rule"] == "1"] == [4 + 5 + 2]
+
+
+VMAP = {"nftables": [
+    {"table": {"family": "ip", "name": "t", "handle": 1}},
+    {"chain": {"family": "ip", "table": "t", "name": "c", "handle": 1, "type": "filter", "hook": "forward",
+               "prio": 0, "policy": "accept"}},
+    {"rule": {"family": "ip", "table": "t", "chain": "c", "handle": 2, "expr": [
+        {"vmap": {"key": {"meta": {"key": "l4proto"}},
+                  "data": {"set": [["tcp", {"accept": None}], ["udp", {"drop": None}]]}}}]}},
+]}
+
+
+def test_a_verdict_maps_rule_is_one_series_through_program_changes() -> None:
+    """Its Rules share the nft rule's one count, carried over as one (at
+    the first Rule's id): the series stays one and never goes down."""
+    tables = parse_ruleset(VMAP).tables
+    m = _model(tables)
+    p = plan(m, "tc")
+    refs = [r for r in rule_refs(m.firewall) if r.handle == 2]
+    assert len(refs) == 2
+    counts = RuleCounts()
+    counts.observe(rule_refs(m.firewall), tables, dict, 0)
+    counts.started(11, rule_refs(m.firewall))
+    counts.ended(11, {refs[0].id: (3, 300), refs[1].id: (4, 400)})
+
+    def read(prog_id: int, name: str) -> dict[int, tuple[int, int]]:
+        return {refs[1].id: (1, 100)} if (prog_id, name) == (12, abi.MAP_FW_RULES) else {}
+    attached = [SimpleNamespace(plan=p.ifaces[2], prog_id=12, source="")]
+    got = scrape(Metrics(fake_daemon(attached, p, model=m, rule_counts=counts), read=read))
+    assert {dict(k)["rule"]: v for k, v in values(got["tna_rule_packets"], "_total").items()
+            if dict(k)["table"] == "ip t" and dict(k)["rule"] != "policy"} == {"1": 8}
 
 
 def test_failure_kinds() -> None:

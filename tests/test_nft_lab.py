@@ -194,3 +194,27 @@ def test_set_members_follow_nft_with_the_same_program(router_lab: RouterLab, hoo
             got, moved = s.sent(8, 1 if want == 0 else 2)
             assert len(got) == want and moved == {reason: 8}, (cmd, moved)
             assert tna.status()["ifaces"]["r-h1"]["prog_id"] == s.prog, cmd
+
+
+def test_a_rules_total_stays_linuxs_when_its_table_is_made_again(router_lab: RouterLab, hook: str) -> None:
+    """`nft -f` of the same file (flush ruleset, the table anew): the rules
+    equal, the program stays; the kernel's counters restart, and so does
+    the fast path's count of each rule, also the running program's."""
+    lab = router_lab
+    stateful_lab(lab, hook)
+    with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
+        s = Stateful(lab, tna)
+        assert s.sent(8, 2)[1] == {"FORWARDED": 8}
+        lab.run(lab.r, ["nft", "-f", "-"], input=STATEFUL)
+        arrived = 0
+
+        def carried_again() -> bool:
+            nonlocal arrived
+            got, moved = s.sent(1, 1)
+            arrived += len(got)
+            return moved == {"FORWARDED": 1}
+        assert wait_for(carried_again, 30, 0.2), tna.output()
+        got, moved = s.sent(8, 2)
+        assert moved == {"FORWARDED": 8} and tna.status()["ifaces"]["r-h1"]["prog_id"] == s.prog
+        accept = next(r for t, r in rules(lab).items() if "established" in t)
+        assert accept["kernel"]["packets"] + accept["fast_path"]["packets"] == arrived + len(got), accept

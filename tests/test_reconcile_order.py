@@ -15,6 +15,7 @@ from tna import daemon as daemon_mod
 from tna.bpf import abi
 from tna.config import Settings
 from tna.deploy.lease import family_bits
+from tna.deploy.rulecounts import RuleCounts
 from tna.model.config import ARPHRD_ETHER, IFF_UP, Link, Model, Sysctls
 from tna.model.hooks import firewall_plan
 from tna.model.iptables import parse_save
@@ -51,6 +52,13 @@ class RecordingDatapath:
         self.fdb = SimpleNamespace(per_bridge={}, capacity=0)
         self.preloads = SimpleNamespace(drop=lambda: None)
         self.renumbered = 0
+        self.rule_counts = RuleCounts()
+
+    def release_retired(self) -> None:
+        pass
+
+    def observe_rules(self, *_: Any) -> bool:
+        return False
 
     def expect(self, *_: Any) -> None:
         pass
@@ -195,6 +203,9 @@ def test_the_status_names_a_kept_programs_new_rules_before_the_release(daemon: d
         dp.renumbered += kept
         return set()
     monkeypatch.setattr(dp, "keep_programs", keep_programs)
+    monkeypatch.setattr(dp, "release_retired", lambda: dp.calls.append(("release_retired", None)))
     set_rules(daemon, "-A FORWARD -p udp -m udp --dport 8 -j ACCEPT")
     calls = reconcile(daemon)
     assert (calls.index(("status", None)) < calls.index(("release", 0))) == kept, calls
+    # the programs replaced stay readable until the status names their successors
+    assert calls.index(("status", None)) < calls.index(("release_retired", None)), calls

@@ -27,11 +27,13 @@ from typing import Any
 from tna import __version__, config
 from tna.bpf import abi
 from tna.deploy.counters import program_counters, program_stats, summed
-from tna.deploy.datapath import ForeignProgram, attached_tna_prog
+from tna.deploy.links import ForeignProgram, attached_tna_prog
+from tna.deploy.rulecounts import kernel_rules
 from tna.logsetup import setup_logging
 from tna.model.iptables import Table
 from tna.rates import Rates, Sample, iface_rates, si, total_rates
 from tna.runstate import AlreadyRunning, read_state
+from tna.synth.fwgen import RuleRef
 
 
 def _running_state() -> dict[str, Any]:
@@ -178,17 +180,20 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def fast_path_rule_counters(state: dict[str, Any]) -> dict[int, tuple[int, int]]:
     """Counter id -> (packets, bytes) the fast path applied, over every
-    interface's program (each has its own tna_fw_rules)."""
-    ids = [i["prog_id"] for i in state["ifaces"].values()
-           if "firewall" in i["modules"] and _attached_id(i["ifindex"], i["hook"]) == i["prog_id"]]
-    return summed(program_counters(p, abi.MAP_FW_RULES) for p in ids)
+    interface's program (each has its own tna_fw_rules) and what programs
+    before them counted (state.json "carried": tna/deploy/rulecounts.py).
+    By program id, attached or not: one replaced since the state was written
+    stays loaded until the daemon names its successor (Datapath.release_retired())."""
+    ids = [i["prog_id"] for i in state["ifaces"].values() if "firewall" in i["modules"]]
+    carried = {int(i): (p, b) for i, (p, b) in state.get("carried", {}).items()}
+    return summed([*(program_counters(p, abi.MAP_FW_RULES) for p in ids), carried])
 
 
 def _numbering(state: dict[str, Any]) -> tuple[Any, ...]:
     """What says which rule a program's counter id is: the rules, the programs
     and how often a program was kept for new rules (an A -> B -> A change)."""
     return (state.get("firewall_rules"), sorted(i["prog_id"] for i in state["ifaces"].values()),
-            state.get("renumbered"))
+            state.get("renumbered"), state.get("carried"))
 
 
 def rule_rows(refs: list[dict[str, Any]], tables: dict[int, dict[str, Table]],
@@ -199,16 +204,8 @@ def rule_rows(refs: list[dict[str, Any]], tables: dict[int, dict[str, Table]],
     counts of all of them summed (families: the versions it covers)."""
     rows: list[dict[str, Any]] = []
     by_nft_rule: dict[tuple[str, str, int], dict[str, Any]] = {}
-    for ref in refs:
-        table = tables[ref["family"]].get(ref["table"])
-        chain = table.chains.get(ref["chain"]) if table is not None else None
-        rule, kernel = None, (0, 0)
-        if chain is not None:
-            if ref["index"] == 0:
-                kernel = chain.counters
-            else:  # by index: a native inet chain's indexes may skip the other version's rules
-                rule = next((r for r in chain.rules if r.index == ref["index"]), None)
-                kernel = rule.counters if rule is not None else (0, 0)
+    named = kernel_rules([RuleRef(**ref) for ref in refs], tables)
+    for ref, (rule, kernel) in zip(refs, named, strict=True):
         fp = fast.get(ref["id"], (0, 0))
         key = (ref["table"], ref["chain"], rule.handle) if rule is not None and rule.handle is not None else None
         if key in by_nft_rule:

@@ -18,14 +18,17 @@ interface both ignored and given a hook is left alone.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from tna.synth.planner import HOOK_MODES
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PATH = Path("/etc/tna/tna.toml")
 ENV_VAR = "TNA_CONFIG"
@@ -150,6 +153,23 @@ def changes(old: Settings, new: Settings) -> list[str]:
     """What differs, one "key: old -> new" each, for the log."""
     return [f"{f.name}: {_toml(getattr(old, f.name))} -> {_toml(getattr(new, f.name))}"
             for f in fields(Settings) if getattr(old, f.name) != getattr(new, f.name)]
+
+
+def reread_settings(current: Settings, reread: Callable[[], Settings]) -> Settings:
+    """SIGHUP's settings: reread() (the file and the flags), or current if
+    it raises ConfigError; what changed goes to the log."""
+    try:
+        new = reread()
+    except ConfigError as e:
+        log.error("SIGHUP: %s; keeping the previous settings", e)
+        return current
+    if new.metrics != current.metrics:
+        log.warning("SIGHUP: metrics = %s takes effect when tna restarts (the server binds once; "
+                    "it stays %s)", new.metrics or "(none)", current.metrics or "off")
+        new = replace(new, metrics=current.metrics)
+    diff = changes(current, new)
+    log.info("SIGHUP: configuration re-read: %s", "; ".join(diff) if diff else "nothing changed")
+    return new
 
 
 def ifname_error(name: str) -> str | None:

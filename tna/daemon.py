@@ -20,16 +20,16 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from tna.bpf import abi
 from tna.bpf.libbpf import LibbpfError
-from tna.config import ConfigError, Settings, changes
+from tna.config import Settings, reread_settings
 from tna.ctsync import ct_sync_loop
-from tna.deploy.datapath import Datapath, ForeignProgram
+from tna.deploy.datapath import Datapath
 from tna.deploy.lease import family_bits
+from tna.deploy.links import ForeignProgram
 from tna.holds import Holds
 from tna.metrics import Metrics, failure_kind, parse_addr
 from tna.model.config import AF_INET, AF_INET6, Model
@@ -51,6 +51,7 @@ from tna.status import describe
 from tna.synth import setgen
 from tna.synth.build import Artifact, build_all
 from tna.synth.compile import CompileError
+from tna.synth.fwgen import rule_refs
 from tna.synth.planner import IfacePlan, Plan, plan
 
 log = logging.getLogger("tna")
@@ -149,6 +150,7 @@ class Daemon:
                 for msg in self._watcher.events(timeout=LOOP_WAKE_S):
                     if isinstance(msg, NetfilterChanged):  # held already (Holds.nft_begin)
                         commits.append(msg)
+                        self.dp.rule_counts.heard(msg.gen, msg.deleted)
                         changed = True  # the reconcile ends the hold
                     else:
                         changed |= self._apply(msg)
@@ -192,20 +194,10 @@ class Daemon:
     def _reload(self) -> bool:
         """SIGHUP: the settings re-read; True if they changed (the reconcile that follows
         re-plans).  systemd hears RELOADING=1 before, READY=1 after that reconcile."""
-        try:
-            new = self._reread()
-        except ConfigError as e:
-            log.error("SIGHUP: %s; keeping the previous settings", e)
-            return False
-        if new.metrics != self.settings.metrics:
-            log.warning("SIGHUP: metrics = %s takes effect when tna restarts (the server binds once; "
-                        "it stays %s)", new.metrics or "(none)", self.settings.metrics or "off")
-            new = replace(new, metrics=self.settings.metrics)
-        diff = changes(self.settings, new)
-        log.info("SIGHUP: configuration re-read: %s", "; ".join(diff) if diff else "nothing changed")
-        self.settings = new
+        new = reread_settings(self.settings, self._reread)
+        changed, self.settings = new != self.settings, new
         self._set_log_level()
-        return bool(diff)
+        return changed
 
     def _set_log_level(self) -> None:
         logging.getLogger().setLevel(self.settings.log_level.upper())
@@ -245,6 +237,7 @@ class Daemon:
         every map from it, and meanwhile the main loop shows no life, so the
         lease lapses too."""
         delay = 0.1
+        self.dp.rule_counts.missed()  # the commits until the new watcher binds
         while True:
             if self._watcher is not None:
                 self._watcher.close()
@@ -279,7 +272,10 @@ class Daemon:
         self._set_names = used_sets(f.tables) - f.nft_sets.keys()
         changed |= self.model.set_ipsets(f.ipsets)
         changed |= self._set_firewall(*self._filtering(f.tables, f.ipsets) if self._unwritable else (f.fw, f.why))
-        return changed
+        # the kernel's counters as read: a rule gone or zeroed ends the fast path's count of it (status)
+        return self.dp.observe_rules(rule_refs(self.model.firewall), f.tables,
+                                     self.holds.rules_gen if self.holds.rules_exact else None,
+                                     not netfilter.legacy_in_use()) | changed
 
     def _apply_set_elements(self, commits: list[NetfilterChanged]) -> bool:
         """Commits that only added or deleted elements of mirrored nftables
@@ -429,8 +425,10 @@ class Daemon:
         self._status = describe(self.model, self.plan, self.dp.attached, pid=os.getpid(), mode=self.settings.hook,
                                 disabled=self.disabled_why, failed=self.failed,
                                 fdb_map=(self.dp.fdb.per_bridge, self.dp.fdb.capacity), renumbered=self.dp.renumbered,
-                                ipset_stale=self._ipset_reader.stale_s)
+                                ipset_stale=self._ipset_reader.stale_s,
+                                carried=self.dp.rule_counts.published(rule_refs(self.model.firewall)))
         publish_status(self._status)
+        self.dp.release_retired()  # the status names their successors
         disabled = f"; fast path DISABLED: {self.disabled_why}" if self.disabled_why else ""
         plan_skipped = len(self.plan.skipped) if self.plan else 0
         notify(f"STATUS={len(self.dp.attached)} interfaces accelerated, {plan_skipped} left alone, "

@@ -23,13 +23,14 @@ from tna.bpf import abi
 from tna.bpf.libbpf import LibbpfError
 from tna.config import split_host_port
 from tna.deploy.counters import program_counters, summed
-from tna.deploy.datapath import ForeignProgram
+from tna.deploy.links import ForeignProgram
+from tna.deploy.rulecounts import RuleCounts
 from tna.model.config import Model
 from tna.model.firewall import Firewall
 from tna.model.routes import AF_INET, AF_INET6, RouteTable
 from tna.status import Running
 from tna.synth.compile import CompileError
-from tna.synth.fwgen import refs_by_id
+from tna.synth.fwgen import refs_by_id, rule_refs
 from tna.synth.planner import SKIP_KINDS, Plan
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,9 @@ class _Datapath(Protocol):
 
     def fdb_waiting(self) -> int: ...
 
+    @property
+    def rule_counts(self) -> RuleCounts: ...
+
 
 class Observed(Protocol):
     """What the collector reads at scrape time: the daemon."""
@@ -124,7 +128,7 @@ class Collector:
             d = self.daemon
             attached = list(d.dp.attached.values())
             yield from self._packets(attached)
-            yield from self._rules(attached)
+            yield from self._rules()
             yield from self._maps(d.dp.map_fill())
             yield GaugeMetricFamily("tna_fdb_entries_waiting", "FDB entries of accelerated bridges that did not "
                                     "fit in tna_fdb: their frames take the kernel path", d.dp.fdb_waiting())
@@ -162,26 +166,37 @@ class Collector:
         yield pkts
         yield byts
 
-    def _rules(self, attached: list[Running]) -> Iterator[Metric]:
+    def _rules(self) -> Iterator[Metric]:
         """Per filter rule, what the fast path applied over every program
         (the kernel counts the rest: iptables -L -v).  Each program's
         counter ids belong to the rule set it was built for."""
         by_rules: dict[Firewall, list[dict[int, tuple[int, int]]]] = {}
-        for att in attached:
-            fw = att.plan.firewall
-            if fw is not None:
-                counts = self._counters(att.prog_id, abi.MAP_FW_RULES)
-                # a program kept for new rules meanwhile counts by their ids (Datapath.keep_programs())
-                if att.plan.firewall is fw:
-                    by_rules.setdefault(fw, []).append(counts)
+        counts = self.daemon.dp.rule_counts
+        with counts.lock:  # no program's counts move to the carried ones meanwhile
+            for att in list(self.daemon.dp.attached.values()):
+                fw = att.plan.firewall
+                if fw is not None:
+                    by_rules.setdefault(fw, []).append(counts.effective(
+                        att.prog_id, self._counters(att.prog_id, abi.MAP_FW_RULES)))
+            fw = self.daemon.model.firewall
+            if fw is not None:  # what programs before them counted
+                by_rules.setdefault(fw, []).append(counts.carried(rule_refs(fw)))
         totals: dict[tuple[str, ...], tuple[int, int]] = {}
         for fw, counted in by_rules.items():
             refs = refs_by_id(fw)
+            # a verdict map's Rules are one nft rule, one series (at its first
+            # index): the counts carried over are the rule's (rulecounts.py)
+            first: dict[tuple[object, ...], int] = {}
+            for r in refs.values():
+                if r.handle is not None:
+                    where = (r.family, r.table, r.chain, r.handle)
+                    first[where] = min(first.get(where, r.index), r.index)
             for rid, (p, b) in summed(counted).items():
                 r = refs.get(rid)
                 if r is not None:
                     text = r.text if len(r.text) <= RULE_TEXT_MAX else r.text[:RULE_TEXT_MAX - 3] + "..."
-                    key = (f"ipv{r.family}", r.table, r.chain, str(r.index) if r.index else "policy", text)
+                    index = first.get((r.family, r.table, r.chain, r.handle), r.index)
+                    key = (f"ipv{r.family}", r.table, r.chain, str(index) if index else "policy", text)
                     tp, tb = totals.get(key, (0, 0))
                     totals[key] = (tp + p, tb + b)
         labels = ["family", "table", "chain", "rule", "text"]

@@ -31,7 +31,8 @@ from pathlib import Path
 from pyroute2 import IPRoute, netns
 
 from tna.bpf.libbpf import LibbpfError
-from tna.deploy.datapath import Datapath, ForeignProgram, attached_tna_prog
+from tna.deploy.datapath import Datapath
+from tna.deploy.links import ForeignProgram, attached_tna_prog
 from tna.model.config import Model
 from tna.model.firewall import Firewall
 from tna.model.hooks import firewall_plan

@@ -106,10 +106,13 @@ def _firewall(fw: Firewall | None, sets: Mapping[str, IpSet], stale: Mapping[str
 def describe(m: Model, p: Plan | None, attached: Mapping[int, Running], *, pid: int, mode: str,
              disabled: str | None, failed: Mapping[int, str],
              fdb_map: tuple[Mapping[int, int], int] = ({}, 0),
-             ipset_stale: Mapping[str, float] | None = None, renumbered: int = 0) -> dict[str, Any]:
+             ipset_stale: Mapping[str, float] | None = None, renumbered: int = 0,
+             carried: Mapping[int, tuple[int, int]] | None = None) -> dict[str, Any]:
     """fdb_map: the FDB map's entries per bridge, and its capacity;
     ipset_stale: per set, how late a change keeping its header is seen;
-    renumbered: programs kept for new rules so far (Datapath.renumbered)."""
+    renumbered: programs kept for new rules so far (Datapath.renumbered);
+    carried: counter id -> what to add to the running programs' counts
+    for the rule's fast-path total (RuleCounts.published())."""
     ifaces = {}
     if p is not None:
         for ifindex, att in attached.items():
@@ -145,6 +148,7 @@ def describe(m: Model, p: Plan | None, attached: Mapping[int, Running], *, pid: 
         "xfrm_blocking_defaults": list(m.xfrm.blocking_defaults),  # "unknown": unreadable
         "firewall_rules": _rules_json(m.firewall),
         "renumbered": renumbered,  # a change: counter ids of a running program name other rules now
+        "carried": {str(i): list(c) for i, c in sorted((carried or {}).items())},
         "firewall": _firewall(m.firewall, m.ipsets, ipset_stale or {}),
         "neighbours": len(m.neighs),
     }

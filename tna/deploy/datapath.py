@@ -13,25 +13,27 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tna.bpf import abi, attach
+from tna.bpf import abi
 from tna.bpf import libbpf as bpf
+from tna.deploy.counters import read_counters
 from tna.deploy.fdbmap import FdbMirror, map_size
 from tna.deploy.lease import Lease
-from tna.deploy.links import HookLinks, clsact_filters
+from tna.deploy.links import ForeignProgram, HookLinks, attached_tna_prog, check_tc_ingress
 from tna.deploy.mapwrite import counter_room, load_with_sets, set_room, write_diff, zero_array
 from tna.deploy.preload import Preloads
+from tna.deploy.rulecounts import Counts, RuleCounts, Tables
 from tna.model.config import USER_HZ, FdbEntry, FdbKey, Neigh
 from tna.model.firewall import Firewall
-from tna.netlink.watch import TC_H_CLSACT_INGRESS
 from tna.synth.planner import IfacePlan, L3Bridge, PortPlan
 
 if TYPE_CHECKING:  # what synthesis hands over; deploy runs none of its code
     from tna.synth.build import Artifact
+    from tna.synth.fwgen import RuleRef
 
 log = logging.getLogger(__name__)
 # the flows a firewall program passed lately (passcache.c.j2, included with
@@ -39,10 +41,6 @@ log = logging.getLogger(__name__)
 PASS_CACHE = "tna_pass_cache"
 # tests only: a small smallest FDB map, so a lab outgrows it with a few entries
 FDB_SIZE_ENV = "TNA_TEST_FDB_SIZE"
-
-
-class ForeignProgram(Exception):
-    """Someone else's XDP program or TC filter is there: leave the interface alone."""
 
 
 @dataclass
@@ -59,32 +57,6 @@ def iface_cfg(ifindex: int, mac: str, flags: int, port_slot: int = 0) -> bytes:
     cfg = abi.TnaIfaceCfg(ifindex=ifindex, flags=flags, port_slot=port_slot)
     cfg.mac[:] = bytes.fromhex(mac.replace(":", ""))
     return bytes(cfg)
-
-
-def attached_tna_prog(ifindex: int, hook: str) -> int:
-    """Id of a TNA program attached at hook on ifindex, 0 if none; raises
-    ForeignProgram if only another program holds the hook.  At TC that is
-    a tcx program, or the clsact filter of a TNA from before tcx links."""
-    if hook == "xdp":
-        ids = [attach.xdp_query_id(ifindex)]
-    else:
-        ids = [*attach.tcx_prog_ids(ifindex), attach.tc_query(ifindex, abi.TNA_TC_HANDLE, abi.TNA_TC_PRIORITY)]
-    ours, others = attach.split_tna(ids)
-    if others and not ours:
-        raise ForeignProgram(f"a foreign {hook} program (id {others[0]}) is attached")
-    return ours[0] if ours else 0
-
-
-def _check_tc_ingress(ifindex: int) -> None:
-    """Raise ForeignProgram if another program sees this device's ingress
-    at TC: TNA's redirect would bypass it (tcx programs run in order, then
-    the clsact filters)."""
-    foreign = attach.foreign_tcx(ifindex, attach.BPF_TCX_INGRESS)
-    if foreign:
-        raise ForeignProgram(f"foreign tcx ingress programs are attached (ids {foreign})")
-    filters = [f for f in clsact_filters(ifindex, TC_H_CLSACT_INGRESS) if f != abi.TC_FILTER]
-    if filters:
-        raise ForeignProgram(f"foreign TC ingress filters are attached (prio/handle {filters})")
 
 
 class Datapath:
@@ -118,6 +90,10 @@ class Datapath:
         # programs kept for new rules so far (keep_programs()): each time,
         # its counter ids became the new rules' (the status says how many)
         self.renumbered = 0
+        self.rule_counts = RuleCounts()  # what programs counted, beyond their own lives
+        # programs replaced or detached, open until the status names their
+        # successors: a `tna stats --rules` reading the older one finds them
+        self._retired: list[bpf.BpfObject] = []
 
     # --- programs -----------------------------------------------------
 
@@ -223,9 +199,9 @@ class Datapath:
         differs from the attached one only in the rule set, whose new source
         is the running one's (a rule joined or left a set of rules: only map
         entries differ).  The shared set-of-rules maps get the new rule set's
-        entries, and each kept program's rule counters and pass cache restart
-        (the ids are the new rule set's; what the old rules passed, they
-        decided), as a new program's would.  Only under a hold:
+        entries; each kept program's rule counts so far are carried over and
+        become its base (its ids name the new rule set's rules), and its pass
+        cache restarts (what the old rules passed, they decided).  Only under a hold:
         the maps change under the running programs, and a program of the old
         rule set not kept must be replaced before the hold ends (with these
         maps, which serve the new rule set now)."""
@@ -244,12 +220,14 @@ class Datapath:
                 counters = cur.obj.map(abi.MAP_FW_RULES)
                 if art.firewall != self._sets[0] or art.rule_counters > bpf.map_info(counters.fd).max_entries:
                     continue
-                zero_array(counters, cur.rule_counters)
+                counted = read_counters(counters)
                 zero_array(cur.obj.map(PASS_CACHE))
             except OSError as e:
-                log.warning("%s: its counters could not be reset (%s): a new program replaces it", plan.name, e)
+                log.warning("%s: its counters could not be read (%s): a new program replaces it", plan.name, e)
                 continue
-            cur.plan, cur.rule_counters = plan, art.rule_counters
+            with self.rule_counts.lock:
+                self.rule_counts.kept(cur.prog_id, counted, art.refs)
+                cur.plan, cur.rule_counters = plan, art.rule_counters
             self.renumbered += 1
             kept.add(plan.ifindex)
             log.info("%s: program %d kept: the new rules differ in sets' entries only (written into its maps)",
@@ -288,17 +266,19 @@ class Datapath:
             old = attached_tna_prog(plan.ifindex, plan.hook)
             attached_tna_prog(plan.ifindex, other)  # raises if foreign
             if plan.hook == "tc":
-                _check_tc_ingress(plan.ifindex)
+                check_tc_ingress(plan.ifindex)
             self.links.attach(plan.ifindex, plan.hook, prog, old)
             # the other hook may still hold our program from an earlier plan
             self._detach_hook(plan.ifindex, other)
         except BaseException:
             obj.close()
             raise
-        if cur is not None:
-            cur.obj.close()
         att = Attached(plan, obj, prog, prog.id, art.source, art.rule_counters)
-        self.attached[plan.ifindex] = att
+        with self.rule_counts.lock:
+            if cur is not None:
+                self._retire(cur)
+            self.attached[plan.ifindex] = att
+            self.rule_counts.started(att.prog_id, art.refs)
         log.info("%s: %s program %d attached (%s): %s", plan.name, plan.hook, att.prog_id, ",".join(plan.modules),
                  plan.hook_why)
         return att
@@ -326,8 +306,45 @@ class Datapath:
             # detaching it explicitly raised
             self.links.release(ifindex)
             if att is not None:
-                att.obj.close()
+                with self.rule_counts.lock:
+                    self._retire(att)
                 log.info("%s: detached, kernel path: %s", att.plan.name, why)
+
+    def rule_counters(self, att: Attached) -> Counts:
+        """A program's tna_fw_rules ({} if it counts no rules)."""
+        return read_counters(att.obj.map(abi.MAP_FW_RULES)) if self.rule_counts.counts(att.prog_id) else {}
+
+    def _retire(self, att: Attached) -> None:
+        """att no longer runs: its rule counts are carried over (call with
+        rule_counts.lock held)."""
+        try:
+            counted = self.rule_counters(att)
+        except OSError as e:
+            log.warning("%s: program %d's rule counters could not be read (%s); its counts are lost",
+                        att.plan.name, att.prog_id, e)
+            counted = {}
+        self.rule_counts.ended(att.prog_id, counted)
+        self._retired.append(att.obj)
+
+    def release_retired(self) -> None:
+        """Close the programs retired so far (the status no longer names them)."""
+        for obj in self._retired:
+            obj.close()
+        self._retired.clear()
+
+    def observe_rules(self, refs: Sequence[RuleRef], tables: Tables, upto: int | None, announced: bool) -> bool:
+        """The rule sets were read again (RuleCounts.observe()); True if
+        the carried counts changed."""
+        return self.rule_counts.observe(refs, tables, self._running_rule_counters, upto, announced)
+
+    def _running_rule_counters(self) -> dict[int, Counts]:
+        out = {}
+        for att in list(self.attached.values()):
+            try:
+                out[att.prog_id] = self.rule_counters(att)
+            except OSError as e:  # its counts go on as they were: a rule made anew may show too many
+                log.warning("%s: program %d's rule counters could not be read (%s)", att.plan.name, att.prog_id, e)
+        return out
 
     def remove_leftovers(self, links: Mapping[int, str], planned: Container[int]) -> None:
         """A dead daemon's programs stay attached (in fail-safe pass mode):
@@ -350,6 +367,7 @@ class Datapath:
                 self.remove(ifindex, "tna is stopping")
             except OSError as e:
                 log.error("detach from ifindex %d failed: %s", ifindex, e)
+        self.release_retired()
         for m in self.shared.values():
             m.close()
         self.shared.clear()

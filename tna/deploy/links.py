@@ -34,6 +34,36 @@ log = logging.getLogger(__name__)
 _CREATE: dict[str, Callable[[int, int], int]] = {"xdp": attach.xdp_link, "tc": attach.tcx_link}
 
 
+
+class ForeignProgram(Exception):
+    """Someone else's XDP program or TC filter is there: leave the interface alone."""
+
+
+def attached_tna_prog(ifindex: int, hook: str) -> int:
+    """Id of a TNA program attached at hook on ifindex, 0 if none; raises
+    ForeignProgram if only another program holds the hook.  At TC that is
+    a tcx program, or the clsact filter of a TNA from before tcx links."""
+    if hook == "xdp":
+        ids = [attach.xdp_query_id(ifindex)]
+    else:
+        ids = [*attach.tcx_prog_ids(ifindex), attach.tc_query(ifindex, abi.TNA_TC_HANDLE, abi.TNA_TC_PRIORITY)]
+    ours, others = attach.split_tna(ids)
+    if others and not ours:
+        raise ForeignProgram(f"a foreign {hook} program (id {others[0]}) is attached")
+    return ours[0] if ours else 0
+
+
+def check_tc_ingress(ifindex: int) -> None:
+    """Raise ForeignProgram if another program sees this device's ingress
+    at TC: TNA's redirect would bypass it (tcx programs run in order, then
+    the clsact filters)."""
+    foreign = attach.foreign_tcx(ifindex, attach.BPF_TCX_INGRESS)
+    if foreign:
+        raise ForeignProgram(f"foreign tcx ingress programs are attached (ids {foreign})")
+    filters = [f for f in clsact_filters(ifindex, TC_H_CLSACT_INGRESS) if f != abi.TC_FILTER]
+    if filters:
+        raise ForeignProgram(f"foreign TC ingress filters are attached (prio/handle {filters})")
+
 class HookLinks:
     """Our XDP and tcx links, by (ifindex, hook)."""
 

@@ -118,6 +118,7 @@ class Chain:
 class Table:
     name: str
     chains: dict[str, Chain] = field(default_factory=dict)
+    handle: int | None = None  # nftables: the table's (a table made anew has another)
 
     @property
     def empty(self) -> bool:

@@ -81,7 +81,7 @@ def parse_ruleset(doc: dict) -> NftRules:
         if "table" in o and o["table"]["family"] in VERSIONS:
             t = o["table"]
             for v in VERSIONS[t["family"]]:
-                out.tables[v][_tname(t)] = Table(_tname(t))
+                out.tables[v][_tname(t)] = Table(_tname(t), handle=t.get("handle"))
         elif "chain" in o:
             _chain(o["chain"], out)
         elif "rule" in o and o["rule"]["family"] in VERSIONS:

@@ -13,7 +13,7 @@ from pathlib import Path
 from tna.model.firewall import Firewall
 from tna.synth import setgen
 from tna.synth.compile import CompileObserver, compile_source
-from tna.synth.fwgen import all_set_entries, rule_refs
+from tna.synth.fwgen import RuleRef, all_set_entries, rule_refs
 from tna.synth.planner import IfacePlan
 from tna.synth.render import render
 
@@ -29,13 +29,15 @@ class Artifact:
     sets: dict[str, dict[bytes, bytes]]
     # the mirrored ipsets' maps and their capacities (the daemon fills them)
     ipset_maps: dict[str, int]
+    refs: list[RuleRef]  # what each tna_fw_rules id counts (fwgen.rule_refs())
 
 
 def build(plan: IfacePlan, cache_dir: Path | None = None, observe: CompileObserver | None = None) -> Artifact:
     source = render(plan.hook, plan.modules, dev_bound=plan.hook == "xdp", firewall=plan.firewall)
     path = compile_source(source, cache_dir, observe)
-    return Artifact(path, path.with_suffix(".c"), max(1, len(rule_refs(plan.firewall))), plan.firewall,
-                    all_set_entries(plan.firewall), setgen.map_sizes(plan.firewall.ipsets if plan.firewall else ()))
+    refs = rule_refs(plan.firewall)
+    return Artifact(path, path.with_suffix(".c"), max(1, len(refs)), plan.firewall, all_set_entries(plan.firewall),
+                    setgen.map_sizes(plan.firewall.ipsets if plan.firewall else ()), refs)
 
 
 def build_all(plans: Iterable[IfacePlan], cache_dir: Path | None = None,

@@ -210,6 +210,7 @@ class RuleRef:
     index: int
     text: str
     table: str = "filter"
+    handle: int | None = None  # an nft rule's (its Rules share its one kernel counter)
 
 
 @functools.lru_cache(maxsize=4)
@@ -240,7 +241,7 @@ def rule_refs(fw: Firewall | None) -> list[RuleRef]:
     order = sorted(range(len(shown)), key=lambda k: shown[k][3])  # stable: code first, in the chains' order
     ids = {k: i for i, k in enumerate(order)}
     return [RuleRef(ids[k], family, c.name, 0, f"policy {c.policy}", c.table) if r is None
-            else RuleRef(ids[k], family, c.name, r.index, r.text, c.table)
+            else RuleRef(ids[k], family, c.name, r.index, r.text, c.table, r.handle)
             for k, (family, c, r, _) in enumerate(shown)]
 
 
