@@ -299,10 +299,9 @@ class Map:
                 if err in (errno.EINVAL, errno.ENOTSUPP, 524):  # no batch ops: walk the keys
                     return [(k, v) for k in self.keys() if (v := self.lookup(k)) is not None]
                 raise LibbpfError(err, f"batch lookup in map {self.name}")
-            vs = self.entry_bytes
-            for i in range(count.value):
-                k = keys.raw[i * self.key_size:(i + 1) * self.key_size]
-                result.append((k, self._split(vals.raw[i * vs:(i + 1) * vs])))
+            vs, ks = self.entry_bytes, self.key_size
+            kraw, vraw = keys.raw, vals.raw  # each .raw is a copy of the whole buffer: once per batch
+            result += [(kraw[i * ks:(i + 1) * ks], self._split(vraw[i * vs:(i + 1) * vs])) for i in range(count.value)]
             if ret < 0:  # ENOENT: that was the last batch
                 return result
             in_batch = create_string_buffer(out_batch.raw, len(out_batch))
