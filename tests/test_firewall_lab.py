@@ -410,9 +410,10 @@ def test_each_rules_total_is_what_linux_counts_through_rule_changes(router_lab: 
     """`tna stats --rules`: each rule's kernel counter plus the fast path's
     count is what Linux alone counts, whichever path decided each probe -
     through a rule inserted as code (new programs), one joining a set of
-    rules (the programs kept) and an iptables-restore of the same table
+    rules (the programs kept), an iptables-restore of the same table
     (every rule made anew: the kernel's counters restart, and so does the
-    fast path's count)."""
+    fast path's count) and `iptables -Z` (the same, whatever the rules the
+    kernel counted 0)."""
     lab = router_lab
     setup(lab, SETS)
     pkts = set_probes()
@@ -435,10 +436,13 @@ def test_each_rules_total_is_what_linux_counts_through_rule_changes(router_lab: 
                              if r["family"] == 4})
         assert wait_for(lambda: "firewall" in tna.status()["ifaces"]["r-h1"]["modules"], 30, 0.2), tna.output()
         for change, rule in ((None, ""), ("code", "-I FORWARD 1 -p icmp -j DROP"),
-                             ("set", "-I blk 3 -s 203.0.113.9/32 -j DROP"), ("restore", "")):
+                             ("set", "-I blk 3 -s 203.0.113.9/32 -j DROP"), ("restore", ""), ("zero", "")):
             progs = {i: tna.status()["ifaces"][i]["prog_id"] for i in ("r-h1", "r-h2")}
             if change == "restore":
                 lab.run(lab.r, ["iptables-restore"], input=lab.run(lab.r, ["iptables-save"]).stdout)
+                rounds = 0
+            elif change == "zero":
+                lab.run(lab.r, ["iptables", "-Z"])
                 rounds = 0
             elif change:
                 lab.run(lab.r, ["iptables-restore", "--noflush"], input=f"*filter\n{rule}\nCOMMIT\n")

@@ -245,7 +245,8 @@ def test_an_element_of_another_set_or_a_stale_set_does_not_apply() -> None:
 
 def test_a_commit_says_which_iptables_rules_it_deleted(ns: Ns) -> None:
     """iptables-nft: `-D` one rule, `-I` none, iptables-restore the table
-    deleted whole and every rule with it, `-X` its chain (tna/deploy/rulecounts.py)."""
+    deleted whole and every rule with it, `-X` its chain, `-Z` the table's counters
+    (tna/deploy/rulecounts.py)."""
     def run(*cmd: str, input: str | None = None) -> list[NftCommit]:
         subprocess.run(["ip", "netns", "exec", ns.name, *cmd], input=input, text=True, check=True,
                        capture_output=True)
@@ -259,3 +260,6 @@ def test_a_commit_says_which_iptables_rules_it_deleted(ns: Ns) -> None:
     assert len(whole) == 1 and whole[0][(4, "filter", None)] >= 1 and whole[0][(4, "filter", "FORWARD")] == 3
     run("iptables", "-N", "SPARE")
     assert [dict(c.deleted or {}) for c in run("iptables", "-X", "SPARE")] == [{(4, "filter", "SPARE"): 1}]
+    # -Z: FORWARD added again (its counter zeroed), its rules deleted and added again
+    zeroed = [dict(c.deleted or {}) for c in run("iptables", "-Z")]
+    assert len(zeroed) == 1 and zeroed[0].get((4, "filter", None), 0) >= 1, zeroed

@@ -23,6 +23,7 @@ from pyroute2.netlink.nfnetlink.nftsocket import (
     NFT_MSG_DELRULE,
     NFT_MSG_DELSETELEM,
     NFT_MSG_DELTABLE,
+    NFT_MSG_NEWCHAIN,
     NFT_MSG_NEWGEN,
     NFT_MSG_NEWSETELEM,
     nft_chain_msg,
@@ -51,7 +52,8 @@ class NftCommit:
     """elements: the commit's element changes in order, or None when it
     changed anything else (or was not read whole); deleted: how many rules
     it deleted per (IP version, table, chain) of the ip and ip6 tables,
-    chain None for a table deleted whole (None: not known)."""
+    chain None for a table deleted whole or whose counters it may have
+    zeroed (None: not known)."""
 
     elements: tuple[SetElement, ...] | None
     deleted: Deleted | None = None
@@ -64,9 +66,11 @@ class _deleted_rule_msg(nft_rule_msg):
                ("NFTA_RULE_HANDLE", "be64"), ("NFTA_RULE_EXPRESSIONS", "none"))
 
 
-class _deleted_chain_msg(nft_chain_msg):
+class _chain_msg(nft_chain_msg):
+    """A chain's place, and whether it is a base chain (NFTA_CHAIN_HOOK)."""
+
     nla_map = (("NFTA_CHAIN_UNSPEC", "none"), ("NFTA_CHAIN_TABLE", "asciiz"), ("NFTA_CHAIN_HANDLE", "be64"),
-               ("NFTA_CHAIN_NAME", "asciiz"))
+               ("NFTA_CHAIN_NAME", "asciiz"), ("NFTA_CHAIN_HOOK", "hex"))
 
 
 class _deleted_table_msg(nft_table_msg):
@@ -77,17 +81,23 @@ class _Marshal(Marshal):
     msg_map = {**{(NFNL_SUBSYS_NFTABLES << 8) | t: nft_set_elem_list_msg for t in (NFT_MSG_NEWSETELEM,
                                                                                     NFT_MSG_DELSETELEM)},
                (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELRULE: _deleted_rule_msg,
-               (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELCHAIN: _deleted_chain_msg,
+               (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELCHAIN: _chain_msg,
+               (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWCHAIN: _chain_msg,
                (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELTABLE: _deleted_table_msg}
 
 
 def _deleted_place(msg: nft_rule_msg, kind: int) -> tuple[int, str, str | None] | None:
     """Where a deletion in an ip or ip6 table was (None: elsewhere).  A
     chain deleted counts as one rule more than its rules deleted: a chain
-    of that name made again in the commit is in doubt as a whole."""
+    of that name made again in the commit is in doubt as a whole.  A base
+    chain added again is how iptables-nft's `-Z` zeroes its counters (and
+    `-P` sets its policy): the whole table is in doubt; the rules `-Z`
+    zeroes it deletes and adds again (those counted 0 it leaves as they are)."""
     version = IP_VERSION.get(msg["nfgen_family"])
     if version is None:
         return None
+    if kind == NFT_MSG_NEWCHAIN:
+        return (version, msg.get_attr("NFTA_CHAIN_TABLE"), None) if msg.get_attr("NFTA_CHAIN_HOOK") else None
     if kind == NFT_MSG_DELRULE:
         return version, msg.get_attr("NFTA_RULE_TABLE"), msg.get_attr("NFTA_RULE_CHAIN")
     if kind == NFT_MSG_DELCHAIN:
@@ -145,7 +155,8 @@ class CommitReader:
                 self._elements, self._deleted, self.partial = [], Counter(), False
                 continue
             self.partial = True
-            if kind in (NFT_MSG_DELRULE, NFT_MSG_DELCHAIN, NFT_MSG_DELTABLE) and self._deleted is not None:
+            if kind in (NFT_MSG_DELRULE, NFT_MSG_DELCHAIN, NFT_MSG_NEWCHAIN, NFT_MSG_DELTABLE) \
+                    and self._deleted is not None:
                 place = _deleted_place(msg, kind)
                 if place is not None:
                     self._deleted[place] += 1
