@@ -167,8 +167,14 @@ def scraped() -> dict[str, Any]:
         (13, abi.MAP_FW_RULES): {0: (1, 100), 1: (2, 200)},
     }
     attached = [SimpleNamespace(plan=h1, prog_id=12, source=""), SimpleNamespace(plan=h2, prog_id=13, source="")]
+    model = _model()
+    counts = RuleCounts()
+    counts.observe(rule_refs(model.firewall), {4: parse_save(RULES)}, dict, 0)
+    for a in attached:
+        counts.started(a.prog_id, rule_refs(model.firewall))
     m = Metrics(fake_daemon(attached, p, failed={4: "clang failed"}, failed_kind={4: "compile_failed", 9: "stale"},
-                            disabled="nat table"), read=lambda prog_id, name: counters.get((prog_id, name), {}))
+                            disabled="nat table", rule_counts=counts),
+                read=lambda prog_id, name: counters.get((prog_id, name), {}))
     m.compiled(None)
     m.compiled(None)
     m.compiled(1.5)
@@ -293,6 +299,7 @@ def test_a_verdict_maps_rule_is_one_series_through_program_changes() -> None:
     counts = RuleCounts()
     counts.observe(rule_refs(m.firewall), tables, dict, 0)
     counts.started(11, rule_refs(m.firewall))
+    counts.started(12, rule_refs(m.firewall))
     counts.ended(11, {refs[0].id: (3, 300), refs[1].id: (4, 400)})
 
     def read(prog_id: int, name: str) -> dict[int, tuple[int, int]]:

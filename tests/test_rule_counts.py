@@ -171,7 +171,8 @@ def test_a_kept_programs_counts_so_far_are_carried_and_its_base() -> None:
     with counts.lock:
         counts.kept(1, live, rule_refs(fw2))  # same program, fw2's ids from now on
     old = {i: c for i, c in live.items()}
-    assert counts.effective(1, old) == {i: (0, 0) for i in old}
+    more = {i: (p + 1, b + 100) for i, (p, b) in old.items()}  # by fw2's ids: id 1 counts ICMP on from its base
+    assert {r.text: p for r, (p, _) in counts.by_rule({1: more})} == {UDP: 6, ICMP: 1, TCP: 3}
     total = {i: (a[0] + b[0], a[1] + b[1]) for i, a, b in
              ((i, counts.published(rule_refs(fw2)).get(i, (0, 0)), old.get(i, (0, 0))) for i in set(old) | set(
                  counts.published(rule_refs(fw2))))}
@@ -229,15 +230,17 @@ def test_a_running_programs_counts_of_a_table_made_again_restart() -> None:
     assert counts.published(rule_refs(fw2)) == {udp: (1, 100)}
 
 
-def test_a_commit_heard_after_the_read_that_had_it_puts_that_read_in_doubt() -> None:
-    """The rule sets are read while the commit's news is still queued: its
-    deletions are not known for that read, and count for no later one."""
+def test_a_read_ahead_of_its_commits_news_waits_for_it() -> None:
+    """The rule sets are read while the commit's news is still queued: the
+    comparison waits for the read that follows the news (the news brings
+    one), and a commit heard after the read that had it counts for none."""
     counts = Counts()
     fw2, live = running_with(counts, t2 := tables(UDP, kernel=0), counted={UDP: 5})
     # iptables -R FORWARD 1 with its own text, read before its news: the read had commit 1
-    assert counts.observe(rule_refs(fw2), t2, lambda: {1: live}, 1)
-    assert by_text(counts, fw2) == {UDP: -5}  # in doubt: restarted
+    assert not counts.observe(rule_refs(fw2), t2, lambda: {1: live}, 1)
     counts.commit((((4, "filter", "FORWARD"), 1),))
+    assert observe(counts, fw2, t2, {1: live})
+    assert by_text(counts, fw2) == {UDP: -5}  # made anew: restarted
     with counts.lock:
         counts.ended(1, live)
     assert not observe(counts, fw2, t2)  # commit 1 again: no doubt now
@@ -250,3 +253,18 @@ def test_a_commit_heard_after_the_read_that_had_it_puts_that_read_in_doubt() -> 
     counts.missed()  # a new watcher: commits may have been missed
     assert observe(counts, fw3 := firewall(t3 := tables(ICMP, UDP)), t3, {2: live})
     assert by_text(counts, fw3) == {UDP: -5}
+
+
+def test_a_program_not_yet_replaced_counts_its_rules_under_their_new_places() -> None:
+    """Between a read and the new programs, the old ones count by their own
+    ids: each count goes to its rule's place in the new rule set, none
+    negative, none under another rule's place."""
+    counts = Counts()
+    _, live = running_with(counts, tables(UDP, TCP, kernel=0), counted={UDP: 5, TCP: 3})
+    counts.commit((((4, "filter", None), 1), ((4, "filter", "FORWARD"), 2)))  # restored whole
+    observe(counts, fw2 := firewall(t2 := tables(UDP, TCP, kernel=0)), t2, {1: live})
+    counts.commit(())
+    observe(counts, fw3 := firewall(t3 := tables(ICMP, UDP, TCP, kernel=0)), t3, {1: live})
+    more = {i: (p + 1, b + 100) for i, (p, b) in live.items()}
+    assert {(r.index, r.text): p for r, (p, _) in counts.by_rule({1: more})} == {(2, UDP): 1, (3, TCP): 1}
+    assert fw2 != fw3

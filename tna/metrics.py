@@ -22,15 +22,13 @@ from tna import __version__
 from tna.bpf import abi
 from tna.bpf.libbpf import LibbpfError
 from tna.config import split_host_port
-from tna.deploy.counters import program_counters, summed
+from tna.deploy.counters import program_counters
 from tna.deploy.links import ForeignProgram
 from tna.deploy.rulecounts import RuleCounts
 from tna.model.config import Model
-from tna.model.firewall import Firewall
 from tna.model.routes import AF_INET, AF_INET6, RouteTable
 from tna.status import Running
 from tna.synth.compile import CompileError
-from tna.synth.fwgen import refs_by_id, rule_refs
 from tna.synth.planner import SKIP_KINDS, Plan
 
 log = logging.getLogger(__name__)
@@ -168,37 +166,22 @@ class Collector:
 
     def _rules(self) -> Iterator[Metric]:
         """Per filter rule, what the fast path applied over every program
-        (the kernel counts the rest: iptables -L -v).  Each program's
-        counter ids belong to the rule set it was built for."""
-        by_rules: dict[Firewall, list[dict[int, tuple[int, int]]]] = {}
+        and the programs before them (the kernel counts the rest: iptables
+        -L -v); by what each rule is (tna/deploy/rulecounts.py), labelled
+        by the last rule sets read."""
         counts = self.daemon.dp.rule_counts
-        with counts.lock:  # no program's counts move to the carried ones meanwhile
-            for att in list(self.daemon.dp.attached.values()):
-                fw = att.plan.firewall
-                if fw is not None:
-                    by_rules.setdefault(fw, []).append(counts.effective(
-                        att.prog_id, self._counters(att.prog_id, abi.MAP_FW_RULES)))
-            fw = self.daemon.model.firewall
-            if fw is not None:  # what programs before them counted
-                by_rules.setdefault(fw, []).append(counts.carried(rule_refs(fw)))
+        version = counts.version
+        running = self._rule_counters()  # outside the lock: an attach waits for none of it
+        with counts.lock:
+            if counts.version != version:  # counts moved between a program and the carried ones
+                running = self._rule_counters()
+            rules = counts.by_rule(running)
         totals: dict[tuple[str, ...], tuple[int, int]] = {}
-        for fw, counted in by_rules.items():
-            refs = refs_by_id(fw)
-            # a verdict map's Rules are one nft rule, one series (at its first
-            # index): the counts carried over are the rule's (rulecounts.py)
-            first: dict[tuple[object, ...], int] = {}
-            for r in refs.values():
-                if r.handle is not None:
-                    where = (r.family, r.table, r.chain, r.handle)
-                    first[where] = min(first.get(where, r.index), r.index)
-            for rid, (p, b) in summed(counted).items():
-                r = refs.get(rid)
-                if r is not None:
-                    text = r.text if len(r.text) <= RULE_TEXT_MAX else r.text[:RULE_TEXT_MAX - 3] + "..."
-                    index = first.get((r.family, r.table, r.chain, r.handle), r.index)
-                    key = (f"ipv{r.family}", r.table, r.chain, str(index) if index else "policy", text)
-                    tp, tb = totals.get(key, (0, 0))
-                    totals[key] = (tp + p, tb + b)
+        for r, (p, b) in rules:
+            text = r.text if len(r.text) <= RULE_TEXT_MAX else r.text[:RULE_TEXT_MAX - 3] + "..."
+            key = (f"ipv{r.family}", r.table, r.chain, str(r.index) if r.index else "policy", text)
+            tp, tb = totals.get(key, (0, 0))
+            totals[key] = (tp + p, tb + b)
         labels = ["family", "table", "chain", "rule", "text"]
         pkts = CounterMetricFamily("tna_rule_packets", "Packets a rule (rule: its position in the chain, "
                                    "or policy) matched on the fast path", labels=labels)
@@ -208,6 +191,10 @@ class Collector:
             byts.add_metric(list(key), b)
         yield pkts
         yield byts
+
+    def _rule_counters(self) -> dict[int, dict[int, tuple[int, int]]]:
+        return {a.prog_id: self._counters(a.prog_id, abi.MAP_FW_RULES)
+                for a in list(self.daemon.dp.attached.values()) if a.plan.firewall is not None}
 
     @staticmethod
     def _routes(routes: RouteTable) -> Iterator[Metric]:

@@ -293,7 +293,6 @@ class Datapath:
 
     def remove(self, ifindex: int, why: str) -> None:
         """Detach TNA from ifindex (both hooks), whoever attached it; why: for the log."""
-        att = self.attached.pop(ifindex, None)
         try:
             for hook in ("xdp", "tc"):
                 try:
@@ -305,25 +304,26 @@ class Datapath:
             # closing a link's last fd detaches its program, whatever
             # detaching it explicitly raised
             self.links.release(ifindex)
-            if att is not None:
-                with self.rule_counts.lock:
+            with self.rule_counts.lock:  # its last counts: carried over as it leaves attached
+                att = self.attached.pop(ifindex, None)
+                if att is not None:
                     self._retire(att)
+            if att is not None:
                 log.info("%s: detached, kernel path: %s", att.plan.name, why)
 
     def rule_counters(self, att: Attached) -> Counts:
-        """A program's tna_fw_rules ({} if it counts no rules)."""
-        return read_counters(att.obj.map(abi.MAP_FW_RULES)) if self.rule_counts.counts(att.prog_id) else {}
+        """A program's tna_fw_rules ({} if it counts no rules, or they
+        could not be read: then what it counted is lost)."""
+        try:
+            return read_counters(att.obj.map(abi.MAP_FW_RULES)) if self.rule_counts.counts(att.prog_id) else {}
+        except OSError as e:
+            log.warning("%s: program %d's rule counters could not be read: %s", att.plan.name, att.prog_id, e)
+            return {}
 
     def _retire(self, att: Attached) -> None:
         """att no longer runs: its rule counts are carried over (call with
         rule_counts.lock held)."""
-        try:
-            counted = self.rule_counters(att)
-        except OSError as e:
-            log.warning("%s: program %d's rule counters could not be read (%s); its counts are lost",
-                        att.plan.name, att.prog_id, e)
-            counted = {}
-        self.rule_counts.ended(att.prog_id, counted)
+        self.rule_counts.ended(att.prog_id, self.rule_counters(att))
         self._retired.append(att.obj)
 
     def release_retired(self) -> None:
@@ -335,16 +335,8 @@ class Datapath:
     def observe_rules(self, refs: Sequence[RuleRef], tables: Tables, upto: int | None, announced: bool) -> bool:
         """The rule sets were read again (RuleCounts.observe()); True if
         the carried counts changed."""
-        return self.rule_counts.observe(refs, tables, self._running_rule_counters, upto, announced)
-
-    def _running_rule_counters(self) -> dict[int, Counts]:
-        out = {}
-        for att in list(self.attached.values()):
-            try:
-                out[att.prog_id] = self.rule_counters(att)
-            except OSError as e:  # its counts go on as they were: a rule made anew may show too many
-                log.warning("%s: program %d's rule counters could not be read (%s)", att.plan.name, att.prog_id, e)
-        return out
+        return self.rule_counts.observe(refs, tables, lambda: {
+            a.prog_id: self.rule_counters(a) for a in list(self.attached.values())}, upto, announced)
 
     def remove_leftovers(self, links: Mapping[int, str], planned: Container[int]) -> None:
         """A dead daemon's programs stay attached (in fail-safe pass mode):

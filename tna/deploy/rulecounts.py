@@ -71,13 +71,18 @@ def kernel_rules(refs: Iterable[RuleRef], tables: Tables) -> list[tuple[Rule | N
 
 
 def rule_keys(refs: Sequence[RuleRef], handles: Mapping[tuple[int, str], int | None]) -> list[Key]:
-    """What each counter id's rule is, across rule sets (by id); handles:
+    """What each counter id's rule is, across rule sets (by id); refs as
+    rule_refs() lists them (each chain's rules in their order); handles:
     (family, table) -> the nft table's handle (a table made anew has
     another one, its rules' handles start again)."""
     keys: list[Key] = [()] * len(refs)
     equal_texts: dict[Key, int] = {}
-    for ref in sorted(refs, key=lambda r: (r.family, r.table, r.chain, r.index)):
-        where = (ref.family, ref.table, handles.get((ref.family, ref.table)), ref.chain)
+    chains: dict[tuple[int, str, str], Key] = {}
+    for ref in refs:
+        where = chains.get((ref.family, ref.table, ref.chain))
+        if where is None:
+            where = chains[(ref.family, ref.table, ref.chain)] = (
+                ref.family, ref.table, handles.get((ref.family, ref.table)), ref.chain)
         if ref.index == 0:
             keys[ref.id] = (*where, "policy")
         elif ref.handle is not None:  # a verdict map's Rules share it: the rule's one counter
@@ -99,26 +104,20 @@ def _made_anew(old: KeysView[Key], new: KeysView[Key], deleted: Mapping[Place, i
         # counters tell); news of a commit missed: anywhere
         return {k[:4] for k in (old | new if announced else old ^ new) if k[2] is None}
     whole = {(version, table) for (version, table, chain), n in deleted.items() if chain is None and n}
-    # an iptables rule's key or a policy's (it stays with its chain)
-    touched = {k[:4] for k in old ^ new if k[2] is None}
+    changed = old ^ new  # an iptables rule's key: (*chain, text, which of the equal texts)
+    touched = {k[:4] for k in changed if k[2] is None}  # or a policy's (it stays with its chain)
     touched |= {(version, table, None, chain) for (version, table, chain), n in deleted.items() if chain and n}
     if whole:
         touched |= {k[:4] for k in old | new if k[2] is None and k[:2] in whole}
     if not touched:
         return set()
-    texts: dict[Key, tuple[Counter[object], Counter[object]]] = {c: (Counter(), Counter()) for c in touched}
-    for side, keys in enumerate((old, new)):
-        for k in keys:
-            if len(k) == 6 and (counted := texts.get(k[:4])) is not None:
-                counted[side][k[4]] += 1
-    out = set()
-    for chain, (before, after) in texts.items():
-        version, table, _, name = chain
-        gone = sum(max(0, n - after[t]) for t, n in before.items())
-        repeated_moved = any(before[t] != after[t] and max(before[t], after[t]) > 1 for t in before | after)
-        if (version, table) in whole or deleted.get((version, table, name), 0) != gone or repeated_moved:
-            out.add(chain)
-    return out
+    # the texts gone from each chain, counted: the keys numbered past a text's new number
+    gone = Counter(k[:4] for k in old - new if len(k) == 6 and k[2] is None)
+    # a repeated text whose number changed: which of the equal rules is which is not known
+    repeated = {k[:4] for k in changed if len(k) == 6 and k[2] is None and
+                ((*k[:5], 1) in old or (*k[:5], 1) in new)}
+    return {chain for chain in touched if chain[:2] in whole or chain in repeated
+            or deleted.get((chain[0], chain[1], chain[3]), 0) != gone[chain]}
 
 
 def _add(a: tuple[int, int], b: tuple[int, int], sign: int = 1) -> tuple[int, int]:
@@ -135,7 +134,10 @@ class RuleCounts:
         self._programs: dict[int, tuple[Sequence[RuleRef], list[Key], Counts]] = {}
         self._seen: dict[Key, int] = {}  # the kernel's packets of each rule at the last read
         self._handles: dict[tuple[int, str], int | None] = {}
-        self._numbered: tuple[Sequence[RuleRef], list[Key]] | None = None
+        # the refs last asked for, their keys, each key's first ref
+        self._numbered: tuple[Sequence[RuleRef], list[Key], dict[Key, RuleRef]] | None = None
+        self._refs: Sequence[RuleRef] = ()  # the counted rules of the last rule sets read
+        self.version = 0  # moves whenever counts move between programs and the carried ones
         # the nftables commits heard (numbered as Holds numbers them, in order):
         # those that deleted rules, or whose deletions are not known (None)
         self._heard: dict[int, Iterable[tuple[Place, int]] | None] = {}
@@ -170,13 +172,20 @@ class RuleCounts:
         self._in_doubt = upto is None  # its commits may be heard after the next read too
         return out if known else None
 
+    def _numbering(self, refs: Sequence[RuleRef]) -> tuple[Sequence[RuleRef], list[Key], dict[Key, RuleRef]]:
+        numbered = self._numbered  # once: the metrics thread asks too (with the lock held)
+        if numbered is None or numbered[0] is not refs:
+            keys = rule_keys(refs, self._handles)
+            first: dict[Key, RuleRef] = {}
+            for ref in sorted(refs, key=lambda r: r.id, reverse=True):
+                first[keys[ref.id]] = ref
+            numbered = self._numbered = (refs, keys, first)
+        return numbered
+
     def keys(self, refs: Sequence[RuleRef]) -> list[Key]:
         """rule_keys() of a rule set's counter ids (fwgen.rule_refs(): the
         last one asked, cached)."""
-        numbered = self._numbered  # once: the metrics thread asks too (with the lock held)
-        if numbered is None or numbered[0] is not refs:
-            numbered = self._numbered = (refs, rule_keys(refs, self._handles))
-        return numbered[1]
+        return self._numbering(refs)[1]
 
     def observe(self, refs: Sequence[RuleRef], tables: Tables, running: Callable[[], Mapping[int, Counts]],
                 upto: int | None, announced: bool = True) -> bool:
@@ -191,22 +200,29 @@ class RuleCounts:
         anew (its rules have the keys of the new table's from here on).
         True if the carried counts changed."""
         with self.lock:
-            if not refs:
-                return False  # nothing counts meanwhile: compared at the next rule set
-            deleted = self._deleted_since(upto) if announced else None
+            self._refs = refs
+            if not refs:  # nothing counts meanwhile; compared with the next rule set, in doubt
+                self._deleted_since(upto)
+                self._in_doubt = True
+                return False
             handles = {(family, name): t.handle for family, ts in tables.items() for name, t in ts.items()}
             rekeyed = handles != self._handles
             if rekeyed:
                 self._handles, self._numbered = handles, None
             keys = self.keys(refs)
-            seen: dict[Key, int] = {}
-            for ref, (_, counters) in zip(refs, kernel_rules(refs, tables), strict=True):
-                seen.setdefault(keys[ref.id], counters[0])
-            doubtful = _made_anew(self._seen.keys(), seen.keys(), deleted, announced)
-            reset = {k for k, p in seen.items() if p < self._seen.get(k, 0) or (k[2] is None and k[:4] in doubtful)}
-            self._seen = seen
-            before = self._carried
-            carried = {k: c for k, c in before.items() if k in seen and k not in reset}
+            before = carried = self._carried
+            reset: set[Key] = set()
+            # a commit the read had, not heard yet: compared at the read its news brings
+            if not (announced and upto is not None and upto > self._last_heard and not self._in_doubt):
+                deleted = self._deleted_since(upto)
+                seen: dict[Key, int] = {}
+                for ref, (_, counters) in zip(refs, kernel_rules(refs, tables), strict=True):
+                    seen.setdefault(keys[ref.id], counters[0])
+                doubtful = _made_anew(self._seen.keys(), seen.keys(), deleted if announced else None, announced)
+                reset = {k for k, p in seen.items()
+                         if p < self._seen.get(k, 0) or (k[2] is None and k[:4] in doubtful)}
+                self._seen = seen
+                carried = {k: c for k, c in before.items() if k in seen and k not in reset}
             for prog_id, counts in (running().items() if reset or rekeyed else ()):
                 if (program := self._programs.get(prog_id)) is None:
                     continue
@@ -219,6 +235,7 @@ class RuleCounts:
                         carried[k] = _add(carried.get(k, (0, 0)), _add(c, base.get(i, (0, 0)), -1), -1)
                 self._programs[prog_id] = (counted, new_keys, base)
             self._carried = carried
+            self.version += carried != before
             return carried != before
 
     def _by_key(self, prog_id: int, counts: Counts) -> dict[Key, tuple[int, int]]:
@@ -239,6 +256,7 @@ class RuleCounts:
         """A program counting refs' rules runs (call with the lock held)."""
         if refs:
             self._programs[prog_id] = (refs, self.keys(refs), {})
+            self.version += 1
 
     def ended(self, prog_id: int, counts: Counts) -> None:
         """The program's counts (its tna_fw_rules, read last) are carried
@@ -247,6 +265,7 @@ class RuleCounts:
             if k in self._seen:
                 self._carried[k] = _add(self._carried.get(k, (0, 0)), c)
         self._programs.pop(prog_id, None)
+        self.version += 1
 
     def kept(self, prog_id: int, counts: Counts, refs: Sequence[RuleRef]) -> None:
         """The program counts refs' rules by the same ids from now on: its
@@ -255,24 +274,24 @@ class RuleCounts:
         self.ended(prog_id, counts)
         self._programs[prog_id] = (refs, self.keys(refs), dict(counts))
 
-    def effective(self, prog_id: int, counts: Counts) -> Counts:
-        """A running program's counts of the rules it counts now."""
-        base = self._programs.get(prog_id, ((), [], {}))[2]
-        return {i: _add(c, base.get(i, (0, 0)), -1) for i, c in counts.items()}
-
-    def carried(self, refs: Sequence[RuleRef]) -> Counts:
-        """The carried counts by refs' counter ids (nonzero only)."""
-        if not refs:
-            return {}
-        first: dict[Key, int] = {}
-        for i, k in enumerate(self.keys(refs)):
-            first.setdefault(k, i)
-        return {first[k]: c for k, c in self._carried.items() if k in first and c != (0, 0)}
+    def by_rule(self, running: Mapping[int, Counts]) -> list[tuple[RuleRef, tuple[int, int]]]:
+        """Each rule of the last rule sets read (its first ref) and what the
+        fast path applied it to: the carried counts and the running
+        programs' (running: their tna_fw_rules by program id) less their
+        bases, by what each rule is - a program not yet replaced for new
+        rules counts them by its own ids (call with the lock held)."""
+        total = dict(self._carried)
+        for prog_id, counts in running.items():
+            for k, c in self._by_key(prog_id, counts).items():
+                total[k] = _add(total.get(k, (0, 0)), c)
+        first = self._numbering(self._refs)[2] if self._refs else {}
+        return [(first[k], c) for k, c in total.items() if k in first and c != (0, 0)]
 
     def published(self, refs: Sequence[RuleRef]) -> Counts:
         """What to add to the running programs' counts, by refs' ids, for
         each rule's total: the carried counts less the kept programs' bases."""
-        out = self.carried(refs)
+        first = self._numbering(refs)[2] if refs else {}
+        out = {first[k].id: c for k, c in self._carried.items() if k in first and c != (0, 0)}
         for _, _, base in self._programs.values():
             for i, c in base.items():
                 out[i] = _add(out.get(i, (0, 0)), c, -1)
