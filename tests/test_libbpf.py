@@ -69,6 +69,7 @@ def test_map_ops_batch_and_pins(bpffs: Path) -> None:
         items = dict(kv.items())  # one batch syscall
         assert len(items) == 39 and items[(6).to_bytes(4, "little")] == (36).to_bytes(8, "little")
         assert sorted(kv.keys()) == sorted(items)
+        assert dict(kv.items(nonzero=True)) == {k: v for k, v in items.items() if k != bytes(4)}  # 0 * 0
         pin = str(bpffs / "kv")
         kv.pin(pin)
         fd = bpf.obj_get(pin)
@@ -93,3 +94,18 @@ def test_batch_update_and_delete_stop_where_the_kernel_does() -> None:
         # a missing key stops a batch delete: what came before it is deleted
         assert kv.delete_batch(keys[:40] + (200).to_bytes(4, "little") + keys[40:44]) == 10
         assert len(kv.items()) == 54 and kv.lookup((10).to_bytes(4, "little")) is not None
+
+
+def test_a_per_cpu_value_is_one_per_cpu_on_one_cpu_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """read_counters() sums a per-CPU map's values: a box with one possible
+    CPU gets a list of one, not the bare value."""
+    monkeypatch.setattr(bpf, "num_possible_cpus", lambda: 1)
+    counter = bpf.Map(-1, 4, 16, "tna_fw_rules", percpu=True)
+    assert counter._split(bytes(range(16))) == [bytes(range(16))]
+    assert bpf.Map(-1, 4, 16, "tna_state")._split(bytes(16)) == bytes(16)
+
+
+def test_nonzero_entries_are_found_where_a_run_of_bytes_crosses_entries() -> None:
+    raw = bytes(8) + b"\0\0\0\x01" + b"\x02\0\0\0" + bytes(4) + b"\x05" * 4 + bytes(8)
+    assert bpf._nonzero_entries(raw, 4, 8) == [2, 3, 5]
+    assert bpf._nonzero_entries(raw, 4, 3) == [2]  # only the first count entries

@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import re
 import threading
 from collections.abc import Iterator
 from ctypes import (
@@ -195,6 +196,15 @@ def version() -> str:
     return _lib.libbpf_version_string().decode()
 
 
+_NONZERO = re.compile(rb"[^\x00]+")
+
+
+def _nonzero_entries(raw: bytes, size: int, count: int) -> list[int]:
+    """Which of raw's first count size-byte entries have a byte that is not 0."""
+    return sorted({i for m in _NONZERO.finditer(raw, 0, size * count)
+                   for i in range(m.start() // size, (m.end() - 1) // size + 1)})
+
+
 class Map:
     """A map by fd, with fixed key/value sizes; keys and values are bytes."""
 
@@ -204,6 +214,7 @@ class Map:
         self.value_size = value_size
         # a per-CPU map returns one value per possible CPU, each 8-byte aligned
         self.ncpu = num_possible_cpus() if percpu else 1
+        self.percpu = percpu
         self._slot = (value_size + 7) & ~7 if percpu else value_size
         self._owned = owned
 
@@ -229,7 +240,7 @@ class Map:
         return create_string_buffer(self.entry_bytes)
 
     def _split(self, raw: bytes) -> bytes | list[bytes]:
-        if self.ncpu == 1 and self._slot == self.value_size:
+        if not self.percpu:  # a per-CPU map's value is a list, also on one CPU
             return raw
         return [raw[i * self._slot:i * self._slot + self.value_size] for i in range(self.ncpu)]
 
@@ -283,8 +294,10 @@ class Map:
             cur = create_string_buffer(nxt.raw, self.key_size)
             yield nxt.raw
 
-    def items(self) -> list[tuple[bytes, bytes | list[bytes]]]:
-        """All entries; one batch syscall where the map type supports it."""
+    def items(self, nonzero: bool = False) -> list[tuple[bytes, bytes | list[bytes]]]:
+        """All entries (nonzero: entries whose value is all zeros may be left
+        out, found at C speed - a rule set's counters are mostly zeros); one
+        batch syscall where the map type supports it."""
         n = 4096
         keys, vals = create_string_buffer(self.key_size * n), create_string_buffer(self.entry_bytes * n)
         out_batch, count = create_string_buffer(max(self.key_size, 8)), c_uint32(n)
@@ -301,7 +314,8 @@ class Map:
                 raise LibbpfError(err, f"batch lookup in map {self.name}")
             vs, ks = self.entry_bytes, self.key_size
             kraw, vraw = keys.raw, vals.raw  # each .raw is a copy of the whole buffer: once per batch
-            result += [(kraw[i * ks:(i + 1) * ks], self._split(vraw[i * vs:(i + 1) * vs])) for i in range(count.value)]
+            taken = _nonzero_entries(vraw, vs, count.value) if nonzero else range(count.value)
+            result += [(kraw[i * ks:(i + 1) * ks], self._split(vraw[i * vs:(i + 1) * vs])) for i in taken]
             if ret < 0:  # ENOENT: that was the last batch
                 return result
             in_batch = create_string_buffer(out_batch.raw, len(out_batch))

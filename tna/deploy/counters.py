@@ -14,10 +14,7 @@ def read_counters(counter_map: bpf.Map) -> dict[int, tuple[int, int]]:
     """index -> (packets, bytes) of a per-CPU tna_counter array, summed over
     CPUs; zero entries left out."""
     out: dict[int, tuple[int, int]] = {}
-    zero = bytes(counter_map.value_size)
-    for key, per_cpu in counter_map.items():
-        if all(v == zero for v in per_cpu):  # most of a rule set's counters: skipped cheaply
-            continue
+    for key, per_cpu in counter_map.items(nonzero=True):
         counters = [abi.TnaCounter.from_buffer_copy(v) for v in per_cpu]
         pkts, byts = sum(c.packets for c in counters), sum(c.bytes for c in counters)
         if pkts:
