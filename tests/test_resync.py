@@ -169,3 +169,26 @@ def test_a_stop_does_not_wait_for_the_dump() -> None:
         assert time.monotonic() - t0 < 20  # a generous bound: the wait itself is 1 s
     finally:
         reading.set()
+
+
+def test_a_closed_watchers_commit_neither_holds_nor_counts() -> None:
+    """The old watcher's reader runs on for up to a second after a resync
+    closed it: a commit it hears then is the new watcher's to hear (or
+    the new snapshot's to read); counted, it would hold FW_CHANGED until the
+    next commit, and no read would ever have its news."""
+    from tna.holds import Holds
+
+    held: list[int] = []
+    h = Holds(held.append)
+    old = h.new_watcher()
+    h.nft_begin(old)  # a commit under way as the watcher is closed
+    new = h.new_watcher()
+    h.rules_read()  # the new snapshot's read
+    h.nft_begin(old)
+    assert h.nft_end(1, False, gen=old) == 0
+    with h.lock:
+        assert h.reason() == 0 and h.rules_exact
+    h.nft_begin(new)
+    assert h.nft_end(1, False, gen=new) == 1
+    with h.lock:
+        assert h.reason() == abi.REASON["FW_CHANGED"]

@@ -242,7 +242,8 @@ class Daemon:
             if self._watcher is not None:
                 self._watcher.close()
             gen = self.holds.new_watcher()
-            self._watcher = Watcher(on_nft_begin=self.holds.nft_begin, on_nft_end=self.holds.nft_end,
+            self._watcher = Watcher(on_nft_begin=functools.partial(self.holds.nft_begin, gen),
+                                    on_nft_end=functools.partial(self.holds.nft_end, gen=gen),
                                     on_lost=functools.partial(self._events_lost, gen),
                                     on_events=self.holds.events_queued,
                                     on_xfrm_begin=functools.partial(self.holds.xfrm_begin, gen),

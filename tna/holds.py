@@ -57,16 +57,22 @@ class Holds:
 
     # --- reader threads -----------------------------------------------------
 
-    def nft_begin(self) -> None:
-        """A commit's first messages: the programs may carry the old rules or
-        set members."""
+    def nft_begin(self, gen: int = 0) -> None:
+        """A commit's first messages (heard by watcher gen; 0: the current
+        one): the programs may carry the old rules or set members."""
         with self.lock:
+            if gen < self.watcher_gen and gen:
+                return  # closed: the current watcher reads the rules after the commit
             self._nft_open = True
             self._hold(abi.REASON["FW_CHANGED"])
 
-    def nft_end(self, n: int, still_open: bool) -> int:
-        """n commits ended; the last one's number."""
+    def nft_end(self, n: int, still_open: bool, gen: int = 0) -> int:
+        """n commits ended (heard by watcher gen; 0: the current one); the
+        last one's number.  A closed watcher's are not counted: their news
+        goes to a queue no one reads, and no read would wait for it."""
         with self.lock:
+            if gen < self.watcher_gen and gen:
+                return self.commits
             self.commits += n
             self._nft_open = still_open
             return self.commits
@@ -137,7 +143,8 @@ class Holds:
             self.rules_gen, self.rules_exact = self.commits, not self._nft_open
 
     def new_watcher(self) -> int:
-        self._xfrm_open = False  # the new watcher's snapshot reads the policies anew
+        # the new watcher's snapshot reads the policies and the rules anew
+        self._xfrm_open = self._nft_open = False
         self.watcher_gen = next(self._generations)
         return self.watcher_gen
 
