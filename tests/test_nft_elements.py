@@ -256,10 +256,13 @@ def test_a_commit_says_which_iptables_rules_it_deleted(ns: Ns) -> None:
     assert [dict(c.deleted or {}) for c in run("iptables", "-D", "FORWARD", "2")] == [{(4, "filter", "FORWARD"): 1}]
     assert [c.deleted for c in run("iptables", "-I", "FORWARD", "1", "-p", "icmp", "-j", "ACCEPT")] == [()]
     whole = [dict(c.deleted or {}) for c in run("iptables-restore", input=rules)]
-    # the table, FORWARD's 2 rules and FORWARD itself
-    assert len(whole) == 1 and whole[0][(4, "filter", None)] >= 1 and whole[0][(4, "filter", "FORWARD")] == 3
+    # the table, FORWARD's 2 rules, FORWARD itself deleted and added again
+    assert len(whole) == 1 and whole[0][(4, "filter", None)] >= 1 and whole[0][(4, "filter", "FORWARD")] == 4
     run("iptables", "-N", "SPARE")
     assert [dict(c.deleted or {}) for c in run("iptables", "-X", "SPARE")] == [{(4, "filter", "SPARE"): 1}]
-    # -Z: FORWARD added again (its counter zeroed), its rules deleted and added again
+    # -P: FORWARD added again (its counter zeroed); -Z: every base chain
+    # (the whole table), its rules counted deleted and added again
+    assert [dict(c.deleted or {}) for c in run("iptables", "-P", "FORWARD", "DROP")] == [{(4, "filter", "FORWARD"): 1}]
+    run("iptables", "-A", "INPUT", "-j", "ACCEPT")
     zeroed = [dict(c.deleted or {}) for c in run("iptables", "-Z")]
     assert len(zeroed) == 1 and zeroed[0].get((4, "filter", None), 0) >= 1, zeroed

@@ -89,15 +89,10 @@ class _Marshal(Marshal):
 def _deleted_place(msg: nft_rule_msg, kind: int) -> tuple[int, str, str | None] | None:
     """Where a deletion in an ip or ip6 table was (None: elsewhere).  A
     chain deleted counts as one rule more than its rules deleted: a chain
-    of that name made again in the commit is in doubt as a whole.  A base
-    chain added again is how iptables-nft's `-Z` zeroes its counters (and
-    `-P` sets its policy): the whole table is in doubt; the rules `-Z`
-    zeroes it deletes and adds again (those counted 0 it leaves as they are)."""
+    of that name made again in the commit is in doubt as a whole."""
     version = IP_VERSION.get(msg["nfgen_family"])
     if version is None:
         return None
-    if kind == NFT_MSG_NEWCHAIN:
-        return (version, msg.get_attr("NFTA_CHAIN_TABLE"), None) if msg.get_attr("NFTA_CHAIN_HOOK") else None
     if kind == NFT_MSG_DELRULE:
         return version, msg.get_attr("NFTA_RULE_TABLE"), msg.get_attr("NFTA_RULE_CHAIN")
     if kind == NFT_MSG_DELCHAIN:
@@ -135,13 +130,29 @@ class CommitReader:
         self._marshal = _Marshal()
         self._elements: list[SetElement] | None = []
         self._deleted: Counter[tuple[int, str, str | None]] | None = Counter()
+        self._base_chains: dict[tuple[int, str], set[str]] = {}  # added (again) by the commit under way
         self.partial = False  # messages of a commit whose NEWGEN has not come yet
 
     def lost(self) -> list[NftCommit]:
         """Messages were lost (an overrun): a commit not known whole, now,
         and the rest of the one under way (up to its NEWGEN) another."""
-        self._elements, self._deleted, self.partial = None, None, False
+        self._elements, self._deleted, self._base_chains, self.partial = None, None, {}, False
         return [NftCommit(None)]
+
+    def _deletions(self) -> Deleted | None:
+        """The commit's deletions.  A base chain added again is how
+        iptables-nft's `-P` sets a policy (its counter zeroed) and `-Z`
+        zeroes the counters: the chain is in doubt, and where the commit
+        added two or more of a table's base chains again (`-Z` of them
+        all), the whole table, the rules `-Z` leaves as they are (those the
+        kernel counted 0) included; the others it zeroes it deletes and
+        adds again."""
+        if self._deleted is None:
+            return None
+        for (version, table), chains in self._base_chains.items():
+            for chain in (None,) if len(chains) > 1 else chains:
+                self._deleted[(version, table, chain)] += 1
+        return tuple(self._deleted.items())
 
     def feed(self, data: bytes) -> list[NftCommit]:
         done = []
@@ -150,13 +161,15 @@ class CommitReader:
             if subsys != NFNL_SUBSYS_NFTABLES:
                 continue
             if kind == NFT_MSG_NEWGEN:
-                done.append(NftCommit(None if self._elements is None else tuple(self._elements),
-                                      None if self._deleted is None else tuple(self._deleted.items())))
-                self._elements, self._deleted, self.partial = [], Counter(), False
+                done.append(NftCommit(None if self._elements is None else tuple(self._elements), self._deletions()))
+                self._elements, self._deleted, self._base_chains, self.partial = [], Counter(), {}, False
                 continue
             self.partial = True
-            if kind in (NFT_MSG_DELRULE, NFT_MSG_DELCHAIN, NFT_MSG_NEWCHAIN, NFT_MSG_DELTABLE) \
-                    and self._deleted is not None:
+            if kind == NFT_MSG_NEWCHAIN and msg.get_attr("NFTA_CHAIN_HOOK") \
+                    and (version := IP_VERSION.get(msg["nfgen_family"])) is not None:
+                self._base_chains.setdefault((version, msg.get_attr("NFTA_CHAIN_TABLE")), set()).add(
+                    msg.get_attr("NFTA_CHAIN_NAME"))
+            elif kind in (NFT_MSG_DELRULE, NFT_MSG_DELCHAIN, NFT_MSG_DELTABLE) and self._deleted is not None:
                 place = _deleted_place(msg, kind)
                 if place is not None:
                     self._deleted[place] += 1
