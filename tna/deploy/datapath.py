@@ -301,15 +301,15 @@ class Datapath:
                     if e.errno not in (errno.ENODEV, errno.EINVAL):
                         raise
         finally:
-            # closing a link's last fd detaches its program, whatever
-            # detaching it explicitly raised
-            self.links.release(ifindex)
-            with self.rule_counts.lock:  # its last counts: carried over as it leaves attached
-                att = self.attached.pop(ifindex, None)
+            try:  # closing a link's last fd detaches its program, whatever detaching it explicitly raised
+                self.links.release(ifindex)
+            finally:
+                with self.rule_counts.lock:  # its last counts: carried over as it leaves attached
+                    att = self.attached.pop(ifindex, None)
+                    if att is not None:
+                        self._retire(att)
                 if att is not None:
-                    self._retire(att)
-            if att is not None:
-                log.info("%s: detached, kernel path: %s", att.plan.name, why)
+                    log.info("%s: detached, kernel path: %s", att.plan.name, why)
 
     def rule_counters(self, att: Attached) -> Counts:
         """A program's tna_fw_rules ({} if it counts no rules, or they

@@ -144,12 +144,22 @@ class RuleCounts:
         self._last_heard = 0
         self._read_upto = 0  # the commits the last read rule sets had
         self._in_doubt = False  # commits missed, or not known to be in the last read
+        # a read that had commits not heard yet: (refs, tables, running, upto), compared when they are
+        self._waiting: tuple[Sequence[RuleRef], Tables, Callable[[], Mapping[int, Counts]], int] | None = None
 
-    def heard(self, gen: int, deleted: Iterable[tuple[Place, int]] | None) -> None:
-        """The gen-th nftables commit's rule deletions (NftCommit.deleted)."""
+    def heard(self, gen: int, deleted: Iterable[tuple[Place, int]] | None) -> bool:
+        """The gen-th nftables commit's rule deletions (NftCommit.deleted).
+        True if the carried counts changed: a read waiting for this news
+        was compared."""
         self._last_heard = max(self._last_heard, gen)
         if deleted is None or deleted:
             self._heard[gen] = deleted
+        waiting = self._waiting
+        if waiting is None or gen < waiting[3]:
+            return False
+        with self.lock:
+            self._waiting = None
+            return self._compare(*waiting, announced=True)
 
     def missed(self) -> None:
         """Commits were missed (a new watcher): nothing says what they deleted."""
@@ -177,7 +187,7 @@ class RuleCounts:
         if numbered is None or numbered[0] is not refs:
             keys = rule_keys(refs, self._handles)
             first: dict[Key, RuleRef] = {}
-            for ref in sorted(refs, key=lambda r: r.id, reverse=True):
+            for ref in reversed(refs):  # the first in the chains' order (a verdict map's first Rule)
                 first[keys[ref.id]] = ref
             numbered = self._numbered = (refs, keys, first)
         return numbered
@@ -200,43 +210,49 @@ class RuleCounts:
         anew (its rules have the keys of the new table's from here on).
         True if the carried counts changed."""
         with self.lock:
-            self._refs = refs
+            self._refs, self._waiting = refs, None
             if not refs:  # nothing counts meanwhile; compared with the next rule set, in doubt
                 self._deleted_since(upto)
                 self._in_doubt = True
                 return False
-            handles = {(family, name): t.handle for family, ts in tables.items() for name, t in ts.items()}
-            rekeyed = handles != self._handles
-            if rekeyed:
-                self._handles, self._numbered = handles, None
-            keys = self.keys(refs)
-            before = carried = self._carried
-            reset: set[Key] = set()
-            # a commit the read had, not heard yet: compared at the read its news brings
-            if not (announced and upto is not None and upto > self._last_heard and not self._in_doubt):
-                deleted = self._deleted_since(upto)
-                seen: dict[Key, int] = {}
-                for ref, (_, counters) in zip(refs, kernel_rules(refs, tables), strict=True):
-                    seen.setdefault(keys[ref.id], counters[0])
-                doubtful = _made_anew(self._seen.keys(), seen.keys(), deleted if announced else None, announced)
-                reset = {k for k, p in seen.items()
-                         if p < self._seen.get(k, 0) or (k[2] is None and k[:4] in doubtful)}
-                self._seen = seen
-                carried = {k: c for k, c in before.items() if k in seen and k not in reset}
-            for prog_id, counts in (running().items() if reset or rekeyed else ()):
-                if (program := self._programs.get(prog_id)) is None:
-                    continue
-                counted, old_keys, base = program
-                new_keys = old_keys if not rekeyed else keys if counted is refs else rule_keys(counted, handles)
-                for i, c in counts.items():
-                    if i < len(new_keys) and (new_keys[i] in reset or new_keys[i] != old_keys[i]):
-                        # from here on: taken off what it goes on counting
-                        k = new_keys[i]
-                        carried[k] = _add(carried.get(k, (0, 0)), _add(c, base.get(i, (0, 0)), -1), -1)
-                self._programs[prog_id] = (counted, new_keys, base)
-            self._carried = carried
-            self.version += carried != before
-            return carried != before
+            return self._compare(refs, tables, running, upto, announced)
+
+    def _compare(self, refs: Sequence[RuleRef], tables: Tables, running: Callable[[], Mapping[int, Counts]],
+                 upto: int | None, announced: bool) -> bool:
+        """observe()'s work (call with the lock held)."""
+        handles = {(family, name): t.handle for family, ts in tables.items() for name, t in ts.items()}
+        rekeyed = handles != self._handles
+        if rekeyed:
+            self._handles, self._numbered = handles, None
+        keys = self.keys(refs)
+        before = self._carried
+        carried, reset = dict(before), set()
+        if announced and upto is not None and upto > self._last_heard and not self._in_doubt:
+            self._waiting = (refs, tables, running, upto)  # a commit the read had, not heard yet
+        else:
+            deleted = self._deleted_since(upto)
+            seen: dict[Key, int] = {}
+            for ref, (_, counters) in zip(refs, kernel_rules(refs, tables), strict=True):
+                seen.setdefault(keys[ref.id], counters[0])
+            doubtful = _made_anew(self._seen.keys(), seen.keys(), deleted if announced else None, announced)
+            reset = {k for k, p in seen.items()
+                     if p < self._seen.get(k, 0) or (k[2] is None and k[:4] in doubtful)}
+            self._seen = seen
+            carried = {k: c for k, c in before.items() if k in seen and k not in reset}
+        for prog_id, counts in (running().items() if reset or rekeyed else ()):
+            if (program := self._programs.get(prog_id)) is None:
+                continue
+            counted, old_keys, base = program
+            new_keys = old_keys if not rekeyed else keys if counted is refs else rule_keys(counted, handles)
+            for i, c in counts.items():
+                if i < len(new_keys) and (new_keys[i] in reset or new_keys[i] != old_keys[i]):
+                    # from here on: taken off what it goes on counting
+                    k = new_keys[i]
+                    carried[k] = _add(carried.get(k, (0, 0)), _add(c, base.get(i, (0, 0)), -1), -1)
+            self._programs[prog_id] = (counted, new_keys, base)
+        self._carried = carried
+        self.version += carried != before
+        return carried != before
 
     def _by_key(self, prog_id: int, counts: Counts) -> dict[Key, tuple[int, int]]:
         """A program's counts less its base, by the keys of its rules."""
