@@ -98,3 +98,24 @@ def test_stats_rules_reads_the_counters_again_when_the_rules_changed_meanwhile(m
     rows = json.loads(capsys.readouterr().out)
     assert [(r["fast_path"]["packets"]) for r in rows] == [7]
     assert rows[0]["text"] == new["firewall_rules"][0]["text"]
+
+
+def test_stats_rules_leaves_the_fast_paths_counts_out_when_the_rules_keep_changing(monkeypatch: Any,
+                                                                                   capsys: Any) -> None:
+    """Five reads, each with other rules after it: the kernel's counters
+    are shown, the fast path's left out (never counts of other rules), and
+    it says so."""
+    from tna import cli
+    from tna.netlink import netfilter
+
+    def state(n: int) -> dict[str, Any]:
+        return {"pid": 1, "ifaces": {"r-h1": {"prog_id": 12}}, "renumbered": n, "firewall_rules": [
+            {"id": 0, "family": 4, "chain": "FORWARD", "index": 1, "text": "-A FORWARD -j DROP", "table": "filter"}]}
+    states = (state(n) for n in range(1, 100))
+    monkeypatch.setattr(cli, "_running_state", lambda: next(states))
+    monkeypatch.setattr(cli, "fast_path_rule_counters", lambda st: {0: (7, 700)})
+    monkeypatch.setattr(netfilter, "read_rulesets", lambda: SimpleNamespace(tables={4: {}}))
+    cli.cmd_rules(state(0), as_json=True)
+    out = capsys.readouterr()
+    assert [r["fast_path"]["packets"] for r in json.loads(out.out)] == [0]
+    assert "the rules kept changing" in out.err
