@@ -175,6 +175,22 @@ def test_lock_holder_reads_proc_locks(tmp_path: Path, monkeypatch: pytest.Monkey
     assert runstate.flock_holder(line, 0xFE, 0, 1450018) is None
 
 
+def test_saved_rule_counts_are_taken_once_and_only_in_their_namespace(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """They live beside the run directory (a stop removes that) and carry
+    the namespace's cookie: an inode number can be another namespace's
+    later in the same boot."""
+    monkeypatch.setattr(runstate, "RUN_ROOT", tmp_path)
+    runstate.save_rule_counts({"genid": 3, "carried": []})
+    assert runstate.take_rule_counts() == {"genid": 3, "carried": [], "netns": runstate._netns_cookie()}
+    assert runstate.take_rule_counts() is None
+    runstate.save_rule_counts({"genid": 3})
+    monkeypatch.setattr(runstate, "_netns_cookie", lambda: 1)
+    assert runstate.take_rule_counts() is None
+    runstate.save_rule_counts(None)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_command_line() -> None:
     args = build_parser().parse_args(["check", "--json", "--hook", "tc"])
     assert args.json and args.hook == "tc" and args.fn.__name__ == "cmd_check"

@@ -147,6 +147,19 @@ class Stateful:
         self.prog = st["ifaces"]["r-h1"]["prog_id"]
         self.frames = established(lab, 40100)
 
+    def carried_again(self) -> int:
+        """One frame at a time until the fast path carries one (a change's
+        hold over); how many reached h2 meanwhile, by either path."""
+        arrived = 0
+
+        def carried() -> bool:
+            nonlocal arrived
+            got, moved = self.sent(1, 1)
+            arrived += len(got)
+            return moved == {"FORWARDED": 1}
+        assert wait_for(carried, 30, 0.2), self.tna.output()
+        return arrived
+
     def sent(self, n: int, wait: float) -> tuple[list[bytes], dict[str, int]]:
         """What reached h2 of the first n frames, and the r-h1 reasons of
         probes they moved (not OTHERHOST: h1's own multicast, sent meanwhile)."""
@@ -196,6 +209,12 @@ def test_set_members_follow_nft_with_the_same_program(router_lab: RouterLab, hoo
             assert tna.status()["ifaces"]["r-h1"]["prog_id"] == s.prog, cmd
 
 
+def established_total(lab: RouterLab) -> int:
+    """`tna stats --rules`: what the `ct state established` rule matched, kernel and fast path."""
+    accept = next(r for t, r in rules(lab).items() if "established" in t)
+    return accept["kernel"]["packets"] + accept["fast_path"]["packets"]
+
+
 def test_a_rules_total_stays_linuxs_when_its_table_is_made_again(router_lab: RouterLab, hook: str) -> None:
     """`nft -f` of the same file (flush ruleset, the table anew): the rules
     equal, the program stays; the kernel's counters restart, and so does
@@ -206,15 +225,20 @@ def test_a_rules_total_stays_linuxs_when_its_table_is_made_again(router_lab: Rou
         s = Stateful(lab, tna)
         assert s.sent(8, 2)[1] == {"FORWARDED": 8}
         lab.run(lab.r, ["nft", "-f", "-"], input=STATEFUL)
-        arrived = 0
-
-        def carried_again() -> bool:
-            nonlocal arrived
-            got, moved = s.sent(1, 1)
-            arrived += len(got)
-            return moved == {"FORWARDED": 1}
-        assert wait_for(carried_again, 30, 0.2), tna.output()
+        arrived = s.carried_again()
         got, moved = s.sent(8, 2)
         assert moved == {"FORWARDED": 8} and tna.status()["ifaces"]["r-h1"]["prog_id"] == s.prog
-        accept = next(r for t, r in rules(lab).items() if "established" in t)
-        assert accept["kernel"]["packets"] + accept["fast_path"]["packets"] == arrived + len(got), accept
+        assert established_total(lab) == arrived + len(got), tna.output()
+
+
+def test_a_rules_total_goes_on_through_a_restart_of_tna(router_lab: RouterLab, hook: str) -> None:
+    """tna stopped and started again with no commit between: each rule's
+    total keeps what the first one's programs counted."""
+    lab = router_lab
+    stateful_lab(lab, hook)
+    with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
+        assert Stateful(lab, tna).sent(8, 2)[1] == {"FORWARDED": 8}
+        before = established_total(lab)
+    with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], []) as tna:  # the hosts' XDP programs stay
+        arrived = Stateful(lab, tna).carried_again()
+        assert established_total(lab) == before + arrived, tna.output()

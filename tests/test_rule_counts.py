@@ -270,3 +270,29 @@ def test_a_program_not_yet_replaced_counts_its_rules_under_their_new_places() ->
     more = {i: (p + 1, b + 100) for i, (p, b) in live.items()}
     assert {(r.index, r.text): p for r, (p, _) in counts.by_rule({1: more})} == {(2, UDP): 1, (3, TCP): 1}
     assert fw2 != fw3
+
+
+def test_the_counts_go_on_in_the_next_daemon_where_no_commit_came_between() -> None:
+    """A tna stopped (saved()) and one started (restore() after its first
+    read): the same generation - the same rules - carries the counts on
+    (through JSON), each while its rule's kernel counter has not gone back;
+    another generation carries none."""
+    import json
+
+    first = Counts()
+    fw, live = running_with(first, t := tables(UDP, TCP, kernel=4), counted={UDP: 5, TCP: 3})
+    first.commit(())
+    first.observe(rule_refs(fw), t, lambda: {1: live}, first.gen, genid=7)
+    with first.lock:
+        first.ended(1, live)
+    saved = json.loads(json.dumps(first.saved()))
+    for genid, kernel, carried in ((7, 4, {UDP: 5, TCP: 3}), (8, 4, {}), (7, 2, {})):
+        nxt = Counts()
+        nxt.missed()  # as a start does
+        nxt.observe(rule_refs(fw), tables(UDP, TCP, kernel=kernel), dict, 0, genid=genid)
+        assert nxt.restore(saved) == bool(carried)
+        assert by_text(nxt, fw) == carried, (genid, kernel)
+    legacy = Counts()
+    running_with(legacy, t)
+    legacy.observe(rule_refs(fw), t, dict, 0, announced=False, genid=7)
+    assert legacy.saved() is None

@@ -44,7 +44,7 @@ from tna.netlink.ipset import IpsetReader
 from tna.netlink.netconf import SysctlsAnnounced
 from tna.netlink.netfilter import NetfilterChanged
 from tna.netlink.watch import DumpStopped, ResyncNeeded, Watcher
-from tna.runstate import RunLock, publish_status
+from tna.runstate import RunLock, publish_status, save_rule_counts, take_rule_counts
 from tna.sdnotify import notify, reloading
 from tna.snapshot import BridgePromiscuity, model_from, plan_filtering, poll_sysctls, poll_tcx, read_firewall
 from tna.status import describe
@@ -113,6 +113,7 @@ class Daemon:
             if self.metrics_addr is not None:
                 self.metrics.serve(*self.metrics_addr)
             self._resync()
+            self.dp.rule_counts.restore(take_rule_counts())  # the last tna's, if no commit came since
             self.dp.remove_leftovers({i: link.name for i, link in self.model.links.items()}, self._plan().ifaces)
             self.reconcile()
             lease.start()
@@ -129,6 +130,7 @@ class Daemon:
                     t.join()
             self.metrics.close()  # before the maps it reads go
             self.dp.remove_all()
+            save_rule_counts(self.dp.rule_counts.saved())
             if self._watcher is not None:
                 self._watcher.close()
             self._ipset_reader.close()
@@ -192,8 +194,7 @@ class Daemon:
             self._heartbeat = time.monotonic()
 
     def _reload(self) -> bool:
-        """SIGHUP: the settings re-read; True if they changed (the reconcile that follows
-        re-plans).  systemd hears RELOADING=1 before, READY=1 after that reconcile."""
+        """SIGHUP: the settings re-read; True if they changed (systemd: RELOADING=1, READY=1 after the reconcile)."""
         new = reread_settings(self.settings, self._reread)
         changed, self.settings = new != self.settings, new
         self._set_log_level()
@@ -276,7 +277,7 @@ class Daemon:
         # the kernel's counters as read: a rule gone or zeroed ends the fast path's count of it (status)
         return self.dp.observe_rules(rule_refs(self.model.firewall), f.tables,
                                      self.holds.rules_gen if self.holds.rules_exact else None,
-                                     not netfilter.legacy_in_use()) | changed
+                                     not netfilter.legacy_in_use(), f.genid) | changed
 
     def _apply_set_elements(self, commits: list[NetfilterChanged]) -> bool:
         """Commits that only added or deleted elements of mirrored nftables

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
 RUN_ROOT = Path(os.environ.get("TNA_RUN_DIR", "/run/tna"))
 
 
@@ -75,6 +78,41 @@ def flock_holder(proc_locks: str, major: int, minor: int, inode: int) -> int | N
         if len(f) >= 6 and f[1] == "FLOCK" and f[5] == dev:
             return int(f[4])
     return None
+
+
+SO_NETNS_COOKIE = 71  # a namespace's id for the boot: never reused, unlike its inode number
+
+
+def _netns_cookie() -> int:
+    with socket.socket() as s:
+        return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+
+
+def _counts_file() -> Path:
+    return RUN_ROOT / f"rulecounts-{netns_id()}.json"  # beside run_dir(): a stop removes that
+
+
+def save_rule_counts(saved: dict[str, Any] | None) -> None:
+    """What the fast path counted per rule when tna stopped
+    (RuleCounts.saved()), for the next start in this namespace."""
+    try:
+        if saved is None:
+            _counts_file().unlink(missing_ok=True)
+        else:
+            _counts_file().write_text(json.dumps({**saved, "netns": _netns_cookie()}))
+    except OSError as e:  # tna is stopping: the counts are lost, nothing else
+        log.warning("the fast path's rule counts could not be saved for the next start: %s", e)
+
+
+def take_rule_counts() -> dict[str, Any] | None:
+    """save_rule_counts()'s, once (None: none, or another namespace's)."""
+    try:
+        saved, cookie = json.loads(_counts_file().read_text()), _netns_cookie()
+    except (OSError, ValueError):
+        return None
+    finally:
+        _counts_file().unlink(missing_ok=True)
+    return saved if isinstance(saved, dict) and saved.get("netns") == cookie else None
 
 
 def publish_status(state: dict[str, Any]) -> None:

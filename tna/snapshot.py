@@ -48,6 +48,7 @@ class Filtering:
     tables: dict[int, dict[str, Table]] = field(default_factory=dict)
     ipsets: dict[str, IpSet] = field(default_factory=dict)
     nft_sets: dict[str, IpSet] = field(default_factory=dict)
+    genid: int | None = None  # Rulesets.genid
 
 
 def read_firewall(ipsets: IpsetReader | None = None) -> Filtering:
@@ -66,7 +67,7 @@ def read_firewall(ipsets: IpsetReader | None = None) -> Filtering:
     finally:
         if ipsets is None:
             reader.close()
-    return Filtering(*plan_filtering(rs.tables, sets), rs.tables, sets, rs.sets)
+    return Filtering(*plan_filtering(rs.tables, sets), rs.tables, sets, rs.sets, rs.genid)
 
 
 def plan_filtering(tables: dict[int, dict[str, Table]], sets: Mapping[str, IpSet],

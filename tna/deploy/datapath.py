@@ -332,11 +332,12 @@ class Datapath:
             obj.close()
         self._retired.clear()
 
-    def observe_rules(self, refs: Sequence[RuleRef], tables: Tables, upto: int | None, announced: bool) -> bool:
+    def observe_rules(self, refs: Sequence[RuleRef], tables: Tables, upto: int | None, announced: bool,
+                      genid: int | None) -> bool:
         """The rule sets were read again (RuleCounts.observe()); True if
         the carried counts changed."""
         return self.rule_counts.observe(refs, tables, lambda: {
-            a.prog_id: self.rule_counters(a) for a in list(self.attached.values())}, upto, announced)
+            a.prog_id: self.rule_counters(a) for a in list(self.attached.values())}, upto, announced, genid)
 
     def remove_leftovers(self, links: Mapping[int, str], planned: Container[int]) -> None:
         """A dead daemon's programs stay attached (in fail-safe pass mode):

@@ -144,6 +144,7 @@ class RuleCounts:
         self._last_heard = 0
         self._read_upto = 0  # the commits the last read rule sets had
         self._in_doubt = False  # commits missed, or not known to be in the last read
+        self._read_genid: int | None = None  # the nftables generation _seen was read at (None: not known)
         # a read that had commits not heard yet: (refs, tables, running, upto), compared when they are
         self._waiting: tuple[Sequence[RuleRef], Tables, Callable[[], Mapping[int, Counts]], int] | None = None
 
@@ -198,12 +199,13 @@ class RuleCounts:
         return self._numbering(refs)[1]
 
     def observe(self, refs: Sequence[RuleRef], tables: Tables, running: Callable[[], Mapping[int, Counts]],
-                upto: int | None, announced: bool = True) -> bool:
+                upto: int | None, announced: bool = True, genid: int | None = None) -> bool:
         """The rule sets were read (refs: the counted rules of what they
         became, fwgen.rule_refs(); running(): every running program's
         tna_fw_rules by program id; upto: the number of the last nftables
         commit they had, None if that is not known - a commit under way;
-        announced: no iptables-legacy table, whose changes are no commits):
+        announced: no iptables-legacy table, whose changes are no commits;
+        genid: the kernel's nftables generation the read was made at):
         the counts of rules gone are dropped, and those of rules that may
         have been made anew, or whose kernel counter went back, restart;
         so do a running program's counts of the rules of an nft table made
@@ -213,8 +215,9 @@ class RuleCounts:
             self._refs, self._waiting = refs, None
             if not refs:  # nothing counts meanwhile; compared with the next rule set, in doubt
                 self._deleted_since(upto)
-                self._in_doubt = True
+                self._in_doubt, self._read_genid = True, None
                 return False
+            self._read_genid = genid if announced else None
             return self._compare(refs, tables, running, upto, announced)
 
     def _compare(self, refs: Sequence[RuleRef], tables: Tables, running: Callable[[], Mapping[int, Counts]],
@@ -253,6 +256,34 @@ class RuleCounts:
         self._carried = carried
         self.version += carried != before
         return carried != before
+
+    def saved(self) -> dict[str, object] | None:
+        """The carried counts and the kernel's counters they go with, for
+        a daemon started next (restore()); None where the rules read last
+        are not known to be the kernel's generation genid's (a read in
+        doubt or waiting for news, iptables-legacy)."""
+        with self.lock:
+            if self._read_genid is None or self._in_doubt or self._waiting is not None:
+                return None
+            return {"genid": self._read_genid, "seen": [[list(k), n] for k, n in self._seen.items()],
+                    "carried": [[list(k), p, b] for k, (p, b) in self._carried.items()]}
+
+    def restore(self, saved: dict[str, object] | None) -> bool:
+        """A daemon before this one stopped with saved (its saved()): where
+        the first read here has the same generation - no commit since -
+        its counts are carried on, each while its rule's kernel counter has
+        not gone back.  True if some were."""
+        with self.lock:
+            if not saved or self._read_genid is None or saved.get("genid") != self._read_genid or self._carried:
+                return False
+            try:
+                then = {tuple(k): n for k, n in saved["seen"]}  # type: ignore[union-attr]
+                counts = {tuple(k): (p, b) for k, p, b in saved["carried"]}  # type: ignore[union-attr]
+            except (TypeError, ValueError):
+                return False
+            self._carried = {k: c for k, c in counts.items() if k in self._seen and self._seen[k] >= then.get(k, 0)}
+            self.version += 1
+            return bool(self._carried)
 
     def _by_key(self, prog_id: int, counts: Counts) -> dict[Key, tuple[int, int]]:
         """A program's counts less its base, by the keys of its rules."""

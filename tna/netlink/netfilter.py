@@ -27,6 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pyroute2.netlink import NLM_F_REQUEST
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_GETGEN, NFTSocket, nft_gen_msg
 from pyroute2.netlink.nlsocket import NetlinkSocket
 
 from tna.model.ipset import IpSet
@@ -104,6 +107,7 @@ tables' sets (by name), and what TNA cannot model."""
     tables: dict[int, dict[str, Table]] = field(default_factory=lambda: {4: {}, 6: {}})
     foreign: list[str] = field(default_factory=list)
     sets: dict[str, IpSet] = field(default_factory=dict)
+    genid: int | None = None  # the nftables generation they are (None: a commit came during the read)
 
     @property
     def empty(self) -> bool:
@@ -163,6 +167,16 @@ def legacy_in_use() -> bool:
     return any(_legacy_tables(v) for v in LEGACY_NAMES)
 
 
+def nft_generation() -> int | None:
+    """The kernel's nftables rule set generation in this namespace (every
+    commit moves it; None if it cannot be read)."""
+    try:
+        with NFTSocket() as nft:
+            return nft.request_get(nft_gen_msg(), NFT_MSG_GETGEN, msg_flags=NLM_F_REQUEST)[0].get_attr("NFTA_GEN_ID")
+    except (OSError, NetlinkError, IndexError, ValueError):
+        return None
+
+
 def _of(item: dict, native: set[tuple[str, str]]) -> bool:
     """Whether an item of `nft -j list ruleset` belongs to a native table."""
     kind, obj = next(iter(item.items()))
@@ -195,7 +209,7 @@ def _read_native(native: set[tuple[str, str]], out: Rulesets) -> None:
 def read_rulesets() -> Rulesets:
     """Every rule set of this namespace (raises OSError/FileNotFoundError
     when a tool is missing or fails: the caller keeps the fast path off)."""
-    out = Rulesets()
+    out = Rulesets(genid=nft_generation())
     native: set[tuple[str, str]] = set()
     for version in LEGACY_NAMES:
         if _legacy_tables(version):
@@ -217,4 +231,6 @@ def read_rulesets() -> Rulesets:
         _save(version, "nft", out, native)
     if native:
         _read_native(native, out)
+    if out.genid != nft_generation():
+        out.genid = None
     return out
