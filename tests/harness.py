@@ -29,7 +29,7 @@ from tna.model.iptables import Table, parse_save
 from tna.snapshot import plan_filtering
 from tna.synth import setgen
 from tna.synth.compile import compile_source
-from tna.synth.fwgen import all_set_entries, refs_by_id, rule_refs
+from tna.synth.fwgen import all_set_entries, rule_refs
 from tna.synth.render import render
 
 VERDICTS = {
@@ -164,7 +164,7 @@ class FirewallHarness(RouterHarness):
         fw, why = plan_filtering({v: parse_save(r) if isinstance(r, str) else r for v, r in ((4, rules4), (6, rules6))},
                                  ipsets or {})
         assert fw is not None, why
-        self.fw, self.refs = fw, refs_by_id(fw)
+        self.fw, self.refs = fw, {r.id: r for r in rule_refs(fw)}
         super().__init__(lab, hook, firewall=fw, ipsets=ipsets)
         names = {lab.ifindex(lab.r, d): d for d in ("r-h1", "r-h2")}
         for i, mask in fw.iface_masks(names).items():

@@ -61,7 +61,7 @@ class Holds:
         """A commit's first messages (heard by watcher gen; 0: the current
         one): the programs may carry the old rules or set members."""
         with self.lock:
-            if gen < self.watcher_gen and gen:
+            if gen and gen < self.watcher_gen:
                 return  # closed: the current watcher reads the rules after the commit
             self._nft_open = True
             self._hold(abi.REASON["FW_CHANGED"])
@@ -71,7 +71,7 @@ class Holds:
         last one's number.  A closed watcher's are not counted: their news
         goes to a queue no one reads, and no read would wait for it."""
         with self.lock:
-            if gen < self.watcher_gen and gen:
+            if gen and gen < self.watcher_gen:
                 return self.commits
             self.commits += n
             self._nft_open = still_open

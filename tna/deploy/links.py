@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 _CREATE: dict[str, Callable[[int, int], int]] = {"xdp": attach.xdp_link, "tc": attach.tcx_link}
 
 
-
 class ForeignProgram(Exception):
     """Someone else's XDP program or TC filter is there: leave the interface alone."""
 
@@ -63,6 +62,7 @@ def check_tc_ingress(ifindex: int) -> None:
     filters = [f for f in clsact_filters(ifindex, TC_H_CLSACT_INGRESS) if f != abi.TC_FILTER]
     if filters:
         raise ForeignProgram(f"foreign TC ingress filters are attached (prio/handle {filters})")
+
 
 class HookLinks:
     """Our XDP and tcx links, by (ifindex, hook)."""

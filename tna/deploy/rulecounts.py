@@ -17,14 +17,16 @@ is carried over by what each rule is, for as long as the rule stays:
   every rule anew; `iptables -R` replaces one with its own text), and the
   number of a repeated text did not change; anywhere else in doubt - a
   chain where that fails - the fast path's counts of those rules restart,
-  as the kernel's may have.  Where the deletions are not known (commits
-  not read whole, or heard after the read that had them), every chain is
-  in doubt; under iptables-legacy, which announces nothing, a chain whose
-  texts changed.
+  as the kernel's may have.  A read that had a commit not heard yet is
+  compared when it is; where the deletions are not known (commits not
+  read whole, missed by a resync), every chain is in doubt; under
+  iptables-legacy, which announces nothing, a chain whose texts changed.
 
-A kernel counter that went back (iptables -Z, nft reset, a rule deleted
-and made again with its text and place unseen in between) restarts the
-fast path's count of that rule as well.
+A kernel counter that went back (nft reset, a legacy rule deleted and
+made again with its text and place unseen in between) restarts the fast
+path's count of that rule as well.  The counts go on in the next daemon
+where its first read has the nftables generation of this one's last
+(saved(), restore()).
 
 What a rule matched is then its kernel counter, plus the running
 programs' counts of it, plus the carried counts (state.json "carried"),

@@ -9,8 +9,9 @@ does not read exactly (with data, a timeout, expressions, an end key, a
 catch-all) - is just "changed": the rule sets are read again.  Messages are
 parsed by pyroute2; only the set-element ones are decoded in full (a
 commit of 10,000 rules sends 10,000 messages: their headers are enough),
-and of a deleted rule, chain or table its table and chain: the rules
-whose kernel counters ended (tna/deploy/rulecounts.py).
+and of a deleted rule, chain or table and of a base chain added (again)
+its table and chain: the rules whose kernel counters ended or were
+zeroed (tna/deploy/rulecounts.py).
 """
 
 from __future__ import annotations

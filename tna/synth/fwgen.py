@@ -245,12 +245,6 @@ def rule_refs(fw: Firewall | None) -> list[RuleRef]:
             for k, (family, c, r, _) in enumerate(shown)]
 
 
-@functools.lru_cache(maxsize=4)
-def refs_by_id(fw: Firewall | None) -> dict[int, RuleRef]:
-    """rule_refs() by counter id (do not modify)."""
-    return {r.id: r for r in rule_refs(fw)}
-
-
 FIELD_BYTES = {"proto": 1, "sport": 2, "dport": 2}
 
 
