@@ -266,3 +266,21 @@ def test_a_commit_says_which_iptables_rules_it_deleted(ns: Ns) -> None:
     run("iptables", "-A", "INPUT", "-j", "ACCEPT")
     zeroed = [dict(c.deleted or {}) for c in run("iptables", "-Z")]
     assert len(zeroed) == 1 and zeroed[0].get((4, "filter", None), 0) >= 1, zeroed
+
+
+def test_an_overrun_that_lost_a_commits_end_leaves_no_commit_under_way(ns: Ns) -> None:
+    """A commit of thousands of rules into a socket with room for one
+    datagram: the kernel drops the rest, its NEWGEN with them, and reports
+    the loss before the datagram it kept.  The loss is a commit not known
+    whole, and so is what came after it, once nothing is left - else the
+    commit would stay under way (and the daemon's hold on) until the next
+    commit's NEWGEN."""
+    import socket
+
+    ns.events._raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    rules = "".join(f"add rule inet t many tcp dport {port} drop\n" for port in range(1, 2001))
+    subprocess.run(["ip", "netns", "exec", ns.name, "nft", "-f", "-"], check=True, capture_output=True, text=True,
+                   input="add chain inet t many\n" + rules)
+    commits = ns.commits()
+    assert commits and all(c.elements is None for c in commits), commits
+    assert not ns.events.partial

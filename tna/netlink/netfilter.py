@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import re
 import select
 import shutil
@@ -45,6 +46,7 @@ NFT_FAMILY = {"ip": 4, "ip6": 6}
 FAMILY_NAME = {4: "ip", 6: "ip6"}
 INCOMPATIBLE = re.compile(r"# Table `([^']+)' is incompatible")  # iptables-nft-save leaves it out
 NETLINK_NETFILTER, NFNLGRP_NFTABLES = 12, 7
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -83,9 +85,13 @@ class NftEvents:
         are decoded (the kernel runs it already).  An overrun (a commit of
         thousands of rules sends a message per rule) is a commit not known
         whole: the rule sets are read whole then, so nothing else was lost
-        and no resync is needed."""
+        and no resync is needed; so is the rest of a commit under way, once
+        nothing is left (its NEWGEN may have been lost with the rest)."""
         done: list[NftCommit] = []
-        while select.select([self._raw], [], [], 0 if done and not self.partial else timeout)[0]:
+        while True:
+            quiet = (done and not self.partial) or self._commits.unsure
+            if not select.select([self._raw], [], [], 0 if quiet else timeout)[0]:
+                return done + self._commits.settle() if self._commits.unsure else done
             if not self.partial:
                 on_begin()
             try:
@@ -93,10 +99,10 @@ class NftEvents:
             except OSError as e:
                 if e.errno != errno.ENOBUFS:
                     raise
+                log.info("nftables notifications overran the socket: the rule sets are read whole")
                 done += self._commits.lost()
                 continue
             done += self._commits.feed(data)
-        return done
 
 
 @dataclass

@@ -133,12 +133,24 @@ class CommitReader:
         self._deleted: Counter[tuple[int, str, str | None]] | None = Counter()
         self._base_chains: dict[tuple[int, str], set[str]] = {}  # added (again) by the commit under way
         self.partial = False  # messages of a commit whose NEWGEN has not come yet
+        self.unsure = False  # messages were lost, and none has been missed since
 
     def lost(self) -> list[NftCommit]:
         """Messages were lost (an overrun): a commit not known whole, now,
         and the rest of the one under way (up to its NEWGEN) another."""
         self._elements, self._deleted, self._base_chains, self.partial = None, None, {}, False
+        self.unsure = True
         return [NftCommit(None)]
+
+    def settle(self) -> list[NftCommit]:
+        """No notification is left after an overrun: the rest of a commit
+        under way may have been lost with its NEWGEN, so it ends here, not
+        known whole (the kernel notifies a commit once it has applied all of
+        it: the rules read after this have it all).  What still comes of it
+        is another commit not known whole, as after lost()."""
+        ended = self.lost() if self.partial else []
+        self.unsure = False
+        return ended
 
     def _deletions(self) -> Deleted | None:
         """The commit's deletions.  A base chain added again is how
