@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from tna.model.config import AF_INET, AF_INET6, Model, Nexthop, Removed, Sysctls
 from tna.model.routes import UNKNOWN_MTU, Dumped, Route, RouteDump
-from tna.netlink.watch import read_sysctls
+from tna.netlink.sysctls import read_sysctls
 
 POLICY1 = Sysctls(True, True, ipv4_mp_hash_policy=1, ipv6_mp_hash_policy=1)
 

@@ -13,7 +13,7 @@ from tna.bpf import libbpf as bpf
 from tna.bpf.ringbuf import RingBuffer
 from tna.deploy.datapath import Datapath
 from tna.netlink.conntrack import Liberal
-from tna.netlink.watch import read_int
+from tna.netlink.sysctls import read_int
 
 BELL_WAIT_S = 0.5  # how often the thread looks at the stop flag and the shared maps
 BATCH = 512

@@ -37,7 +37,8 @@ from tna.model.config import Model
 from tna.model.firewall import Firewall
 from tna.model.hooks import firewall_plan
 from tna.model.iptables import parse_save
-from tna.netlink.watch import Watcher, read_sysctls
+from tna.netlink.sysctls import read_sysctls
+from tna.netlink.watch import Watcher
 from tna.runstate import RUN_ROOT
 from tna.snapshot import model_from
 from tna.synth.build import build

@@ -23,7 +23,8 @@ from tna.model.iptables import Table
 from tna.netlink import netfilter
 from tna.netlink.decode import NlMsg, decoded
 from tna.netlink.ipset import IpsetReader
-from tna.netlink.watch import Watcher, read_rp_filter, read_sysctls, tcx_facts
+from tna.netlink.sysctls import read_rp_filter, read_sysctls
+from tna.netlink.watch import Watcher, tcx_facts
 from tna.synth.fwgen import unfit
 
 
