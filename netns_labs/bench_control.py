@@ -2,7 +2,7 @@
 
   python -m netns_labs.bench_control [--idle-seconds 30] [--commits 20] [--rules 10 10000]
                                      [--ipset-members N] [--element-commits 20] [--host-commits 10]
-                                     [--json FILE]
+                                     [--busy-commits 10] [--busy-rules 10000] [--json FILE]
 
 In the router lab with the stateful FORWARD chain of netns_labs/bench.py
 (forward_rules(N): INVALID dropped, N - 3 blocklist rules, ESTABLISHED and
@@ -17,9 +17,11 @@ the service accepted), `tna run` (auto hooks: TC on the veths):
    FORWARD 2` of a new blocklist rule (the shape of the others: a member of
    their set, so the code and the programs stay; its map entries change).
    From `iptables` returning:
-   - hold: until the datapath holds (tna_state's pass reason, read through
-     the program attached to r-h1; negative when it held before iptables
-     returned);
+   - hold: until the datapath holds (tna_state's pass reason, or the
+     commit guard's FW_CHANGED, read through the program attached to r-h1;
+     negative when it held before iptables returned);
+   - heard: until the daemon's own hold is up (tna_config.pass_reason: its
+     nftables reader took the commit);
    - program: until a new program is attached to r-h1 (its id changed;
      none is expected here, and a commit that brings one is counted);
    - release: until the hold is released (pass reason 0 again).
@@ -38,6 +40,11 @@ the service accepted), `tna run` (auto hooks: TC on the veths):
    its `iptables -D` (the object compiled before):
    hold, program (veth-c1's), release as above, the inserts and deletes
    apart.  Every interface's program is loaded again for each.
+5. With --busy-commits N, behind --busy-rules rules: N commits as in 2.,
+   each started as soon as the commit before it is released (back to back,
+   as Docker's `iptables` runs are), while the daemon is still busy with
+   that one's aftermath (and holds the GIL): hold against heard shows what
+   the commit guard (tna/helpers/commit_guard.h) spares.
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ from tna.bpf import libbpf as bpf
 from tna.deploy.links import attached_tna_prog
 
 COMMIT_TIMEOUT = 120.0  # s: a commit behind 10,000 rules on a busy machine takes seconds
+PHASES = ("hold", "heard", "program", "release")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -84,6 +92,12 @@ class Datapath:
 
     def pass_reason(self) -> int:
         return pass_reason(self.state)
+
+    def daemons_reason(self) -> int:
+        """The daemon's own hold (tna_config.pass_reason), without the commit guard's."""
+        raw = self.state.lookup(b"\0\0\0\0")
+        assert isinstance(raw, bytes)
+        return abi.TnaState.from_buffer_copy(raw).cfg.pass_reason
 
 
 ELEMENT_TABLE = """table inet tnabench {
@@ -114,7 +128,7 @@ def commit(lab: Lab, dp: Datapath, cmd: list[str], program: bool, poll: float) -
     for if one is expected, else None unless one came), release; polled every poll s."""
     old = dp.prog_id()
     proc = lab.popen(dp.ns, cmd)
-    held = prog = released = returned = None
+    held = heard = prog = released = returned = None
     deadline = time.monotonic() + COMMIT_TIMEOUT
     while time.monotonic() < deadline:
         now = time.monotonic()
@@ -125,6 +139,8 @@ def commit(lab: Lab, dp: Datapath, cmd: list[str], program: bool, poll: float) -
         reason = dp.pass_reason()
         if held is None and reason:
             held = now
+        if heard is None and dp.daemons_reason():
+            heard = now
         if prog is None and dp.prog_id() not in (old, 0):
             prog = now
         if held is not None and released is None and not reason:
@@ -138,18 +154,48 @@ def commit(lab: Lab, dp: Datapath, cmd: list[str], program: bool, poll: float) -
         raise SystemExit(f"{shlex.join(cmd)}: not settled within {COMMIT_TIMEOUT} s")
     assert returned is not None
     return {what: None if t is None else t - returned for what, t in
-            (("hold", held), ("program", prog), ("release", released))}
+            (("hold", held), ("heard", heard), ("program", prog), ("release", released))}
 
 
 def timed(lab: Lab, dp: Datapath, cmds: list[list[str]], poll: float) -> dict:
     """No program expected: a set's entries change (a rule's, an element's)."""
-    samples: dict[str, list[float]] = {"hold": [], "program": [], "release": []}
+    samples: dict[str, list[float]] = {phase: [] for phase in PHASES}
     for cmd in cmds:
         for what, t in commit(lab, dp, cmd, False, poll).items():
             if t is not None:
                 samples[what].append(t)
         time.sleep(0.5)  # commits apart, as an operator's are
     return summary(samples)
+
+
+def busy_bench(commits: int, rules: int) -> dict:
+    """Behind `rules` rules, commits back to back (as Docker's dozens of
+    `iptables` runs at a container start are): each timed one starts as
+    soon as the one before it is released, while the daemon is still busy
+    with its aftermath (the status, the counts): hold (the datapath's)
+    against heard (the daemon's own hold: when its nftables reader took
+    the commit)."""
+    with RouterLab() as lab:
+        lab.run(lab.r, ["iptables-restore"], input=forward_rules(rules))
+        tna = Tna(lab, lab.r)
+        try:
+            tna.wait_attached(["r-h1", "r-h2"], timeout=COMMIT_TIMEOUT)
+            if not wait_for(lambda: "firewall" in tna.status()["ifaces"]["r-h1"]["modules"], COMMIT_TIMEOUT, 0.5):
+                raise SystemExit("the FORWARD rules were not compiled in")
+            dp = Datapath(lab, lab.r, "r-h1")
+            time.sleep(5)
+            samples: dict[str, list[float]] = {phase: [] for phase in PHASES}
+            for k in range(commits):
+                commit(lab, dp, rule_commit(2 * k), False, 0.001)
+                for what, t in commit(lab, dp, rule_commit(2 * k + 1), False, 0.001).items():
+                    if t is not None:
+                        samples[what].append(t)
+                time.sleep(0.5)
+            dp.state.close()
+        finally:
+            tna.stop()
+            tna.close()
+    return {"commits": commits, "rules": rules, "latency_s": summary(samples)}
 
 
 def summary(samples: dict[str, list[float]]) -> dict:
@@ -217,7 +263,7 @@ def host_bench(commits: int) -> dict:
                 inserts.append(["iptables", "-I", *rule])
                 deletes.append(["iptables", "-D", *rule[:1], *rule[2:]])
             out: dict = {"commits": commits, "ports": lab.ports}
-            samples: dict[str, dict[str, list[float]]] = {w: {"hold": [], "program": [], "release": []}
+            samples: dict[str, dict[str, list[float]]] = {w: {phase: [] for phase in PHASES}
                                                           for w in ("insert", "delete")}
             for pair in zip(inserts, deletes, strict=True):
                 for what, cmd in zip(("insert", "delete"), pair, strict=True):
@@ -250,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--element-commits", type=int, default=20, help="nft add element commits timed (0: none)")
     ap.add_argument("--host-commits", type=int, default=10,
                     help="insert/delete pairs timed on the Docker host lab (0: none)")
+    ap.add_argument("--busy-commits", type=int, default=10,
+                    help="commits timed while the daemon absorbs a burst of route changes (0: none)")
+    ap.add_argument("--busy-rules", type=int, default=10_000)
     ap.add_argument("--json", type=Path, default=RouterLab.repo / "docs" / "bench" / "control.json", metavar="FILE")
     args = ap.parse_args(argv)
     load = [os.getloadavg()[0]]
@@ -269,9 +318,13 @@ def main(argv: list[str] | None = None) -> int:
         for what in ("insert", "delete"):
             print(f"Docker host ({len(host['ports'])} programs), {args.host_commits} `iptables -{what[0].upper()}`:")
             show(host[f"{what}_latency_s"], args.host_commits)
+    busy = busy_bench(args.busy_commits, args.busy_rules) if args.busy_commits else None
+    if busy is not None:
+        print(f"{args.busy_rules} rules, {args.busy_commits} commits each right after another's release:")
+        show(busy["latency_s"], args.busy_commits)
     load.append(os.getloadavg()[0])
     write_doc(args.json, "bench_control", sys.argv[1:] if argv is None else argv, loadavg_1min=load, results=results,
-              host=host)
+              host=host, busy=busy)
     print(f"\nload average (1 min) before / after: {load[0]:.2f} / {load[1]:.2f}; results: {args.json}")
     return 0
 

@@ -18,15 +18,18 @@ from typing import Any
 
 from netns_labs.lab import Host, Lab, in_netns, py, wait_for
 from tna.bpf import attach
-from tna.bpf.abi import MAP_STATE, TnaState
+from tna.bpf.abi import MAP_STATE, REASON, TnaState
 
 
 def pass_reason(state_map: Any) -> int:
-    """tna_state's pass_reason (a hold; 0: none) from the map itself (one
-    map, shared by every program of a daemon, so it outlives each)."""
+    """The reason every program passes all with now (a hold; 0: none), as
+    main.c.j2 reads tna_state: its pass_reason, else FW_CHANGED while the
+    commit guard holds (commit_guard.h).  From the map itself (one map,
+    shared by every program of a daemon, so it outlives each)."""
     raw = state_map.lookup(b"\0\0\0\0")
     assert isinstance(raw, bytes)
-    return TnaState.from_buffer_copy(raw).cfg.pass_reason
+    st = TnaState.from_buffer_copy(raw)
+    return st.cfg.pass_reason or (REASON["FW_CHANGED"] if st.nft_seen != st.cfg.nft_heard else 0)
 
 
 class Tna:

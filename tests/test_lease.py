@@ -97,3 +97,14 @@ def test_a_hold_from_another_thread_is_never_lost() -> None:
 ])
 def test_multipath_policies_become_the_datapath_bits(policies: dict[int, int], bits: int) -> None:
     assert mp_guard_bits(policies) == bits
+
+
+def test_the_commit_guards_end_is_published_and_kept_by_other_publications() -> None:
+    """nft_heard ends the commit guard (commit_guard.h); the main loop's
+    publications, which know nothing of it, must not take it back."""
+    lease, prog = started()
+    lease.set_nft_heard(0x10007)
+    assert prog.published[-1].nft_heard == 0x10007
+    lease.hold(HELD)
+    lease.set_guards(0, {}, (0, 0), ([], []))
+    assert [c.nft_heard for c in prog.published] == [0x10007] * 3

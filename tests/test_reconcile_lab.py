@@ -65,3 +65,61 @@ def test_new_interface_pattern_is_never_judged_with_stale_masks(router_lab: Rout
         # and with the masks written the fast path drops them itself
         assert send_probes(lab, pkts) == set()
         assert tna.counters("r-h1").get("FW_DROP", 0) - held.get("FW_DROP", 0) == len(pkts)
+
+
+def test_a_commit_holds_the_programs_before_the_reader_hears_of_it(router_lab: RouterLab, hook: str,
+                                                                    tmp_path: Path) -> None:
+    """The kernel applies a commit, then notifies it.  Here the reader is
+    paused before it takes the notification (as a main loop holding the GIL
+    would keep it waiting): nothing in the daemon knows of the commit, and
+    the programs built for the old rules run on.  The commit guard
+    (commit_guard.h) holds from the notification itself."""
+    lab = router_lab
+    setup(lab, RULES)
+    pkts = [Packet(ip_address(lab.h1.ip4), ip_address(lab.h2.ip4), "r-h1", "r-h2", 17, 1000, 3000 + i)
+            for i in range(4)]
+    with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2], module="tests.tna_paused",
+                     env_extra={"TNA_PAUSE_DIR": str(tmp_path), "TNA_PAUSE_AT": "nft_reader"}) as tna:
+        assert wait_for(lambda: "firewall" in tna.status()["ifaces"]["r-h1"]["modules"], 10, 0.2), tna.output()
+        assert send_probes(lab, pkts) == {0, 1, 2, 3}
+        before = tna.counters("r-h1")
+        (tmp_path / "arm").touch()
+        lab.run(lab.r, ["iptables", "-I", "FORWARD", "-i", "r-h1", "-j", "DROP"])
+        assert wait_for((tmp_path / "paused").exists, 30, 0.05), tna.output()
+        in_window = send_probes(lab, pkts)
+        held = tna.counters("r-h1")
+        (tmp_path / "resume").touch()
+        assert in_window == set(), (in_window, tna.output())
+        assert held.get("FORWARDED", 0) == before.get("FORWARDED", 0), (before, held)
+        assert held.get("FW_CHANGED", 0) - before.get("FW_CHANGED", 0) >= len(pkts), (before, held)
+        # once the reader has heard, the daemon compiles the new rules in: the fast path drops them itself
+        assert wait_for(lambda: send_probes(lab, pkts[:1]) == set()
+                        and tna.counters("r-h1").get("FW_DROP", 0) > held.get("FW_DROP", 0), 30, 0.2), tna.output()
+
+
+def test_a_commit_the_reader_lost_in_an_overrun_holds_until_the_rules_are_read(
+        router_lab: RouterLab, hook: str, tmp_path: Path) -> None:
+    """A commit of thousands of rules overruns the paused reader's socket:
+    its last notifications are lost, and with them what the reader would
+    have been told.  The guard still holds from them (the filter runs before
+    the kernel drops a datagram), the reader's overrun makes the rules read
+    whole, and then the fast path carries again: no hold is left behind."""
+    lab = router_lab
+    setup(lab, RULES)
+    pkts = [Packet(ip_address(lab.h1.ip4), ip_address(lab.h2.ip4), "r-h1", "r-h2", 17, 1000, 4000 + i)
+            for i in range(4)]
+    many = "".join(f"-A FORWARD -p tcp -m tcp --dport {port} -j DROP\n" for port in range(1, 3001))
+    with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2], module="tests.tna_paused",
+                     env_extra={"TNA_PAUSE_DIR": str(tmp_path), "TNA_PAUSE_AT": "nft_reader"}) as tna:
+        assert wait_for(lambda: "firewall" in tna.status()["ifaces"]["r-h1"]["modules"], 10, 0.2), tna.output()
+        (tmp_path / "arm").touch()
+        lab.run(lab.r, ["iptables-restore"], input=RULES.replace("COMMIT\n", many + "COMMIT\n"))
+        assert wait_for((tmp_path / "paused").exists, 30, 0.05), tna.output()
+        assert send_probes(lab, pkts) == {0, 1, 2, 3}  # the kernel forwards them: the rules accept h1's UDP
+        held = tna.counters("r-h1")
+        (tmp_path / "resume").touch()
+        assert held.get("FW_CHANGED", 0) >= len(pkts), held
+        assert wait_for(lambda: send_probes(lab, pkts[:1]) == {0}
+                        and tna.counters("r-h1").get("FORWARDED", 0) > held.get("FORWARDED", 0), 30, 0.2), \
+            tna.output()
+        assert "overran" in tna.output(), tna.output()

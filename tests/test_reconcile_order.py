@@ -53,6 +53,7 @@ class RecordingDatapath:
         self.preloads = SimpleNamespace(drop=lambda: None)
         self.renumbered = 0
         self.rule_counts = RuleCounts()
+        self.nft_seen_filter = None
 
     def release_retired(self) -> None:
         pass

@@ -192,3 +192,86 @@ def test_a_closed_watchers_commit_neither_holds_nor_counts() -> None:
     assert h.nft_end(1, False, gen=new) == 1
     with h.lock:
         assert h.reason() == abi.REASON["FW_CHANGED"]
+
+
+def test_only_the_current_watchers_reader_ends_the_commit_guard() -> None:
+    """A closed watcher's filter is detached and its news goes nowhere: its
+    reader's word that it heard up to some generation must not end the
+    guard the current watcher's filter raised (commit_guard.h)."""
+    from tna.holds import Holds
+
+    heard: list[int] = []
+    h = Holds(lambda reason: None, heard.append)
+    old = h.new_watcher()
+    h.nft_heard(old, 0x10005)
+    new = h.new_watcher()
+    h.nft_heard(old, 0x10006)
+    h.nft_heard(new, 0x10007)
+    assert heard == [0x10005, 0x10007]
+
+
+def test_the_reader_ends_the_guard_only_for_a_store_it_took(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The filter stores nft_seen before the kernel queues the datagram: a
+    socket found empty does not say the store's datagram was taken, its
+    generation being the last one taken does.  After an overrun, an empty
+    socket does (the lost commit has the rules read whole after it)."""
+    mark = abi.NFT_SEEN
+    ev = NftEvents.__new__(NftEvents)
+    ev.took, ev.overran, ev.last_gen = True, False, 7
+    assert ev.covers(mark | 7, mark)
+    assert not ev.covers(mark | 8, mark)  # a later commit's datagram, still on its way
+    ev.overran, ev._raw = True, object()  # type: ignore[assignment]
+    monkeypatch.setattr(netfilter.select, "select", lambda r, w, x, t: ([], [], []))
+    assert ev.covers(mark | 8, mark)
+    monkeypatch.setattr(netfilter.select, "select", lambda r, w, x, t: (r, [], []))
+    assert not ev.covers(mark | 8, mark)  # more to take first
+
+
+class GuardedWatcher:
+    def __init__(self) -> None:
+        self.nft_guarded = False
+
+    def guard_nft(self, *_: Any) -> None:
+        self.nft_guarded = True
+
+
+class GuardLease:
+    def __init__(self, seen: int) -> None:
+        self.seen, self.heard, self.held = seen, None, []
+
+    def nft_seen(self) -> int:
+        return self.seen
+
+    def set_nft_heard(self, seen: int) -> None:
+        self.heard = seen
+
+    def hold(self, reason: int) -> None:
+        self.held.append(reason)
+
+
+@pytest.mark.parametrize("when", ["new watcher", "first attach", "first attach after a commit"])
+def test_a_guard_attached_starts_from_what_the_rules_read_has(monkeypatch: pytest.MonkeyPatch, when: str) -> None:
+    """A new watcher's snapshot reads the rules after its filter is on
+    (under RESYNC): what a closed watcher's filter stored ends its guard at
+    once, or it would hold until the next commit.  The first attach comes
+    after the rules were read without any filter: a commit since then (the
+    generation moved) holds until they are read again."""
+    from types import SimpleNamespace
+
+    from tna import commitguard
+    from tna.holds import Holds
+
+    committed = when.endswith("commit")
+    monkeypatch.setattr(commitguard.netfilter, "nft_generation", lambda: 12 if committed else 11)
+    lease = GuardLease(abi.NFT_SEEN | 9)
+    dp = SimpleNamespace(nft_seen_filter=SimpleNamespace(fd=3), lease=lease)
+    h = Holds(lease.hold)
+    h.new_watcher()
+    h.rules_read()
+    w = GuardedWatcher()
+    commitguard.guard_commits(w, dp, h, commitguard.NOT_READ if when == "new watcher" else 11)  # type: ignore[arg-type]
+    assert w.nft_guarded
+    assert lease.heard == (abi.NFT_SEEN | 9 if when == "new watcher" else None)
+    with h.lock:
+        assert h.reason() == (abi.REASON["FW_CHANGED"] if committed else 0)
+    assert lease.held == ([abi.REASON["FW_CHANGED"]] if committed else [])

@@ -7,6 +7,9 @@ TNA_PAUSE_AT picks the point:
 - `fw_ifaces` (default): before the reconcile changes tna_fw_ifaces - the
   window between the attach of a program built for new rules and that map
   write;
+- `nft_reader`: in the nftables reader thread, before it takes a
+  notification - as a main loop holding the GIL would keep it waiting; the
+  main loop runs on, knowing nothing of the commit;
 - `resync`: in Daemon._resync, after the watcher that lost events is closed
   and before the new one binds and dumps - the old maps are all the
   datapath has.  The rtnetlink receive buffer is made small (RESYNC_RCVBUF)
@@ -20,6 +23,7 @@ DIR/resume."""
 from __future__ import annotations
 
 import os
+import select
 import sys
 import time
 from pathlib import Path
@@ -29,7 +33,7 @@ from tna import daemon
 from tna.bpf import abi
 from tna.cli import main
 from tna.deploy import datapath
-from tna.netlink import sockbuf, watch
+from tna.netlink import netfilter, sockbuf, watch
 
 PAUSE_MAX_S = 60
 RESYNC_RCVBUF = 64 << 10  # the kernel doubles it: ~150 FDB notifications
@@ -56,15 +60,27 @@ def _pausing_sync(sync):  # type: ignore[no-untyped-def]
     return _sync
 
 
+def _pausing_read(read):  # type: ignore[no-untyped-def]
+    def _read(self, timeout: float, on_begin):  # type: ignore[no-untyped-def]
+        if select.select([self._raw], [], [], timeout)[0]:
+            _pause_if_armed()
+            return read(self, timeout, on_begin)
+        return read(self, 0, on_begin)
+    return _read
+
+
 def _pausing_watcher(*args: Any, **kw: Any) -> watch.Watcher:
     _pause_if_armed()
     return watch.Watcher(*args, **kw)
 
 
 if __name__ == "__main__":
-    if os.environ.get("TNA_PAUSE_AT", "fw_ifaces") == "resync":
+    at = os.environ.get("TNA_PAUSE_AT", "fw_ifaces")
+    if at == "resync":
         daemon.Watcher = _pausing_watcher  # type: ignore[misc]
         watch.grow_rcvbuf = lambda fd: sockbuf.grow_rcvbuf(fd, RESYNC_RCVBUF)  # type: ignore[assignment]
+    elif at == "nft_reader":
+        netfilter.NftEvents.read = _pausing_read(netfilter.NftEvents.read)  # type: ignore[method-assign]
     else:
         datapath.Datapath._sync = _pausing_sync(datapath.Datapath._sync)  # type: ignore[method-assign]
     daemon.HEARTBEAT_MAX_S = PAUSE_MAX_S + 10

@@ -25,6 +25,7 @@ from typing import Any
 
 from tna.bpf import abi
 from tna.bpf.libbpf import LibbpfError
+from tna.commitguard import NOT_READ, guard_commits
 from tna.config import Settings, reread_settings
 from tna.ctsync import ct_sync_loop
 from tna.deploy.datapath import Datapath
@@ -36,7 +37,7 @@ from tna.model.config import AF_INET, AF_INET6, Model
 from tna.model.firewall import Firewall
 from tna.model.ipset import IpSet, used_sets
 from tna.model.iptables import Table
-from tna.model.nftsets import SetElement, apply_elements, mirrors
+from tna.model.nftsets import apply_commits
 from tna.model.routes import RouteDump
 from tna.netlink import netfilter
 from tna.netlink.decode import decoded
@@ -84,7 +85,8 @@ class Daemon:
         self.disabled_why: str | None = None
         self._stop = threading.Event()
         self._heartbeat = time.monotonic()
-        self.holds = Holds(lambda reason: self.dp.lease.hold(reason))  # what the reader threads raise
+        # what the reader threads raise, and end of the commit guard
+        self.holds = Holds(lambda reason: self.dp.lease.hold(reason), lambda seen: self.dp.lease.set_nft_heard(seen))
         self._watcher: Watcher | None = None
         self._fdb_full = True  # a new model: the FDB map is compared whole at the next reconcile
         self._sysctls_due = False  # the kernel announced a sysctl change the loop has not read yet
@@ -94,6 +96,7 @@ class Daemon:
         self._tables: dict[int, dict[str, Table]] = {}  # the rules last read (re-planned when a set changes)
         self._set_names: set[str] = set()  # the ipsets they use (polled)
         self._nft_sets: dict[str, IpSet] = {}  # the native nftables sets they use (read with them)
+        self._rules_genid: int | None = None  # their nftables generation (Rulesets.genid)
         # set -> (the listing its map's write failed for, the error): its rules are the kernel's until it changes
         self._unwritable: dict[str, tuple[IpSet, str]] = {}
         self._started = time.monotonic()
@@ -249,6 +252,7 @@ class Daemon:
                                     on_events=self.holds.events_queued,
                                     on_xfrm_begin=functools.partial(self.holds.xfrm_begin, gen),
                                     on_xfrm_end=functools.partial(self.holds.xfrm_end, gen))
+            self._guard_commits()
             try:
                 self.model = model_from(self._watcher.snapshot(self._stop))
                 self._fdb_full = True
@@ -270,7 +274,7 @@ class Daemon:
         self.holds.rules_read()
         f = read_firewall(self._ipset_reader)
         # native nftables sets come with the rules (a commit): not polled
-        self._tables, self._nft_sets = f.tables, f.nft_sets
+        self._tables, self._nft_sets, self._rules_genid = f.tables, f.nft_sets, f.genid
         self._set_names = used_sets(f.tables) - f.nft_sets.keys()
         changed |= self.model.set_ipsets(f.ipsets)
         changed |= self._set_firewall(*self._filtering(f.tables, f.ipsets) if self._unwritable else (f.fw, f.why))
@@ -290,19 +294,9 @@ class Daemon:
         if not h.rules_exact or self.disabled_why or any(c.elements is None for c in commits) or (
                 commits and commits[0].gen != h.rules_gen + 1):
             return False
-        by_set: dict[str, list[SetElement]] = {}
-        for e in (e for c in commits for e in c.elements or ()):
-            by_set.setdefault(e.set, []).append(e)
-        updated = {}
-        for base, elements in by_set.items():
-            names = mirrors(base, self._nft_sets)
-            for name in names:
-                new = apply_elements(self._nft_sets[name], elements)
-                if new is None:
-                    return False
-                updated[name] = new
-            if not names:
-                return False
+        updated = apply_commits((e for c in commits for e in c.elements or ()), self._nft_sets)
+        if updated is None:
+            return False
         if commits:
             h.rules_gen = commits[-1].gen
         sets = {**self.model.ipsets, **updated}
@@ -458,6 +452,7 @@ class Daemon:
 
         def put(ip: IfacePlan) -> None:
             if (art := built.get(ip.ifindex)) is not None:  # not an error: made() raised that
+                self._guard_commits(rules_read=True)  # the first load made the filter
                 self.dp.attach(ip, art)
 
         ok = {i: self._safely(i, lambda ip=ip: made(ip)) for i, ip in p.ifaces.items()}
@@ -468,6 +463,9 @@ class Daemon:
                     self.failed.pop(ifindex, None)
         finally:
             self.dp.preloads.drop()
+
+    def _guard_commits(self, rules_read: bool = False) -> None:
+        guard_commits(self._watcher, self.dp, self.holds, self._rules_genid if rules_read else NOT_READ)
 
     def _publish_guards(self, fw_families: frozenset[int], release: bool = True) -> None:
         """release False: a hold in place stays (the maps are not written yet)."""

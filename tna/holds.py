@@ -7,7 +7,9 @@ the kernel with the reason), and only the main loop's publication of the
 guards ends it, once nothing it has not written could have changed:
 
 - FW_CHANGED: an nftables commit began (its messages are still being
-  decoded) or ended after the rule sets in hand were read;
+  decoded) or ended after the rule sets in hand were read (and, before the
+  reader hears of a commit at all, the datapath's commit guard:
+  commit_guard.h);
 - PENDING: an rtnetlink batch that can move a map came while the main
   loop was busy (or a sysctl was written, or IPsec policies changed, busy
   or not), and the loop has not taken it in yet;
@@ -32,10 +34,12 @@ from tna.netlink.decode import moves_no_map
 
 
 class Holds:
-    def __init__(self, hold: Callable[[int], None]) -> None:
-        """hold(reason): make every program pass all to the kernel now."""
+    def __init__(self, hold: Callable[[int], None], heard: Callable[[int], None] = lambda seen: None) -> None:
+        """hold(reason): make every program pass all to the kernel now;
+        heard(seen): the programs' commit guard may end (commit_guard.h)."""
         self.lock = threading.Lock()
         self._hold = hold
+        self._heard = heard
         # nftables commits ended (the reader thread counts them), and how
         # many had when the rule sets in hand were read or followed; exact:
         # no commit was under way at that read
@@ -76,6 +80,16 @@ class Holds:
             self.commits += n
             self._nft_open = still_open
             return self.commits
+
+    def nft_heard(self, gen: int, seen: int) -> None:
+        """Watcher gen's nftables reader took every notification up to seen
+        (tna_state.nft_seen), each after nft_begin() held for its commit: the
+        commit guard, which held from the commits themselves, may pass the
+        hold on to FW_CHANGED.  A closed watcher's: its filter stores
+        nothing any more, and its reader's news goes nowhere."""
+        with self.lock:
+            if gen == self.watcher_gen:
+                self._heard(seen)
 
     def xfrm_begin(self, gen: int) -> None:
         """Watcher gen heard of an IPsec change (the kernel applied it
@@ -141,6 +155,12 @@ class Holds:
         """Before the rule sets are read: a commit after it holds again."""
         with self.lock:
             self.rules_gen, self.rules_exact = self.commits, not self._nft_open
+
+    def rules_stale(self) -> None:
+        """A commit may have come after the rules in hand were read, with
+        no reader to hold for it yet: hold until they are read again."""
+        with self.lock:
+            self.rules_gen, self.rules_exact = -1, False
 
     def new_watcher(self) -> int:
         # the new watcher's snapshot reads the policies and the rules anew

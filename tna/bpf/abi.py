@@ -116,11 +116,12 @@ class TnaConfig(Structure):
                 ("local6_count", c_uint32), ("ct_max_retrans", c_uint32), ("local6", c_uint32 * 4 * LOCAL6_MAX),
                 ("ct_timeout_unack", c_uint32), ("ct_timeout_retrans", c_uint32), ("hz", c_uint32),
                 ("ct_timeout_udp_unreplied", c_uint32), ("pass_cache_jiffies", c_uint32),
-                ("rpf_doubt", c_uint32), ("xfrm_families", c_uint32)]
+                ("rpf_doubt", c_uint32), ("xfrm_families", c_uint32), ("nft_heard", c_uint32)]
 
 
 class TnaState(Structure):
-    _fields_ = [("deadline", c_uint64), ("renewed_at", c_uint64), ("cfg", TnaConfig)]
+    _fields_ = [("deadline", c_uint64), ("renewed_at", c_uint64), ("cfg", TnaConfig), ("nft_seen", c_uint32),
+                ("pad", c_uint32)]
 
 
 class TnaCounter(Structure):
@@ -188,3 +189,5 @@ SECTION_IFACE = _str("TNA_SECTION_IFACE")
 SHARED_MAPS = tuple(m for m in MAP_NAMES if m not in (MAP_STATS, MAP_FW_RULES))
 PROGRAM_NAME = _str("TNA_PROGRAM")
 RENEW_PROGRAM = _str("TNA_RENEW_PROGRAM")
+NFT_SEEN_PROGRAM = _str("TNA_NFT_SEEN_PROGRAM")
+NFT_SEEN = _int("TNA_NFT_SEEN")  # tna_state.nft_seen's mark: a generation seen

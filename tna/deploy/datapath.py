@@ -63,6 +63,8 @@ class Datapath:
     def __init__(self) -> None:
         self.shared: dict[str, bpf.Map] = {}
         self.lease = Lease()  # started by the first load, which creates tna_state
+        # the nftables reader's socket filter (commit_guard.h), from the same load
+        self.nft_seen_filter: bpf.Program | None = None
         self.attached: dict[int, Attached] = {}
         self.links = HookLinks()
         self._shadow: dict[str, dict[bytes, bytes]] = {}
@@ -188,6 +190,8 @@ class Datapath:
         prog = obj.program(abi.RENEW_PROGRAM)
         # no program is attached yet
         self.lease.start(bpf.Program(os.dup(prog.fd), prog.name, owned=True), self.shared[abi.MAP_STATE])
+        prog = obj.program(abi.NFT_SEEN_PROGRAM)
+        self.nft_seen_filter = bpf.Program(os.dup(prog.fd), prog.name, owned=True)
 
     def is_current(self, plan: IfacePlan) -> bool:
         """plan's program is what runs on its interface (nothing to build)."""
@@ -361,6 +365,10 @@ class Datapath:
             except OSError as e:
                 log.error("detach from ifindex %d failed: %s", ifindex, e)
         self.release_retired()
+        self.lease.close()
+        if self.nft_seen_filter is not None:  # a socket it filters keeps it
+            self.nft_seen_filter.close()
+            self.nft_seen_filter = None
         for m in self.shared.values():
             m.close()
         self.shared.clear()
@@ -369,7 +377,6 @@ class Datapath:
         self._capacity.clear()
         self.fdb = FdbMirror(0)
         self.slots.clear()
-        self.lease.close()
 
     # --- shared maps ----------------------------------------------------
 

@@ -90,6 +90,7 @@ class Lease:
         self.cfg = abi.TnaConfig()
         self.hz = 0  # the kernel's jiffies per second, measured by start()
         self._prog: bpf.Program | None = None
+        self._state: bpf.Map | None = None
         self._lock = threading.Lock()
         self._renewed: float | None = None  # time.monotonic() of the last publication
 
@@ -108,7 +109,7 @@ class Lease:
         DISABLED, and the lease must be valid before any program runs."""
         self.hz = jiffies_hz(renew_prog, state)
         with self._lock:
-            self._prog = renew_prog
+            self._prog, self._state = renew_prog, state
             self.cfg = abi.TnaConfig.from_buffer_copy(bytes(self.cfg))
             self.cfg.lease_jiffies = self.hz * LEASE_NS // 10**9
             self.cfg.hz = self.hz
@@ -137,6 +138,17 @@ class Lease:
     def hold(self, reason: int) -> None:
         """Send everything to the kernel now (the next set_guards() ends it)."""
         self._update(lambda c: setattr(c, "pass_reason", reason))
+
+    def nft_seen(self) -> int:
+        """tna_state.nft_seen: what tna_nft_seen stored last (commit_guard.h)."""
+        with self._lock:
+            raw = self._state.lookup(b"\0\0\0\0") if self._state is not None else None
+        return abi.TnaState.from_buffer_copy(raw).nft_seen if isinstance(raw, bytes) else 0
+
+    def set_nft_heard(self, seen: int) -> None:
+        """The nftables reader has taken every notification up to seen
+        (an nft_seen()): the programs stop passing for commits it covers."""
+        self._update(lambda c: setattr(c, "nft_heard", seen))
 
     def set_stale_count(self, n: int) -> None:
         self._update(lambda c: setattr(c, "stale_count", n))
@@ -175,3 +187,4 @@ class Lease:
             if self._prog is not None:
                 self._prog.close()
                 self._prog = None
+            self._state = None  # the datapath's, closed after this

@@ -10,7 +10,8 @@
  * an integer, (1U << n), a string or a name.
  *
  * Maps (declared below, BPF side only):
- *   tna_state     ARRAY[1]           shared   lease deadline + config (written by tna_renew only)
+ *   tna_state     ARRAY[1]           shared   lease deadline + config (written by tna_renew), the
+ *                                            last nftables generation notified (tna_nft_seen)
  *   tna_devmap    DEVMAP_HASH        shared   XDP egress ports known to take XDP frames
  *   tna_egress    HASH ifindex       shared   egress ports the TC hook may redirect to
  *   tna_stale     HASH tna_neigh_key shared   STALE neighbours: the next packet goes to the
@@ -131,6 +132,7 @@ enum tna_reason {
 /* Names the daemon looks programs and sections up by. */
 #define TNA_PROGRAM tna_main          /* every module chain's entry (XDP or TC) */
 #define TNA_RENEW_PROGRAM tna_renew   /* the lease's writer (lease.h) */
+#define TNA_NFT_SEEN_PROGRAM tna_nft_seen /* the nftables reader's socket filter (commit_guard.h) */
 #define TNA_SECTION_IFACE ".rodata.tna"
 /* TNA's own TC filter: one fixed priority/handle on clsact ingress, so a
  * restarted daemon finds (and replaces) what an earlier one attached. */
@@ -142,7 +144,7 @@ enum tna_reason {
 
 /* What the daemon publishes: the input of the tna_renew program, which it
  * runs (BPF_PROG_TEST_RUN) every ~200 ms; tna_renew copies it into tna_state
- * and moves the lease deadline.  Only tna_renew writes tna_state. */
+ * and moves the lease deadline.  Only tna_renew writes tna_state's config. */
 struct tna_config {
 	__u64 lease_jiffies; /* the lease runs out this long after the last renewal */
 	__u32 pass_reason;   /* 0: active; otherwise pass all with this reason */
@@ -176,6 +178,8 @@ struct tna_config {
 	                        packets (tna/netlink/xfrm.py): the router passes them;
 	                        TNA_XFRM_SA: SAs exist, so a packet received with a
 	                        secpath (decrypted, seen again at TC) is passed too */
+	__u32 nft_heard;     /* the tna_state.nft_seen the daemon's nftables reader has taken
+	                        every notification up to (commit_guard.h) */
 };
 #define TNA_XFRM_SA (1U << 2)
 #define TNA_CT_CSUM (1U << 0) /* nf_conntrack_checksum: bad L4 checksums are INVALID */
@@ -199,7 +203,11 @@ struct tna_state {
 	__u64 deadline;      /* jiffies */
 	__u64 renewed_at;    /* jiffies at the last renewal: lets the daemon learn HZ */
 	struct tna_config cfg;
+	__u32 nft_seen;      /* TNA_NFT_SEEN | the generation of the last nftables notification
+	                        the kernel delivered to the daemon's reader (tna_nft_seen) */
+	__u32 pad;
 };
+#define TNA_NFT_SEEN (1U << 16) /* so that no generation seen is the 0 nothing seen is */
 /* Multipath hashes bpf_fib_lookup() cannot reproduce: it hashes a flowi of
  * outer addresses, protocol, ports (or ESP/AH SPI: the router fills them as
  * the flow dissector reads them) and IPv6 flow label, the kernel the skb.

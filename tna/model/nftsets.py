@@ -195,6 +195,24 @@ def apply_elements(s: IpSet, elements: Sequence[SetElement]) -> IpSet | None:
     return None if out is None else replace(s, members=out, maxelem=max(s.maxelem, len(out)))
 
 
+def apply_commits(elements: Iterable[SetElement], sets: dict[str, IpSet]) -> dict[str, IpSet] | None:
+    """The sets a run of commits' elements changed, as they are after them
+    (every mirror of each set named); None if an element names a set not
+    in sets or does not fit it (then the rules are read whole)."""
+    by_set: dict[str, list[SetElement]] = {}
+    for e in elements:
+        by_set.setdefault(e.set, []).append(e)
+    updated = {}
+    for base, changed in by_set.items():
+        if not (names := mirrors(base, sets)):
+            return None
+        for name in names:
+            if (new := apply_elements(sets[name], changed)) is None:
+                return None
+            updated[name] = new
+    return updated
+
+
 def _addresses(s: IpSet, elements: Sequence[SetElement]) -> frozenset[Member] | None:
     width = _width(s.family)
     members = set(s.members)

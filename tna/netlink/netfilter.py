@@ -24,6 +24,8 @@ import select
 import shutil
 import socket
 import subprocess
+import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +49,8 @@ FAMILY_NAME = {4: "ip", 6: "ip6"}
 INCOMPATIBLE = re.compile(r"# Table `([^']+)' is incompatible")  # iptables-nft-save leaves it out
 NETLINK_NETFILTER, NFNLGRP_NFTABLES = 12, 7
 log = logging.getLogger(__name__)
+SO_ATTACH_BPF, SO_DETACH_BPF = 50, 27  # asm-generic (x86, arm); Python's socket module has neither
+NFNL_SUBSYS_NFTABLES = 10
 
 
 @dataclass(frozen=True)
@@ -69,10 +73,45 @@ class NftEvents:
         self._sock.bind(groups=1 << (NFNLGRP_NFTABLES - 1))
         self._raw = socket.socket(fileno=self._sock.fileno())
         self._commits = CommitReader()
+        self.took = False  # the last read() took a notification
+        self.overran = False  # ... or found notifications lost
+        self.last_gen = 0  # the generation (nfgenmsg.res_id) of the last notification taken
+        self._lock = threading.Lock()  # the reader closes the socket, another thread unfilters it
+        self._open = True
 
     def close(self) -> None:
-        self._raw.detach()  # the fd belongs to the pyroute2 socket
-        self._sock.close()
+        with self._lock:
+            self._open = False
+            self._raw.detach()  # the fd belongs to the pyroute2 socket
+            self._sock.close()
+
+    def filter(self, prog_fd: int) -> None:
+        """Run a socket filter on every notification as the kernel delivers it."""
+        with self._lock:
+            if self._open:  # else the reader ended: a resync follows
+                self._raw.setsockopt(socket.SOL_SOCKET, SO_ATTACH_BPF, prog_fd)
+
+    def unfilter(self) -> None:
+        """Detach the filter at once (the socket may be read a while longer)."""
+        with self._lock:
+            if not self._open:  # closed: its fd may be another socket's now
+                return
+            try:
+                self._raw.setsockopt(socket.SOL_SOCKET, SO_DETACH_BPF, 0)
+            except OSError as e:  # none attached
+                if e.errno != errno.ENOENT:
+                    raise
+
+    def covers(self, seen: int, mark: int) -> bool:
+        """Whether the last read() took the notification that stored seen
+        (mark | its generation: commit_guard.h), read after it: the same
+        generation as the last one taken (a later commit's would differ; the
+        filter stores before the kernel queues, so the socket being empty
+        would not say it was taken); after an overrun, the socket empty: the
+        read's lost commit then has the rules read whole after this."""
+        if self.overran:
+            return not select.select([self._raw], [], [], 0)[0]
+        return self.took and seen == mark | self.last_gen
 
     @property
     def partial(self) -> bool:
@@ -88,10 +127,12 @@ class NftEvents:
         and no resync is needed; so is the rest of a commit under way, once
         nothing is left (its NEWGEN may have been lost with the rest)."""
         done: list[NftCommit] = []
+        self.took = self.overran = False
         while True:
             quiet = (done and not self.partial) or self._commits.unsure
             if not select.select([self._raw], [], [], 0 if quiet else timeout)[0]:
                 return done + self._commits.settle() if self._commits.unsure else done
+            self.took = True
             if not self.partial:
                 on_begin()
             try:
@@ -100,8 +141,11 @@ class NftEvents:
                 if e.errno != errno.ENOBUFS:
                     raise
                 log.info("nftables notifications overran the socket: the rule sets are read whole")
+                self.overran = True
                 done += self._commits.lost()
                 continue
+            if len(data) >= 20 and int.from_bytes(data[4:6], sys.byteorder) >> 8 == NFNL_SUBSYS_NFTABLES:
+                self.last_gen = int.from_bytes(data[18:20], "big")  # nlmsghdr, then nfgenmsg's res_id
             done += self._commits.feed(data)
 
 

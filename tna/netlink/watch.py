@@ -183,12 +183,29 @@ class Watcher:
         else:
             threading.Thread(target=self._read_xdp, name="tna-netdev", daemon=True).start()
         self._nft = NftEvents()
+        # (seen, heard) once guard_nft() filters the socket
+        self._nft_guard: tuple[Callable[[], int], Callable[[int], None]] | None = None
+        self.nft_guarded = False
         threading.Thread(target=self._read_nft, name="tna-nftables", daemon=True).start()
         if self._xfrm is not None:
             threading.Thread(target=self._read_xfrm, name="tna-xfrm", daemon=True).start()
 
+    def guard_nft(self, prog_fd: int, seen: Callable[[], int], heard: Callable[[int], None]) -> None:
+        """Filter the nftables socket with tna_nft_seen (commit_guard.h), so
+        that the programs hold from the commit itself; the reader then tells
+        heard(s) of each nft_seen s it has taken every notification up to."""
+        self.nft_guarded = True  # tried: once per watcher
+        self._nft_guard = (seen, heard)  # before the filter: its first store is told of
+        try:
+            self._nft.filter(prog_fd)
+        except OSError as e:
+            self._nft_guard = None
+            log.warning("nftables socket filter refused (%s): a commit holds once the reader hears of it", e)
+
     def close(self) -> None:
         self._closed.set()
+        # at once: a later watcher's filter is then the only one storing nft_seen
+        self._nft.unfilter()
         self.query.close()
         ipr = self._ipr
         if ipr is not None:
@@ -286,8 +303,15 @@ class Watcher:
                 self._q.put(NetfilterChanged(i, c.elements, c.deleted))
         try:
             while not self._closed.is_set():
-                if commits := self._nft.read(READER_WAKE_S, self._on_nft_begin):
+                commits = self._nft.read(READER_WAKE_S, self._on_nft_begin)
+                # read before the commits are queued: a commit whose store it
+                # sees is in any rules read for them
+                guard = self._nft_guard if self._nft.took else None
+                seen = guard[0]() if guard is not None else 0
+                if commits:
                     ended(commits, self._nft.partial)
+                if guard is not None and self._nft.covers(seen, abi.NFT_SEEN):
+                    guard[1](seen)  # each notification taken held as it was
         except Exception as e:  # the socket is gone (an overrun is a commit: NftEvents.read)
             if not self._closed.is_set():
                 self._on_nft_begin()
