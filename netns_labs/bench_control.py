@@ -50,12 +50,14 @@ the service accepted), `tna run` (auto hooks: TC on the veths):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from netns_labs.bench import forward_rules, write_doc
@@ -177,12 +179,7 @@ def busy_bench(commits: int, rules: int) -> dict:
     the commit)."""
     with RouterLab() as lab:
         lab.run(lab.r, ["iptables-restore"], input=forward_rules(rules))
-        tna = Tna(lab, lab.r)
-        try:
-            tna.wait_attached(["r-h1", "r-h2"], timeout=COMMIT_TIMEOUT)
-            if not wait_for(lambda: "firewall" in tna.status()["ifaces"]["r-h1"]["modules"], COMMIT_TIMEOUT, 0.5):
-                raise SystemExit("the FORWARD rules were not compiled in")
-            dp = Datapath(lab, lab.r, "r-h1")
+        with router_tna(lab) as (_, dp):
             time.sleep(5)
             samples: dict[str, list[float]] = {phase: [] for phase in PHASES}
             for k in range(commits):
@@ -191,11 +188,25 @@ def busy_bench(commits: int, rules: int) -> dict:
                     if t is not None:
                         samples[what].append(t)
                 time.sleep(0.5)
-            dp.state.close()
-        finally:
-            tna.stop()
-            tna.close()
     return {"commits": commits, "rules": rules, "latency_s": summary(samples)}
+
+
+@contextlib.contextmanager
+def router_tna(lab: RouterLab) -> Iterator[tuple[Tna, Datapath]]:
+    """`tna run` on r, its FORWARD rules compiled in, and r-h1's datapath."""
+    tna = Tna(lab, lab.r)
+    try:
+        tna.wait_attached(["r-h1", "r-h2"], timeout=COMMIT_TIMEOUT)
+        if not wait_for(lambda: "firewall" in tna.status()["ifaces"]["r-h1"]["modules"], COMMIT_TIMEOUT, 0.5):
+            raise SystemExit("the FORWARD rules were not compiled in")
+        dp = Datapath(lab, lab.r, "r-h1")
+        try:
+            yield tna, dp
+        finally:
+            dp.state.close()
+    finally:
+        tna.stop()
+        tna.close()
 
 
 def summary(samples: dict[str, list[float]]) -> dict:
@@ -216,12 +227,7 @@ def bench(rules: int, commits: int, idle_seconds: float, ipset_members: int = 0,
             lab.run(lab.r, ["ipset", "restore"], input="create bench_bl hash:net family inet6\n" + "".join(
                 f"add bench_bl 2001:db8:{i:x}::/48\n" for i in range(ipset_members)))
             lab.run(lab.r, ["ip6tables", "-A", "FORWARD", "-m", "set", "--match-set", "bench_bl", "src", "-j", "DROP"])
-        tna = Tna(lab, lab.r)
-        try:
-            tna.wait_attached(["r-h1", "r-h2"], timeout=COMMIT_TIMEOUT)
-            if not wait_for(lambda: "firewall" in tna.status()["ifaces"]["r-h1"]["modules"], COMMIT_TIMEOUT, 0.5):
-                raise SystemExit("the FORWARD rules were not compiled in")
-            dp = Datapath(lab, lab.r, "r-h1")
+        with router_tna(lab) as (tna, dp):
             out: dict = {"rules": rules, "ipset_members": ipset_members}
             if idle_seconds:
                 time.sleep(5)  # settled: the first reconcile's aftermath (status, sysctl reads) is over
@@ -237,10 +243,6 @@ def bench(rules: int, commits: int, idle_seconds: float, ipset_members: int = 0,
                 # holds ~1 ms: polled flat out
                 out["element_latency_s"] = timed(lab, dp, [element_commit(k) for k in range(element_commits)],
                                                  poll=0)
-            dp.state.close()
-        finally:
-            tna.stop()
-            tna.close()
     return out
 
 
