@@ -242,3 +242,45 @@ def test_a_rules_total_goes_on_through_a_restart_of_tna(router_lab: RouterLab, h
     with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], []) as tna:  # the hosts' XDP programs stay
         arrived = Stateful(lab, tna).carried_again()
         assert established_total(lab) == before + arrived, tna.output()
+
+
+@pytest.mark.parametrize("drops", ["rule", "policy"])
+def test_a_table_that_goes_with_its_owner_decides_nothing_it_could_outlive(router_lab: RouterLab, hook: str,
+                                                                           drops: str) -> None:
+    """`flags owner` (without persist) ties a table to its creator's
+    netlink socket: when that closes, the kernel deletes the table and says
+    nothing (no notification, the same generation).  What such a table
+    drops - by a rule or by its policy - stays on the kernel path, so no
+    program drops what Linux forwards once the owner is gone."""
+    import subprocess
+    from ipaddress import ip_address
+
+    from tests.test_firewall_lab import send_probes, setup
+    from tna.model.firewall import Packet
+
+    lab = router_lab
+    setup(lab, "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n")
+    pkts = [Packet(ip_address(lab.h1.ip4), ip_address(lab.h2.ip4), "r-h1", "r-h2", 17, 1000, 2000 + i)
+            for i in range(4)]
+    chain = ("add chain inet owned gate { type filter hook forward priority filter + 10; policy accept; }\n"
+             "add rule inet owned gate udp dport 2000-2003 drop\n" if drops == "rule" else
+             "add chain inet owned gate { type filter hook forward priority filter + 10; policy drop; }\n"
+             "add rule inet owned gate udp dport != 2000-2003 accept\n")
+    owner = lab.popen(lab.r, ["nft", "-i"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    assert owner.stdin is not None
+    owner.stdin.write("add table inet owned { flags owner; }\n" + chain)
+    owner.stdin.flush()
+
+    def owned() -> bool:
+        return "owned" in lab.run(lab.r, ["nft", "list", "tables"]).stdout
+    assert wait_for(owned, 10, 0.05)
+    with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
+        assert wait_for(lambda: "firewall" in tna.status()["ifaces"]["r-h1"]["modules"], 10, 0.2), tna.output()
+        prog = tna.status()["ifaces"]["r-h1"]["prog_id"]
+        assert send_probes(lab, pkts) == set()  # dropped (by the kernel) while the owner lives
+        owner.kill()
+        owner.wait()
+        assert wait_for(lambda: not owned(), 10, 0.05)
+        assert send_probes(lab, pkts) == {0, 1, 2, 3}, tna.output()  # gone: Linux forwards them
+        assert tna.status()["ifaces"]["r-h1"]["prog_id"] == prog  # nothing told the daemon
+        assert tna.counters("r-h1").get("FW_KERNEL", 0) >= 2 * len(pkts)

@@ -546,7 +546,8 @@ def test_review_findings(ns: str) -> None:
 def test_dormant_table(ns: str) -> None:
     """A dormant table registers no hook: nothing of it is modelled (nft
     1.0.6 prints its flags wrong in JSON: the reader takes them from the
-    text; here the JSON as newer nft prints it)."""
+    kernel, tna.netlink.netfilter.table_flags(); here the JSON as newer nft
+    prints it)."""
     doc = {"nftables": [
         {"table": {"family": "inet", "name": "d", "handle": 1, "flags": ["dormant"]}},
         {"chain": {"family": "inet", "table": "d", "name": "f", "handle": 1, "type": "filter", "hook": "forward",
@@ -554,3 +555,24 @@ def test_dormant_table(ns: str) -> None:
         {"rule": {"family": "inet", "table": "d", "chain": "f", "handle": 2, "expr": [{"drop": None}]}}]}
     m = parse_ruleset(doc)
     assert "inet d" not in m.tables[4] and "inet d" not in m.tables[6]
+
+
+@pytest.mark.parametrize("flags", [["owner"], ["owner", "persist"]])
+def test_what_a_table_gone_with_its_owner_would_drop_is_the_kernels(flags: list[str]) -> None:
+    """flags owner without persist: the kernel deletes the table when its
+    owner's socket closes, unannounced - its drops (rules and policy) stay
+    on the kernel path.  With persist the table outlives its owner."""
+    from tna.model.nftables import VANISHING
+
+    doc = {"nftables": [
+        {"table": {"family": "inet", "name": "o", "handle": 1, "flags": flags}},
+        {"chain": {"family": "inet", "table": "o", "name": "f", "handle": 1, "type": "filter", "hook": "forward",
+                   "prio": 0, "policy": "drop"}},
+        {"rule": {"family": "inet", "table": "o", "chain": "f", "handle": 2, "expr": [
+            {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 53}},
+            {"accept": None}]}},
+        {"rule": {"family": "inet", "table": "o", "chain": "f", "handle": 3, "expr": [{"drop": None}]}}]}
+    chain = parse_ruleset(doc).tables[4]["inet o"].chains["f"]
+    vanishing = "persist" not in flags
+    assert chain.policy == ("KERNEL" if vanishing else "DROP")
+    assert [r.unsupported for r in chain.rules] == [(), (VANISHING,) if vanishing else ()]

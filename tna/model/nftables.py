@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from tna.model.firewall import DROP, KERNEL
 from tna.model.ipset import IpSet, SetMatch
 from tna.model.iptables import CT_STATES, PROTOCOLS, Chain, Neg, Rule, Table
 from tna.model.nftables_sets import FAMILY_OF, Alt, SetMatches, element_value, imply_proto, set_field
@@ -70,6 +71,12 @@ def parse_ruleset(doc: dict) -> NftRules:
     indexes: dict[tuple[str, str], int] = {}  # per chain: Rules made (both versions)
     objs = live_items(objs)
     filled = packet_filled(objs)
+    # a table its owner's process holds (flags owner, not persist) goes when
+    # that socket closes, and the kernel says nothing: what it would drop
+    # stays on the kernel path (what it accepts, the other tables judge
+    # either way), so nothing it decides outlives it
+    vanishing = {(t["family"], t["name"]) for o in objs if (t := o.get("table"))
+                 and "owner" in (t.get("flags") or ()) and "persist" not in (t.get("flags") or ())}
     for o in objs:
         if "set" in o:
             s = o["set"]
@@ -83,9 +90,9 @@ def parse_ruleset(doc: dict) -> NftRules:
             for v in VERSIONS[t["family"]]:
                 out.tables[v][_tname(t)] = Table(_tname(t), handle=t.get("handle"))
         elif "chain" in o:
-            _chain(o["chain"], out)
+            _chain(o["chain"], out, vanishing)
         elif "rule" in o and o["rule"]["family"] in VERSIONS:
-            _rule(o["rule"], out, set_json, filled, indexes)
+            _rule(o["rule"], out, set_json, filled, indexes, vanishing)
     # a set mirrored by some rules and code in others: its element changes
     # are re-reads (the code would keep the old elements)
     for base in out.code_sets:
@@ -98,7 +105,10 @@ def _tname(o: dict) -> str:
     return f"{o['family']} {o.get('table', o.get('name'))}"
 
 
-def _chain(c: dict, out: NftRules) -> None:
+VANISHING = "a drop of a table that goes, unannounced, when its owner's socket closes (flags owner)"
+
+
+def _chain(c: dict, out: NftRules, vanishing: set[tuple[str, str]]) -> None:
     fam, hook = c["family"], c.get("hook")
     if fam not in VERSIONS:
         # arp: TNA carries no ARP.  netdev ingress/egress sees every packet of
@@ -115,6 +125,8 @@ def _chain(c: dict, out: NftRules) -> None:
         out.foreign.append(f"{fam} {c['table']} chain {c['name']}: hook {hook} is not modelled")
         return
     policy = (c.get("policy") or "accept").upper() if hook else None
+    if policy == DROP and (fam, c["table"]) in vanishing:
+        policy = KERNEL
     for v in VERSIONS[fam]:
         table = out.tables[v].setdefault(_tname(c), Table(_tname(c)))
         table.chains[c["name"]] = Chain(c["name"], policy, hook=hook,
@@ -123,7 +135,7 @@ def _chain(c: dict, out: NftRules) -> None:
 
 
 def _rule(r: dict, out: NftRules, set_json: dict[tuple[str, ...], dict], filled: set[tuple[str, str, str]],
-          indexes: dict[tuple[str, str], int]) -> None:
+          indexes: dict[tuple[str, str], int], vanishing: set[tuple[str, str]]) -> None:
     fam, tname = r["family"], _tname(r)
     alts = [Alt(versions=frozenset(VERSIONS[fam]))]
     unsupported: list[str] = []
@@ -175,6 +187,8 @@ def _rule(r: dict, out: NftRules, set_json: dict[tuple[str, ...], dict], filled:
         for key in ("sport", "dport"):
             if key in a.fields and not (isinstance(proto, Neg) and not proto.neg and proto.value in _PORT_PROTOS):
                 why.append(f"th {key} without a port protocol")
+        if a.target == DROP and (fam, r["table"]) in vanishing:
+            why.append(VANISHING)
         for v in sorted(a.versions):
             table = out.tables[v].get(tname)
             if table is None or r["chain"] not in table.chains:

@@ -30,9 +30,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyroute2.netlink import NLM_F_REQUEST
+from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_GETGEN, NFTSocket, nft_gen_msg
+from pyroute2.netlink.nfnetlink.nftsocket import (
+    NFT_MSG_GETGEN,
+    NFT_MSG_GETTABLE,
+    NFTSocket,
+    nft_gen_msg,
+    nft_table_msg,
+)
 from pyroute2.netlink.nlsocket import NetlinkSocket
 
 from tna.model.ipset import IpSet
@@ -51,6 +57,8 @@ NETLINK_NETFILTER, NFNLGRP_NFTABLES = 12, 7
 log = logging.getLogger(__name__)
 SO_ATTACH_BPF, SO_DETACH_BPF = 50, 27  # asm-generic (x86, arm); Python's socket module has neither
 NFNL_SUBSYS_NFTABLES = 10
+TABLE_FLAGS = {1: "dormant", 2: "owner", 4: "persist"}  # NFT_TABLE_F_*
+NFPROTO_NAME = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
 
 
 @dataclass(frozen=True)
@@ -227,6 +235,20 @@ def nft_generation() -> int | None:
         return None
 
 
+def table_flags() -> dict[tuple[str, str], int]:
+    """(family, name) -> NFTA_TABLE_FLAGS of every nftables table, as the
+    kernel has them (TABLE_FLAGS)."""
+    msg = nft_table_msg()
+    msg["nfgen_family"] = 0  # NFPROTO_UNSPEC: every family
+    try:
+        with NFTSocket(nfgen_family=0) as nft:
+            tables = nft.request_get(msg, NFT_MSG_GETTABLE, msg_flags=NLM_F_REQUEST | NLM_F_DUMP)
+    except NetlinkError as e:  # what a table's rules mean depends on its flags: the caller keeps the fast path off
+        raise OSError(e.code, f"the nftables tables' flags could not be read: {e}") from e
+    return {(NFPROTO_NAME.get(t["nfgen_family"], str(t["nfgen_family"])), t.get_attr("NFTA_TABLE_NAME")):
+            t.get_attr("NFTA_TABLE_FLAGS") or 0 for t in tables}
+
+
 def _of(item: dict, native: set[tuple[str, str]]) -> bool:
     """Whether an item of `nft -j list ruleset` belongs to a native table."""
     kind, obj = next(iter(item.items()))
@@ -238,13 +260,11 @@ def _of(item: dict, native: set[tuple[str, str]]) -> bool:
 def _read_native(native: set[tuple[str, str]], out: Rulesets) -> None:
     """The native tables (family, name), translated, into out."""
     doc = json.loads(run_tool(["nft", "-j", "list", "ruleset"]))
+    flags = table_flags()
     for item in doc["nftables"]:
-        t = item.get("table")
-        if t is not None and "flags" in t and not isinstance(t["flags"], list) and _of(item, native):
-            # nft 1.0.6 prints a table's flags as garbage in JSON; its text says them
-            text = run_tool(["nft", "list", "table", t["family"], t["name"]])
-            t["flags"] = [f for line in text.splitlines() if line.strip().startswith("flags ")
-                          for f in line.split(None, 1)[1].split(",")]
+        if (t := item.get("table")) is not None and _of(item, native):
+            # nft 1.0.6 prints a table's flags as garbage in JSON, and knows no persist
+            t["flags"] = [name for bit, name in TABLE_FLAGS.items() if flags.get((t["family"], t["name"]), 0) & bit]
     try:
         rules = parse_ruleset({"nftables": [i for i in doc["nftables"] if _of(i, native)]})
     except (LookupError, TypeError, ValueError) as e:  # a shape of JSON it does not know

@@ -341,7 +341,9 @@ def _chains(chains: tuple[FwChain, ...] | None, family: int, ifaces: tuple[str, 
     out = []
     for c in chains:
         end, ret = "return FW_CONT;", RETURN_USER
-        if c.policy is not None:
+        if c.policy == "KERNEL":  # a policy the kernel applies (and counts): tna/model/nftables.py
+            end, ret = "return FW_KERNEL;", RETURN_BUILTIN
+        elif c.policy is not None:
             verdict = "FW_ACCEPT" if c.policy == "ACCEPT" else "FW_DROP"
             end, ret = f"{{ fw_step(f, {ids[family, c.table, c.name, 0]}); return {verdict}; }}", RETURN_BUILTIN
         rules = []
