@@ -15,6 +15,7 @@ import ipaddress
 import json
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -22,11 +23,12 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from netns_labs.lab import in_netns
 from tna.cli import rule_rows
 from tna.model.hooks import firewall_plan
 from tna.model.ipset import mirror_problem, resolve
 from tna.model.iptables import Neg, Rule
-from tna.model.nftables import NftRules, parse_ruleset
+from tna.model.nftables import VANISHING, NftRules, parse_ruleset
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
 
@@ -562,8 +564,6 @@ def test_what_a_table_gone_with_its_owner_would_drop_is_the_kernels(flags: list[
     """flags owner without persist: the kernel deletes the table when its
     owner's socket closes, unannounced - its drops (rules and policy) stay
     on the kernel path.  With persist the table outlives its owner."""
-    from tna.model.nftables import VANISHING
-
     doc = {"nftables": [
         {"table": {"family": "inet", "name": "o", "handle": 1, "flags": flags}},
         {"chain": {"family": "inet", "table": "o", "name": "f", "handle": 1, "type": "filter", "hook": "forward",
@@ -576,3 +576,69 @@ def test_what_a_table_gone_with_its_owner_would_drop_is_the_kernels(flags: list[
     vanishing = "persist" not in flags
     assert chain.policy == ("KERNEL" if vanishing else "DROP")
     assert [r.unsupported for r in chain.rules] == [(), (VANISHING,) if vanishing else ()]
+
+
+def test_a_table_gone_with_its_owner_that_tracks_or_nats_keeps_the_fast_path_off() -> None:
+    """Its end, unannounced, may end conntrack's or NAT's hooks for the
+    family: established NAT'd flows would go untranslated, entries
+    unrefreshed, where the fast path went on."""
+    def doc(expr: list[dict], kind: str = "filter") -> dict:
+        return {"nftables": [
+            {"table": {"family": "ip", "name": "o", "handle": 1, "flags": ["owner"]}},
+            {"chain": {"family": "ip", "table": "o", "name": "c", "handle": 1, "type": kind,
+                       "hook": "forward" if kind == "filter" else "postrouting", "prio": 0 if kind == "filter" else 100,
+                       "policy": "accept"}},
+            {"rule": {"family": "ip", "table": "o", "chain": "c", "handle": 2, "expr": expr}}]}
+    ct = [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "established"}}, {"accept": None}]
+    for d in (doc(ct), doc([{"masquerade": None}], "nat")):
+        fw, why = firewall_plan(parse_ruleset(d).tables)
+        assert fw is None and why is not None and "flags owner" in why, why
+    fw, why = firewall_plan(parse_ruleset(doc([{"drop": None}])).tables)
+    assert fw is not None and why is None
+
+
+def test_a_table_listed_but_gone_before_its_flags_were_read_is_an_owners() -> None:
+    """Flags are read before the listing: a table listed without flags is
+    one its owner's exit removed in between, unannounced."""
+    from tna.netlink import netfilter
+
+    listing = {"nftables": [
+        {"table": {"family": "inet", "name": "o", "handle": 1}},
+        {"chain": {"family": "inet", "table": "o", "name": "c", "handle": 1, "type": "filter", "hook": "forward",
+                   "prio": 0, "policy": "drop"}}]}
+    out = netfilter.Rulesets()
+    orig = netfilter.run_tool
+    netfilter.run_tool = lambda cmd: json.dumps(listing)  # type: ignore[assignment]
+    try:
+        netfilter._read_native({("inet", "o")}, {}, out)
+    finally:
+        netfilter.run_tool = orig
+    assert out.tables[4]["inet o"].vanishing and out.tables[4]["inet o"].chains["c"].policy == "KERNEL"
+
+
+def test_an_iptables_named_table_with_flags_is_read_the_native_way(ns: str) -> None:
+    """iptables-nft decodes an `ip filter` whatever its flags: one its
+    owner holds is read the native way, which heeds them."""
+    from tna.netlink.netfilter import read_rulesets
+
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "flush", "ruleset"], check=True)
+    owner = subprocess.Popen(["ip", "netns", "exec", ns, "nft", "-i"], stdin=subprocess.PIPE,
+                             stdout=subprocess.DEVNULL, text=True)
+    assert owner.stdin is not None
+    try:
+        owner.stdin.write("add table ip filter { flags owner; }\n"
+                          "add chain ip filter FORWARD { type filter hook forward priority 0; policy accept; }\n"
+                          "add rule ip filter FORWARD udp dport 53 drop\n")
+        owner.stdin.flush()
+        deadline = time.monotonic() + 10
+        while "filter" not in subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "tables"],
+                                             capture_output=True, text=True).stdout:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        with in_netns(ns):
+            rs = read_rulesets()
+        assert "filter" not in rs.tables[4] and rs.tables[4]["ip filter"].vanishing
+        assert [r.unsupported for r in rs.tables[4]["ip filter"].chains["FORWARD"].rules] == [(VANISHING,)]
+    finally:
+        owner.kill()
+        owner.wait()

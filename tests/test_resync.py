@@ -255,7 +255,9 @@ def test_a_guard_attached_starts_from_what_the_rules_read_has(monkeypatch: pytes
     (under RESYNC): what a closed watcher's filter stored ends its guard at
     once, or it would hold until the next commit.  The first attach comes
     after the rules were read without any filter: a commit since then (the
-    generation moved) holds until they are read again."""
+    generation moved) holds until they are read again - which the main loop
+    does at once (an element commit it followed without a read moves the
+    generation too, and nothing else would come)."""
     from types import SimpleNamespace
 
     from tna import commitguard
@@ -275,3 +277,5 @@ def test_a_guard_attached_starts_from_what_the_rules_read_has(monkeypatch: pytes
     with h.lock:
         assert h.reason() == (abi.REASON["FW_CHANGED"] if committed else 0)
     assert lease.held == ([abi.REASON["FW_CHANGED"]] if committed else [])
+    # and the main loop reads them again at once: no commit may be coming to make it
+    assert (h.reread_due(), h.reread_due()) == (committed, False)

@@ -173,14 +173,14 @@ class Daemon:
                 self._hup.clear()
                 reloading()
                 changed |= self._reload()
-            now = time.monotonic()
-            if now >= next_poll or commits:
+            now, due = time.monotonic(), self.holds.reread_due()
+            if now >= next_poll or commits or due:
                 # nftables announces its commits (one of set elements only is
                 # applied as it is); only iptables-legacy must be polled
                 applied = bool(commits) and self._apply_set_elements(commits)
                 if commits:
                     self.metrics.nft_commits.labels("elements" if applied else "reread").inc(len(commits))
-                changed |= self._poll(rules=(bool(commits) and not applied) or netfilter.legacy_in_use())
+                changed |= self._poll(rules=(bool(commits) and not applied) or due or netfilter.legacy_in_use())
                 next_poll = now + POLL_S
             if now >= next_ipsets:
                 changed |= self._poll_ipsets()

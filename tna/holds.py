@@ -46,6 +46,7 @@ class Holds:
         self.commits = 0
         self.rules_gen = 0
         self.rules_exact = False
+        self._reread = False
         self._nft_open = False
         self._xfrm_open = False  # policies changed, not yet read and queued
         # rtnetlink batches queued, how many the main loop had queued when it
@@ -158,9 +159,16 @@ class Holds:
 
     def rules_stale(self) -> None:
         """A commit may have come after the rules in hand were read, with
-        no reader to hold for it yet: hold until they are read again."""
+        no reader to hold for it yet: hold until they are read again (the
+        main loop reads them at once: reread_due())."""
         with self.lock:
-            self.rules_gen, self.rules_exact = -1, False
+            self.rules_gen, self.rules_exact, self._reread = -1, False, True
+
+    def reread_due(self) -> bool:
+        """Whether rules_stale() asked for the rules to be read (once)."""
+        with self.lock:
+            due, self._reread = self._reread, False
+            return due
 
     def new_watcher(self) -> int:
         # the new watcher's snapshot reads the policies and the rules anew

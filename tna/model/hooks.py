@@ -264,6 +264,9 @@ def firewall_plan(tables: dict[int, dict[str, Table]]) -> tuple[Firewall | None,
         for name, table in ts.items():
             if name not in TABLES and not _native(table) and not table.empty:
                 return None, f"the IPv{version} {name} table has rules (not modelled)"
+            if table.vanishing and _tracked_natted({name: table})[0]:
+                # its end, unannounced, may end conntrack's or NAT's hooks for the family
+                return None, f"the table {name} goes with its owner's socket (flags owner) and uses conntrack or NAT"
         if _tracked_natted(ts)[0]:
             tracked.add(version)
         chains[version] = _hook_chains(ts, FORWARD_HOOK)

@@ -119,6 +119,7 @@ class Table:
     name: str
     chains: dict[str, Chain] = field(default_factory=dict)
     handle: int | None = None  # nftables: the table's (a table made anew has another)
+    vanishing: bool = False  # nftables flags owner, not persist: gone, unannounced, with its owner's socket
 
     @property
     def empty(self) -> bool:

@@ -88,7 +88,8 @@ def parse_ruleset(doc: dict) -> NftRules:
         if "table" in o and o["table"]["family"] in VERSIONS:
             t = o["table"]
             for v in VERSIONS[t["family"]]:
-                out.tables[v][_tname(t)] = Table(_tname(t), handle=t.get("handle"))
+                out.tables[v][_tname(t)] = Table(_tname(t), handle=t.get("handle"),
+                                                 vanishing=(t["family"], t["name"]) in vanishing)
         elif "chain" in o:
             _chain(o["chain"], out, vanishing)
         elif "rule" in o and o["rule"]["family"] in VERSIONS:

@@ -57,7 +57,8 @@ NETLINK_NETFILTER, NFNLGRP_NFTABLES = 12, 7
 log = logging.getLogger(__name__)
 SO_ATTACH_BPF, SO_DETACH_BPF = 50, 27  # asm-generic (x86, arm); Python's socket module has neither
 NFNL_SUBSYS_NFTABLES = 10
-TABLE_FLAGS = {1: "dormant", 2: "owner", 4: "persist"}  # NFT_TABLE_F_*
+TABLE_F_OWNER = 2
+TABLE_FLAGS = {1: "dormant", TABLE_F_OWNER: "owner", 4: "persist"}  # NFT_TABLE_F_*
 NFPROTO_NAME = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
 
 
@@ -196,6 +197,8 @@ def _save(version: int, backend: str, out: Rulesets, native: set[tuple[str, str]
     except ParseError as e:
         out.foreign.append(f"iptables-{backend}-save output TNA cannot parse ({e})")
         return
+    if backend == "nft":  # those read the native way (read_rulesets())
+        tables = {name: t for name, t in tables.items() if (FAMILY_NAME[version], name) not in native}
     for name in tables.keys() & out.tables[version].keys():
         # both back ends hook a table of that name in, at one priority: one
         # must decide nothing for the other to stand for both
@@ -257,14 +260,16 @@ def _of(item: dict, native: set[tuple[str, str]]) -> bool:
     return (obj.get("family"), obj.get("name") if kind == "table" else obj.get("table")) in native
 
 
-def _read_native(native: set[tuple[str, str]], out: Rulesets) -> None:
-    """The native tables (family, name), translated, into out."""
+def _read_native(native: set[tuple[str, str]], flags: dict[tuple[str, str], int], out: Rulesets) -> None:
+    """The native tables (family, name), translated, into out; flags:
+    table_flags(), read before (a table listed but not there is gone
+    already, unannounced: its owner's)."""
     doc = json.loads(run_tool(["nft", "-j", "list", "ruleset"]))
-    flags = table_flags()
     for item in doc["nftables"]:
         if (t := item.get("table")) is not None and _of(item, native):
             # nft 1.0.6 prints a table's flags as garbage in JSON, and knows no persist
-            t["flags"] = [name for bit, name in TABLE_FLAGS.items() if flags.get((t["family"], t["name"]), 0) & bit]
+            bits = flags.get((t["family"], t["name"]), TABLE_F_OWNER)
+            t["flags"] = [name for bit, name in TABLE_FLAGS.items() if bits & bit]
     try:
         rules = parse_ruleset({"nftables": [i for i in doc["nftables"] if _of(i, native)]})
     except (LookupError, TypeError, ValueError) as e:  # a shape of JSON it does not know
@@ -286,6 +291,7 @@ def read_rulesets() -> Rulesets:
             _save(version, "legacy", out, native)
     # base chains are what touches traffic (listing every rule would cost
     # ~0.3 s with 10,000 iptables-nft rules)
+    flags = table_flags()  # before the listings: a table gone after it is not in them
     ruleset = json.loads(run_tool(["nft", "-j", "list", "chains"]))["nftables"]
     iptables_tables: set[int] = set()
     for item in ruleset:
@@ -293,14 +299,17 @@ def read_rulesets() -> Rulesets:
         if chain is None or "hook" not in chain:
             continue  # tables, sets and regular chains touch no traffic by themselves
         version = NFT_FAMILY.get(chain["family"])
-        if version is not None and chain["table"] in BUILTIN_CHAINS:
+        # iptables-nft decodes a table of its names whatever its flags: such
+        # a table (dormant, an owner's) is read the native way, which heeds them
+        if version is not None and chain["table"] in BUILTIN_CHAINS \
+                and not flags.get((chain["family"], chain["table"]), 0):
             iptables_tables.add(version)
         else:
             native.add((chain["family"], chain["table"]))
     for version in sorted(iptables_tables):
         _save(version, "nft", out, native)
     if native:
-        _read_native(native, out)
+        _read_native(native, flags, out)
     if out.genid != nft_generation():
         out.genid = None
     return out

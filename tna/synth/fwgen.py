@@ -177,6 +177,8 @@ def _maybe(rule: Rule, ifaces: tuple[str, ...]) -> str | None:
 # RETURN ends a user chain (the caller goes on) but a built-in chain by its
 # policy, which the kernel then counts too: the chain's code jumps to it.
 RETURN_USER, RETURN_BUILTIN = "return FW_CONT;", "goto policy;"
+# a policy the kernel applies (tna/model/nftables.py: a table that goes with its owner's socket)
+POLICY_TEXT = {"KERNEL": "policy DROP (the kernel's: the table goes with its owner)"}
 
 
 def _action(rule: Rule, fn: str, rid: int, ret: str) -> str:
@@ -240,7 +242,8 @@ def rule_refs(fw: Firewall | None) -> list[RuleRef]:
         raise ValueError(f"{len(shown)} filter rules: at most {FW_RULES_MAX} are counted")
     order = sorted(range(len(shown)), key=lambda k: shown[k][3])  # stable: code first, in the chains' order
     ids = {k: i for i, k in enumerate(order)}
-    return [RuleRef(ids[k], family, c.name, 0, f"policy {c.policy}", c.table) if r is None
+    return [RuleRef(ids[k], family, c.name, 0, POLICY_TEXT.get(c.policy or "", f"policy {c.policy}"), c.table)
+            if r is None
             else RuleRef(ids[k], family, c.name, r.index, r.text, c.table, r.handle)
             for k, (family, c, r, _) in enumerate(shown)]
 
