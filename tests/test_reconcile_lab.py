@@ -123,3 +123,48 @@ def test_a_commit_the_reader_lost_in_an_overrun_holds_until_the_rules_are_read(
                         and tna.counters("r-h1").get("FORWARDED", 0) > held.get("FORWARDED", 0), 30, 0.2), \
             tna.output()
         assert "overran" in tna.output(), tna.output()
+
+
+SET_TABLE = """table inet t {
+	set bl {
+		type ipv4_addr
+	}
+	chain gate {
+		type filter hook forward priority filter + 10; policy accept;
+		ip saddr @bl drop
+	}
+}
+"""
+
+
+def test_the_first_attach_after_a_followed_set_commit_holds_only_until_a_read(router_lab: RouterLab, hook: str) -> None:
+    """Nothing to attach (forwarding off) while a commit of set elements
+    is followed without a read: the generation moved since the rules were
+    read.  The first attach, which comes with the commit guard, holds for
+    that and reads the rules again at once - no commit is coming to make
+    it, and without the read the hold would last until one did."""
+    import time
+
+    from netns_labs.tna_proc import Tna, host_xdp
+
+    lab = router_lab
+    setup(lab, RULES.replace("-A FORWARD -i r-h2 -j DROP\n", ""))
+    lab.run(lab.r, ["nft", "-f", "-"], input=SET_TABLE)
+    forwarding = ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"]
+    lab.run(lab.r, ["sysctl", "-qw", *(f"{k}=0" for k in forwarding)])
+    pkts = [Packet(ip_address(lab.h1.ip4), ip_address(lab.h2.ip4), "r-h1", "r-h2", 17, 1000, 5000)]
+    if hook == "xdp":
+        for h in (lab.h1, lab.h2):
+            host_xdp(lab, h.ns, h.dev)
+    tna = Tna(lab, lab.r, "--hook", hook)
+    try:
+        assert wait_for(lambda: (st := tna.status()) is not None and not st["ifaces"], 30, 0.1), tna.output()
+        lab.run(lab.r, ["nft", "add", "element", "inet", "t", "bl", "{ 203.0.113.9 }"])
+        time.sleep(2)  # followed as a set change, not read (were it read, the test would show nothing)
+        lab.run(lab.r, ["sysctl", "-qw", *(f"{k}=1" for k in forwarding)])
+        tna.wait_attached(["r-h1", "r-h2"], 30)
+        assert wait_for(lambda: send_probes(lab, pkts) == {0} and tna.counters("r-h1").get("FORWARDED", 0) > 0,
+                        30, 0.2), (tna.counters("r-h1"), tna.output())
+    finally:
+        tna.stop()
+        tna.close()
