@@ -29,6 +29,7 @@ from tna.model.hooks import firewall_plan
 from tna.model.ipset import mirror_problem, resolve
 from tna.model.iptables import Neg, Rule
 from tna.model.nftables import VANISHING, NftRules, parse_ruleset
+from tna.snapshot import plan_filtering
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
 
@@ -591,15 +592,16 @@ def test_a_table_gone_with_its_owner_that_tracks_or_nats_keeps_the_fast_path_off
             {"rule": {"family": "ip", "table": "o", "chain": "c", "handle": 2, "expr": expr}}]}
     ct = [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "established"}}, {"accept": None}]
     for d in (doc(ct), doc([{"masquerade": None}], "nat")):
-        fw, why = firewall_plan(parse_ruleset(d).tables)
+        fw, why = plan_filtering(parse_ruleset(d).tables, {})  # as the daemon plans: the sets resolved first
         assert fw is None and why is not None and "flags owner" in why, why
-    fw, why = firewall_plan(parse_ruleset(doc([{"drop": None}])).tables)
+    fw, why = plan_filtering(parse_ruleset(doc([{"drop": None}])).tables, {})
     assert fw is not None and why is None
 
 
-def test_a_table_listed_but_gone_before_its_flags_were_read_is_an_owners() -> None:
-    """Flags are read before the listing: a table listed without flags is
-    one its owner's exit removed in between, unannounced."""
+def test_a_table_listed_but_not_in_the_flags_read_before_is_taken_for_an_owners() -> None:
+    """Flags are read before the listing: a table listed without flags came
+    in between (a commit, so the rules are read again); until then what it
+    drops stays on the kernel path."""
     from tna.netlink import netfilter
 
     listing = {"nftables": [

@@ -180,7 +180,8 @@ class Daemon:
                 applied = bool(commits) and self._apply_set_elements(commits)
                 if commits:
                     self.metrics.nft_commits.labels("elements" if applied else "reread").inc(len(commits))
-                changed |= self._poll(rules=(bool(commits) and not applied) or due or netfilter.legacy_in_use())
+                # due: a read the first attach's hold waits for, changed or not
+                changed |= self._poll(rules=(bool(commits) and not applied) or due or netfilter.legacy_in_use()) or due
                 next_poll = now + POLL_S
             if now >= next_ipsets:
                 changed |= self._poll_ipsets()

@@ -206,8 +206,9 @@ def evaluate_hook(tables: dict[str, Table], hook: Hook, pkt: Packet,
     return ACCEPT
 
 
+# nftables: ct statements and matches TNA leaves to the kernel, notrack, flow add, synproxy
 _CONNTRACK = {"conntrack", "state", "CT", "NOTRACK", "CONNMARK", "connmark", "connlimit", "helper",
-              "ct", "notrack"}  # nftables: ct statements and matches TNA leaves to the kernel, notrack
+              "ct", "notrack", "flow", "synproxy"}
 # nftables (and iptables-nft's compat) forms of a helper: assigned, tested, expected
 _NFT_HELPER = ("ct helper", "ct expectation", "xt target CT", "xt match helper")
 

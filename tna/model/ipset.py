@@ -226,7 +226,7 @@ def resolve(tables: Mapping[int, Mapping[str, Table]], sets: Mapping[str, IpSet]
     for version, ts in tables.items():
         out[version] = {}
         for tname, t in ts.items():
-            new = Table(tname)
+            new = Table(tname, vanishing=t.vanishing)
             for cname, c in t.chains.items():
                 rules = []
                 for r in c.rules:

@@ -262,8 +262,9 @@ def _of(item: dict, native: set[tuple[str, str]]) -> bool:
 
 def _read_native(native: set[tuple[str, str]], flags: dict[tuple[str, str], int], out: Rulesets) -> None:
     """The native tables (family, name), translated, into out; flags:
-    table_flags(), read before (a table listed but not there is gone
-    already, unannounced: its owner's)."""
+    table_flags(), read before (a table listed but not there came in
+    between: a commit, read again; until then its flags are not known, so
+    it is taken for an owner's, which keeps its drops on the kernel path)."""
     doc = json.loads(run_tool(["nft", "-j", "list", "ruleset"]))
     for item in doc["nftables"]:
         if (t := item.get("table")) is not None and _of(item, native):
