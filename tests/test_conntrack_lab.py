@@ -22,7 +22,7 @@ from contextlib import contextmanager
 import pytest
 
 from netns_labs.lab import RouterLab, _server, ping, py, tcp_transfer, udp_echo, wait_for
-from netns_labs.tna_proc import tna_running
+from netns_labs.tna_proc import Tna, tna_running
 from tests.test_firewall_lab import MARK, send_frames
 
 pytestmark = pytest.mark.root
@@ -602,6 +602,35 @@ def _tuple(entry: object) -> object:
                          dport=proto.get_attr("CTA_PROTO_DST_PORT"))
 
 
+@contextmanager
+def a_carried_connection(lab: RouterLab, hook: str) -> Iterator[tuple[Tna, list[bytes]]]:
+    """An established TCP connection h1 -> h2:5201 whose 600 segments of 100
+    bytes (past the handshake: carried) `tna run --hook HOOK` forwarded:
+    tna, and the segments as h2 received them (frames)."""
+    server = _server(lab, lab.h2.ns, "tcp-server", "5201")
+    client = lab.popen(lab.h1.ns, py("netns_labs.xfer", "tcp-hold", lab.h2.ip4, "5201", "1", "200"),
+                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=lab.repo)
+    assert client.stdin is not None and client.stdout is not None
+    try:
+        assert client.stdout.readline().strip() == "ready"
+        with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
+            cap = lab.popen(lab.h2.ns, py("netns_labs.xfer", "raw-capture", lab.h2.dev, (b"x" * 100).hex(), "600"),
+                            stdout=subprocess.PIPE, text=True, cwd=lab.repo)
+            assert cap.stdout is not None and cap.stdout.readline().strip() == "ready"
+            for _ in range(3):
+                client.stdin.write("0\n")
+                client.stdin.flush()
+                assert client.stdout.readline().split() == ["sent", "0"]
+            seen, _ = cap.communicate(timeout=30)
+            assert tna.counters().get("FORWARDED", 0) > 300
+            yield tna, [bytes.fromhex(h) for h in seen.split()]
+    finally:
+        client.stdin.close()
+        client.wait(timeout=30)
+        server.kill()
+        server.wait()
+
+
 def test_a_blind_rst_leaves_a_carried_connection_established(router_lab: RouterLab, hook: str) -> None:
     """An RST far out of window (a blind one: sequence number a quarter of
     the space ahead) is INVALID to Linux, which drops it here (`--ctstate INVALID -j
@@ -612,36 +641,15 @@ def test_a_blind_rst_leaves_a_carried_connection_established(router_lab: RouterL
 
     lab = router_lab
     setup(lab, hook)
-    server = _server(lab, lab.h2.ns, "tcp-server", "5201")
-    client = lab.popen(lab.h1.ns, py("netns_labs.xfer", "tcp-hold", lab.h2.ip4, "5201", "1", "200"),
-                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=lab.repo)
-    assert client.stdin is not None and client.stdout is not None
 
     def entry() -> list[str]:
         return lab.run(lab.r, ["conntrack", "-L", "-p", "tcp", "--dport", "5201"]).stdout.split()
-    try:
-        assert client.stdout.readline().strip() == "ready"
-        with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2]) as tna:
-            cap = lab.popen(lab.h2.ns, py("netns_labs.xfer", "raw-capture", lab.h2.dev, (b"x" * 100).hex(), "1"),
-                            stdout=subprocess.PIPE, text=True, cwd=lab.repo)
-            assert cap.stdout is not None and cap.stdout.readline().strip() == "ready"
-            for _ in range(3):
-                client.stdin.write("0\n")
-                client.stdin.flush()
-                assert client.stdout.readline().split() == ["sent", "0"]
-            seen, _ = cap.communicate(timeout=30)
-            assert tna.counters().get("FORWARDED", 0) > 300
-            sport = int(next(f for f in entry() if f.startswith("sport=")).split("=")[1])
-            seq = Ether(bytes.fromhex(seen.split()[0]))[TCP].seq  # an early segment's: far behind is close enough
-            # a quarter of the space ahead: past the maxack, out of every window
-            rst = Ether(src=lab.h1.mac, dst=lab.r_h1_mac) / IP(src=lab.h1.ip4, dst=lab.h2.ip4) / TCP(
-                sport=sport, dport=5201, flags="R", seq=(seq + (1 << 30)) & 0xFFFFFFFF)
-            lab.run(lab.h1.ns, py("netns_labs.xfer", "raw-send", lab.h1.dev, bytes(rst).hex(), "1"), cwd=lab.repo)
-            time.sleep(0.5)
-            after = entry()
-        assert after[3] == "ESTABLISHED" and int(after[2]) > 1000, after
-    finally:
-        client.stdin.close()
-        client.wait(timeout=30)
-        server.kill()
-        server.wait()
+    with a_carried_connection(lab, hook) as (_, seen):
+        first = Ether(seen[0])[TCP]  # an early segment's sequence number: far behind is close enough
+        # a quarter of the space ahead: past the maxack, out of every window
+        rst = Ether(src=lab.h1.mac, dst=lab.r_h1_mac) / IP(src=lab.h1.ip4, dst=lab.h2.ip4) / TCP(
+            sport=first.sport, dport=5201, flags="R", seq=(first.seq + (1 << 30)) & 0xFFFFFFFF)
+        lab.run(lab.h1.ns, py("netns_labs.xfer", "raw-send", lab.h1.dev, bytes(rst).hex(), "1"), cwd=lab.repo)
+        time.sleep(0.5)
+        after = entry()
+    assert after[3] == "ESTABLISHED" and int(after[2]) > 1000, after
