@@ -40,6 +40,7 @@ class Lab:
 
     def __init__(self) -> None:
         self.tag = f"tna{os.getpid() % 100000}{secrets.token_hex(2)}"
+        self._owner = os.getpid()
         self.namespaces: list[str] = []
         self._ipr: dict[str, IPRoute] = {}
         self._procs: list[subprocess.Popen] = []
@@ -51,6 +52,10 @@ class Lab:
         self.close()
 
     def close(self) -> None:
+        if os.getpid() != self._owner:
+            # a forked copy unwinding the parent's stack (pyroute2 forks to
+            # make namespaces and their sockets): the lab is the parent's
+            return
         for p in self._procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
