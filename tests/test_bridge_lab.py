@@ -262,9 +262,11 @@ def test_fdb_entries_stay_alive_under_a_fast_path_flow(hook):
         refreshed, forwarded = delta(after, before, "BR_REFRESH"), delta(after, before, "FORWARDED")
         print(f"{refreshed} refreshes in {elapsed:.1f} s")
         assert 2 <= refreshed <= 2 * (elapsed * 16 / ageing + 1), (refreshed, elapsed)
-        # the rest of the flow's requests and replies: the fast path
-        # (but what a lease the starved daemon failed to renew passed)
-        assert forwarded >= 2 * pings - refreshed - delta(after, before, "LEASE_EXPIRED"), (forwarded, refreshed)
+        # the rest of the flow's requests and replies: the fast path (but
+        # what a hold passed: a lease the starved daemon failed to renew, or
+        # netlink news the busy daemon had not taken yet)
+        held = sum(delta(after, before, r) for r in ("LEASE_EXPIRED", "PENDING", "RESYNC"))
+        assert forwarded >= 2 * pings - refreshed - held, (forwarded, refreshed, held)
         # silence: the kernel ages the entries out, and the map with it
         assert wait_for(lambda: _fdb_size(tna) <= size - 2, timeout=30)
         assert lab.h2.mac not in lab.fdb()
