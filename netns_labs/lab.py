@@ -20,8 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyroute2 import IPRoute, netns
+from pyroute2 import config as pyroute2_config
 
 _REPO = Path(__file__).resolve().parent.parent
+# pyroute2 forks to make a namespace's sockets and ends each child with
+# SIGTERM: there it must end the child, never run a handler of the tests'
+# (one that raises would unwind the parent's stack in the copy)
+pyroute2_config.disable_mp_signal = True
 
 
 @dataclass(frozen=True)
