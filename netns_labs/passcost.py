@@ -68,8 +68,8 @@ def measure(lab: RouterLab, hook: str, frame: bytes, rounds: int, dnat: bool,
     nat = ("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
            f"-A PREROUTING -d {PUBLISHED} -j DNAT --to-destination {lab.h2.ip4}\nCOMMIT\n") if dnat else ""
     fw, why = firewall_plan({4: parse_save(forward_rules(10, kernel_rule=not carried) + nat)})
-    modes = CARRIED if carried else MODES
     assert fw is not None, why
+    modes = CARRIED if carried else MODES
     ifindex, egress = lab.ifindex(lab.r, "r-h1"), lab.ifindex(lab.r, "r-h2")
     obj = bpf.BpfObject(str(compile_source(render(hook, ("firewall", "router"), firewall=fw))))
     obj.set_initial_value(abi.SECTION_IFACE, iface_cfg(ifindex, lab.r_h1_mac, 0))
@@ -86,8 +86,8 @@ def measure(lab: RouterLab, hook: str, frame: bytes, rounds: int, dnat: bool,
         empty_obj = bpf.BpfObject(str(build("lab_progs")))
         empty_obj.load()
         empty = empty_obj.program("lab_pass" if hook == "xdp" else "lab_tc_pass")
+        timed = _single_runs_ns if carried else _median_ns
         for _ in range(rounds):
-            timed = _single_runs_ns if carried else _median_ns
             runs[EMPTY].append(timed(empty, frame, ctx))
             for mode, cfg in modes.items():
                 # conntrack as the daemon publishes it by default (checksums verified, the timeouts)
