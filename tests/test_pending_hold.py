@@ -13,7 +13,7 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from tests.test_reconcile_order import recording_daemon
 from tna.bpf import abi
-from tna.model.config import Removed, Route
+from tna.model.config import Removed, Route, XdpXmit
 from tna.netlink import netconf
 from tna.netlink.decode import (
     RTM_DELROUTE,
@@ -116,7 +116,9 @@ def test_route_events_are_kept_as_their_facts() -> None:
 
 @pytest.mark.parametrize(("busy", "batch", "held"), [
     (True, PLAIN, False), (True, PLAIN + LINKS[:1], True), (False, LINKS, False),
-    (False, [WRITTEN], True), (False, [DEVICE], False), (True, [DEVICE], True)])
+    (False, [WRITTEN], True), (False, [DEVICE], False), (True, [DEVICE], True),
+    # an egress whose peer's XDP program went: the kernel drops what is redirected to it
+    (False, [XdpXmit(5, False)], True), (False, [XdpXmit(5, True)], False), (True, [XdpXmit(5, True)], True)])
 def test_a_busy_loop_holds_for_what_can_move_a_map(monkeypatch: pytest.MonkeyPatch, busy: bool,
                                                    batch: list[Any], held: bool) -> None:
     d = recording_daemon(monkeypatch)

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tna.bpf import abi
-from tna.model.config import XfrmPolicies
+from tna.model.config import XdpXmit, XfrmPolicies
 from tna.netlink import netconf
 from tna.netlink.decode import moves_no_map
 
@@ -114,12 +114,15 @@ class Holds:
         moved a host to a port the maps still send it to (a burst of plain
         routes holds nothing); a sysctl written (ip_forward, rp_filter, ...)
         holds even while it is idle: the kernel applied it at the write, and
-        the loop reads /proc/sys and re-plans before it can act on it."""
+        the loop reads /proc/sys and re-plans before it can act on it; so
+        does a device that stopped taking redirected XDP frames (its peer's
+        program detached): the kernel drops what the programs still send it
+        until the loop has taken it out of the egress maps."""
         with self.lock:
             self._queued += 1
-            xfrm = any(isinstance(m, XfrmPolicies) for m in batch)
-            if ((self._busy and not all(moves_no_map(m) for m in batch))
-                    or xfrm or any(netconf.written(m) for m in batch)):
+            applied = any(isinstance(m, XfrmPolicies) or (isinstance(m, XdpXmit) and not m.capable)
+                          or netconf.written(m) for m in batch)
+            if (self._busy and not all(moves_no_map(m) for m in batch)) or applied:
                 self._pending_at = self._queued
                 self._hold(abi.REASON["PENDING"])
 

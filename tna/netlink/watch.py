@@ -148,7 +148,7 @@ class Watcher:
         one's number).  on_lost(overrun): in the thread that lost events
         (overrun: ENOBUFS), before ResyncNeeded is queued.  on_events(batch):
         called in the reader thread after it queued a batch of rtnetlink
-        events (or of xfrm policies).  on_xfrm_begin: in the xfrm reader
+        events (or of xfrm policies, or an xdp-features change).  on_xfrm_begin: in the xfrm reader
         thread as soon as a change is there, before it is read (the kernel
         applies a policy at once); on_xfrm_end(pending): after the read is
         queued (pending: whether another change came meanwhile)."""
@@ -271,6 +271,8 @@ class Watcher:
             while not self._closed.is_set():
                 for event in self._xdp.read(timeout=READER_WAKE_S):
                     self._q.put(event)
+                    if self._on_events is not None:
+                        self._on_events([event])
         except Exception as e:  # lost xdp-features changes: the egress maps may be wrong
             if not self._closed.is_set():
                 self._q.put(self._lost(f"netdev reader stopped: {e!r}", e))
