@@ -118,10 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         lab.run(lab.r, ["conntrack", "-I", *flow, "--timeout", "600", "--status", "SEEN_REPLY,ASSURED"])
         frame = bytes(Ether(src=lab.h1.mac, dst=lab.r_h1_mac) / IP(src=lab.h1.ip4, dst=dst, ttl=64)
                       / UDP(sport=FRAME_SPORT, dport=FRAME_DPORT) / Raw(b"\0" * 18))
-        print(f"{'hook':<5} {'mode':<22} {'ns/packet (median)':>19}")
+        print(f"{'hook':<5} {'mode':<22} {'ns/packet (' + ('trimmed mean' if args.carried else 'median') + ')':>25}")
         for hook in ("xdp", "tc"):
             for mode, ns in measure(lab, hook, frame, args.rounds, args.dnat, args.carried).items():
-                print(f"{hook:<5} {mode:<22} {ns:>19.0f}", flush=True)
+                print(f"{hook:<5} {mode:<22} {ns:>25.0f}", flush=True)
     return 0
 
 
