@@ -24,7 +24,10 @@ the service accepted), `tna run` (auto hooks: TC on the veths):
      nftables reader took the commit);
    - program: until a new program is attached to r-h1 (its id changed;
      none is expected here, and a commit that brings one is counted);
-   - release: until the hold is released (pass reason 0 again).
+   - narrowed: until the hold is narrowed to the flows a changed rule
+     could match (tna/narrow.py; pass reason 0, tna_config.fw_hold_count
+     set), if it is;
+   - release: until the hold is released (pass reason 0, no flow held).
    p50 / p90 / p99 of each; polled every 1 ms (flat out, the polls would
    take a CPU from the daemon, which reads the rules meanwhile).
 3. With --element-commits N, then: a native table (inet tnabench: a forward
@@ -63,13 +66,13 @@ from pathlib import Path
 from netns_labs.bench import forward_rules, write_doc
 from netns_labs.hostlab import HostLab
 from netns_labs.lab import Lab, RouterLab, in_netns, wait_for
-from netns_labs.tna_proc import Tna, pass_reason
+from netns_labs.tna_proc import Tna, pass_reason, read_state
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
 from tna.deploy.links import attached_tna_prog
 
 COMMIT_TIMEOUT = 120.0  # s: a commit behind 10,000 rules on a busy machine takes seconds
-PHASES = ("hold", "heard", "program", "release")
+PHASES = ("hold", "heard", "narrowed", "program", "release")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -97,9 +100,11 @@ class Datapath:
 
     def daemons_reason(self) -> int:
         """The daemon's own hold (tna_config.pass_reason), without the commit guard's."""
-        raw = self.state.lookup(b"\0\0\0\0")
-        assert isinstance(raw, bytes)
-        return abi.TnaState.from_buffer_copy(raw).cfg.pass_reason
+        return read_state(self.state).cfg.pass_reason
+
+    def held_flows(self) -> int:
+        """The flows a narrowed hold names (0: none, or code without them)."""
+        return getattr(read_state(self.state).cfg, "fw_hold_count", 0)
 
 
 ELEMENT_TABLE = """table inet tnabench {
@@ -130,7 +135,7 @@ def commit(lab: Lab, dp: Datapath, cmd: list[str], program: bool, poll: float) -
     for if one is expected, else None unless one came), release; polled every poll s."""
     old = dp.prog_id()
     proc = lab.popen(dp.ns, cmd)
-    held = heard = prog = released = returned = None
+    held = heard = narrowed = prog = released = returned = None
     deadline = time.monotonic() + COMMIT_TIMEOUT
     while time.monotonic() < deadline:
         now = time.monotonic()
@@ -145,7 +150,10 @@ def commit(lab: Lab, dp: Datapath, cmd: list[str], program: bool, poll: float) -
             heard = now
         if prog is None and dp.prog_id() not in (old, 0):
             prog = now
-        if held is not None and released is None and not reason:
+        flows = dp.held_flows() if held is not None and not reason else 0
+        if held is not None and narrowed is None and not reason and flows:
+            narrowed = now
+        if held is not None and released is None and not reason and not flows:
             released = now
         settled = released is not None or (held is None and returned is not None and now - returned > 1)
         if returned is not None and settled and (prog is not None or not program):
@@ -156,7 +164,7 @@ def commit(lab: Lab, dp: Datapath, cmd: list[str], program: bool, poll: float) -
         raise SystemExit(f"{shlex.join(cmd)}: not settled within {COMMIT_TIMEOUT} s")
     assert returned is not None
     return {what: None if t is None else t - returned for what, t in
-            (("hold", held), ("heard", heard), ("program", prog), ("release", released))}
+            (("hold", held), ("heard", heard), ("narrowed", narrowed), ("program", prog), ("release", released))}
 
 
 def timed(lab: Lab, dp: Datapath, cmds: list[list[str]], poll: float) -> dict:

@@ -21,14 +21,18 @@ from tna.bpf import attach
 from tna.bpf.abi import MAP_STATE, REASON, TnaState
 
 
+def read_state(state_map: Any) -> TnaState:
+    raw = state_map.lookup(b"\0\0\0\0")
+    assert isinstance(raw, bytes)
+    return TnaState.from_buffer_copy(raw)
+
+
 def pass_reason(state_map: Any) -> int:
     """The reason every program passes all with now (a hold; 0: none), as
     main.c.j2 reads tna_state: its pass_reason, else FW_CHANGED while the
     commit guard holds (commit_guard.h).  From the map itself (one map,
     shared by every program of a daemon, so it outlives each)."""
-    raw = state_map.lookup(b"\0\0\0\0")
-    assert isinstance(raw, bytes)
-    st = TnaState.from_buffer_copy(raw)
+    st = read_state(state_map)
     return st.cfg.pass_reason or (REASON["FW_CHANGED"] if st.nft_seen != st.cfg.nft_heard else 0)
 
 
@@ -83,6 +87,13 @@ class Tna:
     def pass_reason(self) -> int:
         """The reason the datapath passes everything with now (a hold), 0
         if none; read through a program the daemon attached."""
+        return self._with_state(pass_reason)
+
+    def held_flows(self) -> int:
+        """How many flows a narrowed hold names now (tna_config.fw_hold_count)."""
+        return self._with_state(lambda m: read_state(m).cfg.fw_hold_count)
+
+    def _with_state(self, read: Any) -> Any:
         from tna.bpf import libbpf as bpf
 
         st = self.state()
@@ -91,7 +102,7 @@ class Tna:
         try:
             state = prog.find_map(MAP_STATE)
             try:
-                return pass_reason(state)
+                return read(state)
             finally:
                 state.close()
         finally:

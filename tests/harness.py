@@ -21,9 +21,10 @@ from tna.bpf import libbpf as bpf
 from tna.bpf.testrun import SkBuff, XdpMd, test_run
 from tna.deploy.counters import read_counters, read_stats
 from tna.deploy.datapath import iface_cfg
-from tna.deploy.lease import jiffies_hz, renew
+from tna.deploy.lease import jiffies_hz, renew, set_fw_hold
 from tna.deploy.mapwrite import load_with_sets
 from tna.model.firewall import Firewall
+from tna.model.fwdiff import HeldFlow
 from tna.model.ipset import IpSet
 from tna.model.iptables import Table, parse_save
 from tna.snapshot import plan_filtering
@@ -92,7 +93,8 @@ class ProgHarness:
     def set_state(self, lease_s: float = 3600, pass_reason: int = 0, mp_guard: int = 0, stale: int = 0,
                   route_mtu: tuple[int, int] = (1400, 1400), local4: tuple[str, ...] | None = None,
                   ct_flags: int = 0, ct_timeout_ms: int = CT_TIMEOUT_MS, hz: int = 0,
-                  pass_cache_s: float = 0, xfrm: int = 0, ct_timeout_unack_ms: int = 0) -> None:
+                  pass_cache_s: float = 0, xfrm: int = 0, ct_timeout_unack_ms: int = 0,
+                  held: tuple[HeldFlow, ...] = ()) -> None:
         """What the daemon would publish (route MTUs and addresses match the lab;
         hz: the jiffies per second it says, 0 for the measured; pass_cache_s 0:
         the pass cache off; xfrm: tna_config.xfrm_families)."""
@@ -107,6 +109,7 @@ class ProgHarness:
             cfg.local4[i] = int.from_bytes(socket.inet_aton(addr), "little")
         packed = b"".join(socket.inet_pton(socket.AF_INET6, a) for a in local6[:abi.LOCAL6_MAX])
         ctypes.memmove(cfg.local6, packed, len(packed))
+        set_fw_hold(cfg, held)
         renew(self.obj.program(abi.RENEW_PROGRAM), cfg)
 
     def now(self) -> int:

@@ -16,7 +16,7 @@ from tna.bpf import abi
 from tna.bpf import libbpf as bpf
 
 STRUCTS = {
-    "tna_state": abi.TnaState, "tna_config": abi.TnaConfig, "tna_counter": abi.TnaCounter,
+    "tna_state": abi.TnaState, "tna_config": abi.TnaConfig, "tna_fw_hold": abi.TnaFwHold, "tna_counter": abi.TnaCounter,
     "tna_iface_cfg": abi.TnaIfaceCfg, "tna_neigh_key": abi.TnaNeighKey, "tna_egress": abi.TnaEgress,
     "tna_port": abi.TnaPort, "tna_fdb_key": abi.TnaFdbKey, "tna_fdb": abi.TnaFdb,
     "tna_ct_key": abi.TnaCtKey,

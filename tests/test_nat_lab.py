@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -252,3 +253,57 @@ def test_masquerade_flow_routed_elsewhere_is_never_forwarded_with_its_old_bindin
         c = tna.counters("r-h1")
     assert moved and {src for src, _ in moved} == {"203.0.113.1"}, moved
     assert c.get("NAT_MASQ_OIF", 0) >= 1 and c.get("FORWARDED", 0) >= 1, c
+
+
+def test_a_rule_on_the_dnat_destination_holds_the_flow_while_it_loads(router_lab: RouterLab, hook: str,
+                                                                      tmp_path: Path) -> None:
+    """h2's established UDP flow to r's port 8082, DNAT'd to h1:5202.  A
+    DROP inserted for h1:5202 matches it only as the DNAT left it: while the
+    programs for it load (paused before the attach), the old rules' program
+    must pass the flow to the kernel (which drops it), not forward it by
+    the address it arrived with."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.packet import Raw
+
+    lab = router_lab
+    setup(lab, hook)
+    mark = b"TNA-NARROW-DNAT"
+    h1, h2 = lab.h1, lab.h2
+
+    def probe(n: int) -> str:
+        return bytes(Ether(src=h2.mac, dst=lab.r_h2_mac) / IP(src=h2.ip4, dst=OUTSIDE4) / UDP(sport=40500, dport=8082)
+                     / Raw(mark + b"%04d" % n)).hex()
+
+    def send(ns: str, dev: str, frames: list[str]) -> None:
+        lab.run(ns, py("netns_labs.xfer", "raw-send", dev, ",".join(frames), "1"), cwd=lab.repo)
+
+    def through(first: int, count: int) -> set[int]:
+        """Which of count probes h1 received."""
+        cap = lab.popen(h1.ns, py("netns_labs.xfer", "raw-capture", h1.dev, mark.hex(), str(count), "2"),
+                        stdout=subprocess.PIPE, text=True, cwd=lab.repo)
+        assert cap.stdout is not None and cap.stdout.readline().strip() == "ready"
+        send(h2.ns, h2.dev, [probe(n) for n in range(first, first + count)])
+        out, _ = cap.communicate(timeout=30)
+        return {int(bytes.fromhex(h).split(mark)[1][:4]) for h in out.split()}
+
+    reply = bytes(Ether(src=h1.mac, dst=lab.r_h1_mac) / IP(src=h1.ip4, dst=h2.ip4) / UDP(sport=5202, dport=40500)
+                  / Raw(b"reply")).hex()
+    with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [h1, h2], module="tests.tna_paused",
+                     env_extra={"TNA_PAUSE_DIR": str(tmp_path), "TNA_PAUSE_AT": "attach"}) as tna:
+        assert through(0, 1) == {0}
+        send(h1.ns, h1.dev, [reply])
+        time.sleep(2.5)  # a reply, then a datagram 2 s on: ASSURED, carried
+        assert wait_for(lambda: through(0, 1) == {0} and tna.counters("r-h2").get("FORWARDED", 0) > 0, 20, 0.5), \
+            tna.output()
+        (tmp_path / "arm").touch()
+        lab.run(lab.r, ["iptables", "-I", "FORWARD", "-d", h1.ip4, "-p", "udp", "--dport", "5202", "-j", "DROP"])
+        assert wait_for((tmp_path / "paused").exists, 30, 0.05), tna.output()
+        assert wait_for(lambda: tna.held_flows() > 0 and tna.pass_reason() == 0, 20, 0.1), tna.output()
+        before = tna.counters("r-h2")
+        got = through(100, 4)
+        after = tna.counters("r-h2")
+        (tmp_path / "resume").touch()
+    assert got == set(), got
+    assert after.get("FW_CHANGED", 0) - before.get("FW_CHANGED", 0) == 4, (before, after)
+    assert after.get("FORWARDED", 0) == before.get("FORWARDED", 0), (before, after)

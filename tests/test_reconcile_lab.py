@@ -97,6 +97,44 @@ def test_a_commit_holds_the_programs_before_the_reader_hears_of_it(router_lab: R
                         and tna.counters("r-h1").get("FW_DROP", 0) > held.get("FW_DROP", 0), 30, 0.2), tna.output()
 
 
+def test_while_new_rules_load_only_what_they_could_match_is_held(router_lab: RouterLab, hook: str,
+                                                                 tmp_path: Path) -> None:
+    """An inserted DROP for UDP port 3001: while the programs for it load
+    (paused before the attach), those built for the old rules still run.
+    They go on forwarding h1's other UDP, which no inserted rule could
+    match, and pass port 3001 to the kernel (which drops it by the new
+    rule) - never forwarding it.  Then the new program drops it itself."""
+    lab = router_lab
+    setup(lab, RULES)
+    other = [Packet(ip_address(lab.h1.ip4), ip_address(lab.h2.ip4), "r-h1", "r-h2", 17, 1000, 5000 + i)
+             for i in range(4)]
+    blocked = [Packet(ip_address(lab.h1.ip4), ip_address(lab.h2.ip4), "r-h1", "r-h2", 17, 1000 + i, 3001)
+               for i in range(4)]
+    with tna_running(lab, lab.r, hook, ["r-h1", "r-h2"], [lab.h1, lab.h2], module="tests.tna_paused",
+                     env_extra={"TNA_PAUSE_DIR": str(tmp_path), "TNA_PAUSE_AT": "attach"}) as tna:
+        assert wait_for(lambda: "firewall" in tna.status()["ifaces"]["r-h1"]["modules"], 10, 0.2), tna.output()
+        old_id = tna.status()["ifaces"]["r-h1"]["prog_id"]
+        (tmp_path / "arm").touch()
+        lab.run(lab.r, ["iptables", "-I", "FORWARD", "-p", "udp", "--dport", "3001", "-j", "DROP"])
+        assert wait_for((tmp_path / "paused").exists, 30, 0.05), tna.output()
+        before = tna.counters("r-h1")
+        # the narrowed hold comes with the commit's reconcile, before the loads
+        assert wait_for(lambda: send_probes(lab, other[:1]) == {0}
+                        and tna.counters("r-h1").get("FORWARDED", 0) > before.get("FORWARDED", 0), 20, 0.2), \
+            tna.output()
+        mid = tna.counters("r-h1")
+        carried, stopped = send_probes(lab, other), send_probes(lab, blocked)
+        held, running = tna.counters("r-h1"), tna.status()["ifaces"]["r-h1"]["prog_id"]
+        (tmp_path / "resume").touch()
+        assert running == old_id  # the old rules' program decided
+        assert (carried, stopped) == ({0, 1, 2, 3}, set()), tna.output()
+        assert held.get("FORWARDED", 0) - mid.get("FORWARDED", 0) == len(other), (mid, held)
+        assert held.get("FW_CHANGED", 0) - mid.get("FW_CHANGED", 0) == len(blocked), (mid, held)
+        assert wait_for(lambda: send_probes(lab, blocked[:1]) == set()
+                        and tna.counters("r-h1").get("FW_DROP", 0) > held.get("FW_DROP", 0), 30, 0.2), tna.output()
+        assert tna.status()["ifaces"]["r-h1"]["prog_id"] != old_id
+
+
 def test_a_commit_the_reader_lost_in_an_overrun_holds_until_the_rules_are_read(
         router_lab: RouterLab, hook: str, tmp_path: Path) -> None:
     """A commit of thousands of rules overruns the paused reader's socket:

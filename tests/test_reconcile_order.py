@@ -17,6 +17,7 @@ from tna.config import Settings
 from tna.deploy.lease import family_bits
 from tna.deploy.rulecounts import RuleCounts
 from tna.model.config import ARPHRD_ETHER, IFF_UP, Link, Model, Sysctls
+from tna.model.fwdiff import HeldFlow
 from tna.model.hooks import firewall_plan
 from tna.model.iptables import parse_save
 from tna.synth.planner import IfacePlan
@@ -33,12 +34,15 @@ class RecordingLease:
         self.cfg.pass_reason = reason
         self.calls.append(("hold", reason))
 
+    def narrow(self, held: tuple[HeldFlow, ...]) -> None:
+        self.calls.append(("narrow", held))
+
     def set_guards(self, pass_reason: int, mp_guarded: Any, route_mtu: Any, local: Any,
                    fw_families: frozenset[int] = frozenset(), sysctls: Any = None, rpf_doubt: Any = None,
-                   xfrm: Any = None) -> None:
+                   xfrm: Any = None, held: tuple[HeldFlow, ...] = ()) -> None:
         self.cfg.fw_families = family_bits(fw_families, abi.TNA_FW_V4, abi.TNA_FW_V6)
         self.cfg.pass_reason = pass_reason
-        self.calls.append(("release" if pass_reason == 0 else "guards", pass_reason))
+        self.calls.append(("narrowed", held) if held else ("release" if pass_reason == 0 else "guards", pass_reason))
 
 
 class RecordingDatapath:
@@ -66,6 +70,10 @@ class RecordingDatapath:
 
     def fw_masks(self) -> dict[int, int]:
         return self.masks
+
+    def rule_set(self) -> tuple[Any, dict[str, dict[bytes, bytes]]]:
+        rule_sets = [a.plan.firewall for a in self.attached.values()]
+        return (rule_sets[-1] if rule_sets else None), {}
 
     def is_current(self, plan: IfacePlan) -> bool:
         cur = self.attached.get(plan.ifindex)
@@ -176,6 +184,35 @@ def test_an_interface_that_appears_matching_a_pattern_is_held(daemon: daemon_mod
     calls = reconcile(daemon)
     assert_held_throughout(calls)
     assert ("attach", "r-h3") in calls and ("sync_firewall", {2: 1, 3: 1, 4: 1}) in calls
+
+
+def test_an_inserted_rule_narrows_the_hold_before_the_loads(daemon: daemon_mod.Daemon) -> None:
+    """The running programs decide what the new rule could not match while
+    the new ones load: the masks written, the flows published under the
+    hold, then the hold narrowed to them; the release comes last as ever."""
+    set_rules(daemon, "-A FORWARD -i r-h2 -j DROP")
+    reconcile(daemon)
+    set_rules(daemon, "-A FORWARD -p udp -m udp --dport 9 -j DROP", "-A FORWARD -i r-h2 -j DROP")
+    calls = reconcile(daemon)
+    held = (HeldFlow(4, 17, dport=(9, 9)),)
+    assert calls[0] == ("hold", HELD) and calls[-1] == ("release", 0), calls
+    ops = [c[0] for c in calls]
+    narrowed = calls.index(("narrowed", held))
+    assert ops.index("sync_firewall") < calls.index(("narrow", held)) < narrowed < ops.index("preload"), calls
+    assert ("release", 0) not in calls[:-1], calls
+
+
+@pytest.mark.parametrize("change", ["policy", "pattern"])
+def test_what_else_changes_is_held_whole(daemon: daemon_mod.Daemon, change: str) -> None:
+    set_rules(daemon, "-A FORWARD -i r-h2 -j DROP")
+    reconcile(daemon)
+    fw, _ = firewall_plan({4: parse_save(rules("-A FORWARD -i r-h2 -j DROP").replace(":FORWARD ACCEPT", ":FORWARD DROP")
+                                         if change == "policy" else rules("-A FORWARD -i r-h1 -j DROP",
+                                                                          "-A FORWARD -i r-h2 -j DROP"))})
+    daemon.model.set_firewall(fw)
+    calls = reconcile(daemon)
+    assert_held_throughout(calls)
+    assert "narrow" not in [c[0] for c in calls], calls
 
 
 def test_an_unchanged_rule_set_is_not_held(daemon: daemon_mod.Daemon) -> None:

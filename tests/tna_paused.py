@@ -10,6 +10,9 @@ TNA_PAUSE_AT picks the point:
 - `nft_reader`: in the nftables reader thread, before it takes a
   notification - as a main loop holding the GIL would keep it waiting; the
   main loop runs on, knowing nothing of the commit;
+- `attach`: before a program is attached - the window in which the
+  programs built for the old rules still run while the new ones load
+  (a narrowed hold's, tna/narrow.py);
 - `resync`: in Daemon._resync, after the watcher that lost events is closed
   and before the new one binds and dumps - the old maps are all the
   datapath has.  The rtnetlink receive buffer is made small (RESYNC_RCVBUF)
@@ -69,6 +72,13 @@ def _pausing_read(read):  # type: ignore[no-untyped-def]
     return _read
 
 
+def _pausing_attach(attach):  # type: ignore[no-untyped-def]
+    def _attach(self, plan, art):  # type: ignore[no-untyped-def]
+        _pause_if_armed()
+        attach(self, plan, art)
+    return _attach
+
+
 def _pausing_watcher(*args: Any, **kw: Any) -> watch.Watcher:
     _pause_if_armed()
     return watch.Watcher(*args, **kw)
@@ -79,6 +89,8 @@ if __name__ == "__main__":
     if at == "resync":
         daemon.Watcher = _pausing_watcher  # type: ignore[misc]
         watch.grow_rcvbuf = lambda fd: sockbuf.grow_rcvbuf(fd, RESYNC_RCVBUF)  # type: ignore[assignment]
+    elif at == "attach":
+        datapath.Datapath.attach = _pausing_attach(datapath.Datapath.attach)  # type: ignore[method-assign]
     elif at == "nft_reader":
         netfilter.NftEvents.read = _pausing_read(netfilter.NftEvents.read)  # type: ignore[method-assign]
     else:

@@ -35,10 +35,11 @@ from tna.holds import Holds
 from tna.metrics import Metrics, failure_kind, parse_addr
 from tna.model.config import AF_INET, AF_INET6, Model
 from tna.model.firewall import Firewall
+from tna.model.fwdiff import HeldFlow
 from tna.model.ipset import IpSet, used_sets
 from tna.model.iptables import Table
-from tna.model.nftsets import apply_commits
 from tna.model.routes import RouteDump
+from tna.narrow import narrow_to, narrowed_hold
 from tna.netlink import netfilter
 from tna.netlink.decode import decoded
 from tna.netlink.ipset import IpsetReader
@@ -290,16 +291,9 @@ class Daemon:
         the reconcile, no new program; its publication ends the hold).
         False: anything else, or a change that does not fit the sets in hand
         - then the rule sets are read again."""
-        h = self.holds
-        commits = [c for c in commits if c.gen > h.rules_gen]  # the others are in the rules in hand
-        if not h.rules_exact or self.disabled_why or any(c.elements is None for c in commits) or (
-                commits and commits[0].gen != h.rules_gen + 1):
-            return False
-        updated = apply_commits((e for c in commits for e in c.elements or ()), self._nft_sets)
+        updated = None if self.disabled_why else self.holds.follow(commits, self._nft_sets)
         if updated is None:
             return False
-        if commits:
-            h.rules_gen = commits[-1].gen
         sets = {**self.model.ipsets, **updated}
         resized = any(s.maxelem != self._nft_sets[n].maxelem for n, s in updated.items())
         self._nft_sets = {**self._nft_sets, **updated}
@@ -354,22 +348,25 @@ class Daemon:
         """Make the kernel match the plan.  A program must never decide with
         maps that do not match the rules it was built for, so when the rules,
         the interface masks or the filtered families change: hold (FW_CHANGED)
-        -> attach -> every map -> release, the release last.  A resync's hold
-        (RESYNC) ends the same way: only the last publication may end it."""
+        -> attach -> every map -> release, the release last (narrowed before
+        the loads where rules were only inserted or deleted: tna/narrow.py).
+        A resync's hold (RESYNC) ends the same way: only the last publication may end it."""
         m = self.model
         fw = m.firewall
         families = m.bridged_to_kernel()
-        # patterns are sorted: a new pattern or interface shifts the bits
-        masks = {i: b for i, b in fw.iface_masks({i: link.name for i, link in m.links.items()}).items()
-                 if b} if fw else {}
+        names = {i: link.name for i, link in m.links.items()}
+        masks = {i: b for i, b in fw.iface_masks(names).items() if b} if fw else {}  # a new pattern shifts bits
         p = self._plan()
         # the maps mirroring the kernel's tables are sized from them when created
         self.dp.expect(len(m.fdb), sum(1 for link in m.links.values() if link.port is not None))
-        if (family_bits(families, abi.TNA_FW_V4, abi.TNA_FW_V6) != self.dp.lease.cfg.fw_families
-                or masks != self.dp.fw_masks()
-                or any(i in p.ifaces and a.plan.firewall != p.ifaces[i].firewall
-                       for i, a in self.dp.attached.items())):
+        # what new set maps are filled with, then the difference for those there (a member change: no program)
+        ipsets = setgen.all_entries(fw.ipsets, m.ipsets, names) if fw else {}
+        narrow: tuple[HeldFlow, ...] | None = None
+        same_families = family_bits(families, abi.TNA_FW_V4, abi.TNA_FW_V6) == self.dp.lease.cfg.fw_families
+        if not same_families or masks != self.dp.fw_masks() or any(
+                i in p.ifaces and a.plan.firewall != p.ifaces[i].firewall for i, a in self.dp.attached.items()):
             self.dp.lease.hold(abi.REASON["FW_CHANGED"])
+            narrow = narrowed_hold(self.dp, p, ipsets, self._set_names) if same_families else None
         else:  # what new programs read, before they run; a commit's hold lasts until the maps are written
             self._publish_guards(families, release=False)
         self._log_left_alone(p)
@@ -377,9 +374,6 @@ class Daemon:
             why = p.skipped[ifindex].why if ifindex in p.skipped else "the interface is gone"
             self._safely(ifindex, lambda i=ifindex, why=why: self.dp.remove(i, why))
         self.failed = {i: why for i, why in self.failed.items() if i in p.ifaces}
-        # what new set maps are filled with, then the difference for those there (a member change: no program)
-        ipsets = setgen.all_entries(fw.ipsets, m.ipsets, {i: link.name for i, link in m.links.items()}) \
-            if fw else {}
         self.dp.ipset_entries = ipsets
         # the kernel has moved these FDB entries and ports already: the
         # running programs must not keep sending a host's frames to its old
@@ -388,7 +382,8 @@ class Daemon:
         self.dp.sync_bridges(p.ports, p.l3_bridges, m.fdb, None if self._fdb_full else m.take_fdb_changes(),
                              p.bridges)
         self._fdb_full = False
-        self._deploy(p)
+        self._deploy(p, narrow and (lambda: narrow_to(self.dp, narrow, masks,
+                                                      lambda held: self._publish_guards(families, held=held))))
         failed = self.dp.sync_ipsets(ipsets, fw)
         if fw and failed:
             # a member missing from a map says "not in the set": hold until
@@ -438,14 +433,18 @@ class Daemon:
             if ifindex not in before or before[ifindex].why != s.why:
                 log.info("%s: left alone, kernel path: %s", s.name, s.why)
 
-    def _deploy(self, p: Plan) -> None:
+    def _deploy(self, p: Plan, narrow: Callable[[], None] | None = None) -> None:
         """Build (each program shape once), load (all at once) and attach
         the programs of p's interfaces; an unchanged plan keeps its own, as
-        does one whose rules changed in sets' entries only (under the hold)."""
+        does one whose rules changed in sets' entries only (under the hold;
+        else narrow() narrows the hold before the loads)."""
         built = build_all([ip for ip in p.ifaces.values() if not self.dp.is_current(ip)], self.cache_dir,
                           self.metrics.compiled)
-        for ifindex in self.dp.keep_programs([(p.ifaces[i], a) for i, a in built.items() if isinstance(a, Artifact)]):
+        kept = self.dp.keep_programs([(p.ifaces[i], a) for i, a in built.items() if isinstance(a, Artifact)])
+        for ifindex in kept:
             del built[ifindex]
+        if narrow and not kept:  # a kept program's maps hold the new rules already
+            narrow()
 
         def made(ip: IfacePlan) -> None:
             if isinstance(art := built.get(ip.ifindex), Exception):
@@ -468,8 +467,10 @@ class Daemon:
     def _guard_commits(self, rules_read: bool = False) -> None:
         guard_commits(self._watcher, self.dp, self.holds, self._rules_genid if rules_read else NOT_READ)
 
-    def _publish_guards(self, fw_families: frozenset[int], release: bool = True) -> None:
-        """release False: a hold in place stays (the maps are not written yet)."""
+    def _publish_guards(self, fw_families: frozenset[int], release: bool = True,
+                        held: tuple[HeldFlow, ...] = ()) -> None:
+        """release False: a hold in place stays (the maps are not written
+        yet); held: a hold ending is narrowed to those flows."""
         m = self.model
         with self.holds.lock:
             reason = abi.REASON["DISABLED"] if self.disabled_why else self.holds.reason()
@@ -477,7 +478,7 @@ class Daemon:
                 reason = reason or self.dp.lease.cfg.pass_reason
             self.dp.lease.set_guards(reason, m.multipath_policies(), (m.route_mtu(AF_INET), m.route_mtu(AF_INET6)),
                                      (m.local_ipv4(), m.local_ipv6()), fw_families, m.sysctls, m.rpf_doubt(),
-                                     m.xfrm)
+                                     m.xfrm, held)
 
     def _safely(self, ifindex: int, action: Any) -> bool:
         """Run an attach/detach; on failure the interface ends on the kernel path."""

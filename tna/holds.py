@@ -29,8 +29,11 @@ from typing import Any
 
 from tna.bpf import abi
 from tna.model.config import XdpXmit, XfrmPolicies
+from tna.model.ipset import IpSet
+from tna.model.nftsets import apply_commits
 from tna.netlink import netconf
 from tna.netlink.decode import moves_no_map
+from tna.netlink.netfilter import NetfilterChanged
 
 
 class Holds:
@@ -172,6 +175,20 @@ class Holds:
         with self.lock:
             due, self._reread = self._reread, False
             return due
+
+    def follow(self, commits: list[NetfilterChanged], sets: dict[str, IpSet]) -> dict[str, IpSet] | None:
+        """The native sets as commits of set elements only leave them, on
+        top of the rules in hand (their generation is the commits' then);
+        None: a commit of anything else, or one the rules in hand may not
+        have seen the one before of - the rules are read again."""
+        commits = [c for c in commits if c.gen > self.rules_gen]  # the others are in the rules in hand
+        if not self.rules_exact or any(c.elements is None for c in commits) or (
+                commits and commits[0].gen != self.rules_gen + 1):
+            return None
+        updated = apply_commits((e for c in commits for e in c.elements or ()), sets)
+        if updated is not None and commits:
+            self.rules_gen = commits[-1].gen
+        return updated
 
     def new_watcher(self) -> int:
         # the new watcher's snapshot reads the policies and the rules anew

@@ -108,6 +108,15 @@ TC_FILTER = (TNA_TC_PRIORITY, TNA_TC_HANDLE)  # (priority, handle), as tc_filter
 FW_CT = {state: _int(f"FW_CT_{state}") for state in ("NEW", "ESTABLISHED", "RELATED", "INVALID", "UNTRACKED")}
 
 
+FW_HOLD_MAX = _int("TNA_FW_HOLD_MAX")
+
+
+class TnaFwHold(Structure):
+    _fields_ = [("saddr", c_uint32 * 4), ("daddr", c_uint32 * 4), ("sport_lo", c_uint16), ("sport_hi", c_uint16),
+                ("dport_lo", c_uint16), ("dport_hi", c_uint16), ("family", c_uint8), ("proto", c_uint8),
+                ("src_len", c_uint8), ("dst_len", c_uint8)]
+
+
 class TnaConfig(Structure):
     _fields_ = [("lease_jiffies", c_uint64), ("pass_reason", c_uint32), ("stale_count", c_uint32),
                 ("mp_guard", c_uint32), ("route_mtu4", c_uint32), ("route_mtu6", c_uint32),
@@ -116,7 +125,8 @@ class TnaConfig(Structure):
                 ("local6_count", c_uint32), ("ct_max_retrans", c_uint32), ("local6", c_uint32 * 4 * LOCAL6_MAX),
                 ("ct_timeout_unack", c_uint32), ("ct_timeout_retrans", c_uint32), ("hz", c_uint32),
                 ("ct_timeout_udp_unreplied", c_uint32), ("pass_cache_jiffies", c_uint32),
-                ("rpf_doubt", c_uint32), ("xfrm_families", c_uint32), ("nft_heard", c_uint32)]
+                ("rpf_doubt", c_uint32), ("xfrm_families", c_uint32), ("nft_heard", c_uint32),
+                ("fw_hold_count", c_uint32), ("fw_hold", TnaFwHold * FW_HOLD_MAX)]
 
 
 class TnaState(Structure):

@@ -193,6 +193,10 @@ class Datapath:
         prog = obj.program(abi.NFT_SEEN_PROGRAM)
         self.nft_seen_filter = bpf.Program(os.dup(prog.fd), prog.name, owned=True)
 
+    def rule_set(self) -> tuple[Firewall | None, dict[str, dict[bytes, bytes]]]:
+        """The newest rule set, and what its mirrored ipsets' maps hold."""
+        return (self._sets[0] if self._sets else None), self._ipset_shadow
+
     def is_current(self, plan: IfacePlan) -> bool:
         """plan's program is what runs on its interface (nothing to build)."""
         cur = self.attached.get(plan.ifindex)
@@ -325,8 +329,7 @@ class Datapath:
             return {}
 
     def _retire(self, att: Attached) -> None:
-        """att no longer runs: its rule counts are carried over (call with
-        rule_counts.lock held)."""
+        """att no longer runs: its rule counts are carried over (call with rule_counts.lock held)."""
         self.rule_counts.ended(att.prog_id, self.rule_counters(att))
         self._retired.append(att.obj)
 
@@ -338,8 +341,7 @@ class Datapath:
 
     def observe_rules(self, refs: Sequence[RuleRef], tables: Tables, upto: int | None, announced: bool,
                       genid: int | None) -> bool:
-        """The rule sets were read again (RuleCounts.observe()); True if
-        the carried counts changed."""
+        """The rule sets were read again (RuleCounts.observe()); True if the carried counts changed."""
         return self.rule_counts.observe(refs, tables, lambda: {
             a.prog_id: self.rule_counters(a) for a in list(self.attached.values())}, upto, announced, genid)
 
@@ -381,8 +383,7 @@ class Datapath:
     # --- shared maps ----------------------------------------------------
 
     def expect(self, fdb_entries: int, ports: int) -> None:
-        """What the kernel holds now: the maps mirroring it are sized from
-        this when the next load creates the shared maps."""
+        """What the kernel holds now: the next load that creates the shared maps sizes them from it."""
         self._expected = {abi.MAP_FDB: fdb_entries, abi.MAP_PORTS: ports}
 
     def _size(self, name: str) -> int:
@@ -397,8 +398,7 @@ class Datapath:
         self._sync_stale(stale)
 
     def sync_firewall(self, masks: dict[int, int]) -> None:
-        """Which filter-rule interface patterns (FORWARD and INPUT) each
-        interface matches."""
+        """Which filter-rule interface patterns (FORWARD, INPUT) each interface matches."""
         if self.shared:
             u32, u64 = ctypes.c_uint32, ctypes.c_uint64
             self._sync(abi.MAP_FW_IFACES, {bytes(u32(i)): bytes(u64(m)) for i, m in masks.items() if m})

@@ -19,6 +19,7 @@ from tna.bpf import abi
 from tna.bpf import libbpf as bpf
 from tna.bpf.testrun import test_run
 from tna.model.config import AF_INET, AF_INET6, Sysctls, XfrmPolicies
+from tna.model.fwdiff import HeldFlow
 
 LEASE_NS = 1_000_000_000
 # how long the datapath sends a flow it just passed after its lookups straight to the kernel
@@ -85,6 +86,24 @@ def ct_config(sc: Sysctls) -> tuple[int, int, int, int, int, int, int]:
             ms(sc.ct_timeout_retrans), sc.ct_tcp_max_retrans, ms(sc.ct_timeout_udp_unreplied))
 
 
+def fw_hold(flow: HeldFlow) -> abi.TnaFwHold:
+    """A narrowed hold's flow as the datapath reads it (firewall.c.j2)."""
+    h = abi.TnaFwHold(family=flow.family, proto=flow.proto, sport_lo=flow.sport[0], sport_hi=flow.sport[1],
+                      dport_lo=flow.dport[0], dport_hi=flow.dport[1])
+    for net, addr, attr in ((flow.src, h.saddr, "src_len"), (flow.dst, h.daddr, "dst_len")):
+        if net is not None:
+            ctypes.memmove(addr, net.network_address.packed, len(net.network_address.packed))
+            setattr(h, attr, net.prefixlen)
+    return h
+
+
+def set_fw_hold(c: abi.TnaConfig, held: tuple[HeldFlow, ...]) -> None:
+    assert len(held) <= abi.FW_HOLD_MAX
+    c.fw_hold_count = len(held)
+    for i in range(abi.FW_HOLD_MAX):
+        c.fw_hold[i] = fw_hold(held[i]) if i < len(held) else abi.TnaFwHold()
+
+
 class Lease:
     def __init__(self) -> None:
         self.cfg = abi.TnaConfig()
@@ -139,6 +158,12 @@ class Lease:
         """Send everything to the kernel now (the next set_guards() ends it)."""
         self._update(lambda c: setattr(c, "pass_reason", reason))
 
+    def narrow(self, held: tuple[HeldFlow, ...]) -> None:
+        """The flows a narrowed hold keeps on the kernel path, published
+        while the hold in place stays: the set_guards() that ends it with
+        the same flows cannot be read half written as a hold of fewer."""
+        self._update(lambda c: set_fw_hold(c, held))
+
     def nft_seen(self) -> int:
         """tna_state.nft_seen: what tna_nft_seen stored last (commit_guard.h)."""
         with self._lock:
@@ -156,8 +181,9 @@ class Lease:
     def set_guards(self, pass_reason: int, mp_policies: dict[int, int], route_mtu: tuple[int, int],
                    local: tuple[list[str], list[str]], fw_families: frozenset[int] = frozenset(),
                    sysctls: Sysctls | None = None, rpf_doubt: frozenset[int] = frozenset((AF_INET, AF_INET6)),
-                   xfrm: XfrmPolicies | None = None) -> None:
-        """Global switches; pass_reason 0 ends a hold.  mp_policies:
+                   xfrm: XfrmPolicies | None = None, held: tuple[HeldFlow, ...] = ()) -> None:
+        """Global switches; pass_reason 0 ends a hold, and with held (after
+        narrow(held)) narrows it to those flows.  mp_policies:
         Model.multipath_policies(); local: the box's IPv4 and IPv6 addresses;
         fw_families: families whose bridged IP goes to the kernel; sysctls:
         the conntrack behaviour the fast path repeats; rpf_doubt:
@@ -177,6 +203,7 @@ class Lease:
                                | (abi.TNA_XFRM_SA if xf.sas else 0))
             (c.ct_flags, c.ct_timeout_tcp, c.ct_timeout_udp, c.ct_timeout_unack, c.ct_timeout_retrans,
              c.ct_max_retrans, c.ct_timeout_udp_unreplied) = ct_config(sysctls) if sysctls else (0,) * 7
+            set_fw_hold(c, held)
             c.local4_count, c.local6_count = len(local4), len(local6)
             ctypes.memmove(c.local4, packed4.ljust(4 * abi.LOCAL4_MAX, b"\0"), 4 * abi.LOCAL4_MAX)
             ctypes.memmove(c.local6, packed6.ljust(16 * abi.LOCAL6_MAX, b"\0"), 16 * abi.LOCAL6_MAX)

@@ -30,7 +30,13 @@ int TNA_RENEW_PROGRAM(struct xdp_md *ctx)
 	st = bpf_map_lookup_elem(&tna_state, &zero);
 	if (!st)
 		return XDP_ABORTED;
-	st->cfg = *cfg;
+	/* word by word: clang calls memcpy for a copy this large, which BPF
+	 * has not (the config is 8-byte aligned, its size a multiple of 8) */
+	const __u64 *from = (const void *)cfg;
+	__u64 *to = (void *)&st->cfg;
+#pragma unroll
+	for (__u32 i = 0; i < sizeof(*cfg) / 8; i++)
+		to[i] = from[i];
 	st->renewed_at = bpf_jiffies64();
 	st->deadline = st->renewed_at + cfg->lease_jiffies;
 	return XDP_PASS;

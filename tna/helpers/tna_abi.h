@@ -96,7 +96,8 @@ enum tna_reason {
 	                            or IP while FORWARD rules exist) */
 	TNA_R_FW_DROP,           /* an iptables FORWARD rule or policy drops it: dropped here too */
 	TNA_R_FW_KERNEL,         /* a FORWARD rule TNA cannot express could match: the kernel decides */
-	TNA_R_FW_CHANGED,        /* the rule set changed: all to the kernel until it is compiled in */
+	TNA_R_FW_CHANGED,        /* the rule set changed: all to the kernel until it is compiled in (or,
+	                            a narrowed hold, what a changed rule could match) */
 	TNA_R_FW_INPUT_DROP,     /* an INPUT rule or policy drops this packet to the box: early drop */
 	TNA_R_CT_NEW,            /* conntrack has no entry and the rules accept: the kernel creates it */
 	TNA_R_CT_STATE,          /* conntrack entry in a state the fast path does not keep (handshake,
@@ -145,6 +146,21 @@ enum tna_reason {
 /* What the daemon publishes: the input of the tna_renew program, which it
  * runs (BPF_PROG_TEST_RUN) every ~200 ms; tna_renew copies it into tna_state
  * and moves the lease deadline.  Only tna_renew writes tna_state's config. */
+/* A flow a changed rule could match (tna/model/fwdiff.py: HeldFlow). */
+#define TNA_FW_HOLD_MAX 16
+struct tna_fw_hold {
+	__u32 saddr[4];      /* network order, IPv4 in [0], masked to its prefix */
+	__u32 daddr[4];
+	__u16 sport_lo;      /* host order; 0-65535: any */
+	__u16 sport_hi;
+	__u16 dport_lo;
+	__u16 dport_hi;
+	__u8 family;         /* 4 or 6 */
+	__u8 proto;          /* 0: any */
+	__u8 src_len;        /* prefix lengths, 0: any */
+	__u8 dst_len;
+};
+
 struct tna_config {
 	__u64 lease_jiffies; /* the lease runs out this long after the last renewal */
 	__u32 pass_reason;   /* 0: active; otherwise pass all with this reason */
@@ -180,6 +196,10 @@ struct tna_config {
 	                        secpath (decrypted, seen again at TC) is passed too */
 	__u32 nft_heard;     /* the tna_state.nft_seen the daemon's nftables reader has taken
 	                        every notification up to (commit_guard.h) */
+	__u32 fw_hold_count; /* a narrowed hold: while programs for changed rules load, the
+	                        packets of these flows go to the kernel (FW_CHANGED), the others
+	                        are decided by the programs of the old rules (0: none) */
+	struct tna_fw_hold fw_hold[TNA_FW_HOLD_MAX];
 };
 #define TNA_XFRM_SA (1U << 2)
 #define TNA_CT_CSUM (1U << 0) /* nf_conntrack_checksum: bad L4 checksums are INVALID */
