@@ -108,7 +108,7 @@ def test_each_program_shape_is_built_once_and_the_shapes_at_once(monkeypatch: py
     barrier, built = threading.Barrier(2, timeout=30), []
     failed = CompileError("clang failed")
 
-    def fake_build(p: IfacePlan, cache_dir: Any, observe: Any) -> str:
+    def fake_build(p: IfacePlan, cache_dir: Any, observe: Any, source: str) -> str:
         built.append((p.hook, p.ifindex))
         barrier.wait()
         if p.hook == "xdp":

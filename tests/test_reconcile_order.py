@@ -6,6 +6,7 @@ it was built for."""
 
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 from typing import Any
 
@@ -117,6 +118,18 @@ def link(index: int, name: str) -> Link:
     return Link(index, name, "veth", f"02:00:00:00:00:{index:02x}", 1500, IFF_UP, ARPHRD_ETHER, qdisc="noqueue")
 
 
+def fake_build(plans: list[IfacePlan], cache_dir: Any, observe: Any, rendered: Any = None,
+               calls: list | None = None, same_source: bool = False) -> dict[int, str]:
+    """build_all() without clang: a source per plan, new for new rules (same_source: as when a rule
+    joins or leaves a set of rules), told to rendered() before the "build" (recorded in calls)."""
+    sources = {p.ifindex: f"{p.name}.c" if same_source else f"{p.name}-{hash(p.firewall)}.c" for p in plans}
+    if rendered is not None:
+        rendered(sources)
+    if calls is not None:
+        calls.append(("build", sorted(p.name for p in plans)))
+    return sources
+
+
 @pytest.fixture
 def daemon(monkeypatch: pytest.MonkeyPatch) -> daemon_mod.Daemon:
     return recording_daemon(monkeypatch)
@@ -125,10 +138,9 @@ def daemon(monkeypatch: pytest.MonkeyPatch) -> daemon_mod.Daemon:
 def recording_daemon(monkeypatch: pytest.MonkeyPatch) -> daemon_mod.Daemon:
     """A daemon on the recording datapath, two veths, forwarding on, --hook tc."""
     monkeypatch.setattr(daemon_mod, "publish_status", lambda state: None)
-    monkeypatch.setattr(daemon_mod, "build_all",  # no clang
-                        lambda plans, cache_dir, observe: {p.ifindex: f"{p.name}.c" for p in plans})
     d = daemon_mod.Daemon(Settings(hook="tc"))
     d.dp = RecordingDatapath()  # type: ignore[assignment]
+    monkeypatch.setattr(daemon_mod, "build_all", functools.partial(fake_build, calls=d.dp.calls))
     d.model = Model(links={2: link(2, "r-h1"), 3: link(3, "r-h2")}, sysctls=Sysctls(True, True))
     return d
 
@@ -198,8 +210,25 @@ def test_an_inserted_rule_narrows_the_hold_before_the_loads(daemon: daemon_mod.D
     assert calls[0] == ("hold", HELD) and calls[-1] == ("release", 0), calls
     ops = [c[0] for c in calls]
     narrowed = calls.index(("narrowed", held))
-    assert ops.index("sync_firewall") < calls.index(("narrow", held)) < narrowed < ops.index("preload"), calls
+    # clang runs under the narrowed hold: no running program can be kept for the new sources
+    assert ops.index("sync_firewall") < calls.index(("narrow", held)) < narrowed < ops.index("build"), calls
     assert ("release", 0) not in calls[:-1], calls
+
+
+def test_a_program_that_may_be_kept_narrows_after_the_keep_kept_none(daemon: daemon_mod.Daemon,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rule joins a set of rules: the running source is the new one, so the keep is tried (under the
+    whole hold: it rewrites the set maps in place); here it keeps none, and then the hold narrows."""
+    dp = daemon.dp
+    assert isinstance(dp, RecordingDatapath)
+    monkeypatch.setattr(daemon_mod, "build_all", functools.partial(fake_build, calls=dp.calls, same_source=True))
+    set_rules(daemon, "-A FORWARD -i r-h2 -j DROP")
+    reconcile(daemon)
+    monkeypatch.setattr(dp, "keep_programs", lambda todo: dp.calls.append(("keep", None)) or set())
+    set_rules(daemon, "-A FORWARD -p udp -m udp --dport 9 -j DROP", "-A FORWARD -i r-h2 -j DROP")
+    calls = reconcile(daemon)
+    ops = [c[0] for c in calls]
+    assert ops.index("build") < ops.index("keep") < ops.index("narrow") < ops.index("narrowed") < ops.index("preload")
 
 
 @pytest.mark.parametrize("change", ["policy", "pattern"])
@@ -231,10 +260,11 @@ def test_the_status_names_a_kept_programs_new_rules_before_the_release(daemon: d
     """A program kept for new rules counts by their ids once the hold ends:
     state.json names them first (tna stats --rules); otherwise the status
     follows the release (the hold lasts no longer than the maps' writes)."""
-    set_rules(daemon, "-A FORWARD -p udp -m udp --dport 7 -j ACCEPT")
-    reconcile(daemon)
     dp = daemon.dp
     assert isinstance(dp, RecordingDatapath)
+    monkeypatch.setattr(daemon_mod, "build_all", functools.partial(fake_build, calls=dp.calls, same_source=True))
+    set_rules(daemon, "-A FORWARD -p udp -m udp --dport 7 -j ACCEPT")
+    reconcile(daemon)
     monkeypatch.setattr(daemon_mod, "publish_status", lambda state: dp.calls.append(("status", None)))
 
     def keep_programs(todo: list[tuple[IfacePlan, Any]]) -> set[int]:

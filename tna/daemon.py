@@ -39,7 +39,7 @@ from tna.model.fwdiff import HeldFlow
 from tna.model.ipset import IpSet, used_sets
 from tna.model.iptables import Table
 from tna.model.routes import RouteDump
-from tna.narrow import narrow_to, narrowed_hold
+from tna.narrow import Narrowing, narrow_to, narrowed_hold
 from tna.netlink import netfilter
 from tna.netlink.decode import decoded
 from tna.netlink.ipset import IpsetReader
@@ -434,17 +434,17 @@ class Daemon:
                 log.info("%s: left alone, kernel path: %s", s.name, s.why)
 
     def _deploy(self, p: Plan, narrow: Callable[[], None] | None = None) -> None:
-        """Build (each program shape once), load (all at once) and attach
-        the programs of p's interfaces; an unchanged plan keeps its own, as
-        does one whose rules changed in sets' entries only (under the hold;
-        else narrow() narrows the hold before the loads)."""
+        """Build (each program shape once), load (all at once) and attach the programs of p's interfaces;
+        an unchanged plan keeps its own, as does one whose rules changed in sets' entries only (under
+        the hold; else narrow() narrows it before the loads: tna/narrow.py)."""
+        n = Narrowing(self.dp, p, narrow)
         built = build_all([ip for ip in p.ifaces.values() if not self.dp.is_current(ip)], self.cache_dir,
-                          self.metrics.compiled)
-        kept = self.dp.keep_programs([(p.ifaces[i], a) for i, a in built.items() if isinstance(a, Artifact)])
+                          self.metrics.compiled, n.rendered)
+        kept = set() if n.done else self.dp.keep_programs([(p.ifaces[i], a) for i, a in built.items()
+                                                           if isinstance(a, Artifact)])
         for ifindex in kept:
             del built[ifindex]
-        if narrow and not kept:  # a kept program's maps hold the new rules already
-            narrow()
+        n.kept(kept)
 
         def made(ip: IfacePlan) -> None:
             if isinstance(art := built.get(ip.ifindex), Exception):

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection
+from pathlib import Path
 
-from tna.deploy.datapath import Datapath
+from tna.deploy.datapath import Datapath, keeps
 from tna.model.firewall import Firewall
 from tna.model.fwdiff import HELD_MAX, HeldFlow, held_traffic
 from tna.synth.planner import Plan
@@ -54,3 +55,27 @@ def narrow_to(dp: Datapath, held: tuple[HeldFlow, ...], masks: dict[int, int],
         dp.lease.narrow(held)
         publish(held)
         log.debug("rules changed: %d flows held while their programs load", len(held))
+
+
+class Narrowing:
+    """When a reconcile narrows its hold (narrow(), None: it does not): as
+    soon as the new sources are rendered if no running program can be kept
+    for them (so clang runs under the narrowed hold; the keep is then not
+    tried), else once the keep kept none (a kept program's set maps get the
+    new rules in place, which only the whole hold covers)."""
+
+    def __init__(self, dp: Datapath, p: Plan, narrow: Callable[[], None] | None) -> None:
+        self.dp, self.p, self.narrow = dp, p, narrow
+        self.done = False
+
+    def rendered(self, sources: dict[int, Path]) -> None:
+        """build_all()'s news: each plan's source, before clang runs."""
+        running = self.dp.rule_set()[0]
+        if self.narrow and not any(keeps(self.dp.attached.get(i), self.p.ifaces[i], source, running)
+                                   for i, source in sources.items()):
+            self.narrow()
+            self.done = True
+
+    def kept(self, kept: set[int]) -> None:
+        if self.narrow and not self.done and not kept:
+            self.narrow()

@@ -8,6 +8,7 @@ first load and reused by every later one.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
@@ -51,6 +52,13 @@ class Attached:
     prog_id: int
     source: Path
     rule_counters: int  # the ids its tna_fw_rules counts (the rule set's)
+
+
+def keeps(cur: Attached | None, plan: IfacePlan, source: Path, rule_set: Firewall | None) -> bool:
+    """Whether cur, a program of the newest rule set, may stay for plan with
+    this source (Datapath.keep_programs())."""
+    return (cur is not None and rule_set is not None and cur.plan.firewall == rule_set and cur.source == source
+            and plan.firewall is not None and replace(cur.plan, firewall=plan.firewall) == plan)
 
 
 def iface_cfg(ifindex: int, mac: str, flags: int, port_slot: int = 0) -> bytes:
@@ -213,13 +221,8 @@ class Datapath:
         the maps change under the running programs, and a program of the old
         rule set not kept must be replaced before the hold ends (with these
         maps, which serve the new rule set now)."""
-        if self._sets is None:
-            return set()
-        old = self._sets[0]
         fits = [(plan, art, cur) for plan, art in todo
-                if (cur := self.attached.get(plan.ifindex)) is not None and cur.plan.firewall == old
-                and art.firewall is not None and cur.source == art.source
-                and replace(cur.plan, firewall=art.firewall) == plan]
+                if keeps(cur := self.attached.get(plan.ifindex), plan, art.source, self.rule_set()[0])]
         if not fits or not self._rewrite_sets(fits[0][1]):
             return set()
         kept = set()
@@ -292,12 +295,9 @@ class Datapath:
         return att
 
     def _detach_hook(self, ifindex: int, hook: str) -> None:
-        try:
-            if not attached_tna_prog(ifindex, hook):
-                return
-        except ForeignProgram:
-            return
-        self.links.detach(ifindex, hook)
+        with contextlib.suppress(ForeignProgram):
+            if attached_tna_prog(ifindex, hook):
+                self.links.detach(ifindex, hook)
 
     def remove(self, ifindex: int, why: str) -> None:
         """Detach TNA from ifindex (both hooks), whoever attached it; why: for the log."""

@@ -76,13 +76,18 @@ def cache_key(source: str, clang: str) -> str:
     return h.hexdigest()[:24]
 
 
+def object_path(source: str, cache_dir: Path | None = None) -> Path:
+    """Where the object for source is (or will be, once compiled)."""
+    return (cache_dir or default_cache_dir()) / f"{cache_key(source, _clang())}.o"
+
+
 def compile_source(source: str, cache_dir: Path | None = None, observe: CompileObserver | None = None) -> Path:
     """Path of the object for source; compiles only on a cache miss."""
     clang = _clang()
     cache_dir = cache_dir or default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = cache_key(source, clang)
-    obj = cache_dir / f"{key}.o"
+    obj = object_path(source, cache_dir)
+    key = obj.stem
     if obj.exists():
         if observe is not None:
             observe(None)
