@@ -11,10 +11,11 @@ from ipaddress import ip_network
 import pytest
 from scapy.layers.inet import ICMP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest
+from scapy.packet import Raw
 
 from netns_labs.lab import RouterLab
 from tests.harness import FirewallHarness
-from tests.test_firewall_prog import V4, V6, check, table
+from tests.test_firewall_prog import CT, V4, V6, check, conntrack_entry, table, timeout_of
 from tna.model.fwdiff import HeldFlow
 
 pytestmark = pytest.mark.root
@@ -70,3 +71,25 @@ def test_input_early_drop_is_held_too(hook: str, fwlab: RouterLab) -> None:
               Counter({(4, "INPUT", 1): 1}))
     finally:
         harness.close()
+
+
+@pytest.mark.parametrize("hook", ["xdp", "tc"])
+def test_a_held_packet_touches_no_conntrack_entry(hook: str, fwlab: RouterLab) -> None:
+    """The flow test comes before conntrack: a changed raw rule may drop
+    the packet before conntrack sees it, so the fast path must not have
+    refreshed its entry (the kernel does, for a packet it keeps)."""
+    lab = fwlab
+    harness = FirewallHarness(lab, hook, CT)
+    entry = conntrack_entry(lab, 4011)
+    lab.run(lab.r, ["conntrack", "-I", *entry, "--timeout", "30", "--status", "SEEN_REPLY,ASSURED"])
+    frame = bytes(V4(lab, dst="198.51.100.7") / UDP(sport=4011, dport=4000) / Raw(b"x"))
+    try:
+        harness.set_state(held=(HeldFlow(4, 17, None, ip_network("198.51.100.7/32")),))
+        check(harness, frame, "PASS", "FW_CHANGED", Counter())
+        assert timeout_of(lab, entry)[0] <= 30  # not refreshed to CT_TIMEOUT_MS
+        harness.set_state()
+        check(harness, frame, "REDIRECT", "FORWARDED", Counter({(4, "FORWARD", 2): 1}))
+        assert timeout_of(lab, entry)[0] > 30
+    finally:
+        harness.close()
+        lab.run(lab.r, ["conntrack", "-D", *entry], check=False)

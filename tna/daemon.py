@@ -366,7 +366,7 @@ class Daemon:
         if not same_families or masks != self.dp.fw_masks() or any(
                 i in p.ifaces and a.plan.firewall != p.ifaces[i].firewall for i, a in self.dp.attached.items()):
             self.dp.lease.hold(abi.REASON["FW_CHANGED"])
-            narrow = narrowed_hold(self.dp, p, ipsets, self._set_names) if same_families else None
+            narrow = narrowed_hold(self.dp, p, ipsets, self._set_names, self.holds) if same_families else None
         else:  # what new programs read, before they run; a commit's hold lasts until the maps are written
             self._publish_guards(families, release=False)
         self._log_left_alone(p)
@@ -382,8 +382,8 @@ class Daemon:
         self.dp.sync_bridges(p.ports, p.l3_bridges, m.fdb, None if self._fdb_full else m.take_fdb_changes(),
                              p.bridges)
         self._fdb_full = False
-        self._deploy(p, narrow and (lambda: narrow_to(self.dp, narrow, masks,
-                                                      lambda held: self._publish_guards(families, held=held))))
+        publish = functools.partial(self._publish_guards, families)
+        self._deploy(p, narrow and (lambda: narrow_to(self.dp, p, m.stale_neighbours(), narrow, masks, publish)))
         failed = self.dp.sync_ipsets(ipsets, fw)
         if fw and failed:
             # a member missing from a map says "not in the set": hold until
@@ -473,7 +473,7 @@ class Daemon:
         yet); held: a hold ending is narrowed to those flows."""
         m = self.model
         with self.holds.lock:
-            reason = abi.REASON["DISABLED"] if self.disabled_why else self.holds.reason()
+            reason = abi.REASON["DISABLED"] if self.disabled_why else self.holds.reason(release and not held)
             if not release:
                 reason = reason or self.dp.lease.cfg.pass_reason
             self.dp.lease.set_guards(reason, m.multipath_policies(), (m.route_mtu(AF_INET), m.route_mtu(AF_INET6)),

@@ -55,6 +55,7 @@ class Holds:
         # rtnetlink batches queued, how many the main loop had queued when it
         # last emptied the queue, and the count at which one found it busy
         self._queued = self._taken = self._pending_at = 0
+        self._ending = False  # the loop took a batch that held (PENDING): until the next release
         self._busy = True
         # each Watcher has a generation; what one lost is repaired by a later
         # one's dump, once every map is written from it
@@ -156,6 +157,7 @@ class Holds:
                 return False
             ended = self._pending_at > self._taken
             self._taken = self._queued
+            self._ending |= ended
             return ended
 
     def rules_read(self) -> None:
@@ -200,8 +202,19 @@ class Holds:
         """Every map is written from the current watcher's model."""
         self._mapped_gen = self.watcher_gen
 
-    def reason(self) -> int:
-        """The hold a publication keeps (0: none); call with the lock held."""
+    def narrowable(self) -> bool:
+        """Whether a rule change's hold may narrow before its reconcile ends:
+        no other hold is in place, and none the reconcile is to end (a
+        PENDING batch it took: its maps and programs are not written yet)."""
+        with self.lock:
+            return not self._ending and self.reason() == 0
+
+    def reason(self, release: bool = False) -> int:
+        """The hold a publication keeps (0: none); release: the publication
+        that ends a reconcile (a PENDING hold it took is over).  Call with
+        the lock held."""
+        if release:
+            self._ending = False
         if self._lost_gen != 0 and self._lost_gen >= self._mapped_gen:
             return abi.REASON["RESYNC"]
         if self.commits != self.rules_gen or self._nft_open:

@@ -16,23 +16,33 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection
+from dataclasses import replace
 from pathlib import Path
 
 from tna.deploy.datapath import Datapath, keeps
+from tna.holds import Holds
+from tna.model.config import Neigh
 from tna.model.firewall import Firewall
 from tna.model.fwdiff import HELD_MAX, HeldFlow, held_traffic
+from tna.netlink import netfilter
 from tna.synth.planner import Plan
 
 log = logging.getLogger(__name__)
 
 
-def narrowed_hold(dp: Datapath, p: Plan, ipsets: dict[str, dict[bytes, bytes]],
-                  polled: Collection[str]) -> tuple[HeldFlow, ...] | None:
+def narrowed_hold(dp: Datapath, p: Plan, ipsets: dict[str, dict[bytes, bytes]], polled: Collection[str],
+                  holds: Holds) -> tuple[HeldFlow, ...] | None:
     """The flows to hold while p's programs load (ipsets: what p's rule
-    set's set maps must hold); None: every packet.  Not while the rules
-    match polled ipsets (polled: their names): a member added meanwhile
-    would wait for the loads (seconds), not the next poll."""
-    if polled:
+    set's set maps must hold); None: every packet.  Only if the rules are
+    all that changes (every planned interface runs a program that differs
+    in its rules only; holds: no other hold to end) and any change to come
+    is heard at once: not while the rules match polled ipsets (polled:
+    their names) or iptables-legacy has tables (a member added or a rule
+    inserted meanwhile would wait for the loads, seconds, not the next
+    poll)."""
+    if polled or netfilter.legacy_in_use() or not holds.narrowable() or any(
+            i not in dp.attached or replace(dp.attached[i].plan, firewall=ip.firewall) != ip
+            for i, ip in p.ifaces.items()):
         return None
     running, members = dp.rule_set()
     changing = [(a.plan.firewall, p.ifaces[i].firewall) for i, a in dp.attached.items()
@@ -46,14 +56,18 @@ def narrowed_hold(dp: Datapath, p: Plan, ipsets: dict[str, dict[bytes, bytes]],
     return held if held is not None and len(held) <= HELD_MAX else None
 
 
-def narrow_to(dp: Datapath, held: tuple[HeldFlow, ...], masks: dict[int, int],
-              publish: Callable[[tuple[HeldFlow, ...]], None]) -> None:
-    """Narrow the hold in place to held (publish(held): the guards that end
-    it with those flows), the interface masks written first."""
-    dp.sync_firewall(masks)  # the same patterns: the running programs read them as the new ones will
+def narrow_to(dp: Datapath, p: Plan, stale: set[Neigh], held: tuple[HeldFlow, ...], masks: dict[int, int],
+              publish: Callable[..., None]) -> None:
+    """Narrow the hold in place to held (publish(held=held): the guards that
+    end it with those flows), the maps the running programs read written
+    first: the interface masks (the same patterns: read as the new programs
+    will read them), the egress and STALE neighbour maps (p's, whose
+    programs run already but for the rules)."""
+    dp.sync_firewall(masks)
+    dp.sync(p.xdp_egress, p.tc_egress, stale)
     if dp.fw_masks() == masks:
         dp.lease.narrow(held)
-        publish(held)
+        publish(held=held)
         log.debug("rules changed: %d flows held while their programs load", len(held))
 
 
@@ -67,15 +81,18 @@ class Narrowing:
     def __init__(self, dp: Datapath, p: Plan, narrow: Callable[[], None] | None) -> None:
         self.dp, self.p, self.narrow = dp, p, narrow
         self.done = False
+        self.running = dp.rule_set()[0]
 
     def rendered(self, sources: dict[int, Path]) -> None:
         """build_all()'s news: each plan's source, before clang runs."""
-        running = self.dp.rule_set()[0]
-        if self.narrow and not any(keeps(self.dp.attached.get(i), self.p.ifaces[i], source, running)
+        if self.narrow and not any(keeps(self.dp.attached.get(i), self.p.ifaces[i], source, self.running)
                                    for i, source in sources.items()):
             self.narrow()
             self.done = True
 
     def kept(self, kept: set[int]) -> None:
-        if self.narrow and not self.done and not kept:
+        """After the keep: none kept, and the set maps not rewritten for the
+        new rules either (that happens before a program's counters are
+        found too small for them)."""
+        if self.narrow and not self.done and not kept and self.dp.rule_set()[0] == self.running:
             self.narrow()
