@@ -103,3 +103,19 @@ def test_a_line_read_again_takes_its_place_counters_and_targets_from_this_read()
     assert lost.src == jump.src and lost.text == jump.text
     with pytest.raises(ParseError, match="unknown chain"):
         parse_save(head.replace(":FORWARD ACCEPT [0:0]\n", "") + line + "COMMIT\n")
+
+
+def test_matches_after_a_stateful_one_restrict_nothing() -> None:
+    """iptables runs a rule's matches in order: `-m recent --set` adds every
+    TCP packet's source that reaches it, whatever its port, so the port
+    match after it may not narrow what the rule could touch (the built-in
+    -p and addresses run first and still do); before it, it does."""
+    head = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+    after, before = parse_save(head + "-A FORWARD -s 192.0.2.0/24 -p tcp -m recent --set --name ssh --mask "
+                               "255.255.255.255 --rsource -m tcp --dport 22 -m set --match-set blk src -j ACCEPT\n"
+                               "-A FORWARD -p tcp -m tcp --dport 22 -m recent --set --name ssh --mask "
+                               "255.255.255.255 --rsource -j ACCEPT\nCOMMIT\n")["filter"].chains["FORWARD"].rules
+    assert (after.dport, after.sets, after.proto, after.src) == (
+        None, (), Neg(6), Neg(ipaddress.ip_network("192.0.2.0/24")))
+    assert "-m recent" in after.unsupported and not after.expressible
+    assert before.dport == Neg(((22, 22),)) and "-m recent" in before.unsupported

@@ -280,6 +280,11 @@ def test_statement_order(ns: str) -> None:
     assert r.dport is None and r.proto is None and r.unsupported == ("log statement",)
     (r,) = one('tcp dport 22 log accept', ns)
     assert r.dport == Neg(((22, 22),)) and not r.expressible
+    # a counter counts every packet that reaches it, matched after or not
+    (r,) = one("counter tcp dport 22 accept", ns)
+    assert r.dport is None and r.unsupported == ("counter before a match",)
+    (r,) = one("tcp dport 22 counter accept", ns)
+    assert r.dport == Neg(((22, 22),)) and r.expressible
 
 
 def test_counters_and_continue(ns: str) -> None:
@@ -484,11 +489,12 @@ def test_verdict_maps(ns: str) -> None:
 
 
 def test_stats_rules_count_an_nft_rule_once(ns: str) -> None:
-    """A verdict map's Rules, in both versions of an inet table, are one nft
-    rule with one kernel counter: `tna stats --rules` shows it once, with
-    what the fast path counted for all of them."""
+    """An anonymous set's Rules, in both versions of an inet table, are one
+    nft rule with one kernel counter: `tna stats --rules` shows it once,
+    with what the fast path counted for all of them.  (A counter before the
+    match would count what the match then fails as well: the kernel's.)"""
     m = load(ns, "table inet t {\n chain c {\n type filter hook forward priority 0;\n"
-             " counter packets 10 bytes 600 meta l4proto vmap { tcp : accept, udp : drop }\n }\n}\n")
+             " meta l4proto { tcp, udp } counter packets 10 bytes 600 accept\n }\n}\n")
     made = [(v, r) for v in (4, 6) for r in rules(m, v, "inet t", "c")]
     assert len(made) == 4 and {r.counters for _, r in made} == {(10, 600)}
     refs = [{"id": i, "family": v, "chain": "c", "index": r.index, "text": r.text, "table": "inet t"}

@@ -190,6 +190,16 @@ def test_conntrack_status_and_direction_as_xt_conntrack() -> None:
     assert firewall_plan({4: ts})[0].ct4  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("rule", ["-A FORWARD -m connbytes --connbytes 10000: --connbytes-dir both "
+                                  "--connbytes-mode bytes -j ACCEPT",
+                                  "-A FORWARD -m connlabel --label 1 -j ACCEPT",
+                                  "-A FORWARD -j CONNSECMARK --save"])
+def test_matches_and_targets_that_make_conntrack_track_the_family(rule: str) -> None:
+    """Each of these loads conntrack for the family (nf_ct_netns_get()):
+    every flow gets an entry, which the fast path must keep alive."""
+    assert firewall_plan({4: tables(filter=rule)})[0].ct4  # type: ignore[union-attr]
+
+
 def test_matches_tna_does_not_model_stay_with_the_kernel() -> None:
     ts = tables(mangle="-A PREROUTING -m statistic --mode random --probability 0.5 -j DROP")
     assert evaluate_hook(ts, FORWARD_HOOK, ack()) == KERNEL

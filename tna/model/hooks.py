@@ -208,7 +208,7 @@ def evaluate_hook(tables: dict[str, Table], hook: Hook, pkt: Packet,
 
 # nftables: ct statements and matches TNA leaves to the kernel, notrack, flow add, synproxy
 _CONNTRACK = {"conntrack", "state", "CT", "NOTRACK", "CONNMARK", "connmark", "connlimit", "helper",
-              "ct", "notrack", "flow", "synproxy"}
+              "connbytes", "connlabel", "CONNSECMARK", "SYNPROXY", "ct", "notrack", "flow", "synproxy"}
 # nftables (and iptables-nft's compat) forms of a helper: assigned, tested, expected
 _NFT_HELPER = ("ct helper", "ct expectation", "xt target CT", "xt match helper")
 

@@ -43,6 +43,14 @@ _BUILTIN = {"-s": "src", "--source": "src", "-d": "dst", "--destination": "dst",
             "-p": "proto", "--protocol": "proto"}
 
 
+# xt matches whose every evaluation changes state (a recent list, a token
+# bucket, a counter): iptables runs a rule's matches in order, so a packet a
+# later match fails still changed that state - the later matches (the
+# built-in ones run first) restrict nothing the fast path may rely on
+XT_STATEFUL = {"recent", "hashlimit", "limit", "quota", "statistic", "connlimit", "nfacct", "cluster"}
+_BUILTIN_FIELDS = {"src", "dst", "iif", "oif", "proto", "fragment"}
+
+
 class ParseError(ValueError):
     """Text that is not iptables-save output."""
 
@@ -224,6 +232,7 @@ def _parse_line(line: str) -> Rule:
     target, target_args, goto = "", (), False
     module: str | None = None
     sets: list[SetMatch] = []
+    stateful = False  # after a match in XT_STATEFUL
     i, neg = 2, False
     while i < len(tokens):
         tok = tokens[i]
@@ -235,11 +244,12 @@ def _parse_line(line: str) -> Rule:
             break
         if tok in ("-m", "--match"):
             module, i = tokens[i + 1], i + 2
+            stateful |= module in XT_STATEFUL
             if module not in ("tcp", "udp", "icmp", "icmp6", "multiport", "conntrack", "state", "comment", "set",
                               "mark", "addrtype"):
                 unsupported.append(f"-m {module}")
             continue
-        if module == "set" and (after := ipset.parse_option(tokens, i, neg, sets)) is not None:
+        if module == "set" and (after := ipset.parse_option(tokens, i, neg, [] if stateful else sets)) is not None:
             i, neg = after, False
             continue
         key, step = _option(tokens[i:], module, f, unsupported)
@@ -249,7 +259,9 @@ def _parse_line(line: str) -> Rule:
             # `-p udp ... --dport N`: iptables loads the protocol's match implicitly
             unsupported.pop()
             key, step = _option(tokens[i:], implied, f, unsupported)
-        if key is not None:
+        if key is not None and stateful and key not in _BUILTIN_FIELDS:
+            del f[key]
+        elif key is not None:
             f[key] = Neg(f[key], neg)
         i, neg = i + step, False
     return Rule(chain=chain, index=0, text=line, target=target or "CONTINUE",  # no target: a counting rule

@@ -30,13 +30,12 @@ from dataclasses import dataclass, field, replace
 
 from tna.model.firewall import DROP, KERNEL
 from tna.model.ipset import IpSet, SetMatch
-from tna.model.iptables import CT_STATES, PROTOCOLS, Chain, Neg, Rule, Table
+from tna.model.iptables import CT_STATES, PROTOCOLS, XT_STATEFUL, Chain, Neg, Rule, Table
 from tna.model.nftables_sets import FAMILY_OF, Alt, SetMatches, element_value, imply_proto, set_field
 from tna.model.nftables_text import (
     CT_STATUS_BITS,
     ICMP_CODES,
     ICMP_TYPES,
-    XT_STATEFUL,
     Unsupported,
     field_name,
     flag_bits,
@@ -141,6 +140,7 @@ def _rule(r: dict, out: NftRules, set_json: dict[tuple[str, ...], dict], filled:
     alts = [Alt(versions=frozenset(VERSIONS[fam]))]
     unsupported: list[str] = []
     stopped = False  # after a statement TNA does not model: later matches restrict nothing it could rely on
+    counted = False  # after a counter
     counters, comment = (0, 0), r.get("comment")
     ctx = _Ctx(fam, r["table"], r["handle"], out, set_json, filled)
     for e in r.get("expr", []):
@@ -148,7 +148,12 @@ def _rule(r: dict, out: NftRules, set_json: dict[tuple[str, ...], dict], filled:
         if kind == "counter":
             if isinstance(body, dict):
                 counters = (int(body.get("packets", 0)), int(body.get("bytes", 0)))
+            counted = True
             continue
+        if kind in ("match", "vmap") and counted and not stopped:
+            # it counts every packet that reaches it, the fast path only those the rule matches
+            unsupported.append("counter before a match")
+            stopped = True
         if kind in ("accept", "drop", "return", "continue", "jump", "goto"):
             for a in alts:
                 _verdict(a, kind, body)

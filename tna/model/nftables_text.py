@@ -153,10 +153,6 @@ def expr(v: object) -> str:
 # IPS_DST_NAT), which the fast path reads from the entry as it reads the others
 CT_STATUS_BITS = {**CT_STATUS, "SNAT": 1 << 4, "DNAT": 1 << 5}
 
-# xt matches whose every evaluation changes state (the fast path would skip
-# those updates): like a statement, later matches restrict nothing
-XT_STATEFUL = {"recent", "hashlimit", "limit", "quota", "statistic", "connlimit", "nfacct", "cluster"}
-
 
 def item_obj(item: dict) -> dict:
     """The object of one item of the document ({"rule": {...}} -> {...})."""
