@@ -10,10 +10,11 @@ import ipaddress
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tna.model.firewall import Firewall, Packet, evaluate
+from tests.test_tables_model import save
+from tna.model.firewall import Firewall, Packet
 from tna.model.fwdiff import HELD_MAX, HeldFlow, held_traffic
-from tna.model.hooks import firewall_plan
-from tna.model.iptables import parse_save
+from tna.model.hooks import FORWARD_HOOK, evaluate_hook, firewall_plan
+from tna.model.iptables import Table, parse_save
 
 BASE = [
     "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
@@ -76,16 +77,23 @@ def test_a_new_user_chain_and_its_jump() -> None:
                     HeldFlow(6, 0, None, ipaddress.ip_network("2001:db8:2::/64")))
 
 
-# the property: the reference semantics of both rule sets agree outside the held flows
+# the property: the reference semantics of both rule sets agree outside
+# the held flows, over every table a forwarded packet passes
 RULES = st.sampled_from([
-    "-A FORWARD -d 203.0.113.9/32 -p tcp -m tcp --dport 443 -j DROP",
-    "-A FORWARD -s 192.0.2.0/25 -j ACCEPT",
-    "-A FORWARD -p udp -m udp --sport 53 -j USER",
-    "-A FORWARD -d 198.51.100.0/24 -p udp -j RETURN",
-    "-A FORWARD -d 198.51.100.7/32 -j LOG",
-    "-A USER -s 192.0.2.128/25 -p tcp -j DROP",
-    "-A USER -d 203.0.113.0/24 -j ACCEPT",
-    "-A FORWARD -p tcp -m tcp --tcp-flags SYN,RST SYN -d 203.0.113.0/28 -j DROP",
+    ("filter", "-A FORWARD -d 203.0.113.9/32 -p tcp -m tcp --dport 443 -j DROP"),
+    ("filter", "-A FORWARD -s 192.0.2.0/25 -j ACCEPT"),
+    ("filter", "-A FORWARD -p udp -m udp --sport 53 -j USER"),
+    ("filter", "-A FORWARD -d 198.51.100.0/24 -p udp -g USER"),
+    ("filter", "-A FORWARD -d 198.51.100.0/24 -p udp -j RETURN"),
+    ("filter", "-A FORWARD -d 198.51.100.7/32 -j LOG"),
+    ("filter", "-A FORWARD -p tcp -m recent --set --name x -m tcp --dport 80 -j ACCEPT"),
+    ("filter", "-A USER -s 192.0.2.128/25 -p tcp -j DROP"),
+    ("filter", "-A USER -d 203.0.113.0/24 -j ACCEPT"),
+    ("filter", "-A FORWARD -p tcp -m tcp --tcp-flags SYN,RST SYN -d 203.0.113.0/28 -j DROP"),
+    ("raw", "-A PREROUTING -d 203.0.113.77/32 -j DROP"),
+    ("raw", "-A PREROUTING -p udp -m udp --dport 9 -j ACCEPT"),
+    ("mangle", "-A FORWARD -s 192.0.2.200/32 -p tcp -j DROP"),
+    ("mangle", "-A FORWARD -p tcp -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu"),
 ])
 ADDRS = st.sampled_from(["192.0.2.1", "192.0.2.200", "198.51.100.7", "198.51.100.9", "203.0.113.9", "203.0.113.77"])
 
@@ -96,28 +104,33 @@ def _inside(h: HeldFlow, p: Packet) -> bool:
             and (p.dport is None or h.dport[0] <= p.dport <= h.dport[1]))
 
 
+def _tables(rules: list[tuple[str, str]]) -> dict[str, Table]:
+    by = {t: [r for tt, r in rules if tt == t] for t in ("filter", "raw", "mangle")}
+    return parse_save(save(filter=":FORWARD DROP [0:0]\n:USER - [0:0]\n" + "\n".join(
+        by["filter"][:1] + BASE + by["filter"][1:]), raw="\n".join(by["raw"]), mangle="\n".join(by["mangle"])))
+
+
 @settings(max_examples=400, deadline=None)
 @given(old=st.lists(RULES, max_size=5), new=st.lists(RULES, max_size=5),
        src=ADDRS, dst=ADDRS, proto=st.sampled_from([6, 17, 1]), sport=st.sampled_from([53, 1000]),
        dport=st.sampled_from([9, 80, 443]), iif=st.sampled_from(["lan", "wan"]),
-       state=st.sampled_from(["NEW", "ESTABLISHED"]))
-def test_outside_the_held_flows_the_old_rules_decide_as_the_new(old: list[str], new: list[str], src: str, dst: str,
-                                                                proto: int, sport: int, dport: int,
-                                                                iif: str, state: str) -> None:
-    def tables(rules: list[str]) -> dict:
-        return parse_save("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n:USER - [0:0]\n"
-                          + "".join(r + "\n" for r in rules[:1] + BASE + rules[1:]) + "COMMIT\n")
-    a, b = tables(old), tables(new)
+       state=st.sampled_from(["NEW", "ESTABLISHED"]), flags=st.sampled_from([0x02, 0x10]))
+def test_outside_the_held_flows_the_old_rules_decide_as_the_new(old: list[tuple[str, str]],
+                                                                new: list[tuple[str, str]], src: str, dst: str,
+                                                                proto: int, sport: int, dport: int, iif: str,
+                                                                state: str, flags: int) -> None:
+    a, b = _tables(old), _tables(new)
     held = held_traffic(firewall_plan({4: a})[0], firewall_plan({4: b})[0])
     ports = proto != 1
     pkt = Packet(ipaddress.ip_address(src), ipaddress.ip_address(dst), iif, "out", proto,
-                 sport if ports else None, dport if ports else None, tcp_flags=0x10 if proto == 6 else None,
+                 sport if ports else None, dport if ports else None, tcp_flags=flags if proto == 6 else None,
                  icmp_type=8 if proto == 1 else None, icmp_code=0 if proto == 1 else None, ctstate=state)
     if held is None or any(_inside(h, pkt) for h in held):
         return
-    trace_a: list[tuple[str, int]] = []
-    trace_b: list[tuple[str, int]] = []
-    assert evaluate(a["filter"], "FORWARD", pkt, trace_a) == evaluate(b["filter"], "FORWARD", pkt, trace_b)
-    texts_a = [a["filter"].chains[c].rules[i - 1].text if i else c for c, i in trace_a]
-    texts_b = [b["filter"].chains[c].rules[i - 1].text if i else c for c, i in trace_b]
-    assert texts_a == texts_b  # the same rules counted
+    trace_a: list[tuple[str, str, int]] = []
+    trace_b: list[tuple[str, str, int]] = []
+    assert evaluate_hook(a, FORWARD_HOOK, pkt, trace_a) == evaluate_hook(b, FORWARD_HOOK, pkt, trace_b)
+
+    def texts(ts: dict[str, Table], trace: list[tuple[str, str, int]]) -> list[str]:
+        return [ts[t].chains[c].rules[i - 1].text if i else f"{t} {c}" for t, c, i in trace]
+    assert texts(a, trace_a) == texts(b, trace_b)  # the same rules counted
