@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tna.model.hooks import _uses_conntrack
 from tna.model.iptables import Neg, ParseError, parse_save
 
 DATA = Path(__file__).parent / "data"
@@ -119,3 +120,20 @@ def test_matches_after_a_stateful_one_restrict_nothing() -> None:
         None, (), Neg(6), Neg(ipaddress.ip_network("192.0.2.0/24")))
     assert "-m recent" in after.unsupported and not after.expressible
     assert before.dport == Neg(((22, 22),)) and "-m recent" in before.unsupported
+
+
+def test_a_conntrack_match_after_a_stateful_one_still_tracks_and_restricts_nothing() -> None:
+    head = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+    state, ctdir = parse_save(head + "-A FORWARD -m limit --limit 5/sec -m conntrack --ctstate NEW -j ACCEPT\n"
+                              "-A FORWARD -m recent --set --name x -m conntrack --ctdir REPLY -j DROP\n"
+                              "COMMIT\n")["filter"].chains["FORWARD"].rules
+    assert (state.ctstate, ctdir.ctdir) == (None, None)
+    assert _uses_conntrack(state) and _uses_conntrack(ctdir)
+
+
+def test_a_field_matched_twice_is_the_kernels() -> None:
+    """Both must hold; the fields keep one value (the last): the kernel decides what it lets through."""
+    head = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+    (r,) = parse_save(head + "-A FORWARD -p tcp -m tcp --dport 80 -m multiport --dports 81,82 -j DROP\n"
+                      "COMMIT\n")["filter"].chains["FORWARD"].rules
+    assert not r.expressible and "a second dport match" in r.unsupported

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from netns_labs.lab import in_netns
 from tna.cli import rule_rows
-from tna.model.hooks import firewall_plan
+from tna.model.hooks import _uses_conntrack, firewall_plan
 from tna.model.ipset import mirror_problem, resolve
 from tna.model.iptables import Neg, Rule
 from tna.model.nftables import VANISHING, NftRules, parse_ruleset
@@ -283,6 +283,13 @@ def test_statement_order(ns: str) -> None:
     # a counter counts every packet that reaches it, matched after or not
     (r,) = one("counter tcp dport 22 accept", ns)
     assert r.dport is None and r.unsupported == ("counter before a match",)
+    # a conntrack match not kept still says conntrack is in use; numgen inc counts what reaches it
+    for text in ("counter ct state new accept", "limit rate 5/second ct state new accept"):
+        (r,) = one(text, ns)
+        assert r.ctstate is None and "ct after a statement" in r.unsupported, r
+        assert _uses_conntrack(r)
+    (r,) = one("numgen inc mod 2 0 tcp dport 80 drop", ns)
+    assert r.dport is None and not r.expressible
     (r,) = one("tcp dport 22 counter accept", ns)
     assert r.dport == Neg(((22, 22),)) and r.expressible
 

@@ -7,6 +7,7 @@ it was built for."""
 from __future__ import annotations
 
 import functools
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -348,3 +349,14 @@ def test_the_status_names_a_kept_programs_new_rules_before_the_release(daemon: d
     assert (calls.index(("status", None)) < calls.index(("release", 0))) == kept, calls
     # the programs replaced stay readable until the status names their successors
     assert calls.index(("status", None)) < calls.index(("release_retired", None)), calls
+
+
+def test_each_program_load_shows_the_main_loop_alive() -> None:
+    """A reconcile's loads take N/2 verifier rounds on two CPUs: longer than
+    HEARTBEAT_MAX_S on a host of many containers, after which the lease
+    would lapse (pass-all) although the loop is at work; each load renews
+    its heartbeat (Datapath.on_load, called by the loader threads)."""
+    d = daemon_mod.Daemon(Settings(hook="tc"))
+    d._heartbeat = time.monotonic() - 2 * daemon_mod.HEARTBEAT_MAX_S
+    d.dp.on_load()
+    assert time.monotonic() - d._heartbeat < daemon_mod.HEARTBEAT_MAX_S

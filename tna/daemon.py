@@ -78,6 +78,7 @@ class Daemon:
         # a bad metrics address fails here, before anything is touched
         self.metrics_addr = parse_addr(self.settings.metrics) if self.settings.metrics is not None else None
         self.dp = Datapath()
+        self.dp.on_load = lambda: setattr(self, "_heartbeat", time.monotonic())  # many loads take seconds
         self.model = Model()
         self.plan: Plan | None = None
         self.failed: dict[int, str] = {}
@@ -222,9 +223,8 @@ class Daemon:
         return changed
 
     def _events_lost(self, gen: int, overrun: bool) -> None:
-        """In the reader thread that lost events (watcher generation gen), at
-        once: everything takes the kernel path until a later watcher's dump
-        is in every map - not only once the main loop gets to it."""
+        """In the reader thread that lost events (watcher generation gen), at once: everything takes the
+        kernel path until a later watcher's dump is in every map - not only once the main loop gets to it."""
         if overrun:
             self.metrics.overruns.inc()
         self.holds.events_lost(gen)

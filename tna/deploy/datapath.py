@@ -14,7 +14,7 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -71,8 +71,8 @@ class Datapath:
     def __init__(self) -> None:
         self.shared: dict[str, bpf.Map] = {}
         self.lease = Lease()  # started by the first load, which creates tna_state
-        # the nftables reader's socket filter (commit_guard.h), from the same load
-        self.nft_seen_filter: bpf.Program | None = None
+        self.nft_seen_filter: bpf.Program | None = None  # the nftables reader's socket filter (commit_guard.h)
+        self.on_load: Callable[[], None] = lambda: None  # after each program's load (in a loader thread)
         self.attached: dict[int, Attached] = {}
         self.links = HookLinks()
         self._shadow: dict[str, dict[bytes, bytes]] = {}
@@ -90,8 +90,7 @@ class Datapath:
         self.ipset_entries: dict[str, dict[bytes, bytes]] = {}
         self._ipset_shadow: dict[str, dict[bytes, bytes]] = {}
         self._ipset_caps: dict[str, int] = {}
-        # what the kernel holds, for sizing the maps that mirror it when the
-        # first load creates them (expect())
+        # what the kernel holds: the first load sizes the maps mirroring it (expect())
         self._expected = {abi.MAP_FDB: 0, abi.MAP_PORTS: 0}
         self._defaults = {abi.MAP_FDB: int(os.environ.get(FDB_SIZE_ENV) or abi.FDB_SIZE),
                           abi.MAP_PORTS: abi.PORTS_SIZE}
@@ -148,6 +147,7 @@ class Datapath:
             slot = self.port_slot(plan.ifindex) if "bridge" in plan.modules else 0
             obj.set_initial_value(abi.SECTION_IFACE, iface_cfg(plan.ifindex, plan.mac, plan.flags, slot))
             self._load_object(obj, art)
+            self.on_load()
             return obj, obj.program(abi.PROGRAM_NAME)
         except BaseException:
             obj.close()

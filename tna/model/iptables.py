@@ -252,6 +252,7 @@ def _parse_line(line: str) -> Rule:
         if module == "set" and (after := ipset.parse_option(tokens, i, neg, [] if stateful else sets)) is not None:
             i, neg = after, False
             continue
+        before = dict(f)
         key, step = _option(tokens[i:], module, f, unsupported)
         proto = f.get("proto")
         implied = _IMPLICIT.get(proto.value) if isinstance(proto, Neg) and not proto.neg else None  # type: ignore[arg-type]
@@ -259,9 +260,16 @@ def _parse_line(line: str) -> Rule:
             # `-p udp ... --dport N`: iptables loads the protocol's match implicitly
             unsupported.pop()
             key, step = _option(tokens[i:], implied, f, unsupported)
-        if key is not None and stateful and key not in _BUILTIN_FIELDS:
-            del f[key]
-        elif key is not None:
+        stored = [k for k in f if k != "comment" and (k not in before or f[k] is not before[k])]
+        if stateful and (dropped := [k for k in stored if k not in _BUILTIN_FIELDS]):
+            for k in dropped:
+                del f[k]
+            if module in ("conntrack", "state"):  # conntrack is still in use (hooks.py)
+                unsupported.append(f"-m {module} after a stateful match")
+            key = None
+        elif key is not None and key in before:  # both must hold: f keeps one, the kernel decides
+            unsupported.append(f"a second {key} match")
+        if key is not None:
             f[key] = Neg(f[key], neg)
         i, neg = i + step, False
     return Rule(chain=chain, index=0, text=line, target=target or "CONTINUE",  # no target: a counting rule

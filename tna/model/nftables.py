@@ -26,6 +26,7 @@ traffic are `foreign`: they cannot be modelled at all.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 
 from tna.model.firewall import DROP, KERNEL
@@ -154,6 +155,8 @@ def _rule(r: dict, out: NftRules, set_json: dict[tuple[str, ...], dict], filled:
             # it counts every packet that reaches it, the fast path only those the rule matches
             unsupported.append("counter before a match")
             stopped = True
+        if kind in ("match", "vmap") and stopped and '"ct"' in json.dumps(body):
+            unsupported.append("ct after a statement")  # not kept, but conntrack is in use (hooks.py)
         if kind in ("accept", "drop", "return", "continue", "jump", "goto"):
             for a in alts:
                 _verdict(a, kind, body)
@@ -165,6 +168,8 @@ def _rule(r: dict, out: NftRules, set_json: dict[tuple[str, ...], dict], filled:
                 alts = _expand(alts, [ctx.match(body, a) for a in alts])
             except Unsupported as why:
                 unsupported.append(str(why))
+                # `numgen inc` counts every packet that reaches it: later matches restrict nothing
+                stopped = isinstance(left := body.get("left"), dict) and left.get("numgen", {}).get("mode") == "inc"
             continue
         if kind == "match":
             continue

@@ -68,8 +68,9 @@ def build_all(plans: Iterable[IfacePlan], cache_dir: Path | None = None, observe
             sources[shape] = e
     if rendered is not None:
         with contextlib.suppress(CompileError):  # no clang: each build says so
-            rendered({p.ifindex: object_path(src, cache_dir).with_suffix(".c") for p in plans
-                      if isinstance(src := sources[p.hook, p.modules, p.firewall], str)})
+            paths = {shape: object_path(src, cache_dir).with_suffix(".c") for shape, src in sources.items()
+                     if isinstance(src, str)}  # a hash of the source and the headers: once per shape
+            rendered({p.ifindex: paths[shape] for p in plans if (shape := (p.hook, p.modules, p.firewall)) in paths})
 
     def one(shape: tuple) -> Artifact | Exception:
         source = sources[shape]
