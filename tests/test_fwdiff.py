@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.test_tables_model import save
+from tna.bpf import abi
 from tna.model.firewall import Firewall, Packet
 from tna.model.fwdiff import HELD_MAX, HeldFlow, held_traffic
 from tna.model.hooks import FORWARD_HOOK, evaluate_hook, firewall_plan
@@ -68,6 +69,10 @@ def test_what_else_changes_holds_everything() -> None:
     many = [f"-A FORWARD -p tcp -m tcp --dport {p} -j DROP" for p in range(1, HELD_MAX + 2)]
     assert held_traffic(fw(BASE), fw(BASE + many)) is None
     assert held_traffic(fw(BASE), fw(BASE)) == ()
+
+
+def test_the_model_holds_no_more_flows_than_the_datapath_can() -> None:
+    assert HELD_MAX == abi.FW_HOLD_MAX  # tna_abi.h's TNA_FW_HOLD_MAX: the model reads no header
 
 
 def test_a_new_user_chain_and_its_jump() -> None:

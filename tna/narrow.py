@@ -23,7 +23,7 @@ from tna.deploy.datapath import Datapath, keeps
 from tna.holds import Holds
 from tna.model.config import Neigh
 from tna.model.firewall import Firewall
-from tna.model.fwdiff import HELD_MAX, HeldFlow, held_traffic
+from tna.model.fwdiff import HeldFlow, held_traffic
 from tna.netlink import netfilter
 from tna.synth.planner import Plan
 
@@ -52,8 +52,7 @@ def narrowed_hold(dp: Datapath, p: Plan, ipsets: dict[str, dict[bytes, bytes]], 
     if olds != {running} or len(news) != 1 or any(
             ipsets[name] != held for name, held in members.items() if name in ipsets):
         return None
-    held = held_traffic(running, news.pop())
-    return held if held is not None and len(held) <= HELD_MAX else None
+    return held_traffic(running, news.pop())
 
 
 def narrow_to(dp: Datapath, p: Plan, stale: set[Neigh], held: tuple[HeldFlow, ...], masks: dict[int, int],

@@ -143,9 +143,6 @@ enum tna_reason {
 #define TNA_LOCAL4_MAX 32
 #define TNA_LOCAL6_MAX 16
 
-/* What the daemon publishes: the input of the tna_renew program, which it
- * runs (BPF_PROG_TEST_RUN) every ~200 ms; tna_renew copies it into tna_state
- * and moves the lease deadline.  Only tna_renew writes tna_state's config. */
 /* A flow a changed rule could match (tna/model/fwdiff.py: HeldFlow). */
 #define TNA_FW_HOLD_MAX 16
 struct tna_fw_hold {
@@ -161,6 +158,9 @@ struct tna_fw_hold {
 	__u8 dst_len;
 };
 
+/* What the daemon publishes: the input of the tna_renew program, which it
+ * runs (BPF_PROG_TEST_RUN) every ~200 ms; tna_renew copies it into tna_state
+ * and moves the lease deadline.  Only tna_renew writes tna_state's config. */
 struct tna_config {
 	__u64 lease_jiffies; /* the lease runs out this long after the last renewal */
 	__u32 pass_reason;   /* 0: active; otherwise pass all with this reason */
