@@ -11,6 +11,7 @@ from tna.bpf import abi
 from tna.deploy import lease as lease_mod
 from tna.deploy.lease import Lease, mp_guard_bits
 from tna.model.config import AF_INET, AF_INET6, Sysctls
+from tna.model.fwdiff import HeldFlow
 
 HELD = abi.REASON["FW_CHANGED"]
 
@@ -108,3 +109,19 @@ def test_the_commit_guards_end_is_published_and_kept_by_other_publications() -> 
     lease.hold(HELD)
     lease.set_guards(0, {}, (0, 0), ([], []))
     assert [c.nft_heard for c in prog.published] == [0x10007] * 3
+
+
+def test_a_narrowed_hold_lasts_until_the_guards_end_it() -> None:
+    """narrow() publishes the flows under the hold; the set_guards() that
+    ends the hold with them narrows it; the next one (the reconcile's last
+    publication) clears them (tna_fw_held_flows shows what is held)."""
+    lease = Lease()
+    flows = (HeldFlow(4, 17, dport=(9, 9)), HeldFlow(6))
+    lease.hold(abi.REASON["FW_CHANGED"])
+    lease.narrow(flows)
+    assert (lease.cfg.pass_reason, lease.held_flows()) == (abi.REASON["FW_CHANGED"], 2)
+    lease.set_guards(0, {}, (0, 0), ([], []), held=flows)
+    assert (lease.cfg.pass_reason, lease.held_flows()) == (0, 2)
+    assert (lease.cfg.fw_hold[0].proto, lease.cfg.fw_hold[0].dport_lo, lease.cfg.fw_hold[1].family) == (17, 9, 6)
+    lease.set_guards(0, {}, (0, 0), ([], []))
+    assert lease.held_flows() == 0

@@ -141,7 +141,7 @@ def fake_daemon(attached: list[Any], p: Any, failed: dict[int, str] | None = Non
                 model: Model | None = None, rule_counts: RuleCounts | None = None) -> Any:
     fill = {abi.MAP_EGRESS: (3, 1024), abi.MAP_FDB: (0, 65536), "fw4_set0": (2, 2)}
     dp = SimpleNamespace(attached={a.plan.ifindex: a for a in attached}, map_fill=lambda: fill,
-                         fdb_waiting=lambda: 7, lease=SimpleNamespace(age=lambda: 0.125),
+                         fdb_waiting=lambda: 7, lease=SimpleNamespace(age=lambda: 0.125, held_flows=lambda: 2),
                          rule_counts=rule_counts or RuleCounts())
     return SimpleNamespace(dp=dp, plan=p, failed=failed or {}, failed_kind=failed_kind or {}, disabled_why=disabled,
                            model=model or Model())
@@ -215,6 +215,7 @@ def test_daemon_state_metrics(scraped: dict[str, Any]) -> None:
     assert scraped["tna_fast_path_disabled"].samples[0].value == 1
     assert scraped["tna_lease_age_seconds"].type == "gauge"
     assert scraped["tna_lease_age_seconds"].samples[0].value == 0.125
+    assert scraped["tna_fw_held_flows"].samples[0].value == 2
     assert values(scraped["tna_map_entries"])[(("map", "tna_egress"),)] == 3
     assert values(scraped["tna_map_capacity"])[(("map", "tna_fdb"),)] == 65536
     assert values(scraped["tna_map_capacity"])[(("map", "fw4_set0"),)] == 2
@@ -238,7 +239,7 @@ def test_every_metric_is_documented(scraped: dict[str, Any]) -> None:
     # (the library's `_created` gauges depend on a process-wide switch serve() turns off)
     exposed = {f.name + ("_total" if f.type == "counter" else "") for f in scraped.values()
                if not f.name.endswith("_created")}
-    assert len(exposed) == 21
+    assert len(exposed) == 22
     missing = [n for n in sorted(exposed) if f"| `{n}` |" not in doc]
     assert not missing, f"docs/metrics.md does not explain {missing}"
 

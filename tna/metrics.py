@@ -66,6 +66,8 @@ def failure_kind(e: Exception) -> str:
 class _Lease(Protocol):
     def age(self) -> float | None: ...
 
+    def held_flows(self) -> int: ...
+
 
 class _Datapath(Protocol):
     @property
@@ -139,6 +141,8 @@ class Collector:
             if age is not None:
                 lease.add_metric([], age)
             yield lease
+            yield GaugeMetricFamily("tna_fw_held_flows", "Flows a narrowed hold keeps on the kernel path while "
+                                    "the programs for changed rules load", d.dp.lease.held_flows())
             yield from self._routes(d.model.routes)
             yield GaugeMetricFamily("tna_fast_path_disabled", "1 while a netfilter rule set TNA does not model "
                                     "keeps all traffic on the kernel path", 1 if d.disabled_why else 0)

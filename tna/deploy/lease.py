@@ -164,6 +164,10 @@ class Lease:
         the same flows cannot be read half written as a hold of fewer."""
         self._update(lambda c: set_fw_hold(c, held))
 
+    def held_flows(self) -> int:
+        """The flows a narrowed hold names now (0: none)."""
+        return self.cfg.fw_hold_count
+
     def nft_seen(self) -> int:
         """tna_state.nft_seen: what tna_nft_seen stored last (commit_guard.h)."""
         with self._lock:
