@@ -30,20 +30,20 @@ class _Map:
 
 def _datapath(m: _Map, shadow: dict[bytes, bytes]) -> tuple[Datapath, Firewall]:
     dp, fw = Datapath(), Firewall(None, None, ())
-    dp._sets = (fw, {"ips_bl": m})  # type: ignore[dict-item]
-    dp._ipset_shadow = {"ips_bl": dict(shadow)}
+    dp.sets.maps = (fw, {"ips_bl": m})  # type: ignore[dict-item]
+    dp.sets.ipset_shadow = {"ips_bl": dict(shadow)}
     return dp, fw
 
 
 def test_adds_before_deletes() -> None:
     m = _Map(set())
     dp, fw = _datapath(m, {b"/8": b"\x01"})
-    assert dp.sync_ipsets({"ips_bl": {b"/9a": b"\x01", b"/9b": b"\x01"}}, fw) == {}
+    assert dp.sets.sync_ipsets({"ips_bl": {b"/9a": b"\x01", b"/9b": b"\x01"}}, fw) == {}
     assert [op for op, _ in m.ops] == ["update", "update", "delete"]
 
 
 def test_a_failed_write_is_reported() -> None:
     m = _Map({b"/9b"})
     dp, fw = _datapath(m, {})
-    failed = dp.sync_ipsets({"ips_bl": {b"/9a": b"\x01", b"/9b": b"\x01"}}, fw)
+    failed = dp.sets.sync_ipsets({"ips_bl": {b"/9a": b"\x01", b"/9b": b"\x01"}}, fw)
     assert list(failed) == ["ips_bl"] and "Argument list too long" in failed["ips_bl"]

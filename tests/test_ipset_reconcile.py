@@ -67,7 +67,7 @@ def test_a_failed_member_write_takes_the_sets_rules_to_the_kernel_path(monkeypat
         dp.calls.append(("sync_ipsets", entries))  # type: ignore[attr-defined]
         return {n: why for n, why in full.items() if n in entries}
 
-    monkeypatch.setattr(dp, "sync_ipsets", sync_ipsets)
+    monkeypatch.setattr(dp.sets, "sync_ipsets", sync_ipsets)
     set_sets(d, blocklist("192.0.2.0/24", "203.0.113.0/24"))
     calls = reconcile(d)
     failed_at = next(i for i, c in enumerate(calls) if c[0] == "sync_ipsets" and c[1])

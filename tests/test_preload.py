@@ -43,10 +43,10 @@ class Loads:
         self.barrier = threading.Barrier(parallel, timeout=30)
 
     def __call__(self, plan: IfacePlan, art: Any) -> tuple[Loaded, str]:
-        creates = self.dp._sets is None or self.dp._sets[0] != art.firewall
+        creates = self.dp.sets.maps is None or self.dp.sets.maps[0] != art.firewall
         self.log.append(("start", plan.ifindex, creates))
         if creates:  # what the real load does: these maps are the rule set's now
-            self.dp._sets, self.dp.shared = (art.firewall, {}), {"tna_state": object()}  # type: ignore[assignment]
+            self.dp.sets.maps, self.dp.shared = (art.firewall, {}), {"tna_state": object()}  # type: ignore[assignment]
         else:
             self.barrier.wait()
         self.log.append(("end", plan.ifindex, creates))
@@ -86,7 +86,7 @@ def test_a_new_rule_sets_maps_are_made_first_and_every_program_loads_at_once(
 
     def make_sets(art: Any) -> None:  # what the maps-only load leaves behind
         made.append(art.firewall)
-        dp._sets = (art.firewall, {})
+        dp.sets.maps = (art.firewall, {})
 
     monkeypatch.setattr(dp, "_load", loads)
     monkeypatch.setattr(dp, "_make_sets", make_sets)

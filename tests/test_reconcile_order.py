@@ -61,6 +61,7 @@ class RecordingDatapath:
         self.rule_counts = RuleCounts()
         self.nft_seen_filter = None
         self.rewritten: Any = None  # the rule set keep_programs() rewrote the set maps for
+        self.sets = RecordingSets(self.calls)
 
     def release_retired(self) -> None:
         pass
@@ -105,6 +106,14 @@ class RecordingDatapath:
     def sync_firewall(self, masks: dict[int, int]) -> None:
         self.masks = dict(masks)
         self.calls.append(("sync_firewall", dict(masks)))
+
+
+
+class RecordingSets:
+    """The rule set's maps (Datapath.sets): the ipset writes recorded."""
+
+    def __init__(self, calls: list[tuple[str, Any]]) -> None:
+        self.calls, self.ipset_entries = calls, {}
 
     def sync_ipsets(self, entries: dict[str, dict[bytes, bytes]], fw: Any) -> dict[str, str]:
         self.calls.append(("sync_ipsets", entries))

@@ -374,7 +374,7 @@ class Daemon:
             why = p.skipped[ifindex].why if ifindex in p.skipped else "the interface is gone"
             self._safely(ifindex, lambda i=ifindex, why=why: self.dp.remove(i, why))
         self.failed = {i: why for i, why in self.failed.items() if i in p.ifaces}
-        self.dp.ipset_entries = ipsets
+        self.dp.sets.ipset_entries = ipsets
         # the kernel has moved these FDB entries and ports already: the
         # running programs must not keep sending a host's frames to its old
         # port while new programs compile (seconds); a port without a
@@ -384,7 +384,7 @@ class Daemon:
         self._fdb_full = False
         publish = functools.partial(self._publish_guards, families)
         self._deploy(p, narrow and (lambda: narrow_to(self.dp, p, m.stale_neighbours(), narrow, masks, publish)))
-        failed = self.dp.sync_ipsets(ipsets, fw)
+        failed = self.dp.sets.sync_ipsets(ipsets, fw)
         if fw and failed:
             # a member missing from a map says "not in the set": hold until
             # programs without those sets run (they are the kernel's now)

@@ -25,9 +25,10 @@ from tna.deploy.counters import read_counters
 from tna.deploy.fdbmap import FdbMirror, map_size
 from tna.deploy.lease import Lease
 from tna.deploy.links import ForeignProgram, HookLinks, attached_tna_prog, check_tc_ingress
-from tna.deploy.mapwrite import counter_room, load_with_sets, set_room, write_diff, zero_array
+from tna.deploy.mapwrite import counter_room, write_diff, zero_array
 from tna.deploy.preload import Preloads
 from tna.deploy.rulecounts import Counts, RuleCounts, Tables
+from tna.deploy.rulesetmaps import RuleSetMaps
 from tna.model.config import USER_HZ, FdbEntry, FdbKey, Neigh
 from tna.model.firewall import Firewall
 from tna.synth.planner import IfacePlan, L3Bridge, PortPlan
@@ -77,19 +78,8 @@ class Datapath:
         self.links = HookLinks()
         self._shadow: dict[str, dict[bytes, bytes]] = {}
         self.slots: dict[int, int] = {}  # bridge port ifindex -> its index in tna_ports
-        # the rule-set maps of the newest rule set, which every program
-        # compiled for it shares (filling 10,000 entries once, not per port)
-        self._sets: tuple[Firewall, dict[str, bpf.Map]] | None = None
-        # each shared map's capacity (read at creation), and what the newest
-        # rule set's set-of-rules maps hold (shadow) and can hold
-        self._capacity: dict[str, int] = {}
-        self._set_shadow: dict[str, dict[bytes, bytes]] = {}
-        self._set_caps: dict[str, int] = {}
-        # the mirrored ipsets: what their maps must hold (the daemon's), what
-        # the newest rule set's maps hold (shadow), and their capacities
-        self.ipset_entries: dict[str, dict[bytes, bytes]] = {}
-        self._ipset_shadow: dict[str, dict[bytes, bytes]] = {}
-        self._ipset_caps: dict[str, int] = {}
+        self.sets = RuleSetMaps()  # the newest rule set's, which every program compiled for it shares
+        self._capacity: dict[str, int] = {}  # each shared map's (read at creation)
         # what the kernel holds: the first load sizes the maps mirroring it (expect())
         self._expected = {abi.MAP_FDB: 0, abi.MAP_PORTS: 0}
         self._defaults = {abi.MAP_FDB: int(os.environ.get(FDB_SIZE_ENV) or abi.FDB_SIZE),
@@ -118,12 +108,12 @@ class Datapath:
                 except OSError:
                     pass  # no slot left: that load fails alike, and attach() reports it
         if self.shared:
-            for art in {art.firewall: art for _, art in todo if not self._holds_sets(art)}.values():
+            for art in {art.firewall: art for _, art in todo if not self.sets.holds(art)}.values():
                 try:
                     self._make_sets(art)
                 except Exception as e:  # the first load of the rule set tries again, and reports it
                     log.debug("the rule set's maps, made ahead: %s", e)
-        self.preloads.load(todo, self._load, lambda art: bool(self.shared) and self._holds_sets(art))
+        self.preloads.load(todo, self._load, lambda art: bool(self.shared) and self.sets.holds(art))
 
     def _make_sets(self, art: Artifact) -> None:
         """Create and fill art's rule-set maps by loading its object without
@@ -133,11 +123,7 @@ class Datapath:
             obj.maps_only()
             self._load_object(obj, art)
         finally:
-            obj.close()  # the set maps live on: self._sets holds descriptors of its own
-
-    def _holds_sets(self, art: Artifact) -> bool:
-        """A load of art creates no map (it reuses the rule set's)."""
-        return art.firewall is None or (self._sets is not None and self._sets[0] == art.firewall)
+            obj.close()  # the set maps live on: self.sets holds descriptors of its own
 
     def _load(self, plan: IfacePlan, art: Artifact) -> tuple[bpf.BpfObject, bpf.Program]:
         obj = bpf.BpfObject(str(art.obj))
@@ -164,28 +150,9 @@ class Datapath:
         if not self.shared:  # this load creates the shared maps
             for name in self._expected:
                 obj.set_max_entries(name, self._size(name))
-        fw = art.firewall
-        same = self._sets[1] if self._sets is not None and self._sets[0] == fw else None
-        ipsets = {name: self.ipset_entries.get(name, {}) for name in art.ipset_maps}
-        maps = load_with_sets(obj, {**art.sets, **ipsets}, same, art.ipset_maps)
-        if same is None and fw is not None:
-            self._drop_sets()
-            self._sets = (fw, maps)
-            self._set_shadow = {name: dict(entries) for name, entries in art.sets.items()}
-            self._set_caps = {name: set_room(len(entries)) for name, entries in art.sets.items()}
-            self._ipset_shadow = {name: dict(entries) for name, entries in ipsets.items()}
-            self._ipset_caps = dict(art.ipset_maps)
+        self.sets.load(obj, art)
         if not self.shared:
             self._adopt_shared(obj)
-
-    def _drop_sets(self) -> None:
-        """Our handles on an older rule set's maps (programs keep theirs)."""
-        if self._sets is not None:
-            for m in self._sets[1].values():
-                m.close()
-            self._sets = None
-            self._set_shadow, self._set_caps = {}, {}
-            self._ipset_shadow, self._ipset_caps = {}, {}
 
     def _adopt_shared(self, obj: bpf.BpfObject) -> None:
         for name in abi.SHARED_MAPS:
@@ -203,7 +170,7 @@ class Datapath:
 
     def rule_set(self) -> tuple[Firewall | None, dict[str, dict[bytes, bytes]]]:
         """The newest rule set, and what its mirrored ipsets' maps hold."""
-        return (self._sets[0] if self._sets else None), self._ipset_shadow
+        return self.sets.rule_set(), self.sets.ipset_shadow
 
     def is_current(self, plan: IfacePlan) -> bool:
         """plan's program is what runs on its interface (nothing to build)."""
@@ -223,13 +190,13 @@ class Datapath:
         maps, which serve the new rule set now)."""
         fits = [(plan, art, cur) for plan, art in todo
                 if keeps(cur := self.attached.get(plan.ifindex), plan, art.source, self.rule_set()[0])]
-        if not fits or not self._rewrite_sets(fits[0][1]):
+        if not fits or not self.sets.rewrite(fits[0][1]):
             return set()
         kept = set()
         for plan, art, cur in fits:
             try:
                 counters = cur.obj.map(abi.MAP_FW_RULES)
-                if art.firewall != self._sets[0] or art.rule_counters > bpf.map_info(counters.fd).max_entries:
+                if art.firewall != self.sets.rule_set() or art.rule_counters > bpf.map_info(counters.fd).max_entries:
                     continue
                 counted = read_counters(counters)
                 zero_array(cur.obj.map(PASS_CACHE))
@@ -244,28 +211,6 @@ class Datapath:
             log.info("%s: program %d kept: the new rules differ in sets' entries only (written into its maps)",
                      plan.name, cur.prog_id)
         return kept
-
-    def _rewrite_sets(self, art: Artifact) -> bool:
-        """The newest rule set's set-of-rules maps rewritten in place with
-        art's entries, if they have room (their ipset maps stay).  False:
-        nothing changed, or a write failed, and then no rule set has maps
-        (every program's load makes them anew)."""
-        assert self._sets is not None
-        maps = self._sets[1]
-        if (maps.keys() != art.sets.keys() | art.ipset_maps.keys() or art.ipset_maps != self._ipset_caps
-                or any(len(entries) > self._set_caps[name] for name, entries in art.sets.items())):
-            return False
-        for name, entries in art.sets.items():
-            try:
-                failed = bool(write_diff(maps[name], self._set_shadow[name], entries, name))
-            except OSError as e:  # a delete refused
-                log.warning("map %s: %s", name, e)
-                failed = True
-            if failed:
-                self._drop_sets()
-                return False
-        self._sets = (art.firewall, maps)
-        return True
 
     def attach(self, plan: IfacePlan, art: Artifact) -> Attached:
         """Load art and attach it to plan's interface, replacing atomically
@@ -374,7 +319,7 @@ class Datapath:
         for m in self.shared.values():
             m.close()
         self.shared.clear()
-        self._drop_sets()
+        self.sets.drop()
         self._shadow.clear()
         self._capacity.clear()
         self.fdb = FdbMirror(0)
@@ -411,26 +356,7 @@ class Datapath:
         fill = {name: (len(shadow), self._capacity.get(name, 0)) for name, shadow in list(self._shadow.items())}
         if self.shared:
             fill[abi.MAP_FDB] = (len(self.fdb.written), self.fdb.capacity)
-        for shadows, caps in ((self._set_shadow, self._set_caps), (self._ipset_shadow, self._ipset_caps)):
-            fill.update({name: (len(shadow), caps.get(name, 0)) for name, shadow in list(shadows.items())})
-        return fill
-
-    def sync_ipsets(self, entries: dict[str, dict[bytes, bytes]], fw: Firewall | None) -> dict[str, str]:
-        """The mirrored ipsets' members (setgen.all_entries()) for rule set
-        fw: what the next load fills new maps with, and the difference
-        written now into fw's maps (a member change: no new program).
-        Adds go first: a net replaced by its halves is never missing.
-        Returns the maps a write failed for, with the error: an entry
-        missing from a set's map says "not in the set", so the caller must
-        take that set's rules to the kernel path."""
-        self.ipset_entries = entries
-        failed: dict[str, str] = {}
-        if self._sets is not None and self._sets[0] == fw:
-            for name, shadow in self._ipset_shadow.items():
-                errors = write_diff(self._sets[1][name], shadow, entries.get(name, {}), name, adds_first=True)
-                if errors:
-                    failed[name] = str(errors[0])
-        return failed
+        return fill | self.sets.fill()
 
     def fdb_waiting(self) -> int:
         """FDB entries of mirrored bridges that did not fit in tna_fdb
