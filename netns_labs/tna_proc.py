@@ -18,7 +18,8 @@ from typing import Any
 
 from netns_labs.lab import Host, Lab, in_netns, py, wait_for
 from tna.bpf import attach
-from tna.bpf.abi import MAP_STATE, REASON, TnaState
+from tna.bpf.abi import MAP_STATE, TnaState
+from tna.deploy.lease import published_hold
 
 
 def read_state(state_map: Any) -> TnaState:
@@ -28,12 +29,10 @@ def read_state(state_map: Any) -> TnaState:
 
 
 def pass_reason(state_map: Any) -> int:
-    """The reason every program passes all with now (a hold; 0: none), as
-    main.c.j2 reads tna_state: its pass_reason, else FW_CHANGED while the
-    commit guard holds (commit_guard.h).  From the map itself (one map,
-    shared by every program of a daemon, so it outlives each)."""
-    st = read_state(state_map)
-    return st.cfg.pass_reason or (REASON["FW_CHANGED"] if st.nft_seen != st.cfg.nft_heard else 0)
+    """The reason every program passes all with now (a hold; 0: none).  From
+    the map itself (one map, shared by every program of a daemon, so it
+    outlives each)."""
+    return published_hold(state_map)[0]
 
 
 class Tna:

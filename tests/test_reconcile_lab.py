@@ -124,15 +124,24 @@ def test_while_new_rules_load_only_what_they_could_match_is_held(router_lab: Rou
             tna.output()
         mid = tna.counters("r-h1")
         carried, stopped = send_probes(lab, other), send_probes(lab, blocked)
-        held, running = tna.counters("r-h1"), tna.status()["ifaces"]["r-h1"]["prog_id"]
+        held, status = tna.counters("r-h1"), tna.status()
+        text = lab.run(lab.r, [*tna.tna, "status"], cwd=tna.cwd).stdout
         (tmp_path / "resume").touch()
-        assert running == old_id  # the old rules' program decided
+        assert status["ifaces"]["r-h1"]["prog_id"] == old_id  # the old rules' program decided
+        # what `tna status` reads from tna_state: the flow held; all of it
+        # only if a lab neighbour turned STALE meanwhile (PENDING)
+        assert status["hold"]["flows"] == ["IPv4 udp any -> any dport 3001"], status["hold"]
+        assert status["hold"]["reason"] in (None, "PENDING"), status["hold"]
+        assert ("HOLDING: every packet goes to the kernel path now (PENDING" if status["hold"]["reason"] else
+                "loading: what those rules could match stays on the kernel path meanwhile (FW_CHANGED): "
+                "IPv4 udp any -> any dport 3001") in text, text
         assert (carried, stopped) == ({0, 1, 2, 3}, set()), tna.output()
         assert held.get("FORWARDED", 0) - mid.get("FORWARDED", 0) == len(other), (mid, held)
         assert held.get("FW_CHANGED", 0) - mid.get("FW_CHANGED", 0) == len(blocked), (mid, held)
         assert wait_for(lambda: send_probes(lab, blocked[:1]) == set()
                         and tna.counters("r-h1").get("FW_DROP", 0) > held.get("FW_DROP", 0), 30, 0.2), tna.output()
         assert tna.status()["ifaces"]["r-h1"]["prog_id"] != old_id
+        assert tna.status()["hold"] == {"reason": None, "flows": []}
 
 
 def test_a_commit_the_reader_lost_in_an_overrun_holds_until_the_rules_are_read(

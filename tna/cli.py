@@ -26,7 +26,8 @@ from typing import Any
 
 from tna import __version__, config
 from tna.bpf import abi
-from tna.deploy.counters import program_counters, program_stats, summed
+from tna.deploy.counters import program_counters, program_stats, read_program_map, summed
+from tna.deploy.lease import published_hold
 from tna.deploy.links import ForeignProgram, attached_tna_prog
 from tna.deploy.rulecounts import kernel_rules
 from tna.logsetup import setup_logging
@@ -34,6 +35,14 @@ from tna.model.iptables import Table
 from tna.rates import Rates, Sample, iface_rates, si, total_rates
 from tna.runstate import AlreadyRunning, read_state
 from tna.synth.fwgen import RuleRef
+
+# what a hold (every packet to the kernel, tna_config.pass_reason) waits for
+HOLDS = {
+    "FW_CHANGED": "the rules, their interfaces or the filtered families changed; until programs built for them run "
+                  "with every map written",
+    "RESYNC": "netlink events were lost; until a new dump has rewritten every map",
+    "PENDING": "changes arrived while the daemon was busy; until its maps have them",
+}
 
 
 def _running_state() -> dict[str, Any]:
@@ -58,11 +67,16 @@ def collect(state: dict[str, Any]) -> dict[str, Any]:
     """state.json plus live counters, read through each interface's attached
     program (maps are global; the program is what ties them to this lab)."""
     out = dict(state)
+    hold = None
     for iface in state["ifaces"].values():
         live = _attached_id(iface["ifindex"], iface["hook"])
         iface["attached"] = live == iface["prog_id"]
         stats = program_stats(live) if iface["attached"] else {}
         iface["reasons"] = {r: {"packets": p, "bytes": b} for r, (p, b) in stats.items()}
+        if iface["attached"] and hold is None:  # one tna_state, which every program of the daemon reads
+            hold = read_program_map(live, abi.MAP_STATE, published_hold)
+    if hold is not None:
+        out["hold"] = {"reason": abi.REASONS[hold[0]] if hold[0] else None, "flows": [str(f) for f in hold[1]]}
     return out
 
 
@@ -136,6 +150,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"IPsec (xfrm) policies: forwarded {', '.join(st['xfrm'])} on the kernel path (XFRM){why}")
     if st["disabled"]:
         print(f"FAST PATH DISABLED: {st['disabled']}")
+    elif (hold := st.get("hold") or {}).get("reason"):
+        print(f"HOLDING: every packet goes to the kernel path now ({hold['reason']}: {HOLDS.get(hold['reason'], '')})")
+    elif hold.get("flows"):
+        print(f"the programs for changed rules are loading: what those rules could match stays on the kernel "
+              f"path meanwhile (FW_CHANGED): {'; '.join(hold['flows'])}")
     if st.get("firewall"):
         fw = st["firewall"]
         chains = ", ".join(f"{name} {n} rules" for name, n in fw["chains"].items()) or "no chains"

@@ -1,13 +1,17 @@
-"""Reading a program's per-CPU counters (tna_stats, tna_fw_rules): what
-`tna status`, `tna stats`, the daemon's metrics and the tests show."""
+"""Reading a program's maps by its id: its per-CPU counters (tna_stats,
+tna_fw_rules), the tna_state it reads; what `tna status`, `tna stats`,
+the daemon's metrics and the tests show."""
 
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
+
+T = TypeVar("T")
 
 
 def read_counters(counter_map: bpf.Map) -> dict[int, tuple[int, int]]:
@@ -32,19 +36,24 @@ def read_stats(stats_map: bpf.Map) -> dict[str, tuple[int, int]]:
 
 
 def program_counters(prog_id: int, map_name: str) -> dict[int, tuple[int, int]]:
-    """read_counters() of the program with id prog_id's map map_name, through
-    handles of our own: by id, so a program unloaded meanwhile reads as
-    empty instead of through a descriptor that may name something else now."""
+    """read_counters() of the program with id prog_id's map map_name ({}: the program is gone)."""
+    return read_program_map(prog_id, map_name, read_counters) or {}
+
+
+def read_program_map(prog_id: int, map_name: str, read: Callable[[bpf.Map], T]) -> T | None:
+    """read() of the program with id prog_id's map map_name, through handles
+    of our own: by id, so a program unloaded meanwhile reads as None instead
+    of through a descriptor that may name something else now."""
     try:
         prog = bpf.Program.from_id(prog_id)
     except OSError as e:
         if e.errno == errno.ENOENT:
-            return {}
+            return None
         raise
     try:
         m = prog.find_map(map_name)
         try:
-            return read_counters(m)
+            return read(m)
         finally:
             m.close()
     finally:

@@ -10,6 +10,7 @@ config under one lock, so the lease thread never renews a half-written one.
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import socket
 import threading
 import time
@@ -95,6 +96,24 @@ def fw_hold(flow: HeldFlow) -> abi.TnaFwHold:
             ctypes.memmove(addr, net.network_address.packed, len(net.network_address.packed))
             setattr(h, attr, net.prefixlen)
     return h
+
+
+def held_flow(h: abi.TnaFwHold) -> HeldFlow:
+    """fw_hold() read back."""
+    size = 4 if h.family == 4 else 16
+    nets = [ipaddress.ip_network((bytes(addr)[:size], length)) if length else None
+            for addr, length in ((h.saddr, h.src_len), (h.daddr, h.dst_len))]
+    return HeldFlow(h.family, h.proto, nets[0], nets[1], (h.sport_lo, h.sport_hi), (h.dport_lo, h.dport_hi))
+
+
+def published_hold(state: bpf.Map) -> tuple[int, tuple[HeldFlow, ...]]:
+    """What every program reads from tna_state (main.c.j2) now: the reason
+    it passes all with (0: none; FW_CHANGED while the commit guard holds,
+    commit_guard.h), and the flows a narrowed hold names."""
+    raw = state.lookup(bytes(4))
+    st = abi.TnaState.from_buffer_copy(raw) if isinstance(raw, bytes) else abi.TnaState()
+    reason = st.cfg.pass_reason or (abi.REASON["FW_CHANGED"] if st.nft_seen != st.cfg.nft_heard else 0)
+    return reason, tuple(held_flow(st.cfg.fw_hold[i]) for i in range(min(st.cfg.fw_hold_count, abi.FW_HOLD_MAX)))
 
 
 def set_fw_hold(c: abi.TnaConfig, held: tuple[HeldFlow, ...]) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from difflib import SequenceMatcher
 
 from tna.model.firewall import Firewall, FwChain
-from tna.model.iptables import Neg, Rule
+from tna.model.iptables import PROTOCOLS, Neg, Rule
 
 HELD_MAX = 16  # TNA_FW_HOLD_MAX: more changed rules than this hold everything
 PATHS = (("fwd4", 4), ("fwd6", 6), ("in4", 4), ("in6", 6))
@@ -46,6 +46,15 @@ class HeldFlow:
     @property
     def everything(self) -> bool:
         return (self.proto, self.src, self.dst, self.sport, self.dport) == (0, None, None, (0, 65535), (0, 65535))
+
+    def __str__(self) -> str:
+        """As `tna status` names it: "IPv4 udp 192.0.2.0/25 -> 198.51.100.2 dport 9"."""
+        proto = [next((n for n, v in PROTOCOLS.items() if v == self.proto), str(self.proto))] if self.proto else []
+        nets = [str(n.network_address if n.prefixlen == n.max_prefixlen else n) if n else "any"
+                for n in (self.src, self.dst)]
+        ports = [f"{name} {lo}" + (f"-{hi}" if hi != lo else "")
+                 for name, (lo, hi) in (("sport", self.sport), ("dport", self.dport)) if (lo, hi) != (0, 65535)]
+        return " ".join([f"IPv{self.family}", *proto, f"{nets[0]} -> {nets[1]}", *ports])
 
 
 def _plain(m: Neg | None) -> object | None:
