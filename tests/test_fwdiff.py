@@ -6,6 +6,7 @@ and the same rule counts from the old rules as from the new."""
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,9 +14,9 @@ from hypothesis import strategies as st
 from tests.test_tables_model import save
 from tna.bpf import abi
 from tna.model.firewall import Firewall, Packet
-from tna.model.fwdiff import HELD_MAX, HeldFlow, held_traffic
+from tna.model.fwdiff import HELD_MAX, HeldFlow, _key, held_traffic
 from tna.model.hooks import FORWARD_HOOK, evaluate_hook, firewall_plan
-from tna.model.iptables import Table, parse_save
+from tna.model.iptables import Neg, Rule, Table, parse_save
 
 BASE = [
     "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
@@ -139,3 +140,10 @@ def test_outside_the_held_flows_the_old_rules_decide_as_the_new(old: list[tuple[
     def texts(ts: dict[str, Table], trace: list[tuple[str, str, int]]) -> list[str]:
         return [ts[t].chains[c].rules[i - 1].text if i else f"{t} {c}" for t, c, i in trace]
     assert texts(a, trace_a) == texts(b, trace_b)  # the same rules counted
+
+
+def test_an_nft_rule_is_keyed_by_all_it_does_but_its_place() -> None:
+    rule = Rule("forward", 3, "tcp dport 22 drop", "DROP", proto=Neg(6), dport=Neg(((22, 22),)), handle=9)
+    assert _key(rule) == _key(replace(rule, index=7)) == _key(replace(rule, counters=(5, 300)))
+    assert _key(rule) != _key(replace(rule, dport=Neg(((23, 23),)))) != _key(replace(rule, target="ACCEPT"))
+    assert _key(rule) != _key(replace(rule, handle=10))  # another nft rule

@@ -20,7 +20,8 @@ DNAT left it: the datapath tests both (firewall.c.j2).
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, replace
+import operator
+from dataclasses import dataclass, fields
 from difflib import SequenceMatcher
 
 from tna.model.firewall import Firewall, FwChain
@@ -79,9 +80,13 @@ def could_match(rule: Rule, family: int) -> HeldFlow:
                     _span(sport) if sport else (0, 65535), _span(dport) if dport else (0, 65535))
 
 
+# what Rule's equality compares but its place (an attrgetter: a copy of each rule without it took ~15x as long)
+_WHAT_IT_DOES = operator.attrgetter(*(f.name for f in fields(Rule) if f.compare and f.name != "index"))
+
+
 def _key(rule: Rule) -> object:
     """What a rule does, whatever its place (as Firewall compares it)."""
-    return (rule.text, rule.expressible) if rule.handle is None else replace(rule, index=0)
+    return (rule.text, rule.expressible) if rule.handle is None else _WHAT_IT_DOES(rule)
 
 
 def _shape(c: FwChain) -> tuple:
