@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 
-from tna.model.firewall import DROP, KERNEL
+from tna.model.firewall import DROP, KERNEL, PORT_PROTOS
 from tna.model.ipset import IpSet, SetMatch
 from tna.model.iptables import CT_STATES, PROTOCOLS, XT_STATEFUL, Chain, Neg, Rule, Table
 from tna.model.nftables_sets import FAMILY_OF, Alt, SetMatches, element_value, imply_proto, set_field
@@ -50,7 +50,6 @@ from tna.model.nftsets import CONCAT_L4, L4, mirrors
 
 VERSIONS = {"ip": (4,), "ip6": (6,), "inet": (4, 6)}
 HOOKS = ("prerouting", "input", "forward", "output", "postrouting")
-_PORT_PROTOS = {6, 17, 132, 136}
 _TERMINAL = ("reject", "queue", "fwd", "dnat", "snat", "masquerade", "redirect", "tproxy", "synproxy")
 MAX_EXPANSION = 64  # Rules one nft rule may become (beyond: kernel path)
 
@@ -196,7 +195,7 @@ def _rule(r: dict, out: NftRules, set_json: dict[tuple[str, ...], dict], filled:
         why = list(unsupported)
         proto = a.fields.get("proto")
         for key in ("sport", "dport"):
-            if key in a.fields and not (isinstance(proto, Neg) and not proto.neg and proto.value in _PORT_PROTOS):
+            if key in a.fields and not (isinstance(proto, Neg) and not proto.neg and proto.value in PORT_PROTOS):
                 why.append(f"th {key} without a port protocol")
         if a.target == DROP and (fam, r["table"]) in vanishing:
             why.append(VANISHING)
