@@ -9,15 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from tests.test_reconcile_order import recording_daemon
 from tna.bpf import abi
-from tna.model.config import Removed, Route, XdpXmit
+from tna.model.config import NUD_STALE, Removed, Route, XdpXmit
 from tna.netlink import netconf
 from tna.netlink.decode import (
+    RTM_DELNEIGH,
     RTM_DELROUTE,
     RTM_NEWLINK,
+    RTM_NEWNEIGH,
     RTM_NEWROUTE,
     decoded,
     moves_no_map,
@@ -28,6 +31,7 @@ from tna.netlink.nexthop import Marshal
 from tna.netlink.routemsg import decode_routes_fast
 
 DATA = Path(__file__).parent / "data"
+NUD_REACHABLE, NUD_DELAY = 0x02, 0x08
 
 
 def _marshal(compact: bool = True) -> Marshal:
@@ -68,6 +72,26 @@ def _netconf(kind: int = netconf.RTM_NEWNETCONF, **values: int) -> Any:
     marshal = Marshal()
     marshal.msg_map = {**marshal.msg_map, **netconf.POLICY}
     return next(iter(marshal.parse(msg.data)))
+
+
+def _neigh(kind: int, family: int, state: int) -> Any:
+    """A neighbour (AF_BRIDGE: FDB entry) notification, parsed as the reader's socket does."""
+    msg = ndmsg()
+    msg["family"], msg["ifindex"], msg["state"], msg["header"]["type"] = family, 2, state, kind
+    dst = {2: "192.0.2.2", 10: "2001:db8::2"}
+    msg["attrs"] = [*([("NDA_DST", dst[family])] if family in dst else []), ("NDA_LLADDR", "02:00:00:00:00:02")]
+    msg.encode()
+    return next(iter(_marshal().parse(msg.data)))
+
+
+def test_only_a_neighbour_turning_stale_moves_a_map() -> None:
+    """bpf_fib_lookup() reads the kernel's neighbours itself; tna_stale
+    sends a STALE one's packets to the kernel, which re-validates it."""
+    assert moves_no_map(_neigh(RTM_NEWNEIGH, 2, NUD_REACHABLE)) and moves_no_map(_neigh(RTM_NEWNEIGH, 10, NUD_DELAY))
+    assert moves_no_map(_neigh(RTM_DELNEIGH, 10, NUD_STALE))  # a map entry left over only sends more to the kernel
+    assert not any(moves_no_map(_neigh(RTM_NEWNEIGH, family, NUD_STALE)) for family in (2, 10))
+    # a bridge's FDB entry (a host moved to another port) is a map entry
+    assert not moves_no_map(_neigh(RTM_NEWNEIGH, 7, NUD_REACHABLE)) and not moves_no_map(_neigh(RTM_DELNEIGH, 7, 0))
 
 
 WRITTEN = _netconf(FORWARDING=0)  # echo 0 > /proc/sys/net/ipv4/ip_forward

@@ -10,11 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+from pyroute2.netlink import nlmsg_base
+
 from tna.model.config import (
     AF_BRIDGE,
     AF_INET,
     AF_INET6,
     BR_STATE_FORWARDING,
+    NUD_STALE,
     Addr,
     Bridge,
     Dumped,
@@ -44,6 +47,7 @@ from tna.netlink.fdb import (
 )
 from tna.netlink.netconf import RTM_NEWNETCONF, SYSCTLS_ANNOUNCED, SysctlsAnnounced
 
+NLMSG_DONE = 3  # carries no fact
 RTM_NEWLINK, RTM_DELLINK = 16, 17
 RTM_NEWADDR, RTM_DELADDR = 20, 21
 RTM_NEWROUTE, RTM_DELROUTE = 24, 25
@@ -99,14 +103,22 @@ def facts(msg: NlMsg) -> Iterator[Fact | SysctlsAnnounced]:
         yield _stated(nexthop_from_msg(msg), kind == RTM_NEWNEXTHOP)
 
 
-def moves_no_map(item: NlMsg | FactMsg) -> bool:
+def moves_no_map(item: NlMsg | FactMsg | object) -> bool:
     """Whether a queued event can wait for the main loop without the
     running programs deciding wrongly meanwhile: a route that moves no guard
     (bpf_fib_lookup() reads the kernel's table itself), or a route gone (a
-    guard it set only sends more to the kernel until it is lifted).  Route
-    events are queued as their facts (routemsg.decode_routes_fast())."""
+    guard it set only sends more to the kernel until it is lifted); an IP
+    neighbour likewise, unless it turns STALE (tna_stale: the kernel would
+    re-validate it at its next use) - a neighbour leaving STALE only sends
+    more to the kernel until the map follows; an NLMSG_DONE.  Route events
+    are queued as their facts (routemsg.decode_routes_fast()); what a reader
+    queues as a fact of its own (XdpXmit, ...) moves a map."""
     if not isinstance(item, FactMsg):
-        return False
+        if not isinstance(item, nlmsg_base):
+            return False
+        kind = item["header"]["type"]
+        ip_neigh = kind in (RTM_NEWNEIGH, RTM_DELNEIGH) and item["family"] in (AF_INET, AF_INET6)
+        return kind == NLMSG_DONE or (ip_neigh and (kind == RTM_DELNEIGH or item["state"] != NUD_STALE))
     fact = item.fact
     if isinstance(fact, Removed):
         return isinstance(fact.fact, Route)
