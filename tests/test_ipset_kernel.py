@@ -116,11 +116,11 @@ def test_a_set_in_use_keeps_its_name(ns: tuple[Lab, str], monkeypatch: pytest.Mo
         with in_netns(name):
             d._poll()
             lab.run(name, ["ipset", "swap", "A", "B"])
-            d._poll_ipsets()
-        assert d._set_names == {"A"}
+            d.rules.poll_ipsets(d.model)
+        assert d.rules.set_names == {"A"}
         assert [m.net for m in d.model.ipsets["A"].members] == [net("192.0.2.8/32")]
     finally:
-        d._ipset_reader.close()
+        d.rules.close()
         lab.run(name, ["iptables", "-F", "FORWARD"])
         lab.run(name, ["ipset", "destroy"])
 

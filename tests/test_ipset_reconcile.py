@@ -57,7 +57,7 @@ def test_a_failed_member_write_takes_the_sets_rules_to_the_kernel_path(monkeypat
     then rebuilt with the set's rules on the kernel path, and they stay
     there until the set changes."""
     d = recording_daemon(monkeypatch)
-    d._tables = RULES
+    d.rules.tables = RULES
     set_sets(d, blocklist("192.0.2.0/24"))
     reconcile(d)
     dp = d.dp
@@ -77,8 +77,8 @@ def test_a_failed_member_write_takes_the_sets_rules_to_the_kernel_path(monkeypat
     fw = d.model.firewall
     why = status((r for c in fw.fwd4 or () for r in c.rules), fw.ipsets, d.model.ipsets)["bl"]["kernel_path"]
     assert any("could not be written" in w for w in why), why
-    assert d._filtering(RULES, d.model.ipsets)[0].ipsets == ()  # the same set: still the kernel's
-    changed = d._filtering(RULES, blocklist("192.0.2.0/24"))[0]
+    assert d.rules._filtering(RULES, d.model.ipsets)[0].ipsets == ()  # the same set: still the kernel's
+    changed = d.rules._filtering(RULES, blocklist("192.0.2.0/24"))[0]
     assert changed is not None and changed.ipsets != ()  # a new listing is tried again
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from tests.test_reconcile_order import reconcile, recording_daemon
 from tna import daemon as daemon_mod
+from tna import rulesinput
 from tna.model.ipset import Member
 from tna.model.nftables import parse_ruleset
 from tna.model.nftsets import SetElement, mirrors, nft_set_name
@@ -59,7 +60,7 @@ def nft_daemon(monkeypatch: pytest.MonkeyPatch, ruleset: dict = RULESET) -> daem
     rules = parse_ruleset(ruleset)
     fw, why = plan_filtering(rules.tables, rules.sets)
     assert why is None and fw is not None and fw.ipsets
-    d._tables, d._nft_sets = rules.tables, dict(rules.sets)
+    d.rules.tables, d.rules.nft_sets = rules.tables, dict(rules.sets)
     d.model.set_ipsets(dict(rules.sets))
     d.model.set_firewall(fw)
     d.holds.rules_exact = True
@@ -76,7 +77,7 @@ def commit(d: daemon_mod.Daemon, elements: tuple[SetElement, ...] | None) -> Net
 def no_reread(monkeypatch: pytest.MonkeyPatch) -> None:
     def read(*args: Any) -> None:
         raise AssertionError("the rule sets were read again")
-    monkeypatch.setattr(daemon_mod, "read_firewall", read)
+    monkeypatch.setattr(rulesinput, "read_firewall", read)
 
 
 def test_set_elements_are_a_map_update_and_the_hold_ends_after_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -206,8 +207,8 @@ def test_what_cannot_be_followed_exactly_is_read_again(monkeypatch: pytest.Monke
         commit(d, ADD)
         commits = [commit(d, ADD)]
     else:  # the commit is in the set in hand already: its add overlaps
-        s = d._nft_sets[SET]
-        d._nft_sets[SET] = replace(s, members=s.members | {Member(ipaddress.ip_network("203.0.113.0/24"))})
+        s = d.rules.nft_sets[SET]
+        d.rules.nft_sets[SET] = replace(s, members=s.members | {Member(ipaddress.ip_network("203.0.113.0/24"))})
         commits = [commit(d, ADD)]
     assert not d._apply_set_elements(commits)
     assert d.model.ipsets == before and d.holds.rules_gen != d.holds.commits  # still held, for the re-read

@@ -34,21 +34,18 @@ from tna.deploy.links import ForeignProgram
 from tna.holds import Holds
 from tna.metrics import Metrics, failure_kind, parse_addr
 from tna.model.config import AF_INET, AF_INET6, Model
-from tna.model.firewall import Firewall
 from tna.model.fwdiff import HeldFlow
-from tna.model.ipset import IpSet, used_sets
-from tna.model.iptables import Table
 from tna.model.routes import RouteDump
 from tna.narrow import Narrowing, narrow_to, narrowed_hold
 from tna.netlink import netfilter
 from tna.netlink.decode import decoded
-from tna.netlink.ipset import IpsetReader
 from tna.netlink.netconf import SysctlsAnnounced
 from tna.netlink.netfilter import NetfilterChanged
 from tna.netlink.watch import DumpStopped, ResyncNeeded, Watcher
+from tna.rulesinput import RulesInput
 from tna.runstate import RunLock, publish_status, save_rule_counts, take_rule_counts
 from tna.sdnotify import notify, reloading
-from tna.snapshot import BridgePromiscuity, model_from, plan_filtering, poll_sysctls, poll_tcx, read_firewall
+from tna.snapshot import BridgePromiscuity, model_from, poll_sysctls, poll_tcx
 from tna.status import describe
 from tna.synth import setgen
 from tna.synth.build import Artifact, build_all
@@ -84,7 +81,6 @@ class Daemon:
         self.failed: dict[int, str] = {}
         self.failed_kind: dict[int, str] = {}  # its class (metrics), for the interfaces in failed
         self.metrics = Metrics(self)
-        self.disabled_why: str | None = None
         self._stop = threading.Event()
         self._heartbeat = time.monotonic()
         # what the reader threads raise, and end of the commit guard
@@ -93,14 +89,8 @@ class Daemon:
         self._fdb_full = True  # a new model: the FDB map is compared whole at the next reconcile
         self._sysctls_due = False  # the kernel announced a sysctl change the loop has not read yet
         self._status: dict[str, Any] = {"routes": 0, "renumbered": 0}  # what state.json says
-        self._ipset_reader = IpsetReader()
+        self.rules = RulesInput()
         self._promiscuity = BridgePromiscuity()
-        self._tables: dict[int, dict[str, Table]] = {}  # the rules last read (re-planned when a set changes)
-        self._set_names: set[str] = set()  # the ipsets they use (polled)
-        self._nft_sets: dict[str, IpSet] = {}  # the native nftables sets they use (read with them)
-        self._rules_genid: int | None = None  # their nftables generation (Rulesets.genid)
-        # set -> (the listing its map's write failed for, the error): its rules are the kernel's until it changes
-        self._unwritable: dict[str, tuple[IpSet, str]] = {}
         self._started = time.monotonic()
 
     # --- lifecycle --------------------------------------------------------
@@ -138,7 +128,7 @@ class Daemon:
             save_rule_counts(self.dp.rule_counts.saved())
             if self._watcher is not None:
                 self._watcher.close()
-            self._ipset_reader.close()
+            self.rules.close()
             self._promiscuity.close()
             lock.release()
             log.info("stopped; all interfaces are back on plain Linux")
@@ -186,7 +176,7 @@ class Daemon:
                 changed |= self._poll(rules=(bool(commits) and not applied) or due or netfilter.legacy_in_use()) or due
                 next_poll = now + POLL_S
             if now >= next_ipsets:
-                changed |= self._poll_ipsets()
+                changed |= self.rules.poll_ipsets(self.model)
                 next_ipsets = now + IPSET_POLL_S
             if changed:
                 self.reconcile()
@@ -274,65 +264,27 @@ class Daemon:
         if not rules:
             return changed
         self.holds.rules_read()
-        f = read_firewall(self._ipset_reader)
-        # native nftables sets come with the rules (a commit): not polled
-        self._tables, self._nft_sets, self._rules_genid = f.tables, f.nft_sets, f.genid
-        self._set_names = used_sets(f.tables) - f.nft_sets.keys()
-        changed |= self.model.set_ipsets(f.ipsets)
-        changed |= self._set_firewall(*self._filtering(f.tables, f.ipsets) if self._unwritable else (f.fw, f.why))
+        changed |= self.rules.read(self.model)
         # the kernel's counters as read: a rule gone or zeroed ends the fast path's count of it (status)
-        return self.dp.observe_rules(rule_refs(self.model.firewall), f.tables,
+        return self.dp.observe_rules(rule_refs(self.model.firewall), self.rules.tables,
                                      self.holds.rules_gen if self.holds.rules_exact else None,
-                                     not netfilter.legacy_in_use(), f.genid) | changed
+                                     not netfilter.legacy_in_use(), self.rules.genid) | changed
 
     def _apply_set_elements(self, commits: list[NetfilterChanged]) -> bool:
         """Commits that only added or deleted elements of mirrored nftables
-        sets, on top of the rules in hand: those sets updated (their maps at
-        the reconcile, no new program; its publication ends the hold).
-        False: anything else, or a change that does not fit the sets in hand
-        - then the rule sets are read again."""
-        updated = None if self.disabled_why else self.holds.follow(commits, self._nft_sets)
+        sets, on top of the rules in hand (RulesInput.set_elements(); its
+        publication ends the hold).  False: anything else, or a change that
+        does not fit the sets in hand - then the rule sets are read again."""
+        updated = None if self.disabled_why else self.holds.follow(commits, self.rules.nft_sets)
         if updated is None:
             return False
-        sets = {**self.model.ipsets, **updated}
-        resized = any(s.maxelem != self._nft_sets[n].maxelem for n, s in updated.items())
-        self._nft_sets = {**self._nft_sets, **updated}
-        self.model.set_ipsets(sets)
-        if resized or self._unwritable:  # a new map size (program), or a map to try again
-            self._set_firewall(*self._filtering(self._tables, sets))
+        self.rules.set_elements(self.model, updated)
         log.debug("nftables: %d commits of set elements applied to %s", len(commits), ", ".join(updated) or "nothing")
         return True
 
-    def _poll_ipsets(self) -> bool:
-        """The ipsets the rules use; a change of members only is a map
-        update (reconcile), of what a set is (type, family, whether it can
-        be mirrored) a new rule set for the programs."""
-        if not self._set_names:
-            return False
-        sets = {**self._ipset_reader.read(self._set_names), **self._nft_sets}
-        if not self.model.set_ipsets(sets):
-            return False
-        self._set_firewall(*self._filtering(self._tables, sets))
-        return True
-
-    def _filtering(self, tables: dict[int, dict[str, Table]],
-                   sets: dict[str, IpSet]) -> tuple[Firewall | None, str | None]:
-        """plan_filtering() without the sets whose map could not be written
-        for this very listing (a changed set is tried again)."""
-        self._unwritable = {n: f for n, f in self._unwritable.items() if sets.get(n) == f[0]}
-        return plan_filtering(tables, sets, {n: why for n, (_, why) in self._unwritable.items()})
-
-    def _set_firewall(self, fw: Firewall | None, why: str | None) -> bool:
-        changed = self.model.set_firewall(fw)
-        if why != self.disabled_why:
-            self.disabled_why = why
-            if why:
-                log.warning("fast path disabled, all traffic stays on the kernel path: %s", why)
-            else:
-                log.info("netfilter: %s; fast path enabled",
-                         "filter rules compiled into the fast path" if self.model.firewall else "no rules")
-            changed = True
-        return changed
+    @property
+    def disabled_why(self) -> str | None:
+        return self.rules.disabled_why
 
     # --- output -------------------------------------------------------------
 
@@ -366,7 +318,7 @@ class Daemon:
         if not same_families or masks != self.dp.fw_masks() or any(
                 i in p.ifaces and a.plan.firewall != p.ifaces[i].firewall for i, a in self.dp.attached.items()):
             self.dp.lease.hold(abi.REASON["FW_CHANGED"])
-            narrow = narrowed_hold(self.dp, p, ipsets, self._set_names, self.holds) if same_families else None
+            narrow = narrowed_hold(self.dp, p, ipsets, self.rules.set_names, self.holds) if same_families else None
         else:  # what new programs read, before they run; a commit's hold lasts until the maps are written
             self._publish_guards(families, release=False)
         self._log_left_alone(p)
@@ -390,11 +342,7 @@ class Daemon:
             # programs without those sets run (they are the kernel's now)
             self.dp.lease.hold(abi.REASON["FW_CHANGED"])
             names = {setgen.map_name(s.name): s.name for s in fw.ipsets}
-            for map_name, why in failed.items():
-                log.error("ipset %s: its map could not be written (%s); its rules go to the kernel path",
-                          names[map_name], why)
-                self._unwritable[names[map_name]] = (m.ipsets[names[map_name]], why)
-            self._set_firewall(*self._filtering(self._tables, m.ipsets))
+            self.rules.unwritable(m, {names[map_name]: why for map_name, why in failed.items()})
             return self._reconcile()
         self.dp.sync(p.xdp_egress, p.tc_egress, self.model.stale_neighbours())
         # the ports the new programs gave slots (their entries rewritten), and
@@ -417,7 +365,7 @@ class Daemon:
         self._status = describe(self.model, self.plan, self.dp.attached, pid=os.getpid(), mode=self.settings.hook,
                                 disabled=self.disabled_why, failed=self.failed,
                                 fdb_map=(self.dp.fdb.per_bridge, self.dp.fdb.capacity), renumbered=self.dp.renumbered,
-                                ipset_stale=self._ipset_reader.stale_s,
+                                ipset_stale=self.rules.ipset_reader.stale_s,
                                 carried=self.dp.rule_counts.published(rule_refs(self.model.firewall)))
         publish_status(self._status)
         self.dp.release_retired()  # the status names their successors
@@ -465,7 +413,7 @@ class Daemon:
             self.dp.preloads.drop()
 
     def _guard_commits(self, rules_read: bool = False) -> None:
-        guard_commits(self._watcher, self.dp, self.holds, self._rules_genid if rules_read else NOT_READ)
+        guard_commits(self._watcher, self.dp, self.holds, self.rules.genid if rules_read else NOT_READ)
 
     def _publish_guards(self, fw_families: frozenset[int], release: bool = True,
                         held: tuple[HeldFlow, ...] = ()) -> None:
