@@ -84,7 +84,9 @@ class Daemon:
         self._stop = threading.Event()
         self._heartbeat = time.monotonic()
         # what the reader threads raise, and end of the commit guard
-        self.holds = Holds(lambda reason: self.dp.lease.hold(reason), lambda seen: self.dp.lease.set_nft_heard(seen))
+        self.holds = Holds(lambda reason: self.dp.lease.hold(reason), lambda seen: self.dp.lease.set_nft_heard(seen),
+                           self.dp.stale.mark)
+        self.dp.stale.taken = lambda: self.holds.taken
         self._watcher: Watcher | None = None
         self._fdb_full = True  # a new model: the FDB map is compared whole at the next reconcile
         self._sysctls_due = False  # the kernel announced a sysctl change the loop has not read yet
@@ -248,6 +250,7 @@ class Daemon:
             try:
                 self.model = model_from(self._watcher.snapshot(self._stop))
                 self._fdb_full = True
+                self.dp.stale.rewrite()
                 self._poll()
                 return
             except ResyncNeeded as e:

@@ -28,21 +28,26 @@ from collections.abc import Callable
 from typing import Any
 
 from tna.bpf import abi
-from tna.model.config import XdpXmit, XfrmPolicies
+from tna.model.config import Neigh, XdpXmit, XfrmPolicies
 from tna.model.ipset import IpSet
 from tna.model.nftsets import apply_commits
 from tna.netlink import netconf
-from tna.netlink.decode import moves_no_map
+from tna.netlink.decode import announced_stale, moves_no_map
 from tna.netlink.netfilter import NetfilterChanged
 
 
 class Holds:
-    def __init__(self, hold: Callable[[int], None], heard: Callable[[int], None] = lambda seen: None) -> None:
+    def __init__(self, hold: Callable[[int], None], heard: Callable[[int], None] = lambda seen: None,
+                 stale: Callable[[list[Neigh], int], bool] = lambda neighs, batch: False) -> None:
         """hold(reason): make every program pass all to the kernel now;
-        heard(seen): the programs' commit guard may end (commit_guard.h)."""
+        heard(seen): the programs' commit guard may end (commit_guard.h);
+        stale(neighs, batch): put neighbours batch announced STALE into
+        tna_stale now, until the loop has taken it (StaleMap.mark(); False:
+        not done)."""
         self.lock = threading.Lock()
         self._hold = hold
         self._heard = heard
+        self._stale = stale
         # nftables commits ended (the reader thread counts them), and how
         # many had when the rule sets in hand were read or followed; exact:
         # no commit was under way at that read
@@ -126,7 +131,11 @@ class Holds:
             self._queued += 1
             applied = any(isinstance(m, XfrmPolicies) or (isinstance(m, XdpXmit) and not m.capable)
                           or netconf.written(m) for m in batch)
-            if (self._busy and not all(moves_no_map(m) for m in batch)) or applied:
+            moving = [m for m in batch if not moves_no_map(m)]
+            stale = [n for m in moving if (n := announced_stale(m)) is not None]
+            if stale and self._stale(stale, self._queued):  # in tna_stale already: nothing to wait for
+                moving = [m for m in moving if announced_stale(m) is None]
+            if (self._busy and moving) or applied:
                 self._pending_at = self._queued
                 self._hold(abi.REASON["PENDING"])
 
@@ -139,6 +148,11 @@ class Holds:
             self._hold(abi.REASON["RESYNC"])
 
     # --- the main loop --------------------------------------------------------
+
+    @property
+    def taken(self) -> int:
+        """The batches the model has applied (a read without the lock: StaleMap.sync() asks it under its own)."""
+        return self._taken
 
     def idle(self) -> None:
         """The loop waits for events."""

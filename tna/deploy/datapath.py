@@ -13,7 +13,6 @@ import ctypes
 import errno
 import logging
 import os
-import socket
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,6 +28,7 @@ from tna.deploy.mapwrite import counter_room, write_diff, zero_array
 from tna.deploy.preload import Preloads
 from tna.deploy.rulecounts import Counts, RuleCounts, Tables
 from tna.deploy.rulesetmaps import RuleSetMaps
+from tna.deploy.stale import StaleMap
 from tna.model.config import USER_HZ, FdbEntry, FdbKey, Neigh
 from tna.model.firewall import Firewall
 from tna.synth.planner import IfacePlan, L3Bridge, PortPlan
@@ -72,6 +72,7 @@ class Datapath:
     def __init__(self) -> None:
         self.shared: dict[str, bpf.Map] = {}
         self.lease = Lease()  # started by the first load, which creates tna_state
+        self.stale = StaleMap(self.lease)
         self.nft_seen_filter: bpf.Program | None = None  # the nftables reader's socket filter (commit_guard.h)
         self.on_load: Callable[[], None] = lambda: None  # after each program's load (in a loader thread)
         self.attached: dict[int, Attached] = {}
@@ -160,6 +161,7 @@ class Datapath:
             self.shared[name] = bpf.Map(os.dup(m.fd), m.key_size, m.value_size, name, owned=True)
             self._capacity[name] = bpf.map_info(m.fd).max_entries
         self.fdb = FdbMirror(self._capacity[abi.MAP_FDB])
+        self.stale.map = self.shared[abi.MAP_STALE]
         log.info("maps sized for what the kernel holds: %s", ", ".join(
             f"{name} {self._capacity[name]}" for name in self._expected))
         prog = obj.program(abi.RENEW_PROGRAM)
@@ -321,6 +323,7 @@ class Datapath:
         self.shared.clear()
         self.sets.drop()
         self._shadow.clear()
+        self.stale.clear()
         self._capacity.clear()
         self.fdb = FdbMirror(0)
         self.slots.clear()
@@ -340,7 +343,7 @@ class Datapath:
         u32 = ctypes.c_uint32
         self._sync(abi.MAP_DEVMAP, {bytes(u32(i)): bytes(u32(i)) for i in xdp_egress})
         self._sync(abi.MAP_EGRESS, {bytes(u32(i)): bytes(abi.TnaEgress()) for i in tc_egress})
-        self._sync_stale(stale)
+        self.stale.sync(stale)
 
     def sync_firewall(self, masks: dict[int, int]) -> None:
         """Which filter-rule interface patterns (FORWARD, INPUT) each interface matches."""
@@ -356,6 +359,7 @@ class Datapath:
         fill = {name: (len(shadow), self._capacity.get(name, 0)) for name, shadow in list(self._shadow.items())}
         if self.shared:
             fill[abi.MAP_FDB] = (len(self.fdb.written), self.fdb.capacity)
+            fill[abi.MAP_STALE] = (len(self.stale.shadow), self._capacity.get(abi.MAP_STALE, 0))
         return fill | self.sets.fill()
 
     def fdb_waiting(self) -> int:
@@ -406,21 +410,6 @@ class Datapath:
         br = abi.TnaIfaceCfg.from_buffer_copy(iface_cfg(p.bridge, p.bridge_mac, p.l3_flags))
         return bytes(abi.TnaPort(ifindex=ifindex, flags=p.flags, mtu=p.mtu, refresh_jiffies=refresh, br=br))
 
-    def _sync_stale(self, stale: set[Neigh]) -> None:
-        keys = {_neigh_key(n) for n in stale}
-        # the datapath deletes an entry once it has handed a packet for it to
-        # the kernel; our shadow then over-states the map, which only costs a
-        # redundant delete when the neighbour leaves STALE
-        self._sync(abi.MAP_STALE, {k: b"\x01" for k in keys})
-        self.lease.set_stale_count(len(keys))
-
     def _sync(self, name: str, desired: dict[bytes, bytes], array: bool = False) -> None:
         write_diff(self.shared[name], self._shadow.setdefault(name, {}), desired, name, array)
-
-
-def _neigh_key(n: Neigh) -> bytes:
-    key = abi.TnaNeighKey(ifindex=n.index, family=n.family)
-    packed = socket.inet_pton(n.family, n.dst)  # AF_INET/AF_INET6 match socket's
-    ctypes.memmove(key.addr, packed, len(packed))
-    return bytes(key)
 

@@ -125,6 +125,14 @@ def moves_no_map(item: NlMsg | FactMsg | object) -> bool:
     return isinstance(fact, Route) and not fact.notable
 
 
+def announced_stale(item: NlMsg | FactMsg | object) -> Neigh | None:
+    """The IP neighbour a queued event says the kernel made STALE (what
+    moves_no_map() leaves to tna_stale), else None."""
+    if isinstance(item, nlmsg_base) and item["header"]["type"] == RTM_NEWNEIGH and item["state"] == NUD_STALE:
+        return neigh_from_msg(item)
+    return None
+
+
 def _stated(fact: Link | Addr | Route | Neigh | FdbEntry | Nexthop, present: bool) -> Fact:
     return fact if present else Removed(fact)
 

@@ -1,0 +1,107 @@
+"""tna_stale as the reader thread and the main loop write it (StaleMap):
+a neighbour announced STALE is in the map at once, even where the
+datapath took an earlier entry for it out, and stays until the model has
+taken the batch; a busy loop holds nothing for it."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_pending_hold import _neigh
+from tna.bpf import abi
+from tna.daemon import Daemon
+from tna.deploy.stale import StaleMap, neigh_key
+from tna.holds import Holds
+from tna.model.config import AF_INET, NUD_STALE, Neigh
+from tna.netlink.decode import RTM_NEWNEIGH
+
+N = Neigh(3, AF_INET, "198.51.100.2", "02:00:00:00:00:02", NUD_STALE)
+M = Neigh(3, AF_INET, "198.51.100.3", "02:00:00:00:00:03", NUD_STALE)
+
+
+class FakeMap:
+    def __init__(self, room: int = 8) -> None:
+        self.entries: dict[bytes, bytes] = {}
+        self.room = room
+
+    def update(self, key: bytes, value: bytes) -> None:
+        if key not in self.entries and len(self.entries) >= self.room:
+            raise OSError(7, "Argument list too long")
+        self.entries[key] = value
+
+    def delete(self, key: bytes) -> None:
+        del self.entries[key]
+
+
+class FakeLease:
+    stale_count = 0
+
+    def set_stale_count(self, n: int) -> None:
+        self.stale_count = n
+
+
+def stale_map(room: int = 8) -> tuple[StaleMap, FakeMap, FakeLease, list[int]]:
+    lease, m, taken = FakeLease(), FakeMap(room), [0]
+    s = StaleMap(lease)  # type: ignore[arg-type]
+    s.map, s.taken = m, lambda: taken[0]  # type: ignore[assignment]
+    return s, m, lease, taken
+
+
+def test_a_mark_stays_until_the_model_has_taken_its_batch() -> None:
+    s, m, lease, taken = stale_map()
+    assert s.mark([N], batch=1)
+    assert m.entries == {neigh_key(N): b"\x01"} and lease.stale_count == 1
+    s.sync(set())  # a model that has not applied batch 1 yet
+    assert neigh_key(N) in m.entries
+    taken[0] = 1
+    s.sync({M})  # it has, and N is no longer STALE in it
+    assert m.entries == {neigh_key(M): b"\x01"} and lease.stale_count == 1
+
+
+def test_a_neighbour_announced_stale_again_is_written_again() -> None:
+    """The datapath deletes an entry as it hands the neighbour's packet to
+    the kernel (router.c.j2); the kernel's DELAY that follows is announced
+    to no one, and a later STALE must put the entry back, though the model
+    and what we wrote last never changed."""
+    s, m, _, taken = stale_map()
+    s.sync({N})
+    del m.entries[neigh_key(N)]  # the datapath took it out
+    s.sync({N})
+    assert m.entries == {}  # the main loop's diff sees nothing to write
+    assert s.mark([N], batch=2)
+    assert neigh_key(N) in m.entries
+    del m.entries[neigh_key(N)]
+    s.rewrite()  # a new dump: everything STALE is written again
+    taken[0] = 2
+    s.sync({N})
+    assert neigh_key(N) in m.entries
+
+
+def test_no_map_or_no_room_is_no_mark() -> None:
+    s, _, _, _ = stale_map(room=1)
+    assert not s.mark([N, M], batch=1)
+    s.map = None
+    assert not s.mark([N], batch=2)
+
+
+@pytest.mark.parametrize("marked", [True, False])
+def test_a_busy_loop_holds_for_a_stale_neighbour_only_if_it_is_not_in_the_map(marked: bool) -> None:
+    held: list[int] = []
+    calls: list[tuple[list[Neigh], int]] = []
+
+    def stale(neighs: list[Neigh], batch: int) -> bool:
+        calls.append((neighs, batch))
+        return marked
+
+    h = Holds(held.append, stale=stale)
+    h.events_queued([_neigh(RTM_NEWNEIGH, 2, NUD_STALE)])
+    assert [n.dst for n in calls[0][0]] == ["192.0.2.2"]
+    assert calls[0][1] == 1
+    assert held == ([] if marked else [abi.REASON["PENDING"]])
+
+
+def test_the_daemon_marks_through_its_datapath() -> None:
+    d = Daemon()
+    assert d.holds._stale == d.dp.stale.mark
+    d.holds._taken = 5
+    assert d.dp.stale.taken() == 5
