@@ -116,7 +116,10 @@ def loading_new_rules(lab: RouterLab, hook: str, tmp_path: Path) -> Iterator[Tna
         (tmp_path / "arm").touch()
         lab.run(lab.r, ["iptables", "-I", "FORWARD", "-p", "udp", "--dport", "3001", "-j", "DROP"])
         assert wait_for((tmp_path / "paused").exists, 30, 0.05), tna.output()
-        yield tna
+        try:
+            yield tna
+        finally:  # a failed assertion must not leave the daemon paused (its stop would hide it)
+            (tmp_path / "resume").touch()
 
 
 def test_while_new_rules_load_only_what_they_could_match_is_held(router_lab: RouterLab, hook: str,
@@ -177,6 +180,9 @@ def test_a_neighbour_turning_stale_while_programs_load_holds_nothing_else(router
             (tna.counters("r-h1"), tna.output())
         mid = tna.counters("r-h1")
         carried, reason, after = send_probes(lab, pkts[1:]), tna.pass_reason(), tna.counters("r-h1")
+        # and the kernel, handed that packet, re-validated h2 (DELAY, then a probe)
+        h2 = ["ip", "neigh", "show", lab.h2.ip4, "dev", "r-h2"]
+        assert wait_for(lambda: "STALE" not in lab.run(lab.r, h2).stdout, 20, 0.2), lab.run(lab.r, h2).stdout
         (tmp_path / "resume").touch()
         assert carried == {0, 1, 2} and reason == 0, (carried, reason)
         assert after.get("FORWARDED", 0) - mid.get("FORWARDED", 0) == 3, (mid, after)

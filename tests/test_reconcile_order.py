@@ -62,6 +62,7 @@ class RecordingDatapath:
         self.nft_seen_filter = None
         self.rewritten: Any = None  # the rule set keep_programs() rewrote the set maps for
         self.sets = RecordingSets(self.calls)
+        self.stale = SimpleNamespace(rewrite=lambda: self.calls.append(("stale_rewrite", None)))
 
     def release_retired(self) -> None:
         pass

@@ -151,7 +151,7 @@ class Holds:
 
     @property
     def taken(self) -> int:
-        """The batches the model has applied (a read without the lock: StaleMap.sync() asks it under its own)."""
+        """The batches the model has applied (read without the lock: only the main loop moves it)."""
         return self._taken
 
     def idle(self) -> None:

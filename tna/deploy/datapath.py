@@ -318,12 +318,12 @@ class Datapath:
         if self.nft_seen_filter is not None:  # a socket it filters keeps it
             self.nft_seen_filter.close()
             self.nft_seen_filter = None
+        self.stale.clear()  # first: a mark the reader is making ends before the map is closed
         for m in self.shared.values():
             m.close()
         self.shared.clear()
         self.sets.drop()
         self._shadow.clear()
-        self.stale.clear()
         self._capacity.clear()
         self.fdb = FdbMirror(0)
         self.slots.clear()

@@ -63,7 +63,7 @@ class StaleMap:
 
     def sync(self, stale: set[Neigh]) -> None:
         """The model's STALE neighbours, and the marks of batches it has not taken."""
-        taken = self.taken()  # read first: a batch taken meanwhile only keeps its mark one sync longer
+        taken = self.taken()  # before the lock: the reader marks under the Holds lock, then takes this one
         with self._lock:
             if self.map is None:
                 return
@@ -76,9 +76,10 @@ class StaleMap:
 
     def rewrite(self) -> None:
         """The next sync writes every STALE neighbour again (a new dump: what
-        the lost events re-announced may have been taken out since)."""
+        the lost events re-announced may have been taken out since), and
+        deletes what it no longer has (the keys stay known)."""
         with self._lock:
-            self.shadow = {}
+            self.shadow = dict.fromkeys(self.shadow, b"")
 
     def clear(self) -> None:
         with self._lock:
