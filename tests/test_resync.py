@@ -9,6 +9,7 @@ import errno
 from typing import Any
 
 import pytest
+from pyroute2.netlink import NLM_F_DUMP_INTR, NLM_F_MULTI
 
 from tests.test_reconcile_order import MAP_SYNCS, reconcile, recording_daemon
 from tna import daemon as daemon_mod
@@ -279,3 +280,31 @@ def test_a_guard_attached_starts_from_what_the_rules_read_has(monkeypatch: pytes
     assert lease.held == ([abi.REASON["FW_CHANGED"]] if committed else [])
     # and the main loop reads them again at once: no commit may be coming to make it
     assert (h.reread_due(), h.reread_due()) == (committed, False)
+
+
+def test_a_dump_the_kernel_flags_interrupted_is_done_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A change during the dump makes the kernel set NLM_F_DUMP_INTR on
+    what it sends after (an address list missing one, say); pyroute2 does
+    not raise for it, so the watcher looks: dumped again, and after five
+    in a row a resync."""
+    class Ipr:
+        def __init__(self, interrupted: int) -> None:
+            self.dumps, self.interrupted = 0, interrupted
+
+        def get_links(self) -> list[dict[str, Any]]:
+            self.dumps += 1
+            flags = NLM_F_MULTI | (NLM_F_DUMP_INTR if self.dumps <= self.interrupted else 0)
+            return [{"index": 1, "header": {"flags": flags}}]
+
+        def get_addr(self, family: int) -> list[Any]:
+            return []
+
+        get_neighbours = get_addr
+
+    for name in ("tc_facts", "get_nexthops", "dump_fdb"):
+        monkeypatch.setattr(watch, name, lambda *args: [])
+    ipr = Ipr(interrupted=2)
+    assert [m["index"] for m in watch.Watcher._dump(ipr)] == [1]  # type: ignore[arg-type]
+    assert ipr.dumps == 3
+    with pytest.raises(watch.ResyncNeeded, match="interrupted"):
+        watch.Watcher._dump(Ipr(interrupted=5))  # type: ignore[arg-type]

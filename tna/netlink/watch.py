@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2.netlink import NLM_F_DUMP_INTR
 from pyroute2.netlink.exceptions import NetlinkDumpInterrupted
 from pyroute2.netlink.rtnl import (
     RTMGRP_IPV4_IFADDR,
@@ -335,6 +336,9 @@ class Watcher:
                     msgs += ipr.get_addr(family=family)
                     msgs += ipr.get_neighbours(family=family)
                 msgs += dump_fdb(ipr)  # bridge FDBs
+                # the kernel flags a dump that a change ran into; pyroute2 says nothing of it
+                if any(not isinstance(m, TcFilters) and m["header"]["flags"] & NLM_F_DUMP_INTR for m in msgs):
+                    raise NetlinkDumpInterrupted()
                 return msgs
             except NetlinkDumpInterrupted:
                 log.info("netlink dump interrupted by a change; dumping again")
