@@ -13,6 +13,9 @@ import pytest
 
 from netns_labs.lab import Lab, RouterLab, ping, py, wait_for
 from netns_labs.tna_proc import Tna, host_xdp, tna_leftovers
+from tna.bpf import abi
+from tna.bpf import libbpf as bpf
+from tna.deploy.fdbmap import map_size
 
 pytestmark = pytest.mark.root
 
@@ -89,11 +92,32 @@ def test_unresolved_neighbour_resolved_by_kernel_then_fast_path():
             tna.close()
 
 
+def stale_map_room(tna: Tna) -> int:
+    """tna_stale's max_entries, through the program on r-h1."""
+    prog = bpf.Program.from_id((tna.status() or {})["ifaces"]["r-h1"]["prog_id"])
+    try:
+        m = prog.find_map(abi.MAP_STALE)
+        try:
+            return bpf.map_info(m.fd).max_entries
+        finally:
+            m.close()
+    finally:
+        prog.close()
+
+
+def neighbours_kept(lab: RouterLab) -> int:
+    """gc_thresh3 of the IPv4 and IPv6 neighbour tables (global: a namespace reads, cannot set them)."""
+    out = lab.run(lab.r, ["ip", "ntable", "show"]).stdout
+    return sum(int(n) for n in re.findall(r"thresh3 (\d+)", out))
+
+
 def test_stale_neighbour_is_revalidated_by_kernel():
     with RouterLab(permanent_neighbours=False) as lab:
         tna = Tna(lab, lab.r)
         try:
             tna.wait_attached(["r-h1", "r-h2"])
+            # room for every neighbour the kernel may keep: no STALE one is ever left out
+            assert stale_map_room(tna) == map_size(neighbours_kept(lab), abi.STALE_SIZE) >= neighbours_kept(lab)
             assert " 0% packet loss" in ping(lab, lab.h1.ns, lab.h2.ip4, 3).stdout
             lab.run(lab.r, ["ip", "neigh", "change", lab.h2.ip4, "dev", "r-h2", "nud", "stale"])
             assert wait_for(lambda: (tna.status() or {}).get("neighbours", 0) > 0, 30)

@@ -301,6 +301,9 @@ def test_a_dump_the_kernel_flags_interrupted_is_done_again(monkeypatch: pytest.M
 
         get_neighbours = get_addr
 
+        def get_ntables(self) -> list[Any]:
+            return []
+
     for name in ("tc_facts", "get_nexthops", "dump_fdb"):
         monkeypatch.setattr(watch, name, lambda *args: [])
     ipr = Ipr(interrupted=2)

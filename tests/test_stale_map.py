@@ -6,14 +6,16 @@ taken the batch; a busy loop holds nothing for it."""
 from __future__ import annotations
 
 import pytest
+from pyroute2 import IPRoute
 
 from tests.test_pending_hold import _neigh
 from tna.bpf import abi
 from tna.daemon import Daemon
+from tna.deploy.datapath import Datapath
 from tna.deploy.stale import StaleMap, neigh_key
 from tna.holds import Holds
-from tna.model.config import AF_INET, NUD_STALE, Neigh
-from tna.netlink.decode import RTM_NEWNEIGH
+from tna.model.config import AF_INET, NUD_STALE, Model, Neigh, NeighLimit
+from tna.netlink.decode import RTM_NEWNEIGH, facts
 
 N = Neigh(3, AF_INET, "198.51.100.2", "02:00:00:00:00:02", NUD_STALE)
 M = Neigh(3, AF_INET, "198.51.100.3", "02:00:00:00:00:03", NUD_STALE)
@@ -106,3 +108,20 @@ def test_the_daemon_marks_through_its_datapath() -> None:
     assert d.holds._stale == d.dp.stale.mark
     d.holds._taken = 5
     assert d.dp.stale.taken() == 5
+
+
+def test_tna_stale_is_sized_for_every_neighbour_the_kernel_may_keep() -> None:
+    """The neighbour tables' gc_thresh3 (global; dumped as RTM_NEWNEIGHTBL,
+    as a namespace cannot read them in /proc/sys) bound what can be STALE."""
+    with IPRoute() as ipr:
+        limits = [f for msg in ipr.get_ntables() for f in facts(msg)]
+    assert {type(f) for f in limits} == {NeighLimit} and {f.family for f in limits} == {2, 10}
+    m = Model()
+    for f in limits:
+        m.apply(f)
+    assert m.neigh_max() == sum(f.entries for f in limits)
+    dp = Datapath()
+    dp.expect(0, 0, 16384)
+    assert dp._size(abi.MAP_STALE) == 32768
+    dp.expect(0, 0, 0)  # not known: the smallest
+    assert dp._size(abi.MAP_STALE) == abi.STALE_SIZE

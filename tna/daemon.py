@@ -313,7 +313,7 @@ class Daemon:
         masks = {i: b for i, b in fw.iface_masks(names).items() if b} if fw else {}  # a new pattern shifts bits
         p = self._plan()
         # the maps mirroring the kernel's tables are sized from them when created
-        self.dp.expect(len(m.fdb), sum(1 for link in m.links.values() if link.port is not None))
+        self.dp.expect(len(m.fdb), sum(1 for link in m.links.values() if link.port is not None), m.neigh_max())
         # what new set maps are filled with, then the difference for those there (a member change: no program)
         ipsets = setgen.all_entries(fw.ipsets, m.ipsets, names) if fw else {}
         narrow: tuple[HeldFlow, ...] | None = None

@@ -155,6 +155,7 @@ PORT_FLAGS = {name: _int(f"TNA_PORT_{name}") for name in (
     "FORWARDING", "ISOLATED", "HAIRPIN", "LOCKED", "NEIGH_SUPPRESS", "NF_IP4", "NF_IP6", "NF_VLAN",
     "NF_PPPOE", "ROUTER", "LEARNING", "BR_PROMISC")}
 PORTS_SIZE = _int("TNA_PORTS_SIZE")
+STALE_SIZE = _int("TNA_STALE_SIZE")  # the smallest tna_stale: the daemon sizes it from gc_thresh3
 FDB_SIZE = _int("TNA_FDB_SIZE")  # the smallest tna_fdb: the daemon sizes it from the kernel's FDB
 FDB_LOCAL = _int("TNA_FDB_LOCAL")
 FDB_DYNAMIC = _int("TNA_FDB_DYNAMIC")

@@ -82,9 +82,9 @@ class Datapath:
         self.sets = RuleSetMaps()  # the newest rule set's, which every program compiled for it shares
         self._capacity: dict[str, int] = {}  # each shared map's (read at creation)
         # what the kernel holds: the first load sizes the maps mirroring it (expect())
-        self._expected = {abi.MAP_FDB: 0, abi.MAP_PORTS: 0}
+        self._expected = {abi.MAP_FDB: 0, abi.MAP_PORTS: 0, abi.MAP_STALE: 0}
         self._defaults = {abi.MAP_FDB: int(os.environ.get(FDB_SIZE_ENV) or abi.FDB_SIZE),
-                          abi.MAP_PORTS: abi.PORTS_SIZE}
+                          abi.MAP_PORTS: abi.PORTS_SIZE, abi.MAP_STALE: abi.STALE_SIZE}
         self.fdb = FdbMirror(0)
         self.preloads = Preloads()  # programs loaded ahead of their attach (preload())
         # programs kept for new rules so far (keep_programs()): each time,
@@ -330,9 +330,10 @@ class Datapath:
 
     # --- shared maps ----------------------------------------------------
 
-    def expect(self, fdb_entries: int, ports: int) -> None:
-        """What the kernel holds now: the next load that creates the shared maps sizes them from it."""
-        self._expected = {abi.MAP_FDB: fdb_entries, abi.MAP_PORTS: ports}
+    def expect(self, fdb_entries: int, ports: int, neighbours: int) -> None:
+        """What the kernel holds now (neighbours: the most it may hold): the
+        next load that creates the shared maps sizes them from it."""
+        self._expected = {abi.MAP_FDB: fdb_entries, abi.MAP_PORTS: ports, abi.MAP_STALE: neighbours}
 
     def _size(self, name: str) -> int:
         return self._capacity.get(name) or map_size(self._expected[name], self._defaults[name])

@@ -341,7 +341,7 @@ struct tna_ct_key {
 
 #define TNA_DEVMAP_SIZE 1024
 #define TNA_EGRESS_SIZE 1024
-#define TNA_STALE_SIZE 4096
+#define TNA_STALE_SIZE 4096     /* the smallest tna_stale: sized for the neighbours the kernel may hold */
 #define TNA_PORTS_SIZE 1024     /* the smallest tna_ports: sized from the bridge ports too */
 #define TNA_FDB_SIZE 65536      /* the smallest tna_fdb: the daemon sizes it from the kernel's FDB */
 #define TNA_L3BR_SIZE 256
@@ -390,6 +390,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, TNA_STALE_SIZE);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* room for every neighbour, memory for the STALE ones */
 	__type(key, struct tna_neigh_key);
 	__type(value, __u8);
 } tna_stale SEC(".maps");

@@ -137,6 +137,15 @@ class Neigh:
 
 
 @dataclass(frozen=True)
+class NeighLimit:
+    """A neighbour table's gc_thresh3 (RTM_NEWNEIGHTBL): the most entries
+    the kernel keeps for a family, all namespaces together."""
+
+    family: int
+    entries: int
+
+
+@dataclass(frozen=True)
 class XdpXmit:
     """Whether a device accepts XDP-redirected frames now (netdev
     xdp-features NDO_XMIT): a dump entry or a change notification."""
@@ -227,7 +236,7 @@ class Removed:
 
 FdbKey = tuple[int, int, str]  # (bridge, vid, mac)
 Fact = (Link | PortView | Addr | Route | Neigh | FdbEntry | Nexthop | XdpXmit | TcFilters | Removed
-        | RouteDump | Dumped | XfrmPolicies)
+        | RouteDump | Dumped | XfrmPolicies | NeighLimit)
 
 
 @dataclass
@@ -237,6 +246,7 @@ class Model:
     routes: RouteTable = field(default_factory=RouteTable)
     nexthops: dict[int, Nexthop] = field(default_factory=dict)
     neighs: dict[tuple[int, int, str], Neigh] = field(default_factory=dict)
+    neigh_limits: dict[int, int] = field(default_factory=dict)  # family -> its table's gc_thresh3
     fdb: dict[FdbKey, FdbEntry] = field(default_factory=dict)
     # the FDB keys changed since the map synchroniser last took them
     # (take_fdb_changes()): a change to one entry costs one, not a walk
@@ -282,6 +292,10 @@ class Model:
             return self._apply_port(fact)
         if isinstance(fact, XfrmPolicies):
             changed, self.xfrm = fact != self.xfrm, fact
+            return changed
+        if isinstance(fact, NeighLimit):
+            changed = self.neigh_limits.get(fact.family) != fact.entries
+            self.neigh_limits[fact.family] = fact.entries
             return changed
         if isinstance(fact, RouteDump):
             return self.routes.dump(fact)
@@ -464,6 +478,10 @@ class Model:
         """Smallest route MTU metric in family, 0 if no route sets one (while
         the family's routes load: the smallest forwarding could use)."""
         return self.routes.smallest_mtu(family)
+
+    def neigh_max(self) -> int:
+        """The most neighbours the kernel may keep (0: not known)."""
+        return sum(self.neigh_limits.values())
 
     def stale_neighbours(self) -> set[Neigh]:
         """Neighbours the kernel would re-validate on their next use."""

@@ -25,6 +25,7 @@ from tna.model.config import (
     FdbEntry,
     Link,
     Neigh,
+    NeighLimit,
     Nexthop,
     Port,
     PortView,
@@ -48,6 +49,7 @@ from tna.netlink.fdb import (
 from tna.netlink.netconf import RTM_NEWNETCONF, SYSCTLS_ANNOUNCED, SysctlsAnnounced
 
 NLMSG_DONE = 3  # carries no fact
+RTM_NEWNEIGHTBL = 64
 RTM_NEWLINK, RTM_DELLINK = 16, 17
 RTM_NEWADDR, RTM_DELADDR = 20, 21
 RTM_NEWROUTE, RTM_DELROUTE = 24, 25
@@ -101,6 +103,8 @@ def facts(msg: NlMsg) -> Iterator[Fact | SysctlsAnnounced]:
             yield _stated(entry, new)
     elif kind in (RTM_NEWNEXTHOP, RTM_DELNEXTHOP):
         yield _stated(nexthop_from_msg(msg), kind == RTM_NEWNEXTHOP)
+    elif kind == RTM_NEWNEIGHTBL and (limit := msg.get("NDTA_THRESH3")) is not None:  # the table, not a device's
+        yield NeighLimit(msg["family"], limit)
 
 
 def moves_no_map(item: NlMsg | FactMsg | object) -> bool:

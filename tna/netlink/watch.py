@@ -336,6 +336,7 @@ class Watcher:
                     msgs += ipr.get_addr(family=family)
                     msgs += ipr.get_neighbours(family=family)
                 msgs += dump_fdb(ipr)  # bridge FDBs
+                msgs += ipr.get_ntables()  # how many neighbours the kernel keeps: tna_stale's room
                 # the kernel flags a dump that a change ran into; pyroute2 says nothing of it
                 if any(not isinstance(m, TcFilters) and m["header"]["flags"] & NLM_F_DUMP_INTR for m in msgs):
                     raise NetlinkDumpInterrupted()
