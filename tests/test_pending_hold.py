@@ -173,29 +173,3 @@ def test_a_batch_taken_by_an_idle_loop_ends_its_hold_at_the_next_publication() -
     assert not h.busy(lambda: False)
     with h.lock:
         assert h.reason() == abi.REASON["PENDING"]
-
-
-@pytest.mark.parametrize(("batch", "drained", "held"), [
-    (LINKS[:1], False, True),   # still queued, perhaps, when the loop stopped taking
-    (LINKS[:1], True, False),   # taken: the reconcile has it
-    (PLAIN, False, False)])     # plain routes: bpf_fib_lookup() follows them itself
-def test_a_loop_that_stops_taking_holds_for_what_came_while_it_was_idle(batch: list[Any], drained: bool,
-                                                                        held: bool) -> None:
-    """A batch queued while the loop takes events (idle) holds nothing.  If
-    the loop then stops with the queue not empty (its 0.25 s budget, or a
-    batch came as it stopped), the reconcile that follows may compile for
-    seconds before the loop takes the rest: a host moved to another port
-    meanwhile would get its frames on the old one.  So it holds (PENDING)
-    until a later pass has taken everything."""
-    from tna.holds import Holds
-
-    holds: list[int] = []
-    h = Holds(holds.append)
-    h.idle()
-    h.events_queued(batch)
-    assert holds == []
-    h.busy(lambda: drained)
-    assert holds == ([abi.REASON["PENDING"]] if held else [])
-    assert h.busy(lambda: True) == held  # a later pass took everything: the next publication ends it
-    with h.lock:
-        assert h.reason() == 0

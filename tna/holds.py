@@ -58,9 +58,8 @@ class Holds:
         self._nft_open = False
         self._xfrm_open = False  # policies changed, not yet read and queued
         # rtnetlink batches queued, how many the main loop had queued when it
-        # last emptied the queue, the count at which one found it busy, and
-        # the last that could move a map and found it idle (held nothing)
-        self._queued = self._taken = self._pending_at = self._idle_moving_at = 0
+        # last emptied the queue, and the count at which one found it busy
+        self._queued = self._taken = self._pending_at = 0
         self._ending = False  # the loop took a batch that held (PENDING): until the next release
         self._busy = True
         # each Watcher has a generation; what one lost is repaired by a later
@@ -136,8 +135,6 @@ class Holds:
             stale = [n for m in moving if (n := announced_stale(m)) is not None]
             if stale and self._stale(stale, self._queued):  # in tna_stale already: nothing to wait for
                 moving = [m for m in moving if announced_stale(m) is None]
-            if moving and not self._busy:
-                self._idle_moving_at = self._queued
             if (self._busy and moving) or applied:
                 self._pending_at = self._queued
                 self._hold(abi.REASON["PENDING"])
@@ -170,12 +167,6 @@ class Holds:
         PENDING hold can end at the next publication."""
         with self.lock:
             self._busy = True
-            if self._idle_moving_at > self._taken and not drained():
-                # it stopped taking (its budget, or a batch came as it stopped) with a batch
-                # queued while it was idle, which held nothing, perhaps still queued: the
-                # reconcile next may compile for seconds; hold until the loop has taken it
-                self._pending_at = self._queued
-                self._hold(abi.REASON["PENDING"])
             if self._taken >= self._queued or not drained():
                 return False
             ended = self._pending_at > self._taken
