@@ -11,7 +11,7 @@ from pyroute2 import IPRoute
 from tests.test_pending_hold import _neigh
 from tna.bpf import abi
 from tna.daemon import Daemon
-from tna.deploy.datapath import Datapath
+from tna.deploy.datapath import STALE_MAX, Datapath
 from tna.deploy.stale import StaleMap, neigh_key
 from tna.holds import Holds
 from tna.model.config import AF_INET, NUD_STALE, Model, Neigh, NeighLimit
@@ -123,5 +123,7 @@ def test_tna_stale_is_sized_for_every_neighbour_the_kernel_may_keep() -> None:
     dp = Datapath()
     dp.expect(0, 0, 16384)
     assert dp._size(abi.MAP_STALE) == 32768
+    dp.expect(0, 0, 1 << 31)  # a limit set to "no limit": the room stays what a map can have
+    assert dp._size(abi.MAP_STALE) == STALE_MAX
     dp.expect(0, 0, 0)  # not known: the smallest
     assert dp._size(abi.MAP_STALE) == abi.STALE_SIZE

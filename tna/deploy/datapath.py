@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 # the flows a firewall program passed lately (passcache.c.j2, included with
 # the firewall): decided by its rules
 PASS_CACHE = "tna_pass_cache"
+STALE_MAX = 1 << 20  # tna_stale's room at most (its bucket array: 16 MiB)
 # tests only: a small smallest FDB map, so a lab outgrows it with a few entries
 FDB_SIZE_ENV = "TNA_TEST_FDB_SIZE"
 
@@ -336,7 +337,10 @@ class Datapath:
         self._expected = {abi.MAP_FDB: fdb_entries, abi.MAP_PORTS: ports, abi.MAP_STALE: neighbours}
 
     def _size(self, name: str) -> int:
-        return self._capacity.get(name) or map_size(self._expected[name], self._defaults[name])
+        size = self._capacity.get(name) or map_size(self._expected[name], self._defaults[name])
+        # gc_thresh3 is a limit someone set, not a count: a huge one must not make the maps fail
+        # to be created (a full tna_stale holds, StaleMap.mark())
+        return min(size, STALE_MAX) if name == abi.MAP_STALE else size
 
     def sync(self, xdp_egress: frozenset[int], tc_egress: frozenset[int], stale: set[Neigh]) -> None:
         if not self.shared:
