@@ -19,6 +19,7 @@ from typing import Any
 from netns_labs.lab import Host, Lab, in_netns, py, wait_for
 from tna.bpf import attach
 from tna.bpf.abi import MAP_STATE, TnaState
+from tna.deploy.counters import read_program_map
 from tna.deploy.lease import published_hold
 
 
@@ -93,19 +94,10 @@ class Tna:
         return self._with_state(lambda m: read_state(m).cfg.fw_hold_count)
 
     def _with_state(self, read: Any) -> Any:
-        from tna.bpf import libbpf as bpf
-
+        """read(tna_state) through the first attached program (None: it is gone meanwhile)."""
         st = self.state()
         assert st is not None and st["ifaces"], "no program attached yet"
-        prog = bpf.Program.from_id(next(iter(st["ifaces"].values()))["prog_id"])
-        try:
-            state = prog.find_map(MAP_STATE)
-            try:
-                return read(state)
-            finally:
-                state.close()
-        finally:
-            prog.close()
+        return read_program_map(next(iter(st["ifaces"].values()))["prog_id"], MAP_STATE, read)
 
     def output(self) -> str:
         with open(self.log.name) as f:

@@ -15,6 +15,7 @@ from netns_labs.lab import Lab, RouterLab, ping, py, wait_for
 from netns_labs.tna_proc import Tna, host_xdp, tna_leftovers
 from tna.bpf import abi
 from tna.bpf import libbpf as bpf
+from tna.deploy.counters import read_program_map
 from tna.deploy.fdbmap import map_size
 
 pytestmark = pytest.mark.root
@@ -92,17 +93,10 @@ def test_unresolved_neighbour_resolved_by_kernel_then_fast_path():
             tna.close()
 
 
-def stale_map_room(tna: Tna) -> int:
+def stale_map_room(tna: Tna) -> int | None:
     """tna_stale's max_entries, through the program on r-h1."""
-    prog = bpf.Program.from_id((tna.status() or {})["ifaces"]["r-h1"]["prog_id"])
-    try:
-        m = prog.find_map(abi.MAP_STALE)
-        try:
-            return bpf.map_info(m.fd).max_entries
-        finally:
-            m.close()
-    finally:
-        prog.close()
+    prog_id = (tna.status() or {})["ifaces"]["r-h1"]["prog_id"]
+    return read_program_map(prog_id, abi.MAP_STALE, lambda m: bpf.map_info(m.fd).max_entries)
 
 
 def neighbours_kept(lab: RouterLab) -> int:
